@@ -1,0 +1,24 @@
+"""fastnn: fast neural-network training on the CPU.
+
+Kernels run on one of several backends with identical results: ``numpy`` (the
+reference), ``numba`` and ``c``. See `available_backends`, `get_backend`,
+`set_backend`, `use_backend` and `set_num_threads`.
+"""
+
+from .backends import (
+    BackendUnavailableError,
+    available_backends,
+    get_backend,
+    kernel_owners,
+    set_backend,
+    set_num_threads,
+    unavailable_backends,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "available_backends", "get_backend", "kernel_owners",
+    "set_backend", "set_num_threads", "unavailable_backends", "use_backend", "__version__",
+]

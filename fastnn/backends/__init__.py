@@ -1,0 +1,142 @@
+"""Backend registry.
+
+A backend is an object with every kernel of the catalogue as a method (see
+reference.py). `NumpyBackend` is the reference; fast backends subclass it and
+override the implementations they accelerate. Fast backends are imported lazily:
+one that cannot load (Numba missing, C extension not built) is simply absent from
+`available_backends()`, and asking for it says why.
+"""
+
+import contextlib
+import importlib
+import os
+
+from .reference import KERNELS, NumpyBackend
+
+# name -> "module:Class"; the default backend is the first of these that loads.
+BACKENDS = {
+    "c": "fastnn.backends.c_backend:CBackend",
+    "numba": "fastnn.backends.numba_backend:NumbaBackend",
+    "numpy": "fastnn.backends.reference:NumpyBackend",
+}
+FIX_HINTS = {
+    "numba": "install Numba: pip install numba",
+    "c": "reinstall fastnn where a C compiler with OpenMP (gcc) is present, so that "
+         "setup.py can build fastnn._ckernels: pip install --force-reinstall --no-deps .",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A known backend that could not be loaded on this machine."""
+
+
+_instances = {}
+_errors = {}
+_current = None
+_num_threads = None
+
+
+def _load(name):
+    if name in _instances or name in _errors:
+        return _instances.get(name)
+    module_name, cls_name = BACKENDS[name].split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        backend = cls()
+        if _num_threads is not None:
+            backend._set_num_threads(_num_threads)
+    except Exception as exc:  # any import or load failure makes the backend absent
+        _errors[name] = f"{type(exc).__name__}: {exc}"
+        return None
+    _instances[name] = backend
+    return backend
+
+
+def available_backends():
+    """Names of the backends that load on this machine, fastest first."""
+    return [name for name in BACKENDS if _load(name) is not None]
+
+
+def unavailable_backends():
+    """{name: reason} for the known backends that failed to load."""
+    available_backends()
+    return {name: f"{why}; to fix: {FIX_HINTS.get(name, '')}" for name, why in _errors.items()}
+
+
+def _resolve(name):
+    if isinstance(name, NumpyBackend):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a backend name or object, got {type(name).__name__}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid backends are {sorted(BACKENDS)}")
+    backend = _load(name)
+    if backend is None:
+        raise BackendUnavailableError(
+            f"backend {name!r} is not available: {_errors[name]}. "
+            f"To fix: {FIX_HINTS.get(name, '')}. Available: {available_backends()}"
+        )
+    return backend
+
+
+def get_backend(name=None):
+    """The backend called `name`, or, with None, the current one: the one set by
+    set_backend/use_backend, else $FASTNN_BACKEND, else the fastest available."""
+    if name is not None:
+        return _resolve(name)
+    if _current is not None:
+        return _current
+    env = os.environ.get("FASTNN_BACKEND")
+    if env:
+        return _resolve(env)
+    return _resolve(available_backends()[0])
+
+
+def set_backend(name):
+    """Make `name` the current backend for everything that does not name one."""
+    global _current
+    _current = _resolve(name)
+    return _current
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run a block with `name` as the current backend."""
+    global _current
+    previous = _current
+    _current = _resolve(name)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def set_num_threads(n):
+    """Threads for BLAS (through threadpoolctl), Numba and the C kernels' OpenMP."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=n)
+    _num_threads = n
+    for backend in _instances.values():
+        backend._set_num_threads(n)
+
+
+def kernel_owners(backend):
+    """{kernel: name of the backend whose code really runs it} for one backend."""
+    backend = _resolve(backend)
+    owners = {}
+    for kernel in KERNELS:
+        for cls in type(backend).__mro__:
+            if "_" + kernel in vars(cls):
+                owners[kernel] = cls.name
+                break
+    return owners
+
+
+__all__ = [
+    "BackendUnavailableError", "NumpyBackend", "available_backends", "get_backend",
+    "kernel_owners", "set_backend", "set_num_threads", "unavailable_backends", "use_backend",
+]

@@ -1,0 +1,51 @@
+"""cffi build of fastnn's C kernels (csrc/) into the extension ``fastnn._ckernels``.
+
+setup.py names this file in ``cffi_modules``. The cdef is csrc/fastnn.h itself with
+its preprocessor lines removed, so the declarations exist once.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+
+
+def read_cdef(header: Path) -> str:
+    lines = header.read_text().splitlines()
+    return "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+
+
+def compile_flags():
+    """-O3 with FMA contraction but IEEE semantics kept (no -ffast-math: NaN and
+    infinity handling and log-sum-exp stability are relied on). No -march=native:
+    the extension must run on any x86-64; AVX2 paths are chosen at run time by the
+    kernels that have them. FASTNN_CFLAGS adds flags (e.g. a sanitizer build)."""
+    flags = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
+    if sys.platform != "win32":
+        flags += ["-fopenmp"]
+    flags += os.environ.get("FASTNN_CFLAGS", "").split()
+    return flags
+
+
+def link_flags():
+    flags = ["-fopenmp"] if sys.platform != "win32" else []
+    return flags + os.environ.get("FASTNN_LDFLAGS", "").split()
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(read_cdef(CSRC / "fastnn.h"))
+ffibuilder.set_source(
+    "fastnn._ckernels",
+    '#include "fastnn.h"',
+    sources=[str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+             for p in sorted(CSRC.glob("*.c"))],
+    include_dirs=[str(CSRC)],
+    extra_compile_args=compile_flags(),
+    extra_link_args=link_flags(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,142 @@
+"""Argument validation shared by every backend.
+
+Every public kernel method validates its arguments here before any backend's
+implementation runs, so compiled code only ever sees C-contiguous arrays of the
+right shape and dtype. Errors name the argument and say what was expected.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
+    """Return `a` as a C-contiguous float32/float64 array (a copy only if it was
+    not contiguous), after checking its type, dtype and shape.
+
+    ndim: required number of dimensions; min_ndim: at least that many;
+    dtype: the dtype every float array of the call shares;
+    shape: required shape (None entries match anything)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {a.dtype} but this call works in {np.dtype(dtype)}; "
+            "all float arrays of one call must share one dtype"
+        )
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
+    if shape is not None:
+        check_shape(a, name, shape)
+    return np.ascontiguousarray(a)
+
+
+def check_shape(a, name, shape):
+    if len(shape) != a.ndim or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
+
+
+def state_array(a, name, like, like_name="param"):
+    """An array updated in place (parameters, optimizer state, running statistics):
+    no copy is possible, so it must already be C-contiguous, writeable, and of the
+    same shape and dtype as `like`."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != like.dtype:
+        raise TypeError(f"{name} must have dtype {like.dtype} like {like_name}, got {a.dtype}")
+    if a.shape != like.shape:
+        raise ValueError(f"{name} must have shape {like.shape} like {like_name}, got {a.shape}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is updated in place and must be C-contiguous")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is updated in place and must be writeable")
+    return a
+
+
+def out_array(out, name, shape, dtype):
+    """An output buffer: allocated when None, else checked (exact shape, dtype,
+    C-contiguous, writeable)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    return out
+
+
+def labels_array(y, name, n_samples, n_classes):
+    """Integer class labels, shape (n_samples,), each in [0, n_classes)."""
+    if not isinstance(y, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), got {y.shape}")
+    if n_samples and (y.min() < 0 or y.max() >= n_classes):
+        bad = y[(y < 0) | (y >= n_classes)][0]
+        raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for {n_classes} classes")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+def sample_weight_array(w, n_samples, dtype):
+    """Optional per-sample weights: shape (n_samples,), finite, >= 0, positive sum."""
+    if w is None:
+        return None
+    w = float_array(w, "sample_weight", dtype=dtype, shape=(n_samples,))
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight must be finite (found NaN or inf)")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    if n_samples and w.sum() <= 0:
+        raise ValueError("sample_weight must have a positive sum")
+    return w
+
+
+def finite_targets(t, name):
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name} must be finite (found NaN or inf)")
+    return t
+
+
+def real(value, name, low=None, high=None, low_open=False, high_open=False):
+    """A finite real scalar within [low, high] (or open ends), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def integer(value, name, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def choice(value, name, options):
+    if value not in options:
+        raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
+    return value

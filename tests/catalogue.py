@@ -1,0 +1,308 @@
+"""The equivalence catalogue: one entry per kernel and edge case.
+
+Each entry is a function run(backend, dtype) that builds its inputs from a fixed
+seed and returns every output of the kernel, including state arrays it updated
+in place. test_equivalence.py runs each entry on the reference backend and on
+every other available backend, for float32 and float64, and compares.
+
+Adding a kernel to a backend is adding entries here (the `entry` decorator),
+one per shape or option worth covering.
+"""
+
+import numpy as np
+
+from fastnn.backends.reference import ACTIVATIONS
+
+CATALOGUE = {}  # id -> run(backend, dtype) -> tuple of outputs
+
+# (rows, cols): one row, one column, odd sizes, and larger than the L2 cache
+SHAPES = [(1, 1), (1, 7), (9, 1), (33, 65), (1031, 1029)]
+STEP_SIZES = [1, 7, 1000, 1 << 20]  # optimizer parameter counts (flat)
+
+
+def entry(kernel, case):
+    def register(run):
+        CATALOGUE[f"{kernel}[{case}]"] = run
+        return run
+    return register
+
+
+def rand(shape, dtype, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def noncontiguous(a):
+    """The same values as `a`, seen through a strided (non-contiguous) view."""
+    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    wide[..., ::2] = a
+    return wide[..., ::2]
+
+
+# ---------------------------------------------------------------- activations
+def _activation_cases():
+    for act in ACTIVATIONS:
+        for shape in SHAPES:
+            case = f"{act}-{shape[0]}x{shape[1]}"
+
+            @entry("activation", case)
+            def run(backend, dtype, act=act, shape=shape):
+                x = rand(shape, dtype, 1, 3.0)
+                y = backend.activation_forward(x, act)
+                dy = rand(shape, dtype, 2)
+                dx = backend.activation_backward(dy, y, act, x=x)
+                return y, dx
+
+        @entry("activation", f"{act}-noncontiguous")
+        def run_nc(backend, dtype, act=act):
+            x = noncontiguous(rand((17, 31), dtype, 3, 3.0))
+            y = backend.activation_forward(x, act)
+            dx = backend.activation_backward(noncontiguous(rand((17, 31), dtype, 4)), y, act, x=x)
+            return y, dx
+
+        @entry("activation", f"{act}-extreme")
+        def run_ext(backend, dtype, act=act):
+            # large magnitudes (overflow paths) and values around 0 and thresholds
+            x = np.array([[-1e4, -100.0, -30.0, -20.5, -1e-3, 0.0, 1e-3, 19.5, 20.5, 30.0,
+                           100.0, 1e4]], dtype)
+            y = backend.activation_forward(x, act)
+            dx = backend.activation_backward(np.ones_like(x), y, act, x=x)
+            return y, dx
+
+
+_activation_cases()
+
+
+# ---------------------------------------------------------------------- dense
+for act in ACTIVATIONS:
+    for n, n_in, n_out in [(1, 1, 1), (1, 5, 3), (7, 1, 9), (64, 33, 17), (256, 784, 512)]:
+        if act == "softmax" and n_out == 1:
+            continue
+
+        @entry("dense", f"{act}-{n}x{n_in}x{n_out}")
+        def run_dense(backend, dtype, act=act, n=n, n_in=n_in, n_out=n_out):
+            x = rand((n, n_in), dtype, 5)
+            W = rand((n_in, n_out), dtype, 6, 1 / np.sqrt(n_in))
+            b = rand((n_out,), dtype, 7)
+            preact = np.empty((n, n_out), dtype)
+            y = backend.dense_forward(x, W, b, act, preact=preact)
+            dy = rand((n, n_out), dtype, 8)
+            dx, dW, db = backend.dense_backward(dy, x, W, y, act, preact=preact)
+            return y, preact, dx, dW, db
+
+
+@entry("dense", "no-bias-noncontiguous-no-dx")
+def run_dense_nc(backend, dtype):
+    x = noncontiguous(rand((10, 6), dtype, 9))
+    W = rand((6, 4), dtype, 10)
+    y = backend.dense_forward(x, W, None, "tanh")
+    dx, dW, db = backend.dense_backward(rand((10, 4), dtype, 11), x, W, y, "tanh", need_dx=False)
+    assert dx is None
+    return y, dW, db
+
+
+# --------------------------------------------------------------------- losses
+LOSS_SHAPES = [(1, 1), (1, 10), (64, 10), (33, 1), (1025, 1000)]
+
+
+def _logits(shape, dtype, seed, scale=3.0):
+    return rand(shape, dtype, seed, scale)
+
+
+for shape in LOSS_SHAPES:
+    n, c = shape
+
+    @entry("softmax_cross_entropy", f"labels-{n}x{c}")
+    def run_sce(backend, dtype, n=n, c=c):
+        logits = _logits((n, c), dtype, 12)
+        labels = np.random.default_rng(13).integers(0, c, n)
+        return backend.softmax_cross_entropy(logits, labels)
+
+    @entry("softmax_cross_entropy", f"probs-weighted-{n}x{c}")
+    def run_sce_p(backend, dtype, n=n, c=c):
+        logits = _logits((n, c), dtype, 14)
+        p = np.random.default_rng(15).random((n, c)).astype(dtype)
+        p /= p.sum(axis=1, keepdims=True)
+        w = np.random.default_rng(16).random(n).astype(dtype) + 0.1
+        return backend.softmax_cross_entropy(logits, p, sample_weight=w)
+
+    @entry("sigmoid_binary_cross_entropy", f"{n}x{c}")
+    def run_bce(backend, dtype, n=n, c=c):
+        logits = _logits((n, c), dtype, 17)
+        t = (np.random.default_rng(18).random((n, c)) > 0.5).astype(dtype)
+        return backend.sigmoid_binary_cross_entropy(logits, t)
+
+    for loss in ("squared_error", "absolute_error", "huber"):
+        @entry(loss, f"weighted-{n}x{c}")
+        def run_reg(backend, dtype, n=n, c=c, loss=loss):
+            pred = rand((n, c), dtype, 19, 2.0)
+            t = rand((n, c), dtype, 20, 2.0)
+            w = np.random.default_rng(21).random(n).astype(dtype) + 0.1
+            return getattr(backend, loss)(pred, t, sample_weight=w)
+
+    @entry("hinge", f"{n}x{c}")
+    def run_hinge(backend, dtype, n=n, c=c):
+        s = rand((n, c), dtype, 22, 2.0)
+        t = np.where(np.random.default_rng(23).random((n, c)) > 0.5, 1, -1).astype(dtype)
+        return backend.hinge(s, t)
+
+
+@entry("softmax_cross_entropy", "huge-logits")
+def run_sce_huge(backend, dtype):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype)
+    return backend.softmax_cross_entropy(logits, np.array([1, 2, 0]))
+
+
+@entry("softmax_cross_entropy", "noncontiguous-weighted-labels")
+def run_sce_nc(backend, dtype):
+    logits = noncontiguous(_logits((40, 7), dtype, 24))
+    w = np.random.default_rng(25).random(40).astype(dtype)
+    return backend.softmax_cross_entropy(logits, np.arange(40) % 7, sample_weight=w)
+
+
+@entry("sigmoid_binary_cross_entropy", "huge-logits-1d")
+def run_bce_huge(backend, dtype):
+    logits = np.array([1e4, -1e4, 0.0, 50.0, -50.0], dtype)
+    return backend.sigmoid_binary_cross_entropy(logits, np.array([0, 1, 1, 0, 1], dtype))
+
+
+@entry("squared_error", "1d")
+def run_se_1d(backend, dtype):
+    return backend.squared_error(rand((50,), dtype, 26), rand((50,), dtype, 27))
+
+
+# ------------------------------------------------------------- normalisation
+for n, c in [(2, 1), (3, 7), (64, 33), (4096, 257)]:
+    for training in (True, False):
+        @entry("batchnorm", f"{'train' if training else 'eval'}-{n}x{c}")
+        def run_bn(backend, dtype, n=n, c=c, training=training):
+            x = rand((n, c), dtype, 28, 2.0) + 3.0
+            gamma = rand((c,), dtype, 29)
+            beta = rand((c,), dtype, 30)
+            rm = rand((c,), dtype, 31)
+            rv = np.abs(rand((c,), dtype, 32)) + 0.5
+            y, cache = backend.batchnorm_forward(x, gamma, beta, rm, rv, training)
+            dx, dgamma, dbeta = backend.batchnorm_backward(rand((n, c), dtype, 33), cache)
+            return y, rm, rv, dx, dgamma, dbeta
+
+
+@entry("batchnorm", "constant-column-noncontiguous")
+def run_bn_const(backend, dtype):
+    x = rand((50, 6), dtype, 34)
+    x[:, 2] = 7.0  # zero variance: normalised to 0, finite gradients
+    x = noncontiguous(x)
+    gamma, beta = np.ones(6, dtype), np.zeros(6, dtype)
+    rm, rv = np.zeros(6, dtype), np.ones(6, dtype)
+    y, cache = backend.batchnorm_forward(x, gamma, beta, rm, rv, True, momentum=0.3, eps=1e-3)
+    dx, dgamma, dbeta = backend.batchnorm_backward(noncontiguous(rand((50, 6), dtype, 35)), cache)
+    return y, rm, rv, dx, dgamma, dbeta
+
+
+# -------------------------------------------------------------------- dropout
+for shape in [(1, 1), (3, 5), (257, 1031)]:
+    for rate in (0.0, 0.1, 0.5, 0.9):
+        @entry("dropout", f"{shape[0]}x{shape[1]}-p{rate}")
+        def run_dropout(backend, dtype, shape=shape, rate=rate):
+            x = rand(shape, dtype, 36)
+            y = backend.dropout_forward(x, rate, seed=12345)
+            dx = backend.dropout_backward(rand(shape, dtype, 37), rate, seed=12345)
+            return y, dx
+
+
+@entry("dropout", "noncontiguous-bigseed")
+def run_dropout_nc(backend, dtype):
+    x = noncontiguous(rand((20, 30), dtype, 38))
+    return (backend.dropout_forward(x, 0.3, seed=2**64 - 1),)
+
+
+# ------------------------------------------------------------- regularisation
+for size in STEP_SIZES:
+    @entry("weight_penalty", f"{size}")
+    def run_penalty(backend, dtype, size=size):
+        p = rand((size,), dtype, 39)
+        g = rand((size,), dtype, 40)
+        value = backend.weight_penalty(p, g, l2=1e-3, l1=1e-4)
+        return value, g
+
+
+# ----------------------------------------------------------------- optimizers
+def _state(size, dtype, seed, positive=False):
+    s = rand((size,), dtype, seed, 0.1)
+    return np.abs(s) if positive else s
+
+
+SGD_OPTIONS = {
+    "plain": dict(momentum=0.0),
+    "momentum": dict(momentum=0.9),
+    "nesterov-wd": dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+    "sklearn-nesterov": dict(momentum=0.9, nesterov=True, lr_in_velocity=True),
+}
+ADAM_OPTIONS = {
+    "plain": dict(),
+    "l2": dict(weight_decay=1e-2),
+    "adamw": dict(weight_decay=1e-2, decoupled=True),
+    "amsgrad": dict(amsgrad=True),
+}
+RMSPROP_OPTIONS = {
+    "plain": dict(),
+    "momentum-centered-wd": dict(momentum=0.9, centered=True, weight_decay=1e-2),
+}
+
+for size in STEP_SIZES:
+    for opt, kw in SGD_OPTIONS.items():
+        @entry("sgd_step", f"{opt}-{size}")
+        def run_sgd(backend, dtype, size=size, kw=kw):
+            p, g, vel = rand((size,), dtype, 41), rand((size,), dtype, 42), _state(size, dtype, 43)
+            for _ in range(3):
+                backend.sgd_step(p, g, vel, lr=0.05, **kw)
+            return p, vel
+
+    for opt, kw in ADAM_OPTIONS.items():
+        @entry("adam_step", f"{opt}-{size}")
+        def run_adam(backend, dtype, size=size, kw=kw):
+            p, g = rand((size,), dtype, 44), rand((size,), dtype, 45)
+            m, v = _state(size, dtype, 46), _state(size, dtype, 47, positive=True)
+            v_max = v.copy()
+            for t in range(1, 4):
+                backend.adam_step(p, g, m, v, t, lr=1e-2, v_max=v_max, **kw)
+            return p, m, v, v_max
+
+    for opt, kw in RMSPROP_OPTIONS.items():
+        @entry("rmsprop_step", f"{opt}-{size}")
+        def run_rmsprop(backend, dtype, size=size, kw=kw):
+            p, g = rand((size,), dtype, 48), rand((size,), dtype, 49)
+            sq = _state(size, dtype, 50, positive=True) + 1.0
+            buf, gavg = _state(size, dtype, 51), _state(size, dtype, 52) * 0.1
+            for _ in range(3):
+                backend.rmsprop_step(p, g, sq, lr=1e-2, momentum_buf=buf, grad_avg=gavg, **kw)
+            return p, sq, buf, gavg
+
+    @entry("adagrad_step", f"{size}")
+    def run_adagrad(backend, dtype, size=size):
+        p, g, s = rand((size,), dtype, 53), rand((size,), dtype, 54), _state(size, dtype, 55, True)
+        for _ in range(3):
+            backend.adagrad_step(p, g, s, lr=1e-2, weight_decay=1e-3)
+        return p, s
+
+    @entry("adadelta_step", f"{size}")
+    def run_adadelta(backend, dtype, size=size):
+        p, g = rand((size,), dtype, 56), rand((size,), dtype, 57)
+        sq, acc = _state(size, dtype, 58, True), _state(size, dtype, 59, True)
+        for _ in range(3):
+            backend.adadelta_step(p, g, sq, acc, lr=1.0, weight_decay=1e-3)
+        return p, sq, acc
+
+
+@entry("adam_step", "2d-param")
+def run_adam_2d(backend, dtype):
+    p, g = rand((13, 7), dtype, 60), rand((13, 7), dtype, 61)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    backend.adam_step(p, g, m, v, 1, lr=1e-3)
+    return p, m, v
+
+
+# --------------------------------------------------------------- initialisers
+for method in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "lecun_normal",
+               "sklearn"):
+    @entry("init_weights", method)
+    def run_init(backend, dtype, method=method):
+        return backend.init_weights(method, 30, 20, rng=0, dtype=dtype, activation="relu")
