@@ -1,0 +1,601 @@
+"""Kernel benchmarks, measured against this machine's own limits.
+
+Three parts:
+
+* `measure_limits`: what this machine can do at best, measured in the same run:
+  BLAS GEMM GFLOP/s per dtype (numpy matmul of two n x n matrices, best of
+  several) and streaming memory bandwidth (``np.copyto`` of a large array,
+  counting the bytes read plus the bytes written; and a pure read, ``a.sum()``).
+* `BENCHMARKS`: the benchmarks as data (`Benchmark`): sizes, dtype, a setup that
+  builds the inputs and preallocated outputs, one call on a backend, and the work
+  one call does: floating-point operations for GEMM-bound kernels, or the bytes a
+  kernel must move at least (every array it has to read, once, and every array
+  it has to write, once; vectors of length C next to (N, C) arrays are ignored).
+  Adding a benchmark is appending one `Benchmark` to `BENCHMARKS`.
+* `run_benchmark` / `run`: time each benchmark on each backend (median over
+  repeats after a warm-up that also compiles Numba code) and on the other
+  libraries a benchmark names (PyTorch when installed), and return `Record`s with
+  the rate, the percent of the machine limit and the speed-up over the reference.
+"""
+
+import dataclasses
+import importlib.metadata
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+import fastnn
+
+REFERENCE = "numpy"
+MB = 1 << 20
+# shrinks every benchmark's first dimension and the limit measurements (tests use it)
+SCALE_ENV = "FASTNN_BENCH_SCALE"
+
+
+# ---------------------------------------------------------------------- timing
+def time_call(fn, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3):
+    """(median, best) seconds of one fn() call, and how many calls were timed.
+
+    `warmup` calls first (the first compiles Numba code). Calls shorter than
+    `min_sample` are timed in batches of `inner` calls so the clock's resolution
+    does not matter; the number of samples fills about `min_time` seconds."""
+    for _ in range(warmup):
+        fn()
+    once = float("inf")
+    for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
+        t0 = time.perf_counter()
+        fn()
+        once = min(once, time.perf_counter() - t0)
+    once = max(once, 1e-9)
+    inner = max(1, int(min_sample / once))
+    repeats = min(max_repeats, max(min_repeats, int(min_time / (once * inner))))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples), min(samples), repeats * inner
+
+
+def best_of(fn, repeats, min_time=0.3, max_repeats=100):
+    """Shortest of at least `repeats` timed calls (more, up to max_repeats, until
+    about min_time seconds have passed), after one warm-up call."""
+    fn()
+    best, spent, done = float("inf"), 0.0, 0
+    while done < repeats or (spent < min_time and done < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        best, spent, done = min(best, seconds), spent + seconds, done + 1
+    return best
+
+
+# ---------------------------------------------------------------------- limits
+def measure_limits(scale=1.0, repeats=5):
+    """This machine's ceilings, measured now.
+
+    gemm_gflops[dtype]: 2 n^3 / seconds of np.matmul(a, b, out=c), n x n, best of
+    `repeats`; n = 2048 at scale 1. stream_gbs: (bytes read + bytes written) /
+    seconds of np.copyto(b, a), a and b float64 of 256 MB each at scale 1.
+    read_gbs: bytes / seconds of a.sum() over the same array."""
+    n = max(64, round(2048 * scale ** (1 / 3)))
+    rng = np.random.default_rng(0)
+    gemm = {}
+    for dtype in ("float32", "float64"):
+        a = rng.standard_normal((n, n)).astype(dtype)
+        b = rng.standard_normal((n, n)).astype(dtype)
+        c = np.empty((n, n), dtype)
+        seconds = best_of(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), repeats)
+        gemm[dtype] = 2 * n**3 / seconds / 1e9
+    nbytes = max(MB, int(256 * MB * scale)) // 8 * 8
+    a = np.ones(nbytes // 8)  # written once so every page is mapped before timing
+    b = np.zeros_like(a)
+    copy_s = best_of(lambda: np.copyto(b, a), repeats)
+    read_s = best_of(a.sum, repeats)
+    return {
+        "gemm_gflops": gemm,
+        "gemm_n": n,
+        "stream_gbs": 2 * nbytes / copy_s / 1e9,
+        "read_gbs": nbytes / read_s / 1e9,
+        "stream_bytes": nbytes,
+    }
+
+
+def limit_for(limits, unit, dtype):
+    """The ceiling a benchmark's rate is compared with: GEMM GFLOP/s of its dtype
+    for flop counts, the streaming copy GB/s for byte counts."""
+    return limits["gemm_gflops"][dtype] if unit == "flop" else limits["stream_gbs"]
+
+
+# ---------------------------------------------------------------- definitions
+@dataclass
+class Benchmark:
+    """One benchmark: everything the runner, the CLI and bench/ need.
+
+    setup(shape, dtype) -> dict of named arrays (inputs and preallocated outputs),
+    from a fixed seed. call(backend, arrays) runs the measured work once.
+    Work per call: with unit "byte", the sum of the sizes of the arrays named in
+    `reads` and `writes` (an array read twice is named twice); with unit "flop",
+    flops(shape). others: {library: make(arrays) -> zero-argument callable doing
+    the same work in that library}, for comparison; make raises ImportError when
+    the library is missing. bare(arrays) -> callable: the unavoidable core of the
+    work alone (e.g. the GEMMs of a dense layer), timed once for comparison."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    setup: Callable
+    call: Callable
+    unit: str = "byte"
+    reads: tuple = ()
+    writes: tuple = ()
+    flops: Optional[Callable] = None
+    kernels: tuple = ()
+    quick: bool = False
+    others: dict = field(default_factory=dict)
+    bare: Optional[Callable] = None
+    min_first: int = 1  # smallest first dimension scaling may produce
+
+    def scaled_shape(self, scale=1.0):
+        first = max(self.min_first, round(self.shape[0] * scale))
+        return (first,) + tuple(self.shape[1:])
+
+    def work(self, arrays, shape):
+        """Flops or bytes of one call (see the class docstring)."""
+        if self.unit == "flop":
+            return int(self.flops(shape))
+        return sum(arrays[name].nbytes for name in self.reads + self.writes)
+
+    def counts(self):
+        """What `work` counts, in words."""
+        if self.unit == "flop":
+            return "flops of the GEMMs (2 per multiply-add)"
+        return f"bytes: reads {', '.join(self.reads)}; writes {', '.join(self.writes)}"
+
+
+def _rng():
+    return np.random.default_rng(1234)
+
+
+def _torch():
+    import torch  # ImportError when PyTorch is not installed
+
+    return torch
+
+
+def _tensors(arrays, *names):
+    torch = _torch()
+    return [torch.from_numpy(arrays[name]) for name in names]
+
+
+# softmax cross-entropy, integer labels, forward + backward
+def softmax_ce_setup(shape, dtype):
+    n, c = shape
+    rng = _rng()
+    return {
+        "logits": (3 * rng.standard_normal((n, c))).astype(dtype),
+        "labels": rng.integers(0, c, n),  # int64
+        "grad": np.empty((n, c), dtype),
+    }
+
+
+def softmax_ce_call(backend, a):
+    backend.softmax_cross_entropy(a["logits"], a["labels"], grad=a["grad"])
+
+
+def softmax_ce_torch(a):
+    torch = _torch()
+    logits, labels = _tensors(a, "logits", "labels")
+    logits.requires_grad_(True)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return torch.autograd.grad(loss, logits)
+
+    return step
+
+
+# batch norm in training, forward + backward
+def batchnorm_setup(shape, dtype):
+    n, c = shape
+    rng = _rng()
+    return {
+        "x": rng.standard_normal((n, c)).astype(dtype),
+        "dy": rng.standard_normal((n, c)).astype(dtype),
+        "gamma": rng.uniform(0.5, 1.5, c).astype(dtype),
+        "beta": rng.standard_normal(c).astype(dtype),
+        "running_mean": np.zeros(c, dtype),
+        "running_var": np.ones(c, dtype),
+        "y": np.empty((n, c), dtype),
+        "dx": np.empty((n, c), dtype),
+        "dgamma": np.empty(c, dtype),
+        "dbeta": np.empty(c, dtype),
+    }
+
+
+def batchnorm_call(backend, a):
+    _, cache = backend.batchnorm_forward(a["x"], a["gamma"], a["beta"], a["running_mean"],
+                                         a["running_var"], True, out=a["y"])
+    backend.batchnorm_backward(a["dy"], cache, dx=a["dx"], dgamma=a["dgamma"], dbeta=a["dbeta"])
+
+
+def batchnorm_torch(a):
+    torch = _torch()
+    x, dy = _tensors(a, "x", "dy")
+    x.requires_grad_(True)
+    bn = torch.nn.BatchNorm1d(x.shape[1], dtype=x.dtype)
+    bn.train()
+    inputs = (x, bn.weight, bn.bias)
+    return lambda: torch.autograd.grad(bn(x), inputs, dy)
+
+
+# optimizer steps over one flat parameter buffer
+def adam_setup(shape, dtype):
+    (n,) = shape
+    rng = _rng()
+    return {
+        "param": rng.standard_normal(n).astype(dtype),
+        "grad": rng.standard_normal(n).astype(dtype),
+        "m": np.zeros(n, dtype),
+        "v": np.zeros(n, dtype),
+    }
+
+
+def adam_call(backend, a):
+    backend.adam_step(a["param"], a["grad"], a["m"], a["v"], 1, 1e-3)
+
+
+def _torch_optimizer(cls, param, grad, **options):
+    """A torch optimizer over one parameter: fused implementation when this build
+    has it on the CPU, else foreach."""
+    torch = _torch()
+    p = torch.nn.Parameter(param)
+    p.grad = grad
+    try:
+        opt = cls([p], fused=True, **options)
+        opt.step()
+    except (RuntimeError, TypeError, ValueError):
+        opt = cls([p], foreach=True, **options)
+    return opt.step
+
+
+def adam_torch(a):
+    torch = _torch()
+    param, grad = _tensors(a, "param", "grad")
+    return _torch_optimizer(torch.optim.Adam, param, grad, lr=1e-3)
+
+
+def sgd_setup(shape, dtype):
+    (n,) = shape
+    rng = _rng()
+    return {
+        "param": rng.standard_normal(n).astype(dtype),
+        "grad": rng.standard_normal(n).astype(dtype),
+        "velocity": np.zeros(n, dtype),
+    }
+
+
+def sgd_call(backend, a):
+    backend.sgd_step(a["param"], a["grad"], a["velocity"], 1e-3, momentum=0.9)
+
+
+def sgd_torch(a):
+    torch = _torch()
+    param, grad = _tensors(a, "param", "grad")
+    return _torch_optimizer(torch.optim.SGD, param, grad, lr=1e-3, momentum=0.9)
+
+
+# dense layer with ReLU, forward + backward (dx, dW, db)
+def dense_setup(shape, dtype):
+    n, n_in, n_out = shape
+    rng = _rng()
+    return {
+        "x": rng.standard_normal((n, n_in)).astype(dtype),
+        "W": (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype),
+        "b": rng.standard_normal(n_out).astype(dtype),
+        "dy": rng.standard_normal((n, n_out)).astype(dtype),
+        "y": np.empty((n, n_out), dtype),
+        "dx": np.empty((n, n_in), dtype),
+        "dW": np.empty((n_in, n_out), dtype),
+        "db": np.empty(n_out, dtype),
+        "dz": np.empty((n, n_out), dtype),
+    }
+
+
+def dense_call(backend, a):
+    backend.dense_forward(a["x"], a["W"], a["b"], "relu", out=a["y"])
+    backend.dense_backward(a["dy"], a["x"], a["W"], a["y"], "relu",
+                           dx=a["dx"], dW=a["dW"], db=a["db"], dz=a["dz"])
+
+
+def dense_flops(shape):
+    n, n_in, n_out = shape
+    return 3 * 2 * n * n_in * n_out  # x @ W, x.T @ dz, dz @ W.T
+
+
+def dense_gemms(a):
+    """The three matmuls of dense_call alone."""
+    x, W, y, dy, dx, dW = (a[k] for k in ("x", "W", "y", "dy", "dx", "dW"))
+
+    def gemms():
+        np.matmul(x, W, out=y)
+        np.matmul(x.T, dy, out=dW)
+        np.matmul(dy, W.T, out=dx)
+
+    return gemms
+
+
+def dense_torch(a):
+    torch = _torch()
+    x, W, b, dy = _tensors(a, "x", "W", "b", "dy")
+    x.requires_grad_(True)
+    weight = torch.nn.Parameter(W.T.contiguous())  # torch stores (out, in)
+    bias = torch.nn.Parameter(b.clone())
+    inputs = (x, weight, bias)
+
+    def step():
+        y = torch.relu(torch.nn.functional.linear(x, weight, bias))
+        return torch.autograd.grad(y, inputs, dy)
+
+    return step
+
+
+# elementwise kernels on a flat array
+def elementwise_setup(shape, dtype):
+    rng = _rng()
+    return {"x": rng.standard_normal(shape).astype(dtype), "out": np.empty(shape, dtype)}
+
+
+def activation_call(activation):
+    def call(backend, a):
+        backend.activation_forward(a["x"], activation, out=a["out"])
+
+    return call
+
+
+def gelu_torch(a):
+    torch = _torch()
+    (x,) = _tensors(a, "x")
+    return lambda: torch.nn.functional.gelu(x)
+
+
+def tanh_torch(a):
+    torch = _torch()
+    x, out = _tensors(a, "x", "out")
+    return lambda: torch.tanh(x, out=out)
+
+
+def dropout_call(backend, a):
+    backend.dropout_forward(a["x"], 0.5, 42, out=a["out"])
+
+
+def dropout_torch(a):
+    torch = _torch()
+    (x,) = _tensors(a, "x")
+    return lambda: torch.nn.functional.dropout(x, 0.5, training=True)
+
+
+M = 1_000_000
+BENCHMARKS = [
+    Benchmark("softmax_ce", (8192, 1000), "float32", softmax_ce_setup, softmax_ce_call,
+              reads=("logits", "labels"), writes=("grad",), kernels=("softmax_cross_entropy",),
+              quick=True, others={"torch": softmax_ce_torch}),
+    Benchmark("batchnorm_train", (4096, 1024), "float32", batchnorm_setup, batchnorm_call,
+              reads=("x", "dy", "x"), writes=("y", "dx"),
+              kernels=("batchnorm_forward", "batchnorm_backward"), quick=True, min_first=2,
+              others={"torch": batchnorm_torch}),
+    Benchmark("adam", (10 * M,), "float32", adam_setup, adam_call,
+              reads=("param", "grad", "m", "v"), writes=("param", "m", "v"), kernels=("adam_step",),
+              quick=True, others={"torch": adam_torch}),
+    Benchmark("dense_relu", (256, 784, 512), "float32", dense_setup, dense_call, unit="flop",
+              flops=dense_flops, kernels=("dense_forward", "dense_backward"), quick=True,
+              others={"torch": dense_torch}, bare=dense_gemms),
+    Benchmark("softmax_ce_small", (64, 10), "float32", softmax_ce_setup, softmax_ce_call,
+              reads=("logits", "labels"), writes=("grad",), kernels=("softmax_cross_entropy",),
+              quick=True, others={"torch": softmax_ce_torch}),
+    Benchmark("adam_small", (1000,), "float32", adam_setup, adam_call,
+              reads=("param", "grad", "m", "v"), writes=("param", "m", "v"), kernels=("adam_step",),
+              quick=True, others={"torch": adam_torch}),
+    Benchmark("gelu", (4 * M,), "float32", elementwise_setup, activation_call("gelu"),
+              reads=("x",), writes=("out",), kernels=("activation_forward",),
+              others={"torch": gelu_torch}),
+    Benchmark("tanh", (4 * M,), "float32", elementwise_setup, activation_call("tanh"),
+              reads=("x",), writes=("out",), kernels=("activation_forward",),
+              others={"torch": tanh_torch}),
+    Benchmark("dropout", (4 * M,), "float32", elementwise_setup, dropout_call,
+              reads=("x",), writes=("out",), kernels=("dropout_forward",),
+              others={"torch": dropout_torch}),
+    Benchmark("sgd_momentum", (10 * M,), "float32", sgd_setup, sgd_call,
+              reads=("param", "grad", "velocity"), writes=("param", "velocity"),
+              kernels=("sgd_step",), others={"torch": sgd_torch}),
+]
+
+
+def get_benchmark(name):
+    for bench in BENCHMARKS:
+        if bench.name == name:
+            return bench
+    raise ValueError(f"unknown benchmark {name!r}; known: {[b.name for b in BENCHMARKS]}")
+
+
+# ---------------------------------------------------------------------- running
+@dataclass
+class Record:
+    """One benchmark timed on one backend (or other library)."""
+
+    benchmark: str
+    backend: str
+    dtype: str
+    shape: list
+    median_s: float
+    best_s: float
+    calls: int  # calls timed
+    work: int  # flops or bytes per call
+    unit: str  # "flop" or "byte"
+    rate: float  # GFLOP/s or GB/s
+    rate_unit: str
+    percent_of_limit: float
+    speedup: Optional[float]  # reference median / this median; None without a reference
+    bare_percent: Optional[float] = None  # bare core time as percent of this time
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
+
+
+def scale_from_env():
+    value = os.environ.get(SCALE_ENV)
+    if not value:
+        return 1.0
+    try:
+        scale = float(value)
+    except ValueError:
+        raise ValueError(f"{SCALE_ENV} must be a number in (0, 1], got {value!r}") from None
+    if not 0 < scale <= 1:
+        raise ValueError(f"{SCALE_ENV} must be a number in (0, 1], got {value!r}")
+    return scale
+
+
+def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, min_time=0.3):
+    """Records of one benchmark on each backend (default: all available), then
+    on each library of `others` the benchmark knows and that is installed, then
+    its bare core. Speed-ups are over the reference when it is among the backends."""
+    backends = fastnn.available_backends() if backends is None else list(backends)
+    shape = bench.scaled_shape(scale)
+    work = bench.work(bench.setup(shape, bench.dtype), shape)
+    timings = []  # (name, (median, best, calls)); fresh inputs for each, as kernels update state
+    for name in backends:
+        backend = fastnn.get_backend(name)
+        arrays = bench.setup(shape, bench.dtype)
+        timings.append((name, time_call(lambda b=backend, a=arrays: bench.call(b, a), min_time=min_time)))
+    for lib in others:
+        make = bench.others.get(lib)
+        if make is None:
+            continue
+        try:
+            fn = make(bench.setup(shape, bench.dtype))
+        except ImportError:
+            continue
+        timings.append((lib, time_call(fn, min_time=min_time)))
+    bare_s = None
+    if bench.bare is not None:
+        timed = time_call(bench.bare(bench.setup(shape, bench.dtype)), min_time=min_time)
+        bare_s = timed[0]
+        timings.append((BARE, timed))
+
+    reference_s = next((t[0] for name, t in timings if name == REFERENCE), None)
+    limit = limit_for(limits, bench.unit, bench.dtype)
+    records = []
+    for name, (seconds, best, calls) in timings:
+        rate = work / seconds / 1e9
+        records.append(Record(
+            benchmark=bench.name, backend=name, dtype=bench.dtype, shape=list(shape),
+            median_s=seconds, best_s=best, calls=calls, work=work, unit=bench.unit, rate=rate,
+            rate_unit="GFLOP/s" if bench.unit == "flop" else "GB/s",
+            percent_of_limit=100 * rate / limit,
+            speedup=None if reference_s is None else reference_s / seconds,
+            bare_percent=None if bare_s is None or name == BARE else 100 * bare_s / seconds,
+        ))
+    return records
+
+
+def select(names=None, quick=False):
+    """The benchmarks to run: those named (in the given order), else all, or the quick ones."""
+    if names:
+        return [get_benchmark(name) for name in names]
+    return [b for b in BENCHMARKS if b.quick or not quick]
+
+
+def run(names=None, backends=None, others=("torch",), quick=False, scale=None, limits=None):
+    """Measure the limits (unless given) and run the selected benchmarks.
+    Returns {"machine", "settings", "limits", "records"} (plain data, JSON-ready)."""
+    scale = scale_from_env() if scale is None else scale
+    min_time = 0.1 if quick else 0.3
+    if limits is None:
+        limits = measure_limits(scale, repeats=3 if quick else 5)
+    records = []
+    for bench in select(names, quick):
+        records += run_benchmark(bench, limits, backends, others, scale, min_time)
+    return {
+        "machine": machine(),
+        "settings": {"quick": quick, "scale": scale},
+        "limits": limits,
+        "records": [r.as_dict() for r in records],
+    }
+
+
+# ---------------------------------------------------------------------- machine
+def version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    """SIMD extensions relevant to the kernels that this CPU reports (Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in flags]
+    except OSError:
+        pass
+    return []
+
+
+def blas_info():
+    """[{library, version, threads, ...}] of the BLAS libraries numpy loaded."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        {k: pool.get(k) for k in ("internal_api", "version", "num_threads", "architecture",
+                                  "threading_layer", "filepath")}
+        for pool in threadpool_info() if pool.get("user_api") == "blas"
+    ]
+
+
+def machine():
+    """Where the figures were measured: CPU, cores, BLAS, versions."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "platform": platform.platform(),
+        "blas": blas_info(),
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "numba": version("numba"),
+            "scipy": version("scipy"),
+            "scikit-learn": version("scikit-learn"),
+            "torch": version("torch"),
+            "fastnn": fastnn.__version__,
+        },
+        "backends": fastnn.available_backends(),
+    }
