@@ -85,6 +85,11 @@ def test_activation_backward_1d_and_softplus_threshold():
         y = ref.activation_forward(x, act)
         dx = ref.activation_backward(dy, y, act, x=x.copy())
         assert_grad(dx, lambda act=act: np.sum(dy * ref.activation_forward(x, act)), x, act)
+    # above the threshold softplus is the identity, and so is its backward, exactly
+    above = x > 20
+    y = ref.activation_forward(x, "softplus")
+    np.testing.assert_array_equal(y[above], x[above])
+    np.testing.assert_array_equal(ref.activation_backward(dy, y, "softplus")[above], dy[above])
 
 
 def test_activation_forward_definitions():

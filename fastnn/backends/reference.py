@@ -175,8 +175,8 @@ class NumpyBackend:
             pdf = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
             out[...] = dy * (cdf + x * pdf)
         elif activation == "softplus":
-            # softplus'(x) = sigmoid(x) = 1 - e^-y
-            out[...] = dy * -np.expm1(-y)
+            # softplus'(x) = sigmoid(x) = 1 - e^-y; 1 above the threshold, where y = x
+            out[...] = np.where(y > SOFTPLUS_THRESHOLD, dy, dy * -np.expm1(-y))
         elif activation == "softmax":
             out[...] = y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
