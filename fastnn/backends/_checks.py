@@ -14,8 +14,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
-    """Return `a` as a C-contiguous float32/float64 array (a copy only if it was
-    not contiguous), after checking its type, dtype and shape.
+    """Return `a` as a C-contiguous, aligned float32/float64 array (a copy only if
+    it was not), after checking its type, dtype and shape.
 
     ndim: required number of dimensions; min_ndim: at least that many;
     dtype: the dtype every float array of the call shares;
@@ -35,7 +35,7 @@ def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
     if shape is not None:
         check_shape(a, name, shape)
-    return np.ascontiguousarray(a)
+    return np.require(a, requirements=["C_CONTIGUOUS", "ALIGNED"])
 
 
 def check_shape(a, name, shape):
@@ -58,6 +58,8 @@ def state_array(a, name, like, like_name="param"):
         raise ValueError(f"{name} is updated in place and must be C-contiguous")
     if not a.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable")
+    if not a.flags.aligned:  # compiled kernels may use aligned loads
+        raise ValueError(f"{name} is updated in place and must be aligned to its dtype")
     return a
 
 
@@ -72,8 +74,8 @@ def out_array(out, name, shape, dtype):
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"{name} must be C-contiguous and writeable")
+    if not (out.flags.c_contiguous and out.flags.writeable and out.flags.aligned):
+        raise ValueError(f"{name} must be C-contiguous, aligned to its dtype and writeable")
     return out
 
 

@@ -402,11 +402,15 @@ class NumpyBackend:
         """Gradients of batchnorm_forward. dy: (N, C). Returns (dx, dgamma, dbeta)."""
         if not isinstance(cache, BatchNormCache):
             raise TypeError("cache must be the BatchNormCache returned by batchnorm_forward")
-        x = cache.x
+        # the cache is a plain tuple a caller can build or alter: check it like any input
+        x = chk.float_array(cache.x, "cache.x", ndim=2)
+        mean, invstd, gamma = (chk.float_array(getattr(cache, f), f"cache.{f}", dtype=x.dtype,
+                                               shape=(x.shape[1],)) for f in ("mean", "invstd", "gamma"))
+        cache = BatchNormCache(x, mean, invstd, gamma, bool(cache.training))
         dy = chk.float_array(dy, "dy", dtype=x.dtype, shape=x.shape)
         dx = chk.out_array(dx, "dx", x.shape, x.dtype)
-        dgamma = chk.out_array(dgamma, "dgamma", cache.gamma.shape, x.dtype)
-        dbeta = chk.out_array(dbeta, "dbeta", cache.gamma.shape, x.dtype)
+        dgamma = chk.out_array(dgamma, "dgamma", gamma.shape, x.dtype)
+        dbeta = chk.out_array(dbeta, "dbeta", gamma.shape, x.dtype)
         self._batchnorm_backward(dy, cache, dx, dgamma, dbeta)
         return dx, dgamma, dbeta
 

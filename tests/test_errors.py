@@ -1,0 +1,555 @@
+"""Bad input: every public kernel rejects it with a ValueError or TypeError that
+names the argument, before any implementation (`_name`) runs, and without writing
+to any array it was given.
+
+Each kernel has one valid call (SPECS). The bad calls are that valid call with one
+thing changed: generic changes derived from the role of each array argument
+(input, state updated in place, output buffer), and hand-written ones (CASES).
+Every bad call runs on every available backend, in float32 and float64, and on a
+"tripwire" subclass of that backend whose implementations raise AssertionError.
+"""
+
+import re
+import types
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn.backends.reference import ACTIVATIONS, KERNELS, NumpyBackend
+
+BACKENDS = fastnn.available_backends()
+DTYPES = [np.float32, np.float64]
+N, IN, OUT = 4, 3, 5  # samples, input features, outputs (classes, channels)
+
+
+def other(dtype):
+    """The other float dtype: mixing it into a call is an error."""
+    return np.float64 if np.dtype(dtype) == np.float32 else np.float32
+
+
+def rand(shape, dtype, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def labels(n=N, c=OUT):
+    return np.arange(n) % c
+
+
+# ------------------------------------------------------------------ valid calls
+class Spec(NamedTuple):
+    """A valid call of `method`: build(dtype) -> keyword arguments.
+
+    anchor: the array whose dtype the call works in (a mismatch is reported
+    against the other arrays, so it gets no mixed-dtype case of its own);
+    inputs: float arrays only read; states: arrays updated in place;
+    outs: output buffers."""
+
+    method: str
+    build: Callable
+    anchor: str = ""
+    inputs: tuple = ()
+    states: tuple = ()
+    outs: tuple = ()
+
+
+def _dense_backward(dtype, activation):
+    x, W = rand((N, IN), dtype, 1), rand((IN, OUT), dtype, 2)
+    preact = x @ W
+    y = fastnn.get_backend("numpy").activation_forward(preact, activation)
+    return dict(dy=rand((N, OUT), dtype, 3), x=x, W=W, y=y, activation=activation,
+                preact=preact, dx=np.empty((N, IN), dtype), dW=np.empty((IN, OUT), dtype),
+                db=np.empty(OUT, dtype), dz=np.empty((N, OUT), dtype))
+
+
+def _loss(dtype, output_name, targets):
+    return {output_name: rand((N, OUT), dtype, 1), "targets": targets,
+            "sample_weight": np.linspace(0.5, 2, N).astype(dtype), "grad": np.empty((N, OUT), dtype)}
+
+
+def _batchnorm_forward(dtype):
+    return dict(x=rand((N, OUT), dtype, 1), gamma=rand(OUT, dtype, 2), beta=rand(OUT, dtype, 3),
+                running_mean=np.zeros(OUT, dtype), running_var=np.ones(OUT, dtype), training=True,
+                momentum=0.1, eps=1e-5, out=np.empty((N, OUT), dtype))
+
+
+def _batchnorm_backward(dtype):
+    kw = _batchnorm_forward(dtype)
+    del kw["out"]
+    _, cache = fastnn.get_backend("numpy").batchnorm_forward(**kw)
+    return dict(dy=rand((N, OUT), dtype, 4), cache=cache, dx=np.empty((N, OUT), dtype),
+                dgamma=np.empty(OUT, dtype), dbeta=np.empty(OUT, dtype))
+
+
+def _step(dtype, *states, **hyper):
+    """param, grad and states (2, OUT); states positive, and grad_avg small
+    enough that square_avg - grad_avg^2 stays positive."""
+    kw = {"param": rand((2, OUT), dtype, 1), "grad": rand((2, OUT), dtype, 2)}
+    kw.update({s: np.abs(rand((2, OUT), dtype, 3 + i)) + 1 for i, s in enumerate(states)})
+    if "grad_avg" in kw:
+        kw["grad_avg"] *= dtype(0.1)
+    return {**kw, **hyper}
+
+
+SPECS = {
+    "activation_forward": Spec(
+        "activation_forward", lambda d: dict(x=rand((N, OUT), d), activation="tanh",
+                                             out=np.empty((N, OUT), d)),
+        anchor="x", inputs=("x",), outs=("out",)),
+    "activation_backward": Spec(
+        "activation_backward", lambda d: dict(dy=rand((N, OUT), d, 1), y=rand((N, OUT), d, 2),
+                                              activation="gelu", x=rand((N, OUT), d, 3),
+                                              out=np.empty((N, OUT), d)),
+        anchor="y", inputs=("dy", "y", "x"), outs=("out",)),
+    "dense_forward": Spec(
+        "dense_forward", lambda d: dict(x=rand((N, IN), d, 1), W=rand((IN, OUT), d, 2),
+                                        b=rand(OUT, d, 3), activation="relu",
+                                        out=np.empty((N, OUT), d), preact=np.empty((N, OUT), d)),
+        anchor="W", inputs=("x", "W", "b"), outs=("out", "preact")),
+    "dense_backward": Spec(
+        "dense_backward", lambda d: _dense_backward(d, "tanh"),
+        anchor="W", inputs=("dy", "x", "W", "y"), outs=("dx", "dW", "db", "dz")),
+    "dense_backward-gelu": Spec(
+        "dense_backward", lambda d: _dense_backward(d, "gelu"),
+        anchor="W", inputs=("preact",)),
+    "softmax_cross_entropy": Spec(
+        "softmax_cross_entropy", lambda d: _loss(d, "logits", labels()),
+        anchor="logits", inputs=("logits", "sample_weight"), outs=("grad",)),
+    "softmax_cross_entropy-probabilities": Spec(
+        "softmax_cross_entropy", lambda d: _loss(d, "logits", np.full((N, OUT), 1 / OUT, d)),
+        anchor="logits", inputs=("targets",)),
+    "sigmoid_binary_cross_entropy": Spec(
+        "sigmoid_binary_cross_entropy", lambda d: _loss(d, "logits", np.full((N, OUT), 0.25, d)),
+        anchor="logits", inputs=("logits", "targets", "sample_weight"), outs=("grad",)),
+    "squared_error": Spec(
+        "squared_error", lambda d: _loss(d, "pred", rand((N, OUT), d, 9)),
+        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
+    "absolute_error": Spec(
+        "absolute_error", lambda d: _loss(d, "pred", rand((N, OUT), d, 9)),
+        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
+    "huber": Spec(
+        "huber", lambda d: {**_loss(d, "pred", rand((N, OUT), d, 9)), "delta": 0.5},
+        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
+    "hinge": Spec(
+        "hinge", lambda d: _loss(d, "scores", np.where(rand((N, OUT), d, 9) > 0, 1, -1).astype(d)),
+        anchor="scores", inputs=("scores", "targets", "sample_weight"), outs=("grad",)),
+    "batchnorm_forward": Spec(
+        "batchnorm_forward", _batchnorm_forward, anchor="x", inputs=("x", "gamma", "beta"),
+        states=("running_mean", "running_var"), outs=("out",)),
+    "batchnorm_backward": Spec(
+        "batchnorm_backward", _batchnorm_backward, inputs=("dy",), outs=("dx", "dgamma", "dbeta")),
+    "dropout_forward": Spec(
+        "dropout_forward", lambda d: dict(x=rand((N, OUT), d), rate=0.3, seed=7,
+                                          out=np.empty((N, OUT), d)),
+        anchor="x", inputs=("x",), outs=("out",)),
+    "dropout_backward": Spec(
+        "dropout_backward", lambda d: dict(dy=rand((N, OUT), d), rate=0.3, seed=7,
+                                           out=np.empty((N, OUT), d)),
+        anchor="dy", inputs=("dy",), outs=("out",)),
+    "weight_penalty": Spec(
+        "weight_penalty", lambda d: dict(param=rand((IN, OUT), d, 1), grad=rand((IN, OUT), d, 2),
+                                         l2=0.1, l1=0.01),
+        anchor="param", inputs=("param",), states=("grad",)),
+    "sgd_step": Spec(
+        "sgd_step", lambda d: _step(d, "velocity", lr=0.1, momentum=0.9, nesterov=True,
+                                    weight_decay=0.01),
+        anchor="param", inputs=("grad",), states=("param", "velocity")),
+    "adagrad_step": Spec(
+        "adagrad_step", lambda d: _step(d, "sum_sq", lr=0.1, eps=1e-10, weight_decay=0.01),
+        anchor="param", inputs=("grad",), states=("param", "sum_sq")),
+    "rmsprop_step": Spec(
+        "rmsprop_step", lambda d: _step(d, "square_avg", "momentum_buf", "grad_avg", lr=0.01,
+                                        alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=0.9,
+                                        centered=True),
+        anchor="param", inputs=("grad",), states=("param", "square_avg", "momentum_buf", "grad_avg")),
+    "adadelta_step": Spec(
+        "adadelta_step", lambda d: _step(d, "square_avg", "acc_delta", lr=1.0, rho=0.9, eps=1e-6,
+                                         weight_decay=0.01),
+        anchor="param", inputs=("grad",), states=("param", "square_avg", "acc_delta")),
+    "adam_step": Spec(
+        "adam_step", lambda d: _step(d, "m", "v", "v_max", t=3, lr=1e-3, beta1=0.9, beta2=0.999,
+                                     eps=1e-8, weight_decay=0.01, decoupled=True, amsgrad=True),
+        anchor="param", inputs=("grad",), states=("param", "m", "v", "v_max")),
+    "init_weights": Spec(
+        "init_weights", lambda d: dict(method="glorot_uniform", fan_in=IN, fan_out=OUT, rng=0,
+                                       dtype=d, activation="relu")),
+}
+
+
+# ------------------------------------------------------------------- bad calls
+class Case(NamedTuple):
+    spec: str
+    change: Callable  # change(kw, dtype): turns the valid keyword arguments into bad ones
+    error: type
+    name: str  # the argument the error message must name
+
+
+CASES = {}  # id -> Case
+
+
+def case(spec, what, error, name, **changes):
+    """A bad call: SPECS[spec] with the arguments in `changes` replaced; a value
+    that is callable is called with the dtype."""
+    def change(kw, dtype):
+        for key, value in changes.items():
+            kw[key] = value(dtype) if isinstance(value, types.FunctionType) else value
+    CASES[f"{spec}[{what}]"] = Case(spec, change, error, name)
+
+
+def noncontiguous(a):
+    """A strided view with the shape and values of `a` (last axis of length >= 2)."""
+    wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+    wide[..., ::2] = a
+    return wide[..., ::2]
+
+
+def readonly(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def unaligned(a):
+    """A C-contiguous copy of `a` whose data starts one byte past an aligned address."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)
+    b = np.ndarray(a.shape, a.dtype, buffer=raw.data, offset=1)
+    b[...] = a
+    return b
+
+
+def longer(a):
+    """A zero array like `a` with one more element on its last axis."""
+    return np.zeros(a.shape[:-1] + (a.shape[-1] + 1,), a.dtype)
+
+
+def generic_case(spec, what, error, name, transform):
+    def change(kw, dtype):
+        kw[name] = transform(kw[name])
+    CASES[f"{spec}[{name}-{what}]"] = Case(spec, change, error, name)
+
+
+def _generic_cases():
+    for spec_id, spec in SPECS.items():
+        for name in spec.inputs + spec.states + spec.outs:
+            generic_case(spec_id, "list", TypeError, name, lambda a: a.tolist())
+            if name != spec.anchor:
+                generic_case(spec_id, "mixed-dtype", TypeError, name, lambda a: a.astype(other(a.dtype)))
+        for name in spec.inputs + spec.states:
+            generic_case(spec_id, "int", TypeError, name, lambda a: np.round(a).astype(np.int64))
+            generic_case(spec_id, "float16", TypeError, name, lambda a: a.astype(np.float16))
+            generic_case(spec_id, "byteswapped", TypeError, name,
+                         lambda a: a.astype(a.dtype.newbyteorder()))
+        for name in spec.states + spec.outs:
+            if name != spec.anchor:  # the anchor's shape is the one the others must match
+                generic_case(spec_id, "wrong-shape", ValueError, name, longer)
+            generic_case(spec_id, "noncontiguous", ValueError, name, noncontiguous)
+            generic_case(spec_id, "readonly", ValueError, name, readonly)
+            generic_case(spec_id, "unaligned", ValueError, name, unaligned)
+
+
+_generic_cases()
+
+nan, inf = float("nan"), float("inf")
+
+# activations
+case("activation_forward", "unknown-activation", ValueError, "activation", activation="swish")
+case("activation_forward", "activation-not-str", TypeError, "activation", activation=3)
+case("activation_forward", "softmax-1d", ValueError, "x", activation="softmax", x=lambda d: rand(OUT, d),
+     out=lambda d: np.empty(OUT, d))
+case("activation_backward", "gelu-without-x", ValueError, "x", x=None)
+case("activation_backward", "dy-shape", ValueError, "dy", dy=lambda d: rand((N + 1, OUT), d))
+case("activation_backward", "x-shape", ValueError, "x", x=lambda d: rand((N, OUT + 1), d))
+case("activation_backward", "unknown-activation", ValueError, "activation", activation="swish")
+case("activation_backward", "softmax-1d", ValueError, "y", activation="softmax", y=lambda d: rand(OUT, d),
+     dy=lambda d: rand(OUT, d), out=lambda d: np.empty(OUT, d))
+
+# dense
+case("dense_forward", "x-features", ValueError, "x", x=lambda d: rand((N, IN + 1), d))
+case("dense_forward", "x-1d", ValueError, "x", x=lambda d: rand(IN, d))
+case("dense_forward", "W-1d", ValueError, "W", W=lambda d: rand(IN, d))
+case("dense_forward", "W-rows", ValueError, "x", W=lambda d: rand((IN + 1, OUT), d))
+case("dense_forward", "b-length", ValueError, "b", b=lambda d: rand(OUT + 1, d))
+case("dense_forward", "b-2d", ValueError, "b", b=lambda d: rand((1, OUT), d))
+case("dense_forward", "unknown-activation", ValueError, "activation", activation="swish")
+case("dense_forward", "activation-none", TypeError, "activation", activation=None)
+case("dense_backward", "dy-batch", ValueError, "dy", dy=lambda d: rand((N + 1, OUT), d))
+case("dense_backward", "y-batch", ValueError, "y", y=lambda d: rand((N - 1, OUT), d))
+case("dense_backward", "x-features", ValueError, "x", x=lambda d: rand((N, IN + 1), d))
+case("dense_backward", "W-columns", ValueError, "dy", W=lambda d: rand((IN, OUT + 1), d))
+case("dense_backward", "W-1d", ValueError, "W", W=lambda d: rand(IN, d))
+case("dense_backward", "unknown-activation", ValueError, "activation", activation="swish")
+case("dense_backward-gelu", "without-preact", ValueError, "preact", preact=None)
+case("dense_backward-gelu", "preact-shape", ValueError, "preact", preact=lambda d: rand((N, OUT + 1), d))
+
+# losses
+for _spec in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "squared_error",
+              "absolute_error", "huber", "hinge"):
+    case(_spec, "weight-nan", ValueError, "sample_weight",
+         sample_weight=lambda d: np.array([1, nan, 1, 1], d))
+    case(_spec, "weight-inf", ValueError, "sample_weight",
+         sample_weight=lambda d: np.array([1, 1, inf, 1], d))
+    case(_spec, "weight-negative", ValueError, "sample_weight",
+         sample_weight=lambda d: np.array([1, -0.5, 1, 1], d))
+    case(_spec, "weight-zero-total", ValueError, "sample_weight", sample_weight=lambda d: np.zeros(N, d))
+    case(_spec, "weight-batch", ValueError, "sample_weight", sample_weight=lambda d: np.ones(N + 1, d))
+    case(_spec, "weight-2d", ValueError, "sample_weight", sample_weight=lambda d: np.ones((N, 1), d))
+    case(_spec, "weight-list", TypeError, "sample_weight", sample_weight=[1.0] * N)
+for _spec in ("sigmoid_binary_cross_entropy", "squared_error", "absolute_error", "huber", "hinge"):
+    _output = SPECS[_spec].anchor
+    case(_spec, "targets-batch", ValueError, "targets", targets=lambda d: np.ones((N + 1, OUT), d))
+    case(_spec, "targets-1d", ValueError, "targets", targets=lambda d: np.ones(N, d))
+    case(_spec, "targets-nan", ValueError, "targets", targets=lambda d: np.full((N, OUT), nan, d))
+    case(_spec, "targets-inf", ValueError, "targets", targets=lambda d: np.full((N, OUT), inf, d))
+    case(_spec, f"{_output}-3d", ValueError, _output, **{_output: lambda d: rand((N, OUT, 1), d)})
+case("softmax_cross_entropy", "label-negative", ValueError, "targets", targets=np.array([0, -1, 2, 1]))
+case("softmax_cross_entropy", "label-equal-to-C", ValueError, "targets", targets=np.array([0, OUT, 2, 1]))
+case("softmax_cross_entropy", "label-large", ValueError, "targets", targets=np.array([0, 1, 2**40, 1]))
+case("softmax_cross_entropy", "float-labels", TypeError, "targets",
+     targets=lambda d: np.array([0, 1, 2, 1], d))
+case("softmax_cross_entropy", "bool-labels", TypeError, "targets", targets=np.array([0, 1, 1, 0], bool))
+case("softmax_cross_entropy", "labels-batch", ValueError, "targets", targets=labels(N + 1))
+case("softmax_cross_entropy", "labels-list", TypeError, "targets", targets=[0, 1, 2, 1])
+case("softmax_cross_entropy", "logits-1d", ValueError, "logits", logits=lambda d: rand(N, d))
+case("softmax_cross_entropy", "logits-list", TypeError, "logits", logits=[[0.0] * OUT] * N)
+case("softmax_cross_entropy-probabilities", "targets-nan", ValueError, "targets",
+     targets=lambda d: np.full((N, OUT), nan, d))
+case("softmax_cross_entropy-probabilities", "targets-classes", ValueError, "targets",
+     targets=lambda d: np.full((N, OUT + 1), 1 / (OUT + 1), d))
+case("softmax_cross_entropy-probabilities", "targets-batch", ValueError, "targets",
+     targets=lambda d: np.full((N + 1, OUT), 1 / OUT, d))
+case("sigmoid_binary_cross_entropy", "targets-above-1", ValueError, "targets",
+     targets=lambda d: np.full((N, OUT), 1.5, d))
+case("sigmoid_binary_cross_entropy", "targets-below-0", ValueError, "targets",
+     targets=lambda d: np.full((N, OUT), -0.01, d))
+case("hinge", "targets-zero", ValueError, "targets", targets=lambda d: np.zeros((N, OUT), d))
+case("hinge", "targets-01", ValueError, "targets",
+     targets=lambda d: (np.arange(N * OUT) % 2).reshape(N, OUT).astype(d))
+case("hinge", "targets-2", ValueError, "targets", targets=lambda d: np.full((N, OUT), 2.0, d))
+case("huber", "delta-zero", ValueError, "delta", delta=0.0)
+case("huber", "delta-negative", ValueError, "delta", delta=-1.0)
+case("huber", "delta-nan", ValueError, "delta", delta=nan)
+case("huber", "delta-str", TypeError, "delta", delta="1")
+
+# batch norm
+case("batchnorm_forward", "training-one-sample", ValueError, "x", x=lambda d: rand((1, OUT), d),
+     out=lambda d: np.empty((1, OUT), d))
+case("batchnorm_forward", "x-1d", ValueError, "x", x=lambda d: rand(OUT, d))
+case("batchnorm_forward", "x-3d", ValueError, "x", x=lambda d: rand((N, OUT, 2), d))
+case("batchnorm_forward", "gamma-length", ValueError, "gamma", gamma=lambda d: rand(OUT + 1, d))
+case("batchnorm_forward", "beta-length", ValueError, "beta", beta=lambda d: rand(OUT - 1, d))
+case("batchnorm_forward", "momentum-above-1", ValueError, "momentum", momentum=1.5)
+case("batchnorm_forward", "momentum-negative", ValueError, "momentum", momentum=-0.1)
+case("batchnorm_forward", "momentum-nan", ValueError, "momentum", momentum=nan)
+case("batchnorm_forward", "eps-zero", ValueError, "eps", eps=0.0)
+case("batchnorm_backward", "dy-batch", ValueError, "dy", dy=lambda d: rand((N + 1, OUT), d))
+case("batchnorm_backward", "dy-channels", ValueError, "dy", dy=lambda d: rand((N, OUT + 1), d))
+case("batchnorm_backward", "cache-tuple", TypeError, "cache",
+     cache=lambda d: tuple(_batchnorm_backward(d)["cache"]))
+
+
+def _tampered_cache(**fields):
+    """A BatchNormCache from a valid forward pass with some fields replaced."""
+    return lambda d: _batchnorm_backward(d)["cache"]._replace(
+        **{k: (v(d) if isinstance(v, types.FunctionType) else v) for k, v in fields.items()})
+
+
+case("batchnorm_backward", "cache-mean-length", ValueError, "cache.mean",
+     cache=_tampered_cache(mean=lambda d: np.zeros(OUT - 1, d)))
+case("batchnorm_backward", "cache-invstd-dtype", TypeError, "cache.invstd",
+     cache=_tampered_cache(invstd=lambda d: np.ones(OUT, other(d))))
+case("batchnorm_backward", "cache-gamma-list", TypeError, "cache.gamma",
+     cache=_tampered_cache(gamma=[1.0] * OUT))
+case("batchnorm_backward", "cache-x-1d", ValueError, "cache.x",
+     cache=_tampered_cache(x=lambda d: rand(OUT, d)))
+
+# dropout
+for _spec in ("dropout_forward", "dropout_backward"):
+    case(_spec, "rate-1", ValueError, "rate", rate=1.0)
+    case(_spec, "rate-negative", ValueError, "rate", rate=-0.1)
+    case(_spec, "rate-nan", ValueError, "rate", rate=nan)
+    case(_spec, "rate-str", TypeError, "rate", rate="0.5")
+    case(_spec, "seed-negative", ValueError, "seed", seed=-1)
+    case(_spec, "seed-2**64", ValueError, "seed", seed=2**64)
+    case(_spec, "seed-float", TypeError, "seed", seed=1.5)
+    case(_spec, "seed-bool", TypeError, "seed", seed=True)
+
+# weight penalty
+case("weight_penalty", "l2-negative", ValueError, "l2", l2=-0.1)
+case("weight_penalty", "l1-nan", ValueError, "l1", l1=nan)
+case("weight_penalty", "param-shape", ValueError, "grad", param=lambda d: rand((IN, OUT + 1), d))
+
+# optimizers
+for _spec in ("sgd_step", "adagrad_step", "rmsprop_step", "adadelta_step", "adam_step"):
+    case(_spec, "lr-negative", ValueError, "lr", lr=-0.1)
+    case(_spec, "lr-nan", ValueError, "lr", lr=nan)
+    case(_spec, "lr-inf", ValueError, "lr", lr=inf)
+    case(_spec, "lr-str", TypeError, "lr", lr="0.1")
+    case(_spec, "weight_decay-negative", ValueError, "weight_decay", weight_decay=-0.01)
+    case(_spec, "grad-shape", ValueError, "grad", grad=lambda d: rand((2, OUT + 1), d))
+    case(_spec, "param-readonly-view", ValueError, "param",
+         param=lambda d: np.broadcast_to(np.ones(OUT, d), (2, OUT)))
+case("sgd_step", "momentum-above-1", ValueError, "momentum", momentum=1.5)
+case("sgd_step", "momentum-nan", ValueError, "momentum", momentum=nan)
+case("sgd_step", "nesterov-without-momentum", ValueError, "nesterov", momentum=0.0)
+case("sgd_step", "momentum-without-velocity", ValueError, "velocity", velocity=None)
+case("adagrad_step", "eps-negative", ValueError, "eps", eps=-1e-10)
+case("rmsprop_step", "alpha-above-1", ValueError, "alpha", alpha=1.5)
+case("rmsprop_step", "momentum-above-1", ValueError, "momentum", momentum=2.0)
+case("rmsprop_step", "momentum-without-buffer", ValueError, "momentum_buf", momentum_buf=None)
+case("rmsprop_step", "centered-without-grad_avg", ValueError, "grad_avg", grad_avg=None)
+case("rmsprop_step", "eps-negative", ValueError, "eps", eps=-1e-8)
+case("adadelta_step", "rho-above-1", ValueError, "rho", rho=1.5)
+case("adadelta_step", "eps-zero", ValueError, "eps", eps=0.0)
+case("adam_step", "t-0", ValueError, "t", t=0)
+case("adam_step", "t-negative", ValueError, "t", t=-3)
+case("adam_step", "t-float", TypeError, "t", t=1.0)
+case("adam_step", "beta1-1", ValueError, "beta1", beta1=1.0)
+case("adam_step", "beta1-negative", ValueError, "beta1", beta1=-0.1)
+case("adam_step", "beta2-1", ValueError, "beta2", beta2=1.0)
+case("adam_step", "beta2-nan", ValueError, "beta2", beta2=nan)
+case("adam_step", "eps-negative", ValueError, "eps", eps=-1e-8)
+case("adam_step", "amsgrad-without-v_max", ValueError, "v_max", v_max=None)
+
+# initialisers
+case("init_weights", "unknown-method", ValueError, "method", method="orthogonal")
+case("init_weights", "method-none", TypeError, "method", method=None)
+case("init_weights", "fan_in-0", ValueError, "fan_in", fan_in=0)
+case("init_weights", "fan_out-negative", ValueError, "fan_out", fan_out=-2)
+case("init_weights", "fan_in-float", TypeError, "fan_in", fan_in=2.5)
+case("init_weights", "dtype-int", TypeError, "dtype", dtype=np.int32)
+case("init_weights", "dtype-float16", TypeError, "dtype", dtype=np.float16)
+case("init_weights", "unknown-activation", ValueError, "activation", activation="swish")
+
+
+# --------------------------------------------------------------------- helpers
+def arrays(value):
+    """Every ndarray in an argument value (looking inside tuples such as the cache)."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [a for v in value for a in arrays(v)]
+    return []
+
+
+def tripwire(cls):
+    """A subclass of backend class `cls` whose kernel implementations fail if called:
+    a bad call must be rejected by the public method before any of them runs."""
+    def tripped(kernel):
+        def implementation(self, *args, **kwargs):
+            raise AssertionError(f"_{kernel} ran")
+        return implementation
+    return type(f"Tripwire{cls.__name__}", (cls,), {"_" + k: tripped(k) for k in KERNELS})
+
+
+TRIPWIRES = {name: tripwire(type(fastnn.get_backend(name)))() for name in BACKENDS}
+
+
+def call(backend, spec, kw):
+    return getattr(backend, spec.method)(**kw)
+
+
+# ----------------------------------------------------------------------- tests
+def test_every_kernel_has_bad_input_cases():
+    assert {spec.method for spec in SPECS.values()} == set(KERNELS)
+    assert {c.spec for c in CASES.values()} == set(SPECS)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_fast_backends_override_implementations_only(backend_name):
+    """Validation lives in the public methods of NumpyBackend; a backend that
+    replaced one would skip it."""
+    cls = type(fastnn.get_backend(backend_name))
+    for kernel in KERNELS:
+        assert getattr(cls, kernel) is getattr(NumpyBackend, kernel), kernel
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("spec_id", sorted(SPECS))
+def test_valid_call_runs(spec_id, dtype, backend_name):
+    """The unchanged call of each spec is accepted, and on the tripwire it reaches
+    an implementation (so the tripwire covers that kernel)."""
+    spec = SPECS[spec_id]
+    call(fastnn.get_backend(backend_name), spec, spec.build(dtype))
+    with pytest.raises(AssertionError, match=f"_{spec.method} ran"):
+        call(TRIPWIRES[backend_name], spec, spec.build(dtype))
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_bad_input_is_rejected(case_id, dtype, backend_name):
+    bad = CASES[case_id]
+    spec = SPECS[bad.spec]
+    match = rf"(?<![\w.]){re.escape(bad.name)}(?![\w.])"
+    for backend in (fastnn.get_backend(backend_name), TRIPWIRES[backend_name]):
+        kw = spec.build(dtype)
+        bad.change(kw, dtype)
+        given = [a for v in kw.values() for a in arrays(v)]
+        before = [a.copy() for a in given]
+        with pytest.raises(bad.error, match=match):
+            call(backend, spec, kw)
+        for a, b in zip(given, before):  # nothing was written
+            np.testing.assert_array_equal(a, b, strict=True)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_unaligned_inputs_are_copied_not_rejected(dtype, backend_name):
+    backend = fastnn.get_backend(backend_name)
+    x, W, b = rand((N, IN), dtype, 1), rand((IN, OUT), dtype, 2), rand(OUT, dtype, 3)
+    expected = backend.dense_forward(x, W, b, "tanh")
+    actual = backend.dense_forward(unaligned(x), unaligned(W), unaligned(b), "tanh")
+    np.testing.assert_array_equal(actual, expected)
+
+
+# NaN in the data of a valid call (not in targets or weights) is not an error: it
+# flows through to the loss, where the fit loop detects divergence.
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_nan_logits_give_nan_loss(dtype, backend_name):
+    backend = fastnn.get_backend(backend_name)
+    logits = rand((N, OUT), dtype)
+    logits[1, 2] = np.nan
+    for targets in (labels(), np.full((N, OUT), 1 / OUT, dtype)):
+        loss, grad = backend.softmax_cross_entropy(logits, targets)
+        assert np.isnan(loss)
+        assert np.isnan(grad[1]).all() and np.isfinite(np.delete(grad, 1, axis=0)).all()
+    for name in ("sigmoid_binary_cross_entropy", "squared_error", "absolute_error", "huber"):
+        loss, grad = getattr(backend, name)(logits, np.full((N, OUT), 0.5, dtype))
+        assert np.isnan(loss), name
+        assert np.isnan(grad[1, 2]), name
+    loss, _ = backend.hinge(logits, np.ones((N, OUT), dtype))
+    assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_nan_propagates_through_layers_and_steps(dtype, backend_name):
+    backend = fastnn.get_backend(backend_name)
+    x, W = rand((N, IN), dtype, 1), rand((IN, OUT), dtype, 2)
+    x[2, 0] = np.nan
+    y = backend.dense_forward(x, W, None, "tanh")
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    y, _ = backend.batchnorm_forward(x, np.ones(IN, dtype), np.zeros(IN, dtype), np.zeros(IN, dtype),
+                                     np.ones(IN, dtype), training=True)
+    assert np.isnan(y[:, 0]).all()
+    param, grad = rand(OUT, dtype, 3), rand(OUT, dtype, 4)
+    grad[1] = np.nan
+    m, v = np.zeros(OUT, dtype), np.zeros(OUT, dtype)
+    backend.adam_step(param, grad, m, v, 1, 1e-3)
+    assert np.isnan(param[1]) and np.isfinite(np.delete(param, 1)).all()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_nan_propagates_through_activations(activation, dtype, backend_name):
+    """Forward only: the backward of relu-like activations maps a NaN input to a
+    zero gradient, as PyTorch's does."""
+    backend = fastnn.get_backend(backend_name)
+    x = rand((N, OUT), dtype)
+    x[1, 1] = np.nan
+    y = backend.activation_forward(x, activation)
+    assert np.isnan(y[1, 1])
