@@ -252,17 +252,19 @@ def adam_call(backend, a):
 
 
 def _torch_optimizer(cls, param, grad, **options):
-    """A torch optimizer over one parameter: fused implementation when this build
-    has it on the CPU, else foreach."""
+    """The step of a torch optimizer over one parameter: its fused implementation
+    when this build has one for the CPU (tried on a scratch parameter), else foreach."""
     torch = _torch()
+    try:
+        scratch = torch.nn.Parameter(torch.zeros(2, dtype=param.dtype))
+        scratch.grad = torch.ones(2, dtype=param.dtype)
+        cls([scratch], fused=True, **options).step()
+        mode = {"fused": True}
+    except (RuntimeError, TypeError, ValueError):
+        mode = {"foreach": True}
     p = torch.nn.Parameter(param)
     p.grad = grad
-    try:
-        opt = cls([p], fused=True, **options)
-        opt.step()
-    except (RuntimeError, TypeError, ValueError):
-        opt = cls([p], foreach=True, **options)
-    return opt.step
+    return cls([p], **mode, **options).step
 
 
 def adam_torch(a):

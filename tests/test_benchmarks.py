@@ -1,0 +1,226 @@
+"""fastnn.benchmarks on tiny sizes: the limits, the work counts, the records.
+No timing is judged here; only that the measurements are well-formed."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import benchmarks
+from fastnn.benchmarks import BENCHMARKS, get_benchmark
+
+TINY = 1e-3
+FAKE_LIMITS = {"gemm_gflops": {"float32": 100.0, "float64": 50.0}, "stream_gbs": 20.0}
+
+
+def arrays_of(name, shape=None):
+    bench = get_benchmark(name)
+    shape = shape or bench.scaled_shape(TINY)
+    return bench, shape, bench.setup(shape, bench.dtype)
+
+
+def test_limits_are_positive_numbers():
+    limits = benchmarks.measure_limits(scale=TINY, repeats=1)
+    for value in (*limits["gemm_gflops"].values(), limits["stream_gbs"], limits["read_gbs"]):
+        assert isinstance(value, float) and math.isfinite(value) and value > 0
+    assert set(limits["gemm_gflops"]) == {"float32", "float64"}
+    assert limits["gemm_n"] >= 64 and limits["stream_bytes"] >= benchmarks.MB
+
+
+def test_names_are_unique_and_quick_set_holds_the_main_kernels():
+    names = [b.name for b in BENCHMARKS]
+    assert len(names) == len(set(names))
+    quick = {b.name for b in benchmarks.select(quick=True)}
+    assert {"softmax_ce", "batchnorm_train", "adam", "dense_relu", "softmax_ce_small",
+            "adam_small"} <= quick
+    assert [b.name for b in benchmarks.select(["adam", "gelu"])] == ["adam", "gelu"]
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        get_benchmark("nope")
+
+
+def test_required_sizes():
+    shapes = {b.name: (b.shape, b.dtype) for b in BENCHMARKS}
+    assert shapes["softmax_ce"] == ((8192, 1000), "float32")
+    assert shapes["batchnorm_train"] == ((4096, 1024), "float32")
+    assert shapes["adam"] == ((10_000_000,), "float32")
+    assert shapes["dense_relu"] == ((256, 784, 512), "float32")
+    assert shapes["softmax_ce_small"] == ((64, 10), "float32")
+    assert shapes["adam_small"] == ((1000,), "float32")
+
+
+def test_byte_counts_are_the_stated_ones():
+    bench, (n, c), a = arrays_of("softmax_ce", (37, 11))
+    assert bench.work(a, (n, c)) == 2 * n * c * 4 + 8 * n  # logits, grad float32; labels int64
+    bench, (n, c), a = arrays_of("batchnorm_train", (37, 11))
+    assert bench.work(a, (n, c)) == 5 * n * c * 4  # x, y, dy, x, dx
+    bench, (n,), a = arrays_of("adam", (1000,))
+    assert bench.work(a, (n,)) == 28 * n  # 28 bytes per float32 parameter
+    bench, (n,), a = arrays_of("sgd_momentum", (1000,))
+    assert bench.work(a, (n,)) == 20 * n
+    for name in ("gelu", "tanh", "dropout"):
+        bench, (n,), a = arrays_of(name, (1000,))
+        assert bench.work(a, (n,)) == 8 * n
+    bench, shape, a = arrays_of("dense_relu", (3, 5, 7))
+    assert bench.work(a, shape) == 6 * 3 * 5 * 7
+
+
+@pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda b: b.name)
+def test_setup_matches_the_definition(bench):
+    shape = bench.scaled_shape(TINY)
+    arrays = bench.setup(shape, bench.dtype)
+    for name in bench.reads + bench.writes:
+        assert name in arrays, name
+    for name, arr in arrays.items():
+        assert arr.flags.c_contiguous, name
+        if arr.dtype.kind == "f":
+            assert arr.dtype == np.dtype(bench.dtype), name
+    # the same seed every time: every backend gets the same inputs
+    again = bench.setup(shape, bench.dtype)
+    for name in bench.reads:
+        np.testing.assert_array_equal(arrays[name], again[name])
+    assert bench.unit in ("byte", "flop")
+    assert bench.kernels and all(k in fastnn.backends.KERNELS for k in bench.kernels)
+
+
+@pytest.mark.parametrize("bench", BENCHMARKS, ids=lambda b: b.name)
+def test_call_does_the_counted_work(bench):
+    """One call writes every output it is charged for (poisoned beforehand)."""
+    shape = bench.scaled_shape(TINY)
+    arrays = bench.setup(shape, bench.dtype)
+    before = {name: arrays[name].copy() for name in bench.writes}
+    for name in bench.writes:
+        if name not in bench.reads:
+            arrays[name].fill(np.nan)
+    bench.call(fastnn.get_backend("numpy"), arrays)
+    for name in bench.writes:
+        assert np.isfinite(arrays[name]).all(), name
+        if name in bench.reads:  # updated in place
+            assert not np.array_equal(arrays[name], before[name]), name
+
+
+def test_scaled_shape():
+    bench = get_benchmark("batchnorm_train")
+    assert bench.scaled_shape(1.0) == (4096, 1024)
+    assert bench.scaled_shape(0.5) == (2048, 1024)
+    assert bench.scaled_shape(1e-9) == (2, 1024)  # batch norm needs 2 samples
+
+
+def test_scale_from_env(monkeypatch):
+    monkeypatch.delenv(benchmarks.SCALE_ENV, raising=False)
+    assert benchmarks.scale_from_env() == 1.0
+    monkeypatch.setenv(benchmarks.SCALE_ENV, "0.25")
+    assert benchmarks.scale_from_env() == 0.25
+    for bad in ("0", "2", "x"):
+        monkeypatch.setenv(benchmarks.SCALE_ENV, bad)
+        with pytest.raises(ValueError, match=benchmarks.SCALE_ENV):
+            benchmarks.scale_from_env()
+
+
+def test_time_call():
+    calls = []
+    median, best, timed = benchmarks.time_call(lambda: calls.append(1), min_time=0.001)
+    assert 0 < best <= median
+    assert timed >= 5 and len(calls) == timed + 5  # 2 warm-up, 3 calibration
+
+
+RECORD_FIELDS = {f.name for f in dataclasses.fields(benchmarks.Record)}
+
+
+def check_record(r, bench, limits):
+    assert set(r) == RECORD_FIELDS
+    assert r["benchmark"] == bench.name and r["dtype"] == bench.dtype
+    assert r["shape"] == list(bench.scaled_shape(TINY))
+    assert 0 < r["best_s"] <= r["median_s"] and r["calls"] >= 5
+    assert r["unit"] == bench.unit and r["rate_unit"] == ("GFLOP/s" if bench.unit == "flop" else "GB/s")
+    assert math.isclose(r["rate"], r["work"] / r["median_s"] / 1e9)
+    limit = benchmarks.limit_for(limits, bench.unit, bench.dtype)
+    assert math.isclose(r["percent_of_limit"], 100 * r["rate"] / limit)
+
+
+def test_records_of_every_benchmark_on_every_backend():
+    result = {"records": []}
+    for bench in BENCHMARKS:
+        recs = benchmarks.run_benchmark(bench, FAKE_LIMITS, scale=TINY, min_time=0.002)
+        result["records"] += [r.as_dict() for r in recs]
+        by_backend = {r.backend: r.as_dict() for r in recs}
+        assert set(fastnn.available_backends()) <= set(by_backend)
+        if benchmarks.version("torch") is not None:
+            assert "torch" in by_backend
+        assert (benchmarks.BARE in by_backend) == (bench.bare is not None)
+        reference = by_backend["numpy"]["median_s"]
+        for name, r in by_backend.items():
+            check_record(r, bench, FAKE_LIMITS)
+            assert math.isclose(r["speedup"], reference / r["median_s"])
+            if bench.bare is not None and name != benchmarks.BARE:
+                assert math.isclose(r["bare_percent"],
+                                    100 * by_backend[benchmarks.BARE]["median_s"] / r["median_s"])
+            else:
+                assert r["bare_percent"] is None
+
+
+def test_run_without_reference_has_no_speedup():
+    recs = benchmarks.run_benchmark(get_benchmark("adam_small"), FAKE_LIMITS,
+                                    backends=[fastnn.available_backends()[0]], others=(),
+                                    scale=TINY, min_time=0.002)
+    assert len(recs) == 1
+    if recs[0].backend != "numpy":
+        assert recs[0].speedup is None
+
+
+def test_run_returns_machine_and_limits(monkeypatch):
+    monkeypatch.setenv(benchmarks.SCALE_ENV, str(TINY))
+    result = benchmarks.run(names=["adam_small"], backends=["numpy"], others=(), limits=FAKE_LIMITS)
+    assert set(result) == {"machine", "settings", "limits", "records"}
+    assert result["settings"]["scale"] == TINY
+    assert [r["backend"] for r in result["records"]] == ["numpy"]
+    m = result["machine"]
+    assert isinstance(m["cpu"], str) and m["cpu"]
+    assert m["cores"] >= 1 and 1 <= m["usable_cores"] <= m["cores"]
+    assert m["versions"]["numpy"] == np.__version__
+    assert m["versions"]["fastnn"] == fastnn.__version__
+    assert m["backends"] == fastnn.available_backends()
+    assert all("internal_api" in pool for pool in m["blas"])
+
+
+# The comparisons with PyTorch must do the same work as the kernels.
+def torch_results(name, arrays):
+    torch = pytest.importorskip("torch")
+    out = get_benchmark(name).others["torch"](arrays)()
+    return [t.detach().numpy() if isinstance(t, torch.Tensor) else t for t in (out or ())]
+
+
+def test_torch_softmax_ce_matches_the_reference():
+    bench, shape, a = arrays_of("softmax_ce", (16, 7))
+    (grad,) = torch_results("softmax_ce", bench.setup(shape, bench.dtype))
+    bench.call(fastnn.get_backend("numpy"), a)
+    np.testing.assert_allclose(grad, a["grad"], rtol=1e-4, atol=1e-7)
+
+
+def test_torch_batchnorm_matches_the_reference():
+    bench, shape, a = arrays_of("batchnorm_train", (16, 7))
+    t = bench.setup(shape, bench.dtype)
+    t["gamma"][:] = 1  # torch's BatchNorm1d starts at gamma 1, beta 0
+    a["gamma"][:] = 1
+    dx, dgamma, dbeta = torch_results("batchnorm_train", t)
+    bench.call(fastnn.get_backend("numpy"), a)
+    for got, want in ((dx, a["dx"]), (dgamma, a["dgamma"]), (dbeta, a["dbeta"])):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_dense_matches_the_reference():
+    bench, shape, a = arrays_of("dense_relu", (6, 5, 4))
+    dx, dW_t, db = torch_results("dense_relu", bench.setup(shape, bench.dtype))
+    bench.call(fastnn.get_backend("numpy"), a)
+    for got, want in ((dx, a["dx"]), (dW_t.T, a["dW"]), (db, a["db"])):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd_momentum"])
+def test_torch_optimizer_step_matches_the_reference(name):
+    bench, shape, a = arrays_of(name, (50,))
+    t = bench.setup(shape, bench.dtype)
+    torch_results(name, t)  # one step, in place on t["param"]
+    bench.call(fastnn.get_backend("numpy"), a)
+    np.testing.assert_allclose(t["param"], a["param"], rtol=1e-5, atol=1e-6)
