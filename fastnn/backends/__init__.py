@@ -88,7 +88,10 @@ def get_backend(name=None):
         return _current
     env = os.environ.get("FASTNN_BACKEND")
     if env:
-        return _resolve(env)
+        try:
+            return _resolve(env)
+        except (ValueError, BackendUnavailableError) as exc:  # say where the name came from
+            raise type(exc)(f"environment variable FASTNN_BACKEND={env!r}: {exc}") from None
     return _resolve(available_backends()[0])
 
 
