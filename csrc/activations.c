@@ -1,13 +1,16 @@
-#include "fastnn.h"
+/* Activations forward (with the dense layer's bias epilogue) and backward (with
+ * the bias-gradient column sums), float and double: activations_impl.h is the
+ * kernel source written once in terms of T and S (the type and its suffix). */
+#include "common.h"
 
-/* x, y, dy, dx: n elements each */
-#define DEFINE_RELU(T, SUFFIX)                                                   \
-    void relu_forward_##SUFFIX(const T *x, T *y, int64_t n) {                    \
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)0;           \
-    }                                                                            \
-    void relu_backward_##SUFFIX(const T *dy, const T *y, T *dx, int64_t n) {     \
-        for (int64_t i = 0; i < n; i++) dx[i] = y[i] > 0 ? dy[i] : (T)0;         \
-    }
+#define T float
+#define S f32
+#include "activations_impl.h"
+#undef T
+#undef S
 
-DEFINE_RELU(float, f32)
-DEFINE_RELU(double, f64)
+#define T double
+#define S f64
+#include "activations_impl.h"
+#undef T
+#undef S

@@ -282,6 +282,12 @@ def test_softmax_cross_entropy_huge_logits_exact():
     np.testing.assert_array_equal(grad, [[0.5, -0.5]])
 
 
+def test_tiny_binary_loss_keeps_its_relative_precision():
+    # a confident right answer: log(1 + e^-40) = e^-40 to 1e-17, not 0
+    loss, _ = ref.sigmoid_binary_cross_entropy(np.array([40.0]), np.array([1.0]))
+    assert loss == pytest.approx(math.exp(-40), rel=1e-14, abs=0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_huge_logits_finite_in_both_dtypes(dtype):
     loss, grad = ref.softmax_cross_entropy(np.array([[1e4, -1e4]], dtype), np.array([1]))
@@ -330,6 +336,23 @@ def test_dropout_seeds():
     b = ref.dropout_mask(shape, rate, 124)
     # independent masks disagree on a fraction 2 p (1 - p) = 0.48 of the elements
     assert abs((a != b).mean() - 2 * rate * (1 - rate)) < 0.05
+
+
+def test_dropout_mask_is_splitmix64_of_seed_and_index():
+    # the documented generator in Python integers: z = seed + (i + 1) * gamma mod 2^64,
+    # splitmix64's two multiply-xorshift rounds, keep when the top 53 bits >= rate * 2^53
+    mod = 2**64
+
+    def keep(seed, i, rate):
+        z = (seed + (i + 1) * 0x9E3779B97F4A7C15) % mod
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % mod
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % mod
+        z ^= z >> 31
+        return (z >> 11) >= int(rate * 2**53)
+
+    for seed in (0, 12345, 2**64 - 1):
+        hand = [keep(seed, i, 0.37) for i in range(500)]
+        np.testing.assert_array_equal(ref.dropout_mask((500,), 0.37, seed), hand)
 
 
 def test_dropout_mask_depends_on_the_flat_index_only():
