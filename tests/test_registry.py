@@ -220,13 +220,14 @@ HIDE_FAST_BACKENDS = """
         fastnn.get_backend()
     except Exception as exc:
         result["errors"]["env"] = [type(exc).__name__, str(exc)]
-    # every module of the package imports without the fast backends, except those
-    # backends themselves, the build script and the command-line entry point
-    skip = {"fastnn.__main__", "fastnn._ckernels", "fastnn.backends._build_ckernels",
-            "fastnn.backends.numba_backend", "fastnn.backends.c_backend"}
+    # every public module of the package imports without the fast backends, except
+    # those backends themselves and the command-line entry point (private modules,
+    # _name, may belong to a backend or to the build)
+    skip = {"fastnn.__main__", "fastnn.backends.numba_backend", "fastnn.backends.c_backend"}
     result["modules"] = []
     for module in pkgutil.walk_packages(fastnn.__path__, "fastnn."):
-        if module.name not in skip:
+        private = any(part.startswith("_") for part in module.name.split("."))
+        if module.name not in skip and not private:
             importlib.import_module(module.name)
             result["modules"].append(module.name)
     print(json.dumps(result))
@@ -252,5 +253,5 @@ def test_missing_fast_backends_are_absent_with_reason_and_fix():
         assert fix in result["unavailable"][name]
     assert result["errors"]["env"][0] == "BackendUnavailableError"
     assert "FASTNN_BACKEND='numba'" in result["errors"]["env"][1]
-    assert "fastnn.backends.reference" in result["modules"]
+    assert {"fastnn.backends.reference", "fastnn.cli"} <= set(result["modules"])
 
