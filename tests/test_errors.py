@@ -546,10 +546,12 @@ def test_nan_propagates_through_layers_and_steps(dtype, backend_name):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_nan_propagates_through_activations(activation, dtype, backend_name):
-    """Forward only: the backward of relu-like activations maps a NaN input to a
-    zero gradient, as PyTorch's does."""
+    """Forward only (alone and fused into the dense layer): the backward of
+    relu-like activations maps a NaN input to a zero gradient, as PyTorch's does."""
     backend = fastnn.get_backend(backend_name)
     x = rand((N, OUT), dtype)
     x[1, 1] = np.nan
     y = backend.activation_forward(x, activation)
     assert np.isnan(y[1, 1])
+    y = backend.dense_forward(x, rand((OUT, OUT), dtype, 1), rand(OUT, dtype, 2), activation)
+    assert np.isnan(y[1]).all()
