@@ -1,0 +1,51 @@
+"""fastnn.nn: layers, losses, optimizers and a Keras-like `Sequential` model over
+the fastnn kernels. Every computation is a kernel of the current backend (or the
+model's own), so a model trains the same way on numpy, numba and c.
+
+    from fastnn import nn
+    model = nn.Sequential([nn.Dense(128, "relu"), nn.Dropout(0.1), nn.Dense(10)],
+                          loss="sparse_categorical_crossentropy", optimizer=nn.Adam(1e-3), seed=0)
+    history = model.fit(X, y, epochs=20, batch_size=64, validation_split=0.1,
+                        callbacks=[nn.EarlyStopping(patience=3)])
+    proba = model.predict(X_test)
+    model.save("model.npz"); model = nn.load("model.npz")
+"""
+
+from .callbacks import Callback, EarlyStopping, History
+from .layers import Activation, BatchNorm, Dense, Dropout, Layer
+from .losses import (
+    AbsoluteError,
+    BinaryCrossEntropy,
+    Hinge,
+    Huber,
+    Loss,
+    SoftmaxCrossEntropy,
+    SquaredError,
+    get_loss,
+)
+from .model import Sequential, TrainingDivergedError, load
+from .optimizers import (
+    SGD,
+    Adadelta,
+    Adagrad,
+    Adam,
+    AdamW,
+    CosineDecay,
+    ExponentialDecay,
+    InverseScaling,
+    Optimizer,
+    ReduceOnPlateau,
+    RMSprop,
+    Schedule,
+    StepDecay,
+    get_optimizer,
+    get_schedule,
+)
+
+__all__ = [
+    "SGD", "AbsoluteError", "Activation", "Adadelta", "Adagrad", "Adam", "AdamW", "BatchNorm",
+    "BinaryCrossEntropy", "Callback", "CosineDecay", "Dense", "Dropout", "EarlyStopping",
+    "ExponentialDecay", "Hinge", "History", "Huber", "InverseScaling", "Layer", "Loss", "Optimizer",
+    "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential", "SoftmaxCrossEntropy", "SquaredError",
+    "StepDecay", "TrainingDivergedError", "get_loss", "get_optimizer", "get_schedule", "load",
+]

@@ -1,0 +1,288 @@
+"""Layers of a `Sequential` model.
+
+A layer is a description (its kind and options, see `config`) plus views into the
+model's flat buffers, which `Sequential.build` hands out: parameters (`params`),
+their gradients (`grads`, same layout) and non-trained state such as running
+statistics (`state`). A layer owns no arrays of its own.
+
+Every computation is one backend kernel. `forward` and `backward` write into
+workspace buffers kept per batch size in `ws` (a dict the model keeps for this
+layer and batch size), so after the first step at a batch size nothing is
+allocated. Shapes: x (N, n_in), y (N, n_out).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..backends import _checks as chk
+from ..backends.reference import INIT_ALIASES, INITIALISERS, NEEDS_INPUT, activation_name
+
+# Activations whose layers default to He initialisation (ReLU-like: zero or small
+# slope on one side, identity on the other).
+RELU_FAMILY = frozenset({"relu", "leaky_relu", "elu", "gelu"})
+
+MASK64 = (1 << 64) - 1
+
+
+def mix64(*values):
+    """Hash integers into one 64-bit seed (splitmix64 finaliser over each value):
+    nearby inputs (step counters, layer indices) give unrelated seeds."""
+    z = 0
+    for v in values:
+        z = ((z ^ (int(v) & MASK64)) + 0x9E3779B97F4A7C15) & MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+    return z
+
+
+def default_init(activation):
+    """He for the ReLU family, LeCun for selu (self-normalising), Glorot otherwise."""
+    if activation in RELU_FAMILY:
+        return "he_uniform"
+    if activation == "selu":
+        return "lecun_normal"
+    return "glorot_uniform"
+
+
+class Pass(NamedTuple):
+    """How a forward pass runs: training (dropout on, batch statistics), whether
+    batch norm updates its running statistics, and the pass's dropout seed."""
+
+    training: bool
+    update_stats: bool = True
+    seed: int = 0
+
+
+def buffer(ws, key, shape, dtype):
+    """The workspace array `key`, allocated on first use. A workspace belongs to
+    one batch size, so the shape never changes once allocated."""
+    a = ws.get(key)
+    if a is None:
+        a = ws[key] = np.empty(shape, dtype)
+    return a
+
+
+class Layer:
+    """Base class. Subclasses define `kind`, `build`, `forward`, `backward`, `config`
+    and, when they have parameters, `param_specs` and `init_params`."""
+
+    kind = "Layer"
+
+    def build(self, n_in, dtype):
+        """Fix the input width; returns the output width."""
+        self.n_in = self.n_out = n_in
+        self.dtype = np.dtype(dtype)
+        return n_in
+
+    def param_specs(self):
+        """[(name, shape, is_weight)] of trained parameters, in layout order.
+        Weights (the tensors L1/L2 penalties apply to) are laid out first in the
+        model's flat buffer, everything else after them."""
+        return []
+
+    def state_specs(self):
+        """[(name, shape, initial value)] of non-trained state."""
+        return []
+
+    def bind(self, params, grads, state):
+        """Receive {name: view} into the model's parameter, gradient and state buffers."""
+        self.params, self.grads, self.state = params, grads, state
+
+    def init_params(self, backend, rng):
+        """Write initial values into the parameter views."""
+
+    def config(self):
+        return {"kind": self.kind}
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kind")
+        return f"{self.kind}({options})"
+
+
+class Dense(Layer):
+    """y = activation(x @ W + b), W (n_in, units), b (units,), through the fused
+    dense_forward / dense_backward kernels.
+
+    units: output width; activation: any name of the catalogue (None = identity);
+    init: initialiser name (glorot_uniform/normal, he_uniform/normal, lecun_normal,
+    sklearn) or a callable (fan_in, fan_out, rng, dtype) -> (W, b); None picks one
+    from the activation (see default_init); l2, l1: penalty on W (not b);
+    input_dim: the input width, for a first layer built before seeing data."""
+
+    kind = "Dense"
+
+    def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None):
+        self.units = chk.integer(units, "units", low=1)
+        self.activation = activation_name("identity" if activation is None else activation)
+        if init is not None and not callable(init):
+            if not isinstance(init, str):
+                raise TypeError(f"init must be an initialiser name or a callable, got {type(init).__name__}")
+            init = chk.choice(INIT_ALIASES.get(init, init), "init", INITIALISERS)
+        self.init = init
+        self.l2 = chk.real(l2, "l2", low=0)
+        self.l1 = chk.real(l1, "l1", low=0)
+        self.input_dim = None if input_dim is None else chk.integer(input_dim, "input_dim", low=1)
+        # The activation the kernels run: the model sets it to identity when the
+        # loss applies this activation itself (softmax before cross-entropy).
+        self.run_activation = self.activation
+
+    def build(self, n_in, dtype):
+        self.n_in, self.n_out, self.dtype = n_in, self.units, np.dtype(dtype)
+        return self.units
+
+    def param_specs(self):
+        return [("W", (self.n_in, self.units), True), ("b", (self.units,), False)]
+
+    def init_params(self, backend, rng):
+        if callable(self.init):
+            W, b = self.init(self.n_in, self.units, rng, self.dtype)
+        else:
+            method = self.init or default_init(self.activation)
+            W, b = backend.init_weights(method, self.n_in, self.units, rng=rng, dtype=self.dtype,
+                                        activation=self.activation)
+        self.params["W"][...] = W
+        self.params["b"][...] = b
+
+    @property
+    def W(self):
+        return self.params["W"]
+
+    @property
+    def b(self):
+        return self.params["b"]
+
+    def forward(self, backend, x, ws, mode):
+        shape = (x.shape[0], self.units)
+        y = buffer(ws, "y", shape, self.dtype)
+        preact = buffer(ws, "preact", shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
+        backend.dense_forward(x, self.params["W"], self.params["b"], self.run_activation, out=y,
+                              preact=preact)
+        ws["x"] = x
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        n = dy.shape[0]
+        act = self.run_activation
+        dz = None if act == "identity" else buffer(ws, "dz", (n, self.units), self.dtype)
+        dx = buffer(ws, "dx", (n, self.n_in), self.dtype) if need_dx else None
+        backend.dense_backward(dy, ws["x"], self.params["W"], ws["y"], act, preact=ws.get("preact"),
+                               need_dx=need_dx, dx=dx, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        return dx
+
+    def config(self):
+        return {"kind": self.kind, "units": self.units, "activation": self.activation,
+                "init": self.init if isinstance(self.init, str) else None,
+                "l2": self.l2, "l1": self.l1, "input_dim": self.input_dim}
+
+
+class Activation(Layer):
+    """y = activation(x), any activation of the catalogue (softmax over features)."""
+
+    kind = "Activation"
+
+    def __init__(self, activation):
+        self.activation = activation_name(activation)
+        self.run_activation = self.activation
+
+    def forward(self, backend, x, ws, mode):
+        ws["x"] = x
+        if self.run_activation == "identity":
+            return x
+        y = buffer(ws, "y", x.shape, self.dtype)
+        backend.activation_forward(x, self.run_activation, out=y)
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        if self.run_activation == "identity":
+            return dy
+        dx = buffer(ws, "dx", dy.shape, self.dtype)
+        backend.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
+        return dx
+
+    def config(self):
+        return {"kind": self.kind, "activation": self.activation}
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the samples of a batch (torch.nn.BatchNorm1d):
+    batch statistics in training, running statistics (updated with `momentum`)
+    in inference. Parameters gamma, beta (n,); state running_mean, running_var (n,)."""
+
+    kind = "BatchNorm"
+
+    def __init__(self, momentum=0.1, eps=1e-5):
+        self.momentum = chk.real(momentum, "momentum", 0, 1)
+        self.eps = chk.real(eps, "eps", low=0, low_open=True)
+
+    def param_specs(self):
+        return [("gamma", (self.n_in,), False), ("beta", (self.n_in,), False)]
+
+    def state_specs(self):
+        return [("running_mean", (self.n_in,), 0.0), ("running_var", (self.n_in,), 1.0)]
+
+    def init_params(self, backend, rng):
+        self.params["gamma"][...] = 1
+        self.params["beta"][...] = 0
+
+    def forward(self, backend, x, ws, mode):
+        y = buffer(ws, "y", x.shape, self.dtype)
+        # momentum 0 leaves the running statistics as they are (used when a
+        # caller such as L-BFGS evaluates the training loss repeatedly)
+        momentum = self.momentum if mode.update_stats else 0.0
+        _, ws["cache"] = backend.batchnorm_forward(
+            x, self.params["gamma"], self.params["beta"], self.state["running_mean"],
+            self.state["running_var"], mode.training, momentum=momentum, eps=self.eps, out=y)
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        dx = buffer(ws, "dx", dy.shape, self.dtype)
+        backend.batchnorm_backward(dy, ws["cache"], dx=dx, dgamma=self.grads["gamma"],
+                                   dbeta=self.grads["beta"])
+        return dx
+
+    def config(self):
+        return {"kind": self.kind, "momentum": self.momentum, "eps": self.eps}
+
+
+class Dropout(Layer):
+    """Inverted dropout in training (identity in inference). The mask comes from the
+    kernels' counter-based generator; its seed is mixed from the model's seed, the
+    model's count of training passes and this layer's position, so a run is
+    reproducible and every backend draws the same mask."""
+
+    kind = "Dropout"
+
+    def __init__(self, rate):
+        self.rate = chk.real(rate, "rate", 0, 1, high_open=True)
+
+    def forward(self, backend, x, ws, mode):
+        ws["active"] = active = mode.training and self.rate > 0
+        if not active:
+            return x
+        ws["seed"] = seed = mix64(mode.seed, self.index)
+        y = buffer(ws, "y", x.shape, self.dtype)
+        backend.dropout_forward(x, self.rate, seed, out=y)
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        if not ws["active"]:
+            return dy
+        dx = buffer(ws, "dx", dy.shape, self.dtype)
+        backend.dropout_backward(dy, self.rate, ws["seed"], out=dx)
+        return dx
+
+    def config(self):
+        return {"kind": self.kind, "rate": self.rate}
+
+
+LAYERS = {cls.kind: cls for cls in (Dense, Activation, BatchNorm, Dropout)}
+
+
+def layer_from_config(config):
+    """Rebuild a layer from its `config()` dict (used by `load`)."""
+    if not isinstance(config, dict) or config.get("kind") not in LAYERS:
+        raise ValueError(f"unknown layer description {config!r}; known kinds: {sorted(LAYERS)}")
+    options = {k: v for k, v in config.items() if k != "kind"}
+    return LAYERS[config["kind"]](**options)

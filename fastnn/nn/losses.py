@@ -1,0 +1,255 @@
+"""Losses, each fused with its output activation in one backend kernel.
+
+The network's last layer produces raw outputs (logits for classification); the
+loss applies its `link` (softmax, logistic or nothing) inside the kernel, and
+`Sequential.predict` applies the same link to give probabilities.
+
+A loss also validates and converts the targets once per dataset (`targets`),
+so the training loop only slices ready arrays.
+"""
+
+import numpy as np
+
+from ..backends import _checks as chk
+
+
+def _as_array(y, name):
+    if isinstance(y, (list, tuple)) or not isinstance(y, np.ndarray):
+        y = np.asarray(y)
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+        raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
+    return y
+
+
+def _check_finite(y, name):
+    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+
+
+def _columns(y, name, n_samples, n_outputs, dtype):
+    """Float targets shaped (N, n_outputs): 1-D y is accepted for one output."""
+    y = _as_array(y, name)
+    _check_finite(y, name)
+    if y.ndim == 1 and n_outputs == 1:
+        y = y.reshape(-1, 1)
+    if y.ndim != 2 or y.shape != (n_samples, n_outputs):
+        raise ValueError(f"{name} must have shape ({n_samples}, {n_outputs}) for a model with "
+                         f"{n_outputs} output(s) and {n_samples} samples"
+                         + (f" (or ({n_samples},) for one output)" if n_outputs == 1 else "")
+                         + f", got {y.shape}")
+    y = np.ascontiguousarray(y, dtype=dtype)
+    _check_finite(y, name)  # a cast to float32 can overflow to inf
+    return y
+
+
+def _integer_labels(y, name, n_samples, n_classes):
+    """(N,) int64 labels in [0, n_classes); integral floats are accepted."""
+    if y.shape != (n_samples,):
+        raise ValueError(f"{name} must have shape ({n_samples},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if y.dtype == bool or np.any(y != np.round(y)):
+            raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        raise ValueError(f"{name} holds label {y[bad][0].item()!r}, outside 0..{n_classes - 1}: "
+                         f"the model has {n_classes} outputs, one per class")
+    return np.ascontiguousarray(y, dtype=np.int64)
+
+
+class Loss:
+    """Base class. `__call__(backend, output, targets, sample_weight, grad)` returns
+    the mean loss and writes d loss / d output into grad."""
+
+    name = "loss"
+    link = "identity"  # activation that maps raw outputs to predictions
+    classifier = False  # whether accuracy is a meaningful metric
+
+    def targets(self, y, n_samples, n_outputs, dtype):
+        return _columns(y, "y", n_samples, n_outputs, dtype)
+
+    def correct(self, output, targets):
+        """Number of correct predictions in a batch (classification losses)."""
+        raise NotImplementedError
+
+    def config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of softmax(logits). Targets: (N,) integer labels, or (N, C)
+    one-hot / probability rows."""
+
+    name = "softmax_cross_entropy"
+    link = "softmax"
+    classifier = True
+
+    def targets(self, y, n_samples, n_outputs, dtype):
+        if n_outputs < 2:
+            raise ValueError("softmax cross-entropy needs a last layer with at least 2 outputs; "
+                             "for one output use binary_crossentropy")
+        y = _as_array(y, "y")
+        _check_finite(y, "y")
+        if y.ndim == 1:
+            return _integer_labels(y, "y", n_samples, n_outputs)
+        if y.shape != (n_samples, n_outputs):
+            raise ValueError(f"y must be ({n_samples},) integer labels or ({n_samples}, {n_outputs}) "
+                             f"class probabilities, got shape {y.shape}")
+        if (y < 0).any():
+            raise ValueError("y holds negative class probabilities")
+        return np.ascontiguousarray(y, dtype=dtype)
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
+
+    def correct(self, output, targets):
+        labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
+        return int(np.count_nonzero(output.argmax(axis=1) == labels))
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy of sigmoid(logits) per output: one output for binary
+    labels, K outputs for multilabel targets; targets in [0, 1]."""
+
+    name = "binary_crossentropy"
+    link = "logistic"
+    classifier = True
+
+    def targets(self, y, n_samples, n_outputs, dtype):
+        t = _columns(y, "y", n_samples, n_outputs, dtype)
+        if t.size and (t.min() < 0 or t.max() > 1):
+            raise ValueError("y of a binary cross-entropy must lie in [0, 1] (0/1 labels or probabilities)")
+        return t
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
+
+    def correct(self, output, targets):
+        # per-sample fraction of outputs on the right side of 0.5
+        hits = np.count_nonzero((output > 0) == (targets > 0.5))
+        return hits / output.shape[1]
+
+
+class SquaredError(Loss):
+    """0.5 (output - y)^2 summed over outputs, mean over samples."""
+
+    name = "mse"
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.squared_error(output, targets, sample_weight, grad=grad)[0]
+
+
+class AbsoluteError(Loss):
+    """|output - y| summed over outputs, mean over samples."""
+
+    name = "mae"
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.absolute_error(output, targets, sample_weight, grad=grad)[0]
+
+
+class Huber(Loss):
+    """Huber loss with threshold delta (torch.nn.HuberLoss)."""
+
+    name = "huber"
+
+    def __init__(self, delta=1.0):
+        self.delta = chk.real(delta, "delta", low=0, low_open=True)
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
+
+    def config(self):
+        return {"name": self.name, "delta": self.delta}
+
+    def __repr__(self):
+        return f"Huber(delta={self.delta})"
+
+
+class Hinge(Loss):
+    """Hinge loss max(0, 1 - t s) per output. Targets: -1/+1 or 0/1 per output, or,
+    with K > 1 outputs, (N,) integer labels (one-vs-rest)."""
+
+    name = "hinge"
+    classifier = True
+
+    def targets(self, y, n_samples, n_outputs, dtype):
+        y = _as_array(y, "y")
+        if y.ndim == 1 and n_outputs > 1:
+            labels = _integer_labels(y, "y", n_samples, n_outputs)
+            t = np.full((n_samples, n_outputs), -1, dtype)
+            t[np.arange(n_samples), labels] = 1
+            return t
+        t = _columns(y, "y", n_samples, n_outputs, dtype)
+        values = np.unique(t)
+        if np.isin(values, (0, 1)).all():
+            return np.ascontiguousarray(2 * t - 1)
+        if not np.isin(values, (-1, 1)).all():
+            raise ValueError("y of the hinge loss must be -1/+1 or 0/1 per output")
+        return t
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return backend.hinge(output, targets, sample_weight, grad=grad)[0]
+
+    def correct(self, output, targets):
+        if output.shape[1] > 1:  # one-vs-rest: the highest score is the class
+            return int(np.count_nonzero(output.argmax(axis=1) == targets.argmax(axis=1)))
+        return int(np.count_nonzero((output > 0) == (targets > 0)))
+
+
+LOSSES = {
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "categorical_crossentropy": SoftmaxCrossEntropy,
+    "sparse_categorical_crossentropy": SoftmaxCrossEntropy,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "binary_crossentropy": BinaryCrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "mse": SquaredError,
+    "squared_error": SquaredError,
+    "mean_squared_error": SquaredError,
+    "mae": AbsoluteError,
+    "absolute_error": AbsoluteError,
+    "mean_absolute_error": AbsoluteError,
+    "huber": Huber,
+    "hinge": Hinge,
+}
+
+
+def get_loss(loss):
+    """A Loss from a name (see LOSSES) or a Loss instance."""
+    if isinstance(loss, Loss):
+        return loss
+    if not isinstance(loss, str):
+        raise TypeError(f"loss must be a loss name or a Loss, got {type(loss).__name__}")
+    return LOSSES[chk.choice(loss, "loss", LOSSES)]()
+
+
+def loss_from_config(config):
+    options = {k: v for k, v in config.items() if k != "name"}
+    loss = get_loss(config["name"])
+    return type(loss)(**options) if options else loss
+
+
+def sample_weights(sample_weight, n_samples, dtype):
+    """Validated (N,) weights in the model dtype, or None."""
+    if sample_weight is None:
+        return None
+    w = _as_array(sample_weight, "sample_weight")
+    if w.shape != (n_samples,):
+        raise ValueError(f"sample_weight must have shape ({n_samples},), got {w.shape}")
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if not np.isfinite(w).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    if (w < 0).any():
+        raise ValueError("sample_weight must be non-negative")
+    if w.sum() <= 0:
+        raise ValueError("sample_weight must have a positive sum")
+    return w
+
+
+__all__ = [
+    "AbsoluteError", "BinaryCrossEntropy", "Hinge", "Huber", "LOSSES", "Loss", "SoftmaxCrossEntropy",
+    "SquaredError", "get_loss", "sample_weights",
+]

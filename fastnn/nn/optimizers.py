@@ -1,0 +1,402 @@
+"""Optimizers and learning-rate schedules.
+
+An optimizer updates the model's whole flat parameter buffer with ONE fused
+backend kernel call per step; its state (momentum, moment estimates) lives in
+buffers of the same layout as the parameters, allocated by `bind`.
+
+A schedule gives the learning rate of each step. Per-step schedules depend on the
+step count t; per-epoch schedules change at `end_epoch`, which the fit loop calls
+with the epoch's training loss and the number of samples seen so far (callers
+that write their own loop around `Sequential.train_step` call
+`optimizer.end_epoch(loss)` themselves).
+"""
+
+import math
+
+import numpy as np
+
+from ..backends import _checks as chk
+
+
+# --------------------------------------------------------------------- schedules
+class Schedule:
+    """Constant learning rate; the base of every schedule."""
+
+    name = "constant"
+
+    def reset(self, lr0):
+        """Start from the initial rate lr0 (called when the optimizer is bound)."""
+        self.lr0 = self.lr = lr0
+
+    def lr_at(self, t):
+        """Rate for optimizer step t (1-based)."""
+        return self.lr
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        """Update after epoch `epoch` (1-based). Returns True to ask training to stop."""
+        return False
+
+    def config(self):
+        return {"name": self.name}
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({options})"
+
+
+class InverseScaling(Schedule):
+    """lr0 / t^power_t. per="epoch" is scikit-learn's invscaling: updated at the end
+    of each epoch with t = samples seen + 1; per="step" uses the step count t."""
+
+    name = "invscaling"
+
+    def __init__(self, power_t=0.5, per="epoch"):
+        self.power_t = chk.real(power_t, "power_t", low=0)
+        self.per = chk.choice(per, "per", ("epoch", "step"))
+
+    def lr_at(self, t):
+        return self.lr0 / t**self.power_t if self.per == "step" else self.lr
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        if self.per == "epoch":
+            self.lr = self.lr0 / (samples_seen + 1) ** self.power_t
+        return False
+
+    def config(self):
+        return {"name": self.name, "power_t": self.power_t, "per": self.per}
+
+
+class StepDecay(Schedule):
+    """lr0 * gamma^(epoch // step_size)."""
+
+    name = "step"
+
+    def __init__(self, step_size=10, gamma=0.1):
+        self.step_size = chk.integer(step_size, "step_size", low=1)
+        self.gamma = chk.real(gamma, "gamma", low=0)
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        self.lr = self.lr0 * self.gamma ** (epoch // self.step_size)
+        return False
+
+    def config(self):
+        return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
+
+
+class ExponentialDecay(Schedule):
+    """lr0 * gamma^epoch."""
+
+    name = "exponential"
+
+    def __init__(self, gamma=0.95):
+        self.gamma = chk.real(gamma, "gamma", low=0)
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        self.lr = self.lr0 * self.gamma**epoch
+        return False
+
+    def config(self):
+        return {"name": self.name, "gamma": self.gamma}
+
+
+class CosineDecay(Schedule):
+    """Cosine annealing from lr0 to min_lr over `epochs` epochs, then min_lr."""
+
+    name = "cosine"
+
+    def __init__(self, epochs, min_lr=0.0):
+        self.epochs = chk.integer(epochs, "epochs", low=1)
+        self.min_lr = chk.real(min_lr, "min_lr", low=0)
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        progress = min(epoch, self.epochs) / self.epochs
+        self.lr = self.min_lr + (self.lr0 - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        return False
+
+    def config(self):
+        return {"name": self.name, "epochs": self.epochs, "min_lr": self.min_lr}
+
+
+class ReduceOnPlateau(Schedule):
+    """Multiply the rate by `factor` when the epoch loss has not improved on the best
+    so far by at least `tol` for more than `patience` epochs in a row. With
+    stop_at_min_lr, a plateau reached at a rate <= min_lr asks training to stop
+    instead; otherwise the rate never goes below min_lr.
+
+    'adaptive' is scikit-learn's rule: factor 1/5, tol 1e-4, stop at 1e-6, patience 2
+    as its documentation states (its code waits n_iter_no_change epochs: pass that
+    as patience to match it)."""
+
+    name = "plateau"
+
+    def __init__(self, factor=0.1, patience=10, tol=1e-4, min_lr=0.0, stop_at_min_lr=False):
+        self.factor = chk.real(factor, "factor", 0, 1, low_open=True, high_open=True)
+        self.patience = chk.integer(patience, "patience", low=0)
+        self.tol = chk.real(tol, "tol", low=0)
+        self.min_lr = chk.real(min_lr, "min_lr", low=0)
+        self.stop_at_min_lr = bool(stop_at_min_lr)
+
+    @classmethod
+    def adaptive(cls, patience=2):
+        return cls(factor=0.2, patience=patience, tol=1e-4, min_lr=1e-6, stop_at_min_lr=True)
+
+    def reset(self, lr0):
+        super().reset(lr0)
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def end_epoch(self, epoch, loss, samples_seen):
+        if loss is None:
+            return False
+        self.bad_epochs = self.bad_epochs + 1 if loss > self.best - self.tol else 0
+        self.best = min(self.best, loss)
+        if self.bad_epochs > self.patience:
+            self.bad_epochs = 0
+            if self.stop_at_min_lr and self.lr <= self.min_lr:
+                return True
+            self.lr *= self.factor
+            if not self.stop_at_min_lr:
+                self.lr = max(self.lr, self.min_lr)
+        return False
+
+    def config(self):
+        return {"name": self.name, "factor": self.factor, "patience": self.patience, "tol": self.tol,
+                "min_lr": self.min_lr, "stop_at_min_lr": self.stop_at_min_lr}
+
+
+SCHEDULES = {cls.name: cls for cls in (Schedule, InverseScaling, StepDecay, ExponentialDecay,
+                                       CosineDecay, ReduceOnPlateau)}
+
+
+def get_schedule(schedule):
+    """A Schedule from None (constant), a name, or a Schedule instance."""
+    if schedule is None:
+        return Schedule()
+    if isinstance(schedule, Schedule):
+        return schedule
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule must be a schedule name or a Schedule, got {type(schedule).__name__}")
+    if schedule == "adaptive":
+        return ReduceOnPlateau.adaptive()
+    names = sorted(SCHEDULES) + ["adaptive"]
+    cls = SCHEDULES[chk.choice(schedule, "schedule", names)]
+    if cls is CosineDecay:
+        raise ValueError("the cosine schedule needs its length: pass CosineDecay(epochs=...)")
+    return cls()
+
+
+def schedule_from_config(config):
+    options = {k: v for k, v in config.items() if k != "name"}
+    return SCHEDULES[chk.choice(config.get("name"), "schedule", SCHEDULES)](**options)
+
+
+# -------------------------------------------------------------------- optimizers
+class Optimizer:
+    """Base class: lr (initial learning rate), schedule (None, name or Schedule).
+    Subclasses list their state buffers in `state_names` and make the kernel call
+    in `_step`."""
+
+    name = "optimizer"
+    state_names = ()
+
+    def __init__(self, lr, schedule=None):
+        self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
+        self.schedule = get_schedule(schedule)
+        self.state = {}
+        self._params = None
+        self.t = 0
+        self.samples_seen = 0
+        self.epochs_done = 0
+
+    def bind(self, params):
+        """Allocate zeroed state buffers shaped like `params` (the flat buffer) and
+        restart the step count and the schedule."""
+        self._params = params
+        self.state = {name: np.zeros_like(params) for name in self.state_names}
+        self.t = 0
+        self.samples_seen = 0
+        self.epochs_done = 0
+        self.schedule.reset(self.lr0)
+
+    def is_bound_to(self, params):
+        return self._params is params
+
+    @property
+    def lr(self):
+        """The learning rate the next step will use."""
+        return self.schedule.lr_at(self.t + 1)
+
+    def step(self, backend, params, grads, n_samples=0):
+        """One update of the whole flat buffer: one kernel call."""
+        self.t += 1
+        self.samples_seen += n_samples
+        self._step(backend, params, grads, self.schedule.lr_at(self.t))
+
+    def end_epoch(self, loss=None):
+        """Tell the schedule an epoch ended, with its training loss. Returns True
+        when the schedule asks training to stop (scikit-learn's 'adaptive')."""
+        self.epochs_done += 1
+        return self.schedule.end_epoch(self.epochs_done, loss, self.samples_seen)
+
+    def get_state(self):
+        """(counters and schedule position as a JSON-able dict, {name: state buffer})."""
+        counters = {"t": self.t, "samples_seen": self.samples_seen, "epochs_done": self.epochs_done,
+                    "schedule": {k: v for k, v in vars(self.schedule).items()
+                                 if k in ("lr0", "lr", "best", "bad_epochs")}}
+        return counters, self.state
+
+    def set_state(self, params, counters, buffers):
+        """Bind to params and restore what get_state returned."""
+        self.bind(params)
+        for name in self.state_names:
+            np.copyto(self.state[name], buffers[name])
+        self.t, self.samples_seen = counters["t"], counters["samples_seen"]
+        self.epochs_done = counters["epochs_done"]
+        vars(self.schedule).update(counters["schedule"])
+
+    def config(self):
+        options = {k: getattr(self, k) for k in self._options}
+        return {"name": self.name, "lr": self.lr0, "schedule": self.schedule.config(), **options}
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options)
+        return f"{type(self).__name__}(lr={self.lr0!r}, {options}, schedule={self.schedule!r})"
+
+
+class SGD(Optimizer):
+    """SGD with momentum / Nesterov and L2 weight decay (torch.optim.SGD's rule).
+    lr_in_velocity=True gives scikit-learn's rule (the velocity holds lr * grad),
+    which differs when the rate changes over time."""
+
+    name = "sgd"
+    _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity")
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, lr_in_velocity=False,
+                 schedule=None):
+        super().__init__(lr, schedule)
+        self.momentum = chk.real(momentum, "momentum", 0, 1)
+        self.nesterov = bool(nesterov)
+        if self.nesterov and not self.momentum:
+            raise ValueError("nesterov needs momentum > 0")
+        self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+        self.lr_in_velocity = bool(lr_in_velocity)
+        self.state_names = ("velocity",) if self.momentum else ()
+
+    def _step(self, backend, params, grads, lr):
+        backend.sgd_step(params, grads, self.state.get("velocity"), lr, momentum=self.momentum,
+                         nesterov=self.nesterov, weight_decay=self.weight_decay,
+                         lr_in_velocity=self.lr_in_velocity)
+
+
+class Adagrad(Optimizer):
+    name = "adagrad"
+    state_names = ("sum_sq",)
+    _options = ("eps", "weight_decay")
+
+    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None):
+        super().__init__(lr, schedule)
+        self.eps = chk.real(eps, "eps", low=0)
+        self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+
+    def _step(self, backend, params, grads, lr):
+        backend.adagrad_step(params, grads, self.state["sum_sq"], lr, eps=self.eps,
+                             weight_decay=self.weight_decay)
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+    _options = ("alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 schedule=None):
+        super().__init__(lr, schedule)
+        self.alpha = chk.real(alpha, "alpha", 0, 1)
+        self.eps = chk.real(eps, "eps", low=0)
+        self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+        self.momentum = chk.real(momentum, "momentum", 0, 1)
+        self.centered = bool(centered)
+        self.state_names = (("square_avg",) + (("momentum_buf",) if self.momentum else ())
+                            + (("grad_avg",) if self.centered else ()))
+
+    def _step(self, backend, params, grads, lr):
+        s = self.state
+        backend.rmsprop_step(params, grads, s["square_avg"], lr, alpha=self.alpha, eps=self.eps,
+                             weight_decay=self.weight_decay, momentum=self.momentum,
+                             momentum_buf=s.get("momentum_buf"), centered=self.centered,
+                             grad_avg=s.get("grad_avg"))
+
+
+class Adadelta(Optimizer):
+    name = "adadelta"
+    state_names = ("square_avg", "acc_delta")
+    _options = ("rho", "eps", "weight_decay")
+
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None):
+        super().__init__(lr, schedule)
+        self.rho = chk.real(rho, "rho", 0, 1)
+        self.eps = chk.real(eps, "eps", low=0, low_open=True)
+        self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+
+    def _step(self, backend, params, grads, lr):
+        backend.adadelta_step(params, grads, self.state["square_avg"], self.state["acc_delta"], lr,
+                              rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)
+
+
+class Adam(Optimizer):
+    """Adam (torch.optim.Adam), L2 weight decay added to the gradient, optional
+    amsgrad. sklearn_eps=True places eps as scikit-learn does (added to sqrt(v)
+    after the bias correction of the rate, i.e. eps / sqrt(1 - beta2^t) here)."""
+
+    name = "adam"
+    decoupled = False
+    _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 sklearn_eps=False, schedule=None):
+        super().__init__(lr, schedule)
+        self.beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
+        self.beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
+        self.eps = chk.real(eps, "eps", low=0)
+        self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+        self.amsgrad = bool(amsgrad)
+        self.sklearn_eps = bool(sklearn_eps)
+        self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
+
+    def _step(self, backend, params, grads, lr):
+        eps = self.eps / math.sqrt(1 - self.beta2**self.t) if self.sklearn_eps else self.eps
+        s = self.state
+        backend.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1, beta2=self.beta2,
+                          eps=eps, weight_decay=self.weight_decay, decoupled=self.decoupled,
+                          amsgrad=self.amsgrad, v_max=s.get("v_max"))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (torch.optim.AdamW)."""
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
+                 sklearn_eps=False, schedule=None):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}
+
+
+def get_optimizer(optimizer):
+    """An Optimizer from a name (default settings) or an Optimizer instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if not isinstance(optimizer, str):
+        raise TypeError(f"optimizer must be an optimizer name or an Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    return OPTIMIZERS[chk.choice(optimizer.lower(), "optimizer", OPTIMIZERS)]()
+
+
+def optimizer_from_config(config):
+    options = dict(config)
+    cls = OPTIMIZERS[chk.choice(options.pop("name", None), "optimizer", OPTIMIZERS)]
+    lr = options.pop("lr")
+    schedule = schedule_from_config(options.pop("schedule"))
+    return cls(lr, schedule=schedule, **options)
