@@ -77,13 +77,15 @@ def best_of(fn, repeats, min_time=0.3, max_repeats=100):
 
 
 # ---------------------------------------------------------------------- limits
-def measure_limits(scale=1.0, repeats=5):
-    """This machine's ceilings, measured now.
+def measure_limits(scale=1.0, repeats=5, min_time=1.0):
+    """This machine's ceilings, measured now, each the best of at least `repeats`
+    calls spread over about `min_time` seconds (on a shared machine the best
+    call is the one that had the cores to itself).
 
-    gemm_gflops[dtype]: 2 n^3 / seconds of np.matmul(a, b, out=c), n x n, best of
-    `repeats`; n = 2048 at scale 1. stream_gbs: (bytes read + bytes written) /
-    seconds of np.copyto(b, a), a and b float64 of 256 MB each at scale 1.
-    read_gbs: bytes / seconds of a.sum() over the same array."""
+    gemm_gflops[dtype]: 2 n^3 / seconds of np.matmul(a, b, out=c), n x n;
+    n = 2048 at scale 1. stream_gbs: (bytes read + bytes written) / seconds of
+    np.copyto(b, a), a and b float64 of 256 MB each at scale 1. read_gbs:
+    bytes / seconds of a.sum() over the same array."""
     n = max(64, round(2048 * scale ** (1 / 3)))
     rng = np.random.default_rng(0)
     gemm = {}
@@ -91,13 +93,13 @@ def measure_limits(scale=1.0, repeats=5):
         a = rng.standard_normal((n, n)).astype(dtype)
         b = rng.standard_normal((n, n)).astype(dtype)
         c = np.empty((n, n), dtype)
-        seconds = best_of(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), repeats)
+        seconds = best_of(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), repeats, min_time)
         gemm[dtype] = 2 * n**3 / seconds / 1e9
     nbytes = max(MB, int(256 * MB * scale)) // 8 * 8
     a = np.ones(nbytes // 8)  # written once so every page is mapped before timing
     b = np.zeros_like(a)
-    copy_s = best_of(lambda: np.copyto(b, a), repeats)
-    read_s = best_of(a.sum, repeats)
+    copy_s = best_of(lambda: np.copyto(b, a), repeats, min_time)
+    read_s = best_of(a.sum, repeats, min_time)
     return {
         "gemm_gflops": gemm,
         "gemm_n": n,
@@ -105,6 +107,16 @@ def measure_limits(scale=1.0, repeats=5):
         "read_gbs": nbytes / read_s / 1e9,
         "stream_bytes": nbytes,
     }
+
+
+def best_limits(first, second):
+    """The higher of two measurements of each limit (e.g. at the start and the end
+    of a run, so that a busy moment does not lower the ceiling)."""
+    best = dict(first)
+    best["gemm_gflops"] = {k: max(v, second["gemm_gflops"][k]) for k, v in first["gemm_gflops"].items()}
+    for key in ("stream_gbs", "read_gbs"):
+        best[key] = max(first[key], second[key])
+    return best
 
 
 def limit_for(limits, unit, dtype):
@@ -453,6 +465,13 @@ class Record:
 BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
 
 
+def rescore(records, limits):
+    """Recompute percent_of_limit of records (Record objects) against `limits`."""
+    for r in records:
+        r.percent_of_limit = 100 * r.rate / limit_for(limits, r.unit, r.dtype)
+    return records
+
+
 def scale_from_env():
     value = os.environ.get(SCALE_ENV)
     if not value:
@@ -516,18 +535,31 @@ def select(names=None, quick=False):
     return [b for b in BENCHMARKS if b.quick or not quick]
 
 
-def run(names=None, backends=None, others=("torch",), quick=False, scale=None, limits=None):
-    """Measure the limits (unless given) and run the selected benchmarks.
-    Returns {"machine", "settings", "limits", "records"} (plain data, JSON-ready)."""
+def run(names=None, backends=None, others=("torch",), quick=False, scale=None, limits=None,
+        progress=None):
+    """Measure the limits (unless given; then again at the end, keeping the higher
+    figures) and run the selected benchmarks; progress(bench, records) is called
+    after each. Returns {"machine", "settings", "limits", "records"} (JSON-ready)."""
     scale = scale_from_env() if scale is None else scale
     min_time = 0.1 if quick else 0.3
-    if limits is None:
-        limits = measure_limits(scale, repeats=3 if quick else 5)
+    limit_time = scale * (0.3 if quick else 1.0)
+    measure = limits is None
+    if measure:
+        limits = measure_limits(scale, 3 if quick else 5, limit_time)
+    busy, own, wall = cpu_busy_seconds(), time.process_time(), time.perf_counter()
     records = []
     for bench in select(names, quick):
-        records += run_benchmark(bench, limits, backends, others, scale, min_time)
+        block = run_benchmark(bench, limits, backends, others, scale, min_time)
+        if progress is not None:
+            progress(bench, block)
+        records += block
+    if measure:
+        limits = best_limits(limits, measure_limits(scale, 3 if quick else 5, limit_time))
+        rescore(records, limits)
+    info = machine()
+    info["other_cpu_percent"] = other_cpu_percent(busy, own, wall)
     return {
-        "machine": machine(),
+        "machine": info,
         "settings": {"quick": quick, "scale": scale},
         "limits": limits,
         "records": [r.as_dict() for r in records],
@@ -540,6 +572,30 @@ def version(package):
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def cpu_busy_seconds():
+    """CPU seconds every process of the machine has used since boot, counting time
+    taken by the hypervisor (steal) as used; None where /proc/stat is missing."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def other_cpu_percent(busy_start, own_start, wall_start):
+    """Percent of the machine's CPU time used by other processes since the start
+    values (cpu_busy_seconds(), time.process_time(), time.perf_counter()) were
+    taken: a measure of how disturbed the timings were. None when unknown."""
+    busy = cpu_busy_seconds()
+    if busy is None or busy_start is None:
+        return None
+    others = (busy - busy_start) - (time.process_time() - own_start)
+    capacity = (time.perf_counter() - wall_start) * (os.cpu_count() or 1)
+    return max(0.0, 100 * others / capacity)
 
 
 def cpu_model():

@@ -173,17 +173,20 @@ def print_limits(limits):
           f"read {limits['read_gbs']:.1f} GB/s ({limits['stream_bytes'] // benchmarks.MB} MB arrays)")
 
 
-HEADER = f"  {'backend':<11}{'median':>10}{'rate':>17}{'% limit':>9}{'speed-up':>10}{'bare %':>8}"
+HEADER = (f"  {'backend':<11}{'median':>10}{'best':>10}{'rate':>17}{'% limit':>9}{'speed-up':>10}"
+          f"{'bare %':>8}")
 
 
 def print_block(bench, records):
-    shape = "x".join(map(str, records[0].shape))
+    """One benchmark's records (dicts), a row per backend."""
+    shape = "x".join(map(str, records[0]["shape"]))
     print(f"\n{bench.name} {shape} {bench.dtype} -- {bench.counts()}")
     print(HEADER)
     for r in records:
-        print(f"  {r.backend:<11}{fmt_time(r.median_s):>10}{r.rate:>9.2f} {r.rate_unit:<7}"
-              f"{r.percent_of_limit:>8.1f}%{fmt_optional(r.speedup, '.2f'):>9}x"
-              f"{fmt_optional(r.bare_percent, '.0f'):>8}")
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        print(f"  {r['backend']:<11}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
+              f"{r['rate']:>9.2f} {r['rate_unit']:<7}{r['percent_of_limit']:>8.1f}%{speedup:>10}"
+              f"{fmt_optional(r['bare_percent'], '.0f'):>8}")
 
 
 def print_summary(records):
@@ -225,6 +228,11 @@ def plot(records, path):
     plt.close(fig)
 
 
+def progress(bench, records):
+    times = ", ".join(f"{r.backend} {fmt_time(r.median_s)}" for r in records)
+    print(f"  {bench.name}: {times}", file=sys.stderr, flush=True)
+
+
 def run_bench(args):
     if args.list:
         for b in benchmarks.BENCHMARKS:
@@ -234,21 +242,21 @@ def run_bench(args):
     names, backends, others, scale = bench_settings(args)
     print(f"fastnn {fastnn.__version__} bench on {benchmarks.cpu_model()}"
           + (f" (sizes scaled by {scale})" if scale != 1 else ""))
-    print("measuring machine limits ...", flush=True)
-    limits = benchmarks.measure_limits(scale, repeats=3 if args.quick else 5)
-    print_limits(limits)
-    print("median of repeated calls after warm-up; speed-up over the numpy reference; "
-          "bare %: time of the GEMMs alone as percent of this time")
-    min_time = 0.1 if args.quick else 0.3
-    records = []
+    print("measuring machine limits, running the benchmarks, measuring the limits again ...",
+          file=sys.stderr, flush=True)
+    result = benchmarks.run(names, backends, others, args.quick, scale, progress=progress)
+    print_limits(result["limits"])
+    busy = result["machine"]["other_cpu_percent"]
+    if busy is not None:
+        print(f"other processes used {busy:.0f}% of the CPU time during the run"
+              + (" (a busy machine: the figures are noisy)" if busy > 10 else ""))
+    print("median and best of repeated calls after warm-up; rate and % of limit from the median; "
+          "limits: the higher of two measurements (start and end of the run); speed-up over the "
+          "numpy reference; bare %: time of the GEMMs alone as percent of this time")
+    records = result["records"]
     for bench in benchmarks.select(names, args.quick):
-        block = benchmarks.run_benchmark(bench, limits, backends, others, scale, min_time)
-        print_block(bench, block)
-        sys.stdout.flush()
-        records += [r.as_dict() for r in block]
+        print_block(bench, [r for r in records if r["benchmark"] == bench.name])
     print_summary(records)
-    result = {"machine": benchmarks.machine(), "settings": {"quick": args.quick, "scale": scale},
-              "limits": limits, "records": records}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -3,6 +3,7 @@ No timing is judged here; only that the measurements are well-formed."""
 
 import dataclasses
 import math
+import time
 
 import numpy as np
 import pytest
@@ -224,3 +225,30 @@ def test_torch_optimizer_step_matches_the_reference(name):
     torch_results(name, t)  # one step, in place on t["param"]
     bench.call(fastnn.get_backend("numpy"), a)
     np.testing.assert_allclose(t["param"], a["param"], rtol=1e-5, atol=1e-6)
+
+
+def test_best_limits_and_rescore():
+    low = {"gemm_gflops": {"float32": 50.0, "float64": 60.0}, "stream_gbs": 30.0, "read_gbs": 9.0,
+           "gemm_n": 64, "stream_bytes": benchmarks.MB}
+    high = {**low, "gemm_gflops": {"float32": 100.0, "float64": 40.0}, "stream_gbs": 10.0, "read_gbs": 12.0}
+    best = benchmarks.best_limits(low, high)
+    assert best["gemm_gflops"] == {"float32": 100.0, "float64": 60.0}
+    assert (best["stream_gbs"], best["read_gbs"]) == (30.0, 12.0)
+    recs = benchmarks.run_benchmark(get_benchmark("adam_small"), low, backends=["numpy"], others=(),
+                                    scale=TINY, min_time=0.002)
+    recs += benchmarks.run_benchmark(get_benchmark("dense_relu"), low, backends=["numpy"], others=(),
+                                     scale=TINY, min_time=0.002)
+    before = [r.percent_of_limit for r in recs]
+    benchmarks.rescore(recs, best)
+    assert math.isclose(recs[0].percent_of_limit, before[0])  # stream limit unchanged
+    assert math.isclose(recs[1].percent_of_limit, before[1] / 2)  # float32 GEMM limit doubled
+
+
+def test_other_cpu_percent_is_a_share():
+    start = (benchmarks.cpu_busy_seconds(), time.process_time(), time.perf_counter())
+    sum(range(100_000))
+    share = benchmarks.other_cpu_percent(*start)
+    if start[0] is None:  # no /proc/stat on this system
+        assert share is None
+    else:
+        assert share >= 0

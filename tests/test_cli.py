@@ -58,6 +58,7 @@ def test_bench_quick_json(tmp_path):
     assert limits["stream_gbs"] > 0 and all(v > 0 for v in limits["gemm_gflops"].values())
     assert result["machine"]["backends"] == fastnn.available_backends()
     assert "numpy" in result["machine"]["versions"]
+    assert result["machine"]["other_cpu_percent"] is None or result["machine"]["other_cpu_percent"] >= 0
     quick = [b.name for b in benchmarks.select(quick=True)]
     got = {(r["benchmark"], r["backend"]) for r in result["records"]}
     assert {(name, b) for name in quick for b in fastnn.available_backends()} <= got
