@@ -4,20 +4,128 @@
  * dropping the preprocessor lines, so every declaration here must be plain C that
  * pycparser understands. Each kernel comes as a float (f32) and double (f64) pair.
  * All arrays are C-contiguous; sizes are int64_t; the Python wrapper has checked
- * every shape, dtype and index before the call.
+ * every shape, dtype and index before the call. Scalars (rates, hyper-parameters)
+ * are passed as double whatever the array type. Pointers documented as "may be
+ * NULL" are optional; outputs never alias inputs unless stated.
  */
 #ifndef FASTNN_H
 #define FASTNN_H
 #include <stdint.h>
 
-/* threads: OpenMP thread count used by the large-size paths */
+/* threads: OpenMP thread count of the large-size paths (n <= 0: OpenMP's default) */
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
 
-/* relu: y = max(x, 0) over n elements; dx = dy * (y > 0) */
-void relu_forward_f32(const float *x, float *y, int64_t n);
-void relu_forward_f64(const double *x, double *y, int64_t n);
-void relu_backward_f32(const float *dy, const float *y, float *dx, int64_t n);
-void relu_backward_f64(const double *dy, const double *y, double *dx, int64_t n);
+/* activation codes, in the order of fastnn.backends.reference.ACTIVATIONS */
+enum fastnn_activation {
+    FASTNN_IDENTITY, FASTNN_LOGISTIC, FASTNN_TANH, FASTNN_RELU, FASTNN_LEAKY_RELU,
+    FASTNN_ELU, FASTNN_SELU, FASTNN_GELU, FASTNN_SOFTPLUS, FASTNN_SOFTMAX
+};
+
+/* Forward epilogue, z, preact, y: (rows, cols); b: (cols,) or NULL.
+ * preact = z + b when preact is not NULL; y = activation(z + b), softmax over each
+ * row. y may be z (in place). */
+void bias_activation_forward_f32(const float *z, const float *b, float *preact, float *y,
+                                 int64_t rows, int64_t cols, int activation);
+void bias_activation_forward_f64(const double *z, const double *b, double *preact, double *y,
+                                 int64_t rows, int64_t cols, int activation);
+
+/* Backward prologue, dy, y, x, dz: (rows, cols); db: (cols,) or NULL.
+ * dz = dy * activation'(x), written with the forward output y (x, the forward
+ * input, is read only for gelu, else may be NULL); db = column sums of dz. */
+void activation_backward_f32(const float *dy, const float *y, const float *x, float *dz,
+                             float *db, int64_t rows, int64_t cols, int activation);
+void activation_backward_f64(const double *dy, const double *y, const double *x, double *dz,
+                             double *db, int64_t rows, int64_t cols, int activation);
+
+/* out (cols,) = column sums of a (rows, cols) */
+void column_sums_f32(const float *a, float *out, int64_t rows, int64_t cols);
+void column_sums_f64(const double *a, double *out, int64_t rows, int64_t cols);
+
+/* Losses: mean over the n samples (weighted by w (n,) when w is not NULL) of the
+ * per-sample loss summed over its k outputs; grad (n, k) = d loss / d output.
+ * Return the loss. Softmax cross-entropy: labels (n,) in [0, k) or targets
+ * (n, k) probabilities. */
+double softmax_cross_entropy_labels_f32(const float *logits, const int64_t *labels,
+                                        const float *w, float *grad, int64_t n, int64_t k);
+double softmax_cross_entropy_labels_f64(const double *logits, const int64_t *labels,
+                                        const double *w, double *grad, int64_t n, int64_t k);
+double softmax_cross_entropy_probs_f32(const float *logits, const float *targets,
+                                       const float *w, float *grad, int64_t n, int64_t k);
+double softmax_cross_entropy_probs_f64(const double *logits, const double *targets,
+                                       const double *w, double *grad, int64_t n, int64_t k);
+double sigmoid_binary_cross_entropy_f32(const float *logits, const float *targets,
+                                        const float *w, float *grad, int64_t n, int64_t k);
+double sigmoid_binary_cross_entropy_f64(const double *logits, const double *targets,
+                                        const double *w, double *grad, int64_t n, int64_t k);
+
+/* elementwise losses of pred against targets; delta is used by huber only */
+enum fastnn_loss { FASTNN_SQUARED, FASTNN_ABSOLUTE, FASTNN_HUBER, FASTNN_HINGE };
+double elementwise_loss_f32(int loss, const float *pred, const float *targets, const float *w,
+                            float *grad, int64_t n, int64_t k, double delta);
+double elementwise_loss_f64(int loss, const double *pred, const double *targets, const double *w,
+                            double *grad, int64_t n, int64_t k, double delta);
+
+/* Batch norm over the rows of x (n, c); gamma, beta, running_mean, running_var,
+ * mean, invstd: (c,). Training: batch mean and biased variance normalise x,
+ * written to mean and invstd = 1 / sqrt(var + eps); the running statistics are
+ * updated in place with the unbiased variance. Inference: the running statistics
+ * normalise x. y (n, c) = (x - mean) * invstd * gamma + beta. */
+void batchnorm_forward_f32(const float *x, const float *gamma, const float *beta,
+                           float *running_mean, float *running_var, float *y, float *mean,
+                           float *invstd, int64_t n, int64_t c, int training, double momentum,
+                           double eps);
+void batchnorm_forward_f64(const double *x, const double *gamma, const double *beta,
+                           double *running_mean, double *running_var, double *y, double *mean,
+                           double *invstd, int64_t n, int64_t c, int training, double momentum,
+                           double eps);
+/* dy, x, dx: (n, c); mean, invstd, gamma, dgamma, dbeta: (c,) */
+void batchnorm_backward_f32(const float *dy, const float *x, const float *mean,
+                            const float *invstd, const float *gamma, float *dx, float *dgamma,
+                            float *dbeta, int64_t n, int64_t c, int training);
+void batchnorm_backward_f64(const double *dy, const double *x, const double *mean,
+                            const double *invstd, const double *gamma, double *dx,
+                            double *dgamma, double *dbeta, int64_t n, int64_t c, int training);
+
+/* Inverted dropout over n elements: y = x * scale where element i is kept, else 0.
+ * Kept iff (splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) >> 11) >= threshold. */
+void dropout_f32(const float *x, float *y, int64_t n, uint64_t seed, uint64_t threshold,
+                 double scale);
+void dropout_f64(const double *x, double *y, int64_t n, uint64_t seed, uint64_t threshold,
+                 double scale);
+
+/* grad += l2 param + l1 sign(param) over n elements (each term only when its
+ * coefficient is not 0); returns l2/2 ||param||^2 + l1 ||param||_1 */
+double weight_penalty_f32(const float *param, float *grad, int64_t n, double l2, double l1);
+double weight_penalty_f64(const double *param, double *grad, int64_t n, double l2, double l1);
+
+/* Optimizer steps, in place over n parameters (rules in reference.py).
+ * States that an option does not use may be NULL. */
+void sgd_step_f32(float *param, const float *grad, float *velocity, int64_t n, double lr,
+                  double momentum, int nesterov, double weight_decay, int lr_in_velocity);
+void sgd_step_f64(double *param, const double *grad, double *velocity, int64_t n, double lr,
+                  double momentum, int nesterov, double weight_decay, int lr_in_velocity);
+void adagrad_step_f32(float *param, const float *grad, float *sum_sq, int64_t n, double lr,
+                      double eps, double weight_decay);
+void adagrad_step_f64(double *param, const double *grad, double *sum_sq, int64_t n, double lr,
+                      double eps, double weight_decay);
+void rmsprop_step_f32(float *param, const float *grad, float *square_avg, float *momentum_buf,
+                      float *grad_avg, int64_t n, double lr, double alpha, double eps,
+                      double weight_decay, double momentum);
+void rmsprop_step_f64(double *param, const double *grad, double *square_avg,
+                      double *momentum_buf, double *grad_avg, int64_t n, double lr, double alpha,
+                      double eps, double weight_decay, double momentum);
+void adadelta_step_f32(float *param, const float *grad, float *square_avg, float *acc_delta,
+                       int64_t n, double lr, double rho, double eps, double weight_decay);
+void adadelta_step_f64(double *param, const double *grad, double *square_avg,
+                       double *acc_delta, int64_t n, double lr, double rho, double eps,
+                       double weight_decay);
+/* Adam at step t >= 1; AdamW when decoupled; amsgrad when v_max is not NULL */
+void adam_step_f32(float *param, const float *grad, float *m, float *v, float *v_max,
+                   int64_t n, int64_t t, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, int decoupled);
+void adam_step_f64(double *param, const double *grad, double *m, double *v, double *v_max,
+                   int64_t n, int64_t t, double lr, double beta1, double beta2, double eps,
+                   double weight_decay, int decoupled);
 
 #endif

@@ -1,27 +1,49 @@
 """The C backend: kernels from csrc/, compiled at install into fastnn._ckernels
 through cffi. Each override receives arrays the public method has already checked
-(C-contiguous, one float dtype, right shapes) and passes their pointers to C.
-Kernels not overridden here run the reference implementation."""
+(C-contiguous, one float dtype, right shapes) and passes their pointers to C, with
+every size taken from the arrays themselves. GEMMs stay in BLAS through NumPy;
+the C kernels do what surrounds them. Kernels not overridden here (init_weights)
+run the reference implementation."""
 
 import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
-from .reference import NumpyBackend
+from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
 
 ffi, lib = _ckernels.ffi, _ckernels.lib
+NULL = ffi.NULL
 
-SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
-CTYPE = {np.dtype(np.float32): "float *", np.dtype(np.float64): "double *"}
-
-
-def ptr(a):
-    """Typed C pointer to the data of a C-contiguous float array (no copy)."""
-    return ffi.cast(CTYPE[a.dtype], ffi.from_buffer(a))
+# activation name -> its code in csrc/fastnn.h (enum fastnn_activation)
+ACTIVATION_CODE = {name: getattr(lib, "FASTNN_" + name.upper()) for name in ACTIVATIONS}
+LOSS_CODE = {"squared_error": lib.FASTNN_SQUARED, "absolute_error": lib.FASTNN_ABSOLUTE,
+             "huber": lib.FASTNN_HUBER, "hinge": lib.FASTNN_HINGE}
 
 
-def kernel(name, dtype):
-    """The C function `name` for dtype, e.g. relu_forward_f32."""
-    return getattr(lib, f"{name}_{SUFFIX[dtype]}")
+class _Kernels:
+    """The C functions of one dtype, looked up once: kernels.adam_step is
+    lib.adam_step_f32 for float32. `ctype` types pointers to its arrays."""
+
+    NAMES = (
+        "bias_activation_forward", "activation_backward", "column_sums",
+        "softmax_cross_entropy_labels", "softmax_cross_entropy_probs",
+        "sigmoid_binary_cross_entropy", "elementwise_loss", "batchnorm_forward",
+        "batchnorm_backward", "dropout", "weight_penalty", "sgd_step", "adagrad_step",
+        "rmsprop_step", "adadelta_step", "adam_step",
+    )
+
+    def __init__(self, suffix, ctype):
+        self.ctype = ctype
+        for name in self.NAMES:
+            setattr(self, name, getattr(lib, f"{name}_{suffix}"))
+
+
+KERNELS = {np.dtype(np.float32): _Kernels("f32", "float[]"),
+           np.dtype(np.float64): _Kernels("f64", "double[]")}
+
+
+def _ptr(ctype, a):
+    """Pointer to the data of a C-contiguous array (no copy), or NULL for None."""
+    return NULL if a is None else ffi.from_buffer(ctype, a)
 
 
 class CBackend(NumpyBackend):
@@ -30,14 +52,149 @@ class CBackend(NumpyBackend):
     def _set_num_threads(self, n):
         lib.fastnn_set_num_threads(n)
 
+    # -------------------------------------------------------------- activations
     def _activation_forward(self, x, activation, out):
-        if activation == "relu":
-            kernel("relu_forward", x.dtype)(ptr(x), ptr(out), x.size)
-        else:
-            super()._activation_forward(x, activation, out)
+        k = KERNELS[x.dtype]
+        rows, cols = (x.shape[0], x.shape[1]) if activation == "softmax" else (1, x.size)
+        fb, ct = ffi.from_buffer, k.ctype
+        k.bias_activation_forward(fb(ct, x), NULL, NULL, fb(ct, out), rows, cols,
+                                  ACTIVATION_CODE[activation])
 
     def _activation_backward(self, dy, y, activation, x, out):
-        if activation == "relu":
-            kernel("relu_backward", y.dtype)(ptr(dy), ptr(y), ptr(out), y.size)
+        k = KERNELS[y.dtype]
+        rows, cols = (y.shape[0], y.shape[1]) if activation == "softmax" else (1, y.size)
+        fb, ct = ffi.from_buffer, k.ctype
+        x = x if activation in NEEDS_INPUT else None  # checked only when needed
+        k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, x), fb(ct, out), NULL, rows, cols,
+                              ACTIVATION_CODE[activation])
+
+    # -------------------------------------------------------------------- dense
+    def _dense_forward(self, x, W, b, activation, out, preact):
+        np.matmul(x, W, out=out)
+        if b is None and preact is None and activation == "identity":
+            return
+        k = KERNELS[out.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        o = fb(ct, out)
+        k.bias_activation_forward(o, _ptr(ct, b), _ptr(ct, preact), o, out.shape[0],
+                                  out.shape[1], ACTIVATION_CODE[activation])
+
+    def _dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        k = KERNELS[dy.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        rows, cols = dy.shape
+        if activation == "identity":
+            dz = dy
+            k.column_sums(fb(ct, dy), fb(ct, db), rows, cols)
         else:
-            super()._activation_backward(dy, y, activation, x, out)
+            preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
+            k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, preact), fb(ct, dz),
+                                  fb(ct, db), rows, cols, ACTIVATION_CODE[activation])
+        np.matmul(x.T, dz, out=dW)
+        if dx is not None:
+            np.matmul(dz, W.T, out=dx)
+
+    # ------------------------------------------------------------------- losses
+    def _softmax_cross_entropy(self, logits, targets, w, grad):
+        k = KERNELS[logits.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        n, c = logits.shape
+        if targets.ndim == 1:  # int64 labels, checked to lie in [0, c)
+            return k.softmax_cross_entropy_labels(fb(ct, logits), fb("int64_t[]", targets),
+                                                  _ptr(ct, w), fb(ct, grad), n, c)
+        return k.softmax_cross_entropy_probs(fb(ct, logits), fb(ct, targets), _ptr(ct, w),
+                                             fb(ct, grad), n, c)
+
+    def _sigmoid_binary_cross_entropy(self, logits, targets, w, grad):
+        k = KERNELS[logits.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        n = logits.shape[0]
+        return k.sigmoid_binary_cross_entropy(fb(ct, logits), fb(ct, targets), _ptr(ct, w),
+                                              fb(ct, grad), n, logits.size // max(n, 1))
+
+    def _elementwise_loss(self, loss, pred, targets, w, grad, delta=1.0):
+        k = KERNELS[pred.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        n = pred.shape[0]
+        return k.elementwise_loss(LOSS_CODE[loss], fb(ct, pred), fb(ct, targets), _ptr(ct, w),
+                                  fb(ct, grad), n, pred.size // max(n, 1), delta)
+
+    def _squared_error(self, pred, targets, w, grad):
+        return self._elementwise_loss("squared_error", pred, targets, w, grad)
+
+    def _absolute_error(self, pred, targets, w, grad):
+        return self._elementwise_loss("absolute_error", pred, targets, w, grad)
+
+    def _huber(self, pred, targets, w, grad, delta):
+        return self._elementwise_loss("huber", pred, targets, w, grad, delta)
+
+    def _hinge(self, scores, targets, w, grad):
+        return self._elementwise_loss("hinge", scores, targets, w, grad)
+
+    # ------------------------------------------------------------ normalisation
+    def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
+                           momentum, eps, out, mean, invstd):
+        k = KERNELS[x.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        n, c = x.shape
+        k.batchnorm_forward(fb(ct, x), fb(ct, gamma), fb(ct, beta), fb(ct, running_mean),
+                            fb(ct, running_var), fb(ct, out), fb(ct, mean), fb(ct, invstd), n, c,
+                            training, momentum, eps)
+
+    def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
+        x, mean, invstd, gamma, training = cache  # checked by batchnorm_backward
+        n, c = dy.shape
+        k = KERNELS[dy.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.batchnorm_backward(fb(ct, dy), fb(ct, x), fb(ct, mean), fb(ct, invstd), fb(ct, gamma),
+                             fb(ct, dx), fb(ct, dgamma), fb(ct, dbeta), n, c, bool(training))
+
+    # ------------------------------------------------------------------ dropout
+    def _dropout_forward(self, x, rate, seed, out):
+        k = KERNELS[x.dtype]
+        scale = float(x.dtype.type(1.0 / (1.0 - rate)))  # the reference's scale, rounded alike
+        k.dropout(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, out), x.size, seed,
+                  dropout_threshold(rate), scale)
+
+    def _dropout_backward(self, dy, rate, seed, out):
+        self._dropout_forward(dy, rate, seed, out)  # the same mask and scale
+
+    # ----------------------------------------------------------- regularisation
+    def _weight_penalty(self, param, grad, l2, l1):
+        k = KERNELS[param.dtype]
+        return k.weight_penalty(ffi.from_buffer(k.ctype, param), ffi.from_buffer(k.ctype, grad),
+                                param.size, l2, l1)
+
+    # --------------------------------------------------------------- optimizers
+    def _sgd_step(self, param, grad, velocity, lr, momentum, nesterov, weight_decay,
+                  lr_in_velocity):
+        k = KERNELS[param.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.sgd_step(fb(ct, param), fb(ct, grad), _ptr(ct, velocity), param.size, lr, momentum,
+                   nesterov, weight_decay, lr_in_velocity)
+
+    def _adagrad_step(self, param, grad, sum_sq, lr, eps, weight_decay):
+        k = KERNELS[param.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.adagrad_step(fb(ct, param), fb(ct, grad), fb(ct, sum_sq), param.size, lr, eps,
+                       weight_decay)
+
+    def _rmsprop_step(self, param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
+                      momentum_buf, grad_avg):
+        k = KERNELS[param.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.rmsprop_step(fb(ct, param), fb(ct, grad), fb(ct, square_avg), _ptr(ct, momentum_buf),
+                       _ptr(ct, grad_avg), param.size, lr, alpha, eps, weight_decay, momentum)
+
+    def _adadelta_step(self, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
+        k = KERNELS[param.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.adadelta_step(fb(ct, param), fb(ct, grad), fb(ct, square_avg), fb(ct, acc_delta),
+                        param.size, lr, rho, eps, weight_decay)
+
+    def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   v_max):
+        k = KERNELS[param.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        k.adam_step(fb(ct, param), fb(ct, grad), fb(ct, m), fb(ct, v), _ptr(ct, v_max),
+                    param.size, t, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -1,0 +1,252 @@
+/* Activation kernels for one float type T with suffix S (instantiated by
+ * activations.c). Elementwise activations work on flat segments; softmax works
+ * on rows. Formulas follow reference.py term by term. */
+
+/* y[i] = act(x[i]) for n elements (not softmax); y may be x */
+static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
+    switch (act) {
+    case FASTNN_IDENTITY:
+        if (y != x) for (int64_t i = 0; i < n; i++) y[i] = x[i];
+        break;
+    case FASTNN_LOGISTIC:
+        for (int64_t i = 0; i < n; i++) {
+            /* e = e^-|x| <= 1: no overflow on either side */
+            T e = FN(exp)(-FN(abs)(x[i]));
+            T inv = (T)1 / ((T)1 + e);
+            y[i] = x[i] >= 0 ? inv : e * inv;
+        }
+        break;
+    case FASTNN_TANH:
+        for (int64_t i = 0; i < n; i++) {
+            /* tanh|x| = -e / (2 + e) with e = e^(-2|x|) - 1, accurate near 0 */
+            T e = FN(expm1_neg)((T)-2 * FN(abs)(x[i]));
+            y[i] = FN(copysign)(-e / ((T)2 + e), x[i]);
+        }
+        break;
+    case FASTNN_RELU:
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)0;
+        break;
+    case FASTNN_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)LEAKY_RELU_SLOPE * x[i];
+        break;
+    case FASTNN_ELU:
+        for (int64_t i = 0; i < n; i++) {
+            T neg = (T)ELU_ALPHA * FN(expm1_neg)(x[i] < 0 ? x[i] : (T)0);
+            y[i] = x[i] > 0 ? x[i] : neg;
+        }
+        break;
+    case FASTNN_SELU:
+        for (int64_t i = 0; i < n; i++) {
+            T neg = (T)SELU_ALPHA * FN(expm1_neg)(x[i] < 0 ? x[i] : (T)0);
+            y[i] = (T)SELU_SCALE * (x[i] > 0 ? x[i] : neg);
+        }
+        break;
+    case FASTNN_GELU:
+        /* x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x < 0 */
+        for (int64_t i = 0; i < n; i++)
+            y[i] = (T)0.5 * x[i] * FN(erfc)(-x[i] * (T)SQRT1_2);
+        break;
+    case FASTNN_SOFTPLUS:
+        for (int64_t i = 0; i < n; i++) {
+            T soft = (x[i] > 0 ? x[i] : (T)0) + FN(log1p_unit)(FN(exp)(-FN(abs)(x[i])));
+            y[i] = x[i] > (T)SOFTPLUS_THRESHOLD ? x[i] : soft;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* y (cols,) = softmax(x (cols,)); y may be x */
+static inline void FN(softmax_row)(const T *x, T *y, int64_t cols) {
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < cols; j++) m = x[j] > m ? x[j] : m;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < cols; j++) {
+        y[j] = FN(exp)(x[j] - m);
+        s += y[j];
+    }
+    for (int64_t j = 0; j < cols; j++) y[j] /= s;
+}
+
+/* dz[i] = dy[i] * act'(x[i]) in terms of y for n elements (not softmax) */
+static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *dz, int64_t n,
+                                        int act) {
+    switch (act) {
+    case FASTNN_IDENTITY:
+        if (dz != dy) for (int64_t i = 0; i < n; i++) dz[i] = dy[i];
+        break;
+    case FASTNN_LOGISTIC:
+        for (int64_t i = 0; i < n; i++) dz[i] = dy[i] * y[i] * ((T)1 - y[i]);
+        break;
+    case FASTNN_TANH:
+        for (int64_t i = 0; i < n; i++) dz[i] = dy[i] * ((T)1 - y[i] * y[i]);
+        break;
+    case FASTNN_RELU:
+        for (int64_t i = 0; i < n; i++) dz[i] = y[i] > 0 ? dy[i] : (T)0;
+        break;
+    case FASTNN_LEAKY_RELU:
+        for (int64_t i = 0; i < n; i++) dz[i] = y[i] > 0 ? dy[i] : (T)LEAKY_RELU_SLOPE * dy[i];
+        break;
+    case FASTNN_ELU:
+        /* x <= 0: d/dx alpha (e^x - 1) = y + alpha */
+        for (int64_t i = 0; i < n; i++) dz[i] = y[i] > 0 ? dy[i] : dy[i] * (y[i] + (T)ELU_ALPHA);
+        break;
+    case FASTNN_SELU:
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = y[i] > 0 ? (T)SELU_SCALE * dy[i]
+                             : dy[i] * (y[i] + (T)(SELU_SCALE * SELU_ALPHA));
+        break;
+    case FASTNN_GELU:
+        /* Phi(x) + x phi(x) */
+        for (int64_t i = 0; i < n; i++) {
+            T cdf = (T)0.5 * FN(erfc)(-x[i] * (T)SQRT1_2);
+            T pdf = FN(exp)((T)-0.5 * x[i] * x[i]) * (T)INV_SQRT_2PI;
+            dz[i] = dy[i] * (cdf + x[i] * pdf);
+        }
+        break;
+    case FASTNN_SOFTPLUS:
+        /* sigmoid(x) = 1 - e^-y; 1 above the threshold, where y = x */
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = y[i] > (T)SOFTPLUS_THRESHOLD ? dy[i] : dy[i] * -FN(expm1_neg)(-y[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+/* dz (cols,) = y * (dy - sum(dy * y)) for one softmax row */
+static inline void FN(softmax_backward_row)(const T *dy, const T *y, T *dz, int64_t cols) {
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < cols; j++) s += dy[j] * y[j];
+    for (int64_t j = 0; j < cols; j++) dz[j] = y[j] * (dy[j] - s);
+}
+
+/* ---------------------------------------------------------------- forward */
+struct FN(forward_args) {
+    const T *z, *b;
+    T *preact, *y;
+    int64_t cols;
+    int act;
+};
+
+HOT static void FN(forward_range)(void *args, int64_t r0, int64_t r1, int part) {
+    const struct FN(forward_args) *a = args;
+    int64_t cols = a->cols;
+    (void)part;
+    if (a->b == NULL && a->preact == NULL && a->act != FASTNN_SOFTMAX) {
+        FN(act_forward_seg)(a->z + r0 * cols, a->y + r0 * cols, (r1 - r0) * cols, a->act);
+        return;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        const T *z = a->z + r * cols;
+        T *y = a->y + r * cols, *pre = a->preact ? a->preact + r * cols : NULL;
+        if (a->b) {
+            const T *b = a->b;
+            for (int64_t j = 0; j < cols; j++) y[j] = z[j] + b[j];
+            z = y;
+        }
+        if (pre)
+            for (int64_t j = 0; j < cols; j++) pre[j] = z[j];
+        if (a->act == FASTNN_SOFTMAX)
+            FN(softmax_row)(z, y, cols);
+        else
+            FN(act_forward_seg)(z, y, cols, a->act);
+    }
+}
+
+void FN(bias_activation_forward)(const T *z, const T *b, T *preact, T *y, int64_t rows,
+                                 int64_t cols, int activation) {
+    if (rows <= 0 || cols <= 0) return;
+    struct FN(forward_args) a = {z, b, preact, y, cols, activation};
+    int cheap = activation == FASTNN_IDENTITY || activation == FASTNN_RELU
+                || activation == FASTNN_LEAKY_RELU;
+    int64_t min_rows = (cheap ? MIN_PARALLEL_CHEAP : MIN_PARALLEL_MATH) / cols + 1;
+    parallel_for(FN(forward_range), &a, rows, min_rows);
+}
+
+/* --------------------------------------------------------------- backward */
+struct FN(backward_args) {
+    const T *dy, *y, *x;
+    T *dz, *db;
+    int64_t rows, cols, tile;
+    int act;
+};
+
+/* dz for rows [r0, r1) */
+HOT static void FN(backward_rows)(void *args, int64_t r0, int64_t r1, int part) {
+    const struct FN(backward_args) *a = args;
+    int64_t cols = a->cols, off = r0 * cols;
+    (void)part;
+    if (a->act == FASTNN_SOFTMAX) {
+        for (int64_t r = r0; r < r1; r++, off += cols)
+            FN(softmax_backward_row)(a->dy + off, a->y + off, a->dz + off, cols);
+    } else {
+        FN(act_backward_seg)(a->dy + off, a->y + off, a->x ? a->x + off : NULL, a->dz + off,
+                             (r1 - r0) * cols, a->act);
+    }
+}
+
+/* dz and db for the column tiles [t0, t1), elementwise activations only */
+HOT static void FN(backward_tiles)(void *args, int64_t t0, int64_t t1, int part) {
+    const struct FN(backward_args) *a = args;
+    double acc[TILE_MAX];
+    (void)part;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t j0 = t * a->tile, w = a->cols - j0 < a->tile ? a->cols - j0 : a->tile;
+        for (int64_t j = 0; j < w; j++) acc[j] = 0;
+        for (int64_t r = 0, off = j0; r < a->rows; r++, off += a->cols) {
+            T *dz = a->dz + off;
+            FN(act_backward_seg)(a->dy + off, a->y + off, a->x ? a->x + off : NULL, dz, w,
+                                 a->act);
+            for (int64_t j = 0; j < w; j++) acc[j] += dz[j];
+        }
+        for (int64_t j = 0; j < w; j++) a->db[j0 + j] = (T)acc[j];
+    }
+}
+
+struct FN(sums_args) {
+    const T *a;
+    T *out;
+    int64_t rows, cols, tile;
+};
+
+HOT static void FN(sums_tiles)(void *args, int64_t t0, int64_t t1, int part) {
+    const struct FN(sums_args) *s = args;
+    double acc[TILE_MAX];
+    (void)part;
+    for (int64_t t = t0; t < t1; t++) {
+        int64_t j0 = t * s->tile, w = s->cols - j0 < s->tile ? s->cols - j0 : s->tile;
+        for (int64_t j = 0; j < w; j++) acc[j] = 0;
+        for (int64_t r = 0; r < s->rows; r++) {
+            const T *row = s->a + r * s->cols + j0;
+            for (int64_t j = 0; j < w; j++) acc[j] += row[j];
+        }
+        for (int64_t j = 0; j < w; j++) s->out[j0 + j] = (T)acc[j];
+    }
+}
+
+void FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
+    if (cols <= 0) return;
+    int64_t tile = column_tile(cols), tiles = (cols + tile - 1) / tile;
+    struct FN(sums_args) s = {a, out, rows, cols, tile};
+    parallel_for(FN(sums_tiles), &s, tiles, rows * cols >= MIN_PARALLEL_CHEAP ? 1 : tiles + 1);
+}
+
+void FN(activation_backward)(const T *dy, const T *y, const T *x, T *dz, T *db, int64_t rows,
+                             int64_t cols, int activation) {
+    if (cols <= 0) return;
+    if (db != NULL && activation != FASTNN_SOFTMAX) {
+        int64_t tile = column_tile(cols), tiles = (cols + tile - 1) / tile;
+        struct FN(backward_args) a = {dy, y, x, dz, db, rows, cols, tile, activation};
+        parallel_for(FN(backward_tiles), &a, tiles,
+                     rows * cols >= MIN_PARALLEL_MATH ? 1 : tiles + 1);
+        return;
+    }
+    struct FN(backward_args) a = {dy, y, x, dz, db, rows, cols, 0, activation};
+    parallel_for(FN(backward_rows), &a, rows, MIN_PARALLEL_MATH / cols + 1);
+    if (db != NULL) FN(column_sums)(dz, db, rows, cols);
+}

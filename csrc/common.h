@@ -1,0 +1,56 @@
+/* Internal helpers shared by the kernel files (not part of the cffi API). */
+#ifndef FASTNN_COMMON_H
+#define FASTNN_COMMON_H
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "fastnn.h"
+#include "vmath.h"
+
+/* Hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline,
+ * and the loader picks one for the CPU (GCC function multiversioning, an ifunc:
+ * Linux/glibc only). Functions with this attribute are not inlined into their
+ * callers, so it goes on the per-range workers, not on per-element helpers. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTNN_NO_CLONES)
+#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
+/* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */
+#define PASTE2(a, b) a##_##b
+#define PASTE(a, b) PASTE2(a, b)
+#define FN(name) PASTE(name, S)
+
+/* PyTorch's activation constants (as in reference.py) */
+#define LEAKY_RELU_SLOPE 0.01
+#define ELU_ALPHA 1.0
+#define SELU_ALPHA 1.6732632423543772848170429916717
+#define SELU_SCALE 1.0507009873554804934193349852946
+#define SOFTPLUS_THRESHOLD 20.0
+#define SQRT1_2 0.70710678118654752440 /* 1 / sqrt(2) */
+#define INV_SQRT_2PI 0.39894228040143267794
+
+/* Work in [0, n) split into contiguous ranges, one per thread; fn(args, begin,
+ * end, part) runs each range. `part` (< MAX_PARTS) indexes per-range partial
+ * results that the caller adds up in order. Runs serially, as one range, when
+ * n < min_parallel or one thread is configured. Returns the number of ranges. */
+#define MAX_PARTS 64
+typedef void (*range_fn)(void *args, int64_t begin, int64_t end, int part);
+int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
+
+/* Parallel thresholds, in elements touched: below them the fork/join of an
+ * OpenMP region costs more than the loop. Cheap elementwise work (optimizers,
+ * bias, relu) needs more elements than work that calls exp. */
+#define MIN_PARALLEL_CHEAP 65536
+#define MIN_PARALLEL_MATH 16384
+
+/* Column tiles: reductions over the rows of (rows, cols) arrays (bias gradient,
+ * batch-norm statistics) run per tile of at most TILE_MAX columns, with one
+ * accumulator per column on the stack; each column is summed in row order, so
+ * results do not depend on the thread count. */
+#define TILE_MAX 512
+int64_t column_tile(int64_t cols);
+
+#endif

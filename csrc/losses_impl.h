@@ -1,0 +1,227 @@
+/* Loss kernels for one float type T (template, see instantiate.h). Each returns
+ * the mean (weighted mean) over samples of the per-sample loss and writes its
+ * gradient. Rows are split between threads; each range adds its rows' scaled
+ * losses into partial[part], and the caller adds the partials in order. */
+
+struct FN(loss_args) {
+    const T *x;               /* (n, k) logits, predictions or scores */
+    const int64_t *labels;    /* (n,) or NULL */
+    const T *targets;         /* (n, k) or NULL */
+    const T *w;               /* (n,) sample weights or NULL */
+    T *grad;                  /* (n, k) */
+    int64_t n, k;
+    double wsum;              /* sum of w */
+    double delta;             /* huber */
+    int loss;                 /* fastnn_loss, for elementwise_loss */
+    double partial[MAX_PARTS];
+};
+
+/* what turns sample i's loss into its share of the (weighted) mean */
+static inline double FN(sample_scale)(const struct FN(loss_args) *a, int64_t i) {
+    return a->w ? (double)a->w[i] / a->wsum : 1.0 / (double)a->n;
+}
+
+static double FN(setup)(struct FN(loss_args) *a, range_fn fn, int64_t min_parallel) {
+    double wsum = 0;
+    if (a->w) {
+#pragma omp simd reduction(+ : wsum)
+        for (int64_t i = 0; i < a->n; i++) wsum += a->w[i];
+    }
+    a->wsum = wsum;
+    int parts = parallel_for(fn, a, a->n, min_parallel);
+    double total = 0;
+    for (int p = 0; p < parts; p++) total += a->partial[p];
+    return total;
+}
+
+/* -------------------------------------------------- softmax cross-entropy */
+/* max and sum of e = exp(x - max) of one row (k,), e written to out */
+static inline T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < k; j++) m = x[j] > m ? x[j] : m;
+    T s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < k; j++) {
+        out[j] = FN(exp)(x[j] - m);
+        s += out[j];
+    }
+    *max = m;
+    return s;
+}
+
+HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int part) {
+    struct FN(loss_args) *a = args;
+    int64_t k = a->k;
+    double total = 0;
+    for (int64_t i = r0; i < r1; i++) {
+        const T *x = a->x + i * k;
+        T *g = a->grad + i * k, m;
+        T s = FN(exp_row)(x, g, k, &m);
+        double lse = (double)m + log((double)s); /* log-sum-exp, stable for any logits */
+        double scale = FN(sample_scale)(a, i);
+        int64_t label = a->labels[i];
+        if (label < 0 || label >= k) { /* the wrapper checked labels; never read outside */
+            total = NAN;
+            continue;
+        }
+        double p_label = (double)g[label] / (double)s;
+        T c = (T)(scale / (double)s); /* grad = softmax * scale - onehot * scale */
+        for (int64_t j = 0; j < k; j++) g[j] *= c;
+        g[label] = (T)((p_label - 1.0) * scale);
+        total += (lse - (double)x[label]) * scale;
+    }
+    a->partial[part] = total;
+}
+
+HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part) {
+    struct FN(loss_args) *a = args;
+    int64_t k = a->k;
+    double total = 0;
+    for (int64_t i = r0; i < r1; i++) {
+        const T *x = a->x + i * k, *t = a->targets + i * k;
+        T *g = a->grad + i * k, m;
+        T s = FN(exp_row)(x, g, k, &m);
+        double lse = (double)m + log((double)s);
+        /* loss = sum_j t_j (lse - x_j); grad = softmax * sum(t) - t */
+        double tsum = 0, loss = 0;
+#pragma omp simd reduction(+ : tsum, loss)
+        for (int64_t j = 0; j < k; j++) {
+            tsum += (double)t[j];
+            loss += (double)t[j] * (lse - (double)x[j]);
+        }
+        double scale = FN(sample_scale)(a, i);
+        T c = (T)(tsum / (double)s), sc = (T)scale;
+        for (int64_t j = 0; j < k; j++) g[j] = (g[j] * c - t[j]) * sc;
+        total += loss * scale;
+    }
+    a->partial[part] = total;
+}
+
+double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
+                                        T *grad, int64_t n, int64_t k) {
+    struct FN(loss_args) a = {logits, labels, NULL, w, grad, n, k};
+    return FN(setup)(&a, FN(sce_labels_range), MIN_PARALLEL_MATH / (k + 1) + 1);
+}
+
+double FN(softmax_cross_entropy_probs)(const T *logits, const T *targets, const T *w, T *grad,
+                                       int64_t n, int64_t k) {
+    struct FN(loss_args) a = {logits, NULL, targets, w, grad, n, k};
+    return FN(setup)(&a, FN(sce_probs_range), MIN_PARALLEL_MATH / (k + 1) + 1);
+}
+
+/* ------------------------------------------- sigmoid binary cross-entropy */
+/* len elements of one scale; returns the sum of their losses (unscaled) */
+static inline double FN(bce_seg)(const T *x, const T *t, T *g, int64_t len, T scale) {
+    double total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t j = 0; j < len; j++) {
+        /* -t log s(x) - (1-t) log(1-s(x)) = max(x, 0) - x t + log(1 + e^-|x|) */
+        T e = FN(exp)(-FN(abs)(x[j]));
+        T loss = (x[j] > 0 ? x[j] : (T)0) - x[j] * t[j] + FN(log1p_unit)(e);
+        T inv = (T)1 / ((T)1 + e);
+        T sig = x[j] >= 0 ? inv : e * inv;
+        g[j] = (sig - t[j]) * scale;
+        total += (double)loss;
+    }
+    return total;
+}
+
+/* ------------------------------------------------------ elementwise losses */
+static inline double FN(elementwise_seg)(int loss, const T *p, const T *t, T *g, int64_t len,
+                                         T scale, T delta) {
+    double total = 0;
+    switch (loss) {
+    case FASTNN_SQUARED:
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < len; j++) {
+            T d = p[j] - t[j];
+            g[j] = d * scale;
+            total += (double)((T)0.5 * d * d);
+        }
+        break;
+    case FASTNN_ABSOLUTE:
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < len; j++) {
+            T d = p[j] - t[j];
+            T sign = d > 0 ? (T)1 : d < 0 ? (T)-1 : d; /* sign(0) = 0, NaN stays */
+            g[j] = sign * scale;
+            total += (double)FN(abs)(d);
+        }
+        break;
+    case FASTNN_HUBER:
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < len; j++) {
+            T d = p[j] - t[j], ad = FN(abs)(d);
+            T clipped = d > delta ? delta : d < -delta ? -delta : d;
+            g[j] = clipped * scale;
+            total += (double)(ad < delta ? (T)0.5 * d * d : delta * (ad - (T)0.5 * delta));
+        }
+        break;
+    case FASTNN_HINGE:
+#pragma omp simd reduction(+ : total)
+        for (int64_t j = 0; j < len; j++) {
+            T margin = (T)1 - t[j] * p[j];
+            g[j] = margin > 0 ? -t[j] * scale : (T)0;
+            total += (double)(margin < 0 ? (T)0 : margin);
+        }
+        break;
+    default:
+        break;
+    }
+    return total;
+}
+
+/* rows [r0, r1): one segment when the scale is shared (no weights), else per row */
+HOT static void FN(bce_range)(void *args, int64_t r0, int64_t r1, int part) {
+    struct FN(loss_args) *a = args;
+    int64_t k = a->k;
+    double total = 0;
+    if (a->w == NULL) {
+        double scale = FN(sample_scale)(a, 0);
+        int64_t off = r0 * k;
+        total = scale * FN(bce_seg)(a->x + off, a->targets + off, a->grad + off, (r1 - r0) * k,
+                                    (T)scale);
+    } else {
+        for (int64_t i = r0, off = r0 * k; i < r1; i++, off += k) {
+            double scale = FN(sample_scale)(a, i);
+            total += scale * FN(bce_seg)(a->x + off, a->targets + off, a->grad + off, k,
+                                         (T)scale);
+        }
+    }
+    a->partial[part] = total;
+}
+
+HOT static void FN(elementwise_range)(void *args, int64_t r0, int64_t r1, int part) {
+    struct FN(loss_args) *a = args;
+    int64_t k = a->k;
+    double total = 0;
+    if (a->w == NULL) {
+        double scale = FN(sample_scale)(a, 0);
+        int64_t off = r0 * k;
+        total = scale * FN(elementwise_seg)(a->loss, a->x + off, a->targets + off,
+                                            a->grad + off, (r1 - r0) * k, (T)scale,
+                                            (T)a->delta);
+    } else {
+        for (int64_t i = r0, off = r0 * k; i < r1; i++, off += k) {
+            double scale = FN(sample_scale)(a, i);
+            total += scale * FN(elementwise_seg)(a->loss, a->x + off, a->targets + off,
+                                                 a->grad + off, k, (T)scale, (T)a->delta);
+        }
+    }
+    a->partial[part] = total;
+}
+
+double FN(sigmoid_binary_cross_entropy)(const T *logits, const T *targets, const T *w, T *grad,
+                                        int64_t n, int64_t k) {
+    struct FN(loss_args) a = {logits, NULL, targets, w, grad, n, k};
+    return FN(setup)(&a, FN(bce_range), MIN_PARALLEL_MATH / (k + 1) + 1);
+}
+
+double FN(elementwise_loss)(int loss, const T *pred, const T *targets, const T *w, T *grad,
+                            int64_t n, int64_t k, double delta) {
+    struct FN(loss_args) a = {pred, NULL, targets, w, grad, n, k};
+    a.delta = delta;
+    a.loss = loss;
+    return FN(setup)(&a, FN(elementwise_range), MIN_PARALLEL_CHEAP / (k + 1) + 1);
+}

@@ -1,0 +1,165 @@
+/* Branch-free exp, expm1 and log1p that loops can vectorise.
+ *
+ * glibc's vector math (libmvec) is only called under -ffast-math, which fastnn
+ * does not use (NaN, infinity and log-sum-exp behaviour matter), so a loop that
+ * calls expf stays scalar. These functions are written with selects instead of
+ * branches and integer bit tricks instead of ldexp, so the vectoriser can inline
+ * them into a loop. Accuracy: about 1-2 ulp in float, ~1e-15 relative in double.
+ *
+ * exp: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 split into a short high
+ * part, whose product with n is exact, and a low part), e^r by its Taylor
+ * polynomial, and 2^n built from exponent bits as two factors 2^n1 2^n2 so that
+ * results near the ends of the range overflow to inf and underflow gradually to
+ * 0. Rounding to an integer adds and subtracts 1.5 * 2^(mantissa bits), which
+ * leaves the integer in the low bits of the sum (no float-to-int conversion).
+ */
+#ifndef FASTNN_VMATH_H
+#define FASTNN_VMATH_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline uint32_t bits_f32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+static inline float from_bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+static inline uint64_t bits_f64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
+static inline double from_bits_f64(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
+
+/* 2^k for an integer-valued k in [-126, 127] held as magic + k (its low bits) */
+static inline float pow2_f32(float magic_plus_k) {
+    return from_bits_f32((bits_f32(magic_plus_k) + 127u) << 23);
+}
+static inline double pow2_f64(double magic_plus_k) {
+    return from_bits_f64((bits_f64(magic_plus_k) + 1023u) << 52);
+}
+
+#define ROUND_MAGIC_F32 12582912.0f                /* 1.5 * 2^23 */
+#define ROUND_MAGIC_F64 6755399441055744.0         /* 1.5 * 2^52 */
+
+/* e^r - 1 for |r| <= ln2/2: Taylor to r^7 (float), r^13 (double) */
+static inline float expm1_poly_f32(float r) {
+    float p = 1.0f / 5040;
+    p = p * r + 1.0f / 720;
+    p = p * r + 1.0f / 120;
+    p = p * r + 1.0f / 24;
+    p = p * r + 1.0f / 6;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    return p * r;
+}
+static inline double expm1_poly_f64(double r) {
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    return p * r;
+}
+
+/* ln2 = LN2_HI + LN2_LO; LN2_HI has few mantissa bits so n * LN2_HI is exact */
+#define LN2_HI_F32 0.693359375f
+#define LN2_LO_F32 -2.12194440e-4f
+#define LN2_HI_F64 6.93147180369123816490e-01
+#define LN2_LO_F64 1.90821492927058770002e-10
+
+static inline float exp_f32(float x) {
+    /* e^x overflows above 88.7228 and is below half the smallest subnormal
+     * under -103.98; clamping keeps n in [-150, 128] (NaN passes through) */
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float t = xc * 1.44269504088896341f + ROUND_MAGIC_F32;
+    float n = t - ROUND_MAGIC_F32;
+    float r = xc - n * LN2_HI_F32 - n * LN2_LO_F32;
+    float p = 1.0f + expm1_poly_f32(r);
+    float half = (n * 0.5f + ROUND_MAGIC_F32) - ROUND_MAGIC_F32; /* n = half + (n - half) */
+    float s1 = pow2_f32(half + ROUND_MAGIC_F32);
+    float s2 = pow2_f32((n - half) + ROUND_MAGIC_F32);
+    return p * s1 * s2;
+}
+
+static inline double exp_f64(double x) {
+    /* e^x overflows above 709.78 and is below half the smallest subnormal under
+     * -745.13; clamping keeps n in [-1077, 1025] */
+    double xc = x < -746.0 ? -746.0 : x;
+    xc = xc > 710.0 ? 710.0 : xc;
+    double t = xc * 1.4426950408889634074 + ROUND_MAGIC_F64;
+    double n = t - ROUND_MAGIC_F64;
+    double r = xc - n * LN2_HI_F64 - n * LN2_LO_F64;
+    double p = 1.0 + expm1_poly_f64(r);
+    double half = (n * 0.5 + ROUND_MAGIC_F64) - ROUND_MAGIC_F64;
+    double s1 = pow2_f64(half + ROUND_MAGIC_F64);
+    double s2 = pow2_f64((n - half) + ROUND_MAGIC_F64);
+    return p * s1 * s2;
+}
+
+/* e^x - 1 for x <= 0 (and NaN), accurate near 0: 2^n (e^r - 1) + (2^n - 1) */
+static inline float expm1_neg_f32(float x) {
+    float xc = x < -30.0f ? -30.0f : x; /* e^-30 - 1 rounds to -1 */
+    float n = (xc * 1.44269504088896341f + ROUND_MAGIC_F32) - ROUND_MAGIC_F32;
+    float r = xc - n * LN2_HI_F32 - n * LN2_LO_F32;
+    float s = pow2_f32(n + ROUND_MAGIC_F32);
+    return s * expm1_poly_f32(r) + (s - 1.0f);
+}
+static inline double expm1_neg_f64(double x) {
+    double xc = x < -60.0 ? -60.0 : x;
+    double n = (xc * 1.4426950408889634074 + ROUND_MAGIC_F64) - ROUND_MAGIC_F64;
+    double r = xc - n * LN2_HI_F64 - n * LN2_LO_F64;
+    double s = pow2_f64(n + ROUND_MAGIC_F64);
+    return s * expm1_poly_f64(r) + (s - 1.0);
+}
+
+/* log(1 + u) for u in [0, 1] (and NaN): w = 1 + u = 2^k f with f in
+ * [sqrt(1/2), sqrt(2)], log f = 2 atanh(s) with s = (f - 1) / (f + 1),
+ * |s| <= 0.172, by its odd series; (u - (w - 1)) / w restores what the
+ * rounding of 1 + u lost. */
+static inline float log1p_unit_f32(float u) {
+    float w = 1.0f + u;
+    float k = w > 1.41421356f ? 1.0f : 0.0f;
+    float f = w > 1.41421356f ? 0.5f * w : w;
+    float s = (f - 1.0f) / (f + 1.0f);
+    float s2 = s * s;
+    float q = 1.0f / 9;
+    q = q * s2 + 1.0f / 7;
+    q = q * s2 + 1.0f / 5;
+    q = q * s2 + 1.0f / 3;
+    float lg = 2.0f * s + 2.0f * s * s2 * q;
+    return k * 0.693147180559945309f + (lg + (u - (w - 1.0f)) / w);
+}
+static inline double log1p_unit_f64(double u) {
+    double w = 1.0 + u;
+    double k = w > 1.4142135623730951 ? 1.0 : 0.0;
+    double f = w > 1.4142135623730951 ? 0.5 * w : w;
+    double s = (f - 1.0) / (f + 1.0);
+    double s2 = s * s;
+    double q = 1.0 / 21;
+    q = q * s2 + 1.0 / 19;
+    q = q * s2 + 1.0 / 17;
+    q = q * s2 + 1.0 / 15;
+    q = q * s2 + 1.0 / 13;
+    q = q * s2 + 1.0 / 11;
+    q = q * s2 + 1.0 / 9;
+    q = q * s2 + 1.0 / 7;
+    q = q * s2 + 1.0 / 5;
+    q = q * s2 + 1.0 / 3;
+    double lg = 2.0 * s + 2.0 * s * s2 * q;
+    return k * 0.693147180559945309 + (lg + (u - (w - 1.0)) / w);
+}
+
+/* type-suffixed names of libm functions, for the kernel templates */
+static inline float abs_f32(float x) { return fabsf(x); }
+static inline double abs_f64(double x) { return fabs(x); }
+static inline float copysign_f32(float x, float y) { return copysignf(x, y); }
+static inline double copysign_f64(double x, double y) { return copysign(x, y); }
+static inline float erfc_f32(float x) { return erfcf(x); }
+static inline double erfc_f64(double x) { return erfc(x); }
+static inline float sqrt_f32(float x) { return sqrtf(x); }
+static inline double sqrt_f64(double x) { return sqrt(x); }
+
+#endif
