@@ -298,6 +298,37 @@ def test_schedules():
     assert flat[-2] <= 1e-6
 
 
+def test_initialisers_default_to_the_activation():
+    """He for the ReLU family, LeCun for selu, Glorot otherwise; or as named, or a callable."""
+    backend = fastnn.get_backend("numpy")
+    model = nn.Sequential([nn.Dense(30, "relu"), nn.Dense(20, "selu"), nn.Dense(10, "tanh"),
+                           nn.Dense(8, "logistic", init="sklearn"), nn.Dense(5, init="he_normal"),
+                           nn.Dense(3, init=lambda fan_in, fan_out, rng, dtype: (
+                               np.full((fan_in, fan_out), 0.5, dtype), np.ones(fan_out, dtype)))],
+                          seed=7, dtype=np.float64, input_dim=40)
+    rng = np.random.default_rng(7)
+    methods = ["he_uniform", "lecun_normal", "glorot_uniform", "sklearn", "he_normal"]
+    for layer, method, fan_in in zip(model.layers, methods, [40, 30, 20, 10, 8]):
+        W, b = backend.init_weights(method, fan_in, layer.units, rng=rng, dtype=np.float64,
+                                    activation=layer.activation)
+        np.testing.assert_array_equal(layer.W, W)
+        np.testing.assert_array_equal(layer.b, b)
+    assert (model.layers[-1].W == 0.5).all() and (model.layers[-1].b == 1).all()
+
+
+def test_progress_bar_or_lines_with_verbose_1(capsys):
+    X, y = data(50, 3), np.arange(50) % 2
+    model = nn.Sequential([nn.Dense(2)], loss="sparse_categorical_crossentropy", seed=0)
+    model.fit(X, y, epochs=3, verbose=1)
+    out = capsys.readouterr()
+    try:
+        import tqdm  # noqa: F401
+    except ImportError:
+        assert out.out.count("epoch") == 3
+    else:
+        assert "3/3" in out.err and out.out == ""
+
+
 # -------------------------------------------------------------- reproducible
 def small_classifier(seed=0, **options):
     return nn.Sequential([nn.Dense(12, "relu"), nn.BatchNorm(), nn.Dropout(0.2), nn.Dense(3)],

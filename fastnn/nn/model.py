@@ -51,6 +51,14 @@ class _NonFiniteLoss(Exception):
         self.loss = loss
 
 
+def _all_finite(a):
+    """Whether every element of a float array is finite. A finite sum proves it
+    (NaN and inf propagate through a sum) without allocating an (N, d) mask;
+    only when the sum is not finite (maybe mere overflow) is each element checked."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum()) or np.isfinite(a).all())
+
+
 def _check_int_option(value, name, low):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -268,7 +276,7 @@ class Sequential:
                              f"{self.input_dim}")
         with np.errstate(over="ignore"):
             X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not np.isfinite(X).all():
+        if not _all_finite(X):
             raise ValueError(f"{name} contains NaN or infinity"
                              + (" (or values too large for float32)" if self.dtype == np.float32 else ""))
         if not self.built:
@@ -459,7 +467,7 @@ class Sequential:
         for callback in callbacks:
             callback.on_train_begin(self, logs)
         backend = self.backend
-        if not np.isfinite(self._params).all():
+        if not _all_finite(self._params):
             raise ValueError("the model's parameters contain NaN or infinity")
         # parameters at the start of the epoch, known to be finite (checked at the
         # end of each epoch): what a divergence falls back to
@@ -483,7 +491,7 @@ class Sequential:
                 weight_total += bw
                 if self._reports_accuracy:
                     correct += self.loss.correct(ws[1]["out"], tb)
-            if not np.isfinite(self._params).all():  # the last step's update overflowed
+            if not _all_finite(self._params):  # the last step's update overflowed
                 self._diverged(snapshot, epoch, step, math.nan, bar)
             logs = {"loss": total / weight_total}
             if self._reports_accuracy:
