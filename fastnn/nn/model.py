@@ -117,8 +117,9 @@ class Sequential:
             raise TypeError(f"layers must be fastnn.nn layers, got {type(layer).__name__}")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
-        if any(layer is other for other in self.layers):
-            raise ValueError("the same layer object appears twice; create a new layer instead")
+        if any(layer is other for other in self.layers) or getattr(layer, "params", None) is not None:
+            raise ValueError("this layer object is already part of a model; create a new layer instead "
+                             "(layers hold views into their model's buffers)")
         self.layers.append(layer)
         return self
 
@@ -499,7 +500,7 @@ class Sequential:
             if val is not None:
                 for key, value in self._evaluate(*val).items():
                     logs["val_" + key] = value
-            logs["lr"] = self.optimizer.lr
+            logs["lr"] = self.optimizer.schedule.lr_at(self.optimizer.t)  # the epoch's last step
             history.append(logs)
             stop = self.optimizer.end_epoch(logs["loss"])
             for callback in callbacks:
@@ -509,9 +510,18 @@ class Sequential:
                 break
         if bar is not None:
             bar.close()
+        self._release_inputs()
         for callback in callbacks:
             callback.on_train_end(self, logs)
         return history
+
+    def _release_inputs(self):
+        """Drop the workspaces' references to caller arrays (layer inputs, batch-norm
+        caches), so that data passed to fit or predict can be freed."""
+        for layer_ws, _ in self._workspaces.values():
+            for ws in layer_ws:
+                ws.pop("x", None)
+                ws.pop("cache", None)
 
     def _diverged(self, snapshot, epoch, step, loss, bar):
         if bar is not None:
@@ -543,6 +553,7 @@ class Sequential:
                 backend.activation_forward(out, self.loss.link, out=result[lo:hi])
             else:
                 result[lo:hi] = out
+        self._release_inputs()
         return result
 
     def predict(self, X, batch_size=None):
@@ -594,6 +605,7 @@ class Sequential:
             weight_total += bw
             if self._reports_accuracy:
                 correct += self.loss.correct(out, t[lo:hi])
+        self._release_inputs()
         self._penalties = self._penalty_terms()
         logs = {"loss": total / weight_total + self._penalty(backend, X.shape[0])}
         if self._reports_accuracy:
