@@ -2,7 +2,11 @@
  * activations.c). Elementwise activations work on flat segments; softmax works
  * on rows. Formulas follow reference.py term by term. */
 
-/* y[i] = act(x[i]) for n elements (not softmax); y may be x */
+/* y[i] = act(x[i]) for n elements (not softmax); y may be x. The activations
+ * that call exp or erfc compute in double also for float arrays: the float
+ * result is then the correctly rounded one, like the reference's, which matters
+ * because derivatives written in y (1 - y^2, y (1 - y)) magnify any difference
+ * in its last bits. */
 static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
     switch (act) {
     case FASTNN_IDENTITY:
@@ -10,17 +14,15 @@ static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
         break;
     case FASTNN_LOGISTIC:
         for (int64_t i = 0; i < n; i++) {
-            /* e = e^-|x| <= 1: no overflow on either side */
-            T e = FN(exp)(-FN(abs)(x[i]));
-            T inv = (T)1 / ((T)1 + e);
-            y[i] = x[i] >= 0 ? inv : e * inv;
+            double v = x[i], e = exp_f64(-fabs(v)); /* e^-|x| <= 1: no overflow */
+            y[i] = (T)((v >= 0 ? 1.0 : e) / (1.0 + e));
         }
         break;
     case FASTNN_TANH:
         for (int64_t i = 0; i < n; i++) {
             /* tanh|x| = -e / (2 + e) with e = e^(-2|x|) - 1, accurate near 0 */
-            T e = FN(expm1_neg)((T)-2 * FN(abs)(x[i]));
-            y[i] = FN(copysign)(-e / ((T)2 + e), x[i]);
+            double v = x[i], e = expm1_neg_f64(-2.0 * fabs(v));
+            y[i] = (T)copysign(-e / (2.0 + e), v);
         }
         break;
     case FASTNN_RELU:
@@ -31,25 +33,27 @@ static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
         break;
     case FASTNN_ELU:
         for (int64_t i = 0; i < n; i++) {
-            T neg = (T)ELU_ALPHA * FN(expm1_neg)(x[i] < 0 ? x[i] : (T)0);
-            y[i] = x[i] > 0 ? x[i] : neg;
+            double v = x[i], neg = ELU_ALPHA * expm1_neg_f64(v < 0 ? v : 0.0);
+            y[i] = (T)(v > 0 ? v : neg);
         }
         break;
     case FASTNN_SELU:
         for (int64_t i = 0; i < n; i++) {
-            T neg = (T)SELU_ALPHA * FN(expm1_neg)(x[i] < 0 ? x[i] : (T)0);
-            y[i] = (T)SELU_SCALE * (x[i] > 0 ? x[i] : neg);
+            double v = x[i], neg = SELU_ALPHA * expm1_neg_f64(v < 0 ? v : 0.0);
+            y[i] = (T)(SELU_SCALE * (v > 0 ? v : neg));
         }
         break;
     case FASTNN_GELU:
         /* x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x < 0 */
-        for (int64_t i = 0; i < n; i++)
-            y[i] = (T)0.5 * x[i] * FN(erfc)(-x[i] * (T)SQRT1_2);
+        for (int64_t i = 0; i < n; i++) {
+            double v = x[i];
+            y[i] = (T)(0.5 * v * erfc(-v * SQRT1_2));
+        }
         break;
     case FASTNN_SOFTPLUS:
         for (int64_t i = 0; i < n; i++) {
-            T soft = (x[i] > 0 ? x[i] : (T)0) + FN(log1p_unit)(FN(exp)(-FN(abs)(x[i])));
-            y[i] = x[i] > (T)SOFTPLUS_THRESHOLD ? x[i] : soft;
+            double v = x[i], soft = (v > 0 ? v : 0.0) + log1p_unit_f64(exp_f64(-fabs(v)));
+            y[i] = (T)(v > SOFTPLUS_THRESHOLD ? v : soft);
         }
         break;
     default:
@@ -57,21 +61,24 @@ static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
     }
 }
 
-/* y (cols,) = softmax(x (cols,)); y may be x */
+/* y (cols,) = softmax(x (cols,)); y may be x. The sum is accumulated in double:
+ * the backward's dy - sum(dy y) cancels, so y must be accurate. */
 static inline void FN(softmax_row)(const T *x, T *y, int64_t cols) {
     T m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < cols; j++) m = x[j] > m ? x[j] : m;
-    T s = 0;
+    double s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) {
         y[j] = FN(exp)(x[j] - m);
         s += y[j];
     }
-    for (int64_t j = 0; j < cols; j++) y[j] /= s;
+    T st = (T)s;
+    for (int64_t j = 0; j < cols; j++) y[j] /= st;
 }
 
-/* dz[i] = dy[i] * act'(x[i]) in terms of y for n elements (not softmax) */
+/* dz[i] = dy[i] * act'(x[i]) in terms of y for n elements (not softmax), in the
+ * reference's order of operations; in double where the forward is (see above) */
 static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *dz, int64_t n,
                                         int act) {
     switch (act) {
@@ -79,10 +86,10 @@ static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *
         if (dz != dy) for (int64_t i = 0; i < n; i++) dz[i] = dy[i];
         break;
     case FASTNN_LOGISTIC:
-        for (int64_t i = 0; i < n; i++) dz[i] = dy[i] * y[i] * ((T)1 - y[i]);
+        for (int64_t i = 0; i < n; i++) dz[i] = (T)((double)dy[i] * y[i] * (1.0 - y[i]));
         break;
     case FASTNN_TANH:
-        for (int64_t i = 0; i < n; i++) dz[i] = dy[i] * ((T)1 - y[i] * y[i]);
+        for (int64_t i = 0; i < n; i++) dz[i] = (T)(dy[i] * (1.0 - (double)y[i] * y[i]));
         break;
     case FASTNN_RELU:
         for (int64_t i = 0; i < n; i++) dz[i] = y[i] > 0 ? dy[i] : (T)0;
@@ -92,37 +99,40 @@ static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *
         break;
     case FASTNN_ELU:
         /* x <= 0: d/dx alpha (e^x - 1) = y + alpha */
-        for (int64_t i = 0; i < n; i++) dz[i] = y[i] > 0 ? dy[i] : dy[i] * (y[i] + (T)ELU_ALPHA);
+        for (int64_t i = 0; i < n; i++)
+            dz[i] = y[i] > 0 ? dy[i] : (T)(dy[i] * ((double)y[i] + ELU_ALPHA));
         break;
     case FASTNN_SELU:
         for (int64_t i = 0; i < n; i++)
-            dz[i] = y[i] > 0 ? (T)SELU_SCALE * dy[i]
-                             : dy[i] * (y[i] + (T)(SELU_SCALE * SELU_ALPHA));
+            dz[i] = (T)(y[i] > 0 ? SELU_SCALE * dy[i]
+                                 : dy[i] * ((double)y[i] + SELU_SCALE * SELU_ALPHA));
         break;
     case FASTNN_GELU:
-        /* Phi(x) + x phi(x) */
+        /* Phi(x) + x phi(x), in double */
         for (int64_t i = 0; i < n; i++) {
-            T cdf = (T)0.5 * FN(erfc)(-x[i] * (T)SQRT1_2);
-            T pdf = FN(exp)((T)-0.5 * x[i] * x[i]) * (T)INV_SQRT_2PI;
-            dz[i] = dy[i] * (cdf + x[i] * pdf);
+            double v = x[i];
+            double cdf = 0.5 * erfc(-v * SQRT1_2), pdf = exp_f64(-0.5 * v * v) * INV_SQRT_2PI;
+            dz[i] = (T)(dy[i] * (cdf + v * pdf));
         }
         break;
     case FASTNN_SOFTPLUS:
-        /* sigmoid(x) = 1 - e^-y; 1 above the threshold, where y = x */
+        /* sigmoid(x) = 1 - e^-y, in double; 1 above the threshold, where y = x */
         for (int64_t i = 0; i < n; i++)
-            dz[i] = y[i] > (T)SOFTPLUS_THRESHOLD ? dy[i] : dy[i] * -FN(expm1_neg)(-y[i]);
+            dz[i] = y[i] > (T)SOFTPLUS_THRESHOLD ? dy[i]
+                                                 : (T)(dy[i] * -expm1_neg_f64(-(double)y[i]));
         break;
     default:
         break;
     }
 }
 
-/* dz (cols,) = y * (dy - sum(dy * y)) for one softmax row */
+/* dz (cols,) = y * (dy - sum(dy * y)) for one softmax row, the sum in double */
 static inline void FN(softmax_backward_row)(const T *dy, const T *y, T *dz, int64_t cols) {
-    T s = 0;
+    double s = 0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t j = 0; j < cols; j++) s += dy[j] * y[j];
-    for (int64_t j = 0; j < cols; j++) dz[j] = y[j] * (dy[j] - s);
+    for (int64_t j = 0; j < cols; j++) s += (double)(dy[j] * y[j]);
+    T st = (T)s;
+    for (int64_t j = 0; j < cols; j++) dz[j] = y[j] * (dy[j] - st);
 }
 
 /* ---------------------------------------------------------------- forward */

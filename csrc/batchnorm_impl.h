@@ -19,7 +19,6 @@ HOT static void FN(bn_forward_tiles)(void *args, int64_t t0, int64_t t1, int par
     const struct FN(bn_args) *a = args;
     int64_t n = a->n, c = a->c;
     double s1[TILE_MAX], s2[TILE_MAX];
-    T scale[TILE_MAX];
     (void)part;
     for (int64_t t = t0; t < t1; t++) {
         int64_t j0 = t * a->tile, w = c - j0 < a->tile ? c - j0 : a->tile;
@@ -41,12 +40,12 @@ HOT static void FN(bn_forward_tiles)(void *args, int64_t t0, int64_t t1, int par
             T unbias = n > 1 ? (T)((double)n / (double)(n - 1)) : (T)0; /* n > 1 checked */
             for (int64_t j = 0; j < w; j++) {
                 double shift = s1[j] / (double)n;
-                double var = s2[j] / (double)n - shift * shift; /* biased */
-                var = var > 0 ? var : 0;
+                double var64 = s2[j] / (double)n - shift * shift; /* biased */
+                T var = (T)(var64 > 0 ? var64 : 0);
                 mean[j] = (T)((double)x0[j] + shift);
-                invstd[j] = (T)(1.0 / sqrt(var + a->eps));
+                invstd[j] = (T)1 / FN(sqrt)(var + (T)a->eps);
                 rm[j] = rm[j] * keep + mom * mean[j];
-                rv[j] = rv[j] * keep + mom * (T)var * unbias; /* unbiased running estimate */
+                rv[j] = rv[j] * keep + mom * var * unbias; /* unbiased running estimate */
             }
         } else {
             for (int64_t j = 0; j < w; j++) {
@@ -54,11 +53,11 @@ HOT static void FN(bn_forward_tiles)(void *args, int64_t t0, int64_t t1, int par
                 invstd[j] = (T)1 / FN(sqrt)(a->running_var[j0 + j] + (T)a->eps);
             }
         }
-        for (int64_t j = 0; j < w; j++) scale[j] = invstd[j] * gamma[j];
+        /* in the reference's order of operations */
         for (int64_t r = 0; r < n; r++) {
             const T *row = x0 + r * c;
             T *y = a->y + r * c + j0;
-            for (int64_t j = 0; j < w; j++) y[j] = (row[j] - mean[j]) * scale[j] + beta[j];
+            for (int64_t j = 0; j < w; j++) y[j] = (row[j] - mean[j]) * invstd[j] * gamma[j] + beta[j];
         }
     }
 }

@@ -50,6 +50,15 @@ static inline T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
     return s;
 }
 
+/* The reference's softmax is exp(x - lse) with lse rounded to T; p = e r with
+ * r = exp(m - lse) reproduces it, so logits of 1e4 (where a float lse has an ulp
+ * of 1e-3) give the reference's p. */
+static inline T FN(lse_ratio)(T m, T s, double *lse) {
+    T lse_t = m + (T)log((double)s); /* log-sum-exp: stable for logits of any size */
+    *lse = (double)lse_t;
+    return FN(exp)(m - lse_t);
+}
+
 HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int part) {
     struct FN(loss_args) *a = args;
     int64_t k = a->k;
@@ -57,18 +66,18 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k;
         T *g = a->grad + i * k, m;
-        T s = FN(exp_row)(x, g, k, &m);
-        double lse = (double)m + log((double)s); /* log-sum-exp, stable for any logits */
+        double lse;
+        T r = FN(lse_ratio)(m, FN(exp_row)(x, g, k, &m), &lse);
         double scale = FN(sample_scale)(a, i);
         int64_t label = a->labels[i];
         if (label < 0 || label >= k) { /* the wrapper checked labels; never read outside */
             total = NAN;
             continue;
         }
-        double p_label = (double)g[label] / (double)s;
-        T c = (T)(scale / (double)s); /* grad = softmax * scale - onehot * scale */
+        /* grad = (softmax - onehot) * scale */
+        T p_label = g[label] * r, sc = (T)scale, c = r * sc;
         for (int64_t j = 0; j < k; j++) g[j] *= c;
-        g[label] = (T)((p_label - 1.0) * scale);
+        g[label] = (p_label - (T)1) * sc;
         total += (lse - (double)x[label]) * scale;
     }
     a->partial[part] = total;
@@ -81,9 +90,9 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k, *t = a->targets + i * k;
         T *g = a->grad + i * k, m;
-        T s = FN(exp_row)(x, g, k, &m);
-        double lse = (double)m + log((double)s);
-        /* loss = sum_j t_j (lse - x_j); grad = softmax * sum(t) - t */
+        double lse;
+        T r = FN(lse_ratio)(m, FN(exp_row)(x, g, k, &m), &lse);
+        /* loss = sum_j t_j (lse - x_j), each term >= 0; grad = softmax * sum(t) - t */
         double tsum = 0, loss = 0;
 #pragma omp simd reduction(+ : tsum, loss)
         for (int64_t j = 0; j < k; j++) {
@@ -91,7 +100,7 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
             loss += (double)t[j] * (lse - (double)x[j]);
         }
         double scale = FN(sample_scale)(a, i);
-        T c = (T)(tsum / (double)s), sc = (T)scale;
+        T c = r * (T)tsum, sc = (T)scale;
         for (int64_t j = 0; j < k; j++) g[j] = (g[j] * c - t[j]) * sc;
         total += loss * scale;
     }

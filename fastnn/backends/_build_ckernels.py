@@ -19,12 +19,13 @@ def read_cdef(header: Path) -> str:
 
 
 def compile_flags():
-    """-O3 with FMA contraction but IEEE semantics kept (no -ffast-math: NaN and
-    infinity handling and log-sum-exp stability are relied on). No -march=native:
+    """-O3 with IEEE semantics kept (no -ffast-math: NaN and infinity handling and
+    log-sum-exp stability are relied on) and no FMA contraction (the kernels follow
+    the reference's order of operations, roundings included). No -march=native:
     the extension must run on any x86-64; the hot loops are also compiled for
     AVX2+FMA and chosen at run time (csrc/common.h). FASTNN_CFLAGS adds flags
     (e.g. a sanitizer build)."""
-    flags = ["-O3", "-std=c99", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]
+    flags = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
     if sys.platform != "win32":
         flags += ["-fopenmp"]
     flags += os.environ.get("FASTNN_CFLAGS", "").split()
