@@ -19,6 +19,15 @@ from .backends import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError", "available_backends", "get_backend", "kernel_owners",
-    "set_backend", "set_num_threads", "unavailable_backends", "use_backend", "__version__",
+    "BackendUnavailableError", "MLPClassifier", "MLPRegressor", "available_backends", "get_backend",
+    "kernel_owners", "set_backend", "set_num_threads", "unavailable_backends", "use_backend", "__version__",
 ]
+
+
+def __getattr__(name):
+    # the estimators import scikit-learn: loaded on first use so `import fastnn` stays fast
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastnn' has no attribute {name!r}")

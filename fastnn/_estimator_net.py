@@ -1,0 +1,314 @@
+"""The network behind `fastnn.MLPClassifier` and `fastnn.MLPRegressor`.
+
+A stack of dense layers whose parameters live in ONE flat buffer laid out as
+scikit-learn packs an MLP for L-BFGS: every weight matrix W_i (fan_in, fan_out)
+first, then every bias b_i, then (with batch norm) every gamma_i and beta_i. The
+gradients live in a second buffer of the same layout, so the L2 penalty is one
+kernel call over the weights block and an optimizer step is one kernel call over
+the whole buffer. The estimators expose W_i and b_i as views (`coefs_`,
+`intercepts_`).
+
+Every computation is a backend kernel writing into workspace arrays kept per
+batch size, so a training step allocates nothing once a batch size has been seen.
+The output layer produces raw scores; the loss kernel applies the output
+activation fused with the loss (softmax + cross-entropy, logistic + binary
+cross-entropy, identity + squared error; exp + Poisson deviance in NumPy).
+
+Hidden layer i (0-based) computes, for a batch x (N, fan_in):
+    without batch norm: y = act(x @ W + b)
+    with batch norm:    y = act(batchnorm(x @ W + b))   (torch.nn.BatchNorm1d)
+followed in training by inverted dropout with rate dropout[i].
+"""
+
+import math
+
+import numpy as np
+from scipy.special import xlogy
+
+from .backends.reference import NEEDS_INPUT
+
+BN_MOMENTUM = 0.1  # torch.nn.BatchNorm1d's defaults
+BN_EPS = 1e-5
+PREDICT_CHUNK = 4096  # rows per chunk at inference: bounds memory for large X
+MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*values):
+    """One 64-bit seed from several integers (splitmix64 finaliser over each):
+    nearby steps and layers give unrelated dropout masks."""
+    z = 0
+    for v in values:
+        z = ((z ^ (int(v) & MASK64)) + 0x9E3779B97F4A7C15) & MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+        z ^= z >> 31
+    return z
+
+
+def dense_rows(X, rows, out):
+    """Rows `rows` (an index array, or None for all) of X into `out` (n, F), for
+    dense and CSR input alike."""
+    if hasattr(X, "toarray"):  # scipy sparse (CSR)
+        part = X if rows is None else X[rows]
+        out[...] = part.toarray()
+    elif rows is None:
+        out[...] = X
+    else:
+        # mode="clip": the indices are valid, and "raise" would buffer the output
+        np.take(X, rows, axis=0, out=out, mode="clip")
+    return out
+
+
+class Network:
+    """Parameters, gradients, running statistics and workspaces of one MLP.
+
+    layer_units: [n_features, hidden..., n_outputs]; activation: hidden-layer
+    activation; loss: 'softmax' (cross-entropy, int labels), 'logistic' (binary
+    cross-entropy per output), 'squared_error' or 'poisson'; dropout: one rate per
+    hidden layer; batch_norm: normalise every hidden layer's pre-activation."""
+
+    def __init__(self, layer_units, activation, loss, dtype, dropout=None, batch_norm=False):
+        self.layer_units = list(layer_units)
+        self.activation = activation
+        self.loss = loss
+        self.dtype = np.dtype(dtype)
+        self.n_layers = len(layer_units) - 1
+        n_hidden = self.n_layers - 1
+        self.dropout = list(dropout) if dropout is not None else [0.0] * n_hidden
+        self.batch_norm = bool(batch_norm)
+        self._allocate()
+
+    def _allocate(self):
+        shapes = list(zip(self.layer_units[:-1], self.layer_units[1:]))
+        hidden = self.layer_units[1:-1]
+        self.n_weights = sum(a * b for a, b in shapes)
+        size = self.n_weights + sum(b for _, b in shapes)
+        if self.batch_norm:
+            size += 2 * sum(hidden)
+        self.params = np.zeros(size, self.dtype)
+        self.grads = np.zeros(size, self.dtype)
+        self.W, self.b, self.dW, self.db = [], [], [], []
+        self.gamma, self.beta, self.dgamma, self.dbeta = [], [], [], []
+        offset = 0
+
+        def take(shape, into, grads_into):
+            nonlocal offset
+            n = math.prod(shape)
+            into.append(self.params[offset:offset + n].reshape(shape))
+            grads_into.append(self.grads[offset:offset + n].reshape(shape))
+            offset += n
+
+        for shape in shapes:
+            take(shape, self.W, self.dW)
+        for _, fan_out in shapes:
+            take((fan_out,), self.b, self.db)
+        if self.batch_norm:
+            for units in hidden:
+                take((units,), self.gamma, self.dgamma)
+            for units in hidden:
+                take((units,), self.beta, self.dbeta)
+            for g in self.gamma:
+                g[...] = 1
+        self.running_mean = [np.zeros(u, self.dtype) for u in hidden] if self.batch_norm else []
+        self.running_var = [np.ones(u, self.dtype) for u in hidden] if self.batch_norm else []
+        self._workspaces = {}
+
+    def _config(self):
+        """The constructor's arguments, to compare networks."""
+        return (self.layer_units, self.activation, self.loss, self.dtype, self.dropout, self.batch_norm)
+
+    # pickling: the views are rebuilt from the flat buffer, workspaces dropped
+    def __getstate__(self):
+        return {"config": (self.layer_units, self.activation, self.loss, self.dtype.str, self.dropout,
+                           self.batch_norm),
+                "params": self.params, "running_mean": self.running_mean,
+                "running_var": self.running_var}
+
+    def __setstate__(self, state):
+        units, act, loss, dtype, dropout, bn = state["config"]
+        self.__init__(units, act, loss, np.dtype(dtype), dropout, bn)
+        self.params[...] = state["params"]
+        for mine, theirs in zip(self.running_mean + self.running_var,
+                                state["running_mean"] + state["running_var"]):
+            mine[...] = theirs
+
+    def clear_workspaces(self):
+        self._workspaces = {}
+
+    # ------------------------------------------------------------- workspaces
+    def workspace(self, n):
+        """Arrays for a batch of n rows, allocated on the first call for n."""
+        ws = self._workspaces.get(n)
+        if ws is not None:
+            return ws
+        if len(self._workspaces) >= 4:  # training uses two sizes (full and last batch)
+            self._workspaces.clear()
+        dt, L = self.dtype, self.n_layers
+        units = self.layer_units
+        empty = [None] * L
+        ws = {"x": np.empty((n, units[0]), dt), "y": [np.empty((n, u), dt) for u in units[1:]],
+              "dout": np.empty((n, units[-1]), dt), "pre": list(empty), "bn": list(empty),
+              "cache": list(empty), "drop": list(empty), "ddrop": list(empty), "dz": list(empty),
+              "dx": list(empty), "dbn": list(empty), "inputs": list(empty), "seeds": [0] * L}
+        for i in range(L - 1):
+            u = units[i + 1]
+            if self.batch_norm:
+                ws["pre"][i] = np.empty((n, u), dt)
+                ws["bn"][i] = np.empty((n, u), dt)
+                ws["dbn"][i] = np.empty((n, u), dt)
+            elif self.activation in NEEDS_INPUT:
+                ws["pre"][i] = np.empty((n, u), dt)
+            if self.dropout[i] > 0:
+                ws["drop"][i] = np.empty((n, u), dt)
+                ws["ddrop"][i] = np.empty((n, u), dt)
+            if self.activation != "identity" or self.batch_norm:
+                ws["dz"][i] = np.empty((n, u), dt)
+        for i in range(1, L):
+            ws["dx"][i] = np.empty((n, units[i]), dt)
+        self._workspaces[n] = ws
+        return ws
+
+    # ---------------------------------------------------------------- training
+    def forward(self, backend, x, ws, training, seed=0, update_stats=True):
+        """Raw outputs (N, n_outputs) of the batch x in training or inference mode.
+        Fills ws with what backward needs."""
+        a = x
+        last = self.n_layers - 1
+        for i in range(self.n_layers):
+            ws["inputs"][i] = a
+            y = ws["y"][i]
+            if i == last:
+                backend.dense_forward(a, self.W[i], self.b[i], "identity", out=y)
+                break
+            if self.batch_norm:
+                pre, h = ws["pre"][i], ws["bn"][i]
+                backend.dense_forward(a, self.W[i], self.b[i], "identity", out=pre)
+                # a one-row batch has no batch statistics: it uses the running ones
+                batch_stats = training and x.shape[0] > 1
+                _, ws["cache"][i] = backend.batchnorm_forward(
+                    pre, self.gamma[i], self.beta[i], self.running_mean[i], self.running_var[i],
+                    batch_stats, momentum=BN_MOMENTUM if update_stats else 0.0, eps=BN_EPS, out=h)
+                backend.activation_forward(h, self.activation, out=y)
+            else:
+                backend.dense_forward(a, self.W[i], self.b[i], self.activation, out=y, preact=ws["pre"][i])
+            a = y
+            if training and self.dropout[i] > 0:
+                ws["seeds"][i] = s = mix_seed(seed, i)
+                a = backend.dropout_forward(y, self.dropout[i], s, out=ws["drop"][i])
+        return ws["y"][last]
+
+    def backward(self, backend, ws, training):
+        """Gradients of the loss whose gradient w.r.t. the raw outputs is in
+        ws['dout'], into the gradient buffer (weights, biases, batch-norm)."""
+        d = ws["dout"]
+        for i in range(self.n_layers - 1, -1, -1):
+            need_dx = i > 0
+            x = ws["inputs"][i]
+            dx = ws["dx"][i] if need_dx else None
+            if i == self.n_layers - 1:
+                backend.dense_backward(d, x, self.W[i], ws["y"][i], "identity", need_dx=need_dx, dx=dx,
+                                       dW=self.dW[i], db=self.db[i])
+            else:
+                if training and self.dropout[i] > 0:
+                    d = backend.dropout_backward(d, self.dropout[i], ws["seeds"][i], out=ws["ddrop"][i])
+                if self.batch_norm:
+                    dh = backend.activation_backward(d, ws["y"][i], self.activation, x=ws["bn"][i],
+                                                     out=ws["dbn"][i])
+                    dpre = backend.batchnorm_backward(dh, ws["cache"][i], dx=ws["dz"][i],
+                                                      dgamma=self.dgamma[i], dbeta=self.dbeta[i])[0]
+                    backend.dense_backward(dpre, x, self.W[i], ws["pre"][i], "identity", need_dx=need_dx,
+                                           dx=dx, dW=self.dW[i], db=self.db[i])
+                else:
+                    backend.dense_backward(d, x, self.W[i], ws["y"][i], self.activation,
+                                           preact=ws["pre"][i], need_dx=need_dx, dx=dx, dW=self.dW[i],
+                                           db=self.db[i], dz=ws["dz"][i])
+            d = dx
+
+    def data_loss(self, backend, out, t, w, grad):
+        """Mean loss of raw outputs `out` against targets t (int labels for softmax,
+        (N, K) floats otherwise), sample weights w or None; writes d loss / d out
+        into grad. The value follows scikit-learn's definitions (the squared error is
+        averaged over outputs too, while its gradient is that of the sum over
+        outputs, as scikit-learn's)."""
+        if self.loss == "softmax":
+            return backend.softmax_cross_entropy(out, t, w, grad=grad)[0]
+        if self.loss == "logistic":
+            return backend.sigmoid_binary_cross_entropy(out, t, w, grad=grad)[0]
+        if self.loss == "squared_error":
+            return backend.squared_error(out, t, w, grad=grad)[0] / out.shape[1]
+        return poisson_deviance(out, t, w, grad)
+
+    def loss_and_gradient(self, backend, x, t, w, ws, alpha, training=True, seed=0, update_stats=True):
+        """Forward, loss, backward and L2 penalty on one batch. The penalty is
+        0.5 alpha ||W||^2 / (sum of the batch's sample weights, or its size), on the
+        weight matrices only, as scikit-learn's. Returns the loss."""
+        out = self.forward(backend, x, ws, training, seed, update_stats)
+        loss = self.data_loss(backend, out, t, w, ws["dout"])
+        self.backward(backend, ws, training)
+        if alpha:
+            sw_sum = x.shape[0] if w is None else float(w.sum())
+            loss += backend.weight_penalty(self.params[:self.n_weights], self.grads[:self.n_weights],
+                                           l2=alpha / sw_sum)
+        return loss
+
+    def set_running_stats(self, backend, X):
+        """Running statistics = the statistics of all of X (after L-BFGS, which
+        evaluates the loss without updating them)."""
+        if not self.batch_norm:
+            return
+        ws = self.workspace(X.shape[0])
+        x = dense_rows(X, None, ws["x"]) if hasattr(X, "toarray") else X
+        a = x
+        for i in range(self.n_layers - 1):
+            pre, h, y = ws["pre"][i], ws["bn"][i], ws["y"][i]
+            backend.dense_forward(a, self.W[i], self.b[i], "identity", out=pre)
+            backend.batchnorm_forward(pre, self.gamma[i], self.beta[i], self.running_mean[i],
+                                      self.running_var[i], x.shape[0] > 1, momentum=1.0, eps=BN_EPS, out=h)
+            a = backend.activation_forward(h, self.activation, out=y)
+
+
+def poisson_deviance(out, t, w, grad):
+    """Half Poisson deviance of predictions exp(out), summed over outputs, (weighted)
+    mean over samples; grad = d/d out = (exp(out) - t) scaled like the mean."""
+    pred = np.exp(out)
+    per_elem = xlogy(t, t) - t * out - t + pred  # = t log(t / pred) - t + pred
+    scale = np.full(out.shape[0], 1.0 / out.shape[0]) if w is None else w / w.sum()
+    np.multiply(pred - t, scale[:, None], out=grad, casting="unsafe")
+    return float((per_elem.sum(axis=1) * scale).sum())
+
+
+def predict_raw(backend, X, coefs, intercepts, activation, batch_norm=None, dtype=None):
+    """Raw outputs (N, n_outputs) of an MLP in inference mode, from its layer
+    lists (coefs[i] (fan_in, fan_out), intercepts[i] (fan_out,)); batch_norm: None
+    or (gammas, betas, running_means, running_vars). X: dense or CSR, any float
+    dtype (cast to the weights' dtype). Computed in chunks of PREDICT_CHUNK rows."""
+    dtype = np.dtype(dtype or coefs[0].dtype)
+    coefs = [np.ascontiguousarray(c, dtype) for c in coefs]
+    intercepts = [np.ascontiguousarray(b, dtype) for b in intercepts]
+    n = X.shape[0]
+    result = np.empty((n, coefs[-1].shape[1]), dtype)
+    for lo in range(0, n, PREDICT_CHUNK):
+        hi = min(lo + PREDICT_CHUNK, n)
+        part = X[lo:hi]
+        a = np.ascontiguousarray(part.toarray() if hasattr(part, "toarray") else part, dtype)
+        for i, (W, b) in enumerate(zip(coefs, intercepts)):
+            if i == len(coefs) - 1:
+                backend.dense_forward(a, W, b, "identity", out=result[lo:hi])
+            elif batch_norm is not None:
+                gamma, beta, mean, var = (np.ascontiguousarray(p[i], dtype) for p in batch_norm)
+                z = backend.dense_forward(a, W, b, "identity")
+                # training=False reads the running statistics and does not change them
+                h, _ = backend.batchnorm_forward(z, gamma, beta, mean.copy(), var.copy(), False, eps=BN_EPS)
+                a = backend.activation_forward(h, activation)
+            else:
+                a = backend.dense_forward(a, W, b, activation)
+    return result
+
+
+def output_activation(backend, raw, name):
+    """The output activation of raw outputs: softmax, logistic, exp or identity."""
+    if name == "exp":
+        return np.exp(raw)
+    if name == "identity":
+        return raw
+    return backend.activation_forward(raw, name)
