@@ -35,7 +35,8 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     g = _limits["gemm_gflops"]
     write(f"machine limits: GEMM {g['float32']:.1f} GFLOP/s float32, {g['float64']:.1f} GFLOP/s float64; "
-          f"stream copy {_limits['stream_gbs']:.1f} GB/s, read {_limits['read_gbs']:.1f} GB/s")
+          f"stream {_limits['stream_gbs']:.1f} GB/s (copy {_limits['copy_gbs']:.1f}, in-place add "
+          f"{_limits['update_gbs']:.1f}), read {_limits['read_gbs']:.1f} GB/s")
     reference = {r["benchmark"]: r["median_s"] for r in _results if r["backend"] == benchmarks.REFERENCE}
     write(f"{'benchmark':<18}{'backend':<12}{'median':>12}{'rate':>20}{'% limit':>9}{'speed-up':>10}")
     for r in _results:

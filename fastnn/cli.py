@@ -169,7 +169,8 @@ def fmt_optional(value, spec):
 def print_limits(limits):
     g = limits["gemm_gflops"]
     print(f"machine limits: GEMM {g['float32']:.1f} GFLOP/s float32, {g['float64']:.1f} GFLOP/s float64 "
-          f"(n={limits['gemm_n']}); stream (copy, read+write) {limits['stream_gbs']:.1f} GB/s, "
+          f"(n={limits['gemm_n']}); stream {limits['stream_gbs']:.1f} GB/s (the higher of copy "
+          f"{limits['copy_gbs']:.1f} and in-place add {limits['update_gbs']:.1f}; read+write bytes), "
           f"read {limits['read_gbs']:.1f} GB/s ({limits['stream_bytes'] // benchmarks.MB} MB arrays)")
 
 
