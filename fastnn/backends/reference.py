@@ -36,6 +36,11 @@ ACTIVATION_ALIASES = {"sigmoid": "logistic", "linear": "identity"}
 # Activations whose derivative cannot be written in terms of the output y alone;
 # their backward needs the pre-activation x.
 NEEDS_INPUT = frozenset({"gelu"})
+# Activations that float32 inputs evaluate in float64, rounding once: NumPy's and
+# SciPy's float32 tanh and expit are off by 1 ulp for about a third of inputs, and
+# a derivative written in y (1 - y^2, y (1 - y)) turns that into large relative
+# differences near saturation; the oracle should be correctly rounded.
+FLOAT64_INSIDE = frozenset({"logistic", "tanh", "elu", "selu", "softplus"})
 
 # PyTorch's constants.
 LEAKY_RELU_SLOPE = 0.01
@@ -128,6 +133,8 @@ class NumpyBackend:
         return out
 
     def _activation_forward(self, x, activation, out):
+        if x.dtype == np.float32 and activation in FLOAT64_INSIDE:
+            x = x.astype(np.float64)  # out stays float32: one rounding at the end
         if activation == "identity":
             out[...] = x
         elif activation == "logistic":
@@ -154,6 +161,8 @@ class NumpyBackend:
             out[...] = e / e.sum(axis=1, keepdims=True)
 
     def _activation_backward(self, dy, y, activation, x, out):
+        if y.dtype == np.float32 and activation in FLOAT64_INSIDE:
+            dy, y = dy.astype(np.float64), y.astype(np.float64)
         if activation == "identity":
             out[...] = dy
         elif activation == "logistic":
@@ -238,7 +247,9 @@ class NumpyBackend:
             dz = dy
         else:
             self._activation_backward(dy, y, activation, preact, dz)
-        np.sum(dz, axis=0, out=db)
+        # column sums accumulate in float64: a float32 running sum down N rows drifts by
+        # ~sqrt(N) ulps, more than the tolerance fast backends are held to
+        db[...] = dz.sum(axis=0, dtype=np.float64)
         np.matmul(x.T, dz, out=dW)
         if dx is not None:
             np.matmul(dz, W.T, out=dx)
@@ -418,8 +429,9 @@ class NumpyBackend:
                            momentum, eps, out, mean, invstd):
         if training:
             n = x.shape[0]
-            mean[...] = x.mean(axis=0)
-            var = ((x - mean) ** 2).mean(axis=0)  # biased: normalises the batch
+            # float64 accumulators for the column statistics (see _dense_backward)
+            mean[...] = x.mean(axis=0, dtype=np.float64)
+            var = ((x - mean) ** 2).mean(axis=0, dtype=np.float64).astype(x.dtype)  # biased
             running_mean *= 1 - momentum
             running_mean += momentum * mean
             running_var *= 1 - momentum
@@ -434,8 +446,8 @@ class NumpyBackend:
         x, mean, invstd, gamma, training = cache
         n = x.shape[0]
         xhat = (x - mean) * invstd
-        dbeta[...] = dy.sum(axis=0)
-        dgamma[...] = (dy * xhat).sum(axis=0)
+        dbeta[...] = dy.sum(axis=0, dtype=np.float64)
+        dgamma[...] = (dy * xhat).sum(axis=0, dtype=np.float64)
         if training:
             # the batch mean and variance depend on x too
             dx[...] = gamma * invstd / n * (n * dy - dbeta - xhat * dgamma)
