@@ -1,9 +1,43 @@
-"""The Numba backend: jitted, fused kernels. Kernels not overridden here run the
-reference implementation."""
+"""The Numba backend: jitted, fused kernels (see _numba_kernels.py).
+
+Each `_name` override receives the arrays the public method has checked, picks
+the serial kernel for small inputs (a parallel region costs ~20 us to start) or
+the parallel one for large inputs, and passes scalars already converted to the
+array dtype. GEMMs stay in BLAS (np.matmul with out=); the kernels fuse what
+surrounds them. Kernels compile on first use and are cached on disk.
+Kernels not overridden here (init_weights) run the reference implementation.
+"""
 
 import numba
+import numpy as np
 
-from .reference import NumpyBackend
+from . import _numba_kernels as K
+from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
+
+CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+LOSS_CODES = {"squared_error": K.SQUARED, "absolute_error": K.ABSOLUTE, "huber": K.HUBER,
+              "hinge": K.HINGE, "sigmoid_binary_cross_entropy": -1}
+
+# Work (elements) from which the parallel kernels pay for their start-up.
+PARALLEL_MIN = 1 << 16
+# Elements per block of a row kernel: blocks of whole rows of about this size.
+BLOCK_ELEMS = 1 << 14
+
+_EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((0, 0), t)) for t in (np.float32, np.float64)}
+_NO_LABELS = np.empty(0, np.int64)
+
+
+def _rows_per_block(c):
+    return max(1, BLOCK_ELEMS // max(c, 1))
+
+
+def _as_rows(a):
+    """2-D view of a contiguous array: (rows, last axis), a vector as one row."""
+    return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
+
+
+def _parallel(size):
+    return size >= PARALLEL_MIN and numba.get_num_threads() > 1
 
 
 class NumbaBackend(NumpyBackend):
@@ -11,3 +45,236 @@ class NumbaBackend(NumpyBackend):
 
     def _set_num_threads(self, n):
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+    # -------------------------------------------------------------- activations
+    def _act_tiles(self, rows, activation):
+        """Tile sizes (rows, columns) for the parallel activation kernels: softmax
+        needs whole rows, elementwise activations may split long rows."""
+        n, c = rows.shape
+        if activation == "softmax":
+            return _rows_per_block(c), c
+        cols = min(c, BLOCK_ELEMS)
+        return max(1, BLOCK_ELEMS // cols), cols
+
+    def _activation_forward(self, x, activation, out):
+        if x.size == 0:
+            return
+        code = CODES[activation]
+        x2, out2 = _as_rows(x), _as_rows(out)
+        if _parallel(x.size):
+            K.act_forward_parallel(code, x2, out2, *self._act_tiles(x2, activation))
+        else:
+            K.act_forward_tile(code, x2, out2, 0, x2.shape[0], 0, x2.shape[1])
+
+    def _activation_backward(self, dy, y, activation, x, out):
+        if y.size == 0:
+            return
+        code = CODES[activation]
+        dy2, y2, out2 = _as_rows(dy), _as_rows(y), _as_rows(out)
+        x2 = _as_rows(x) if activation in NEEDS_INPUT else y2
+        if _parallel(y.size):
+            K.act_backward_parallel(code, dy2, y2, x2, out2, *self._act_tiles(y2, activation))
+        else:
+            K.act_backward_tile(code, dy2, y2, x2, out2, 0, y2.shape[0], 0, y2.shape[1])
+
+    # -------------------------------------------------------------------- dense
+    def _dense_forward(self, x, W, b, activation, out, preact):
+        np.matmul(x, W, out=out)
+        if out.size == 0:
+            if preact is not None:
+                preact[...] = out
+            return
+        empty1, empty2 = _EMPTY[out.dtype]
+        b = empty1 if b is None else b
+        preact = empty2 if preact is None else preact
+        if activation == "identity" and not b.size and not preact.size:
+            return
+        code = CODES[activation]
+        n, c = out.shape
+        if _parallel(out.size):
+            K.bias_act_parallel(code, out, b, preact, _rows_per_block(c))
+        else:
+            K.bias_act_rows(code, out, b, preact, 0, n)
+
+    def _dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        if dy.size == 0:
+            return super()._dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)
+        code = CODES[activation]
+        if activation == "identity":
+            dz = dy  # nothing to write: the kernel only sums dy into db
+        if preact is None:
+            preact = y
+        if _parallel(dy.size):
+            K.act_grad_colsum_parallel(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
+        else:
+            K.act_grad_colsum_serial(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
+        np.matmul(x.T, dz, out=dW)
+        if dx is not None:
+            np.matmul(dz, W.T, out=dx)
+
+    # ------------------------------------------------------------------- losses
+    @staticmethod
+    def _weights(w, n, dtype):
+        """(w or an empty array, 1 / sum(w) or 1 / N) for the loss kernels."""
+        if w is None:
+            return _EMPTY[dtype][0], 1.0 / max(n, 1)
+        return w, 1.0 / float(w.sum(dtype=np.float64))
+
+    def _softmax_cross_entropy(self, logits, targets, w, grad):
+        n, c = logits.shape
+        if logits.size == 0:
+            return super()._softmax_cross_entropy(logits, targets, w, grad)
+        w, inv_total = self._weights(w, n, logits.dtype)
+        if targets.ndim == 1:
+            labels, probs = targets, _EMPTY[logits.dtype][1]
+        else:
+            labels, probs = _NO_LABELS, targets
+        run = K.softmax_ce_parallel if _parallel(logits.size) else K.softmax_ce_serial
+        return run(logits, labels, probs, w, inv_total, grad, _rows_per_block(c))
+
+    def _elementwise_loss(self, kind, pred, targets, w, grad, delta=1.0):
+        if pred.size == 0:
+            return None
+        p2, t2, g2 = _as_column_rows(pred), _as_column_rows(targets), _as_column_rows(grad)
+        w, inv_total = self._weights(w, p2.shape[0], pred.dtype)
+        run = K.loss_parallel if _parallel(pred.size) else K.loss_serial
+        return run(LOSS_CODES[kind], p2, t2, w, inv_total, g2, delta, _rows_per_block(p2.shape[1]))
+
+    def _sigmoid_binary_cross_entropy(self, logits, targets, w, grad):
+        loss = self._elementwise_loss("sigmoid_binary_cross_entropy", logits, targets, w, grad)
+        if loss is None:
+            return super()._sigmoid_binary_cross_entropy(logits, targets, w, grad)
+        return loss
+
+    def _squared_error(self, pred, targets, w, grad):
+        loss = self._elementwise_loss("squared_error", pred, targets, w, grad)
+        return super()._squared_error(pred, targets, w, grad) if loss is None else loss
+
+    def _absolute_error(self, pred, targets, w, grad):
+        loss = self._elementwise_loss("absolute_error", pred, targets, w, grad)
+        return super()._absolute_error(pred, targets, w, grad) if loss is None else loss
+
+    def _huber(self, pred, targets, w, grad, delta):
+        loss = self._elementwise_loss("huber", pred, targets, w, grad, delta)
+        return super()._huber(pred, targets, w, grad, delta) if loss is None else loss
+
+    def _hinge(self, scores, targets, w, grad):
+        loss = self._elementwise_loss("hinge", scores, targets, w, grad)
+        return super()._hinge(scores, targets, w, grad) if loss is None else loss
+
+    # ------------------------------------------------------------ normalisation
+    @staticmethod
+    def _cols_per_block(n, c):
+        """Column blocks for the batch-norm kernels: one per thread, whole cache
+        lines wide (results do not depend on the split: columns are independent)."""
+        threads = numba.get_num_threads()
+        if n * c < PARALLEL_MIN or threads < 2 or c < 32:
+            return 0
+        return -(-c // (threads * 16)) * 16
+
+    def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
+                           momentum, eps, out, mean, invstd):
+        n, c = x.shape
+        cols = self._cols_per_block(n, c)
+        args = (x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean,
+                invstd)
+        if cols:
+            K.batchnorm_forward_parallel(*args, cols)
+        else:
+            K.batchnorm_forward_cols(*args, 0, c)
+
+    def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
+        x, mean, invstd, gamma, training = cache
+        n, c = x.shape
+        cols = self._cols_per_block(n, c)
+        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta)
+        if cols:
+            K.batchnorm_backward_parallel(*args, cols)
+        else:
+            K.batchnorm_backward_cols(*args, 0, c)
+
+    # ------------------------------------------------------------------ dropout
+    def _dropout_forward(self, x, rate, seed, out):
+        xf, of = x.reshape(-1), out.reshape(-1)
+        threshold = np.uint64(dropout_threshold(rate))
+        scale = x.dtype.type(1.0 / (1.0 - rate))
+        if _parallel(x.size):
+            K.dropout_parallel(xf, of, threshold, np.uint64(seed), scale, numba.get_num_threads())
+        else:
+            K.dropout_block(xf, of, threshold, np.uint64(seed), scale, 0, xf.size)
+
+    def _dropout_backward(self, dy, rate, seed, out):
+        self._dropout_forward(dy, rate, seed, out)  # the same mask and scale
+
+    # ----------------------------------------------------------- regularisation
+    def _weight_penalty(self, param, grad, l2, l1):
+        dt = param.dtype.type
+        pf, gf = param.reshape(-1), grad.reshape(-1)
+        run = K.penalty_parallel if _parallel(param.size) else K.penalty_serial
+        return run(pf, gf, dt(l2), dt(l1))
+
+    # --------------------------------------------------------------- optimizers
+    @staticmethod
+    def _flat(*arrays):
+        return tuple(a.reshape(-1) for a in arrays)
+
+    def _sgd_step(self, param, grad, velocity, lr, momentum, nesterov, weight_decay,
+                  lr_in_velocity):
+        dt = param.dtype.type
+        p, g, v = self._flat(param, grad, param if velocity is None else velocity)
+        args = (p, g, v, dt(lr), dt(momentum), nesterov, dt(weight_decay), lr_in_velocity)
+        if _parallel(param.size):
+            K.sgd_parallel(*args, numba.get_num_threads())
+        else:
+            K.sgd_block(*args, 0, p.size)
+
+    def _adagrad_step(self, param, grad, sum_sq, lr, eps, weight_decay):
+        dt = param.dtype.type
+        args = self._flat(param, grad, sum_sq) + (dt(lr), dt(eps), dt(weight_decay))
+        if _parallel(param.size):
+            K.adagrad_parallel(*args, numba.get_num_threads())
+        else:
+            K.adagrad_block(*args, 0, param.size)
+
+    def _rmsprop_step(self, param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
+                      momentum_buf, grad_avg):
+        dt = param.dtype.type
+        buf = param if momentum_buf is None else momentum_buf
+        avg = param if grad_avg is None else grad_avg
+        args = self._flat(param, grad, square_avg) + (dt(lr), dt(alpha), dt(1 - alpha), dt(eps),
+                                                      dt(weight_decay), dt(momentum))
+        args += self._flat(buf, avg) + (momentum_buf is not None, grad_avg is not None)
+        if _parallel(param.size):
+            K.rmsprop_parallel(*args, numba.get_num_threads())
+        else:
+            K.rmsprop_block(*args, 0, param.size)
+
+    def _adadelta_step(self, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
+        dt = param.dtype.type
+        args = self._flat(param, grad, square_avg, acc_delta) + (dt(lr), dt(rho), dt(1 - rho),
+                                                                 dt(eps), dt(weight_decay))
+        if _parallel(param.size):
+            K.adadelta_parallel(*args, numba.get_num_threads())
+        else:
+            K.adadelta_block(*args, 0, param.size)
+
+    def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                   v_max):
+        dt = param.dtype.type
+        step = dt(lr / (1 - beta1**t))
+        inv_sqrt_bias2 = dt(1 / np.sqrt(1 - beta2**t))
+        decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
+        l2 = dt(0) if decoupled else dt(weight_decay)
+        amsgrad = v_max is not None
+        arrays = self._flat(param, grad, m, v, v_max if amsgrad else param)
+        args = arrays + (step, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), inv_sqrt_bias2,
+                         dt(eps), l2, decay, amsgrad)
+        if _parallel(param.size):
+            K.adam_parallel(*args, numba.get_num_threads())
+        else:
+            K.adam_block(*args, 0, param.size)
+
+
+def _as_column_rows(a):
+    """(N, K) view of a loss argument: a vector of N samples is N rows of 1."""
+    return a.reshape(-1, 1) if a.ndim == 1 else a.reshape(a.shape[0], -1)
