@@ -26,20 +26,20 @@ static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
         }
         break;
     case FASTNN_RELU:
-        for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)0;
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i]; /* NaN stays NaN */
         break;
     case FASTNN_LEAKY_RELU:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)LEAKY_RELU_SLOPE * x[i];
         break;
     case FASTNN_ELU:
         for (int64_t i = 0; i < n; i++) {
-            double v = x[i], neg = ELU_ALPHA * expm1_neg_f64(v < 0 ? v : 0.0);
+            double v = x[i], neg = ELU_ALPHA * expm1_neg_f64(v > 0 ? 0.0 : v);
             y[i] = (T)(v > 0 ? v : neg);
         }
         break;
     case FASTNN_SELU:
         for (int64_t i = 0; i < n; i++) {
-            double v = x[i], neg = SELU_ALPHA * expm1_neg_f64(v < 0 ? v : 0.0);
+            double v = x[i], neg = SELU_ALPHA * expm1_neg_f64(v > 0 ? 0.0 : v);
             y[i] = (T)(SELU_SCALE * (v > 0 ? v : neg));
         }
         break;

@@ -41,7 +41,7 @@ HOT static void FN(bn_forward_tiles)(void *args, int64_t t0, int64_t t1, int par
             for (int64_t j = 0; j < w; j++) {
                 double shift = s1[j] / (double)n;
                 double var64 = s2[j] / (double)n - shift * shift; /* biased */
-                T var = (T)(var64 > 0 ? var64 : 0);
+                T var = (T)(var64 < 0 ? 0 : var64); /* rounding can make it < 0; NaN stays */
                 mean[j] = (T)((double)x0[j] + shift);
                 invstd[j] = (T)1 / FN(sqrt)(var + (T)a->eps);
                 rm[j] = rm[j] * keep + mom * mean[j];
