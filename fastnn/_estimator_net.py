@@ -10,6 +10,11 @@ the whole buffer. The estimators expose W_i and b_i as views (`coefs_`,
 
 Every computation is a backend kernel writing into workspace arrays kept per
 batch size, so a training step allocates nothing once a batch size has been seen.
+The hot kernels (dense forward and backward, the losses, the L2 penalty) are
+called through their implementations (`backend._dense_forward`, ...), which take
+C-contiguous arrays of the network's dtype: the buffers here are allocated that
+way and the estimators validate the data once per fit, so validating every call
+again would only add per-step overhead.
 The output layer produces raw scores; the loss kernel applies the output
 activation fused with the loss (softmax + cross-entropy, logistic + binary
 cross-entropy, identity + squared error; exp + Poisson deviance in NumPy).
@@ -178,11 +183,11 @@ class Network:
             ws["inputs"][i] = a
             y = ws["y"][i]
             if i == last:
-                backend.dense_forward(a, self.W[i], self.b[i], "identity", out=y)
+                backend._dense_forward(a, self.W[i], self.b[i], "identity", y, None)
                 break
             if self.batch_norm:
                 pre, h = ws["pre"][i], ws["bn"][i]
-                backend.dense_forward(a, self.W[i], self.b[i], "identity", out=pre)
+                backend._dense_forward(a, self.W[i], self.b[i], "identity", pre, None)
                 # a one-row batch has no batch statistics: it uses the running ones
                 batch_stats = training and x.shape[0] > 1
                 _, ws["cache"][i] = backend.batchnorm_forward(
@@ -190,7 +195,7 @@ class Network:
                     batch_stats, momentum=BN_MOMENTUM if update_stats else 0.0, eps=BN_EPS, out=h)
                 backend.activation_forward(h, self.activation, out=y)
             else:
-                backend.dense_forward(a, self.W[i], self.b[i], self.activation, out=y, preact=ws["pre"][i])
+                backend._dense_forward(a, self.W[i], self.b[i], self.activation, y, ws["pre"][i])
             a = y
             if training and self.dropout[i] > 0:
                 ws["seeds"][i] = s = mix_seed(seed, i)
@@ -202,12 +207,11 @@ class Network:
         ws['dout'], into the gradient buffer (weights, biases, batch-norm)."""
         d = ws["dout"]
         for i in range(self.n_layers - 1, -1, -1):
-            need_dx = i > 0
             x = ws["inputs"][i]
-            dx = ws["dx"][i] if need_dx else None
+            dx = ws["dx"][i]  # None for the first layer: no gradient w.r.t. the data
             if i == self.n_layers - 1:
-                backend.dense_backward(d, x, self.W[i], ws["y"][i], "identity", need_dx=need_dx, dx=dx,
-                                       dW=self.dW[i], db=self.db[i])
+                backend._dense_backward(d, x, self.W[i], ws["y"][i], "identity", None, dx, self.dW[i],
+                                        self.db[i], None)
             else:
                 if training and self.dropout[i] > 0:
                     d = backend.dropout_backward(d, self.dropout[i], ws["seeds"][i], out=ws["ddrop"][i])
@@ -216,12 +220,11 @@ class Network:
                                                      out=ws["dbn"][i])
                     dpre = backend.batchnorm_backward(dh, ws["cache"][i], dx=ws["dz"][i],
                                                       dgamma=self.dgamma[i], dbeta=self.dbeta[i])[0]
-                    backend.dense_backward(dpre, x, self.W[i], ws["pre"][i], "identity", need_dx=need_dx,
-                                           dx=dx, dW=self.dW[i], db=self.db[i])
+                    backend._dense_backward(dpre, x, self.W[i], ws["pre"][i], "identity", None, dx,
+                                            self.dW[i], self.db[i], None)
                 else:
-                    backend.dense_backward(d, x, self.W[i], ws["y"][i], self.activation,
-                                           preact=ws["pre"][i], need_dx=need_dx, dx=dx, dW=self.dW[i],
-                                           db=self.db[i], dz=ws["dz"][i])
+                    backend._dense_backward(d, x, self.W[i], ws["y"][i], self.activation, ws["pre"][i], dx,
+                                            self.dW[i], self.db[i], ws["dz"][i])
             d = dx
 
     def data_loss(self, backend, out, t, w, grad):
@@ -230,12 +233,12 @@ class Network:
         into grad. The value follows scikit-learn's definitions (the squared error is
         averaged over outputs too, while its gradient is that of the sum over
         outputs, as scikit-learn's)."""
-        if self.loss == "softmax":
-            return backend.softmax_cross_entropy(out, t, w, grad=grad)[0]
+        if self.loss == "softmax":  # t: int64 labels in [0, n_outputs), from argmax
+            return float(backend._softmax_cross_entropy(out, t, w, grad))
         if self.loss == "logistic":
-            return backend.sigmoid_binary_cross_entropy(out, t, w, grad=grad)[0]
+            return float(backend._sigmoid_binary_cross_entropy(out, t, w, grad))
         if self.loss == "squared_error":
-            return backend.squared_error(out, t, w, grad=grad)[0] / out.shape[1]
+            return float(backend._squared_error(out, t, w, grad)) / out.shape[1]
         return poisson_deviance(out, t, w, grad)
 
     def loss_and_gradient(self, backend, x, t, w, ws, alpha, training=True, seed=0, update_stats=True):
@@ -247,8 +250,8 @@ class Network:
         self.backward(backend, ws, training)
         if alpha:
             sw_sum = x.shape[0] if w is None else float(w.sum())
-            loss += backend.weight_penalty(self.params[:self.n_weights], self.grads[:self.n_weights],
-                                           l2=alpha / sw_sum)
+            loss += float(backend._weight_penalty(self.params[:self.n_weights], self.grads[:self.n_weights],
+                                                  alpha / sw_sum, 0.0))
         return loss
 
     def set_running_stats(self, backend, X):

@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SklearnMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SklearnMLPRegressor
-from sklearn.utils import check_random_state, shuffle
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.optimize import _check_optimize_result
@@ -354,13 +354,18 @@ class _FastMLP:
                               "clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         sample_idx = np.arange(n_samples, dtype=int)
+        order = np.empty(n_samples, dtype=int)
         sparse = sp.issparse(X)
         step = 0
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
+                    # what sklearn.utils.shuffle(sample_idx, random_state=...) draws, without its
+                    # per-call validation: a RandomState.shuffle of arange(n) indexing sample_idx
+                    order[...] = np.arange(n_samples)
+                    self._random_state.shuffle(order)
+                    sample_idx = sample_idx[order]
                 accumulated_loss = 0.0
                 for start in range(0, n_samples, batch_size):
                     stop = min(start + batch_size, n_samples)
