@@ -12,6 +12,9 @@ dtype of its arrays (constants come from the caller already in that dtype),
 except where the reference computes in float64 (gelu) or where float64
 accumulators make a sum accurate.
 
+Division follows IEEE (error_model="numpy": x / 0 is inf, not an exception
+whose check would keep a loop from vectorising).
+
 Fast-math: no flags are set on whole functions (they would break the NaN and inf
 handling and the range reduction of exp). The two places that need relaxed
 semantics use one instruction each: `fmax` (llvm.maxnum, which ignores a NaN;
@@ -53,8 +56,11 @@ SELU_SCALE_ALPHA = SELU_SCALE * SELU_ALPHA  # the reference multiplies these in 
 U_GAMMA, U_MIX1, U_MIX2 = np.uint64(GOLDEN_GAMMA), np.uint64(MIX1), np.uint64(MIX2)
 U30, U27, U31, U11, U1 = (np.uint64(k) for k in (30, 27, 31, 11, 1))
 
-jit = njit(cache=True)
-jit_parallel = njit(cache=True, parallel=True)
+jit = njit(cache=True, error_model="numpy")
+jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
+# scalar helpers called from loops: inlined by Numba itself, since LLVM's
+# inliner leaves the larger ones as calls, and a call keeps the loop scalar
+jit_inline = njit(cache=True, error_model="numpy", inline="always")
 
 
 # ------------------------------------------------------------------ intrinsics
@@ -101,43 +107,61 @@ def scale_pow2(typingctx, p, t, shift):
 # e^x = 2^n e^r with n = round(x / ln2) and r = x - n ln2 in [-ln2/2, ln2/2]
 # (Cody-Waite: ln2 split in a few-bit high part, exact times n, and a low part).
 # Numba's math.exp is a scalar libm call that stops a loop from vectorising.
+# Polynomials are written out (Horner): a loop over a tuple of coefficients
+# stays a loop in Numba and does not vectorise.
 F32 = np.float32
-E32 = dict(
-    log2e=F32(1.4426950408889634), shift=F32(1.5 * 2**23), ln2_hi=F32(0.693359375),
-    ln2_lo=F32(-2.12194440e-4), lo=F32(-120.0), hi=F32(120.0), one=F32(1.0),
-    # minimax polynomial of (e^r - 1 - r) / r^2 on [-ln2/2, ln2/2] (Cephes expf)
-    c=tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                               4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)),
-)
-E64 = dict(
-    log2e=1.4426950408889634, shift=1.5 * 2**52, ln2_hi=0.693145751953125,
-    ln2_lo=1.42860682030941723212e-6, lo=-1000.0, hi=1000.0, one=1.0,
-    # Taylor coefficients 1/k!, k = 13..2: truncation below 1e-17 for |r| <= ln2/2
-    c=tuple(1.0 / math.factorial(k) for k in range(13, 1, -1)),
-)
+LOG2E32, SHIFT32, LN2_HI32, LN2_LO32 = (F32(1.4426950408889634), F32(1.5 * 2**23),
+                                        F32(0.693359375), F32(-2.12194440e-4))
+CLAMP32, ONE32 = F32(120.0), F32(1.0)
+# minimax polynomial of (e^r - 1 - r) / r^2 on [-ln2/2, ln2/2] (Cephes expf)
+P32 = tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                             4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+LOG2E, SHIFT64, LN2_HI, LN2_LO = (1.4426950408889634, 1.5 * 2**52, 0.693145751953125,
+                                  1.42860682030941723212e-6)
+# Taylor coefficients 1/k!: to r^13 the truncation is below 1e-17 for |r| <= ln2/2
+F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13 = (1.0 / math.factorial(k)
+                                                      for k in range(2, 14))
 
 
-def _make_exp(k):
-    log2e, shift, ln2_hi, ln2_lo = k["log2e"], k["shift"], k["ln2_hi"], k["ln2_lo"]
-    lo, hi, one, c = k["lo"], k["hi"], k["one"], k["c"]
-
-    def exp_impl(x):
-        # clamp (a NaN fails both tests and stays NaN); beyond +-hi e^x is inf or 0
-        x = hi if x > hi else x
-        x = lo if x < lo else x
-        t = x * log2e + shift
-        n = t - shift
-        r = x - n * ln2_hi
-        r = r - n * ln2_lo
-        p = c[0]
-        for ci in c[1:]:
-            p = p * r + ci
-        p = p * (r * r) + r + one
-        return scale_pow2(p, t, shift)
-    return exp_impl
+def _exp32(x):
+    # clamp (a NaN fails both tests and stays NaN); beyond +-120 e^x is inf or 0
+    x = CLAMP32 if x > CLAMP32 else x
+    x = -CLAMP32 if x < -CLAMP32 else x
+    t = x * LOG2E32 + SHIFT32  # n = round(x / ln2) lands in the low bits of t
+    n = t - SHIFT32
+    r = x - n * LN2_HI32
+    r = r - n * LN2_LO32
+    p = P32[0]
+    p = p * r + P32[1]
+    p = p * r + P32[2]
+    p = p * r + P32[3]
+    p = p * r + P32[4]
+    p = p * r + P32[5]
+    p = p * (r * r) + r + ONE32
+    return scale_pow2(p, t, SHIFT32)
 
 
-_exp32, _exp64 = _make_exp(E32), _make_exp(E64)
+def _exp64(x):
+    x = 1000.0 if x > 1000.0 else x
+    x = -1000.0 if x < -1000.0 else x
+    t = x * LOG2E + SHIFT64
+    n = t - SHIFT64
+    r = x - n * LN2_HI
+    r = r - n * LN2_LO
+    p = F13
+    p = p * r + F12
+    p = p * r + F11
+    p = p * r + F10
+    p = p * r + F9
+    p = p * r + F8
+    p = p * r + F7
+    p = p * r + F6
+    p = p * r + F5
+    p = p * r + F4
+    p = p * r + F3
+    p = p * r + F2
+    p = p * (r * r) + r + 1.0
+    return scale_pow2(p, t, SHIFT64)
 
 
 def fexp(x):
@@ -145,7 +169,7 @@ def fexp(x):
     raise NotImplementedError("fexp is callable from jitted code only")
 
 
-@overload(fexp)
+@overload(fexp, jit_options={"error_model": "numpy"})
 def _fexp_overload(x):
     if x == types.float32:
         return _exp32
@@ -154,17 +178,14 @@ def _fexp_overload(x):
 
 
 # float64 building blocks on top of fexp, vectorisable like it. The activations
-# compute in float64 for float32 arrays too: the result is then the correctly
-# rounded float32 (libm's float32 tanhf is off by 2 ulp, which a derivative
-# written in y, such as 1 - y^2, turns into a visible difference).
-TANH_SERIES = (-1.0 / 3, 2.0 / 15, -17.0 / 315, 62.0 / 2835)  # tanh x = x + x^3 (...)
-EXPM1_SERIES = tuple(1.0 / math.factorial(k) for k in range(13, 0, -1))  # Taylor to x^13
-LOG_SERIES = tuple(1.0 / k for k in range(19, 0, -2))  # 2 atanh(s) = 2 s (1 + s^2/3 + ...)
+# compute in float64 for float32 arrays too, as the reference does
+# (FLOAT64_INSIDE): the float32 result is then the correctly rounded one.
 LN2 = 0.6931471805599453
 SQRT2_M1 = 0.41421356237309515
+T3, T5, T7, T9 = -1.0 / 3, 2.0 / 15, -17.0 / 315, 62.0 / 2835  # tanh x = x + T3 x^3 + ...
 
 
-@jit
+@jit_inline
 def tanh64(v):
     """tanh of a float64: 1 - 2 / (e^2|x| + 1), or its series below |x| = 0.01
     where that form would cancel (series error < 1e-22 relative there)."""
@@ -172,37 +193,51 @@ def tanh64(v):
     big = 1.0 - 2.0 / (fexp(2.0 * a) + 1.0)
     big = big if v >= 0.0 else -big
     s2 = v * v
-    p = TANH_SERIES[3]
-    for c in TANH_SERIES[2::-1]:
-        p = p * s2 + c
-    small = v + v * s2 * p
+    small = v + v * s2 * (T3 + s2 * (T5 + s2 * (T7 + s2 * T9)))
     return small if a < 0.01 else big
 
 
-@jit
+@jit_inline
 def expm1_64(v):
     """e^x - 1 of a float64: Taylor series for |x| < 0.35 (error < 1e-16
     relative), e^x - 1 beyond (where it cannot cancel much)."""
-    p = EXPM1_SERIES[0]
-    for c in EXPM1_SERIES[1:]:
-        p = p * v + c
-    small = p * v
+    p = F13
+    p = p * v + F12
+    p = p * v + F11
+    p = p * v + F10
+    p = p * v + F9
+    p = p * v + F8
+    p = p * v + F7
+    p = p * v + F6
+    p = p * v + F5
+    p = p * v + F4
+    p = p * v + F3
+    p = p * v + F2
+    small = (p * v + 1.0) * v
     big = fexp(v) - 1.0
     return small if abs(v) < 0.35 else big
 
 
-@jit
+@jit_inline
 def log1p_unit(e):
     """log(1 + e) for a float64 e in [0, 1] (the e^-|x| of softplus and the
     binary cross-entropy): 2 atanh(s) with s = e / (2 + e), or, above
     sqrt(2) - 1, ln 2 + 2 atanh((e - 1) / (e + 3)); |s| <= 0.172, written
-    exactly in e, so tiny e keep their full relative precision."""
+    exactly in e, so tiny e keep their full relative precision. The series
+    2 s (1 + s^2/3 + ... + s^18/19) is then exact to ~1e-17."""
     high = e > SQRT2_M1
     s = (e - 1.0 if high else e) / (e + 3.0 if high else e + 2.0)
     s2 = s * s
-    p = LOG_SERIES[0]
-    for c in LOG_SERIES[1:]:
-        p = p * s2 + c
+    p = 1.0 / 19
+    p = p * s2 + 1.0 / 17
+    p = p * s2 + 1.0 / 15
+    p = p * s2 + 1.0 / 13
+    p = p * s2 + 1.0 / 11
+    p = p * s2 + 1.0 / 9
+    p = p * s2 + 1.0 / 7
+    p = p * s2 + 1.0 / 5
+    p = p * s2 + 1.0 / 3
+    p = p * s2 + 1.0
     return (LN2 if high else 0.0) + 2.0 * s * p
 
 
@@ -594,25 +629,31 @@ def batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, 
     (shifting by the first row keeps E[d^2] - E[d]^2 free of cancellation when
     the mean is large, and makes a constant column exactly 0), first over
     blocks of BN_ROW_BLOCK rows, then over blocks. The second pass normalises
-    in the reference's order of operations."""
+    in the reference's order of operations.
+
+    Loops index views that start at column c0 with indices from 0: Numba's
+    negative-index wraparound then folds away and the loops vectorise."""
     n = x.shape[0]
     dt = x.dtype.type
     one = dt(1)
     width = c1 - c0
+    mean_, invstd_ = mean[c0:c1], invstd[c0:c1]
+    rmean, rvar = running_mean[c0:c1], running_var[c0:c1]
+    gamma_, beta_ = gamma[c0:c1], beta[c0:c1]
     if training:
         shift = np.empty(width)
         s1, s2 = np.zeros(width), np.zeros(width)
         b1, b2 = np.empty(width), np.empty(width)
-        x0 = x[0]
+        x0 = x[0][c0:c1]
         for j in range(width):
-            shift[j] = x0[c0 + j]
+            shift[j] = x0[j]
         for r0 in range(0, n, BN_ROW_BLOCK):
             b1[:] = 0.0
             b2[:] = 0.0
             for i in range(r0, min(n, r0 + BN_ROW_BLOCK)):
-                xi = x[i]
+                xi = x[i][c0:c1]
                 for j in range(width):
-                    d = np.float64(xi[c0 + j]) - shift[j]
+                    d = np.float64(xi[j]) - shift[j]
                     b1[j] += d
                     b2[j] += d * d
             for j in range(width):
@@ -623,20 +664,20 @@ def batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, 
         for j in range(width):
             mu = s1[j] / n
             var64 = (s2[j] - s1[j] * mu) / n
-            var64 = 0.0 if var64 < 0.0 else var64  # rounding can make it -0.0...; NaN stays
+            var64 = 0.0 if var64 < 0.0 else var64  # rounding may leave it below 0; NaN stays
             mj, var = dt(shift[j] + mu), dt(var64)
-            mean[c0 + j] = mj
-            running_mean[c0 + j] = running_mean[c0 + j] * keep + mom * mj
-            running_var[c0 + j] = running_var[c0 + j] * keep + mom * var * unbias
-            invstd[c0 + j] = one / math.sqrt(var + dt(eps))
+            mean_[j] = mj
+            rmean[j] = rmean[j] * keep + mom * mj
+            rvar[j] = rvar[j] * keep + mom * var * unbias
+            invstd_[j] = one / math.sqrt(var + dt(eps))
     else:
-        for j in range(c0, c1):
-            mean[j] = running_mean[j]
-            invstd[j] = one / math.sqrt(running_var[j] + dt(eps))
+        for j in range(width):
+            mean_[j] = rmean[j]
+            invstd_[j] = one / math.sqrt(rvar[j] + dt(eps))
     for i in range(n):
-        xi, yi = x[i], out[i]
-        for j in range(c0, c1):
-            yi[j] = (xi[j] - mean[j]) * invstd[j] * gamma[j] + beta[j]
+        xi, yi = x[i][c0:c1], out[i][c0:c1]
+        for j in range(width):
+            yi[j] = (xi[j] - mean_[j]) * invstd_[j] * gamma_[j] + beta_[j]
 
 
 @jit_parallel
@@ -652,36 +693,37 @@ def batchnorm_forward_parallel(x, gamma, beta, running_mean, running_var, traini
 @jit
 def batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta, c0, c1):
     """Gradients of batch norm for columns c0..c1: one pass for dbeta = sum dy and
-    dgamma = sum dy xhat (float64 sums), one for dx."""
+    dgamma = sum dy xhat (float64 sums), one for dx (views from c0, as above)."""
     n = x.shape[0]
     dt = x.dtype.type
     width = c1 - c0
+    mean_, invstd_, gamma_ = mean[c0:c1], invstd[c0:c1], gamma[c0:c1]
+    dgamma_, dbeta_ = dgamma[c0:c1], dbeta[c0:c1]
     s_dy, s_dyx = np.zeros(width), np.zeros(width)
     for i in range(n):
-        xi, gi = x[i], dy[i]
+        xi, gi = x[i][c0:c1], dy[i][c0:c1]
         for j in range(width):
-            xhat = (xi[c0 + j] - mean[c0 + j]) * invstd[c0 + j]
-            s_dy[j] += gi[c0 + j]
-            s_dyx[j] += np.float64(gi[c0 + j] * xhat)
+            xhat = (xi[j] - mean_[j]) * invstd_[j]
+            s_dy[j] += gi[j]
+            s_dyx[j] += np.float64(gi[j] * xhat)
     for j in range(width):
-        dbeta[c0 + j] = s_dy[j]
-        dgamma[c0 + j] = s_dyx[j]
+        dbeta_[j] = s_dy[j]
+        dgamma_[j] = s_dyx[j]
     if training:
         nn = dt(n)
         coef = np.empty(width, x.dtype)
         for j in range(width):
-            coef[j] = gamma[c0 + j] * invstd[c0 + j] / nn
+            coef[j] = gamma_[j] * invstd_[j] / nn
         for i in range(n):
-            xi, gi, di = x[i], dy[i], dx[i]
+            xi, gi, di = x[i][c0:c1], dy[i][c0:c1], dx[i][c0:c1]
             for j in range(width):
-                jj = c0 + j
-                xhat = (xi[jj] - mean[jj]) * invstd[jj]
-                di[jj] = coef[j] * (nn * gi[jj] - dbeta[jj] - xhat * dgamma[jj])
+                xhat = (xi[j] - mean_[j]) * invstd_[j]
+                di[j] = coef[j] * (nn * gi[j] - dbeta_[j] - xhat * dgamma_[j])
     else:
         for i in range(n):
-            gi, di = dy[i], dx[i]
-            for j in range(c0, c1):
-                di[j] = gi[j] * gamma[j] * invstd[j]
+            gi, di = dy[i][c0:c1], dx[i][c0:c1]
+            for j in range(width):
+                di[j] = gi[j] * gamma_[j] * invstd_[j]
 
 
 @jit_parallel
@@ -694,30 +736,34 @@ def batchnorm_backward_parallel(dy, x, mean, invstd, gamma, training, dx, dgamma
 
 
 # --------------------------------------------------------------------- dropout
-@jit
-def dropout_block(x, out, threshold, seed, scale, lo, hi):
-    """out = x * scale where splitmix64(seed + (i + 1) gamma) >> 11 >= threshold,
-    else 0, for flat indices lo..hi (the reference's _dropout_keep, in uint64)."""
-    zero = x.dtype.type(0)
-    for i in range(lo, hi):
-        z = seed + (np.uint64(i) + U1) * U_GAMMA
-        z = (z ^ (z >> U30)) * U_MIX1
-        z = (z ^ (z >> U27)) * U_MIX2
-        z = z ^ (z >> U31)
-        out[i] = x[i] * scale if (z >> U11) >= threshold else zero
-
-
+# The flat kernels below take views that start at index 0 (the parallel drivers
+# slice): with indices from 0, Numba's negative-index wraparound folds away and
+# the loops vectorise.
 @jit
 def split(b, nblocks, n):
     """Bounds of block b of nblocks equal contiguous blocks of range(n)."""
     return b * n // nblocks, (b + 1) * n // nblocks
 
 
+@jit
+def dropout_block(x, out, threshold, seed, scale, offset):
+    """out = x * scale where splitmix64(seed + (i + 1) gamma) >> 11 >= threshold,
+    else 0, i = offset + the index in x (the reference's _dropout_keep, uint64)."""
+    zero = x.dtype.type(0)
+    first = np.uint64(offset) + U1
+    for k in range(x.size):
+        z = seed + (first + np.uint64(k)) * U_GAMMA
+        z = (z ^ (z >> U30)) * U_MIX1
+        z = (z ^ (z >> U27)) * U_MIX2
+        z = z ^ (z >> U31)
+        out[k] = x[k] * scale if (z >> U11) >= threshold else zero
+
+
 @jit_parallel
 def dropout_parallel(x, out, threshold, seed, scale, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, x.size)
-        dropout_block(x, out, threshold, seed, scale, lo, hi)
+        dropout_block(x[lo:hi], out[lo:hi], threshold, seed, scale, lo)
 
 
 # -------------------------------------------------------------- regularisation
@@ -725,22 +771,20 @@ PENALTY_BLOCK = 1 << 14
 
 
 @jit
-def penalty_block(param, grad, l2, l1, b):
-    """grad += l2 param + l1 sign(param) on block b; returns the block's
-    l2/2 sum param^2 + l1 sum |param| in float64 (terms with a 0 factor are
-    skipped, as the reference does)."""
+def penalty_block(param, grad, l2, l1):
+    """grad += l2 param + l1 sign(param); returns l2/2 sum param^2 + l1 sum |param|
+    in float64 (a term whose factor is 0 is skipped, as in the reference)."""
     zero, one = param.dtype.type(0), param.dtype.type(1)
-    lo, hi = b * PENALTY_BLOCK, min(param.size, (b + 1) * PENALTY_BLOCK)
     use_l2, use_l1 = l2 != zero, l1 != zero
     sq, ab = 0.0, 0.0
-    for i in range(lo, hi):
+    for i in range(param.size):
         p = param[i]
         g = grad[i]
         if use_l2:
-            sq += np.float64(p) * np.float64(p)
+            sq = radd(sq, np.float64(p) * np.float64(p))
             g += l2 * p
         if use_l1:
-            ab += abs(np.float64(p))
+            ab = radd(ab, abs(np.float64(p)))
             g += l1 * (one if p > zero else (-one if p < zero else p))
         grad[i] = g
     return 0.5 * np.float64(l2) * sq + np.float64(l1) * ab
@@ -748,9 +792,11 @@ def penalty_block(param, grad, l2, l1, b):
 
 @jit
 def penalty_serial(param, grad, l2, l1):
+    # the same blocks, summed in the same order, as penalty_parallel
     total = 0.0
-    for b in range((param.size + PENALTY_BLOCK - 1) // PENALTY_BLOCK):
-        total += penalty_block(param, grad, l2, l1, b)
+    for lo in range(0, param.size, PENALTY_BLOCK):
+        hi = min(param.size, lo + PENALTY_BLOCK)
+        total += penalty_block(param[lo:hi], grad[lo:hi], l2, l1)
     return total
 
 
@@ -759,7 +805,8 @@ def penalty_parallel(param, grad, l2, l1):
     nblocks = (param.size + PENALTY_BLOCK - 1) // PENALTY_BLOCK
     partial = np.empty(nblocks)
     for b in prange(nblocks):
-        partial[b] = penalty_block(param, grad, l2, l1, b)
+        lo, hi = b * PENALTY_BLOCK, min(param.size, (b + 1) * PENALTY_BLOCK)
+        partial[b] = penalty_block(param[lo:hi], grad[lo:hi], l2, l1)
     total = 0.0
     for b in range(nblocks):
         total += partial[b]
@@ -767,26 +814,25 @@ def penalty_parallel(param, grad, l2, l1):
 
 
 # ------------------------------------------------------------------ optimizers
-# One pass over param, grad and state per step, in place; lo..hi flat indices.
-# Scalars arrive in the dtype of param. The expressions keep the reference's
-# order of operations.
+# One pass over param, grad and state per step, in place, on views from 0.
+# Scalars arrive in the dtype of param, the 1 - beta kind already rounded from
+# float64 as in the reference. Expressions keep the reference's order of operations.
 @jit
-def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity,
-              lo, hi):
+def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity):
     zero = param.dtype.type(0)
     use_wd = weight_decay != zero
     if momentum == zero:
-        for i in range(lo, hi):
+        for i in range(param.size):
             g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
             param[i] -= lr * g
     elif lr_in_velocity:  # scikit-learn's rule
-        for i in range(lo, hi):
+        for i in range(param.size):
             g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
             v = momentum * velocity[i] - lr * g
             velocity[i] = v
             param[i] += momentum * v - lr * g if nesterov else v
     else:
-        for i in range(lo, hi):
+        for i in range(param.size):
             g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
             v = momentum * velocity[i] + g
             velocity[i] = v
@@ -797,15 +843,16 @@ def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in
 def sgd_parallel(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, param.size)
-        sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity,
-                  lo, hi)
+        sgd_block(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, nesterov,
+                  weight_decay, lr_in_velocity)
 
 
 @jit
-def adagrad_block(param, grad, sum_sq, lr, eps, weight_decay, lo, hi):
+def adagrad_block(param, grad, sum_sq, lr, eps, weight_decay):
     zero = param.dtype.type(0)
-    for i in range(lo, hi):
-        g = grad[i] + weight_decay * param[i] if weight_decay != zero else grad[i]
+    use_wd = weight_decay != zero
+    for i in range(param.size):
+        g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
         s = sum_sq[i] + g * g
         sum_sq[i] = s
         param[i] -= lr * g / (math.sqrt(s) + eps)
@@ -815,16 +862,17 @@ def adagrad_block(param, grad, sum_sq, lr, eps, weight_decay, lo, hi):
 def adagrad_parallel(param, grad, sum_sq, lr, eps, weight_decay, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, param.size)
-        adagrad_block(param, grad, sum_sq, lr, eps, weight_decay, lo, hi)
+        adagrad_block(param[lo:hi], grad[lo:hi], sum_sq[lo:hi], lr, eps, weight_decay)
 
 
 @jit
 def rmsprop_block(param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
-                  momentum_buf, grad_avg, use_momentum, centered, lo, hi):
-    """rest = 1 - alpha, rounded from float64 as the reference's (1 - alpha)."""
+                  momentum_buf, grad_avg, use_momentum, centered):
+    """rest = 1 - alpha; momentum_buf and grad_avg are read only when used."""
     zero = param.dtype.type(0)
-    for i in range(lo, hi):
-        g = grad[i] + weight_decay * param[i] if weight_decay != zero else grad[i]
+    use_wd = weight_decay != zero
+    for i in range(param.size):
+        g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
         sa = square_avg[i] * alpha + rest * g * g
         square_avg[i] = sa
         if centered:
@@ -846,16 +894,18 @@ def rmsprop_parallel(param, grad, square_avg, lr, alpha, rest, eps, weight_decay
                      momentum_buf, grad_avg, use_momentum, centered, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, param.size)
-        rmsprop_block(param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
-                      momentum_buf, grad_avg, use_momentum, centered, lo, hi)
+        rmsprop_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], lr, alpha, rest, eps,
+                      weight_decay, momentum, momentum_buf[lo:hi], grad_avg[lo:hi], use_momentum,
+                      centered)
 
 
 @jit
-def adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay, lo, hi):
-    """rest = 1 - rho, rounded from float64."""
+def adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay):
+    """rest = 1 - rho."""
     zero = param.dtype.type(0)
-    for i in range(lo, hi):
-        g = grad[i] + weight_decay * param[i] if weight_decay != zero else grad[i]
+    use_wd = weight_decay != zero
+    for i in range(param.size):
+        g = grad[i] + weight_decay * param[i] if use_wd else grad[i]
         sa = square_avg[i] * rho + rest * g * g
         square_avg[i] = sa
         delta = math.sqrt(acc_delta[i] + eps) / math.sqrt(sa + eps) * g
@@ -867,22 +917,23 @@ def adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weigh
 def adadelta_parallel(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, param.size)
-        adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay, lo,
-                       hi)
+        adadelta_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], acc_delta[lo:hi], lr, rho,
+                       rest, eps, weight_decay)
 
 
 @jit
 def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2, eps,
-               weight_decay, decay, amsgrad, lo, hi):
-    """Adam on lo..hi. step = lr / (1 - beta1^t); inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t);
-    rest1, rest2 = 1 - beta1, 1 - beta2 (rounded from float64, as the reference's);
-    weight_decay (L2, added to g) or decay (decoupled: param *= decay), one of them
-    inactive (0 and 1); v_max read and written only with amsgrad."""
+               weight_decay, decay, amsgrad):
+    """Adam. step = lr / (1 - beta1^t); inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t);
+    rest1, rest2 = 1 - beta1, 1 - beta2; weight_decay (L2, added to g) or decay
+    (decoupled: param *= decay), the other one inactive (0 or 1); v_max is read
+    and written only with amsgrad."""
     dt = param.dtype.type
     zero, one = dt(0), dt(1)
-    for i in range(lo, hi):
-        p = param[i] * decay if decay != one else param[i]
-        g = grad[i] + weight_decay * p if weight_decay != zero else grad[i]
+    use_wd, use_decay = weight_decay != zero, decay != one
+    for i in range(param.size):
+        p = param[i] * decay if use_decay else param[i]
+        g = grad[i] + weight_decay * p if use_wd else grad[i]
         mi = m[i] * beta1 + rest1 * g
         vi = v[i] * beta2 + rest2 * g * g
         m[i] = mi
@@ -899,5 +950,5 @@ def adam_parallel(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, in
                   eps, weight_decay, decay, amsgrad, nb):
     for b in prange(nb):
         lo, hi = split(b, nb, param.size)
-        adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2,
-                   eps, weight_decay, decay, amsgrad, lo, hi)
+        adam_block(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], v_max[lo:hi], step, beta1,
+                   rest1, beta2, rest2, inv_sqrt_bias2, eps, weight_decay, decay, amsgrad)

@@ -201,7 +201,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(x.size):
             K.dropout_parallel(xf, of, threshold, np.uint64(seed), scale, numba.get_num_threads())
         else:
-            K.dropout_block(xf, of, threshold, np.uint64(seed), scale, 0, xf.size)
+            K.dropout_block(xf, of, threshold, np.uint64(seed), scale, 0)
 
     def _dropout_backward(self, dy, rate, seed, out):
         self._dropout_forward(dy, rate, seed, out)  # the same mask and scale
@@ -226,7 +226,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(param.size):
             K.sgd_parallel(*args, numba.get_num_threads())
         else:
-            K.sgd_block(*args, 0, p.size)
+            K.sgd_block(*args)
 
     def _adagrad_step(self, param, grad, sum_sq, lr, eps, weight_decay):
         dt = param.dtype.type
@@ -234,7 +234,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(param.size):
             K.adagrad_parallel(*args, numba.get_num_threads())
         else:
-            K.adagrad_block(*args, 0, param.size)
+            K.adagrad_block(*args)
 
     def _rmsprop_step(self, param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
                       momentum_buf, grad_avg):
@@ -247,7 +247,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(param.size):
             K.rmsprop_parallel(*args, numba.get_num_threads())
         else:
-            K.rmsprop_block(*args, 0, param.size)
+            K.rmsprop_block(*args)
 
     def _adadelta_step(self, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
         dt = param.dtype.type
@@ -256,7 +256,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(param.size):
             K.adadelta_parallel(*args, numba.get_num_threads())
         else:
-            K.adadelta_block(*args, 0, param.size)
+            K.adadelta_block(*args)
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
@@ -272,7 +272,7 @@ class NumbaBackend(NumpyBackend):
         if _parallel(param.size):
             K.adam_parallel(*args, numba.get_num_threads())
         else:
-            K.adam_block(*args, 0, param.size)
+            K.adam_block(*args)
 
 
 def _as_column_rows(a):
