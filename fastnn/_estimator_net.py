@@ -28,7 +28,7 @@ followed in training by inverted dropout with rate dropout[i].
 import math
 
 import numpy as np
-from scipy.special import xlogy
+from scipy.special import expit, xlogy
 
 from .backends.reference import NEEDS_INPUT
 
@@ -233,10 +233,18 @@ class Network:
         into grad. The value follows scikit-learn's definitions (the squared error is
         averaged over outputs too, while its gradient is that of the sum over
         outputs, as scikit-learn's)."""
-        if self.loss == "softmax":  # t: int64 labels in [0, n_outputs), from argmax
-            return float(backend._softmax_cross_entropy(out, t, w, grad))
-        if self.loss == "logistic":
-            return float(backend._sigmoid_binary_cross_entropy(out, t, w, grad))
+        if self.loss in ("softmax", "logistic"):
+            if self.loss == "softmax":  # t: int64 labels in [0, n_outputs), from argmax
+                loss = float(backend._softmax_cross_entropy(out, t, w, grad))
+            else:
+                loss = float(backend._sigmoid_binary_cross_entropy(out, t, w, grad))
+            # scikit-learn clips probabilities to [eps, 1 - eps], which caps each
+            # sample's loss at about -log(eps) per output. Each sample's loss is at
+            # most the batch total, so below the cap the clip changed nothing.
+            cap = -math.log(np.finfo(out.dtype).eps)
+            if w is not None or loss * out.shape[0] > cap:
+                loss = clipped_log_loss(out, t, w, self.loss)
+            return loss
         if self.loss == "squared_error":
             return float(backend._squared_error(out, t, w, grad)) / out.shape[1]
         return poisson_deviance(out, t, w, grad)
@@ -268,6 +276,22 @@ class Network:
             backend.batchnorm_forward(pre, self.gamma[i], self.beta[i], self.running_mean[i],
                                       self.running_var[i], x.shape[0] > 1, momentum=1.0, eps=BN_EPS, out=h)
             a = backend.activation_forward(h, self.activation, out=y)
+
+
+def clipped_log_loss(out, t, w, link):
+    """scikit-learn's log loss of raw outputs out (N, K): probabilities (softmax or
+    logistic, computed in out's dtype) clipped to [eps, 1 - eps], the negative
+    log-likelihood summed over outputs, (weighted) mean over samples.
+    t: int labels (softmax) or (N, K) 0/1 targets (logistic)."""
+    eps = np.finfo(out.dtype).eps
+    if link == "softmax":
+        e = np.exp(out - out.max(axis=1, keepdims=True))
+        p = e[np.arange(out.shape[0]), t] / e.sum(axis=1)
+        per_sample = -np.log(np.clip(p, eps, 1 - eps))
+    else:
+        p = np.clip(expit(out), eps, 1 - eps)
+        per_sample = -(xlogy(t, p) + xlogy(1 - t, 1 - p)).sum(axis=1)
+    return float(np.average(per_sample, weights=w))
 
 
 def poisson_deviance(out, t, w, grad):

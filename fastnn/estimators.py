@@ -255,6 +255,8 @@ class _FastMLP:
         """Kernel targets: int labels for softmax, (N, K) floats otherwise."""
         if self.out_activation_ == "softmax":
             return np.ascontiguousarray(np.argmax(y, axis=1), dtype=np.int64)
+        if y.dtype.kind not in "biuf":  # what scikit-learn's arithmetic on such y raises
+            raise TypeError(f"y must hold numbers, got dtype {y.dtype}")
         return np.ascontiguousarray(y, dtype=dtype)
 
     def _sample_weight(self, sample_weight, X, y, incremental):
