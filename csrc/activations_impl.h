@@ -180,83 +180,81 @@ void FN(bias_activation_forward)(const T *z, const T *b, T *preact, T *y, int64_
 
 /* --------------------------------------------------------------- backward */
 struct FN(backward_args) {
-    const T *dy, *y, *x;
-    T *dz, *db;
-    int64_t rows, cols, tile;
+    const T *dy, *y, *x; /* x: gelu only */
+    T *dz;
+    double *ws;          /* db accumulators, parts * cols, or NULL */
+    int64_t cols;
     int act;
 };
 
-/* dz for rows [r0, r1) */
+/* rows per block: the block's dz is summed into db while it is still in cache */
+static inline int64_t FN(block_rows)(int64_t cols) {
+    return cols >= 2048 ? 1 : 2048 / cols;
+}
+
+/* dz for rows [r0, r1), and their column sums added into this part's db slice */
 HOT static void FN(backward_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(backward_args) *a = args;
-    int64_t cols = a->cols, off = r0 * cols;
-    (void)part;
-    if (a->act == FASTNN_SOFTMAX) {
-        for (int64_t r = r0; r < r1; r++, off += cols)
-            FN(softmax_backward_row)(a->dy + off, a->y + off, a->dz + off, cols);
-    } else {
-        FN(act_backward_seg)(a->dy + off, a->y + off, a->x ? a->x + off : NULL, a->dz + off,
-                             (r1 - r0) * cols, a->act);
+    int64_t cols = a->cols, step = FN(block_rows)(cols);
+    double *acc = a->ws ? a->ws + part * cols : NULL;
+    for (int64_t b0 = r0; b0 < r1; b0 += step) {
+        int64_t b1 = b0 + step < r1 ? b0 + step : r1, off = b0 * cols;
+        if (a->act == FASTNN_SOFTMAX) {
+            for (int64_t r = b0; r < b1; r++, off += cols)
+                FN(softmax_backward_row)(a->dy + off, a->y + off, a->dz + off, cols);
+        } else {
+            FN(act_backward_seg)(a->dy + off, a->y + off, a->x ? a->x + off : NULL, a->dz + off,
+                                 (b1 - b0) * cols, a->act);
+        }
+        if (acc)
+            for (int64_t r = b0; r < b1; r++) {
+                const T *dz = a->dz + r * cols;
+                for (int64_t j = 0; j < cols; j++) acc[j] += dz[j];
+            }
     }
 }
 
-/* dz and db for the column tiles [t0, t1), elementwise activations only */
-HOT static void FN(backward_tiles)(void *args, int64_t t0, int64_t t1, int part) {
-    const struct FN(backward_args) *a = args;
-    double acc[TILE_MAX];
-    (void)part;
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t j0 = t * a->tile, w = a->cols - j0 < a->tile ? a->cols - j0 : a->tile;
-        for (int64_t j = 0; j < w; j++) acc[j] = 0;
-        for (int64_t r = 0, off = j0; r < a->rows; r++, off += a->cols) {
-            T *dz = a->dz + off;
-            FN(act_backward_seg)(a->dy + off, a->y + off, a->x ? a->x + off : NULL, dz, w,
-                                 a->act);
-            for (int64_t j = 0; j < w; j++) acc[j] += dz[j];
-        }
-        for (int64_t j = 0; j < w; j++) a->db[j0 + j] = (T)acc[j];
+int FN(activation_backward)(const T *dy, const T *y, const T *x, T *dz, T *db, int64_t rows,
+                            int64_t cols, int activation) {
+    if (rows <= 0 || cols <= 0) return 0;
+    int parts = parallel_parts(rows, MIN_PARALLEL_MATH / cols + 1);
+    struct FN(backward_args) a = {dy, y, x, dz, NULL, cols, activation};
+    if (db) {
+        a.ws = workspace(parts, cols);
+        if (a.ws == NULL) return -1;
     }
+    parallel_run(FN(backward_rows), &a, rows, parts);
+    if (db) {
+        add_parts(a.ws, parts, cols);
+        for (int64_t j = 0; j < cols; j++) db[j] = (T)a.ws[j];
+        free(a.ws);
+    }
+    return 0;
 }
 
 struct FN(sums_args) {
     const T *a;
-    T *out;
-    int64_t rows, cols, tile;
+    double *ws;
+    int64_t cols;
 };
 
-HOT static void FN(sums_tiles)(void *args, int64_t t0, int64_t t1, int part) {
+HOT static void FN(sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(sums_args) *s = args;
-    double acc[TILE_MAX];
-    (void)part;
-    for (int64_t t = t0; t < t1; t++) {
-        int64_t j0 = t * s->tile, w = s->cols - j0 < s->tile ? s->cols - j0 : s->tile;
-        for (int64_t j = 0; j < w; j++) acc[j] = 0;
-        for (int64_t r = 0; r < s->rows; r++) {
-            const T *row = s->a + r * s->cols + j0;
-            for (int64_t j = 0; j < w; j++) acc[j] += row[j];
-        }
-        for (int64_t j = 0; j < w; j++) s->out[j0 + j] = (T)acc[j];
+    double *acc = s->ws + part * s->cols;
+    for (int64_t r = r0; r < r1; r++) {
+        const T *row = s->a + r * s->cols;
+        for (int64_t j = 0; j < s->cols; j++) acc[j] += row[j];
     }
 }
 
-void FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
-    if (cols <= 0) return;
-    int64_t tile = column_tile(cols), tiles = (cols + tile - 1) / tile;
-    struct FN(sums_args) s = {a, out, rows, cols, tile};
-    parallel_for(FN(sums_tiles), &s, tiles, rows * cols >= MIN_PARALLEL_CHEAP ? 1 : tiles + 1);
-}
-
-void FN(activation_backward)(const T *dy, const T *y, const T *x, T *dz, T *db, int64_t rows,
-                             int64_t cols, int activation) {
-    if (cols <= 0) return;
-    if (db != NULL && activation != FASTNN_SOFTMAX) {
-        int64_t tile = column_tile(cols), tiles = (cols + tile - 1) / tile;
-        struct FN(backward_args) a = {dy, y, x, dz, db, rows, cols, tile, activation};
-        parallel_for(FN(backward_tiles), &a, tiles,
-                     rows * cols >= MIN_PARALLEL_MATH ? 1 : tiles + 1);
-        return;
-    }
-    struct FN(backward_args) a = {dy, y, x, dz, db, rows, cols, 0, activation};
-    parallel_for(FN(backward_rows), &a, rows, MIN_PARALLEL_MATH / cols + 1);
-    if (db != NULL) FN(column_sums)(dz, db, rows, cols);
+int FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
+    if (cols <= 0) return 0;
+    int parts = parallel_parts(rows, MIN_PARALLEL_CHEAP / cols + 1);
+    struct FN(sums_args) s = {a, workspace(parts, cols), cols};
+    if (s.ws == NULL) return -1;
+    parallel_run(FN(sums_rows), &s, rows, parts);
+    add_parts(s.ws, parts, cols);
+    for (int64_t j = 0; j < cols; j++) out[j] = (T)s.ws[j];
+    free(s.ws);
+    return 0;
 }

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include "fastnn.h"
 #include "vmath.h"
 
@@ -32,12 +33,16 @@
 #define SQRT1_2 0.70710678118654752440 /* 1 / sqrt(2) */
 #define INV_SQRT_2PI 0.39894228040143267794
 
-/* Work in [0, n) split into contiguous ranges, one per thread; fn(args, begin,
- * end, part) runs each range. `part` (< MAX_PARTS) indexes per-range partial
- * results that the caller adds up in order. Runs serially, as one range, when
- * n < min_parallel or one thread is configured. Returns the number of ranges. */
+/* Work in [0, n) split into `parts` contiguous ranges, run in parallel, one per
+ * thread; fn(args, begin, end, part) runs one range. `part` (< MAX_PARTS)
+ * indexes per-range partial results, which the caller adds up in part order.
+ * parallel_parts says how many ranges to use: 1 (serial) when n < min_parallel
+ * or one thread is configured, else the thread count. */
 #define MAX_PARTS 64
 typedef void (*range_fn)(void *args, int64_t begin, int64_t end, int part);
+int parallel_parts(int64_t n, int64_t min_parallel);
+void parallel_run(range_fn fn, void *args, int64_t n, int parts);
+/* both in one: returns the number of ranges used */
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 
 /* Parallel thresholds, in elements touched: below them the fork/join of an
@@ -46,11 +51,12 @@ int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 #define MIN_PARALLEL_CHEAP 65536
 #define MIN_PARALLEL_MATH 16384
 
-/* Column tiles: reductions over the rows of (rows, cols) arrays (bias gradient,
- * batch-norm statistics) run per tile of at most TILE_MAX columns, with one
- * accumulator per column on the stack; each column is summed in row order, so
- * results do not depend on the thread count. */
-#define TILE_MAX 512
-int64_t column_tile(int64_t cols);
+/* Column sums of (rows, cols) arrays (bias gradient, batch-norm statistics) are
+ * split by rows, so that each thread streams through contiguous memory: range
+ * `part` adds its rows into its own slice ws + part * len of a zeroed workspace
+ * of parts * len doubles, and add_parts then adds the slices into the first, in
+ * part order. workspace returns NULL when out of memory. */
+double *workspace(int parts, int64_t len);
+void add_parts(double *ws, int parts, int64_t len);
 
 #endif

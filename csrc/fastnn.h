@@ -6,7 +6,8 @@
  * All arrays are C-contiguous; sizes are int64_t; the Python wrapper has checked
  * every shape, dtype and index before the call. Scalars (rates, hyper-parameters)
  * are passed as double whatever the array type. Pointers documented as "may be
- * NULL" are optional; outputs never alias inputs unless stated.
+ * NULL" are optional; outputs never alias inputs unless stated. Kernels that
+ * return int return 0, or -1 when they could not allocate their workspace.
  */
 #ifndef FASTNN_H
 #define FASTNN_H
@@ -33,14 +34,14 @@ void bias_activation_forward_f64(const double *z, const double *b, double *preac
 /* Backward prologue, dy, y, x, dz: (rows, cols); db: (cols,) or NULL.
  * dz = dy * activation'(x), written with the forward output y (x, the forward
  * input, is read only for gelu, else may be NULL); db = column sums of dz. */
-void activation_backward_f32(const float *dy, const float *y, const float *x, float *dz,
+int activation_backward_f32(const float *dy, const float *y, const float *x, float *dz,
                              float *db, int64_t rows, int64_t cols, int activation);
-void activation_backward_f64(const double *dy, const double *y, const double *x, double *dz,
+int activation_backward_f64(const double *dy, const double *y, const double *x, double *dz,
                              double *db, int64_t rows, int64_t cols, int activation);
 
 /* out (cols,) = column sums of a (rows, cols) */
-void column_sums_f32(const float *a, float *out, int64_t rows, int64_t cols);
-void column_sums_f64(const double *a, double *out, int64_t rows, int64_t cols);
+int column_sums_f32(const float *a, float *out, int64_t rows, int64_t cols);
+int column_sums_f64(const double *a, double *out, int64_t rows, int64_t cols);
 
 /* Losses: mean over the n samples (weighted by w (n,) when w is not NULL) of the
  * per-sample loss summed over its k outputs; grad (n, k) = d loss / d output.
@@ -71,19 +72,19 @@ double elementwise_loss_f64(int loss, const double *pred, const double *targets,
  * written to mean and invstd = 1 / sqrt(var + eps); the running statistics are
  * updated in place with the unbiased variance. Inference: the running statistics
  * normalise x. y (n, c) = (x - mean) * invstd * gamma + beta. */
-void batchnorm_forward_f32(const float *x, const float *gamma, const float *beta,
+int batchnorm_forward_f32(const float *x, const float *gamma, const float *beta,
                            float *running_mean, float *running_var, float *y, float *mean,
                            float *invstd, int64_t n, int64_t c, int training, double momentum,
                            double eps);
-void batchnorm_forward_f64(const double *x, const double *gamma, const double *beta,
+int batchnorm_forward_f64(const double *x, const double *gamma, const double *beta,
                            double *running_mean, double *running_var, double *y, double *mean,
                            double *invstd, int64_t n, int64_t c, int training, double momentum,
                            double eps);
 /* dy, x, dx: (n, c); mean, invstd, gamma, dgamma, dbeta: (c,) */
-void batchnorm_backward_f32(const float *dy, const float *x, const float *mean,
+int batchnorm_backward_f32(const float *dy, const float *x, const float *mean,
                             const float *invstd, const float *gamma, float *dx, float *dgamma,
                             float *dbeta, int64_t n, int64_t c, int training);
-void batchnorm_backward_f64(const double *dy, const double *x, const double *mean,
+int batchnorm_backward_f64(const double *dy, const double *x, const double *mean,
                             const double *invstd, const double *gamma, double *dx,
                             double *dgamma, double *dbeta, int64_t n, int64_t c, int training);
 

@@ -1,3 +1,4 @@
+#include <stdlib.h>
 #include "common.h"
 #ifdef _OPENMP
 #include <omp.h>
@@ -18,35 +19,42 @@ int fastnn_get_num_threads(void) {
 #endif
 }
 
-int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel) {
+int parallel_parts(int64_t n, int64_t min_parallel) {
     int threads = fastnn_get_num_threads();
-    if (n <= 0) return 0;
-    if (threads <= 1 || n < min_parallel || n < threads) {
+    if (threads <= 1 || n < min_parallel || n < threads) return 1;
+    return threads;
+}
+
+void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
+    if (n <= 0) return;
+    if (parts <= 1) {
         fn(args, 0, n, 0);
-        return 1;
+        return;
     }
-    int parts = threads;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(parts)
     {
-        /* omp may give fewer threads than asked: each takes parts/team ranges */
+        /* OpenMP may give fewer threads than asked: each then runs several ranges */
         int team = omp_get_num_threads();
-        for (int p = omp_get_thread_num(); p < parts; p += team) {
-            int64_t begin = n * p / parts, end = n * (p + 1) / parts;
-            fn(args, begin, end, p);
-        }
+        for (int p = omp_get_thread_num(); p < parts; p += team)
+            fn(args, n * p / parts, n * (p + 1) / parts, p);
     }
 #else
-    fn(args, 0, n, 0);
-    parts = 1;
+    for (int p = 0; p < parts; p++) fn(args, n * p / parts, n * (p + 1) / parts, p);
 #endif
+}
+
+int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel) {
+    int parts = parallel_parts(n, min_parallel);
+    parallel_run(fn, args, n, parts);
     return parts;
 }
 
-int64_t column_tile(int64_t cols) {
-    /* about cols / threads, a multiple of 16, within [16, TILE_MAX] */
-    int64_t threads = fastnn_get_num_threads();
-    int64_t tile = (cols + threads - 1) / threads;
-    tile = (tile + 15) / 16 * 16;
-    return tile < 16 ? 16 : tile > TILE_MAX ? TILE_MAX : tile;
+double *workspace(int parts, int64_t len) {
+    return calloc((size_t)parts * (size_t)(len > 0 ? len : 1), sizeof(double));
+}
+
+void add_parts(double *ws, int parts, int64_t len) {
+    for (int p = 1; p < parts; p++)
+        for (int64_t j = 0; j < len; j++) ws[j] += ws[p * len + j];
 }

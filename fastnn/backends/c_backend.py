@@ -41,6 +41,12 @@ KERNELS = {np.dtype(np.float32): _Kernels("f32", "float[]"),
            np.dtype(np.float64): _Kernels("f64", "double[]")}
 
 
+def _check(status):
+    """Kernels that allocate a workspace return -1 when that failed."""
+    if status:
+        raise MemoryError("the C kernel could not allocate its workspace")
+
+
 def _ptr(ctype, a):
     """Pointer to the data of a C-contiguous array (no copy), or NULL for None."""
     return NULL if a is None else ffi.from_buffer(ctype, a)
@@ -65,8 +71,8 @@ class CBackend(NumpyBackend):
         rows, cols = (y.shape[0], y.shape[1]) if activation == "softmax" else (1, y.size)
         fb, ct = ffi.from_buffer, k.ctype
         x = x if activation in NEEDS_INPUT else None  # checked only when needed
-        k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, x), fb(ct, out), NULL, rows, cols,
-                              ACTIVATION_CODE[activation])
+        _check(k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, x), fb(ct, out), NULL, rows,
+                                     cols, ACTIVATION_CODE[activation]))
 
     # -------------------------------------------------------------------- dense
     def _dense_forward(self, x, W, b, activation, out, preact):
@@ -85,11 +91,11 @@ class CBackend(NumpyBackend):
         rows, cols = dy.shape
         if activation == "identity":
             dz = dy
-            k.column_sums(fb(ct, dy), fb(ct, db), rows, cols)
+            _check(k.column_sums(fb(ct, dy), fb(ct, db), rows, cols))
         else:
             preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
-            k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, preact), fb(ct, dz),
-                                  fb(ct, db), rows, cols, ACTIVATION_CODE[activation])
+            _check(k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, preact), fb(ct, dz),
+                                         fb(ct, db), rows, cols, ACTIVATION_CODE[activation]))
         np.matmul(x.T, dz, out=dW)
         if dx is not None:
             np.matmul(dz, W.T, out=dx)
@@ -137,17 +143,18 @@ class CBackend(NumpyBackend):
         k = KERNELS[x.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n, c = x.shape
-        k.batchnorm_forward(fb(ct, x), fb(ct, gamma), fb(ct, beta), fb(ct, running_mean),
-                            fb(ct, running_var), fb(ct, out), fb(ct, mean), fb(ct, invstd), n, c,
-                            training, momentum, eps)
+        _check(k.batchnorm_forward(fb(ct, x), fb(ct, gamma), fb(ct, beta), fb(ct, running_mean),
+                                   fb(ct, running_var), fb(ct, out), fb(ct, mean), fb(ct, invstd),
+                                   n, c, training, momentum, eps))
 
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache  # checked by batchnorm_backward
         n, c = dy.shape
         k = KERNELS[dy.dtype]
         fb, ct = ffi.from_buffer, k.ctype
-        k.batchnorm_backward(fb(ct, dy), fb(ct, x), fb(ct, mean), fb(ct, invstd), fb(ct, gamma),
-                             fb(ct, dx), fb(ct, dgamma), fb(ct, dbeta), n, c, bool(training))
+        _check(k.batchnorm_backward(fb(ct, dy), fb(ct, x), fb(ct, mean), fb(ct, invstd),
+                                    fb(ct, gamma), fb(ct, dx), fb(ct, dgamma), fb(ct, dbeta), n, c,
+                                    bool(training)))
 
     # ------------------------------------------------------------------ dropout
     def _dropout_forward(self, x, rate, seed, out):

@@ -1,0 +1,226 @@
+"""The C backend beyond the kernel-by-kernel catalogue: a short training run that
+ends where the reference's does, serial and OpenMP paths that agree, thread
+settings that reach the C library, the vectorised exp/log1p over the whole range
+of logits, and every kernel the backend claims really running C code."""
+
+import numpy as np
+import pytest
+from conftest import assert_close
+
+import fastnn
+
+pytestmark = pytest.mark.skipif("c" not in fastnn.available_backends(),
+                                reason="the C extension is not built here")
+
+if "c" in fastnn.available_backends():
+    from fastnn.backends import c_backend
+    from fastnn.backends.c_backend import lib
+
+DTYPES = [np.float32, np.float64]
+
+
+def rand(shape, dtype, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+@pytest.fixture
+def c_threads():
+    """Set the C kernels' thread count directly (BLAS untouched); restored after."""
+    import fastnn.backends as registry
+
+    yield lib.fastnn_set_num_threads
+    lib.fastnn_set_num_threads(registry._num_threads or 0)
+
+
+# ------------------------------------------------------------ training run
+def train(backend, dtype, steps=20):
+    """A 2-layer net (20 -> 32 tanh -> batch norm -> dropout -> 6 softmax) trained
+    by Adam for `steps` full-batch steps with the kernels called directly.
+    Returns the final parameters and the losses."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 20)).astype(dtype)
+    labels = rng.integers(0, 6, 96)
+    W1, b1 = backend.init_weights("glorot_uniform", 20, 32, rng=1, dtype=dtype)
+    W2, b2 = backend.init_weights("he_normal", 32, 6, rng=2, dtype=dtype)
+    gamma, beta = np.ones(32, dtype), np.zeros(32, dtype)
+    rm, rv = np.zeros(32, dtype), np.ones(32, dtype)
+    params = [W1, b1, gamma, beta, W2, b2]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    losses = []
+    for t in range(1, steps + 1):
+        h = backend.dense_forward(x, W1, b1, "tanh")
+        hn, cache = backend.batchnorm_forward(h, gamma, beta, rm, rv, training=True)
+        hd = backend.dropout_forward(hn, 0.2, seed=t)
+        z = backend.dense_forward(hd, W2, b2)
+        loss, dz = backend.softmax_cross_entropy(z, labels)
+        dhd, dW2, db2 = backend.dense_backward(dz, hd, W2, z)
+        dhn = backend.dropout_backward(dhd, 0.2, seed=t)
+        dh, dgamma, dbeta = backend.batchnorm_backward(dhn, cache)
+        _, dW1, db1 = backend.dense_backward(dh, x, W1, h, "tanh", need_dx=False)
+        grads = [dW1, db1, dgamma, dbeta, dW2, db2]
+        backend.weight_penalty(W1, dW1, l2=1e-3)
+        for p, g, mp, vp in zip(params, grads, m, v):
+            backend.adam_step(p, g, mp, vp, t, lr=1e-2)
+        losses.append(loss)
+    return params + [rm, rv], losses
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_training_matches_the_reference(dtype):
+    expected, expected_losses = train(fastnn.get_backend("numpy"), dtype)
+    others = [name for name in fastnn.available_backends() if name != "numpy"]
+    # Adam's first steps are about lr * sign(grad): rounding differences in small
+    # gradients grow over the steps in the parameters, much less in the loss
+    rtol, atol = (2e-3, 1e-5) if dtype == np.float32 else (1e-8, 1e-12)
+    loss_rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for name in others:
+        params, losses = train(fastnn.get_backend(name), dtype)
+        assert losses[-1] < 0.8 * losses[0]  # it learns
+        np.testing.assert_allclose(losses, expected_losses, rtol=loss_rtol, err_msg=name)
+        for i, (p, e) in enumerate(zip(params, expected)):
+            np.testing.assert_allclose(p, e, rtol=rtol, atol=atol, err_msg=f"{name} param {i}")
+
+
+# ------------------------------------------------------ serial vs parallel
+def run_large(backend, dtype):
+    """Calls large enough for the OpenMP paths; returns every output."""
+    x = rand((2048, 300), dtype, 1, 3.0)
+    W, b = rand((300, 200), dtype, 2, 0.05), rand(200, dtype, 3)
+    out = []
+    for act in ("relu", "tanh", "softmax", "gelu"):
+        preact = np.empty((2048, 200), dtype)
+        y = backend.dense_forward(x, W, b, act, preact=preact)
+        out += [y, *backend.dense_backward(rand(y.shape, dtype, 4), x, W, y, act, preact=preact)]
+    labels = np.arange(2048) % 300
+    out += list(backend.softmax_cross_entropy(x, labels))
+    out += list(backend.sigmoid_binary_cross_entropy(x, (x > 0).astype(dtype)))
+    out += list(backend.huber(x, x[::-1].copy()))
+    rm, rv = np.zeros(300, dtype), np.ones(300, dtype)
+    y, cache = backend.batchnorm_forward(x, np.ones(300, dtype), np.zeros(300, dtype), rm, rv, True)
+    out += [y, rm, rv, *backend.batchnorm_backward(rand(x.shape, dtype, 5), cache)]
+    out.append(backend.dropout_forward(x, 0.3, seed=7))
+    p, g = rand(300_000, dtype, 6), rand(300_000, dtype, 7)
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    out.append(backend.weight_penalty(p, g, l2=1e-2, l1=1e-3))
+    backend.adam_step(p, g, m, v, 1, lr=1e-3)
+    vel = np.zeros_like(p)
+    backend.sgd_step(p, g, vel, lr=1e-2, momentum=0.9, nesterov=True)
+    return out + [p, m, v, vel]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_serial_and_parallel_paths_agree(dtype, c_threads):
+    c = fastnn.get_backend("c")
+    c_threads(1)
+    assert lib.fastnn_get_num_threads() == 1
+    serial = run_large(c, dtype)
+    c_threads(3)  # more threads than cores is allowed, and splits unevenly
+    assert lib.fastnn_get_num_threads() == 3
+    parallel = run_large(c, dtype)
+    for i, (s, p) in enumerate(zip(serial, parallel)):
+        # only sums may differ, in the order their per-thread parts are added
+        assert_close(p, s, dtype, f"output {i}")
+
+
+def test_set_num_threads_reaches_c():
+    from threadpoolctl import threadpool_limits
+
+    import fastnn.backends as registry
+
+    before = registry._num_threads
+    with threadpool_limits(limits=None):  # restores the BLAS limits on exit
+        try:
+            for n in (1, 2, 5):
+                fastnn.set_num_threads(n)
+                assert lib.fastnn_get_num_threads() == n
+        finally:
+            registry._num_threads = before
+            lib.fastnn_set_num_threads(before or 0)
+
+
+# ---------------------------------------------------- vectorised exp, log1p
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_losses_over_the_whole_range_of_logits(dtype):
+    """exp and log1p of the C kernels against NumPy's, from logits that underflow
+    e^x (to subnormals and to 0) to logits that would overflow it."""
+    ref, c = fastnn.get_backend("numpy"), fastnn.get_backend("c")
+    big = 800.0 if dtype == np.float64 else 120.0
+    logits = np.linspace(-big, big, 40_001).astype(dtype)
+    targets = (np.arange(logits.size) % 3 == 0).astype(dtype)
+    for backend_out, ref_out in zip(c.sigmoid_binary_cross_entropy(logits, targets),
+                                    ref.sigmoid_binary_cross_entropy(logits, targets)):
+        assert_close(backend_out, ref_out, dtype, "binary cross-entropy")
+    rows = logits[:40_000].reshape(400, 100)  # each row spans a range of 4 big / 400
+    labels = np.arange(400) % 100
+    for backend_out, ref_out in zip(c.softmax_cross_entropy(rows, labels),
+                                    ref.softmax_cross_entropy(rows, labels)):
+        assert_close(backend_out, ref_out, dtype, "softmax cross-entropy")
+    for act in ("logistic", "tanh", "elu", "softplus"):
+        assert_close(c.activation_forward(logits, act), ref.activation_forward(logits, act), dtype, act)
+
+
+# ------------------------------------------------------------ really C
+def one_call_per_kernel(backend, dtype):
+    """{kernel: a function making one valid call of it}."""
+    x, W, b = rand((8, 5), dtype, 1), rand((5, 3), dtype, 2), rand(3, dtype, 3)
+    y = backend.dense_forward(x, W, b, "tanh")
+    p, g = rand(10, dtype, 4), rand(10, dtype, 5)
+    s = [np.abs(rand(10, dtype, 6 + i)) for i in range(3)]
+    t = (rand((8, 3), dtype, 9) > 0).astype(dtype)
+    bn_args = (np.ones(5, dtype), np.zeros(5, dtype), np.zeros(5, dtype), np.ones(5, dtype), True)
+    _, cache = backend.batchnorm_forward(x, *bn_args)
+    return {
+        "activation_forward": lambda: backend.activation_forward(x, "elu"),
+        "activation_backward": lambda: backend.activation_backward(x, x, "relu"),
+        "dense_forward": lambda: backend.dense_forward(x, W, b, "relu"),
+        "dense_backward": lambda: backend.dense_backward(y, x, W, y, "tanh"),
+        "softmax_cross_entropy": lambda: backend.softmax_cross_entropy(y, np.arange(8) % 3),
+        "sigmoid_binary_cross_entropy": lambda: backend.sigmoid_binary_cross_entropy(y, t),
+        "squared_error": lambda: backend.squared_error(y, t),
+        "absolute_error": lambda: backend.absolute_error(y, t),
+        "huber": lambda: backend.huber(y, t),
+        "hinge": lambda: backend.hinge(y, 2 * t - 1),
+        "batchnorm_forward": lambda: backend.batchnorm_forward(x, *bn_args),
+        "batchnorm_backward": lambda: backend.batchnorm_backward(x, cache),
+        "dropout_forward": lambda: backend.dropout_forward(x, 0.5, 1),
+        "dropout_backward": lambda: backend.dropout_backward(x, 0.5, 1),
+        "weight_penalty": lambda: backend.weight_penalty(p, g, l2=0.1),
+        "sgd_step": lambda: backend.sgd_step(p, g, s[0], 0.1, momentum=0.9),
+        "adagrad_step": lambda: backend.adagrad_step(p, g, s[0], 0.1),
+        "rmsprop_step": lambda: backend.rmsprop_step(p, g, s[0], 0.1),
+        "adadelta_step": lambda: backend.adadelta_step(p, g, s[0], s[1]),
+        "adam_step": lambda: backend.adam_step(p, g, s[0], s[1], 1, 0.1),
+    }
+
+
+class CountingKernels:
+    """Stands in for c_backend's per-dtype kernel table and counts the calls."""
+
+    def __init__(self, kernels):
+        self.kernels, self.calls = kernels, 0
+        self.ctype = kernels.ctype
+
+    def __getattr__(self, name):
+        fn = getattr(self.kernels, name)
+
+        def counted(*args):
+            self.calls += 1
+            return fn(*args)
+        return counted
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_every_claimed_kernel_runs_c(dtype, monkeypatch):
+    owners = fastnn.kernel_owners("c")
+    claimed = {k for k, owner in owners.items() if owner == "c"}
+    assert claimed == set(owners) - {"init_weights"}  # everything but the initialisers
+    c = fastnn.get_backend("c")
+    calls = one_call_per_kernel(c, dtype)
+    assert set(calls) == claimed
+    counting = CountingKernels(c_backend.KERNELS[np.dtype(dtype)])
+    monkeypatch.setitem(c_backend.KERNELS, np.dtype(dtype), counting)
+    for kernel, call in calls.items():
+        before = counting.calls
+        call()
+        assert counting.calls > before, f"{kernel} ran no C function"
