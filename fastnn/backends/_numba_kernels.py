@@ -15,11 +15,11 @@ accumulators make a sum accurate.
 Division follows IEEE (error_model="numpy": x / 0 is inf, not an exception
 whose check would keep a loop from vectorising).
 
-Fast-math: no flags are set on whole functions (they would break the NaN and inf
-handling and the range reduction of exp). The two places that need relaxed
-semantics use one instruction each: `fmax` (llvm.maxnum, which ignores a NaN;
-the row max is only a shift, and a NaN still reaches the result through the
-sum) and `radd` (an add marked reassociable, so a sum can be vectorised).
+Fast-math: no flags on whole kernels (they would break the NaN and inf
+handling). The exp polynomials allow FMA contraction only ("contract"). Sums
+use `radd`, one add marked reassociable so that the loop vectorises; row
+maxima compare integer keys of the floats (`order_key`), as LLVM does not
+vectorise a float max that must keep NaN semantics.
 """
 
 import math
@@ -65,16 +65,6 @@ jit_inline = njit(cache=True, error_model="numpy", inline="always")
 
 # ------------------------------------------------------------------ intrinsics
 @intrinsic
-def fmax(typingctx, a, b):
-    """max(a, b) ignoring a NaN operand (llvm.maxnum): vectorises as a reduction."""
-    def codegen(context, builder, sig, args):
-        t = args[0].type
-        fn = builder.module.declare_intrinsic("llvm.maxnum", [t], ir.FunctionType(t, [t, t]))
-        return builder.call(fn, args)
-    return a(a, a), codegen
-
-
-@intrinsic
 def radd(typingctx, a, b):
     """a + b that LLVM may reassociate: a loop summing with it vectorises."""
     def codegen(context, builder, sig, args):
@@ -103,6 +93,48 @@ def scale_pow2(typingctx, p, t, shift):
     return p(p, p, p), codegen
 
 
+@intrinsic
+def scale_pow2_normal(typingctx, p, t, shift):
+    """p * 2^n (n from t as in scale_pow2) with one factor: for n within the
+    normal exponent range only (exp_nonpositive checks its argument)."""
+    def codegen(context, builder, sig, args):
+        p, t, shift = args
+        bits, mant, bias = (32, 23, 127) if sig.args[0] == types.float32 else (64, 52, 1023)
+        it = ir.IntType(bits)
+        n = builder.sub(builder.bitcast(t, it), builder.bitcast(shift, it))
+        e = builder.shl(builder.add(n, ir.Constant(it, bias)), ir.Constant(it, mant))
+        return builder.fmul(p, builder.bitcast(e, p.type))
+    return p(p, p, p), codegen
+
+
+@intrinsic
+def order_key(typingctx, x):
+    """An integer with the order of the float x (its bits, the magnitude bits
+    flipped for negatives): a row max over keys is an integer max, which
+    vectorises where a float max with NaN semantics does not. NaNs with the
+    sign bit clear rank above +inf (np.max returns them), with it set below
+    -inf; a softmax then still turns NaN through its sum."""
+    it = types.int32 if x == types.float32 else types.int64
+    def codegen(context, builder, sig, args):
+        ity = ir.IntType(it.bitwidth)
+        b = builder.bitcast(args[0], ity)
+        sign = builder.ashr(b, ir.Constant(ity, it.bitwidth - 1))
+        return builder.xor(b, builder.lshr(sign, ir.Constant(ity, 1)))
+    return it(x), codegen
+
+
+@intrinsic
+def key_value(typingctx, key, like):
+    """The float (of the type of like) whose order_key is key."""
+    def codegen(context, builder, sig, args):
+        k = args[0]
+        ity = k.type
+        sign = builder.ashr(k, ir.Constant(ity, ity.width - 1))
+        return builder.bitcast(builder.xor(k, builder.lshr(sign, ir.Constant(ity, 1))),
+                               args[1].type)
+    return like(key, like), codegen
+
+
 # ------------------------------------------------------------- vectorisable exp
 # e^x = 2^n e^r with n = round(x / ln2) and r = x - n ln2 in [-ln2/2, ln2/2]
 # (Cody-Waite: ln2 split in a few-bit high part, exact times n, and a low part).
@@ -112,7 +144,9 @@ def scale_pow2(typingctx, p, t, shift):
 F32 = np.float32
 LOG2E32, SHIFT32, LN2_HI32, LN2_LO32 = (F32(1.4426950408889634), F32(1.5 * 2**23),
                                         F32(0.693359375), F32(-2.12194440e-4))
-CLAMP32, ONE32 = F32(120.0), F32(1.0)
+CLAMP32, ONE32, ZERO32 = F32(120.0), F32(1.0), F32(0.0)
+# below these e^x is not a normal number (exp_nonpositive returns 0 there)
+MIN_LOG32, MIN_LOG64 = F32(-87.33654), -708.3964185322641
 # minimax polynomial of (e^r - 1 - r) / r^2 on [-ln2/2, ln2/2] (Cephes expf)
 P32 = tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                              4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
@@ -123,11 +157,11 @@ F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13 = (1.0 / math.factorial(k)
                                                       for k in range(2, 14))
 
 
-def _exp32(x):
-    # clamp (a NaN fails both tests and stays NaN); beyond +-120 e^x is inf or 0
-    x = CLAMP32 if x > CLAMP32 else x
-    x = -CLAMP32 if x < -CLAMP32 else x
-    t = x * LOG2E32 + SHIFT32  # n = round(x / ln2) lands in the low bits of t
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _reduce32(x):
+    """(t, p): t = n + SHIFT32 with n = round(x / ln2), p = e^r for
+    r = x - n ln2; e^x = p 2^n."""
+    t = x * LOG2E32 + SHIFT32  # adding SHIFT32 rounds; n lands in the low bits of t
     n = t - SHIFT32
     r = x - n * LN2_HI32
     r = r - n * LN2_LO32
@@ -137,13 +171,11 @@ def _exp32(x):
     p = p * r + P32[3]
     p = p * r + P32[4]
     p = p * r + P32[5]
-    p = p * (r * r) + r + ONE32
-    return scale_pow2(p, t, SHIFT32)
+    return t, p * (r * r) + r + ONE32
 
 
-def _exp64(x):
-    x = 1000.0 if x > 1000.0 else x
-    x = -1000.0 if x < -1000.0 else x
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _reduce64(x):
     t = x * LOG2E + SHIFT64
     n = t - SHIFT64
     r = x - n * LN2_HI
@@ -160,8 +192,34 @@ def _exp64(x):
     p = p * r + F4
     p = p * r + F3
     p = p * r + F2
-    p = p * (r * r) + r + 1.0
+    return t, p * (r * r) + r + 1.0
+
+
+def _exp32(x):
+    # clamp (a NaN fails both tests and stays NaN); beyond +-120 e^x is inf or 0
+    x = CLAMP32 if x > CLAMP32 else x
+    x = -CLAMP32 if x < -CLAMP32 else x
+    t, p = _reduce32(x)
+    return scale_pow2(p, t, SHIFT32)
+
+
+def _exp64(x):
+    x = 1000.0 if x > 1000.0 else x
+    x = -1000.0 if x < -1000.0 else x
+    t, p = _reduce64(x)
     return scale_pow2(p, t, SHIFT64)
+
+
+def _exp_nonpositive32(x):
+    xc = MIN_LOG32 if x < MIN_LOG32 else x
+    t, p = _reduce32(xc)
+    return ZERO32 if x < MIN_LOG32 else scale_pow2_normal(p, t, SHIFT32)
+
+
+def _exp_nonpositive64(x):
+    xc = MIN_LOG64 if x < MIN_LOG64 else x
+    t, p = _reduce64(xc)
+    return 0.0 if x < MIN_LOG64 else scale_pow2_normal(p, t, SHIFT64)
 
 
 def fexp(x):
@@ -169,12 +227,29 @@ def fexp(x):
     raise NotImplementedError("fexp is callable from jitted code only")
 
 
-@overload(fexp, jit_options={"error_model": "numpy"})
+def exp_nonpositive(x):
+    """e^x for x <= 0 (or NaN), 0 where e^x is below the smallest normal number
+    (the softmax shift x - max): a cheaper scaling than fexp's; jitted code only."""
+    raise NotImplementedError("exp_nonpositive is callable from jitted code only")
+
+
+EXP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}}  # FMAs: fewer ops, exact-er
+
+
+@overload(fexp, jit_options=EXP_OPTIONS)
 def _fexp_overload(x):
     if x == types.float32:
         return _exp32
     if x == types.float64:
         return _exp64
+
+
+@overload(exp_nonpositive, jit_options=EXP_OPTIONS)
+def _exp_nonpositive_overload(x):
+    if x == types.float32:
+        return _exp_nonpositive32
+    if x == types.float64:
+        return _exp_nonpositive64
 
 
 # float64 building blocks on top of fexp, vectorisable like it. The activations
@@ -241,6 +316,16 @@ def log1p_unit(e):
     return (LN2 if high else 0.0) + 2.0 * s * p
 
 
+@jit_inline
+def row_max(z):
+    """max of a non-empty 1-D array through order keys (see order_key)."""
+    k = order_key(z[0])
+    for j in range(z.size):
+        kj = order_key(z[j])
+        k = kj if kj > k else k
+    return key_value(k, z[0])
+
+
 # ----------------------------------------------------------------- activations
 @jit
 def act_forward_row(code, z, out):
@@ -287,12 +372,10 @@ def act_forward_row(code, z, out):
             out[j] = v if v > SOFTPLUS_THRESHOLD else soft
     elif code == SOFTMAX:
         # float64 sums: the backward's dy - sum(dy y) cancels, so y must be accurate
-        m = z[0]
-        for j in range(n):
-            m = fmax(m, z[j])
+        m = row_max(z)
         s = 0.0
         for j in range(n):
-            e = fexp(z[j] - m)
+            e = exp_nonpositive(z[j] - m)
             out[j] = e
             s = radd(s, np.float64(e))
         sd = dt(s)
@@ -483,12 +566,10 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     total = 0.0
     for i in range(lo, hi):
         x, g = logits[i], grad[i]
-        m = x[0]
-        for j in range(c):
-            m = fmax(m, x[j])
+        m = row_max(x)
         s = zero
         for j in range(c):
-            e = fexp(x[j] - m)
+            e = exp_nonpositive(x[j] - m)
             g[j] = e
             s = radd(s, e)
         lse = m + dt(math.log(s))
