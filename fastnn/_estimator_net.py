@@ -21,7 +21,8 @@ cross-entropy, identity + squared error; exp + Poisson deviance in NumPy).
 
 Hidden layer i (0-based) computes, for a batch x (N, fan_in):
     without batch norm: y = act(x @ W + b)
-    with batch norm:    y = act(batchnorm(x @ W + b))   (torch.nn.BatchNorm1d)
+    with batch norm:    y = act(batchnorm(x @ W + b))   (torch.nn.BatchNorm1d; b is
+                    not trained, batch norm's beta is the shift)
 followed in training by inverted dropout with rate dropout[i].
 """
 
@@ -222,6 +223,10 @@ class Network:
                                                       dgamma=self.dgamma[i], dbeta=self.dbeta[i])[0]
                     backend._dense_backward(dpre, x, self.W[i], ws["pre"][i], "identity", None, dx,
                                             self.dW[i], self.db[i], None)
+                    # batch norm subtracts the batch mean, so b has no effect: its gradient
+                    # is 0 up to rounding, which an adaptive solver would amplify into a
+                    # random walk. beta is the layer's shift; b stays fixed.
+                    self.db[i][...] = 0
                 else:
                     backend._dense_backward(d, x, self.W[i], ws["y"][i], self.activation, ws["pre"][i], dx,
                                             self.dW[i], self.db[i], ws["dz"][i])

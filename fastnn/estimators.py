@@ -236,7 +236,7 @@ class _FastMLP:
             W, b = backend.init_weights(INITS[self.init], layer_units[i], layer_units[i + 1],
                                         rng=self._random_state, dtype=dtype, activation=self.activation)
             net.W[i][...] = W
-            net.b[i][...] = b
+            net.b[i][...] = 0 if net.batch_norm and i < net.n_layers - 1 else b
         self._expose(net)
         self._best_params = None
         if self.solver in STOCHASTIC_SOLVERS:
@@ -486,7 +486,8 @@ _EXTRAS_DOC = """
     batch_norm : bool, default=False
         Normalise each hidden layer's pre-activation over the batch
         (torch.nn.BatchNorm1d: momentum 0.1, eps 1e-5): act(BN(x @ W + b)). The
-        scales and shifts are trained with the other parameters; prediction uses
+        scales and shifts are trained with the other parameters, while the hidden
+        intercepts b stay at 0 (batch norm's shift replaces them); prediction uses
         the running statistics. A one-row batch uses the running statistics. After
         L-BFGS the running statistics are those of the whole training set.
     activation also accepts 'leaky_relu' (slope 0.01), 'elu', 'selu' and 'gelu'

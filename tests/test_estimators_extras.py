@@ -1,0 +1,355 @@
+"""The parameters fastnn's MLPClassifier / MLPRegressor add to scikit-learn's
+(backend, dtype, dropout, batch_norm, more activations and solvers, init,
+weight_decay, class_weight), the network's gradients, and the same fit on every
+backend."""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from scipy.special import erf
+from sklearn.datasets import load_digits, make_multilabel_classification, make_regression
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.class_weight import compute_sample_weight
+from threadpoolctl import threadpool_limits
+
+import fastnn
+from fastnn import MLPClassifier, MLPRegressor
+from fastnn._estimator_net import BN_EPS, Network
+
+BACKENDS = fastnn.available_backends()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small networks: one BLAS/OpenMP thread keeps the run time steady on a
+    machine whose cores are shared."""
+    with threadpool_limits(limits=1):
+        yield
+
+
+def fit(est, X, y, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **kwargs)
+
+
+def digits(n=300):
+    X, y = load_digits(return_X_y=True)
+    return X[:n] / 16.0, y[:n]
+
+
+def regression(n=200, targets=1):
+    X, y = make_regression(n_samples=n, n_features=8, n_targets=targets, noise=1.0, random_state=0)
+    return X, y / y.std()
+
+
+def flat(est):
+    return np.concatenate([p.ravel() for p in est.coefs_ + est.intercepts_])
+
+
+def initial(cls, X, y, **params):
+    """The initial weights: one sgd step with a negligible learning rate."""
+    return fit(cls(solver="sgd", learning_rate_init=1e-300, max_iter=1, momentum=0.0, **params), X, y)
+
+
+# ------------------------------------------------------------- gradients
+def _network_problem(loss, activation, batch_norm=False, dropout=None):
+    rng = np.random.RandomState(0)
+    n_out = {"softmax": 3, "logistic": 2, "squared_error": 1, "poisson": 2}[loss]
+    net = Network([5, 6, 4, n_out], activation, loss, np.float64, dropout=dropout, batch_norm=batch_norm)
+    net.params[...] = rng.uniform(-0.8, 0.8, net.params.size)
+    x = rng.normal(size=(9, 5))
+    if loss == "softmax":
+        t = rng.randint(0, 3, 9).astype(np.int64)
+    elif loss == "logistic":
+        t = rng.randint(0, 2, (9, 2)).astype(float)
+    elif loss == "poisson":
+        t = rng.poisson(1.5, (9, 2)).astype(float)
+    else:
+        t = rng.normal(size=(9, 1))
+    return net, x, t, rng.uniform(0.5, 2.0, 9)
+
+
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu", "leaky_relu", "elu",
+                                        "selu", "gelu"])
+@pytest.mark.parametrize("loss", ["softmax", "logistic", "squared_error", "poisson"])
+@pytest.mark.parametrize("layers", ["plain", "batch_norm+dropout"])
+def test_network_gradient_matches_finite_differences(activation, loss, layers):
+    # the squared error has one output: scikit-learn reports that loss averaged over
+    # outputs but descends the gradient of its sum, and fastnn does the same
+    extras = dict(batch_norm=True, dropout=[0.3, 0.2]) if layers != "plain" else {}
+    net, x, t, w = _network_problem(loss, activation, **extras)
+    backend = fastnn.get_backend("numpy")
+    ws = net.workspace(x.shape[0])
+
+    def objective(p):
+        net.params[...] = p
+        return net.loss_and_gradient(backend, x, t, w, ws, alpha=0.3, training=True, seed=11,
+                                     update_stats=False)
+
+    p0 = net.params.copy()
+    objective(p0)
+    grad = net.grads.copy()
+    h = 1e-6
+    numeric = np.empty_like(p0)
+    for i in range(p0.size):
+        step = np.zeros_like(p0)
+        step[i] = h
+        numeric[i] = (objective(p0 + step) - objective(p0 - step)) / (2 * h)
+    assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------ backends
+CONFIGS = {
+    "default": ("classifier", {}),
+    "extras": ("classifier", dict(solver="adamw", activation="gelu", dropout=0.2, batch_norm=True,
+                                  class_weight="balanced")),
+    "regressor": ("regressor", dict(solver="rmsprop", activation="elu", learning_rate_init=0.01,
+                                    dropout=(0.1, 0.0), hidden_layer_sizes=(12, 7))),
+    "lbfgs": ("regressor", dict(solver="lbfgs", activation="tanh", batch_norm=True)),
+    "sgd": ("classifier", dict(solver="sgd", activation="leaky_relu", learning_rate="invscaling",
+                               learning_rate_init=0.3)),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_every_backend_fits_the_same_weights(config, dtype):
+    kind, params = CONFIGS[config]
+    if kind == "classifier":
+        X, y = digits(240)
+        cls = MLPClassifier
+    else:
+        X, y = regression(200)
+        cls = MLPRegressor
+    X = X.astype(dtype)
+    params = dict(hidden_layer_sizes=(16,), max_iter=3, random_state=0, batch_size=50) | params
+    reference = fit(cls(backend="numpy", **params), X, y)
+    scale = np.abs(flat(reference)).max()
+    for name in BACKENDS:
+        est = fit(cls(backend=name, **params), X, y)
+        assert est.coefs_[0].dtype == dtype
+        tol = 1e-9 if dtype == np.float64 else 2e-4
+        assert_allclose(flat(est), flat(reference), rtol=tol, atol=tol * scale, err_msg=name)
+        assert_allclose(est.predict(X) if kind == "regressor" else est.predict_proba(X),
+                        reference.predict(X) if kind == "regressor" else reference.predict_proba(X),
+                        rtol=tol * 10, atol=tol * 10, err_msg=name)
+
+
+def test_backend_parameter_and_current_backend():
+    X, y = digits(100)
+    est = fit(MLPClassifier(max_iter=2, random_state=0), X, y)
+    with fastnn.use_backend("numpy"):  # backend=None follows the current backend
+        assert_allclose(est.predict_proba(X), MLPClassifier.predict_proba(est, X), rtol=1e-12)
+    with pytest.raises(ValueError, match="backend"):
+        MLPClassifier(backend="tpu").fit(X, y)
+
+
+# ------------------------------------------------------------- dropout
+def test_dropout():
+    X, y = digits(300)
+    base = dict(hidden_layer_sizes=(20, 10), max_iter=3, random_state=0)
+    plain = fit(MLPClassifier(**base), X, y)
+    assert_array_equal(flat(fit(MLPClassifier(dropout=0.0, **base), X, y)), flat(plain))
+    assert_array_equal(flat(fit(MLPClassifier(dropout=[0, 0], **base), X, y)), flat(plain))
+    first = fit(MLPClassifier(dropout=0.3, **base), X, y)
+    assert not np.allclose(flat(first), flat(plain))
+    assert_array_equal(flat(fit(MLPClassifier(dropout=0.3, **base), X, y)), flat(first))  # reproducible
+    per_layer = fit(MLPClassifier(dropout=(0.3, 0.0), **base), X, y)
+    assert not np.allclose(flat(per_layer), flat(first))
+    # no dropout at prediction: the forward pass from the fitted attributes
+    h = X
+    for W, b in zip(first.coefs_[:-1], first.intercepts_[:-1]):
+        h = np.maximum(h @ W + b, 0)
+    logits = h @ first.coefs_[-1] + first.intercepts_[-1]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert_allclose(first.predict_proba(X), p / p.sum(axis=1, keepdims=True), rtol=1e-10)
+    # L-BFGS uses one fixed mask: a deterministic objective that converges
+    lbfgs = fit(MLPClassifier(solver="lbfgs", dropout=0.2, **(base | {"max_iter": 60})), X, y)
+    assert lbfgs.score(X, y) > 0.9
+    with pytest.raises(ValueError, match="dropout"):
+        MLPClassifier(dropout=[0.1, 0.1, 0.1], **base).fit(X, y)
+    with pytest.raises(ValueError, match="dropout"):
+        MLPClassifier(dropout=[0.1, 1.0], **base).fit(X, y)
+    with pytest.raises(ValueError, match="dropout"):
+        MLPClassifier(dropout=1.0, **base).fit(X, y)
+
+
+# ---------------------------------------------------------- batch norm
+def _bn_forward(est, X, activation):
+    h = X
+    for i, (W, b) in enumerate(zip(est.coefs_[:-1], est.intercepts_[:-1])):
+        z = h @ W + b
+        z = (z - est.bn_running_mean_[i]) / np.sqrt(est.bn_running_var_[i] + BN_EPS)
+        h = activation(z * est.bn_gamma_[i] + est.bn_beta_[i])
+    return h @ est.coefs_[-1] + est.intercepts_[-1]
+
+
+def test_batch_norm_stochastic():
+    X, y = digits(301)  # batch 50: the last batch has one row, which uses the running statistics
+    est = fit(MLPClassifier(hidden_layer_sizes=(24, 12), batch_norm=True, max_iter=30, random_state=0,
+                            batch_size=50, learning_rate_init=0.01), X, y)
+    assert [g.shape for g in est.bn_gamma_] == [(24,), (12,)]
+    for name in ("bn_gamma_", "bn_beta_", "bn_running_mean_", "bn_running_var_"):
+        assert len(getattr(est, name)) == 2
+    assert not np.allclose(est.bn_running_mean_[0], 0) and not np.allclose(est.bn_gamma_[0], 1)
+    assert all((b == 0).all() for b in est.intercepts_[:-1])  # beta shifts; b stays 0
+    logits = _bn_forward(est, X, lambda z: np.maximum(z, 0))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert_allclose(est.predict_proba(X), p / p.sum(axis=1, keepdims=True), rtol=1e-9, atol=1e-12)
+    assert est.score(X, y) > 0.9
+    # without batch norm the attributes are absent, also after a refit
+    fit(est.set_params(batch_norm=False), X, y)
+    assert not hasattr(est, "bn_gamma_")
+
+
+def test_batch_norm_lbfgs_running_statistics_are_the_data_statistics():
+    X, y = regression(150)
+    est = fit(MLPRegressor(solver="lbfgs", hidden_layer_sizes=(7,), batch_norm=True, activation="tanh",
+                           max_iter=40, random_state=0), X, y)
+    z = X @ est.coefs_[0] + est.intercepts_[0]
+    assert_allclose(est.bn_running_mean_[0], z.mean(axis=0), rtol=1e-10, atol=1e-12)
+    assert_allclose(est.bn_running_var_[0], z.var(axis=0, ddof=1), rtol=1e-10)
+    assert_allclose(est.predict(X), _bn_forward(est, X, np.tanh)[:, 0], rtol=1e-9, atol=1e-12)
+    assert est.score(X, y) > 0.9
+
+
+# ---------------------------------------------------------- activations
+ACTIVATIONS = {
+    "leaky_relu": lambda z: np.where(z > 0, z, 0.01 * z),
+    "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))),
+    "selu": lambda z: 1.0507009873554805 * np.where(z > 0, z,
+                                                    1.6732632423543772 * np.expm1(np.minimum(z, 0))),
+    "gelu": lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2))),
+}
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+def test_more_activations(activation):
+    X, y = digits(300)
+    est = fit(MLPClassifier(activation=activation, hidden_layer_sizes=(20,), max_iter=20, random_state=0,
+                            learning_rate_init=0.01), X, y)
+    assert est.loss_curve_[-1] < 0.5 * est.loss_curve_[0]
+    assert est.score(X, y) > 0.9
+    hidden = ACTIVATIONS[activation](X @ est.coefs_[0] + est.intercepts_[0])
+    logits = hidden @ est.coefs_[1] + est.intercepts_[1]
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    assert_allclose(est.predict_proba(X), p / p.sum(axis=1, keepdims=True), rtol=1e-9, atol=1e-12)
+
+
+# -------------------------------------------------------------- solvers
+def test_adamw_is_adam_with_decoupled_weight_decay():
+    X, y = digits(200)
+    base = dict(hidden_layer_sizes=(10,), max_iter=3, random_state=0)
+    adam = fit(MLPClassifier(solver="adam", **base), X, y)
+    assert_array_equal(flat(fit(MLPClassifier(solver="adamw", weight_decay=0.0, **base), X, y)), flat(adam))
+    # 3 steps (one batch per epoch) of p *= 1 - lr * weight_decay on top of adam's update
+    decayed = fit(MLPClassifier(solver="adamw", weight_decay=50.0, **base), X, y)
+    assert np.linalg.norm(flat(decayed)) < 0.9 * np.linalg.norm(flat(adam))
+
+
+@pytest.mark.parametrize("solver", ["rmsprop", "adagrad"])
+def test_rmsprop_and_adagrad_first_step(solver):
+    # one full-batch step from the initial weights p0 with gradient g
+    X, y = digits(120)
+    base = dict(hidden_layer_sizes=(6,), random_state=0, batch_size=120, shuffle=False, alpha=0.01)
+    p0 = flat(initial(MLPClassifier, X, y, **base))
+    sgd = fit(MLPClassifier(solver="sgd", momentum=0.0, learning_rate_init=1.0, max_iter=1, **base), X, y)
+    g = p0 - flat(sgd)
+    lr, beta_2, eps = 0.01, 0.9, 1e-6
+    est = fit(MLPClassifier(solver=solver, learning_rate_init=lr, beta_2=beta_2, epsilon=eps, max_iter=1,
+                            **base), X, y)
+    if solver == "rmsprop":
+        expected = p0 - lr * g / (np.sqrt((1 - beta_2) * g * g) + eps)
+    else:
+        expected = p0 - lr * g / (np.sqrt(g * g) + eps)
+    assert_allclose(flat(est), expected, rtol=1e-7, atol=1e-12)
+
+
+def test_learning_rate_schedules_follow_sklearn_per_solver():
+    X, y = digits(200)
+    base = dict(hidden_layer_sizes=(10,), max_iter=3, random_state=0, learning_rate_init=0.01, power_t=0.9)
+    for solver, follows in (("adam", False), ("rmsprop", True), ("adagrad", True), ("adamw", True)):
+        constant = fit(MLPClassifier(solver=solver, **base), X, y)
+        scaled = fit(MLPClassifier(solver=solver, learning_rate="invscaling", **base), X, y)
+        assert np.allclose(flat(constant), flat(scaled)) != follows, solver
+    # partial_fit works with every stochastic solver
+    for solver in ("rmsprop", "adagrad", "adamw"):
+        est = MLPClassifier(solver=solver, hidden_layer_sizes=(5,), random_state=0)
+        est.partial_fit(X, y, classes=np.arange(10)).partial_fit(X, y)
+        assert est.t_ == 2 * len(y)
+    assert not hasattr(MLPClassifier(solver="lbfgs"), "partial_fit")
+
+
+# ----------------------------------------------------------------- init
+@pytest.mark.parametrize(("init", "std"), [("he", lambda fi, fo: np.sqrt(2 / fi)),
+                                           ("lecun", lambda fi, fo: np.sqrt(1 / fi)),
+                                           ("glorot", lambda fi, fo: np.sqrt(2 / (fi + fo)))])
+def test_init(init, std):
+    rng = np.random.RandomState(0)
+    X, y = rng.normal(size=(50, 400)), rng.normal(size=50)
+    est = initial(MLPRegressor, X, y, hidden_layer_sizes=(300,), init=init, random_state=0)
+    W = est.coefs_[0]
+    assert W.std() == pytest.approx(std(400, 300), rel=0.02)
+    assert abs(W.mean()) < 0.01 * W.std()
+    if init == "glorot":  # uniform
+        assert np.abs(W).max() <= np.sqrt(6 / 700)
+    assert all((np.abs(b) < 1e-290).all() for b in est.intercepts_)  # 0 plus a step of 1e-300
+    assert_array_equal(initial(MLPRegressor, X, y, hidden_layer_sizes=(300,), init=init,
+                               random_state=0).coefs_[0], W)
+
+
+# ---------------------------------------------------------- class_weight
+def test_class_weight():
+    X, y = digits(300)
+    labels = np.array(list("abcdefghij"))[y]
+    base = dict(hidden_layer_sizes=(10,), max_iter=3, random_state=0)
+    balanced = fit(MLPClassifier(class_weight="balanced", **base), X, labels)
+    by_weight = fit(MLPClassifier(**base), X, labels, sample_weight=compute_sample_weight("balanced", labels))
+    assert_allclose(flat(balanced), flat(by_weight), rtol=1e-12)
+    weights = {c: 1.0 + i for i, c in enumerate("abcdefghij")}
+    sw = np.random.RandomState(0).uniform(0.5, 1.5, len(y))
+    by_dict = fit(MLPClassifier(class_weight=weights, **base), X, labels, sample_weight=sw)
+    expected = fit(MLPClassifier(**base), X, labels, sample_weight=sw * np.vectorize(weights.get)(labels))
+    assert_allclose(flat(by_dict), flat(expected), rtol=1e-12)
+    binary = labels[:100] == "a"
+    fit(MLPClassifier(class_weight={True: 5.0, False: 1.0}, **base), X[:100], binary)
+    Xm, ym = make_multilabel_classification(n_samples=50, random_state=0)
+    with pytest.raises(ValueError, match="class_weight"):
+        MLPClassifier(class_weight="balanced", **base).fit(Xm, ym)
+    with pytest.raises(ValueError, match="class_weight"):
+        MLPClassifier(class_weight="balanced").partial_fit(X, labels, classes=np.unique(labels))
+    est = MLPClassifier(class_weight=weights, hidden_layer_sizes=(5,))
+    est.partial_fit(X, labels, classes=list(weights))
+    assert est.t_ == len(y)
+
+
+# ----------------------------------------------------------------- dtype
+def test_dtype_parameter():
+    X, y = digits(300)
+    score64 = fit(MLPClassifier(max_iter=20, random_state=0), X, y).score(X, y)
+    for dtype in ("float32", np.float32, np.dtype(np.float32)):
+        est = fit(MLPClassifier(dtype=dtype, max_iter=20, random_state=0), X, y)
+        assert {p.dtype for p in est.coefs_ + est.intercepts_} == {np.dtype(np.float32)}
+        assert est.predict_proba(X).dtype == np.float32
+        assert est.score(X, y) == pytest.approx(score64, abs=0.02)
+    est = fit(MLPRegressor(dtype="float64", max_iter=2, random_state=0), X.astype(np.float32), y)
+    assert est.coefs_[0].dtype == np.float64
+    # float32 training follows float64 training closely over one epoch
+    a = fit(MLPClassifier(max_iter=1, random_state=0, shuffle=False), X, y)
+    b = fit(MLPClassifier(max_iter=1, random_state=0, shuffle=False, dtype="float32"), X, y)
+    assert_allclose(flat(b), flat(a), rtol=1e-3, atol=1e-4)
+
+
+# ------------------------------------------------- invalid extra parameters
+@pytest.mark.parametrize(("name", "value"), [
+    ("backend", "tpu"), ("dtype", "float16"), ("dtype", np.int32), ("dropout", -0.1), ("dropout", "half"),
+    ("batch_norm", "yes"), ("init", "xavier"), ("weight_decay", -1.0), ("class_weight", "auto"),
+    ("activation", "softplus"), ("solver", "adadelta"),
+])
+def test_invalid_extra_parameters_name_the_parameter(name, value):
+    X, y = digits(50)
+    with pytest.raises(ValueError, match=name):
+        MLPClassifier(**{name: value}).fit(X, y)
