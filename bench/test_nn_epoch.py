@@ -23,7 +23,7 @@ from fastnn import nn
 SIZES = (784, 512, 256, 10)
 BATCH = 256
 DTYPE = np.float32
-_seconds = {}  # runner -> median epoch seconds, for the ratios
+_seconds = {}  # runner -> (median, best) epoch seconds, for the ratios
 
 
 def n_samples(scale):
@@ -125,15 +125,16 @@ def test_nn_epoch(benchmark, limits, results, scale, runner):
     benchmark.pedantic(fn, rounds=5, iterations=1)
     if benchmark.stats is None:  # --benchmark-disable
         return
-    median = benchmark.stats.stats.median
-    _seconds[runner] = median
+    median, best = benchmark.stats.stats.median, benchmark.stats.stats.min
+    _seconds[runner] = (median, best)
     flops = gemm_flops(X.shape[0])
     peak_seconds = flops / (limits["gemm_gflops"]["float32"] * 1e9)
-    info = {"epoch_s": median, "samples": X.shape[0], "gemm_flops": flops,
+    info = {"epoch_s": median, "epoch_min_s": best, "samples": X.shape[0], "gemm_flops": flops,
             "gemm_gflops": flops / median / 1e9, "gemm_at_peak_s": peak_seconds,
             "percent_of_peak_gemm_time": 100 * median / peak_seconds}
-    if "gemms" in _seconds:
-        info["percent_of_gemm_only_time"] = 100 * median / _seconds["gemms"]
+    if "gemms" in _seconds:  # medians, and best runs (less exposed to a busy machine)
+        info["percent_of_gemm_only_time"] = 100 * median / _seconds["gemms"][0]
+        info["percent_of_gemm_only_time_best"] = 100 * best / _seconds["gemms"][1]
     benchmark.extra_info.update(info)
     results.append({"benchmark": "nn_epoch", "backend": runner, "median_s": median,
                     "rate": flops / median / 1e9, "rate_unit": "GFLOP/s",

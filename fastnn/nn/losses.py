@@ -46,8 +46,10 @@ def _integer_labels(y, name, n_samples, n_classes):
     """(N,) int64 labels in [0, n_classes); integral floats are accepted."""
     if y.shape != (n_samples,):
         raise ValueError(f"{name} must have shape ({n_samples},), got {y.shape}")
+    if y.dtype == bool:
+        y = y.astype(np.int64)
     if not np.issubdtype(y.dtype, np.integer):
-        if y.dtype == bool or np.any(y != np.round(y)):
+        if np.any(y != np.round(y)):
             raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
