@@ -287,7 +287,8 @@ class _FastMLP:
         else:
             net = self._sync_net(layer_units, dtype)
         backend = self._backend()
-        self._dropout_seed = self._random_state.randint(2**31) if any(net.dropout) else 0
+        # drawn only with dropout, so that without it the draws are scikit-learn's
+        self._dropout_seed = 1 + self._random_state.randint(2**31) if any(net.dropout) else 0
         if self.solver in STOCHASTIC_SOLVERS:
             self._fit_stochastic(net, backend, X, y, sample_weight, incremental)
         else:
@@ -382,8 +383,8 @@ class _FastMLP:
                         tb = targets[start:stop]
                         wb = None if sample_weight is None else sample_weight[start:stop]
                     step += 1
-                    loss = net.loss_and_gradient(backend, xb, tb, wb, ws, self.alpha, training=True,
-                                                 seed=mix_seed(self._dropout_seed, self.t_, step))
+                    seed = mix_seed(self._dropout_seed, self.t_, step) if self._dropout_seed else 0
+                    loss = net.loss_and_gradient(backend, xb, tb, wb, ws, self.alpha, seed=seed)
                     accumulated_loss += loss * (stop - start)
                     solver.step(backend, net.params, net.grads)
                 self.n_iter_ += 1
@@ -440,16 +441,22 @@ class _FastMLP:
 
     # -------------------------------------------------------------- predict
     def _forward_pass_fast(self, X, check_input=True):
-        """Outputs after the output activation, (N, n_outputs), in the weights' dtype."""
+        """Outputs after the output activation, (N, n_outputs). Their dtype is
+        scikit-learn's, X's promoted with the weights' (float64 X on float32
+        weights gives float64), unless the dtype parameter fixes it."""
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         if sp.issparse(X):
             X = X.tocsr()
+        dtype = self.coefs_[0].dtype
+        if self.dtype is None:
+            dtype = np.result_type(X.dtype, dtype)
+            dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
         backend = self._backend()
         bn = None
         if getattr(self, "bn_gamma_", None) is not None:
             bn = (self.bn_gamma_, self.bn_beta_, self.bn_running_mean_, self.bn_running_var_)
-        raw = predict_raw(backend, X, self.coefs_, self.intercepts_, self.activation, bn)
+        raw = predict_raw(backend, X, self.coefs_, self.intercepts_, self.activation, bn, dtype)
         return output_activation(backend, raw, self.out_activation_)
 
     def _is_classifier(self):

@@ -261,6 +261,12 @@ def test_dtype_follows_X_as_sklearn():
     b = quiet_fit(MLPClassifier(max_iter=2, random_state=0), X.astype(int), y)  # ints become float64
     assert b.coefs_[0].dtype == np.float64
     assert b.predict_proba(X[:5]).dtype == np.float64
+    # predictions promote X's dtype with the weights' as scikit-learn's products do
+    a = quiet_fit(sk.MLPClassifier(max_iter=2, random_state=0), X.astype(np.float32), y)
+    b = quiet_fit(MLPClassifier(max_iter=2, random_state=0), X.astype(np.float32), y)
+    for X_new in (X, X.astype(int), X.astype(np.float32)):
+        assert b.predict_proba(X_new).dtype == a.predict_proba(X_new).dtype
+        assert_allclose(b.predict_proba(X_new), a.predict_proba(X_new), rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------- scores (parity)
