@@ -36,8 +36,16 @@ def _as_rows(a):
     return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
 
 
+def _flat_blocks():
+    """Blocks of a parallel flat kernel: one per thread (at least two, so that
+    the split is exercised even on one thread)."""
+    return max(2, numba.get_num_threads())
+
+
 def _parallel(size):
-    return size >= PARALLEL_MIN and numba.get_num_threads() > 1
+    """Whether a kernel over `size` elements takes its parallel path (the one
+    threshold lives here so that tests can move it)."""
+    return size >= PARALLEL_MIN
 
 
 class NumbaBackend(NumpyBackend):
@@ -165,12 +173,12 @@ class NumbaBackend(NumpyBackend):
     # ------------------------------------------------------------ normalisation
     @staticmethod
     def _cols_per_block(n, c):
-        """Column blocks for the batch-norm kernels: one per thread, whole cache
-        lines wide (results do not depend on the split: columns are independent)."""
-        threads = numba.get_num_threads()
-        if n * c < PARALLEL_MIN or threads < 2 or c < 32:
+        """Column blocks for the parallel batch-norm kernels, 0 for the serial
+        path: one block per thread, whole cache lines wide (results do not depend
+        on the split: columns are independent)."""
+        if not _parallel(n * c) or c < 32:
             return 0
-        return -(-c // (threads * 16)) * 16
+        return -(-c // (_flat_blocks() * 16)) * 16
 
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
@@ -199,7 +207,7 @@ class NumbaBackend(NumpyBackend):
         threshold = np.uint64(dropout_threshold(rate))
         scale = x.dtype.type(1.0 / (1.0 - rate))
         if _parallel(x.size):
-            K.dropout_parallel(xf, of, threshold, np.uint64(seed), scale, numba.get_num_threads())
+            K.dropout_parallel(xf, of, threshold, np.uint64(seed), scale, _flat_blocks())
         else:
             K.dropout_block(xf, of, threshold, np.uint64(seed), scale, 0)
 
@@ -224,7 +232,7 @@ class NumbaBackend(NumpyBackend):
         p, g, v = self._flat(param, grad, param if velocity is None else velocity)
         args = (p, g, v, dt(lr), dt(momentum), nesterov, dt(weight_decay), lr_in_velocity)
         if _parallel(param.size):
-            K.sgd_parallel(*args, numba.get_num_threads())
+            K.sgd_parallel(*args, _flat_blocks())
         else:
             K.sgd_block(*args)
 
@@ -232,7 +240,7 @@ class NumbaBackend(NumpyBackend):
         dt = param.dtype.type
         args = self._flat(param, grad, sum_sq) + (dt(lr), dt(eps), dt(weight_decay))
         if _parallel(param.size):
-            K.adagrad_parallel(*args, numba.get_num_threads())
+            K.adagrad_parallel(*args, _flat_blocks())
         else:
             K.adagrad_block(*args)
 
@@ -245,7 +253,7 @@ class NumbaBackend(NumpyBackend):
                                                       dt(weight_decay), dt(momentum))
         args += self._flat(buf, avg) + (momentum_buf is not None, grad_avg is not None)
         if _parallel(param.size):
-            K.rmsprop_parallel(*args, numba.get_num_threads())
+            K.rmsprop_parallel(*args, _flat_blocks())
         else:
             K.rmsprop_block(*args)
 
@@ -254,7 +262,7 @@ class NumbaBackend(NumpyBackend):
         args = self._flat(param, grad, square_avg, acc_delta) + (dt(lr), dt(rho), dt(1 - rho),
                                                                  dt(eps), dt(weight_decay))
         if _parallel(param.size):
-            K.adadelta_parallel(*args, numba.get_num_threads())
+            K.adadelta_parallel(*args, _flat_blocks())
         else:
             K.adadelta_block(*args)
 
@@ -270,7 +278,7 @@ class NumbaBackend(NumpyBackend):
         args = arrays + (step, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), inv_sqrt_bias2,
                          dt(eps), l2, decay, amsgrad)
         if _parallel(param.size):
-            K.adam_parallel(*args, numba.get_num_threads())
+            K.adam_parallel(*args, _flat_blocks())
         else:
             K.adam_block(*args)
 

@@ -1,0 +1,217 @@
+"""The numba backend beyond the kernel-by-kernel equivalence: a short training run
+equal to the reference's, its serial and parallel paths bit-identical, and its
+vectorised exp/tanh/expm1/log1p accurate, special values included."""
+
+import numpy as np
+import pytest
+from conftest import RTOL
+
+import fastnn
+
+numba = pytest.importorskip("numba")
+from fastnn.backends import _numba_kernels as K  # noqa: E402
+from fastnn.backends import numba_backend  # noqa: E402
+
+pytestmark = pytest.mark.skipif("numba" not in fastnn.available_backends(),
+                                reason="the numba backend did not load")
+
+
+# ------------------------------------------------------------------ training
+def train(backend, dtype, steps=20):
+    """A 20x8 -> 16 relu -> 3 softmax classifier trained with Adam through the
+    backend's kernels directly; parameters and gradients live in one flat buffer
+    each (W1, b1, W2, b2 are views), so each step is a single adam_step call."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((20, 8)).astype(dtype)
+    y = rng.integers(0, 3, 20)
+    shapes = [(8, 16), (16,), (16, 3), (3,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    params, grads = np.zeros(sum(sizes), dtype), np.zeros(sum(sizes), dtype)
+    m, v = np.zeros_like(params), np.zeros_like(params)
+
+    def views(buf):
+        out, at = [], 0
+        for shape, size in zip(shapes, sizes):
+            out.append(buf[at:at + size].reshape(shape))
+            at += size
+        return out
+
+    W1, b1, W2, b2 = views(params)
+    gW1, gb1, gW2, gb2 = views(grads)
+    init = fastnn.get_backend("numpy")
+    W1[...], b1[...] = init.init_weights("sklearn", 8, 16, rng=1, dtype=dtype)
+    W2[...], b2[...] = init.init_weights("sklearn", 16, 3, rng=2, dtype=dtype)
+    h = np.empty((20, 16), dtype)
+    losses = []
+    for t in range(1, steps + 1):
+        backend.dense_forward(X, W1, b1, "relu", out=h)
+        logits = backend.dense_forward(h, W2, b2, "identity")
+        loss, dlogits = backend.softmax_cross_entropy(logits, y)
+        dh, _, _ = backend.dense_backward(dlogits, h, W2, logits, "identity", dW=gW2, db=gb2)
+        backend.dense_backward(dh, X, W1, h, "relu", need_dx=False, dW=gW1, db=gb1)
+        backend.adam_step(params, grads, m, v, t, lr=1e-2)
+        losses.append(loss)
+    return params, np.array(losses)
+
+
+def test_training_matches_reference(dtype):
+    ref_params, ref_losses = train(fastnn.get_backend("numpy"), dtype)
+    params, losses = train(fastnn.get_backend("numba"), dtype)
+    assert losses[-1] < 0.9 * losses[0]  # it learns
+    rtol = RTOL[np.dtype(dtype)]  # observed: ~3e-7 (float32), ~3e-16 (float64)
+    np.testing.assert_allclose(losses, ref_losses, rtol=rtol)
+    np.testing.assert_allclose(params, ref_params, rtol=rtol, atol=rtol * np.abs(ref_params).max())
+
+
+# ---------------------------------------------------- serial against parallel
+def rand(shape, dtype, seed, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def _activations(be, dtype):
+    out = []
+    for act in ("logistic", "tanh", "relu", "softplus", "softmax"):
+        x = rand((300, 257), dtype, 1, 3.0)
+        y = be.activation_forward(x, act)
+        out += [y, be.activation_backward(rand((300, 257), dtype, 2), y, act, x=x)]
+    return out
+
+
+def _dense(be, dtype):
+    x, W, b = rand((300, 70), dtype, 3), rand((70, 257), dtype, 4, 0.1), rand((257,), dtype, 5)
+    preact = np.empty((300, 257), dtype)
+    y = be.dense_forward(x, W, b, "gelu", preact=preact)
+    return [y, preact, *be.dense_backward(rand((300, 257), dtype, 6), x, W, y, "gelu", preact=preact)]
+
+
+def _losses(be, dtype):
+    p, t = rand((300, 257), dtype, 7, 3.0), rand((300, 257), dtype, 8)
+    w = np.abs(rand((300,), dtype, 9)) + 0.1
+    labels = np.random.default_rng(10).integers(0, 257, 300)
+    probs = np.abs(t) / np.abs(t).sum(axis=1, keepdims=True)
+    signs = np.where(t > 0, 1, -1).astype(dtype)
+    return [*be.softmax_cross_entropy(p, labels, sample_weight=w),
+            *be.softmax_cross_entropy(p, probs),
+            *be.sigmoid_binary_cross_entropy(p, (t > 0).astype(dtype)),
+            *be.squared_error(p, t, sample_weight=w), *be.absolute_error(p, t),
+            *be.huber(p, t, delta=0.5), *be.hinge(p, signs)]
+
+
+def _batchnorm(be, dtype):
+    x = rand((300, 257), dtype, 11, 2.0) + 3
+    gamma, beta = rand((257,), dtype, 12), rand((257,), dtype, 13)
+    rm, rv = np.zeros(257, dtype), np.ones(257, dtype)
+    out = []
+    for training in (True, False):
+        y, cache = be.batchnorm_forward(x, gamma, beta, rm, rv, training)
+        out += [y, rm.copy(), rv.copy(), *be.batchnorm_backward(rand((300, 257), dtype, 14), cache)]
+    return out
+
+
+def _elementwise(be, dtype):
+    size = 77_777  # odd: blocks of unequal sizes
+    p, g = rand((size,), dtype, 15), rand((size,), dtype, 16)
+    s1, s2, s3 = (np.abs(rand((size,), dtype, seed, 0.1)) for seed in (17, 18, 19))
+    v_max = s2.copy()
+    out = [be.dropout_forward(p, 0.3, seed=99), be.weight_penalty(p, g, l2=1e-3, l1=1e-4)]
+    be.sgd_step(p, g, s1, lr=0.1, momentum=0.9, nesterov=True)
+    be.adam_step(p, g, s2, s3, 3, lr=1e-2, amsgrad=True, v_max=v_max, weight_decay=1e-2)
+    be.adagrad_step(p, g, s1, lr=1e-2)
+    be.rmsprop_step(p, g, s2, lr=1e-2, momentum=0.9, momentum_buf=s3, centered=True,
+                    grad_avg=s1 * 0.1)
+    be.adadelta_step(p, g, s2, s3)
+    return out + [p, g, s1, s2, s3, v_max]
+
+
+@pytest.mark.parametrize("group", [_activations, _dense, _losses, _batchnorm, _elementwise])
+def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
+    be = fastnn.get_backend("numba")
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 1 << 62)  # every kernel serial
+    serial = group(be, dtype)
+    monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 0)  # every kernel parallel
+    parallel = group(be, dtype)
+    assert len(serial) == len(parallel)
+    for i, (s, p) in enumerate(zip(serial, parallel)):
+        np.testing.assert_array_equal(s, p, err_msg=f"{group.__name__} output {i}")
+
+
+def test_threshold_splits_real_work():
+    """Small calls take the serial path, large ones the parallel one."""
+    assert not numba_backend._parallel(64 * 10)
+    assert numba_backend._parallel(8192 * 1000)
+
+
+def test_every_kernel_but_the_initialisers_is_jitted():
+    owners = fastnn.backends.kernel_owners("numba")
+    assert {k for k, owner in owners.items() if owner != "numba"} == {"init_weights"}
+
+
+# ---------------------------------------------------------- vectorised math
+# not cached: Numba checks a cache against its own file only, not the kernels it calls
+@numba.njit(error_model="numpy")
+def _apply(code, x, out):
+    for i in range(x.size):
+        v = x[i]
+        if code == 0:
+            out[i] = K.fexp(v)
+        elif code == 1:
+            out[i] = K.exp_nonpositive(v)
+        elif code == 2:
+            out[i] = K.tanh64(np.float64(v))
+        elif code == 3:
+            out[i] = K.expm1_64(np.float64(v))
+        else:
+            out[i] = K.log1p_unit(np.float64(v))
+
+
+def ulps(actual, exact, dtype):
+    """|actual - exact| in units of the dtype's spacing at exact."""
+    return np.abs(actual.astype(np.float64) - exact) / np.spacing(np.abs(exact).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_exp_accuracy_and_special_values(dtype):
+    big = 88.7 if dtype == np.float32 else 709.7
+    tiny = -87.3 if dtype == np.float32 else -708.3
+    x = np.concatenate([np.linspace(tiny, big, 200_001), np.linspace(-1, 1, 20_001)]).astype(dtype)
+    out = np.empty_like(x)
+    _apply(0, x, out)
+    exact = np.exp(x.astype(np.longdouble))
+    worst = ulps(out, exact, dtype).max()
+    assert worst < (1.5 if dtype == np.float32 else 2.0), worst
+    special = np.array([np.nan, np.inf, -np.inf, 1e4, -1e4, 0.0, big + 1, 2 * tiny], dtype)
+    _apply(0, special, out[:8])
+    with np.errstate(over="ignore", under="ignore"):
+        want = np.exp(special)
+    np.testing.assert_array_equal(np.isnan(out[:8]), np.isnan(want))
+    np.testing.assert_array_equal(out[1:6], want[1:6])
+    assert np.isinf(out[6]) and out[7] < np.finfo(dtype).tiny
+
+    neg = -np.abs(x)
+    _apply(1, neg, out)
+    normal = np.exp(neg.astype(np.float64)) >= np.finfo(dtype).tiny
+    exact_neg = np.exp(neg.astype(np.longdouble))
+    assert ulps(out[normal], exact_neg[normal], dtype).max() < 1.5
+    assert (out[~normal] == 0).all()
+    _apply(1, np.array([np.nan, -np.inf, -1e4, 0.0], dtype), out[:4])
+    assert np.isnan(out[0]) and (out[1:3] == 0).all() and out[3] == 1
+
+
+def test_float64_helpers_accuracy():
+    x = np.concatenate([np.linspace(-30, 30, 100_001), np.geomspace(1e-12, 1, 10_001),
+                        -np.geomspace(1e-12, 1, 10_001), [0.0]])
+    out = np.empty_like(x)
+    xl = x.astype(np.longdouble)
+    for code, exact in ((2, np.tanh(xl)), (3, np.expm1(xl))):
+        _apply(code, x, out)
+        err = np.abs(out - exact) / np.maximum(np.abs(exact), 1e-300)
+        assert err.max() < 1e-14, (code, err.max())
+    e = np.concatenate([np.geomspace(1e-300, 1, 100_001), [0.0]])
+    out = np.empty_like(e)
+    _apply(4, e, out)
+    exact = np.log1p(e.astype(np.longdouble))
+    assert (np.abs(out - exact) <= 1e-15 * np.abs(exact)).all()
+    special = np.array([np.nan, np.inf, -np.inf])
+    for code, want in ((2, [np.nan, 1, -1]), (3, [np.nan, np.inf, -1])):
+        _apply(code, special, out[:3])
+        np.testing.assert_array_equal(out[:3], want)
