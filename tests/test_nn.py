@@ -269,6 +269,36 @@ def test_sgd_and_adam_follow_scikit_learns_update_rules():
             np.testing.assert_allclose(p_ours, p_theirs, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_reproduces_scikit_learns_mlp_training(solver):
+    """With scikit-learn's conventions (its initialisation drawn from a RandomState,
+    penalty per batch sample, its Adam eps and SGD velocity, invscaling), three
+    epochs of MLPClassifier are reproduced."""
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = digits_split()[0::2]
+    if solver == "adam":
+        opt, lr = nn.Adam(1e-3, sklearn_eps=True), 1e-3
+    else:
+        opt, lr = nn.SGD(0.1, momentum=0.9, nesterov=True, lr_in_velocity=True,
+                         schedule=nn.InverseScaling(0.5)), 0.1
+    clf = MLPClassifier((16,), solver=solver, alpha=1e-3, batch_size=50, shuffle=False, max_iter=3,
+                        random_state=0, learning_rate_init=lr, learning_rate="invscaling", momentum=0.9)
+    clf.fit(X, y)
+    model = nn.Sequential([nn.Dense(16, "relu"), nn.Dense(10)], loss="sparse_categorical_crossentropy",
+                          optimizer=opt, l2=1e-3, penalty_per_sample=True, dtype=np.float64, input_dim=64)
+    rng = np.random.RandomState(0)  # scikit-learn's draws, in its order
+    for layer in model.layers:
+        layer.W[...], layer.b[...] = model.backend.init_weights(
+            "sklearn", layer.n_in, layer.units, rng=rng, dtype=np.float64, activation="relu")
+    history = model.fit(X, y, epochs=3, batch_size=50, shuffle=False, verbose=0)
+    np.testing.assert_allclose(history["loss"], clf.loss_curve_, rtol=1e-12)
+    for layer, W, b in zip(model.layers, clf.coefs_, clf.intercepts_):
+        np.testing.assert_allclose(layer.W, W, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(layer.b, b, rtol=1e-10, atol=1e-13)
+
+
 def test_schedules():
     def rates(schedule, losses):
         opt = nn.SGD(1.0, schedule=schedule)
