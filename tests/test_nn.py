@@ -242,6 +242,20 @@ def test_other_losses_train(loss, y):
     assert history["loss"][-1] < 0.6 * history["loss"][0]
 
 
+def test_sample_weight_scales_samples_and_zero_weight_batches_are_skipped():
+    X = data(60, 3)
+    y = X @ np.array([1.0, -2.0, 0.5])
+    w = np.r_[np.zeros(20), np.full(40, 2.0)]  # the first two batches weigh nothing
+
+    def trained(X, y, w):
+        model = nn.Sequential([nn.Dense(1)], loss="mse", optimizer=nn.SGD(0.1), seed=0, dtype=np.float64)
+        model.fit(X, y, epochs=5, batch_size=10, shuffle=False, sample_weight=w, verbose=0)
+        return model.get_flat_params()
+
+    # zero-weight samples are as good as absent; a constant weight changes nothing
+    np.testing.assert_allclose(trained(X, y, w), trained(X[20:], y[20:], None), rtol=1e-12)
+
+
 # ------------------------------------------------ scikit-learn conventions
 def test_sgd_and_adam_follow_scikit_learns_update_rules():
     from sklearn.neural_network._stochastic_optimizers import AdamOptimizer, SGDOptimizer
@@ -670,6 +684,8 @@ def bad_input_cases():
                          ValueError, "X_val has 2 features"),
         "weights-negative": (lambda: clf().fit(X, y, sample_weight=-np.ones(20), verbose=0), ValueError,
                              "non-negative"),
+        "weights-split-zero": (lambda: clf().fit(X, y, sample_weight=np.r_[np.zeros(16), np.ones(4)],
+                                                 validation_split=0.2, verbose=0), ValueError, "sum to 0"),
         "bn-batch-1": (lambda: bn.fit(X[:17], y[:17], batch_size=8, verbose=0), ValueError, "batch norm"),
         "softmax-1-output": (lambda: nn.Sequential([nn.Dense(1)], loss="categorical_crossentropy")
                              .fit(X, y, verbose=0), ValueError, "at least 2 outputs"),

@@ -454,6 +454,9 @@ class Sequential:
                                  "training; both parts must be non-empty")
             val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])
             X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]
+            for part, weights in (("training", w), ("validation", val[2])):
+                if weights is not None and weights.sum() <= 0:
+                    raise ValueError(f"the sample weights of the {part} part of validation_split sum to 0")
         n = X.shape[0]
         bs = n if batch_size is None else min(batch_size, n)
         self._prepare_training({bs, n % bs or bs})
@@ -478,25 +481,28 @@ class Sequential:
             start = time.perf_counter()
             np.copyto(snapshot, self._params)
             order = rng.permutation(n) if shuffle else None
-            total = weight_total = correct = 0.0
+            total = weight_total = correct = seen = 0.0
             for step, lo in enumerate(range(0, n, bs), start=1):
                 hi = min(lo + bs, n)
                 ws = self._workspace(hi - lo)
                 xb, tb, wb = _batch(X, t, w, order, lo, hi, ws[1])
+                bw = (hi - lo) if wb is None else float(wb.sum())
+                if bw == 0:  # every sample weighs 0: nothing to learn from this batch
+                    continue
                 try:
                     loss = self._train_batch(backend, xb, tb, wb, ws)
                 except _NonFiniteLoss as exc:
                     self._diverged(snapshot, epoch, step, exc.loss, bar)
-                bw = (hi - lo) if wb is None else float(wb.sum())
                 total += loss * bw
                 weight_total += bw
+                seen += hi - lo
                 if self._reports_accuracy:
                     correct += self.loss.correct(ws[1]["out"], tb)
             if not _all_finite(self._params):  # the last step's update overflowed
                 self._diverged(snapshot, epoch, step, math.nan, bar)
             logs = {"loss": total / weight_total}
             if self._reports_accuracy:
-                logs["accuracy"] = correct / n
+                logs["accuracy"] = correct / seen
             if val is not None:
                 for key, value in self._evaluate(*val).items():
                     logs["val_" + key] = value
@@ -601,10 +607,12 @@ class Sequential:
                 grad = ws[1]["dout"] = np.empty_like(out)
             wb = None if w is None else w[lo:hi]
             bw = (hi - lo) if wb is None else float(wb.sum())
-            total += self.loss(backend, out, t[lo:hi], wb, grad) * bw
-            weight_total += bw
             if self._reports_accuracy:
                 correct += self.loss.correct(out, t[lo:hi])
+            if bw == 0:
+                continue
+            total += self.loss(backend, out, t[lo:hi], wb, grad) * bw
+            weight_total += bw
         self._release_inputs()
         self._penalties = self._penalty_terms()
         logs = {"loss": total / weight_total + self._penalty(backend, X.shape[0])}
