@@ -138,6 +138,28 @@ class Network:
                                 state["running_mean"] + state["running_var"]):
             mine[...] = theirs
 
+    def check_data(self, X, t, w):
+        """The training data, checked once per fit because the hot loop calls
+        kernel implementations that do not check: X (N, n_features) dense
+        C-contiguous or CSR, t int64 labels (softmax) or (N, n_outputs), w None or
+        (N,), all float arrays in the network's dtype."""
+        n = X.shape[0]
+        if X.dtype != self.dtype or X.shape[1] != self.layer_units[0]:
+            raise TypeError(f"X must be {self.dtype} with {self.layer_units[0]} columns, got {X.dtype} "
+                            f"{X.shape}")
+        if not hasattr(X, "toarray") and not X.flags.c_contiguous:
+            raise ValueError("X must be C-contiguous")
+        if self.loss == "softmax":
+            want = (np.dtype(np.int64), (n,))
+        else:
+            want = (self.dtype, (n, self.layer_units[-1]))
+        if (t.dtype, t.shape) != want or not t.flags.c_contiguous:
+            raise TypeError(f"targets must be C-contiguous {want[0]} of shape {want[1]}, "
+                            f"got {t.dtype} {t.shape}")
+        if w is not None and (w.dtype != self.dtype or w.shape != (n,) or not w.flags.c_contiguous):
+            raise TypeError(f"sample_weight must be C-contiguous {self.dtype} of shape ({n},), got {w.dtype} "
+                            f"{w.shape}")
+
     def clear_workspaces(self):
         self._workspaces = {}
 

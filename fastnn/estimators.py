@@ -260,9 +260,9 @@ class _FastMLP:
         return np.ascontiguousarray(y, dtype=dtype)
 
     def _sample_weight(self, sample_weight, X, y, incremental):
-        """Validated sample weights (scikit-learn's utility), times class weights."""
+        """Validated sample weights (scikit-learn's utility) in X's dtype."""
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X)
+            sample_weight = np.ascontiguousarray(_check_sample_weight(sample_weight, X), dtype=X.dtype)
         return sample_weight
 
     # ------------------------------------------------------------------ fit
@@ -301,6 +301,7 @@ class _FastMLP:
     def _fit_lbfgs(self, net, backend, X, y, sample_weight):
         targets = self._targets(y, net.dtype)
         x = dense_rows(X, None, np.empty(X.shape, net.dtype)) if sp.issparse(X) else X
+        net.check_data(x, targets, sample_weight)
         ws = net.workspace(x.shape[0])
         seed = mix_seed(self._dropout_seed, 0)  # one fixed dropout mask: a deterministic objective
 
@@ -348,6 +349,7 @@ class _FastMLP:
                 stats = [s.copy() for s in net.running_mean + net.running_var]
                 self._best_params = (net.params.copy(), stats)
         targets = self._targets(y, net.dtype)
+        net.check_data(X, targets, sample_weight)
         n_samples = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
@@ -580,7 +582,7 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
             weights = compute_class_weight(self.class_weight, classes=self.classes_,
                                            y=self.classes_[labels])
         factor = weights[labels].astype(X.dtype)
-        return factor if sample_weight is None else sample_weight * factor
+        return factor if sample_weight is None else (sample_weight * factor).astype(X.dtype)
 
 
 class MLPRegressor(_FastMLP, _SklearnMLPRegressor):
