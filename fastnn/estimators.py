@@ -120,8 +120,6 @@ class _FastMLP:
     """Training and forward pass shared by both estimators (placed before
     scikit-learn's class in the bases, so these methods replace its own)."""
 
-    _fastnn_extras = ("backend", "dtype", "dropout", "batch_norm", "init", "weight_decay")
-
     # ------------------------------------------------------------- helpers
     def _backend(self):
         return backends.get_backend(self.backend)
