@@ -7,7 +7,7 @@
  * result is then the correctly rounded one, like the reference's, which matters
  * because derivatives written in y (1 - y^2, y (1 - y)) magnify any difference
  * in its last bits. */
-static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
+INLINE void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
     switch (act) {
     case FASTNN_IDENTITY:
         if (y != x) for (int64_t i = 0; i < n; i++) y[i] = x[i];
@@ -63,7 +63,7 @@ static inline void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
 
 /* y (cols,) = softmax(x (cols,)); y may be x. The sum is accumulated in double:
  * the backward's dy - sum(dy y) cancels, so y must be accurate. */
-static inline void FN(softmax_row)(const T *x, T *y, int64_t cols) {
+INLINE void FN(softmax_row)(const T *x, T *y, int64_t cols) {
     T m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < cols; j++) m = x[j] > m ? x[j] : m;
@@ -79,7 +79,7 @@ static inline void FN(softmax_row)(const T *x, T *y, int64_t cols) {
 
 /* dz[i] = dy[i] * act'(x[i]) in terms of y for n elements (not softmax), in the
  * reference's order of operations; in double where the forward is (see above) */
-static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *dz, int64_t n,
+INLINE void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *dz, int64_t n,
                                         int act) {
     switch (act) {
     case FASTNN_IDENTITY:
@@ -127,7 +127,7 @@ static inline void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *
 }
 
 /* dz (cols,) = y * (dy - sum(dy * y)) for one softmax row, the sum in double */
-static inline void FN(softmax_backward_row)(const T *dy, const T *y, T *dz, int64_t cols) {
+INLINE void FN(softmax_backward_row)(const T *dy, const T *y, T *dz, int64_t cols) {
     double s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) s += (double)(dy[j] * y[j]);
@@ -188,7 +188,7 @@ struct FN(backward_args) {
 };
 
 /* rows per block: the block's dz is summed into db while it is still in cache */
-static inline int64_t FN(block_rows)(int64_t cols) {
+INLINE int64_t FN(block_rows)(int64_t cols) {
     return cols >= 2048 ? 1 : 2048 / cols;
 }
 

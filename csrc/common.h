@@ -15,11 +15,19 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(FASTNN_NO_CLONES)
 #define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+/* loops of 64-bit integer multiplies (the dropout hash) also get an AVX-512 clone:
+ * AVX2 has no 64-bit vector multiply and emulates it with three 32-bit ones */
+#define HOT_MUL64 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT
+#define HOT_MUL64
 #endif
 
 /* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */
+/* per-element and per-row helpers are forced inline into the HOT loops that call
+ * them, so they are compiled for each clone's instruction set */
+#define INLINE static inline __attribute__((always_inline))
+
 #define PASTE2(a, b) a##_##b
 #define PASTE(a, b) PASTE2(a, b)
 #define FN(name) PASTE(name, S)

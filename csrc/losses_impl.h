@@ -17,7 +17,7 @@ struct FN(loss_args) {
 };
 
 /* what turns sample i's loss into its share of the (weighted) mean */
-static inline double FN(sample_scale)(const struct FN(loss_args) *a, int64_t i) {
+INLINE double FN(sample_scale)(const struct FN(loss_args) *a, int64_t i) {
     return a->w ? (double)a->w[i] / a->wsum : 1.0 / (double)a->n;
 }
 
@@ -36,7 +36,7 @@ static double FN(setup)(struct FN(loss_args) *a, range_fn fn, int64_t min_parall
 
 /* -------------------------------------------------- softmax cross-entropy */
 /* max and sum of e = exp(x - max) of one row (k,), e written to out */
-static inline T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
+INLINE T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
     T m = -INFINITY;
 #pragma omp simd reduction(max : m)
     for (int64_t j = 0; j < k; j++) m = x[j] > m ? x[j] : m;
@@ -53,7 +53,7 @@ static inline T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
 /* The reference's softmax is exp(x - lse) with lse rounded to T; p = e r with
  * r = exp(m - lse) reproduces it, so logits of 1e4 (where a float lse has an ulp
  * of 1e-3) give the reference's p. */
-static inline T FN(lse_ratio)(T m, T s, double *lse) {
+INLINE T FN(lse_ratio)(T m, T s, double *lse) {
     T lse_t = m + (T)log((double)s); /* log-sum-exp: stable for logits of any size */
     *lse = (double)lse_t;
     return FN(exp)(m - lse_t);
@@ -121,7 +121,7 @@ double FN(softmax_cross_entropy_probs)(const T *logits, const T *targets, const 
 
 /* ------------------------------------------- sigmoid binary cross-entropy */
 /* len elements of one scale; returns the sum of their losses (unscaled) */
-static inline double FN(bce_seg)(const T *x, const T *t, T *g, int64_t len, T scale) {
+INLINE double FN(bce_seg)(const T *x, const T *t, T *g, int64_t len, T scale) {
     double total = 0;
 #pragma omp simd reduction(+ : total)
     for (int64_t j = 0; j < len; j++) {
@@ -137,7 +137,7 @@ static inline double FN(bce_seg)(const T *x, const T *t, T *g, int64_t len, T sc
 }
 
 /* ------------------------------------------------------ elementwise losses */
-static inline double FN(elementwise_seg)(int loss, const T *p, const T *t, T *g, int64_t len,
+INLINE double FN(elementwise_seg)(int loss, const T *p, const T *t, T *g, int64_t len,
                                          T scale, T delta) {
     double total = 0;
     switch (loss) {

@@ -12,7 +12,7 @@ struct FN(dropout_args) {
     T scale;
 };
 
-HOT static void FN(dropout_range)(void *args, int64_t i0, int64_t i1, int part) {
+HOT_MUL64 static void FN(dropout_range)(void *args, int64_t i0, int64_t i1, int part) {
     const struct FN(dropout_args) *a = args;
     (void)part;
     for (int64_t i = i0; i < i1; i++) {
@@ -21,7 +21,7 @@ HOT static void FN(dropout_range)(void *args, int64_t i0, int64_t i1, int part) 
         z = (z ^ (z >> 30)) * MIX1;
         z = (z ^ (z >> 27)) * MIX2;
         z ^= z >> 31;
-        a->y[i] = (z >> 11) >= a->threshold ? a->x[i] * a->scale : (T)0;
+        a->y[i] = FN(keep)(a->x[i] * a->scale, (z >> 11) >= a->threshold);
     }
 }
 

@@ -19,16 +19,18 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline uint32_t bits_f32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
-static inline float from_bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
-static inline uint64_t bits_f64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
-static inline double from_bits_f64(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
+#define VMATH_INLINE static inline __attribute__((always_inline))
+
+VMATH_INLINE uint32_t bits_f32(float x) { uint32_t u; memcpy(&u, &x, 4); return u; }
+VMATH_INLINE float from_bits_f32(uint32_t u) { float x; memcpy(&x, &u, 4); return x; }
+VMATH_INLINE uint64_t bits_f64(double x) { uint64_t u; memcpy(&u, &x, 8); return u; }
+VMATH_INLINE double from_bits_f64(uint64_t u) { double x; memcpy(&x, &u, 8); return x; }
 
 /* 2^k for an integer-valued k in [-126, 127] held as magic + k (its low bits) */
-static inline float pow2_f32(float magic_plus_k) {
+VMATH_INLINE float pow2_f32(float magic_plus_k) {
     return from_bits_f32((bits_f32(magic_plus_k) + 127u) << 23);
 }
-static inline double pow2_f64(double magic_plus_k) {
+VMATH_INLINE double pow2_f64(double magic_plus_k) {
     return from_bits_f64((bits_f64(magic_plus_k) + 1023u) << 52);
 }
 
@@ -36,7 +38,7 @@ static inline double pow2_f64(double magic_plus_k) {
 #define ROUND_MAGIC_F64 6755399441055744.0         /* 1.5 * 2^52 */
 
 /* e^r - 1 for |r| <= ln2/2: Taylor to r^7 (float), r^13 (double) */
-static inline float expm1_poly_f32(float r) {
+VMATH_INLINE float expm1_poly_f32(float r) {
     float p = 1.0f / 5040;
     p = p * r + 1.0f / 720;
     p = p * r + 1.0f / 120;
@@ -46,7 +48,7 @@ static inline float expm1_poly_f32(float r) {
     p = p * r + 1.0f;
     return p * r;
 }
-static inline double expm1_poly_f64(double r) {
+VMATH_INLINE double expm1_poly_f64(double r) {
     double p = 1.0 / 6227020800.0;
     p = p * r + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
@@ -69,7 +71,7 @@ static inline double expm1_poly_f64(double r) {
 #define LN2_HI_F64 6.93147180369123816490e-01
 #define LN2_LO_F64 1.90821492927058770002e-10
 
-static inline float exp_f32(float x) {
+VMATH_INLINE float exp_f32(float x) {
     /* e^x overflows above 88.7228 and is below half the smallest subnormal
      * under -103.98; clamping keeps n in [-150, 128] (NaN passes through) */
     float xc = x < -104.0f ? -104.0f : x;
@@ -84,7 +86,7 @@ static inline float exp_f32(float x) {
     return p * s1 * s2;
 }
 
-static inline double exp_f64(double x) {
+VMATH_INLINE double exp_f64(double x) {
     /* e^x overflows above 709.78 and is below half the smallest subnormal under
      * -745.13; clamping keeps n in [-1077, 1025] */
     double xc = x < -746.0 ? -746.0 : x;
@@ -100,14 +102,14 @@ static inline double exp_f64(double x) {
 }
 
 /* e^x - 1 for x <= 0 (and NaN), accurate near 0: 2^n (e^r - 1) + (2^n - 1) */
-static inline float expm1_neg_f32(float x) {
+VMATH_INLINE float expm1_neg_f32(float x) {
     float xc = x < -30.0f ? -30.0f : x; /* e^-30 - 1 rounds to -1 */
     float n = (xc * 1.44269504088896341f + ROUND_MAGIC_F32) - ROUND_MAGIC_F32;
     float r = xc - n * LN2_HI_F32 - n * LN2_LO_F32;
     float s = pow2_f32(n + ROUND_MAGIC_F32);
     return s * expm1_poly_f32(r) + (s - 1.0f);
 }
-static inline double expm1_neg_f64(double x) {
+VMATH_INLINE double expm1_neg_f64(double x) {
     double xc = x < -60.0 ? -60.0 : x;
     double n = (xc * 1.4426950408889634074 + ROUND_MAGIC_F64) - ROUND_MAGIC_F64;
     double r = xc - n * LN2_HI_F64 - n * LN2_LO_F64;
@@ -119,7 +121,7 @@ static inline double expm1_neg_f64(double x) {
  * [sqrt(1/2), sqrt(2)], log f = 2 atanh(s) with s = (f - 1) / (f + 1),
  * |s| <= 0.172, by its odd series; (u - (w - 1)) / w restores what the
  * rounding of 1 + u lost. */
-static inline float log1p_unit_f32(float u) {
+VMATH_INLINE float log1p_unit_f32(float u) {
     float w = 1.0f + u;
     float k = w > 1.41421356f ? 1.0f : 0.0f;
     float f = w > 1.41421356f ? 0.5f * w : w;
@@ -132,7 +134,7 @@ static inline float log1p_unit_f32(float u) {
     float lg = 2.0f * s + 2.0f * s * s2 * q;
     return k * 0.693147180559945309f + (lg + (u - (w - 1.0f)) / w);
 }
-static inline double log1p_unit_f64(double u) {
+VMATH_INLINE double log1p_unit_f64(double u) {
     double w = 1.0 + u;
     double k = w > 1.4142135623730951 ? 1.0 : 0.0;
     double f = w > 1.4142135623730951 ? 0.5 * w : w;
@@ -152,14 +154,22 @@ static inline double log1p_unit_f64(double u) {
     return k * 0.693147180559945309 + (lg + (u - (w - 1.0)) / w);
 }
 
+/* v where keep is 1, +0.0 where it is 0 (whatever v is, NaN included), branch-free */
+VMATH_INLINE float keep_f32(float v, int keep) {
+    return from_bits_f32(bits_f32(v) & (0u - (uint32_t)keep));
+}
+VMATH_INLINE double keep_f64(double v, int keep) {
+    return from_bits_f64(bits_f64(v) & ((uint64_t)0 - (uint64_t)keep));
+}
+
 /* type-suffixed names of libm functions, for the kernel templates */
-static inline float abs_f32(float x) { return fabsf(x); }
-static inline double abs_f64(double x) { return fabs(x); }
-static inline float copysign_f32(float x, float y) { return copysignf(x, y); }
-static inline double copysign_f64(double x, double y) { return copysign(x, y); }
-static inline float erfc_f32(float x) { return erfcf(x); }
-static inline double erfc_f64(double x) { return erfc(x); }
-static inline float sqrt_f32(float x) { return sqrtf(x); }
-static inline double sqrt_f64(double x) { return sqrt(x); }
+VMATH_INLINE float abs_f32(float x) { return fabsf(x); }
+VMATH_INLINE double abs_f64(double x) { return fabs(x); }
+VMATH_INLINE float copysign_f32(float x, float y) { return copysignf(x, y); }
+VMATH_INLINE double copysign_f64(double x, double y) { return copysign(x, y); }
+VMATH_INLINE float erfc_f32(float x) { return erfcf(x); }
+VMATH_INLINE double erfc_f64(double x) { return erfc(x); }
+VMATH_INLINE float sqrt_f32(float x) { return sqrtf(x); }
+VMATH_INLINE double sqrt_f64(double x) { return sqrt(x); }
 
 #endif

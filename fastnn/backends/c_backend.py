@@ -5,9 +5,19 @@ every size taken from the arrays themselves. GEMMs stay in BLAS through NumPy;
 the C kernels do what surrounds them. Kernels not overridden here (init_weights)
 run the reference implementation."""
 
+import os
+
 import numpy as np
 
-from .. import _ckernels  # ImportError when the extension was not built
+# OpenMP threads that spin-wait after a parallel region keep a core busy that the
+# BLAS threads of the next GEMM need, and on a busy machine a region then waits a
+# whole scheduler time slice for its own threads: measured here, a dense layer's
+# GEMMs + C epilogue ran several times slower with spinning threads. So the C
+# kernels' threads sleep when idle, unless the environment chose a policy
+# (libgomp reads it when it is loaded, which importing the extension does).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .. import _ckernels  # noqa: E402  (ImportError when the extension was not built)
 from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
 
 ffi, lib = _ckernels.ffi, _ckernels.lib
@@ -61,14 +71,15 @@ class CBackend(NumpyBackend):
     # -------------------------------------------------------------- activations
     def _activation_forward(self, x, activation, out):
         k = KERNELS[x.dtype]
-        rows, cols = (x.shape[0], x.shape[1]) if activation == "softmax" else (1, x.size)
+        # softmax works on rows; the others on x as one flat run, split between threads
+        rows, cols = (x.shape[0], x.shape[1]) if activation == "softmax" else (x.size, 1)
         fb, ct = ffi.from_buffer, k.ctype
         k.bias_activation_forward(fb(ct, x), NULL, NULL, fb(ct, out), rows, cols,
                                   ACTIVATION_CODE[activation])
 
     def _activation_backward(self, dy, y, activation, x, out):
         k = KERNELS[y.dtype]
-        rows, cols = (y.shape[0], y.shape[1]) if activation == "softmax" else (1, y.size)
+        rows, cols = (y.shape[0], y.shape[1]) if activation == "softmax" else (y.size, 1)
         fb, ct = ffi.from_buffer, k.ctype
         x = x if activation in NEEDS_INPUT else None  # checked only when needed
         _check(k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, x), fb(ct, out), NULL, rows,
