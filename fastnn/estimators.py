@@ -482,8 +482,9 @@ _EXTRAS_DOC = """
     dtype : None, 'float32' or 'float64', default=None
         Working precision. None follows X as scikit-learn does (float32 input trains
         float32 weights, everything else float64); 'float32' trains in float32 on
-        float64 input too, which is faster. Predictions are computed in the
-        weights' dtype.
+        float64 input too, which is faster. Predictions are in the dtype given
+        here, or with None in X's dtype promoted with the weights' (float64 X on
+        float32 weights gives float64), as scikit-learn's.
     dropout : float or array-like of float, default=0.0
         Inverted dropout after each hidden layer's activation during stochastic
         training: one rate in [0, 1) for every hidden layer, or one per hidden layer.
@@ -525,7 +526,7 @@ _EXTRAS_DOC = """
 _CLASS_WEIGHT_DOC = """
     class_weight : None, 'balanced' or dict, default=None
         Weights of the classes, multiplied into sample_weight: a dict
-        {{class label: weight}}, or 'balanced' for n_samples / (n_classes *
+        {class label: weight}, or 'balanced' for n_samples / (n_classes *
         count of the class). Single-output targets only; partial_fit takes a
         dict but not 'balanced' (one batch does not give the class frequencies)."""
 
