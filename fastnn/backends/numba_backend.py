@@ -65,8 +65,8 @@ class NumbaBackend(NumpyBackend):
         return max(1, BLOCK_ELEMS // cols), cols
 
     def _activation_forward(self, x, activation, out):
-        if x.size == 0:
-            return
+        if x.size == 0:  # the reference's behaviour, errors included
+            return super()._activation_forward(x, activation, out)
         code = CODES[activation]
         x2, out2 = _as_rows(x), _as_rows(out)
         if _parallel(x.size):
@@ -76,7 +76,7 @@ class NumbaBackend(NumpyBackend):
 
     def _activation_backward(self, dy, y, activation, x, out):
         if y.size == 0:
-            return
+            return super()._activation_backward(dy, y, activation, x, out)
         code = CODES[activation]
         dy2, y2, out2 = _as_rows(dy), _as_rows(y), _as_rows(out)
         x2 = _as_rows(x) if activation in NEEDS_INPUT else y2
