@@ -70,7 +70,7 @@ INLINE void FN(softmax_row)(const T *x, T *y, int64_t cols) {
     double s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < cols; j++) {
-        y[j] = FN(exp)(x[j] - m);
+        y[j] = FN(exp_nonpos)(x[j] - m);
         s += y[j];
     }
     T st = (T)s;

@@ -35,9 +35,9 @@ void bias_activation_forward_f64(const double *z, const double *b, double *preac
  * dz = dy * activation'(x), written with the forward output y (x, the forward
  * input, is read only for gelu, else may be NULL); db = column sums of dz. */
 int activation_backward_f32(const float *dy, const float *y, const float *x, float *dz,
-                             float *db, int64_t rows, int64_t cols, int activation);
+                            float *db, int64_t rows, int64_t cols, int activation);
 int activation_backward_f64(const double *dy, const double *y, const double *x, double *dz,
-                             double *db, int64_t rows, int64_t cols, int activation);
+                            double *db, int64_t rows, int64_t cols, int activation);
 
 /* out (cols,) = column sums of a (rows, cols) */
 int column_sums_f32(const float *a, float *out, int64_t rows, int64_t cols);
@@ -73,20 +73,20 @@ double elementwise_loss_f64(int loss, const double *pred, const double *targets,
  * updated in place with the unbiased variance. Inference: the running statistics
  * normalise x. y (n, c) = (x - mean) * invstd * gamma + beta. */
 int batchnorm_forward_f32(const float *x, const float *gamma, const float *beta,
-                           float *running_mean, float *running_var, float *y, float *mean,
-                           float *invstd, int64_t n, int64_t c, int training, double momentum,
-                           double eps);
+                          float *running_mean, float *running_var, float *y, float *mean,
+                          float *invstd, int64_t n, int64_t c, int training, double momentum,
+                          double eps);
 int batchnorm_forward_f64(const double *x, const double *gamma, const double *beta,
-                           double *running_mean, double *running_var, double *y, double *mean,
-                           double *invstd, int64_t n, int64_t c, int training, double momentum,
-                           double eps);
+                          double *running_mean, double *running_var, double *y, double *mean,
+                          double *invstd, int64_t n, int64_t c, int training, double momentum,
+                          double eps);
 /* dy, x, dx: (n, c); mean, invstd, gamma, dgamma, dbeta: (c,) */
 int batchnorm_backward_f32(const float *dy, const float *x, const float *mean,
-                            const float *invstd, const float *gamma, float *dx, float *dgamma,
-                            float *dbeta, int64_t n, int64_t c, int training);
+                           const float *invstd, const float *gamma, float *dx, float *dgamma,
+                           float *dbeta, int64_t n, int64_t c, int training);
 int batchnorm_backward_f64(const double *dy, const double *x, const double *mean,
-                            const double *invstd, const double *gamma, double *dx,
-                            double *dgamma, double *dbeta, int64_t n, int64_t c, int training);
+                           const double *invstd, const double *gamma, double *dx,
+                           double *dgamma, double *dbeta, int64_t n, int64_t c, int training);
 
 /* Inverted dropout over n elements: y = x * scale where element i is kept, else 0.
  * Kept iff (splitmix64(seed + (i + 1) * 0x9E3779B97F4A7C15) >> 11) >= threshold. */

@@ -43,7 +43,7 @@ INLINE T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < k; j++) {
-        out[j] = FN(exp)(x[j] - m);
+        out[j] = FN(exp_nonpos)(x[j] - m);
         s += out[j];
     }
     *max = m;

@@ -101,6 +101,25 @@ VMATH_INLINE double exp_f64(double x) {
     return p * s1 * s2;
 }
 
+/* e^x for x <= 0 (and NaN), as exp but flushed to 0 below x = -87 (float) or
+ * -708 (double), where e^x nears the smallest normal number (1.2e-38, 2.2e-308):
+ * one 2^n factor instead of two, and no overflow side. For softmax terms
+ * e^(x - max), where such a term is nothing against the row's largest, 1. */
+VMATH_INLINE float exp_nonpos_f32(float x) {
+    float xc = x < -87.0f ? -87.0f : x;
+    float n = (xc * 1.44269504088896341f + ROUND_MAGIC_F32) - ROUND_MAGIC_F32;
+    float r = xc - n * LN2_HI_F32 - n * LN2_LO_F32;
+    float e = (1.0f + expm1_poly_f32(r)) * pow2_f32(n + ROUND_MAGIC_F32);
+    return x < -87.0f ? 0.0f : e;
+}
+VMATH_INLINE double exp_nonpos_f64(double x) {
+    double xc = x < -708.0 ? -708.0 : x;
+    double n = (xc * 1.4426950408889634074 + ROUND_MAGIC_F64) - ROUND_MAGIC_F64;
+    double r = xc - n * LN2_HI_F64 - n * LN2_LO_F64;
+    double e = (1.0 + expm1_poly_f64(r)) * pow2_f64(n + ROUND_MAGIC_F64);
+    return x < -708.0 ? 0.0 : e;
+}
+
 /* e^x - 1 for x <= 0 (and NaN), accurate near 0: 2^n (e^r - 1) + (2^n - 1) */
 VMATH_INLINE float expm1_neg_f32(float x) {
     float xc = x < -30.0f ? -30.0f : x; /* e^-30 - 1 rounds to -1 */
@@ -117,28 +136,24 @@ VMATH_INLINE double expm1_neg_f64(double x) {
     return s * expm1_poly_f64(r) + (s - 1.0);
 }
 
-/* log(1 + u) for u in [0, 1] (and NaN): w = 1 + u = 2^k f with f in
- * [sqrt(1/2), sqrt(2)], log f = 2 atanh(s) with s = (f - 1) / (f + 1),
- * |s| <= 0.172, by its odd series; (u - (w - 1)) / w restores what the
- * rounding of 1 + u lost. */
+/* log(1 + u) for u in [0, 1] (and NaN): 1 + u = 2^k f with f in [sqrt(1/2),
+ * sqrt(2)], log f = 2 atanh(s) with s = (f - 1) / (f + 1), |s| <= 0.172, by its
+ * odd series. s is written directly in u, u / (u + 2) or, for k = 1,
+ * (u - 1) / (u + 3), so no rounding of 1 + u is involved and a tiny u keeps its
+ * relative precision. */
 VMATH_INLINE float log1p_unit_f32(float u) {
-    float w = 1.0f + u;
-    float k = w > 1.41421356f ? 1.0f : 0.0f;
-    float f = w > 1.41421356f ? 0.5f * w : w;
-    float s = (f - 1.0f) / (f + 1.0f);
+    int high = u > 0.41421356f; /* 1 + u > sqrt(2): k = 1 */
+    float s = (high ? u - 1.0f : u) / (high ? u + 3.0f : u + 2.0f);
     float s2 = s * s;
     float q = 1.0f / 9;
     q = q * s2 + 1.0f / 7;
     q = q * s2 + 1.0f / 5;
     q = q * s2 + 1.0f / 3;
-    float lg = 2.0f * s + 2.0f * s * s2 * q;
-    return k * 0.693147180559945309f + (lg + (u - (w - 1.0f)) / w);
+    return (high ? 0.693147180559945309f : 0.0f) + (2.0f * s + 2.0f * s * s2 * q);
 }
 VMATH_INLINE double log1p_unit_f64(double u) {
-    double w = 1.0 + u;
-    double k = w > 1.4142135623730951 ? 1.0 : 0.0;
-    double f = w > 1.4142135623730951 ? 0.5 * w : w;
-    double s = (f - 1.0) / (f + 1.0);
+    int high = u > 0.41421356237309515;
+    double s = (high ? u - 1.0 : u) / (high ? u + 3.0 : u + 2.0);
     double s2 = s * s;
     double q = 1.0 / 21;
     q = q * s2 + 1.0 / 19;
@@ -150,8 +165,7 @@ VMATH_INLINE double log1p_unit_f64(double u) {
     q = q * s2 + 1.0 / 7;
     q = q * s2 + 1.0 / 5;
     q = q * s2 + 1.0 / 3;
-    double lg = 2.0 * s + 2.0 * s * s2 * q;
-    return k * 0.693147180559945309 + (lg + (u - (w - 1.0)) / w);
+    return (high ? 0.693147180559945309 : 0.0) + (2.0 * s + 2.0 * s * s2 * q);
 }
 
 /* v where keep is 1, +0.0 where it is 0 (whatever v is, NaN included), branch-free */
