@@ -12,6 +12,7 @@ struct FN(bn_args) {
     const T *x, *gamma, *beta, *dy, *mean, *invstd;
     T *y, *dx;
     const T *dbeta, *dgamma; /* dx pass */
+    T *coef;                 /* dx pass: gamma invstd / n, (c,) */
     double *ws;              /* parts * 2c accumulators */
     int64_t c;
     T coef_n;                /* n, in T */
@@ -104,7 +105,7 @@ HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
     const T *mean = a->mean, *invstd = a->invstd, *gamma = a->gamma;
-    const T *dbeta = a->dbeta, *dgamma = a->dgamma;
+    const T *dbeta = a->dbeta, *dgamma = a->dgamma, *coef = a->coef;
     T nt = a->coef_n;
     (void)part;
     for (int64_t r = r0; r < r1; r++) {
@@ -113,7 +114,7 @@ HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
         if (a->training) {
             for (int64_t j = 0; j < c; j++) {
                 T xhat = (x[j] - mean[j]) * invstd[j];
-                dx[j] = gamma[j] * invstd[j] / nt * (nt * dy[j] - dbeta[j] - xhat * dgamma[j]);
+                dx[j] = coef[j] * (nt * dy[j] - dbeta[j] - xhat * dgamma[j]);
             }
         } else {
             for (int64_t j = 0; j < c; j++) dx[j] = dy[j] * gamma[j] * invstd[j];
@@ -130,15 +131,17 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
     a.c = c;
     a.coef_n = (T)n;
     a.training = training;
-    a.ws = workspace(parts, 2 * c);
+    a.ws = workspace(parts + 1, 2 * c); /* + room for coef */
     if (a.ws == NULL) return -1;
     parallel_run(FN(bn_grad_sums_rows), &a, n, parts);
     add_parts(a.ws, parts, 2 * c);
+    a.coef = (T *)(a.ws + parts * 2 * c);
     for (int64_t j = 0; j < c; j++) {
         dbeta[j] = (T)a.ws[j];
         dgamma[j] = (T)a.ws[c + j];
+        a.coef[j] = gamma[j] * invstd[j] / a.coef_n;
     }
-    free(a.ws);
     parallel_run(FN(bn_dx_rows), &a, n, parts);
+    free(a.ws);
     return 0;
 }
