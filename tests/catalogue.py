@@ -146,6 +146,15 @@ for shape in LOSS_SHAPES:
         return backend.hinge(s, t)
 
 
+for shape in [(1, 1), (33, 1), (64, 10), (1025, 1000)]:
+    @entry("sigmoid_binary_cross_entropy", f"weighted-{shape[0]}x{shape[1]}")
+    def run_bce_w(backend, dtype, shape=shape):
+        logits = _logits(shape, dtype, 69)
+        t = np.random.default_rng(70).random(shape).astype(dtype)  # soft targets in [0, 1]
+        w = np.random.default_rng(71).random(shape[0]).astype(dtype) + 0.1
+        return backend.sigmoid_binary_cross_entropy(logits, t, sample_weight=w)
+
+
 @entry("softmax_cross_entropy", "huge-logits")
 def run_sce_huge(backend, dtype):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype)
@@ -235,6 +244,9 @@ SGD_OPTIONS = {
     "momentum": dict(momentum=0.9),
     "nesterov-wd": dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
     "sklearn-nesterov": dict(momentum=0.9, nesterov=True, lr_in_velocity=True),
+    "wd": dict(momentum=0.0, weight_decay=1e-2),
+    "momentum-wd": dict(momentum=0.9, weight_decay=1e-2),
+    "sklearn-momentum": dict(momentum=0.9, lr_in_velocity=True),
 }
 ADAM_OPTIONS = {
     "plain": dict(),
@@ -245,6 +257,9 @@ ADAM_OPTIONS = {
 RMSPROP_OPTIONS = {
     "plain": dict(),
     "momentum-centered-wd": dict(momentum=0.9, centered=True, weight_decay=1e-2),
+    "wd": dict(weight_decay=1e-2),
+    "momentum": dict(momentum=0.9),
+    "centered": dict(centered=True),
 }
 
 for size in STEP_SIZES:
@@ -289,6 +304,23 @@ for size in STEP_SIZES:
         sq, acc = _state(size, dtype, 58, True), _state(size, dtype, 59, True)
         for _ in range(3):
             backend.adadelta_step(p, g, sq, acc, lr=1.0, weight_decay=1e-3)
+        return p, sq, acc
+
+
+for size in STEP_SIZES:
+    @entry("adagrad_step", f"no-wd-{size}")
+    def run_adagrad_plain(backend, dtype, size=size):
+        p, g, s = rand((size,), dtype, 62), rand((size,), dtype, 63), _state(size, dtype, 64, True)
+        for _ in range(3):
+            backend.adagrad_step(p, g, s, lr=1e-2)
+        return p, s
+
+    @entry("adadelta_step", f"no-wd-{size}")
+    def run_adadelta_plain(backend, dtype, size=size):
+        p, g = rand((size,), dtype, 65), rand((size,), dtype, 66)
+        sq, acc = _state(size, dtype, 67, True), _state(size, dtype, 68, True)
+        for _ in range(3):
+            backend.adadelta_step(p, g, sq, acc, lr=1.0)
         return p, sq, acc
 
 
