@@ -216,7 +216,7 @@ HOT static void FN(backward_rows)(void *args, int64_t r0, int64_t r1, int part) 
 
 int FN(activation_backward)(const T *dy, const T *y, const T *x, T *dz, T *db, int64_t rows,
                             int64_t cols, int activation) {
-    if (rows <= 0 || cols <= 0) return 0;
+    if (cols <= 0) return 0; /* rows may be 0: db is then 0 */
     int parts = parallel_parts(rows, MIN_PARALLEL_MATH / cols + 1);
     struct FN(backward_args) a = {dy, y, x, dz, NULL, cols, activation};
     if (db) {

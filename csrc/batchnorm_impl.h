@@ -51,7 +51,7 @@ HOT static void FN(bn_normalize_rows)(void *args, int64_t r0, int64_t r1, int pa
 int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_mean,
                           T *running_var, T *y, T *mean, T *invstd, int64_t n, int64_t c,
                           int training, double momentum, double eps) {
-    if (n <= 0 || c <= 0) return 0;
+    if (c <= 0) return 0;
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {x, gamma, beta, NULL, mean, invstd, y};
     a.c = c;
@@ -125,7 +125,7 @@ HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
 int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invstd,
                            const T *gamma, T *dx, T *dgamma, T *dbeta, int64_t n, int64_t c,
                            int training) {
-    if (n <= 0 || c <= 0) return 0;
+    if (c <= 0) return 0; /* n may be 0: dgamma and dbeta are then 0 */
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {x, gamma, NULL, dy, mean, invstd, NULL, dx, dbeta, dgamma};
     a.c = c;

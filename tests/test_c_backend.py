@@ -224,3 +224,30 @@ def test_every_claimed_kernel_runs_c(dtype, monkeypatch):
         before = counting.calls
         call()
         assert counting.calls > before, f"{kernel} ran no C function"
+
+
+# ------------------------------------------------------------ empty batches
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_empty_batches_match_the_reference(dtype):
+    """N = 0 samples: sums over no rows are 0 (not whatever the output buffer
+    held), losses are 0, and nothing is read or written out of bounds."""
+    ref, c = fastnn.get_backend("numpy"), fastnn.get_backend("c")
+    x, W, b = np.empty((0, 4), dtype), rand((4, 3), dtype, 1), rand(3, dtype, 2)
+    no_labels = np.zeros(0, np.int64)
+    for backend_out, ref_out in [
+        (c.dense_backward(x @ W, x, W, x @ W, "tanh", db=np.full(3, 7, dtype)),
+         ref.dense_backward(x @ W, x, W, x @ W, "tanh")),
+        (c.dense_backward(x @ W, x, W, x @ W, db=np.full(3, 7, dtype)),
+         ref.dense_backward(x @ W, x, W, x @ W)),
+        ((c.dense_forward(x, W, b, "softmax"),), (ref.dense_forward(x, W, b, "softmax"),)),
+        (c.softmax_cross_entropy(x, no_labels), ref.softmax_cross_entropy(x, no_labels)),
+        (c.sigmoid_binary_cross_entropy(x, x), ref.sigmoid_binary_cross_entropy(x, x)),
+        (c.hinge(x, x), ref.hinge(x, x)),
+    ]:
+        for a, e in zip(backend_out, ref_out):
+            assert_close(a, e, dtype)
+    stats = (np.ones(4, dtype), np.zeros(4, dtype), np.zeros(4, dtype), np.ones(4, dtype), False)
+    _, cache = c.batchnorm_forward(x, *stats)
+    dx, dgamma, dbeta = c.batchnorm_backward(x, cache, dgamma=np.full(4, 7, dtype),
+                                             dbeta=np.full(4, 7, dtype))
+    assert dx.shape == (0, 4) and not dgamma.any() and not dbeta.any()
