@@ -171,7 +171,8 @@ HOT static void FN(forward_range)(void *args, int64_t r0, int64_t r1, int part) 
 void FN(bias_activation_forward)(const T *z, const T *b, T *preact, T *y, int64_t rows,
                                  int64_t cols, int activation) {
     if (rows <= 0 || cols <= 0) return;
-    struct FN(forward_args) a = {z, b, preact, y, cols, activation};
+    struct FN(forward_args) a = {.z = z, .b = b, .preact = preact, .y = y, .cols = cols,
+                                 .act = activation};
     int cheap = activation == FASTNN_IDENTITY || activation == FASTNN_RELU
                 || activation == FASTNN_LEAKY_RELU;
     int64_t min_rows = (cheap ? MIN_PARALLEL_CHEAP : MIN_PARALLEL_MATH) / cols + 1;
@@ -218,7 +219,8 @@ int FN(activation_backward)(const T *dy, const T *y, const T *x, T *dz, T *db, i
                             int64_t cols, int activation) {
     if (cols <= 0) return 0; /* rows may be 0: db is then 0 */
     int parts = parallel_parts(rows, MIN_PARALLEL_MATH / cols + 1);
-    struct FN(backward_args) a = {dy, y, x, dz, NULL, cols, activation};
+    struct FN(backward_args) a = {.dy = dy, .y = y, .x = x, .dz = dz, .cols = cols,
+                                  .act = activation};
     if (db) {
         a.ws = workspace(parts, cols);
         if (a.ws == NULL) return -1;
@@ -250,7 +252,7 @@ HOT static void FN(sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
 int FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
     if (cols <= 0) return 0;
     int parts = parallel_parts(rows, MIN_PARALLEL_CHEAP / cols + 1);
-    struct FN(sums_args) s = {a, workspace(parts, cols), cols};
+    struct FN(sums_args) s = {.a = a, .ws = workspace(parts, cols), .cols = cols};
     if (s.ws == NULL) return -1;
     parallel_run(FN(sums_rows), &s, rows, parts);
     add_parts(s.ws, parts, cols);

@@ -53,8 +53,8 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
                           int training, double momentum, double eps) {
     if (c <= 0) return 0;
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
-    struct FN(bn_args) a = {x, gamma, beta, NULL, mean, invstd, y};
-    a.c = c;
+    struct FN(bn_args) a = {.x = x, .gamma = gamma, .beta = beta, .mean = mean, .invstd = invstd,
+                            .y = y, .c = c};
     if (training) {
         a.ws = workspace(parts, 2 * c);
         if (a.ws == NULL) return -1;
@@ -127,10 +127,9 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
                            int training) {
     if (c <= 0) return 0; /* n may be 0: dgamma and dbeta are then 0 */
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
-    struct FN(bn_args) a = {x, gamma, NULL, dy, mean, invstd, NULL, dx, dbeta, dgamma};
-    a.c = c;
-    a.coef_n = (T)n;
-    a.training = training;
+    struct FN(bn_args) a = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .invstd = invstd,
+                            .dx = dx, .dbeta = dbeta, .dgamma = dgamma, .c = c,
+                            .coef_n = (T)n, .training = training};
     a.ws = workspace(parts + 1, 2 * c); /* + room for coef */
     if (a.ws == NULL) return -1;
     parallel_run(FN(bn_grad_sums_rows), &a, n, parts);

@@ -23,11 +23,11 @@
 #define HOT_MUL64
 #endif
 
-/* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */
 /* per-element and per-row helpers are forced inline into the HOT loops that call
  * them, so they are compiled for each clone's instruction set */
 #define INLINE static inline __attribute__((always_inline))
 
+/* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */
 #define PASTE2(a, b) a##_##b
 #define PASTE(a, b) PASTE2(a, b)
 #define FN(name) PASTE(name, S)

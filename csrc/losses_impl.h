@@ -109,13 +109,14 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
 
 double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
                                         T *grad, int64_t n, int64_t k) {
-    struct FN(loss_args) a = {logits, labels, NULL, w, grad, n, k};
+    struct FN(loss_args) a = {.x = logits, .labels = labels, .w = w, .grad = grad, .n = n, .k = k};
     return FN(setup)(&a, FN(sce_labels_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 
 double FN(softmax_cross_entropy_probs)(const T *logits, const T *targets, const T *w, T *grad,
                                        int64_t n, int64_t k) {
-    struct FN(loss_args) a = {logits, NULL, targets, w, grad, n, k};
+    struct FN(loss_args) a = {.x = logits, .targets = targets, .w = w, .grad = grad, .n = n,
+                              .k = k};
     return FN(setup)(&a, FN(sce_probs_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 
@@ -223,14 +224,14 @@ HOT static void FN(elementwise_range)(void *args, int64_t r0, int64_t r1, int pa
 
 double FN(sigmoid_binary_cross_entropy)(const T *logits, const T *targets, const T *w, T *grad,
                                         int64_t n, int64_t k) {
-    struct FN(loss_args) a = {logits, NULL, targets, w, grad, n, k};
+    struct FN(loss_args) a = {.x = logits, .targets = targets, .w = w, .grad = grad, .n = n,
+                              .k = k};
     return FN(setup)(&a, FN(bce_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 
 double FN(elementwise_loss)(int loss, const T *pred, const T *targets, const T *w, T *grad,
                             int64_t n, int64_t k, double delta) {
-    struct FN(loss_args) a = {pred, NULL, targets, w, grad, n, k};
-    a.delta = delta;
-    a.loss = loss;
+    struct FN(loss_args) a = {.x = pred, .targets = targets, .w = w, .grad = grad, .n = n, .k = k,
+                              .delta = delta, .loss = loss};
     return FN(setup)(&a, FN(elementwise_range), MIN_PARALLEL_CHEAP / (k + 1) + 1);
 }

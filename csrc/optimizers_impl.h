@@ -46,9 +46,8 @@ HOT static void FN(sgd_range)(void *args, int64_t i0, int64_t i1, int part) {
 
 void FN(sgd_step)(T *param, const T *grad, T *velocity, int64_t n, double lr, double momentum,
                   int nesterov, double weight_decay, int lr_in_velocity) {
-    struct FN(step_args) a = {param, velocity, NULL, NULL, grad, lr};
-    a.momentum = momentum;
-    a.weight_decay = weight_decay;
+    struct FN(step_args) a = {.param = param, .s1 = velocity, .grad = grad, .lr = lr,
+                              .momentum = momentum, .weight_decay = weight_decay};
     a.flags = (momentum != 0 ? SGD_MOMENTUM : 0) | (nesterov ? SGD_NESTEROV : 0)
               | (weight_decay != 0 ? SGD_WD : 0) | (lr_in_velocity ? SGD_LR_IN_VELOCITY : 0);
     if (velocity == NULL) a.flags &= ~SGD_MOMENTUM; /* the wrapper requires it for momentum */
@@ -79,9 +78,8 @@ HOT static void FN(adagrad_range)(void *args, int64_t i0, int64_t i1, int part) 
 
 void FN(adagrad_step)(T *param, const T *grad, T *sum_sq, int64_t n, double lr, double eps,
                       double weight_decay) {
-    struct FN(step_args) a = {param, sum_sq, NULL, NULL, grad, lr};
-    a.eps = eps;
-    a.weight_decay = weight_decay;
+    struct FN(step_args) a = {.param = param, .s1 = sum_sq, .grad = grad, .lr = lr, .eps = eps,
+                              .weight_decay = weight_decay};
     parallel_for(FN(adagrad_range), &a, n, MIN_PARALLEL_CHEAP);
 }
 
@@ -130,10 +128,9 @@ HOT static void FN(rmsprop_range)(void *args, int64_t i0, int64_t i1, int part) 
 void FN(rmsprop_step)(T *param, const T *grad, T *square_avg, T *momentum_buf, T *grad_avg,
                       int64_t n, double lr, double alpha, double eps, double weight_decay,
                       double momentum) {
-    struct FN(step_args) a = {param, square_avg, momentum_buf, grad_avg, grad, lr, alpha};
-    a.eps = eps;
-    a.weight_decay = weight_decay;
-    a.momentum = momentum;
+    struct FN(step_args) a = {.param = param, .s1 = square_avg, .s2 = momentum_buf, .s3 = grad_avg,
+                              .grad = grad, .lr = lr, .a = alpha, .eps = eps,
+                              .weight_decay = weight_decay, .momentum = momentum};
     a.flags = (weight_decay != 0 ? RMS_WD : 0) | (grad_avg ? RMS_CENTERED : 0)
               | (momentum != 0 && momentum_buf ? RMS_MOMENTUM : 0);
     parallel_for(FN(rmsprop_range), &a, n, MIN_PARALLEL_CHEAP);
@@ -161,9 +158,8 @@ HOT static void FN(adadelta_range)(void *args, int64_t i0, int64_t i1, int part)
 
 void FN(adadelta_step)(T *param, const T *grad, T *square_avg, T *acc_delta, int64_t n,
                        double lr, double rho, double eps, double weight_decay) {
-    struct FN(step_args) a = {param, square_avg, acc_delta, NULL, grad, lr, rho};
-    a.eps = eps;
-    a.weight_decay = weight_decay;
+    struct FN(step_args) a = {.param = param, .s1 = square_avg, .s2 = acc_delta, .grad = grad,
+                              .lr = lr, .a = rho, .eps = eps, .weight_decay = weight_decay};
     parallel_for(FN(adadelta_range), &a, n, MIN_PARALLEL_CHEAP);
 }
 
@@ -208,8 +204,9 @@ HOT static void FN(adam_range)(void *args, int64_t i0, int64_t i1, int part) {
 void FN(adam_step)(T *param, const T *grad, T *m, T *v, T *v_max, int64_t n, int64_t t,
                    double lr, double beta1, double beta2, double eps, double weight_decay,
                    int decoupled) {
-    struct FN(step_args) a = {param, m, v, v_max, grad, lr, beta1, beta2, eps, weight_decay};
-    a.t = t;
+    struct FN(step_args) a = {.param = param, .s1 = m, .s2 = v, .s3 = v_max, .grad = grad, .lr = lr,
+                              .a = beta1, .b = beta2, .eps = eps, .weight_decay = weight_decay,
+                              .t = t};
     a.flags = (weight_decay != 0 ? (decoupled ? ADAM_DECOUPLED : ADAM_L2) : 0)
               | (v_max ? ADAM_AMSGRAD : 0);
     parallel_for(FN(adam_range), &a, n, MIN_PARALLEL_CHEAP);

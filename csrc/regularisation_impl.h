@@ -26,7 +26,8 @@ HOT_MUL64 static void FN(dropout_range)(void *args, int64_t i0, int64_t i1, int 
 }
 
 void FN(dropout)(const T *x, T *y, int64_t n, uint64_t seed, uint64_t threshold, double scale) {
-    struct FN(dropout_args) a = {x, y, seed, threshold, (T)scale};
+    struct FN(dropout_args) a = {.x = x, .y = y, .seed = seed, .threshold = threshold,
+                                 .scale = (T)scale};
     parallel_for(FN(dropout_range), &a, n, MIN_PARALLEL_MATH);
 }
 
@@ -62,7 +63,7 @@ HOT static void FN(penalty_range)(void *args, int64_t i0, int64_t i1, int part) 
 }
 
 double FN(weight_penalty)(const T *param, T *grad, int64_t n, double l2, double l1) {
-    struct FN(penalty_args) a = {param, grad, l2, l1};
+    struct FN(penalty_args) a = {.param = param, .grad = grad, .l2 = l2, .l1 = l1};
     int parts = parallel_for(FN(penalty_range), &a, n, MIN_PARALLEL_CHEAP);
     double sq = 0, ab = 0;
     for (int p = 0; p < parts; p++) {
