@@ -53,11 +53,12 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts);
 /* both in one: returns the number of ranges used */
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 
-/* Parallel thresholds, in elements touched: below them the fork/join of an
- * OpenMP region costs more than the loop. Cheap elementwise work (optimizers,
- * bias, relu) needs more elements than work that calls exp. */
-#define MIN_PARALLEL_CHEAP 65536
-#define MIN_PARALLEL_MATH 16384
+/* Parallel thresholds, in elements touched: below them waking the OpenMP threads
+ * (which sleep when idle, see c_backend.py) costs more than the second thread
+ * saves. Memory-bound work (optimizers, bias, relu, batch norm) needs more
+ * elements than work that calls exp. */
+#define MIN_PARALLEL_CHEAP 262144
+#define MIN_PARALLEL_MATH 65536
 
 /* Column sums of (rows, cols) arrays (bias gradient, batch-norm statistics) are
  * split by rows, so that each thread streams through contiguous memory: range

@@ -84,15 +84,16 @@ def test_training_matches_the_reference(dtype):
 
 # ------------------------------------------------------ serial vs parallel
 def run_large(backend, dtype):
-    """Calls large enough for the OpenMP paths; returns every output."""
-    x = rand((2048, 300), dtype, 1, 3.0)
-    W, b = rand((300, 200), dtype, 2, 0.05), rand(200, dtype, 3)
+    """Calls large enough for the OpenMP paths (at least 4 times the thresholds
+    of csrc/common.h, in elements); returns every output."""
+    x = rand((4096, 300), dtype, 1, 3.0)
+    W, b = rand((300, 256), dtype, 2, 0.05), rand(256, dtype, 3)
     out = []
     for act in ("relu", "tanh", "softmax", "gelu"):
-        preact = np.empty((2048, 200), dtype)
+        preact = np.empty((4096, 256), dtype)
         y = backend.dense_forward(x, W, b, act, preact=preact)
         out += [y, *backend.dense_backward(rand(y.shape, dtype, 4), x, W, y, act, preact=preact)]
-    labels = np.arange(2048) % 300
+    labels = np.arange(4096) % 300
     out += list(backend.softmax_cross_entropy(x, labels))
     out += list(backend.sigmoid_binary_cross_entropy(x, (x > 0).astype(dtype)))
     out += list(backend.huber(x, x[::-1].copy()))
@@ -100,7 +101,7 @@ def run_large(backend, dtype):
     y, cache = backend.batchnorm_forward(x, np.ones(300, dtype), np.zeros(300, dtype), rm, rv, True)
     out += [y, rm, rv, *backend.batchnorm_backward(rand(x.shape, dtype, 5), cache)]
     out.append(backend.dropout_forward(x, 0.3, seed=7))
-    p, g = rand(300_000, dtype, 6), rand(300_000, dtype, 7)
+    p, g = rand(1_200_000, dtype, 6), rand(1_200_000, dtype, 7)
     m, v = np.zeros_like(p), np.zeros_like(p)
     out.append(backend.weight_penalty(p, g, l2=1e-2, l1=1e-3))
     backend.adam_step(p, g, m, v, 1, lr=1e-3)
