@@ -66,8 +66,9 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k;
         T *g = a->grad + i * k, m;
+        T s = FN(exp_row)(x, g, k, &m);
         double lse;
-        T r = FN(lse_ratio)(m, FN(exp_row)(x, g, k, &m), &lse);
+        T r = FN(lse_ratio)(m, s, &lse);
         double scale = FN(sample_scale)(a, i);
         int64_t label = a->labels[i];
         if (label < 0 || label >= k) { /* the wrapper checked labels; never read outside */
@@ -90,8 +91,9 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k, *t = a->targets + i * k;
         T *g = a->grad + i * k, m;
+        T s = FN(exp_row)(x, g, k, &m);
         double lse;
-        T r = FN(lse_ratio)(m, FN(exp_row)(x, g, k, &m), &lse);
+        T r = FN(lse_ratio)(m, s, &lse);
         /* loss = sum_j t_j (lse - x_j), each term >= 0; grad = softmax * sum(t) - t */
         double tsum = 0, loss = 0;
 #pragma omp simd reduction(+ : tsum, loss)
