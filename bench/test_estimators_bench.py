@@ -8,11 +8,14 @@ MLPClassifier with the same parameters (pytest-benchmark):
 * mnist_like: 20000 x 784 uniform random float32, 10 classes, hidden (512, 256),
   batch 256, adam, 3 epochs.
 
+Runner "bare-gemms" does only the matrix products of the same fit (forward x W,
+backward x^T dz and dz W^T, per batch, into preallocated arrays): the floor any
+implementation of the same math on this BLAS reaches.
+
 Each test records in benchmark.extra_info the seconds per epoch, the GEMM rate of
 the fit (the FLOPs of its matrix products per second) as a percent of the GEMM
-limit measured in the same session, and, for fastnn, its speed-up over
-scikit-learn measured in the same run. FASTNN_BENCH_SCALE shrinks the sample
-counts for a smoke run."""
+limit measured in the same session, and its speed-up over scikit-learn measured
+in the same run. FASTNN_BENCH_SCALE shrinks the sample counts for a smoke run."""
 
 import warnings
 
@@ -26,6 +29,7 @@ import fastnn
 from fastnn import benchmarks
 
 SKLEARN = "sklearn"
+BARE = "bare-gemms"
 
 
 def digits(scale):
@@ -46,8 +50,35 @@ CASES = {
     "mnist_like": (mnist_like, dict(hidden_layer_sizes=(512, 256), batch_size=256, solver="adam",
                                     max_iter=3, n_iter_no_change=4), 3, 3),
 }
-RUNNERS = [SKLEARN] + fastnn.available_backends()
+RUNNERS = [SKLEARN] + fastnn.available_backends() + [BARE]
 _sklearn_seconds = {}  # case -> scikit-learn's median fit time in this run
+
+
+def bare_gemms(X, units, batch_size, epochs):
+    """A callable doing only the matrix products of `epochs` epochs of training."""
+    rng = np.random.RandomState(0)
+    W = [rng.uniform(-0.1, 0.1, (a, b)).astype(X.dtype) for a, b in zip(units[:-1], units[1:])]
+    starts = range(0, X.shape[0], batch_size)
+    sizes = sorted({min(batch_size, X.shape[0] - lo) for lo in starts})
+    ys = {n: [np.empty((n, w.shape[1]), X.dtype) for w in W] for n in sizes}
+    dxs = {n: [np.empty((n, w.shape[0]), X.dtype) for w in W] for n in sizes}
+    dW = [np.empty_like(w) for w in W]
+
+    def run():
+        for _ in range(epochs):
+            for lo in starts:
+                x = X[lo:lo + batch_size]
+                n = x.shape[0]
+                a = x
+                for w, y in zip(W, ys[n]):
+                    np.matmul(a, w, out=y)
+                    a = y
+                for i in range(len(W) - 1, -1, -1):
+                    dz = ys[n][i]  # stands in for the gradient: same shape, same cost
+                    np.matmul(x.T if i == 0 else ys[n][i - 1].T, dz, out=dW[i])
+                    if i > 0:
+                        np.matmul(dz, W[i].T, out=dxs[n][i])
+    return run
 
 
 def gemm_flops(n_samples, units):
@@ -63,24 +94,27 @@ def gemm_flops(n_samples, units):
 def test_fit(benchmark, limits, results, scale, case, runner):
     make_data, params, epochs, rounds = CASES[case]
     X, y = make_data(scale)
-    if runner == SKLEARN:
-        make = lambda: SklearnMLPClassifier(random_state=0, **params)  # noqa: E731
+    units = [X.shape[1], *params.get("hidden_layer_sizes", (100,)), 10]
+    if runner == BARE:
+        fit = bare_gemms(X, units, params.get("batch_size", min(200, X.shape[0])), epochs)
     else:
-        make = lambda: fastnn.MLPClassifier(random_state=0, backend=runner, **params)  # noqa: E731
+        if runner == SKLEARN:
+            make = lambda: SklearnMLPClassifier(random_state=0, **params)  # noqa: E731
+        else:
+            make = lambda: fastnn.MLPClassifier(random_state=0, backend=runner, **params)  # noqa: E731
 
-    def fit():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            return make().fit(X, y)
+        def fit():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                return make().fit(X, y)
 
     fitted = fit()  # warm-up (compiles Numba code), and the check that all epochs ran
-    assert fitted.n_iter_ == epochs
+    assert runner == BARE or fitted.n_iter_ == epochs
     benchmark.group = f"MLPClassifier fit: {case} {X.shape[0]}x{X.shape[1]} {X.dtype}, {epochs} epochs"
     benchmark.pedantic(fit, rounds=rounds, iterations=1)
     if benchmark.stats is None:  # --benchmark-disable
         return
     median = benchmark.stats.stats.median
-    units = [X.shape[1], *params.get("hidden_layer_sizes", (100,)), 10]
     rate = gemm_flops(X.shape[0], units) * epochs / median / 1e9
     dtype = str(X.dtype)
     info = {"seconds_per_epoch": median / epochs, "gemm_gflops": rate,
