@@ -265,11 +265,11 @@ class Network:
                 loss = float(backend._softmax_cross_entropy(out, t, w, grad))
             else:
                 loss = float(backend._sigmoid_binary_cross_entropy(out, t, w, grad))
-            # scikit-learn clips probabilities to [eps, 1 - eps], which caps each
-            # sample's loss at about -log(eps) per output. Each sample's loss is at
-            # most the batch total, so below the cap the clip changed nothing.
-            cap = -math.log(np.finfo(out.dtype).eps)
-            if w is not None or loss * out.shape[0] > cap:
+            # scikit-learn clips probabilities to [eps, 1 - eps]. Unweighted, grad is
+            # (p - target) / N, and the clip can matter only where a probability is
+            # within eps of the wrong end: |p - target| >= 1 - eps (4 eps for rounding).
+            eps = np.finfo(out.dtype).eps
+            if w is not None or np.abs(grad).max() * out.shape[0] >= 1 - 4 * eps:
                 loss = clipped_log_loss(out, t, w, self.loss)
             return loss
         if self.loss == "squared_error":

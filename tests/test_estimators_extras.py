@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
-from scipy.special import erf
+from scipy.special import erf, expit
 from sklearn.datasets import load_digits, make_multilabel_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.class_weight import compute_sample_weight
@@ -354,3 +354,27 @@ def test_invalid_extra_parameters_name_the_parameter(name, value):
     X, y = digits(50)
     with pytest.raises(ValueError, match=name):
         MLPClassifier(**{name: value}).fit(X, y)
+
+
+# ------------------------------------------------- scikit-learn's loss values
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("link", ["softmax", "logistic"])
+@pytest.mark.parametrize("scale", [0.1, 3.0, 300.0])  # 300: saturated probabilities, clipped
+def test_reported_log_loss_is_sklearns(link, dtype, scale):
+    from sklearn.neural_network._base import binary_log_loss, log_loss
+
+    rng = np.random.RandomState(1)
+    out = (scale * rng.normal(size=(40, 3))).astype(dtype)
+    if link == "softmax":
+        t = rng.randint(0, 3, 40).astype(np.int64)
+        p = np.exp(out - out.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        expected = lambda w: log_loss(np.eye(3)[t], p, sample_weight=w)  # noqa: E731
+    else:
+        t = rng.randint(0, 2, (40, 3)).astype(dtype)
+        expected = lambda w: binary_log_loss(t, expit(out), sample_weight=w)  # noqa: E731
+    net = Network([2, 3], "relu", link, dtype)
+    for name in BACKENDS:
+        for w in (None, rng.uniform(0.5, 2, 40).astype(dtype)):
+            got = net.data_loss(fastnn.get_backend(name), out, t, w, np.empty_like(out))
+            assert got == pytest.approx(expected(w), rel=1e-5 if dtype == np.float32 else 1e-10), name
