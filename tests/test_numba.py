@@ -126,9 +126,11 @@ def _elementwise(be, dtype):
 @pytest.mark.parametrize("group", [_activations, _dense, _losses, _batchnorm, _elementwise])
 def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
     be = fastnn.get_backend("numba")
-    monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 1 << 62)  # every kernel serial
+    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN"):
+        monkeypatch.setattr(numba_backend, threshold, 1 << 62)  # every kernel serial
     serial = group(be, dtype)
-    monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 0)  # every kernel parallel
+    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN"):
+        monkeypatch.setattr(numba_backend, threshold, 0)  # every kernel parallel
     parallel = group(be, dtype)
     assert len(serial) == len(parallel)
     for i, (s, p) in enumerate(zip(serial, parallel)):
@@ -139,6 +141,7 @@ def test_threshold_splits_real_work():
     """Small calls take the serial path, large ones the parallel one."""
     assert not numba_backend._parallel(64 * 10)
     assert numba_backend._parallel(8192 * 1000)
+    assert not numba_backend._parallel(256 * 512, dense=True)
 
 
 def test_every_kernel_but_the_initialisers_is_jitted():

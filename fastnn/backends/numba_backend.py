@@ -20,8 +20,14 @@ LOSS_CODES = {"squared_error": K.SQUARED, "absolute_error": K.ABSOLUTE, "huber":
 
 # Work (elements) from which the parallel kernels pay for their start-up.
 PARALLEL_MIN = 1 << 16
+# The dense epilogue and prologue sit between GEMMs: BLAS threads are still
+# spinning when they start (and Numba's after they end), so a parallel region
+# there costs more than it saves unless the work is large.
+DENSE_PARALLEL_MIN = 1 << 20
 # Elements per block of a row kernel: blocks of whole rows of about this size.
 BLOCK_ELEMS = 1 << 14
+# Columns per batch-norm strip (see _numba_kernels.batchnorm_forward_serial).
+BN_STRIP = 128
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((0, 0), t)) for t in (np.float32, np.float64)}
 _NO_LABELS = np.empty(0, np.int64)
@@ -42,10 +48,10 @@ def _flat_blocks():
     return max(2, numba.get_num_threads())
 
 
-def _parallel(size):
-    """Whether a kernel over `size` elements takes its parallel path (the one
-    threshold lives here so that tests can move it)."""
-    return size >= PARALLEL_MIN
+def _parallel(size, dense=False):
+    """Whether a kernel over `size` elements takes its parallel path (thresholds
+    read at each call, so that tests can move them)."""
+    return size >= (DENSE_PARALLEL_MIN if dense else PARALLEL_MIN)
 
 
 class NumbaBackend(NumpyBackend):
@@ -99,7 +105,7 @@ class NumbaBackend(NumpyBackend):
             return
         code = CODES[activation]
         n, c = out.shape
-        if _parallel(out.size):
+        if _parallel(out.size, dense=True):
             K.bias_act_parallel(code, out, b, preact, _rows_per_block(c))
         else:
             K.bias_act_rows(code, out, b, preact, 0, n)
@@ -112,7 +118,7 @@ class NumbaBackend(NumpyBackend):
             dz = dy  # nothing to write: the kernel only sums dy into db
         if preact is None:
             preact = y
-        if _parallel(dy.size):
+        if _parallel(dy.size, dense=True):
             K.act_grad_colsum_parallel(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
         else:
             K.act_grad_colsum_serial(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
@@ -171,35 +177,22 @@ class NumbaBackend(NumpyBackend):
         return super()._hinge(scores, targets, w, grad) if loss is None else loss
 
     # ------------------------------------------------------------ normalisation
-    @staticmethod
-    def _cols_per_block(n, c):
-        """Column blocks for the parallel batch-norm kernels, 0 for the serial
-        path: one block per thread, whole cache lines wide (results do not depend
-        on the split: columns are independent)."""
-        if not _parallel(n * c) or c < 32:
-            return 0
-        return -(-c // (_flat_blocks() * 16)) * 16
-
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
-        n, c = x.shape
-        cols = self._cols_per_block(n, c)
         args = (x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean,
-                invstd)
-        if cols:
-            K.batchnorm_forward_parallel(*args, cols)
+                invstd, BN_STRIP)
+        if _parallel(x.size):
+            K.batchnorm_forward_parallel(*args)
         else:
-            K.batchnorm_forward_cols(*args, 0, c)
+            K.batchnorm_forward_serial(*args)
 
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache
-        n, c = x.shape
-        cols = self._cols_per_block(n, c)
-        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta)
-        if cols:
-            K.batchnorm_backward_parallel(*args, cols)
+        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta, BN_STRIP)
+        if _parallel(x.size):
+            K.batchnorm_backward_parallel(*args)
         else:
-            K.batchnorm_backward_cols(*args, 0, c)
+            K.batchnorm_backward_serial(*args)
 
     # ------------------------------------------------------------------ dropout
     def _dropout_forward(self, x, rate, seed, out):
