@@ -10,6 +10,11 @@ the first layer's dx. Each runner's extra_info gives its epoch time as a percent
 of that GEMM-only time measured in the same session (100% would mean everything
 around the GEMMs is free), and the GEMM-only time the machine's peak GEMM rate
 (from the `limits` fixture) would need.
+
+PyTorch runs in the same process as the fastnn backends, so it inherits the
+OMP_WAIT_POLICY=PASSIVE the C backend sets at import; alone, with its default
+policy, it is faster on this kind of machine (measure it in a separate process
+for its best figure).
 """
 
 import importlib.util
