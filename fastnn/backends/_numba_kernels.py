@@ -801,24 +801,14 @@ def batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, 
             yi[j] = (xi[j] - mean_[j]) * invstd_[j] * gamma_[j] + beta_[j]
 
 
-# The drivers walk column strips: both passes over a strip of x (N x strip) run
-# back to back, so the second finds the strip in L2/L3 instead of memory.
-@jit
-def batchnorm_forward_serial(x, gamma, beta, running_mean, running_var, training, momentum,
-                             eps, out, mean, invstd, strip):
-    c = x.shape[1]
-    for c0 in range(0, c, strip):
-        batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, momentum,
-                               eps, out, mean, invstd, c0, min(c, c0 + strip))
-
-
 @jit_parallel
 def batchnorm_forward_parallel(x, gamma, beta, running_mean, running_var, training, momentum,
-                               eps, out, mean, invstd, strip):
+                               eps, out, mean, invstd, cols_per_block):
     c = x.shape[1]
-    for b in prange((c + strip - 1) // strip):
+    for b in prange((c + cols_per_block - 1) // cols_per_block):
         batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, momentum,
-                               eps, out, mean, invstd, b * strip, min(c, (b + 1) * strip))
+                               eps, out, mean, invstd, b * cols_per_block,
+                               min(c, (b + 1) * cols_per_block))
 
 
 @jit
@@ -859,20 +849,13 @@ def batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, db
                 di[j] = gi[j] * gamma_[j] * invstd_[j]
 
 
-@jit
-def batchnorm_backward_serial(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta, strip):
-    c = x.shape[1]
-    for c0 in range(0, c, strip):
-        batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta, c0,
-                                min(c, c0 + strip))
-
-
 @jit_parallel
-def batchnorm_backward_parallel(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta, strip):
+def batchnorm_backward_parallel(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta,
+                                cols_per_block):
     c = x.shape[1]
-    for b in prange((c + strip - 1) // strip):
+    for b in prange((c + cols_per_block - 1) // cols_per_block):
         batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta,
-                                b * strip, min(c, (b + 1) * strip))
+                                b * cols_per_block, min(c, (b + 1) * cols_per_block))
 
 
 # --------------------------------------------------------------------- dropout

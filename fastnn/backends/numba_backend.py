@@ -26,8 +26,6 @@ PARALLEL_MIN = 1 << 16
 DENSE_PARALLEL_MIN = 1 << 20
 # Elements per block of a row kernel: blocks of whole rows of about this size.
 BLOCK_ELEMS = 1 << 14
-# Columns per batch-norm strip (see _numba_kernels.batchnorm_forward_serial).
-BN_STRIP = 128
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((0, 0), t)) for t in (np.float32, np.float64)}
 _NO_LABELS = np.empty(0, np.int64)
@@ -177,22 +175,33 @@ class NumbaBackend(NumpyBackend):
         return super()._hinge(scores, targets, w, grad) if loss is None else loss
 
     # ------------------------------------------------------------ normalisation
+    @staticmethod
+    def _cols_per_block(c):
+        """Columns per block of the parallel batch-norm kernels: one block per
+        thread, whole cache lines wide. (Narrower strips, to find a strip in
+        cache on the second pass, measured slower: more per-row overhead and
+        strided memory access.) Columns are independent, so the split does not
+        change any result."""
+        return -(-c // (_flat_blocks() * 16)) * 16
+
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
+        c = x.shape[1]
         args = (x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean,
-                invstd, BN_STRIP)
+                invstd)
         if _parallel(x.size):
-            K.batchnorm_forward_parallel(*args)
+            K.batchnorm_forward_parallel(*args, self._cols_per_block(c))
         else:
-            K.batchnorm_forward_serial(*args)
+            K.batchnorm_forward_cols(*args, 0, c)
 
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache
-        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta, BN_STRIP)
+        c = x.shape[1]
+        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta)
         if _parallel(x.size):
-            K.batchnorm_backward_parallel(*args)
+            K.batchnorm_backward_parallel(*args, self._cols_per_block(c))
         else:
-            K.batchnorm_backward_serial(*args)
+            K.batchnorm_backward_cols(*args, 0, c)
 
     # ------------------------------------------------------------------ dropout
     def _dropout_forward(self, x, rate, seed, out):
