@@ -693,43 +693,135 @@ def loss_parallel(kind, pred, targets, w, inv_total, grad, delta, rows_per_block
 
 
 # --------------------------------------------------------------- batch norm
-BN_ROW_BLOCK = 256  # rows summed into block accumulators before the running totals
-
-
+# x (N, C) is split into blocks of whole rows (each thread streams contiguous
+# memory); the column sums of each block go to their own float64 row of a
+# (blocks, C) array and are added up in block order afterwards, so the result
+# does not depend on the threads, and every sum is two-level.
 @jit_inline
-def shifted_sums(x, r0, r1, c0, c1, shift, s1, s2):
-    """s1 += sum (x - shift), s2 += sum (x - shift)^2 over rows r0..r1 of columns
-    c0..c1 of x, in float64; four rows per sweep, so the accumulators move
-    through L1 a quarter as often."""
-    width = c1 - c0
+def shifted_sums(x, r0, r1, shift, s1, s2):
+    """s1 = sum (x - shift), s2 = sum (x - shift)^2 over rows r0..r1 of x, per
+    column, in float64; four rows per sweep, so the accumulators move through
+    L1 a quarter as often."""
+    c = x.shape[1]
+    s1[:] = 0.0
+    s2[:] = 0.0
     r4 = r0 + (r1 - r0) // 4 * 4
     for i in range(r0, r4, 4):
-        x0, x1, x2, x3 = x[i][c0:c1], x[i + 1][c0:c1], x[i + 2][c0:c1], x[i + 3][c0:c1]
-        for j in range(width):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        for j in range(c):
             sh = shift[j]
             d0, d1 = np.float64(x0[j]) - sh, np.float64(x1[j]) - sh
             d2, d3 = np.float64(x2[j]) - sh, np.float64(x3[j]) - sh
             s1[j] += (d0 + d1) + (d2 + d3)
             s2[j] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
     for i in range(r4, r1):
-        xi = x[i][c0:c1]
-        for j in range(width):
+        xi = x[i]
+        for j in range(c):
             d = np.float64(xi[j]) - shift[j]
             s1[j] += d
             s2[j] += d * d
 
 
+@jit
+def batchnorm_statistics(x, partial1, partial2, shift, running_mean, running_var, momentum,
+                         eps, mean, invstd):
+    """mean, invstd (C,) and the running statistics, in place, from the block
+    sums of x - shift (shift = the first row: E[d^2] - E[d]^2 then does not
+    cancel when the mean is large against the spread, and a constant column
+    gets exactly 0)."""
+    n, c = x.shape
+    dt = x.dtype.type
+    one = dt(1)
+    keep, mom = dt(1.0 - momentum), dt(momentum)
+    unbias = dt(n / (n - 1))
+    for j in range(c):
+        s1 = 0.0
+        s2 = 0.0
+        for b in range(partial1.shape[0]):
+            s1 += partial1[b, j]
+            s2 += partial2[b, j]
+        mu = s1 / n
+        var64 = (s2 - s1 * mu) / n
+        var64 = 0.0 if var64 < 0.0 else var64  # rounding may leave it below 0; NaN stays
+        mj, var = dt(shift[j] + mu), dt(var64)
+        mean[j] = mj
+        running_mean[j] = running_mean[j] * keep + mom * mj
+        running_var[j] = running_var[j] * keep + mom * var * unbias
+        invstd[j] = one / math.sqrt(var + dt(eps))
+
+
+@jit
+def running_statistics(running_mean, running_var, eps, mean, invstd):
+    # inference: normalise with the running statistics
+    dt = mean.dtype.type
+    for j in range(mean.size):
+        mean[j] = running_mean[j]
+        invstd[j] = dt(1) / math.sqrt(running_var[j] + dt(eps))
+
+
 @jit_inline
-def gradient_sums(dy, x, r0, r1, c0, c1, mean, invstd, s_dy, s_dyx):
-    """s_dy += sum dy, s_dyx += sum dy xhat (xhat = (x - mean) invstd in the
-    dtype, as the reference) over rows r0..r1 of columns c0..c1, in float64,
-    four rows per sweep; mean and invstd are views of columns c0..c1."""
-    width = c1 - c0
+def normalise_rows(x, r0, r1, mean, invstd, gamma, beta, out):
+    # the reference's order of operations
+    for i in range(r0, r1):
+        xi, yi = x[i], out[i]
+        for j in range(x.shape[1]):
+            yi[j] = (xi[j] - mean[j]) * invstd[j] * gamma[j] + beta[j]
+
+
+@jit
+def batchnorm_forward_serial(x, gamma, beta, running_mean, running_var, training, momentum,
+                             eps, out, mean, invstd, rows_per_block):
+    n, c = x.shape
+    nblocks = (n + rows_per_block - 1) // rows_per_block
+    if training:
+        shift = x[0].astype(np.float64)
+        partial1, partial2 = np.empty((nblocks, c)), np.empty((nblocks, c))
+        for b in range(nblocks):
+            shifted_sums(x, b * rows_per_block, min(n, (b + 1) * rows_per_block), shift,
+                         partial1[b], partial2[b])
+        batchnorm_statistics(x, partial1, partial2, shift, running_mean, running_var, momentum,
+                             eps, mean, invstd)
+    else:
+        running_statistics(running_mean, running_var, eps, mean, invstd)
+    for b in range(nblocks):
+        normalise_rows(x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean, invstd,
+                       gamma, beta, out)
+
+
+@jit_parallel
+def batchnorm_forward_parallel(x, gamma, beta, running_mean, running_var, training, momentum,
+                               eps, out, mean, invstd, rows_per_block):
+    # batchnorm_forward_serial with prange
+    n, c = x.shape
+    nblocks = (n + rows_per_block - 1) // rows_per_block
+    if training:
+        shift = x[0].astype(np.float64)
+        partial1, partial2 = np.empty((nblocks, c)), np.empty((nblocks, c))
+        for b in prange(nblocks):
+            shifted_sums(x, b * rows_per_block, min(n, (b + 1) * rows_per_block), shift,
+                         partial1[b], partial2[b])
+        batchnorm_statistics(x, partial1, partial2, shift, running_mean, running_var, momentum,
+                             eps, mean, invstd)
+    else:
+        running_statistics(running_mean, running_var, eps, mean, invstd)
+    for b in prange(nblocks):
+        normalise_rows(x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean, invstd,
+                       gamma, beta, out)
+
+
+@jit_inline
+def gradient_sums(dy, x, r0, r1, mean, invstd, s_dy, s_dyx):
+    """s_dy = sum dy, s_dyx = sum dy xhat (xhat = (x - mean) invstd in the dtype,
+    as the reference) over rows r0..r1, per column, in float64, four rows per
+    sweep."""
+    c = x.shape[1]
+    s_dy[:] = 0.0
+    s_dyx[:] = 0.0
     r4 = r0 + (r1 - r0) // 4 * 4
     for i in range(r0, r4, 4):
-        x0, x1, x2, x3 = x[i][c0:c1], x[i + 1][c0:c1], x[i + 2][c0:c1], x[i + 3][c0:c1]
-        g0, g1, g2, g3 = dy[i][c0:c1], dy[i + 1][c0:c1], dy[i + 2][c0:c1], dy[i + 3][c0:c1]
-        for j in range(width):
+        x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
+        g0, g1, g2, g3 = dy[i], dy[i + 1], dy[i + 2], dy[i + 3]
+        for j in range(c):
             mu, inv = mean[j], invstd[j]
             s_dy[j] += (np.float64(g0[j]) + np.float64(g1[j])) + (np.float64(g2[j])
                                                                   + np.float64(g3[j]))
@@ -739,123 +831,75 @@ def gradient_sums(dy, x, r0, r1, c0, c1, mean, invstd, s_dy, s_dyx):
             p3 = np.float64(g3[j] * ((x3[j] - mu) * inv))
             s_dyx[j] += (p0 + p1) + (p2 + p3)
     for i in range(r4, r1):
-        xi, gi = x[i][c0:c1], dy[i][c0:c1]
-        for j in range(width):
+        xi, gi = x[i], dy[i]
+        for j in range(c):
             s_dy[j] += gi[j]
             s_dyx[j] += np.float64(gi[j] * ((xi[j] - mean[j]) * invstd[j]))
 
 
 @jit
-def batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, momentum, eps,
-                           out, mean, invstd, c0, c1):
-    """Batch norm of columns c0..c1 of x (N, C) into out, writing mean and
-    invstd (C,) and, in training, updating the running statistics in place.
-
-    Training statistics take one pass: float64 sums of d = x - x[0] and d^2
-    (shifting by the first row keeps E[d^2] - E[d]^2 free of cancellation when
-    the mean is large, and makes a constant column exactly 0), first over
-    blocks of BN_ROW_BLOCK rows, then over blocks. The second pass normalises
-    in the reference's order of operations.
-
-    Loops index views that start at column c0 with indices from 0: Numba's
-    negative-index wraparound then folds away and the loops vectorise."""
-    n = x.shape[0]
-    dt = x.dtype.type
-    one = dt(1)
-    width = c1 - c0
-    mean_, invstd_ = mean[c0:c1], invstd[c0:c1]
-    rmean, rvar = running_mean[c0:c1], running_var[c0:c1]
-    gamma_, beta_ = gamma[c0:c1], beta[c0:c1]
-    if training:
-        shift = np.empty(width)
-        s1, s2 = np.zeros(width), np.zeros(width)
-        b1, b2 = np.empty(width), np.empty(width)
-        x0 = x[0][c0:c1]
-        for j in range(width):
-            shift[j] = x0[j]
-        for r0 in range(0, n, BN_ROW_BLOCK):
-            b1[:] = 0.0
-            b2[:] = 0.0
-            shifted_sums(x, r0, min(n, r0 + BN_ROW_BLOCK), c0, c1, shift, b1, b2)
-            for j in range(width):
-                s1[j] += b1[j]
-                s2[j] += b2[j]
-        keep, mom = dt(1.0 - momentum), dt(momentum)
-        unbias = dt(n / (n - 1))
-        for j in range(width):
-            mu = s1[j] / n
-            var64 = (s2[j] - s1[j] * mu) / n
-            var64 = 0.0 if var64 < 0.0 else var64  # rounding may leave it below 0; NaN stays
-            mj, var = dt(shift[j] + mu), dt(var64)
-            mean_[j] = mj
-            rmean[j] = rmean[j] * keep + mom * mj
-            rvar[j] = rvar[j] * keep + mom * var * unbias
-            invstd_[j] = one / math.sqrt(var + dt(eps))
-    else:
-        for j in range(width):
-            mean_[j] = rmean[j]
-            invstd_[j] = one / math.sqrt(rvar[j] + dt(eps))
-    for i in range(n):
-        xi, yi = x[i][c0:c1], out[i][c0:c1]
-        for j in range(width):
-            yi[j] = (xi[j] - mean_[j]) * invstd_[j] * gamma_[j] + beta_[j]
+def sum_gradient_blocks(partial1, partial2, gamma, invstd, n, dgamma, dbeta, coef):
+    """dbeta, dgamma from the block sums; coef = gamma invstd / n (C,) for dx."""
+    dt = dgamma.dtype.type
+    for j in range(dgamma.size):
+        s1 = 0.0
+        s2 = 0.0
+        for b in range(partial1.shape[0]):
+            s1 += partial1[b, j]
+            s2 += partial2[b, j]
+        dbeta[j] = s1
+        dgamma[j] = s2
+        coef[j] = gamma[j] * invstd[j] / dt(n)
 
 
-@jit_parallel
-def batchnorm_forward_parallel(x, gamma, beta, running_mean, running_var, training, momentum,
-                               eps, out, mean, invstd, cols_per_block):
-    c = x.shape[1]
-    for b in prange((c + cols_per_block - 1) // cols_per_block):
-        batchnorm_forward_cols(x, gamma, beta, running_mean, running_var, training, momentum,
-                               eps, out, mean, invstd, b * cols_per_block,
-                               min(c, (b + 1) * cols_per_block))
+@jit_inline
+def batchnorm_dx_rows(dy, x, r0, r1, mean, invstd, gamma, coef, dgamma, dbeta, training, dx):
+    # the reference's order of operations
+    nn = x.dtype.type(x.shape[0])
+    for i in range(r0, r1):
+        xi, gi, di = x[i], dy[i], dx[i]
+        if training:
+            for j in range(x.shape[1]):
+                xhat = (xi[j] - mean[j]) * invstd[j]
+                di[j] = coef[j] * (nn * gi[j] - dbeta[j] - xhat * dgamma[j])
+        else:
+            for j in range(x.shape[1]):
+                di[j] = gi[j] * gamma[j] * invstd[j]
 
 
 @jit
-def batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta, c0, c1):
-    """Gradients of batch norm for columns c0..c1: one pass for dbeta = sum dy and
-    dgamma = sum dy xhat (float64 sums), one for dx (views from c0, as above)."""
-    n = x.shape[0]
-    dt = x.dtype.type
-    width = c1 - c0
-    mean_, invstd_, gamma_ = mean[c0:c1], invstd[c0:c1], gamma[c0:c1]
-    dgamma_, dbeta_ = dgamma[c0:c1], dbeta[c0:c1]
-    s_dy, s_dyx = np.zeros(width), np.zeros(width)
-    b_dy, b_dyx = np.empty(width), np.empty(width)
-    for r0 in range(0, n, BN_ROW_BLOCK):
-        b_dy[:] = 0.0
-        b_dyx[:] = 0.0
-        gradient_sums(dy, x, r0, min(n, r0 + BN_ROW_BLOCK), c0, c1, mean_, invstd_, b_dy, b_dyx)
-        for j in range(width):
-            s_dy[j] += b_dy[j]
-            s_dyx[j] += b_dyx[j]
-    for j in range(width):
-        dbeta_[j] = s_dy[j]
-        dgamma_[j] = s_dyx[j]
-    if training:
-        nn = dt(n)
-        coef = np.empty(width, x.dtype)
-        for j in range(width):
-            coef[j] = gamma_[j] * invstd_[j] / nn
-        for i in range(n):
-            xi, gi, di = x[i][c0:c1], dy[i][c0:c1], dx[i][c0:c1]
-            for j in range(width):
-                xhat = (xi[j] - mean_[j]) * invstd_[j]
-                di[j] = coef[j] * (nn * gi[j] - dbeta_[j] - xhat * dgamma_[j])
-    else:
-        for i in range(n):
-            gi, di = dy[i][c0:c1], dx[i][c0:c1]
-            for j in range(width):
-                di[j] = gi[j] * gamma_[j] * invstd_[j]
+def batchnorm_backward_serial(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta,
+                              rows_per_block):
+    """Gradients of batch norm: one pass for dbeta = sum dy and dgamma =
+    sum dy xhat, one for dx."""
+    n, c = x.shape
+    nblocks = (n + rows_per_block - 1) // rows_per_block
+    partial1, partial2 = np.empty((nblocks, c)), np.empty((nblocks, c))
+    coef = np.empty(c, x.dtype)
+    for b in range(nblocks):
+        gradient_sums(dy, x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean, invstd,
+                      partial1[b], partial2[b])
+    sum_gradient_blocks(partial1, partial2, gamma, invstd, n, dgamma, dbeta, coef)
+    for b in range(nblocks):
+        batchnorm_dx_rows(dy, x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean,
+                          invstd, gamma, coef, dgamma, dbeta, training, dx)
 
 
 @jit_parallel
 def batchnorm_backward_parallel(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta,
-                                cols_per_block):
-    c = x.shape[1]
-    for b in prange((c + cols_per_block - 1) // cols_per_block):
-        batchnorm_backward_cols(dy, x, mean, invstd, gamma, training, dx, dgamma, dbeta,
-                                b * cols_per_block, min(c, (b + 1) * cols_per_block))
+                                rows_per_block):
+    # batchnorm_backward_serial with prange
+    n, c = x.shape
+    nblocks = (n + rows_per_block - 1) // rows_per_block
+    partial1, partial2 = np.empty((nblocks, c)), np.empty((nblocks, c))
+    coef = np.empty(c, x.dtype)
+    for b in prange(nblocks):
+        gradient_sums(dy, x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean, invstd,
+                      partial1[b], partial2[b])
+    sum_gradient_blocks(partial1, partial2, gamma, invstd, n, dgamma, dbeta, coef)
+    for b in prange(nblocks):
+        batchnorm_dx_rows(dy, x, b * rows_per_block, min(n, (b + 1) * rows_per_block), mean,
+                          invstd, gamma, coef, dgamma, dbeta, training, dx)
 
 
 # --------------------------------------------------------------------- dropout

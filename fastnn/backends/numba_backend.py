@@ -40,6 +40,13 @@ def _as_rows(a):
     return a.reshape(1, -1) if a.ndim < 2 else a.reshape(-1, a.shape[-1])
 
 
+def _bn_rows_per_block(n):
+    """Rows per batch-norm block: at most 16 blocks (each holds a float64 row of
+    partial sums), of at least 64 rows; a function of N only, so that results
+    do not depend on the thread count."""
+    return max(64, -(-n // 16))
+
+
 def _flat_blocks():
     """Blocks of a parallel flat kernel: one per thread (at least two, so that
     the split is exercised even on one thread)."""
@@ -175,33 +182,17 @@ class NumbaBackend(NumpyBackend):
         return super()._hinge(scores, targets, w, grad) if loss is None else loss
 
     # ------------------------------------------------------------ normalisation
-    @staticmethod
-    def _cols_per_block(c):
-        """Columns per block of the parallel batch-norm kernels: one block per
-        thread, whole cache lines wide. (Narrower strips, to find a strip in
-        cache on the second pass, measured slower: more per-row overhead and
-        strided memory access.) Columns are independent, so the split does not
-        change any result."""
-        return -(-c // (_flat_blocks() * 16)) * 16
-
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
-        c = x.shape[1]
-        args = (x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean,
-                invstd)
-        if _parallel(x.size):
-            K.batchnorm_forward_parallel(*args, self._cols_per_block(c))
-        else:
-            K.batchnorm_forward_cols(*args, 0, c)
+        run = K.batchnorm_forward_parallel if _parallel(x.size) else K.batchnorm_forward_serial
+        run(x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean, invstd,
+            _bn_rows_per_block(x.shape[0]))
 
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache
-        c = x.shape[1]
-        args = (dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta)
-        if _parallel(x.size):
-            K.batchnorm_backward_parallel(*args, self._cols_per_block(c))
-        else:
-            K.batchnorm_backward_cols(*args, 0, c)
+        run = K.batchnorm_backward_parallel if _parallel(x.size) else K.batchnorm_backward_serial
+        run(dy, x, mean, invstd, gamma, bool(training), dx, dgamma, dbeta,
+            _bn_rows_per_block(x.shape[0]))
 
     # ------------------------------------------------------------------ dropout
     def _dropout_forward(self, x, rate, seed, out):
