@@ -1,25 +1,26 @@
-"""python -m fastnn [info|bench]: what runs on this machine, and how fast.
+"""python -m fastnn [demo|info|bench]: what runs on this machine, and how fast.
 
-    python -m fastnn             overview: versions, backends, and a small training run per backend
+    python -m fastnn [demo]      one MLPClassifier fitted on every backend and with scikit-learn:
+                                 fit time, speed-ups, test accuracy, weight differences (fastnn/demo.py)
     python -m fastnn info        versions, backends (and why any is missing), threads, BLAS,
                                  and which backend really runs each kernel
     python -m fastnn bench       time the kernels on every backend against this machine's limits
 
 A command is one entry of COMMANDS: a name, a help line, a function that adds
-its arguments to a parser, and a function that runs it; DEFAULT_COMMAND (None:
-the overview) is what runs when no command is given.
+its arguments to a parser, and a function that runs it; DEFAULT_COMMAND is what
+runs when no command is given (options alone go to it: `python -m fastnn --samples 5000`).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
 import fastnn
-from fastnn import benchmarks
+from fastnn import benchmarks, demo
 from fastnn.backends import BACKENDS, KERNELS
 
 
@@ -268,97 +269,122 @@ def run_bench(args):
     return 0
 
 
-# --------------------------------------------------------------------- overview
-def digits(seed=0):
-    """scikit-learn's digits (1797 8x8 images, pixels scaled to [0, 1]), shuffled:
-    (X_train, y_train, X_test, y_test) with 1500 training samples."""
-    from sklearn.datasets import load_digits
-
-    X, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(len(X))
-    X, y = X[order] / 16.0, y[order]
-    return X[:1500], y[:1500], X[1500:], y[1500:]
+# ------------------------------------------------------------------------- demo
+DEMO_DEFAULTS = {"hidden": "64", "epochs": 200, "batch_size": None, "dtype": "float64", "repeats": 3}
 
 
-def train_digits(backend, data, epochs=5, hidden=64, batch=64, seed=0):
-    """A 2-layer net (64 -> hidden relu -> 10) trained on `data` (see digits) with
-    the kernels directly: dense layers, softmax cross-entropy, one Adam step per
-    batch over a single flat parameter buffer. Returns [(loss, test accuracy)] per epoch."""
-    b = fastnn.get_backend(backend)
-    Xtr, ytr, Xte, yte = data
-    sizes = [(64, hidden), (hidden, 10)]
-    # all parameters in one buffer, each W and b a view into it; gradients alike
-    n_params = sum(i * o + o for i, o in sizes)
-    params, grads = np.zeros(n_params), np.zeros(n_params)
-    m, v = np.zeros(n_params), np.zeros(n_params)
-
-    def views(buf):
-        out, at = [], 0
-        for i, o in sizes:
-            out.append((buf[at:at + i * o].reshape(i, o), buf[at + i * o:at + i * o + o]))
-            at += i * o + o
-        return out
-
-    layers, dlayers = views(params), views(grads)
-    rng = np.random.default_rng(seed)
-    for (W, bias), (i, o) in zip(layers, sizes):
-        W[...], bias[...] = b.init_weights("he_uniform", i, o, rng)
-
-    def forward(x):
-        (W1, b1), (W2, b2) = layers
-        h = b.dense_forward(x, W1, b1, "relu")
-        return h, b.dense_forward(h, W2, b2)
-
-    history, t = [], 0
-    for _ in range(epochs):
-        losses = []
-        for start in range(0, len(Xtr), batch):
-            x, labels = Xtr[start:start + batch], ytr[start:start + batch]
-            h, logits = forward(x)
-            loss, dlogits = b.softmax_cross_entropy(logits, labels)
-            (dW1, db1), (dW2, db2) = dlayers
-            (W1, _), (W2, _) = layers
-            dh, _, _ = b.dense_backward(dlogits, h, W2, logits, dW=dW2, db=db2)
-            b.dense_backward(dh, x, W1, h, "relu", need_dx=False, dW=dW1, db=db1)
-            t += 1
-            b.adam_step(params, grads, m, v, t, 1e-2)
-            losses.append(loss)
-        accuracy = float((forward(Xte)[1].argmax(axis=1) == yte).mean())
-        history.append((float(np.mean(losses)), accuracy))
-    return history
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
-def run_overview(args):
-    available = print_info()
-    print("\ntraining a 64-64-10 ReLU net on scikit-learn's digits (1500 train, 297 test), "
-          "5 epochs, Adam, float64; mean training loss / test accuracy per epoch, per backend\n"
-          "(the time includes compiling kernels on their first call):")
-    data = digits()
-    for name in available:
-        t0 = time.perf_counter()
-        history = train_digits(name, data)
-        seconds = time.perf_counter() - t0
-        epochs = "  ".join(f"{loss:.4f}/{acc:.3f}" for loss, acc in history)
-        print(f"  {name:<6} {epochs}  ({seconds:.2f} s)")
-    print("\nmore: python -m fastnn info | bench --quick | --help")
+def hidden_sizes(text):
+    """'128,64' -> (128, 64)."""
+    try:
+        sizes = tuple(positive_int(part.strip()) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected layer sizes as positive integers separated by commas, got {text!r}") from None
+    return sizes
+
+
+def add_demo_args(parser):
+    d = DEMO_DEFAULTS
+    parser.add_argument("--samples", type=positive_int, metavar="N",
+                        help="use N rows in all (at least 20): the data are split first (stratified, "
+                             f"{round(demo.TEST_FRACTION * 100)}%% test), then each part is cut to its share "
+                             "of N by a random subset, or grown to it by tiling its rows, every copy "
+                             f"after the first with Gaussian noise of {demo.NOISE} x each feature's standard "
+                             "deviation (test rows are never copies of training rows)")
+    parser.add_argument("--hidden", type=hidden_sizes, default=hidden_sizes(d["hidden"]), metavar="SIZES",
+                        help=f"hidden layer sizes, comma-separated, e.g. 128,64 (default {d['hidden']})")
+    parser.add_argument("--epochs", type=positive_int, default=d["epochs"], metavar="N",
+                        help=f"max_iter: at most N epochs per fit (default {d['epochs']})")
+    parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"], metavar="N",
+                        help="rows per Adam step (default: scikit-learn's 'auto', min(200, rows))")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=d["dtype"],
+                        help=f"data and weights dtype, the same for scikit-learn (default {d['dtype']})")
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="fit on this fastnn backend only (repeatable, or comma-separated); the "
+                             f"{demo.REFERENCE} reference always runs, as the yardstick of the speed-ups and "
+                             f"weight differences; names: {', '.join(BACKENDS)}")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="leave out scikit-learn's own MLPClassifier")
+    parser.add_argument("--data", metavar="FILE.npz",
+                        help="train on your own data instead of scikit-learn's digits: an .npz archive with "
+                             "arrays X (samples, features) of numbers and y (samples,) of class labels")
+    parser.add_argument("--repeats", type=positive_int, default=d["repeats"], metavar="N",
+                        help=f"timed fits per backend; the table shows their median (default {d['repeats']})")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random_state of every estimator (default 0); the data split always uses 0")
+
+
+def demo_backends(args):
+    wanted = split_names(args.backend)
+    for name in wanted:
+        if name not in BACKENDS:
+            raise UsageError(f"unknown backend {name!r}; names: {', '.join(BACKENDS)}")
+        if name in fastnn.unavailable_backends():
+            raise UsageError(f"backend {name!r} is not available: {fastnn.unavailable_backends()[name]}")
+    fast = [n for n in fastnn.available_backends() if n != demo.REFERENCE and (not wanted or n in wanted)]
+    return [demo.REFERENCE, *fast] + ([] if args.no_sklearn else [demo.SKLEARN])
+
+
+def demo_data(args):
+    dtype = np.dtype(args.dtype)
+    if args.samples is not None and args.samples < 20:
+        raise UsageError(f"--samples must be at least 20, got {args.samples}")
+    try:
+        if args.data:
+            X, y = demo.load_npz(args.data)
+            name = f"{args.data} ({len(X)} rows)"
+        else:
+            X, y = demo.digits()
+            name = "scikit-learn's digits (1797 8x8 images, embedded)"
+        return demo.prepare(X, y, name, args.samples, seed=0, dtype=dtype)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def run_demo(args):
+    if importlib.util.find_spec("sklearn") is None:
+        raise UsageError("the demo needs scikit-learn: pip install scikit-learn")
+    backends = demo_backends(args)
+    data = demo_data(args)
+    params = {"hidden_layer_sizes": args.hidden, "solver": "adam", "max_iter": args.epochs,
+              "batch_size": "auto" if args.batch_size is None else args.batch_size,
+              "random_state": args.seed}
+    print(f"fastnn {fastnn.__version__} demo: one MLPClassifier fitted on {', '.join(backends)}")
+    print(f"fitting {len(backends)} x (1 warm-up + {args.repeats} timed) times ...",
+          file=sys.stderr, flush=True)
+    results = demo.run(backends, params, data, args.repeats)
+    demo.report(results, data, params, args.repeats)
+    print("\nmore: python -m fastnn info | bench --quick | demo --help")
     return 0
 
 
 # ------------------------------------------------------------------------- main
 COMMANDS = {
     # name: (help, add_arguments(parser), run(args) -> exit status)
+    "demo": ("train one MLPClassifier on every backend and scikit-learn: time, accuracy, weights",
+             add_demo_args, run_demo),
     "info": ("versions, backends, threads, BLAS and which backend runs each kernel",
              add_info_args, run_info),
     "bench": ("time the kernels on every backend against this machine's limits",
               add_bench_args, run_bench),
 }
-DEFAULT_COMMAND = None  # None: run_overview
+DEFAULT_COMMAND = "demo"
 
 
 def make_parser():
     parser = Parser(prog="python -m fastnn",
                     description="fastnn: fast neural-network training on the CPU. "
-                                "Without a command: versions, backends and a small training run.")
+                                f"Without a command: {DEFAULT_COMMAND} (its options may follow directly).")
     parser.add_argument("--version", action="version", version=f"fastnn {fastnn.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=Parser)
     for name, (help_line, add_args, _) in COMMANDS.items():
@@ -370,11 +396,10 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         parser = make_parser()
+        # no command: the default one, with whatever options were given
+        if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+            argv = [DEFAULT_COMMAND, *argv]
         args = parser.parse_args(argv)
-        if args.command is None:
-            if DEFAULT_COMMAND is None:
-                return run_overview(args)
-            args = parser.parse_args([DEFAULT_COMMAND, *argv])
         return COMMANDS[args.command][2](args)
     except UsageError as exc:
         print(f"fastnn: error: {exc}", file=sys.stderr)

@@ -6,10 +6,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastnn
-from fastnn import benchmarks
+from fastnn import benchmarks, demo
 from fastnn.backends import KERNELS
 
 TINY = {benchmarks.SCALE_ENV: "0.001"}
@@ -106,6 +107,13 @@ def test_bench_plot_writes_a_png(tmp_path):
     ["bench", "--scale", "x"],
     ["bench", "--json", "/nonexistent-folder/out.json"],
     ["bench", "--plot", "/nonexistent-folder/out.png"],
+    ["demo", "--samples", "5"],
+    ["--samples", "x"],
+    ["demo", "--hidden", "8,0"],
+    ["demo", "--epochs", "0"],
+    ["demo", "--backend", "nope"],
+    ["demo", "--dtype", "float16"],
+    ["demo", "--data", "/nonexistent-folder/data.npz"],
 ], ids=" ".join)
 def test_bad_arguments_fail_with_one_line(args):
     run = fastnn_cli(*args)
@@ -123,7 +131,7 @@ def test_bad_scale_in_environment_fails_with_one_line():
         f"fastnn: error: {benchmarks.SCALE_ENV} must be a number in (0, 1], got 'big'"]
 
 
-@pytest.mark.parametrize("args", [[], ["info"], ["bench"]], ids=lambda a: " ".join(a) or "main")
+@pytest.mark.parametrize("args", [[], ["info"], ["bench"], ["demo"]], ids=lambda a: " ".join(a) or "main")
 def test_help(args):
     run = fastnn_cli(*args, "--help")
     assert run.returncode == 0
@@ -131,17 +139,137 @@ def test_help(args):
     if args == ["bench"]:
         for option in ("--quick", "--json", "--plot", "--backend", "--only"):
             assert option in run.stdout
+    if args == ["demo"]:
+        for option in ("--samples", "--hidden", "--epochs", "--batch-size", "--dtype", "--backend",
+                       "--no-sklearn", "--data"):
+            assert option in run.stdout
+    if args == []:
+        assert "Without a command: demo" in run.stdout
 
 
-def test_no_command_trains_on_every_backend():
-    run = fastnn_cli()
+# ------------------------------------------------------------------------- demo
+TINY_DEMO = ["--samples", "200", "--epochs", "3", "--hidden", "8", "--repeats", "1"]
+
+
+def demo_table(stdout):
+    """{backend: cells} of the demo's table (the rows under the header line)."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["backend", "fit"])
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        name, *cells = line.split()
+        rows[name] = cells
+    return rows
+
+
+def cells_of(cells):
+    """fit time, warm-up, vs sklearn, vs numpy, accuracy, epochs, weight difference
+    (times carry a unit: 'ms' or 's')."""
+    fit, fit_unit, warm, warm_unit, vs_sklearn, vs_numpy, accuracy, epochs, difference = cells
+    return {"fit": float(fit) * (1e-3 if fit_unit == "ms" else 1), "vs_sklearn": vs_sklearn,
+            "vs_numpy": float(vs_numpy.rstrip("x")), "accuracy": float(accuracy), "epochs": epochs,
+            "difference": difference}
+
+
+def test_demo_is_the_default_and_fits_every_backend_alike():
+    run = fastnn_cli(*TINY_DEMO)  # options alone: the default command
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith(f"fastnn {fastnn.__version__}\n")
-    rows = {line.split()[0]: line.split()[1:-2] for line in run.stdout.splitlines()
-            if line.startswith("  ") and line.rstrip().endswith(" s)")}
-    assert set(rows) == set(fastnn.available_backends())
-    for epochs in rows.values():
-        losses = [float(e.split("/")[0]) for e in epochs]
-        accuracy = float(epochs[-1].split("/")[1])
-        assert len(losses) == 5 and losses[-1] < losses[0] / 3
-        assert accuracy > 0.85
+    assert run.stdout.startswith(f"fastnn {fastnn.__version__} demo: ")
+    assert "stratified split (seed 0): 150 training rows, 50 test rows" in run.stdout
+    assert "hidden_layer_sizes=(8,)" in run.stdout and "max_iter=3" in run.stdout
+    fast = [b for b in fastnn.available_backends() if b != "numpy"]
+    rows = {name: cells_of(cells) for name, cells in demo_table(run.stdout).items()}
+    assert list(rows) == ["numpy", *fast, "sklearn"]
+    assert rows["numpy"]["difference"] == "(reference)" and rows["numpy"]["vs_numpy"] == 1.0
+    assert rows["sklearn"]["vs_sklearn"] == "1.00x"
+    for name, row in rows.items():
+        assert row["fit"] > 0 and row["vs_numpy"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["epochs"] == "3*"  # 3 epochs cannot converge: marked, and said below the table
+        if name != "numpy":
+            # same parameters and random_state, float64: the same weights up to rounding
+            assert float(row["difference"]) < 1e-9, (name, row)
+    assert len({row["accuracy"] for row in rows.values()}) == 1
+    assert "* did not converge within max_iter=3 epochs: " + ", ".join(rows) in run.stdout
+    assert "Traceback" not in run.stderr and "ConvergenceWarning" not in run.stderr
+
+
+def test_demo_float32_grown_data_and_restricted_backends():
+    fast = [b for b in fastnn.available_backends() if b != "numpy"][:1]
+    run = fastnn_cli("demo", "--samples", "2500", "--epochs", "2", "--hidden", "8,4", "--repeats", "1",
+                     "--dtype", "float32", "--batch-size", "500", "--no-sklearn",
+                     *(["--backend", fast[0]] if fast else []))
+    assert run.returncode == 0, run.stderr
+    assert "1875 training rows, 625 test rows" in run.stdout
+    assert "--samples 2500: each part tiled" in run.stdout
+    assert "hidden_layer_sizes=(8, 4)" in run.stdout and "batch_size=500" in run.stdout
+    assert "float32" in run.stdout
+    rows = {name: cells_of(cells) for name, cells in demo_table(run.stdout).items()}
+    assert list(rows) == ["numpy", *fast]
+    for name in fast:
+        assert rows[name]["vs_sklearn"] == "-"
+        assert float(rows[name]["difference"]) < 1e-5  # float32 rounding
+
+
+def test_demo_trains_on_a_user_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 4))
+    y = np.array(["a", "b", "c"])[np.argmax(X[:, :3], axis=1)]
+    path = tmp_path / "mine.npz"
+    np.savez(path, X=X, y=y)
+    run = fastnn_cli("demo", "--data", str(path), "--epochs", "3", "--hidden", "8", "--repeats", "1")
+    assert run.returncode == 0, run.stderr
+    assert f"data:    {path} (120 rows), 4 features, 3 classes" in run.stdout
+    assert "90 training rows, 30 test rows" in run.stdout
+    rows = demo_table(run.stdout)
+    assert list(rows) == ["numpy", *(b for b in fastnn.available_backends() if b != "numpy"), "sklearn"]
+
+
+BAD_DATA = {
+    # file name: (content, what the message says)
+    "missing": (None, "no such file"),
+    "text.npz": ("not an npz", "not a zip file"),
+    "single.npy": (np.zeros((5, 2)), "single .npy array"),
+    "no_y.npz": ({"X": np.zeros((10, 2))}, "lacks array y"),
+    "no_arrays.npz": ({"Z": np.zeros(3)}, "lacks array X and y"),
+    "X_1d.npz": ({"X": np.zeros(10), "y": np.arange(10) % 2}, "X must be 2-D"),
+    "y_short.npz": ({"X": np.zeros((10, 2)), "y": np.arange(9) % 2}, "y must be 1-D with one label per row"),
+    "y_float.npz": ({"X": np.zeros((10, 2)), "y": np.linspace(0, 1, 10)}, "non-integer"),
+    "X_nan.npz": ({"X": np.full((10, 2), np.nan), "y": np.arange(10) % 2}, "NaN"),
+    "one_class.npz": ({"X": np.zeros((10, 2)), "y": np.zeros(10)}, "at least 2 classes"),
+    "X_objects.npz": ({"X": np.array([[1, "a"]] * 10, dtype=object), "y": np.arange(10) % 2},
+                      "cannot read the arrays"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_DATA)
+def test_demo_bad_data_fails_with_one_line(tmp_path, name):
+    path = tmp_path / name
+    content, message = BAD_DATA[name]
+    if isinstance(content, str):
+        path.write_text(content)
+    elif isinstance(content, np.ndarray):
+        np.save(path, content)
+    elif content is not None:
+        np.savez(path, **content)
+    run = fastnn_cli("demo", "--data", str(path))
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.stderr.startswith("fastnn: error: --data: ") and message in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_resize_tiles_with_noise_and_subsets():
+    X = np.arange(20.0).reshape(10, 2)
+    y = np.arange(10)
+    rng = np.random.default_rng(0)
+    big_X, big_y = demo.resize(X, y, 25, rng)
+    assert big_X.shape == (25, 2) and list(big_y) == [*range(10), *range(10), *range(5)]
+    assert np.array_equal(big_X[:10], X)
+    noise = big_X[10:] - np.vstack([X, X[:5]])
+    assert np.all(noise != 0) and np.all(np.abs(noise) < 10 * demo.NOISE * X.std(axis=0))
+    small_X, small_y = demo.resize(X, y, 4, rng)
+    assert small_X.shape == (4, 2) and np.array_equal(small_X[:, 0], 2.0 * small_y)
+    assert len(set(small_y)) == 4
