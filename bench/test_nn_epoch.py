@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import nn
+from fastnn import benchmarks, nn
 
 SIZES = (784, 512, 256, 10)
 BATCH = 256
@@ -41,11 +41,6 @@ def dataset(scale):
     return rng.standard_normal((n, SIZES[0])).astype(DTYPE), rng.integers(0, SIZES[-1], n)
 
 
-def gemm_flops(n):
-    """Flops of one epoch's GEMMs over n samples: 2 n in out per product; three
-    products per layer (forward, dW, dx) except the first layer's dx."""
-    pairs = list(zip(SIZES[:-1], SIZES[1:]))
-    return sum(2 * n * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(pairs))
 
 
 def fastnn_epoch(backend, X, y):
@@ -55,58 +50,8 @@ def fastnn_epoch(backend, X, y):
     return lambda: model.fit(X, y, epochs=1, batch_size=BATCH, verbose=0)
 
 
-def torch_epoch(X, y):
-    import torch
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
-    layers = []
-    for k, (i, o) in enumerate(zip(SIZES[:-1], SIZES[1:])):
-        layers += [torch.nn.Linear(i, o)] + ([torch.nn.ReLU()] if k < len(SIZES) - 2 else [])
-    model = torch.nn.Sequential(*layers)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def epoch():
-        order = torch.randperm(Xt.shape[0])
-        for lo in range(0, Xt.shape[0], BATCH):
-            idx = order[lo:lo + BATCH]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
-            loss.backward()
-            optimizer.step()
-
-    return epoch
 
 
-def gemm_epoch(X):
-    """The epoch's GEMMs alone, into preallocated outputs (sizes of a real step)."""
-    rng = np.random.default_rng(1)
-    pairs = list(zip(SIZES[:-1], SIZES[1:]))
-    W = [rng.standard_normal(p).astype(DTYPE) for p in pairs]
-    dW = [np.empty_like(w) for w in W]
-    bufs = {}
-
-    def buffers(n):
-        if n not in bufs:
-            bufs[n] = ([np.empty((n, o), DTYPE) for _, o in pairs],
-                       [np.empty((n, i), DTYPE) for i, _ in pairs])
-        return bufs[n]
-
-    def epoch():
-        for lo in range(0, X.shape[0], BATCH):
-            x = X[lo:lo + BATCH]
-            h, dx = buffers(x.shape[0])
-            inputs = [x] + h[:-1]
-            for k in range(len(W)):  # forward
-                np.matmul(inputs[k], W[k], out=h[k])
-            for k in reversed(range(len(W))):  # backward: dz of layer k is stood in by h[k]
-                np.matmul(inputs[k].T, h[k], out=dW[k])
-                if k:
-                    np.matmul(h[k], W[k].T, out=dx[k])
-
-    return epoch
 
 
 def runners():
@@ -120,9 +65,9 @@ def runners():
 def test_nn_epoch(benchmark, limits, results, scale, runner):
     X, y = dataset(scale)
     if runner == "gemms":
-        fn = gemm_epoch(X)
+        fn = benchmarks.network_gemms({"X": X})
     elif runner == "torch":
-        fn = torch_epoch(X, y)
+        fn = benchmarks.nn_epoch_torch({"X": X, "y": y})
     else:
         fn = fastnn_epoch(runner, X, y)
     fn()  # warm-up: compiles Numba code, allocates workspaces
@@ -132,7 +77,7 @@ def test_nn_epoch(benchmark, limits, results, scale, runner):
         return
     median, best = benchmark.stats.stats.median, benchmark.stats.stats.min
     _seconds[runner] = (median, best)
-    flops = gemm_flops(X.shape[0])
+    flops = benchmarks.network_flops(X.shape)
     peak_seconds = flops / (limits["gemm_gflops"]["float32"] * 1e9)
     info = {"epoch_s": median, "epoch_min_s": best, "samples": X.shape[0], "gemm_flops": flops,
             "gemm_gflops": flops / median / 1e9, "gemm_at_peak_s": peak_seconds,

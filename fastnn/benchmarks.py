@@ -442,6 +442,115 @@ def dropout_torch(a):
     return lambda: torch.nn.functional.dropout(x, 0.5, training=True)
 
 
+# end to end: one training epoch of a 784-512-256-10 ReLU network, batch 256, Adam
+NET_UNITS = (784, 512, 256, 10)
+NET_BATCH = 256
+NET_KERNELS = ("dense_forward", "dense_backward", "softmax_cross_entropy", "adam_step")
+
+
+def network_setup(shape, dtype):
+    rng = _rng()
+    n, n_in = shape
+    return {"X": rng.standard_normal((n, n_in)).astype(dtype),
+            "y": rng.integers(0, NET_UNITS[-1], n)}
+
+
+def network_flops(shape):
+    """Flops of one epoch's GEMMs: per batch and layer the forward product, dW and
+    dx (2 n in out each), without the first layer's dx."""
+    pairs = list(zip(NET_UNITS[:-1], NET_UNITS[1:]))
+    return sum(2 * shape[0] * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(pairs))
+
+
+def network_gemms(a, units=NET_UNITS, batch_size=NET_BATCH):
+    """The matrix products of one training epoch alone, into preallocated arrays:
+    the floor of any implementation of the same math on this BLAS."""
+    X = a["X"]
+    rng = np.random.default_rng(1)
+    W = [rng.uniform(-0.1, 0.1, (i, o)).astype(X.dtype) for i, o in zip(units[:-1], units[1:])]
+    dW = [np.empty_like(w) for w in W]
+    sizes = {min(batch_size, X.shape[0] - lo) for lo in range(0, X.shape[0], batch_size)}
+    outs = {n: [np.empty((n, w.shape[1]), X.dtype) for w in W] for n in sizes}
+    dxs = {n: [np.empty((n, w.shape[0]), X.dtype) for w in W] for n in sizes}
+
+    def epoch():
+        for lo in range(0, X.shape[0], batch_size):
+            x = X[lo:lo + batch_size]
+            h, dx = outs[x.shape[0]], dxs[x.shape[0]]
+            inputs = [x] + h[:-1]
+            for k, w in enumerate(W):
+                np.matmul(inputs[k], w, out=h[k])
+            for k in reversed(range(len(W))):  # h[k] stands in for dz: same shape and cost
+                np.matmul(inputs[k].T, h[k], out=dW[k])
+                if k:
+                    np.matmul(h[k], W[k].T, out=dx[k])
+
+    return epoch
+
+
+_models = {}  # (benchmark, backend, id of X) -> model or estimator, built on first call
+
+
+def nn_epoch_call(backend, a):
+    from . import nn
+
+    key = ("nn", backend.name, id(a["X"]))
+    if key not in _models:
+        _models[key] = nn.Sequential(
+            [nn.Dense(u, "relu") for u in NET_UNITS[1:-1]] + [nn.Dense(NET_UNITS[-1])],
+            loss="sparse_categorical_crossentropy", optimizer=nn.Adam(1e-3), seed=0,
+            backend=backend, dtype=a["X"].dtype)
+    _models[key].fit(a["X"], a["y"], epochs=1, batch_size=NET_BATCH, verbose=0)
+
+
+def nn_epoch_torch(a):
+    torch = _torch()
+    torch.manual_seed(0)
+    X, y = torch.from_numpy(a["X"]), torch.from_numpy(a["y"])
+    layers = []
+    for k, (i, o) in enumerate(zip(NET_UNITS[:-1], NET_UNITS[1:])):
+        layers += [torch.nn.Linear(i, o)] + ([torch.nn.ReLU()] if k < len(NET_UNITS) - 2 else [])
+    model = torch.nn.Sequential(*layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def epoch():
+        order = torch.randperm(X.shape[0])
+        for lo in range(0, X.shape[0], NET_BATCH):
+            idx = order[lo:lo + NET_BATCH]
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(X[idx]), y[idx]).backward()
+            optimizer.step()
+
+    return epoch
+
+
+MLP_PARAMS = dict(hidden_layer_sizes=NET_UNITS[1:-1], batch_size=NET_BATCH, solver="adam",
+                  max_iter=1, shuffle=True, random_state=0)
+
+
+def _fit_quietly(estimator, X, y):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(X, y)
+
+
+def mlp_fit_call(backend, a):
+    from .estimators import MLPClassifier
+
+    _fit_quietly(MLPClassifier(backend=backend.name, **MLP_PARAMS), a["X"], a["y"])
+
+
+def mlp_fit_sklearn(a):
+    from sklearn.neural_network import MLPClassifier
+
+    return lambda: _fit_quietly(MLPClassifier(**MLP_PARAMS), a["X"], a["y"])
+
+
 M = 1_000_000
 BENCHMARKS = [
     Benchmark("softmax_ce", (8192, 1000), "float32", softmax_ce_setup, softmax_ce_call,
@@ -475,6 +584,14 @@ BENCHMARKS = [
     Benchmark("sgd_momentum", (10 * M,), "float32", sgd_setup, sgd_call,
               reads=("param", "grad", "velocity"), writes=("param", "velocity"),
               kernels=("sgd_step",), others={"torch": sgd_torch}),
+    Benchmark("nn_epoch", (20000, 784), "float32", network_setup, nn_epoch_call, unit="flop",
+              flops=network_flops, kernels=NET_KERNELS, others={"torch": nn_epoch_torch},
+              bare=network_gemms,
+              min_first=2 * NET_BATCH),
+    Benchmark("mlp_fit", (20000, 784), "float32", network_setup, mlp_fit_call, unit="flop",
+              flops=network_flops, kernels=NET_KERNELS, others={"sklearn": mlp_fit_sklearn},
+              bare=network_gemms,
+              min_first=2 * NET_BATCH),
 ]
 
 

@@ -95,7 +95,7 @@ def add_bench_args(parser):
                         help="the main kernels only, with fewer repeats (under a minute)")
     parser.add_argument("--backend", action="append", metavar="NAME",
                         help="run only this backend (repeatable, or comma-separated); "
-                             f"names: {', '.join(list(BACKENDS) + ['torch'])}")
+                             f"names: {', '.join(list(BACKENDS) + COMPARISONS)}")
     parser.add_argument("--only", action="append", metavar="BENCHMARK",
                         help="run only this benchmark (repeatable, or comma-separated); see --list")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
@@ -118,6 +118,9 @@ def check_output_path(path, option):
         raise UsageError(f"{option}: {path} is a folder")
 
 
+COMPARISONS = ["torch", "sklearn"]  # libraries timed beside the backends where installed
+
+
 def bench_settings(args):
     """Validated (benchmark names, backends, others, scale) from the arguments."""
     names = split_names(args.only)
@@ -125,13 +128,14 @@ def bench_settings(args):
     for name in names:
         if name not in known:
             raise UsageError(f"unknown benchmark {name!r}; known: {', '.join(known)}")
-    others = ["torch"]
+    others = list(COMPARISONS)
     backends = None
     wanted = split_names(args.backend)
     if wanted:
         for name in wanted:
-            if name not in BACKENDS and name != "torch":
-                raise UsageError(f"unknown backend {name!r}; names: {', '.join(list(BACKENDS) + ['torch'])}")
+            if name not in BACKENDS and name not in COMPARISONS:
+                names = ", ".join(list(BACKENDS) + COMPARISONS)
+                raise UsageError(f"unknown backend {name!r}; names: {names}")
             if name in fastnn.unavailable_backends():
                 raise UsageError(f"backend {name!r} is not available: {fastnn.unavailable_backends()[name]}")
             if name == "torch" and benchmarks.version("torch") is None:
