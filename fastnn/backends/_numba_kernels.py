@@ -1,11 +1,12 @@
 """Jitted kernels behind the numba backend (numba_backend.py calls them).
 
-Every kernel is a plain loop over explicit index ranges. A kernel that is worth
-running on several threads comes as a `*_block` (or `*_rows`) function doing
-one range serially, called directly for small inputs, and a `*_parallel` driver
-that splits the range with `prange` for large ones. Both paths run the same
-per-range code, and reductions are summed over fixed, shape-determined blocks in
-a fixed order, so the serial and the parallel result are bit-identical.
+Every kernel is a plain loop over explicit ranges. Work that is worth running
+on several threads is written once as a function over a range (`*_block`,
+`*_rows`, `*_tile`, or one block of rows); a `*_serial` function, or a direct
+call over the whole range, runs it for small inputs, and a `*_parallel` driver
+splits the range with `prange` for large ones. Reductions are summed per fixed,
+shape-determined block and the blocks added in order, so the serial and the
+parallel result are bit-identical and independent of the thread count.
 
 Dtypes: every kernel is compiled for float32 and float64 and computes in the
 dtype of its arrays (constants come from the caller already in that dtype),

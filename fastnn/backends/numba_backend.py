@@ -6,6 +6,11 @@ the parallel one for large inputs, and passes scalars already converted to the
 array dtype. GEMMs stay in BLAS (np.matmul with out=); the kernels fuse what
 surrounds them. Kernels compile on first use and are cached on disk.
 Kernels not overridden here (init_weights) run the reference implementation.
+
+Threads: with Numba's OpenMP threading layer, GNU OpenMP's default active wait
+keeps a worker spinning for milliseconds after each parallel region; BLAS calls
+that follow then share the cores with it. OMP_WAIT_POLICY=PASSIVE, set before
+libgomp loads, avoids that.
 """
 
 import numba
