@@ -626,7 +626,11 @@ class Record:
         return dataclasses.asdict(self)
 
 
-BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
+BARE = "bare-gemms"
+# Libraries timed after every fastnn backend of the run: PyTorch's OpenMP threads,
+# once started, slow the BLAS and OpenMP work that follows them in the same process
+# (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run).
+RUN_LAST = ("torch",)  # the `backend` of the record that times Benchmark.bare
 
 
 def rescore(records, limits):
@@ -649,7 +653,8 @@ def scale_from_env():
     return scale
 
 
-def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, min_time=0.3):
+def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, min_time=0.3,
+                  with_bare=True):
     """Records of one benchmark on each backend (default: all available), then
     on each library of `others` the benchmark knows and that is installed, then
     its bare core. Speed-ups are over the reference when it is among the backends."""
@@ -671,7 +676,7 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
             continue
         timings.append((lib, time_call(fn, min_time=min_time)))
     bare_s = None
-    if bench.bare is not None:
+    if with_bare and bench.bare is not None:
         timed = time_call(bench.bare(bench.setup(shape, bench.dtype)), min_time=min_time)
         bare_s = timed[0]
         timings.append((BARE, timed))
@@ -711,12 +716,26 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
     if measure:
         limits = measure_limits(scale, 3 if quick else 5, limit_time)
     busy, own, wall = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    records = []
-    for bench in select(names, quick):
-        block = run_benchmark(bench, limits, backends, others, scale, min_time)
+    benches = select(names, quick)
+    early = [lib for lib in others if lib not in RUN_LAST]
+    late = [lib for lib in others if lib in RUN_LAST]
+    blocks = []
+    for bench in benches:
+        blocks.append(run_benchmark(bench, limits, backends, early, scale, min_time))
         if progress is not None:
-            progress(bench, block)
-        records += block
+            progress(bench, blocks[-1])
+    for bench, block in zip(benches, blocks) if late else ():
+        extra = run_benchmark(bench, limits, [], late, scale, min_time, with_bare=False)
+        if progress is not None:
+            progress(bench, extra)
+        reference = next((r for r in block if r.backend == REFERENCE), None)
+        bare = next((r for r in block if r.backend == BARE), None)
+        for r in extra:
+            r.speedup = None if reference is None else reference.median_s / r.median_s
+            r.bare_percent = None if bare is None else 100 * bare.median_s / r.median_s
+        at = next((i for i, r in enumerate(block) if r.backend == BARE), len(block))
+        block[at:at] = extra
+    records = [r for block in blocks for r in block]
     if measure:
         limits = best_limits(limits, measure_limits(scale, 3 if quick else 5, limit_time))
         rescore(records, limits)
