@@ -11,7 +11,16 @@ import contextlib
 import importlib
 import os
 
-from .reference import KERNELS, NumpyBackend
+# OpenMP threads that spin-wait after a parallel region keep a core busy that the
+# BLAS threads of the next GEMM need, and on a busy machine a region then waits a
+# whole scheduler time slice for its own threads. Measured here: a dense layer's
+# GEMMs + epilogue, and a Numba training step, ran 1.5x to several times slower
+# with spinning threads. So the OpenMP threads of the C kernels and of Numba sleep
+# when idle, unless the environment chose a policy. This must be set before
+# either backend loads libgomp, hence here, on `import fastnn`.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .reference import KERNELS, NumpyBackend  # noqa: E402
 
 # name -> "module:Class"; the default backend is the first of these that loads.
 BACKENDS = {

@@ -5,19 +5,10 @@ every size taken from the arrays themselves. GEMMs stay in BLAS through NumPy;
 the C kernels do what surrounds them. Kernels not overridden here (init_weights)
 run the reference implementation."""
 
-import os
 
 import numpy as np
 
-# OpenMP threads that spin-wait after a parallel region keep a core busy that the
-# BLAS threads of the next GEMM need, and on a busy machine a region then waits a
-# whole scheduler time slice for its own threads: measured here, a dense layer's
-# GEMMs + C epilogue ran several times slower with spinning threads. So the C
-# kernels' threads sleep when idle, unless the environment chose a policy
-# (libgomp reads it when it is loaded, which importing the extension does).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .. import _ckernels  # noqa: E402  (ImportError when the extension was not built)
+from .. import _ckernels  # ImportError when the extension was not built
 from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
 
 ffi, lib = _ckernels.ffi, _ckernels.lib
