@@ -56,37 +56,13 @@ _sklearn_seconds = {}  # case -> scikit-learn's median fit time in this run
 
 def bare_gemms(X, units, batch_size, epochs):
     """A callable doing only the matrix products of `epochs` epochs of training."""
-    rng = np.random.RandomState(0)
-    W = [rng.uniform(-0.1, 0.1, (a, b)).astype(X.dtype) for a, b in zip(units[:-1], units[1:])]
-    starts = range(0, X.shape[0], batch_size)
-    sizes = sorted({min(batch_size, X.shape[0] - lo) for lo in starts})
-    ys = {n: [np.empty((n, w.shape[1]), X.dtype) for w in W] for n in sizes}
-    dxs = {n: [np.empty((n, w.shape[0]), X.dtype) for w in W] for n in sizes}
-    dW = [np.empty_like(w) for w in W]
+    epoch = benchmarks.network_gemms({"X": X}, units, batch_size)
 
     def run():
         for _ in range(epochs):
-            for lo in starts:
-                x = X[lo:lo + batch_size]
-                n = x.shape[0]
-                a = x
-                for w, y in zip(W, ys[n]):
-                    np.matmul(a, w, out=y)
-                    a = y
-                for i in range(len(W) - 1, -1, -1):
-                    dz = ys[n][i]  # stands in for the gradient: same shape, same cost
-                    np.matmul(x.T if i == 0 else ys[n][i - 1].T, dz, out=dW[i])
-                    if i > 0:
-                        np.matmul(dz, W[i].T, out=dxs[n][i])
+            epoch()
+
     return run
-
-
-def gemm_flops(n_samples, units):
-    """FLOPs of the matrix products of one epoch: forward x W, backward x^T dz for
-    every layer and dz W^T for every layer but the first."""
-    pairs = list(zip(units[:-1], units[1:]))
-    forward = sum(a * b for a, b in pairs)
-    return 2 * n_samples * (2 * forward + sum(a * b for a, b in pairs[1:]))
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -115,7 +91,7 @@ def test_fit(benchmark, limits, results, scale, case, runner):
     if benchmark.stats is None:  # --benchmark-disable
         return
     median = benchmark.stats.stats.median
-    rate = gemm_flops(X.shape[0], units) * epochs / median / 1e9
+    rate = benchmarks.network_flops(X.shape, units) * epochs / median / 1e9
     dtype = str(X.dtype)
     info = {"seconds_per_epoch": median / epochs, "gemm_gflops": rate,
             "percent_of_gemm_limit": 100 * rate / benchmarks.limit_for(limits, "flop", dtype)}

@@ -32,23 +32,12 @@ import numpy as np
 from scipy.special import expit, xlogy
 
 from .backends.reference import NEEDS_INPUT
+from .nn.layers import mix64 as mix_seed
 
 BN_MOMENTUM = 0.1  # torch.nn.BatchNorm1d's defaults
 BN_EPS = 1e-5
 PREDICT_CHUNK = 4096  # rows per chunk at inference: bounds memory for large X
 MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*values):
-    """One 64-bit seed from several integers (splitmix64 finaliser over each):
-    nearby steps and layers give unrelated dropout masks."""
-    z = 0
-    for v in values:
-        z = ((z ^ (int(v) & MASK64)) + 0x9E3779B97F4A7C15) & MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-        z ^= z >> 31
-    return z
 
 
 def dense_rows(X, rows, out):

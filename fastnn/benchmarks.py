@@ -455,10 +455,10 @@ def network_setup(shape, dtype):
             "y": rng.integers(0, NET_UNITS[-1], n)}
 
 
-def network_flops(shape):
-    """Flops of one epoch's GEMMs: per batch and layer the forward product, dW and
-    dx (2 n in out each), without the first layer's dx."""
-    pairs = list(zip(NET_UNITS[:-1], NET_UNITS[1:]))
+def network_flops(shape, units=NET_UNITS):
+    """Flops of one epoch's GEMMs over shape[0] samples: per layer the forward
+    product, dW and dx (2 n in out each), without the first layer's dx."""
+    pairs = list(zip(units[:-1], units[1:]))
     return sum(2 * shape[0] * i * o * (2 if k == 0 else 3) for k, (i, o) in enumerate(pairs))
 
 
