@@ -4,6 +4,7 @@ a compiler is present and installs without it (no 'c' backend) when not.
 
 The builds run on a copy of the working tree, so they never write into it."""
 
+import importlib.util
 import os
 import re
 import shutil
@@ -18,11 +19,24 @@ import pytest
 from cffi import FFI
 
 import fastnn
-from fastnn.backends import _build_ckernels
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 HEADER = CSRC / "fastnn.h"
+
+
+def load_build_script():
+    """The cffi build script of this source tree. It is loaded from its file, not
+    imported from the installed package: it reads csrc/, which only the source
+    tree has (an installed, non-editable fastnn has no csrc/ beside it)."""
+    path = ROOT / "fastnn" / "backends" / "_build_ckernels.py"
+    spec = importlib.util.spec_from_file_location("fastnn_build_ckernels", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build_ckernels = load_build_script()
 # not copied: version control, build products, caches, the compiled extension
 # and the C file cffi generates next to it
 IGNORE = shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o",
