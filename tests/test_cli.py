@@ -17,10 +17,16 @@ TINY = {benchmarks.SCALE_ENV: "0.001"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+# Subprocesses start in tests/, not at the top of the source tree: there,
+# `python -m fastnn` would import the source folder (which has no compiled C
+# extension unless built in place) instead of the installed package.
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
 def fastnn_cli(*args, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastnn", *args], capture_output=True, text=True,
-                          env=full_env, timeout=300)
+                          env=full_env, timeout=300, cwd=HERE)
 
 
 def test_info():

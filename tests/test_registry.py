@@ -29,8 +29,11 @@ def run_python(code, **env):
     returns the CompletedProcess (stdout, stderr as text)."""
     full_env = {k: v for k, v in os.environ.items() if k != "FASTNN_BACKEND"}
     full_env.update(env)
+    # started in tests/: at the top of the source tree `import fastnn` would find the
+    # source folder instead of the installed package
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full_env, timeout=120)
+                          text=True, env=full_env, timeout=120,
+                          cwd=os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------- names
