@@ -4,6 +4,8 @@ The C backend is optional. If the extension cannot be compiled (no compiler, no
 OpenMP), the build warns and goes on, and fastnn installs without the ``c`` backend.
 """
 
+import os
+import shutil
 import sys
 
 from setuptools import setup
@@ -18,6 +20,25 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # compiler missing or broken: install without C
             self._warn(exc)
+            return
+        self._copy_into_source_tree()
+
+    def _copy_into_source_tree(self):
+        """Also place the built extension beside the sources, as an in-place build
+        does: `python -m fastnn` run at the top of the source tree imports this
+        folder's fastnn, not the installed copy, and should find the C backend."""
+        if self.inplace:
+            return
+        here = os.path.dirname(os.path.abspath(__file__))
+        for ext in self.extensions:
+            filename = self.get_ext_filename(self.get_ext_fullname(ext.name))
+            built = os.path.join(self.build_lib, filename)
+            target = os.path.join(here, filename)
+            if os.path.exists(built) and os.path.isdir(os.path.dirname(target)):
+                try:
+                    shutil.copyfile(built, target)
+                except OSError:  # a read-only source tree: the installed copy still works
+                    pass
 
     def build_extension(self, ext):
         try:
