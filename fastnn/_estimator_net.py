@@ -265,17 +265,33 @@ class Network:
             return float(backend._squared_error(out, t, w, grad)) / out.shape[1]
         return poisson_deviance(out, t, w, grad)
 
-    def loss_and_gradient(self, backend, x, t, w, ws, alpha, training=True, seed=0, update_stats=True):
+    @staticmethod
+    def penalty_rate(alpha, x, w):
+        """The L2 rate of a batch: alpha / (sum of its sample weights, or its size)."""
+        return alpha / (x.shape[0] if w is None else float(w.sum()))
+
+    def loss_and_gradient(self, backend, x, t, w, ws, alpha, training=True, seed=0, update_stats=True,
+                          penalty_gradient=True):
         """Forward, loss, backward and L2 penalty on one batch. The penalty is
-        0.5 alpha ||W||^2 / (sum of the batch's sample weights, or its size), on the
-        weight matrices only, as scikit-learn's. Returns the loss."""
+        0.5 l2 ||W||^2 with l2 = penalty_rate(alpha, x, w), on the weight matrices
+        only, as scikit-learn's. Returns the loss. penalty_gradient=False leaves
+        the penalty's gradient l2 W out of the gradient buffer, for a caller that
+        folds it into its optimizer step (one pass over the weights fewer)."""
         out = self.forward(backend, x, ws, training, seed, update_stats)
+        if alpha and not penalty_gradient:
+            # right after the forward pass, which has just read the weights, so they
+            # are still in cache; the value only (the optimizer adds the gradient)
+            weights = self.params[:self.n_weights]
+            sq = float(np.dot(weights, weights))
         loss = self.data_loss(backend, out, t, w, ws["dout"])
         self.backward(backend, ws, training)
         if alpha:
-            sw_sum = x.shape[0] if w is None else float(w.sum())
-            loss += float(backend._weight_penalty(self.params[:self.n_weights], self.grads[:self.n_weights],
-                                                  alpha / sw_sum, 0.0))
+            l2 = self.penalty_rate(alpha, x, w)
+            if penalty_gradient:
+                loss += float(backend._weight_penalty(self.params[:self.n_weights],
+                                                      self.grads[:self.n_weights], l2, 0.0))
+            else:
+                loss += 0.5 * l2 * sq
         return loss
 
     def set_running_stats(self, backend, X):

@@ -96,9 +96,16 @@ class _Solver:
         self.optimizer.set_state(params, counters, {k: v.copy() for k, v in state.items()})
         return True
 
-    def step(self, backend, params, grads):
+    @property
+    def folds_l2(self):
+        """Whether the step can add the L2 penalty's gradient itself (see step)."""
+        return self.optimizer.couples_l2
+
+    def step(self, backend, params, grads, l2=0.0, n_weights=0):
+        """One update; l2 > 0 adds the gradient l2 * W of the penalty on the weights
+        block params[:n_weights] inside the optimizer kernel (folds_l2 only)."""
         self.optimizer.schedule.lr = self.learning_rate
-        self.optimizer.step(backend, params, grads)
+        self.optimizer.step(backend, params, grads, l2=l2, l2_size=n_weights)
 
     def iteration_ends(self, time_step):
         if self.schedule == "invscaling":
@@ -114,6 +121,15 @@ class _Solver:
         if verbose:
             print(f"{msg} Setting learning rate to {self.learning_rate:f}")
         return False
+
+
+def _gather(a, rows, ws, key):
+    """a[rows] into the workspace's buffer `key` (allocated on first use)."""
+    out = ws.get(key)
+    if out is None:
+        out = ws[key] = np.empty((len(rows),) + a.shape[1:], a.dtype)
+    # mode="clip": the indices are valid, and "raise" would buffer the output
+    return np.take(a, rows, axis=0, out=out, mode="clip")
 
 
 class _FastMLP:
@@ -359,6 +375,9 @@ class _FastMLP:
         sample_idx = np.arange(n_samples, dtype=int)
         order = np.empty(n_samples, dtype=int)
         sparse = sp.issparse(X)
+        # the L2 penalty's gradient is added by the optimizer kernel, which reads the
+        # weights anyway, rather than by a pass of its own over weights and gradients
+        fold = bool(self.alpha) and solver.folds_l2
         step = 0
         try:
             self.n_iter_ = 0
@@ -376,17 +395,22 @@ class _FastMLP:
                     if self.shuffle:
                         rows = sample_idx[start:stop]
                         xb = dense_rows(X, rows, ws["x"])
-                        tb = targets[rows]
-                        wb = None if sample_weight is None else sample_weight[rows]
+                        tb = _gather(targets, rows, ws, "t")
+                        wb = None if sample_weight is None else _gather(sample_weight, rows, ws, "w")
                     else:
                         xb = dense_rows(X[start:stop], None, ws["x"]) if sparse else X[start:stop]
                         tb = targets[start:stop]
                         wb = None if sample_weight is None else sample_weight[start:stop]
                     step += 1
                     seed = mix_seed(self._dropout_seed, self.t_, step) if self._dropout_seed else 0
-                    loss = net.loss_and_gradient(backend, xb, tb, wb, ws, self.alpha, seed=seed)
+                    loss = net.loss_and_gradient(backend, xb, tb, wb, ws, self.alpha, seed=seed,
+                                                 penalty_gradient=not fold)
                     accumulated_loss += loss * (stop - start)
-                    solver.step(backend, net.params, net.grads)
+                    if fold:
+                        solver.step(backend, net.params, net.grads, net.penalty_rate(self.alpha, xb, wb),
+                                    net.n_weights)
+                    else:
+                        solver.step(backend, net.params, net.grads)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n_samples
                 self.t_ += n_samples

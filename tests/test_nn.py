@@ -10,7 +10,7 @@ from conftest import ALL_BACKENDS, RTOL
 
 import fastnn
 from fastnn import nn
-from fastnn.backends.reference import ACTIVATIONS, NumpyBackend
+from fastnn.backends.reference import ACTIVATIONS, KERNELS, NumpyBackend
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -428,16 +428,18 @@ def test_one_call_switches_backend():
 
 # ---------------------------------------------------------------- models are data
 class CountingBackend(NumpyBackend):
-    """The reference, counting kernel calls."""
+    """The reference, counting kernel runs: calls of the implementations
+    (`_adam_step`, ...), which the public methods call after their checks and the
+    training loop calls directly."""
 
     def __init__(self):
         self.calls = {}
 
     def __getattribute__(self, name):
         attr = super().__getattribute__(name)
-        if not name.startswith("_") and callable(attr) and name != "calls":
+        if name[:1] == "_" and name[1:] in KERNELS:
             calls = super().__getattribute__("calls")
-            calls[name] = calls.get(name, 0) + 1
+            calls[name[1:]] = calls.get(name[1:], 0) + 1
         return attr
 
 

@@ -5,10 +5,11 @@ model's flat buffers, which `Sequential.build` hands out: parameters (`params`),
 their gradients (`grads`, same layout) and non-trained state such as running
 statistics (`state`). A layer owns no arrays of its own.
 
-Every computation is one backend kernel. `forward` and `backward` write into
-workspace buffers kept per batch size in `ws` (a dict the model keeps for this
-layer and batch size), so after the first step at a batch size nothing is
-allocated. Shapes: x (N, n_in), y (N, n_out).
+Every computation is one backend kernel (Dense calls the implementation behind
+the public kernel when its input passes a few cheap checks, see `_trusted`).
+`forward` and `backward` write into workspace buffers kept per batch size in `ws`
+(a dict the model keeps for this layer and batch size), so after the first step
+at a batch size nothing is allocated. Shapes: x (N, n_in), y (N, n_out).
 """
 
 from typing import NamedTuple
@@ -53,6 +54,15 @@ class Pass(NamedTuple):
     training: bool
     update_stats: bool = True
     seed: int = 0
+
+
+def _trusted(a, dtype, width):
+    """Whether `a` is what a kernel implementation takes without the public
+    method's checks: a C-contiguous, aligned (N, width) array of the layer's dtype.
+    Inside a model every input is (workspaces, validated data); a layer called
+    with anything else goes through the validating public kernel."""
+    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[1] == width
+            and a.flags.c_contiguous and a.flags.aligned)
 
 
 def buffer(ws, key, shape, dtype):
@@ -157,8 +167,11 @@ class Dense(Layer):
         shape = (x.shape[0], self.units)
         y = buffer(ws, "y", shape, self.dtype)
         preact = buffer(ws, "preact", shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
-        backend.dense_forward(x, self.params["W"], self.params["b"], self.run_activation, out=y,
-                              preact=preact)
+        if _trusted(x, self.dtype, self.n_in):
+            backend._dense_forward(x, self.params["W"], self.params["b"], self.run_activation, y, preact)
+        else:
+            backend.dense_forward(x, self.params["W"], self.params["b"], self.run_activation, out=y,
+                                  preact=preact)
         ws["x"] = x
         return y
 
@@ -167,8 +180,13 @@ class Dense(Layer):
         act = self.run_activation
         dz = None if act == "identity" else buffer(ws, "dz", (n, self.units), self.dtype)
         dx = buffer(ws, "dx", (n, self.n_in), self.dtype) if need_dx else None
-        backend.dense_backward(dy, ws["x"], self.params["W"], ws["y"], act, preact=ws.get("preact"),
-                               need_dx=need_dx, dx=dx, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        x = ws["x"]
+        if _trusted(dy, self.dtype, self.units) and dy.shape[0] == x.shape[0]:  # x: checked in forward
+            backend._dense_backward(dy, x, self.params["W"], ws["y"], act, ws.get("preact"), dx,
+                                    self.grads["W"], self.grads["b"], dz)
+        else:
+            backend.dense_backward(dy, x, self.params["W"], ws["y"], act, preact=ws.get("preact"),
+                                   need_dx=need_dx, dx=dx, dW=self.grads["W"], db=self.grads["b"], dz=dz)
         return dx
 
     def config(self):

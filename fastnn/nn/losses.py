@@ -73,6 +73,14 @@ class Loss:
         """Number of correct predictions in a batch (classification losses)."""
         raise NotImplementedError
 
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        """`__call__` for arguments the model has already checked: output and grad
+        C-contiguous (N, K) workspaces of one float dtype, targets from `targets`
+        (sliced or gathered into C-contiguous arrays), sample_weight None or (N,)
+        of that dtype with a positive sum. The built-in losses call the kernel
+        implementation directly, skipping the public kernel's validation."""
+        return self(backend, output, targets, sample_weight, grad)
+
     def config(self):
         return {"name": self.name}
 
@@ -106,6 +114,9 @@ class SoftmaxCrossEntropy(Loss):
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._softmax_cross_entropy(output, targets, sample_weight, grad))
+
     def correct(self, output, targets):
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         return int(np.count_nonzero(output.argmax(axis=1) == labels))
@@ -128,6 +139,9 @@ class BinaryCrossEntropy(Loss):
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._sigmoid_binary_cross_entropy(output, targets, sample_weight, grad))
+
     def correct(self, output, targets):
         # per-sample fraction of outputs on the right side of 0.5
         hits = np.count_nonzero((output > 0) == (targets > 0.5))
@@ -142,6 +156,9 @@ class SquaredError(Loss):
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.squared_error(output, targets, sample_weight, grad=grad)[0]
 
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._squared_error(output, targets, sample_weight, grad))
+
 
 class AbsoluteError(Loss):
     """|output - y| summed over outputs, mean over samples."""
@@ -150,6 +167,9 @@ class AbsoluteError(Loss):
 
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.absolute_error(output, targets, sample_weight, grad=grad)[0]
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._absolute_error(output, targets, sample_weight, grad))
 
 
 class Huber(Loss):
@@ -162,6 +182,9 @@ class Huber(Loss):
 
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._huber(output, targets, sample_weight, grad, self.delta))
 
     def config(self):
         return {"name": self.name, "delta": self.delta}
@@ -194,6 +217,9 @@ class Hinge(Loss):
 
     def __call__(self, backend, output, targets, sample_weight, grad):
         return backend.hinge(output, targets, sample_weight, grad=grad)[0]
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return float(backend._hinge(output, targets, sample_weight, grad))
 
     def correct(self, output, targets):
         if output.shape[1] > 1:  # one-vs-rest: the highest score is the class

@@ -349,8 +349,8 @@ class Sequential:
         steps."""
         scale = 1.0 / n if self.penalty_per_sample else 1.0
         value = 0.0
-        for param, grad, l2, l1 in self._penalties:
-            value += backend.weight_penalty(param, grad, l2 * scale, l1 * scale)
+        for param, grad, l2, l1 in self._penalties:  # views of the flat buffers: no checks needed
+            value += float(backend._weight_penalty(param, grad, l2 * scale, l1 * scale))
         return value
 
     def _loss_and_grads(self, backend, x, t, w, ws, mode):
@@ -360,7 +360,7 @@ class Sequential:
         grad = ws[1].get("dout")
         if grad is None:
             grad = ws[1]["dout"] = np.empty_like(out)
-        loss = self.loss(backend, out, t, w, grad)
+        loss = self.loss.checked_call(backend, out, t, w, grad)  # t, w: checked by _check_data
         if not math.isfinite(loss):
             raise _NonFiniteLoss(loss)
         self._backward(backend, grad, ws)
@@ -611,7 +611,7 @@ class Sequential:
                 correct += self.loss.correct(out, t[lo:hi])
             if bw == 0:
                 continue
-            total += self.loss(backend, out, t[lo:hi], wb, grad) * bw
+            total += self.loss.checked_call(backend, out, t[lo:hi], wb, grad) * bw
             weight_total += bw
         self._release_inputs()
         self._penalties = self._penalty_terms()

@@ -2,7 +2,16 @@
 
 An optimizer updates the model's whole flat parameter buffer with ONE fused
 backend kernel call per step; its state (momentum, moment estimates) lives in
-buffers of the same layout as the parameters, allocated by `bind`.
+buffers of the same layout as the parameters, allocated by `bind`. The arrays of
+a step are checked by a few cheap tests (the buffers it is bound to, a gradient of
+their layout, a finite rate); then the backend's implementation runs directly,
+without the public kernel's argument validation, which a step would otherwise
+pay every time. Anything else goes through the public, validating kernel.
+
+An L2 penalty on the leading part of the buffer (a weights block) can be folded
+into the step (`step(..., l2=..., l2_size=...)`) by the optimizers whose weight
+decay is an L2 gradient: the kernel then adds l2 * param to the gradient as it
+reads it, which saves a separate pass over the parameters and gradients.
 
 A schedule gives the learning rate of each step. Per-step schedules depend on the
 step count t; per-epoch schedules change at `end_epoch`, which the fit loop calls
@@ -198,6 +207,8 @@ class Optimizer:
 
     name = "optimizer"
     state_names = ()
+    weight_decay = 0.0
+    couples_l2 = True  # weight decay is an L2 gradient: step(l2=...) can fold a penalty in
 
     def __init__(self, lr, schedule=None):
         self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
@@ -213,6 +224,7 @@ class Optimizer:
         restart the step count and the schedule."""
         self._params = params
         self.state = {name: np.zeros_like(params) for name in self.state_names}
+        self._split = None  # (l2_size, state views before it, state views after it)
         self.t = 0
         self.samples_seen = 0
         self.epochs_done = 0
@@ -226,11 +238,37 @@ class Optimizer:
         """The learning rate the next step will use."""
         return self.schedule.lr_at(self.t + 1)
 
-    def step(self, backend, params, grads, n_samples=0):
-        """One update of the whole flat buffer: one kernel call."""
+    def step(self, backend, params, grads, n_samples=0, l2=0.0, l2_size=0):
+        """One update of the whole flat buffer: one kernel call. l2 > 0 adds the
+        gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2 inside the
+        kernel (two calls then: the penalised block and the rest); only for
+        optimizers with couples_l2."""
         self.t += 1
         self.samples_seen += n_samples
-        self._step(backend, params, grads, self.schedule.lr_at(self.t))
+        lr = self.schedule.lr_at(self.t)
+        trusted = self._trusted(params, grads, lr)
+        if trusted:
+            lr = float(lr)
+        if not l2:
+            self._step(backend, params, grads, lr, self.state, self.weight_decay, trusted)
+            return
+        if not self.couples_l2:
+            raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
+        k = l2_size
+        if self._split is None or self._split[0] != k or not trusted:
+            self._split = (k, {n: a[:k] for n, a in self.state.items()},
+                           {n: a[k:] for n, a in self.state.items()})
+        _, head, tail = self._split
+        self._step(backend, params[:k], grads[:k], lr, head, self.weight_decay + l2, trusted)
+        if k < params.size:
+            self._step(backend, params[k:], grads[k:], lr, tail, self.weight_decay, trusted)
+
+    def _trusted(self, params, grads, lr):
+        """Whether the arrays are the bound buffer and a gradient of its layout and
+        the rate is a finite float >= 0: what the public kernels would check."""
+        return (params is self._params and type(grads) is np.ndarray and grads.dtype == params.dtype
+                and grads.shape == params.shape and grads.flags.c_contiguous and grads.flags.aligned
+                and isinstance(lr, (float, int)) and 0 <= lr < math.inf)
 
     def end_epoch(self, loss=None):
         """Tell the schedule an epoch ended, with its training loss. Returns True
@@ -282,10 +320,14 @@ class SGD(Optimizer):
         self.lr_in_velocity = bool(lr_in_velocity)
         self.state_names = ("velocity",) if self.momentum else ()
 
-    def _step(self, backend, params, grads, lr):
-        backend.sgd_step(params, grads, self.state.get("velocity"), lr, momentum=self.momentum,
-                         nesterov=self.nesterov, weight_decay=self.weight_decay,
-                         lr_in_velocity=self.lr_in_velocity)
+    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+        if trusted:
+            backend._sgd_step(params, grads, state.get("velocity"), lr, self.momentum, self.nesterov,
+                              weight_decay, self.lr_in_velocity)
+        else:
+            backend.sgd_step(params, grads, state.get("velocity"), lr, momentum=self.momentum,
+                             nesterov=self.nesterov, weight_decay=weight_decay,
+                             lr_in_velocity=self.lr_in_velocity)
 
 
 class Adagrad(Optimizer):
@@ -298,9 +340,12 @@ class Adagrad(Optimizer):
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
 
-    def _step(self, backend, params, grads, lr):
-        backend.adagrad_step(params, grads, self.state["sum_sq"], lr, eps=self.eps,
-                             weight_decay=self.weight_decay)
+    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+        if trusted:
+            backend._adagrad_step(params, grads, state["sum_sq"], lr, self.eps, weight_decay)
+        else:
+            backend.adagrad_step(params, grads, state["sum_sq"], lr, eps=self.eps,
+                                 weight_decay=weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -318,12 +363,16 @@ class RMSprop(Optimizer):
         self.state_names = (("square_avg",) + (("momentum_buf",) if self.momentum else ())
                             + (("grad_avg",) if self.centered else ()))
 
-    def _step(self, backend, params, grads, lr):
-        s = self.state
-        backend.rmsprop_step(params, grads, s["square_avg"], lr, alpha=self.alpha, eps=self.eps,
-                             weight_decay=self.weight_decay, momentum=self.momentum,
-                             momentum_buf=s.get("momentum_buf"), centered=self.centered,
-                             grad_avg=s.get("grad_avg"))
+    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+        s = state
+        if trusted:
+            backend._rmsprop_step(params, grads, s["square_avg"], lr, self.alpha, self.eps, weight_decay,
+                                  self.momentum, s.get("momentum_buf"), s.get("grad_avg"))
+        else:
+            backend.rmsprop_step(params, grads, s["square_avg"], lr, alpha=self.alpha, eps=self.eps,
+                                 weight_decay=weight_decay, momentum=self.momentum,
+                                 momentum_buf=s.get("momentum_buf"), centered=self.centered,
+                                 grad_avg=s.get("grad_avg"))
 
 
 class Adadelta(Optimizer):
@@ -337,9 +386,13 @@ class Adadelta(Optimizer):
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
 
-    def _step(self, backend, params, grads, lr):
-        backend.adadelta_step(params, grads, self.state["square_avg"], self.state["acc_delta"], lr,
-                              rho=self.rho, eps=self.eps, weight_decay=self.weight_decay)
+    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+        if trusted:
+            backend._adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr, self.rho,
+                                   self.eps, weight_decay)
+        else:
+            backend.adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr,
+                                  rho=self.rho, eps=self.eps, weight_decay=weight_decay)
 
 
 class Adam(Optimizer):
@@ -362,12 +415,16 @@ class Adam(Optimizer):
         self.sklearn_eps = bool(sklearn_eps)
         self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
 
-    def _step(self, backend, params, grads, lr):
+    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
         eps = self.eps / math.sqrt(1 - self.beta2**self.t) if self.sklearn_eps else self.eps
-        s = self.state
-        backend.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1, beta2=self.beta2,
-                          eps=eps, weight_decay=self.weight_decay, decoupled=self.decoupled,
-                          amsgrad=self.amsgrad, v_max=s.get("v_max"))
+        s = state
+        if trusted:
+            backend._adam_step(params, grads, s["m"], s["v"], self.t, lr, self.beta1, self.beta2, eps,
+                               weight_decay, self.decoupled, s.get("v_max"))
+        else:
+            backend.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1,
+                              beta2=self.beta2, eps=eps, weight_decay=weight_decay,
+                              decoupled=self.decoupled, amsgrad=self.amsgrad, v_max=s.get("v_max"))
 
 
 class AdamW(Adam):
@@ -375,6 +432,7 @@ class AdamW(Adam):
 
     name = "adamw"
     decoupled = True
+    couples_l2 = False  # its weight decay is not an L2 gradient
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
                  sklearn_eps=False, schedule=None):
