@@ -269,6 +269,25 @@ def test_rmsprop_and_adagrad_first_step(solver):
     assert_allclose(flat(est), expected, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop", "adagrad", "adamw"])
+def test_l2_penalty_folded_into_the_optimizer_step_changes_nothing(solver, monkeypatch):
+    """The stochastic solvers add alpha's L2 gradient inside the optimizer kernel
+    (adamw, whose decay is decoupled, keeps the separate penalty kernel): the fit
+    is the one with the penalty added to the gradient first."""
+    from fastnn import estimators
+
+    X, y = digits(150)
+    params = dict(solver=solver, hidden_layer_sizes=(12, 7), alpha=0.3, batch_size=32, max_iter=4,
+                  random_state=0, learning_rate_init=0.01, backend="numpy")
+    folded = fit(MLPClassifier(**params), X, y, sample_weight=np.linspace(0.5, 2, len(y)))
+    assert estimators._Solver.folds_l2.fget(folded._optimizer) == (solver != "adamw")
+    monkeypatch.setattr(estimators._Solver, "folds_l2", property(lambda self: False))
+    separate = fit(MLPClassifier(**params), X, y, sample_weight=np.linspace(0.5, 2, len(y)))
+    assert_allclose(folded.loss_curve_, separate.loss_curve_, rtol=1e-10)
+    for a, b in zip(folded.coefs_ + folded.intercepts_, separate.coefs_ + separate.intercepts_):
+        assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_learning_rate_schedules_follow_sklearn_per_solver():
     X, y = digits(200)
     base = dict(hidden_layer_sizes=(10,), max_iter=3, random_state=0, learning_rate_init=0.01, power_t=0.9)

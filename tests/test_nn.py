@@ -469,6 +469,72 @@ def test_parameters_are_views_of_one_buffer_and_one_optimizer_call_per_step():
     assert backend.calls["dense_backward"] == 3 * 8
 
 
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+@pytest.mark.parametrize("optimizer", [
+    lambda: nn.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=0.01), lambda: nn.Adam(0.01),
+    lambda: nn.RMSprop(0.01, momentum=0.5, centered=True), lambda: nn.Adagrad(0.1),
+    lambda: nn.Adadelta(weight_decay=0.001), lambda: nn.Adam(0.01, sklearn_eps=True, amsgrad=True),
+], ids=["sgd", "adam", "rmsprop", "adagrad", "adadelta", "amsgrad"])
+def test_optimizer_step_folds_an_l2_penalty_into_its_kernel(backend_name, optimizer):
+    backend = fastnn.get_backend(backend_name)
+    rng = np.random.default_rng(0)
+    params0, k, l2 = rng.standard_normal(50), 30, 0.3
+    separate, folded = optimizer(), optimizer()
+    p1, p2 = params0.copy(), params0.copy()
+    separate.bind(p1)
+    folded.bind(p2)
+    for _ in range(3):
+        grads = rng.standard_normal(50)
+        g1 = grads.copy()
+        backend.weight_penalty(p1[:k], g1[:k], l2=l2)  # adds l2 * p1[:k]
+        separate.step(backend, p1, g1)
+        folded.step(backend, p2, grads.copy(), l2=l2, l2_size=k)
+        np.testing.assert_allclose(p2, p1, rtol=1e-12, atol=1e-14)
+        for name in separate.state_names:
+            np.testing.assert_allclose(folded.state[name], separate.state[name], rtol=1e-12, atol=1e-14)
+    assert folded.t == separate.t == 3
+
+
+def test_optimizer_step_checks_arrays_it_is_not_bound_to():
+    backend = fastnn.get_backend("numpy")
+    opt = nn.Adam(0.01)
+    params = np.zeros(6)
+    opt.bind(params)
+    with pytest.raises(ValueError, match="grad must have shape"):
+        opt.step(backend, params, np.zeros(5))
+    with pytest.raises(TypeError, match="grad has dtype float32"):
+        opt.step(backend, params, np.zeros(6, np.float32))
+    with pytest.raises(ValueError, match="m must have shape"):  # not the bound buffer: state mismatch
+        opt.step(backend, np.zeros(4), np.zeros(4))
+    adamw = nn.AdamW()
+    adamw.bind(params)
+    with pytest.raises(ValueError, match="cannot fold an L2 penalty"):
+        adamw.step(backend, params, np.zeros(6), l2=0.1, l2_size=3)
+    assert adamw.t == 0
+
+
+@pytest.mark.parametrize("backend_name", ALL_BACKENDS)
+def test_dense_layer_checks_inputs_the_model_did_not_make(backend_name):
+    """Inside the model a Dense layer calls the kernel implementation; called with
+    a non-contiguous, wrongly typed or wrongly shaped input it goes through the
+    public kernel, which copies or rejects it."""
+    model = nn.Sequential([nn.Dense(4, "tanh"), nn.Dense(2)], seed=0, backend=backend_name,
+                          dtype=np.float64, input_dim=3)
+    backend, layer, mode = model.backend, model.layers[0], nn.layers.Pass(training=False)
+    X = data(5, 3)
+    expected = layer.forward(backend, X, {}, mode).copy()
+    got = layer.forward(backend, np.asfortranarray(X), {}, mode)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    with pytest.raises(TypeError, match="dtype"):
+        layer.forward(backend, X.astype(np.float32), {}, mode)
+    with pytest.raises(ValueError, match="x must have shape"):
+        layer.forward(backend, data(5, 2), {}, mode)
+    ws = {}
+    layer.forward(backend, X, ws, mode)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        layer.backward(backend, np.ones((5, 3)), ws, need_dx=True)
+
+
 def test_training_step_allocates_nothing_after_the_first():
     backend = fastnn.get_backend("numpy")
     model = nn.Sequential([nn.Dense(64, "gelu"), nn.BatchNorm(), nn.Dropout(0.1), nn.Dense(32, "tanh"),

@@ -243,6 +243,8 @@ class Optimizer:
         gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2 inside the
         kernel (two calls then: the penalised block and the rest); only for
         optimizers with couples_l2."""
+        if l2 and not self.couples_l2:
+            raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
         self.t += 1
         self.samples_seen += n_samples
         lr = self.schedule.lr_at(self.t)
@@ -252,8 +254,6 @@ class Optimizer:
         if not l2:
             self._step(backend, params, grads, lr, self.state, self.weight_decay, trusted)
             return
-        if not self.couples_l2:
-            raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
         k = l2_size
         if self._split is None or self._split[0] != k or not trusted:
             self._split = (k, {n: a[:k] for n, a in self.state.items()},
