@@ -13,7 +13,6 @@ struct FN(loss_args) {
     double wsum;              /* sum of w */
     double delta;             /* huber */
     int loss;                 /* fastnn_loss, for elementwise_loss */
-    int stream;               /* softmax: write grad with non-temporal stores */
     double partial[MAX_PARTS];
 };
 
@@ -75,81 +74,14 @@ INLINE T FN(lse_ratio)(T m, T s, double *lse) {
     return FN(exp)(m - lse_t);
 }
 
-/* Non-temporal stores of g[j] = e[j] * c for j in [j0, j1), 16-byte aligned
- * g + j0 and j1 - j0 a multiple of W = 16 / sizeof(T). SSE2, so both clones can
- * inline it; the AVX2 clone encodes it with VEX. */
-#if defined(__SSE2__)
-INLINE void FN(stream_scaled)(const T *e, T *g, int64_t j0, int64_t j1, T c) {
-    if (sizeof(T) == 4) { /* one of the two branches is compiled per type */
-        const float *ef = (const float *)e;
-        float *gf = (float *)g;
-        __m128 cv = _mm_set1_ps((float)c);
-        for (int64_t j = j0; j < j1; j += 4) _mm_stream_ps(gf + j, _mm_mul_ps(_mm_loadu_ps(ef + j), cv));
-    } else {
-        const double *ed = (const double *)e;
-        double *gd = (double *)g;
-        __m128d cv = _mm_set1_pd((double)c);
-        for (int64_t j = j0; j < j1; j += 2) _mm_stream_pd(gd + j, _mm_mul_pd(_mm_loadu_pd(ed + j), cv));
-    }
-}
-#endif
-
-/* g = e * c over one row (k,), except g[label] = g_label. With stream set, the
- * aligned middle of the row is written with non-temporal stores: a gradient
- * larger than the caches then goes to memory without first being read into the
- * cache (write-allocate), a third of the kernel's memory traffic. e is then a
- * separate row buffer (in cache), and g is only written. */
-INLINE void FN(scale_row)(const T *e, T *g, int64_t k, T c, int64_t label, T g_label, int stream) {
-#if defined(__SSE2__)
-    enum { W = 16 / (int)sizeof(T) }; /* elements per 16-byte store */
-    if (stream && ((uintptr_t)g % sizeof(T)) == 0) {
-        int64_t head = (int64_t)((16 - (uintptr_t)g % 16) % 16 / sizeof(T));
-        head = head < k ? head : k;
-        int64_t end = head + (k - head) / W * W; /* streamed: [head, end) */
-        if (label < head || label >= end) {
-            for (int64_t j = 0; j < head; j++) g[j] = e[j] * c;
-            FN(stream_scaled)(e, g, head, end, c);
-            for (int64_t j = end; j < k; j++) g[j] = e[j] * c;
-            g[label] = g_label;
-        } else {
-            /* the label's group of W elements is streamed on its own */
-            int64_t lg = head + (label - head) / W * W;
-            for (int64_t j = 0; j < head; j++) g[j] = e[j] * c;
-            FN(stream_scaled)(e, g, head, lg, c);
-            T v[W];
-            for (int l = 0; l < W; l++) v[l] = e[lg + l] * c;
-            v[label - lg] = g_label;
-            if (sizeof(T) == 4)
-                _mm_stream_ps((float *)(g + lg), _mm_loadu_ps((const float *)v));
-            else
-                _mm_stream_pd((double *)(g + lg), _mm_loadu_pd((const double *)v));
-            FN(stream_scaled)(e, g, lg + W, end, c);
-            for (int64_t j = end; j < k; j++) g[j] = e[j] * c;
-        }
-        return;
-    }
-#endif
-    (void)stream;
-    if (e == g) { /* in place: a copy loop would fail its overlap check and stay scalar */
-        for (int64_t j = 0; j < k; j++) g[j] *= c;
-    } else {
-        for (int64_t j = 0; j < k; j++) g[j] = e[j] * c;
-    }
-    g[label] = g_label;
-}
-
 HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int part) {
     struct FN(loss_args) *a = args;
     int64_t k = a->k;
     double total = 0;
-    /* e = exp(x - max) of the row goes to a row-sized buffer when the gradient is
-     * streamed (else into g itself, which is then rescaled in cache) */
-    T *buf = a->stream ? malloc((size_t)k * sizeof(T)) : NULL;
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k;
         T *g = a->grad + i * k, m;
-        T *e = buf ? buf : g;
-        T s = FN(exp_row)(x, e, k, &m);
+        T s = FN(exp_row)(x, g, k, &m);
         double lse;
         T r = FN(lse_ratio)(m, s, &lse);
         double scale = FN(sample_scale)(a, i);
@@ -158,14 +90,11 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
             total = NAN;
             continue;
         }
-        /* grad = (softmax - onehot) * scale */
-        T sc = (T)scale;
-        FN(scale_row)(e, g, k, r * sc, label, (e[label] * r - (T)1) * sc, buf != NULL);
+        /* grad = (softmax - onehot) * scale, in place over the row (in L1) */
+        T p_label = g[label] * r, sc = (T)scale, c = r * sc;
+        for (int64_t j = 0; j < k; j++) g[j] *= c;
+        g[label] = (p_label - (T)1) * sc;
         total += (lse - (double)x[label]) * scale;
-    }
-    if (buf) {
-        free(buf);
-        STREAM_FENCE(); /* the streamed stores are seen before the threads join */
     }
     a->partial[part] = total;
 }
@@ -198,9 +127,6 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
 double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
                                         T *grad, int64_t n, int64_t k) {
     struct FN(loss_args) a = {.x = logits, .labels = labels, .w = w, .grad = grad, .n = n, .k = k};
-    /* stream the gradient when it is too large to stay in the caches for the
-     * layer below to read */
-    a.stream = (double)n * (double)k * sizeof(T) >= STREAM_MIN_BYTES;
     return FN(setup)(&a, FN(sce_labels_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 

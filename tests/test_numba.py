@@ -221,27 +221,3 @@ def test_float64_helpers_accuracy():
     for code, want in ((2, [np.nan, 1, -1]), (3, [np.nan, np.inf, -1])):
         _apply(code, special, out[:3])
         np.testing.assert_array_equal(out[:3], want)
-
-
-@pytest.mark.parametrize("n, k", [(1, 1), (3, 2), (5, 3), (40, 1001), (9, 64)])
-def test_softmax_ce_streamed_gradient_matches_the_reference(n, k, dtype, monkeypatch):
-    """With the streaming threshold at 0, every softmax gradient is written with
-    non-temporal stores around the 16-byte aligned middle of each row: rows of odd
-    lengths in a buffer shifted by one element start at every alignment, and the
-    labels sit in the head, the middle and the tail of rows."""
-    monkeypatch.setattr(numba_backend, "STREAM_MIN_BYTES", 0)
-    ref, nb = fastnn.get_backend("numpy"), fastnn.get_backend("numba")
-    rng = np.random.default_rng(k)
-    logits = (3 * rng.standard_normal((n, k))).astype(dtype)
-    labels = rng.integers(0, k, n)
-    labels[: min(n, 4)] = [0, k - 1, k // 2, min(k - 1, 1)][: min(n, 4)]
-    want = np.empty_like(logits)
-    loss_want = ref.softmax_cross_entropy(logits, labels, grad=want)[0]
-    for threshold in (1 << 62, 0):  # serial and parallel paths
-        monkeypatch.setattr(numba_backend, "PARALLEL_MIN", threshold)
-        grad = np.empty(n * k + 1, dtype)[1:].reshape(n, k)
-        loss = nb.softmax_cross_entropy(logits, labels, grad=grad)[0]
-        np.testing.assert_allclose(loss, loss_want, rtol=10 * RTOL[np.dtype(dtype)])
-        np.testing.assert_allclose(grad, want, rtol=RTOL[np.dtype(dtype)],
-                                   atol=RTOL[np.dtype(dtype)] * np.abs(want).max() * 1e-2)
-

@@ -96,20 +96,6 @@ def scale_pow2(typingctx, p, t, shift):
 
 
 @intrinsic
-def scale_pow2_normal(typingctx, p, t, shift):
-    """p * 2^n (n from t as in scale_pow2) with one factor: for n within the
-    normal exponent range only (exp_nonpositive checks its argument)."""
-    def codegen(context, builder, sig, args):
-        p, t, shift = args
-        bits, mant, bias = (32, 23, 127) if sig.args[0] == types.float32 else (64, 52, 1023)
-        it = ir.IntType(bits)
-        n = builder.sub(builder.bitcast(t, it), builder.bitcast(shift, it))
-        e = builder.shl(builder.add(n, ir.Constant(it, bias)), ir.Constant(it, mant))
-        return builder.fmul(p, builder.bitcast(e, p.type))
-    return p(p, p, p), codegen
-
-
-@intrinsic
 def pow2_bits(typingctx, t):
     """2^n from t = n + bias + shift, where adding shift (1.5 * 2^mantissa bits)
     rounded n onto the integers: t's low bits shifted into the exponent field
@@ -120,71 +106,6 @@ def pow2_bits(typingctx, t):
         e = builder.shl(builder.bitcast(args[0], it), ir.Constant(it, mant))
         return builder.bitcast(e, args[0].type)
     return t(t), codegen
-
-
-STREAM_BYTES = 16  # one non-temporal store: SSE2's width, a part of every x86-64
-
-
-def _stream_codegen(patch):
-    def codegen(context, builder, sig, args):
-        gty, ety = sig.args[0], sig.args[2]
-        g = context.make_array(gty)(context, builder, args[0])
-        e = context.make_array(ety)(context, builder, args[2])
-        j, c = args[1], args[3]
-        fty = context.get_data_type(gty.dtype)
-        width = STREAM_BYTES // context.get_abi_sizeof(fty)
-        vty = ir.VectorType(fty, width)
-        src = builder.bitcast(builder.gep(e.data, [j]), vty.as_pointer())
-        v = builder.fmul(builder.load(src, align=context.get_abi_sizeof(fty)),
-                         _splat(builder, c, vty))
-        if patch:  # lane args[4] (in [0, width)) gets the value args[5]
-            v = builder.insert_element(v, args[5], builder.trunc(args[4], ir.IntType(32)))
-        dst = builder.bitcast(builder.gep(g.data, [j]), vty.as_pointer())
-        store = builder.store(v, dst, align=STREAM_BYTES)
-        store.set_metadata("nontemporal",
-                           builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        return context.get_dummy_value()
-    return codegen
-
-
-def _splat(builder, c, vty):
-    v = ir.Constant(vty, ir.Undefined)
-    for lane in range(vty.count):
-        v = builder.insert_element(v, c, ir.Constant(ir.IntType(32), lane))
-    return v
-
-
-@intrinsic
-def stream_scaled(typingctx, g, j, e, c):
-    """g[j:j + W] = e[j:j + W] * c with one non-temporal store of W = 16 bytes:
-    g + j 16-byte aligned (the caller checks), g and e 1-D contiguous. The line
-    goes to memory without being read into the cache first (write-allocate)."""
-    return types.void(g, j, e, c), _stream_codegen(False)
-
-
-@intrinsic
-def stream_scaled_patched(typingctx, g, j, e, c, lane, value):
-    """stream_scaled, but element j + lane (lane in [0, W)) is set to value."""
-    return types.void(g, j, e, c, lane, value), _stream_codegen(True)
-
-
-@intrinsic
-def data_address(typingctx, a):
-    """The address of a's first element (to find its alignment)."""
-    def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.ptrtoint(ary.data, ir.IntType(64))
-    return types.uint64(a), codegen
-
-
-@intrinsic
-def store_fence(typingctx):
-    """Orders the non-temporal stores before all later memory accesses (they are
-    weakly ordered): after them, before the threads join."""
-    def codegen(context, builder, sig, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-    return types.void(), codegen
 
 
 @intrinsic
@@ -660,78 +581,39 @@ def sample_scale(w, inv_total, i):
     return inv_total * w[i] if w.size else inv_total
 
 
-@jit_inline
-def scale_row(e, g, c, k, gk, stream):
-    """g = e * c over one row (C,), except g[k] = gk; e is g unless stream is
-    set. With stream set, the 16-byte aligned middle of g is written by non-temporal
-    stores: a gradient larger than the caches then goes to memory without first
-    being read into the cache (write-allocate), a third of the memory traffic."""
-    n = g.size
-    item = g.itemsize
-    width = STREAM_BYTES // item
-    addr = data_address(g)
-    if not stream or addr % item:
-        if stream:
-            for j in range(n):
-                g[j] = e[j] * c
-        else:  # e is g: in place (a copy loop would fail its overlap check, stay scalar)
-            for j in range(n):
-                g[j] *= c
-        g[k] = gk
-        return
-    head = min(n, (STREAM_BYTES - addr % STREAM_BYTES) % STREAM_BYTES // item)
-    end = head + (n - head) // width * width  # streamed: [head, end)
-    for j in range(head):
-        g[j] = e[j] * c
-    for j in range(end, n):
-        g[j] = e[j] * c
-    if k < head or k >= end:
-        for j in range(head, end, width):
-            stream_scaled(g, j, e, c)
-        g[k] = gk
-    else:  # the label's group is streamed with its lane set
-        kg = head + (k - head) // width * width
-        for j in range(head, kg, width):
-            stream_scaled(g, j, e, c)
-        stream_scaled_patched(g, kg, e, c, k - kg, gk)
-        for j in range(kg + width, end, width):
-            stream_scaled(g, j, e, c)
-
-
 @jit
-def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi, stream):
+def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     """Softmax cross-entropy of rows lo..hi; returns their share of the loss
-    (float64) and writes grad (N, C).
+    (float64) and writes grad (N, C): per row its max, then e = exp(x - max)
+    into grad with their sum, then grad scaled in place (the row is in L1).
 
     logits (N, C); labels (N,) int64, or empty when probs (N, C) holds the
     targets; w (N,) sample weights or empty. lse is rounded to the dtype and
     p = exp(x - m) exp(m - lse) as the reference's exp(x - lse), so logits of
-    1e4 (where float32 lse has an ulp of 1e-3) give the reference's p.
-    Per row: its max, then e = exp(x - max) and its sum, then grad = e * r * scale
-    (the row is in L1 after the first pass). With stream (labels only), e goes
-    to a row buffer and grad is written with non-temporal stores (scale_row)."""
+    1e4 (where float32 lse has an ulp of 1e-3) give the reference's p."""
     c = logits.shape[1]
     dt = logits.dtype.type
     zero, one = dt(0), dt(1)
     total = 0.0
-    stream = stream and labels.size > 0
-    buf = np.empty(c if stream else 0, logits.dtype)
     for i in range(lo, hi):
         x, g = logits[i], grad[i]
-        e = buf if stream else g
         m = row_max(x)
         s = zero
         for j in range(c):
-            v = exp_nonpositive(x[j] - m)
-            e[j] = v
-            s = radd(s, v)
+            e = exp_nonpositive(x[j] - m)
+            g[j] = e
+            s = radd(s, e)
         lse = m + dt(math.log(s))
         r = fexp(m - lse)  # p = e * r
         scale = sample_scale(w, inv_total, i)
         sc = dt(scale)
         if labels.size:
             k = labels[i]
-            scale_row(e, g, r * sc, k, (e[k] * r - one) * sc, stream)
+            ek = g[k]
+            q = r * sc
+            for j in range(c):
+                g[j] *= q
+            g[k] = (ek * r - one) * sc
             total += scale * (np.float64(lse) - np.float64(x[k]))
         else:
             t = probs[i]
@@ -743,30 +625,27 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi, stream):
                 g[j] = (g[j] * r * tsum - t[j]) * sc
                 loss = radd(loss, t[j] * (lse - x[j]))  # each term >= 0: no cancellation
             total += scale * np.float64(loss)
-    if stream:
-        store_fence()
     return total
 
 
 @jit
-def softmax_ce_serial(logits, labels, probs, w, inv_total, grad, rows_per_block, stream):
+def softmax_ce_serial(logits, labels, probs, w, inv_total, grad, rows_per_block):
     n = logits.shape[0]
     total = 0.0
     for b in range((n + rows_per_block - 1) // rows_per_block):
         total += softmax_ce_rows(logits, labels, probs, w, inv_total, grad, b * rows_per_block,
-                                 min(n, (b + 1) * rows_per_block), stream)
+                                 min(n, (b + 1) * rows_per_block))
     return total
 
 
 @jit_parallel
-def softmax_ce_parallel(logits, labels, probs, w, inv_total, grad, rows_per_block, stream):
+def softmax_ce_parallel(logits, labels, probs, w, inv_total, grad, rows_per_block):
     n = logits.shape[0]
     nblocks = (n + rows_per_block - 1) // rows_per_block
     partial = np.empty(nblocks)
     for b in prange(nblocks):
         partial[b] = softmax_ce_rows(logits, labels, probs, w, inv_total, grad,
-                                     b * rows_per_block, min(n, (b + 1) * rows_per_block),
-                                     stream)
+                                     b * rows_per_block, min(n, (b + 1) * rows_per_block))
     total = 0.0
     for b in range(nblocks):
         total += partial[b]

@@ -29,10 +29,6 @@ PARALLEL_MIN = 1 << 16
 # spinning when they start (and Numba's after they end), so a parallel region
 # there costs more than it saves unless the work is large.
 DENSE_PARALLEL_MIN = 1 << 20
-# The softmax cross-entropy writes gradients of this size or more with
-# non-temporal stores: too large to stay in the caches for the layer below, they
-# then go to memory without being read into the cache first.
-STREAM_MIN_BYTES = 1 << 24
 # Elements per block of a row kernel: blocks of whole rows of about this size.
 BLOCK_ELEMS = 1 << 14
 
@@ -158,8 +154,7 @@ class NumbaBackend(NumpyBackend):
         else:
             labels, probs = _NO_LABELS, targets
         run = K.softmax_ce_parallel if _parallel(logits.size) else K.softmax_ce_serial
-        stream = grad.nbytes >= STREAM_MIN_BYTES
-        return run(logits, labels, probs, w, inv_total, grad, _rows_per_block(c), stream)
+        return run(logits, labels, probs, w, inv_total, grad, _rows_per_block(c))
 
     def _elementwise_loss(self, kind, pred, targets, w, grad, delta=1.0):
         if pred.size == 0:
