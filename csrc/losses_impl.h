@@ -35,11 +35,26 @@ static double FN(setup)(struct FN(loss_args) *a, range_fn fn, int64_t min_parall
 }
 
 /* -------------------------------------------------- softmax cross-entropy */
+/* max of one row x (k,), k >= 1. ROW_LANES independent running maxima (four
+ * AVX2 vectors) so that the loop is not held up by the latency of one chain of
+ * max instructions. A NaN never wins a comparison (its exp makes the row NaN). */
+#define ROW_LANES (128 / (int)sizeof(T))
+INLINE T FN(row_max)(const T *x, int64_t k) {
+    T acc[ROW_LANES];
+    for (int l = 0; l < ROW_LANES; l++) acc[l] = -INFINITY;
+    int64_t j = 0;
+    for (; j + ROW_LANES <= k; j += ROW_LANES)
+        for (int l = 0; l < ROW_LANES; l++) acc[l] = x[j + l] > acc[l] ? x[j + l] : acc[l];
+    T m = -INFINITY;
+    for (; j < k; j++) m = x[j] > m ? x[j] : m;
+    for (int l = 0; l < ROW_LANES; l++) m = acc[l] > m ? acc[l] : m;
+    return m;
+}
+#undef ROW_LANES
+
 /* max and sum of e = exp(x - max) of one row (k,), e written to out */
 INLINE T FN(exp_row)(const T *x, T *out, int64_t k, T *max) {
-    T m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < k; j++) m = x[j] > m ? x[j] : m;
+    T m = FN(row_max)(x, k);
     T s = 0;
 #pragma omp simd reduction(+ : s)
     for (int64_t j = 0; j < k; j++) {
@@ -75,7 +90,7 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
             total = NAN;
             continue;
         }
-        /* grad = (softmax - onehot) * scale */
+        /* grad = (softmax - onehot) * scale, in place over the row (in L1) */
         T p_label = g[label] * r, sc = (T)scale, c = r * sc;
         for (int64_t j = 0; j < k; j++) g[j] *= c;
         g[label] = (p_label - (T)1) * sc;

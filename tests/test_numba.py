@@ -194,7 +194,10 @@ def test_exp_accuracy_and_special_values(dtype):
     _apply(1, neg, out)
     normal = np.exp(neg.astype(np.float64)) >= np.finfo(dtype).tiny
     exact_neg = np.exp(neg.astype(np.longdouble))
-    assert ulps(out[normal], exact_neg[normal], dtype).max() < 1.5
+    # float32: the softmax's shorter polynomial (relative error 9.4e-8) adds up to
+    # about one ulp to the rounding's half; float64 keeps exp's polynomial
+    worst_neg = ulps(out[normal], exact_neg[normal], dtype).max()
+    assert worst_neg < (2.5 if dtype == np.float32 else 1.5), worst_neg
     assert (out[~normal] == 0).all()
     _apply(1, np.array([np.nan, -np.inf, -1e4, 0.0], dtype), out[:4])
     assert np.isnan(out[0]) and (out[1:3] == 0).all() and out[3] == 1

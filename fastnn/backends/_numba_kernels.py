@@ -96,17 +96,16 @@ def scale_pow2(typingctx, p, t, shift):
 
 
 @intrinsic
-def scale_pow2_normal(typingctx, p, t, shift):
-    """p * 2^n (n from t as in scale_pow2) with one factor: for n within the
-    normal exponent range only (exp_nonpositive checks its argument)."""
+def pow2_bits(typingctx, t):
+    """2^n from t = n + bias + shift, where adding shift (1.5 * 2^mantissa bits)
+    rounded n onto the integers: t's low bits shifted into the exponent field
+    (the shift's own bits fall off the top). For n + bias in the normal range."""
     def codegen(context, builder, sig, args):
-        p, t, shift = args
-        bits, mant, bias = (32, 23, 127) if sig.args[0] == types.float32 else (64, 52, 1023)
+        bits, mant = (32, 23) if sig.args[0] == types.float32 else (64, 52)
         it = ir.IntType(bits)
-        n = builder.sub(builder.bitcast(t, it), builder.bitcast(shift, it))
-        e = builder.shl(builder.add(n, ir.Constant(it, bias)), ir.Constant(it, mant))
-        return builder.fmul(p, builder.bitcast(e, p.type))
-    return p(p, p, p), codegen
+        e = builder.shl(builder.bitcast(args[0], it), ir.Constant(it, mant))
+        return builder.bitcast(e, args[0].type)
+    return t(t), codegen
 
 
 @intrinsic
@@ -154,6 +153,14 @@ P32 = tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
                              4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 LOG2E, SHIFT64, LN2_HI, LN2_LO = (1.4426950408889634, 1.5 * 2**52, 0.693145751953125,
                                   1.42860682030941723212e-6)
+# exp_nonpositive (the softmax's exp): rounding shifts that also add the exponent
+# bias, so that t's low bits are n + bias (pow2_bits), and for float32 a degree-5
+# minimax polynomial of e^r with constant term 1 (relative error 9.4e-8, about 2
+# ulp after rounding; e^0 stays exactly 1): 5 FMAs instead of the 8 operations
+# of _reduce32's, which is the loop's cost
+BIASED32, BIASED64 = F32(1.5 * 2**23 + 127), 1.5 * 2**52 + 1023
+E32 = tuple(F32(c) for c in (0.008290289901196957, 0.04189806431531906, 0.1666763722896576,
+                             0.4999914765357971, 0.9999997019767761))
 # Taylor coefficients 1/k!: to r^13 the truncation is below 1e-17 for |r| <= ln2/2
 F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13 = (1.0 / math.factorial(k)
                                                       for k in range(2, 14))
@@ -213,15 +220,39 @@ def _exp64(x):
 
 
 def _exp_nonpositive32(x):
-    xc = MIN_LOG32 if x < MIN_LOG32 else x
-    t, p = _reduce32(xc)
-    return ZERO32 if x < MIN_LOG32 else scale_pow2_normal(p, t, SHIFT32)
+    # no clamp: below MIN_LOG32 the select drops whatever the bits became
+    t = x * LOG2E32 + BIASED32
+    n = t - BIASED32
+    r = x - n * LN2_HI32
+    r = r - n * LN2_LO32
+    p = E32[0]
+    p = p * r + E32[1]
+    p = p * r + E32[2]
+    p = p * r + E32[3]
+    p = p * r + E32[4]
+    p = p * r + ONE32
+    return ZERO32 if x < MIN_LOG32 else p * pow2_bits(t)
 
 
 def _exp_nonpositive64(x):
-    xc = MIN_LOG64 if x < MIN_LOG64 else x
-    t, p = _reduce64(xc)
-    return 0.0 if x < MIN_LOG64 else scale_pow2_normal(p, t, SHIFT64)
+    t = x * LOG2E + BIASED64
+    n = t - BIASED64
+    r = x - n * LN2_HI
+    r = r - n * LN2_LO
+    p = F13
+    p = p * r + F12
+    p = p * r + F11
+    p = p * r + F10
+    p = p * r + F9
+    p = p * r + F8
+    p = p * r + F7
+    p = p * r + F6
+    p = p * r + F5
+    p = p * r + F4
+    p = p * r + F3
+    p = p * r + F2
+    p = p * (r * r) + r + 1.0
+    return 0.0 if x < MIN_LOG64 else p * pow2_bits(t)
 
 
 def fexp(x):
@@ -231,7 +262,8 @@ def fexp(x):
 
 def exp_nonpositive(x):
     """e^x for x <= 0 (or NaN), 0 where e^x is below the smallest normal number
-    (the softmax shift x - max): a cheaper scaling than fexp's; jitted code only."""
+    (the softmax shift x - max): cheaper than fexp (one 2^n factor, no clamp,
+    and for float32 a shorter polynomial); jitted code only."""
     raise NotImplementedError("exp_nonpositive is callable from jitted code only")
 
 
@@ -551,8 +583,9 @@ def sample_scale(w, inv_total, i):
 
 @jit
 def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
-    """Softmax cross-entropy of rows lo..hi, one pass per row; returns their
-    share of the loss (float64) and writes grad (N, C).
+    """Softmax cross-entropy of rows lo..hi; returns their share of the loss
+    (float64) and writes grad (N, C): per row its max, then e = exp(x - max)
+    into grad with their sum, then grad scaled in place (the row is in L1).
 
     logits (N, C); labels (N,) int64, or empty when probs (N, C) holds the
     targets; w (N,) sample weights or empty. lse is rounded to the dtype and
