@@ -4,7 +4,7 @@
 #include <emmintrin.h>
 #endif
 
-/* Outputs of at least this many bytes (y, dx) are written with non-temporal
+/* Outputs y of at least this many bytes are written with non-temporal
  * stores: they do not fit in the caches, and a streaming store spares the read
  * of each destination line that a plain store makes first (write-allocate).
  * Smaller outputs stay in the caches for the next layer. */

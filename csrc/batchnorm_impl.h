@@ -11,13 +11,15 @@
  * The sums are memory-bound only if the arithmetic per element is small: they
  * take BN_SWEEP rows at a time, sum each column of the sweep in T (registers),
  * and add that into the double accumulators, which then move through L1 once per
- * sweep rather than once per row. Large outputs (y, dx) are written with
- * non-temporal stores (see batchnorm.c). Both passes over x (and dy) stream
- * whole rows from memory: a panel of all rows of a few columns would stay in
- * cache between the passes, but reading a few cache lines from every row (every
- * page when c is large) was measured slower than reading x twice. */
+ * sweep rather than once per row. A large y is written with non-temporal
+ * stores (see batchnorm.c); for dx they were measured slower than plain ones.
+ * Both passes over x (and dy) stream whole rows from memory: a panel of all
+ * rows of a few columns would stay in cache between the passes, but reading a
+ * few cache lines from every row (every page when c is large) was measured
+ * slower than reading x twice. */
 
 #define BN_SWEEP 8
+#define BN_SWEEP_GRAD 4 /* rows of dy and x: 8 streams, as BN_SWEEP rows of x */
 #define BN_CHUNK 512 /* elements per row chunk staged in L1 before a streaming store */
 
 struct FN(bn_args) {
@@ -29,7 +31,7 @@ struct FN(bn_args) {
     int64_t c;
     T coef_n;                /* n, in T */
     int training;
-    int stream;              /* write y / dx with non-temporal stores */
+    int stream;              /* write y with non-temporal stores */
 };
 
 /* s1 += x - x0, s2 += (x - x0)^2 over rows [r0, r1); x - x0 is exact in T
@@ -122,18 +124,18 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
 }
 
 /* sdy += dy, sdyx += dy * xhat over rows [r0, r1), xhat = (x - mean) invstd
- * (in T, as the reference), BN_SWEEP rows at a time as bn_stats_rows */
+ * (in T, as the reference), BN_SWEEP_GRAD rows at a time as bn_stats_rows */
 HOT static void FN(bn_grad_sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
     double *sdy = a->ws + part * 2 * c, *sdyx = sdy + c;
     const T *mean = a->mean, *invstd = a->invstd;
     int64_t r = r0;
-    for (; r + BN_SWEEP <= r1; r += BN_SWEEP) {
-        const T *x = a->x + r * c, *dy = a->dy + r * c; /* (BN_SWEEP, c) */
+    for (; r + BN_SWEEP_GRAD <= r1; r += BN_SWEEP_GRAD) {
+        const T *x = a->x + r * c, *dy = a->dy + r * c; /* (BN_SWEEP_GRAD, c) */
         for (int64_t j = 0; j < c; j++) {
             T mu = mean[j], is = invstd[j], t1 = 0, t2 = 0;
-            for (int k = 0; k < BN_SWEEP; k++) {
+            for (int k = 0; k < BN_SWEEP_GRAD; k++) {
                 T g = dy[k * c + j];
                 t1 += g;
                 t2 += g * ((x[k * c + j] - mu) * is);
@@ -160,27 +162,19 @@ HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const T *mean = a->mean, *invstd = a->invstd, *gamma = a->gamma;
     const T *dbeta = a->dbeta, *dgamma = a->dgamma, *coef = a->coef;
     T nt = a->coef_n;
-    T tmp[BN_CHUNK];
     (void)part;
     for (int64_t r = r0; r < r1; r++) {
         const T *x = a->x + r * c, *dy = a->dy + r * c;
         T *dx = a->dx + r * c;
-        for (int64_t j0 = 0; j0 < c; j0 += BN_CHUNK) {
-            int64_t w = c - j0 < BN_CHUNK ? c - j0 : BN_CHUNK;
-            T *out = a->stream ? tmp : dx + j0;
-            const T *xs = x + j0, *g = dy + j0;
-            if (a->training) {
-                for (int64_t j = 0; j < w; j++) {
-                    T xhat = (xs[j] - mean[j0 + j]) * invstd[j0 + j];
-                    out[j] = coef[j0 + j] * (nt * g[j] - dbeta[j0 + j] - xhat * dgamma[j0 + j]);
-                }
-            } else {
-                for (int64_t j = 0; j < w; j++) out[j] = g[j] * gamma[j0 + j] * invstd[j0 + j];
+        if (a->training) {
+            for (int64_t j = 0; j < c; j++) {
+                T xhat = (x[j] - mean[j]) * invstd[j];
+                dx[j] = coef[j] * (nt * dy[j] - dbeta[j] - xhat * dgamma[j]);
             }
-            if (a->stream) FN(stream_copy)(dx + j0, tmp, w);
+        } else {
+            for (int64_t j = 0; j < c; j++) dx[j] = dy[j] * gamma[j] * invstd[j];
         }
     }
-    if (a->stream) stream_fence();
 }
 
 int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invstd,
@@ -190,8 +184,7 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .invstd = invstd,
                             .dx = dx, .dbeta = dbeta, .dgamma = dgamma, .c = c,
-                            .coef_n = (T)n, .training = training,
-                            .stream = (double)n * (double)c * sizeof(T) >= BN_STREAM_BYTES};
+                            .coef_n = (T)n, .training = training};
     a.ws = workspace(parts + 1, 2 * c); /* + room for coef */
     if (a.ws == NULL) return -1;
     a.coef = (T *)(a.ws + parts * 2 * c);
