@@ -8,8 +8,8 @@
  * (and exactly 0 for a constant column). A second pass normalises, in the
  * reference's order of operations.
  *
- * The sums are memory-bound only if the arithmetic per element is small: they
- * take BN_SWEEP rows at a time, sum each column of the sweep in T (registers),
+ * The statistics are memory-bound only if the arithmetic per element is small:
+ * they take BN_SWEEP rows at a time, sum each column of the sweep in T (registers),
  * and add that into the double accumulators, which then move through L1 once per
  * sweep rather than once per row. A large y is written with non-temporal
  * stores (see batchnorm.c); for dx they were measured slower than plain ones.
@@ -19,7 +19,6 @@
  * slower than reading x twice. */
 
 #define BN_SWEEP 8
-#define BN_SWEEP_GRAD 4 /* rows of dy and x: 8 streams, as BN_SWEEP rows of x */
 #define BN_CHUNK 512 /* elements per row chunk staged in L1 before a streaming store */
 
 struct FN(bn_args) {
@@ -124,27 +123,14 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
 }
 
 /* sdy += dy, sdyx += dy * xhat over rows [r0, r1), xhat = (x - mean) invstd
- * (in T, as the reference), BN_SWEEP_GRAD rows at a time as bn_stats_rows */
+ * (in T, as the reference); one row at a time: sweeps of rows as in
+ * bn_stats_rows were measured no faster here, the pass being memory-bound */
 HOT static void FN(bn_grad_sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
     double *sdy = a->ws + part * 2 * c, *sdyx = sdy + c;
     const T *mean = a->mean, *invstd = a->invstd;
-    int64_t r = r0;
-    for (; r + BN_SWEEP_GRAD <= r1; r += BN_SWEEP_GRAD) {
-        const T *x = a->x + r * c, *dy = a->dy + r * c; /* (BN_SWEEP_GRAD, c) */
-        for (int64_t j = 0; j < c; j++) {
-            T mu = mean[j], is = invstd[j], t1 = 0, t2 = 0;
-            for (int k = 0; k < BN_SWEEP_GRAD; k++) {
-                T g = dy[k * c + j];
-                t1 += g;
-                t2 += g * ((x[k * c + j] - mu) * is);
-            }
-            sdy[j] += (double)t1;
-            sdyx[j] += (double)t2;
-        }
-    }
-    for (; r < r1; r++) {
+    for (int64_t r = r0; r < r1; r++) {
         const T *x = a->x + r * c, *dy = a->dy + r * c;
         for (int64_t j = 0; j < c; j++) {
             T xhat = (x[j] - mean[j]) * invstd[j];
