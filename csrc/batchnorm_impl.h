@@ -6,7 +6,20 @@
  * statistics are shifted sums, sum(x - x0) and sum((x - x0)^2) with x0 the first
  * row, one pass with no cancellation when the mean is large against the spread
  * (and exactly 0 for a constant column). A second pass normalises, in the
- * reference's order of operations. */
+ * reference's order of operations.
+ *
+ * The statistics are memory-bound only if the arithmetic per element is small:
+ * they take BN_SWEEP rows at a time, sum each column of the sweep in T (registers),
+ * and add that into the double accumulators, which then move through L1 once per
+ * sweep rather than once per row. A large y is written with non-temporal
+ * stores (see batchnorm.c); for dx they were measured slower than plain ones.
+ * Both passes over x (and dy) stream whole rows from memory: a panel of all
+ * rows of a few columns would stay in cache between the passes, but reading a
+ * few cache lines from every row (every page when c is large) was measured
+ * slower than reading x twice. */
+
+#define BN_SWEEP 8
+#define BN_CHUNK 512 /* elements per row chunk staged in L1 before a streaming store */
 
 struct FN(bn_args) {
     const T *x, *gamma, *beta, *dy, *mean, *invstd;
@@ -17,20 +30,36 @@ struct FN(bn_args) {
     int64_t c;
     T coef_n;                /* n, in T */
     int training;
+    int stream;              /* write y with non-temporal stores */
 };
 
-/* s1 += x - x0, s2 += (x - x0)^2 over rows [r0, r1) */
+/* s1 += x - x0, s2 += (x - x0)^2 over rows [r0, r1); x - x0 is exact in T
+ * while x is within a factor 2 of x0, and 0 for a constant column */
 HOT static void FN(bn_stats_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
     double *s1 = a->ws + part * 2 * c, *s2 = s1 + c;
     const T *x0 = a->x;
-    for (int64_t r = r0; r < r1; r++) {
+    int64_t r = r0;
+    for (; r + BN_SWEEP <= r1; r += BN_SWEEP) {
+        const T *rows = a->x + r * c; /* (BN_SWEEP, c) */
+        for (int64_t j = 0; j < c; j++) {
+            T shift = x0[j], t1 = 0, t2 = 0;
+            for (int k = 0; k < BN_SWEEP; k++) {
+                T d = rows[k * c + j] - shift;
+                t1 += d;
+                t2 += d * d;
+            }
+            s1[j] += (double)t1;
+            s2[j] += (double)t2;
+        }
+    }
+    for (; r < r1; r++) {
         const T *row = a->x + r * c;
         for (int64_t j = 0; j < c; j++) {
-            double d = (double)row[j] - (double)x0[j];
-            s1[j] += d;
-            s2[j] += d * d;
+            T d = row[j] - x0[j];
+            s1[j] += (double)d;
+            s2[j] += (double)(d * d);
         }
     }
 }
@@ -40,12 +69,20 @@ HOT static void FN(bn_normalize_rows)(void *args, int64_t r0, int64_t r1, int pa
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
     const T *mean = a->mean, *invstd = a->invstd, *gamma = a->gamma, *beta = a->beta;
+    T tmp[BN_CHUNK];
     (void)part;
     for (int64_t r = r0; r < r1; r++) {
         const T *x = a->x + r * c;
         T *y = a->y + r * c;
-        for (int64_t j = 0; j < c; j++) y[j] = (x[j] - mean[j]) * invstd[j] * gamma[j] + beta[j];
+        for (int64_t j0 = 0; j0 < c; j0 += BN_CHUNK) {
+            int64_t w = c - j0 < BN_CHUNK ? c - j0 : BN_CHUNK;
+            T *out = a->stream ? tmp : y + j0;
+            for (int64_t j = 0; j < w; j++)
+                out[j] = (x[j0 + j] - mean[j0 + j]) * invstd[j0 + j] * gamma[j0 + j] + beta[j0 + j];
+            if (a->stream) FN(stream_copy)(y + j0, tmp, w);
+        }
     }
+    if (a->stream) stream_fence();
 }
 
 int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_mean,
@@ -54,36 +91,40 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
     if (c <= 0) return 0;
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {.x = x, .gamma = gamma, .beta = beta, .mean = mean, .invstd = invstd,
-                            .y = y, .c = c};
-    if (training) {
-        a.ws = workspace(parts, 2 * c);
-        if (a.ws == NULL) return -1;
-        parallel_run(FN(bn_stats_rows), &a, n, parts);
-        add_parts(a.ws, parts, 2 * c);
-        const double *s1 = a.ws, *s2 = a.ws + c;
-        T keep = (T)(1.0 - momentum), mom = (T)momentum;
-        T unbias = n > 1 ? (T)((double)n / (double)(n - 1)) : (T)0; /* n > 1 checked */
-        for (int64_t j = 0; j < c; j++) {
-            double shift = s1[j] / (double)n;
-            double var64 = s2[j] / (double)n - shift * shift; /* biased: normalises the batch */
-            T var = (T)(var64 < 0 ? 0 : var64); /* rounding can make it < 0; NaN stays */
-            mean[j] = (T)((double)x[j] + shift);
-            invstd[j] = (T)1 / FN(sqrt)(var + (T)eps);
-            running_mean[j] = running_mean[j] * keep + mom * mean[j];
-            running_var[j] = running_var[j] * keep + mom * var * unbias; /* unbiased */
-        }
-        free(a.ws);
-    } else {
+                            .y = y, .c = c,
+                            .stream = (double)n * (double)c * sizeof(T) >= BN_STREAM_BYTES};
+    if (!training) {
         for (int64_t j = 0; j < c; j++) {
             mean[j] = running_mean[j];
             invstd[j] = (T)1 / FN(sqrt)(running_var[j] + (T)eps);
         }
+        parallel_run(FN(bn_normalize_rows), &a, n, parts);
+        return 0;
+    }
+    a.ws = workspace(parts, 2 * c);
+    if (a.ws == NULL) return -1;
+    const double *s1 = a.ws, *s2 = a.ws + c;
+    T keep = (T)(1.0 - momentum), mom = (T)momentum;
+    T unbias = n > 1 ? (T)((double)n / (double)(n - 1)) : (T)0; /* n > 1 checked */
+    parallel_run(FN(bn_stats_rows), &a, n, parts);
+    add_parts(a.ws, parts, 2 * c);
+    for (int64_t j = 0; j < c; j++) {
+        double shift = s1[j] / (double)n;
+        double var64 = s2[j] / (double)n - shift * shift; /* biased: normalises the batch */
+        T var = (T)(var64 < 0 ? 0 : var64); /* rounding can make it < 0; NaN stays */
+        mean[j] = (T)((double)x[j] + shift);
+        invstd[j] = (T)1 / FN(sqrt)(var + (T)eps);
+        running_mean[j] = running_mean[j] * keep + mom * mean[j];
+        running_var[j] = running_var[j] * keep + mom * var * unbias; /* unbiased */
     }
     parallel_run(FN(bn_normalize_rows), &a, n, parts);
+    free(a.ws);
     return 0;
 }
 
-/* sdy += dy, sdyx += dy * xhat over rows [r0, r1), xhat = (x - mean) invstd */
+/* sdy += dy, sdyx += dy * xhat over rows [r0, r1), xhat = (x - mean) invstd
+ * (in T, as the reference); one row at a time: sweeps of rows as in
+ * bn_stats_rows were measured no faster here, the pass being memory-bound */
 HOT static void FN(bn_grad_sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     int64_t c = a->c;
@@ -132,14 +173,14 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
                             .coef_n = (T)n, .training = training};
     a.ws = workspace(parts + 1, 2 * c); /* + room for coef */
     if (a.ws == NULL) return -1;
+    a.coef = (T *)(a.ws + parts * 2 * c);
     parallel_run(FN(bn_grad_sums_rows), &a, n, parts);
     add_parts(a.ws, parts, 2 * c);
-    a.coef = (T *)(a.ws + parts * 2 * c);
     for (int64_t j = 0; j < c; j++) {
-        dbeta[j] = (T)a.ws[j];
-        dgamma[j] = (T)a.ws[c + j];
-        a.coef[j] = gamma[j] * invstd[j] / a.coef_n;
-    }
+            dbeta[j] = (T)a.ws[j];
+            dgamma[j] = (T)a.ws[c + j];
+            a.coef[j] = gamma[j] * invstd[j] / a.coef_n;
+        }
     parallel_run(FN(bn_dx_rows), &a, n, parts);
     free(a.ws);
     return 0;

@@ -252,3 +252,30 @@ def test_empty_batches_match_the_reference(dtype):
     dx, dgamma, dbeta = c.batchnorm_backward(x, cache, dgamma=np.full(4, 7, dtype),
                                              dbeta=np.full(4, 7, dtype))
     assert dx.shape == (0, 4) and not dgamma.any() and not dbeta.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_batchnorm_large_outputs_at_any_alignment(dtype, offset):
+    """Outputs of batch norm large enough for non-temporal stores (csrc/batchnorm.c),
+    starting `offset` elements into a buffer (not 16-byte aligned) and with rows of
+    an odd length: the same values as the reference, nothing written outside."""
+    n, c = 1031, 1029  # > 4 MB per array in float32
+    ref, fast = fastnn.get_backend("numpy"), fastnn.get_backend("c")
+    x, dy = rand((n, c), dtype, 40) + 3.0, rand((n, c), dtype, 41)
+    gamma, beta = rand(c, dtype, 42), rand(c, dtype, 43)
+    results = []
+    for backend in (ref, fast):
+        for training in (True, False):
+            ybuf, dxbuf = np.full(n * c + 8, 9, dtype), np.full(n * c + 8, 9, dtype)
+            y = ybuf[offset:offset + n * c].reshape(n, c)
+            dx = dxbuf[offset:offset + n * c].reshape(n, c)
+            rm, rv = np.zeros(c, dtype), np.ones(c, dtype)
+            _, cache = backend.batchnorm_forward(x, gamma, beta, rm, rv, training, out=y)
+            _, dgamma, dbeta = backend.batchnorm_backward(dy, cache, dx=dx)
+            for buf in (ybuf, dxbuf):
+                assert (buf[:offset] == 9).all() and (buf[offset + n * c:] == 9).all()
+            results.append((y, rm, rv, dx, dgamma, dbeta))
+    for actual, expected in zip(results[2:], results[:2]):
+        for a, e in zip(actual, expected):
+            assert_close(a, e, dtype)
