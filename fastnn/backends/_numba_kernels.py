@@ -184,9 +184,10 @@ def _reduce32(x):
 
 
 @njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
-def _reduce64(x):
-    t = x * LOG2E + SHIFT64
-    n = t - SHIFT64
+def _reduce64(x, shift):
+    # shift: SHIFT64, or BIASED64 to leave n + bias in t's low bits (pow2_bits)
+    t = x * LOG2E + shift
+    n = t - shift
     r = x - n * LN2_HI
     r = r - n * LN2_LO
     p = F13
@@ -215,7 +216,7 @@ def _exp32(x):
 def _exp64(x):
     x = 1000.0 if x > 1000.0 else x
     x = -1000.0 if x < -1000.0 else x
-    t, p = _reduce64(x)
+    t, p = _reduce64(x, SHIFT64)
     return scale_pow2(p, t, SHIFT64)
 
 
@@ -235,23 +236,7 @@ def _exp_nonpositive32(x):
 
 
 def _exp_nonpositive64(x):
-    t = x * LOG2E + BIASED64
-    n = t - BIASED64
-    r = x - n * LN2_HI
-    r = r - n * LN2_LO
-    p = F13
-    p = p * r + F12
-    p = p * r + F11
-    p = p * r + F10
-    p = p * r + F9
-    p = p * r + F8
-    p = p * r + F7
-    p = p * r + F6
-    p = p * r + F5
-    p = p * r + F4
-    p = p * r + F3
-    p = p * r + F2
-    p = p * (r * r) + r + 1.0
+    t, p = _reduce64(x, BIASED64)
     return 0.0 if x < MIN_LOG64 else p * pow2_bits(t)
 
 
