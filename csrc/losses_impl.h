@@ -90,7 +90,11 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
             total = NAN;
             continue;
         }
-        /* grad = (softmax - onehot) * scale, in place over the row (in L1) */
+        /* grad = (softmax - onehot) * scale, in place over the row (in L1). The
+         * exps go straight into g: putting them in a scratch row and writing g
+         * once with non-temporal stores (which spares reading each gradient line
+         * before it is written), with or without prefetching the next row of x,
+         * measured 2-14% slower on 8192 x 1000 float32 rows, 1 and 2 threads. */
         T p_label = g[label] * r, sc = (T)scale, c = r * sc;
         for (int64_t j = 0; j < k; j++) g[j] *= c;
         g[label] = (p_label - (T)1) * sc;
