@@ -404,6 +404,63 @@ def ndtr64(v, e):
     return c if v < 0.0 else 1.0 - c
 
 
+# float32 arrays: the forward in float32 (8 lanes instead of 4), erfcx by a
+# degree-8 polynomial with K = 2 (relative error 3e-7 on [0, 11] evaluated in
+# float32); the backward stays in float64, as its dz goes on into sums that cancel
+ERFCX_K32, ERFC_MAX32 = F32(2.0), F32(11.0)
+ERFCX_P32 = tuple(F32(c) for c in (
+    -0.00022830827219877392, -0.0003755135112442076, 0.001486083259806037,
+    0.003216353477910161, -0.010740370489656925, -0.01821686141192913,
+    0.13973462581634521, -0.34358054399490356, 0.5107913613319397))
+VELTKAMP32, GAUSS_MAX32 = F32(4097.0), F32(15.0)
+HALF32, INV_SQRT2_32 = F32(0.5), F32(INV_SQRT2)
+
+
+def _gelu32(v):
+    # v Phi(v) as gauss64/ndtr64 in float32; e^(-v^2/2) flushed below 1.2e-38
+    # (v < -13.2), where v Phi(v) is subnormal
+    a = abs(v)
+    a = GAUSS_MAX32 if a > GAUSS_MAX32 else a
+    c = a * VELTKAMP32
+    ah = c - (c - a)
+    al = a - ah
+    sq = a * a
+    lo = ((ah * ah - sq) + ah * al + ah * al) + al * al
+    e = exp_nonpositive(-HALF32 * sq) * (ONE32 - HALF32 * lo)
+    a = abs(v) * INV_SQRT2_32
+    a = ERFC_MAX32 if a > ERFC_MAX32 else a
+    r = ONE32 / (a + ERFCX_K32)
+    t = (a - ERFCX_K32) * r
+    p = ERFCX_P32[0]
+    p = p * t + ERFCX_P32[1]
+    p = p * t + ERFCX_P32[2]
+    p = p * t + ERFCX_P32[3]
+    p = p * t + ERFCX_P32[4]
+    p = p * t + ERFCX_P32[5]
+    p = p * t + ERFCX_P32[6]
+    p = p * t + ERFCX_P32[7]
+    p = p * t + ERFCX_P32[8]
+    c = HALF32 * e * (p * (ERFCX_K32 * r))
+    return v * (c if v < ZERO32 else ONE32 - c)
+
+
+def _gelu64(v):
+    return v * ndtr64(v, gauss64(v))
+
+
+def gelu(v):
+    """v Phi(v) for a float32 or float64 scalar, in that precision; jitted code only."""
+    raise NotImplementedError("gelu is callable from jitted code only")
+
+
+@overload(gelu, inline="always", jit_options={"error_model": "numpy"})
+def _gelu_overload(v):
+    if v == types.float32:
+        return _gelu32
+    if v == types.float64:
+        return _gelu64
+
+
 @jit_inline
 def row_max(z):
     """max of a non-empty 1-D array through order keys (see order_key)."""
@@ -451,8 +508,7 @@ def act_forward_row(code, z, out):
             out[j] = SELU_SCALE * (v if v > 0.0 else SELU_ALPHA * expm1_64(v))
     elif code == GELU:
         for j in range(n):
-            v = np.float64(z[j])  # x Phi(x)
-            out[j] = v * ndtr64(v, gauss64(v))
+            out[j] = gelu(z[j])  # x Phi(x), in the dtype (see _gelu32)
     elif code == SOFTPLUS:
         for j in range(n):
             v = np.float64(z[j])
