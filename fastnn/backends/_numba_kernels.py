@@ -10,9 +10,9 @@ parallel result are bit-identical and independent of the thread count.
 
 Dtypes: every kernel is compiled for float32 and float64 and computes in the
 dtype of its arrays (constants come from the caller already in that dtype),
-except where the reference computes in float64 (gelu; for float32 arrays the
-activations of reference.FLOAT64_INSIDE) and in sums, which accumulate in
-float64 where it matters for accuracy.
+except for float32 arrays the activations of reference.FLOAT64_INSIDE and the
+gelu backward (computed in float64), and sums, which accumulate in float64 where
+it matters for accuracy.
 
 Division follows IEEE (error_model="numpy": x / 0 is inf, not an exception
 whose check would keep a loop from vectorising).
