@@ -136,6 +136,19 @@ def key_value(typingctx, key, like):
     return like(key, like), codegen
 
 
+@intrinsic
+def high_half(typingctx, x):
+    """x with the lower half of its mantissa bits cleared (float32: 12 significant
+    bits left, float64: 26): the product of two such halves is exact. A bit mask,
+    unlike Veltkamp's split, which FMA contraction would break."""
+    def codegen(context, builder, sig, args):
+        bits, mask = (32, 0xFFFFF000) if sig.args[0] == types.float32 else (64, 0xFFFFFFFFF8000000)
+        it = ir.IntType(bits)
+        b = builder.and_(builder.bitcast(args[0], it), ir.Constant(it, mask))
+        return builder.bitcast(b, args[0].type)
+    return x(x), codegen
+
+
 # ------------------------------------------------------------- vectorisable exp
 # e^x = 2^n e^r with n = round(x / ln2) and r = x - n ln2 in [-ln2/2, ln2/2]
 # (Cody-Waite: ln2 split in a few-bit high part, exact times n, and a low part).
@@ -348,7 +361,6 @@ ERFCX_P = (5.103190082204696e-10, -1.7053160351248764e-09, -7.050907710221865e-0
            0.002932098982258965, -0.01743852893787541, 0.05292489812050585,
            -0.11543536685015837, 0.19868731611820015, -0.2809215333215762,
            0.3326706968536444)
-VELTKAMP = 134217729.0  # 2^27 + 1: splits a float64 into two 26-bit halves
 
 
 @jit_inline
@@ -360,8 +372,7 @@ def gauss64(v):
     gradually. |v| is clamped at 40, where the result is 0, so v^2 stays finite."""
     a = abs(v)
     a = 40.0 if a > 40.0 else a  # a NaN fails the test and stays NaN
-    c = a * VELTKAMP
-    ah = c - (c - a)
+    ah = high_half(a)
     al = a - ah
     sq = a * a
     lo = ((ah * ah - sq) + 2.0 * ah * al) + al * al
@@ -378,29 +389,30 @@ def ndtr64(v, e):
     a = 30.0 if a > 30.0 else a  # erfc(30) = 0 in float64; keeps t finite
     r = 1.0 / (a + ERFCX_K)
     t = (a - ERFCX_K) * r
-    p = ERFCX_P[0]
-    p = p * t + ERFCX_P[1]
-    p = p * t + ERFCX_P[2]
-    p = p * t + ERFCX_P[3]
-    p = p * t + ERFCX_P[4]
-    p = p * t + ERFCX_P[5]
-    p = p * t + ERFCX_P[6]
-    p = p * t + ERFCX_P[7]
-    p = p * t + ERFCX_P[8]
-    p = p * t + ERFCX_P[9]
-    p = p * t + ERFCX_P[10]
-    p = p * t + ERFCX_P[11]
-    p = p * t + ERFCX_P[12]
-    p = p * t + ERFCX_P[13]
-    p = p * t + ERFCX_P[14]
-    p = p * t + ERFCX_P[15]
-    p = p * t + ERFCX_P[16]
-    p = p * t + ERFCX_P[17]
-    p = p * t + ERFCX_P[18]
-    p = p * t + ERFCX_P[19]
-    p = p * t + ERFCX_P[20]
-    p = p * t + ERFCX_P[21]
-    c = 0.5 * e * (p * (ERFCX_K * r))
+    t2 = t * t  # P(t) = pe(t^2) + t po(t^2): two chains of half the latency
+    po = ERFCX_P[0]
+    pe = ERFCX_P[1]
+    po = po * t2 + ERFCX_P[2]
+    pe = pe * t2 + ERFCX_P[3]
+    po = po * t2 + ERFCX_P[4]
+    pe = pe * t2 + ERFCX_P[5]
+    po = po * t2 + ERFCX_P[6]
+    pe = pe * t2 + ERFCX_P[7]
+    po = po * t2 + ERFCX_P[8]
+    pe = pe * t2 + ERFCX_P[9]
+    po = po * t2 + ERFCX_P[10]
+    pe = pe * t2 + ERFCX_P[11]
+    po = po * t2 + ERFCX_P[12]
+    pe = pe * t2 + ERFCX_P[13]
+    po = po * t2 + ERFCX_P[14]
+    pe = pe * t2 + ERFCX_P[15]
+    po = po * t2 + ERFCX_P[16]
+    pe = pe * t2 + ERFCX_P[17]
+    po = po * t2 + ERFCX_P[18]
+    pe = pe * t2 + ERFCX_P[19]
+    po = po * t2 + ERFCX_P[20]
+    pe = pe * t2 + ERFCX_P[21]
+    c = 0.5 * e * ((pe + t * po) * (ERFCX_K * r))
     return c if v < 0.0 else 1.0 - c
 
 
@@ -412,7 +424,7 @@ ERFCX_P32 = tuple(F32(c) for c in (
     -0.00022830827219877392, -0.0003755135112442076, 0.001486083259806037,
     0.003216353477910161, -0.010740370489656925, -0.01821686141192913,
     0.13973462581634521, -0.34358054399490356, 0.5107913613319397))
-VELTKAMP32, GAUSS_MAX32 = F32(4097.0), F32(15.0)
+GAUSS_MAX32 = F32(15.0)
 HALF32, INV_SQRT2_32 = F32(0.5), F32(INV_SQRT2)
 
 
@@ -421,8 +433,7 @@ def _gelu32(v):
     # (v < -13.2), where v Phi(v) is subnormal
     a = abs(v)
     a = GAUSS_MAX32 if a > GAUSS_MAX32 else a
-    c = a * VELTKAMP32
-    ah = c - (c - a)
+    ah = high_half(a)
     al = a - ah
     sq = a * a
     lo = ((ah * ah - sq) + ah * al + ah * al) + al * al
@@ -471,6 +482,23 @@ def row_max(z):
     return key_value(k, z[0])
 
 
+# gelu rows in functions of their own, compiled with FMA contraction (the rest
+# of the activations follow the reference's roundings without it; gelu's erfc and
+# exp polynomials are not the reference's formulas, and FMAs make them faster)
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def gelu_forward_row(z, out):
+    for j in range(z.size):
+        out[j] = gelu(z[j])  # x Phi(x), in the dtype (see _gelu32)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def gelu_backward_row(dy, x, out):
+    for j in range(x.size):
+        v = np.float64(x[j])  # Phi(x) + x phi(x), in float64
+        e = gauss64(v)
+        out[j] = dy[j] * (ndtr64(v, e) + v * (e * INV_SQRT_2PI))
+
+
 # ----------------------------------------------------------------- activations
 @jit
 def act_forward_row(code, z, out):
@@ -507,8 +535,7 @@ def act_forward_row(code, z, out):
             v = np.float64(z[j])
             out[j] = SELU_SCALE * (v if v > 0.0 else SELU_ALPHA * expm1_64(v))
     elif code == GELU:
-        for j in range(n):
-            out[j] = gelu(z[j])  # x Phi(x), in the dtype (see _gelu32)
+        gelu_forward_row(z, out)
     elif code == SOFTPLUS:
         for j in range(n):
             v = np.float64(z[j])
@@ -562,10 +589,7 @@ def act_backward_row(code, dy, y, x, out):
             v, g = np.float64(y[j]), np.float64(dy[j])
             out[j] = SELU_SCALE * g if v > 0.0 else g * (v + SELU_SCALE_ALPHA)
     elif code == GELU:
-        for j in range(n):
-            v = np.float64(x[j])  # Phi(x) + x phi(x), in float64
-            e = gauss64(v)
-            out[j] = dy[j] * (ndtr64(v, e) + v * (e * INV_SQRT_2PI))
+        gelu_backward_row(dy, x, out)
     elif code == SOFTPLUS:
         for j in range(n):
             v, g = np.float64(y[j]), dy[j]
