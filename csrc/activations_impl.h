@@ -2,8 +2,34 @@
  * activations.c). Elementwise activations work on flat segments; softmax works
  * on rows. Formulas follow reference.py term by term. */
 
+/* gelu over n elements, in workers of its own: only here FMA contraction is
+ * allowed (the build turns it off, as the other kernels follow the reference's
+ * roundings; gelu's erfc and exp polynomials are not the reference's formulas
+ * anyway, and fused multiply-adds make them ~1.6x faster and no less accurate) */
+#define GELU_FMA __attribute__((noinline, optimize("fp-contract=fast")))
+
+/* y = x Phi(x), Phi from erfc (no cancellation for x < 0), in T: the float
+ * erfc is accurate to a few 1e-7 relative, and the result is not
+ * differentiated through y (the backward reads x) */
+HOT GELU_FMA static void FN(gelu_forward_seg)(const T *x, T *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        T v = x[i];
+        y[i] = v * FN(ndtr)(v, FN(gauss)(v));
+    }
+}
+
+/* dz = dy (Phi(x) + x phi(x)), in double: the derivative goes on into sums
+ * (dx = dz W^T) that cancel, where the few-ulp errors of the float erfc showed;
+ * e^(-x^2/2) serves both terms */
+HOT GELU_FMA static void FN(gelu_backward_seg)(const T *dy, const T *x, T *dz, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        double v = x[i], e = gauss_f64(v);
+        dz[i] = (T)(dy[i] * (ndtr_f64(v, e) + v * (e * INV_SQRT_2PI)));
+    }
+}
+
 /* y[i] = act(x[i]) for n elements (not softmax); y may be x. The activations
- * that call exp or erfc compute in double also for float arrays: the float
+ * that call exp compute in double also for float arrays: the float
  * result is then the correctly rounded one, like the reference's, which matters
  * because derivatives written in y (1 - y^2, y (1 - y)) magnify any difference
  * in its last bits. */
@@ -44,11 +70,7 @@ INLINE void FN(act_forward_seg)(const T *x, T *y, int64_t n, int act) {
         }
         break;
     case FASTNN_GELU:
-        /* x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2: no cancellation for x < 0 */
-        for (int64_t i = 0; i < n; i++) {
-            double v = x[i];
-            y[i] = (T)(0.5 * v * erfc(-v * SQRT1_2));
-        }
+        FN(gelu_forward_seg)(x, y, n);
         break;
     case FASTNN_SOFTPLUS:
         for (int64_t i = 0; i < n; i++) {
@@ -108,12 +130,7 @@ INLINE void FN(act_backward_seg)(const T *dy, const T *y, const T *x, T *dz, int
                                  : dy[i] * ((double)y[i] + SELU_SCALE * SELU_ALPHA));
         break;
     case FASTNN_GELU:
-        /* Phi(x) + x phi(x), in double */
-        for (int64_t i = 0; i < n; i++) {
-            double v = x[i];
-            double cdf = 0.5 * erfc(-v * SQRT1_2), pdf = exp_f64(-0.5 * v * v) * INV_SQRT_2PI;
-            dz[i] = (T)(dy[i] * (cdf + v * pdf));
-        }
+        FN(gelu_backward_seg)(dy, x, dz, n);
         break;
     case FASTNN_SOFTPLUS:
         /* sigmoid(x) = 1 - e^-y, in double; 1 above the threshold, where y = x */
