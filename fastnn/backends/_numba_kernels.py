@@ -6,7 +6,11 @@ on several threads is written once as a function over a range (`*_block`,
 call over the whole range, runs it for small inputs, and a `*_parallel` driver
 splits the range with `prange` for large ones. Reductions are summed per fixed,
 shape-determined block and the blocks added in order, so the serial and the
-parallel result are bit-identical and independent of the thread count.
+parallel result are bit-identical and independent of the thread count. The
+drivers are separate functions, not one function jitted twice (prange runs
+serially without parallel=True): Numba's on-disk cache keys a function by its
+bytecode and signature, not by its options, so the two compilations would
+load each other's cached code.
 
 Dtypes: every kernel is compiled for float32 and float64 and computes in the
 dtype of its arrays (constants come from the caller already in that dtype),

@@ -150,8 +150,9 @@ class NumpyBackend:
         elif activation == "selu":
             out[...] = SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
         elif activation == "gelu":
-            # exact gelu: x * Phi(x), Phi the standard normal CDF
-            out[...] = 0.5 * x * (1 + special.erf(x / np.sqrt(2)))
+            # exact gelu: x * Phi(x), Phi the standard normal CDF (ndtr: accurate in
+            # the lower tail, where 1 + erf(x / sqrt 2) would cancel to 0 below x = -8)
+            out[...] = x * special.ndtr(x)
         elif activation == "softplus":
             # log(1 + e^x) = max(x, 0) + log1p(e^-|x|), and x itself above the threshold
             soft = np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
@@ -180,7 +181,7 @@ class NumpyBackend:
             out[...] = np.where(y > 0, SELU_SCALE * dy, dy * (y + SELU_SCALE * SELU_ALPHA))
         elif activation == "gelu":
             # d/dx x Phi(x) = Phi(x) + x phi(x)
-            cdf = 0.5 * (1 + special.erf(x / np.sqrt(2)))
+            cdf = special.ndtr(x)
             pdf = np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
             out[...] = dy * (cdf + x * pdf)
         elif activation == "softplus":
