@@ -184,13 +184,20 @@ F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13 = (1.0 / math.factorial(k)
 
 
 @njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _split32(x, shift):
+    """(t, r): t = n + shift with n = round(x / ln2), r = x - n ln2; shift is
+    SHIFT32, or BIASED32 to leave n + bias in t's low bits (pow2_bits)."""
+    t = x * LOG2E32 + shift  # adding shift rounds; n lands in the low bits of t
+    n = t - shift
+    r = x - n * LN2_HI32
+    return t, r - n * LN2_LO32
+
+
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
 def _reduce32(x):
     """(t, p): t = n + SHIFT32 with n = round(x / ln2), p = e^r for
     r = x - n ln2; e^x = p 2^n."""
-    t = x * LOG2E32 + SHIFT32  # adding SHIFT32 rounds; n lands in the low bits of t
-    n = t - SHIFT32
-    r = x - n * LN2_HI32
-    r = r - n * LN2_LO32
+    t, r = _split32(x, SHIFT32)
     p = P32[0]
     p = p * r + P32[1]
     p = p * r + P32[2]
@@ -239,10 +246,7 @@ def _exp64(x):
 
 def _exp_nonpositive32(x):
     # no clamp: below MIN_LOG32 the select drops whatever the bits became
-    t = x * LOG2E32 + BIASED32
-    n = t - BIASED32
-    r = x - n * LN2_HI32
-    r = r - n * LN2_LO32
+    t, r = _split32(x, BIASED32)
     p = E32[0]
     p = p * r + E32[1]
     p = p * r + E32[2]
