@@ -23,7 +23,7 @@
  * to about 8 MB of data (x is 16 MB in the 4096 x 1024 float32 benchmark), and
  * rows in descending order stream more slowly from memory.
  *
- * A large y is written with non-temporal stores (see batchnorm.c), and the
+ * A large y is written with non-temporal stores (stream_copy, common.h), and the
  * normalising pass prefetches the next row while it works on the current one:
  * the hardware prefetchers stop at 4 KB page boundaries, so each row of a wide
  * x would start with misses, and no load is in flight behind the streaming
@@ -107,7 +107,7 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {.x = x, .gamma = gamma, .beta = beta, .mean = mean, .invstd = invstd,
                             .y = y, .c = c,
-                            .stream = (double)n * (double)c * sizeof(T) >= BN_STREAM_BYTES};
+                            .stream = (double)n * (double)c * sizeof(T) >= STREAM_BYTES};
     if (!training) {
         for (int64_t j = 0; j < c; j++) {
             mean[j] = running_mean[j];

@@ -68,4 +68,76 @@ int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 double *workspace(int parts, int64_t len);
 void add_parts(double *ws, int parts, int64_t len);
 
+/* Streaming stores and prefetches, for kernels whose output is too large for
+ * the caches. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+/* Outputs of at least this many bytes are written with non-temporal stores:
+ * they do not fit in the caches, and a streaming store spares the read of each
+ * destination line that a plain store makes first (write-allocate). Smaller
+ * outputs stay in the caches for the next layer. */
+#ifndef STREAM_BYTES
+#define STREAM_BYTES (4 << 20)
+#endif
+
+/* dst[0, 64 bytes) = src[0, 64 bytes), with non-temporal stores where SSE2
+ * has them (x86-64); dst 64-byte aligned */
+INLINE void stream_line_f32(float *dst, const float *src) {
+#if defined(__SSE2__)
+    for (int q = 0; q < 16; q += 4) _mm_stream_ps(dst + q, _mm_loadu_ps(src + q));
+#else
+    for (int q = 0; q < 16; q++) dst[q] = src[q];
+#endif
+}
+INLINE void stream_line_f64(double *dst, const double *src) {
+#if defined(__SSE2__)
+    for (int q = 0; q < 8; q += 2) _mm_stream_pd(dst + q, _mm_loadu_pd(src + q));
+#else
+    for (int q = 0; q < 8; q++) dst[q] = src[q];
+#endif
+}
+
+/* elements of T before the first 64-byte line boundary in dst, or all n
+ * when dst is not aligned to its type */
+INLINE int64_t stream_head(const void *dst, int64_t n, size_t size) {
+    if ((uintptr_t)dst % size != 0) return n;
+    int64_t head = (int64_t)((64 - (uintptr_t)dst % 64) % 64 / size);
+    return head < n ? head : n;
+}
+
+/* dst[0, n) = src[0, n): the whole 64-byte lines of dst with streaming stores
+ * (stream_line), the partial lines at either end with plain stores, so that
+ * no line is written half by each kind when neighbouring rows share it */
+#define STREAM_COPY(T, S)                                       \
+    INLINE void stream_copy_##S(T *dst, const T *src, int64_t n) { \
+        int64_t i = 0, head = stream_head(dst, n, sizeof(T));   \
+        for (; i < head; i++) dst[i] = src[i];                  \
+        for (; i + 64 / (int64_t)sizeof(T) <= n; i += 64 / (int64_t)sizeof(T)) \
+            stream_line_##S(dst + i, src + i);                  \
+        for (; i < n; i++) dst[i] = src[i];                     \
+    }
+STREAM_COPY(float, f32)
+STREAM_COPY(double, f64)
+#undef STREAM_COPY
+
+/* orders the non-temporal stores of this thread before what follows */
+INLINE void stream_fence(void) {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+/* asks for the cache lines of p[0, bytes) ahead of their use (a hint: it never
+ * faults; a GCC and Clang builtin, nothing elsewhere) */
+INLINE void prefetch_lines(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch((const char *)p + k);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 #endif

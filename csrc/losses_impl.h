@@ -13,6 +13,7 @@ struct FN(loss_args) {
     double wsum;              /* sum of w */
     double delta;             /* huber */
     int loss;                 /* fastnn_loss, for elementwise_loss */
+    int stream;               /* softmax: write grad with non-temporal stores */
     double partial[MAX_PARTS];
 };
 
@@ -74,14 +75,78 @@ INLINE T FN(lse_ratio)(T m, T s, double *lse) {
     return FN(exp)(m - lse_t);
 }
 
+/* The streaming path, for outputs too large for the caches (STREAM_BYTES) and
+ * rows short enough to stage in L1 (SCE_STAGE elements). Writing the gradient
+ * row in place costs a read of each of its lines before the write
+ * (write-allocate), a third transfer beside reading x and writing g. Here the
+ * exps go to a row in L1 and the gradient is copied from it with streaming
+ * stores (stream_copy). The exp pass asks, chunk by chunk, for the lines
+ * SCE_AHEAD bytes further on in x, so that loads stay in flight while the
+ * arithmetic runs. Without these prefetches the streaming stores were slower
+ * than the in-place path (and a prefetch of the whole next row at the start of
+ * a row did not help): the hardware prefetchers stop at each 4 KB page. */
+#define SCE_STAGE (16384 / (int)sizeof(T))
+#ifndef SCE_AHEAD
+#define SCE_AHEAD 4096
+#endif
+#define STAGE_LANES (128 / (int)sizeof(T)) /* two cache lines */
+
+/* e = exp(x - max) of one row x (k,) into e, returns sum(e). Before each pair
+ * of cache lines of x, prefetches the pair SCE_AHEAD bytes on (while it is
+ * before end): one at a time, spread over the arithmetic (asking for a chunk
+ * of lines at once measured slower). STAGE_LANES running sums keep the loop
+ * free of horizontal additions. */
+INLINE T FN(exp_row_ahead)(const T *x, T *e, int64_t k, T *max, const T *end) {
+    T m = FN(row_max)(x, k);
+    T acc[STAGE_LANES];
+    for (int l = 0; l < STAGE_LANES; l++) acc[l] = 0;
+    int64_t j = 0;
+    for (; j + STAGE_LANES <= k; j += STAGE_LANES) {
+        const char *ahead = (const char *)(x + j) + SCE_AHEAD;
+        if (ahead < (const char *)end) prefetch_lines(ahead, 128);
+        for (int l = 0; l < STAGE_LANES; l++) {
+            e[j + l] = FN(exp_nonpos)(x[j + l] - m);
+            acc[l] += e[j + l];
+        }
+    }
+    T s = 0;
+    for (; j < k; j++) {
+        e[j] = FN(exp_nonpos)(x[j] - m);
+        s += e[j];
+    }
+    for (int l = 0; l < STAGE_LANES; l++) s += acc[l];
+    *max = m;
+    return s;
+}
+
+/* g (k,) = e c, except g[label] = g_label, written as stream_copy does (one
+ * pass over e, which the in-place scaling would add) */
+INLINE void FN(stream_grad_row)(T *g, const T *e, int64_t k, T c, int64_t label, T g_label) {
+    enum { LINE = 64 / sizeof(T) };
+    int64_t j = 0, head = stream_head(g, k, sizeof(T));
+    for (; j < head; j++) g[j] = e[j] * c;
+    for (; j + LINE <= k; j += LINE) {
+        T v[LINE];
+        for (int l = 0; l < LINE; l++) v[l] = e[j + l] * c;
+        if ((uint64_t)(label - j) < LINE) v[label - j] = g_label;
+        FN(stream_line)(g + j, v);
+    }
+    int64_t tail = j;
+    for (; j < k; j++) g[j] = e[j] * c;
+    if (label < head || label >= tail) g[label] = g_label;
+}
+
 HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int part) {
     struct FN(loss_args) *a = args;
     int64_t k = a->k;
+    int stream = a->stream && k <= SCE_STAGE;
+    T stage[SCE_STAGE];
+    const T *end = a->x + r1 * k;
     double total = 0;
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k;
         T *g = a->grad + i * k, m;
-        T s = FN(exp_row)(x, g, k, &m);
+        T s = stream ? FN(exp_row_ahead)(x, stage, k, &m, end) : FN(exp_row)(x, g, k, &m);
         double lse;
         T r = FN(lse_ratio)(m, s, &lse);
         double scale = FN(sample_scale)(a, i);
@@ -90,18 +155,22 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
             total = NAN;
             continue;
         }
-        /* grad = (softmax - onehot) * scale, in place over the row (in L1). The
-         * exps go straight into g: putting them in a scratch row and writing g
-         * once with non-temporal stores (which spares reading each gradient line
-         * before it is written), with or without prefetching the next row of x,
-         * measured 2-14% slower on 8192 x 1000 float32 rows, 1 and 2 threads. */
-        T p_label = g[label] * r, sc = (T)scale, c = r * sc;
-        for (int64_t j = 0; j < k; j++) g[j] *= c;
-        g[label] = (p_label - (T)1) * sc;
+        /* grad = (softmax - onehot) * scale */
+        T p_label = (stream ? stage : g)[label] * r, sc = (T)scale, c = r * sc;
+        T g_label = (p_label - (T)1) * sc;
+        if (stream) {
+            FN(stream_grad_row)(g, stage, k, c, label, g_label);
+        } else { /* in place over the row, in L1 */
+            for (int64_t j = 0; j < k; j++) g[j] *= c;
+            g[label] = g_label;
+        }
         total += (lse - (double)x[label]) * scale;
     }
+    if (stream) stream_fence();
     a->partial[part] = total;
 }
+#undef SCE_STAGE
+#undef STAGE_LANES
 
 HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part) {
     struct FN(loss_args) *a = args;
@@ -130,7 +199,8 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
 
 double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
                                         T *grad, int64_t n, int64_t k) {
-    struct FN(loss_args) a = {.x = logits, .labels = labels, .w = w, .grad = grad, .n = n, .k = k};
+    struct FN(loss_args) a = {.x = logits, .labels = labels, .w = w, .grad = grad, .n = n, .k = k,
+                              .stream = (double)n * (double)k * sizeof(T) >= STREAM_BYTES};
     return FN(setup)(&a, FN(sce_labels_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 
