@@ -44,7 +44,7 @@ struct FN(bn_args) {
     int64_t c;
     T coef_n;                /* n, in T */
     int training;
-    int stream;              /* write y with non-temporal stores */
+    int stream;              /* write y or dx with non-temporal stores */
 };
 
 /* s1 += x - x0, s2 += (x - x0)^2 over rows [r0, r1); x - x0 is exact in T
@@ -142,40 +142,61 @@ int FN(batchnorm_forward)(const T *x, const T *gamma, const T *beta, T *running_
  * bn_stats_rows were measured no faster here, the pass being memory-bound */
 HOT static void FN(bn_grad_sums_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
+    enum { STEP = PREFETCH_STEP / sizeof(T) };
     int64_t c = a->c;
     double *sdy = a->ws + part * 2 * c, *sdyx = sdy + c;
     const T *mean = a->mean, *invstd = a->invstd;
+    const T *x_end = a->x + r1 * c, *dy_end = a->dy + r1 * c;
     for (int64_t r = r0; r < r1; r++) {
         const T *x = a->x + r * c, *dy = a->dy + r * c;
-        for (int64_t j = 0; j < c; j++) {
-            T xhat = (x[j] - mean[j]) * invstd[j];
-            sdy[j] += (double)dy[j];
-            sdyx[j] += (double)(dy[j] * xhat);
+        for (int64_t j0 = 0; j0 < c; j0 += STEP) {
+            int64_t j1 = j0 + STEP < c ? j0 + STEP : c;
+            prefetch_ahead(x + j0, x_end);
+            prefetch_ahead(dy + j0, dy_end);
+            for (int64_t j = j0; j < j1; j++) {
+                T xhat = (x[j] - mean[j]) * invstd[j];
+                sdy[j] += (double)dy[j];
+                sdyx[j] += (double)(dy[j] * xhat);
+            }
         }
     }
 }
 
 /* dx over rows [r0, r1). Training: the batch mean and variance depend on x too,
- * dx = gamma invstd / n (n dy - dbeta - xhat dgamma); inference: dy gamma invstd */
+ * dx = gamma invstd / n (n dy - dbeta - xhat dgamma); inference: dy gamma invstd.
+ * A large dx is staged in L1 by chunks and written with streaming stores. */
 HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
+    enum { STEP = PREFETCH_STEP / sizeof(T) };
     int64_t c = a->c;
     const T *mean = a->mean, *invstd = a->invstd, *gamma = a->gamma;
     const T *dbeta = a->dbeta, *dgamma = a->dgamma, *coef = a->coef;
-    T nt = a->coef_n;
+    const T *x_end = a->x + r1 * c, *dy_end = a->dy + r1 * c;
+    T nt = a->coef_n, tmp[BN_CHUNK];
     (void)part;
     for (int64_t r = r0; r < r1; r++) {
         const T *x = a->x + r * c, *dy = a->dy + r * c;
         T *dx = a->dx + r * c;
-        if (a->training) {
-            for (int64_t j = 0; j < c; j++) {
-                T xhat = (x[j] - mean[j]) * invstd[j];
-                dx[j] = coef[j] * (nt * dy[j] - dbeta[j] - xhat * dgamma[j]);
+        for (int64_t c0 = 0; c0 < c; c0 += BN_CHUNK) {
+            int64_t c1 = c - c0 < BN_CHUNK ? c : c0 + BN_CHUNK;
+            T *out = a->stream ? tmp - c0 : dx; /* out[j] for j in [c0, c1) */
+            for (int64_t j0 = c0; j0 < c1; j0 += STEP) {
+                int64_t j1 = j0 + STEP < c1 ? j0 + STEP : c1;
+                prefetch_ahead(dy + j0, dy_end);
+                if (a->training) {
+                    prefetch_ahead(x + j0, x_end);
+                    for (int64_t j = j0; j < j1; j++) {
+                        T xhat = (x[j] - mean[j]) * invstd[j];
+                        out[j] = coef[j] * (nt * dy[j] - dbeta[j] - xhat * dgamma[j]);
+                    }
+                } else {
+                    for (int64_t j = j0; j < j1; j++) out[j] = dy[j] * gamma[j] * invstd[j];
+                }
             }
-        } else {
-            for (int64_t j = 0; j < c; j++) dx[j] = dy[j] * gamma[j] * invstd[j];
+            if (a->stream) FN(stream_copy)(dx + c0, tmp, c1 - c0);
         }
     }
+    if (a->stream) stream_fence();
 }
 
 int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invstd,
@@ -185,7 +206,8 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
     int parts = parallel_parts(n, MIN_PARALLEL_CHEAP / c + 1);
     struct FN(bn_args) a = {.x = x, .gamma = gamma, .dy = dy, .mean = mean, .invstd = invstd,
                             .dx = dx, .dbeta = dbeta, .dgamma = dgamma, .c = c,
-                            .coef_n = (T)n, .training = training};
+                            .coef_n = (T)n, .training = training,
+                            .stream = (double)n * (double)c * sizeof(T) >= STREAM_BYTES};
     a.ws = workspace(parts + 1, 2 * c); /* + room for coef */
     if (a.ws == NULL) return -1;
     a.coef = (T *)(a.ws + parts * 2 * c);

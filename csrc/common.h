@@ -129,6 +129,30 @@ INLINE void stream_fence(void) {
 #endif
 }
 
+/* Prefetching ahead of a stream: loops over rows wider than a page call
+ * prefetch_ahead once per PREFETCH_STEP bytes of each stream they read, for the
+ * lines PREFETCH_AHEAD bytes further on. The hardware prefetchers stop at each
+ * 4 KB page, so without this each row starts with misses. One step at a time,
+ * spread over the arithmetic, measured faster than asking for a chunk of lines
+ * at once (softmax cross-entropy, 8192 x 1000 float32, 2 threads); 4 KB ahead
+ * faster than 2, 6 or 8 KB. */
+#ifndef PREFETCH_AHEAD
+#define PREFETCH_AHEAD 4096
+#endif
+#define PREFETCH_STEP 128
+INLINE void prefetch_ahead(const void *p, const void *end) {
+#if defined(__GNUC__)
+    const char *q = (const char *)p + PREFETCH_AHEAD;
+    if (q < (const char *)end) {
+        __builtin_prefetch(q);
+        __builtin_prefetch(q + 64);
+    }
+#else
+    (void)p;
+    (void)end;
+#endif
+}
+
 /* asks for the cache lines of p[0, bytes) ahead of their use (a hint: it never
  * faults; a GCC and Clang builtin, nothing elsewhere) */
 INLINE void prefetch_lines(const void *p, int64_t bytes) {

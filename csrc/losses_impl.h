@@ -80,30 +80,23 @@ INLINE T FN(lse_ratio)(T m, T s, double *lse) {
  * row in place costs a read of each of its lines before the write
  * (write-allocate), a third transfer beside reading x and writing g. Here the
  * exps go to a row in L1 and the gradient is copied from it with streaming
- * stores (stream_copy). The exp pass asks, chunk by chunk, for the lines
- * SCE_AHEAD bytes further on in x, so that loads stay in flight while the
- * arithmetic runs. Without these prefetches the streaming stores were slower
- * than the in-place path (and a prefetch of the whole next row at the start of
- * a row did not help): the hardware prefetchers stop at each 4 KB page. */
+ * stores (stream_copy). The exp pass prefetches x ahead, so that loads stay in
+ * flight while the arithmetic runs: without that the streaming stores were
+ * slower than the in-place path, and a prefetch of the whole next row at the
+ * start of each row did not help. */
 #define SCE_STAGE (16384 / (int)sizeof(T))
-#ifndef SCE_AHEAD
-#define SCE_AHEAD 4096
-#endif
-#define STAGE_LANES (128 / (int)sizeof(T)) /* two cache lines */
+#define STAGE_LANES (PREFETCH_STEP / (int)sizeof(T))
 
-/* e = exp(x - max) of one row x (k,) into e, returns sum(e). Before each pair
- * of cache lines of x, prefetches the pair SCE_AHEAD bytes on (while it is
- * before end): one at a time, spread over the arithmetic (asking for a chunk
- * of lines at once measured slower). STAGE_LANES running sums keep the loop
- * free of horizontal additions. */
+/* e = exp(x - max) of one row x (k,) into e, returns sum(e), prefetching x
+ * ahead (prefetch_ahead, common.h) while before end. STAGE_LANES running sums
+ * keep the loop free of horizontal additions. */
 INLINE T FN(exp_row_ahead)(const T *x, T *e, int64_t k, T *max, const T *end) {
     T m = FN(row_max)(x, k);
     T acc[STAGE_LANES];
     for (int l = 0; l < STAGE_LANES; l++) acc[l] = 0;
     int64_t j = 0;
     for (; j + STAGE_LANES <= k; j += STAGE_LANES) {
-        const char *ahead = (const char *)(x + j) + SCE_AHEAD;
-        if (ahead < (const char *)end) prefetch_lines(ahead, 128);
+        prefetch_ahead(x + j, end);
         for (int l = 0; l < STAGE_LANES; l++) {
             e[j + l] = FN(exp_nonpos)(x[j + l] - m);
             acc[l] += e[j + l];
