@@ -88,15 +88,18 @@ INLINE T FN(lse_ratio)(T m, T s, double *lse) {
 #define STAGE_LANES (PREFETCH_STEP / (int)sizeof(T))
 
 /* e = exp(x - max) of one row x (k,) into e, returns sum(e), prefetching x
- * ahead (prefetch_ahead, common.h) while before end. STAGE_LANES running sums
- * keep the loop free of horizontal additions. */
-INLINE T FN(exp_row_ahead)(const T *x, T *e, int64_t k, T *max, const T *end) {
+ * ahead (prefetch_ahead, common.h) while before x_end, and the row t that is
+ * read next, if any, while before t_end. STAGE_LANES running sums keep the
+ * loop free of horizontal additions. */
+INLINE T FN(exp_row_ahead)(const T *x, T *e, int64_t k, T *max, const T *x_end, const T *t,
+                           const T *t_end) {
     T m = FN(row_max)(x, k);
     T acc[STAGE_LANES];
     for (int l = 0; l < STAGE_LANES; l++) acc[l] = 0;
     int64_t j = 0;
     for (; j + STAGE_LANES <= k; j += STAGE_LANES) {
-        prefetch_ahead(x + j, end);
+        prefetch_ahead(x + j, x_end);
+        if (t) prefetch_ahead(t + j, t_end);
         for (int l = 0; l < STAGE_LANES; l++) {
             e[j + l] = FN(exp_nonpos)(x[j + l] - m);
             acc[l] += e[j + l];
@@ -134,12 +137,13 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
     int64_t k = a->k;
     int stream = a->stream && k <= SCE_STAGE;
     T stage[SCE_STAGE];
-    const T *end = a->x + r1 * k;
+    const T *x_end = a->x + r1 * k;
     double total = 0;
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k;
         T *g = a->grad + i * k, m;
-        T s = stream ? FN(exp_row_ahead)(x, stage, k, &m, end) : FN(exp_row)(x, g, k, &m);
+        T s = stream ? FN(exp_row_ahead)(x, stage, k, &m, x_end, NULL, NULL)
+                     : FN(exp_row)(x, g, k, &m);
         double lse;
         T r = FN(lse_ratio)(m, s, &lse);
         double scale = FN(sample_scale)(a, i);
@@ -162,17 +166,19 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
     if (stream) stream_fence();
     a->partial[part] = total;
 }
-#undef SCE_STAGE
-#undef STAGE_LANES
 
 HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part) {
     struct FN(loss_args) *a = args;
     int64_t k = a->k;
+    int stream = a->stream && k <= SCE_STAGE; /* as the labels' path */
+    T stage[SCE_STAGE];
+    const T *x_end = a->x + r1 * k, *t_end = a->targets + r1 * k;
     double total = 0;
     for (int64_t i = r0; i < r1; i++) {
         const T *x = a->x + i * k, *t = a->targets + i * k;
-        T *g = a->grad + i * k, m;
-        T s = FN(exp_row)(x, g, k, &m);
+        T *g = a->grad + i * k, m, *e = stream ? stage : g;
+        T s = stream ? FN(exp_row_ahead)(x, stage, k, &m, x_end, t, t_end)
+                     : FN(exp_row)(x, g, k, &m);
         double lse;
         T r = FN(lse_ratio)(m, s, &lse);
         /* loss = sum_j t_j (lse - x_j), each term >= 0; grad = softmax * sum(t) - t */
@@ -184,11 +190,15 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
         }
         double scale = FN(sample_scale)(a, i);
         T c = r * (T)tsum, sc = (T)scale;
-        for (int64_t j = 0; j < k; j++) g[j] = (g[j] * c - t[j]) * sc;
+        for (int64_t j = 0; j < k; j++) e[j] = (e[j] * c - t[j]) * sc;
+        if (stream) FN(stream_copy)(g, stage, k);
         total += loss * scale;
     }
+    if (stream) stream_fence();
     a->partial[part] = total;
 }
+#undef SCE_STAGE
+#undef STAGE_LANES
 
 double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
                                         T *grad, int64_t n, int64_t k) {
@@ -200,7 +210,7 @@ double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, 
 double FN(softmax_cross_entropy_probs)(const T *logits, const T *targets, const T *w, T *grad,
                                        int64_t n, int64_t k) {
     struct FN(loss_args) a = {.x = logits, .targets = targets, .w = w, .grad = grad, .n = n,
-                              .k = k};
+                              .k = k, .stream = (double)n * (double)k * sizeof(T) >= STREAM_BYTES};
     return FN(setup)(&a, FN(sce_probs_range), MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 

@@ -257,21 +257,26 @@ def test_empty_batches_match_the_reference(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("offset", [0, 1, 3])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_softmax_ce_large_gradient_at_any_alignment(dtype, offset, weighted):
+@pytest.mark.parametrize("targets", ["labels", "probabilities"])
+def test_softmax_ce_large_gradient_at_any_alignment(dtype, offset, weighted, targets):
     """A softmax cross-entropy gradient large enough for streaming stores
     (csrc/losses_impl.h), starting `offset` elements into a buffer and with rows of
     an odd length, so that rows share cache lines: labels at every position of a
-    row (in the partial lines at either end too) give the reference's loss and
-    gradient, and nothing is written outside."""
+    row (in the partial lines at either end too), or probability targets, give the
+    reference's loss and gradient, and nothing is written outside."""
     n, k = 1601, 657  # > 4 MB of gradient in float32
     ref, fast = fastnn.get_backend("numpy"), fastnn.get_backend("c")
     logits = 4 * rand((n, k), dtype, 44)
-    labels = np.arange(n) * 7 % k
+    if targets == "labels":
+        t = np.arange(n) * 7 % k
+    else:
+        t = np.abs(rand((n, k), dtype, 46))
+        t /= t.sum(axis=1, keepdims=True)
     w = np.abs(rand(n, dtype, 45)) if weighted else None
-    expected_loss, expected = ref.softmax_cross_entropy(logits, labels, w)
+    expected_loss, expected = ref.softmax_cross_entropy(logits, t, w)
     buf = np.full(n * k + 8, 9, dtype)
     grad = buf[offset:offset + n * k].reshape(n, k)
-    loss, _ = fast.softmax_cross_entropy(logits, labels, w, grad=grad)
+    loss, _ = fast.softmax_cross_entropy(logits, t, w, grad=grad)
     assert (buf[:offset] == 9).all() and (buf[offset + n * k:] == 9).all()
     assert_close(grad, expected, dtype)
     assert loss == pytest.approx(expected_loss, rel=1e-5 if dtype == np.float32 else 1e-12)
