@@ -79,11 +79,13 @@ INLINE T FN(lse_ratio)(T m, T s, double *lse) {
  * rows short enough to stage in L1 (SCE_STAGE elements). Writing the gradient
  * row in place costs a read of each of its lines before the write
  * (write-allocate), a third transfer beside reading x and writing g. Here the
- * exps go to a row in L1 and the gradient is copied from it with streaming
- * stores (stream_copy). The exp pass prefetches x ahead, so that loads stay in
- * flight while the arithmetic runs: without that the streaming stores were
- * slower than the in-place path, and a prefetch of the whole next row at the
- * start of each row did not help. */
+ * exps go to a row in L1 and the gradient is written from it with streaming
+ * stores (stream_grad_row, stream_copy). The exp pass prefetches x ahead, so
+ * that loads stay in flight while the arithmetic runs: without that the
+ * streaming stores were slower than the in-place path, and a prefetch of the
+ * whole next row at the start of each row did not help. 8192 x 1000 float32
+ * on the 2-core test machine: 10-30% faster than in place; the arithmetic
+ * alone (rows in L2) takes 2.6-2.8 ms of the 2.7-4 ms a call takes. */
 #define SCE_STAGE (16384 / (int)sizeof(T))
 #define STAGE_LANES (PREFETCH_STEP / (int)sizeof(T))
 
