@@ -78,9 +78,7 @@ void add_parts(double *ws, int parts, int64_t len);
  * they do not fit in the caches, and a streaming store spares the read of each
  * destination line that a plain store makes first (write-allocate). Smaller
  * outputs stay in the caches for the next layer. */
-#ifndef STREAM_BYTES
 #define STREAM_BYTES (4 << 20)
-#endif
 
 /* dst[0, 64 bytes) = src[0, 64 bytes), with non-temporal stores where SSE2
  * has them (x86-64); dst 64-byte aligned */
@@ -129,31 +127,6 @@ INLINE void stream_fence(void) {
 #endif
 }
 
-/* Prefetching ahead of a stream: loops over rows wider than a page call
- * prefetch_ahead once per PREFETCH_STEP bytes of each stream they read, for the
- * lines PREFETCH_AHEAD bytes further on. The hardware prefetchers stop at each
- * 4 KB page, so without this each row starts with misses. Measured on the
- * softmax cross-entropy (8192 x 1000 float32, 2 threads): 4 KB ahead faster
- * than 2, 6 or 8 KB; one step at a time, spread over the arithmetic, faster
- * than asking for chunks of 128 B to 4 KB at once (those variants also summed
- * per chunk, 25-40% slower in all). */
-#ifndef PREFETCH_AHEAD
-#define PREFETCH_AHEAD 4096
-#endif
-#define PREFETCH_STEP 128
-INLINE void prefetch_ahead(const void *p, const void *end) {
-#if defined(__GNUC__)
-    const char *q = (const char *)p + PREFETCH_AHEAD;
-    if (q < (const char *)end) {
-        __builtin_prefetch(q);
-        __builtin_prefetch(q + 64);
-    }
-#else
-    (void)p;
-    (void)end;
-#endif
-}
-
 /* asks for the cache lines of p[0, bytes) ahead of their use (a hint: it never
  * faults; a GCC and Clang builtin, nothing elsewhere) */
 INLINE void prefetch_lines(const void *p, int64_t bytes) {
@@ -163,6 +136,21 @@ INLINE void prefetch_lines(const void *p, int64_t bytes) {
     (void)p;
     (void)bytes;
 #endif
+}
+
+/* Prefetching ahead of a stream: loops over rows wider than a page call
+ * prefetch_ahead once per PREFETCH_STEP bytes of each stream they read, for the
+ * lines PREFETCH_AHEAD bytes further on. The hardware prefetchers stop at each
+ * 4 KB page, so without this each row starts with misses. Measured on the
+ * softmax cross-entropy (8192 x 1000 float32, 2 threads): 4 KB ahead faster
+ * than 2, 6 or 8 KB; one step at a time, spread over the arithmetic, faster
+ * than asking for chunks of 128 B to 4 KB at once (those variants also summed
+ * per chunk, 25-40% slower in all). */
+#define PREFETCH_AHEAD 4096
+#define PREFETCH_STEP 128
+INLINE void prefetch_ahead(const void *p, const void *end) {
+    const char *q = (const char *)p + PREFETCH_AHEAD;
+    if (q < (const char *)end) prefetch_lines(q, PREFETCH_STEP);
 }
 
 #endif
