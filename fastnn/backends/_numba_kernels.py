@@ -678,16 +678,32 @@ def act_grad_colsum_block(code, dy, y, preact, dz, colsum, blk, rows_per_block):
     not written for identity: dz is dy) and colsum[blk] (C,) float64 = the sum
     of those rows of dz."""
     n, c = dy.shape
-    acc = colsum[blk]
-    acc[:] = 0.0
-    for i in range(blk * rows_per_block, min(n, (blk + 1) * rows_per_block)):
-        if code == IDENTITY:
-            src = dy[i]
-        else:
+    lo, hi = blk * rows_per_block, min(n, (blk + 1) * rows_per_block)
+    if code == IDENTITY:
+        src = dy
+    else:
+        for i in range(lo, hi):
             act_backward_row(code, dy[i], y[i], preact[i], dz[i])
-            src = dz[i]
-        for j in range(c):
-            acc[j] += src[j]
+        src = dz
+    add_rows(colsum[blk], src, lo, hi)
+
+
+@jit_inline
+def add_rows(acc, a, lo, hi):
+    """acc (C,) float64 = the column sums of rows lo..hi of a, four rows at a time
+    summed in the dtype first: one row at a time spends most of the time
+    converting and adding doubles."""
+    acc[:] = 0.0
+    i = lo
+    while i + 4 <= hi:
+        a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        for j in range(acc.size):
+            acc[j] += np.float64((a0[j] + a1[j]) + (a2[j] + a3[j]))
+        i += 4
+    for k in range(i, hi):
+        ak = a[k]
+        for j in range(acc.size):
+            acc[j] += np.float64(ak[j])
 
 
 @jit
