@@ -21,8 +21,9 @@ def read_cdef(header: Path) -> str:
 def compile_flags():
     """-O3 with IEEE semantics kept (no -ffast-math: NaN and infinity handling and
     log-sum-exp stability are relied on) and no FMA contraction (the kernels follow
-    the reference's order of operations, roundings included; gelu, whose erfc is
-    not the reference's formula, turns it on for its own loops). No -march=native:
+    the reference's order of operations, roundings included; the activations
+    built on fastnn's own exp, expm1, log1p and erfc polynomials turn it on for
+    their loops, csrc/activations_impl.h). No -march=native:
     the extension must run on any x86-64; the hot loops are also compiled for
     AVX2+FMA and chosen at run time (csrc/common.h). FASTNN_CFLAGS adds flags
     (e.g. a sanitizer build)."""
