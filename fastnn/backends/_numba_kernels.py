@@ -677,8 +677,7 @@ def act_grad_colsum_block(code, dy, y, preact, dz, colsum, blk, rows_per_block):
     """Prologue of the dense backward on rows block blk: dz = dy * act' (dz is
     not written for identity: dz is dy) and colsum[blk] (C,) float64 = the sum
     of those rows of dz."""
-    n, c = dy.shape
-    lo, hi = blk * rows_per_block, min(n, (blk + 1) * rows_per_block)
+    lo, hi = blk * rows_per_block, min(dy.shape[0], (blk + 1) * rows_per_block)
     if code == IDENTITY:
         src = dy
     else:
