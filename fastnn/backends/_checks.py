@@ -79,6 +79,45 @@ def out_array(out, name, shape, dtype):
     return out
 
 
+def unshared(written, *inputs, in_place_ok=False):
+    """`inputs`, each replaced by a copy when it shares memory with an array in
+    `written` (the output buffers of the call; None entries are skipped).
+
+    Why: compiled kernels write an output while still reading their inputs (the
+    loss kernels write grad over the row of logits they then read the label's
+    logit from; a label overwritten by grad is then an index out of bounds), so an
+    output that overlaps an input gives a wrong result, or worse. Reading a copy
+    gives the result of the call with a fresh output, on every backend.
+    in_place_ok: a kernel documented to work in place (the elementwise activations'
+    forward, "y may be x" in csrc) keeps an input that is exactly one of the outputs."""
+    outs = [o for o in written if o is not None]
+    result = []
+    for a in inputs:
+        # may_share_memory compares bounds only: cheap, and exact for contiguous arrays
+        if a is not None and any(np.may_share_memory(a, o) and not (in_place_ok and _same_memory(a, o))
+                                 for o in outs):
+            a = a.copy()
+        result.append(a)
+    return result
+
+
+def distinct(**written):
+    """Raises ValueError when two arrays a call writes (outputs, and states updated
+    in place; None entries skipped) share memory: the caller reads both back, so
+    no copy can help, and which write lands last depends on the backend."""
+    items = [(name, a) for name, a in written.items() if a is not None]
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
+            if np.may_share_memory(a, b):
+                raise ValueError(f"{name_a} and {name_b} must not share memory: both are written")
+
+
+def _same_memory(a, b):
+    """Both arrays (C-contiguous, checked) cover exactly the same elements."""
+    return a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                      and a.shape == b.shape and a.dtype == b.dtype)
+
+
 def labels_array(y, name, n_samples, n_classes):
     """Integer class labels, shape (n_samples,), each in [0, n_classes)."""
     if not isinstance(y, np.ndarray):

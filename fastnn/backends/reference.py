@@ -8,7 +8,8 @@ Each kernel is a pair of methods:
 
 * the public method (``softmax_cross_entropy``) validates every argument, makes
   non-contiguous inputs contiguous, allocates the outputs the caller did not pass,
-  and then calls
+  copies any input that shares memory with an output (`_checks.unshared`), and
+  then calls
 * the implementation (``_softmax_cross_entropy``), which receives only checked,
   C-contiguous arrays of one float dtype and writes into the given outputs.
 
@@ -114,6 +115,9 @@ class NumpyBackend:
         activation = activation_name(activation)
         x = chk.float_array(x, "x", ndim=2 if activation == "softmax" else None)
         out = chk.out_array(out, "out", x.shape, x.dtype)
+        # out=x runs in place for the elementwise activations ("y may be x" in csrc); an
+        # in-place softmax is not bit-identical on Numba (float64): it reads a copy
+        x, = chk.unshared((out,), x, in_place_ok=activation != "softmax")
         self._activation_forward(x, activation, out)
         return out
 
@@ -129,6 +133,7 @@ class NumpyBackend:
                 raise ValueError(f"the {activation} backward needs x, the forward input")
             x = chk.float_array(x, "x", dtype=y.dtype, shape=y.shape)
         out = chk.out_array(out, "out", y.shape, y.dtype)
+        dy, y, x = chk.unshared((out,), dy, y, x)
         self._activation_backward(dy, y, activation, x, out)
         return out
 
@@ -206,6 +211,8 @@ class NumpyBackend:
         out = chk.out_array(out, "out", shape, W.dtype)
         if preact is not None:
             preact = chk.out_array(preact, "preact", shape, W.dtype)
+        chk.distinct(out=out, preact=preact)
+        x, W, b = chk.unshared((out, preact), x, W, b)
         self._dense_forward(x, W, b, activation, out, preact)
         return out
 
@@ -230,8 +237,10 @@ class NumpyBackend:
         dx = chk.out_array(dx, "dx", x.shape, W.dtype) if need_dx else None
         dW = chk.out_array(dW, "dW", W.shape, W.dtype)
         db = chk.out_array(db, "db", (n_out,), W.dtype)
-        if activation != "identity":
-            dz = chk.out_array(dz, "dz", shape, W.dtype)
+        # dz is not used by the identity
+        dz = chk.out_array(dz, "dz", shape, W.dtype) if activation != "identity" else None
+        chk.distinct(dx=dx, dW=dW, db=db, dz=dz)
+        dy, x, W, y, preact = chk.unshared((dx, dW, db, dz), dy, x, W, y, preact)
         self._dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)
         return dx, dW, db
 
@@ -266,6 +275,7 @@ class NumpyBackend:
         if targets is not None:
             targets = chk.float_array(targets, "targets", dtype=output.dtype, shape=output.shape)
             chk.finite_targets(targets, "targets")
+        output, targets, w = chk.unshared((grad,), output, targets, w)
         return output, targets, w, grad
 
     @staticmethod
@@ -288,6 +298,7 @@ class NumpyBackend:
         else:
             targets = chk.float_array(targets, "targets", dtype=logits.dtype, shape=(n, c))
             chk.finite_targets(targets, "targets")
+        targets, = chk.unshared((grad,), targets)
         return float(self._softmax_cross_entropy(logits, targets, w, grad)), grad
 
     def _softmax_cross_entropy(self, logits, targets, w, grad):
@@ -404,6 +415,9 @@ class NumpyBackend:
             raise ValueError(f"batch norm in training needs more than 1 sample per channel, "
                              f"got x of shape {x.shape}")
         out = chk.out_array(out, "out", x.shape, x.dtype)
+        chk.distinct(out=out, running_mean=running_mean, running_var=running_var)
+        # the cache keeps the x read
+        x, gamma, beta = chk.unshared((out, running_mean, running_var), x, gamma, beta)
         mean = np.empty(c, x.dtype)
         invstd = np.empty(c, x.dtype)
         self._batchnorm_forward(x, gamma, beta, running_mean, running_var, training,
@@ -418,11 +432,13 @@ class NumpyBackend:
         x = chk.float_array(cache.x, "cache.x", ndim=2)
         mean, invstd, gamma = (chk.float_array(getattr(cache, f), f"cache.{f}", dtype=x.dtype,
                                                shape=(x.shape[1],)) for f in ("mean", "invstd", "gamma"))
-        cache = BatchNormCache(x, mean, invstd, gamma, bool(cache.training))
         dy = chk.float_array(dy, "dy", dtype=x.dtype, shape=x.shape)
         dx = chk.out_array(dx, "dx", x.shape, x.dtype)
         dgamma = chk.out_array(dgamma, "dgamma", gamma.shape, x.dtype)
         dbeta = chk.out_array(dbeta, "dbeta", gamma.shape, x.dtype)
+        chk.distinct(dx=dx, dgamma=dgamma, dbeta=dbeta)
+        dy, x, mean, invstd, gamma = chk.unshared((dx, dgamma, dbeta), dy, x, mean, invstd, gamma)
+        cache = BatchNormCache(x, mean, invstd, gamma, bool(cache.training))
         self._batchnorm_backward(dy, cache, dx, dgamma, dbeta)
         return dx, dgamma, dbeta
 
@@ -463,6 +479,7 @@ class NumpyBackend:
         x = chk.float_array(x, "x")
         rate, seed = self._dropout_args(rate, seed)
         out = chk.out_array(out, "out", x.shape, x.dtype)
+        x, = chk.unshared((out,), x)
         self._dropout_forward(x, rate, seed, out)
         return out
 
@@ -472,6 +489,7 @@ class NumpyBackend:
         dy = chk.float_array(dy, "dy")
         rate, seed = self._dropout_args(rate, seed)
         out = chk.out_array(out, "out", dy.shape, dy.dtype)
+        dy, = chk.unshared((out,), dy)
         self._dropout_backward(dy, rate, seed, out)
         return out
 
@@ -513,6 +531,7 @@ class NumpyBackend:
         grad = chk.state_array(grad, "grad", param)
         l2 = chk.real(l2, "l2", low=0)
         l1 = chk.real(l1, "l1", low=0)
+        param, = chk.unshared((grad,), param)
         return float(self._weight_penalty(param, grad, l2, l1))
 
     def _weight_penalty(self, param, grad, l2, l1):
@@ -536,6 +555,8 @@ class NumpyBackend:
         grad = chk.float_array(grad, "grad", dtype=param.dtype, shape=param.shape)
         for name, s in states.items():
             chk.state_array(s, name, param)
+        chk.distinct(param=param, **states)
+        grad, = chk.unshared((param, *states.values()), grad)
         lr = chk.real(lr, "lr", low=0)
         return grad, lr
 
