@@ -264,10 +264,10 @@ int FN(batchnorm_backward)(const T *dy, const T *x, const T *mean, const T *invs
     parallel_run(FN(bn_grad_sums_rows), &a, n, parts);
     add_parts(a.ws, parts, 2 * c);
     for (int64_t j = 0; j < c; j++) {
-            dbeta[j] = (T)a.ws[j];
-            dgamma[j] = (T)a.ws[c + j];
-            a.coef[j] = gamma[j] * invstd[j] / a.coef_n;
-        }
+        dbeta[j] = (T)a.ws[j];
+        dgamma[j] = (T)a.ws[c + j];
+        a.coef[j] = gamma[j] * invstd[j] / a.coef_n;
+    }
     parallel_run(FN(bn_dx_rows), &a, n, parts);
     free(a.ws);
     return 0;
