@@ -91,11 +91,12 @@ def unshared(written, *inputs, in_place_ok=False):
     in_place_ok: a kernel documented to work in place (the elementwise activations'
     forward, "y may be x" in csrc) keeps an input that is exactly one of the outputs."""
     outs = [o for o in written if o is not None]
+    if _separate(outs + [a for a in inputs if a is not None]):
+        return list(inputs)
     result = []
     for a in inputs:
-        # may_share_memory compares bounds only: cheap, and exact for contiguous arrays
-        if a is not None and any(np.may_share_memory(a, o) and not (in_place_ok and _same_memory(a, o))
-                                 for o in outs):
+        if a is not None and any(np.may_share_memory(a, o)  # bounds: exact when contiguous
+                                 and not (in_place_ok and _same_memory(a, o)) for o in outs):
             a = a.copy()
         result.append(a)
     return result
@@ -106,10 +107,19 @@ def distinct(**written):
     in place; None entries skipped) share memory: the caller reads both back, so
     no copy can help, and which write lands last depends on the backend."""
     items = [(name, a) for name, a in written.items() if a is not None]
+    if _separate([a for _, a in items]):
+        return
     for i, (name_a, a) in enumerate(items):
         for name_b, b in items[i + 1:]:
             if np.may_share_memory(a, b):
                 raise ValueError(f"{name_a} and {name_b} must not share memory: both are written")
+
+
+def _separate(arrays):
+    """True when no two of `arrays` can share memory because each is a distinct
+    array that owns its data: the common case, decided in a few attribute reads
+    (these checks run on every public call). False means: compare their bounds."""
+    return all(a.base is None for a in arrays) and len({id(a) for a in arrays}) == len(arrays)
 
 
 def _same_memory(a, b):
