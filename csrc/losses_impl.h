@@ -109,7 +109,7 @@ INLINE void FN(pending_lines)(struct FN(pending) *p, int64_t lines) {
 }
 
 INLINE void FN(pending_finish)(struct FN(pending) *p) {
-    FN(pending_lines)(p, p->tail - p->j);
+    FN(pending_lines)(p, (p->tail - p->j) / LINE_LANES);
     for (int64_t j = p->tail; j < p->k; j++) p->g[j] = p->e[j] * p->c;
     int64_t label = p->label; /* none when out of [0, k): -1, or k = 0 when nothing pending */
     if ((uint64_t)label < (uint64_t)p->k && (label < p->head || label >= p->tail))
