@@ -53,13 +53,22 @@ INLINE T FN(row_max)(const T *x, int64_t k) {
 }
 #undef ROW_LANES
 
-/* The reference's softmax is exp(x - lse) with lse rounded to T; p = e r with
- * r = exp(m - lse) reproduces it, so logits of 1e4 (where a float lse has an ulp
- * of 1e-3) give the reference's p. */
-INLINE T FN(lse_ratio)(T m, T s, double *lse) {
-    T lse_t = m + (T)log((double)s); /* log-sum-exp: stable for logits of any size */
-    *lse = (double)lse_t;
-    return FN(exp)(m - lse_t);
+/* log(s) for the sum s of e = exp(x - m) (k,), m = max(x). Where s < 2 the
+ * max's term, 1, dominates (a second max would make s >= 2), and s has rounded
+ * away the digits of the others that p - 1 at the label needs (a confident
+ * row): their sum is then taken again, and log1p of it, as the reference does. */
+INLINE T FN(log_sum)(const T *x, const T *e, int64_t k, T m, T s) {
+    if (!(s < (T)2)) return (T)log((double)s);
+    T below = 0;
+    for (int64_t j = 0; j < k; j++) below += x[j] < m ? e[j] : (T)0;
+    return (T)log1p((double)below);
+}
+
+/* The reference's softmax is exp(x - lse) with lse = m + log_s rounded to T;
+ * p = e r with r = exp(m - lse) reproduces it, so logits of 1e4 (where a float
+ * lse has an ulp of 1e-3) give the reference's p. */
+INLINE T FN(lse_ratio)(T m, T log_s) {
+    return FN(exp)(m - (m + log_s)); /* log-sum-exp: stable for logits of any size */
 }
 
 /* The streaming path, for outputs too large for the caches (STREAM_BYTES) and
@@ -155,6 +164,52 @@ INLINE T FN(exp_row_ahead)(const T *restrict x, T *restrict e, int64_t k, T *max
 }
 #undef VEC_LANES
 
+/* log p at row i's label, (x - m) - log_s (0 for a label outside [0, k)): its
+ * expm1 is p - 1, which e r - 1 would get from the digits p has beyond 1 in a
+ * confident row (and with the rounding of lse), as the reference does. */
+INLINE T FN(label_log_p)(const struct FN(loss_args) *a, int64_t i, const T *x, T m, T log_s) {
+    int64_t label = a->labels[i];
+    return label < 0 || label >= a->k ? (T)0 : (x[label] - m) - log_s;
+}
+
+/* The gradient row g (k,) of the labels' loss, (softmax - onehot) scale, from
+ * e = exp(x - m) (k,), r, lse = m + log_s and pm1 = p - 1 at the label: in place
+ * (g may be e), or, given a pending, scaled on its way out (g is then written
+ * later). Returns the row's loss times its scale; NaN for a label outside
+ * [0, k), which the wrapper checked: nothing is read outside the row. */
+INLINE double FN(labels_row)(const struct FN(loss_args) *a, int64_t i, const T *x, const T *e,
+                             T *g, T lse, T r, T pm1, struct FN(pending) *pending) {
+    int64_t k = a->k, label = a->labels[i];
+    if (label < 0 || label >= k) return NAN;
+    double scale = FN(sample_scale)(a, i);
+    T sc = (T)scale, c = r * sc, g_label = pm1 * sc;
+    if (pending) {
+        FN(pending_start)(pending, g, e, k, c, label, g_label);
+    } else {
+        for (int64_t j = 0; j < k; j++) g[j] = e[j] * c;
+        g[label] = g_label;
+    }
+    return ((double)lse - (double)x[label]) * scale;
+}
+
+/* The probabilities' loss, sum_j t_j (lse - x_j) (each term >= 0), and its
+ * gradient (softmax sum(t) - t) scale in place over e = exp(x - m) (k,), given
+ * lse = m + log_s and r; returns the row's loss times its scale. */
+INLINE double FN(probs_row)(const struct FN(loss_args) *a, int64_t i, const T *x, const T *t,
+                            T *e, T lse_t, T r) {
+    int64_t k = a->k;
+    double lse = (double)lse_t, tsum = 0, loss = 0;
+#pragma omp simd reduction(+ : tsum, loss)
+    for (int64_t j = 0; j < k; j++) {
+        tsum += (double)t[j];
+        loss += (double)t[j] * (lse - (double)x[j]);
+    }
+    double scale = FN(sample_scale)(a, i);
+    T c = r * (T)tsum, sc = (T)scale;
+    for (int64_t j = 0; j < k; j++) e[j] = (e[j] * c - t[j]) * sc;
+    return loss * scale;
+}
+
 /* Both losses: per row, e = exp(x - max) into the gradient row, or, when
  * streaming, into a staged row (stage[i % 2]: the previous one may still be
  * pending) that pending then writes out. */
@@ -171,24 +226,9 @@ HOT static void FN(sce_labels_range)(void *args, int64_t r0, int64_t r1, int par
         T *g = a->grad + i * k, m, *e = stream ? stage[i % 2] : g;
         T s = FN(exp_row_ahead)(x, e, k, &m, x_end, NULL, NULL, &pending);
         FN(pending_finish)(&pending);
-        double lse;
-        T r = FN(lse_ratio)(m, s, &lse);
-        double scale = FN(sample_scale)(a, i);
-        int64_t label = a->labels[i];
-        if (label < 0 || label >= k) { /* the wrapper checked labels; never read outside */
-            total = NAN;
-            continue;
-        }
-        /* grad = (softmax - onehot) * scale */
-        T p_label = e[label] * r, sc = (T)scale, c = r * sc;
-        T g_label = (p_label - (T)1) * sc;
-        if (stream) {
-            FN(pending_start)(&pending, g, e, k, c, label, g_label);
-        } else { /* in place over the row, in L1 */
-            for (int64_t j = 0; j < k; j++) g[j] *= c;
-            g[label] = g_label;
-        }
-        total += (lse - (double)x[label]) * scale;
+        T log_s = FN(log_sum)(x, e, k, m, s), r = FN(lse_ratio)(m, log_s);
+        T pm1 = FN(expm1_neg)(FN(label_log_p)(a, i, x, m, log_s));
+        total += FN(labels_row)(a, i, x, e, g, m + log_s, r, pm1, stream ? &pending : NULL);
     }
     FN(pending_finish)(&pending);
     if (stream) stream_fence();
@@ -209,42 +249,92 @@ HOT static void FN(sce_probs_range)(void *args, int64_t r0, int64_t r1, int part
         T *g = a->grad + i * k, m, *e = stream ? stage[i % 2] : g;
         T s = FN(exp_row_ahead)(x, e, k, &m, x_end, t, t_end, &pending);
         FN(pending_finish)(&pending);
-        double lse;
-        T r = FN(lse_ratio)(m, s, &lse);
-        /* loss = sum_j t_j (lse - x_j), each term >= 0; grad = softmax * sum(t) - t */
-        double tsum = 0, loss = 0;
-#pragma omp simd reduction(+ : tsum, loss)
-        for (int64_t j = 0; j < k; j++) {
-            tsum += (double)t[j];
-            loss += (double)t[j] * (lse - (double)x[j]);
-        }
-        double scale = FN(sample_scale)(a, i);
-        T c = r * (T)tsum, sc = (T)scale;
-        for (int64_t j = 0; j < k; j++) e[j] = (e[j] * c - t[j]) * sc;
+        T log_s = FN(log_sum)(x, e, k, m, s), r = FN(lse_ratio)(m, log_s);
+        total += FN(probs_row)(a, i, x, t, e, m + log_s, r);
         if (stream) FN(pending_start)(&pending, g, e, k, (T)1, -1, 0);
-        total += loss * scale;
     }
     FN(pending_finish)(&pending);
     if (stream) stream_fence();
     a->partial[part] = total;
 }
-#undef SCE_STAGE
-#undef STAGE_LANES
-#undef LINE_LANES
+
+/* Short rows (10 classes, say) would run exp_row_ahead's loops in their scalar
+ * tails, one exp at a time, and a row's bookkeeping (its max, log and exps)
+ * would cost more than its elements. Rows of fewer than SHORT_ROW elements take
+ * this path instead, where blocks of whole rows (at most SHORT_BLOCK elements,
+ * e (rows, k)) take passes that each run as one vector loop: the maxima and the
+ * sums down the columns of the block (strided, every row at once), the exps of
+ * the block as one flat array, the ratios r and the labels' p - 1 of every row;
+ * then per row the gradient. A large output is staged by blocks and written
+ * with streaming stores. Measured in a C program, float32, 1 thread, rows in
+ * cache, ns per row, the row path against this one: 3 elements 85 against 19;
+ * 10: 88 against 25; 31: 126-154 against 48; 63: 145 against 78; 127: 181-239
+ * against 193-196; 200: 257 against 305. Blocks of 1024 elements: 127 elements
+ * 166 against 146 ns. */
+#define SHORT_ROW 128
+#define SHORT_BLOCK 2048 /* >= SHORT_ROW */
+HOT static void FN(sce_short_range)(void *args, int64_t r0, int64_t r1, int part) {
+    struct FN(loss_args) *a = args;
+    int64_t k = a->k, block = SHORT_BLOCK / k;
+    T stage[SHORT_BLOCK], max[SHORT_BLOCK], log_s[SHORT_BLOCK], r[SHORT_BLOCK], pm1[SHORT_BLOCK];
+    double total = 0;
+    for (int64_t i0 = r0; i0 < r1; i0 += block) {
+        int64_t rows = r1 - i0 < block ? r1 - i0 : block;
+        const T *x = a->x + i0 * k; /* (rows, k) */
+        T *g = a->grad + i0 * k, *e = a->stream ? stage : g;
+        for (int64_t i = 0; i < rows; i++) max[i] = x[i * k];
+        for (int64_t j = 1; j < k; j++) /* as row_max: a NaN never wins */
+            for (int64_t i = 0; i < rows; i++) max[i] = x[i * k + j] > max[i] ? x[i * k + j] : max[i];
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < k; j++) e[i * k + j] = x[i * k + j] - max[i];
+        for (int64_t j = 0; j < rows * k; j++) e[j] = FN(exp_nonpos)(e[j]);
+        for (int64_t i = 0; i < rows; i++) r[i] = e[i * k]; /* r: the sums, for now */
+        for (int64_t j = 1; j < k; j++)
+            for (int64_t i = 0; i < rows; i++) r[i] += e[i * k + j];
+        for (int64_t i = 0; i < rows; i++)
+            log_s[i] = FN(log_sum)(x + i * k, e + i * k, k, max[i], r[i]);
+        for (int64_t i = 0; i < rows; i++) r[i] = FN(lse_ratio)(max[i], log_s[i]);
+        if (a->labels) {
+            for (int64_t i = 0; i < rows; i++)
+                pm1[i] = FN(label_log_p)(a, i0 + i, x + i * k, max[i], log_s[i]);
+            for (int64_t i = 0; i < rows; i++) pm1[i] = FN(expm1_neg)(pm1[i]);
+        }
+        for (int64_t i = 0; i < rows; i++) {
+            const T *xi = x + i * k;
+            T *ei = e + i * k;
+            total += a->labels
+                         ? FN(labels_row)(a, i0 + i, xi, ei, ei, max[i] + log_s[i], r[i], pm1[i],
+                                          NULL)
+                         : FN(probs_row)(a, i0 + i, xi, a->targets + (i0 + i) * k, ei,
+                                         max[i] + log_s[i], r[i]);
+        }
+        if (a->stream) FN(stream_copy)(g, e, rows * k);
+    }
+    if (a->stream) stream_fence();
+    a->partial[part] = total;
+}
 
 double FN(softmax_cross_entropy_labels)(const T *logits, const int64_t *labels, const T *w,
                                         T *grad, int64_t n, int64_t k) {
     struct FN(loss_args) a = {.x = logits, .labels = labels, .w = w, .grad = grad, .n = n, .k = k,
                               .stream = (double)n * (double)k * sizeof(T) >= STREAM_BYTES};
-    return FN(setup)(&a, FN(sce_labels_range), MIN_PARALLEL_MATH / (k + 1) + 1);
+    return FN(setup)(&a, k < SHORT_ROW ? FN(sce_short_range) : FN(sce_labels_range),
+                     MIN_PARALLEL_MATH / (k + 1) + 1);
 }
 
 double FN(softmax_cross_entropy_probs)(const T *logits, const T *targets, const T *w, T *grad,
                                        int64_t n, int64_t k) {
     struct FN(loss_args) a = {.x = logits, .targets = targets, .w = w, .grad = grad, .n = n,
                               .k = k, .stream = (double)n * (double)k * sizeof(T) >= STREAM_BYTES};
-    return FN(setup)(&a, FN(sce_probs_range), MIN_PARALLEL_MATH / (k + 1) + 1);
+    return FN(setup)(&a, k < SHORT_ROW ? FN(sce_short_range) : FN(sce_probs_range),
+                     MIN_PARALLEL_MATH / (k + 1) + 1);
 }
+
+#undef SCE_STAGE
+#undef SHORT_BLOCK
+#undef STAGE_LANES
+#undef LINE_LANES
+#undef SHORT_ROW
 
 /* ------------------------------------------- sigmoid binary cross-entropy */
 /* len elements of one scale; returns the sum of their losses (unscaled) */

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from catalogue import CATALOGUE
-from conftest import FAST_BACKENDS, assert_close
+from catalogue import CATALOGUE, SHORT_ROW_SHAPES, rand
+from conftest import FAST_BACKENDS, assert_close, probs_grad_terms
 from scipy import special
 
 import fastnn
@@ -21,6 +21,41 @@ def test_matches_reference(case, backend_name, dtype):
             np.testing.assert_array_equal(a, e)
         else:
             assert_close(a, e, dtype, f"{case} output {i}")
+
+
+@pytest.mark.parametrize("backend_name", FAST_BACKENDS)
+@pytest.mark.parametrize("n, c", SHORT_ROW_SHAPES)
+def test_softmax_ce_probabilities_short_rows(backend_name, dtype, n, c):
+    """Probability targets and sample weights on rows short enough for the C
+    backend's short-rows path (many blocks, serial and parallel): each gradient
+    element within rtol of the size of its terms (probs_grad_terms), the loss
+    within rtol."""
+    logits = rand((n, c), dtype, 14, 3.0)
+    t = np.random.default_rng(15).random((n, c)).astype(dtype)
+    t /= t.sum(axis=1, keepdims=True)
+    w = np.random.default_rng(16).random(n).astype(dtype) + 0.1
+    expected_loss, expected = fastnn.get_backend("numpy").softmax_cross_entropy(logits, t, w)
+    loss, grad = fastnn.get_backend(backend_name).softmax_cross_entropy(logits, t, w)
+    assert_close(grad, expected, dtype, magnitude=probs_grad_terms(expected, t, w))
+    assert_close(loss, expected_loss, dtype)
+
+
+@pytest.mark.parametrize("backend_name", ["numpy"] + FAST_BACKENDS)
+@pytest.mark.parametrize("k", [3, 10, 200])  # the C short-rows path and the row path
+def test_softmax_ce_label_gradient_of_confident_rows(backend_name, dtype, k):
+    """p - 1 at the label of a confident row, where p rounds to 1 or nearly:
+    to full relative precision, against its exact value -(k - 1) e^-x / (1 + (k - 1) e^-x)
+    for logits (x, 0, ..., 0) with the label at x (p - 1 computed as a difference
+    would be 0 or keep a few digits)."""
+    margins = np.array([3.0, 9.0, 16.0, 25.0, 40.0] if dtype == np.float64 else [3.0, 9.0, 16.0])
+    logits = np.zeros((margins.size, k), dtype)
+    logits[:, 0] = margins
+    labels = np.zeros(margins.size, np.int64)
+    loss, grad = fastnn.get_backend(backend_name).softmax_cross_entropy(logits, labels)
+    rest = (k - 1) * np.exp(-margins)
+    exact = -rest / (1 + rest) / margins.size
+    np.testing.assert_allclose(grad[:, 0], exact, rtol=20 * np.finfo(dtype).eps)
+    assert_close(loss, np.log1p(rest).mean(), dtype)
 
 
 def test_catalogue_covers_every_kernel():

@@ -741,6 +741,20 @@ def sample_scale(w, inv_total, i):
     return inv_total * w[i] if w.size else inv_total
 
 
+@jit_inline
+def log_sum(x, e, m, s):
+    """log(s) for s = sum(e), e = exp(x - m), m = max(x): where s < 2 (one max,
+    whose term 1 dominates), log1p of the sum of the other terms, as the
+    reference (see csrc/losses_impl.h)."""
+    dt = x.dtype.type
+    if not s < dt(2):
+        return dt(math.log(s))
+    below = dt(0)
+    for j in range(x.size):
+        below += e[j] if x[j] < m else dt(0)
+    return dt(math.log1p(below))
+
+
 @jit
 def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     """Softmax cross-entropy of rows lo..hi; returns their share of the loss
@@ -753,7 +767,7 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     1e4 (where float32 lse has an ulp of 1e-3) give the reference's p."""
     c = logits.shape[1]
     dt = logits.dtype.type
-    zero, one = dt(0), dt(1)
+    zero = dt(0)
     total = 0.0
     for i in range(lo, hi):
         x, g = logits[i], grad[i]
@@ -763,17 +777,22 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
             e = exp_nonpositive(x[j] - m)
             g[j] = e
             s = radd(s, e)
-        lse = m + dt(math.log(s))
+        log_s = log_sum(x, g, m, s)
+        lse = m + log_s
         r = fexp(m - lse)  # p = e * r
         scale = sample_scale(w, inv_total, i)
         sc = dt(scale)
         if labels.size:
             k = labels[i]
-            ek = g[k]
+            # p - 1 from log p = d, as the reference: e r - 1 would keep only the
+            # digits p has beyond 1 in a confident row (and carry the rounding
+            # of lse). expm1 (a call) only where it cancels: e^d - 1 elsewhere
+            d = (x[k] - m) - log_s
+            pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
             q = r * sc
             for j in range(c):
                 g[j] *= q
-            g[k] = (ek * r - one) * sc
+            g[k] = pm1 * sc
             total += scale * (np.float64(lse) - np.float64(x[k]))
         else:
             t = probs[i]

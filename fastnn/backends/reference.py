@@ -305,13 +305,22 @@ class NumpyBackend:
         n, c = logits.shape
         # log-sum-exp with the row max taken out: stable for logits of any size
         m = logits.max(axis=1, keepdims=True)
-        lse = m + np.log(np.exp(logits - m).sum(axis=1, keepdims=True))  # (N, 1)
+        e = np.exp(logits - m)  # (N, C), 1 at each max
+        # log(sum(e)) as log1p of the sum without one max's 1: for a confident row
+        # (one term near 1, the others small) the sum would round their digits away
+        rest = np.where(logits < m, e, 0).sum(axis=1, keepdims=True)
+        rest += (logits == m).sum(axis=1, keepdims=True) - 1
+        log_s = np.log1p(rest)  # (N, 1)
+        lse = m + log_s
         p = np.exp(logits - lse)  # softmax
         if targets.ndim == 1:
             rows = np.arange(n)
             per_sample = lse[:, 0] - logits[rows, targets]
             grad[...] = p
-            grad[rows, targets] -= 1
+            # p - 1 at the label as expm1((x - m) - log_s): for a confident row (p
+            # near 1) p - 1 would keep only the digits p has beyond 1, and x - lse
+            # those of the rounded lse
+            grad[rows, targets] = np.expm1((logits[rows, targets] - m[:, 0]) - log_s[:, 0])
         else:
             # -sum_k t_k log p_k = sum_k t_k (lse - x_k); gradient p * sum(t) - t
             per_sample = (targets * (lse - logits)).sum(axis=1)
