@@ -35,7 +35,9 @@ def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
     if shape is not None:
         check_shape(a, name, shape)
-    return np.require(a, requirements=["C_CONTIGUOUS", "ALIGNED"])
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C")  # a copy: C-contiguous and aligned
 
 
 def check_shape(a, name, shape):
@@ -132,11 +134,14 @@ def labels_array(y, name, n_samples, n_classes):
     """Integer class labels, shape (n_samples,), each in [0, n_classes)."""
     if not isinstance(y, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(y).__name__}")
-    if not np.issubdtype(y.dtype, np.integer):
+    if y.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.shape != (n_samples,):
         raise ValueError(f"{name} must have shape ({n_samples},), got {y.shape}")
-    if n_samples and (y.min() < 0 or y.max() >= n_classes):
+    # one reduction over int64 labels: seen as uint64, a negative one is huge
+    unsigned = y.view(np.uint64) if y.dtype == np.int64 else None
+    if n_samples and (unsigned.max() >= n_classes if unsigned is not None
+                      else y.min() < 0 or y.max() >= n_classes):
         bad = y[(y < 0) | (y >= n_classes)][0]
         raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for {n_classes} classes")
     return np.ascontiguousarray(y, dtype=np.int64)
@@ -164,9 +169,10 @@ def finite_targets(t, name):
 
 def real(value, name, low=None, high=None, low_open=False, high_open=False):
     """A finite real scalar within [low, high] (or open ends), returned as float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    if type(value) is not float:  # a float needs no conversion (the ABC check is slow)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if low is not None and (value < low or (low_open and value == low)):
@@ -177,9 +183,10 @@ def real(value, name, low=None, high=None, low_open=False, high_open=False):
 
 
 def integer(value, name, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
+    if type(value) is not int:  # as in real()
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+        value = int(value)
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:
