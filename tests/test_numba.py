@@ -162,7 +162,7 @@ def _apply(code, x, out):
         elif code == 2:
             out[i] = K.tanh64(np.float64(v))
         elif code == 3:
-            out[i] = K.expm1_64(np.float64(v))
+            out[i] = K.expm1_neg64(np.float64(v))
         else:
             out[i] = K.log1p_unit(np.float64(v))
 
@@ -206,10 +206,10 @@ def test_exp_accuracy_and_special_values(dtype):
 def test_float64_helpers_accuracy():
     x = np.concatenate([np.linspace(-30, 30, 100_001), np.geomspace(1e-12, 1, 10_001),
                         -np.geomspace(1e-12, 1, 10_001), [0.0]])
-    out = np.empty_like(x)
-    xl = x.astype(np.longdouble)
-    for code, exact in ((2, np.tanh(xl)), (3, np.expm1(xl))):
-        _apply(code, x, out)
+    for code, arg in ((2, x), (3, -np.abs(x))):  # tanh; expm1 of v <= 0
+        out = np.empty_like(arg)
+        _apply(code, arg, out)
+        exact = (np.tanh if code == 2 else np.expm1)(arg.astype(np.longdouble))
         err = np.abs(out - exact) / np.maximum(np.abs(exact), 1e-300)
         assert err.max() < 1e-14, (code, err.max())
     e = np.concatenate([np.geomspace(1e-300, 1, 100_001), [0.0]])
@@ -217,7 +217,7 @@ def test_float64_helpers_accuracy():
     _apply(4, e, out)
     exact = np.log1p(e.astype(np.longdouble))
     assert (np.abs(out - exact) <= 1e-15 * np.abs(exact)).all()
-    special = np.array([np.nan, np.inf, -np.inf])
-    for code, want in ((2, [np.nan, 1, -1]), (3, [np.nan, np.inf, -1])):
-        _apply(code, special, out[:3])
+    for code, special, want in ((2, [np.nan, np.inf, -np.inf], [np.nan, 1, -1]),
+                                (3, [np.nan, -np.inf, -0.0], [np.nan, -1, 0])):
+        _apply(code, np.array(special), out[:3])
         np.testing.assert_array_equal(out[:3], want)

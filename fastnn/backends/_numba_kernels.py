@@ -210,6 +210,13 @@ def _reduce32(x):
 @njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
 def _reduce64(x, shift):
     # shift: SHIFT64, or BIASED64 to leave n + bias in t's low bits (pow2_bits)
+    t, q = _reduce64_m1(x, shift)
+    return t, q + 1.0
+
+
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _reduce64_m1(x, shift):
+    """(t, q) as _reduce64's (t, p) but q = e^r - 1, with the digits of r."""
     t = x * LOG2E + shift
     n = t - shift
     r = x - n * LN2_HI
@@ -226,7 +233,7 @@ def _reduce64(x, shift):
     p = p * r + F4
     p = p * r + F3
     p = p * r + F2
-    return t, p * (r * r) + r + 1.0
+    return t, p * (r * r) + r
 
 
 def _exp32(x):
@@ -299,32 +306,23 @@ LN2 = 0.6931471805599453
 SQRT2_M1 = 0.41421356237309515
 
 
-@jit_inline
-def expm1_64(v):
-    """e^x - 1 of a float64: Taylor series for |x| < 0.35 (error < 1e-16
-    relative), e^x - 1 beyond (where it cannot cancel much)."""
-    p = F13
-    p = p * v + F12
-    p = p * v + F11
-    p = p * v + F10
-    p = p * v + F9
-    p = p * v + F8
-    p = p * v + F7
-    p = p * v + F6
-    p = p * v + F5
-    p = p * v + F4
-    p = p * v + F3
-    p = p * v + F2
-    small = (p * v + 1.0) * v
-    big = fexp(v) - 1.0
-    return small if abs(v) < 0.35 else big
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def expm1_neg64(v):
+    """e^v - 1 of a float64 v <= 0 (or NaN), accurate near 0: 2^n (e^r - 1) +
+    (2^n - 1), each part without cancellation (csrc/vmath.h's expm1_neg_f64).
+    One path, where a Taylor series near 0 selected against e^v - 1 computed
+    both: tanh of float32 in cache, 1 thread, 3.7 against 5.1-5.5 ns an element."""
+    v = -60.0 if v < -60.0 else v  # e^-60 - 1 rounds to -1; 2^n stays normal
+    t, q = _reduce64_m1(v, BIASED64)
+    s = pow2_bits(t)
+    return s * q + (s - 1.0)
 
 
 @jit_inline
 def tanh64(v):
     """tanh of a float64: tanh|x| = -e / (2 + e) with e = e^(-2|x|) - 1 in (-1, 0],
     each part accurate, so a few ulp everywhere (no cancellation near 0)."""
-    e = expm1_64(-2.0 * abs(v))
+    e = expm1_neg64(-2.0 * abs(v))
     t = -e / (2.0 + e)
     return t if v >= 0.0 else -t
 
@@ -537,11 +535,11 @@ def act_forward_row(code, z, out):
     elif code == ELU:
         for j in range(n):
             v = np.float64(z[j])
-            out[j] = v if v > 0.0 else ELU_ALPHA * expm1_64(v)
+            out[j] = v if v > 0.0 else ELU_ALPHA * expm1_neg64(min(v, 0.0))
     elif code == SELU:
         for j in range(n):
             v = np.float64(z[j])
-            out[j] = SELU_SCALE * (v if v > 0.0 else SELU_ALPHA * expm1_64(v))
+            out[j] = SELU_SCALE * (v if v > 0.0 else SELU_ALPHA * expm1_neg64(min(v, 0.0)))
     elif code == GELU:
         gelu_forward_row(z, out)
     elif code == SOFTPLUS:
@@ -601,7 +599,7 @@ def act_backward_row(code, dy, y, x, out):
     elif code == SOFTPLUS:
         for j in range(n):
             v, g = np.float64(y[j]), dy[j]
-            out[j] = g if v > SOFTPLUS_THRESHOLD else g * -expm1_64(-v)  # sigmoid(x) = 1 - e^-y
+            out[j] = g if v > SOFTPLUS_THRESHOLD else g * -expm1_neg64(-v)  # sigmoid(x) = 1 - e^-y
     elif code == SOFTMAX:
         s = 0.0
         for j in range(n):
