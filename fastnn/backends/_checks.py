@@ -138,10 +138,11 @@ def labels_array(y, name, n_samples, n_classes):
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.shape != (n_samples,):
         raise ValueError(f"{name} must have shape ({n_samples},), got {y.shape}")
-    # one reduction over int64 labels: seen as uint64, a negative one is huge
-    unsigned = y.view(np.uint64) if y.dtype == np.int64 else None
-    if n_samples and (unsigned.max() >= n_classes if unsigned is not None
-                      else y.min() < 0 or y.max() >= n_classes):
+    if y.dtype == np.int64:  # one reduction: seen as uint64, a negative label is huge
+        outside = n_samples and y.view(np.uint64).max() >= n_classes
+    else:
+        outside = n_samples and (y.min() < 0 or y.max() >= n_classes)
+    if outside:
         bad = y[(y < 0) | (y >= n_classes)][0]
         raise ValueError(f"{name} holds label {bad}, outside [0, {n_classes}) for {n_classes} classes")
     return np.ascontiguousarray(y, dtype=np.int64)
