@@ -3,8 +3,27 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(_OPENMP) && !defined(_WIN32)
+#include <pthread.h>
+#define FORK_GUARD 1
+#endif
 
 static int fastnn_num_threads = 0; /* 0: OpenMP's default */
+
+/* GNU OpenMP cannot start a thread team in a process forked from one whose team
+ * exists: the child's first parallel region waits forever for threads that were
+ * not copied. So a forked child runs every kernel serially (its siblings, if a
+ * pool of processes, share the cores anyway). Set in the child by pthread_atfork,
+ * registered when the library loads; never cleared. */
+static volatile int forked_child = 0;
+
+#ifdef FORK_GUARD
+static void mark_forked_child(void) { forked_child = 1; }
+
+__attribute__((constructor)) static void register_fork_guard(void) {
+    pthread_atfork(NULL, NULL, mark_forked_child);
+}
+#endif
 
 void fastnn_set_num_threads(int n) {
     fastnn_num_threads = n > 0 ? n : 0;
@@ -12,6 +31,7 @@ void fastnn_set_num_threads(int n) {
 
 int fastnn_get_num_threads(void) {
 #ifdef _OPENMP
+    if (forked_child) return 1;
     int n = fastnn_num_threads > 0 ? fastnn_num_threads : omp_get_max_threads();
     return n < MAX_PARTS ? n : MAX_PARTS;
 #else

@@ -13,6 +13,8 @@ that follow then share the cores with it. OMP_WAIT_POLICY=PASSIVE, set before
 libgomp loads, avoids that.
 """
 
+import os
+
 import numba
 import numpy as np
 
@@ -58,10 +60,24 @@ def _flat_blocks():
     return max(2, numba.get_num_threads())
 
 
+# A process forked from one that ran a parallel region under GNU OpenMP (Numba's
+# omp threading layer) cannot run one itself: Numba terminates it. A forked child
+# therefore takes the serial kernels, as the C backend does (csrc/threads.c).
+_forked_child = False
+
+
+def _mark_forked_child():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_mark_forked_child)
+
+
 def _parallel(size, dense=False):
     """Whether a kernel over `size` elements takes its parallel path (thresholds
-    read at each call, so that tests can move them)."""
-    return size >= (DENSE_PARALLEL_MIN if dense else PARALLEL_MIN)
+    read at each call, so that tests can move them); never in a forked child."""
+    return not _forked_child and size >= (DENSE_PARALLEL_MIN if dense else PARALLEL_MIN)
 
 
 class NumbaBackend(NumpyBackend):
