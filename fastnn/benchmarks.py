@@ -14,7 +14,8 @@ Three parts:
   it has to write, once; vectors of length C next to (N, C) arrays are ignored).
   Adding a benchmark is appending one `Benchmark` to `BENCHMARKS`.
 * `run_benchmark` / `run`: time each benchmark on each backend (median over
-  repeats after a warm-up that also compiles Numba code) and on the other
+  repeats after a warm-up that also compiles Numba code, the backends timed in
+  turns so that they share the machine's moments of noise) and on the other
   libraries a benchmark names (PyTorch when installed), and return `Record`s with
   the rate, the percent of the machine limit and the speed-up over the reference.
 """
@@ -40,29 +41,45 @@ SCALE_ENV = "FASTNN_BENCH_SCALE"
 
 
 # ---------------------------------------------------------------------- timing
-def time_call(fn, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3):
-    """(median, best) seconds of one fn() call, and how many calls were timed.
+def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3):
+    """[(median, best) seconds of one call, and how many calls were timed] for
+    each function of `fns`, timed in turns: each round takes one sample of every
+    function due, so that all of them meet the same moments of a noisy machine
+    and their ratios hold even when its speed drifts during the run.
 
     `warmup` calls first (the first compiles Numba code). Calls shorter than
     `min_sample` are timed in batches of `inner` calls so the clock's resolution
-    does not matter; the number of samples fills about `min_time` seconds."""
-    for _ in range(warmup):
-        fn()
-    once = float("inf")
-    for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
-        t0 = time.perf_counter()
-        fn()
-        once = min(once, time.perf_counter() - t0)
-    once = max(once, 1e-9)
-    inner = max(1, int(min_sample / once))
-    repeats = min(max_repeats, max(min_repeats, int(min_time / (once * inner))))
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
+    does not matter; the number of samples of each fills about `min_time`
+    seconds, spread evenly over the rounds."""
+    plans = []  # (inner, repeats) per function
+    for fn in fns:
+        for _ in range(warmup):
             fn()
-        samples.append((time.perf_counter() - t0) / inner)
-    return statistics.median(samples), min(samples), repeats * inner
+        once = float("inf")
+        for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
+            t0 = time.perf_counter()
+            fn()
+            once = min(once, time.perf_counter() - t0)
+        once = max(once, 1e-9)
+        inner = max(1, int(min_sample / once))
+        plans.append((inner, min(max_repeats, max(min_repeats, int(min_time / (once * inner))))))
+    rounds = max((repeats for _, repeats in plans), default=0)
+    samples = [[] for _ in fns]
+    for r in range(rounds):
+        for fn, (inner, repeats), taken in zip(fns, plans, samples):
+            if (r + 1) * repeats // rounds == r * repeats // rounds:
+                continue  # not due this round: its samples spread over all rounds
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            taken.append((time.perf_counter() - t0) / inner)
+    return [(statistics.median(taken), min(taken), repeats * inner)
+            for taken, (inner, repeats) in zip(samples, plans)]
+
+
+def time_call(fn, **options):
+    """time_calls of one function."""
+    return time_calls([fn], **options)[0]
 
 
 def best_of(fn, repeats, min_time=0.3, max_repeats=100):
@@ -657,29 +674,29 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
                   with_bare=True):
     """Records of one benchmark on each backend (default: all available), then
     on each library of `others` the benchmark knows and that is installed, then
-    its bare core. Speed-ups are over the reference when it is among the backends."""
+    its bare core, all timed in turns (time_calls). Speed-ups are over the
+    reference when it is among the backends."""
     backends = fastnn.available_backends() if backends is None else list(backends)
     shape = bench.scaled_shape(scale)
     work = bench.work(bench.setup(shape, bench.dtype), shape)
-    timings = []  # (name, (median, best, calls)); fresh inputs for each, as kernels update state
+    entries = []  # (name, fn); fresh inputs for each, as kernels update state
     for name in backends:
         backend = fastnn.get_backend(name)
         arrays = bench.setup(shape, bench.dtype)
-        timings.append((name, time_call(lambda b=backend, a=arrays: bench.call(b, a), min_time=min_time)))
+        entries.append((name, lambda b=backend, a=arrays: bench.call(b, a)))
     for lib in others:
         make = bench.others.get(lib)
         if make is None:
             continue
         try:
-            fn = make(bench.setup(shape, bench.dtype))
+            entries.append((lib, make(bench.setup(shape, bench.dtype))))
         except ImportError:
             continue
-        timings.append((lib, time_call(fn, min_time=min_time)))
-    bare_s = None
     if with_bare and bench.bare is not None:
-        timed = time_call(bench.bare(bench.setup(shape, bench.dtype)), min_time=min_time)
-        bare_s = timed[0]
-        timings.append((BARE, timed))
+        entries.append((BARE, bench.bare(bench.setup(shape, bench.dtype))))
+    timings = list(zip([name for name, _ in entries],
+                       time_calls([fn for _, fn in entries], min_time=min_time)))
+    bare_s = next((t[0] for name, t in timings if name == BARE), None)
 
     reference_s = next((t[0] for name, t in timings if name == REFERENCE), None)
     limit = limit_for(limits, bench.unit, bench.dtype)

@@ -128,6 +128,29 @@ def test_time_call():
     assert timed >= 5 and len(calls) == timed + 5  # 2 warm-up, 3 calibration
 
 
+def test_time_calls_takes_turns():
+    order = []
+
+    def call(name, seconds):
+        def fn():
+            order.append(name)
+            time.sleep(seconds)
+
+        return fn
+
+    timed = benchmarks.time_calls([call("a", 0.003), call("b", 0.003)], min_time=0.001)
+    assert [calls for _, _, calls in timed] == [5, 5]
+    # 2 warm-up and 3 calibration calls each, then one sample of each per round
+    assert order == ["a"] * 5 + ["b"] * 5 + ["a", "b"] * 5
+    order.clear()
+    slow, fast = benchmarks.time_calls([call("a", 0.006), call("b", 0.001)], min_time=0.03,
+                                       min_repeats=1, min_sample=1e-4)
+    samples = order[10:]
+    assert samples.count("a") == slow[2] < samples.count("b") == fast[2]
+    # a's fewer samples spread over all of b's rounds: none in the first, one in the last
+    assert samples[0] == "b" and samples[-2:] == ["a", "b"]
+
+
 RECORD_FIELDS = {f.name for f in dataclasses.fields(benchmarks.Record)}
 
 
