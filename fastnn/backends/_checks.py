@@ -33,9 +33,10 @@ def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
     if min_ndim is not None and a.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {a.shape}")
-    if shape is not None:
+    if shape is not None and a.shape != shape:
         check_shape(a, name, shape)
-    if a.flags.c_contiguous and a.flags.aligned:
+    flags = a.flags
+    if flags.c_contiguous and flags.aligned:
         return a
     return np.array(a, order="C")  # a copy: C-contiguous and aligned
 
@@ -56,11 +57,12 @@ def state_array(a, name, like, like_name="param"):
         raise TypeError(f"{name} must have dtype {like.dtype} like {like_name}, got {a.dtype}")
     if a.shape != like.shape:
         raise ValueError(f"{name} must have shape {like.shape} like {like_name}, got {a.shape}")
-    if not a.flags.c_contiguous:
+    flags = a.flags
+    if not flags.c_contiguous:
         raise ValueError(f"{name} is updated in place and must be C-contiguous")
-    if not a.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable")
-    if not a.flags.aligned:  # compiled kernels may use aligned loads
+    if not flags.aligned:  # compiled kernels may use aligned loads
         raise ValueError(f"{name} is updated in place and must be aligned to its dtype")
     return a
 
@@ -108,9 +110,9 @@ def distinct(**written):
     """Raises ValueError when two arrays a call writes (outputs, and states updated
     in place; None entries skipped) share memory: the caller reads both back, so
     no copy can help, and which write lands last depends on the backend."""
-    items = [(name, a) for name, a in written.items() if a is not None]
-    if _separate([a for _, a in items]):
+    if _separate([a for a in written.values() if a is not None]):
         return
+    items = [(name, a) for name, a in written.items() if a is not None]
     for i, (name_a, a) in enumerate(items):
         for name_b, b in items[i + 1:]:
             if np.may_share_memory(a, b):
@@ -121,7 +123,12 @@ def _separate(arrays):
     """True when no two of `arrays` can share memory because each is a distinct
     array that owns its data: the common case, decided in a few attribute reads
     (these checks run on every public call). False means: compare their bounds."""
-    return all(a.base is None for a in arrays) and len({id(a) for a in arrays}) == len(arrays)
+    ids = set()
+    for a in arrays:
+        if a.base is not None:
+            return False
+        ids.add(id(a))
+    return len(ids) == len(arrays)
 
 
 def _same_memory(a, b):
