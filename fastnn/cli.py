@@ -256,7 +256,9 @@ def run_bench(args):
     if busy is not None:
         print(f"other processes used {busy:.0f}% of the CPU time during the run"
               + (" (a busy machine: the figures are noisy)" if busy > 10 else ""))
-    print("median and best of repeated calls after warm-up; rate and % of limit from the median; "
+    print("median and best of repeated calls after warm-up, the backends, scikit-learn and bare "
+          "GEMMs of a benchmark timed in turns (PyTorch after them all); rate and % of limit from "
+          "the median; "
           "limits: the higher of two measurements (start and end of the run); speed-up over the "
           "numpy reference; bare %: time of the GEMMs alone as percent of this time")
     records = result["records"]

@@ -238,7 +238,7 @@ class NumbaBackend(NumpyBackend):
     # --------------------------------------------------------------- optimizers
     @staticmethod
     def _flat(*arrays):
-        return tuple(a.reshape(-1) for a in arrays)
+        return tuple(a if a.ndim == 1 else a.reshape(-1) for a in arrays)  # a view costs ~0.4 us
 
     def _sgd_step(self, param, grad, velocity, lr, momentum, nesterov, weight_decay,
                   lr_in_velocity):
