@@ -71,7 +71,8 @@ def _mark_forked_child():
     _forked_child = True
 
 
-os.register_at_fork(after_in_child=_mark_forked_child)
+if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere no fork
+    os.register_at_fork(after_in_child=_mark_forked_child)
 
 
 def _parallel(size, dense=False):
