@@ -13,6 +13,7 @@ that follow then share the cores with it. OMP_WAIT_POLICY=PASSIVE, set before
 libgomp loads, avoids that.
 """
 
+import math
 import os
 
 import numba
@@ -285,7 +286,7 @@ class NumbaBackend(NumpyBackend):
                    v_max):
         dt = param.dtype.type
         step = dt(lr / (1 - beta1**t))
-        inv_sqrt_bias2 = dt(1 / np.sqrt(1 - beta2**t))
+        inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
         decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
         l2 = dt(0) if decoupled else dt(weight_decay)
         amsgrad = v_max is not None
