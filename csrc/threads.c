@@ -15,9 +15,9 @@ static int fastnn_num_threads = 0; /* 0: OpenMP's default */
  * not copied. So a forked child runs every kernel serially (its siblings, if a
  * pool of processes, share the cores anyway). Set in the child by pthread_atfork,
  * registered when the library loads; never cleared. */
+#ifdef FORK_GUARD
 static volatile int forked_child = 0;
 
-#ifdef FORK_GUARD
 static void mark_forked_child(void) { forked_child = 1; }
 
 __attribute__((constructor)) static void register_fork_guard(void) {
@@ -31,7 +31,9 @@ void fastnn_set_num_threads(int n) {
 
 int fastnn_get_num_threads(void) {
 #ifdef _OPENMP
+#ifdef FORK_GUARD
     if (forked_child) return 1;
+#endif
     int n = fastnn_num_threads > 0 ? fastnn_num_threads : omp_get_max_threads();
     return n < MAX_PARTS ? n : MAX_PARTS;
 #else
