@@ -12,18 +12,22 @@ model's own), so a model trains the same way on numpy, numba and c.
 """
 
 from .callbacks import Callback, EarlyStopping, History
-from .layers import Activation, BatchNorm, Dense, Dropout, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
+    BinaryLogLoss,
     Hinge,
     Huber,
+    LogLoss,
     Loss,
+    PoissonLoss,
     SoftmaxCrossEntropy,
     SquaredError,
+    SquaredLoss,
     get_loss,
 )
-from .model import Sequential, TrainingDivergedError, load
+from .model import Sequential, load
 from .optimizers import (
     SGD,
     Adadelta,
@@ -41,11 +45,13 @@ from .optimizers import (
     get_optimizer,
     get_schedule,
 )
+from .training import TrainingDivergedError
 
 __all__ = [
     "SGD", "AbsoluteError", "Activation", "Adadelta", "Adagrad", "Adam", "AdamW", "BatchNorm",
-    "BinaryCrossEntropy", "Callback", "CosineDecay", "Dense", "Dropout", "EarlyStopping",
-    "ExponentialDecay", "Hinge", "History", "Huber", "InverseScaling", "Layer", "Loss", "Optimizer",
-    "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential", "SoftmaxCrossEntropy", "SquaredError",
-    "StepDecay", "TrainingDivergedError", "get_loss", "get_optimizer", "get_schedule", "load",
+    "BinaryCrossEntropy", "BinaryLogLoss", "Callback", "CosineDecay", "Dense", "Dropout", "EarlyStopping",
+    "ExponentialDecay", "Flatten", "Hinge", "History", "Huber", "InverseScaling", "Layer", "LogLoss", "Loss",
+    "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential",
+    "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
+    "get_optimizer", "get_schedule", "load",
 ]

@@ -9,10 +9,17 @@ Every computation is one backend kernel (Dense calls the implementation behind
 the public kernel when its input passes a few cheap checks, see `_trusted`).
 `forward` and `backward` write into workspace buffers kept per batch size in `ws`
 (a dict the model keeps for this layer and batch size), so after the first step
-at a batch size nothing is allocated. Shapes: x (N, n_in), y (N, n_out).
+at a batch size nothing is allocated.
+
+Shapes are per sample: a layer is built from its input shape (`(784,)`,
+`(28, 28, 1)`, `(T, F)`) and returns its output shape; a batch adds the leading
+axis N. Dense, BatchNorm and the softmax act on the last axis, so on an
+(N, ..., F) batch they run their 2-D kernels on the (N * ..., F) view of it (no
+copy: layer inputs are C-contiguous).
 """
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -49,16 +56,34 @@ def default_init(activation):
 
 class Pass(NamedTuple):
     """How a forward pass runs: training (dropout on, batch statistics), whether
-    batch norm updates its running statistics, and the pass's dropout seed."""
+    batch norm updates its running statistics, the pass's dropout seed, whether
+    dropout is applied (a training pass without it recomputes batch-norm
+    statistics for inference), and a momentum replacing batch norm's own (1.0:
+    the running statistics become the batch's)."""
 
     training: bool
     update_stats: bool = True
     seed: int = 0
+    dropout: bool = True
+    momentum: Optional[float] = None
+
+
+# Parameter roles, in the order the model lays them out in its flat buffer: all
+# weights first (the block penalties apply to), then all biases, then batch-norm
+# scales and shifts. For a stack of Dense layers this is scikit-learn's packing
+# (coefs_, then intercepts_), so its fitted attributes are views of the buffer.
+ROLES = ("weight", "bias", "scale", "shift")
+
+
+def rows(a, width):
+    """a (N, ..., width) as the 2-D (N * ..., width) array the kernels take: `a`
+    itself when it is 2-D, else a view (a copy only if `a` is not contiguous)."""
+    return a if a.ndim == 2 else a.reshape(-1, width)
 
 
 def _trusted(a, dtype, width):
     """Whether `a` is what a kernel implementation takes without the public
-    method's checks: a C-contiguous, aligned (N, width) array of the layer's dtype.
+    method's checks: a C-contiguous, aligned (M, width) array of the layer's dtype.
     Inside a model every input is (workspaces, validated data); a layer called
     with anything else goes through the validating public kernel."""
     return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[1] == width
@@ -75,21 +100,28 @@ def buffer(ws, key, shape, dtype):
 
 
 class Layer:
-    """Base class. Subclasses define `kind`, `build`, `forward`, `backward`, `config`
-    and, when they have parameters, `param_specs` and `init_params`."""
+    """Base class. Subclasses define `kind`, `forward`, `backward`, `config` and,
+    when they change the shape, `output_shape_for`; when they have parameters,
+    `param_specs` and `init_params`."""
 
     kind = "Layer"
 
-    def build(self, n_in, dtype):
-        """Fix the input width; returns the output width."""
-        self.n_in = self.n_out = n_in
+    def build(self, input_shape, dtype):
+        """Fix the per-sample input shape (a tuple); returns the output shape."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(self.output_shape_for(self.input_shape))
         self.dtype = np.dtype(dtype)
-        return n_in
+        return self.output_shape
+
+    def output_shape_for(self, input_shape):
+        """The per-sample output shape for this input shape (ValueError if the
+        layer cannot take it)."""
+        return input_shape
 
     def param_specs(self):
-        """[(name, shape, is_weight)] of trained parameters, in layout order.
-        Weights (the tensors L1/L2 penalties apply to) are laid out first in the
-        model's flat buffer, everything else after them."""
+        """[(name, shape, role)] of trained parameters, role one of ROLES. Weights
+        (the tensors L1/L2 penalties apply to) are laid out first in the model's
+        flat buffer, then biases, scales and shifts."""
         return []
 
     def state_specs(self):
@@ -137,13 +169,25 @@ class Dense(Layer):
         # The activation the kernels run: the model sets it to identity when the
         # loss applies this activation itself (softmax before cross-entropy).
         self.run_activation = self.activation
+        # Set by the model when batch norm follows this layer directly and its
+        # activation is the identity: batch norm subtracts the batch mean, so b has
+        # no effect and its gradient is 0 up to rounding, which an adaptive
+        # optimizer would amplify into a random walk. b then stays 0 (batch
+        # norm's shift replaces it).
+        self.fixed_bias = False
 
-    def build(self, n_in, dtype):
-        self.n_in, self.n_out, self.dtype = n_in, self.units, np.dtype(dtype)
-        return self.units
+    def output_shape_for(self, input_shape):
+        if not input_shape:
+            raise ValueError("Dense needs inputs with at least one axis (features)")
+        return input_shape[:-1] + (self.units,)
+
+    @property
+    def n_in(self):
+        """The input width (fan-in): the last axis of the input shape."""
+        return self.input_shape[-1]
 
     def param_specs(self):
-        return [("W", (self.n_in, self.units), True), ("b", (self.units,), False)]
+        return [("W", (self.n_in, self.units), "weight"), ("b", (self.units,), "bias")]
 
     def init_params(self, backend, rng):
         if callable(self.init):
@@ -153,7 +197,7 @@ class Dense(Layer):
             W, b = backend.init_weights(method, self.n_in, self.units, rng=rng, dtype=self.dtype,
                                         activation=self.activation)
         self.params["W"][...] = W
-        self.params["b"][...] = b
+        self.params["b"][...] = 0 if self.fixed_bias else b
 
     @property
     def W(self):
@@ -164,29 +208,33 @@ class Dense(Layer):
         return self.params["b"]
 
     def forward(self, backend, x, ws, mode):
-        shape = (x.shape[0], self.units)
-        y = buffer(ws, "y", shape, self.dtype)
-        preact = buffer(ws, "preact", shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
-        if _trusted(x, self.dtype, self.n_in):
-            backend._dense_forward(x, self.params["W"], self.params["b"], self.run_activation, y, preact)
+        # x (N, ..., n_in) -> y (N, ..., units); the kernel sees (M, n_in) -> (M, units)
+        y = buffer(ws, "y", x.shape[:-1] + (self.units,), self.dtype)
+        x2, y2 = rows(x, self.n_in), rows(y, self.units)
+        preact = buffer(ws, "preact", y2.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
+        if _trusted(x2, self.dtype, self.n_in):
+            backend._dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, y2, preact)
         else:
-            backend.dense_forward(x, self.params["W"], self.params["b"], self.run_activation, out=y,
+            backend.dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, out=y2,
                                   preact=preact)
-        ws["x"] = x
+        ws["x"], ws["y2"] = x2, y2
         return y
 
     def backward(self, backend, dy, ws, need_dx):
-        n = dy.shape[0]
+        x, y2 = ws["x"], ws["y2"]
+        dy2 = rows(dy, self.units)
         act = self.run_activation
-        dz = None if act == "identity" else buffer(ws, "dz", (n, self.units), self.dtype)
-        dx = buffer(ws, "dx", (n, self.n_in), self.dtype) if need_dx else None
-        x = ws["x"]
-        if _trusted(dy, self.dtype, self.units) and dy.shape[0] == x.shape[0]:  # x: checked in forward
-            backend._dense_backward(dy, x, self.params["W"], ws["y"], act, ws.get("preact"), dx,
+        dz = None if act == "identity" else buffer(ws, "dz", y2.shape, self.dtype)
+        dx = buffer(ws, "dx", dy.shape[:-1] + (self.n_in,), self.dtype) if need_dx else None
+        dx2 = None if dx is None else rows(dx, self.n_in)
+        if _trusted(dy2, self.dtype, self.units) and dy2.shape[0] == x.shape[0]:  # x: checked in forward
+            backend._dense_backward(dy2, x, self.params["W"], y2, act, ws.get("preact"), dx2,
                                     self.grads["W"], self.grads["b"], dz)
         else:
-            backend.dense_backward(dy, x, self.params["W"], ws["y"], act, preact=ws.get("preact"),
-                                   need_dx=need_dx, dx=dx, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+            backend.dense_backward(dy2, x, self.params["W"], y2, act, preact=ws.get("preact"),
+                                   need_dx=need_dx, dx=dx2, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        if self.fixed_bias:
+            self.grads["b"][...] = 0
         return dx
 
     def config(self):
@@ -209,14 +257,22 @@ class Activation(Layer):
         if self.run_activation == "identity":
             return x
         y = buffer(ws, "y", x.shape, self.dtype)
-        backend.activation_forward(x, self.run_activation, out=y)
+        if self.run_activation == "softmax":  # over the last axis
+            backend.activation_forward(rows(x, x.shape[-1]), "softmax", out=rows(y, y.shape[-1]))
+        else:
+            backend.activation_forward(x, self.run_activation, out=y)
         return y
 
     def backward(self, backend, dy, ws, need_dx):
         if self.run_activation == "identity":
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
-        backend.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
+        width = dy.shape[-1]
+        if self.run_activation == "softmax":
+            backend.activation_backward(rows(dy, width), rows(ws["y"], width), "softmax",
+                                        out=rows(dx, width))
+        else:
+            backend.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
         return dx
 
     def config(self):
@@ -224,9 +280,13 @@ class Activation(Layer):
 
 
 class BatchNorm(Layer):
-    """Batch normalisation over the samples of a batch (torch.nn.BatchNorm1d):
-    batch statistics in training, running statistics (updated with `momentum`)
-    in inference. Parameters gamma, beta (n,); state running_mean, running_var (n,)."""
+    """Batch normalisation of the last axis (the features, or the channels of a
+    channels-last image) over every other axis of the batch, as
+    torch.nn.BatchNorm1d / BatchNorm2d: batch statistics in training, running
+    statistics (updated with `momentum`) in inference. A training batch of one
+    row has no batch statistics: it is normalised with the running ones, which it
+    leaves unchanged. Parameters gamma, beta (C,); state running_mean,
+    running_var (C,)."""
 
     kind = "BatchNorm"
 
@@ -235,28 +295,34 @@ class BatchNorm(Layer):
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
 
     def param_specs(self):
-        return [("gamma", (self.n_in,), False), ("beta", (self.n_in,), False)]
+        c = self.input_shape[-1]
+        return [("gamma", (c,), "scale"), ("beta", (c,), "shift")]
 
     def state_specs(self):
-        return [("running_mean", (self.n_in,), 0.0), ("running_var", (self.n_in,), 1.0)]
+        c = self.input_shape[-1]
+        return [("running_mean", (c,), 0.0), ("running_var", (c,), 1.0)]
 
     def init_params(self, backend, rng):
         self.params["gamma"][...] = 1
         self.params["beta"][...] = 0
 
     def forward(self, backend, x, ws, mode):
+        c = x.shape[-1]
         y = buffer(ws, "y", x.shape, self.dtype)
+        x2 = rows(x, c)
         # momentum 0 leaves the running statistics as they are (used when a
         # caller such as L-BFGS evaluates the training loss repeatedly)
-        momentum = self.momentum if mode.update_stats else 0.0
+        momentum = (self.momentum if mode.momentum is None else mode.momentum) if mode.update_stats else 0.0
         _, ws["cache"] = backend.batchnorm_forward(
-            x, self.params["gamma"], self.params["beta"], self.state["running_mean"],
-            self.state["running_var"], mode.training, momentum=momentum, eps=self.eps, out=y)
+            x2, self.params["gamma"], self.params["beta"], self.state["running_mean"],
+            self.state["running_var"], mode.training and x2.shape[0] > 1, momentum=momentum, eps=self.eps,
+            out=rows(y, c))
         return y
 
     def backward(self, backend, dy, ws, need_dx):
+        c = dy.shape[-1]
         dx = buffer(ws, "dx", dy.shape, self.dtype)
-        backend.batchnorm_backward(dy, ws["cache"], dx=dx, dgamma=self.grads["gamma"],
+        backend.batchnorm_backward(rows(dy, c), ws["cache"], dx=rows(dx, c), dgamma=self.grads["gamma"],
                                    dbeta=self.grads["beta"])
         return dx
 
@@ -276,7 +342,7 @@ class Dropout(Layer):
         self.rate = chk.real(rate, "rate", 0, 1, high_open=True)
 
     def forward(self, backend, x, ws, mode):
-        ws["active"] = active = mode.training and self.rate > 0
+        ws["active"] = active = mode.training and mode.dropout and self.rate > 0
         if not active:
             return x
         ws["seed"] = seed = mix64(mode.seed, self.index)
@@ -295,7 +361,22 @@ class Dropout(Layer):
         return {"kind": self.kind, "rate": self.rate}
 
 
-LAYERS = {cls.kind: cls for cls in (Dense, Activation, BatchNorm, Dropout)}
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), in C order (a view, no copy)."""
+
+    kind = "Flatten"
+
+    def output_shape_for(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, backend, x, ws, mode):
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, backend, dy, ws, need_dx):
+        return dy.reshape((dy.shape[0],) + self.input_shape)
+
+
+LAYERS = {cls.kind: cls for cls in (Dense, Activation, BatchNorm, Dropout, Flatten)}
 
 
 def layer_from_config(config):
@@ -303,4 +384,9 @@ def layer_from_config(config):
     if not isinstance(config, dict) or config.get("kind") not in LAYERS:
         raise ValueError(f"unknown layer description {config!r}; known kinds: {sorted(LAYERS)}")
     options = {k: v for k, v in config.items() if k != "kind"}
-    return LAYERS[config["kind"]](**options)
+    try:
+        return LAYERS[config["kind"]](**options)
+    except TypeError as exc:
+        if "argument" not in str(exc):  # a constructor's own check of a value
+            raise
+        raise ValueError(f"invalid options for a {config['kind']} layer: {exc}") from None

@@ -9,6 +9,7 @@ so the training loop only slices ready arrays.
 """
 
 import numpy as np
+from scipy.special import expit, xlogy
 
 from ..backends import _checks as chk
 
@@ -72,6 +73,11 @@ class Loss:
     def correct(self, output, targets):
         """Number of correct predictions in a batch (classification losses)."""
         raise NotImplementedError
+
+    def apply_link(self, backend, raw, out):
+        """Predictions from raw outputs (N, K): the link activation, into out."""
+        backend.activation_forward(raw, self.link, out=out)
+        return out
 
     def checked_call(self, backend, output, targets, sample_weight, grad):
         """`__call__` for arguments the model has already checked: output and grad
@@ -227,6 +233,105 @@ class Hinge(Loss):
         return int(np.count_nonzero((output > 0) == (targets > 0)))
 
 
+# ------------------------------------------- scikit-learn's MLP loss values
+def clipped_log_loss(output, targets, sample_weight, link):
+    """scikit-learn's log loss of raw outputs (N, K): probabilities (softmax or
+    logistic, computed in the outputs' dtype) clipped to [eps, 1 - eps], the
+    negative log-likelihood summed over outputs, (weighted) mean over samples.
+    targets: int labels (softmax) or (N, K) 0/1 targets (logistic)."""
+    eps = np.finfo(output.dtype).eps
+    if link == "softmax":
+        e = np.exp(output - output.max(axis=1, keepdims=True))
+        if targets.ndim == 1:
+            p = e[np.arange(output.shape[0]), targets] / e.sum(axis=1)
+            per_sample = -np.log(np.clip(p, eps, 1 - eps))
+        else:
+            p = np.clip(e / e.sum(axis=1, keepdims=True), eps, 1 - eps)
+            per_sample = -xlogy(targets, p).sum(axis=1)
+    else:
+        p = np.clip(expit(output), eps, 1 - eps)
+        per_sample = -(xlogy(targets, p) + xlogy(1 - targets, 1 - p)).sum(axis=1)
+    return float(np.average(per_sample, weights=sample_weight))
+
+
+class _ClippedLogLoss:
+    """Mixin: the value of scikit-learn's log loss (probabilities clipped to
+    [eps, 1 - eps]); the gradient is the unclipped one, as scikit-learn's."""
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        loss = super().checked_call(backend, output, targets, sample_weight, grad)
+        # Unweighted, grad is (p - target) / N, and the clip can matter only where a
+        # probability is within eps of the wrong end: |p - target| >= 1 - eps (4 eps
+        # for rounding); with weights, or then, the clipped value is computed.
+        eps = np.finfo(output.dtype).eps
+        if sample_weight is not None or np.abs(grad).max() * output.shape[0] >= 1 - 4 * eps:
+            loss = clipped_log_loss(output, targets, sample_weight, self.link)
+        return loss
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        super().__call__(backend, output, targets, sample_weight, grad)
+        return clipped_log_loss(output, np.asarray(targets), sample_weight, self.link)
+
+
+class LogLoss(_ClippedLogLoss, SoftmaxCrossEntropy):
+    """scikit-learn's MLP log loss of softmax outputs (its multiclass loss):
+    softmax cross-entropy whose value clips the probabilities to [eps, 1 - eps]."""
+
+    name = "log_loss"
+
+
+class BinaryLogLoss(_ClippedLogLoss, BinaryCrossEntropy):
+    """scikit-learn's MLP binary log loss (its binary and multilabel loss): binary
+    cross-entropy per output whose value clips the probabilities to [eps, 1 - eps]."""
+
+    name = "binary_log_loss"
+
+
+class SquaredLoss(SquaredError):
+    """scikit-learn's MLP squared loss: the value is SquaredError's averaged over the
+    outputs as well, ((output - y)^2).mean() / 2, while the gradient is
+    SquaredError's (of the sum over outputs), as scikit-learn trains."""
+
+    name = "squared_loss"
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return super().__call__(backend, output, targets, sample_weight, grad) / output.shape[1]
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        return super().checked_call(backend, output, targets, sample_weight, grad) / output.shape[1]
+
+
+class PoissonLoss(Loss):
+    """Half the Poisson deviance of predictions exp(output) (the log link),
+    summed over outputs, (weighted) mean over samples: scikit-learn's MLP
+    'poisson' loss. Targets >= 0."""
+
+    name = "poisson"
+    link = "exp"
+
+    def targets(self, y, n_samples, n_outputs, dtype):
+        t = _columns(y, "y", n_samples, n_outputs, dtype)
+        if t.size and t.min() < 0:
+            raise ValueError("y of the Poisson loss must be >= 0")
+        return t
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return self.checked_call(backend, output, targets, sample_weight, grad)
+
+    def checked_call(self, backend, output, targets, sample_weight, grad):
+        # (N, K): t log(t / pred) - t + pred with pred = exp(output)
+        pred = np.exp(output)
+        per_elem = xlogy(targets, targets) - targets * output - targets + pred
+        n = output.shape[0]
+        scale = np.full(n, 1.0 / n) if sample_weight is None else sample_weight / sample_weight.sum()
+        np.multiply(pred - targets, scale[:, None], out=grad, casting="unsafe")
+        return float((per_elem.sum(axis=1) * scale).sum())
+
+    def apply_link(self, backend, raw, out):
+        np.exp(raw, out=out)
+        return out
+
+
 LOSSES = {
     "softmax_cross_entropy": SoftmaxCrossEntropy,
     "categorical_crossentropy": SoftmaxCrossEntropy,
@@ -242,6 +347,10 @@ LOSSES = {
     "mean_absolute_error": AbsoluteError,
     "huber": Huber,
     "hinge": Hinge,
+    "log_loss": LogLoss,
+    "binary_log_loss": BinaryLogLoss,
+    "squared_loss": SquaredLoss,
+    "poisson": PoissonLoss,
 }
 
 
@@ -255,9 +364,17 @@ def get_loss(loss):
 
 
 def loss_from_config(config):
+    """A loss from its `config()` dict (used by `load`)."""
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise ValueError(f"a loss description must be a dict with a name, got {config!r}")
     options = {k: v for k, v in config.items() if k != "name"}
     loss = get_loss(config["name"])
-    return type(loss)(**options) if options else loss
+    try:
+        return type(loss)(**options) if options else loss
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise
+        raise ValueError(f"invalid options for the {config['name']} loss: {exc}") from None
 
 
 def sample_weights(sample_weight, n_samples, dtype):
@@ -278,6 +395,6 @@ def sample_weights(sample_weight, n_samples, dtype):
 
 
 __all__ = [
-    "AbsoluteError", "BinaryCrossEntropy", "Hinge", "Huber", "LOSSES", "Loss", "SoftmaxCrossEntropy",
-    "SquaredError", "get_loss", "sample_weights",
+    "AbsoluteError", "BinaryCrossEntropy", "BinaryLogLoss", "Hinge", "Huber", "LOSSES", "LogLoss", "Loss",
+    "PoissonLoss", "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "get_loss", "sample_weights",
 ]

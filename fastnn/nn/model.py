@@ -1,62 +1,40 @@
-"""`Sequential`: a stack of layers over flat buffers, its training loop, and
-portable saving.
+"""`Sequential`: a stack of layers over flat buffers; the one training engine of
+fastnn (the scikit-learn estimators train a Sequential too).
 
-Models are data. All trained parameters live in one contiguous buffer and their
-gradients in another of the same layout: first every Dense weight matrix W (the
-"weights block", where L1/L2 penalties apply), then biases and batch-norm scales
-and shifts. Each layer's tensors are views into these buffers, so the optimizer
-step is one kernel call over the whole buffer, a global L2 penalty is one kernel
-call over the weights block, and saving is writing two arrays and a JSON
-description. Running statistics live in a third buffer, `state`.
+Models are data: every trained parameter lives in one contiguous buffer and its
+gradient in another of the same layout (see `layout`), running statistics in a
+third; layers hold views. The optimizer step is one kernel call over the whole
+buffer, a global L2 penalty one kernel call over the weights block (or folded
+into the optimizer step), and saving is writing the buffers and a JSON
+description (see `saving`). The epoch loop and divergence handling are in
+`training`.
 
-Workspaces (layer outputs, pre-activations, dz, dx, the loss gradient, gathered
-batches) are kept per batch size, so a training step allocates no arrays after
-the first step at that batch size.
+Tensors have shapes: the model is built from the per-sample input shape
+(`(784,)`, `(28, 28, 1)`), every layer returns its output shape, and workspaces
+(layer outputs, pre-activations, dz, dx, the loss gradient, gathered batches)
+are kept per batch shape, so a training step allocates no arrays after the first
+step at that batch shape.
 """
 
 import collections
-import json
 import math
 import time
-import zipfile
-import zlib
 
 import numpy as np
+import scipy.sparse as sp
 
 from .. import backends
 from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
+from . import layout, saving, training
 from .callbacks import Callback, History
-from .layers import Dense, Layer, Pass, layer_from_config, mix64
-from .losses import get_loss, loss_from_config, sample_weights
+from .layers import BatchNorm, Dense, Layer, Pass, layer_from_config, mix64
+from .losses import get_loss, sample_weights
 from .optimizers import get_optimizer, optimizer_from_config
+from .training import NonFiniteLoss, TrainingDivergedError, all_finite
 
-FORMAT = "fastnn.nn.Sequential"
-FORMAT_VERSION = 1
 PREDICT_BATCH = 2048  # rows per chunk in predict/evaluate: large enough for efficient GEMMs
-MAX_WORKSPACES = 6  # batch sizes whose buffers are kept (training uses two: full and last batch)
-
-
-class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite. `epoch` and `step` (1-based) say
-    where; the model keeps finite parameters (see Sequential.fit)."""
-
-    def __init__(self, message, epoch=None, step=None):
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-
-
-class _NonFiniteLoss(Exception):
-    def __init__(self, loss):
-        self.loss = loss
-
-
-def _all_finite(a):
-    """Whether every element of a float array is finite. A finite sum proves it
-    (NaN and inf propagate through a sum) without allocating an (N, d) mask;
-    only when the sum is not finite (maybe mere overflow) is each element checked."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return bool(np.isfinite(a.sum()) or np.isfinite(a).all())
+MAX_WORKSPACES = 6  # batch shapes whose buffers are kept (training uses two: full and last batch)
 
 
 def _check_int_option(value, name, low):
@@ -67,17 +45,28 @@ def _check_int_option(value, name, low):
     return int(value)
 
 
+def _input_shape(shape, name="input_shape"):
+    """A per-sample shape: an int n means (n,)."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (shape,)
+    if not isinstance(shape, (tuple, list)) or not shape:
+        raise TypeError(f"{name} must be a positive integer or a non-empty tuple of them, got {shape!r}")
+    return tuple(_check_int_option(s, name, 1) for s in shape)
+
+
 class Sequential:
     """A feed-forward network: layers applied in order.
 
-    layers: Dense, Activation, BatchNorm, Dropout instances. loss: a loss name or
-    Loss (needed to train; also settable with compile). optimizer: a name or an
-    Optimizer ('adam' by default). l2: L2 penalty on every Dense weight matrix, added
-    to each layer's own l2. penalty_per_sample: divide the penalties by the batch
-    size (scikit-learn's alpha convention). seed: weights, shuffling and dropout
-    masks follow from it (None draws one). backend: a backend name or object, or
-    None to use the current backend (fastnn.set_backend / use_backend) at each call.
-    dtype: float32 or float64. input_dim: build now for this input width.
+    layers: fastnn.nn layers. loss: a loss name or Loss (needed to train; also
+    settable with compile). optimizer: a name or an Optimizer ('adam' by default).
+    l2: L2 penalty on every Dense weight matrix, added to each layer's own l2.
+    penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
+    size without weights; scikit-learn's alpha convention). seed: weights,
+    shuffling and dropout masks follow from it (None draws one). backend: a
+    backend name or object, or None to use the current backend
+    (fastnn.set_backend / use_backend) at each call. dtype: float32 or float64.
+    input_shape: build now for this per-sample input shape (an int n means
+    (n,)); input_dim: the same for flat inputs.
 
     >>> model = Sequential([Dense(64, "relu"), Dense(10)], loss="sparse_categorical_crossentropy")
     >>> history = model.fit(X, y, epochs=20, batch_size=64, validation_split=0.1)
@@ -85,7 +74,7 @@ class Sequential:
     """
 
     def __init__(self, layers=(), *, loss=None, optimizer="adam", l2=0.0, penalty_per_sample=False,
-                 metrics=None, seed=None, backend=None, dtype=np.float32, input_dim=None):
+                 metrics=None, seed=None, backend=None, dtype=np.float32, input_shape=None, input_dim=None):
         self.layers = []
         self.built = False
         for layer in layers:
@@ -105,10 +94,14 @@ class Sequential:
         self.stop_training = False
         self._passes = 0  # training forward passes so far: dropout seeds follow from it
         self._fits = 0
-        if input_dim is None and self.layers and isinstance(self.layers[0], Dense):
-            input_dim = self.layers[0].input_dim
-        if input_dim is not None:
-            self.build(input_dim)
+        if input_shape is not None and input_dim is not None:
+            raise ValueError("pass input_shape or input_dim, not both")
+        if input_shape is None:
+            input_shape = input_dim
+        if input_shape is None and self.layers and isinstance(self.layers[0], Dense):
+            input_shape = self.layers[0].input_dim
+        if input_shape is not None:
+            self.build(input_shape)
 
     # --------------------------------------------------------------- definition
     def add(self, layer):
@@ -132,6 +125,8 @@ class Sequential:
         if loss is not None:
             self.loss = get_loss(loss)
         if metrics is not None:
+            if isinstance(metrics, str):
+                raise TypeError("metrics must be a list of names, e.g. ['accuracy']")
             metrics = list(metrics)
             for m in metrics:
                 chk.choice(m, "metrics entry", ("accuracy", "acc"))
@@ -141,6 +136,8 @@ class Sequential:
         if l2 is not None:
             self.l2 = chk.real(l2, "l2", low=0)
         if penalty_per_sample is not None:
+            if not isinstance(penalty_per_sample, (bool, np.bool_)):
+                raise TypeError(f"penalty_per_sample must be True or False, got {penalty_per_sample!r}")
             self.penalty_per_sample = bool(penalty_per_sample)
         self._link_layers()
         return self
@@ -165,67 +162,84 @@ class Sequential:
     def _link_layers(self):
         """When the last layer applies the loss's own link (a softmax before
         cross-entropy, a sigmoid before binary cross-entropy), the loss kernel does
-        it fused with the loss, so that layer runs with identity."""
+        it fused with the loss, so that layer runs with identity. A Dense with the
+        identity activation directly before batch norm has a fixed bias (see
+        Dense.fixed_bias)."""
         link = self.loss.link if self.loss is not None else None
-        for layer in self.layers:
+        for layer, after in zip(self.layers, self.layers[1:] + [None]):
             if hasattr(layer, "run_activation"):
                 layer.run_activation = layer.activation
+            if isinstance(layer, Dense):
+                layer.fixed_bias = layer.activation == "identity" and isinstance(after, BatchNorm)
         if self.layers and link not in (None, "identity"):
             last = self.layers[-1]
             if getattr(last, "activation", None) == link:
                 last.run_activation = "identity"
 
-    def build(self, input_dim):
-        """Fix the input width, lay out the flat buffers and initialise the
-        parameters from the model's seed."""
-        input_dim = _check_int_option(input_dim, "input_dim", 1)
+    def build(self, input_shape, rng=None):
+        """Fix the per-sample input shape (an int n means (n,)), lay out the flat
+        buffers and initialise the parameters: from the model's seed, or from
+        `rng` (a numpy Generator or RandomState, drawn layer by layer in order)."""
+        input_shape = _input_shape(input_shape)
         if self.built:
-            if input_dim != self.input_dim:
-                raise ValueError(f"the model is built for {self.input_dim} features, got {input_dim}")
+            if input_shape != self.input_shape:
+                raise ValueError(f"the model is built for inputs of shape {self.input_shape}, got "
+                                 f"{input_shape}")
             return self
         if not self.layers:
             raise ValueError("the model has no layers")
         self._link_layers()
-        width = input_dim
+        shape = input_shape
         param_specs, state_specs = [], []
         for i, layer in enumerate(self.layers):
             layer.index = i
-            width = layer.build(width, self.dtype)
-            param_specs += [(layer, name, shape, weight) for name, shape, weight in layer.param_specs()]
-            state_specs += [(layer, name, shape, init) for name, shape, init in layer.state_specs()]
-        # weights block first (see module docstring)
-        param_specs.sort(key=lambda spec: not spec[3])
-        n_params = sum(math.prod(shape) for _, _, shape, _ in param_specs)
+            try:
+                shape = layer.build(shape, self.dtype)
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer.kind}) cannot take inputs of shape {shape}: {exc}") \
+                    from None
+            param_specs += [(i, name, shape_, role) for name, shape_, role in layer.param_specs()]
+            state_specs += [(i, name, shape_, "state") for name, shape_, _ in layer.state_specs()]
+        self._slots = layout.lay_out(param_specs)
+        state_slots = layout.lay_out(state_specs, order=lambda s: 0)
+        n_params = sum(s.size for s in self._slots)
         self._params = np.zeros(n_params, self.dtype)
         self._grads = np.zeros(n_params, self.dtype)
-        self._state = np.zeros(sum(math.prod(s) for _, _, s, _ in state_specs), self.dtype)
-        views = {id(layer): ({}, {}, {}) for layer in self.layers}
-        offset = 0
-        self.n_weights = 0
-        for layer, name, shape, weight in param_specs:
-            size = math.prod(shape)
-            views[id(layer)][0][name] = self._params[offset:offset + size].reshape(shape)
-            views[id(layer)][1][name] = self._grads[offset:offset + size].reshape(shape)
-            offset += size
-            self.n_weights += size if weight else 0
-        offset = 0
-        for layer, name, shape, init in state_specs:
-            size = math.prod(shape)
-            view = views[id(layer)][2][name] = self._state[offset:offset + size].reshape(shape)
-            view[...] = init
-            offset += size
-        for layer in self.layers:
-            layer.bind(*views[id(layer)])
-        rng = np.random.default_rng(self.seed)
+        self._state = np.zeros(sum(s.size for s in state_slots), self.dtype)
+        n = len(self.layers)
+        params, grads = layout.views(self._params, self._slots, n), layout.views(self._grads, self._slots, n)
+        state = layout.views(self._state, state_slots, n)
+        initial = {(i, name): init for i, name, _, init in
+                   ((i, name, s, init) for i, layer in enumerate(self.layers)
+                    for name, s, init in layer.state_specs())}
+        for i, layer in enumerate(self.layers):
+            for name, view in state[i].items():
+                view[...] = initial[(i, name)]
+            layer.bind(params[i], grads[i], state[i])
+        self.n_weights = sum(s.size for s in self._slots if s.role == "weight")
+        rng = np.random.default_rng(self.seed) if rng is None else rng
         backend = self.backend
         for layer in self.layers:
             layer.init_params(backend, rng)
-        self.input_dim, self.output_dim = input_dim, width
+        self.input_shape, self.output_shape = input_shape, shape
         self._first_trained = next((i for i, layer in enumerate(self.layers) if layer.param_specs()),
                                    len(self.layers))
         self._workspaces = collections.OrderedDict()
+        self._penalties = self._penalty_terms()
+        self._fold_l2 = False
         self.built = True
         return self
+
+    @property
+    def input_dim(self):
+        """The input width of a model over flat inputs (None for other shapes)."""
+        self._require_built()
+        return self.input_shape[0] if len(self.input_shape) == 1 else None
+
+    @property
+    def output_dim(self):
+        self._require_built()
+        return math.prod(self.output_shape)
 
     # ------------------------------------------------------------- flat buffers
     def get_flat_params(self):
@@ -255,40 +269,84 @@ class Sequential:
 
     def _require_built(self):
         if not self.built:
-            raise ValueError("the model is not built yet: call fit, predict or build(input_dim) first")
+            raise ValueError("the model is not built yet: call fit, predict or build(input_shape) first")
+
+    def astype(self, dtype):
+        """A copy of the model computing in `dtype` (float32 or float64): the same
+        layers, parameters and state, cast; a fresh optimizer state."""
+        self._require_built()
+        dtype = np.dtype(dtype)
+        if dtype not in chk.FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        model = Sequential([layer_from_config(layer.config()) for layer in self.layers], loss=self.loss,
+                           optimizer=optimizer_from_config(self.optimizer.config()), l2=self.l2,
+                           penalty_per_sample=self.penalty_per_sample, metrics=self.metrics, seed=self.seed,
+                           backend=self._backend, dtype=dtype)
+        model.build(self.input_shape)
+        model._params[...] = self._params
+        model._state[...] = self._state
+        model._passes = self._passes
+        return model
 
     # ------------------------------------------------------------ input checks
     def _check_X(self, X, name="X"):
-        """X as a C-contiguous (N, input_dim) array of the model's dtype; builds the
-        model on first use."""
+        """X as a C-contiguous (N, *input_shape) array of the model's dtype, or a CSR
+        matrix of that dtype for flat inputs; builds the model on first use."""
+        if sp.issparse(X):
+            return self._check_sparse(X, name)
         if not isinstance(X, np.ndarray):
             X = np.asarray(X)
         if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
             raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
-        if X.ndim != 2:
-            raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}"
+        if X.ndim < 2:
+            raise ValueError(f"{name} must be at least 2-D (n_samples, features...), got shape {X.shape}"
                              + ("; use X.reshape(-1, 1) for one feature" if X.ndim == 1 else ""))
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty (0 samples)")
-        if X.shape[1] == 0:
-            raise ValueError(f"{name} has 0 features")
-        if self.built and X.shape[1] != self.input_dim:
-            raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
-                             f"{self.input_dim}")
+        if 0 in X.shape[1:]:
+            raise ValueError(f"{name} has 0 features (shape {X.shape})")
+        if self.built and X.shape[1:] != self.input_shape:
+            if X.ndim == 2 and len(self.input_shape) == 1:
+                raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
+                                 f"{self.input_shape[0]}")
+            raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
+                             f"{self.input_shape}")
         with np.errstate(over="ignore"):
             X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not _all_finite(X):
+        if not all_finite(X):
             raise ValueError(f"{name} contains NaN or infinity"
                              + (" (or values too large for float32)" if self.dtype == np.float32 else ""))
+        if not self.built:
+            self.build(X.shape[1:])
+        return X
+
+    def _check_sparse(self, X, name):
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+            raise ValueError(f"{name} must be a non-empty (n_samples, n_features) sparse matrix, got "
+                             f"shape {X.shape}")
+        if self.built and (X.shape[1],) != self.input_shape:
+            raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for inputs of "
+                             f"shape {self.input_shape}")
+        if not np.issubdtype(X.dtype, np.number) and X.dtype != bool:
+            raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
+        with np.errstate(over="ignore"):
+            X = sp.csr_matrix(X, dtype=self.dtype)
+        if not np.isfinite(X.data).all():
+            raise ValueError(f"{name} contains NaN or infinity")
         if not self.built:
             self.build(X.shape[1])
         return X
 
     def _check_data(self, X, y, sample_weight, name="X"):
+        """(X, targets, weights) ready for training loops: X from _check_X, the
+        targets in the loss's kernel form, weights None or (N,) in the dtype."""
         if self.loss is None:
             raise ValueError("the model has no loss: pass loss=... to Sequential or compile")
         X = self._check_X(X, name)
         n = X.shape[0]
+        if len(self.output_shape) != 1:
+            raise ValueError(f"the losses take one vector per sample, but the model's outputs have shape "
+                             f"{self.output_shape}; end the model with Flatten or a Dense over flat inputs")
         if np.ndim(y) == 0 or len(y) != n:
             raise ValueError(f"{name} has {n} samples but its targets have "
                              f"{'none' if np.ndim(y) == 0 else len(y)}")
@@ -296,26 +354,28 @@ class Sequential:
         w = sample_weights(sample_weight, n, self.dtype)
         return X, t, w
 
-    def _prepare_training(self, batch_sizes):
+    def _prepare_training(self):
         if self._params.size == 0:
             raise ValueError("the model has no trainable parameters")
-        if 1 in batch_sizes and any(layer.kind == "BatchNorm" for layer in self.layers):
-            raise ValueError("batch norm needs at least 2 samples per batch in training, but a batch "
-                             "of 1 sample would occur; change batch_size or the number of samples")
         if not self.optimizer.is_bound_to(self._params):
             self.optimizer.bind(self._params)
         self._penalties = self._penalty_terms()
+        # a single L2 term over the whole weights block is folded into the
+        # optimizer step, which reads the weights anyway (one pass fewer)
+        self._fold_l2 = (self.optimizer.couples_l2 and len(self._penalties) == 1
+                         and self._penalties[0][3] == 0 and self._penalties[0][0].size == self.n_weights
+                         and self._penalties[0][0].base is self._params)
 
     # ----------------------------------------------------------------- workspace
-    def _workspace(self, n):
-        """Buffers for batch size n: one dict per layer plus the model's own."""
-        ws = self._workspaces.get(n)
+    def _workspace(self, batch_shape):
+        """Buffers for one batch shape: one dict per layer plus the model's own."""
+        ws = self._workspaces.get(batch_shape)
         if ws is None:
-            ws = self._workspaces[n] = ([{} for _ in self.layers], {})
+            ws = self._workspaces[batch_shape] = ([{} for _ in self.layers], {})
             if len(self._workspaces) > MAX_WORKSPACES:
                 self._workspaces.popitem(last=False)
         else:
-            self._workspaces.move_to_end(n)
+            self._workspaces.move_to_end(batch_shape)
         return ws
 
     # ------------------------------------------------------------------ passes
@@ -342,49 +402,76 @@ class Sequential:
             terms = [(layer.params["W"], layer.grads["W"], layer.l2 + self.l2, layer.l1) for layer in dense]
         return [term for term in terms if term[2] or term[3]]
 
-    def _penalty(self, backend, n):
+    def _penalty_scale(self, batch_weight):
+        return 1.0 / batch_weight if self.penalty_per_sample else 1.0
+
+    def _penalty(self, backend, scale):
         """Adds the penalties' gradients to the gradient buffer and returns their
-        value. n: samples in the batch (for penalty_per_sample). Outside a step
-        (evaluate) the gradient buffer serves as scratch: nothing reads it between
-        steps."""
-        scale = 1.0 / n if self.penalty_per_sample else 1.0
+        value. Outside a step (evaluate) the gradient buffer serves as scratch:
+        nothing reads it between steps."""
         value = 0.0
         for param, grad, l2, l1 in self._penalties:  # views of the flat buffers: no checks needed
             value += float(backend._weight_penalty(param, grad, l2 * scale, l1 * scale))
         return value
 
-    def _loss_and_grads(self, backend, x, t, w, ws, mode):
+    def _loss_and_grads(self, backend, x, t, w, ws, mode, batch_weight, fold_l2=False):
         """Forward, loss, backward and penalties on one batch; gradients end up in
-        the gradient buffer. Returns the loss (penalties included)."""
+        the gradient buffer. Returns the loss (penalties included). fold_l2: leave
+        the single L2 term's gradient out (the optimizer step adds it)."""
         out = ws[1]["out"] = self._forward(backend, x, ws, mode)
+        scale = self._penalty_scale(batch_weight)
+        if fold_l2:
+            # right after the forward pass, which has just read the weights, so they
+            # are still in cache; the value only (the optimizer adds the gradient)
+            weights = self._penalties[0][0]
+            penalty = 0.5 * self._penalties[0][2] * scale * float(np.dot(weights, weights))
         grad = ws[1].get("dout")
         if grad is None:
             grad = ws[1]["dout"] = np.empty_like(out)
         loss = self.loss.checked_call(backend, out, t, w, grad)  # t, w: checked by _check_data
         if not math.isfinite(loss):
-            raise _NonFiniteLoss(loss)
+            raise NonFiniteLoss(loss)
         self._backward(backend, grad, ws)
-        loss += self._penalty(backend, x.shape[0])
+        loss += penalty if fold_l2 else self._penalty(backend, scale)
         if not math.isfinite(loss):
-            raise _NonFiniteLoss(loss)
+            raise NonFiniteLoss(loss)
         return loss
 
-    def _train_batch(self, backend, x, t, w, ws):
+    def _train_batch(self, backend, x, t, w, ws, batch_weight):
         self._passes += 1
         mode = Pass(training=True, update_stats=True, seed=mix64(self.seed, self._passes))
-        loss = self._loss_and_grads(backend, x, t, w, ws, mode)
-        self.optimizer.step(backend, self._params, self._grads, x.shape[0])
+        fold = self._fold_l2
+        loss = self._loss_and_grads(backend, x, t, w, ws, mode, batch_weight, fold)
+        if fold:
+            self.optimizer.step(backend, self._params, self._grads, x.shape[0],
+                                l2=self._penalties[0][2] * self._penalty_scale(batch_weight),
+                                l2_size=self.n_weights)
+        else:
+            self.optimizer.step(backend, self._params, self._grads, x.shape[0])
         return loss
+
+    def _recompute_running_stats(self, X):
+        """Batch-norm running statistics = the statistics of all of X (prepared by
+        _check_X) at the current parameters, dropout off (after a full-batch
+        optimizer such as L-BFGS, which evaluates the loss without updating them)."""
+        if not any(isinstance(layer, BatchNorm) for layer in self.layers):
+            return
+        ws = self._workspace(X.shape)
+        x = training.take_rows(X, 0, X.shape[0], None, ws[1], "X")
+        self._forward(self.backend, x, ws, Pass(training=True, dropout=False, momentum=1.0))
+        self._release_inputs()
 
     # -------------------------------------------------------------- training API
     def train_step(self, X_batch, y_batch, sample_weight=None):
         """One optimizer step on one batch; returns its loss (penalties included).
         Raises TrainingDivergedError, without updating, when the loss is not finite."""
         x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch")
-        self._prepare_training({x.shape[0]})
+        self._prepare_training()
+        ws = self._workspace(x.shape)
+        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X")
         try:
-            return self._train_batch(self.backend, x, t, w, self._workspace(x.shape[0]))
-        except _NonFiniteLoss as exc:
+            return self._train_batch(self.backend, x, t, w, ws, x.shape[0] if w is None else float(w.sum()))
+        except NonFiniteLoss as exc:
             raise TrainingDivergedError(f"the loss became {exc.loss} at optimizer step "
                                         f"{self.optimizer.t + 1}; the parameters were not updated",
                                         step=self.optimizer.t + 1) from None
@@ -396,14 +483,21 @@ class Sequential:
         deterministic: dropout masks and batch-norm running statistics do not change
         between calls, as an optimizer such as SciPy's L-BFGS needs. The gradient is
         a new array unless `out` (a (n_params,) array) is given."""
-        x, t, w = self._check_data(X, y, sample_weight)
+        return self._objective(self._check_data(X, y, sample_weight), out)
+
+    def _objective(self, data, out=None):
+        """loss_and_gradient on data prepared by _check_data."""
+        x, t, w = data
         if self._params.size == 0:
             raise ValueError("the model has no trainable parameters")
         self._penalties = self._penalty_terms()
         mode = Pass(training=True, update_stats=False, seed=mix64(self.seed, 0))
+        ws = self._workspace(x.shape)
+        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X")
         try:
-            loss = self._loss_and_grads(self.backend, x, t, w, self._workspace(x.shape[0]), mode)
-        except _NonFiniteLoss as exc:
+            loss = self._loss_and_grads(self.backend, x, t, w, ws, mode,
+                                        x.shape[0] if w is None else float(w.sum()))
+        except NonFiniteLoss as exc:
             loss = exc.loss
             self._grads[...] = np.nan
         if out is None:
@@ -459,7 +553,7 @@ class Sequential:
                     raise ValueError(f"the sample weights of the {part} part of validation_split sum to 0")
         n = X.shape[0]
         bs = n if batch_size is None else min(batch_size, n)
-        self._prepare_training({bs, n % bs or bs})
+        self._prepare_training()
         if seed is None:
             self._fits += 1
             seed = (self.seed, self._fits)
@@ -471,38 +565,23 @@ class Sequential:
         for callback in callbacks:
             callback.on_train_begin(self, logs)
         backend = self.backend
-        if not _all_finite(self._params):
+        if not all_finite(self._params):
             raise ValueError("the model's parameters contain NaN or infinity")
         # parameters at the start of the epoch, known to be finite (checked at the
         # end of each epoch): what a divergence falls back to
         snapshot = np.empty_like(self._params)
-        bar = _progress(epochs, verbose)
+        bar = training.progress(epochs, verbose)
+        close = None if bar is None else bar.close
+        order = np.arange(n) if shuffle else None
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
             np.copyto(snapshot, self._params)
-            order = rng.permutation(n) if shuffle else None
-            total = weight_total = correct = seen = 0.0
-            for step, lo in enumerate(range(0, n, bs), start=1):
-                hi = min(lo + bs, n)
-                ws = self._workspace(hi - lo)
-                xb, tb, wb = _batch(X, t, w, order, lo, hi, ws[1])
-                bw = (hi - lo) if wb is None else float(wb.sum())
-                if bw == 0:  # every sample weighs 0: nothing to learn from this batch
-                    continue
-                try:
-                    loss = self._train_batch(backend, xb, tb, wb, ws)
-                except _NonFiniteLoss as exc:
-                    self._diverged(snapshot, epoch, step, exc.loss, bar)
-                total += loss * bw
-                weight_total += bw
-                seen += hi - lo
-                if self._reports_accuracy:
-                    correct += self.loss.correct(ws[1]["out"], tb)
-            if not _all_finite(self._params):  # the last step's update overflowed
-                self._diverged(snapshot, epoch, step, math.nan, bar)
-            logs = {"loss": total / weight_total}
+            if shuffle:
+                rng.shuffle(order)
+            result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close)
+            logs = {"loss": result.loss}
             if self._reports_accuracy:
-                logs["accuracy"] = correct / seen
+                logs["accuracy"] = result.correct / result.seen
             if val is not None:
                 for key, value in self._evaluate(*val).items():
                     logs["val_" + key] = value
@@ -511,7 +590,7 @@ class Sequential:
             stop = self.optimizer.end_epoch(logs["loss"])
             for callback in callbacks:
                 callback.on_epoch_end(self, epoch, logs)
-            _report(bar, verbose, epoch, epochs, logs, time.perf_counter() - start)
+            training.report(bar, verbose, epoch, epochs, logs, time.perf_counter() - start)
             if stop or self.stop_training:
                 break
         if bar is not None:
@@ -529,51 +608,39 @@ class Sequential:
                 ws.pop("x", None)
                 ws.pop("cache", None)
 
-    def _diverged(self, snapshot, epoch, step, loss, bar):
-        if bar is not None:
-            bar.close()
-        restored = not np.isfinite(self._params).all()
-        if restored:
-            np.copyto(self._params, snapshot)
-        if restored or not all(np.isfinite(s).all() for s in self.optimizer.state.values()):
-            self.optimizer.bind(self._params)
-        where = f"epoch {epoch}, step {step}"
-        kept = ("the parameters were reset to those at the start of the epoch" if restored
-                else "the parameters are those before the failing step")
-        raise TrainingDivergedError(f"training diverged: the loss became {loss} at {where}; {kept}. "
-                                    "Try a smaller learning rate.", epoch=epoch, step=step)
-
     # -------------------------------------------------------------- inference API
     def _outputs(self, X, batch_size, link):
-        """Raw last-layer outputs (link=False) or predictions (link=True), (N, output_dim)."""
+        """Raw last-layer outputs (link=False) or predictions (link=True), (N, *output_shape)."""
         X = self._check_X(X)
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
         backend = self.backend
         apply_link = link and self.loss is not None and self.loss.link != "identity"
-        result = np.empty((X.shape[0], self.output_dim), self.dtype)
+        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)
         mode = Pass(training=False)
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
-            out = self._forward(backend, X[lo:hi], self._workspace(hi - lo), mode)
+            ws = self._workspace((hi - lo,) + X.shape[1:])
+            out = self._forward(backend, training.take_rows(X, lo, hi, None, ws[1], "X"), ws, mode)
             if apply_link:
-                backend.activation_forward(out, self.loss.link, out=result[lo:hi])
+                self.loss.apply_link(backend, out, result[lo:hi])
             else:
                 result[lo:hi] = out
         self._release_inputs()
         return result
 
     def predict(self, X, batch_size=None):
-        """Predictions, (N, output_dim): class probabilities for the cross-entropy
-        losses (softmax / sigmoid applied), raw outputs for the others."""
+        """Predictions, (N, *output_shape): class probabilities for the cross-entropy
+        losses (softmax / sigmoid applied), the loss's inverse link for the others
+        (exp for Poisson), raw outputs without a loss."""
         return self._outputs(X, batch_size, link=True)
 
     def predict_raw(self, X, batch_size=None):
-        """The last layer's outputs without the loss's link (logits), (N, output_dim)."""
+        """The last layer's outputs without the loss's link (logits), (N, *output_shape)."""
         return self._outputs(X, batch_size, link=False)
 
     def predict_proba(self, X, batch_size=None):
         """Class probabilities (N, C) of a model trained with a cross-entropy loss."""
-        if self.loss is None or self.loss.link == "identity":
+        if self.loss is None or self.loss.link not in ("softmax", "logistic"):
             raise TypeError("predict_proba needs a cross-entropy loss (softmax or sigmoid outputs)")
         return self.predict(X, batch_size)
 
@@ -583,7 +650,7 @@ class Sequential:
         if self.loss is None or not self.loss.classifier:
             raise TypeError("predict_classes needs a classification loss")
         raw = self.predict_raw(X, batch_size)
-        if self.loss.name == "binary_crossentropy" or raw.shape[1] == 1:
+        if self.loss.link == "logistic" or raw.shape[1] == 1:
             labels = (raw > 0).astype(np.int64)
             return labels[:, 0] if raw.shape[1] == 1 else labels
         return raw.argmax(axis=1)
@@ -600,8 +667,8 @@ class Sequential:
         total = weight_total = correct = 0.0
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
-            ws = self._workspace(hi - lo)
-            out = self._forward(backend, X[lo:hi], ws, mode)
+            ws = self._workspace((hi - lo,) + X.shape[1:])
+            out = self._forward(backend, training.take_rows(X, lo, hi, None, ws[1], "X"), ws, mode)
             grad = ws[1].get("dout")
             if grad is None:
                 grad = ws[1]["dout"] = np.empty_like(out)
@@ -615,20 +682,26 @@ class Sequential:
             weight_total += bw
         self._release_inputs()
         self._penalties = self._penalty_terms()
-        logs = {"loss": total / weight_total + self._penalty(backend, X.shape[0])}
+        everything = X.shape[0] if w is None else float(w.sum())
+        logs = {"loss": total / weight_total + self._penalty(backend, self._penalty_scale(everything))}
         if self._reports_accuracy:
             logs["accuracy"] = correct / X.shape[0]
         return logs
 
     # ------------------------------------------------------------------ summary
     def summary(self):
-        """A table of the layers, their output widths and parameter counts."""
-        lines = [f"{'layer':<40}{'outputs':>10}{'params':>12}"]
+        """A table of the layers with their output shapes and parameter counts."""
+        rows = [("layer", "output shape", "params")]
         for layer in self.layers:
-            width = getattr(layer, "n_out", "?")
+            shape = ("(None, " + ", ".join(map(str, layer.output_shape)) + ")") if self.built else "?"
             count = sum(math.prod(s) for _, s, _ in layer.param_specs()) if self.built else "?"
-            lines.append(f"{layer!r:<40}{width!s:>10}{count!s:>12}")
-        lines.append(f"total parameters: {self._params.size if self.built else '?'} ({self.dtype.name})")
+            rows.append((repr(layer), shape, str(count)))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        total = self._params.size if self.built else "?"
+        inputs = f"input shape (None, {', '.join(map(str, self.input_shape))}); " if self.built else ""
+        lines.append(f"{inputs}total parameters: {total} ({self.dtype.name})")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -637,124 +710,42 @@ class Sequential:
     # ------------------------------------------------------------ save and load
     def describe(self):
         """The model's description as a JSON-able dict (everything but the arrays)."""
-        self._require_built()
-        optimizer_counters = self.optimizer.get_state()[0] if self.optimizer.is_bound_to(self._params) \
-            else None
-        return {
-            "format": FORMAT, "version": FORMAT_VERSION, "dtype": self.dtype.name,
-            "input_dim": self.input_dim, "seed": self.seed, "passes": self._passes,
-            "layers": [layer.config() for layer in self.layers],
-            "loss": None if self.loss is None else self.loss.config(),
-            "optimizer": self.optimizer.config(), "optimizer_counters": optimizer_counters,
-            "l2": self.l2, "penalty_per_sample": self.penalty_per_sample, "metrics": self.metrics,
-        }
+        return saving.describe(self)
 
     def save(self, path):
         """Write the model to `path` (exactly that name) as a .npz archive: the flat
         parameter and state buffers, the optimizer's state buffers and a JSON
         description stored as a string array. No pickle."""
-        description = self.describe()
-        arrays = {"description": np.array(json.dumps(description)), "params": self._params,
-                  "state": self._state}
-        if description["optimizer_counters"] is not None:
-            for name, buf in self.optimizer.state.items():
-                arrays["optimizer_" + name] = buf
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        saving.save(self, path)
 
+    # pickling: built models travel as their description and buffers (layers hold
+    # views, which pickle would turn into separate copies)
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(self._backend, NumpyBackend):
+            state["_backend"] = self._backend.name
+        if not self.built:
+            return state
+        description = saving.describe(self)
+        return {"description": description, "arrays": saving.arrays_of(self, description),
+                "loss": self.loss, "backend": state["_backend"], "history": self.history,
+                "fits": self._fits}
 
-def _batch(X, t, w, order, lo, hi, buffers):
-    """Rows lo:hi of the (shuffled) data: views when not shuffled, else gathered
-    into buffers allocated once per batch size."""
-    if order is None:
-        return X[lo:hi], t[lo:hi], None if w is None else w[lo:hi]
-    idx = order[lo:hi]
-    out = []
-    for key, a in (("X", X), ("t", t), ("w", w)):
-        if a is None:
-            out.append(None)
-            continue
-        buf = buffers.get(key)
-        if buf is None:
-            buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
-        # mode="clip": indices are valid, and "raise" would buffer the output
-        np.take(a, idx, axis=0, out=buf, mode="clip")
-        out.append(buf)
-    return tuple(out)
-
-
-def _progress(epochs, verbose):
-    if verbose != 1:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=epochs, unit="epoch", leave=True)
-
-
-def _report(bar, verbose, epoch, epochs, logs, seconds):
-    values = " - ".join(f"{k} {v:.4g}" for k, v in logs.items())
-    if bar is not None:
-        bar.set_postfix_str(values)
-        bar.update(1)
-    elif verbose:
-        print(f"epoch {epoch}/{epochs} - {values} - {seconds:.2f} s", flush=True)
+    def __setstate__(self, state):
+        if "description" not in state:
+            self.__dict__.update(state)
+            return
+        model = saving.from_description(state["description"], state["arrays"], state["backend"],
+                                        loss=state["loss"])
+        self.__dict__.update(model.__dict__)
+        self.history, self._fits = state["history"], state["fits"]
 
 
 def load(path, backend=None):
-    """Read a model written by Sequential.save. A file that is not such a model
-    (foreign, corrupted, truncated) raises ValueError."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single array, not an .npz archive")
-        with data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ValueError(f"{path} is not a readable fastnn model file: {exc}") from exc
-    try:
-        return _from_arrays(arrays, backend)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a valid fastnn model file: {exc}") from exc
+    """Read a model written by Sequential.save (see fastnn.nn.saving). A file that
+    is not such a model (foreign, corrupted, truncated, invalid values) raises
+    ValueError."""
+    return saving.load(path, backend)
 
 
-def _from_arrays(arrays, backend):
-    for key in ("description", "params", "state"):
-        if key not in arrays:
-            raise ValueError(f"the archive has no {key!r} array")
-    text = arrays["description"]
-    if text.dtype.kind != "U" or text.ndim != 0:
-        raise ValueError("the description is not a string")
-    d = json.loads(str(text))
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise ValueError(f"the description does not describe a {FORMAT}")
-    if d.get("version") != FORMAT_VERSION:
-        raise ValueError(f"format version {d.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-    model = Sequential([layer_from_config(c) for c in d["layers"]], dtype=d["dtype"], seed=d["seed"],
-                       backend=backend, l2=d["l2"], penalty_per_sample=d["penalty_per_sample"],
-                       metrics=d["metrics"], optimizer=optimizer_from_config(d["optimizer"]),
-                       loss=None if d["loss"] is None else loss_from_config(d["loss"]))
-    model.build(d["input_dim"])
-    for key, target in (("params", model._params), ("state", model._state)):
-        a = arrays[key]
-        if a.shape != target.shape or a.dtype != target.dtype:
-            raise ValueError(f"{key} has shape {a.shape} and dtype {a.dtype}; the description needs "
-                             f"{target.shape} {target.dtype}")
-        if not np.isfinite(a).all():
-            raise ValueError(f"{key} contains NaN or infinity")
-        np.copyto(target, a)
-    model._passes = int(d["passes"])
-    counters = d.get("optimizer_counters")
-    if counters is not None:
-        opt = model.optimizer
-        buffers = {}
-        for name in opt.state_names:
-            a = arrays.get("optimizer_" + name)
-            if a is None or a.shape != model._params.shape or a.dtype != model._params.dtype:
-                raise ValueError(f"optimizer state {name!r} is missing or has the wrong shape")
-            buffers[name] = a
-        opt.set_state(model._params, counters, buffers)
-    return model
+__all__ = ["Sequential", "TrainingDivergedError", "load"]

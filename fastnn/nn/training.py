@@ -1,0 +1,154 @@
+"""The training loop of `Sequential`: batches, epochs and divergence.
+
+`train_epoch` runs one pass over prepared data in a given order; `Sequential.fit`
+and the scikit-learn estimators both train through it (they differ only in how
+they order the samples and when they stop). A batch is rows of the data: views
+when the order is the data's own, else gathered into buffers kept per batch
+size; CSR input is densified batch by batch.
+"""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite. `epoch` and `step` (1-based) say
+    where; the model keeps finite parameters (see Sequential.fit)."""
+
+    def __init__(self, message, epoch=None, step=None):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+class NonFiniteLoss(Exception):
+    """Raised inside a step, before the update, when its loss is not finite."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+
+def all_finite(a):
+    """Whether every element of a float array is finite. A finite sum proves it
+    (NaN and inf propagate through a sum) without allocating an (N, d) mask;
+    only when the sum is not finite (maybe mere overflow) is each element checked."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(a.sum()) or np.isfinite(a).all())
+
+
+def take_rows(a, lo, hi, order, buffers, key):
+    """Rows lo:hi of `a` in `order` (None: the data's own order) as a C-contiguous
+    array: a view of dense data in its own order, else `a`'s rows gathered (CSR
+    rows densified) into buffers[key], allocated once per batch size."""
+    if a is None:
+        return None
+    sparse = sp.issparse(a)
+    if order is None and not sparse:
+        return a[lo:hi]
+    buf = buffers.get(key)
+    if buf is None:
+        buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+    if sparse:
+        part = a[lo:hi] if order is None else a[order[lo:hi]]
+        part.toarray(out=buf)
+    else:
+        # mode="clip": the indices are valid, and "raise" would buffer the output
+        np.take(a, order[lo:hi], axis=0, out=buf, mode="clip")
+    return buf
+
+
+class EpochResult(NamedTuple):
+    """What one epoch measured. loss: the mean of the batch losses weighted by
+    their sample-weight sums (the epoch's weighted mean loss); loss_per_sample: the
+    mean weighted by their sizes (scikit-learn's loss_); correct: the correct
+    predictions (classification losses) out of `seen` samples; steps: the
+    optimizer steps taken."""
+
+    loss: float
+    loss_per_sample: float
+    correct: float
+    seen: int
+    steps: int
+
+
+def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_divergence=None):
+    """One epoch over prepared data (from `Sequential._check_data`): batches of
+    `batch_size` rows in `order` (None: as stored). `snapshot` holds parameters
+    known to be finite, restored when an update makes them non-finite;
+    on_divergence() runs before TrainingDivergedError is raised (to close a
+    progress bar)."""
+    n = X.shape[0]
+    total = weight_total = count_total = correct = 0.0
+    seen = steps = 0
+    step = 0
+    for step, lo in enumerate(range(0, n, batch_size), start=1):
+        hi = min(lo + batch_size, n)
+        ws = model._workspace((hi - lo,) + X.shape[1:])
+        buffers = ws[1]
+        xb = take_rows(X, lo, hi, order, buffers, "X")
+        tb = take_rows(t, lo, hi, order, buffers, "t")
+        wb = take_rows(w, lo, hi, order, buffers, "w")
+        bw = (hi - lo) if wb is None else float(wb.sum())
+        if bw == 0:
+            if model._penalties and model.penalty_per_sample:
+                raise ValueError(f"the sample weights of batch {step} of epoch {epoch} sum to 0: its "
+                                 "penalty per sample is undefined; shuffle, change batch_size or give "
+                                 "those samples positive weights")
+            continue  # every sample weighs 0: nothing to learn from this batch
+        try:
+            loss = model._train_batch(backend, xb, tb, wb, ws, bw)
+        except NonFiniteLoss as exc:
+            if on_divergence is not None:
+                on_divergence()
+            diverged(model, snapshot, epoch, step, exc.loss)
+        total += loss * bw
+        weight_total += bw
+        count_total += loss * (hi - lo)
+        seen += hi - lo
+        steps += 1
+        if model._reports_accuracy:
+            correct += model.loss.correct(buffers["out"], tb)
+    if not all_finite(model._params):  # the last step's update overflowed
+        if on_divergence is not None:
+            on_divergence()
+        diverged(model, snapshot, epoch, step, math.nan)
+    if not weight_total:
+        raise ValueError("every batch of the epoch has sample weights summing to 0")
+    return EpochResult(total / weight_total, count_total / seen, correct, seen, steps)
+
+
+def diverged(model, snapshot, epoch, step, loss):
+    """Leave the model with finite parameters and raise TrainingDivergedError: the
+    failing step was not applied; if an earlier update made a parameter
+    non-finite, the parameters go back to `snapshot` and the optimizer restarts."""
+    restored = not np.isfinite(model._params).all()
+    if restored:
+        np.copyto(model._params, snapshot)
+    if restored or not all(np.isfinite(s).all() for s in model.optimizer.state.values()):
+        model.optimizer.bind(model._params)
+    where = f"epoch {epoch}, step {step}"
+    kept = ("the parameters were reset to those at the start of the epoch" if restored
+            else "the parameters are those before the failing step")
+    raise TrainingDivergedError(f"training diverged: the loss became {loss} at {where}; {kept}. "
+                                "Try a smaller learning rate.", epoch=epoch, step=step)
+
+
+def progress(epochs, verbose):
+    if verbose != 1:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=epochs, unit="epoch", leave=True)
+
+
+def report(bar, verbose, epoch, epochs, logs, seconds):
+    values = " - ".join(f"{k} {v:.4g}" for k, v in logs.items())
+    if bar is not None:
+        bar.set_postfix_str(values)
+        bar.update(1)
+    elif verbose:
+        print(f"epoch {epoch}/{epochs} - {values} - {seconds:.2f} s", flush=True)
