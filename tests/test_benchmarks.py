@@ -3,7 +3,11 @@ No timing is judged here; only that the measurements are well-formed."""
 
 import dataclasses
 import math
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,3 +283,19 @@ def test_other_cpu_percent_is_a_share():
         assert share is None
     else:
         assert share >= 0
+
+
+def test_timing_limits_workloads_and_peers_load_without_fastnn(tmp_path):
+    """These four modules never import fastnn: PyTorch is to be timed in a process
+    that has not imported it (issue 24), where they load as a package of their own."""
+    code = textwrap.dedent(f"""
+        import importlib, sys, types
+        package = types.ModuleType("without_fastnn")
+        package.__path__ = [{str(Path(benchmarks.__file__).parent)!r}]
+        sys.modules["without_fastnn"] = package
+        for name in ("timing", "limits", "workloads", "peers"):
+            importlib.import_module("without_fastnn." + name)
+        loaded = [m for m in sys.modules if m.split(".")[0] == "fastnn"]
+        assert not loaded, loaded
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

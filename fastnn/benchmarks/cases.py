@@ -1,0 +1,203 @@
+"""The benchmarks as data (`Benchmark`): sizes, dtype, a setup that builds the
+inputs and preallocated outputs (workloads.py), one call on a fastnn backend
+(here), and the work one call does: floating-point operations for GEMM-bound
+kernels, or the bytes a kernel must move at least (every array it has to read,
+once, and every array it has to write, once; vectors of length C next to (N, C)
+arrays are ignored); and the same work in other libraries (peers.py).
+Adding a benchmark is appending one `Benchmark` to `BENCHMARKS`.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from .peers import (
+    adam_torch,
+    batchnorm_torch,
+    dense_torch,
+    dropout_torch,
+    gelu_torch,
+    mlp_fit_sklearn,
+    nn_epoch_torch,
+    sgd_torch,
+    softmax_ce_torch,
+    tanh_torch,
+)
+from .workloads import (
+    MLP_PARAMS,
+    NET_BATCH,
+    NET_UNITS,
+    adam_setup,
+    batchnorm_setup,
+    dense_flops,
+    dense_gemms,
+    dense_setup,
+    elementwise_setup,
+    fit_quietly,
+    network_flops,
+    network_gemms,
+    network_setup,
+    sgd_setup,
+    softmax_ce_setup,
+)
+
+
+@dataclass
+class Benchmark:
+    """One benchmark: everything the runner, the CLI and bench/ need.
+
+    setup(shape, dtype) -> dict of named arrays (inputs and preallocated outputs),
+    from a fixed seed. call(backend, arrays) runs the measured work once.
+    Work per call: with unit "byte", the sum of the sizes of the arrays named in
+    `reads` and `writes` (an array read twice is named twice); with unit "flop",
+    flops(shape). others: {library: make(arrays) -> zero-argument callable doing
+    the same work in that library}, for comparison; make raises ImportError when
+    the library is missing. bare(arrays) -> callable: the unavoidable core of the
+    work alone (e.g. the GEMMs of a dense layer), timed once for comparison."""
+
+    name: str
+    shape: tuple
+    dtype: str
+    setup: Callable
+    call: Callable
+    unit: str = "byte"
+    reads: tuple = ()
+    writes: tuple = ()
+    flops: Optional[Callable] = None
+    kernels: tuple = ()
+    quick: bool = False
+    others: dict = field(default_factory=dict)
+    bare: Optional[Callable] = None
+    min_first: int = 1  # smallest first dimension scaling may produce
+
+    def scaled_shape(self, scale=1.0):
+        first = max(self.min_first, round(self.shape[0] * scale))
+        return (first,) + tuple(self.shape[1:])
+
+    def work(self, arrays, shape):
+        """Flops or bytes of one call (see the class docstring)."""
+        if self.unit == "flop":
+            return int(self.flops(shape))
+        return sum(arrays[name].nbytes for name in self.reads + self.writes)
+
+    def counts(self):
+        """What `work` counts, in words."""
+        if self.unit == "flop":
+            return "flops of the GEMMs (2 per multiply-add)"
+        return f"bytes: reads {', '.join(self.reads)}; writes {', '.join(self.writes)}"
+
+
+# the call of each benchmark on a fastnn backend
+def softmax_ce_call(backend, a):
+    backend.softmax_cross_entropy(a["logits"], a["labels"], grad=a["grad"])
+
+
+def batchnorm_call(backend, a):
+    _, cache = backend.batchnorm_forward(a["x"], a["gamma"], a["beta"], a["running_mean"],
+                                         a["running_var"], True, out=a["y"])
+    backend.batchnorm_backward(a["dy"], cache, dx=a["dx"], dgamma=a["dgamma"], dbeta=a["dbeta"])
+
+
+def adam_call(backend, a):
+    backend.adam_step(a["param"], a["grad"], a["m"], a["v"], 1, 1e-3)
+
+
+def sgd_call(backend, a):
+    backend.sgd_step(a["param"], a["grad"], a["velocity"], 1e-3, momentum=0.9)
+
+
+def dense_call(backend, a):
+    backend.dense_forward(a["x"], a["W"], a["b"], "relu", out=a["y"])
+    backend.dense_backward(a["dy"], a["x"], a["W"], a["y"], "relu",
+                           dx=a["dx"], dW=a["dW"], db=a["db"], dz=a["dz"])
+
+
+def activation_call(activation):
+    def call(backend, a):
+        backend.activation_forward(a["x"], activation, out=a["out"])
+
+    return call
+
+
+def dropout_call(backend, a):
+    backend.dropout_forward(a["x"], 0.5, 42, out=a["out"])
+
+
+# end to end
+NET_KERNELS = ("dense_forward", "dense_backward", "softmax_cross_entropy", "adam_step")
+_models = {}  # (benchmark, backend, id of X) -> model or estimator, built on first call
+
+
+def nn_epoch_call(backend, a):
+    from .. import nn
+
+    key = ("nn", backend.name, id(a["X"]))
+    if key not in _models:
+        _models[key] = nn.Sequential(
+            [nn.Dense(u, "relu") for u in NET_UNITS[1:-1]] + [nn.Dense(NET_UNITS[-1])],
+            loss="sparse_categorical_crossentropy", optimizer=nn.Adam(1e-3), seed=0,
+            backend=backend, dtype=a["X"].dtype)
+    _models[key].fit(a["X"], a["y"], epochs=1, batch_size=NET_BATCH, verbose=0)
+
+
+def mlp_fit_call(backend, a):
+    from ..estimators import MLPClassifier
+
+    fit_quietly(MLPClassifier(backend=backend.name, **MLP_PARAMS), a["X"], a["y"])
+
+
+M = 1_000_000
+BENCHMARKS = [
+    Benchmark("softmax_ce", (8192, 1000), "float32", softmax_ce_setup, softmax_ce_call,
+              reads=("logits", "labels"), writes=("grad",), kernels=("softmax_cross_entropy",),
+              quick=True, others={"torch": softmax_ce_torch}),
+    Benchmark("batchnorm_train", (4096, 1024), "float32", batchnorm_setup, batchnorm_call,
+              reads=("x", "dy", "x"), writes=("y", "dx"),
+              kernels=("batchnorm_forward", "batchnorm_backward"), quick=True, min_first=2,
+              others={"torch": batchnorm_torch}),
+    Benchmark("adam", (10 * M,), "float32", adam_setup, adam_call,
+              reads=("param", "grad", "m", "v"), writes=("param", "m", "v"), kernels=("adam_step",),
+              quick=True, others={"torch": adam_torch}),
+    Benchmark("dense_relu", (256, 784, 512), "float32", dense_setup, dense_call, unit="flop",
+              flops=dense_flops, kernels=("dense_forward", "dense_backward"), quick=True,
+              others={"torch": dense_torch}, bare=dense_gemms),
+    Benchmark("softmax_ce_small", (64, 10), "float32", softmax_ce_setup, softmax_ce_call,
+              reads=("logits", "labels"), writes=("grad",), kernels=("softmax_cross_entropy",),
+              quick=True, others={"torch": softmax_ce_torch}),
+    Benchmark("adam_small", (1000,), "float32", adam_setup, adam_call,
+              reads=("param", "grad", "m", "v"), writes=("param", "m", "v"), kernels=("adam_step",),
+              quick=True, others={"torch": adam_torch}),
+    Benchmark("gelu", (4 * M,), "float32", elementwise_setup, activation_call("gelu"),
+              reads=("x",), writes=("out",), kernels=("activation_forward",),
+              others={"torch": gelu_torch}),
+    Benchmark("tanh", (4 * M,), "float32", elementwise_setup, activation_call("tanh"),
+              reads=("x",), writes=("out",), kernels=("activation_forward",),
+              others={"torch": tanh_torch}),
+    Benchmark("dropout", (4 * M,), "float32", elementwise_setup, dropout_call,
+              reads=("x",), writes=("out",), kernels=("dropout_forward",),
+              others={"torch": dropout_torch}),
+    Benchmark("sgd_momentum", (10 * M,), "float32", sgd_setup, sgd_call,
+              reads=("param", "grad", "velocity"), writes=("param", "velocity"),
+              kernels=("sgd_step",), others={"torch": sgd_torch}),
+    Benchmark("nn_epoch", (20000, 784), "float32", network_setup, nn_epoch_call, unit="flop",
+              flops=network_flops, kernels=NET_KERNELS, others={"torch": nn_epoch_torch},
+              bare=network_gemms,
+              min_first=2 * NET_BATCH),
+    Benchmark("mlp_fit", (20000, 784), "float32", network_setup, mlp_fit_call, unit="flop",
+              flops=network_flops, kernels=NET_KERNELS, others={"sklearn": mlp_fit_sklearn},
+              bare=network_gemms,
+              min_first=2 * NET_BATCH),
+]
+
+
+def get_benchmark(name):
+    for bench in BENCHMARKS:
+        if bench.name == name:
+            return bench
+    raise ValueError(f"unknown benchmark {name!r}; known: {[b.name for b in BENCHMARKS]}")
+
+
+def select(names=None, quick=False):
+    """The benchmarks to run: those named (in the given order), else all, or the quick ones."""
+    if names:
+        return [get_benchmark(name) for name in names]
+    return [b for b in BENCHMARKS if b.quick or not quick]

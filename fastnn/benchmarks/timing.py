@@ -1,0 +1,63 @@
+"""The timing harness: seconds per call of functions, timed in turns so that
+functions timed together meet the same moments of a noisy machine.
+
+Standard library only (it imports neither NumPy nor fastnn), so that a process
+timing another library alone can use it too.
+"""
+
+import statistics
+import time
+
+
+def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3):
+    """[(median, best) seconds of one call, and how many calls were timed] for
+    each function of `fns`, timed in turns: each round takes one sample of every
+    function due, so that all of them meet the same moments of a noisy machine
+    and their ratios hold even when its speed drifts during the run.
+
+    `warmup` calls first (the first compiles Numba code). Calls shorter than
+    `min_sample` are timed in batches of `inner` calls so the clock's resolution
+    does not matter; the number of samples of each fills about `min_time`
+    seconds, spread evenly over the rounds."""
+    plans = []  # (inner, repeats) per function
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+        once = float("inf")
+        for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
+            t0 = time.perf_counter()
+            fn()
+            once = min(once, time.perf_counter() - t0)
+        once = max(once, 1e-9)
+        inner = max(1, int(min_sample / once))
+        plans.append((inner, min(max_repeats, max(min_repeats, int(min_time / (once * inner))))))
+    rounds = max((repeats for _, repeats in plans), default=0)
+    samples = [[] for _ in fns]
+    for r in range(rounds):
+        for fn, (inner, repeats), taken in zip(fns, plans, samples):
+            if (r + 1) * repeats // rounds == r * repeats // rounds:
+                continue  # not due this round: its samples spread over all rounds
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            taken.append((time.perf_counter() - t0) / inner)
+    return [(statistics.median(taken), min(taken), repeats * inner)
+            for taken, (inner, repeats) in zip(samples, plans)]
+
+
+def time_call(fn, **options):
+    """time_calls of one function."""
+    return time_calls([fn], **options)[0]
+
+
+def best_of(fn, repeats, min_time=0.3, max_repeats=100):
+    """Shortest of at least `repeats` timed calls (more, up to max_repeats, until
+    about min_time seconds have passed), after one warm-up call."""
+    fn()
+    best, spent, done = float("inf"), 0.0, 0
+    while done < repeats or (spent < min_time and done < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        best, spent, done = min(best, seconds), spent + seconds, done + 1
+    return best
