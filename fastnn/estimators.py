@@ -3,9 +3,10 @@
 `fastnn.MLPClassifier` and `fastnn.MLPRegressor` subclass scikit-learn's
 estimators, so they take the same parameters with the same defaults, validate
 input with the same utilities, raise the same exceptions and expose the same
-fitted attributes; only the training and the forward pass are replaced. Those run
-on fastnn's kernels over one flat parameter buffer (see `_estimator_net`), in the
-dtype of X (float32 stays float32), with one fused optimizer kernel call per step.
+fitted attributes; only the training and the forward pass are replaced: each estimator builds a
+`fastnn.nn.Sequential` (public as `model_` after fit) and trains it with
+fastnn's engine, in the dtype of X (float32 stays float32), over one flat
+parameter buffer whose weight and bias views are `coefs_` and `intercepts_`.
 
 With the same random_state, the initial weights, the shuffling order and the
 early-stopping split are drawn from the same RandomState in the same order as
@@ -34,10 +35,11 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from . import backends
 from . import nn as _nn
-from ._estimator_net import Network, dense_rows, mix_seed, output_activation, predict_raw
+from .nn.training import train_epoch
 
 STOCHASTIC_SOLVERS = ("sgd", "adam", "rmsprop", "adagrad", "adamw")
-ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu")
+# the activations a hidden layer takes (softplus and softmax are not offered)
+HIDDEN_ACTIVATIONS = ("identity", "logistic", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu")
 # init parameter -> initialiser of the kernel catalogue
 INITS = {"sklearn": "sklearn", "he": "he_normal", "lecun": "lecun_normal", "glorot": "glorot_uniform"}
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -45,7 +47,7 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 def _extra_constraints():
     return {
-        "activation": [StrOptions(set(ACTIVATIONS))],
+        "activation": [StrOptions(set(HIDDEN_ACTIVATIONS))],
         "solver": [StrOptions({"lbfgs", *STOCHASTIC_SOLVERS})],
         "backend": [None, StrOptions(set(backends.BACKENDS))],
         "dtype": [None, StrOptions(set(DTYPES)), Options(type, {np.float32, np.float64}),
@@ -57,84 +59,37 @@ def _extra_constraints():
     }
 
 
-class _Solver:
-    """A stochastic solver: a fastnn.nn optimizer bound to the flat parameter
-    buffer, and scikit-learn's learning-rate rules ('invscaling' at the end of each
-    epoch, 'adaptive' divides the rate by 5 when training stalls). As in
-    scikit-learn, adam ignores learning_rate; the other solvers follow it."""
-
-    def __init__(self, est, params):
-        lr = est.learning_rate_init
-        if est.solver == "sgd":
-            momentum = float(est.momentum)
-            nesterov = bool(est.nesterovs_momentum and momentum)
-            self.optimizer = _nn.SGD(lr, momentum=momentum, nesterov=nesterov, lr_in_velocity=True)
-        elif est.solver == "adam":
-            self.optimizer = _nn.Adam(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon,
-                                      sklearn_eps=True)
-        elif est.solver == "adamw":
-            self.optimizer = _nn.AdamW(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon,
-                                       weight_decay=est.weight_decay, sklearn_eps=True)
-        elif est.solver == "rmsprop":
-            self.optimizer = _nn.RMSprop(lr, alpha=est.beta_2, eps=est.epsilon)
-        else:  # adagrad
-            self.optimizer = _nn.Adagrad(lr, eps=est.epsilon)
-        self.schedule = "constant" if est.solver == "adam" else est.learning_rate
-        self.learning_rate_init = float(lr)
-        self.learning_rate = float(lr)
-        self.power_t = est.power_t
-        self.optimizer.bind(params)
-
-    def rebind(self, params):
-        """Follow the parameters into a new buffer of the same layout, keeping the
-        optimizer state (after unpickling, or when coefs_ were replaced)."""
-        if self.optimizer.is_bound_to(params):
-            return True
-        counters, state = self.optimizer.get_state()
-        if any(s.shape != params.shape or s.dtype != params.dtype for s in state.values()):
-            return False
-        self.optimizer.set_state(params, counters, {k: v.copy() for k, v in state.items()})
-        return True
-
-    @property
-    def folds_l2(self):
-        """Whether the step can add the L2 penalty's gradient itself (see step)."""
-        return self.optimizer.couples_l2
-
-    def step(self, backend, params, grads, l2=0.0, n_weights=0):
-        """One update; l2 > 0 adds the gradient l2 * W of the penalty on the weights
-        block params[:n_weights] inside the optimizer kernel (folds_l2 only)."""
-        self.optimizer.schedule.lr = self.learning_rate
-        self.optimizer.step(backend, params, grads, l2=l2, l2_size=n_weights)
-
-    def iteration_ends(self, time_step):
-        if self.schedule == "invscaling":
-            self.learning_rate = self.learning_rate_init / (time_step + 1) ** self.power_t
-
-    def trigger_stopping(self, msg, verbose):
-        """True to stop; with 'adaptive', first divide the rate by 5 until it is tiny."""
-        if self.schedule != "adaptive" or self.learning_rate <= 1e-6:
-            if verbose:
-                print(msg + " Stopping.")
-            return True
-        self.learning_rate /= 5.0
-        if verbose:
-            print(f"{msg} Setting learning rate to {self.learning_rate:f}")
-        return False
+def _optimizer(est):
+    """The fastnn.nn optimizer of a stochastic solver. As in scikit-learn, adam
+    ignores learning_rate; the other solvers follow it (see _StoppingRules)."""
+    lr = est.learning_rate_init
+    if est.solver == "sgd":
+        momentum = float(est.momentum)
+        return _nn.SGD(lr, momentum=momentum, nesterov=bool(est.nesterovs_momentum and momentum),
+                       lr_in_velocity=True)
+    if est.solver == "adam":
+        return _nn.Adam(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon, sklearn_eps=True)
+    if est.solver == "adamw":
+        return _nn.AdamW(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon,
+                         weight_decay=est.weight_decay, sklearn_eps=True)
+    if est.solver == "rmsprop":
+        return _nn.RMSprop(lr, alpha=est.beta_2, eps=est.epsilon)
+    if est.solver == "adagrad":
+        return _nn.Adagrad(lr, eps=est.epsilon)
+    return _nn.SGD(lr)  # lbfgs: never steps
 
 
-def _gather(a, rows, ws, key):
-    """a[rows] into the workspace's buffer `key` (allocated on first use)."""
-    out = ws.get(key)
-    if out is None:
-        out = ws[key] = np.empty((len(rows),) + a.shape[1:], a.dtype)
-    # mode="clip": the indices are valid, and "raise" would buffer the output
-    return np.take(a, rows, axis=0, out=out, mode="clip")
+# output activation -> scikit-learn's loss of it, as a fastnn.nn Loss
+LOSSES = {"softmax": _nn.LogLoss, "logistic": _nn.BinaryLogLoss, "identity": _nn.SquaredLoss,
+          "exp": _nn.PoissonLoss}
 
 
 class _FastMLP:
     """Training and forward pass shared by both estimators (placed before
-    scikit-learn's class in the bases, so these methods replace its own)."""
+    scikit-learn's class in the bases, so these methods replace its own). The
+    network is a fastnn.nn.Sequential, `model_`; this class keeps scikit-learn's
+    protocol: parameter validation, the RandomState's draws in scikit-learn's
+    order, the early-stopping split, the learning-rate rules and stopping tests."""
 
     # ------------------------------------------------------------- helpers
     def _backend(self):
@@ -175,65 +130,120 @@ class _FastMLP:
             return np.dtype(DTYPES.get(self.dtype, self.dtype) if isinstance(self.dtype, str) else self.dtype)
         return X.dtype
 
-    def _loss_name(self):
-        if self.out_activation_ in ("softmax", "logistic"):
-            return self.out_activation_
-        return "poisson" if self.out_activation_ == "exp" else "squared_error"
+    def _layers(self, layer_units):
+        """The network as fastnn.nn layers: per hidden layer Dense(act), or with
+        batch norm Dense, BatchNorm, Activation(act) (act(BN(x @ W + b))), then
+        Dropout where its rate is > 0; an identity Dense last (the loss applies the
+        output activation)."""
+        method, activation = INITS[self.init], self.activation
 
-    def _net_config(self, layer_units, dtype):
-        return (list(layer_units), self.activation, self._loss_name(), np.dtype(dtype),
-                self._dropout_rates(len(layer_units) - 2), bool(self.batch_norm))
+        def init(fan_in, fan_out, rng, dtype):
+            # scikit-learn's factor follows the hidden activation on every layer
+            return backends.get_backend("numpy").init_weights(method, fan_in, fan_out, rng=rng, dtype=dtype,
+                                                              activation=activation)
 
-    def _expose(self, net):
-        """Fitted attributes as views of the network's flat buffer."""
-        self._net = net
-        self.coefs_ = list(net.W)
-        self.intercepts_ = list(net.b)
-        if net.batch_norm:
-            self.bn_gamma_, self.bn_beta_ = list(net.gamma), list(net.beta)
-            self.bn_running_mean_, self.bn_running_var_ = list(net.running_mean), list(net.running_var)
+        hidden = layer_units[1:-1]
+        layers = []
+        for units, rate in zip(hidden, self._dropout_rates(len(hidden))):
+            if self.batch_norm:
+                layers += [_nn.Dense(units, init=init), _nn.BatchNorm(momentum=0.1, eps=1e-5),
+                           _nn.Activation(activation)]
+            else:
+                layers.append(_nn.Dense(units, activation, init=init))
+            if rate > 0:
+                layers.append(_nn.Dropout(rate))
+        layers.append(_nn.Dense(layer_units[-1], init=init))
+        return layers
+
+    def _new_model(self, layer_units, dtype, rng):
+        """A Sequential for these layer widths, built; its weights drawn from rng."""
+        optimizer = _optimizer(self) if self.solver in STOCHASTIC_SOLVERS else "sgd"
+        model = _nn.Sequential(self._layers(layer_units), loss=LOSSES[self.out_activation_](),
+                               optimizer=optimizer, l2=float(self.alpha), penalty_per_sample=True, metrics=[],
+                               seed=0, backend=self.backend, dtype=dtype)
+        return model.build(layer_units[0], rng=rng)
+
+    def _expose(self, model):
+        """Fitted attributes as views of the model's flat buffer."""
+        self.model_ = model
+        dense = [layer for layer in model.layers if isinstance(layer, _nn.Dense)]
+        self.coefs_ = [layer.params["W"] for layer in dense]
+        self.intercepts_ = [layer.params["b"] for layer in dense]
+        norms = [layer for layer in model.layers if isinstance(layer, _nn.BatchNorm)]
+        if norms:
+            self.bn_gamma_ = [layer.params["gamma"] for layer in norms]
+            self.bn_beta_ = [layer.params["beta"] for layer in norms]
+            self.bn_running_mean_ = [layer.state["running_mean"] for layer in norms]
+            self.bn_running_var_ = [layer.state["running_var"] for layer in norms]
         else:
-            for name in ("bn_gamma_", "bn_beta_", "bn_running_mean_", "bn_running_var_"):
+            for name in BN_ATTRIBUTES:
                 if hasattr(self, name):
                     delattr(self, name)
 
-    def _is_exposed(self, net):
-        pairs = [(self.coefs_, net.W), (self.intercepts_, net.b)]
-        if net.batch_norm:
-            pairs += [(getattr(self, name, None), theirs) for name, theirs in (
-                ("bn_gamma_", net.gamma), ("bn_beta_", net.beta), ("bn_running_mean_", net.running_mean),
-                ("bn_running_var_", net.running_var))]
-        return all(mine is not None and len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs))
-                   for mine, theirs in pairs)
+    def _exposed_pairs(self, model):
+        """[(fitted attribute name, its list, the model's views)]."""
+        dense = [layer for layer in model.layers if isinstance(layer, _nn.Dense)]
+        norms = [layer for layer in model.layers if isinstance(layer, _nn.BatchNorm)]
+        pairs = [("coefs_", [layer.params["W"] for layer in dense]),
+                 ("intercepts_", [layer.params["b"] for layer in dense])]
+        if norms:
+            pairs += [("bn_gamma_", [layer.params["gamma"] for layer in norms]),
+                      ("bn_beta_", [layer.params["beta"] for layer in norms]),
+                      ("bn_running_mean_", [layer.state["running_mean"] for layer in norms]),
+                      ("bn_running_var_", [layer.state["running_var"] for layer in norms])]
+        return [(name, getattr(self, name, None), views) for name, views in pairs]
 
-    def _sync_net(self, layer_units, dtype):
-        """The network of the current parameters and fitted attributes: reused when
-        the attributes are still its views, else rebuilt from them (the fitted
-        attributes are the truth: after unpickling, or when a user replaced them)."""
-        config = self._net_config(layer_units, dtype)
-        shapes = [c.shape for c in self.coefs_]
+    def _synced_model(self):
+        """model_, after copying into it any fitted attribute that is no longer a
+        view of it (the fitted attributes are the truth: a user may have replaced
+        coefs_)."""
+        model = self.model_
+        for name, mine, views in self._exposed_pairs(model):
+            if mine is not None and len(mine) == len(views) and all(a is b for a, b in zip(mine, views)):
+                continue
+            if mine is None or len(mine) != len(views) or any(np.shape(a) != b.shape
+                                                              for a, b in zip(mine, views)):
+                raise ValueError(f"{name} does not match the network: expected arrays of shapes "
+                                 f"{[b.shape for b in views]}")
+            for a, b in zip(mine, views):
+                b[...] = a
+        self._expose(model)
+        return model
+
+    def _model_for(self, layer_units, dtype):
+        """The model to continue training (warm_start, partial_fit): model_ when its
+        architecture is the one asked for, else a new model holding the fitted
+        attributes' values (also when a user set them without a model_)."""
+        shapes = [np.shape(c) for c in self.coefs_]
         if shapes != list(zip(layer_units[:-1], layer_units[1:])):
             raise ValueError(f"the network has layers {shapes}, but hidden_layer_sizes and the data ask "
                              f"for {list(zip(layer_units[:-1], layer_units[1:]))}; warm_start and "
                              "partial_fit need the same architecture")
-        net = getattr(self, "_net", None)
-        if net is not None and self._is_exposed(net) and net._config() == config:
-            return net
-        net = Network(*config)
-        for mine, theirs in ((net.W, self.coefs_), (net.b, self.intercepts_)):
-            for a, b in zip(mine, theirs):
-                a[...] = b
-        if net.batch_norm and hasattr(self, "bn_gamma_"):
-            for mine, name in ((net.gamma, "bn_gamma_"), (net.beta, "bn_beta_"),
-                               (net.running_mean, "bn_running_mean_"), (net.running_var, "bn_running_var_")):
-                for a, b in zip(mine, getattr(self, name)):
-                    a[...] = b
-        self._expose(net)
-        return net
+        model = getattr(self, "model_", None)
+        if model is not None:
+            model = self._synced_model()
+            wanted = [layer.config() for layer in self._layers(layer_units)]
+            if [layer.config() for layer in model.layers] == wanted and model.dtype == dtype:
+                model.compile(l2=float(self.alpha))
+                model.set_backend(self.backend)
+                return model
+        new = self._new_model(layer_units, dtype, np.random.default_rng(0))  # weights copied below
+        for name, _, views in self._exposed_pairs(new):
+            values = getattr(self, name, None)
+            if values is None:  # batch-norm attributes of a model without batch norm: keep the defaults
+                continue
+            if len(values) != len(views) or any(np.shape(a) != b.shape for a, b in zip(values, views)):
+                raise ValueError(f"{name} does not match the network: expected arrays of shapes "
+                                 f"{[b.shape for b in views]}")
+            for a, b in zip(values, views):
+                b[...] = a
+        self._expose(new)
+        return new
 
     def _initialize(self, y, layer_units, dtype):
-        """First fit: counters, output activation, initial weights (drawn from
-        self._random_state in scikit-learn's order) and the stopping state."""
+        """First fit: counters, output activation, the model with its initial
+        weights (drawn from self._random_state in scikit-learn's order) and the
+        stopping state."""
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = y.shape[1]
@@ -244,14 +254,7 @@ class _FastMLP:
             self.out_activation_ = "softmax"
         else:
             self.out_activation_ = "logistic"
-        net = Network(*self._net_config(layer_units, dtype))
-        backend = self._backend()
-        for i in range(net.n_layers):
-            W, b = backend.init_weights(INITS[self.init], layer_units[i], layer_units[i + 1],
-                                        rng=self._random_state, dtype=dtype, activation=self.activation)
-            net.W[i][...] = W
-            net.b[i][...] = 0 if net.batch_norm and i < net.n_layers - 1 else b
-        self._expose(net)
+        self._expose(self._new_model(layer_units, dtype, self._random_state))
         self._best_params = None
         if self.solver in STOCHASTIC_SOLVERS:
             self.loss_curve_ = []
@@ -297,47 +300,47 @@ class _FastMLP:
         self._random_state = check_random_state(self.random_state)
         if first_pass:
             self._initialize(y, layer_units, dtype)
-            net = self._net
+            model = self.model_
         else:
-            net = self._sync_net(layer_units, dtype)
-        backend = self._backend()
+            model = self._model_for(layer_units, dtype)
         # drawn only with dropout, so that without it the draws are scikit-learn's
-        self._dropout_seed = 1 + self._random_state.randint(2**31) if any(net.dropout) else 0
-        if self.solver in STOCHASTIC_SOLVERS:
-            self._fit_stochastic(net, backend, X, y, sample_weight, incremental)
-        else:
-            self._fit_lbfgs(net, backend, X, y, sample_weight)
+        if any(isinstance(layer, _nn.Dropout) for layer in model.layers):
+            model.seed = 1 + self._random_state.randint(2**31)
+        try:
+            if self.solver in STOCHASTIC_SOLVERS:
+                self._fit_stochastic(model, X, y, sample_weight, incremental)
+            else:
+                self._fit_lbfgs(model, X, y, sample_weight)
+        except _nn.TrainingDivergedError as exc:
+            raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
+                             f"large values and need to be preprocessed. ({exc})") from exc
         if not all(np.isfinite(p).all() for p in self.coefs_ + self.intercepts_):
             raise ValueError("Solver produced non-finite parameter weights. The input data may contain "
                              "large values and need to be preprocessed.")
         return self
 
-    def _fit_lbfgs(self, net, backend, X, y, sample_weight):
-        targets = self._targets(y, net.dtype)
-        x = dense_rows(X, None, np.empty(X.shape, net.dtype)) if sp.issparse(X) else X
-        net.check_data(x, targets, sample_weight)
-        ws = net.workspace(x.shape[0])
-        seed = mix_seed(self._dropout_seed, 0)  # one fixed dropout mask: a deterministic objective
+    def _fit_lbfgs(self, model, X, y, sample_weight):
+        # sample_weight: checked by scikit-learn's utility, which (as scikit-learn
+        # does) accepts negative weights, which fastnn.nn would refuse
+        data = model._check_data(X, self._targets(y, model.dtype), None)[:2] + (sample_weight,)
 
         def loss_and_gradient(packed):
-            np.copyto(net.params, packed, casting="unsafe")
-            loss = net.loss_and_gradient(backend, x, targets, sample_weight, ws, self.alpha, training=True,
-                                         seed=seed, update_stats=False)
-            return loss, net.grads.astype(np.float64)
+            np.copyto(model._params, packed, casting="unsafe")
+            loss, grad = model._objective(data)
+            return loss, grad.astype(np.float64)
 
         result = scipy.optimize.minimize(
-            loss_and_gradient, net.params.copy(), method="L-BFGS-B", jac=True,
+            loss_and_gradient, model._params.copy(), method="L-BFGS-B", jac=True,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol})
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         self.loss_ = result.fun
-        np.copyto(net.params, result.x, casting="unsafe")
-        net.set_running_stats(backend, x)
-        net.clear_workspaces()
+        np.copyto(model._params, result.x, casting="unsafe")
+        model._recompute_running_stats(data[0])
+        model._workspaces.clear()
 
-    def _fit_stochastic(self, net, backend, X, y, sample_weight, incremental):
-        if not incremental or not hasattr(self, "_optimizer") or not self._optimizer.rebind(net.params):
-            self._optimizer = _Solver(self, net.params)
-        solver = self._optimizer
+    def _fit_stochastic(self, model, X, y, sample_weight, incremental):
+        if not incremental or not model.optimizer.is_bound_to(model._params):
+            model.compile(optimizer=_optimizer(self))
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         early_stopping = self.early_stopping
@@ -356,14 +359,11 @@ class _FastMLP:
                                  "or the size of your dataset.")
             if self._is_classifier():
                 y_val = self._label_binarizer.inverse_transform(y_val)
-            if not sp.issparse(X):
-                X = np.ascontiguousarray(X)
-            best = getattr(self, "_best_params", None)
-            if best is None or best[0].shape != net.params.shape or best[0].dtype != net.params.dtype:
-                stats = [s.copy() for s in net.running_mean + net.running_var]
-                self._best_params = (net.params.copy(), stats)
-        targets = self._targets(y, net.dtype)
-        net.check_data(X, targets, sample_weight)
+            best = self._best_params
+            if best is None or best[0].shape != model._params.shape or best[0].dtype != model.dtype:
+                self._best_params = (model._params.copy(), model._state.copy())
+        X, t, _ = model._check_data(X, self._targets(y, model.dtype), None)
+        w = sample_weight  # as in _fit_lbfgs
         n_samples = X.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n_samples)
@@ -372,58 +372,43 @@ class _FastMLP:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is going to be "
                               "clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
+        model._prepare_training()
+        self._optimizer = rules = _StoppingRules(self, model.optimizer)
+        backend = model.backend
+        # scikit-learn shuffles one index array in place, epoch after epoch
         sample_idx = np.arange(n_samples, dtype=int)
-        order = np.empty(n_samples, dtype=int)
-        sparse = sp.issparse(X)
-        # the L2 penalty's gradient is added by the optimizer kernel, which reads the
-        # weights anyway, rather than by a pass of its own over weights and gradients
-        fold = bool(self.alpha) and solver.folds_l2
-        step = 0
+        snapshot = np.empty_like(model._params)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
                 if self.shuffle:
-                    # what sklearn.utils.shuffle(sample_idx, random_state=...) draws, without its
-                    # per-call validation: a RandomState.shuffle of arange(n) indexing sample_idx
-                    order[...] = np.arange(n_samples)
-                    self._random_state.shuffle(order)
-                    sample_idx = sample_idx[order]
-                accumulated_loss = 0.0
-                for start in range(0, n_samples, batch_size):
-                    stop = min(start + batch_size, n_samples)
-                    ws = net.workspace(stop - start)
-                    if self.shuffle:
-                        rows = sample_idx[start:stop]
-                        xb = dense_rows(X, rows, ws["x"])
-                        tb = _gather(targets, rows, ws, "t")
-                        wb = None if sample_weight is None else _gather(sample_weight, rows, ws, "w")
-                    else:
-                        xb = dense_rows(X[start:stop], None, ws["x"]) if sparse else X[start:stop]
-                        tb = targets[start:stop]
-                        wb = None if sample_weight is None else sample_weight[start:stop]
-                    step += 1
-                    seed = mix_seed(self._dropout_seed, self.t_, step) if self._dropout_seed else 0
-                    loss = net.loss_and_gradient(backend, xb, tb, wb, ws, self.alpha, seed=seed,
-                                                 penalty_gradient=not fold)
-                    accumulated_loss += loss * (stop - start)
-                    if fold:
-                        solver.step(backend, net.params, net.grads, net.penalty_rate(self.alpha, xb, wb),
-                                    net.n_weights)
-                    else:
-                        solver.step(backend, net.params, net.grads)
+                    self._random_state.shuffle(sample_idx)
+                np.copyto(snapshot, model._params)
+                order = sample_idx if self.shuffle else None
+                try:
+                    result = train_epoch(model, backend, X, t, w, order, batch_size, snapshot,
+                                         self.n_iter_ + 1)
+                except _nn.TrainingDivergedError as exc:
+                    if not early_stopping:
+                        raise
+                    # scikit-learn goes on with NaN weights until early stopping ends the fit
+                    # and restores the best ones; the best ones are restored now
+                    warnings.warn(f"{exc}; early stopping keeps the weights of the best validation "
+                                  "score", ConvergenceWarning, stacklevel=3)
+                    break
                 self.n_iter_ += 1
-                self.loss_ = accumulated_loss / n_samples
+                self.loss_ = result.loss_per_sample
                 self.t_ += n_samples
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
                     print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
                 self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
-                solver.iteration_ends(self.t_)
+                rules.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if early_stopping else "Training loss"
                     msg = (f"{what} did not improve more than tol={self.tol:f} for "
                            f"{self.n_iter_no_change} consecutive epochs.")
-                    if solver.trigger_stopping(msg, self.verbose):
+                    if rules.trigger_stopping(msg, self.verbose):
                         break
                     self._no_improvement_count = 0
                 if incremental:
@@ -433,11 +418,11 @@ class _FastMLP:
                                   "the optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3)
         except KeyboardInterrupt:
             warnings.warn("Training interrupted by user.", stacklevel=3)
+        model._release_inputs()
         if early_stopping:
-            params, stats = self._best_params
-            np.copyto(net.params, params)
-            for a, b in zip(net.running_mean + net.running_var, stats):
-                np.copyto(a, b)
+            params, state = self._best_params
+            np.copyto(model._params, params)
+            np.copyto(model._state, state)
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, sw_val):
         if early_stopping:
@@ -451,10 +436,9 @@ class _FastMLP:
                 self._no_improvement_count = 0
             if score > self.best_validation_score_:
                 self.best_validation_score_ = score
-                params, stats = self._best_params
-                np.copyto(params, self._net.params)
-                for a, b in zip(stats, self._net.running_mean + self._net.running_var):
-                    np.copyto(a, b)
+                params, state = self._best_params
+                np.copyto(params, self.model_._params)
+                np.copyto(state, self.model_._state)
         else:
             if self.loss_curve_[-1] > self.best_loss_ - self.tol:
                 self._no_improvement_count += 1
@@ -470,21 +454,74 @@ class _FastMLP:
         weights gives float64), unless the dtype parameter fixes it."""
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        if sp.issparse(X):
-            X = X.tocsr()
-        dtype = self.coefs_[0].dtype
+        model = self._synced_model()
+        model.set_backend(self.backend)
+        dtype = model.dtype
         if self.dtype is None:
             dtype = np.result_type(X.dtype, dtype)
             dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
-        backend = self._backend()
-        bn = None
-        if getattr(self, "bn_gamma_", None) is not None:
-            bn = (self.bn_gamma_, self.bn_beta_, self.bn_running_mean_, self.bn_running_var_)
-        raw = predict_raw(backend, X, self.coefs_, self.intercepts_, self.activation, bn, dtype)
-        return output_activation(backend, raw, self.out_activation_)
+        if dtype != model.dtype:
+            model = model.astype(dtype)
+        return model.predict(X)
 
     def _is_classifier(self):
         return isinstance(self, _SklearnMLPClassifier)
+
+    # pickling: the fitted attributes that are views of model_ are rebuilt from it
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # object.__getstate__ may return __dict__ itself
+        model = state.get("model_")
+        if model is not None:
+            for name, mine, views in self._exposed_pairs(model):
+                if mine is not None and len(mine) == len(views) and all(a is b for a, b in zip(mine, views)):
+                    state.pop(name)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        model = state.get("model_")
+        if model is not None:
+            views = self._exposed_pairs(model)
+            for name, mine, view in views:
+                if mine is None:
+                    setattr(self, name, view)
+
+
+BN_ATTRIBUTES = ("bn_gamma_", "bn_beta_", "bn_running_mean_", "bn_running_var_")
+
+
+class _StoppingRules:
+    """scikit-learn's learning-rate rules for the stochastic solvers: 'invscaling'
+    at the end of each epoch, 'adaptive' divides the rate by 5 when training
+    stalls. As in scikit-learn, adam ignores learning_rate. The rate lives in the
+    optimizer's schedule, so it persists across partial_fit calls."""
+
+    def __init__(self, est, optimizer):
+        self.schedule = "constant" if est.solver == "adam" else est.learning_rate
+        self.learning_rate_init = float(est.learning_rate_init)
+        self.power_t = est.power_t
+        self.optimizer = optimizer
+
+    @property
+    def learning_rate(self):
+        """The rate of the next step (scikit-learn's optimizer attribute)."""
+        return self.optimizer.schedule.lr
+
+    def iteration_ends(self, time_step):
+        if self.schedule == "invscaling":
+            self.optimizer.schedule.lr = self.learning_rate_init / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg, verbose):
+        """True to stop; with 'adaptive', first divide the rate by 5 until it is tiny."""
+        lr = self.optimizer.schedule.lr
+        if self.schedule != "adaptive" or lr <= 1e-6:
+            if verbose:
+                print(msg + " Stopping.")
+            return True
+        self.optimizer.schedule.lr = lr / 5.0
+        if verbose:
+            print(f"{msg} Setting learning rate to {lr / 5.0:f}")
+        return False
 
 
 _EXTRAS_DOC = """

@@ -266,7 +266,8 @@ def test_fitted_attributes_are_sklearns():
         a = quiet_fit(sk.MLPClassifier(max_iter=2, random_state=0, **params), X, y)
         b = quiet_fit(MLPClassifier(max_iter=2, random_state=0, **params), X, y)
         public = {k for k in vars(a) if k.endswith("_") and not k.startswith("_")}
-        assert public == {k for k in vars(b) if k.endswith("_") and not k.startswith("_")}
+        # scikit-learn's, and the network itself as model_
+        assert public | {"model_"} == {k for k in vars(b) if k.endswith("_") and not k.startswith("_")}
         # the counters, shapes and names (the values are compared in the tests above)
         for key in ("classes_", "n_iter_", "t_", "n_layers_", "n_outputs_", "out_activation_",
                     "n_features_in_"):

@@ -16,7 +16,9 @@ from threadpoolctl import threadpool_limits
 
 import fastnn
 from fastnn import MLPClassifier, MLPRegressor
-from fastnn._estimator_net import BN_EPS, Network
+from fastnn.nn.layers import BatchNorm
+
+BN_EPS = BatchNorm().eps  # the estimators' batch norm: torch.nn.BatchNorm1d's defaults
 
 BACKENDS = fastnn.available_backends()
 
@@ -58,8 +60,14 @@ def initial(cls, X, y, **params):
 def _network_problem(loss, activation, batch_norm=False, dropout=None):
     rng = np.random.RandomState(0)
     n_out = {"softmax": 3, "logistic": 2, "squared_error": 1, "poisson": 2}[loss]
-    net = Network([5, 6, 4, n_out], activation, loss, np.float64, dropout=dropout, batch_norm=batch_norm)
-    net.params[...] = rng.uniform(-0.8, 0.8, net.params.size)
+    cls = MLPClassifier if loss in ("softmax", "logistic") else MLPRegressor
+    est = cls(activation=activation, batch_norm=batch_norm, dropout=dropout or 0.0, alpha=0.3)
+    est.out_activation_ = {"softmax": "softmax", "logistic": "logistic", "squared_error": "identity",
+                           "poisson": "exp"}[loss]
+    # the estimator's network, as it builds it for fit
+    net = est._new_model([5, 6, 4, n_out], np.float64, rng)
+    net.seed = 11
+    net.set_flat_params(rng.uniform(-0.8, 0.8, net.n_params))
     x = rng.normal(size=(9, 5))
     if loss == "softmax":
         t = rng.randint(0, 3, 9).astype(np.int64)
@@ -81,17 +89,14 @@ def test_network_gradient_matches_finite_differences(activation, loss, layers):
     # outputs but descends the gradient of its sum, and fastnn does the same
     extras = dict(batch_norm=True, dropout=[0.3, 0.2]) if layers != "plain" else {}
     net, x, t, w = _network_problem(loss, activation, **extras)
-    backend = fastnn.get_backend("numpy")
-    ws = net.workspace(x.shape[0])
+    data = net._check_data(x, t, w)
 
     def objective(p):
-        net.params[...] = p
-        return net.loss_and_gradient(backend, x, t, w, ws, alpha=0.3, training=True, seed=11,
-                                     update_stats=False)
+        net.set_flat_params(p)
+        return net._objective(data)[0]  # what the estimator's L-BFGS evaluates
 
-    p0 = net.params.copy()
-    objective(p0)
-    grad = net.grads.copy()
+    p0 = net.get_flat_params().copy()
+    grad = net._objective(data)[1]
     h = 1e-6
     numeric = np.empty_like(p0)
     for i in range(p0.size):
@@ -274,14 +279,18 @@ def test_l2_penalty_folded_into_the_optimizer_step_changes_nothing(solver, monke
     """The stochastic solvers add alpha's L2 gradient inside the optimizer kernel
     (adamw, whose decay is decoupled, keeps the separate penalty kernel): the fit
     is the one with the penalty added to the gradient first."""
-    from fastnn import estimators
-
     X, y = digits(150)
     params = dict(solver=solver, hidden_layer_sizes=(12, 7), alpha=0.3, batch_size=32, max_iter=4,
                   random_state=0, learning_rate_init=0.01, backend="numpy")
     folded = fit(MLPClassifier(**params), X, y, sample_weight=np.linspace(0.5, 2, len(y)))
-    assert estimators._Solver.folds_l2.fget(folded._optimizer) == (solver != "adamw")
-    monkeypatch.setattr(estimators._Solver, "folds_l2", property(lambda self: False))
+    assert folded.model_._fold_l2 == (solver != "adamw")
+    prepare = fastnn.nn.Sequential._prepare_training
+
+    def never_fold(model):
+        prepare(model)
+        model._fold_l2 = False
+
+    monkeypatch.setattr(fastnn.nn.Sequential, "_prepare_training", never_fold)
     separate = fit(MLPClassifier(**params), X, y, sample_weight=np.linspace(0.5, 2, len(y)))
     assert_allclose(folded.loss_curve_, separate.loss_curve_, rtol=1e-10)
     for a, b in zip(folded.coefs_ + folded.intercepts_, separate.coefs_ + separate.intercepts_):
@@ -392,8 +401,8 @@ def test_reported_log_loss_is_sklearns(link, dtype, scale):
     else:
         t = rng.randint(0, 2, (40, 3)).astype(dtype)
         expected = lambda w: binary_log_loss(t, expit(out), sample_weight=w)  # noqa: E731
-    net = Network([2, 3], "relu", link, dtype)
+    loss = {"softmax": fastnn.nn.LogLoss, "logistic": fastnn.nn.BinaryLogLoss}[link]()
     for name in BACKENDS:
         for w in (None, rng.uniform(0.5, 2, 40).astype(dtype)):
-            got = net.data_loss(fastnn.get_backend(name), out, t, w, np.empty_like(out))
+            got = loss.checked_call(fastnn.get_backend(name), out, t, w, np.empty_like(out))
             assert got == pytest.approx(expected(w), rel=1e-5 if dtype == np.float32 else 1e-10), name

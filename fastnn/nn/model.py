@@ -403,7 +403,11 @@ class Sequential:
         return [term for term in terms if term[2] or term[3]]
 
     def _penalty_scale(self, batch_weight):
-        return 1.0 / batch_weight if self.penalty_per_sample else 1.0
+        if not self.penalty_per_sample:
+            return 1.0
+        if batch_weight == 0 and self._penalties:
+            raise ValueError("the sample weights of the batch sum to 0: the penalty per sample is undefined")
+        return 1.0 / batch_weight if batch_weight else 0.0
 
     def _penalty(self, backend, scale):
         """Adds the penalties' gradients to the gradient buffer and returns their
