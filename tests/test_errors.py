@@ -18,6 +18,7 @@ import pytest
 
 import fastnn
 from fastnn.backends.reference import ACTIVATIONS, KERNELS, NumpyBackend
+from fastnn.backends.spec import DECLARATIONS
 
 BACKENDS = fastnn.available_backends()
 DTYPES = [np.float32, np.float64]
@@ -54,127 +55,28 @@ class Spec(NamedTuple):
     outs: tuple = ()
 
 
-def _dense_backward(dtype, activation):
-    x, W = rand((N, IN), dtype, 1), rand((IN, OUT), dtype, 2)
-    preact = x @ W
-    y = fastnn.get_backend("numpy").activation_forward(preact, activation)
-    return dict(dy=rand((N, OUT), dtype, 3), x=x, W=W, y=y, activation=activation,
-                preact=preact, dx=np.empty((N, IN), dtype), dW=np.empty((IN, OUT), dtype),
-                db=np.empty(OUT, dtype), dz=np.empty((N, OUT), dtype))
+SIZES = {"N": N, "I": IN, "O": OUT, "C": OUT, "K": OUT}
 
 
-def _loss(dtype, output_name, targets):
-    return {output_name: rand((N, OUT), dtype, 1), "targets": targets,
-            "sample_weight": np.linspace(0.5, 2, N).astype(dtype), "grad": np.empty((N, OUT), dtype)}
+def _specs():
+    """One valid call per declared kernel (its example in fastnn.backends.spec) and
+    per declared variant, with the roles of its arrays from the declaration; a
+    variant lists only the arrays it uses and the plain call does not."""
+    specs = {}
+    for name, k in DECLARATIONS.items():
+        base = k.roles(k.example(np.float64, sizes=SIZES))
+        specs[name] = Spec(name, lambda d, k=k: k.example(d, sizes=SIZES), **base)
+        for variant in k.variants:
+            roles = k.roles(k.example(np.float64, variant, sizes=SIZES))
+            new = {r: tuple(a for a in roles[r] if a not in base[r])
+                   for r in ("inputs", "states", "outs")}
+            specs[f"{name}-{variant}"] = Spec(
+                name, lambda d, k=k, v=variant: k.example(d, v, sizes=SIZES),
+                anchor=roles["anchor"], **new)
+    return specs
 
 
-def _batchnorm_forward(dtype):
-    return dict(x=rand((N, OUT), dtype, 1), gamma=rand(OUT, dtype, 2), beta=rand(OUT, dtype, 3),
-                running_mean=np.zeros(OUT, dtype), running_var=np.ones(OUT, dtype), training=True,
-                momentum=0.1, eps=1e-5, out=np.empty((N, OUT), dtype))
-
-
-def _batchnorm_backward(dtype):
-    kw = _batchnorm_forward(dtype)
-    del kw["out"]
-    _, cache = fastnn.get_backend("numpy").batchnorm_forward(**kw)
-    return dict(dy=rand((N, OUT), dtype, 4), cache=cache, dx=np.empty((N, OUT), dtype),
-                dgamma=np.empty(OUT, dtype), dbeta=np.empty(OUT, dtype))
-
-
-def _step(dtype, *states, **hyper):
-    """param, grad and states (2, OUT); states positive, and grad_avg small
-    enough that square_avg - grad_avg^2 stays positive."""
-    kw = {"param": rand((2, OUT), dtype, 1), "grad": rand((2, OUT), dtype, 2)}
-    kw.update({s: np.abs(rand((2, OUT), dtype, 3 + i)) + 1 for i, s in enumerate(states)})
-    if "grad_avg" in kw:
-        kw["grad_avg"] *= dtype(0.1)
-    return {**kw, **hyper}
-
-
-SPECS = {
-    "activation_forward": Spec(
-        "activation_forward", lambda d: dict(x=rand((N, OUT), d), activation="tanh",
-                                             out=np.empty((N, OUT), d)),
-        anchor="x", inputs=("x",), outs=("out",)),
-    "activation_backward": Spec(
-        "activation_backward", lambda d: dict(dy=rand((N, OUT), d, 1), y=rand((N, OUT), d, 2),
-                                              activation="gelu", x=rand((N, OUT), d, 3),
-                                              out=np.empty((N, OUT), d)),
-        anchor="y", inputs=("dy", "y", "x"), outs=("out",)),
-    "dense_forward": Spec(
-        "dense_forward", lambda d: dict(x=rand((N, IN), d, 1), W=rand((IN, OUT), d, 2),
-                                        b=rand(OUT, d, 3), activation="relu",
-                                        out=np.empty((N, OUT), d), preact=np.empty((N, OUT), d)),
-        anchor="W", inputs=("x", "W", "b"), outs=("out", "preact")),
-    "dense_backward": Spec(
-        "dense_backward", lambda d: _dense_backward(d, "tanh"),
-        anchor="W", inputs=("dy", "x", "W", "y"), outs=("dx", "dW", "db", "dz")),
-    "dense_backward-gelu": Spec(
-        "dense_backward", lambda d: _dense_backward(d, "gelu"),
-        anchor="W", inputs=("preact",)),
-    "softmax_cross_entropy": Spec(
-        "softmax_cross_entropy", lambda d: _loss(d, "logits", labels()),
-        anchor="logits", inputs=("logits", "sample_weight"), outs=("grad",)),
-    "softmax_cross_entropy-probabilities": Spec(
-        "softmax_cross_entropy", lambda d: _loss(d, "logits", np.full((N, OUT), 1 / OUT, d)),
-        anchor="logits", inputs=("targets",)),
-    "sigmoid_binary_cross_entropy": Spec(
-        "sigmoid_binary_cross_entropy", lambda d: _loss(d, "logits", np.full((N, OUT), 0.25, d)),
-        anchor="logits", inputs=("logits", "targets", "sample_weight"), outs=("grad",)),
-    "squared_error": Spec(
-        "squared_error", lambda d: _loss(d, "pred", rand((N, OUT), d, 9)),
-        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
-    "absolute_error": Spec(
-        "absolute_error", lambda d: _loss(d, "pred", rand((N, OUT), d, 9)),
-        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
-    "huber": Spec(
-        "huber", lambda d: {**_loss(d, "pred", rand((N, OUT), d, 9)), "delta": 0.5},
-        anchor="pred", inputs=("pred", "targets", "sample_weight"), outs=("grad",)),
-    "hinge": Spec(
-        "hinge", lambda d: _loss(d, "scores", np.where(rand((N, OUT), d, 9) > 0, 1, -1).astype(d)),
-        anchor="scores", inputs=("scores", "targets", "sample_weight"), outs=("grad",)),
-    "batchnorm_forward": Spec(
-        "batchnorm_forward", _batchnorm_forward, anchor="x", inputs=("x", "gamma", "beta"),
-        states=("running_mean", "running_var"), outs=("out",)),
-    "batchnorm_backward": Spec(
-        "batchnorm_backward", _batchnorm_backward, inputs=("dy",), outs=("dx", "dgamma", "dbeta")),
-    "dropout_forward": Spec(
-        "dropout_forward", lambda d: dict(x=rand((N, OUT), d), rate=0.3, seed=7,
-                                          out=np.empty((N, OUT), d)),
-        anchor="x", inputs=("x",), outs=("out",)),
-    "dropout_backward": Spec(
-        "dropout_backward", lambda d: dict(dy=rand((N, OUT), d), rate=0.3, seed=7,
-                                           out=np.empty((N, OUT), d)),
-        anchor="dy", inputs=("dy",), outs=("out",)),
-    "weight_penalty": Spec(
-        "weight_penalty", lambda d: dict(param=rand((IN, OUT), d, 1), grad=rand((IN, OUT), d, 2),
-                                         l2=0.1, l1=0.01),
-        anchor="param", inputs=("param",), states=("grad",)),
-    "sgd_step": Spec(
-        "sgd_step", lambda d: _step(d, "velocity", lr=0.1, momentum=0.9, nesterov=True,
-                                    weight_decay=0.01),
-        anchor="param", inputs=("grad",), states=("param", "velocity")),
-    "adagrad_step": Spec(
-        "adagrad_step", lambda d: _step(d, "sum_sq", lr=0.1, eps=1e-10, weight_decay=0.01),
-        anchor="param", inputs=("grad",), states=("param", "sum_sq")),
-    "rmsprop_step": Spec(
-        "rmsprop_step", lambda d: _step(d, "square_avg", "momentum_buf", "grad_avg", lr=0.01,
-                                        alpha=0.99, eps=1e-8, weight_decay=0.01, momentum=0.9,
-                                        centered=True),
-        anchor="param", inputs=("grad",), states=("param", "square_avg", "momentum_buf", "grad_avg")),
-    "adadelta_step": Spec(
-        "adadelta_step", lambda d: _step(d, "square_avg", "acc_delta", lr=1.0, rho=0.9, eps=1e-6,
-                                         weight_decay=0.01),
-        anchor="param", inputs=("grad",), states=("param", "square_avg", "acc_delta")),
-    "adam_step": Spec(
-        "adam_step", lambda d: _step(d, "m", "v", "v_max", t=3, lr=1e-3, beta1=0.9, beta2=0.999,
-                                     eps=1e-8, weight_decay=0.01, decoupled=True, amsgrad=True),
-        anchor="param", inputs=("grad",), states=("param", "m", "v", "v_max")),
-    "init_weights": Spec(
-        "init_weights", lambda d: dict(method="glorot_uniform", fan_in=IN, fan_out=OUT, rng=0,
-                                       dtype=d, activation="relu")),
-}
+SPECS = _specs()
 
 
 # ------------------------------------------------------------------- bad calls
@@ -183,18 +85,19 @@ class Case(NamedTuple):
     change: Callable  # change(kw, dtype): turns the valid keyword arguments into bad ones
     error: type
     name: str  # the argument the error message must name
+    value: bool = False  # found by scanning values: backend.fast leaves it to its callers
 
 
 CASES = {}  # id -> Case
 
 
-def case(spec, what, error, name, **changes):
+def case(spec, what, error, name, value=False, **changes):
     """A bad call: SPECS[spec] with the arguments in `changes` replaced; a value
     that is callable is called with the dtype."""
     def change(kw, dtype):
         for key, value in changes.items():
             kw[key] = value(dtype) if isinstance(value, types.FunctionType) else value
-    CASES[f"{spec}[{what}]"] = Case(spec, change, error, name)
+    CASES[f"{spec}[{what}]"] = Case(spec, change, error, name, value)
 
 
 def noncontiguous(a):
@@ -285,13 +188,14 @@ case("dense_backward-gelu", "preact-shape", ValueError, "preact", preact=lambda 
 # losses
 for _spec in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "squared_error",
               "absolute_error", "huber", "hinge"):
-    case(_spec, "weight-nan", ValueError, "sample_weight",
+    case(_spec, "weight-nan", ValueError, "sample_weight", value=True,
          sample_weight=lambda d: np.array([1, nan, 1, 1], d))
-    case(_spec, "weight-inf", ValueError, "sample_weight",
+    case(_spec, "weight-inf", ValueError, "sample_weight", value=True,
          sample_weight=lambda d: np.array([1, 1, inf, 1], d))
-    case(_spec, "weight-negative", ValueError, "sample_weight",
+    case(_spec, "weight-negative", ValueError, "sample_weight", value=True,
          sample_weight=lambda d: np.array([1, -0.5, 1, 1], d))
-    case(_spec, "weight-zero-total", ValueError, "sample_weight", sample_weight=lambda d: np.zeros(N, d))
+    case(_spec, "weight-zero-total", ValueError, "sample_weight", value=True,
+     sample_weight=lambda d: np.zeros(N, d))
     case(_spec, "weight-batch", ValueError, "sample_weight", sample_weight=lambda d: np.ones(N + 1, d))
     case(_spec, "weight-2d", ValueError, "sample_weight", sample_weight=lambda d: np.ones((N, 1), d))
     case(_spec, "weight-list", TypeError, "sample_weight", sample_weight=[1.0] * N)
@@ -299,12 +203,15 @@ for _spec in ("sigmoid_binary_cross_entropy", "squared_error", "absolute_error",
     _output = SPECS[_spec].anchor
     case(_spec, "targets-batch", ValueError, "targets", targets=lambda d: np.ones((N + 1, OUT), d))
     case(_spec, "targets-1d", ValueError, "targets", targets=lambda d: np.ones(N, d))
-    case(_spec, "targets-nan", ValueError, "targets", targets=lambda d: np.full((N, OUT), nan, d))
-    case(_spec, "targets-inf", ValueError, "targets", targets=lambda d: np.full((N, OUT), inf, d))
+    case(_spec, "targets-nan", ValueError, "targets", value=True, targets=lambda d: np.full((N, OUT), nan, d))
+    case(_spec, "targets-inf", ValueError, "targets", value=True, targets=lambda d: np.full((N, OUT), inf, d))
     case(_spec, f"{_output}-3d", ValueError, _output, **{_output: lambda d: rand((N, OUT, 1), d)})
-case("softmax_cross_entropy", "label-negative", ValueError, "targets", targets=np.array([0, -1, 2, 1]))
-case("softmax_cross_entropy", "label-equal-to-C", ValueError, "targets", targets=np.array([0, OUT, 2, 1]))
-case("softmax_cross_entropy", "label-large", ValueError, "targets", targets=np.array([0, 1, 2**40, 1]))
+case("softmax_cross_entropy", "label-negative", ValueError, "targets", value=True,
+     targets=np.array([0, -1, 2, 1]))
+case("softmax_cross_entropy", "label-equal-to-C", ValueError, "targets", value=True,
+     targets=np.array([0, OUT, 2, 1]))
+case("softmax_cross_entropy", "label-large", ValueError, "targets", value=True,
+     targets=np.array([0, 1, 2**40, 1]))
 case("softmax_cross_entropy", "float-labels", TypeError, "targets",
      targets=lambda d: np.array([0, 1, 2, 1], d))
 case("softmax_cross_entropy", "bool-labels", TypeError, "targets", targets=np.array([0, 1, 1, 0], bool))
@@ -312,20 +219,20 @@ case("softmax_cross_entropy", "labels-batch", ValueError, "targets", targets=lab
 case("softmax_cross_entropy", "labels-list", TypeError, "targets", targets=[0, 1, 2, 1])
 case("softmax_cross_entropy", "logits-1d", ValueError, "logits", logits=lambda d: rand(N, d))
 case("softmax_cross_entropy", "logits-list", TypeError, "logits", logits=[[0.0] * OUT] * N)
-case("softmax_cross_entropy-probabilities", "targets-nan", ValueError, "targets",
+case("softmax_cross_entropy-probabilities", "targets-nan", ValueError, "targets", value=True,
      targets=lambda d: np.full((N, OUT), nan, d))
 case("softmax_cross_entropy-probabilities", "targets-classes", ValueError, "targets",
      targets=lambda d: np.full((N, OUT + 1), 1 / (OUT + 1), d))
 case("softmax_cross_entropy-probabilities", "targets-batch", ValueError, "targets",
      targets=lambda d: np.full((N + 1, OUT), 1 / OUT, d))
-case("sigmoid_binary_cross_entropy", "targets-above-1", ValueError, "targets",
+case("sigmoid_binary_cross_entropy", "targets-above-1", ValueError, "targets", value=True,
      targets=lambda d: np.full((N, OUT), 1.5, d))
-case("sigmoid_binary_cross_entropy", "targets-below-0", ValueError, "targets",
+case("sigmoid_binary_cross_entropy", "targets-below-0", ValueError, "targets", value=True,
      targets=lambda d: np.full((N, OUT), -0.01, d))
-case("hinge", "targets-zero", ValueError, "targets", targets=lambda d: np.zeros((N, OUT), d))
-case("hinge", "targets-01", ValueError, "targets",
+case("hinge", "targets-zero", ValueError, "targets", value=True, targets=lambda d: np.zeros((N, OUT), d))
+case("hinge", "targets-01", ValueError, "targets", value=True,
      targets=lambda d: (np.arange(N * OUT) % 2).reshape(N, OUT).astype(d))
-case("hinge", "targets-2", ValueError, "targets", targets=lambda d: np.full((N, OUT), 2.0, d))
+case("hinge", "targets-2", ValueError, "targets", value=True, targets=lambda d: np.full((N, OUT), 2.0, d))
 case("huber", "delta-zero", ValueError, "delta", delta=0.0)
 case("huber", "delta-negative", ValueError, "delta", delta=-1.0)
 case("huber", "delta-nan", ValueError, "delta", delta=nan)
@@ -345,12 +252,12 @@ case("batchnorm_forward", "eps-zero", ValueError, "eps", eps=0.0)
 case("batchnorm_backward", "dy-batch", ValueError, "dy", dy=lambda d: rand((N + 1, OUT), d))
 case("batchnorm_backward", "dy-channels", ValueError, "dy", dy=lambda d: rand((N, OUT + 1), d))
 case("batchnorm_backward", "cache-tuple", TypeError, "cache",
-     cache=lambda d: tuple(_batchnorm_backward(d)["cache"]))
+     cache=lambda d: tuple(SPECS["batchnorm_backward"].build(d)["cache"]))
 
 
 def _tampered_cache(**fields):
     """A BatchNormCache from a valid forward pass with some fields replaced."""
-    return lambda d: _batchnorm_backward(d)["cache"]._replace(
+    return lambda d: SPECS["batchnorm_backward"].build(d)["cache"]._replace(
         **{k: (v(d) if isinstance(v, types.FunctionType) else v) for k, v in fields.items()})
 
 
@@ -410,6 +317,15 @@ case("adam_step", "beta2-1", ValueError, "beta2", beta2=1.0)
 case("adam_step", "beta2-nan", ValueError, "beta2", beta2=nan)
 case("adam_step", "eps-negative", ValueError, "eps", eps=-1e-8)
 case("adam_step", "amsgrad-without-v_max", ValueError, "v_max", v_max=None)
+case("adam_step", "t-2**63", ValueError, "t", t=2**63)
+
+# dropout masks
+case("dropout_mask", "shape-negative", ValueError, "shape", shape=(3, -2))
+case("dropout_mask", "shape-str", TypeError, "shape", shape="ab")
+case("dropout_mask", "shape-float", TypeError, "shape", shape=(2.0, 3))
+case("dropout_mask", "shape-none", TypeError, "shape", shape=None)
+case("dropout_mask", "rate-1", ValueError, "rate", rate=1.0)
+case("dropout_mask", "seed-negative", ValueError, "seed", seed=-1)
 
 # initialisers
 case("init_weights", "unknown-method", ValueError, "method", method="orthogonal")
@@ -452,7 +368,8 @@ def call(backend, spec, kw):
 # ----------------------------------------------------------------------- tests
 def test_every_kernel_has_bad_input_cases():
     assert {spec.method for spec in SPECS.values()} == set(KERNELS)
-    assert {c.spec for c in CASES.values()} == set(SPECS)
+    assert {SPECS[c.spec].method for c in CASES.values()} == set(KERNELS)
+    assert {c.spec for c in CASES.values()} <= set(SPECS)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -484,14 +401,17 @@ def test_bad_input_is_rejected(case_id, dtype, backend_name):
     spec = SPECS[bad.spec]
     match = rf"(?<![\w.]){re.escape(bad.name)}(?![\w.])"
     for backend in (fastnn.get_backend(backend_name), TRIPWIRES[backend_name]):
-        kw = spec.build(dtype)
-        bad.change(kw, dtype)
-        given = [a for v in kw.values() for a in arrays(v)]
-        before = [a.copy() for a in given]
-        with pytest.raises(bad.error, match=match):
-            call(backend, spec, kw)
-        for a, b in zip(given, before):  # nothing was written
-            np.testing.assert_array_equal(a, b, strict=True)
+        # the public method, and backend.fast's: the same error
+        fast = getattr(backend.fast, spec.method)
+        for method in (getattr(backend, spec.method),) + (() if bad.value else (fast,)):
+            kw = spec.build(dtype)
+            bad.change(kw, dtype)
+            given = [a for v in kw.values() for a in arrays(v)]
+            before = [a.copy() for a in given]
+            with pytest.raises(bad.error, match=match):
+                method(**kw)
+            for a, b in zip(given, before):  # nothing was written
+                np.testing.assert_array_equal(a, b, strict=True)
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
@@ -555,3 +475,180 @@ def test_nan_propagates_through_activations(activation, dtype, backend_name):
     assert np.isnan(y[1, 1])
     y = backend.dense_forward(x, rand((OUT, OUT), dtype, 1), rand(OUT, dtype, 2), activation)
     assert np.isnan(y[1]).all()
+
+
+# ---------------------------------------------------------------- backend.fast
+def flatten(result):
+    """The arrays and numbers a call returned, in order (None kept)."""
+    if isinstance(result, (tuple, list)):
+        return [x for r in result for x in flatten(r)]
+    return [result]
+
+
+def assert_same(got, expected, what):
+    assert len(got) == len(expected), what
+    for g, e in zip(got, expected):
+        if isinstance(e, np.ndarray):
+            np.testing.assert_array_equal(g, e, strict=True, err_msg=what)
+        else:
+            assert type(g) is type(e) and (g == e or (g != g and e != e)), (what, g, e)
+
+
+def copied(kw):
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, np.ndarray):
+            v = v.copy()
+        elif isinstance(v, tuple) and hasattr(v, "_replace"):  # the batch-norm cache
+            v = type(v)(*(f.copy() if isinstance(f, np.ndarray) else f for f in v))
+        out[k] = v
+    return out
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("spec_id", sorted(SPECS))
+def test_fast_gives_the_public_result(spec_id, dtype, backend_name):
+    """backend.fast.<kernel> on a valid call: the public method's result and
+    writes, bit for bit, and (where the kernel has a fast path) without taking
+    the public path."""
+    spec = SPECS[spec_id]
+    backend = fastnn.get_backend(backend_name)
+    kw = spec.build(dtype)
+    kw_fast = copied(kw)
+    expected = call(backend, spec, kw)
+    watched = type(backend)()  # a fresh instance whose public methods must not run
+
+    def fell_back(*args, **kwargs):
+        raise AssertionError(f"fast {spec.method} took the public path")
+    if DECLARATIONS[spec.method].has_fast:
+        setattr(watched, spec.method, fell_back)
+    got = getattr(watched.fast, spec.method)(**kw_fast)
+    assert_same(flatten(got), flatten(expected), spec_id)
+    for name in kw:  # arrays updated in place
+        assert_same(arrays(kw_fast[name]), arrays(kw[name]), f"{spec_id}: {name}")
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_fast_takes_the_public_path_for_what_it_does_not_check(backend_name):
+    """Non-contiguous or read-only inputs, outputs on an input, aliases, int
+    scalars: the fast method gives the public result (copies, in place, ...)."""
+    backend = fastnn.get_backend(backend_name)
+    x, W, b = rand((N, IN), np.float64, 1), rand((IN, OUT), np.float64, 2), rand(OUT, np.float64, 3)
+    expected = backend.dense_forward(x, W, b, "tanh")
+    np.testing.assert_array_equal(backend.fast.dense_forward(noncontiguous(x), W, b, "tanh"), expected)
+    np.testing.assert_array_equal(backend.fast.dense_forward(readonly(x), W, b, "sigmoid"),
+                                  backend.dense_forward(x, W, b, "logistic"))
+    y = x.copy()
+    assert backend.fast.activation_forward(y, "tanh", out=y) is y  # in place
+    np.testing.assert_array_equal(y, np.tanh(x))
+    buf = rand(2 * N * OUT, np.float64, 4)
+    logits, grad = buf[:N * OUT].reshape(N, OUT), buf[3:3 + N * OUT].reshape(N, OUT)
+    loss = backend.softmax_cross_entropy(logits.copy(), labels())[0]
+    assert backend.fast.softmax_cross_entropy(logits, labels(), grad=grad)[0] == loss
+    p, g = rand(OUT, np.float64, 5), rand(OUT, np.float64, 6)
+    p2, m, v, m2, v2 = p.copy(), np.zeros(OUT), np.zeros(OUT), np.zeros(OUT), np.zeros(OUT)
+    backend.adam_step(p, g, m, v, 1, 1)  # lr an int
+    backend.fast.adam_step(p2, g, m2, v2, 1, 1)
+    np.testing.assert_array_equal(p2, p)
+
+
+def test_fast_is_cached_per_backend_and_named():
+    backend = fastnn.get_backend("numpy")
+    assert backend.fast is backend.fast
+    assert set(KERNELS) <= set(vars(backend.fast))
+    assert "def dense_forward(" in fastnn.backends.spec.source("dense_forward", fast=True)
+
+
+# ------------------------------------------------------------- the fuzz holes
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("spec_id", sorted(SPECS))
+def test_read_only_inputs_work(spec_id, dtype, backend_name):
+    """Every array a kernel only reads may be read-only (as NumPy's own functions
+    allow): the result of the writeable call (numba once failed to type a
+    read-only dy of an identity dense backward)."""
+    spec = SPECS[spec_id]
+    backend = fastnn.get_backend(backend_name)
+    kw = spec.build(dtype)
+    expected = call(backend, spec, copied(kw))
+    for name in spec.inputs:
+        for method in (getattr(backend, spec.method), getattr(backend.fast, spec.method)):
+            bad = copied(kw)
+            bad[name] = readonly(bad[name])
+            assert_same(flatten(method(**bad)), flatten(expected), f"{spec_id}: {name} read-only")
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("activation", ["identity", "tanh", "relu"])
+def test_unused_arrays_are_ignored(activation, backend_name):
+    """preact of a dense backward and x of an activation backward are read for gelu
+    only; for the other activations any value (a 0-d array, a list) is ignored."""
+    backend = fastnn.get_backend(backend_name)
+    x, W = rand((N, IN), np.float64, 1), rand((IN, OUT), np.float64, 2)
+    y = backend.activation_forward(x @ W, activation)
+    dy = rand((N, OUT), np.float64, 3)
+    expected = backend.dense_backward(dy, x, W, y, activation)
+    for unused in (np.array(1.0), [[1.0, 2.0], [3.0, 4.0]], "x"):
+        for method in (backend.dense_backward, backend.fast.dense_backward):
+            assert_same(flatten(method(dy, x, W, y, activation, preact=unused)), flatten(expected),
+                        activation)
+        for method in (backend.activation_backward, backend.fast.activation_backward):
+            np.testing.assert_array_equal(method(dy, y, activation, x=unused),
+                                          backend.activation_backward(dy, y, activation))
+    for method in (backend.dense_backward, backend.fast.dense_backward):
+        with pytest.raises(ValueError, match="preact"):
+            method(dy, x, W, y, "gelu", preact=np.array(1.0))
+        with pytest.raises(TypeError, match="preact"):
+            method(dy, x, W, y, "gelu", preact=[[1.0] * OUT] * N)
+    with pytest.raises(TypeError, match="x"):
+        backend.activation_backward(dy, y, "gelu", x=[[1.0, 2.0], [3.0, 4.0]])
+
+
+def test_huge_step_counts_are_rejected_alike():
+    """t beyond int64 (which the C kernel takes) is a ValueError on every backend;
+    the largest t agrees."""
+    results = []
+    for name in BACKENDS:
+        backend = fastnn.get_backend(name)
+        p, g = rand(OUT, np.float64, 1), rand(OUT, np.float64, 2)
+        m, v = np.zeros(OUT), np.zeros(OUT)
+        with pytest.raises(ValueError, match="t must be <="):
+            backend.adam_step(p, g, m, v, 2**63, 1e-3)
+        backend.adam_step(p, g, m, v, 2**63 - 1, 1e-3)
+        results.append(p)
+    for p in results[1:]:
+        np.testing.assert_allclose(p, results[0], rtol=1e-12)
+
+
+def test_dropout_mask_shapes():
+    ref = fastnn.get_backend("numpy")
+    assert ref.dropout_mask((3, 0), 0.5, 0).shape == (3, 0)
+    assert ref.dropout_mask(6, 0.5, 0).shape == (6,)
+    assert ref.dropout_mask([2, np.int64(3)], 0.5, 0).shape == (2, 3)
+    np.testing.assert_array_equal(ref.dropout_mask((2, 3), 0.5, 9).ravel(), ref.dropout_mask(6, 0.5, 9))
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_float32_sums_at_extreme_magnitudes(backend_name):
+    """Sums accumulate in float64 and are returned in float32: a row whose float32
+    sum would overflow gives a finite mean, and a mean beyond float32 is inf, on
+    every backend alike (the reference's values)."""
+    ref, backend = fastnn.get_backend("numpy"), fastnn.get_backend(backend_name)
+    d = np.float32
+    pred = np.zeros((64, 100), d)
+    pred[0] = 3e37  # the first row's sum (3e39) overflows float32; its mean (4.7e37) does not
+    targets = np.zeros_like(pred)
+    for name in ("absolute_error", "huber", "sigmoid_binary_cross_entropy"):
+        loss = getattr(backend, name)(pred, targets)[0]
+        assert loss == pytest.approx(getattr(ref, name)(pred, targets)[0], rel=1e-6), name
+        assert np.isfinite(loss) and loss > 3e37, (name, loss)
+    pred[:] = 3e37  # now the mean overflows
+    for name in ("absolute_error", "huber", "sigmoid_binary_cross_entropy"):
+        assert getattr(backend, name)(pred, targets)[0] == np.inf, name
+    param = np.full(1000, 2e19, d)  # each square overflows float32, the penalty does not
+    value = backend.weight_penalty(param, np.zeros_like(param), l2=1e-10)
+    assert value == pytest.approx(ref.weight_penalty(param, np.zeros_like(param), l2=1e-10), rel=1e-6)
+    assert value == pytest.approx(2e31, rel=1e-6)
+    assert backend.weight_penalty(param, np.zeros_like(param), l2=1.0) == np.inf
+    assert backend.weight_penalty(param, np.zeros_like(param), l1=1e20) == np.inf

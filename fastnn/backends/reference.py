@@ -6,27 +6,36 @@ override.
 
 Each kernel is a pair of methods:
 
-* the public method (``softmax_cross_entropy``) validates every argument, makes
-  non-contiguous inputs contiguous, allocates the outputs the caller did not pass,
-  copies any input that shares memory with an output (`_checks.unshared`), and
-  then calls
-* the implementation (``_softmax_cross_entropy``), which receives only checked,
-  C-contiguous arrays of one float dtype and writes into the given outputs.
+* the public method (``softmax_cross_entropy``), generated from the kernel's
+  declaration in spec.py (its docstring is there too): it validates every
+  argument, makes non-contiguous inputs contiguous, allocates the outputs the
+  caller did not pass, copies any input that shares memory with an output
+  (`_checks.unshared`), and then calls
+* the implementation (``_softmax_cross_entropy``), written here, which receives
+  only checked, C-contiguous arrays of one float dtype and writes into the given
+  outputs.
 
 Fast backends subclass `NumpyBackend` and override implementations only, so
 validation is identical everywhere and always runs before compiled code.
+``backend.fast`` (spec.py) is the same kernels behind a cheap structural check,
+for hot callers. Sums (losses, penalties) accumulate in float64 and are
+returned in the dtype (spec.round_to).
 
 Conventions: N samples, C classes/outputs/features. Dense weights W are shaped
 (in, out) like scikit-learn's ``coefs_``. Losses are means over samples (weighted
 means with ``sample_weight``) of the per-sample sum over outputs.
 """
 
+import functools
+import math
+import numbers
 from typing import NamedTuple
 
 import numpy as np
 from scipy import special
 
 from . import _checks as chk
+from . import spec
 
 ACTIVATIONS = (
     "identity", "logistic", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu",
@@ -63,14 +72,9 @@ GOLDEN_GAMMA = 0x9E3779B97F4A7C15
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 
-# The kernels a backend may accelerate: method `name` validates, `_name` computes.
-KERNELS = (
-    "activation_forward", "activation_backward", "dense_forward", "dense_backward",
-    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "squared_error",
-    "absolute_error", "huber", "hinge", "batchnorm_forward", "batchnorm_backward",
-    "dropout_forward", "dropout_backward", "weight_penalty", "sgd_step", "adagrad_step",
-    "rmsprop_step", "adadelta_step", "adam_step", "init_weights",
-)
+# The kernels a backend may accelerate: method `name` validates, `_name` computes
+# (their declarations: spec.DECLARATIONS).
+KERNELS = spec.KERNELS
 
 
 def activation_name(name):
@@ -78,6 +82,42 @@ def activation_name(name):
         raise TypeError(f"activation must be a string, got {type(name).__name__}")
     name = ACTIVATION_ALIASES.get(name, name)
     return chk.choice(name, "activation", ACTIVATIONS)
+
+
+def method_arg(method):
+    """An initialiser's name (INITIALISERS, or an alias of one)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    return chk.choice(INIT_ALIASES.get(method, method), "method", INITIALISERS)
+
+
+def dtype_arg(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in chk.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def rng_arg(rng):
+    if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
+        rng = np.random.default_rng(rng)
+    return rng
+
+
+def shape_arg(shape):
+    """An array shape: a tuple (or other sequence) of integers >= 0, or one integer."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(f"shape must be a tuple of integers, got {type(shape).__name__}")
+    dims = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise TypeError(f"shape must be a tuple of integers, got {shape!r}")
+        if d < 0:
+            raise ValueError(f"shape must hold integers >= 0, got {tuple(shape)!r}")
+        dims.append(int(d))
+    return tuple(dims)
 
 
 def dropout_threshold(rate):
@@ -105,38 +145,17 @@ class NumpyBackend:
 
     name = "numpy"
 
+    @functools.cached_property
+    def fast(self):
+        """The kernels behind a cheap structural precondition, for hot callers
+        (same names, signatures, results; see fastnn.backends.spec)."""
+        return spec.Fast(self)
+
     # ------------------------------------------------------------------ threads
     def _set_num_threads(self, n):
         """Backend-specific thread setting (BLAS is set by fastnn.set_num_threads)."""
 
     # -------------------------------------------------------------- activations
-    def activation_forward(self, x, activation, out=None):
-        """y = activation(x), elementwise (softmax: over the last axis of 2-D x)."""
-        activation = activation_name(activation)
-        x = chk.float_array(x, "x", ndim=2 if activation == "softmax" else None)
-        out = chk.out_array(out, "out", x.shape, x.dtype)
-        # out=x runs in place for the elementwise activations ("y may be x" in csrc); an
-        # in-place softmax is not bit-identical on Numba (float64): it reads a copy
-        x, = chk.unshared((out,), x, in_place_ok=activation != "softmax")
-        self._activation_forward(x, activation, out)
-        return out
-
-    def activation_backward(self, dy, y, activation, x=None, out=None):
-        """dx = dy * activation'(x), written in terms of the forward output y
-        (x, the forward input, is needed only for gelu; see NEEDS_INPUT)."""
-        activation = activation_name(activation)
-        ndim = 2 if activation == "softmax" else None
-        y = chk.float_array(y, "y", ndim=ndim)
-        dy = chk.float_array(dy, "dy", dtype=y.dtype, shape=y.shape)
-        if activation in NEEDS_INPUT:
-            if x is None:
-                raise ValueError(f"the {activation} backward needs x, the forward input")
-            x = chk.float_array(x, "x", dtype=y.dtype, shape=y.shape)
-        out = chk.out_array(out, "out", y.shape, y.dtype)
-        dy, y, x = chk.unshared((out,), dy, y, x)
-        self._activation_backward(dy, y, activation, x, out)
-        return out
-
     def _activation_forward(self, x, activation, out):
         if x.dtype == np.float32 and activation in FLOAT64_INSIDE:
             x = x.astype(np.float64)  # out stays float32: one rounding at the end
@@ -196,54 +215,6 @@ class NumpyBackend:
             out[...] = y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
     # -------------------------------------------------------------------- dense
-    def dense_forward(self, x, W, b, activation="identity", out=None, preact=None):
-        """y = activation(x @ W + b).
-
-        x: (N, in); W: (in, out); b: (out,) or None; out: (N, out) for y;
-        preact: optional (N, out) buffer that receives x @ W + b (the gelu
-        backward needs it). Returns y."""
-        activation = activation_name(activation)
-        W = chk.float_array(W, "W", ndim=2)
-        x = chk.float_array(x, "x", dtype=W.dtype, shape=(None, W.shape[0]))
-        if b is not None:
-            b = chk.float_array(b, "b", dtype=W.dtype, shape=(W.shape[1],))
-        shape = (x.shape[0], W.shape[1])
-        out = chk.out_array(out, "out", shape, W.dtype)
-        if preact is not None:
-            preact = chk.out_array(preact, "preact", shape, W.dtype)
-        chk.distinct(out=out, preact=preact)
-        x, W, b = chk.unshared((out, preact), x, W, b)
-        self._dense_forward(x, W, b, activation, out, preact)
-        return out
-
-    def dense_backward(self, dy, x, W, y, activation="identity", preact=None, need_dx=True,
-                       dx=None, dW=None, db=None, dz=None):
-        """Gradients of y = activation(x @ W + b).
-
-        dy, y: (N, out); x: (N, in); W: (in, out); preact: (N, out), needed for
-        gelu only; dz: optional (N, out) workspace for dy * activation'.
-        Returns (dx or None, dW, db) with dx (N, in), dW (in, out), db (out,)."""
-        activation = activation_name(activation)
-        W = chk.float_array(W, "W", ndim=2)
-        n_in, n_out = W.shape
-        x = chk.float_array(x, "x", dtype=W.dtype, ndim=2, shape=(None, n_in))
-        shape = (x.shape[0], n_out)
-        dy = chk.float_array(dy, "dy", dtype=W.dtype, shape=shape)
-        y = chk.float_array(y, "y", dtype=W.dtype, shape=shape)
-        if activation in NEEDS_INPUT:
-            if preact is None:
-                raise ValueError(f"the {activation} backward needs preact from dense_forward")
-            preact = chk.float_array(preact, "preact", dtype=W.dtype, shape=shape)
-        dx = chk.out_array(dx, "dx", x.shape, W.dtype) if need_dx else None
-        dW = chk.out_array(dW, "dW", W.shape, W.dtype)
-        db = chk.out_array(db, "db", (n_out,), W.dtype)
-        # dz is not used by the identity
-        dz = chk.out_array(dz, "dz", shape, W.dtype) if activation != "identity" else None
-        chk.distinct(dx=dx, dW=dW, db=db, dz=dz)
-        dy, x, W, y, preact = chk.unshared((dx, dW, db, dz), dy, x, W, y, preact)
-        self._dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)
-        return dx, dW, db
-
     def _dense_forward(self, x, W, b, activation, out, preact):
         np.matmul(x, W, out=out)
         if b is not None:
@@ -265,19 +236,6 @@ class NumpyBackend:
             np.matmul(dz, W.T, out=dx)
 
     # ------------------------------------------------------------------- losses
-    def _loss_args(self, output, targets, sample_weight, grad, out_name, ndims=(1, 2)):
-        output = chk.float_array(output, out_name)
-        if output.ndim not in ndims:
-            raise ValueError(f"{out_name} must be {' or '.join(f'{d}-D' for d in ndims)}, "
-                             f"got shape {output.shape}")
-        w = chk.sample_weight_array(sample_weight, output.shape[0], output.dtype)
-        grad = chk.out_array(grad, "grad", output.shape, output.dtype)
-        if targets is not None:
-            targets = chk.float_array(targets, "targets", dtype=output.dtype, shape=output.shape)
-            chk.finite_targets(targets, "targets")
-        output, targets, w = chk.unshared((grad,), output, targets, w)
-        return output, targets, w, grad
-
     @staticmethod
     def _sample_scale(w, n, dtype):
         """(N,) factor that turns per-sample losses into their (weighted) mean."""
@@ -285,21 +243,15 @@ class NumpyBackend:
             return np.full(n, 1.0 / max(n, 1), dtype=dtype)
         return w / w.sum()
 
-    def softmax_cross_entropy(self, logits, targets, sample_weight=None, grad=None):
-        """Mean cross-entropy of softmax(logits) and its gradient.
-
-        logits: (N, C); targets: (N,) integer labels in [0, C), or (N, C)
-        probabilities (each row a distribution); sample_weight: (N,) or None.
-        Returns (loss, grad) with grad (N, C) = d loss / d logits."""
-        logits, _, w, grad = self._loss_args(logits, None, sample_weight, grad, "logits", (2,))
-        n, c = logits.shape
-        if isinstance(targets, np.ndarray) and targets.ndim == 1:
-            targets = chk.labels_array(targets, "targets", n, c)
-        else:
-            targets = chk.float_array(targets, "targets", dtype=logits.dtype, shape=(n, c))
-            chk.finite_targets(targets, "targets")
-        targets, = chk.unshared((grad,), targets)
-        return float(self._softmax_cross_entropy(logits, targets, w, grad)), grad
+    @staticmethod
+    def _mean64(per_sample, w):
+        """The (weighted) mean over samples of per-sample losses (N,), accumulated
+        in float64 (the value is rounded to the dtype by the public method)."""
+        per_sample = per_sample.astype(np.float64)
+        if w is None:
+            return per_sample.sum() / max(per_sample.size, 1)
+        w = w.astype(np.float64)
+        return (per_sample * (w / w.sum())).sum()
 
     def _softmax_cross_entropy(self, logits, targets, w, grad):
         n, c = logits.shape
@@ -323,19 +275,11 @@ class NumpyBackend:
             grad[rows, targets] = np.expm1((logits[rows, targets] - m[:, 0]) - log_s[:, 0])
         else:
             # -sum_k t_k log p_k = sum_k t_k (lse - x_k); gradient p * sum(t) - t
-            per_sample = (targets * (lse - logits)).sum(axis=1)
+            per_sample = (targets * (lse - logits)).sum(axis=1, dtype=np.float64)
             grad[...] = p * targets.sum(axis=1, keepdims=True) - targets
         scale = self._sample_scale(w, n, logits.dtype)
         grad *= scale[:, None]
-        return (per_sample * scale).sum()
-
-    def sigmoid_binary_cross_entropy(self, logits, targets, sample_weight=None, grad=None):
-        """Binary cross-entropy of sigmoid(logits), summed over outputs, mean over
-        samples. logits, targets: (N,) or (N, K) with targets in [0, 1]."""
-        logits, targets, w, grad = self._loss_args(logits, targets, sample_weight, grad, "logits")
-        if targets.size and (targets.min() < 0 or targets.max() > 1):
-            raise ValueError("targets of a binary cross-entropy must lie in [0, 1]")
-        return float(self._sigmoid_binary_cross_entropy(logits, targets, w, grad)), grad
+        return self._mean64(per_sample, w)
 
     def _sigmoid_binary_cross_entropy(self, logits, targets, w, grad):
         x, t = logits, targets
@@ -347,39 +291,21 @@ class NumpyBackend:
     def _reduce(self, per_elem, grad, w):
         """Sum per-element losses over outputs, take the (weighted) mean over samples,
         and scale grad (already holding d per_elem / d output) to match."""
-        scale = self._sample_scale(w, per_elem.shape[0], per_elem.dtype)
-        scale = scale.reshape((-1,) + (1,) * (per_elem.ndim - 1))
-        grad *= scale
-        return (per_elem * scale).sum()
-
-    def squared_error(self, pred, targets, sample_weight=None, grad=None):
-        """0.5 * (pred - targets)^2, summed over outputs, mean over samples
-        (the gradient is then (pred - targets) / N, scikit-learn's)."""
-        pred, targets, w, grad = self._loss_args(pred, targets, sample_weight, grad, "pred")
-        return float(self._squared_error(pred, targets, w, grad)), grad
+        n = per_elem.shape[0]
+        scale = self._sample_scale(w, n, per_elem.dtype)
+        grad *= scale.reshape((-1,) + (1,) * (per_elem.ndim - 1))
+        # per-sample sums and their mean in float64 (the rule of every backend)
+        return self._mean64(per_elem.reshape(n, -1).sum(axis=1, dtype=np.float64), w)
 
     def _squared_error(self, pred, targets, w, grad):
         d = pred - targets
         grad[...] = d
         return self._reduce(0.5 * d * d, grad, w)
 
-    def absolute_error(self, pred, targets, sample_weight=None, grad=None):
-        """|pred - targets|, summed over outputs, mean over samples; the gradient
-        at a zero residual is 0."""
-        pred, targets, w, grad = self._loss_args(pred, targets, sample_weight, grad, "pred")
-        return float(self._absolute_error(pred, targets, w, grad)), grad
-
     def _absolute_error(self, pred, targets, w, grad):
         d = pred - targets
         grad[...] = np.sign(d)
         return self._reduce(np.abs(d), grad, w)
-
-    def huber(self, pred, targets, sample_weight=None, grad=None, delta=1.0):
-        """Huber loss (torch.nn.HuberLoss): 0.5 d^2 for |d| < delta, else
-        delta (|d| - delta/2); summed over outputs, mean over samples."""
-        delta = chk.real(delta, "delta", low=0, low_open=True)
-        pred, targets, w, grad = self._loss_args(pred, targets, sample_weight, grad, "pred")
-        return float(self._huber(pred, targets, w, grad, delta)), grad
 
     def _huber(self, pred, targets, w, grad, delta):
         d = pred - targets
@@ -388,69 +314,12 @@ class NumpyBackend:
         grad[...] = np.clip(d, -delta, delta)
         return self._reduce(per_elem, grad, w)
 
-    def hinge(self, scores, targets, sample_weight=None, grad=None):
-        """Hinge loss max(0, 1 - t s) with targets t in {-1, +1}, summed over
-        outputs, mean over samples."""
-        scores, targets, w, grad = self._loss_args(scores, targets, sample_weight, grad, "scores")
-        if not np.isin(targets, (-1, 1)).all():
-            raise ValueError("targets of the hinge loss must be -1 or +1")
-        return float(self._hinge(scores, targets, w, grad)), grad
-
     def _hinge(self, scores, targets, w, grad):
         margin = 1 - targets * scores
         grad[...] = np.where(margin > 0, -targets, 0)
         return self._reduce(np.maximum(margin, 0), grad, w)
 
     # ------------------------------------------------------------ normalisation
-    def batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
-                          momentum=0.1, eps=1e-5, out=None):
-        """Batch normalisation over the sample axis, as torch.nn.BatchNorm1d.
-
-        x: (N, C); gamma, beta, running_mean, running_var: (C,). In training the
-        batch mean and biased variance normalise x, and the running statistics
-        are updated in place with the unbiased variance:
-        running = (1 - momentum) running + momentum batch. In inference the
-        running statistics normalise x. Returns (y, cache)."""
-        x = chk.float_array(x, "x", ndim=2)
-        n, c = x.shape
-        gamma = chk.float_array(gamma, "gamma", dtype=x.dtype, shape=(c,))
-        beta = chk.float_array(beta, "beta", dtype=x.dtype, shape=(c,))
-        running_mean = chk.state_array(running_mean, "running_mean", gamma, "gamma")
-        running_var = chk.state_array(running_var, "running_var", gamma, "gamma")
-        momentum = chk.real(momentum, "momentum", 0, 1)
-        eps = chk.real(eps, "eps", low=0, low_open=True)
-        training = bool(training)
-        if training and n < 2:
-            raise ValueError(f"batch norm in training needs more than 1 sample per channel, "
-                             f"got x of shape {x.shape}")
-        out = chk.out_array(out, "out", x.shape, x.dtype)
-        chk.distinct(out=out, running_mean=running_mean, running_var=running_var)
-        # the cache keeps the x read
-        x, gamma, beta = chk.unshared((out, running_mean, running_var), x, gamma, beta)
-        mean = np.empty(c, x.dtype)
-        invstd = np.empty(c, x.dtype)
-        self._batchnorm_forward(x, gamma, beta, running_mean, running_var, training,
-                                momentum, eps, out, mean, invstd)
-        return out, BatchNormCache(x, mean, invstd, gamma, training)
-
-    def batchnorm_backward(self, dy, cache, dx=None, dgamma=None, dbeta=None):
-        """Gradients of batchnorm_forward. dy: (N, C). Returns (dx, dgamma, dbeta)."""
-        if not isinstance(cache, BatchNormCache):
-            raise TypeError("cache must be the BatchNormCache returned by batchnorm_forward")
-        # the cache is a plain tuple a caller can build or alter: check it like any input
-        x = chk.float_array(cache.x, "cache.x", ndim=2)
-        mean, invstd, gamma = (chk.float_array(getattr(cache, f), f"cache.{f}", dtype=x.dtype,
-                                               shape=(x.shape[1],)) for f in ("mean", "invstd", "gamma"))
-        dy = chk.float_array(dy, "dy", dtype=x.dtype, shape=x.shape)
-        dx = chk.out_array(dx, "dx", x.shape, x.dtype)
-        dgamma = chk.out_array(dgamma, "dgamma", gamma.shape, x.dtype)
-        dbeta = chk.out_array(dbeta, "dbeta", gamma.shape, x.dtype)
-        chk.distinct(dx=dx, dgamma=dgamma, dbeta=dbeta)
-        dy, x, mean, invstd, gamma = chk.unshared((dx, dgamma, dbeta), dy, x, mean, invstd, gamma)
-        cache = BatchNormCache(x, mean, invstd, gamma, bool(cache.training))
-        self._batchnorm_backward(dy, cache, dx, dgamma, dbeta)
-        return dx, dgamma, dbeta
-
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
         if training:
@@ -481,37 +350,8 @@ class NumpyBackend:
             dx[...] = dy * gamma * invstd
 
     # ----------------------------------------------------------------- dropout
-    def dropout_forward(self, x, rate, seed, out=None):
-        """Inverted dropout: y = x * keep / (1 - rate), where keep for the element
-        at flat (C-order) index i comes from splitmix64(seed, i) and is the same on
-        every backend. The backward regenerates the mask from (rate, seed)."""
-        x = chk.float_array(x, "x")
-        rate, seed = self._dropout_args(rate, seed)
-        out = chk.out_array(out, "out", x.shape, x.dtype)
-        x, = chk.unshared((out,), x)
-        self._dropout_forward(x, rate, seed, out)
-        return out
-
-    def dropout_backward(self, dy, rate, seed, out=None):
-        """dx = dy * keep / (1 - rate), with the mask of the forward call that had
-        the same (rate, seed) and shape."""
-        dy = chk.float_array(dy, "dy")
-        rate, seed = self._dropout_args(rate, seed)
-        out = chk.out_array(out, "out", dy.shape, dy.dtype)
-        dy, = chk.unshared((out,), dy)
-        self._dropout_backward(dy, rate, seed, out)
-        return out
-
-    @staticmethod
-    def _dropout_args(rate, seed):
-        rate = chk.real(rate, "rate", 0, 1, high_open=True)
-        seed = chk.integer(seed, "seed", 0, 2**64 - 1)
-        return rate, seed
-
-    def dropout_mask(self, shape, rate, seed):
-        """The boolean keep-mask dropout uses for an array of this shape."""
-        rate, seed = self._dropout_args(rate, seed)
-        return self._dropout_keep(int(np.prod(shape)), rate, seed).reshape(shape)
+    def _dropout_mask(self, shape, rate, seed):
+        return self._dropout_keep(math.prod(shape), rate, seed).reshape(shape)
 
     @staticmethod
     def _dropout_keep(n, rate, seed):
@@ -533,63 +373,18 @@ class NumpyBackend:
         self._dropout_forward(dy, rate, seed, out)  # the same mask and scale
 
     # ----------------------------------------------------------- regularisation
-    def weight_penalty(self, param, grad, l2=0.0, l1=0.0):
-        """Adds the gradient of l2/2 ||param||^2 + l1 ||param||_1 to grad in place
-        and returns that penalty's value (sign(0) = 0 for the L1 term)."""
-        param = chk.float_array(param, "param")
-        grad = chk.state_array(grad, "grad", param)
-        l2 = chk.real(l2, "l2", low=0)
-        l1 = chk.real(l1, "l1", low=0)
-        param, = chk.unshared((grad,), param)
-        return float(self._weight_penalty(param, grad, l2, l1))
-
     def _weight_penalty(self, param, grad, l2, l1):
-        value = 0.0
+        value = 0.0  # summed in float64, as every backend
         if l2:
-            value += 0.5 * l2 * np.dot(param.ravel(), param.ravel())
+            p64 = param.ravel().astype(np.float64)
+            value += 0.5 * l2 * np.dot(p64, p64)
             grad += l2 * param
         if l1:
-            value += l1 * np.abs(param).sum()
+            value += l1 * np.abs(param).sum(dtype=np.float64)
             grad += l1 * np.sign(param)
         return value
 
     # --------------------------------------------------------------- optimizers
-    def _step_args(self, param, grad, states, lr):
-        """Optimizer arrays: param and states updated in place (same shape, dtype,
-        contiguous), grad read only."""
-        if not isinstance(param, np.ndarray):
-            raise TypeError(f"param must be a numpy.ndarray, got {type(param).__name__}")
-        chk.float_array(param, "param")
-        chk.state_array(param, "param", param)
-        grad = chk.float_array(grad, "grad", dtype=param.dtype, shape=param.shape)
-        for name, s in states.items():
-            chk.state_array(s, name, param)
-        chk.distinct(param=param, **states)
-        grad, = chk.unshared((param, *states.values()), grad)
-        lr = chk.real(lr, "lr", low=0)
-        return grad, lr
-
-    def sgd_step(self, param, grad, velocity, lr, momentum=0.0, nesterov=False,
-                 weight_decay=0.0, lr_in_velocity=False):
-        """SGD in place, torch.optim.SGD's rule (dampening 0):
-            g = grad + weight_decay * param
-            velocity = momentum * velocity + g
-            param -= lr * (g + momentum * velocity if nesterov else velocity)
-        With lr_in_velocity, scikit-learn's rule instead (equal for constant lr):
-            velocity = momentum * velocity - lr * g
-            param += momentum * velocity - lr * g if nesterov else velocity
-        velocity may be None when momentum is 0."""
-        momentum = chk.real(momentum, "momentum", 0, 1)
-        if velocity is None and momentum:
-            raise ValueError("velocity is required when momentum > 0")
-        states = {} if velocity is None else {"velocity": velocity}
-        grad, lr = self._step_args(param, grad, states, lr)
-        weight_decay = chk.real(weight_decay, "weight_decay", low=0)
-        if nesterov and not momentum:
-            raise ValueError("nesterov needs momentum > 0")
-        self._sgd_step(param, grad, velocity, lr, momentum, bool(nesterov), weight_decay,
-                       bool(lr_in_velocity))
-
     def _sgd_step(self, param, grad, velocity, lr, momentum, nesterov, weight_decay,
                   lr_in_velocity):
         g = grad + weight_decay * param if weight_decay else grad
@@ -604,46 +399,10 @@ class NumpyBackend:
             velocity += g
             param -= lr * (g + momentum * velocity if nesterov else velocity)
 
-    def adagrad_step(self, param, grad, sum_sq, lr, eps=1e-10, weight_decay=0.0):
-        """Adagrad in place (torch.optim.Adagrad without lr decay):
-            g = grad + weight_decay * param; sum_sq += g^2
-            param -= lr * g / (sqrt(sum_sq) + eps)"""
-        grad, lr = self._step_args(param, grad, {"sum_sq": sum_sq}, lr)
-        eps = chk.real(eps, "eps", low=0)
-        weight_decay = chk.real(weight_decay, "weight_decay", low=0)
-        self._adagrad_step(param, grad, sum_sq, lr, eps, weight_decay)
-
     def _adagrad_step(self, param, grad, sum_sq, lr, eps, weight_decay):
         g = grad + weight_decay * param if weight_decay else grad
         sum_sq += g * g
         param -= lr * g / (np.sqrt(sum_sq) + eps)
-
-    def rmsprop_step(self, param, grad, square_avg, lr, alpha=0.99, eps=1e-8,
-                     weight_decay=0.0, momentum=0.0, momentum_buf=None, centered=False,
-                     grad_avg=None):
-        """RMSprop in place (torch.optim.RMSprop):
-            g = grad + weight_decay * param
-            square_avg = alpha square_avg + (1 - alpha) g^2
-            centered: grad_avg = alpha grad_avg + (1 - alpha) g, and
-                      avg = sqrt(square_avg - grad_avg^2) + eps, else sqrt(square_avg) + eps
-            momentum: momentum_buf = momentum momentum_buf + g / avg; param -= lr momentum_buf
-            else:     param -= lr g / avg"""
-        momentum = chk.real(momentum, "momentum", 0, 1)
-        states = {"square_avg": square_avg}
-        if momentum:
-            if momentum_buf is None:
-                raise ValueError("momentum_buf is required when momentum > 0")
-            states["momentum_buf"] = momentum_buf
-        if centered:
-            if grad_avg is None:
-                raise ValueError("grad_avg is required when centered")
-            states["grad_avg"] = grad_avg
-        grad, lr = self._step_args(param, grad, states, lr)
-        alpha = chk.real(alpha, "alpha", 0, 1)
-        eps = chk.real(eps, "eps", low=0)
-        weight_decay = chk.real(weight_decay, "weight_decay", low=0)
-        self._rmsprop_step(param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
-                           momentum_buf if momentum else None, grad_avg if centered else None)
 
     def _rmsprop_step(self, param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
                       momentum_buf, grad_avg):
@@ -663,20 +422,6 @@ class NumpyBackend:
         else:
             param -= lr * g / avg
 
-    def adadelta_step(self, param, grad, square_avg, acc_delta, lr=1.0, rho=0.9, eps=1e-6,
-                      weight_decay=0.0):
-        """Adadelta in place (torch.optim.Adadelta):
-            g = grad + weight_decay * param
-            square_avg = rho square_avg + (1 - rho) g^2
-            delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
-            acc_delta = rho acc_delta + (1 - rho) delta^2; param -= lr delta"""
-        grad, lr = self._step_args(param, grad,
-                                   {"square_avg": square_avg, "acc_delta": acc_delta}, lr)
-        rho = chk.real(rho, "rho", 0, 1)
-        eps = chk.real(eps, "eps", low=0, low_open=True)
-        weight_decay = chk.real(weight_decay, "weight_decay", low=0)
-        self._adadelta_step(param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay)
-
     def _adadelta_step(self, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
         g = grad + weight_decay * param if weight_decay else grad
         square_avg *= rho
@@ -685,29 +430,6 @@ class NumpyBackend:
         acc_delta *= rho
         acc_delta += (1 - rho) * delta * delta
         param -= lr * delta
-
-    def adam_step(self, param, grad, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8,
-                  weight_decay=0.0, decoupled=False, amsgrad=False, v_max=None):
-        """Adam in place (torch.optim.Adam; AdamW when decoupled), step t >= 1:
-            decoupled: param *= 1 - lr weight_decay;  else g = grad + weight_decay param
-            m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
-            amsgrad: v_max = max(v_max, v), used in place of v below
-            param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-        scikit-learn's Adam (eps added to sqrt(v) before bias correction) is this
-        rule with eps / sqrt(1 - beta2^t)."""
-        states = {"m": m, "v": v}
-        if amsgrad:
-            if v_max is None:
-                raise ValueError("v_max is required when amsgrad")
-            states["v_max"] = v_max
-        grad, lr = self._step_args(param, grad, states, lr)
-        t = chk.integer(t, "t", low=1)
-        beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
-        beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
-        eps = chk.real(eps, "eps", low=0)
-        weight_decay = chk.real(weight_decay, "weight_decay", low=0)
-        self._adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay,
-                        bool(decoupled), v_max if amsgrad else None)
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
@@ -729,29 +451,6 @@ class NumpyBackend:
         param -= lr / bias1 * m / (np.sqrt(second) / np.sqrt(bias2) + eps)
 
     # ------------------------------------------------------------- initialisers
-    def init_weights(self, method, fan_in, fan_out, rng=None, dtype=np.float64,
-                     activation=None):
-        """Initial (W, b) of a dense layer: W (fan_in, fan_out), b (fan_out,).
-
-        glorot_uniform: U(+-sqrt(6 / (fan_in + fan_out)));  glorot_normal: N(0, 2 / (fan_in + fan_out))
-        he_uniform: U(+-sqrt(6 / fan_in));  he_normal: N(0, 2 / fan_in);  lecun_normal: N(0, 1 / fan_in)
-        sklearn: scikit-learn's MLP init, W and b from U(+-sqrt(f / (fan_in + fan_out)))
-        with f = 2 for logistic and 6 otherwise, drawn W first then b.
-        b is zero except for sklearn. rng: numpy Generator, RandomState, int or None."""
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a string, got {type(method).__name__}")
-        method = chk.choice(INIT_ALIASES.get(method, method), "method", INITIALISERS)
-        fan_in = chk.integer(fan_in, "fan_in", low=1)
-        fan_out = chk.integer(fan_out, "fan_out", low=1)
-        dtype = np.dtype(dtype)
-        if dtype not in chk.FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        if not isinstance(rng, (np.random.Generator, np.random.RandomState)):
-            rng = np.random.default_rng(rng)
-        if activation is not None:
-            activation = activation_name(activation)
-        return self._init_weights(method, fan_in, fan_out, rng, dtype, activation)
-
     def _init_weights(self, method, fan_in, fan_out, rng, dtype, activation):
         shape = (fan_in, fan_out)
         b = np.zeros(fan_out, dtype)
@@ -773,3 +472,6 @@ class NumpyBackend:
             W = rng.uniform(-bound, bound, shape)
             b = rng.uniform(-bound, bound, fan_out).astype(dtype)
         return W.astype(dtype), b
+
+
+spec.install(NumpyBackend)

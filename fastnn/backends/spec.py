@@ -1,0 +1,1087 @@
+"""One declaration per kernel, and everything derived from it.
+
+Each kernel of the catalogue is declared once here (`DECLARATIONS`): its public
+signature, its arguments in the order they are checked, each with its role, and
+how its implementation ``_name`` is called and what the call returns. From that
+declaration this module generates
+
+* the public method of `NumpyBackend` (``backend.dense_forward``): full
+  validation (types, dtypes, shapes, scalar ranges, and value scans such as the
+  label range or finite targets), copies of non-contiguous inputs and of inputs
+  that share memory with a written array, allocation of the outputs not passed,
+  then the call of ``self._dense_forward`` (`install`);
+* ``backend.fast``: the same kernels behind a cheap structural precondition
+  (see below);
+* the tables the tests walk (valid example calls, the roles of their array
+  arguments: `Kernel.example`, `Kernel.roles`), so that a newly declared kernel
+  is found by tests/test_errors.py, test_aliasing.py and test_c_backend.py.
+
+Roles of an argument:
+
+``In``      a float array only read (copied when not C-contiguous and aligned);
+``Out``     an output buffer: allocated when None, else exact shape, dtype,
+            C-contiguous, aligned, writeable;
+``State``   a float array updated in place (no copy possible: must already be
+            C-contiguous, aligned, writeable, of the anchor's shape and dtype);
+``Labels``  softmax targets: (N,) integer labels in [0, C) or (N, C) probabilities;
+``Weights`` optional (N,) sample weights: finite, >= 0, positive sum;
+``Real``, ``Int``, ``Flag``  scalars with their ranges;
+``Option``  a name from a fixed set (aliases resolved);
+``Cache``   a NamedTuple of arrays returned by a forward kernel;
+``Check``   a rule between arguments (``value=True``: it reads array values);
+``Work``    a workspace array the public method allocates for the implementation.
+
+The first float array declared (``In`` or ``State``) is the anchor: its dtype is
+the call's dtype, which every other float array must share. Shapes are written
+with symbols ("N I": 2-D, the first occurrence of a symbol binds it, later ones
+must equal it), "=x" (the shape of argument x), "..." (any shape) or "N ..."
+(any shape whose first axis is N). An argument with ``when`` (an expression in
+the other arguments) is used only when it holds: required then (``required`` is
+the error), and ignored (passed to the implementation as None) otherwise.
+
+Results follow one rule: values that are sums (losses, weight penalties) are
+accumulated in float64 by every backend and returned rounded to the kernel's
+dtype (a Python float; inf where the sum overflows float32, on every backend).
+
+``backend.fast``
+----------------
+Every backend object has an attribute ``fast`` whose methods have exactly the
+names, signatures, return values and semantics of the public kernel methods::
+
+    backend.fast.dense_forward(x, W, b, activation="identity", out=None, preact=None)
+    backend.fast.dense_backward(dy, x, W, y, activation="identity", preact=None,
+                                need_dx=True, dx=None, dW=None, db=None, dz=None)
+    backend.fast.softmax_cross_entropy(logits, targets, sample_weight=None, grad=None)
+    backend.fast.adam_step(param, grad, m, v, t, lr, beta1=0.9, ...)
+    ...  (every name in KERNELS)
+
+Each runs a structural check derived from the declaration: exact types
+(``type(a) is numpy.ndarray``, ``type(lr) is float``, ``type(t) is int``), one
+float dtype (int64 labels), C-contiguous, aligned and writeable arrays
+(``a.flags.carray``), the shape relations, scalar ranges, option names without
+aliases, and no memory shared between a written array and another argument
+(arrays of distinct owners pass at once; two views of one owner are compared by
+their bounds). It does not scan values: label range, finite targets and sample
+weights, targets in [0, 1] or {-1, 1} are the caller's promise, validated once
+per dataset. When the check passes, the implementation ``_name`` runs directly
+(outputs not passed are allocated); when any part fails, the call goes to the
+public method, which validates fully and raises its clear error, or copies what
+it must and runs. So a list, a wrong shape or a non-contiguous view through
+``fast`` gets exactly the public behaviour, never compiled code. Hot callers
+should pass Python floats for real scalars (an int takes the public path).
+`init_weights` and `dropout_mask` are not hot: their ``fast`` is the public method.
+``fastnn.backends.spec.source(name, fast=True)`` shows the generated code.
+"""
+
+import inspect
+import math
+
+import numpy as np
+
+from . import _checks as chk
+
+F32, F64, I64 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int64)
+# the float32 rounding of any value below this is finite (it is max + half an ulp)
+F32_ROUNDS_FINITE = 3.4028235677973366e38
+
+
+def round_to(value, dtype):
+    """A sum accumulated in float64, returned in the kernel's dtype (a Python float):
+    float32 results are rounded to float32, inf where that overflows."""
+    value = float(value)
+    if dtype is F64 or dtype == F64:
+        return value
+    if -F32_ROUNDS_FINITE < value < F32_ROUNDS_FINITE:
+        return float(np.float32(value))
+    return value if value != value else math.copysign(math.inf, value)
+
+
+# ----------------------------------------------------------------- arguments
+class Arg:
+    """An argument of a kernel. name: the parameter; when: expression under which
+    it is used (None: always); example: a value (or a kind, for arrays) for the
+    valid example call the tests build."""
+
+    kind = "arg"
+    array = False
+
+    def __init__(self, name, when=None, required=None, example=None):
+        self.name = name
+        self.var = name.replace(".", "_")
+        self.display = name
+        self.src = name
+        self.when = when
+        self.required = required
+        self.example = example
+
+
+class Array(Arg):
+    array = True
+
+    def __init__(self, name, shape="...", *, optional=False, like=None, like_name=None,
+                 ndim=None, ndims=None, finite=False, example=None, example_shape=None, **kw):
+        super().__init__(name, example=example, **kw)
+        self.shape = shape
+        self.optional = optional  # None allowed: not given
+        self.like, self.like_name = like, like_name
+        self.ndim = ndim  # an expression: required ndim (None: any)
+        self.ndims = ndims  # tuple of allowed ndims
+        self.finite = finite  # value check: no NaN/inf
+        self.example_shape = example_shape
+
+
+class In(Array):
+    role = "input"
+
+
+class Out(Array):
+    role = "output"
+
+
+class State(Array):
+    role = "state"
+
+
+class Labels(Arg):
+    """Softmax targets: (N,) integer labels in [0, C), or (N, C) float probabilities."""
+
+    role = "labels"
+    array = True
+
+    def __init__(self, name, n="N", c="C", **kw):
+        super().__init__(name, **kw)
+        self.n, self.c = n, c
+
+
+class Weights(Arg):
+    """Optional (N,) sample weights of the call's dtype."""
+
+    role = "weights"
+    array = True
+
+    def __init__(self, name, n="N", **kw):
+        super().__init__(name, **kw)
+        self.n = n
+
+
+class Real(Arg):
+    role = "real"
+
+    def __init__(self, name, low=None, high=None, low_open=False, high_open=False, **kw):
+        super().__init__(name, **kw)
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+
+class Int(Arg):
+    role = "int"
+
+    def __init__(self, name, low=None, high=None, **kw):
+        super().__init__(name, **kw)
+        self.low, self.high = low, high
+
+
+class Flag(Arg):
+    role = "flag"
+
+
+class Option(Arg):
+    """resolve: name of a function in the namespace (type check, aliases, choice);
+    choices: name of the set of canonical values; optional: None allowed."""
+
+    role = "option"
+
+    def __init__(self, name, resolve, choices, optional=False, **kw):
+        super().__init__(name, **kw)
+        self.resolve, self.choices, self.optional = resolve, choices, optional
+
+
+class Cache(Arg):
+    """A NamedTuple argument (cls: its name in the namespace) whose array fields are
+    checked like inputs under the names ``cache.x`` etc."""
+
+    role = "cache"
+
+    def __init__(self, name, cls, fields, message, **kw):
+        super().__init__(name, **kw)
+        self.cls, self.fields, self.message = cls, fields, message
+        for f in fields:
+            f.display = f"{name}.{f.name}"
+            f.var = f"{name}_{f.name}"
+            f.src = f"{name}.{f.name}"
+
+
+class Check(Arg):
+    """raise error(message) when cond holds (message: an f-string body)."""
+
+    role = "check"
+
+    def __init__(self, cond, error, message, value=False):
+        super().__init__("")
+        self.cond, self.error, self.message, self.value = cond, error, message, value
+
+
+class Work(Arg):
+    """A workspace array allocated for the implementation."""
+
+    role = "work"
+    array = False
+
+    def __init__(self, name, shape):
+        super().__init__(name)
+        self.shape = shape
+
+
+class Custom(Arg):
+    """Argument checked by a function of the namespace: name = fn(name) (the public
+    path only; kernels with Custom arguments have no separate fast path)."""
+
+    role = "custom"
+
+    def __init__(self, name, fn, **kw):
+        super().__init__(name, **kw)
+        self.fn = fn
+
+
+# -------------------------------------------------------------------- kernels
+class Kernel:
+    """The declaration of one kernel.
+
+    signature: the public parameters (source text); args: checked in this order;
+    impl: the arguments of ``self._name(...)`` (source); returns: what the public
+    method returns (source; ``_r`` is what the implementation returned);
+    in_place_ok: expression: an input may be exactly an output; variants: named
+    example overrides the tests also run; fast: whether ``backend.fast`` gets a
+    generated fast path (else it is the public method); doc: the docstring."""
+
+    def __init__(self, name, signature, args, impl, returns, doc, in_place_ok=None,
+                 variants=None, fast=True):
+        self.name, self.signature, self.args = name, signature, args
+        self.impl, self.returns, self.doc = impl, returns, doc
+        self.in_place_ok, self.variants, self.has_fast = in_place_ok, variants or {}, fast
+        self.params = list(_parameters(signature))
+
+    # the arguments, cache fields included
+    def flat_args(self):
+        for a in self.args:
+            yield a
+            if isinstance(a, Cache):
+                yield from a.fields
+
+    def array_args(self):
+        return [a for a in self.flat_args() if a.array]
+
+    def anchor(self):
+        for a in self.flat_args():
+            if isinstance(a, (In, State)):
+                return a
+        return None
+
+    def written(self):
+        arrays = self.array_args()
+        return ([a for a in arrays if isinstance(a, Out)]
+                + [a for a in arrays if isinstance(a, State)])
+
+    def read(self):
+        return [a for a in self.array_args() if isinstance(a, (In, Labels, Weights))]
+
+    def defaults(self):
+        return {p.name: p.default for p in self.params if p.default is not inspect.Parameter.empty}
+
+    # ------------------------------------------------------- tests' tables
+    def example(self, dtype, variant=None, sizes=None, seed=0, kinds=None):
+        """Keyword arguments of a valid call in `dtype` (a variant's overrides
+        applied). sizes: the symbols' values; kinds: array name -> example kind."""
+        dtype = np.dtype(dtype)
+        sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, **(sizes or {})}
+        over = dict(self.variants.get(variant, {})) if variant else {}
+        shapes = over.pop("_shapes", {})
+        kinds = {**(kinds or {}), **{k: v for k, v in over.items() if isinstance(v, str)
+                                     and self._arg(k) is not None and self._arg(k).array}}
+        kw = self.defaults()
+        for a in self.args:
+            if isinstance(a, (Real, Int, Flag, Option, Custom)) and a.example is not None:
+                kw[a.name] = a.example
+        kw.update({k: v for k, v in over.items() if k not in kinds})
+        if "dtype" in kw:
+            kw["dtype"] = dtype
+        rng = np.random.default_rng(seed)
+        made = {}
+
+        def shape_of(a):
+            spec = shapes.get(a.name, a.example_shape or a.shape)
+            if isinstance(a, State) and a.like and a.name not in shapes:
+                spec = "=" + a.like
+            if spec.startswith("="):
+                return made[spec[1:]].shape
+            spec = spec.replace("...", "K").replace("*", "K")
+            return tuple(int(s) if s.isdigit() else sizes[s] for s in spec.split())
+
+        def build(a):
+            kind = kinds.get(a.name, a.example or "normal")
+            if isinstance(a, Labels):
+                if kind == "probs":
+                    p = rng.uniform(0.1, 1.0, (sizes[a.n], sizes[a.c]))
+                    return (p / p.sum(axis=1, keepdims=True)).astype(dtype)
+                return np.arange(sizes[a.n]) % sizes[a.c]
+            if isinstance(a, Weights):
+                return np.linspace(0.5, 2, sizes[a.n]).astype(dtype)
+            shape = shape_of(a)
+            if isinstance(a, Out):
+                return np.empty(shape, dtype)
+            values = {
+                "normal": lambda: rng.standard_normal(shape),
+                "positive": lambda: np.abs(rng.standard_normal(shape)) + 1,
+                "small": lambda: (np.abs(rng.standard_normal(shape)) + 1) * 0.1,
+                "unit": lambda: rng.uniform(0, 1, shape),
+                "signs": lambda: np.where(rng.standard_normal(shape) > 0, 1.0, -1.0),
+            }[kind]()
+            return values.astype(dtype)
+
+        for a in self.args:
+            if isinstance(a, Cache):
+                fields = {}
+                for f in a.fields:
+                    made[f.display] = fields[f.name] = build(f)
+                from .reference import BatchNormCache  # the one cache type declared
+                kw[a.name] = BatchNormCache(**fields, training=kw.pop("training", True))
+            elif a.array:
+                if a.name in kw and kw[a.name] is None and a.name in over:
+                    continue  # a variant that leaves the array out
+                made[a.name] = kw[a.name] = build(a)
+        return kw
+
+    def _arg(self, name):
+        for a in self.flat_args():
+            if a.name == name or a.display == name:
+                return a
+        return None
+
+    def active(self, a, kw):
+        """Whether argument a is used in the call with keyword arguments kw."""
+        return a.when is None or bool(eval(a.when, namespace(), dict(kw)))
+
+    def roles(self, kw):
+        """{anchor, inputs, states, outs}: names of the float arrays of a call by role
+        (labels count as inputs only when they are probabilities)."""
+        inputs, states, outs = [], [], []
+        for a in self.array_args():
+            if a.display != a.name or not self.active(a, kw) or kw.get(a.name) is None:
+                continue
+            if isinstance(a, Labels):
+                if np.asarray(kw[a.name]).dtype.kind == "f":
+                    inputs.append(a.name)
+            elif isinstance(a, (In, Weights)):
+                inputs.append(a.name)
+            elif isinstance(a, State):
+                states.append(a.name)
+            else:
+                outs.append(a.name)
+        anchor = self.anchor()
+        return {"anchor": anchor.display if anchor else "", "inputs": tuple(inputs),
+                "states": tuple(states), "outs": tuple(outs)}
+
+    def call(self, backend, kw):
+        return getattr(backend, self.name)(**kw)
+
+
+def _parameters(signature):
+    ns = {}
+    exec(f"def f({signature}): pass", {"np": np}, ns)  # noqa: S102 (our own declaration text)
+    return inspect.signature(ns["f"]).parameters.values()
+
+
+# --------------------------------------------------------------- the catalogue
+ACT = dict(resolve="activation_name", choices="_ACTIVATIONS")
+NEEDS_X = "activation in _NEEDS_INPUT"
+
+
+def _loss(name, output, targets_example, doc, extra=(), extra_sig="", extra_impl="",
+          checks=(), variants=None):
+    return Kernel(
+        name, f"{output}, targets, sample_weight=None, grad=None{extra_sig}",
+        [*extra,
+         In(output, "N ...", ndims=(1, 2), example_shape="N K"),
+         Weights("sample_weight"),
+         Out("grad", f"={output}"),
+         In("targets", f"={output}", finite=True, example=targets_example),
+         *checks],
+        f"{output}, targets, sample_weight, grad{extra_impl}",
+        "round_to(_r, _dt), grad", doc, variants=variants)
+
+
+ONE_D = {"1d": {"_shapes": {"pred": "N", "logits": "N", "scores": "N"}}}
+
+STEP_STATE = dict(example="positive")
+
+
+def _step(name, signature, states, scalars, impl, doc, checks=()):
+    return Kernel(
+        name, signature,
+        [*[s for s in scalars if s.name == "momentum"],
+         State("param", example_shape="2 O"),
+         In("grad", "=param"),
+         *[State(s.name, like="param", when=s.when, required=s.required,
+                 example=s.example or "positive") for s in states],
+         Real("lr", low=0, example=0.01 if name != "adadelta_step" else 1.0),
+         *[s for s in scalars if s.name != "momentum"],
+         *checks],
+        impl, "None", doc)
+
+
+DECLARATIONS = {k.name: k for k in [
+    Kernel(
+        "activation_forward", "x, activation, out=None",
+        [Option("activation", **ACT, example="tanh"),
+         In("x", ndim="2 if activation == 'softmax' else None", example_shape="N O"),
+         Out("out", "=x")],
+        "x, activation, out", "out",
+        """y = activation(x), elementwise (softmax: over the last axis of 2-D x).
+        out may be x for the elementwise activations (in place).""",
+        in_place_ok="activation != 'softmax'"),
+    Kernel(
+        "activation_backward", "dy, y, activation, x=None, out=None",
+        [Option("activation", **ACT, example="gelu"),
+         In("y", ndim="2 if activation == 'softmax' else None", example_shape="N O"),
+         In("dy", "=y"),
+         In("x", "=y", when=NEEDS_X,
+            required="f'the {activation} backward needs x, the forward input'"),
+         Out("out", "=y")],
+        "dy, y, activation, x, out", "out",
+        """dx = dy * activation'(x), written in terms of the forward output y
+        (x, the forward input, is needed only for gelu, see NEEDS_INPUT; for the
+        other activations it is ignored)."""),
+    Kernel(
+        "dense_forward", "x, W, b, activation='identity', out=None, preact=None",
+        [Option("activation", **ACT, example="relu"),
+         In("W", "I O"),
+         In("x", "N I"),
+         In("b", "O", optional=True),
+         Out("out", "N O"),
+         Out("preact", "N O", optional=True)],
+        "x, W, b, activation, out, preact", "out",
+        """y = activation(x @ W + b).
+
+        x: (N, in); W: (in, out); b: (out,) or None; out: (N, out) for y;
+        preact: optional (N, out) buffer that receives x @ W + b (the gelu
+        backward needs it). Returns y."""),
+    Kernel(
+        "dense_backward", "dy, x, W, y, activation='identity', preact=None, need_dx=True, "
+                          "dx=None, dW=None, db=None, dz=None",
+        [Option("activation", **ACT, example="tanh"),
+         In("W", "I O"),
+         In("x", "N I"),
+         In("dy", "N O"),
+         In("y", "N O"),
+         In("preact", "N O", when=NEEDS_X,
+            required="f'the {activation} backward needs preact from dense_forward'"),
+         Out("dx", "N I", when="need_dx"),
+         Out("dW", "I O"),
+         Out("db", "O"),
+         Out("dz", "N O", when="activation != 'identity'")],
+        "dy, x, W, y, activation, preact, dx, dW, db, dz", "dx, dW, db",
+        """Gradients of y = activation(x @ W + b).
+
+        dy, y: (N, out); x: (N, in); W: (in, out); preact: (N, out), needed for
+        gelu only (ignored otherwise); dz: optional (N, out) workspace for
+        dy * activation' (unused by the identity).
+        Returns (dx or None, dW, db) with dx (N, in), dW (in, out), db (out,).""",
+        variants={"gelu": {"activation": "gelu"}}),
+    Kernel(
+        "softmax_cross_entropy", "logits, targets, sample_weight=None, grad=None",
+        [In("logits", "N C"),
+         Weights("sample_weight"),
+         Out("grad", "N C"),
+         Labels("targets")],
+        "logits, targets, sample_weight, grad", "round_to(_r, _dt), grad",
+        """Mean cross-entropy of softmax(logits) and its gradient.
+
+        logits: (N, C); targets: (N,) integer labels in [0, C), or (N, C)
+        probabilities (each row a distribution); sample_weight: (N,) or None.
+        Returns (loss, grad) with grad (N, C) = d loss / d logits.""",
+        variants={"probabilities": {"targets": "probs"}}),
+    _loss("sigmoid_binary_cross_entropy", "logits", "unit",
+          """Binary cross-entropy of sigmoid(logits), summed over outputs, mean over
+          samples. logits, targets: (N,) or (N, K) with targets in [0, 1].""",
+          checks=[Check("targets.size and (targets.min() < 0 or targets.max() > 1)", "ValueError",
+                        "targets of a binary cross-entropy must lie in [0, 1]", value=True)],
+          variants=ONE_D),
+    _loss("squared_error", "pred", "normal",
+          """0.5 * (pred - targets)^2, summed over outputs, mean over samples
+          (the gradient is then (pred - targets) / N, scikit-learn's).""", variants=ONE_D),
+    _loss("absolute_error", "pred", "normal",
+          """|pred - targets|, summed over outputs, mean over samples; the gradient
+          at a zero residual is 0."""),
+    _loss("huber", "pred", "normal",
+          """Huber loss (torch.nn.HuberLoss): 0.5 d^2 for |d| < delta, else
+          delta (|d| - delta/2); summed over outputs, mean over samples.""",
+          extra=[Real("delta", low=0, low_open=True, example=0.5)], extra_sig=", delta=1.0",
+          extra_impl=", delta"),
+    _loss("hinge", "scores", "signs",
+          """Hinge loss max(0, 1 - t s) with targets t in {-1, +1}, summed over
+          outputs, mean over samples.""",
+          checks=[Check("not np.isin(targets, (-1, 1)).all()", "ValueError",
+                        "targets of the hinge loss must be -1 or +1", value=True)],
+          variants=ONE_D),
+    Kernel(
+        "batchnorm_forward", "x, gamma, beta, running_mean, running_var, training, momentum=0.1, "
+                             "eps=1e-5, out=None",
+        [In("x", "N C"),
+         In("gamma", "C"),
+         In("beta", "C"),
+         State("running_mean", like="gamma", like_name="gamma", example="normal"),
+         State("running_var", like="gamma", like_name="gamma", example="positive"),
+         Real("momentum", 0, 1),
+         Real("eps", low=0, low_open=True),
+         Flag("training", example=True),
+         Check("training and x.shape[0] < 2", "ValueError",
+               "batch norm in training needs more than 1 sample per channel, "
+               "got x of shape {x.shape}"),
+         Out("out", "N C"),
+         Work("mean", "C"),
+         Work("invstd", "C")],
+        "x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean, invstd",
+        "out, _BatchNormCache(x, mean, invstd, gamma, training)",
+        """Batch normalisation over the sample axis, as torch.nn.BatchNorm1d.
+
+        x: (N, C); gamma, beta, running_mean, running_var: (C,). In training the
+        batch mean and biased variance normalise x, and the running statistics
+        are updated in place with the unbiased variance:
+        running = (1 - momentum) running + momentum batch. In inference the
+        running statistics normalise x. Returns (y, cache).""",
+        variants={"inference": {"training": False}}),
+    Kernel(
+        "batchnorm_backward", "dy, cache, dx=None, dgamma=None, dbeta=None",
+        [Cache("cache", "_BatchNormCache",
+               [In("x", "N C"), In("mean", "C"), In("invstd", "C", example="positive"),
+                In("gamma", "C")],
+               "cache must be the BatchNormCache returned by batchnorm_forward"),
+         In("dy", "N C"),
+         Out("dx", "N C"),
+         Out("dgamma", "C"),
+         Out("dbeta", "C")],
+        "dy, _BatchNormCache(cache_x, cache_mean, cache_invstd, cache_gamma, "
+        "bool(cache.training)), dx, dgamma, dbeta",
+        "dx, dgamma, dbeta",
+        """Gradients of batchnorm_forward. dy: (N, C). Returns (dx, dgamma, dbeta).
+        The cache is checked like any input (a caller can build or alter it).""",
+        variants={"inference": {"training": False}}),
+    Kernel(
+        "dropout_forward", "x, rate, seed, out=None",
+        [In("x", example_shape="N O"),
+         Real("rate", 0, 1, high_open=True, example=0.3),
+         Int("seed", 0, 2**64 - 1, example=7),
+         Out("out", "=x")],
+        "x, rate, seed, out", "out",
+        """Inverted dropout: y = x * keep / (1 - rate), where keep for the element
+        at flat (C-order) index i comes from splitmix64(seed, i) and is the same on
+        every backend. The backward regenerates the mask from (rate, seed)."""),
+    Kernel(
+        "dropout_backward", "dy, rate, seed, out=None",
+        [In("dy", example_shape="N O"),
+         Real("rate", 0, 1, high_open=True, example=0.3),
+         Int("seed", 0, 2**64 - 1, example=7),
+         Out("out", "=dy")],
+        "dy, rate, seed, out", "out",
+        """dx = dy * keep / (1 - rate), with the mask of the forward call that had
+        the same (rate, seed) and shape."""),
+    Kernel(
+        "dropout_mask", "shape, rate, seed",
+        [Custom("shape", "_shape_arg", example=(3, 4)),
+         Real("rate", 0, 1, high_open=True, example=0.3),
+         Int("seed", 0, 2**64 - 1, example=7)],
+        "shape, rate, seed", "_r",
+        """The boolean keep-mask dropout uses for an array of this shape
+        (a tuple of non-negative integers, or one integer).""", fast=False),
+    Kernel(
+        "weight_penalty", "param, grad, l2=0.0, l1=0.0",
+        [In("param", example_shape="I O"),
+         State("grad", like="param"),
+         Real("l2", low=0, example=0.1),
+         Real("l1", low=0, example=0.01)],
+        "param, grad, l2, l1", "round_to(_r, _dt)",
+        """Adds the gradient of l2/2 ||param||^2 + l1 ||param||_1 to grad in place
+        and returns that penalty's value (sign(0) = 0 for the L1 term), summed in
+        float64 and rounded to the dtype."""),
+    _step("sgd_step", "param, grad, velocity, lr, momentum=0.0, nesterov=False, "
+                      "weight_decay=0.0, lr_in_velocity=False",
+          [State("velocity", when="momentum", required="'velocity is required when momentum > 0'")],
+          [Real("momentum", 0, 1, example=0.9), Real("weight_decay", low=0, example=0.01),
+           Flag("nesterov", example=True), Flag("lr_in_velocity")],
+          "param, grad, velocity, lr, momentum, bool(nesterov), weight_decay, bool(lr_in_velocity)",
+          """SGD in place, torch.optim.SGD's rule (dampening 0):
+            g = grad + weight_decay * param
+            velocity = momentum * velocity + g
+            param -= lr * (g + momentum * velocity if nesterov else velocity)
+        With lr_in_velocity, scikit-learn's rule instead (equal for constant lr):
+            velocity = momentum * velocity - lr * g
+            param += momentum * velocity - lr * g if nesterov else velocity
+        velocity may be None when momentum is 0 (it is ignored then).""",
+          checks=[Check("nesterov and not momentum", "ValueError", "nesterov needs momentum > 0")]),
+    _step("adagrad_step", "param, grad, sum_sq, lr, eps=1e-10, weight_decay=0.0",
+          [State("sum_sq")],
+          [Real("eps", low=0), Real("weight_decay", low=0, example=0.01)],
+          "param, grad, sum_sq, lr, eps, weight_decay",
+          """Adagrad in place (torch.optim.Adagrad without lr decay):
+            g = grad + weight_decay * param; sum_sq += g^2
+            param -= lr * g / (sqrt(sum_sq) + eps)"""),
+    _step("rmsprop_step", "param, grad, square_avg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, "
+                          "momentum=0.0, momentum_buf=None, centered=False, grad_avg=None",
+          [State("square_avg"),
+           State("momentum_buf", when="momentum",
+                 required="'momentum_buf is required when momentum > 0'"),
+           State("grad_avg", when="centered", required="'grad_avg is required when centered'",
+                 example="small")],
+          [Real("momentum", 0, 1, example=0.9), Real("alpha", 0, 1), Real("eps", low=0),
+           Real("weight_decay", low=0, example=0.01), Flag("centered", example=True)],
+          "param, grad, square_avg, lr, alpha, eps, weight_decay, momentum, momentum_buf, grad_avg",
+          """RMSprop in place (torch.optim.RMSprop):
+            g = grad + weight_decay * param
+            square_avg = alpha square_avg + (1 - alpha) g^2
+            centered: grad_avg = alpha grad_avg + (1 - alpha) g, and
+                      avg = sqrt(square_avg - grad_avg^2) + eps, else sqrt(square_avg) + eps
+            momentum: momentum_buf = momentum momentum_buf + g / avg; param -= lr momentum_buf
+            else:     param -= lr g / avg"""),
+    _step("adadelta_step", "param, grad, square_avg, acc_delta, lr=1.0, rho=0.9, eps=1e-6, "
+                           "weight_decay=0.0",
+          [State("square_avg"), State("acc_delta")],
+          [Real("rho", 0, 1), Real("eps", low=0, low_open=True),
+           Real("weight_decay", low=0, example=0.01)],
+          "param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay",
+          """Adadelta in place (torch.optim.Adadelta):
+            g = grad + weight_decay * param
+            square_avg = rho square_avg + (1 - rho) g^2
+            delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+            acc_delta = rho acc_delta + (1 - rho) delta^2; param -= lr delta"""),
+    _step("adam_step", "param, grad, m, v, t, lr, beta1=0.9, beta2=0.999, eps=1e-8, "
+                       "weight_decay=0.0, decoupled=False, amsgrad=False, v_max=None",
+          [State("m"), State("v"),
+           State("v_max", when="amsgrad", required="'v_max is required when amsgrad'")],
+          [Int("t", 1, 2**63 - 1, example=3), Real("beta1", 0, 1, high_open=True),
+           Real("beta2", 0, 1, high_open=True), Real("eps", low=0),
+           Real("weight_decay", low=0, example=0.01), Flag("decoupled", example=True),
+           Flag("amsgrad", example=True)],
+          "param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, bool(decoupled), v_max",
+          """Adam in place (torch.optim.Adam; AdamW when decoupled), step t >= 1:
+            decoupled: param *= 1 - lr weight_decay;  else g = grad + weight_decay param
+            m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
+            amsgrad: v_max = max(v_max, v), used in place of v below
+            param -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+        scikit-learn's Adam (eps added to sqrt(v) before bias correction) is this
+        rule with eps / sqrt(1 - beta2^t)."""),
+    Kernel(
+        "init_weights", "method, fan_in, fan_out, rng=None, dtype=np.float64, activation=None",
+        [Custom("method", "_method_arg", example="glorot_uniform"),
+         Int("fan_in", low=1, example=3),
+         Int("fan_out", low=1, example=5),
+         Custom("dtype", "_dtype_arg"),
+         Custom("rng", "_rng_arg", example=0),
+         Option("activation", **ACT, optional=True, example="relu")],
+        "method, fan_in, fan_out, rng, dtype, activation", "_r",
+        """Initial (W, b) of a dense layer: W (fan_in, fan_out), b (fan_out,).
+
+        glorot_uniform: U(+-sqrt(6 / (fan_in + fan_out)));  glorot_normal: N(0, 2 / (fan_in + fan_out))
+        he_uniform: U(+-sqrt(6 / fan_in));  he_normal: N(0, 2 / fan_in);  lecun_normal: N(0, 1 / fan_in)
+        sklearn: scikit-learn's MLP init, W and b from U(+-sqrt(f / (fan_in + fan_out)))
+        with f = 2 for logistic and 6 otherwise, drawn W first then b.
+        b is zero except for sklearn. rng: numpy Generator, RandomState, int or None.""",
+        fast=False),
+]}
+
+# The kernels a backend may accelerate: method `name` validates, `_name` computes.
+KERNELS = tuple(DECLARATIONS)
+
+
+# ------------------------------------------------------------ code generation
+_NAMESPACE = None
+
+
+def namespace():
+    """What the generated code refers to (built on first use: reference.py imports
+    this module)."""
+    global _NAMESPACE
+    if _NAMESPACE is None:
+        from . import reference as ref
+        _NAMESPACE = {
+            "np": np, "_chk": chk, "_nd": np.ndarray, "_F32": F32, "_F64": F64, "_I64": I64,
+            "_empty": np.empty, "_may": np.may_share_memory, "round_to": round_to,
+            "activation_name": ref.activation_name, "_ACTIVATIONS": frozenset(ref.ACTIVATIONS),
+            "_NEEDS_INPUT": ref.NEEDS_INPUT, "_BatchNormCache": ref.BatchNormCache,
+            "_shape_arg": ref.shape_arg, "_method_arg": ref.method_arg,
+            "_dtype_arg": ref.dtype_arg, "_rng_arg": ref.rng_arg, "_Miss": _Miss,
+            "ValueError": ValueError, "TypeError": TypeError,
+        }
+        _NAMESPACE.update({f"_X{i}": object() for i in range(16)})  # "absent" owners
+    return _NAMESPACE
+
+
+class _Miss(Exception):
+    """The fast precondition failed: take the public path."""
+
+
+def _dims(spec):
+    return [] if spec in ("...", None) or spec.startswith("=") else spec.split()
+
+
+class _Gen:
+    def __init__(self):
+        self.lines = []
+        self.depth = 1
+
+    def emit(self, line):
+        self.lines.append("    " * self.depth + line)
+
+    def indent(self):
+        self.depth += 1
+
+    def dedent(self):
+        self.depth -= 1
+
+
+def _sym(s):
+    return f"_s_{s}"
+
+
+def _shape_expr(a, bound):
+    """The full shape of array a as source, when every dimension is known."""
+    if a.shape.startswith("="):
+        return f"{a.shape[1:].replace('.', '_')}.shape"
+    dims = _dims(a.shape)
+    if not dims or any(d not in bound for d in dims):
+        raise ValueError(f"the shape of {a.name} is not determined before it")
+    return "(" + "".join(_sym(d) + ", " for d in dims) + ")"
+
+
+def _public_array(g, k, a, anchor, bound):
+    """Lines checking float array a (In or State) on the public path."""
+    v, src, disp = a.var, a.src, a.display
+    if isinstance(a, State):
+        if a is anchor:
+            g.emit(f"_chk.float_array({src}, {disp!r})")
+            g.emit(f"_chk.state_array({src}, {disp!r}, {src})")
+            g.emit(f"_dt = {v}.dtype")
+        else:
+            like = (a.like or anchor.var).replace(".", "_")
+            like_name = a.like_name or anchor.display
+            g.emit(f"_chk.state_array({src}, {disp!r}, {like}, {like_name!r})")
+        return
+    opts = []
+    dims = _dims(a.shape)
+    if a.ndim is not None:
+        opts.append(f"ndim=({a.ndim})")
+    if a is not anchor:
+        opts.append("dtype=_dt")
+    if a.shape.startswith("="):
+        opts.append(f"shape={_shape_expr(a, bound)}")
+    elif dims and "..." not in a.shape:
+        if all(d not in bound for d in dims):
+            opts.append(f"ndim={len(dims)}")
+        else:
+            opts.append("shape=(" + "".join((_sym(d) if d in bound else "None") + ", "
+                                            for d in dims) + ")")
+    g.emit(f"{v} = _chk.float_array({src}, {disp!r}{''.join(', ' + o for o in opts)})")
+    if a.ndims:
+        allowed = " or ".join(f"{d}-D" for d in a.ndims)
+        g.emit(f"if {v}.ndim not in {a.ndims!r}:")
+        g.emit(f"    raise ValueError(f\"{disp} must be {allowed}, got shape {{{v}.shape}}\")")
+    if a is anchor:
+        g.emit(f"_dt = {v}.dtype")
+    if a.finite:
+        g.emit(f"_chk.finite_targets({v}, {disp!r})")
+    for i, d in enumerate(dims):
+        if d not in bound and d not in ("*", "..."):
+            g.emit(f"{_sym(d)} = {v}.shape[{i}]")
+            bound.add(d)
+
+
+def _guarded(g, a, body):
+    """Emit body() under a's `when` (required or ignored) or `optional` rules."""
+    if a.when is not None:
+        g.emit(f"if {a.when}:")
+        g.indent()
+        if a.required:
+            g.emit(f"if {a.var} is None:")
+            g.emit(f"    raise ValueError({a.required})")
+        body()
+        g.dedent()
+        g.emit("else:")
+        g.emit(f"    {a.var} = None")
+    elif getattr(a, "optional", False):
+        g.emit(f"if {a.var} is not None:")
+        g.indent()
+        body()
+        g.dedent()
+    else:
+        body()
+
+
+def public_source(k):
+    """Source of the public method of kernel k."""
+    g = _Gen()
+    anchor = k.anchor()
+    bound = set()
+    for a in k.args:
+        if isinstance(a, Option):
+            if a.optional:
+                g.emit(f"if {a.var} is not None:")
+                g.emit(f"    {a.var} = {a.resolve}({a.var})")
+            else:
+                g.emit(f"{a.var} = {a.resolve}({a.var})")
+        elif isinstance(a, Custom):
+            g.emit(f"{a.var} = {a.fn}({a.var})")
+        elif isinstance(a, Real):
+            opts = "".join(f", {o}={getattr(a, o)!r}" for o in ("low", "high", "low_open", "high_open")
+                           if getattr(a, o) is not None and getattr(a, o) is not False)
+            g.emit(f"{a.var} = _chk.real({a.var}, {a.name!r}{opts})")
+        elif isinstance(a, Int):
+            opts = "".join(f", {o}={getattr(a, o)!r}" for o in ("low", "high")
+                           if getattr(a, o) is not None)
+            g.emit(f"{a.var} = _chk.integer({a.var}, {a.name!r}{opts})")
+        elif isinstance(a, Flag):
+            g.emit(f"{a.var} = bool({a.var})")
+        elif isinstance(a, Check):
+            g.emit(f"if {a.cond}:")
+            g.emit(f"    raise {a.error}(f{a.message!r})")
+        elif isinstance(a, Work):
+            g.emit(f"{a.var} = _empty({_shape_expr(a, bound)}, _dt)")
+        elif isinstance(a, Cache):
+            g.emit(f"if not isinstance({a.var}, {a.cls}):")
+            g.emit(f"    raise TypeError({a.message!r})")
+            for f in a.fields:
+                _public_array(g, k, f, anchor, bound)
+        elif isinstance(a, Weights):
+            g.emit(f"{a.var} = _chk.sample_weight_array({a.var}, {_sym(a.n)}, _dt)")
+        elif isinstance(a, Labels):
+            g.emit(f"if isinstance({a.var}, np.ndarray) and {a.var}.ndim == 1:")
+            g.emit(f"    {a.var} = _chk.labels_array({a.var}, {a.name!r}, {_sym(a.n)}, {_sym(a.c)})")
+            g.emit("else:")
+            g.emit(f"    {a.var} = _chk.float_array({a.var}, {a.name!r}, dtype=_dt, "
+                   f"shape=({_sym(a.n)}, {_sym(a.c)}))")
+            g.emit(f"    _chk.finite_targets({a.var}, {a.name!r})")
+        elif isinstance(a, Out):
+            def body(a=a):
+                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, _dt)")
+            if a.when is not None:
+                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, _dt) "
+                       f"if {a.when} else None")
+            else:
+                _guarded(g, a, body)
+        elif isinstance(a, (In, State)):
+            _guarded(g, a, lambda a=a: _public_array(g, k, a, anchor, bound))
+    written = [a.var for a in k.written()]
+    read = [a.var for a in k.read()]
+    if len(written) > 1:
+        g.emit(f"_chk.distinct({', '.join(f'{w}={w}' for w in written)})")
+    if written and read:
+        opt = f", in_place_ok={k.in_place_ok}" if k.in_place_ok else ""
+        g.emit(f"{', '.join(read)}, = _chk.unshared(({', '.join(written)},), "
+               f"{', '.join(read)}{opt})")
+    g.emit(f"_r = self._{k.name}({k.impl})")
+    g.emit(f"return {k.returns}")
+    return f"def {k.name}(self, {k.signature}):\n" + "\n".join(g.lines) + "\n"
+
+
+def _fast_float(a, anchor, bound, g):
+    """Fast-path lines for a float array (In, State or Out), None not allowed."""
+    v, src = a.var, a.src
+    if a.src != a.var:
+        g.emit(f"{v} = {src}")
+    if a is anchor:
+        g.emit(f"if not (type({v}) is _nd and {v}.flags.carray): raise _Miss")
+        g.emit(f"_dt = {v}.dtype")
+        g.emit("if not (_dt is _F64 or _dt is _F32): raise _Miss")
+    else:
+        g.emit(f"if not (type({v}) is _nd and {v}.dtype is _dt and {v}.flags.carray): raise _Miss")
+    if isinstance(a, State) and a is not anchor:
+        like = (a.like or anchor.var).replace(".", "_")
+        g.emit(f"if {v}.shape != {like}.shape: raise _Miss")
+        return
+    if a.ndim is not None:
+        g.emit(f"_n = {a.ndim}")
+        g.emit(f"if _n is not None and {v}.ndim != _n: raise _Miss")
+    if a.ndims:
+        g.emit(f"if {v}.ndim not in {a.ndims!r}: raise _Miss")
+    if a.shape.startswith("="):
+        g.emit(f"if {v}.shape != {_shape_expr(a, bound)}: raise _Miss")
+    elif a.shape.startswith("N ..."):
+        if "N" in bound:
+            g.emit(f"if {v}.shape[0] != {_sym('N')}: raise _Miss")
+        else:
+            g.emit(f"{_sym('N')} = {v}.shape[0]")
+            bound.add("N")
+    elif _dims(a.shape):
+        dims = _dims(a.shape)
+        if all(d in bound for d in dims):
+            g.emit(f"if {v}.shape != {_shape_expr(a, bound)}: raise _Miss")
+        else:
+            names = []
+            checks = []
+            for i, d in enumerate(dims):
+                if d in bound:
+                    names.append(f"_t{i}")
+                    checks.append(f"_t{i} != {_sym(d)}")
+                else:
+                    names.append(_sym(d))
+            g.emit(f"{''.join(n + ', ' for n in names)}= {v}.shape")
+            if checks:
+                g.emit(f"if {' or '.join(checks)}: raise _Miss")
+            bound.update(dims)
+
+
+def fast_source(k):
+    """Source of the fast method of kernel k (a closure over the backend _b)."""
+    g = _Gen()
+    g.depth = 2
+    anchor = k.anchor()
+    bound = set()
+    names = [p.name for p in k.params]
+    fallback = f"return _b.{k.name}({', '.join(names)})"
+    g.emit("try:")
+    g.indent()
+    allocate = []
+    for a in k.args:
+        if isinstance(a, Option):
+            cond = f"type({a.var}) is str and {a.var} in {a.choices}"
+            if a.optional:
+                cond = f"{a.var} is None or ({cond})"
+            g.emit(f"if not ({cond}): raise _Miss")
+        elif isinstance(a, Real):
+            lo = "-_inf" if a.low is None else repr(float(a.low))
+            hi = "_inf" if a.high is None else repr(float(a.high))
+            lop = "<" if a.low is None or a.low_open else "<="
+            hop = "<" if a.high is None or a.high_open else "<="
+            g.emit(f"if not (type({a.var}) is float and {lo} {lop} {a.var} {hop} {hi}): raise _Miss")
+        elif isinstance(a, Int):
+            conds = [f"type({a.var}) is int"]
+            if a.low is not None:
+                conds.append(f"{a.low} <= {a.var}")
+            if a.high is not None:
+                conds.append(f"{a.var} <= {a.high}")
+            g.emit(f"if not ({' and '.join(conds)}): raise _Miss")
+        elif isinstance(a, Flag):
+            g.emit(f"if type({a.var}) is not bool: {a.var} = bool({a.var})")
+        elif isinstance(a, Check):
+            if not a.value:
+                g.emit(f"if {a.cond}: raise _Miss")
+        elif isinstance(a, Work):
+            allocate.append(f"{a.var} = _empty({_shape_expr(a, bound)}, _dt)")
+        elif isinstance(a, Cache):
+            g.emit(f"if type({a.var}) is not {a.cls}: raise _Miss")
+            for f in a.fields:
+                _fast_float(f, anchor, bound, g)
+        elif isinstance(a, Weights):
+            g.emit(f"if {a.var} is not None and not (type({a.var}) is _nd and {a.var}.dtype is _dt "
+                   f"and {a.var}.flags.carray and {a.var}.shape == ({_sym(a.n)},)): raise _Miss")
+        elif isinstance(a, Labels):
+            n, c = _sym(a.n), _sym(a.c)
+            g.emit(f"if type({a.var}) is not _nd or not {a.var}.flags.carray: raise _Miss")
+            g.emit(f"if {a.var}.ndim == 1:")
+            g.emit(f"    if not ({a.var}.dtype is _I64 and {a.var}.shape[0] == {n}): raise _Miss")
+            g.emit(f"elif not ({a.var}.dtype is _dt and {a.var}.shape == ({n}, {c})): raise _Miss")
+        elif isinstance(a, Out):
+            shape = _shape_expr(a, bound)
+            check = (f"if {a.var} is not None and not (type({a.var}) is _nd and {a.var}.dtype is _dt "
+                     f"and {a.var}.flags.carray and {a.var}.shape == {shape}): raise _Miss")
+            if a.when is not None:
+                g.emit(f"if {a.when}:")
+                g.emit("    " + check)
+                g.emit("else:")
+                g.emit(f"    {a.var} = None")
+                allocate.append(f"if {a.var} is None and {a.when}: {a.var} = _empty({shape}, _dt)")
+            else:
+                g.emit(check)
+                if not a.optional:
+                    allocate.append(f"if {a.var} is None: {a.var} = _empty({shape}, _dt)")
+        elif isinstance(a, (In, State)):
+            if a.when is not None:
+                g.emit(f"if {a.when}:")
+                g.indent()
+                g.emit(f"if {a.var} is None: raise _Miss")
+                _fast_float(a, anchor, bound, g)
+                g.dedent()
+                g.emit("else:")
+                g.emit(f"    {a.var} = None")
+            elif a.optional:
+                g.emit(f"if {a.var} is not None:")
+                g.indent()
+                _fast_float(a, anchor, bound, g)
+                g.dedent()
+            else:
+                _fast_float(a, anchor, bound, g)
+    # memory shared between a written array and any other: the public path decides
+    written = k.written()
+    others = k.read()
+    maybe_none = {a.var for a in k.array_args()
+                  if getattr(a, "optional", False) or a.when is not None
+                  or isinstance(a, (Out, Weights))}
+    owners = {}
+    for i, a in enumerate(written + others):
+        o = f"_o_{a.var}"
+        owners[a.var] = o
+        own = f"({a.var} if {a.var}.base is None else {a.var}.base)"
+        if a.var in maybe_none:
+            g.emit(f"{o} = _X{i} if {a.var} is None else {own}")
+        else:
+            g.emit(f"{o} = {own}")
+    pairs = []
+    for i, w in enumerate(written):
+        for a in written[i + 1:] + others:
+            pairs.append(f"({owners[w.var]} is {owners[a.var]} and _may({w.var}, {a.var}))")
+    if pairs:
+        g.emit("if (" + "\n                    or ".join(pairs) + "):")
+        g.emit("    raise _Miss")
+    g.dedent()
+    g.emit("except (_Miss, ValueError):")
+    g.emit("    " + fallback)
+    for line in allocate:
+        g.emit(line)
+    g.emit(f"_r = _b._{k.name}({k.impl})")
+    g.emit(f"return {k.returns}")
+    head = f"def _make(_b, _inf=float('inf')):\n    def {k.name}({k.signature}):\n"
+    return head + "\n".join(g.lines) + f"\n    return {k.name}\n"
+
+
+def _compile(source, name):
+    code = compile(source, f"<fastnn.backends.spec: {name}>", "exec")
+    ns = {}
+    exec(code, namespace(), ns)  # noqa: S102 (source generated from the declarations above)
+    return ns
+
+
+def source(name, fast=False):
+    """The generated source of kernel `name`'s public method, or of its fast path."""
+    k = DECLARATIONS[name]
+    return fast_source(k) if fast else public_source(k)
+
+
+def install(cls):
+    """Set the public method of every declared kernel on `cls` (NumpyBackend)."""
+    for k in DECLARATIONS.values():
+        fn = _compile(public_source(k), k.name)[k.name]
+        fn.__doc__ = inspect.cleandoc(k.doc)
+        fn.__qualname__ = f"{cls.__name__}.{k.name}"
+        fn.__module__ = cls.__module__
+        setattr(cls, k.name, fn)
+
+
+_FAST_MAKERS = {}
+
+
+class Fast:
+    """``backend.fast``: the kernels behind the structural precondition (see the
+    module docstring)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        for k in DECLARATIONS.values():
+            if not k.has_fast:
+                setattr(self, k.name, getattr(backend, k.name))
+                continue
+            make = _FAST_MAKERS.get(k.name)
+            if make is None:
+                make = _FAST_MAKERS[k.name] = _compile(fast_source(k), k.name + ".fast")["_make"]
+            fn = make(backend)
+            fn.__doc__ = inspect.cleandoc(k.doc)
+            setattr(self, k.name, fn)
+
+    def __repr__(self):
+        return f"<fast kernels of the {self.backend.name} backend>"
