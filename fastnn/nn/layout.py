@@ -28,13 +28,15 @@ from .layers import ROLES
 
 class Slot(NamedTuple):
     """One tensor of the layout: the layer's index and its tensor's name, shape,
-    role and offset (in elements) in the flat buffer."""
+    role, offset (in elements) in the flat buffer, and rank (its position in the
+    list of specs the layout was made from: layer order, then each layer's own)."""
 
     layer: int
     name: str
     shape: tuple
     role: str
     offset: int
+    rank: int
 
     @property
     def size(self):
@@ -53,8 +55,9 @@ def lay_out(specs, order=role_order):
     """[(layer index, name, shape, role)] -> [Slot], sorted by `order` (stable:
     layer order inside a group), with their offsets."""
     slots, offset = [], 0
-    for layer, name, shape, role in sorted(specs, key=order):
-        slots.append(Slot(layer, name, tuple(shape), role, offset))
+    ranked = sorted(((*spec, rank) for rank, spec in enumerate(specs)), key=order)
+    for layer, name, shape, role, rank in ranked:
+        slots.append(Slot(layer, name, tuple(shape), role, offset, rank))
         offset += math.prod(shape)
     return slots
 
@@ -70,7 +73,8 @@ def views(buffer, slots, n_layers):
 def permutation(slots, order):
     """Index array p with new_buffer = old_buffer[p], where old_buffer was laid out
     by `order` and new_buffer follows `slots`."""
-    old = {(s.layer, s.name): s for s in lay_out([s[:4] for s in slots], order)}
+    specs = [s[:4] for s in sorted(slots, key=lambda s: s.rank)]
+    old = {(s.layer, s.name): s for s in lay_out(specs, order)}
     p = np.empty(sum(s.size for s in slots), np.intp)
     for s in slots:
         o = old[(s.layer, s.name)]

@@ -717,8 +717,8 @@ class Sequential:
         return saving.describe(self)
 
     def save(self, path):
-        """Write the model to `path` (exactly that name) as a .npz archive: the flat
-        parameter and state buffers, the optimizer's state buffers and a JSON
+        """Write the model to `path` (exactly that name, or an open binary file) as
+        a .npz archive: the flat parameter and state buffers, the optimizer's state buffers and a JSON
         description stored as a string array. No pickle."""
         saving.save(self, path)
 

@@ -57,6 +57,9 @@ def arrays_of(model, description):
 def save(model, path):
     description = describe(model)
     arrays = {"description": np.array(json.dumps(description)), **arrays_of(model, description)}
+    if hasattr(path, "write"):  # an open binary file
+        np.savez(path, **arrays)
+        return
     with open(path, "wb") as f:
         np.savez(f, **arrays)
 
