@@ -3,7 +3,8 @@ through cffi. Each override receives arrays the public method has already checke
 (C-contiguous, one float dtype, right shapes) and passes their pointers to C, with
 every size taken from the arrays themselves. GEMMs stay in BLAS through NumPy;
 the C kernels do what surrounds them. Kernels not overridden here (init_weights)
-run the reference implementation."""
+run the reference implementation. Sums come back from C in double; the public
+method rounds them to the dtype (spec.round_to)."""
 
 
 import numpy as np
@@ -20,9 +21,11 @@ LOSS_CODE = {"squared_error": lib.FASTNN_SQUARED, "absolute_error": lib.FASTNN_A
              "huber": lib.FASTNN_HUBER, "hinge": lib.FASTNN_HINGE}
 
 
-class _Kernels:
-    """The C functions of one dtype, looked up once: kernels.adam_step is
-    lib.adam_step_f32 for float32. `ctype` types pointers to its arrays."""
+class _FunctionTable:
+    """The C functions of one dtype, looked up once: table.adam_step is
+    lib.adam_step_f32 for float32. `ctype` types pointers to its arrays.
+    (These are C functions, not the catalogue's kernels: one kernel may call
+    several of them, and several kernels one, as elementwise_loss.)"""
 
     NAMES = (
         "bias_activation_forward", "activation_backward", "column_sums",
@@ -38,8 +41,9 @@ class _Kernels:
             setattr(self, name, getattr(lib, f"{name}_{suffix}"))
 
 
-KERNELS = {np.dtype(np.float32): _Kernels("f32", "float[]"),
-           np.dtype(np.float64): _Kernels("f64", "double[]")}
+# dtype -> the C functions of that dtype
+C_FUNCTIONS = {np.dtype(np.float32): _FunctionTable("f32", "float[]"),
+               np.dtype(np.float64): _FunctionTable("f64", "double[]")}
 
 
 def _check(status):
@@ -63,7 +67,7 @@ class CBackend(NumpyBackend):
     def _activation_forward(self, x, activation, out):
         if x.size == 0:  # nothing to compute; the reference's softmax rejects empty rows
             return super()._activation_forward(x, activation, out)
-        k = KERNELS[x.dtype]
+        k = C_FUNCTIONS[x.dtype]
         # softmax works on rows; the others on x as one flat run, split between threads
         rows, cols = (x.shape[0], x.shape[1]) if activation == "softmax" else (x.size, 1)
         fb, ct = ffi.from_buffer, k.ctype
@@ -71,7 +75,7 @@ class CBackend(NumpyBackend):
                                   ACTIVATION_CODE[activation])
 
     def _activation_backward(self, dy, y, activation, x, out):
-        k = KERNELS[y.dtype]
+        k = C_FUNCTIONS[y.dtype]
         rows, cols = (y.shape[0], y.shape[1]) if activation == "softmax" else (y.size, 1)
         fb, ct = ffi.from_buffer, k.ctype
         x = x if activation in NEEDS_INPUT else None  # checked only when needed
@@ -85,14 +89,14 @@ class CBackend(NumpyBackend):
         np.matmul(x, W, out=out)
         if b is None and preact is None and activation == "identity":
             return
-        k = KERNELS[out.dtype]
+        k = C_FUNCTIONS[out.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         o = fb(ct, out)
         k.bias_activation_forward(o, _ptr(ct, b), _ptr(ct, preact), o, out.shape[0],
                                   out.shape[1], ACTIVATION_CODE[activation])
 
     def _dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
-        k = KERNELS[dy.dtype]
+        k = C_FUNCTIONS[dy.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         rows, cols = dy.shape
         if activation == "identity":
@@ -110,7 +114,7 @@ class CBackend(NumpyBackend):
     def _softmax_cross_entropy(self, logits, targets, w, grad):
         if logits.size == 0:  # as the reference: a loss of 0, or its error for empty rows
             return super()._softmax_cross_entropy(logits, targets, w, grad)
-        k = KERNELS[logits.dtype]
+        k = C_FUNCTIONS[logits.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n, c = logits.shape
         if targets.ndim == 1:  # int64 labels, checked to lie in [0, c)
@@ -120,14 +124,14 @@ class CBackend(NumpyBackend):
                                              fb(ct, grad), n, c)
 
     def _sigmoid_binary_cross_entropy(self, logits, targets, w, grad):
-        k = KERNELS[logits.dtype]
+        k = C_FUNCTIONS[logits.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n = logits.shape[0]
         return k.sigmoid_binary_cross_entropy(fb(ct, logits), fb(ct, targets), _ptr(ct, w),
                                               fb(ct, grad), n, logits.size // max(n, 1))
 
     def _elementwise_loss(self, loss, pred, targets, w, grad, delta=1.0):
-        k = KERNELS[pred.dtype]
+        k = C_FUNCTIONS[pred.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n = pred.shape[0]
         return k.elementwise_loss(LOSS_CODE[loss], fb(ct, pred), fb(ct, targets), _ptr(ct, w),
@@ -148,7 +152,7 @@ class CBackend(NumpyBackend):
     # ------------------------------------------------------------ normalisation
     def _batchnorm_forward(self, x, gamma, beta, running_mean, running_var, training,
                            momentum, eps, out, mean, invstd):
-        k = KERNELS[x.dtype]
+        k = C_FUNCTIONS[x.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n, c = x.shape
         _check(k.batchnorm_forward(fb(ct, x), fb(ct, gamma), fb(ct, beta), fb(ct, running_mean),
@@ -158,7 +162,7 @@ class CBackend(NumpyBackend):
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache  # checked by batchnorm_backward
         n, c = dy.shape
-        k = KERNELS[dy.dtype]
+        k = C_FUNCTIONS[dy.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         _check(k.batchnorm_backward(fb(ct, dy), fb(ct, x), fb(ct, mean), fb(ct, invstd),
                                     fb(ct, gamma), fb(ct, dx), fb(ct, dgamma), fb(ct, dbeta), n, c,
@@ -166,7 +170,7 @@ class CBackend(NumpyBackend):
 
     # ------------------------------------------------------------------ dropout
     def _dropout_forward(self, x, rate, seed, out):
-        k = KERNELS[x.dtype]
+        k = C_FUNCTIONS[x.dtype]
         scale = float(x.dtype.type(1.0 / (1.0 - rate)))  # the reference's scale, rounded alike
         k.dropout(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, out), x.size, seed,
                   dropout_threshold(rate), scale)
@@ -176,40 +180,40 @@ class CBackend(NumpyBackend):
 
     # ----------------------------------------------------------- regularisation
     def _weight_penalty(self, param, grad, l2, l1):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         return k.weight_penalty(ffi.from_buffer(k.ctype, param), ffi.from_buffer(k.ctype, grad),
                                 param.size, l2, l1)
 
     # --------------------------------------------------------------- optimizers
     def _sgd_step(self, param, grad, velocity, lr, momentum, nesterov, weight_decay,
                   lr_in_velocity):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         k.sgd_step(fb(ct, param), fb(ct, grad), _ptr(ct, velocity), param.size, lr, momentum,
                    nesterov, weight_decay, lr_in_velocity)
 
     def _adagrad_step(self, param, grad, sum_sq, lr, eps, weight_decay):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         k.adagrad_step(fb(ct, param), fb(ct, grad), fb(ct, sum_sq), param.size, lr, eps,
                        weight_decay)
 
     def _rmsprop_step(self, param, grad, square_avg, lr, alpha, eps, weight_decay, momentum,
                       momentum_buf, grad_avg):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         k.rmsprop_step(fb(ct, param), fb(ct, grad), fb(ct, square_avg), _ptr(ct, momentum_buf),
                        _ptr(ct, grad_avg), param.size, lr, alpha, eps, weight_decay, momentum)
 
     def _adadelta_step(self, param, grad, square_avg, acc_delta, lr, rho, eps, weight_decay):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         k.adadelta_step(fb(ct, param), fb(ct, grad), fb(ct, square_avg), fb(ct, acc_delta),
                         param.size, lr, rho, eps, weight_decay)
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
-        k = KERNELS[param.dtype]
+        k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         k.adam_step(fb(ct, param), fb(ct, grad), fb(ct, m), fb(ct, v), _ptr(ct, v_max),
                     param.size, t, lr, beta1, beta2, eps, weight_decay, decoupled)

@@ -295,7 +295,8 @@ class NumpyBackend:
         scale = self._sample_scale(w, n, per_elem.dtype)
         grad *= scale.reshape((-1,) + (1,) * (per_elem.ndim - 1))
         # per-sample sums and their mean in float64 (the rule of every backend)
-        return self._mean64(per_elem.reshape(n, -1).sum(axis=1, dtype=np.float64), w)
+        rows = per_elem.sum(axis=tuple(range(1, per_elem.ndim)), dtype=np.float64)
+        return self._mean64(rows, w)
 
     def _squared_error(self, pred, targets, w, grad):
         d = pred - targets
