@@ -19,7 +19,8 @@ import pytest
 
 import fastnn
 from fastnn.backends import _checks as chk
-from fastnn.backends.reference import ACTIVATIONS, NEEDS_INPUT, BatchNormCache
+from fastnn.backends.reference import ACTIVATIONS, BatchNormCache
+from fastnn.backends.spec import DECLARATIONS, Option, Out, State
 
 BACKENDS = fastnn.available_backends()
 DTYPES = [np.float32, np.float64]
@@ -32,156 +33,87 @@ def rand(shape, dtype, seed, low=-2.0, high=2.0):
 
 class Case(NamedTuple):
     """build(dtype, n, n_in, n_out) -> keyword arguments, output buffers included;
-    run(backend, kw) -> what the call returns besides the output buffers (losses,
-    statistics), as a list; outs: output buffer names; ins: names of the arrays read."""
+    run(backend, kw) -> what the call returns, as a list; outs: output buffer
+    names, and states: arrays updated in place, both compared after the call;
+    ins: names of the arrays read ("cache.x": a field of the cache argument)."""
 
     name: str
     build: Callable
     run: Callable
     outs: tuple
     ins: tuple
+    states: tuple = ()
 
 
-def _act_fwd(act):
+def get(kw, name):
+    if "." in name:
+        arg, field = name.split(".")
+        return getattr(kw[arg], field)
+    return kw[name]
+
+
+def put(kw, name, value):
+    if "." in name:
+        arg, field = name.split(".")
+        kw[arg] = kw[arg]._replace(**{field: value})
+    else:
+        kw[name] = value
+
+
+def copied(kw):
+    """kw with every array copied (inside the cache too)."""
+    out = {}
+    for k, v in kw.items():
+        if isinstance(v, np.ndarray):
+            v = v.copy()
+        elif isinstance(v, BatchNormCache):
+            v = BatchNormCache(*(f.copy() if isinstance(f, np.ndarray) else f for f in v))
+        out[k] = v
+    return out
+
+
+def flatten(result):
+    if isinstance(result, (tuple, list)):
+        return [x for r in result for x in flatten(r)]
+    return [result]
+
+
+def _case(k, label, overrides):
+    """The case of kernel declaration k: its example call (fastnn.backends.spec)
+    with overrides (a declared variant's name under "variant", other arguments)."""
+    overrides = dict(overrides)
+    variant = overrides.pop("variant", None)
+
     def build(d, n, n_in, n_out):
-        return dict(x=rand((n, n_out), d, 1), out=np.empty((n, n_out), d))
-    return Case(f"activation_forward-{act}", build,
-                lambda B, kw: [B.activation_forward(kw["x"], act, out=kw["out"]) is kw["out"]],
-                ("out",), ("x",))
-
-
-def _act_bwd(act):
-    def build(d, n, n_in, n_out):
-        x = rand((n, n_out), d, 1)
-        y = fastnn.get_backend("numpy").activation_forward(x, act)
-        return dict(dy=rand((n, n_out), d, 2), y=y, x=x, out=np.empty((n, n_out), d))
-
-    def run(B, kw):
-        x = kw["x"] if act in NEEDS_INPUT else None
-        return [B.activation_backward(kw["dy"], kw["y"], act, x=x, out=kw["out"]) is kw["out"]]
-    return Case(f"activation_backward-{act}", build, run, ("out",),
-                ("dy", "y", "x") if act in NEEDS_INPUT else ("dy", "y"))
-
-
-def _dense_fwd(act):
-    def build(d, n, n_in, n_out):
-        return dict(x=rand((n, n_in), d, 1), W=rand((n_in, n_out), d, 2), b=rand(n_out, d, 3),
-                    out=np.empty((n, n_out), d), preact=np.empty((n, n_out), d))
-
-    def run(B, kw):
-        return [B.dense_forward(kw["x"], kw["W"], kw["b"], act, out=kw["out"], preact=kw["preact"])
-                is kw["out"]]
-    return Case(f"dense_forward-{act}", build, run, ("out", "preact"), ("x", "W", "b"))
-
-
-def _dense_bwd(act):
-    def build(d, n, n_in, n_out):
-        x, W = rand((n, n_in), d, 1), rand((n_in, n_out), d, 2)
-        preact = x @ W
-        y = fastnn.get_backend("numpy").activation_forward(preact, act)
-        kw = dict(dy=rand((n, n_out), d, 3), x=x, W=W, y=y, preact=preact,
-                  dx=np.empty((n, n_in), d), dW=np.empty((n_in, n_out), d), db=np.empty(n_out, d))
-        if act != "identity":
-            kw["dz"] = np.empty((n, n_out), d)
+        kw = k.example(d, variant, sizes={"N": n, "I": n_in, "O": n_out, "C": n_out, "K": n_out},
+                       seed=1)
+        kw.update(overrides)
         return kw
-
-    def run(B, kw):
-        grads = B.dense_backward(kw["dy"], kw["x"], kw["W"], kw["y"], act, preact=kw["preact"],
-                                 dx=kw["dx"], dW=kw["dW"], db=kw["db"], dz=kw.get("dz"))
-        return [all(g is kw[k] for g, k in zip(grads, ("dx", "dW", "db")))]
-    outs = ("dx", "dW", "db") + (() if act == "identity" else ("dz",))
-    ins = ("dy", "x", "W", "y") + (("preact",) if act in NEEDS_INPUT else ())
-    return Case(f"dense_backward-{act}", build, run, outs, ins)
+    kw = build(np.float64, N, IN, OUT)
+    used = [a for a in k.array_args() if k.active(a, kw) and get(kw, a.display) is not None]
+    outs = tuple(a.name for a in used if isinstance(a, Out))
+    states = tuple(a.name for a in used if isinstance(a, State))
+    ins = tuple(a.display for a in used if a in k.read())
+    return Case(label, build, lambda B, kw: flatten(k.call(B, kw)), outs, ins, states)
 
 
-def _loss(method, targets, one_d=False, **options):
-    """A loss call; targets(d, shape) builds its targets. one_d: (N,) outputs."""
-    def build(d, n, n_in, n_out):
-        shape = (n,) if one_d else (n, n_out)
-        return dict(output=rand(shape, d, 1, -3, 3), targets=targets(d, shape),
-                    sample_weight=rand(n, d, 2, 0.5, 2), grad=np.empty(shape, d))
-
-    def run(B, kw):
-        loss, grad = getattr(B, method)(kw["output"], kw["targets"], kw["sample_weight"],
-                                        grad=kw["grad"], **options)
-        return [loss, grad is kw["grad"]]
-    name = method + {_labels: "-labels", _probs: "-probs"}.get(targets, "") + ("-1d" if one_d else "")
-    return Case(name, build, run, ("grad",), ("output", "targets", "sample_weight"))
-
-
-def _labels(d, shape):
-    return np.arange(shape[0], dtype=np.int64) % 3
+def _cases():
+    """Every declared kernel with output buffers: its example call, each declared
+    variant, and, for kernels with an activation, every activation."""
+    cases = {}
+    for name, k in DECLARATIONS.items():
+        if not any(isinstance(a, Out) for a in k.array_args()):
+            continue
+        cases[name] = _case(k, name, {})
+        for variant in k.variants:
+            cases[f"{name}-{variant}"] = _case(k, f"{name}-{variant}", {"variant": variant})
+        if any(isinstance(a, Option) and a.name == "activation" for a in k.args):
+            for act in ACTIVATIONS:
+                cases[f"{name}-{act}"] = _case(k, f"{name}-{act}", {"activation": act})
+    return list(cases.values())
 
 
-def _probs(d, shape):
-    p = rand(shape, d, 4, 0.1, 1.0)
-    return (p / p.sum(axis=1, keepdims=True)).astype(d)
-
-
-def _binary(d, shape):
-    return rand(shape, d, 4, 0.0, 1.0)
-
-
-def _signs(d, shape):
-    return np.where(rand(shape, d, 4) > 0, 1, -1).astype(d)
-
-
-def _real(d, shape):
-    return rand(shape, d, 4)
-
-
-def _bn_fwd(training):
-    def build(d, n, n_in, n_out):
-        return dict(x=rand((n, n_out), d, 1), gamma=rand(n_out, d, 2), beta=rand(n_out, d, 3),
-                    running_mean=rand(n_out, d, 4), running_var=rand(n_out, d, 5, 0.5, 2),
-                    out=np.empty((n, n_out), d), dy=rand((n, n_out), d, 6))
-
-    def run(B, kw):
-        y, cache = B.batchnorm_forward(kw["x"], kw["gamma"], kw["beta"], kw["running_mean"],
-                                       kw["running_var"], training, out=kw["out"])
-        # the cache must hold the x the forward read, whatever out overwrote
-        grads = B.batchnorm_backward(kw["dy"], cache)
-        return [y is kw["out"], cache.mean, cache.invstd, kw["running_mean"], kw["running_var"],
-                *grads]
-    return Case(f"batchnorm_forward-{'training' if training else 'inference'}", build, run,
-                ("out",), ("x", "gamma", "beta"))
-
-
-def _bn_bwd(training):
-    def build(d, n, n_in, n_out):
-        return dict(dy=rand((n, n_out), d, 1), x=rand((n, n_out), d, 2), mean=rand(n_out, d, 3),
-                    invstd=rand(n_out, d, 4, 0.5, 2), gamma=rand(n_out, d, 5),
-                    dx=np.empty((n, n_out), d), dgamma=np.empty(n_out, d), dbeta=np.empty(n_out, d))
-
-    def run(B, kw):
-        cache = BatchNormCache(kw["x"], kw["mean"], kw["invstd"], kw["gamma"], training)
-        grads = B.batchnorm_backward(kw["dy"], cache, dx=kw["dx"], dgamma=kw["dgamma"],
-                                     dbeta=kw["dbeta"])
-        return [all(g is kw[k] for g, k in zip(grads, ("dx", "dgamma", "dbeta")))]
-    return Case(f"batchnorm_backward-{'training' if training else 'inference'}", build, run,
-                ("dx", "dgamma", "dbeta"), ("dy", "x", "mean", "invstd", "gamma"))
-
-
-def _dropout(method):
-    def build(d, n, n_in, n_out):
-        return dict(x=rand((n, n_out), d, 1), out=np.empty((n, n_out), d))
-    return Case(method, build, lambda B, kw: [getattr(B, method)(kw["x"], 0.4, 7, out=kw["out"])
-                                              is kw["out"]], ("out",), ("x",))
-
-
-CASES = (
-    [_act_fwd(a) for a in ACTIVATIONS] + [_act_bwd(a) for a in ACTIVATIONS]
-    + [_dense_fwd(a) for a in ("identity", "tanh", "gelu", "softmax")]
-    + [_dense_bwd(a) for a in ("identity", "relu", "gelu", "softmax")]
-    + [_loss("softmax_cross_entropy", _labels), _loss("softmax_cross_entropy", _probs),
-       _loss("sigmoid_binary_cross_entropy", _binary),
-       _loss("sigmoid_binary_cross_entropy", _binary, one_d=True),
-       _loss("squared_error", _real), _loss("squared_error", _real, one_d=True),
-       _loss("absolute_error", _real), _loss("huber", _real, delta=0.7),
-       _loss("hinge", _signs), _loss("hinge", _signs, one_d=True)]
-    + [_bn_fwd(True), _bn_fwd(False), _bn_bwd(True), _bn_bwd(False)]
-    + [_dropout("dropout_forward"), _dropout("dropout_backward")]
-)
+CASES = _cases()
 
 
 # ------------------------------------------------------------------- aliasing
@@ -201,29 +133,32 @@ def aliasings(case, kw):
     """(label, kw) for every output of the case placed on every input it reads."""
     for o in case.outs:
         for i in case.ins:
-            a, out = kw[i], kw[o]
+            a, out = get(kw, i), kw[o]
             if a.shape == out.shape and a.dtype == out.dtype:
-                alias = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-                alias[o] = alias[i]
+                alias = copied(kw)
+                alias[o] = get(alias, i)
                 yield f"{o} is {i}", alias
             step = max(a.itemsize, out.itemsize)
             half = max(step, min(a.nbytes, out.nbytes) // 2 // step * step)
             for shift in sorted({step, half, -step, -half}):
-                alias = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kw.items()}
-                alias[i], alias[o] = _overlapping(a, out, shift)
+                alias = copied(kw)
+                a2, out2 = _overlapping(a, out, shift)
+                put(alias, i, a2)
+                alias[o] = out2
                 yield f"{o} overlaps {i} at {shift:+d} bytes", alias
 
 
 def results(backend, case, kw):
     """What the call returns and writes, copied."""
     extra = case.run(backend, kw)
-    return [np.array(r, copy=True) for r in extra] + [kw[o].copy() for o in case.outs]
+    return ([np.array(r, copy=True) for r in extra]
+            + [kw[o].copy() for o in case.outs + case.states])
 
 
 def mismatches(backend, case, dtype, n=N, n_in=IN, n_out=OUT):
     """Labels of the aliasings whose results differ from the fresh-output call's."""
     kw = case.build(dtype, n, n_in, n_out)
-    fresh = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+    fresh = copied(kw)
     expected = results(backend, case, fresh)
     bad = []
     for label, alias in aliasings(case, kw):
@@ -261,22 +196,35 @@ def test_unshared_copies_only_what_it_must():
 
 
 # ----------------------------------------------- arrays updated in place (steps)
-# step -> (the arrays it writes, call(backend, arrays, read)): the optimizers write
-# param and their states and read grad; weight_penalty writes grad and reads param
-STEPS = {
-    "sgd_step": (("param", "velocity"), lambda B, a, r: B.sgd_step(
-        a["param"], r, a["velocity"], 0.1, momentum=0.9, weight_decay=0.01)),
-    "adagrad_step": (("param", "sum_sq"), lambda B, a, r: B.adagrad_step(
-        a["param"], r, a["sum_sq"], 0.1, weight_decay=0.01)),
-    "rmsprop_step": (("param", "square_avg", "momentum_buf", "grad_avg"), lambda B, a, r: B.rmsprop_step(
-        a["param"], r, a["square_avg"], 0.01, momentum=0.9, momentum_buf=a["momentum_buf"],
-        centered=True, grad_avg=a["grad_avg"])),
-    "adadelta_step": (("param", "square_avg", "acc_delta"), lambda B, a, r: B.adadelta_step(
-        a["param"], r, a["square_avg"], a["acc_delta"])),
-    "adam_step": (("param", "m", "v", "v_max"), lambda B, a, r: B.adam_step(
-        a["param"], r, a["m"], a["v"], 3, 0.01, weight_decay=0.01, amsgrad=True, v_max=a["v_max"])),
-    "weight_penalty": (("grad",), lambda B, a, r: B.weight_penalty(r, a["grad"], l2=0.1, l1=0.01)),
-}
+def _steps():
+    """kernel -> (the arrays it updates in place, the one array it reads): every
+    declared kernel that writes states only (the optimizers write param and their
+    states and read grad; weight_penalty writes grad and reads param)."""
+    steps = {}
+    for name, k in DECLARATIONS.items():
+        written = k.written()
+        if written and not any(isinstance(a, Out) for a in written):
+            roles = k.roles(k.example(np.float64))
+            read, = roles["inputs"]
+            steps[name] = (roles["states"], read)
+    return steps
+
+
+STEPS = _steps()
+
+
+def _step_call(step, dtype):
+    """call(backend, written arrays, read array) -> the step's return value, with
+    the other arguments of the declared example call."""
+    k = DECLARATIONS[step]
+    names, read_name = STEPS[step]
+
+    def call(backend, arrays, read):
+        kw = k.example(dtype)
+        kw.update(arrays)
+        kw[read_name] = read
+        return k.call(backend, kw)
+    return call
 
 
 def _written_read_pairs(dtype):
@@ -298,7 +246,8 @@ def test_read_array_sharing_memory_with_a_written_one(backend, dtype, step):
     one it writes: the step must act on the values both held before it, as with
     separate arrays."""
     B = fastnn.get_backend(backend)
-    names, call = STEPS[step]
+    names, _ = STEPS[step]
+    call = _step_call(step, dtype)
     for target in names:
         for written, read in _written_read_pairs(dtype):
             arrays = {k: rand((4, 5), dtype, 3 + i, 0.1, 1.0) for i, k in enumerate(names)}
@@ -349,3 +298,13 @@ def test_two_written_arrays_sharing_memory_are_refused(backend):
     refused(("m", "v"), lambda: B.adam_step(W.copy(), W, m, v, 1, 0.01))
     param, velocity = _pair((IN, OUT), (IN, OUT))
     refused(("param", "velocity"), lambda: B.sgd_step(param, W, velocity, 0.1, momentum=0.9))
+
+
+def test_tables_come_from_the_declarations():
+    """Every declared kernel with outputs has aliasing cases, every one that only
+    updates arrays in place a STEPS entry."""
+    with_outputs = {n for n, k in DECLARATIONS.items() if any(isinstance(a, Out) for a in k.array_args())}
+    assert {c.name for c in CASES} >= with_outputs
+    assert set(STEPS) == {"weight_penalty", "sgd_step", "adagrad_step", "rmsprop_step",
+                          "adadelta_step", "adam_step"}
+    assert len(CASES) >= 60
