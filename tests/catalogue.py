@@ -185,6 +185,46 @@ def run_se_1d(backend, dtype):
     return backend.squared_error(rand((50,), dtype, 26), rand((50,), dtype, 27))
 
 
+# Sums at extreme magnitudes: every backend accumulates in float64 and returns
+# the value in the dtype. Row 0's float32 sum overflows, its mean over 64 rows
+# does not (finite on every backend); "overflow" rows give a mean beyond float32
+# (inf in float32 on every backend, finite in float64).
+EXTREME = {"squared_error": 1e19, "absolute_error": 3e37, "huber": 3e37, "hinge": 3e37,
+           "sigmoid_binary_cross_entropy": 3e37}
+for loss, big in EXTREME.items():
+    for rows in ("one-row", "overflow"):
+        @entry(loss, f"extreme-{rows}")
+        def run_extreme(backend, dtype, loss=loss, big=big, rows=rows):
+            pred = rand((64, 100), dtype, 72)
+            sign = np.where(np.arange(100) % 2, 1.0, -1.0).astype(dtype)
+            if rows == "one-row":
+                pred[0] = big * sign
+            else:
+                pred[:] = big * sign
+            t = (rand((64, 100), dtype, 73) > 0).astype(dtype)
+            if loss == "hinge":
+                t = 2 * t - 1
+            return getattr(backend, loss)(pred, t)
+
+
+@entry("softmax_cross_entropy", "extreme-probs")
+def run_sce_extreme(backend, dtype):
+    logits = rand((64, 100), dtype, 74)
+    logits[0] = np.where(np.arange(100) % 2, 3e37, -3e37)  # each term ~6e37 t, the row ~3e39
+    p = np.random.default_rng(75).random((64, 100)).astype(dtype)
+    p /= p.sum(axis=1, keepdims=True)
+    return backend.softmax_cross_entropy(logits, p)
+
+
+for case, (value, l2, l1) in {"squares-overflow": (2e19, 1e-10, 0.0), "l2-overflow": (2e19, 1.0, 0.0),
+                              "l1-overflow": (1e38, 0.0, 1.0)}.items():
+    @entry("weight_penalty", f"extreme-{case}")
+    def run_penalty_extreme(backend, dtype, value=value, l2=l2, l1=l1):
+        p = np.full(1000, value, dtype) * np.where(np.arange(1000) % 3, 1, -1).astype(dtype)
+        g = rand((1000,), dtype, 76)
+        return backend.weight_penalty(p, g, l2=l2, l1=l1), g
+
+
 # ------------------------------------------------------------- normalisation
 for n, c in [(2, 1), (3, 7), (64, 33), (4096, 257)]:
     for training in (True, False):
