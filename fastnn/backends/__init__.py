@@ -1,7 +1,9 @@
 """Backend registry.
 
 A backend is an object with every kernel of the catalogue as a method (see
-reference.py). `NumpyBackend` is the reference; fast backends subclass it and
+reference.py; each kernel is declared once in spec.py, which generates its
+public method and ``backend.fast``, the same kernel behind a cheap structural
+check for hot callers). `NumpyBackend` is the reference; fast backends subclass it and
 override the implementations they accelerate. Fast backends are imported lazily:
 one that cannot load (Numba missing, C extension not built) is simply absent from
 `available_backends()`, and asking for it says why.

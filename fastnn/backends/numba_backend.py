@@ -1,4 +1,5 @@
-"""The Numba backend: jitted, fused kernels (see _numba_kernels.py).
+"""The Numba backend: jitted, fused kernels (see _numba_kernels.py, and
+_numba_math.py for the vectorisable exp/tanh/log1p/gelu they call).
 
 Each `_name` override receives the arrays the public method has checked, picks
 the serial kernel for small inputs (a parallel region costs ~20 us to start) or
