@@ -572,11 +572,16 @@ def test_read_only_inputs_work(spec_id, dtype, backend_name):
     backend = fastnn.get_backend(backend_name)
     kw = spec.build(dtype)
     expected = call(backend, spec, copied(kw))
-    for name in spec.inputs:
+    rtol = 1e-6 if dtype == np.float32 else 1e-13  # Numba compiles another loop for it:
+    for name in spec.inputs:  # a sum may be added in another order
         for method in (getattr(backend, spec.method), getattr(backend.fast, spec.method)):
             bad = copied(kw)
             bad[name] = readonly(bad[name])
-            assert_same(flatten(method(**bad)), flatten(expected), f"{spec_id}: {name} read-only")
+            for got, want in zip(flatten(method(**bad)), flatten(expected), strict=True):
+                if want is None:
+                    assert got is None
+                else:
+                    np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{spec_id}: {name}")
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
