@@ -9,11 +9,22 @@ Adding a kernel to a backend is adding entries here (the `entry` decorator),
 one per shape or option worth covering.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from fastnn.backends.reference import ACTIVATIONS
 
 CATALOGUE = {}  # id -> run(backend, dtype) -> tuple of outputs
+
+
+class Terms(NamedTuple):
+    """An output whose elements are sums of terms that may cancel, with the size
+    of those terms (sum of their absolute values): its rounding is bounded by
+    the terms, not by the sum (assert_close's magnitude)."""
+
+    value: np.ndarray
+    magnitude: np.ndarray
 
 # (rows, cols): one row, one column, odd sizes, and larger than the L2 cache
 SHAPES = [(1, 1), (1, 7), (9, 1), (33, 65), (1031, 1029)]
@@ -86,8 +97,12 @@ for act in ACTIVATIONS:
             preact = np.empty((n, n_out), dtype)
             y = backend.dense_forward(x, W, b, act, preact=preact)
             dy = rand((n, n_out), dtype, 8)
-            dx, dW, db = backend.dense_backward(dy, x, W, y, act, preact=preact)
-            return y, preact, dx, dW, db
+            dz = None if act == "identity" else np.empty((n, n_out), dtype)
+            dx, dW, db = backend.dense_backward(dy, x, W, y, act, preact=preact, dz=dz)
+            # dx, dW, db: sums over n_out, n, n of terms of dz = dy * act'(preact)
+            z = np.abs(dy if dz is None else dz).astype(np.float64)
+            return (y, preact, Terms(dx, z @ np.abs(W.T.astype(np.float64))),
+                    Terms(dW, np.abs(x.T.astype(np.float64)) @ z), Terms(db, z.sum(axis=0)))
 
 
 @entry("dense", "no-bias-noncontiguous-no-dx")
