@@ -110,6 +110,9 @@ def test_zero_weight_batch_with_a_penalty_is_a_clear_error():
     est = MLPClassifier(hidden_layer_sizes=(5,), batch_size=50, shuffle=False, max_iter=2, random_state=0)
     with pytest.raises(ValueError, match="sum to 0"):
         est.fit(X, y, sample_weight=w)
+    # scikit-learn divides by such a sum (ZeroDivisionError) or trains on a negative one
+    with pytest.raises(ValueError, match="sum to -"):
+        MLPRegressor(max_iter=2).fit(X, y, sample_weight=-np.ones(len(y)))
     # without a penalty such a batch carries nothing to learn from and is skipped
     quiet(est.set_params(alpha=0.0), X, y, sample_weight=w)
     with pytest.raises(ValueError, match="(?i)sample weights"):  # scikit-learn's own check

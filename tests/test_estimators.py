@@ -393,7 +393,9 @@ BAD_INPUT = {
     "y 2-D column": ("classifier", _fit(y=_y().reshape(-1, 1))),
     "sample_weight wrong length": ("classifier", _fit(sample_weight=np.ones(19))),
     "sample_weight 2-D": ("regressor", _fit(sample_weight=np.ones((20, 1)))),
-    "sample_weight negative": ("regressor", _fit({"max_iter": 2}, sample_weight=-np.ones(20))),
+    # negative weights with a positive sum, as scikit-learn accepts them (a batch whose weights sum
+    # to <= 0 is refused: tests/test_engine.py)
+    "sample_weight negative": ("regressor", _fit({"max_iter": 2}, sample_weight=np.r_[-1.0, np.ones(19)])),
     "hidden_layer_sizes 0": ("classifier", _fit({"hidden_layer_sizes": 0})),
     "hidden_layer_sizes with 0": ("regressor", _fit({"hidden_layer_sizes": (10, 0)})),
     "hidden_layer_sizes negative": ("classifier", _fit({"hidden_layer_sizes": [-3]})),

@@ -727,7 +727,6 @@ def bad_input_cases():
     fitted.build(3)
     X_nan, X_inf = X.copy(), X.copy()
     X_nan[3, 1], X_inf[0, 0] = np.nan, np.inf
-    bn = nn.Sequential([nn.Dense(4), nn.BatchNorm(), nn.Dense(3)], loss="sparse_categorical_crossentropy")
     return {
         "features": (lambda: fitted.fit(data(20, 4), y, verbose=0), ValueError, "4 features.*built for 3"),
         "predict-features": (lambda: fitted.fit(X, y, verbose=0).model.predict(data(5, 2)), ValueError,

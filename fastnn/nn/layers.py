@@ -5,8 +5,10 @@ model's flat buffers, which `Sequential.build` hands out: parameters (`params`),
 their gradients (`grads`, same layout) and non-trained state such as running
 statistics (`state`). A layer owns no arrays of its own.
 
-Every computation is one backend kernel (Dense calls the implementation behind
-the public kernel when its input passes a few cheap checks, see `_trusted`).
+Every computation is one backend kernel, called through its fast precondition
+(`backend.fast`, see fastnn.backends.spec): a few structural checks, then the
+implementation; anything else (a layer called with a list, a strided view) takes
+the public, validating kernel.
 `forward` and `backward` write into workspace buffers kept per batch size in `ws`
 (a dict the model keeps for this layer and batch size), so after the first step
 at a batch size nothing is allocated.
@@ -79,15 +81,6 @@ def rows(a, width):
     """a (N, ..., width) as the 2-D (N * ..., width) array the kernels take: `a`
     itself when it is 2-D, else a view (a copy only if `a` is not contiguous)."""
     return a if a.ndim == 2 else a.reshape(-1, width)
-
-
-def _trusted(a, dtype, width):
-    """Whether `a` is what a kernel implementation takes without the public
-    method's checks: a C-contiguous, aligned (M, width) array of the layer's dtype.
-    Inside a model every input is (workspaces, validated data); a layer called
-    with anything else goes through the validating public kernel."""
-    return (type(a) is np.ndarray and a.dtype == dtype and a.ndim == 2 and a.shape[1] == width
-            and a.flags.c_contiguous and a.flags.aligned)
 
 
 def buffer(ws, key, shape, dtype):
@@ -212,11 +205,8 @@ class Dense(Layer):
         y = buffer(ws, "y", x.shape[:-1] + (self.units,), self.dtype)
         x2, y2 = rows(x, self.n_in), rows(y, self.units)
         preact = buffer(ws, "preact", y2.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
-        if _trusted(x2, self.dtype, self.n_in):
-            backend._dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, y2, preact)
-        else:
-            backend.dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, out=y2,
-                                  preact=preact)
+        backend.fast.dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, out=y2,
+                                   preact=preact)
         ws["x"], ws["y2"] = x2, y2
         return y
 
@@ -227,12 +217,8 @@ class Dense(Layer):
         dz = None if act == "identity" else buffer(ws, "dz", y2.shape, self.dtype)
         dx = buffer(ws, "dx", dy.shape[:-1] + (self.n_in,), self.dtype) if need_dx else None
         dx2 = None if dx is None else rows(dx, self.n_in)
-        if _trusted(dy2, self.dtype, self.units) and dy2.shape[0] == x.shape[0]:  # x: checked in forward
-            backend._dense_backward(dy2, x, self.params["W"], y2, act, ws.get("preact"), dx2,
-                                    self.grads["W"], self.grads["b"], dz)
-        else:
-            backend.dense_backward(dy2, x, self.params["W"], y2, act, preact=ws.get("preact"),
-                                   need_dx=need_dx, dx=dx2, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        backend.fast.dense_backward(dy2, x, self.params["W"], y2, act, preact=ws.get("preact"),
+                                    need_dx=need_dx, dx=dx2, dW=self.grads["W"], db=self.grads["b"], dz=dz)
         if self.fixed_bias:
             self.grads["b"][...] = 0
         return dx
@@ -258,9 +244,9 @@ class Activation(Layer):
             return x
         y = buffer(ws, "y", x.shape, self.dtype)
         if self.run_activation == "softmax":  # over the last axis
-            backend.activation_forward(rows(x, x.shape[-1]), "softmax", out=rows(y, y.shape[-1]))
+            backend.fast.activation_forward(rows(x, x.shape[-1]), "softmax", out=rows(y, y.shape[-1]))
         else:
-            backend.activation_forward(x, self.run_activation, out=y)
+            backend.fast.activation_forward(x, self.run_activation, out=y)
         return y
 
     def backward(self, backend, dy, ws, need_dx):
@@ -269,10 +255,10 @@ class Activation(Layer):
         dx = buffer(ws, "dx", dy.shape, self.dtype)
         width = dy.shape[-1]
         if self.run_activation == "softmax":
-            backend.activation_backward(rows(dy, width), rows(ws["y"], width), "softmax",
+            backend.fast.activation_backward(rows(dy, width), rows(ws["y"], width), "softmax",
                                         out=rows(dx, width))
         else:
-            backend.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
+            backend.fast.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
         return dx
 
     def config(self):
@@ -313,7 +299,7 @@ class BatchNorm(Layer):
         # momentum 0 leaves the running statistics as they are (used when a
         # caller such as L-BFGS evaluates the training loss repeatedly)
         momentum = (self.momentum if mode.momentum is None else mode.momentum) if mode.update_stats else 0.0
-        _, ws["cache"] = backend.batchnorm_forward(
+        _, ws["cache"] = backend.fast.batchnorm_forward(
             x2, self.params["gamma"], self.params["beta"], self.state["running_mean"],
             self.state["running_var"], mode.training and x2.shape[0] > 1, momentum=momentum, eps=self.eps,
             out=rows(y, c))
@@ -322,7 +308,7 @@ class BatchNorm(Layer):
     def backward(self, backend, dy, ws, need_dx):
         c = dy.shape[-1]
         dx = buffer(ws, "dx", dy.shape, self.dtype)
-        backend.batchnorm_backward(rows(dy, c), ws["cache"], dx=rows(dx, c), dgamma=self.grads["gamma"],
+        backend.fast.batchnorm_backward(rows(dy, c), ws["cache"], dx=rows(dx, c), dgamma=self.grads["gamma"],
                                    dbeta=self.grads["beta"])
         return dx
 
@@ -347,14 +333,14 @@ class Dropout(Layer):
             return x
         ws["seed"] = seed = mix64(mode.seed, self.index)
         y = buffer(ws, "y", x.shape, self.dtype)
-        backend.dropout_forward(x, self.rate, seed, out=y)
+        backend.fast.dropout_forward(x, self.rate, seed, out=y)
         return y
 
     def backward(self, backend, dy, ws, need_dx):
         if not ws["active"]:
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
-        backend.dropout_backward(dy, self.rate, ws["seed"], out=dx)
+        backend.fast.dropout_backward(dy, self.rate, ws["seed"], out=dx)
         return dx
 
     def config(self):

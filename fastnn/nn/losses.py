@@ -61,7 +61,10 @@ def _integer_labels(y, name, n_samples, n_classes):
 
 class Loss:
     """Base class. `__call__(backend, output, targets, sample_weight, grad)` returns
-    the mean loss and writes d loss / d output into grad."""
+    the mean loss and writes d loss / d output into grad; it and `checked_call`
+    run `kernel(kernels, ...)`, which a subclass defines with `kernels` being the
+    backend (validating kernels) or `backend.fast` (the same kernels behind their
+    fast precondition): one definition for both paths."""
 
     name = "loss"
     link = "identity"  # activation that maps raw outputs to predictions
@@ -79,13 +82,24 @@ class Loss:
         backend.activation_forward(raw, self.link, out=out)
         return out
 
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        """The loss value (a float), its gradient written into grad, computed with
+        `kernels` (a backend or its `fast` face)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no kernel(kernels, output, targets, "
+                                  "sample_weight, grad)")
+
+    def __call__(self, backend, output, targets, sample_weight, grad):
+        return self.kernel(backend, output, targets, sample_weight, grad)
+
     def checked_call(self, backend, output, targets, sample_weight, grad):
         """`__call__` for arguments the model has already checked: output and grad
         C-contiguous (N, K) workspaces of one float dtype, targets from `targets`
         (sliced or gathered into C-contiguous arrays), sample_weight None or (N,)
-        of that dtype with a positive sum. The built-in losses call the kernel
-        implementation directly, skipping the public kernel's validation."""
-        return self(backend, output, targets, sample_weight, grad)
+        of that dtype with a positive sum: the kernels' fast precondition, no
+        value scans (see fastnn.backends.spec)."""
+        if type(self).kernel is Loss.kernel:  # a subclass that defines __call__ only
+            return self(backend, output, targets, sample_weight, grad)
+        return self.kernel(backend.fast, output, targets, sample_weight, grad)
 
     def config(self):
         return {"name": self.name}
@@ -117,11 +131,8 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("y holds negative class probabilities")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._softmax_cross_entropy(output, targets, sample_weight, grad))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
     def correct(self, output, targets):
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
@@ -142,11 +153,8 @@ class BinaryCrossEntropy(Loss):
             raise ValueError("y of a binary cross-entropy must lie in [0, 1] (0/1 labels or probabilities)")
         return t
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._sigmoid_binary_cross_entropy(output, targets, sample_weight, grad))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
     def correct(self, output, targets):
         # per-sample fraction of outputs on the right side of 0.5
@@ -159,11 +167,8 @@ class SquaredError(Loss):
 
     name = "mse"
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.squared_error(output, targets, sample_weight, grad=grad)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._squared_error(output, targets, sample_weight, grad))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.squared_error(output, targets, sample_weight, grad=grad)[0]
 
 
 class AbsoluteError(Loss):
@@ -171,11 +176,8 @@ class AbsoluteError(Loss):
 
     name = "mae"
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.absolute_error(output, targets, sample_weight, grad=grad)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._absolute_error(output, targets, sample_weight, grad))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.absolute_error(output, targets, sample_weight, grad=grad)[0]
 
 
 class Huber(Loss):
@@ -186,11 +188,8 @@ class Huber(Loss):
     def __init__(self, delta=1.0):
         self.delta = chk.real(delta, "delta", low=0, low_open=True)
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._huber(output, targets, sample_weight, grad, self.delta))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
 
     def config(self):
         return {"name": self.name, "delta": self.delta}
@@ -221,11 +220,8 @@ class Hinge(Loss):
             raise ValueError("y of the hinge loss must be -1/+1 or 0/1 per output")
         return t
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return backend.hinge(output, targets, sample_weight, grad=grad)[0]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return float(backend._hinge(output, targets, sample_weight, grad))
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return kernels.hinge(output, targets, sample_weight, grad=grad)[0]
 
     def correct(self, output, targets):
         if output.shape[1] > 1:  # one-vs-rest: the highest score is the class
@@ -258,8 +254,8 @@ class _ClippedLogLoss:
     """Mixin: the value of scikit-learn's log loss (probabilities clipped to
     [eps, 1 - eps]); the gradient is the unclipped one, as scikit-learn's."""
 
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        loss = super().checked_call(backend, output, targets, sample_weight, grad)
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        loss = super().kernel(kernels, output, targets, sample_weight, grad)
         # Unweighted, grad is (p - target) / N, and the clip can matter only where a
         # probability is within eps of the wrong end: |p - target| >= 1 - eps (4 eps
         # for rounding); with weights, or then, the clipped value is computed.
@@ -267,10 +263,6 @@ class _ClippedLogLoss:
         if sample_weight is not None or np.abs(grad).max() * output.shape[0] >= 1 - 4 * eps:
             loss = clipped_log_loss(output, targets, sample_weight, self.link)
         return loss
-
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        super().__call__(backend, output, targets, sample_weight, grad)
-        return clipped_log_loss(output, np.asarray(targets), sample_weight, self.link)
 
 
 class LogLoss(_ClippedLogLoss, SoftmaxCrossEntropy):
@@ -294,11 +286,8 @@ class SquaredLoss(SquaredError):
 
     name = "squared_loss"
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return super().__call__(backend, output, targets, sample_weight, grad) / output.shape[1]
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        return super().checked_call(backend, output, targets, sample_weight, grad) / output.shape[1]
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        return super().kernel(kernels, output, targets, sample_weight, grad) / output.shape[1]
 
 
 class PoissonLoss(Loss):
@@ -315,11 +304,8 @@ class PoissonLoss(Loss):
             raise ValueError("y of the Poisson loss must be >= 0")
         return t
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
-        return self.checked_call(backend, output, targets, sample_weight, grad)
-
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        # (N, K): t log(t / pred) - t + pred with pred = exp(output)
+    def kernel(self, kernels, output, targets, sample_weight, grad):
+        # NumPy only (no kernel of the catalogue): (N, K) t log(t / pred) - t + pred with pred = exp(output)
         pred = np.exp(output)
         per_elem = xlogy(targets, targets) - targets * output - targets + pred
         n = output.shape[0]

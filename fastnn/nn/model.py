@@ -405,8 +405,9 @@ class Sequential:
     def _penalty_scale(self, batch_weight):
         if not self.penalty_per_sample:
             return 1.0
-        if batch_weight == 0 and self._penalties:
-            raise ValueError("the sample weights of the batch sum to 0: the penalty per sample is undefined")
+        if batch_weight <= 0 and self._penalties:
+            raise ValueError(f"the sample weights of the batch sum to {batch_weight}: the penalty per sample "
+                             "is undefined")
         return 1.0 / batch_weight if batch_weight else 0.0
 
     def _penalty(self, backend, scale):
@@ -414,8 +415,8 @@ class Sequential:
         value. Outside a step (evaluate) the gradient buffer serves as scratch:
         nothing reads it between steps."""
         value = 0.0
-        for param, grad, l2, l1 in self._penalties:  # views of the flat buffers: no checks needed
-            value += float(backend._weight_penalty(param, grad, l2 * scale, l1 * scale))
+        for param, grad, l2, l1 in self._penalties:  # views of the flat buffers
+            value += backend.fast.weight_penalty(param, grad, l2 * scale, l1 * scale)
         return value
 
     def _loss_and_grads(self, backend, x, t, w, ws, mode, batch_weight, fold_l2=False):

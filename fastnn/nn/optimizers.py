@@ -3,10 +3,10 @@
 An optimizer updates the model's whole flat parameter buffer with ONE fused
 backend kernel call per step; its state (momentum, moment estimates) lives in
 buffers of the same layout as the parameters, allocated by `bind`. The arrays of
-a step are checked by a few cheap tests (the buffers it is bound to, a gradient of
-their layout, a finite rate); then the backend's implementation runs directly,
-without the public kernel's argument validation, which a step would otherwise
-pay every time. Anything else goes through the public, validating kernel.
+a step go through the kernel's fast precondition (`backend.fast`, see
+fastnn.backends.spec): a few structural checks, then the backend's
+implementation; anything they do not accept goes through the public,
+validating kernel.
 
 An L2 penalty on the leading part of the buffer (a weights block) can be folded
 into the step (`step(..., l2=..., l2_size=...)`) by the optimizers whose weight
@@ -248,27 +248,20 @@ class Optimizer:
         self.t += 1
         self.samples_seen += n_samples
         lr = self.schedule.lr_at(self.t)
-        trusted = self._trusted(params, grads, lr)
-        if trusted:
-            lr = float(lr)
+        if type(lr) is not float and isinstance(lr, (int, float)):
+            lr = float(lr)  # the fast precondition takes Python floats
+        kernels = backend.fast
         if not l2:
-            self._step(backend, params, grads, lr, self.state, self.weight_decay, trusted)
+            self._step(kernels, params, grads, lr, self.state, self.weight_decay)
             return
         k = l2_size
-        if self._split is None or self._split[0] != k or not trusted:
+        if self._split is None or self._split[0] != k or params is not self._params:
             self._split = (k, {n: a[:k] for n, a in self.state.items()},
                            {n: a[k:] for n, a in self.state.items()})
         _, head, tail = self._split
-        self._step(backend, params[:k], grads[:k], lr, head, self.weight_decay + l2, trusted)
+        self._step(kernels, params[:k], grads[:k], lr, head, self.weight_decay + l2)
         if k < params.size:
-            self._step(backend, params[k:], grads[k:], lr, tail, self.weight_decay, trusted)
-
-    def _trusted(self, params, grads, lr):
-        """Whether the arrays are the bound buffer and a gradient of its layout and
-        the rate is a finite float >= 0: what the public kernels would check."""
-        return (params is self._params and type(grads) is np.ndarray and grads.dtype == params.dtype
-                and grads.shape == params.shape and grads.flags.c_contiguous and grads.flags.aligned
-                and isinstance(lr, (float, int)) and 0 <= lr < math.inf)
+            self._step(kernels, params[k:], grads[k:], lr, tail, self.weight_decay)
 
     def end_epoch(self, loss=None):
         """Tell the schedule an epoch ended, with its training loss. Returns True
@@ -320,14 +313,10 @@ class SGD(Optimizer):
         self.lr_in_velocity = bool(lr_in_velocity)
         self.state_names = ("velocity",) if self.momentum else ()
 
-    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
-        if trusted:
-            backend._sgd_step(params, grads, state.get("velocity"), lr, self.momentum, self.nesterov,
-                              weight_decay, self.lr_in_velocity)
-        else:
-            backend.sgd_step(params, grads, state.get("velocity"), lr, momentum=self.momentum,
-                             nesterov=self.nesterov, weight_decay=weight_decay,
-                             lr_in_velocity=self.lr_in_velocity)
+    def _step(self, kernels, params, grads, lr, state, weight_decay):
+        kernels.sgd_step(params, grads, state.get("velocity"), lr, momentum=self.momentum,
+                         nesterov=self.nesterov, weight_decay=weight_decay,
+                         lr_in_velocity=self.lr_in_velocity)
 
 
 class Adagrad(Optimizer):
@@ -340,12 +329,9 @@ class Adagrad(Optimizer):
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
 
-    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
-        if trusted:
-            backend._adagrad_step(params, grads, state["sum_sq"], lr, self.eps, weight_decay)
-        else:
-            backend.adagrad_step(params, grads, state["sum_sq"], lr, eps=self.eps,
-                                 weight_decay=weight_decay)
+    def _step(self, kernels, params, grads, lr, state, weight_decay):
+        kernels.adagrad_step(params, grads, state["sum_sq"], lr, eps=self.eps,
+                             weight_decay=weight_decay)
 
 
 class RMSprop(Optimizer):
@@ -363,16 +349,12 @@ class RMSprop(Optimizer):
         self.state_names = (("square_avg",) + (("momentum_buf",) if self.momentum else ())
                             + (("grad_avg",) if self.centered else ()))
 
-    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+    def _step(self, kernels, params, grads, lr, state, weight_decay):
         s = state
-        if trusted:
-            backend._rmsprop_step(params, grads, s["square_avg"], lr, self.alpha, self.eps, weight_decay,
-                                  self.momentum, s.get("momentum_buf"), s.get("grad_avg"))
-        else:
-            backend.rmsprop_step(params, grads, s["square_avg"], lr, alpha=self.alpha, eps=self.eps,
-                                 weight_decay=weight_decay, momentum=self.momentum,
-                                 momentum_buf=s.get("momentum_buf"), centered=self.centered,
-                                 grad_avg=s.get("grad_avg"))
+        kernels.rmsprop_step(params, grads, s["square_avg"], lr, alpha=self.alpha, eps=self.eps,
+                             weight_decay=weight_decay, momentum=self.momentum,
+                             momentum_buf=s.get("momentum_buf"), centered=self.centered,
+                             grad_avg=s.get("grad_avg"))
 
 
 class Adadelta(Optimizer):
@@ -386,13 +368,9 @@ class Adadelta(Optimizer):
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
 
-    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
-        if trusted:
-            backend._adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr, self.rho,
-                                   self.eps, weight_decay)
-        else:
-            backend.adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr,
-                                  rho=self.rho, eps=self.eps, weight_decay=weight_decay)
+    def _step(self, kernels, params, grads, lr, state, weight_decay):
+        kernels.adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr,
+                              rho=self.rho, eps=self.eps, weight_decay=weight_decay)
 
 
 class Adam(Optimizer):
@@ -415,16 +393,12 @@ class Adam(Optimizer):
         self.sklearn_eps = bool(sklearn_eps)
         self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
 
-    def _step(self, backend, params, grads, lr, state, weight_decay, trusted):
+    def _step(self, kernels, params, grads, lr, state, weight_decay):
         eps = self.eps / math.sqrt(1 - self.beta2**self.t) if self.sklearn_eps else self.eps
         s = state
-        if trusted:
-            backend._adam_step(params, grads, s["m"], s["v"], self.t, lr, self.beta1, self.beta2, eps,
-                               weight_decay, self.decoupled, s.get("v_max"))
-        else:
-            backend.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1,
-                              beta2=self.beta2, eps=eps, weight_decay=weight_decay,
-                              decoupled=self.decoupled, amsgrad=self.amsgrad, v_max=s.get("v_max"))
+        kernels.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1,
+                          beta2=self.beta2, eps=eps, weight_decay=weight_decay,
+                          decoupled=self.decoupled, amsgrad=self.amsgrad, v_max=s.get("v_max"))
 
 
 class AdamW(Adam):

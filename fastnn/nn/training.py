@@ -91,11 +91,11 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
         tb = take_rows(t, lo, hi, order, buffers, "t")
         wb = take_rows(w, lo, hi, order, buffers, "w")
         bw = (hi - lo) if wb is None else float(wb.sum())
+        if bw <= 0 and model._penalties and model.penalty_per_sample:
+            raise ValueError(f"the sample weights of batch {step} of epoch {epoch} sum to {bw}: its "
+                             "penalty per sample is undefined; shuffle, change batch_size or give "
+                             "those samples positive weights")
         if bw == 0:
-            if model._penalties and model.penalty_per_sample:
-                raise ValueError(f"the sample weights of batch {step} of epoch {epoch} sum to 0: its "
-                                 "penalty per sample is undefined; shuffle, change batch_size or give "
-                                 "those samples positive weights")
             continue  # every sample weighs 0: nothing to learn from this batch
         try:
             loss = model._train_batch(backend, xb, tb, wb, ws, bw)
