@@ -530,6 +530,44 @@ def test_fast_gives_the_public_result(spec_id, dtype, backend_name):
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("spec_id", sorted(SPECS))
+def test_fast_repeated_with_the_same_arrays_gives_the_public_result(spec_id, backend_name):
+    """A second fast call with the very objects of the first skips the checks
+    (the memo): the same result as the public method on the same inputs."""
+    spec = SPECS[spec_id]
+    backend = fastnn.get_backend(backend_name)
+    kw = spec.build(np.float64)
+    kw_fast = copied(kw)
+    fast = type(backend)().fast  # its own memo
+    getattr(fast, spec.method)(**kw_fast)
+    for name, value in kw_fast.items():  # the state the first call left, for the reference
+        if isinstance(value, np.ndarray):
+            np.copyto(kw[name], value)
+    expected = call(backend, spec, kw)
+    got = getattr(fast, spec.method)(**kw_fast)
+    assert_same(flatten(got), flatten(expected), spec_id)
+    for name in kw:
+        assert_same(arrays(kw_fast[name]), arrays(kw[name]), f"{spec_id}: {name}")
+
+
+def test_fast_memo_keeps_no_array_alive():
+    import gc
+    import weakref
+
+    fast = fastnn.backends.reference.NumpyBackend().fast
+    x = rand((N, IN), np.float64, 1)
+    ref = weakref.ref(x)
+    out = fast.dense_forward(x, rand((IN, OUT), np.float64, 2), None, "tanh")
+    assert out.shape == (N, OUT)
+    del x
+    gc.collect()
+    assert ref() is None
+    # and a new array at a recycled address is checked again
+    with pytest.raises(ValueError, match="x"):
+        fast.dense_forward(rand((N, IN + 1), np.float64, 1), rand((IN, OUT), np.float64, 2), None, "tanh")
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
 def test_fast_takes_the_public_path_for_what_it_does_not_check(backend_name):
     """Non-contiguous or read-only inputs, outputs on an input, aliases, int
     scalars: the fast method gives the public result (copies, in place, ...)."""

@@ -69,12 +69,22 @@ public method, which validates fully and raises its clear error, or copies what
 it must and runs. So a list, a wrong shape or a non-contiguous view through
 ``fast`` gets exactly the public behaviour, never compiled code. Hot callers
 should pass Python floats for real scalars (an int takes the public path).
+
+A fast method without numeric scalars (dense, activations, the losses but
+huber) remembers the last call that passed: a call with the very same objects
+(arrays through weak references, so nothing is kept alive; scalars by identity)
+skips the checks, since an array's type, dtype, shape, strides and memory
+cannot change. The training loop passes the same workspaces and parameter
+views step after step, so its check costs a few identity tests. (An array
+whose writeable flag a caller clears after such a call is then written all the
+same.)
 `init_weights` and `dropout_mask` are not hot: their ``fast`` is the public method.
 ``fastnn.backends.spec.source(name, fast=True)`` shows the generated code.
 """
 
 import inspect
 import math
+import weakref
 
 import numpy as np
 
@@ -708,7 +718,8 @@ def namespace():
             "_NEEDS_INPUT": ref.NEEDS_INPUT, "_BatchNormCache": ref.BatchNormCache,
             "_shape_arg": ref.shape_arg, "_method_arg": ref.method_arg,
             "_dtype_arg": ref.dtype_arg, "_rng_arg": ref.rng_arg, "_Miss": _Miss,
-            "ValueError": ValueError, "TypeError": TypeError,
+            "ValueError": ValueError, "TypeError": TypeError, "_wref": weakref.ref,
+            "_SAME": object(),
         }
         _NAMESPACE.update({f"_X{i}": object() for i in range(16)})  # "absent" owners
     return _NAMESPACE
@@ -930,13 +941,11 @@ def _fast_float(a, anchor, bound, g):
 def fast_source(k):
     """Source of the fast method of kernel k (a closure over the backend _b)."""
     g = _Gen()
-    g.depth = 2
+    g.depth = 4  # inside: def _make, def kernel, else (memo miss), try
     anchor = k.anchor()
     bound = set()
     names = [p.name for p in k.params]
     fallback = f"return _b.{k.name}({', '.join(names)})"
-    g.emit("try:")
-    g.indent()
     allocate = []
     for a in k.args:
         if isinstance(a, Option):
@@ -1029,14 +1038,56 @@ def fast_source(k):
     if pairs:
         g.emit("if (" + "\n                    or ".join(pairs) + "):")
         g.emit("    raise _Miss")
-    g.dedent()
+    checks = g.lines
+    # The memo: a call whose arguments are the very objects of the last call that
+    # passed (arrays compared through weak references, so that the memo keeps no
+    # caller array alive; everything else by identity) skips the checks: an
+    # array's type, dtype, shape, strides and memory cannot change. Hot callers
+    # pass the same workspace and parameter arrays step after step. Only for
+    # kernels without numeric scalars (an optimizer's rate and step, a dropout
+    # seed change every call: the memo would only add the cost of storing it)
+    # and without a cache (a tuple: it cannot be referenced weakly).
+    memo = not any(isinstance(a, (Cache, Real, Int)) for a in k.args)
+    arrays = {a.var for a in k.args if isinstance(a, (In, State, Out, Weights, Labels)) and a.src == a.var}
+    state = ["_dt"] + sorted(_sym(d) for d in bound)
+    g = _Gen()
+    g.depth = 2
+    if memo:
+        hit = []
+        for i, n in enumerate(names):
+            if n in arrays:
+                hit.append(f"(_k[{i}] is None if {n} is None "
+                           f"else (_k[{i}] is not None and _k[{i}]() is {n}))")
+            else:
+                hit.append(f"{n} is _k[{i}]")
+        g.emit("_m = _memo[0]")
+        g.emit("_k = None if _m is None else _m[0]")
+        g.emit("if (_k is not None and " + "\n                    and ".join(hit) + "):")
+        g.emit("    _n = _m[1]")
+        for i, n in enumerate(names):  # the checks' normalisations (unused arrays to None, flags to bool)
+            g.emit(f"    if _n[{i}] is not _SAME: {n} = _n[{i}]")
+        g.emit(f"    {''.join(n + ', ' for n in state)}= _m[2]")
+        g.emit("else:")
+    else:
+        g.emit("if True:")
+    g.indent()
+    if memo:
+        g.emit(f"_a = ({', '.join(names)},)  # as passed, before the checks' normalisations")
+    g.emit("try:")
+    g.lines += checks
     g.emit("except (_Miss, ValueError):")
     g.emit("    " + fallback)
+    if memo:
+        keys = ", ".join(f"None if {n} is None else _wref({n})" if n in arrays else n for n in names)
+        normalised = ", ".join(f"_SAME if {n} is _a[{i}] else {n}" for i, n in enumerate(names))
+        g.emit(f"_memo[0] = (({keys},), ({normalised},), ({''.join(n + ', ' for n in state)}))")
+    g.dedent()
     for line in allocate:
         g.emit(line)
     g.emit(f"_r = _b._{k.name}({k.impl})")
     g.emit(f"return {k.returns}")
-    head = f"def _make(_b, _inf=float('inf')):\n    def {k.name}({k.signature}):\n"
+    head = (f"def _make(_b, _inf=float('inf')):\n    _memo = [None]\n"
+            f"    def {k.name}({k.signature}):\n")
     return head + "\n".join(g.lines) + f"\n    return {k.name}\n"
 
 
