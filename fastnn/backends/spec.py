@@ -71,7 +71,8 @@ it must and runs. So a list, a wrong shape or a non-contiguous view through
 should pass Python floats for real scalars (an int takes the public path).
 
 A fast method without numeric scalars (dense, activations, the losses but
-huber) remembers the last call that passed: a call with the very same objects
+huber) remembers the calls that passed (the last one per first array argument,
+so one per layer of a model; at most 64): a call with the very same objects
 (arrays through weak references, so nothing is kept alive; scalars by identity)
 skips the checks, since an array's type, dtype, shape, strides and memory
 cannot change. The training loop passes the same workspaces and parameter
@@ -1060,7 +1061,8 @@ def fast_source(k):
                            f"else (_k[{i}] is not None and _k[{i}]() is {n}))")
             else:
                 hit.append(f"{n} is _k[{i}]")
-        g.emit("_m = _memo[0]")
+        first = next(n for n in names if n in arrays)  # the key: one entry per first array
+        g.emit(f"_m = _memo.get(id({first}))")
         g.emit("_k = None if _m is None else _m[0]")
         g.emit("if (_k is not None and " + "\n                    and ".join(hit) + "):")
         g.emit("    _n = _m[1]")
@@ -1080,13 +1082,15 @@ def fast_source(k):
     if memo:
         keys = ", ".join(f"None if {n} is None else _wref({n})" if n in arrays else n for n in names)
         normalised = ", ".join(f"_SAME if {n} is _a[{i}] else {n}" for i, n in enumerate(names))
-        g.emit(f"_memo[0] = (({keys},), ({normalised},), ({''.join(n + ', ' for n in state)}))")
+        g.emit("if len(_memo) > 64: _memo.clear()")
+        g.emit(f"_memo[id(_a[{names.index(first)}])] = (({keys},), ({normalised},), "
+               f"({''.join(n + ', ' for n in state)}))")
     g.dedent()
     for line in allocate:
         g.emit(line)
     g.emit(f"_r = _b._{k.name}({k.impl})")
     g.emit(f"return {k.returns}")
-    head = (f"def _make(_b, _inf=float('inf')):\n    _memo = [None]\n"
+    head = (f"def _make(_b, _inf=float('inf')):\n    _memo = {{}}\n"
             f"    def {k.name}({k.signature}):\n")
     return head + "\n".join(g.lines) + f"\n    return {k.name}\n"
 

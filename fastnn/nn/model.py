@@ -28,7 +28,7 @@ from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
 from . import layout, saving, training
 from .callbacks import Callback, History
-from .layers import BatchNorm, Dense, Layer, Pass, layer_from_config, mix64
+from .layers import BatchNorm, Dense, Dropout, Layer, Pass, layer_from_config, mix64
 from .losses import get_loss, sample_weights
 from .optimizers import get_optimizer, optimizer_from_config
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
@@ -227,6 +227,7 @@ class Sequential:
         self._workspaces = collections.OrderedDict()
         self._penalties = self._penalty_terms()
         self._fold_l2 = False
+        self._has_dropout = any(isinstance(layer, Dropout) for layer in self.layers)
         self.built = True
         return self
 
@@ -444,7 +445,9 @@ class Sequential:
 
     def _train_batch(self, backend, x, t, w, ws, batch_weight):
         self._passes += 1
-        mode = Pass(training=True, update_stats=True, seed=mix64(self.seed, self._passes))
+        # the seed is for dropout masks only (mix64 is pure Python: a few us a step)
+        seed = mix64(self.seed, self._passes) if self._has_dropout else 0
+        mode = Pass(training=True, update_stats=True, seed=seed)
         fold = self._fold_l2
         loss = self._loss_and_grads(backend, x, t, w, ws, mode, batch_weight, fold)
         if fold:

@@ -44,7 +44,7 @@ def take_rows(a, lo, hi, order, buffers, key):
     rows densified) into buffers[key], allocated once per batch size."""
     if a is None:
         return None
-    sparse = sp.issparse(a)
+    sparse = type(a) is not np.ndarray and sp.issparse(a)
     if order is None and not sparse:
         return a[lo:hi]
     buf = buffers.get(key)
