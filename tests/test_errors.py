@@ -550,6 +550,26 @@ def test_fast_repeated_with_the_same_arrays_gives_the_public_result(spec_id, bac
         assert_same(arrays(kw_fast[name]), arrays(kw[name]), f"{spec_id}: {name}")
 
 
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_fast_memo_checks_new_rates_and_steps(backend_name):
+    """The memo's key leaves out a rate and a step count (new values every step):
+    their ranges are checked on every call, and a new value gives the public result."""
+    backend = fastnn.get_backend(backend_name)
+    fast = type(backend)().fast
+    p, g = rand(OUT, np.float64, 5), rand(OUT, np.float64, 6)
+    m, v = np.zeros(OUT), np.zeros(OUT)
+    p2, m2, v2 = p.copy(), m.copy(), v.copy()
+    for t, lr in ((1, 0.1), (2, 0.05), (3, 0.2)):
+        fast.adam_step(p, g, m, v, t, lr, weight_decay=0.01)
+        backend.adam_step(p2, g, m2, v2, t, lr, weight_decay=0.01)
+        np.testing.assert_array_equal(p, p2)
+    with pytest.raises(ValueError, match="lr"):
+        fast.adam_step(p, g, m, v, 4, -0.1)
+    with pytest.raises(ValueError, match="t"):
+        fast.adam_step(p, g, m, v, 0, 0.1)
+    np.testing.assert_array_equal(p, p2)
+
+
 def test_fast_memo_keeps_no_array_alive():
     import gc
     import weakref

@@ -70,12 +70,13 @@ it must and runs. So a list, a wrong shape or a non-contiguous view through
 ``fast`` gets exactly the public behaviour, never compiled code. Hot callers
 should pass Python floats for real scalars (an int takes the public path).
 
-A fast method without numeric scalars (dense, activations, the losses but
-huber) remembers the calls that passed (the last one per first array argument,
+A fast method (every kernel but batchnorm_backward, whose cache is a tuple)
+remembers the calls that passed (the last one per first array argument,
 so one per layer of a model; at most 64): a call with the very same objects
-(arrays through weak references, so nothing is kept alive; scalars by identity)
-skips the checks, since an array's type, dtype, shape, strides and memory
-cannot change. The training loop passes the same workspaces and parameter
+(arrays through weak references, so nothing is kept alive; scalars by identity,
+except numeric ones no other rule refers to, such as a rate or a step count,
+whose ranges alone are checked again) skips the checks, since an array's type,
+dtype, shape, strides and memory cannot change. The training loop passes the same workspaces and parameter
 views step after step, so its check costs a few identity tests. (An array
 whose writeable flag a caller clears after such a call is then written all the
 same.)
@@ -85,6 +86,7 @@ same.)
 
 import inspect
 import math
+import re
 import weakref
 
 import numpy as np
@@ -939,6 +941,22 @@ def _fast_float(a, anchor, bound, g):
             bound.update(dims)
 
 
+def _fast_scalar(a):
+    """The fast-path line checking a Real or Int scalar."""
+    if isinstance(a, Real):
+        lo = "-_inf" if a.low is None else repr(float(a.low))
+        hi = "_inf" if a.high is None else repr(float(a.high))
+        lop = "<" if a.low is None or a.low_open else "<="
+        hop = "<" if a.high is None or a.high_open else "<="
+        return f"if not (type({a.var}) is float and {lo} {lop} {a.var} {hop} {hi}): raise _Miss"
+    conds = [f"type({a.var}) is int"]
+    if a.low is not None:
+        conds.append(f"{a.low} <= {a.var}")
+    if a.high is not None:
+        conds.append(f"{a.var} <= {a.high}")
+    return f"if not ({' and '.join(conds)}): raise _Miss"
+
+
 def fast_source(k):
     """Source of the fast method of kernel k (a closure over the backend _b)."""
     g = _Gen()
@@ -954,19 +972,8 @@ def fast_source(k):
             if a.optional:
                 cond = f"{a.var} is None or ({cond})"
             g.emit(f"if not ({cond}): raise _Miss")
-        elif isinstance(a, Real):
-            lo = "-_inf" if a.low is None else repr(float(a.low))
-            hi = "_inf" if a.high is None else repr(float(a.high))
-            lop = "<" if a.low is None or a.low_open else "<="
-            hop = "<" if a.high is None or a.high_open else "<="
-            g.emit(f"if not (type({a.var}) is float and {lo} {lop} {a.var} {hop} {hi}): raise _Miss")
-        elif isinstance(a, Int):
-            conds = [f"type({a.var}) is int"]
-            if a.low is not None:
-                conds.append(f"{a.low} <= {a.var}")
-            if a.high is not None:
-                conds.append(f"{a.var} <= {a.high}")
-            g.emit(f"if not ({' and '.join(conds)}): raise _Miss")
+        elif isinstance(a, (Real, Int)):
+            g.emit(_fast_scalar(a))
         elif isinstance(a, Flag):
             g.emit(f"if type({a.var}) is not bool: {a.var} = bool({a.var})")
         elif isinstance(a, Check):
@@ -1044,11 +1051,17 @@ def fast_source(k):
     # passed (arrays compared through weak references, so that the memo keeps no
     # caller array alive; everything else by identity) skips the checks: an
     # array's type, dtype, shape, strides and memory cannot change. Hot callers
-    # pass the same workspace and parameter arrays step after step. Only for
-    # kernels without numeric scalars (an optimizer's rate and step, a dropout
-    # seed change every call: the memo would only add the cost of storing it)
-    # and without a cache (a tuple: it cannot be referenced weakly).
-    memo = not any(isinstance(a, (Cache, Real, Int)) for a in k.args)
+    # pass the same workspace and parameter arrays step after step. Numeric
+    # scalars that no other argument's rule refers to (an optimizer's rate and
+    # step count, a dropout seed: new values every call) are not part of the key;
+    # a hit checks their ranges alone. Not for kernels taking a cache (a tuple:
+    # it cannot be referenced weakly).
+    memo = not any(isinstance(a, Cache) for a in k.args)
+    rules = " ".join(str(getattr(a, "when", None) or "") + " " + str(getattr(a, "cond", "") or "")
+                     + " " + str(getattr(a, "shape", "") or "") for a in k.args)
+    free = [a for a in k.args if isinstance(a, (Real, Int)) and a.var in names
+            and not re.search(rf"\b{a.var}\b", rules)]
+    free_names = {a.var for a in free}
     arrays = {a.var for a in k.args if isinstance(a, (In, State, Out, Weights, Labels)) and a.src == a.var}
     state = ["_dt"] + sorted(_sym(d) for d in bound)
     g = _Gen()
@@ -1059,15 +1072,22 @@ def fast_source(k):
             if n in arrays:
                 hit.append(f"(_k[{i}] is None if {n} is None "
                            f"else (_k[{i}] is not None and _k[{i}]() is {n}))")
-            else:
+            elif n not in free_names:
                 hit.append(f"{n} is _k[{i}]")
         first = next(n for n in names if n in arrays)  # the key: one entry per first array
         g.emit(f"_m = _memo.get(id({first}))")
         g.emit("_k = None if _m is None else _m[0]")
         g.emit("if (_k is not None and " + "\n                    and ".join(hit) + "):")
+        if free:
+            g.emit("    try:")
+            for a in free:
+                g.emit("        " + _fast_scalar(a))
+            g.emit("    except _Miss:")
+            g.emit("        " + fallback)
         g.emit("    _n = _m[1]")
         for i, n in enumerate(names):  # the checks' normalisations (unused arrays to None, flags to bool)
-            g.emit(f"    if _n[{i}] is not _SAME: {n} = _n[{i}]")
+            if n not in free_names:
+                g.emit(f"    if _n[{i}] is not _SAME: {n} = _n[{i}]")
         g.emit(f"    {''.join(n + ', ' for n in state)}= _m[2]")
         g.emit("else:")
     else:
@@ -1080,8 +1100,10 @@ def fast_source(k):
     g.emit("except (_Miss, ValueError):")
     g.emit("    " + fallback)
     if memo:
-        keys = ", ".join(f"None if {n} is None else _wref({n})" if n in arrays else n for n in names)
-        normalised = ", ".join(f"_SAME if {n} is _a[{i}] else {n}" for i, n in enumerate(names))
+        keys = ", ".join(f"None if {n} is None else _wref({n})" if n in arrays
+                         else "None" if n in free_names else n for n in names)
+        normalised = ", ".join("_SAME" if n in free_names else f"_SAME if {n} is _a[{i}] else {n}"
+                               for i, n in enumerate(names))
         g.emit("if len(_memo) > 64: _memo.clear()")
         g.emit(f"_memo[id(_a[{names.index(first)}])] = (({keys},), ({normalised},), "
                f"({''.join(n + ', ' for n in state)}))")

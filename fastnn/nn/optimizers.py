@@ -224,7 +224,7 @@ class Optimizer:
         restart the step count and the schedule."""
         self._params = params
         self.state = {name: np.zeros_like(params) for name in self.state_names}
-        self._split = None  # (l2_size, state views before it, state views after it)
+        self._split = None  # (l2_size, params, grads, (views before it), (views after it))
         self.t = 0
         self.samples_seen = 0
         self.epochs_done = 0
@@ -255,13 +255,17 @@ class Optimizer:
             self._step(kernels, params, grads, lr, self.state, self.weight_decay)
             return
         k = l2_size
-        if self._split is None or self._split[0] != k or params is not self._params:
-            self._split = (k, {n: a[:k] for n, a in self.state.items()},
-                           {n: a[k:] for n, a in self.state.items()})
-        _, head, tail = self._split
-        self._step(kernels, params[:k], grads[:k], lr, head, self.weight_decay + l2)
+        split = self._split
+        if split is None or split[0] != k or split[1] is not params or split[2] is not grads:
+            # the same view objects every step: the kernels' fast path remembers them
+            split = self._split = (k, params, grads, (params[:k], grads[:k], {n: a[:k] for n, a in
+                                                                            self.state.items()}),
+                                   (params[k:], grads[k:], {n: a[k:] for n, a in self.state.items()}))
+        p, g, head = split[3]
+        self._step(kernels, p, g, lr, head, self.weight_decay + l2)
         if k < params.size:
-            self._step(kernels, params[k:], grads[k:], lr, tail, self.weight_decay)
+            p, g, tail = split[4]
+            self._step(kernels, p, g, lr, tail, self.weight_decay)
 
     def end_epoch(self, loss=None):
         """Tell the schedule an epoch ended, with its training loss. Returns True
