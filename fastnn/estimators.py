@@ -199,14 +199,8 @@ class _FastMLP:
         coefs_)."""
         model = self.model_
         for name, mine, views in self._exposed_pairs(model):
-            if mine is not None and len(mine) == len(views) and all(a is b for a, b in zip(mine, views)):
-                continue
-            if mine is None or len(mine) != len(views) or any(np.shape(a) != b.shape
-                                                              for a, b in zip(mine, views)):
-                raise ValueError(f"{name} does not match the network: expected arrays of shapes "
-                                 f"{[b.shape for b in views]}")
-            for a, b in zip(mine, views):
-                b[...] = a
+            if not _are_views(mine, views):
+                _copy_attribute(name, mine, views)
         self._expose(model)
         return model
 
@@ -230,13 +224,8 @@ class _FastMLP:
         new = self._new_model(layer_units, dtype, np.random.default_rng(0))  # weights copied below
         for name, _, views in self._exposed_pairs(new):
             values = getattr(self, name, None)
-            if values is None:  # batch-norm attributes of a model without batch norm: keep the defaults
-                continue
-            if len(values) != len(views) or any(np.shape(a) != b.shape for a, b in zip(values, views)):
-                raise ValueError(f"{name} does not match the network: expected arrays of shapes "
-                                 f"{[b.shape for b in views]}")
-            for a, b in zip(values, views):
-                b[...] = a
+            if values is not None:  # batch-norm attributes of a model without it: the defaults
+                _copy_attribute(name, values, views)
         self._expose(new)
         return new
 
@@ -473,7 +462,7 @@ class _FastMLP:
         model = state.get("model_")
         if model is not None:
             for name, mine, views in self._exposed_pairs(model):
-                if mine is not None and len(mine) == len(views) and all(a is b for a, b in zip(mine, views)):
+                if _are_views(mine, views):
                     state.pop(name)
         return state
 
@@ -488,6 +477,21 @@ class _FastMLP:
 
 
 BN_ATTRIBUTES = ("bn_gamma_", "bn_beta_", "bn_running_mean_", "bn_running_var_")
+
+
+def _are_views(mine, views):
+    """Whether a fitted attribute (a list of arrays) is exactly the model's views."""
+    return mine is not None and len(mine) == len(views) and all(a is b for a, b in zip(mine, views))
+
+
+def _copy_attribute(name, values, views):
+    """Copy a fitted attribute's arrays into the model's views, shapes checked."""
+    if values is None or len(values) != len(views) or any(np.shape(a) != b.shape
+                                                          for a, b in zip(values, views)):
+        raise ValueError(f"{name} does not match the network: expected arrays of shapes "
+                         f"{[b.shape for b in views]}")
+    for a, b in zip(values, views):
+        b[...] = a
 
 
 class _StoppingRules:
