@@ -186,6 +186,19 @@ def test_shapes_in_build_summary_and_errors():
         nn.Sequential([nn.Dense(2)], loss="mse").fit(np.zeros((4, 3, 2)), np.zeros((4, 2)), verbose=0)
 
 
+def test_shaped_model_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(12, 3, 2, 2)), rng.integers(0, 3, 12)
+    model = nn.Sequential([nn.Dense(4, "relu"), nn.BatchNorm(), nn.Flatten(), nn.Dense(3)],
+                          loss="sparse_categorical_crossentropy", seed=0)
+    model.fit(X, y, epochs=2, batch_size=4, verbose=0)
+    model.save(tmp_path / "shaped.npz")
+    again = nn.load(tmp_path / "shaped.npz")
+    assert again.input_shape == (3, 2, 2) and again.describe()["version"] == 2
+    assert_array_equal(again.predict(X), model.predict(X))
+    assert again.summary() == model.summary()
+
+
 def test_batchnorm_one_row_batch_uses_running_statistics():
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(9, 3)), rng.integers(0, 2, 9)
