@@ -901,28 +901,47 @@ def adadelta_parallel(param, grad, square_avg, acc_delta, lr, rho, rest, eps, we
                        rest, eps, weight_decay)
 
 
+@jit_inline
+def adam_moments(m, v, i, g, beta1, rest1, beta2, rest2):
+    """Updates m[i], v[i] with the gradient g; returns v[i]."""
+    mi = m[i] * beta1 + rest1 * g
+    vi = v[i] * beta2 + rest2 * g * g
+    m[i] = mi
+    v[i] = vi
+    return vi
+
+
 @jit
 def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2, eps,
                weight_decay, decay, amsgrad):
     """Adam. step = lr / (1 - beta1^t); inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t);
     rest1, rest2 = 1 - beta1, 1 - beta2; weight_decay (L2, added to g) or decay
     (decoupled: param *= decay), the other one inactive (0 or 1); v_max is read
-    and written only with amsgrad."""
+    and written only with amsgrad. Plain Adam, with or without L2, runs loops
+    without per-element branches (they vectorise)."""
     dt = param.dtype.type
     zero, one = dt(0), dt(1)
     use_wd, use_decay = weight_decay != zero, decay != one
+    if not (amsgrad or use_decay):
+        if use_wd:
+            for i in range(param.size):
+                p = param[i]
+                vi = adam_moments(m, v, i, grad[i] + weight_decay * p, beta1, rest1, beta2, rest2)
+                param[i] = p - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+        else:
+            for i in range(param.size):
+                vi = adam_moments(m, v, i, grad[i], beta1, rest1, beta2, rest2)
+                param[i] = param[i] - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+        return
     for i in range(param.size):
         p = param[i] * decay if use_decay else param[i]
-        g = grad[i] + weight_decay * p if use_wd else grad[i]
-        mi = m[i] * beta1 + rest1 * g
-        vi = v[i] * beta2 + rest2 * g * g
-        m[i] = mi
-        v[i] = vi
+        vi = adam_moments(m, v, i, grad[i] + weight_decay * p if use_wd else grad[i], beta1, rest1,
+                          beta2, rest2)
         if amsgrad:
             vm = v_max[i]
             vi = vi if (vi > vm or vi != vi) else vm  # np.maximum: NaN wins
             v_max[i] = vi
-        param[i] = p - step * mi / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+        param[i] = p - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
 
 
 @jit_parallel
