@@ -259,6 +259,12 @@ def test_every_optimizer_clips_its_gradients_as_computed_by_hand(name, clip):
     assert_array_equal(p1, p2)
 
 
+def test_global_norm_beyond_float32_range_still_clips():
+    g = np.array([3e19, 4e19], np.float32)  # its float32 sum of squares overflows
+    nn.SGD(global_clipnorm=1.0).clip(g)
+    assert_allclose(g, [0.6, 0.8], rtol=1e-6)
+
+
 def test_clipping_options_are_checked():
     with pytest.raises(ValueError, match="at most one"):
         nn.SGD(clipnorm=1.0, clipvalue=1.0)

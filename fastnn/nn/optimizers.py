@@ -302,7 +302,10 @@ class Optimizer:
         limit = self.clipnorm if self.clipnorm is not None else self.global_clipnorm
         groups = [grads] if tensors is None or self.clipnorm is None else tensors
         for g in groups:
-            norm = math.sqrt(float(np.dot(g, g)))
+            with np.errstate(over="ignore"):
+                norm = math.sqrt(float(np.dot(g, g)))
+            if not math.isfinite(norm):  # a float32 sum of squares can overflow: sum in float64
+                norm = math.sqrt(float(np.square(g, dtype=np.float64).sum()))
             if norm > limit:
                 g *= g.dtype.type(limit / norm)
 
