@@ -1,6 +1,7 @@
 """Freezing layers, replacing a model's head, per-tensor gradients, gradient
 clipping, layer names and the summary table."""
 
+import json
 import pickle
 
 import numpy as np
@@ -180,6 +181,8 @@ def test_names_are_unique_saved_and_loaded(tmp_path, capsys):
         nn.Sequential([nn.Dense(2, name="hidden"), nn.Dense(2, name="hidden")])
     with pytest.raises(ValueError, match="name"):
         nn.Dense(2, name="a/b")
+    with pytest.raises(TypeError, match="trainable"):
+        model.layers[0].trainable = "no"
     model.layers[0].trainable = False
     model.fit(X, y, epochs=1, verbose=0)
     model.save(tmp_path / "m.npz")
@@ -303,3 +306,17 @@ def test_clipping_matches_torch(clip):
     nn.SGD(**clip).clip(ours)
     # torch divides by the norm + 1e-6 (Keras, and fastnn, by the norm): 3e-7 here
     assert_allclose(ours, np.concatenate([t.grad.numpy() for t in tensors]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, match", [("trainable", "yes", "trainable"), ("name", 3, "name")])
+def test_invalid_name_or_trainable_in_a_file_is_refused(tmp_path, field, value, match):
+    model = nn.Sequential([nn.Dense(2)], input_dim=3, seed=0)
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    description = json.loads(str(arrays["description"]))
+    description["layers"][0][field] = value
+    arrays["description"] = np.array(json.dumps(description))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=match):
+        nn.load(tmp_path / "bad.npz")

@@ -108,8 +108,17 @@ class Layer:
 
     kind = "Layer"
     name = None
-    trainable = True
     frozen = False
+
+    @property
+    def trainable(self):
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {value!r}")
+        self._trainable = bool(value)
 
     def build(self, input_shape, dtype):
         """Fix the per-sample input shape (a tuple); returns the output shape."""
@@ -493,8 +502,5 @@ def layer_from_config(config):
             raise
         raise ValueError(f"invalid options for a {config['kind']} layer: {exc}") from None
     layer.name = check_name(config.get("name"))
-    trainable = config.get("trainable", True)
-    if not isinstance(trainable, bool):
-        raise ValueError(f"trainable must be true or false, got {trainable!r}")
-    layer.trainable = trainable
+    layer.trainable = config.get("trainable", True)
     return layer
