@@ -103,8 +103,9 @@ class Layer:
     optimizer leaves them and its state for them untouched, no penalty or weight
     decay moves them, their gradients are not computed; batch norm then also
     normalises with its running statistics, as in Keras). A penalty's value still
-    counts frozen weights (as Keras's regularisation losses do). `frozen` is set
-    by the model: not trainable, or inside a layer that is not."""
+    counts frozen weights (as Keras's regularisation losses do). A change takes
+    effect at the next fit, train_step or loss_and_gradient. `frozen` is set by
+    the model: not trainable, or inside a layer that is not."""
 
     kind = "Layer"
     name = None
