@@ -776,7 +776,7 @@ def bad_input_cases():
         "set-params-shape": (lambda: fitted.set_flat_params(np.zeros(3)), ValueError, "shape"),
         "set-params-nan": (lambda: fitted.set_flat_params(np.full(fitted.n_params, np.nan)), ValueError,
                            "NaN"),
-        "layer-reuse": (lambda: nn.Sequential([fitted.layers[0]]), ValueError, "already part of a model"),
+        "layer-twice": (lambda: nn.Sequential([nn.Dense(3)] * 2), ValueError, "already part of this model"),
         "callbacks": (lambda: clf().fit(X, y, callbacks=nn.EarlyStopping(), verbose=0), TypeError,
                       "callbacks"),
     }

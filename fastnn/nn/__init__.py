@@ -45,13 +45,14 @@ from .optimizers import (
     get_optimizer,
     get_schedule,
 )
+from .residual import Residual
 from .training import TrainingDivergedError
 
 __all__ = [
     "SGD", "AbsoluteError", "Activation", "Adadelta", "Adagrad", "Adam", "AdamW", "BatchNorm",
     "BinaryCrossEntropy", "BinaryLogLoss", "Callback", "CosineDecay", "Dense", "Dropout", "EarlyStopping",
     "ExponentialDecay", "Flatten", "Hinge", "History", "Huber", "InverseScaling", "Layer", "LogLoss", "Loss",
-    "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential",
+    "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Residual", "Schedule", "Sequential",
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
     "get_optimizer", "get_schedule", "load",
 ]

@@ -95,9 +95,31 @@ def buffer(ws, key, shape, dtype):
 class Layer:
     """Base class. Subclasses define `kind`, `forward`, `backward`, `config` and,
     when they change the shape, `output_shape_for`; when they have parameters,
-    `param_specs` and `init_params`."""
+    `param_specs` and `init_params`.
+
+    Every layer has a `name` (given with `name=`, else the model gives it a
+    Keras-style one: `dense`, `dense_1`, ..., unique within the model) and a
+    `trainable` flag: `layer.trainable = False` freezes its parameters (the
+    optimizer leaves them and its state for them untouched, no penalty or weight
+    decay moves them, their gradients are not computed; batch norm then also
+    normalises with its running statistics, as in Keras). A penalty's value still
+    counts frozen weights (as Keras's regularisation losses do). A change takes
+    effect at the next fit, train_step or loss_and_gradient. `frozen` is set by
+    the model: not trainable, or inside a layer that is not."""
 
     kind = "Layer"
+    name = None
+    frozen = False
+
+    @property
+    def trainable(self):
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {value!r}")
+        self._trainable = bool(value)
 
     def build(self, input_shape, dtype):
         """Fix the per-sample input shape (a tuple); returns the output shape."""
@@ -131,9 +153,88 @@ class Layer:
     def config(self):
         return {"kind": self.kind}
 
+    def sublayers(self):
+        """The layers this layer is made of (a container such as Residual); [] for
+        a plain layer."""
+        return []
+
+    def tensor_owners(self):
+        """[(spec name, layer, that layer's own name for it)] parallel to
+        param_specs(): which (sub-)layer each trained tensor belongs to."""
+        return [(name, self, name) for name, _, _ in self.param_specs()]
+
+    def set_frozen(self, frozen):
+        """Set `frozen` (by the model, before training): not trainable, or inside
+        a container that is frozen."""
+        self.frozen = bool(frozen) or not self.trainable
+        for layer in self.sublayers():
+            layer.set_frozen(self.frozen)
+
+    def trains(self):
+        """Whether a step changes any parameter of this layer (after set_frozen)."""
+        subs = self.sublayers()
+        if subs:
+            return any(layer.trains() for layer in subs)
+        return not self.frozen and bool(self.param_specs())
+
     def __repr__(self):
         options = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kind")
         return f"{self.kind}({options})"
+
+
+def backward_through(layers, backend, dy, layer_ws, need_dx, first):
+    """Backward through `layers`, last to first, from dy (the gradient of the
+    last one's output). `first` is the lowest layer whose parameters train:
+    without need_dx the pass stops below it (nothing beneath needs a gradient).
+    Returns the gradient of the first layer's input, or None without need_dx."""
+    stop = 0 if need_dx else first
+    for i in range(len(layers) - 1, stop - 1, -1):
+        dy = layers[i].backward(backend, dy, layer_ws[i], need_dx or i > first)
+    return dy if need_dx else None
+
+
+def first_training(layers):
+    """The index of the lowest layer whose parameters train (len(layers) if none)."""
+    return next((i for i, layer in enumerate(layers) if layer.trains()), len(layers))
+
+
+def check_name(name):
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    return name
+
+
+def full_config(layer):
+    """layer.config() with its name and trainable flag: what save writes and
+    layer_from_config reads."""
+    return {**layer.config(), "name": layer.name, "trainable": bool(layer.trainable)}
+
+
+def detached(layer):
+    """`layer` itself, or, when it belongs to a built model (it holds views into
+    that model's buffers), a copy of it (options, name, trainable flag) carrying
+    its current parameter and state values, which the next model's build writes
+    in place of initial values (see take_carried). The first model is unchanged."""
+    if getattr(layer, "params", None) is None:
+        return layer
+    values = tuple({k: v.copy() for k, v in views.items()} for views in (layer.params, layer.state))
+    copy = layer_from_config(full_config(layer))
+    copy._carried = (layer.input_shape, values)
+    return copy
+
+
+def take_carried(layer):
+    """Write the values a copy made by `detached` carries into its new views."""
+    carried = layer.__dict__.pop("_carried", None)
+    if carried is None:
+        return
+    shape, values = carried
+    for views, old in zip((layer.params, layer.state), values):
+        if set(views) != set(old) or any(views[k].shape != v.shape for k, v in old.items()):
+            raise ValueError(f"layer {layer.name!r} was trained on inputs of shape {shape}; here it gets "
+                             f"{layer.input_shape}, which needs parameters of other shapes")
+        for k, v in old.items():
+            views[k][...] = v
 
 
 class Dense(Layer):
@@ -148,7 +249,8 @@ class Dense(Layer):
 
     kind = "Dense"
 
-    def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None):
+    def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None, name=None):
+        self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
         self.activation = activation_name("identity" if activation is None else activation)
         if init is not None and not callable(init):
@@ -211,6 +313,8 @@ class Dense(Layer):
         return y
 
     def backward(self, backend, dy, ws, need_dx):
+        if self.frozen:
+            return self._backward_frozen(backend, dy, ws, need_dx)
         x, y2 = ws["x"], ws["y2"]
         dy2 = rows(dy, self.units)
         act = self.run_activation
@@ -221,6 +325,21 @@ class Dense(Layer):
                                     need_dx=need_dx, dx=dx2, dW=self.grads["W"], db=self.grads["b"], dz=dz)
         if self.fixed_bias:
             self.grads["b"][...] = 0
+        return dx
+
+    def _backward_frozen(self, backend, dy, ws, need_dx):
+        """dx only (no dW, db): dz = dy * act'(z), (M, units), by the activation
+        kernel, then dx = dz @ W^T, (M, n_in), one BLAS GEMM (np.matmul, as the
+        kernels' own GEMMs). The kernel dense_backward always computes dW and db."""
+        if not need_dx:
+            return None
+        y2, act = ws["y2"], self.run_activation
+        dz = rows(dy, self.units)
+        if act != "identity":
+            dz = buffer(ws, "dz", y2.shape, self.dtype)
+            backend.fast.activation_backward(rows(dy, self.units), y2, act, x=ws.get("preact"), out=dz)
+        dx = buffer(ws, "dx", dy.shape[:-1] + (self.n_in,), self.dtype)
+        np.matmul(dz, self.params["W"].T, out=rows(dx, self.n_in))
         return dx
 
     def config(self):
@@ -234,7 +353,8 @@ class Activation(Layer):
 
     kind = "Activation"
 
-    def __init__(self, activation):
+    def __init__(self, activation, name=None):
+        self.name = check_name(name)
         self.activation = activation_name(activation)
         self.run_activation = self.activation
 
@@ -276,7 +396,8 @@ class BatchNorm(Layer):
 
     kind = "BatchNorm"
 
-    def __init__(self, momentum=0.1, eps=1e-5):
+    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+        self.name = check_name(name)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
 
@@ -301,7 +422,8 @@ class BatchNorm(Layer):
         momentum = (self.momentum if mode.momentum is None else mode.momentum) if mode.update_stats else 0.0
         _, ws["cache"] = backend.fast.batchnorm_forward(
             x2, self.params["gamma"], self.params["beta"], self.state["running_mean"],
-            self.state["running_var"], mode.training and x2.shape[0] > 1, momentum=momentum, eps=self.eps,
+            self.state["running_var"], mode.training and not self.frozen and x2.shape[0] > 1,
+            momentum=momentum, eps=self.eps,
             out=rows(y, c))
         return y
 
@@ -324,7 +446,8 @@ class Dropout(Layer):
 
     kind = "Dropout"
 
-    def __init__(self, rate):
+    def __init__(self, rate, name=None):
+        self.name = check_name(name)
         self.rate = chk.real(rate, "rate", 0, 1, high_open=True)
 
     def forward(self, backend, x, ws, mode):
@@ -352,6 +475,9 @@ class Flatten(Layer):
 
     kind = "Flatten"
 
+    def __init__(self, name=None):
+        self.name = check_name(name)
+
     def output_shape_for(self, input_shape):
         return (math.prod(input_shape),)
 
@@ -369,10 +495,13 @@ def layer_from_config(config):
     """Rebuild a layer from its `config()` dict (used by `load`)."""
     if not isinstance(config, dict) or config.get("kind") not in LAYERS:
         raise ValueError(f"unknown layer description {config!r}; known kinds: {sorted(LAYERS)}")
-    options = {k: v for k, v in config.items() if k != "kind"}
+    options = {k: v for k, v in config.items() if k not in ("kind", "name", "trainable")}
     try:
-        return LAYERS[config["kind"]](**options)
+        layer = LAYERS[config["kind"]](**options)
     except TypeError as exc:
         if "argument" not in str(exc):  # a constructor's own check of a value
             raise
         raise ValueError(f"invalid options for a {config['kind']} layer: {exc}") from None
+    layer.name = check_name(config.get("name"))
+    layer.trainable = config.get("trainable", True)
+    return layer

@@ -11,7 +11,12 @@ every scale, every shift), each group in layer order, so
 - a stack of Dense layers is packed as scikit-learn packs an MLP (all coefs_,
   then all intercepts_), so the estimators expose their fitted attributes as
   views of the model's buffer;
-- the optimizer step is one kernel call over the whole buffer.
+- the optimizer step is one kernel call over the whole buffer (with frozen
+  layers, one per run of trainable tensors: `Sequential._refresh_trainable`).
+
+A container layer (`Residual`) lists its sub-layers' tensors as its own, named
+"<position>/<name>" ("0/W", "projection/b"), so they take their places by role
+like any other layer's.
 
 Format 1 of the save files grouped weights first and then every other
 parameter in layer order (`V1_ORDER`); `permutation` maps such a buffer onto

@@ -6,7 +6,14 @@ gradient in another of the same layout (see `layout`), running statistics in a
 third; layers hold views. The optimizer step is one kernel call over the whole
 buffer, a global L2 penalty one kernel call over the weights block (or folded
 into the optimizer step), and saving is writing the buffers and a JSON
-description (see `saving`). The epoch loop and divergence handling are in
+description (see `saving`).
+
+Freezing (`layer.trainable = False`) changes no layout: the optimizer steps over
+the runs of the buffer that hold trainable tensors (one kernel call per run; the
+buffer is one run when nothing is frozen), so the frozen parameters and their
+optimizer state are never written; their gradients are not computed (backward
+stops below the lowest layer that trains, a frozen Dense computes dx alone) and
+read zero. The epoch loop and divergence handling are in
 `training`.
 
 Tensors have shapes: the model is built from the per-sample input shape
@@ -17,7 +24,9 @@ step at that batch shape.
 """
 
 import collections
+import inspect
 import math
+import re
 import time
 
 import numpy as np
@@ -28,9 +37,23 @@ from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
 from . import layout, saving, training
 from .callbacks import Callback, History
-from .layers import BatchNorm, Dense, Dropout, Layer, Pass, layer_from_config, mix64
+from .layers import (
+    BatchNorm,
+    Dense,
+    Dropout,
+    Layer,
+    Pass,
+    backward_through,
+    detached,
+    first_training,
+    full_config,
+    layer_from_config,
+    mix64,
+    take_carried,
+)
 from .losses import get_loss, sample_weights
 from .optimizers import get_optimizer, optimizer_from_config
+from .residual import Residual  # noqa: F401  (registers the Residual layer kind)
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
 
 PREDICT_BATCH = 2048  # rows per chunk in predict/evaluate: large enough for efficient GEMMs
@@ -105,16 +128,44 @@ class Sequential:
 
     # --------------------------------------------------------------- definition
     def add(self, layer):
-        """Append a layer (before the model is built)."""
+        """Append a layer (before the model is built). A layer of another, built
+        model is copied (layers hold views into their model's buffers): the copy
+        has its options, name, trainable flag and current parameter and state
+        values, which this model's build takes instead of initialising them; the
+        other model is unchanged. So `Sequential(trained.layers[:-1] + [Dense(5)])`
+        starts from the trained lower layers."""
         if not isinstance(layer, Layer):
             raise TypeError(f"layers must be fastnn.nn layers, got {type(layer).__name__}")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
-        if any(layer is other for other in self.layers) or getattr(layer, "params", None) is not None:
-            raise ValueError("this layer object is already part of a model; create a new layer instead "
-                             "(layers hold views into their model's buffers)")
+        if any(layer is other for other in self.layers):
+            raise ValueError("this layer object is already part of this model; create a new layer instead")
+        layer = detached(layer)
+        self._name_layers(layer)
         self.layers.append(layer)
         return self
+
+    def _walk(self, layers=None):
+        """Every layer of the model, sub-layers of containers after their container."""
+        for layer in self.layers if layers is None else layers:
+            yield layer
+            yield from self._walk(layer.sublayers())
+
+    def _name_layers(self, layer):
+        """Give `layer` and its sub-layers Keras-style names (`dense`, `dense_1`,
+        ...) where they have none; every name is unique within the model."""
+        taken = {other.name for other in self._walk()}
+        for part in self._walk([layer]):
+            if part.name is None:
+                base = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", part.kind).lower()
+                name, k = base, 0
+                while name in taken:
+                    k += 1
+                    name = f"{base}_{k}"
+                part.name = name
+            elif part.name in taken:
+                raise ValueError(f"the model already has a layer named {part.name!r}")
+            taken.add(part.name)
 
     def compile(self, optimizer=None, loss=None, metrics=None, l2=None, penalty_per_sample=None):
         """Set (only) the given training options; returns the model.
@@ -221,15 +272,51 @@ class Sequential:
         backend = self.backend
         for layer in self.layers:
             layer.init_params(backend, rng)
+        for layer in self._walk():
+            take_carried(layer)
+        names = [layer.name for layer in self._walk()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer names must be unique within the model, got {names}")
         self.input_shape, self.output_shape = input_shape, shape
-        self._first_trained = next((i for i, layer in enumerate(self.layers) if layer.param_specs()),
-                                   len(self.layers))
+        # which (sub-)layer owns each tensor of the layout, and its gradient's flat view
+        owners = {(i, name): (owner, own) for i, layer in enumerate(self.layers)
+                  for name, owner, own in layer.tensor_owners()}
+        self._owners = [owners[(s.layer, s.name)] for s in self._slots]
+        self._tensor_grads = [self._grads[s.offset:s.offset + s.size] for s in self._slots]
+        self._trainable_flags = None
+        self._refresh_trainable()
         self._workspaces = collections.OrderedDict()
         self._penalties = self._penalty_terms()
         self._fold_l2 = False
-        self._has_dropout = any(isinstance(layer, Dropout) for layer in self.layers)
+        self._has_dropout = any(isinstance(layer, Dropout) for layer in self._walk())
         self.built = True
         return self
+
+    def _refresh_trainable(self):
+        """After a change of any layer's `trainable`: which layers are frozen, the
+        lowest layer that trains (backward stops below it), the ranges of the
+        buffer the optimizer updates (None: all of it, one kernel call) and the
+        frozen tensors' gradient views (kept at zero)."""
+        flags = tuple(layer.trainable for layer in self._walk())
+        if flags == self._trainable_flags:
+            return
+        self._trainable_flags = flags
+        for layer in self.layers:
+            layer.set_frozen(False)
+        self._first_trained = first_training(self.layers)
+        frozen = [owner.frozen for owner, _ in self._owners]
+        runs = []
+        for s, f in zip(self._slots, frozen):
+            if f:
+                continue
+            if runs and runs[-1][1] == s.offset:
+                runs[-1] = (runs[-1][0], s.offset + s.size)
+            else:
+                runs.append((s.offset, s.offset + s.size))
+        self._runs = None if not any(frozen) else tuple(runs)
+        self._frozen_grads = [g for g, f in zip(self._tensor_grads, frozen) if f]
+        for g in self._frozen_grads:
+            g[...] = 0
 
     @property
     def input_dim(self):
@@ -279,7 +366,7 @@ class Sequential:
         dtype = np.dtype(dtype)
         if dtype not in chk.FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        model = Sequential([layer_from_config(layer.config()) for layer in self.layers], loss=self.loss,
+        model = Sequential([layer_from_config(full_config(layer)) for layer in self.layers], loss=self.loss,
                            optimizer=optimizer_from_config(self.optimizer.config()), l2=self.l2,
                            penalty_per_sample=self.penalty_per_sample, metrics=self.metrics, seed=self.seed,
                            backend=self._backend, dtype=dtype)
@@ -358,6 +445,9 @@ class Sequential:
     def _prepare_training(self):
         if self._params.size == 0:
             raise ValueError("the model has no trainable parameters")
+        self._refresh_trainable()
+        if self._first_trained == len(self.layers):
+            raise ValueError("every layer of the model is frozen (trainable=False): nothing to train")
         if not self.optimizer.is_bound_to(self._params):
             self.optimizer.bind(self._params)
         self._penalties = self._penalty_terms()
@@ -365,7 +455,7 @@ class Sequential:
         # optimizer step, which reads the weights anyway (one pass fewer)
         self._fold_l2 = (self.optimizer.couples_l2 and len(self._penalties) == 1
                          and self._penalties[0][3] == 0 and self._penalties[0][0].size == self.n_weights
-                         and self._penalties[0][0].base is self._params)
+                         and self._penalties[0][0].base is self._params and not self.optimizer.clips)
 
     # ----------------------------------------------------------------- workspace
     def _workspace(self, batch_shape):
@@ -386,14 +476,12 @@ class Sequential:
         return x
 
     def _backward(self, backend, dy, ws):
-        first = self._first_trained
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            dy = self.layers[i].backward(backend, dy, ws[0][i], i > first)
+        backward_through(self.layers, backend, dy, ws[0], False, self._first_trained)
 
     def _penalty_terms(self):
         """[(param view, grad view, l2, l1)]: one term over the whole weights block
         when every Dense layer has the same penalties, else one per layer."""
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
+        dense = [layer for layer in self._walk() if isinstance(layer, Dense)]
         rates = {(layer.l2 + self.l2, layer.l1) for layer in dense}
         if len(rates) == 1:
             l2, l1 = rates.pop()
@@ -439,6 +527,8 @@ class Sequential:
             raise NonFiniteLoss(loss)
         self._backward(backend, grad, ws)
         loss += penalty if fold_l2 else self._penalty(backend, scale)
+        for g in self._frozen_grads:  # frozen: not computed (or a penalty's, unused): zero
+            g[...] = 0
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss)
         return loss
@@ -453,9 +543,10 @@ class Sequential:
         if fold:
             self.optimizer.step(backend, self._params, self._grads, x.shape[0],
                                 l2=self._penalties[0][2] * self._penalty_scale(batch_weight),
-                                l2_size=self.n_weights)
+                                l2_size=self.n_weights, runs=self._runs, tensors=self._tensor_grads)
         else:
-            self.optimizer.step(backend, self._params, self._grads, x.shape[0])
+            self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,
+                                tensors=self._tensor_grads)
         return loss
 
     def _recompute_running_stats(self, X):
@@ -498,6 +589,7 @@ class Sequential:
         x, t, w = data
         if self._params.size == 0:
             raise ValueError("the model has no trainable parameters")
+        self._refresh_trainable()
         self._penalties = self._penalty_terms()
         mode = Pass(training=True, update_stats=False, seed=mix64(self.seed, 0))
         ws = self._workspace(x.shape)
@@ -611,10 +703,12 @@ class Sequential:
     def _release_inputs(self):
         """Drop the workspaces' references to caller arrays (layer inputs, batch-norm
         caches), so that data passed to fit or predict can be freed."""
-        for layer_ws, _ in self._workspaces.values():
-            for ws in layer_ws:
-                ws.pop("x", None)
-                ws.pop("cache", None)
+        stack = [ws for layer_ws, _ in self._workspaces.values() for ws in layer_ws]
+        while stack:
+            ws = stack.pop()
+            ws.pop("x", None)
+            ws.pop("cache", None)
+            stack.extend(ws.get("sub", ()))
 
     # -------------------------------------------------------------- inference API
     def _outputs(self, X, batch_size, link):
@@ -698,19 +792,59 @@ class Sequential:
 
     # ------------------------------------------------------------------ summary
     def summary(self):
-        """A table of the layers with their output shapes and parameter counts."""
-        rows = [("layer", "output shape", "params")]
-        for layer in self.layers:
-            shape = ("(None, " + ", ".join(map(str, layer.output_shape)) + ")") if self.built else "?"
-            count = sum(math.prod(s) for _, s, _ in layer.param_specs()) if self.built else "?"
-            rows.append((repr(layer), shape, str(count)))
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows]
-        lines.insert(1, "-" * len(lines[0]))
-        total = self._params.size if self.built else "?"
-        inputs = f"input shape (None, {', '.join(map(str, self.input_shape))}); " if self.built else ""
-        lines.append(f"{inputs}total parameters: {total} ({self.dtype.name})")
+        """Print a table of the layers: name, kind and options, output shape,
+        parameter count and whether they train, with the trainable and
+        non-trainable totals (as Keras's summary). Returns None; the text is
+        summary_str()."""
+        print(self.summary_str())
+
+    def summary_str(self):
+        """The table summary() prints, as a string."""
+        if self.built:
+            self._refresh_trainable()
+        rows = [("Layer", "Kind", "Output shape", "Params", "Trainable")]
+
+        def add_rows(layers, depth, trains):
+            for layer in layers:
+                trains_here = trains and layer.trainable
+                built = self.built and hasattr(layer, "output_shape")
+                shape = "(None, " + ", ".join(map(str, layer.output_shape)) + ")" if built else "?"
+                count = str(sum(math.prod(s) for _, s, _ in layer.param_specs())) if built else "?"
+                rows.append(("  " * depth + str(layer.name), _kind_and_options(layer), shape, count,
+                             "yes" if trains_here else "no"))
+                add_rows(layer.sublayers(), depth + 1, trains_here)
+
+        add_rows(self.layers, 0, True)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(f"{v:>{w}}" if i == 3 else f"{v:<{w}}" for i, (v, w) in enumerate(zip(r, widths)))
+                 .rstrip() for r in rows]
+        rule = "=" * max(map(len, lines))
+        lines[1:1] = [rule]
+        lines.append(rule)
+        if self.built:
+            trainable = sum(s.size for s, (owner, _) in zip(self._slots, self._owners) if not owner.frozen)
+            lines += [f"Input shape: (None, {', '.join(map(str, self.input_shape))}), {self.dtype.name}",
+                      f"Total params: {self._params.size}", f"Trainable params: {trainable}",
+                      f"Non-trainable params: {self._params.size - trainable}"]
+        else:
+            lines.append("Not built yet: parameters are counted once the input shape is known")
         return "\n".join(lines)
+
+    def gradients(self):
+        """{'layer_name/param': gradient} from the last train_step, fit step or
+        loss_and_gradient: read-only views of the gradient buffer (they change
+        with the next step; copy them to keep). The gradient is what the
+        optimizer received: the loss's plus the penalties' (except a single L2
+        penalty that the optimizer step adds itself, see Sequential's l2),
+        clipped when the optimizer clips; zero for frozen parameters (not
+        computed)."""
+        self._require_built()
+        result = {}
+        for slot, (owner, own) in sorted(zip(self._slots, self._owners), key=lambda p: p[0].rank):
+            view = self._grads[slot.offset:slot.offset + slot.size].reshape(slot.shape)
+            view.flags.writeable = False
+            result[f"{owner.name}/{own}"] = view
+        return result
 
     def __repr__(self):
         return f"Sequential([{', '.join(map(repr, self.layers))}], loss={self.loss!r})"
@@ -747,6 +881,20 @@ class Sequential:
                                         loss=state["loss"])
         self.__dict__.update(model.__dict__)
         self.history, self._fits = state["history"], state["fits"]
+
+
+def _kind_and_options(layer):
+    """'Dense(units=64, activation=relu)': the kind and the options that differ
+    from the constructor's defaults (a container's sub-layers have rows of their own)."""
+    defaults = inspect.signature(type(layer).__init__).parameters
+    parts = []
+    for key, value in layer.config().items():
+        default = defaults[key].default if key in defaults else inspect.Parameter.empty
+        if key == "kind" or value == default or (default is None and value == "identity") \
+                or (isinstance(value, list) and value and isinstance(value[0], dict)):
+            continue
+        parts.append(f"{key}={value}")
+    return f"{layer.kind}({', '.join(parts)})"
 
 
 def load(path, backend=None):

@@ -200,19 +200,36 @@ def schedule_from_config(config):
 
 
 # -------------------------------------------------------------------- optimizers
+CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
+
 class Optimizer:
     """Base class: lr (initial learning rate), schedule (None, name or Schedule).
     Subclasses list their state buffers in `state_names` and make the kernel call
-    in `_step`."""
+    in `_step`.
+
+    Gradient clipping (options of every optimizer, as in Keras; at most one):
+    clipnorm rescales each tensor's gradient g to g * clipnorm / max(||g||,
+    clipnorm); global_clipnorm rescales all of them together by the norm over
+    every parameter; clipvalue clips each element to [-clipvalue, clipvalue].
+    Applied to the gradient buffer before the step (which then adds the
+    optimizer's own weight decay)."""
 
     name = "optimizer"
     state_names = ()
     weight_decay = 0.0
     couples_l2 = True  # weight decay is an L2 gradient: step(l2=...) can fold a penalty in
 
-    def __init__(self, lr, schedule=None):
+    def __init__(self, lr, schedule=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
         self.schedule = get_schedule(schedule)
+        clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+        given = [k for k, v in clip.items() if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"pass at most one of clipnorm, clipvalue and global_clipnorm, got {given}")
+        for k in given:
+            clip[k] = chk.real(clip[k], k, low=0, low_open=True)
+        self.clipnorm, self.clipvalue, self.global_clipnorm = clip.values()
+        self.clips = bool(given)
         self.state = {}
         self._params = None
         self.t = 0
@@ -224,7 +241,7 @@ class Optimizer:
         restart the step count and the schedule."""
         self._params = params
         self.state = {name: np.zeros_like(params) for name in self.state_names}
-        self._split = None  # (l2_size, params, grads, (views before it), (views after it))
+        self._parts = None  # (key, [(param view, grad view, {name: state view}, penalised)])
         self.t = 0
         self.samples_seen = 0
         self.epochs_done = 0
@@ -238,11 +255,14 @@ class Optimizer:
         """The learning rate the next step will use."""
         return self.schedule.lr_at(self.t + 1)
 
-    def step(self, backend, params, grads, n_samples=0, l2=0.0, l2_size=0):
-        """One update of the whole flat buffer: one kernel call. l2 > 0 adds the
-        gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2 inside the
-        kernel (two calls then: the penalised block and the rest); only for
-        optimizers with couples_l2."""
+    def step(self, backend, params, grads, n_samples=0, l2=0.0, l2_size=0, runs=None, tensors=None):
+        """One update of the flat buffer: one kernel call over all of it. l2 > 0
+        adds the gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2
+        inside the kernel (only for optimizers with couples_l2); runs: the
+        [(start, stop)] ranges to update (frozen parameters lie outside them;
+        None: everything); tensors: the flat gradient view of each tensor, for
+        clipnorm (None: the buffer is one tensor). With l2 or runs, one call per
+        range (split where the penalised block ends)."""
         if l2 and not self.couples_l2:
             raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
         self.t += 1
@@ -251,21 +271,43 @@ class Optimizer:
         if type(lr) is not float and isinstance(lr, (int, float)):
             lr = float(lr)  # the fast precondition takes Python floats
         kernels = backend.fast
-        if not l2:
+        if self.clips:
+            self.clip(grads, tensors)
+        if not l2 and runs is None:
             self._step(kernels, params, grads, lr, self.state, self.weight_decay)
             return
-        k = l2_size
-        split = self._split
-        if split is None or split[0] != k or split[1] is not params or split[2] is not grads:
-            # the same view objects every step: the kernels' fast path remembers them
-            split = self._split = (k, params, grads, (params[:k], grads[:k], {n: a[:k] for n, a in
-                                                                            self.state.items()}),
-                                   (params[k:], grads[k:], {n: a[k:] for n, a in self.state.items()}))
-        p, g, head = split[3]
-        self._step(kernels, p, g, lr, head, self.weight_decay + l2)
-        if k < params.size:
-            p, g, tail = split[4]
-            self._step(kernels, p, g, lr, tail, self.weight_decay)
+        for p, g, state, penalised in self._split(params, grads, l2_size if l2 else 0, runs):
+            self._step(kernels, p, g, lr, state, self.weight_decay + (l2 if penalised else 0.0))
+
+    def _split(self, params, grads, k, runs):
+        """[(param view, grad view, state views, penalised)] over `runs` (None: the
+        whole buffer), each cut at k (the end of the penalised block). The same
+        view objects every step: the kernels' fast path remembers them."""
+        key = self._parts and self._parts[0]
+        if not key or key[0] is not params or key[1] is not grads or key[2:] != (k, runs):
+            ranges = [(0, params.size)] if runs is None else runs
+            pieces = [(lo, min(hi, k), True) for lo, hi in ranges if lo < k] + \
+                [(max(lo, k), hi, False) for lo, hi in ranges if hi > k]
+            views = [(params[lo:hi], grads[lo:hi], {n: a[lo:hi] for n, a in self.state.items()}, penalised)
+                     for lo, hi, penalised in pieces]
+            self._parts = ((params, grads, k, runs), views)
+        return self._parts[1]
+
+    def clip(self, grads, tensors=None):
+        """Clip the gradient buffer in place (see the class docstring); tensors:
+        flat views of grads, one per tensor, for clipnorm (None: one tensor)."""
+        if self.clipvalue is not None:
+            np.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
+            return
+        limit = self.clipnorm if self.clipnorm is not None else self.global_clipnorm
+        groups = [grads] if tensors is None or self.clipnorm is None else tensors
+        for g in groups:
+            with np.errstate(over="ignore"):
+                norm = math.sqrt(float(np.dot(g, g)))
+            if not math.isfinite(norm):  # a float32 sum of squares can overflow: sum in float64
+                norm = math.sqrt(float(np.square(g, dtype=np.float64).sum()))
+            if norm > limit:
+                g *= g.dtype.type(limit / norm)
 
     def end_epoch(self, loss=None):
         """Tell the schedule an epoch ended, with its training loss. Returns True
@@ -290,11 +332,12 @@ class Optimizer:
         vars(self.schedule).update(counters["schedule"])
 
     def config(self):
-        options = {k: getattr(self, k) for k in self._options}
+        options = {k: getattr(self, k) for k in self._options + CLIP_OPTIONS if getattr(self, k) is not None}
         return {"name": self.name, "lr": self.lr0, "schedule": self.schedule.config(), **options}
 
     def __repr__(self):
-        options = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options)
+        options = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._options + CLIP_OPTIONS
+                            if getattr(self, k) is not None)
         return f"{type(self).__name__}(lr={self.lr0!r}, {options}, schedule={self.schedule!r})"
 
 
@@ -307,8 +350,8 @@ class SGD(Optimizer):
     _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity")
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, lr_in_velocity=False,
-                 schedule=None):
-        super().__init__(lr, schedule)
+                 schedule=None, **clipping):
+        super().__init__(lr, schedule, **clipping)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.nesterov = bool(nesterov)
         if self.nesterov and not self.momentum:
@@ -328,8 +371,8 @@ class Adagrad(Optimizer):
     state_names = ("sum_sq",)
     _options = ("eps", "weight_decay")
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None):
-        super().__init__(lr, schedule)
+    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None, **clipping):
+        super().__init__(lr, schedule, **clipping)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
 
@@ -343,8 +386,8 @@ class RMSprop(Optimizer):
     _options = ("alpha", "eps", "weight_decay", "momentum", "centered")
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 schedule=None):
-        super().__init__(lr, schedule)
+                 schedule=None, **clipping):
+        super().__init__(lr, schedule, **clipping)
         self.alpha = chk.real(alpha, "alpha", 0, 1)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
@@ -366,8 +409,8 @@ class Adadelta(Optimizer):
     state_names = ("square_avg", "acc_delta")
     _options = ("rho", "eps", "weight_decay")
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None):
-        super().__init__(lr, schedule)
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None, **clipping):
+        super().__init__(lr, schedule, **clipping)
         self.rho = chk.real(rho, "rho", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
@@ -387,8 +430,8 @@ class Adam(Optimizer):
     _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 sklearn_eps=False, schedule=None):
-        super().__init__(lr, schedule)
+                 sklearn_eps=False, schedule=None, **clipping):
+        super().__init__(lr, schedule, **clipping)
         self.beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
         self.beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
         self.eps = chk.real(eps, "eps", low=0)
@@ -413,8 +456,8 @@ class AdamW(Adam):
     couples_l2 = False  # its weight decay is not an L2 gradient
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
-                 sklearn_eps=False, schedule=None):
-        super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule)
+                 sklearn_eps=False, schedule=None, **clipping):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule, **clipping)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}

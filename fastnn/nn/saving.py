@@ -21,7 +21,7 @@ import zlib
 import numpy as np
 
 from . import layout
-from .layers import layer_from_config
+from .layers import full_config, layer_from_config
 from .losses import loss_from_config
 from .optimizers import optimizer_from_config
 
@@ -39,7 +39,7 @@ def describe(model):
         "format": FORMAT, "version": FORMAT_VERSION, "dtype": model.dtype.name,
         "input_shape": list(model.input_shape), "output_shape": list(model.output_shape),
         "seed": model.seed, "passes": model._passes,
-        "layers": [layer.config() for layer in model.layers],
+        "layers": [full_config(layer) for layer in model.layers],
         "loss": None if model.loss is None else model.loss.config(),
         "optimizer": opt.config(), "optimizer_counters": counters,
         "l2": model.l2, "penalty_per_sample": model.penalty_per_sample, "metrics": model.metrics,
