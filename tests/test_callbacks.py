@@ -343,6 +343,12 @@ def test_integer_labels_keep_their_targets_and_binary_labels_of_any_kind():
             np.testing.assert_array_equal(booleans.get_flat_params(), other.get_flat_params())
         assert booleans.predict_classes(X).dtype == bool
         np.testing.assert_array_equal(sparse.predict_classes(X), np.where(booleans.predict_classes(X), 7, 3))
+    # the hinge's -1/+1 labels: the same targets as 0/1, and predict_classes gives -1/+1
+    signs = nn.Sequential([nn.Dense(1)], loss="hinge", seed=0).fit(X, np.where(flags, 1, -1), verbose=0).model
+    np.testing.assert_array_equal(signs.classes_, [-1, 1])
+    np.testing.assert_array_equal(signs.get_flat_params(), nn.Sequential([nn.Dense(1)], loss="hinge", seed=0)
+                                  .fit(X, flags.astype(int), verbose=0).model.get_flat_params())
+    assert set(signs.predict_classes(X)) == {-1, 1}
     # probabilities stay targets of binary cross-entropy
     soft = nn.Sequential([nn.Dense(1)], loss="binary_crossentropy", seed=0)
     soft.fit(X, np.linspace(0, 1, len(X)), verbose=0)

@@ -380,17 +380,16 @@ class Sequential:
     def _native_labels(self, y, n_classes):
         """Whether 1-D y is what the loss takes as it is: class indices 0..n-1 (any
         numeric dtype but bool), or with one output probabilities in [0, 1]
-        (binary cross-entropy) or -1/+1 (hinge). Non-finite values too: the loss
-        refuses them with its own message."""
+        (binary cross-entropy). Non-finite values too: the loss refuses them
+        with its own message. (The hinge's -1/+1 labels are labels like any
+        other: classes_ [-1, 1], indices 0/1, the same targets.)"""
         if y.dtype.kind not in "iuf":
             return False
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             return True
         if ((y >= 0) & (y < n_classes) & (y == np.round(y))).all():
             return True
-        if self.output_dim == 1 and self.loss.link == "logistic":
-            return bool(((y >= 0) & (y <= 1)).all())
-        return self.output_dim == 1 and self.loss.name == "hinge" and bool(np.isin(y, (-1, 1)).all())
+        return self.output_dim == 1 and self.loss.link == "logistic" and bool(((y >= 0) & (y <= 1)).all())
 
     def _labels(self, y, fitting):
         """1-D class labels of a single-label classifier as indices into classes_.
