@@ -62,7 +62,8 @@ class Sequential:
     settable with compile). optimizer: a name or an Optimizer ('adam' by default).
     l2: L2 penalty on every Dense weight matrix, added to each layer's own l2.
     penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
-    size without weights; scikit-learn's alpha convention). seed: weights,
+    size without weights; scikit-learn's alpha convention). metrics: the values
+    fit and evaluate report beside the loss (see compile). seed: weights,
     shuffling and dropout masks follow from it (None draws one). backend: a
     backend name or object, or None to use the current backend
     (fastnn.set_backend / use_backend) at each call. dtype: float32 or float64.
@@ -402,9 +403,9 @@ class Sequential:
         classes_. Later data is encoded with classes_; an unknown label is a
         ValueError. Other targets (regression, one-hot or multilabel rows) pass
         unchanged."""
-        if not self._single_label() or np.ndim(y) != 1\
-                or (self.output_dim == 1 and self.loss.link == "softmax"):
-            return y  # (a softmax over one output: the loss refuses it)
+        one_softmax = self.output_dim == 1 and self.loss.link == "softmax"  # the loss refuses it
+        if not self._single_label() or np.ndim(y) != 1 or one_softmax:
+            return y
         y = np.asarray(y)
         if y.dtype == object:
             if not all(isinstance(v, str) for v in y):

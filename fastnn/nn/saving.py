@@ -69,7 +69,10 @@ def classes_from_description(d, n_classes):
     values = described["values"]
     if dtype.kind not in "biufU" or any(isinstance(v, (list, dict)) or v is None for v in values):
         raise ValueError(f"classes must be a list of bools, numbers or strings, got {values!r}")
-    classes = np.array(values, dtype=dtype)
+    try:
+        classes = np.array(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"classes {values!r} are not of dtype {dtype}") from None
     if len(classes) != n_classes or (len(classes) > 1 and not (classes[1:] > classes[:-1]).all()):
         raise ValueError(f"classes must be {n_classes} distinct sorted labels, got {values!r}")
     return classes
