@@ -180,6 +180,8 @@ def test_model_checkpoint_save_best_only_keeps_the_best_epoch(tmp_path):
     assert os.listdir(tmp_path) == ["best.npz"]  # no temporary file left
     with pytest.raises(ValueError, match="needs validation"):
         model.fit(Xn, y, callbacks=[nn.ModelCheckpoint(path, save_best_only=True)], verbose=0)
+    with pytest.raises(ValueError, match="'val_loss', which is not among the logged values"):
+        model.fit(Xn, y, callbacks=[nn.ModelCheckpoint(tmp_path / "{val_loss}.npz")], verbose=0)
 
 
 def test_model_checkpoint_leaves_the_previous_file_when_saving_fails(tmp_path, monkeypatch):

@@ -313,7 +313,11 @@ class ModelCheckpoint(_Monitor):
             if not self._improves(value):
                 return
             self.best = value
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **logs)
+        except KeyError as exc:
+            raise ValueError(f"ModelCheckpoint's filepath {self.filepath!r} names {exc}, which is not among "
+                             f"the logged values {sorted(logs)}") from None
         save_atomically(self.model, path)
         if self.verbose:
             print(f"epoch {epoch + 1}: saved the model to {path}", flush=True)
