@@ -75,11 +75,13 @@ def test_keras_callbacks_see_every_hook_in_order():
 
 def test_batch_hooks_run_only_for_callbacks_that_override_them():
     model = classifier()
-    assert CallbackList([nn.EarlyStopping(monitor="loss")], model, {}).batch_hooks is None
-    assert CallbackList([], model, {}).batch_hooks is None
+    assert CallbackList.for_fit([nn.EarlyStopping(monitor="loss")], model, {}).batch_hooks is None
+    assert CallbackList.for_fit(None, model, {}).batch_hooks is None
     recorder = Recorder()
-    hooks = CallbackList([nn.EarlyStopping(), recorder], model, {}).batch_hooks
-    assert hooks.callbacks == [recorder]
+    callbacks = [nn.EarlyStopping(), recorder, nn.CSVLogger("unused.csv")]
+    assert CallbackList.for_fit(callbacks, model, {}).batch_hooks.callbacks == [recorder]
+    only = CallbackList.for_fit([recorder], model, {})
+    assert only.batch_hooks is only
 
 
 class OldStyle(nn.Callback):

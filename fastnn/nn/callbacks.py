@@ -114,32 +114,32 @@ HOOK_ARGUMENTS = {
 
 
 class CallbackList:
-    """The callbacks of one fit: checked once, called in order. `batch_hooks` is
-    None when no callback overrides a batch hook, so that the training loop can
-    skip them with one test per step."""
+    """Callbacks called in order. `batch_hooks`: the same for those that override
+    a batch hook, or None when none does, so that the training loop skips the
+    batch hooks with one test per step."""
 
-    def __init__(self, callbacks, model, params):
+    def __init__(self, callbacks):
+        self.callbacks = callbacks
+        overrides = [c for c in callbacks
+                     if type(c).on_train_batch_begin is not Callback.on_train_batch_begin
+                     or type(c).on_train_batch_end is not Callback.on_train_batch_end]
+        self.batch_hooks = None if not overrides else \
+            self if len(overrides) == len(callbacks) else CallbackList(overrides)
+
+    @classmethod
+    def for_fit(cls, callbacks, model, params):
+        """The callbacks of one fit, checked (a TypeError for anything but a list
+        of Callback objects, or a hook that cannot take Keras's arguments) and
+        given the model and params."""
         if callbacks is None:
             callbacks = []
-        if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)) \
-                or not all(isinstance(c, Callback) for c in callbacks):
+        if not isinstance(callbacks, (list, tuple)) or not all(isinstance(c, Callback) for c in callbacks):
             raise TypeError("callbacks must be a list of fastnn.nn.callbacks.Callback instances")
         for callback in callbacks:
             check_signatures(callback)
-        self.callbacks = list(callbacks)
-        for callback in self.callbacks:
             callback.set_model(model)
             callback.set_params(dict(params))
-        overrides = [c for c in self.callbacks
-                     if type(c).on_train_batch_begin is not Callback.on_train_batch_begin
-                     or type(c).on_train_batch_end is not Callback.on_train_batch_end]
-        self.batch_hooks = CallbackList._batch_only(overrides) if overrides else None
-
-    @classmethod
-    def _batch_only(cls, callbacks):
-        hooks = cls.__new__(cls)
-        hooks.callbacks, hooks.batch_hooks = callbacks, None
-        return hooks
+        return cls(list(callbacks))
 
     def on_train_begin(self, logs):
         for c in self.callbacks:

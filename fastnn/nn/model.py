@@ -698,8 +698,8 @@ class Sequential:
             self._fits += 1
             seed = (self.seed, self._fits)
         rng = np.random.default_rng(seed)
-        steps = -(-n // bs)
-        callbacks = CallbackList(callbacks, self, {"epochs": epochs, "steps": steps, "verbose": verbose})
+        params = {"epochs": epochs, "steps": -(-n // bs), "verbose": verbose}
+        callbacks = CallbackList.for_fit(callbacks, self, params)
         self.history = history = History()
         history.model = self
         self.stop_training = False
