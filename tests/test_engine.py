@@ -277,6 +277,12 @@ def _set(d, path, value):
     (("optimizer_counters", "schedule", "lr"), "x", "schedule"),
     (("version",), 3, "version"),
     (("metrics",), "accuracy", "metrics"),
+    (("metrics",), [{"name": "f1", "average": "weighted"}], "average"),
+    (("metrics",), [{"name": "top_k_accuracy", "q": 1}], "top_k_accuracy"),
+    (("classes",), {"dtype": "<i8", "values": [0]}, "classes"),
+    (("classes",), {"dtype": "<i8", "values": [1, 0]}, "classes"),
+    (("classes",), {"dtype": "O", "values": [0, 1]}, "classes"),
+    (("classes", "values"), ["a", "b"], "classes"),
 ])
 def test_invalid_descriptions_are_refused_when_loading(saved, tmp_path, path, value, match):
     description, arrays, _ = saved
@@ -284,6 +290,18 @@ def test_invalid_descriptions_are_refused_when_loading(saved, tmp_path, path, va
     file.write_bytes(_archive(_set(description, path, value), **arrays))
     with pytest.raises(ValueError, match=match):
         nn.load(file)
+
+
+def test_descriptions_without_classes_load(saved, tmp_path):
+    # files of earlier fastnn have no classes: predict_classes gives class indices
+    description, arrays, _ = saved
+    assert description["classes"] == {"dtype": np.dtype(np.int64).str, "values": [0, 1]}
+    description = dict(description)
+    del description["classes"]
+    file = tmp_path / "old.npz"
+    file.write_bytes(_archive(description, **arrays))
+    model = nn.load(file)
+    assert model.classes_ is None and set(model.predict_classes(np.eye(4))) <= {0, 1}
 
 
 def test_corrupt_archives_are_refused(saved, tmp_path):

@@ -656,10 +656,11 @@ def test_early_stopping_restores_the_best_epoch():
     history = model.fit(X, y, epochs=200, batch_size=16, validation_split=0.3, verbose=0,
                         callbacks=[stopper])
     epochs = len(history["loss"])
-    assert epochs < 200 and stopper.stopped_epoch == epochs
-    assert stopper.best_epoch == epochs - 3
+    # epochs counted from 0, as in Keras's callbacks and history.epoch
+    assert epochs < 200 and stopper.stopped_epoch == epochs - 1 == history.epoch[-1]
+    assert stopper.best_epoch == epochs - 4
     best = min(history["val_loss"])
-    assert history["val_loss"][stopper.best_epoch - 1] == best
+    assert history["val_loss"][stopper.best_epoch] == best
     np.testing.assert_allclose(model.evaluate(X[140:], y[140:])["loss"], best, rtol=1e-6)
     with pytest.raises(ValueError, match="validation"):
         model.fit(X, y, epochs=2, verbose=0, callbacks=[nn.EarlyStopping()])
@@ -672,7 +673,7 @@ def test_history_is_dict_like_and_verbosity(capsys):
     history = model.fit(X, y, epochs=3, validation_data=(X[:10], y[:10]), verbose=0)
     assert capsys.readouterr().out == ""
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
-    assert history.history is history and history.epoch == [1, 2, 3] and model.history is history
+    assert history.history is history and history.epoch == [0, 1, 2] and model.history is history
     assert all(len(v) == 3 for v in history.values())
     model.fit(X, y, epochs=2, verbose=2)
     lines = capsys.readouterr().out.strip().splitlines()
@@ -735,8 +736,10 @@ def bad_input_cases():
         "X-strings": (lambda: clf().fit(np.array([["a"]]), [0], verbose=0), TypeError, "numbers"),
         "label-shape": (lambda: clf().fit(X, y[:, None] * np.ones(2), verbose=0), ValueError, "shape"),
         "label-count": (lambda: clf().fit(X, y[:10], verbose=0), ValueError, "20 samples"),
-        "label-range": (lambda: clf().fit(X, y + 1, verbose=0), ValueError, "label 3, outside 0..2"),
-        "label-negative": (lambda: clf().fit(X, y - 1, verbose=0), ValueError, "label -1, outside"),
+        "label-count-classes": (lambda: clf().fit(X, np.arange(20) % 4, verbose=0), ValueError,
+                                "4 distinct labels.*3 classes"),
+        "label-unknown": (lambda: clf().fit(X, y, verbose=0).model.fit(X, y - 1, verbose=0), ValueError,
+                          "label -1, which is not among"),
         "label-fraction": (lambda: clf().fit(X, y + 0.5, verbose=0), ValueError, "integer"),
         "X-nan": (lambda: clf().fit(X_nan, y, verbose=0), ValueError, "NaN"),
         "X-inf": (lambda: clf().fit(X_inf, y, verbose=0), ValueError, "infinity"),
@@ -768,9 +771,9 @@ def bad_input_cases():
         "softmax-1-output": (lambda: nn.Sequential([nn.Dense(1)], loss="categorical_crossentropy")
                              .fit(X, y, verbose=0), ValueError, "at least 2 outputs"),
         "bce-range": (lambda: nn.Sequential([nn.Dense(1)], loss="binary_crossentropy")
-                      .fit(X, y, verbose=0), ValueError, r"\[0, 1\]"),
+                      .fit(X, y, verbose=0), ValueError, "3 distinct labels.*2 classes"),
         "hinge-values": (lambda: nn.Sequential([nn.Dense(1)], loss="hinge").fit(X, y, verbose=0),
-                         ValueError, "-1/\\+1"),
+                         ValueError, "3 distinct labels.*2 classes"),
         "dtype": (lambda: clf(dtype=np.int32), TypeError, "dtype"),
         "backend": (lambda: clf(backend="cuda"), ValueError, "backend"),
         "set-params-shape": (lambda: fitted.set_flat_params(np.zeros(3)), ValueError, "shape"),
@@ -797,7 +800,10 @@ def test_bad_input_leaves_the_model_untouched():
     model = nn.Sequential([nn.Dense(4, "relu"), nn.Dense(3)], loss="sparse_categorical_crossentropy", seed=0)
     model.build(3)
     before = model.get_flat_params().copy()
-    for bad in (y + 5, y[:5]):
+    for bad in (np.arange(20) % 4, y + 0.5, y[:5]):
         with pytest.raises(ValueError):
             model.fit(X, bad, epochs=2, verbose=0)
+    with pytest.raises(ValueError, match="sample_weight"):  # after the labels set classes_
+        model.fit(X, np.array(list("abc"))[y], sample_weight=-np.ones(20), verbose=0)
+    assert model.classes_ is None
     np.testing.assert_array_equal(model.get_flat_params(), before)

@@ -11,7 +11,17 @@ model's own), so a model trains the same way on numpy, numba and c.
     model.save("model.npz"); model = nn.load("model.npz")
 """
 
-from .callbacks import Callback, EarlyStopping, History
+from . import metrics
+from .callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
 from .losses import (
     AbsoluteError,
@@ -49,7 +59,8 @@ from .residual import Residual
 from .training import TrainingDivergedError
 
 __all__ = [
-    "SGD", "AbsoluteError", "Activation", "Adadelta", "Adagrad", "Adam", "AdamW", "BatchNorm",
+    "SGD", "AbsoluteError", "CSVLogger", "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau",
+    "TerminateOnNaN", "metrics", "Activation", "Adadelta", "Adagrad", "Adam", "AdamW", "BatchNorm",
     "BinaryCrossEntropy", "BinaryLogLoss", "Callback", "CosineDecay", "Dense", "Dropout", "EarlyStopping",
     "ExponentialDecay", "Flatten", "Hinge", "History", "Huber", "InverseScaling", "Layer", "LogLoss", "Loss",
     "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Residual", "Schedule", "Sequential",

@@ -36,7 +36,7 @@ from .. import backends
 from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
 from . import layout, saving, training
-from .callbacks import Callback, History
+from .callbacks import CallbackList, History
 from .layers import (
     BatchNorm,
     Dense,
@@ -52,6 +52,7 @@ from .layers import (
     take_carried,
 )
 from .losses import get_loss, sample_weights
+from .metrics import Accuracy, get_metric
 from .optimizers import get_optimizer, optimizer_from_config
 from .residual import Residual  # noqa: F401  (registers the Residual layer kind)
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
@@ -84,7 +85,8 @@ class Sequential:
     settable with compile). optimizer: a name or an Optimizer ('adam' by default).
     l2: L2 penalty on every Dense weight matrix, added to each layer's own l2.
     penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
-    size without weights; scikit-learn's alpha convention). seed: weights,
+    size without weights; scikit-learn's alpha convention). metrics: the values
+    fit and evaluate report beside the loss (see compile). seed: weights,
     shuffling and dropout masks follow from it (None draws one). backend: a
     backend name or object, or None to use the current backend
     (fastnn.set_backend / use_backend) at each call. dtype: float32 or float64.
@@ -115,6 +117,7 @@ class Sequential:
                      penalty_per_sample=penalty_per_sample)
         self.history = None
         self.stop_training = False
+        self.classes_ = None  # the class labels, set by the first fit of a classifier (see _labels)
         self._passes = 0  # training forward passes so far: dropout seeds follow from it
         self._fits = 0
         if input_shape is not None and input_dim is not None:
@@ -170,20 +173,28 @@ class Sequential:
     def compile(self, optimizer=None, loss=None, metrics=None, l2=None, penalty_per_sample=None):
         """Set (only) the given training options; returns the model.
         metrics: None for the default (accuracy for classification losses), or a
-        list containing 'accuracy' or nothing."""
+        list of metric names or fastnn.nn.metrics objects: 'accuracy',
+        'top_k_accuracy' (k=5; TopKAccuracy(k=3)), 'precision', 'recall', 'f1'
+        (binary for two classes, else macro; Precision(average="macro")...),
+        'auc' (binary), and for regression losses 'mae', 'mse', 'rmse', 'r2'.
+        They are reported by fit (history and callbacks' logs, 'val_' + name on
+        validation data) and by evaluate; see fastnn.nn.metrics."""
         if optimizer is not None:
             self.optimizer = get_optimizer(optimizer)
         if loss is not None:
             self.loss = get_loss(loss)
         if metrics is not None:
-            if isinstance(metrics, str):
+            if isinstance(metrics, (str, dict)):
                 raise TypeError("metrics must be a list of names, e.g. ['accuracy']")
-            metrics = list(metrics)
-            for m in metrics:
-                chk.choice(m, "metrics entry", ("accuracy", "acc"))
+            metrics = [get_metric(m) for m in metrics]
+            names = [m.name for m in metrics]
+            if len(set(names)) != len(names):
+                raise ValueError(f"metrics has two entries named alike: {names}")
             self.metrics = metrics
-        if self.metrics and self.loss is not None and not self.loss.classifier:
-            raise ValueError(f"accuracy is not defined for the {self.loss.name} loss")
+        if self.metrics and self.loss is not None:
+            for metric in self.metrics:
+                if metric.classification != self.loss.classifier:
+                    raise ValueError(f"{metric.name} is not defined for the {self.loss.name} loss")
         if l2 is not None:
             self.l2 = chk.real(l2, "l2", low=0)
         if penalty_per_sample is not None:
@@ -204,11 +215,16 @@ class Sequential:
     def backend(self):
         return backends.get_backend(self._backend)
 
-    @property
-    def _reports_accuracy(self):
-        if self.loss is None or not self.loss.classifier:
-            return False
-        return self.metrics is None or bool(self.metrics)
+    def _new_metrics(self):
+        """Fresh accumulators of the model's metrics (the default: accuracy for a
+        classification loss), checked against the loss and output width."""
+        if self.metrics is None:
+            metrics = [Accuracy()] if self.loss is not None and self.loss.classifier else []
+        else:
+            metrics = self.metrics
+        for metric in metrics:
+            metric.check(self.loss, self.output_dim)
+        return [metric.fresh() for metric in metrics]
 
     def _link_layers(self):
         """When the last layer applies the loss's own link (a softmax before
@@ -374,6 +390,7 @@ class Sequential:
         model._params[...] = self._params
         model._state[...] = self._state
         model._passes = self._passes
+        model.classes_ = self.classes_
         return model
 
     # ------------------------------------------------------------ input checks
@@ -425,9 +442,10 @@ class Sequential:
             self.build(X.shape[1])
         return X
 
-    def _check_data(self, X, y, sample_weight, name="X"):
+    def _check_data(self, X, y, sample_weight, name="X", fitting=False):
         """(X, targets, weights) ready for training loops: X from _check_X, the
-        targets in the loss's kernel form, weights None or (N,) in the dtype."""
+        targets in the loss's kernel form (class labels encoded, see _labels;
+        fitting: a first fit may set classes_), weights None or (N,) in the dtype."""
         if self.loss is None:
             raise ValueError("the model has no loss: pass loss=... to Sequential or compile")
         X = self._check_X(X, name)
@@ -438,9 +456,108 @@ class Sequential:
         if np.ndim(y) == 0 or len(y) != n:
             raise ValueError(f"{name} has {n} samples but its targets have "
                              f"{'none' if np.ndim(y) == 0 else len(y)}")
-        t = self.loss.targets(y, n, self.output_dim, self.dtype)
+        t = self.loss.targets(self._labels(y, fitting), n, self.output_dim, self.dtype)
         w = sample_weights(sample_weight, n, self.dtype)
         return X, t, w
+
+    def _single_label(self):
+        """Whether the model is a classifier with one class label per sample."""
+        loss = self.loss
+        return loss is not None and loss.classifier and not (loss.link == "logistic" and self.output_dim > 1)
+
+    def _native_labels(self, y, n_classes):
+        """Whether 1-D y is what the loss takes as it is: class indices 0..n-1 (any
+        numeric dtype but bool), or with one output probabilities in [0, 1]
+        (binary cross-entropy). Non-finite values too: the loss refuses them
+        with its own message. (The hinge's -1/+1 labels are labels like any
+        other: classes_ [-1, 1], indices 0/1, the same targets.)"""
+        if y.dtype.kind not in "iuf":
+            return False
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            return True
+        if ((y >= 0) & (y < n_classes) & (y == np.round(y))).all():
+            return True
+        return self.output_dim == 1 and self.loss.link == "logistic" and bool(((y >= 0) & (y <= 1)).all())
+
+    def _labels(self, y, fitting):
+        """1-D class labels of a single-label classifier as indices into classes_.
+
+        The first fit sets classes_: for labels the loss takes as they are (see
+        _native_labels) it is 0..C-1 and they pass unchanged (the targets of
+        integer labels are those of any earlier fastnn); other labels (strings,
+        bools, integers such as {3, 7}) must be exactly as many distinct values
+        as the model has classes (its outputs, 2 for one output), sorted into
+        classes_. Later data is encoded with classes_; an unknown label is a
+        ValueError. Other targets (regression, one-hot or multilabel rows) pass
+        unchanged."""
+        one_softmax = self.output_dim == 1 and self.loss.link == "softmax"  # the loss refuses it
+        if not self._single_label() or np.ndim(y) != 1 or one_softmax:
+            return y
+        y = np.asarray(y)
+        if y.dtype == object:
+            if not all(isinstance(v, str) for v in y):
+                raise TypeError("y must hold numbers, bools or strings")
+            y = y.astype(str)
+        n_classes = max(self.output_dim, 2)
+        classes = self.classes_
+        if classes is None:
+            if self._native_labels(y, n_classes):
+                if fitting:
+                    self.classes_ = np.arange(n_classes)
+                return y
+            if y.dtype.kind == "f" and (y != np.round(y)).any():
+                raise ValueError("y holds non-integer numbers: class labels must be integers, bools or "
+                                 "strings (or, with one sigmoid output, probabilities in [0, 1])")
+            if not fitting:
+                raise ValueError("y holds labels other than the class indices 0.."
+                                 f"{n_classes - 1}: fit the model first, its first fit sets classes_")
+            classes = np.unique(y)
+            if len(classes) != n_classes:
+                raise ValueError(f"y has {len(classes)} distinct labels {classes.tolist()[:10]}, but the "
+                                 f"model has {n_classes} classes (its outputs, 2 for one output): each "
+                                 "class needs its own label")
+            self.classes_ = classes
+        elif classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(n_classes)) \
+                and self._native_labels(y, n_classes):
+            return y
+        if (classes.dtype.kind == "U") != (y.dtype.kind in "US"):
+            raise ValueError(f"y holds labels of dtype {y.dtype}, but the model's classes_ are "
+                             f"{classes.tolist()}")
+        index = np.minimum(np.searchsorted(classes, y), len(classes) - 1)
+        unknown = classes[index] != y
+        if unknown.any():
+            raise ValueError(f"y holds the label {y[unknown][0].item()!r}, which is not among the model's "
+                             f"classes_ {classes.tolist()}")
+        return index
+
+    def _class_weights(self, class_weight, t, w):
+        """Sample weights times the weight of each sample's class: class_weight a
+        dict {label: weight} (labels of classes_; others weigh 1) or 'balanced'
+        (n_samples / (n_classes * count of the class)), scikit-learn's
+        compute_class_weight as the estimators use it."""
+        from sklearn.utils.class_weight import compute_class_weight
+
+        from .metrics import true_classes
+
+        if not self._single_label():
+            raise ValueError("class_weight needs a classification loss with one label per sample")
+        if not (isinstance(class_weight, dict) or class_weight == "balanced"):
+            raise TypeError("class_weight must be a dict {label: weight} or 'balanced', got "
+                            f"{class_weight!r}")
+        index = true_classes(self.loss, t)
+        n_classes = max(self.output_dim, 2)
+        classes = np.arange(n_classes) if self.classes_ is None else self.classes_
+        if class_weight == "balanced":
+            weights = compute_class_weight("balanced", classes=np.arange(n_classes), y=index)
+        else:
+            weights = compute_class_weight(class_weight, classes=classes, y=classes[index])
+        if not (np.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError("class_weight must hold finite, non-negative weights")
+        factor = weights[index].astype(self.dtype)
+        w = factor if w is None else w * factor
+        if w.sum() <= 0:
+            raise ValueError("class_weight leaves the training samples with weights summing to 0")
+        return w
 
     def _prepare_training(self):
         if self._params.size == 0:
@@ -564,7 +681,7 @@ class Sequential:
     def train_step(self, X_batch, y_batch, sample_weight=None):
         """One optimizer step on one batch; returns its loss (penalties included).
         Raises TrainingDivergedError, without updating, when the loss is not finite."""
-        x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch")
+        x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True)
         self._prepare_training()
         ws = self._workspace(x.shape)
         x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X")
@@ -606,98 +723,122 @@ class Sequential:
         return loss, out
 
     def fit(self, X, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, seed=None, callbacks=None, verbose=1, sample_weight=None):
+            shuffle=True, seed=None, callbacks=None, verbose=1, sample_weight=None, class_weight=None):
         """Train; returns the History (also kept as model.history).
 
+        y: targets in the loss's form; for a classifier with one label per
+        sample, any labels (integers, strings, bools): the first fit sets
+        classes_ (see _labels) and predict_classes gives them back.
         batch_size: samples per step (None or >= n: full batch; 1: per-sample SGD).
         validation_split: fraction of the samples, taken from the end before
-        shuffling, held out for val_loss (and val_accuracy); or validation_data =
+        shuffling, held out for val_loss (and the val_ metrics); or validation_data =
         (X_val, y_val) or (X_val, y_val, sample_weight_val). seed: shuffling order
         (default: follows from the model seed and the number of fit calls).
+        callbacks: fastnn.nn.callbacks.Callback objects (Keras's protocol).
         verbose: 0 silent, 1 a progress bar (tqdm if installed, else a line per
-        epoch), 2 a line per epoch.
+        epoch), 2 a line per epoch. class_weight: {label: weight} or 'balanced',
+        multiplying the training samples' weights (not validation's).
 
         If the loss becomes NaN or infinite, fit raises TrainingDivergedError naming
         the epoch and step. The failing step's update is never applied; if an
         earlier update already made a parameter non-finite, the parameters are
         reset to those at the start of the epoch (a copy taken once per epoch,
-        after checking they are finite), and the optimizer state is reset."""
+        after checking they are finite), and the optimizer state is reset. The
+        callbacks' on_train_batch_end sees that loss first: when one sets
+        stop_training (TerminateOnNaN), fit returns the history of the completed
+        epochs instead of raising."""
         epochs = _check_int_option(epochs, "epochs", 1)
         if batch_size is not None:
             batch_size = _check_int_option(batch_size, "batch_size", 1)
         verbose = chk.choice(verbose, "verbose", (0, 1, 2))
-        if callbacks is None:
-            callbacks = []
-        if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError("callbacks must be a list of fastnn.nn.callbacks.Callback instances")
-        X, t, w = self._check_data(X, y, sample_weight)
-        val = None
-        if validation_data is not None:
-            if validation_split:
-                raise ValueError("pass validation_split or validation_data, not both")
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be (X_val, y_val) or "
-                                 "(X_val, y_val, sample_weight_val)")
-            X_val, y_val, *w_val = validation_data
-            val = self._check_data(X_val, y_val, w_val[0] if w_val else None, name="X_val")
-        elif validation_split:
-            split = chk.real(validation_split, "validation_split", 0, 1, high_open=True)
-            n_train = int(X.shape[0] * (1 - split))
-            if n_train < 1 or n_train == X.shape[0]:
-                raise ValueError(f"validation_split={split} leaves {n_train} of {X.shape[0]} samples for "
-                                 "training; both parts must be non-empty")
-            val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])
-            X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]
-            for part, weights in (("training", w), ("validation", val[2])):
-                if weights is not None and weights.sum() <= 0:
-                    raise ValueError(f"the sample weights of the {part} part of validation_split sum to 0")
+        classes_before = self.classes_
+        try:  # a refused call leaves classes_ as it was
+            X, t, w = self._check_data(X, y, sample_weight, fitting=True)
+            val = None
+            if validation_data is not None:
+                if validation_split:
+                    raise ValueError("pass validation_split or validation_data, not both")
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+                    raise ValueError("validation_data must be (X_val, y_val) or "
+                                     "(X_val, y_val, sample_weight_val)")
+                X_val, y_val, *w_val = validation_data
+                val = self._check_data(X_val, y_val, w_val[0] if w_val else None, name="X_val")
+            elif validation_split:
+                split = chk.real(validation_split, "validation_split", 0, 1, high_open=True)
+                n_train = int(X.shape[0] * (1 - split))
+                if n_train < 1 or n_train == X.shape[0]:
+                    raise ValueError(f"validation_split={split} leaves {n_train} of {X.shape[0]} samples for "
+                                     "training; both parts must be non-empty")
+                val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])
+                X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]
+                for part, weights in (("training", w), ("validation", val[2])):
+                    if weights is not None and weights.sum() <= 0:
+                        raise ValueError(f"the sample weights of the {part} part of validation_split "
+                                         "sum to 0")
+            if class_weight is not None:
+                w = self._class_weights(class_weight, t, w)
+        except (TypeError, ValueError):
+            self.classes_ = classes_before
+            raise
         n = X.shape[0]
         bs = n if batch_size is None else min(batch_size, n)
+        metrics = self._new_metrics()
         self._prepare_training()
         if seed is None:
             self._fits += 1
             seed = (self.seed, self._fits)
         rng = np.random.default_rng(seed)
+        params = {"epochs": epochs, "steps": -(-n // bs), "verbose": verbose}
+        callbacks = CallbackList.for_fit(callbacks, self, params)
         self.history = history = History()
         history.model = self
         self.stop_training = False
-        logs = {"validation": val is not None}
-        for callback in callbacks:
-            callback.on_train_begin(self, logs)
         backend = self.backend
         if not all_finite(self._params):
             raise ValueError("the model's parameters contain NaN or infinity")
+        callbacks.on_train_begin({"validation": val is not None})
         # parameters at the start of the epoch, known to be finite (checked at the
         # end of each epoch): what a divergence falls back to
         snapshot = np.empty_like(self._params)
         bar = training.progress(epochs, verbose)
         close = None if bar is None else bar.close
         order = np.arange(n) if shuffle else None
+        logs = {}
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
+            callbacks.on_epoch_begin(epoch - 1, {})
             np.copyto(snapshot, self._params)
             if shuffle:
                 rng.shuffle(order)
-            result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close)
+            for metric in metrics:
+                metric.reset()
+            try:
+                result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close,
+                                              metrics, callbacks.batch_hooks)
+            except TrainingDivergedError as exc:
+                callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})
+                if not self.stop_training:
+                    raise
+                break
             logs = {"loss": result.loss}
-            if self._reports_accuracy:
-                logs["accuracy"] = result.correct / result.seen
+            for metric in metrics:
+                logs[metric.name] = metric.result()
             if val is not None:
                 for key, value in self._evaluate(*val).items():
                     logs["val_" + key] = value
             logs["lr"] = self.optimizer.schedule.lr_at(self.optimizer.t)  # the epoch's last step
             history.append(logs)
             stop = self.optimizer.end_epoch(logs["loss"])
-            for callback in callbacks:
-                callback.on_epoch_end(self, epoch, logs)
+            callbacks.on_epoch_end(epoch - 1, logs)
             training.report(bar, verbose, epoch, epochs, logs, time.perf_counter() - start)
             if stop or self.stop_training:
                 break
         if bar is not None:
             bar.close()
         self._release_inputs()
-        for callback in callbacks:
-            callback.on_train_end(self, logs)
+        callbacks.on_train_end(logs)
         return history
 
     def _release_inputs(self):
@@ -748,25 +889,32 @@ class Sequential:
 
     def predict_classes(self, X, batch_size=None):
         """Class labels: argmax for several outputs, output > 0 (probability > 0.5)
-        as 0/1 for one output, per output for multilabel models."""
+        for one output, as the labels the model was fitted with (classes_; class
+        indices before a fit); 0/1 per output for multilabel models."""
         if self.loss is None or not self.loss.classifier:
             raise TypeError("predict_classes needs a classification loss")
         raw = self.predict_raw(X, batch_size)
         if self.loss.link == "logistic" or raw.shape[1] == 1:
             labels = (raw > 0).astype(np.int64)
-            return labels[:, 0] if raw.shape[1] == 1 else labels
-        return raw.argmax(axis=1)
+            if raw.shape[1] > 1:
+                return labels
+            labels = labels[:, 0]
+        else:
+            labels = raw.argmax(axis=1)
+        return labels if self.classes_ is None else self.classes_[labels]
 
     def evaluate(self, X, y, sample_weight=None, batch_size=None):
-        """{'loss': ..., 'accuracy': ...} on (X, y) in inference mode; the loss
-        includes the penalties, as in training."""
+        """{'loss': ..., and the model's metrics by name} on (X, y) in inference
+        mode, each exact over all of (X, y); the loss includes the penalties, as
+        in training. Metrics ignore sample_weight (see fastnn.nn.metrics)."""
         return self._evaluate(*self._check_data(X, y, sample_weight), batch_size=batch_size)
 
     def _evaluate(self, X, t, w, batch_size=None):
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
         backend = self.backend
         mode = Pass(training=False)
-        total = weight_total = correct = 0.0
+        total = weight_total = 0.0
+        metrics = self._new_metrics()
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
             ws = self._workspace((hi - lo,) + X.shape[1:])
@@ -776,8 +924,8 @@ class Sequential:
                 grad = ws[1]["dout"] = np.empty_like(out)
             wb = None if w is None else w[lo:hi]
             bw = (hi - lo) if wb is None else float(wb.sum())
-            if self._reports_accuracy:
-                correct += self.loss.correct(out, t[lo:hi])
+            for metric in metrics:
+                metric.update(self.loss, out, t[lo:hi])
             if bw == 0:
                 continue
             total += self.loss.checked_call(backend, out, t[lo:hi], wb, grad) * bw
@@ -786,8 +934,8 @@ class Sequential:
         self._penalties = self._penalty_terms()
         everything = X.shape[0] if w is None else float(w.sum())
         logs = {"loss": total / weight_total + self._penalty(backend, self._penalty_scale(everything))}
-        if self._reports_accuracy:
-            logs["accuracy"] = correct / X.shape[0]
+        for metric in metrics:
+            logs[metric.name] = metric.result()
         return logs
 
     # ------------------------------------------------------------------ summary

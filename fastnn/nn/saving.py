@@ -42,8 +42,40 @@ def describe(model):
         "layers": [full_config(layer) for layer in model.layers],
         "loss": None if model.loss is None else model.loss.config(),
         "optimizer": opt.config(), "optimizer_counters": counters,
-        "l2": model.l2, "penalty_per_sample": model.penalty_per_sample, "metrics": model.metrics,
+        "l2": model.l2, "penalty_per_sample": model.penalty_per_sample,
+        "metrics": None if model.metrics is None else [m.config() for m in model.metrics],
+        "classes": describe_classes(model.classes_),
     }
+
+
+def describe_classes(classes):
+    """classes_ as JSON: null, or its values and dtype (bool, int, float or str)."""
+    if classes is None:
+        return None
+    return {"dtype": classes.dtype.str, "values": classes.tolist()}
+
+
+def classes_from_description(d, n_classes):
+    """classes_ from its description (absent in files of earlier fastnn: None)."""
+    described = d.get("classes")
+    if described is None:
+        return None
+    if not isinstance(described, dict) or not isinstance(described.get("values"), list):
+        raise ValueError(f"classes must be null or {{'dtype', 'values'}}, got {described!r}")
+    try:
+        dtype = np.dtype(described.get("dtype"))
+    except TypeError:
+        raise ValueError(f"classes has an invalid dtype {described.get('dtype')!r}") from None
+    values = described["values"]
+    if dtype.kind not in "biufU" or any(isinstance(v, (list, dict)) or v is None for v in values):
+        raise ValueError(f"classes must be a list of bools, numbers or strings, got {values!r}")
+    try:
+        classes = np.array(values, dtype=dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"classes {values!r} are not of dtype {dtype}") from None
+    if len(classes) != n_classes or (len(classes) > 1 and not (classes[1:] > classes[:-1]).all()):
+        raise ValueError(f"classes must be {n_classes} distinct sorted labels, got {values!r}")
+    return classes
 
 
 def arrays_of(model, description):
@@ -137,8 +169,10 @@ def check_description(d):
     if not isinstance(d.get("penalty_per_sample"), bool):
         raise ValueError(f"penalty_per_sample must be true or false, got {d.get('penalty_per_sample')!r}")
     metrics = d.get("metrics")
-    if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
-        raise ValueError(f"metrics must be null or a list of names, got {metrics!r}")
+    if metrics is not None and not (isinstance(metrics, list) and all(
+            isinstance(m, str) or (isinstance(m, dict) and isinstance(m.get("name"), str)) for m in metrics)):
+        raise ValueError(f"metrics must be null or a list of names or {{'name': ...}} objects, got "
+                         f"{metrics!r}")
     layers = d.get("layers")
     if not isinstance(layers, list) or not all(isinstance(c, dict) for c in layers):
         raise ValueError("layers must be a list of layer descriptions")
@@ -175,6 +209,10 @@ def from_description(d, arrays, backend=None, loss=None):
                        backend=backend, l2=d["l2"], penalty_per_sample=d["penalty_per_sample"],
                        metrics=d["metrics"], optimizer=optimizer_from_config(d["optimizer"]), loss=loss)
     model.build(input_shape)
+    if model._single_label():
+        model.classes_ = classes_from_description(d, max(model.output_dim, 2))
+    elif d.get("classes") is not None:
+        raise ValueError("classes are described for a model without one class label per sample")
     for key, target in (("params", model._params), ("state", model._state)):
         a = arrays[key]
         if a.shape != target.shape or a.dtype != target.dtype:

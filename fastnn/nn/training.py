@@ -16,11 +16,12 @@ import scipy.sparse as sp
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite. `epoch` and `step` (1-based) say
-    where; the model keeps finite parameters (see Sequential.fit)."""
+    where and `loss` what it was; the model keeps finite parameters (see
+    Sequential.fit)."""
 
-    def __init__(self, message, epoch=None, step=None):
+    def __init__(self, message, epoch=None, step=None, loss=None):
         super().__init__(message)
-        self.epoch, self.step = epoch, step
+        self.epoch, self.step, self.loss = epoch, step, loss
 
 
 class NonFiniteLoss(Exception):
@@ -62,25 +63,27 @@ def take_rows(a, lo, hi, order, buffers, key):
 class EpochResult(NamedTuple):
     """What one epoch measured. loss: the mean of the batch losses weighted by
     their sample-weight sums (the epoch's weighted mean loss); loss_per_sample: the
-    mean weighted by their sizes (scikit-learn's loss_); correct: the correct
-    predictions (classification losses) out of `seen` samples; steps: the
-    optimizer steps taken."""
+    mean weighted by their sizes (scikit-learn's loss_);
+    seen: the samples trained on; steps: the optimizer steps taken."""
 
     loss: float
     loss_per_sample: float
-    correct: float
     seen: int
     steps: int
 
 
-def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_divergence=None):
+def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_divergence=None,
+                metrics=(), hooks=None):
     """One epoch over prepared data (from `Sequential._check_data`): batches of
     `batch_size` rows in `order` (None: as stored). `snapshot` holds parameters
     known to be finite, restored when an update makes them non-finite;
     on_divergence() runs before TrainingDivergedError is raised (to close a
-    progress bar)."""
+    progress bar). metrics: Metric objects updated with each batch's outputs.
+    hooks: None, or callbacks whose batch hooks run around each step (see
+    callbacks.CallbackList); model.stop_training set by one ends the epoch after
+    that step."""
     n = X.shape[0]
-    total = weight_total = count_total = correct = 0.0
+    total = weight_total = count_total = 0.0
     seen = steps = 0
     step = 0
     for step, lo in enumerate(range(0, n, batch_size), start=1):
@@ -97,6 +100,8 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
                              "those samples positive weights")
         if bw == 0:
             continue  # every sample weighs 0: nothing to learn from this batch
+        if hooks is not None:
+            hooks.on_train_batch_begin(step - 1, {})
         try:
             loss = model._train_batch(backend, xb, tb, wb, ws, bw)
         except NonFiniteLoss as exc:
@@ -108,15 +113,19 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
         count_total += loss * (hi - lo)
         seen += hi - lo
         steps += 1
-        if model._reports_accuracy:
-            correct += model.loss.correct(buffers["out"], tb)
+        for metric in metrics:
+            metric.update(model.loss, buffers["out"], tb)
+        if hooks is not None:
+            hooks.on_train_batch_end(step - 1, {"loss": total / weight_total})
+            if model.stop_training:
+                break
     if not all_finite(model._params):  # the last step's update overflowed
         if on_divergence is not None:
             on_divergence()
         diverged(model, snapshot, epoch, step, math.nan)
     if not weight_total:
         raise ValueError("every batch of the epoch has sample weights summing to 0")
-    return EpochResult(total / weight_total, count_total / seen, correct, seen, steps)
+    return EpochResult(total / weight_total, count_total / seen, seen, steps)
 
 
 def diverged(model, snapshot, epoch, step, loss):
@@ -132,7 +141,7 @@ def diverged(model, snapshot, epoch, step, loss):
     kept = ("the parameters were reset to those at the start of the epoch" if restored
             else "the parameters are those before the failing step")
     raise TrainingDivergedError(f"training diverged: the loss became {loss} at {where}; {kept}. "
-                                "Try a smaller learning rate.", epoch=epoch, step=step)
+                                "Try a smaller learning rate.", epoch=epoch, step=step, loss=loss)
 
 
 def progress(epochs, verbose):
