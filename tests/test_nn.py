@@ -503,6 +503,31 @@ def test_optimizer_step_folds_an_l2_penalty_into_its_kernel(backend_name, optimi
     assert folded.t == separate.t == 3
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "adagrad", "adadelta"])
+def test_decoupled_weight_decay_scales_the_parameters_before_the_step(name):
+    """decoupled_weight_decay=True: params *= 1 - lr * weight_decay, then the
+    plain step (AdamW's rule, for every optimizer); saved and restored with the
+    optimizer's config."""
+    backend = fastnn.get_backend("numpy")
+    rng = np.random.default_rng(1)
+    cls, lr, wd = nn.optimizers.OPTIMIZERS[name], 0.05, 0.4
+    plain, decayed = cls(lr), cls(lr, weight_decay=wd, decoupled_weight_decay=True)
+    assert not decayed.couples_l2 and plain.couples_l2
+    p_plain = rng.standard_normal(20)
+    p_decayed = p_plain.copy()
+    plain.bind(p_plain)
+    decayed.bind(p_decayed)
+    for _ in range(3):
+        grads = rng.standard_normal(20)
+        np.copyto(p_plain, p_decayed * (1 - lr * wd))
+        plain.step(backend, p_plain, grads.copy())
+        decayed.step(backend, p_decayed, grads.copy())
+        np.testing.assert_allclose(p_decayed, p_plain, rtol=1e-13, atol=1e-15)
+    again = nn.optimizers.optimizer_from_config(decayed.config())
+    assert again.decoupled_weight_decay and again.weight_decay == wd
+    assert nn.optimizers.optimizer_from_config(nn.AdamW().config()).decoupled_weight_decay
+
+
 def test_optimizer_step_checks_arrays_it_is_not_bound_to():
     backend = fastnn.get_backend("numpy")
     opt = nn.Adam(0.01)
