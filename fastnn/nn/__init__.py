@@ -12,7 +12,7 @@ model's own), so a model trains the same way on numpy, numba and c.
 """
 
 from .callbacks import Callback, EarlyStopping, History
-from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer, register_layer
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
@@ -53,5 +53,5 @@ __all__ = [
     "ExponentialDecay", "Flatten", "Hinge", "History", "Huber", "InverseScaling", "Layer", "LogLoss", "Loss",
     "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential",
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
-    "get_optimizer", "get_schedule", "load",
+    "get_optimizer", "get_schedule", "load", "register_layer",
 ]
