@@ -414,8 +414,9 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     the complex step (ValueError if the forward cannot run it).
 
     eps, rtol: default 1e-6 and 1e-5 in float64, 1e-3 and 1e-2 in float32.
-    atol: see GradientReport. backend: where the forward and backward run
-    (default: the reference, numpy). max_elements: check at most this many
+    atol: see GradientReport. backend: a name or backend object, where the
+    forward and backward run (default: a model's own, the current backend for
+    a layer). max_elements: check at most this many
     elements per tensor, chosen at random from `seed` (default: all)."""
     from .nn.layers import Layer
     from .nn.model import Sequential
@@ -430,14 +431,17 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     rtol = default_rtol if rtol is None else chk.real(rtol, "rtol", low=0, low_open=True)
     if max_elements is not None:
         max_elements = chk.integer(max_elements, "max_elements", low=1)
-    kernels = _backends.get_backend(REFERENCE if backend is None else backend)
+    if backend is not None and not isinstance(backend, NumpyBackend):
+        backend = _backends.get_backend(backend)
     if isinstance(layer_or_model, Sequential):
+        kernels = layer_or_model.backend if backend is None else backend
         rows = _check_model(layer_or_model, x, y, sample_weight, kernels, dtype, eps, max_elements, seed)
         subject = repr(layer_or_model)
     elif isinstance(layer_or_model, Layer):
         if y is not None or sample_weight is not None:
             raise ValueError("a layer is checked with a random projection of its output: pass no y or "
                              "sample_weight (they are for models)")
+        kernels = _backends.get_backend() if backend is None else backend
         try:
             rows = _check_layer(layer_or_model, x, kernels, dtype, eps, complex_step, max_elements, seed)
         finally:  # the layer keeps no views of the check's arrays: it can join a model afterwards

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 import fastnn
 from fastnn import MLPClassifier, MLPRegressor
 from fastnn.nn.layers import BatchNorm
+from fastnn.testing import assert_gradients
 
 BN_EPS = BatchNorm().eps  # the estimators' batch norm: torch.nn.BatchNorm1d's defaults
 
@@ -89,21 +90,9 @@ def test_network_gradient_matches_finite_differences(activation, loss, layers):
     # outputs but descends the gradient of its sum, and fastnn does the same
     extras = dict(batch_norm=True, dropout=[0.3, 0.2]) if layers != "plain" else {}
     net, x, t, w = _network_problem(loss, activation, **extras)
-    data = net._check_data(x, t, w)
-
-    def objective(p):
-        net.set_flat_params(p)
-        return net._objective(data)[0]  # what the estimator's L-BFGS evaluates
-
-    p0 = net.get_flat_params().copy()
-    grad = net._objective(data)[1]
-    h = 1e-6
-    numeric = np.empty_like(p0)
-    for i in range(p0.size):
-        step = np.zeros_like(p0)
-        step[i] = h
-        numeric[i] = (objective(p0 + step) - objective(p0 - step)) / (2 * h)
-    assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+    # the model's _objective, what the estimator's L-BFGS evaluates, against central
+    # differences (step 1e-6), on the model's backend
+    assert_gradients(net, x, t, sample_weight=w, eps=1e-6, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------ backends

@@ -11,6 +11,7 @@ from conftest import ALL_BACKENDS, RTOL
 import fastnn
 from fastnn import nn
 from fastnn.backends.reference import ACTIVATIONS, KERNELS, NumpyBackend
+from fastnn.testing import assert_gradients
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,30 +29,15 @@ def data(n=40, d=3, seed=0):
     return rng.standard_normal((n, d))
 
 
-def fd_gradient(model, X, y, sample_weight=None, h=1e-6):
-    """Central finite differences of the public loss over every flat parameter."""
-    params = model.get_flat_params().copy()
-    grad = np.empty_like(params)
-    for i in range(params.size):
-        values = []
-        for step in (h, -h):
-            p = params.copy()
-            p[i] += step
-            model.set_flat_params(p)
-            values.append(model.loss_and_gradient(X, y, sample_weight)[0])
-        grad[i] = (values[0] - values[1]) / (2 * h)
-    model.set_flat_params(params)
-    return grad
-
-
 def check_gradient(layers, loss, y, X=None, sample_weight=None, **options):
+    """loss_and_gradient against central differences (fastnn.testing, rtol 1e-5,
+    atol 1e-7 * max(1, largest derivative)), and deterministic."""
     X = data() if X is None else X
     model = nn.Sequential(layers, loss=loss, seed=3, dtype=np.float64, backend="numpy", **options)
     model.build(X.shape[1])
     loss_value, grad = model.loss_and_gradient(X, y, sample_weight)
     assert np.isfinite(loss_value)
-    expected = fd_gradient(model, X, y, sample_weight)
-    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7 * max(1.0, np.abs(expected).max()))
+    assert_gradients(model, X, y, sample_weight=sample_weight, rtol=1e-5, eps=1e-6)
     # loss_and_gradient is deterministic (dropout masks and running statistics fixed)
     again = model.loss_and_gradient(X, y, sample_weight)
     assert again[0] == loss_value
