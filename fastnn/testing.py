@@ -40,7 +40,7 @@ COMPLEX_STEP = 1e-20  # the complex step: no subtraction, so no rounding to trad
 
 
 # ------------------------------------------------------------------ closeness
-def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=None):
+def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=None, atol=0.0):
     """Raise AssertionError unless actual matches expected to the catalogue's rule:
     |actual - expected| <= rtol * (|expected| + 1e-2 * max|expected| + tiny) per
     element (relative, with a floor tied to the array's scale so that values
@@ -48,7 +48,8 @@ def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=Non
     dtype, shape and non-finite pattern. rtol: RTOL of `dtype` (default: the
     dtype of expected). magnitude (shaped like expected) replaces |expected|
     where each element is a sum of terms that may cancel: the size of those
-    terms, which bounds its rounding. Scalars: within 10 rtol."""
+    terms, which bounds its rounding. atol: an absolute tolerance added to each
+    element's. Scalars: within 10 rtol (plus atol)."""
     if dtype is None:
         dtype = getattr(expected, "dtype", np.float64)
     dtype = np.dtype(dtype)
@@ -56,7 +57,7 @@ def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=Non
         rtol = RTOL.get(dtype, RTOL[np.dtype(np.float64)])
     label = f"{what}: " if what else ""
     if isinstance(expected, (float, int, np.number)) or np.ndim(expected) == 0:
-        if not np.isclose(actual, expected, rtol=rtol * 10, atol=rtol * 1e-3):
+        if not np.isclose(actual, expected, rtol=rtol * 10, atol=rtol * 1e-3 + atol):
             raise AssertionError(f"{label}got {actual!r}, expected {expected!r} (rtol {rtol * 10:g})")
         return
     if not isinstance(actual, np.ndarray):
@@ -84,7 +85,7 @@ def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=Non
     e, a = expected.astype(np.float64), actual.astype(np.float64)
     size = np.abs(e) if magnitude is None else np.abs(np.asarray(magnitude, np.float64))
     scale = np.abs(e[finite]).max(initial=0.0)
-    tol = rtol * (size + 1e-2 * scale + np.finfo(dtype).tiny)
+    tol = rtol * (size + 1e-2 * scale + np.finfo(dtype).tiny) + atol
     excess = np.where(finite, np.abs(np.where(finite, a - e, 0.0)) - tol, -np.inf)
     bad = excess > 0
     if bad.any():
@@ -124,7 +125,7 @@ def _float_dtype(values):
     return np.dtype(np.float64)
 
 
-def assert_backends_agree(fn, *args, backends=None, rtol=None, **kwargs):
+def assert_backends_agree(fn, *args, backends=None, rtol=None, atol=0.0, **kwargs):
     """Run fn(backend, *args, **kwargs) on every backend and compare each output
     with the reference backend's (numpy); return the reference's result.
 
@@ -135,7 +136,8 @@ def assert_backends_agree(fn, *args, backends=None, rtol=None, **kwargs):
     place start from the same values (return those arrays to compare them
     too). Outputs: an array or number, or (nested) tuples, lists and dicts of
     them. Float arrays are compared by `assert_close` at RTOL of their dtype
-    (the equivalence catalogue's: ~1e-5 float32, ~1e-10 float64), or `rtol`;
+    (the equivalence catalogue's: ~1e-5 float32, ~1e-10 float64), or `rtol`,
+    plus `atol`;
     integer and boolean arrays exactly; Python floats at the RTOL of the
     arguments' precision (float32 if any argument is).
 
@@ -163,7 +165,7 @@ def assert_backends_agree(fn, *args, backends=None, rtol=None, **kwargs):
                 if a != e:
                     raise AssertionError(f"{what}: got {a!r}, expected {e!r}")
                 continue
-            assert_close(a, e, dtype, what, rtol=rtol)
+            assert_close(a, e, dtype, what, rtol=rtol, atol=atol)
     return result
 
 
@@ -273,7 +275,21 @@ def _complex_forward(layer, backend, x, ws, mode):
     return y if isinstance(y, np.ndarray) and y.dtype.kind == "c" else None
 
 
-def _check_layer(layer, x, backend, dtype, eps, complex_step, max_elements, seed):
+def _agrees_with_central(evaluate, tensors, picked, numeric, eps, rtol):
+    """Whether the complex-step derivatives agree with central differences on the
+    first few checked elements of each tensor. A forward that runs on complex
+    arrays but is not complex-analytic (abs, comparisons, maximum) gives wrong
+    complex-step derivatives, which this catches: the two numerical methods
+    differ, whatever the backward does."""
+    for name, t in tensors.items():
+        for k, value in list(zip(picked[name], numeric[name]))[:3]:
+            central = _central(evaluate, t, k, eps)
+            if abs(central - value) > 10 * rtol * (abs(central) + 1e-2):
+                return False
+    return True
+
+
+def _check_layer(layer, x, backend, dtype, eps, rtol, complex_step, max_elements, seed):
     from .nn.layers import Pass
 
     if getattr(layer, "params", None) is not None:
@@ -293,57 +309,66 @@ def _check_layer(layer, x, backend, dtype, eps, complex_step, max_elements, seed
     # training pass, deterministic: a fixed dropout seed, running statistics untouched
     mode = Pass(training=True, update_stats=False, seed=seed)
     # loss = sum(y * projection): dloss/dy = projection, (N, *output_shape)
-    projection = rng.standard_normal((x.shape[0],) + tuple(layer.output_shape))
+    projection = rng.standard_normal((x.shape[0],) + tuple(layer.output_shape)).astype(dtype)
     ws = {}
-    y = layer.forward(backend, x, ws, mode)
+    y = np.array(layer.forward(backend, x, ws, mode))  # a copy: backward may reuse the buffer
     # grads start as NaN: a backward that leaves one unwritten is reported, not passed
-    dx = layer.backward(backend, projection.astype(dtype), ws, True)
+    dx = layer.backward(backend, projection, ws, True)
     if dx is None:
         raise ValueError(f"{layer.kind}.backward returned None for dx although need_dx was True")
-    analytic = {name: np.array(g, np.float64) for name, g in grads.items()}
-    analytic["input"] = np.array(dx, np.float64).reshape(x.shape)
+    projection = projection.astype(np.float64)
+    analytic = {name: np.array(g, np.float64).reshape(-1) for name, g in grads.items()}
+    analytic["input"] = np.array(dx, np.float64).reshape(-1)
     tensors = {**params, "input": x}
+    pick = np.random.default_rng(seed + 1)
+    picked = {name: _selected(t.size, max_elements, pick) for name, t in tensors.items()}
+    ws_numeric = {}
 
-    method = "central"
-    if complex_step:
-        cdtype = np.result_type(dtype, np.complex64)
-        cparams = {name: p.astype(cdtype) for name, p in params.items()}
-        cx = x.astype(cdtype)
-        layer.bind(cparams, grads, state)
-        try:
-            yc = _complex_forward(layer, backend, cx, {}, mode)
-            if yc is not None and yc.shape == y.shape and np.allclose(yc.real, y, rtol=1e-6, atol=1e-12):
-                method = "complex step"
-                ctensors = {**cparams, "input": cx}
-                numeric = {}
-                for name, t in ctensors.items():
-                    flat, values = t.reshape(-1), []
-                    for k in _selected(t.size, max_elements, np.random.default_rng(seed + 1)):
-                        v = flat[k]
-                        flat[k] = v + 1j * COMPLEX_STEP
-                        values.append(_loss_of(layer.forward(backend, cx, {}, mode), projection).imag
-                                      / COMPLEX_STEP)
-                        flat[k] = v
-                    numeric[name] = np.array(values)
-            elif complex_step is True:
-                raise ValueError(f"{layer.kind}'s forward does not run on complex arrays in backend "
-                                 f"{backend.name!r}; pass complex_step='auto' or False")
-        finally:
-            layer.bind(params, grads, state)
-    if method == "central":
-        ws_numeric = {}
+    def evaluate():
+        return float(_loss_of(np.asarray(layer.forward(backend, x, ws_numeric, mode), np.float64),
+                              projection))
 
-        def evaluate():
-            return float(_loss_of(np.asarray(layer.forward(backend, x, ws_numeric, mode), np.float64),
-                                  projection))
-
-        numeric = {name: np.array([_central(evaluate, t, k, eps) for k in
-                                   _selected(t.size, max_elements, np.random.default_rng(seed + 1))])
+    numeric = _complex_step(layer, backend, x, mode, projection, params, grads, state, y, picked) \
+        if complex_step else None
+    if numeric is None and complex_step is True:
+        raise ValueError(f"{layer.kind}'s forward does not run on complex arrays in backend "
+                         f"{backend.name!r}; pass complex_step='auto' or False")
+    method = "complex step"
+    if numeric is not None and complex_step == "auto" and not _agrees_with_central(
+            evaluate, tensors, picked, numeric, eps, rtol):
+        numeric = None
+    if numeric is None:
+        method = "central"
+        numeric = {name: np.array([_central(evaluate, t, k, eps) for k in picked[name]])
                    for name, t in tensors.items()}
-    picked = {name: _selected(t.size, max_elements, np.random.default_rng(seed + 1))
-              for name, t in tensors.items()}
-    return [(name, method, t.shape, picked[name], analytic[name].reshape(-1)[picked[name]], numeric[name])
+    return [(name, method, t.shape, picked[name], analytic[name][picked[name]], numeric[name])
             for name, t in tensors.items()]
+
+
+def _complex_step(layer, backend, x, mode, projection, params, grads, state, y, picked):
+    """{tensor name: Im loss(v + ih e_k) / h for each picked k}, with the layer bound
+    to complex copies of its parameters; None when its forward cannot run on
+    complex arrays or does not reproduce the real forward."""
+    cdtype = np.result_type(x.dtype, np.complex64)
+    cparams = {name: p.astype(cdtype) for name, p in params.items()}
+    cx = x.astype(cdtype)
+    layer.bind(cparams, grads, state)
+    try:
+        yc = _complex_forward(layer, backend, cx, {}, mode)
+        if yc is None or yc.shape != y.shape or not np.allclose(yc.real, y, rtol=1e-6, atol=1e-12):
+            return None
+        numeric = {}
+        for name, t in {**cparams, "input": cx}.items():
+            flat, values = t.reshape(-1), []
+            for k in picked[name]:
+                v = flat[k]
+                flat[k] = v + 1j * COMPLEX_STEP
+                values.append(_loss_of(layer.forward(backend, cx, {}, mode), projection).imag / COMPLEX_STEP)
+                flat[k] = v
+            numeric[name] = np.array(values)
+        return numeric
+    finally:
+        layer.bind(params, grads, state)
 
 
 def _layer_label(layer, i):
@@ -443,7 +468,8 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
                              "sample_weight (they are for models)")
         kernels = _backends.get_backend() if backend is None else backend
         try:
-            rows = _check_layer(layer_or_model, x, kernels, dtype, eps, complex_step, max_elements, seed)
+            rows = _check_layer(layer_or_model, x, kernels, dtype, eps, rtol, complex_step, max_elements,
+                                seed)
         finally:  # the layer keeps no views of the check's arrays: it can join a model afterwards
             if getattr(layer_or_model, "params", None) is not None:
                 layer_or_model.params = layer_or_model.grads = layer_or_model.state = None

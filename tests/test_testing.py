@@ -82,6 +82,27 @@ def test_compiled_layers_use_central_differences_and_numpy_layers_the_complex_st
         check_gradients(nn.Dense(3), batch(), complex_step=True)
 
 
+class SignedSquare(nn.Layer):
+    """y = x |x|: runs on complex arrays, but abs is not complex-analytic, so the
+    complex step gives x's derivative wrong (|x| instead of 2 |x|)."""
+
+    kind = "tests.testing.SignedSquare"
+
+    def forward(self, backend, x, ws, mode):
+        ws["x"] = x
+        return x * np.abs(x)
+
+    def backward(self, backend, dy, ws, need_dx):
+        return 2 * dy * np.abs(ws["x"])
+
+
+def test_a_forward_that_is_not_complex_analytic_falls_back_to_central_differences():
+    report = assert_gradients(SignedSquare(), batch())
+    assert report.details["input"].method == "central"
+    # forced, the complex step gets it wrong: that is what the fallback avoids
+    assert not check_gradients(SignedSquare(), batch(), complex_step=True).ok
+
+
 @pytest.mark.parametrize("complex_step", ["auto", False])
 @pytest.mark.parametrize(("layer", "wrong"), [(WrongScaleGradient, "s"), (WrongScaleDx, "input"),
                                               (ForgetsScaleGradient, "s")])
