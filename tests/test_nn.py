@@ -509,6 +509,11 @@ def test_decoupled_weight_decay_scales_the_parameters_before_the_step(name):
         plain.step(backend, p_plain, grads.copy())
         decayed.step(backend, p_decayed, grads.copy())
         np.testing.assert_allclose(p_decayed, p_plain, rtol=1e-13, atol=1e-15)
+    # a call the kernel refuses changes nothing
+    before = p_decayed.copy()
+    with pytest.raises(ValueError, match="grad must have shape"):
+        decayed.step(backend, p_decayed, np.zeros(19))
+    np.testing.assert_array_equal(p_decayed, before)
     again = nn.optimizers.optimizer_from_config(decayed.config())
     assert again.decoupled_weight_decay and again.weight_decay == wd
     assert nn.optimizers.optimizer_from_config(nn.AdamW().config()).decoupled_weight_decay

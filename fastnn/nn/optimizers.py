@@ -268,7 +268,9 @@ class Optimizer:
         kernels = backend.fast
         weight_decay = self.weight_decay  # the L2 gradient term the kernel adds
         if self.decoupled_weight_decay and not self.kernel_decouples:
-            if weight_decay:
+            # only on arrays the kernel will accept: a call it refuses changes nothing
+            if weight_decay and all(a.shape == params.shape and a.dtype == params.dtype
+                                    for a in (grads, *self.state.values())):
                 params *= 1.0 - lr * weight_decay  # params (n,), in place
             weight_decay = 0.0
         if not l2:
