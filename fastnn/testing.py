@@ -229,8 +229,10 @@ class GradientReport(Mapping):
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(f"{v:<{w}}" for v, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "-" * max(map(len, lines)))
+        step = (f", central-difference step {self.eps:g}"
+                if any(c.method == "central" for c in self.details.values()) else "")
         title = (f"gradient check of {self.subject} ({self.dtype.name}, backend {self.backend}, rtol "
-                 f"{self.rtol:g}, atol {self.atol:.3g}, central-difference step {self.eps:g})")
+                 f"{self.rtol:g}, atol {self.atol:.3g}{step})")
         verdict = "all gradients match" if self.ok else f"WRONG gradients: {', '.join(self.failures)}"
         return "\n".join([title, *lines, verdict])
 
