@@ -30,4 +30,8 @@ def __getattr__(name):
         from . import estimators
 
         return getattr(estimators, name)
+    if name == "testing":  # gradient and backend-agreement checks, loaded on first use
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'fastnn' has no attribute {name!r}")

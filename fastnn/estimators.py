@@ -55,27 +55,44 @@ def _extra_constraints():
         "dropout": [Interval(Real, 0, 1, closed="left"), "array-like"],
         "batch_norm": ["boolean"],
         "init": [StrOptions(set(INITS))],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "weight_decay": [None, Interval(Real, 0, None, closed="left")],
     }
+
+
+def _weight_decay(est):
+    """The decoupled weight decay of the estimator's solver: weight_decay, or with
+    None 0.01 for adamw and 0 for the others (scikit-learn's sgd and adam). L-BFGS
+    takes no steps to decay: an explicit decay there is an error, not ignored."""
+    if est.weight_decay is None:
+        return 0.01 if est.solver == "adamw" else 0.0
+    if est.solver not in STOCHASTIC_SOLVERS and est.weight_decay:
+        raise ValueError(f"weight_decay={est.weight_decay!r} needs a stochastic solver "
+                         f"{STOCHASTIC_SOLVERS}; solver={est.solver!r} takes no steps to decay (use alpha, "
+                         "the L2 penalty, with lbfgs)")
+    return float(est.weight_decay)
 
 
 def _optimizer(est):
     """The fastnn.nn optimizer of a stochastic solver. As in scikit-learn, adam
     ignores learning_rate; the other solvers follow it (see _StoppingRules)."""
     lr = est.learning_rate_init
+    # decoupled decay only when there is some, so that without it the step is
+    # scikit-learn's (adam folds alpha's L2 gradient into its step)
+    wd = _weight_decay(est)
+    decay = dict(weight_decay=wd, decoupled_weight_decay=True) if wd else {}
     if est.solver == "sgd":
         momentum = float(est.momentum)
         return _nn.SGD(lr, momentum=momentum, nesterov=bool(est.nesterovs_momentum and momentum),
-                       lr_in_velocity=True)
+                       lr_in_velocity=True, **decay)
     if est.solver == "adam":
-        return _nn.Adam(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon, sklearn_eps=True)
+        return _nn.Adam(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon, sklearn_eps=True, **decay)
     if est.solver == "adamw":
-        return _nn.AdamW(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon,
-                         weight_decay=est.weight_decay, sklearn_eps=True)
+        return _nn.AdamW(lr, beta1=est.beta_1, beta2=est.beta_2, eps=est.epsilon, weight_decay=wd,
+                         sklearn_eps=True)
     if est.solver == "rmsprop":
-        return _nn.RMSprop(lr, alpha=est.beta_2, eps=est.epsilon)
+        return _nn.RMSprop(lr, alpha=est.beta_2, eps=est.epsilon, **decay)
     if est.solver == "adagrad":
-        return _nn.Adagrad(lr, eps=est.epsilon)
+        return _nn.Adagrad(lr, eps=est.epsilon, **decay)
     return _nn.SGD(lr)  # lbfgs: never steps
 
 
@@ -274,6 +291,7 @@ class _FastMLP:
     # ------------------------------------------------------------------ fit
     def _fit(self, X, y, sample_weight=None, incremental=False):
         hidden = self._hidden_sizes()
+        _weight_decay(self)  # refused with lbfgs before any work
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         dtype = np.dtype(self._work_dtype(X, first_pass))
@@ -567,7 +585,8 @@ _EXTRAS_DOC = """
         (PyTorch's definitions).
     solver also accepts 'rmsprop' (squared-gradient average with decay beta_2,
         eps=epsilon), 'adagrad' (eps=epsilon) and 'adamw' (adam with decoupled
-        weight decay weight_decay; with weight_decay=0 it equals 'adam'). These
+        weight decay, 0.01 unless weight_decay says otherwise; with
+        weight_decay=0 it equals 'adam'). These
         are stochastic solvers like sgd and adam (batch_size, shuffle,
         early_stopping, partial_fit), and follow learning_rate ('invscaling',
         'adaptive') as sgd does. alpha still adds the L2 penalty to the loss.
@@ -576,9 +595,13 @@ _EXTRAS_DOC = """
         sqrt(6 / (fan_in + fan_out)), 2 instead of 6 for logistic, biases too);
         'he' is N(0, 2 / fan_in), 'lecun' N(0, 1 / fan_in), 'glorot' uniform with
         bound sqrt(6 / (fan_in + fan_out)); these three start the biases at 0.
-    weight_decay : float, default=0.01
-        Decoupled weight decay of solver='adamw' (on every parameter); unused by
-        the other solvers.{class_weight}
+    weight_decay : None or float, default=None
+        Decoupled weight decay of every stochastic solver, on every parameter:
+        before each step the parameters are scaled by 1 - lr * weight_decay (lr
+        the step's learning rate), as torch.optim.AdamW does. None means 0.01
+        for solver='adamw' and 0 for the others (scikit-learn's sgd and adam).
+        solver='lbfgs' takes no steps: a weight_decay other than None or 0 is a
+        ValueError there (alpha is the L2 penalty).{class_weight}
 
     Fitted attributes are scikit-learn's (coefs_, intercepts_, loss_, best_loss_,
     loss_curve_, validation_scores_, best_validation_score_, t_, n_iter_,
@@ -609,7 +632,7 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=0.01, class_weight=None):
+                 weight_decay=None, class_weight=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
             batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
@@ -658,7 +681,7 @@ class MLPRegressor(_FastMLP, _SklearnMLPRegressor):
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
                  max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=0.01):
+                 weight_decay=None):
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,

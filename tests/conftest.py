@@ -3,41 +3,13 @@ import pytest
 
 import fastnn
 
+# the equivalence tolerances and comparison are the library's own: RTOL per dtype
+# (float32 1e-5, float64 1e-10) and assert_close(actual, expected, dtype, what, magnitude)
+from fastnn.testing import RTOL, assert_close  # noqa: F401
+
 FAST_BACKENDS = [name for name in fastnn.available_backends() if name != "numpy"]
 ALL_BACKENDS = fastnn.available_backends()
 DTYPES = [np.float32, np.float64]
-# relative tolerance of a fast backend against the reference, per dtype
-RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
-
-
-def assert_close(actual, expected, dtype, what="", magnitude=None):
-    """|actual - expected| <= rtol * (|expected| + max|expected|*1e-2 + tiny):
-    relative per element, with a floor tied to the array's scale so values that
-    cancel to ~0 are judged against the magnitudes they came from. magnitude
-    (the shape of expected) replaces |expected| where each element is a sum of
-    terms that may cancel: the size of those terms, which bounds its rounding."""
-    rtol = RTOL[np.dtype(dtype)]
-    if isinstance(expected, float) or np.ndim(expected) == 0:
-        assert np.isclose(actual, expected, rtol=rtol * 10, atol=rtol * 1e-3), (what, actual, expected)
-        return
-    assert isinstance(actual, np.ndarray), (what, type(actual))
-    assert actual.dtype == expected.dtype, (what, actual.dtype, expected.dtype)
-    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
-    finite = np.isfinite(expected)
-    np.testing.assert_array_equal(np.isfinite(actual), finite, err_msg=f"{what}: non-finite pattern")
-    if not finite.all():
-        np.testing.assert_array_equal(actual[~finite], expected[~finite], err_msg=what)
-    e, a = expected[finite].astype(np.float64), actual[finite].astype(np.float64)
-    size = np.abs(e) if magnitude is None else np.abs(magnitude[finite]).astype(np.float64)
-    scale = np.abs(e).max(initial=0.0)
-    tol = rtol * (size + 1e-2 * scale + np.finfo(dtype).tiny)
-    bad = np.abs(a - e) > tol
-    if bad.any():
-        i = np.flatnonzero(bad)[0]
-        raise AssertionError(
-            f"{what}: {bad.sum()} of {bad.size} elements differ; first: got {a[i]!r}, "
-            f"expected {e[i]!r} (rtol {rtol})"
-        )
 
 
 def probs_grad_terms(grad, targets, w=None):

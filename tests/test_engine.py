@@ -18,6 +18,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 import fastnn
 from fastnn import MLPClassifier, MLPRegressor, nn
+from fastnn.testing import assert_gradients
 
 DATA = Path(__file__).parent / "data"
 
@@ -133,23 +134,6 @@ def test_sparse_input_trains_as_dense_input():
 
 
 # ------------------------------------------------------------ shaped tensors
-def fd_check(model, X, y, h=1e-6, rtol=1e-5, atol=1e-7):
-    """The analytic gradient of the training objective against central differences."""
-    p0 = model.get_flat_params().copy()
-    _, grad = model.loss_and_gradient(X, y)
-    numeric = np.empty_like(p0)
-    for i in range(p0.size):
-        values = []
-        for step in (h, -h):
-            p = p0.copy()
-            p[i] += step
-            model.set_flat_params(p)
-            values.append(model.loss_and_gradient(X, y)[0])
-        numeric[i] = (values[0] - values[1]) / (2 * h)
-    model.set_flat_params(p0)
-    assert_allclose(grad, numeric, rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("backend", fastnn.available_backends())
 def test_layers_on_shaped_inputs_match_finite_differences(backend):
     rng = np.random.default_rng(0)
@@ -161,7 +145,8 @@ def test_layers_on_shaped_inputs_match_finite_differences(backend):
     model.build((4, 3, 2))
     assert [layer.output_shape for layer in model.layers] == [(4, 3, 5)] * 4 + [(60,), (3,)]
     model.set_flat_params(rng.uniform(-0.5, 0.5, model.n_params))
-    fd_check(model, X, y)
+    # the model's own backend, central differences with step 1e-6
+    assert_gradients(model, X, y, eps=1e-6, rtol=1e-5, atol=1e-7)
     # Dense and BatchNorm act on the last axis: the same as on the flattened rows
     dense = nn.Dense(5, init=lambda fan_in, fan_out, rng, dtype: (np.full((fan_in, fan_out), 0.1),
                                                                    np.ones(5)))

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 import fastnn
 from fastnn import MLPClassifier, MLPRegressor
 from fastnn.nn.layers import BatchNorm
+from fastnn.testing import assert_gradients
 
 BN_EPS = BatchNorm().eps  # the estimators' batch norm: torch.nn.BatchNorm1d's defaults
 
@@ -89,21 +90,9 @@ def test_network_gradient_matches_finite_differences(activation, loss, layers):
     # outputs but descends the gradient of its sum, and fastnn does the same
     extras = dict(batch_norm=True, dropout=[0.3, 0.2]) if layers != "plain" else {}
     net, x, t, w = _network_problem(loss, activation, **extras)
-    data = net._check_data(x, t, w)
-
-    def objective(p):
-        net.set_flat_params(p)
-        return net._objective(data)[0]  # what the estimator's L-BFGS evaluates
-
-    p0 = net.get_flat_params().copy()
-    grad = net._objective(data)[1]
-    h = 1e-6
-    numeric = np.empty_like(p0)
-    for i in range(p0.size):
-        step = np.zeros_like(p0)
-        step[i] = h
-        numeric[i] = (objective(p0 + step) - objective(p0 - step)) / (2 * h)
-    assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+    # the model's _objective, what the estimator's L-BFGS evaluates, against central
+    # differences (step 1e-6), on the model's backend
+    assert_gradients(net, x, t, sample_weight=w, eps=1e-6, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------ backends
@@ -254,6 +243,37 @@ def test_adamw_is_adam_with_decoupled_weight_decay():
     # 3 steps (one batch per epoch) of p *= 1 - lr * weight_decay on top of adam's update
     decayed = fit(MLPClassifier(solver="adamw", weight_decay=50.0, **base), X, y)
     assert np.linalg.norm(flat(decayed)) < 0.9 * np.linalg.norm(flat(adam))
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam", "rmsprop", "adagrad", "adamw"])
+def test_weight_decay_is_decoupled_for_every_stochastic_solver(solver):
+    """One full-batch step with weight_decay=wd from the initial weights p0 is the
+    step without decay from p0 * (1 - lr * wd): the update depends on the gradient
+    at p0 and the optimizer state only, so p1(wd) = p1(0) - lr * wd * p0."""
+    X, y = digits(120)
+    base = dict(hidden_layer_sizes=(6,), random_state=0, batch_size=120, shuffle=False, alpha=0.01)
+    p0 = flat(initial(MLPClassifier, X, y, **base))
+    lr, wd = 0.05, 0.3
+    steps = {decay: flat(fit(MLPClassifier(solver=solver, learning_rate_init=lr, max_iter=1,
+                                           weight_decay=decay, **base), X, y))
+             for decay in (0.0, wd)}
+    assert_allclose(steps[wd], steps[0.0] - lr * wd * p0, rtol=1e-12, atol=1e-15)
+    assert np.abs(steps[wd] - steps[0.0]).max() > 1e-3  # the decay is visible
+    # None: adamw's 0.01, nothing for the others (scikit-learn's sgd and adam)
+    default = flat(fit(MLPClassifier(solver=solver, learning_rate_init=lr, max_iter=1, **base), X, y))
+    if solver == "adamw":
+        expected = steps[0.0] - lr * 0.01 * p0
+        assert_allclose(default, expected, rtol=1e-12, atol=1e-15)
+    else:
+        assert_array_equal(default, steps[0.0])
+
+
+def test_weight_decay_with_lbfgs_is_refused():
+    X, y = digits(60)
+    with pytest.raises(ValueError, match="weight_decay=0.1 needs a stochastic solver"):
+        MLPClassifier(solver="lbfgs", weight_decay=0.1).fit(X, y)
+    for decay in (None, 0.0):  # no decay asked for
+        fit(MLPClassifier(solver="lbfgs", weight_decay=decay, hidden_layer_sizes=(4,), max_iter=2), X, y)
 
 
 @pytest.mark.parametrize("solver", ["rmsprop", "adagrad"])

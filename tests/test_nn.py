@@ -11,6 +11,7 @@ from conftest import ALL_BACKENDS, RTOL
 import fastnn
 from fastnn import nn
 from fastnn.backends.reference import ACTIVATIONS, KERNELS, NumpyBackend
+from fastnn.testing import assert_gradients
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,30 +29,15 @@ def data(n=40, d=3, seed=0):
     return rng.standard_normal((n, d))
 
 
-def fd_gradient(model, X, y, sample_weight=None, h=1e-6):
-    """Central finite differences of the public loss over every flat parameter."""
-    params = model.get_flat_params().copy()
-    grad = np.empty_like(params)
-    for i in range(params.size):
-        values = []
-        for step in (h, -h):
-            p = params.copy()
-            p[i] += step
-            model.set_flat_params(p)
-            values.append(model.loss_and_gradient(X, y, sample_weight)[0])
-        grad[i] = (values[0] - values[1]) / (2 * h)
-    model.set_flat_params(params)
-    return grad
-
-
 def check_gradient(layers, loss, y, X=None, sample_weight=None, **options):
+    """loss_and_gradient against central differences (fastnn.testing, rtol 1e-5,
+    atol 1e-7 * max(1, largest derivative)), and deterministic."""
     X = data() if X is None else X
     model = nn.Sequential(layers, loss=loss, seed=3, dtype=np.float64, backend="numpy", **options)
     model.build(X.shape[1])
     loss_value, grad = model.loss_and_gradient(X, y, sample_weight)
     assert np.isfinite(loss_value)
-    expected = fd_gradient(model, X, y, sample_weight)
-    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7 * max(1.0, np.abs(expected).max()))
+    assert_gradients(model, X, y, sample_weight=sample_weight, rtol=1e-5, eps=1e-6)
     # loss_and_gradient is deterministic (dropout masks and running statistics fixed)
     again = model.loss_and_gradient(X, y, sample_weight)
     assert again[0] == loss_value
@@ -501,6 +487,36 @@ def test_optimizer_step_folds_an_l2_penalty_into_its_kernel(backend_name, optimi
         for name in separate.state_names:
             np.testing.assert_allclose(folded.state[name], separate.state[name], rtol=1e-12, atol=1e-14)
     assert folded.t == separate.t == 3
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "adagrad", "adadelta"])
+def test_decoupled_weight_decay_scales_the_parameters_before_the_step(name):
+    """decoupled_weight_decay=True: params *= 1 - lr * weight_decay, then the
+    plain step (AdamW's rule, for every optimizer); saved and restored with the
+    optimizer's config."""
+    backend = fastnn.get_backend("numpy")
+    rng = np.random.default_rng(1)
+    cls, lr, wd = nn.optimizers.OPTIMIZERS[name], 0.05, 0.4
+    plain, decayed = cls(lr), cls(lr, weight_decay=wd, decoupled_weight_decay=True)
+    assert not decayed.couples_l2 and plain.couples_l2
+    p_plain = rng.standard_normal(20)
+    p_decayed = p_plain.copy()
+    plain.bind(p_plain)
+    decayed.bind(p_decayed)
+    for _ in range(3):
+        grads = rng.standard_normal(20)
+        np.copyto(p_plain, p_decayed * (1 - lr * wd))
+        plain.step(backend, p_plain, grads.copy())
+        decayed.step(backend, p_decayed, grads.copy())
+        np.testing.assert_allclose(p_decayed, p_plain, rtol=1e-13, atol=1e-15)
+    # a call the kernel refuses changes nothing
+    before = p_decayed.copy()
+    with pytest.raises(ValueError, match="grad must have shape"):
+        decayed.step(backend, p_decayed, np.zeros(19))
+    np.testing.assert_array_equal(p_decayed, before)
+    again = nn.optimizers.optimizer_from_config(decayed.config())
+    assert again.decoupled_weight_decay and again.weight_decay == wd
+    assert nn.optimizers.optimizer_from_config(nn.AdamW().config()).decoupled_weight_decay
 
 
 def test_optimizer_step_checks_arrays_it_is_not_bound_to():

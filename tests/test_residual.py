@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.datasets import load_digits
-from test_engine import fd_check
 
 import fastnn
 from fastnn import nn
+from fastnn.testing import assert_gradients
 
 CE = "sparse_categorical_crossentropy"
 
@@ -34,7 +34,7 @@ def test_residual_gradients_match_finite_differences(backend):
     assert [layer.output_shape for layer in model.layers] == [(5,), (5,), (4,), (4,), (3,)]
     assert model.layers[2].shortcut is not None and model.layers[1].shortcut is None
     model.set_flat_params(rng.uniform(-0.5, 0.5, model.n_params))
-    fd_check(model, X, y)
+    assert_gradients(model, X, y, eps=1e-6, rtol=1e-5, atol=1e-7)
 
 
 def test_residual_forward_is_x_plus_f_of_x():

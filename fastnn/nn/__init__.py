@@ -22,7 +22,7 @@ from .callbacks import (
     ReduceLROnPlateau,
     TerminateOnNaN,
 )
-from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
+from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer, register_layer
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
@@ -65,5 +65,5 @@ __all__ = [
     "ExponentialDecay", "Flatten", "Hinge", "History", "Huber", "InverseScaling", "Layer", "LogLoss", "Loss",
     "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Residual", "Schedule", "Sequential",
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
-    "get_optimizer", "get_schedule", "load",
+    "get_optimizer", "get_schedule", "load", "register_layer",
 ]

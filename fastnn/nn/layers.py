@@ -488,13 +488,46 @@ class Flatten(Layer):
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
-LAYERS = {cls.kind: cls for cls in (Dense, Activation, BatchNorm, Dropout, Flatten)}
+LAYERS = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebuild
+
+
+def register_layer(cls):
+    """Class decorator: register a Layer subclass under its `kind`, so that
+    `Sequential.save` writes it (as its `config()`) and `load` rebuilds it with
+    cls(**options), the options being config() without 'kind'. Returns cls.
+    Refuses a class that is not a Layer subclass (TypeError), a kind that is not
+    a non-empty string of the class's own, and a kind registered for another
+    class (ValueError); the same class defined again (same module and name)
+    replaces its earlier definition."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)) or cls is Layer:
+        raise TypeError(f"register_layer takes a subclass of fastnn.nn.Layer, got {cls!r}")
+    kind = cls.__dict__.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"{cls.__qualname__} must define its own kind, a non-empty string naming it in "
+                         f"saved files (it inherits kind={getattr(cls, 'kind', None)!r})")
+    known = LAYERS.get(kind)
+    # the same class defined again (a module reloaded, a notebook cell run again)
+    # replaces the old one; another class may not take its kind
+    redefined = known is not None and (known.__module__, known.__qualname__) == (cls.__module__,
+                                                                                 cls.__qualname__)
+    if known is not None and known is not cls and not redefined:
+        raise ValueError(f"layer kind {kind!r} is already registered for "
+                         f"{known.__module__}.{known.__qualname__}; give {cls.__module__}.{cls.__qualname__} "
+                         "another kind")
+    LAYERS[kind] = cls
+    return cls
+
+
+for _builtin in (Dense, Activation, BatchNorm, Dropout, Flatten):
+    register_layer(_builtin)
+del _builtin
 
 
 def layer_from_config(config):
     """Rebuild a layer from its `config()` dict (used by `load`)."""
     if not isinstance(config, dict) or config.get("kind") not in LAYERS:
-        raise ValueError(f"unknown layer description {config!r}; known kinds: {sorted(LAYERS)}")
+        raise ValueError(f"unknown layer description {config!r}; known kinds: {sorted(LAYERS)} (a custom "
+                         "layer is known once its class is registered with @fastnn.nn.register_layer)")
     options = {k: v for k, v in config.items() if k not in ("kind", "name", "trainable")}
     try:
         layer = LAYERS[config["kind"]](**options)

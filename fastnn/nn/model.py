@@ -160,7 +160,7 @@ class Sequential:
         taken = {other.name for other in self._walk()}
         for part in self._walk([layer]):
             if part.name is None:
-                base = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", part.kind).lower()
+                base = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", part.kind.rsplit(".", 1)[-1]).lower()
                 name, k = base, 0
                 while name in taken:
                     k += 1

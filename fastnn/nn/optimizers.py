@@ -202,6 +202,14 @@ def schedule_from_config(config):
 # -------------------------------------------------------------------- optimizers
 CLIP_OPTIONS = ("clipnorm", "clipvalue", "global_clipnorm")
 
+def _shrink(params, grads, state, factor):
+    """params *= factor (decoupled weight decay; None: nothing), only on arrays the
+    step's kernel will accept: a call it refuses changes nothing."""
+    if factor is not None and all(a.shape == params.shape and a.dtype == params.dtype
+                                  for a in (grads, *state.values())):
+        params *= factor  # params (n,), in place
+
+
 class Optimizer:
     """Base class: lr (initial learning rate), schedule (None, name or Schedule).
     Subclasses list their state buffers in `state_names` and make the kernel call
@@ -212,12 +220,29 @@ class Optimizer:
     clipnorm); global_clipnorm rescales all of them together by the norm over
     every parameter; clipvalue clips each element to [-clipvalue, clipvalue].
     Applied to the gradient buffer before the step (which then adds the
-    optimizer's own weight decay)."""
+    optimizer's own weight decay).
+
+    Every optimizer takes weight_decay and decoupled_weight_decay (False: L2
+    gradient weight_decay * params; True: params *= 1 - lr * weight_decay before
+    the step)."""
 
     name = "optimizer"
     state_names = ()
     weight_decay = 0.0
-    couples_l2 = True  # weight decay is an L2 gradient: step(l2=...) can fold a penalty in
+    # decoupled_weight_decay: weight_decay shrinks the parameters, params *= 1 - lr
+    # * weight_decay, before each step (Loshchilov and Hutter's decoupled decay,
+    # torch.optim.AdamW's rule) instead of adding weight_decay * params to the
+    # gradient. A kernel that decouples in its own pass (adam_step) sets
+    # kernel_decouples; for the others the scale is one multiply over the block.
+    decoupled_weight_decay = False
+    kernel_decouples = False
+
+    @property
+    def couples_l2(self):
+        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel: not
+        after a decoupled decay has scaled the parameters (the gradient is the
+        one at the parameters before the step)."""
+        return not (self.decoupled_weight_decay and self.weight_decay)
 
     def __init__(self, lr, schedule=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
         self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
@@ -273,11 +298,18 @@ class Optimizer:
         kernels = backend.fast
         if self.clips:
             self.clip(grads, tensors)
+        weight_decay = self.weight_decay  # the L2 gradient term the kernel adds
+        shrink = None  # decoupled decay done here: params *= shrink before the kernel
+        if self.decoupled_weight_decay and not self.kernel_decouples:
+            shrink = 1.0 - lr * weight_decay if weight_decay else None
+            weight_decay = 0.0
         if not l2 and runs is None:
-            self._step(kernels, params, grads, lr, self.state, self.weight_decay)
+            _shrink(params, grads, self.state, shrink)
+            self._step(kernels, params, grads, lr, self.state, weight_decay)
             return
         for p, g, state, penalised in self._split(params, grads, l2_size if l2 else 0, runs):
-            self._step(kernels, p, g, lr, state, self.weight_decay + (l2 if penalised else 0.0))
+            _shrink(p, g, state, shrink)
+            self._step(kernels, p, g, lr, state, weight_decay + (l2 if penalised else 0.0))
 
     def _split(self, params, grads, k, runs):
         """[(param view, grad view, state views, penalised)] over `runs` (None: the
@@ -347,10 +379,10 @@ class SGD(Optimizer):
     which differs when the rate changes over time."""
 
     name = "sgd"
-    _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity")
+    _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity", "decoupled_weight_decay")
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, lr_in_velocity=False,
-                 schedule=None, **clipping):
+                 schedule=None, decoupled_weight_decay=False, **clipping):
         super().__init__(lr, schedule, **clipping)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.nesterov = bool(nesterov)
@@ -358,6 +390,7 @@ class SGD(Optimizer):
             raise ValueError("nesterov needs momentum > 0")
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
         self.lr_in_velocity = bool(lr_in_velocity)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
         self.state_names = ("velocity",) if self.momentum else ()
 
     def _step(self, kernels, params, grads, lr, state, weight_decay):
@@ -369,12 +402,14 @@ class SGD(Optimizer):
 class Adagrad(Optimizer):
     name = "adagrad"
     state_names = ("sum_sq",)
-    _options = ("eps", "weight_decay")
+    _options = ("eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None, **clipping):
+    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None, decoupled_weight_decay=False,
+                 **clipping):
         super().__init__(lr, schedule, **clipping)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
 
     def _step(self, kernels, params, grads, lr, state, weight_decay):
         kernels.adagrad_step(params, grads, state["sum_sq"], lr, eps=self.eps,
@@ -383,16 +418,17 @@ class Adagrad(Optimizer):
 
 class RMSprop(Optimizer):
     name = "rmsprop"
-    _options = ("alpha", "eps", "weight_decay", "momentum", "centered")
+    _options = ("alpha", "eps", "weight_decay", "momentum", "centered", "decoupled_weight_decay")
 
     def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 schedule=None, **clipping):
+                 schedule=None, decoupled_weight_decay=False, **clipping):
         super().__init__(lr, schedule, **clipping)
         self.alpha = chk.real(alpha, "alpha", 0, 1)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.centered = bool(centered)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
         self.state_names = (("square_avg",) + (("momentum_buf",) if self.momentum else ())
                             + (("grad_avg",) if self.centered else ()))
 
@@ -407,13 +443,16 @@ class RMSprop(Optimizer):
 class Adadelta(Optimizer):
     name = "adadelta"
     state_names = ("square_avg", "acc_delta")
-    _options = ("rho", "eps", "weight_decay")
+    _options = ("rho", "eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None, **clipping):
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None,
+                 decoupled_weight_decay=False,
+                 **clipping):
         super().__init__(lr, schedule, **clipping)
         self.rho = chk.real(rho, "rho", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
 
     def _step(self, kernels, params, grads, lr, state, weight_decay):
         kernels.adadelta_step(params, grads, state["square_avg"], state["acc_delta"], lr,
@@ -421,16 +460,17 @@ class Adadelta(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (torch.optim.Adam), L2 weight decay added to the gradient, optional
-    amsgrad. sklearn_eps=True places eps as scikit-learn does (added to sqrt(v)
-    after the bias correction of the rate, i.e. eps / sqrt(1 - beta2^t) here)."""
+    """Adam (torch.optim.Adam), L2 weight decay added to the gradient (decoupled
+    with decoupled_weight_decay=True: AdamW), optional amsgrad. sklearn_eps=True
+    places eps as scikit-learn does (added to sqrt(v) after the bias correction
+    of the rate, i.e. eps / sqrt(1 - beta2^t) here)."""
 
     name = "adam"
-    decoupled = False
-    _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps")
+    kernel_decouples = True  # adam_step(decoupled=True) scales the parameters in its own pass
+    _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps", "decoupled_weight_decay")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 sklearn_eps=False, schedule=None, **clipping):
+                 sklearn_eps=False, schedule=None, decoupled_weight_decay=False, **clipping):
         super().__init__(lr, schedule, **clipping)
         self.beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
         self.beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
@@ -438,26 +478,33 @@ class Adam(Optimizer):
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
         self.amsgrad = bool(amsgrad)
         self.sklearn_eps = bool(sklearn_eps)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
         self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
+
+    @property
+    def couples_l2(self):
+        # the kernel has one weight_decay: decoupled, it cannot also carry an L2 gradient
+        return not self.decoupled_weight_decay
 
     def _step(self, kernels, params, grads, lr, state, weight_decay):
         eps = self.eps / math.sqrt(1 - self.beta2**self.t) if self.sklearn_eps else self.eps
         s = state
         kernels.adam_step(params, grads, s["m"], s["v"], self.t, lr, beta1=self.beta1,
                           beta2=self.beta2, eps=eps, weight_decay=weight_decay,
-                          decoupled=self.decoupled, amsgrad=self.amsgrad, v_max=s.get("v_max"))
+                          decoupled=self.decoupled_weight_decay, amsgrad=self.amsgrad, v_max=s.get("v_max"))
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (torch.optim.AdamW)."""
+    """Adam with decoupled weight decay (torch.optim.AdamW): Adam with
+    decoupled_weight_decay=True and weight_decay 0.01 by default."""
 
     name = "adamw"
-    decoupled = True
-    couples_l2 = False  # its weight decay is not an L2 gradient
+    _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
                  sklearn_eps=False, schedule=None, **clipping):
-        super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule, **clipping)
+        super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule,
+                         decoupled_weight_decay=True, **clipping)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}

@@ -10,7 +10,6 @@ is a dict in the list ws["sub"] of the block's own.
 import numpy as np
 
 from .layers import (
-    LAYERS,
     BatchNorm,
     Dense,
     Layer,
@@ -22,6 +21,7 @@ from .layers import (
     full_config,
     layer_from_config,
     mix64,
+    register_layer,
 )
 
 
@@ -158,4 +158,4 @@ class Residual(Layer):
         return f"Residual([{', '.join(map(repr, self.layers))}], projection={self.projection!r})"
 
 
-LAYERS[Residual.kind] = Residual
+register_layer(Residual)

@@ -47,7 +47,9 @@ def take_rows(a, lo, hi, order, buffers, key):
         return None
     sparse = type(a) is not np.ndarray and sp.issparse(a)
     if order is None and not sparse:
-        return a[lo:hi]
+        # all of `a`: itself, not a new view per call (a kernel's memo of its last
+        # arguments then recognises it step after step, see backends.spec)
+        return a if lo == 0 and hi == a.shape[0] else a[lo:hi]
     buf = buffers.get(key)
     if buf is None:
         buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
