@@ -29,7 +29,9 @@ def data(n=64, d=6, classes=3, seed=0):
 # ------------------------------------------------------------------ freezing
 @pytest.mark.parametrize("backend", fastnn.available_backends())
 @pytest.mark.parametrize("optimizer", [nn.Adam(1e-2, weight_decay=0.01), nn.SGD(0.05, momentum=0.9),
-                                       nn.AdamW(1e-2)], ids=["adam-l2", "sgd-momentum", "adamw"])
+                                       nn.AdamW(1e-2),
+                                       nn.SGD(0.05, weight_decay=0.1, decoupled_weight_decay=True)],
+                         ids=["adam-l2", "sgd-momentum", "adamw", "sgd-decoupled"])
 def test_frozen_parameters_stay_bit_identical_through_fit(backend, optimizer):
     X, y = data()
     model = nn.Sequential([nn.Dense(8, "tanh"), nn.BatchNorm(), nn.Dense(8, "gelu", l1=1e-3), nn.Dense(3)],
