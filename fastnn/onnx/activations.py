@@ -5,14 +5,13 @@ Where onnxruntime's CPU kernels exist for float32 but not float64 (Elu, Selu,
 LeakyRelu, Softplus in onnxruntime 1.32), or are inaccurate (Sigmoid), the
 activation is composed of operators that exist and are accurate for both
 (Where, Exp, Log, ...), the same graph for both dtypes; expm1 and log1p, which
-ONNX lacks, are composed so that they keep their relative accuracy near 0.
-gelu uses Erf in float32 and, in float64 (onnxruntime has no float64 Erf), an
-erfc of Chebyshev form fitted when this module loads (below).
+ONNX lacks, are composed so that they keep their relative accuracy near 0;
+gelu's normal CDF is an erfc of Chebyshev form fitted when this module loads
+(onnxruntime has no float64 Erf, and 1 + erf cancels in the lower tail).
 """
 
 import math
 
-import numpy as np
 from numpy.polynomial import chebyshev
 from scipy import special
 
@@ -78,11 +77,12 @@ def softplus(g, x):
     return g.op("Where", g.op("Greater", x, g.scalar(SOFTPLUS_THRESHOLD)), x, soft)
 
 
-# erfc(z) for z >= 0 in float64 as t h(t) e^(-z^2), t = 2 / (2 + z): h is smooth
-# on t in (0, 1] (h(1) = 1, h -> 1 / (2 sqrt(pi)) as z -> inf), so a Chebyshev
-# interpolant of degree 24 on z in [0, ERFC_ZMAX] matches scipy's erfcx to 6e-15
-# relative. Beyond ERFC_ZMAX, erfc(z) < 1e-295: z is clipped there.
-ERFC_ZMAX = 26.0
+# erfc(z) for z >= 0 as t h(t) e^(-z^2), t = 2 / (2 + z): h is smooth on t in
+# (0, 1] (h(1) = 1, h -> 1 / (2 sqrt(pi)) as z -> inf), so a Chebyshev interpolant
+# of degree 24 on z in [0, ERFC_ZMAX] matches scipy's erfcx to 6e-15 relative.
+# z is clipped at ERFC_ZMAX, where erfc is 0 in float64 (below its smallest
+# subnormal) as it is beyond.
+ERFC_ZMAX = 28.0
 ERFC_DEGREE = 24
 _T_LOW = 2 / (2 + ERFC_ZMAX)
 
@@ -94,35 +94,45 @@ def _h(t):
 ERFC_CHEBYSHEV = chebyshev.Chebyshev.interpolate(_h, ERFC_DEGREE, domain=[_T_LOW, 1]).coef
 
 
-def erfc_nonnegative(g, z):
-    """erfc(z) for z >= 0, relatively accurate (see ERFC_CHEBYSHEV); the
-    Chebyshev series by Clenshaw's recurrence in u = t mapped onto [-1, 1]."""
-    z = g.op("Min", z, g.scalar(ERFC_ZMAX))
+def erfc_of_scaled(g, a):
+    """erfc(a / sqrt 2) for a >= 0 (twice the standard normal's upper tail at a),
+    relatively accurate (see ERFC_CHEBYSHEV): the Chebyshev series by Clenshaw's
+    recurrence in u = t mapped onto [-1, 1], times e^(-a^2 / 2)."""
+    a = g.op("Min", a, g.scalar(ERFC_ZMAX * math.sqrt(2)))
+    z = g.op("Mul", a, g.scalar(1 / math.sqrt(2)))
     t = g.op("Div", g.scalar(2), g.op("Add", z, g.scalar(2)))
-    # u = (2 t - (1 + t_low)) / (1 - t_low), in [-1, 1]; two_u = 2 u
-    two_u = g.op("Sub", g.op("Mul", t, g.scalar(4 / (1 - _T_LOW))), g.scalar(2 * (1 + _T_LOW) / (1 - _T_LOW)))
+    # u = (2 t - (1 + t_low)) / (1 - t_low), in [-1, 1]
+    u = g.op("Sub", g.op("Mul", t, g.scalar(2 / (1 - _T_LOW))), g.scalar((1 + _T_LOW) / (1 - _T_LOW)))
+    two_u = g.op("Add", u, u)
     c = ERFC_CHEBYSHEV
     b1, b2 = g.scalar(c[-1]), None  # b_k = c_k + 2u b_(k+1) - b_(k+2)
     for k in range(len(c) - 2, 0, -1):
         b = g.op("Add", g.op("Mul", two_u, b1), g.scalar(c[k]))
         b1, b2 = (b if b2 is None else g.op("Sub", b, b2)), b1
-    # h = c_0 + u b_1 - b_2
-    u_b1 = g.op("Mul", g.op("Mul", two_u, g.scalar(0.5)), b1)
-    h = g.op("Sub", g.op("Add", u_b1, g.scalar(c[0])), b2)
-    return g.op("Mul", g.op("Mul", t, h), g.op("Exp", g.op("Neg", g.op("Mul", z, z))))
+    h = g.op("Sub", g.op("Add", g.op("Mul", u, b1), g.scalar(c[0])), b2)  # c_0 + u b_1 - b_2
+    return g.op("Mul", g.op("Mul", t, h), exp_minus_half_square(g, a))
+
+
+def exp_minus_half_square(g, a):
+    """e^(-a^2 / 2) for 0 <= a <= 40 as e^(-h^2 / 2) e^(-(a - h)(a + h) / 2), h = a
+    rounded down to a multiple of 1/16: h^2 / 2 is exact (at most 20 bits), and
+    the rounding of the small (a - h)(a + h) costs little, where that of a^2
+    would cost a^2 / 2 ulps of the result (4e-6 at a = 11.6 in float32); a itself
+    is the input, not a rounded a / sqrt 2."""
+    h = g.op("Mul", g.op("Floor", g.op("Mul", a, g.scalar(16))), g.scalar(1 / 16))
+    rest = g.op("Mul", g.op("Sub", a, h), g.op("Add", a, h))
+    return g.op("Mul", g.op("Exp", g.op("Mul", g.op("Mul", h, h), g.scalar(-0.5))),
+                g.op("Exp", g.op("Mul", rest, g.scalar(-0.5))))
 
 
 def gelu(g, x):
-    """x Phi(x), Phi the standard normal CDF (the exact form, as the reference).
-    float32: Phi = (1 + erf(x / sqrt 2)) / 2 with ONNX's Erf; float64, which
-    onnxruntime's Erf lacks: Phi = erfc(|x| / sqrt 2) / 2 for x < 0 (accurate in
-    the lower tail, as the reference's ndtr), 1 - that for x >= 0."""
-    scaled = g.op("Mul", x, g.scalar(1 / math.sqrt(2)))
-    if g.dtype == np.float32:
-        cdf = g.op("Mul", g.scalar(0.5), g.op("Add", g.scalar(1), g.op("Erf", scaled)))
-    else:
-        half_tail = g.op("Mul", g.scalar(0.5), erfc_nonnegative(g, g.op("Abs", scaled)))
-        cdf = g.op("Where", g.op("Less", x, g.scalar(0)), half_tail, g.op("Sub", g.scalar(1), half_tail))
+    """x Phi(x), Phi the standard normal CDF (the exact form, as the reference):
+    Phi = erfc(|x| / sqrt 2) / 2 for x < 0, 1 - that for x >= 0, relatively
+    accurate in the lower tail as the reference's ndtr. (With ONNX's Erf,
+    (1 + erf(x / sqrt 2)) / 2 cancels there: 5% off at x = -5 in float32; and
+    onnxruntime has no float64 Erf.)"""
+    half_tail = g.op("Mul", g.scalar(0.5), erfc_of_scaled(g, g.op("Abs", x)))
+    cdf = g.op("Where", g.op("Less", x, g.scalar(0)), half_tail, g.op("Sub", g.scalar(1), half_tail))
     return g.op("Mul", x, cdf)
 
 
