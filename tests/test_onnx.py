@@ -315,23 +315,23 @@ def test_skl2onnx_pipeline(digits):
 
 
 # ------------------------------------------------------------------ errors
-class Doubling(nn.Layer):
+class TimesTwo(nn.Layer):
     """A user's layer: y = 2 x."""
 
-    kind = "Doubling"
+    kind = "TimesTwo"
 
     def forward(self, backend, x, ws, mode):
         return 2 * x
 
 
 def test_layer_without_converter_is_named(monkeypatch):
-    model = nn.Sequential([nn.Dense(3), Doubling()], input_dim=2)
-    with pytest.raises(NotImplementedError, match=r"layer 1 \(Doubling\(\)\).*no converter.*'Doubling'"):
+    model = nn.Sequential([nn.Dense(3), TimesTwo()], input_dim=2)
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(TimesTwo\(\)\).*no converter.*'TimesTwo'"):
         fastnn.onnx.to_onnx(model)
-    monkeypatch.setitem(fastnn.onnx.CONVERTERS, "Doubling", None)  # removed again after the test
+    monkeypatch.setitem(fastnn.onnx.CONVERTERS, "TimesTwo", None)  # removed again after the test
 
-    @fastnn.onnx.register_converter("Doubling")
-    def doubling(g, layer, x):
+    @fastnn.onnx.register_converter("TimesTwo")
+    def times_two(g, layer, x):
         return g.op("Mul", x, g.scalar(2))
 
     X = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)

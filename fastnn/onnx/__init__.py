@@ -19,6 +19,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     raise ImportError("fastnn.onnx needs the onnx package; install fastnn's onnx extra: "
                       "pip install 'fastnn-cpu[onnx]'") from exc
 
+from typing import Optional
+
 import numpy as np
 from onnx import helper
 
@@ -34,22 +36,60 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 
 
-def to_onnx(model_or_estimator, sample_input=None, opset=None):
-    """The ONNX model (onnx.ModelProto) of a built Sequential or a fitted
-    fastnn.MLPClassifier / MLPRegressor.
+def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) -> "onnx.ModelProto":
+    """Export a fastnn model to ONNX.
 
-    Input 'X': (N, *input_shape) with N dynamic, of sample_input's dtype (floats,
-    integers or booleans), or the model's dtype without a sample. Outputs: for a
-    Sequential, 'output', what `predict` returns (probabilities after the loss's
-    link); for a classifier, 'label' (classes_, int64 or strings; (N, K) 0/1 for
-    multilabel) and 'probabilities' (predict_proba); for a regressor, 'variable'
-    (N, n_outputs). The graph computes in the dtype predict uses for inputs of
-    X's dtype (a Sequential: its own). sample_input: a few rows of input (only
-    their dtype and per-sample shape are used); builds an unbuilt Sequential as
-    predict would. opset: the ONNX operator set (13 to onnx's newest; default
-    DEFAULT_OPSET or onnx's newest if older).
+    The graph computes what `predict` computes, for any number of rows (the
+    batch dimension 'N' is dynamic), in the dtype `predict` uses for inputs of
+    the graph's input dtype: a Sequential's own; an estimator's as its predict
+    (with ``dtype=None``, float32 inputs on float64 weights compute in float64).
 
-    A layer kind without a converter raises NotImplementedError naming the layer.
+    Parameters
+    ----------
+    model_or_estimator : fastnn.nn.Sequential, fastnn.MLPClassifier or fastnn.MLPRegressor
+        A built Sequential, or a fitted estimator.
+    sample_input : array-like of shape (n_samples, *input_shape), optional
+        A few rows of input: only their dtype (float32, float64, integer or
+        boolean: the graph input's type) and per-sample shape are used. Without
+        it the input has the model's dtype. An unbuilt Sequential is built for
+        its shape, as `predict` would.
+    opset : int, optional
+        The ONNX operator set, 13 up to the installed onnx's newest; default
+        `DEFAULT_OPSET` (or onnx's newest if older).
+
+    Returns
+    -------
+    onnx.ModelProto
+        Input 'X' of shape (N, *input_shape). Outputs: for a Sequential,
+        'output', what `predict` returns (after the loss's link: softmax or
+        sigmoid probabilities, exp for Poisson); for a classifier, 'label'
+        (``classes_`` as int64 or strings; (N, n_labels) 0/1 for multilabel
+        targets) and 'probabilities' (``predict_proba``); for a regressor,
+        'variable' of shape (N, n_outputs).
+
+    Raises
+    ------
+    NotImplementedError
+        A layer has no converter (its index and kind are named); see
+        `register_converter`.
+    ValueError
+        The Sequential is not built and there is no sample_input, or
+        sample_input's samples have another shape than the model's inputs, or
+        opset is out of range.
+    TypeError
+        Not a fastnn model, or sample_input does not hold numbers.
+    sklearn.exceptions.NotFittedError
+        The estimator is not fitted.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn
+    >>> model = nn.Sequential([nn.Dense(8, "gelu"), nn.Dense(3)], loss="sparse_categorical_crossentropy",
+    ...                       input_dim=4, seed=0)
+    >>> onx = to_onnx(model, np.zeros((1, 4), np.float32))
+    >>> [o.name for o in onx.graph.output]
+    ['output']
     """
     opset = _opset(opset)
     sample = _sample(sample_input)

@@ -14,6 +14,7 @@ from onnx import helper
 from sklearn.utils.validation import check_is_fitted
 
 from ..estimators import MLPClassifier, MLPRegressor
+from .graph import ContainerGraph
 from .layers import convert_layers
 
 
@@ -84,15 +85,6 @@ def check_estimator(est):
 
 
 # ------------------------------------------------------------------ skl2onnx
-def _skl2onnx_dtypes(scope, operator):
-    from skl2onnx.common.data_types import guess_proto_type
-
-    est = operator.raw_operator
-    input_dtype = helper.tensor_dtype_to_np_dtype(guess_proto_type(operator.inputs[0].type))
-    output_dtype = helper.tensor_dtype_to_np_dtype(guess_proto_type(operator.outputs[-1].type))
-    return est, input_dtype, output_dtype, est._prediction_dtype(input_dtype)
-
-
 def _skl2onnx_classes(scope, est):
     from skl2onnx.common.utils_classifier import get_label_classes
 
@@ -100,12 +92,16 @@ def _skl2onnx_classes(scope, est):
 
 
 def _convert(scope, operator, container):
-    from .graph import ContainerGraph
+    """skl2onnx's converter: the graph of estimator_graph in the container."""
+    from skl2onnx.common.data_types import guess_proto_type
 
-    est, input_dtype, output_dtype, dtype = _skl2onnx_dtypes(scope, operator)
+    est = operator.raw_operator
     check_estimator(est)
+    input_dtype = helper.tensor_dtype_to_np_dtype(guess_proto_type(operator.inputs[0].type))
+    # the probabilities' or values' type, which skl2onnx's parser chose from the input's
+    output_dtype = helper.tensor_dtype_to_np_dtype(guess_proto_type(operator.outputs[-1].type))
     classes = _skl2onnx_classes(scope, est) if isinstance(est, MLPClassifier) else None
-    g = ContainerGraph(dtype, scope, container)
+    g = ContainerGraph(est._prediction_dtype(input_dtype), scope, container)
     estimator_graph(g, est, operator.inputs[0].full_name, input_dtype,
                     [v.full_name for v in operator.outputs], output_dtype, classes)
 
