@@ -61,6 +61,22 @@ def test_layers_with_every_activation(activation, dtype):
     assert_close(out, model.predict(X), dtype, activation)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shaped_outputs(dtype):
+    """Outputs with per-sample shapes: Dense, BatchNorm and softmax on the last axis."""
+    rng = np.random.default_rng(3)
+    model = nn.Sequential([nn.Dense(5, "selu"), nn.BatchNorm(), nn.Activation("softmax")], dtype=dtype,
+                          seed=0, input_shape=(3, 4, 2))
+    random_state(model, rng)
+    X = rng.normal(0, 1, (20, 3, 4, 2)).astype(dtype)
+    onx = fastnn.onnx.to_onnx(model)
+    (out,) = run(onx, X)
+    assert out.shape == (20, 3, 4, 5)
+    assert_close(out, model.predict(X), dtype)
+    declared = onx.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in declared] == ["N", 3, 4, 5]
+
+
 def _fitted(layers, loss, X, y, dtype):
     model = nn.Sequential(layers, loss=loss, dtype=dtype, seed=0)
     model.fit(X, y, epochs=3, batch_size=32, verbose=0)
