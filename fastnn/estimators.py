@@ -463,13 +463,19 @@ class _FastMLP:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         model = self._synced_model()
         model.set_backend(self.backend)
-        dtype = model.dtype
-        if self.dtype is None:
-            dtype = np.result_type(X.dtype, dtype)
-            dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        dtype = self._prediction_dtype(X.dtype)
         if dtype != model.dtype:
             model = model.astype(dtype)
         return model.predict(X)
+
+    def _prediction_dtype(self, X_dtype):
+        """The dtype of the predictions for X of dtype X_dtype (see _forward_pass_fast);
+        fastnn.onnx computes its graph in it too."""
+        dtype = self.model_.dtype
+        if self.dtype is None:
+            dtype = np.result_type(X_dtype, dtype)
+            dtype = dtype if dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        return dtype
 
     def _is_classifier(self):
         return isinstance(self, _SklearnMLPClassifier)

@@ -1,0 +1,117 @@
+"""An ONNX graph built node by node.
+
+`Graph` collects nodes and initialisers for `to_onnx`; `ContainerGraph` writes
+them into a skl2onnx container instead, so the same layer converters serve both.
+A graph computes in one float dtype (`dtype`): every float constant is stored in
+it. Names are readable and unique: `g.prefix` (the layer being converted, e.g.
+'dense_0') is put before each name.
+"""
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tensor_type(dtype):
+    """The ONNX element type of a NumPy dtype (TensorProto.FLOAT, DOUBLE, ...)."""
+    dtype = np.dtype(dtype)
+    return TensorProto.STRING if dtype.kind in "OSU" else helper.np_dtype_to_tensor_dtype(dtype)
+
+
+class Graph:
+    """Nodes and initialisers of one graph computing in `dtype` (float32 or
+    float64) at ONNX operator set `opset`."""
+
+    def __init__(self, dtype, opset):
+        self.dtype = np.dtype(dtype)
+        self.opset = opset
+        self.prefix = ""
+        self.nodes, self.initializers = [], []
+        self._names = set()
+        self._scalars = {}
+
+    # ------------------------------------------------------------ naming
+    def unique(self, hint):
+        """A name not used yet in this graph: prefix/hint, with a number if needed."""
+        base = f"{self.prefix}/{hint}" if self.prefix else hint
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def reserve(self, name):
+        """Mark an exact name (a graph input or output) as taken."""
+        self._names.add(name)
+        return name
+
+    # ----------------------------------------------------------- contents
+    def const(self, value, hint="const"):
+        """An initialiser holding `value`: floats in the graph's dtype, integers as
+        int64, strings as strings. Returns its name."""
+        value = np.asarray(value)
+        if value.dtype.kind == "f":
+            value = value.astype(self.dtype)
+        elif value.dtype.kind in "biu":
+            value = value.astype(np.int64)
+        elif value.dtype.kind not in "OSU":
+            raise TypeError(f"cannot store a constant of dtype {value.dtype}")
+        name = self.unique(hint)
+        self._add_initializer(name, value)
+        return name
+
+    def scalar(self, value):
+        """A 0-d float constant of the graph's dtype, shared by every node using it."""
+        key = float(value)
+        if key not in self._scalars:
+            prefix, self.prefix = self.prefix, ""
+            self._scalars[key] = self.const(np.array(key), f"scalar_{key:g}")
+            self.prefix = prefix
+        return self._scalars[key]
+
+    def op(self, op_type, *inputs, out=None, domain="", **attrs):
+        """Add one node with a single output; returns the output's name (`out` if
+        given, else a new name from the operator's)."""
+        out = self.unique(op_type.lower()) if out is None else out
+        self._add_node(op_type, list(inputs), out, domain, attrs)
+        return out
+
+    def cast(self, x, dtype, out=None):
+        """x as `dtype`."""
+        return self.op("Cast", x, out=out, to=tensor_type(dtype))
+
+    def _add_initializer(self, name, value):
+        if value.dtype.kind in "OSU":
+            strings = [str(s).encode("utf-8") for s in value.ravel()]
+            tensor = helper.make_tensor(name, TensorProto.STRING, value.shape, strings)
+        else:
+            tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self.initializers.append(tensor)
+
+    def _add_node(self, op_type, inputs, output, domain, attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, domain=domain, **attrs))
+
+
+class ContainerGraph(Graph):
+    """A Graph writing into skl2onnx's container, with names from its scope."""
+
+    def __init__(self, dtype, scope, container):
+        super().__init__(dtype, container.target_opset)
+        self.scope, self.container = scope, container
+
+    def unique(self, hint):
+        base = f"{self.prefix}_{hint}" if self.prefix else hint
+        return self.scope.get_unique_variable_name(base.replace("/", "_"))
+
+    def reserve(self, name):
+        return name
+
+    def _add_initializer(self, name, value):
+        if value.dtype.kind in "OSU":
+            content = [str(s).encode("utf-8") for s in value.ravel()]
+        else:
+            content = numpy_helper.from_array(np.ascontiguousarray(value), name)
+        self.container.add_initializer(name, tensor_type(value.dtype), list(value.shape), content)
+
+    def _add_node(self, op_type, inputs, output, domain, attrs):
+        self.container.add_node(op_type, inputs, [output], op_domain=domain,
+                                name=self.scope.get_unique_operator_name(op_type), **attrs)

@@ -1,0 +1,391 @@
+"""fastnn.onnx: every layer, activation, loss link and estimator option exported to
+ONNX and run by onnxruntime gives fastnn's predictions (float32 to 1e-5, float64
+to 1e-10 relative, tests.conftest.assert_close) on data the model was not
+trained on; every exported graph passes onnx.checker; skl2onnx converts the
+estimators with the outputs and options it gives scikit-learn's MLP."""
+
+import importlib
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import RTOL, assert_close
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+import fastnn  # noqa: E402
+import fastnn.onnx  # noqa: E402
+from fastnn import nn  # noqa: E402
+from fastnn.backends.reference import ACTIVATIONS  # noqa: E402
+from fastnn.estimators import HIDDEN_ACTIVATIONS  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+def run(onx, X):
+    """onnxruntime's outputs of the model for input X, after onnx's full check."""
+    onnx.checker.check_model(onx, full_check=True)
+    session = ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: X})
+
+
+def random_state(model, rng):
+    """Batch-norm running statistics and parameters far from their initial values."""
+    for layer in model.layers:
+        if isinstance(layer, nn.BatchNorm):
+            c = layer.input_shape[-1]
+            layer.state["running_mean"][...] = rng.normal(0, 1, c)
+            layer.state["running_var"][...] = rng.uniform(0.2, 3, c)
+            layer.params["gamma"][...] = rng.uniform(0.5, 2, c)
+            layer.params["beta"][...] = rng.normal(0, 1, c)
+    return model
+
+
+# ------------------------------------------------------------------ Sequential
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_layers_with_every_activation(activation, dtype):
+    rng = np.random.default_rng(0)
+    layers = [nn.Dense(12, activation), nn.BatchNorm(), nn.Dropout(0.3), nn.Activation(activation),
+              nn.Dense(4, activation)]
+    model = nn.Sequential(layers, dtype=dtype, seed=1, input_dim=7)
+    random_state(model, rng)
+    X = rng.normal(0, 2, (64, 7)).astype(dtype)
+    (out,) = run(fastnn.onnx.to_onnx(model), X)
+    assert_close(out, model.predict(X), dtype, activation)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shaped_outputs(dtype):
+    """Outputs with per-sample shapes: Dense, BatchNorm and softmax on the last axis."""
+    rng = np.random.default_rng(3)
+    model = nn.Sequential([nn.Dense(5, "selu"), nn.BatchNorm(), nn.Activation("softmax")], dtype=dtype,
+                          seed=0, input_shape=(3, 4, 2))
+    random_state(model, rng)
+    X = rng.normal(0, 1, (20, 3, 4, 2)).astype(dtype)
+    onx = fastnn.onnx.to_onnx(model)
+    (out,) = run(onx, X)
+    assert out.shape == (20, 3, 4, 5)
+    assert_close(out, model.predict(X), dtype)
+    declared = onx.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in declared] == ["N", 3, 4, 5]
+
+
+def _fitted(layers, loss, X, y, dtype):
+    model = nn.Sequential(layers, loss=loss, dtype=dtype, seed=0)
+    model.fit(X, y, epochs=3, batch_size=32, verbose=0)
+    return model
+
+
+def _classes(X, k):
+    """Labels of a smooth function of X (learnable), k classes."""
+    score = np.sin(X.reshape(len(X), -1)[:, :3].sum(axis=1) * 2)
+    return np.minimum(((score + 1) / 2 * k).astype(np.int64), k - 1)
+
+
+# (name, layers, loss, per-sample input shape, targets from X)
+LINK_CASES = [
+    ("softmax in the loss", lambda: [nn.Dense(16, "tanh"), nn.Dense(4, "softmax")],
+     "sparse_categorical_crossentropy", (6,), lambda X: _classes(X, 4)),
+    ("softmax after a plain Dense", lambda: [nn.Dense(16, "elu"), nn.BatchNorm(), nn.Dense(4)],
+     "sparse_categorical_crossentropy", (6,), lambda X: _classes(X, 4)),
+    ("sigmoid per output", lambda: [nn.Dense(16, "gelu"), nn.Dropout(0.2), nn.Dense(3)],
+     "binary_crossentropy", (6,), lambda X: (X[:, :3] > 0).astype(float)),
+    ("exp of poisson", lambda: [nn.Dense(16, "softplus"), nn.Dense(2)],
+     "poisson", (6,), lambda X: np.exp(X[:, :2] / 3).round()),
+    ("identity of mse", lambda: [nn.Dense(16, "selu"), nn.Dense(2)],
+     "mse", (6,), lambda X: X[:, :2] * X[:, 2:4]),
+    ("images: Dense, BatchNorm and softmax on the last axis, Flatten",
+     lambda: [nn.Dense(5, "leaky_relu"), nn.BatchNorm(), nn.Activation("softmax"), nn.Flatten(), nn.Dense(3)],
+     "sparse_categorical_crossentropy", (4, 3, 2), lambda X: _classes(X, 3)),
+    ("sequences: Flatten last", lambda: [nn.Dense(4, "logistic"), nn.Dropout(0.1), nn.Flatten()],
+     "mse", (5, 3), lambda X: np.tanh(X[:, :, [0, 1, 2, 0]]).reshape(len(X), 20)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", LINK_CASES, ids=[c[0] for c in LINK_CASES])
+def test_trained_models_with_each_loss_link(case, dtype):
+    _, layers, loss, shape, targets = case
+    rng = np.random.default_rng(1)
+    X = rng.normal(0, 1, (300,) + shape).astype(dtype)
+    X_train, X_test = X[:200], X[200:]
+    model = _fitted(layers(), loss, X_train, targets(X_train), dtype)
+    onx = fastnn.onnx.to_onnx(model, X_train[:1])
+    (out,) = run(onx, X_test)
+    assert_close(out, model.predict(X_test), dtype, case[0])
+    for n in (1, 37):  # any batch size
+        assert run(onx, X_test[:n])[0].shape == (n,) + model.output_shape
+    declared = onx.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in declared] == ["N", *shape]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activations_to_their_tails(activation, dtype):
+    """Element by element, without a floor tied to the largest value: the composed
+    expm1, log1p, sigmoid and normal CDF keep their relative accuracy (outputs in
+    the subnormal range aside)."""
+    small = np.geomspace(1e-12, 1, 200)
+    x = np.concatenate([np.linspace(-60, 60, 2401), small, -small])
+    X = np.stack([x, x[::-1] / 2]).astype(dtype)
+    model = nn.Sequential([nn.Activation(activation)], dtype=dtype, input_dim=x.size)
+    (out,) = run(fastnn.onnx.to_onnx(model), X)
+    expected = model.predict(X)
+    info = np.finfo(dtype)
+    bad = np.abs(out - expected) > RTOL[np.dtype(dtype)] * (np.abs(expected) + info.tiny / info.eps)
+    assert not bad.any(), (X[bad][:5], out[bad][:5], expected[bad][:5])
+
+
+@pytest.mark.parametrize("model_dtype", DTYPES)
+@pytest.mark.parametrize("input_dtype", [np.float32, np.float64, np.int64])
+def test_input_dtype_is_cast_as_predict_casts(model_dtype, input_dtype):
+    rng = np.random.default_rng(2)
+    model = nn.Sequential([nn.Dense(8, "relu"), nn.Dense(3)], loss="categorical_crossentropy",
+                          dtype=model_dtype, seed=0, input_dim=5)
+    X = rng.normal(0, 3, (40, 5)).astype(input_dtype)
+    onx = fastnn.onnx.to_onnx(model, X[:1])
+    assert onx.graph.input[0].type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(X.dtype)
+    (out,) = run(onx, X)
+    assert_close(out, model.predict(X), model_dtype)
+
+
+# ------------------------------------------------------------------ estimators
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return X / 16.0, y
+
+
+def _fit(est, X, y):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y)
+
+
+def _targets(kind, y):
+    if kind == "multiclass":
+        return y
+    if kind == "binary":
+        return (y >= 5).astype(np.int64)
+    if kind == "binary strings":
+        return np.where(y >= 5, "high", "low")
+    if kind == "multilabel":
+        return np.stack([y % 2, y >= 5, y % 3 == 0], axis=1).astype(np.int64)
+    if kind == "poisson":
+        return (y % 4).astype(float)
+    if kind == "multi-output":
+        return np.stack([y / 9.0, (y % 3) / 2.0], axis=1)
+    return y / 9.0  # single output regression
+
+
+ESTIMATOR_CASES = (
+    [("multiclass", dict(activation=a)) for a in HIDDEN_ACTIVATIONS]
+    + [("multiclass", dict(batch_norm=True)), ("multiclass", dict(dropout=0.2, activation="gelu")),
+       ("multiclass", dict(hidden_layer_sizes=(16, 8), batch_norm=True, dropout=[0.1, 0.3],
+                           activation="selu")),
+       ("binary", dict(activation="tanh")), ("binary strings", dict(batch_norm=True)),
+       ("multilabel", dict(activation="elu", dropout=0.1)),
+       ("regression", dict()), ("multi-output", dict(batch_norm=True, activation="leaky_relu")),
+       ("poisson", dict(loss="poisson", activation="logistic"))]
+)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float32 on float64 X"])
+@pytest.mark.parametrize("case", ESTIMATOR_CASES, ids=[f"{k}-{o}" for k, o in ESTIMATOR_CASES])
+def test_estimators(case, dtype, digits):
+    kind, options = case
+    X, y = digits
+    X = X.astype(np.float32 if dtype == "float32" else np.float64)
+    options = dict(dict(hidden_layer_sizes=(16,), max_iter=15, random_state=0), **options)
+    if dtype == "float32 on float64 X":
+        options["dtype"] = "float32"
+    regressor = kind in ("regression", "multi-output", "poisson")
+    est = (fastnn.MLPRegressor if regressor else fastnn.MLPClassifier)(**options)
+    _fit(est, X[:600], _targets(kind, y[:600]))
+    X_test = X[600:900]  # held back
+    onx = fastnn.onnx.to_onnx(est, X[:1])
+    outputs = run(onx, X_test)
+    work_dtype = est.predict(X_test[:1]).dtype if regressor else est.predict_proba(X_test[:1]).dtype
+    assert work_dtype == (np.float32 if dtype != "float64" else np.float64)
+    if regressor:
+        (values,) = outputs
+        assert [o.name for o in onx.graph.output] == ["variable"]
+        assert_close(values, est.predict(X_test).reshape(len(X_test), -1), work_dtype, kind)
+        return
+    labels, proba = outputs
+    assert [o.name for o in onx.graph.output] == ["label", "probabilities"]
+    expected = est.predict_proba(X_test)
+    assert_close(proba, expected, work_dtype, kind)
+    _assert_same_labels(labels, est.predict(X_test), expected, work_dtype)
+
+
+def _assert_same_labels(labels, expected_labels, proba, dtype):
+    """Labels equal, except where the two largest probabilities are within rounding
+    (multilabel: where a probability is within rounding of 0.5)."""
+    if labels.ndim == 2:
+        clear = np.abs(proba - 0.5) > 10 * RTOL[np.dtype(dtype)]
+    else:
+        top2 = np.sort(proba, axis=1)[:, -2:]
+        clear = (top2[:, 1] - top2[:, 0] > 10 * RTOL[np.dtype(dtype)])
+        clear = clear.reshape(-1)
+    assert clear.mean() > 0.9
+    assert labels.dtype == (object if expected_labels.dtype.kind in "OU" else np.int64)
+    np.testing.assert_array_equal(labels[clear], expected_labels[clear])
+
+
+def test_estimator_with_replaced_weights(digits):
+    """The fitted attributes are the truth, as for predict: a replaced coefs_ is exported."""
+    X, y = digits
+    est = _fit(fastnn.MLPClassifier((8,), max_iter=5, random_state=0), X[:300], y[:300])
+    est.coefs_ = [c * 2 for c in est.coefs_]
+    labels, proba = run(fastnn.onnx.to_onnx(est), X[300:400])
+    assert_close(proba, est.predict_proba(X[300:400]), np.float64)
+
+
+# ------------------------------------------------------------------ skl2onnx
+skl2onnx = pytest.importorskip("skl2onnx")
+
+
+@pytest.fixture(scope="module")
+def classifier(digits):
+    X, y = digits
+    return _fit(fastnn.MLPClassifier((16,), activation="gelu", batch_norm=True, max_iter=15, random_state=0),
+                X[:600].astype(np.float32), y[:600])
+
+
+def test_skl2onnx_classifier_with_zipmap(classifier, digits):
+    X = digits[0][600:700].astype(np.float32)
+    onx = skl2onnx.to_onnx(classifier, X[:1])
+    assert [o.name for o in onx.graph.output] == ["output_label", "output_probability"]
+    labels, dicts = run(onx, X)
+    expected = classifier.predict_proba(X)
+    assert sorted(dicts[0]) == classifier.classes_.tolist()
+    proba = np.array([[row[c] for c in classifier.classes_] for row in dicts], dtype=np.float32)
+    assert_close(proba, expected, np.float32)
+    _assert_same_labels(labels, classifier.predict(X), expected, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_skl2onnx_classifier_without_zipmap(classifier, digits, dtype):
+    """float64 inputs on float32 weights: predict computes in float64, and so does the graph."""
+    X = digits[0][600:700].astype(dtype)
+    onx = skl2onnx.to_onnx(classifier, X[:1], options={"zipmap": False})
+    assert [o.name for o in onx.graph.output] == ["label", "probabilities"]
+    labels, proba = run(onx, X)
+    expected = classifier.predict_proba(X)
+    assert proba.dtype == expected.dtype == dtype
+    assert_close(proba, expected, dtype)
+    _assert_same_labels(labels, classifier.predict(X), expected, dtype)
+
+
+def test_skl2onnx_classifier_options(classifier, digits):
+    X = digits[0][600:700].astype(np.float32)
+    columns = run(skl2onnx.to_onnx(classifier, X[:1], options={"zipmap": "columns"}), X)
+    expected = classifier.predict_proba(X)
+    assert_close(np.stack(columns[1:], axis=1), expected, np.float32)
+    labels, _ = run(skl2onnx.to_onnx(classifier, X[:1], options={"zipmap": False, "nocl": True}), X)
+    indices = np.searchsorted(classifier.classes_, classifier.predict(X))
+    _assert_same_labels(labels, indices, expected, np.float32)
+
+
+@pytest.mark.parametrize("kind", ["binary strings", "multilabel"])
+def test_skl2onnx_labels(kind, digits):
+    X, y = digits
+    clf = _fit(fastnn.MLPClassifier((8,), max_iter=10, random_state=0), X[:400], _targets(kind, y[:400]))
+    labels, proba = run(skl2onnx.to_onnx(clf, X[:1], options={"zipmap": False}), X[400:500])
+    expected = clf.predict_proba(X[400:500])
+    assert_close(proba, expected, np.float64)
+    _assert_same_labels(labels, clf.predict(X[400:500]), expected, np.float64)
+
+
+@pytest.mark.parametrize("kind", ["regression", "multi-output", "poisson"])
+def test_skl2onnx_regressor(kind, digits):
+    X, y = digits
+    loss = "poisson" if kind == "poisson" else "squared_error"
+    reg = fastnn.MLPRegressor(loss=loss, hidden_layer_sizes=(8,), max_iter=10, random_state=0)
+    _fit(reg, X[:400], _targets(kind, y[:400]))
+    onx = skl2onnx.to_onnx(reg, X[:1])
+    assert [o.name for o in onx.graph.output] == ["variable"]
+    (values,) = run(onx, X[400:500])
+    assert_close(values, reg.predict(X[400:500]).reshape(100, -1), np.float64)
+
+
+def test_skl2onnx_pipeline(digits):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = digits
+    pipe = _fit(make_pipeline(StandardScaler(), fastnn.MLPClassifier((8,), max_iter=10, random_state=0)),
+                X[:400], y[:400])
+    labels, proba = run(skl2onnx.to_onnx(pipe, X[:1], options={"zipmap": False}), X[400:500])
+    expected = pipe.predict_proba(X[400:500])
+    assert_close(proba, expected, np.float64)
+    _assert_same_labels(labels, pipe.predict(X[400:500]), expected, np.float64)
+
+
+# ------------------------------------------------------------------ errors
+class TimesTwo(nn.Layer):
+    """A user's layer: y = 2 x."""
+
+    kind = "TimesTwo"
+
+    def forward(self, backend, x, ws, mode):
+        return 2 * x
+
+
+def test_layer_without_converter_is_named(monkeypatch):
+    model = nn.Sequential([nn.Dense(3), TimesTwo()], input_dim=2)
+    with pytest.raises(NotImplementedError, match=r"layer 1 \(TimesTwo\(\)\).*no converter.*'TimesTwo'"):
+        fastnn.onnx.to_onnx(model)
+    monkeypatch.setitem(fastnn.onnx.CONVERTERS, "TimesTwo", None)  # removed again after the test
+
+    @fastnn.onnx.register_converter("TimesTwo")
+    def times_two(g, layer, x):
+        return g.op("Mul", x, g.scalar(2))
+
+    X = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    (out,) = run(fastnn.onnx.to_onnx(model), X)
+    assert_close(out, model.predict(X), np.float32)
+
+
+def test_invalid_arguments(digits):
+    model = nn.Sequential([nn.Dense(3)])
+    with pytest.raises(ValueError, match="not built"):
+        fastnn.onnx.to_onnx(model)
+    onx = fastnn.onnx.to_onnx(model, np.zeros((1, 4)))  # builds it, as predict would
+    assert model.input_shape == (4,) and onx.graph.output[0].name == "output"
+    with pytest.raises(ValueError, match=r"shape \(5,\).*built for \(4,\)"):
+        fastnn.onnx.to_onnx(model, np.zeros((1, 5)))
+    with pytest.raises(ValueError, match="opset"):
+        fastnn.onnx.to_onnx(model, opset=9)
+    with pytest.raises(TypeError, match="sample_input"):
+        fastnn.onnx.to_onnx(model, np.array([["a"]]))
+    with pytest.raises(TypeError, match="Sequential"):
+        fastnn.onnx.to_onnx(object())
+    with pytest.raises(NotFittedError):
+        fastnn.onnx.to_onnx(fastnn.MLPClassifier())
+    assert fastnn.onnx.to_onnx(model, opset=13).opset_import[0].version == 13
+
+
+def test_import_fastnn_does_not_import_onnx():
+    code = ("import sys, fastnn, fastnn.nn; fastnn.MLPClassifier; "
+            "print(sorted(m for m in sys.modules if 'onnx' in m))")
+    root = Path(fastnn.__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=root).stdout
+    assert out.strip() == "[]"
+
+
+def test_without_onnx_the_extra_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    for name in [m for m in sys.modules if m.startswith("fastnn.onnx")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ImportError, match=r"pip install 'fastnn-cpu\[onnx\]'"):
+        importlib.import_module("fastnn.onnx")
