@@ -12,7 +12,18 @@ model's own), so a model trains the same way on numpy, numba and c.
 """
 
 from .callbacks import Callback, EarlyStopping, History
-from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
+from .layers import (
+    Activation,
+    AveragePooling2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    Layer,
+    MaxPool2D,
+)
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
@@ -54,4 +65,6 @@ __all__ = [
     "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Schedule", "Sequential",
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
     "get_optimizer", "get_schedule", "load",
+    # convolution
+    "AveragePooling2D", "Conv2D", "GlobalAveragePooling2D", "MaxPool2D",
 ]

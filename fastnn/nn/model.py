@@ -59,7 +59,7 @@ class Sequential:
 
     layers: fastnn.nn layers. loss: a loss name or Loss (needed to train; also
     settable with compile). optimizer: a name or an Optimizer ('adam' by default).
-    l2: L2 penalty on every Dense weight matrix, added to each layer's own l2.
+    l2: L2 penalty on every weight tensor (Dense's, Conv2D's W), added to each layer's own l2.
     penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
     size without weights; scikit-learn's alpha convention). seed: weights,
     shuffling and dropout masks follow from it (None draws one). backend: a
@@ -392,15 +392,21 @@ class Sequential:
 
     def _penalty_terms(self):
         """[(param view, grad view, l2, l1)]: one term over the whole weights block
-        when every Dense layer has the same penalties, else one per layer."""
-        dense = [layer for layer in self.layers if isinstance(layer, Dense)]
-        rates = {(layer.l2 + self.l2, layer.l1) for layer in dense}
-        if len(rates) == 1:
-            l2, l1 = rates.pop()
+        when every weight tensor (parameters of role "weight": Dense's and Conv2D's
+        W) has the same penalties (the model's l2 plus its layer's own l2 and l1),
+        else one per weight tensor."""
+        weights = [(layer, name) for layer in self.layers
+                   for name, _, role in layer.param_specs() if role == "weight"]
+
+        def rates(layer):
+            return getattr(layer, "l2", 0.0) + self.l2, getattr(layer, "l1", 0.0)
+        distinct = {rates(layer) for layer, _ in weights}
+        if len(distinct) == 1:
+            l2, l1 = distinct.pop()
             block = slice(0, self.n_weights)
             terms = [(self._params[block], self._grads[block], l2, l1)]
         else:
-            terms = [(layer.params["W"], layer.grads["W"], layer.l2 + self.l2, layer.l1) for layer in dense]
+            terms = [(layer.params[name], layer.grads[name], *rates(layer)) for layer, name in weights]
         return [term for term in terms if term[2] or term[3]]
 
     def _penalty_scale(self, batch_weight):
