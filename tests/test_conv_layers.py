@@ -194,3 +194,27 @@ def test_fit_takes_images_and_rejects_other_shapes():
         nn.MaxPool2D(2, strides=1.5)
     with pytest.raises(ValueError, match="filters"):
         nn.Conv2D(0, 3)
+
+
+def digits_cnn(seed=1):
+    """The CNN of the README and of `python -m fastnn demo --model cnn` on
+    scikit-learn's 8 x 8 digits."""
+    return nn.Sequential(
+        [nn.Conv2D(32, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.MaxPool2D(2),
+         nn.Conv2D(64, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.MaxPool2D(2),
+         nn.Flatten(), nn.Dropout(0.2), nn.Dense(10)],
+        loss="sparse_categorical_crossentropy", optimizer=nn.Adam(3e-3), seed=seed)
+
+
+def test_cnn_on_digits_reaches_98_5_percent():
+    """A dense MLP reaches about 97.5% on this split; this CNN 99.3% (numpy, c)
+    and 99.1% (numba) after 12 epochs (measured; a few seconds on one thread)."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X.reshape(-1, 8, 8, 1) / 16.0, y, random_state=0)
+    model = digits_cnn()
+    model.fit(X_train, y_train, epochs=12, batch_size=32, verbose=0)
+    accuracy = (model.predict_classes(X_test) == y_test).mean()
+    assert accuracy >= 0.985, accuracy
