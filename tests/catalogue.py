@@ -512,3 +512,22 @@ def run_maxpool_nc(backend, dtype):
 @entry("avgpool2d_forward", "noncontiguous")
 def run_avgpool_nc(backend, dtype):
     return (backend.avgpool2d_forward(noncontiguous(rand((2, 6, 5, 3), dtype, 84)), 3, 2, 1),)
+
+
+@entry("conv2d_backward", "empty-batch")
+def run_conv_empty(backend, dtype):
+    # sums over no images are 0, whatever the output buffers held
+    x, W = np.zeros((0, 5, 4, 2), dtype), rand((3, 2, 2, 3), dtype, 85)
+    y = backend.conv2d_forward(x, W, rand((3,), dtype, 86), 1, 1, "tanh")
+    grads = backend.conv2d_backward(y, x, W, y, "tanh", 1, 1, dW=np.full(W.shape, 7, dtype),
+                                    db=np.full(3, 7, dtype))
+    return (y, *grads)
+
+
+@entry("maxpool2d_backward", "empty-batch")
+def run_pool_empty(backend, dtype):
+    x = np.zeros((0, 5, 4, 2), dtype)
+    y, argmax = backend.maxpool2d_forward(x, 2, 1, 1)
+    avg = backend.avgpool2d_forward(x, 2, 1, 1)
+    return (y, argmax.astype(np.float64), backend.maxpool2d_backward(y, argmax, x.shape), avg,
+            backend.avgpool2d_backward(avg, x.shape, 2, 1, 1))

@@ -530,9 +530,10 @@ class NumpyBackend:
         n, ih, iw, c = x.shape
         _, oh, ow, _ = out.shape
         # padded cells hold -inf and are masked out, so that they never win
-        cells = self._windows(x, pool, stride, padding, -np.inf).reshape(n, oh, ow, c, -1)
+        area = pool[0] * pool[1]
+        cells = self._windows(x, pool, stride, padding, -np.inf).reshape(n, oh, ow, c, area)
         real = self._windows(np.ones((1, ih, iw, 1), bool), pool, stride, padding, False)
-        real = real.reshape(1, oh, ow, 1, -1)
+        real = real.reshape(1, oh, ow, 1, area)
         best = cells.max(axis=-1, keepdims=True)  # NaN when the window holds one
         # the first real cell (row-major in the window) equal to the maximum, or NaN
         k = np.argmax(real & ((cells == best) | np.isnan(cells)), axis=-1)
