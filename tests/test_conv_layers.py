@@ -218,3 +218,25 @@ def test_cnn_on_digits_reaches_98_5_percent():
     model.fit(X_train, y_train, epochs=12, batch_size=32, verbose=0)
     accuracy = (model.predict_classes(X_test) == y_test).mean()
     assert accuracy >= 0.985, accuracy
+
+
+@pytest.mark.parametrize("backend", [b for b in fastnn.available_backends() if b != "numpy"])
+def test_training_steps_reuse_their_buffers(backend):
+    """After the first step, the layers' workspaces and the fast backends' column
+    matrices (GemmConv's per-thread cache) are the same arrays step after step."""
+    X, y = images(n=16, h=8, w=8, c=1, seed=3).astype(np.float32), np.arange(16) % 3
+    model = cnn(backend)
+    model.train_step(X, y)
+
+    def buffers():
+        layers = {(i, key): a for i, ws in enumerate(model._workspaces[X.shape][0])
+                  for key, a in ws.items() if isinstance(a, np.ndarray) and key != "x"}
+        columns = dict(getattr(fastnn.get_backend(backend)._conv_local, "arrays", {}))
+        return layers, columns
+    before = buffers()
+    assert any(key[1] == "cols" for key in before[1])  # the 3x3 and 2x3 kernels need columns
+    for _ in range(3):
+        model.train_step(X, y)
+    after = buffers()
+    for old, new in zip(before, after):
+        assert old.keys() == new.keys() and all(old[k] is new[k] for k in old)

@@ -18,6 +18,7 @@ kernel with stride 1 and no padding needs no columns: x is its own matrix.
 """
 
 import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -30,16 +31,19 @@ class GemmConv:
 
     def _conv_workspace(self, role, shape, dtype):
         """An uninitialised array reused by calls of the same role, shape and dtype
-        (per thread; at most 8 kept)."""
+        (per thread; the 16 most recently used kept: the columns and their
+        gradient of 8 convolution layers of distinct shapes)."""
         cache = getattr(self._conv_local, "arrays", None)
         if cache is None:
-            cache = self._conv_local.arrays = {}
+            cache = self._conv_local.arrays = OrderedDict()
         key = (self.name, role, shape, np.dtype(dtype))
         a = cache.get(key)
         if a is None:
-            if len(cache) >= 8:
-                cache.clear()
+            if len(cache) >= 16:
+                cache.popitem(last=False)
             a = cache[key] = np.empty(shape, dtype)
+        else:
+            cache.move_to_end(key)
         return a
 
     @staticmethod
