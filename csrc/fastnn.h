@@ -129,4 +129,35 @@ void adam_step_f64(double *param, const double *grad, double *m, double *v, doub
                    int64_t n, int64_t t, double lr, double beta1, double beta2, double eps,
                    double weight_decay, int decoupled);
 
+/* ------------------------------------------------------------- convolution
+ * Channels-last images (n, ih, iw, c); windows (kh, kw) every (sh, sw) cells over
+ * the image zero-padded by (ph, pw) on each side; outputs (n, oh, ow, .) with
+ * oh = (ih + 2 ph - kh) / sh + 1, ow alike (the caller fills them in). */
+struct fastnn_window {
+    int64_t n, ih, iw, c, kh, kw, sh, sw, ph, pw, oh, ow;
+};
+/* cols (n*oh*ow, kh*kw*c): row (n, i, j) is the window output (i, j) reads, in the
+ * order (kh, kw, c) of a filter; col2im is its adjoint: dx (n, ih, iw, c) = the
+ * sum of the rows of dcols added on the cells they came from */
+void im2col_f32(const float *x, float *cols, const struct fastnn_window *g);
+void im2col_f64(const double *x, double *cols, const struct fastnn_window *g);
+void col2im_f32(const float *dcols, float *dx, const struct fastnn_window *g);
+void col2im_f64(const double *dcols, double *dx, const struct fastnn_window *g);
+/* y, argmax (n, oh, ow, c): each window's maximum and its flat index row * iw + col
+ * (the first maximum in row-major window order, or the first NaN; padding never
+ * wins; padding at most half the window). Backward: dx (n, ih, iw, c) from dy
+ * (n, oh, ow, c) and argmax, int64 or int32 (the other NULL), each in [0, ih*iw). */
+void maxpool_forward_f32(const float *x, float *y, int64_t *argmax, const struct fastnn_window *g);
+void maxpool_forward_f64(const double *x, double *y, int64_t *argmax,
+                         const struct fastnn_window *g);
+void maxpool_backward_f32(const float *dy, const int64_t *argmax64, const int32_t *argmax32,
+                          float *dx, const struct fastnn_window *g);
+void maxpool_backward_f64(const double *dy, const int64_t *argmax64, const int32_t *argmax32,
+                          double *dx, const struct fastnn_window *g);
+/* y (n, oh, ow, c): each window's mean, the zero padding counted in the divisor */
+int avgpool_forward_f32(const float *x, float *y, const struct fastnn_window *g);
+int avgpool_forward_f64(const double *x, double *y, const struct fastnn_window *g);
+void avgpool_backward_f32(const float *dy, float *dx, const struct fastnn_window *g);
+void avgpool_backward_f64(const double *dy, double *dx, const struct fastnn_window *g);
+
 #endif

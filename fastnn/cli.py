@@ -309,11 +309,11 @@ def add_demo_args(parser):
                              "deviation (test rows are never copies of training rows)")
     parser.add_argument("--hidden", type=hidden_sizes, default=hidden_sizes(d["hidden"]), metavar="SIZES",
                         help=f"hidden layer sizes, comma-separated, e.g. 128,64 (default {d['hidden']})")
-    parser.add_argument("--epochs", type=positive_int, default=d["epochs"], metavar="N",
+    parser.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                         help=f"max_iter: at most N epochs per fit (default {d['epochs']})")
     parser.add_argument("--batch-size", type=positive_int, default=d["batch_size"], metavar="N",
                         help="rows per Adam step (default: scikit-learn's 'auto', min(200, rows))")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default=d["dtype"],
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
                         help=f"data and weights dtype, the same for scikit-learn (default {d['dtype']})")
     parser.add_argument("--backend", action="append", metavar="NAME",
                         help="fit on this fastnn backend only (repeatable, or comma-separated); the "
@@ -328,6 +328,13 @@ def add_demo_args(parser):
                         help=f"timed fits per backend; the table shows their median (default {d['repeats']})")
     parser.add_argument("--seed", type=int, default=0,
                         help="random_state of every estimator (default 0); the data split always uses 0")
+    parser.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                        help="mlp (default): the MLPClassifier above; cnn: a convolutional network "
+                             "(fastnn.nn) on the digits as 8x8x1 images, on every backend and in "
+                             f"PyTorch when installed ({demo.CNN_DEFAULTS['epochs']} epochs of "
+                             f"{demo.CNN_DEFAULTS['batch_size']} images unless --epochs/--batch-size; "
+                             "float32 unless --dtype)")
+    parser.add_argument("--no-torch", action="store_true", help="--model cnn: leave out PyTorch")
 
 
 def demo_backends(args):
@@ -342,7 +349,7 @@ def demo_backends(args):
 
 
 def demo_data(args):
-    dtype = np.dtype(args.dtype)
+    dtype = np.dtype(args.dtype or DEMO_DEFAULTS["dtype"])
     if args.samples is not None and args.samples < 20:
         raise UsageError(f"--samples must be at least 20, got {args.samples}")
     try:
@@ -360,9 +367,12 @@ def demo_data(args):
 def run_demo(args):
     if importlib.util.find_spec("sklearn") is None:
         raise UsageError("the demo needs scikit-learn: pip install scikit-learn")
+    if args.model == "cnn":
+        return run_cnn_demo(args)
     backends = demo_backends(args)
     data = demo_data(args)
-    params = {"hidden_layer_sizes": args.hidden, "solver": "adam", "max_iter": args.epochs,
+    params = {"hidden_layer_sizes": args.hidden, "solver": "adam",
+              "max_iter": args.epochs or DEMO_DEFAULTS["epochs"],
               "batch_size": "auto" if args.batch_size is None else args.batch_size,
               "random_state": args.seed}
     print(f"fastnn {fastnn.__version__} demo: one MLPClassifier fitted on {', '.join(backends)}")
@@ -370,6 +380,25 @@ def run_demo(args):
           file=sys.stderr, flush=True)
     results = demo.run(backends, params, data, args.repeats)
     demo.report(results, data, params, args.repeats)
+    print("\nmore: python -m fastnn info | bench --quick | demo --help")
+    return 0
+
+
+def run_cnn_demo(args):
+    if args.data or args.samples or args.hidden != hidden_sizes(DEMO_DEFAULTS["hidden"]):
+        raise UsageError("--model cnn trains on the digits images: --data, --samples and --hidden "
+                         "are for the MLP")
+    backends = [b for b in demo_backends(argparse.Namespace(**{**vars(args), "no_sklearn": True}))]
+    if not args.no_torch and importlib.util.find_spec("torch") is not None:
+        backends.append(demo.TORCH)
+    data = demo.digits_images(np.dtype(args.dtype or "float32"))
+    epochs = args.epochs or demo.CNN_DEFAULTS["epochs"]
+    batch_size = args.batch_size or demo.CNN_DEFAULTS["batch_size"]
+    print(f"fastnn {fastnn.__version__} demo: one CNN trained on {', '.join(backends)}")
+    print(f"fitting {len(backends)} x (1 warm-up + {args.repeats} timed) times ...",
+          file=sys.stderr, flush=True)
+    results = demo.run_cnn(backends, data, epochs, batch_size, args.seed, args.repeats)
+    demo.report_cnn(results, data, epochs, batch_size, args.repeats)
     print("\nmore: python -m fastnn info | bench --quick | demo --help")
     return 0
 

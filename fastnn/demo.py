@@ -295,3 +295,122 @@ def report(results, data, params, repeats):
     if late:
         print(f"\n* did not converge within max_iter={params['max_iter']} epochs: {', '.join(late)} "
               "(ConvergenceWarning silenced for this table)")
+
+
+# ------------------------------------------------------------------- the CNN
+# python -m fastnn demo --model cnn: the digits as 8 x 8 x 1 images, a small CNN
+# (fastnn.nn) trained on every backend from one seed, and the same network in
+# PyTorch (in a process of its own, see demo_torch_cnn.py) when installed.
+TORCH = "torch"
+CNN_DEFAULTS = {"epochs": 12, "batch_size": 32, "lr": 3e-3}
+
+
+def digits_images(dtype=np.float32, seed=0):
+    """The digits as (N, 8, 8, 1) images in [0, 1], split stratified (TEST_FRACTION)."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits()
+    X_train, X_test, y_train, y_test = train_test_split(
+        (X / 16.0).reshape(-1, 8, 8, 1).astype(dtype), y, test_size=TEST_FRACTION, stratify=y,
+        random_state=seed)
+    return Data("scikit-learn's digits as 8x8x1 images (pixels / 16)", X_train, y_train, X_test,
+                y_test)
+
+
+def cnn_model(backend, dtype, seed, lr=CNN_DEFAULTS["lr"]):
+    """conv 32@3x3 same relu, batch norm, max pool 2, conv 64@3x3 same relu, batch
+    norm, max pool 2, flatten, dropout 0.2, dense 10 (softmax in the loss); Adam."""
+    from fastnn import nn
+
+    return nn.Sequential(
+        [nn.Conv2D(32, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.MaxPool2D(2),
+         nn.Conv2D(64, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.MaxPool2D(2),
+         nn.Flatten(), nn.Dropout(0.2), nn.Dense(10)],
+        loss="sparse_categorical_crossentropy", optimizer=nn.Adam(lr), seed=seed, backend=backend,
+        dtype=dtype)
+
+
+def fit_cnn(backend, data, epochs, batch_size, seed):
+    """(model, seconds) of one fit of the CNN from `seed`."""
+    model = cnn_model(backend, data.X_train.dtype, seed)
+    start = time.perf_counter()
+    model.fit(data.X_train, data.y_train, epochs=epochs, batch_size=batch_size, verbose=0)
+    return model, time.perf_counter() - start
+
+
+def run_torch_cnn(data, epochs, batch_size, seed, repeats):
+    """The PyTorch CNN's Result, from a process that never imports fastnn."""
+    import json
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    source = (Path(__file__).parent / "demo_torch_cnn.py").read_text()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "data.npz"
+        np.savez(path, X_train=data.X_train, y_train=data.y_train, X_test=data.X_test,
+                 y_test=data.y_test, epochs=epochs, batch_size=batch_size, lr=CNN_DEFAULTS["lr"],
+                 seed=seed, repeats=repeats, classes=len(np.unique(data.y_train)))
+        run = subprocess.run([sys.executable, "-c", source, str(path)], capture_output=True,
+                             text=True, check=False)
+    if run.returncode:
+        raise RuntimeError(f"the PyTorch CNN failed: {one_line(run.stderr[-500:])}")
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    return Result(TORCH, out["warmup"], out["times"], out["accuracy"], epochs, True, [])
+
+
+def run_cnn(backends, data, epochs, batch_size, seed, repeats):
+    """{name: Result}: the fastnn backends (one untimed warm-up fit, then `repeats`
+    timed fits in turns), then PyTorch when named in `backends`."""
+    ours = [b for b in backends if b != TORCH]
+    progress = Progress(len(ours) * (1 + repeats) + (TORCH in backends))
+    warmup, times, last = {}, {b: [] for b in ours}, {}
+    try:
+        for b in ours:
+            progress.start(f"{b}: warm-up fit")
+            _, warmup[b] = fit_cnn(b, data, epochs, batch_size, seed)
+            progress.finish()
+        for r in range(repeats):
+            for b in ours:
+                progress.start(f"{b}: timed fit {r + 1}/{repeats}")
+                last[b], seconds = fit_cnn(b, data, epochs, batch_size, seed)
+                times[b].append(seconds)
+                progress.finish()
+        results = {}
+        for b in ours:
+            model = last[b]
+            accuracy = float((model.predict_classes(data.X_test) == data.y_test).mean())
+            results[b] = Result(b, warmup[b], times[b], accuracy, epochs, True,
+                                [model.get_flat_params().copy()])
+        if TORCH in backends:  # after ours: its OpenMP threads would slow what follows
+            progress.start("torch: warm-up and timed fits (a separate process)")
+            results[TORCH] = run_torch_cnn(data, epochs, batch_size, seed, repeats)
+            progress.finish()
+    finally:
+        progress.close()
+    return results
+
+
+def report_cnn(results, data, epochs, batch_size, repeats):
+    ref = results[REFERENCE]
+    dtype = DTYPE_NAMES[data.X_train.dtype]
+    print(f"data:    {data.name}: {len(data.y_train)} training and {len(data.y_test)} test images, "
+          "stratified split (seed 0)")
+    print(f"model:   {' '.join(cnn_model.__doc__.split(';')[0].split())}; {dtype}; Adam, {epochs} epochs of "
+          f"batches of {batch_size}, the same seed on every backend")
+    print(f"timing:  median of {repeats} timed fit{'s' if repeats != 1 else ''} after one untimed "
+          "warm-up fit; PyTorch (its own CNN, its own initialisation) in a separate process")
+    print("max |w - w_numpy|: largest absolute difference of the trained parameters from the numpy "
+          "reference's")
+    print()
+    print(f"  {'backend':<10}{'fit time':>10}{'warm-up':>10}{'vs numpy':>10}{'test acc':>10}  "
+          f"{'max |w - w_numpy|':>17}")
+    for name, r in results.items():
+        if name == REFERENCE:
+            difference = "(reference)"
+        elif r.weights:
+            difference = f"{max_difference(r.weights, ref.weights):.3g}"
+        else:
+            difference = "-"
+        print(f"  {name:<10}{seconds(r.median_s):>10}{seconds(r.warmup_s):>10}"
+              f"{ref.median_s / r.median_s:>9.2f}x{r.accuracy:>10.4f}  {difference:>17}")

@@ -399,3 +399,135 @@ for method in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "le
     @entry("init_weights", method)
     def run_init(backend, dtype, method=method):
         return backend.init_weights(method, 30, 20, rng=0, dtype=dtype, activation="relu")
+
+
+# ---------------------------------------------------------------- convolution
+# (N, IH, IW, C, O, KH, KW, stride, padding, activation): strides 1 and 2,
+# paddings 0..2, odd and even kernels, one image, one channel, channel counts
+# that are not multiples of a vector width (17), a LeNet-sized layer
+CONV_CASES = [
+    (2, 7, 7, 3, 4, 3, 3, 1, 1, "relu"),
+    (2, 8, 9, 5, 6, 2, 2, 2, 0, "tanh"),
+    (1, 6, 5, 1, 3, 3, 3, 2, 2, "identity"),
+    (3, 9, 8, 17, 8, 3, 2, (2, 1), (1, 0), "gelu"),
+    (2, 5, 6, 2, 3, 4, 4, 1, 2, "softmax"),
+    (1, 1, 1, 1, 1, 1, 1, 1, 0, "logistic"),
+    (4, 28, 28, 1, 6, 5, 5, 1, 2, "relu"),
+    (2, 14, 14, 16, 33, 3, 3, 1, 1, "elu"),
+]
+
+
+def _conv_terms(dz, x, W, stride, padding):
+    """The size of the terms of dx, dW, db: the reference's gradients of |x|, |W|
+    and |dz| (float64), which bound the rounding of sums that cancel."""
+    from fastnn.backends import get_backend
+    a = [np.abs(v).astype(np.float64) for v in (dz, x, W)]
+    y = np.zeros(dz.shape)
+    return get_backend("numpy").conv2d_backward(a[0], a[1], a[2], y, stride=stride, padding=padding)
+
+
+for n, ih, iw, c, o, kh, kw, stride, padding, act in CONV_CASES:
+    case = f"{act}-{n}x{ih}x{iw}x{c}-{kh}x{kw}x{o}-s{stride}-p{padding}"
+
+    @entry("conv2d_backward", case)
+    def run_conv(backend, dtype, n=n, ih=ih, iw=iw, c=c, o=o, kh=kh, kw=kw, stride=stride,
+                 padding=padding, act=act):
+        x = rand((n, ih, iw, c), dtype, 70)
+        W = rand((kh, kw, c, o), dtype, 71, 1 / np.sqrt(kh * kw * c))
+        b = rand((o,), dtype, 72)
+        y = backend.conv2d_forward(x, W, b, stride, padding, act)  # for its shape
+        preact = np.empty_like(y)
+        y = backend.conv2d_forward(x, W, b, stride, padding, act, preact=preact)
+        dy = rand(y.shape, dtype, 73)
+        dz = None if act == "identity" else np.empty_like(y)
+        dx, dW, db = backend.conv2d_backward(dy, x, W, y, act, stride, padding, preact=preact,
+                                             dz=dz)
+        tx, tW, tb = _conv_terms(dy if dz is None else dz, x, W, stride, padding)
+        return y, preact, Terms(dx, tx), Terms(dW, tW), Terms(db, tb)
+
+
+@entry("conv2d_forward", "no-bias-noncontiguous")
+def run_conv_nc(backend, dtype):
+    x = noncontiguous(rand((3, 6, 7, 4), dtype, 74))
+    return (backend.conv2d_forward(x, rand((3, 3, 4, 5), dtype, 75), None, 2, 1, "tanh"),)
+
+
+@entry("conv2d_backward", "noncontiguous-no-dx")
+def run_conv_nc_backward(backend, dtype):
+    x = noncontiguous(rand((3, 6, 7, 4), dtype, 76))
+    W = rand((2, 3, 4, 5), dtype, 77)
+    y = backend.conv2d_forward(x, W, None, 1, 1)
+    dy = noncontiguous(rand(y.shape, dtype, 78))
+    dx, dW, db = backend.conv2d_backward(dy, x, W, y, need_dx=False, stride=1, padding=1)
+    assert dx is None
+    _, tW, tb = _conv_terms(dy, x, W, 1, 1)
+    return y, Terms(dW, tW), Terms(db, tb)
+
+
+# (N, IH, IW, C, pool, stride, padding)
+POOL_CASES = [
+    (2, 8, 8, 3, 2, None, 0),
+    (2, 7, 9, 5, 3, 2, 1),
+    (1, 6, 6, 1, (2, 3), 1, (1, 1)),
+    (3, 9, 10, 17, 3, 3, 0),
+    (1, 1, 1, 1, 1, None, 0),
+    (4, 28, 28, 6, 2, 2, 0),
+]
+
+
+def _pool_input(shape, dtype, ties):
+    # ties: small integers, so that windows hold several maxima
+    if ties:
+        return np.random.default_rng(79).integers(-2, 3, shape).astype(dtype)
+    return rand(shape, dtype, 80)
+
+
+for n, ih, iw, c, pool, stride, padding in POOL_CASES:
+    for ties in (False, True):
+        case = f"{n}x{ih}x{iw}x{c}-pool{pool}-s{stride}-p{padding}{'-ties' if ties else ''}"
+
+        @entry("maxpool2d_backward", case)
+        def run_maxpool(backend, dtype, shape=(n, ih, iw, c), pool=pool, stride=stride,
+                        padding=padding, ties=ties):
+            x = _pool_input(shape, dtype, ties)
+            y, argmax = backend.maxpool2d_forward(x, pool, stride, padding)
+            dx = backend.maxpool2d_backward(rand(y.shape, dtype, 81), argmax, x.shape)
+            return y, argmax.astype(np.float64), dx
+
+        @entry("avgpool2d_backward", case)
+        def run_avgpool(backend, dtype, shape=(n, ih, iw, c), pool=pool, stride=stride,
+                        padding=padding, ties=ties):
+            x = _pool_input(shape, dtype, ties)
+            y = backend.avgpool2d_forward(x, pool, stride, padding)
+            return y, backend.avgpool2d_backward(rand(y.shape, dtype, 82), x.shape, pool, stride,
+                                                 padding)
+
+
+@entry("maxpool2d_forward", "noncontiguous")
+def run_maxpool_nc(backend, dtype):
+    y, argmax = backend.maxpool2d_forward(noncontiguous(rand((2, 6, 5, 3), dtype, 83)), 2, 1, 1)
+    return y, argmax.astype(np.float64)
+
+
+@entry("avgpool2d_forward", "noncontiguous")
+def run_avgpool_nc(backend, dtype):
+    return (backend.avgpool2d_forward(noncontiguous(rand((2, 6, 5, 3), dtype, 84)), 3, 2, 1),)
+
+
+@entry("conv2d_backward", "empty-batch")
+def run_conv_empty(backend, dtype):
+    # sums over no images are 0, whatever the output buffers held
+    x, W = np.zeros((0, 5, 4, 2), dtype), rand((3, 2, 2, 3), dtype, 85)
+    y = backend.conv2d_forward(x, W, rand((3,), dtype, 86), 1, 1, "tanh")
+    grads = backend.conv2d_backward(y, x, W, y, "tanh", 1, 1, dW=np.full(W.shape, 7, dtype),
+                                    db=np.full(3, 7, dtype))
+    return (y, *grads)
+
+
+@entry("maxpool2d_backward", "empty-batch")
+def run_pool_empty(backend, dtype):
+    x = np.zeros((0, 5, 4, 2), dtype)
+    y, argmax = backend.maxpool2d_forward(x, 2, 1, 1)
+    avg = backend.avgpool2d_forward(x, 2, 1, 1)
+    return (y, argmax.astype(np.float64), backend.maxpool2d_backward(y, argmax, x.shape), avg,
+            backend.avgpool2d_backward(avg, x.shape, 2, 1, 1))

@@ -125,6 +125,29 @@ def test_serial_and_parallel_paths_agree(dtype, c_threads):
         assert_close(p, s, dtype, f"output {i}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+def test_convolution_serial_and_parallel_paths_agree(dtype, c_threads):
+    """im2col, col2im and pooling split over output rows or images (large enough
+    for csrc/conv_impl.h's parallel paths): the same values on 1 and 3 threads."""
+    c = fastnn.get_backend("c")
+    x = rand((12, 40, 41, 17), dtype, 30)  # > MIN_PARALLEL_CHEAP elements
+    W, b = rand((3, 4, 17, 5), dtype, 31, 0.2), rand(5, dtype, 32)
+    results = []
+    for threads in (1, 3):
+        c_threads(threads)
+        y = c.conv2d_forward(x, W, b, (1, 2), 1, "relu")
+        out = [y, *c.conv2d_backward(rand(y.shape, dtype, 33), x, W, y, "relu", (1, 2), 1)]
+        m, argmax = c.maxpool2d_forward(x, 3, 2, 1)
+        out += [m, argmax, c.maxpool2d_backward(m, argmax, x.shape)]
+        a = c.avgpool2d_forward(x, 3, 2, 1)
+        results.append(out + [a, c.avgpool2d_backward(a, x.shape, 3, 2, 1)])
+    for i, (s, p) in enumerate(zip(*results)):
+        if s.dtype.kind == "f":  # only the bias sums may differ, in their order of parts
+            assert_close(p, s, dtype, f"output {i}")
+        else:
+            np.testing.assert_array_equal(p, s)
+
+
 def test_set_num_threads_reaches_c():
     from threadpoolctl import threadpool_limits
 

@@ -279,3 +279,30 @@ def test_resize_tiles_with_noise_and_subsets():
     small_X, small_y = demo.resize(X, y, 4, rng)
     assert small_X.shape == (4, 2) and np.array_equal(small_X[:, 0], 2.0 * small_y)
     assert len(set(small_y)) == 4
+
+
+# ------------------------------------------------------------------ demo --model cnn
+def test_demo_cnn_trains_every_backend_alike():
+    """float64: the same parameters on every backend up to rounding; PyTorch, when
+    installed, in its own row (its own initialisation: no weight difference)."""
+    run = fastnn_cli("demo", "--model", "cnn", "--epochs", "1", "--repeats", "1", "--dtype", "float64")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"fastnn {fastnn.__version__} demo: one CNN trained on ")
+    assert "1347 training and 450 test images" in run.stdout and "float64" in run.stdout
+    rows = demo_table(run.stdout)
+    fast = [b for b in fastnn.available_backends() if b != "numpy"]
+    torch_row = ["torch"] if importlib.util.find_spec("torch") else []
+    assert list(rows) == ["numpy", *fast, *torch_row]
+    for name, cells in rows.items():
+        fit, unit, warm, warm_unit, vs_numpy, accuracy, difference = cells
+        assert float(fit) > 0 and 0.5 < float(accuracy) <= 1, (name, cells)  # one epoch learns
+        if name in fast:
+            assert float(difference) < 1e-9, (name, cells)
+    if torch_row:
+        assert rows["torch"][-1] == "-"
+    assert "Traceback" not in run.stderr
+
+
+def test_demo_cnn_refuses_the_mlp_options():
+    run = fastnn_cli("demo", "--model", "cnn", "--hidden", "8", "--no-torch")
+    assert run.returncode == 2 and "--model cnn trains on the digits images" in run.stderr

@@ -337,6 +337,56 @@ case("init_weights", "dtype-int", TypeError, "dtype", dtype=np.int32)
 case("init_weights", "dtype-float16", TypeError, "dtype", dtype=np.float16)
 case("init_weights", "unknown-activation", ValueError, "activation", activation="swish")
 
+# convolution and pooling (the example image is 5 x 6, the kernel 3 x 2)
+case("conv2d_forward", "x-3d", ValueError, "x", x=lambda d: rand((N, 5, 6), d))
+case("conv2d_forward", "W-channels", ValueError, "W", W=lambda d: rand((3, 2, OUT + 1, OUT), d))
+case("conv2d_forward", "W-3d", ValueError, "W", W=lambda d: rand((3, 2, OUT), d))
+case("conv2d_forward", "b-length", ValueError, "b", b=lambda d: rand(OUT + 1, d))
+case("conv2d_forward", "kernel-larger-than-image", ValueError, "W",
+     W=lambda d: rand((8, 2, OUT, OUT), d), padding=0)
+case("conv2d_forward", "stride-0", ValueError, "stride", stride=0)
+case("conv2d_forward", "stride-negative", ValueError, "stride", stride=(1, -1))
+case("conv2d_forward", "stride-float", TypeError, "stride", stride=1.0)
+case("conv2d_forward", "stride-triple", TypeError, "stride", stride=(1, 1, 1))
+case("conv2d_forward", "padding-negative", ValueError, "padding", padding=-1)
+case("conv2d_forward", "padding-kernel-size", ValueError, "padding", padding=(0, 2))
+case("conv2d_forward", "out-shape", ValueError, "out", out=lambda d: np.empty((N, 5, 7, OUT), d))
+case("conv2d_forward", "unknown-activation", ValueError, "activation", activation="swish")
+case("conv2d_backward", "dy-shape", ValueError, "dy", dy=lambda d: rand((N, 3, 5, OUT), d))
+case("conv2d_backward", "y-channels", ValueError, "y", y=lambda d: rand((N, 3, 7, OUT + 1), d))
+case("conv2d_backward", "W-channels", ValueError, "W", W=lambda d: rand((3, 2, OUT - 1, OUT), d))
+case("conv2d_backward", "padding-kernel-size", ValueError, "padding", padding=3)
+case("conv2d_backward", "stride-0", ValueError, "stride", stride=(0, 1))
+case("conv2d_backward-gelu", "without-preact", ValueError, "preact", preact=None)
+for _spec in ("maxpool2d_forward", "avgpool2d_forward"):
+    case(_spec, "x-2d", ValueError, "x", x=lambda d: rand((N, OUT), d))
+    case(_spec, "pool-0", ValueError, "pool", pool=0)
+    case(_spec, "pool-larger-than-image", ValueError, "pool", pool=7, padding=0)
+    case(_spec, "pool-str", TypeError, "pool", pool="2")
+    case(_spec, "stride-0", ValueError, "stride", stride=0)
+    case(_spec, "padding-over-half-the-pool", ValueError, "padding", padding=(2, 1))
+    case(_spec, "padding-negative", ValueError, "padding", padding=-1)
+    case(_spec, "out-shape", ValueError, "out", out=lambda d: np.empty((N, 3, 4, OUT), d))
+case("maxpool2d_forward", "argmax-int32", TypeError, "argmax",
+     argmax=lambda d: np.empty((N, 2, 4, OUT), np.int32))
+case("maxpool2d_backward", "argmax-above-range", ValueError, "argmax", value=True,
+     argmax=lambda d: np.full((N, 2, 4, OUT), 30))
+case("maxpool2d_backward", "argmax-negative", ValueError, "argmax", value=True,
+     argmax=lambda d: np.full((N, 2, 4, OUT), -1, np.int32))
+case("maxpool2d_backward", "argmax-float", TypeError, "argmax",
+     argmax=lambda d: np.zeros((N, 2, 4, OUT), d))
+case("maxpool2d_backward", "argmax-shape", ValueError, "argmax",
+     argmax=lambda d: np.zeros((N, 2, 5, OUT), np.int64))
+case("maxpool2d_backward", "argmax-list", TypeError, "argmax", argmax=[0] * N)
+case("maxpool2d_backward", "x_shape-batch", ValueError, "x_shape", x_shape=(N + 1, 5, 6, OUT))
+case("maxpool2d_backward", "x_shape-3d", TypeError, "x_shape", x_shape=(N, 5, 6))
+case("maxpool2d_backward", "x_shape-negative", ValueError, "x_shape", x_shape=(N, -5, 6, OUT))
+case("maxpool2d_backward", "x_shape-float", TypeError, "x_shape", x_shape=(N, 5.0, 6, OUT))
+case("avgpool2d_backward", "dy-shape", ValueError, "dy", dy=lambda d: rand((N, 2, 3, OUT), d))
+case("avgpool2d_backward", "x_shape-str", TypeError, "x_shape", x_shape="abcd")
+case("avgpool2d_backward", "pool-larger-than-image", ValueError, "pool", pool=(6, 1), padding=0)
+case("avgpool2d_backward", "padding-over-half-the-pool", ValueError, "padding", padding=2)
+
 
 # --------------------------------------------------------------------- helpers
 def arrays(value):

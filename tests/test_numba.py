@@ -137,6 +137,22 @@ def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
         np.testing.assert_array_equal(s, p, err_msg=f"{group.__name__} output {i}")
 
 
+def _convolution(be, dtype):
+    """conv (im2col, col2im), max and average pooling, forward and backward."""
+    x = rand((5, 9, 8, 3), dtype, 20)
+    W, b = rand((3, 2, 3, 4), dtype, 21), rand((4,), dtype, 22)
+    y = be.conv2d_forward(x, W, b, 2, 1, "relu")
+    out = [y, *be.conv2d_backward(rand(y.shape, dtype, 23), x, W, y, "relu", 2, 1)]
+    y, argmax = be.maxpool2d_forward(x, 3, 2, 1)
+    out += [y, argmax, be.maxpool2d_backward(rand(y.shape, dtype, 24), argmax, x.shape)]
+    y = be.avgpool2d_forward(x, 3, 2, 1)
+    return out + [y, be.avgpool2d_backward(rand(y.shape, dtype, 25), x.shape, 3, 2, 1)]
+
+
+def test_convolution_serial_and_parallel_paths_are_bit_identical(dtype, monkeypatch):
+    test_serial_and_parallel_paths_are_bit_identical(_convolution, dtype, monkeypatch)
+
+
 def test_threshold_splits_real_work():
     """Small calls take the serial path, large ones the parallel one."""
     assert not numba_backend._parallel(64 * 10)

@@ -350,3 +350,54 @@ def test_weight_penalty_zero_is_no_op():
     g0 = g.copy()
     assert ref.weight_penalty(p, g) == 0.0
     np.testing.assert_array_equal(g, g0)
+
+
+# ---------------------------------------------------------------- convolution
+# (N, IH, IW, C, O, KH, KW, stride, padding): odd and even kernels, strides 1 and 2
+# (and a pair), paddings 0..2, one image, one channel
+CONV_SHAPES = [(2, 5, 6, 3, 2, 3, 3, 1, 1), (1, 6, 5, 1, 3, 2, 2, 2, 0),
+               (2, 7, 6, 2, 2, 3, 2, (2, 1), (2, 1))]
+
+
+@pytest.mark.parametrize("act", ["identity", "tanh", "gelu", "softmax"])
+@pytest.mark.parametrize("n, ih, iw, c, o, kh, kw, stride, padding", CONV_SHAPES)
+def test_conv2d_backward(n, ih, iw, c, o, kh, kw, stride, padding, act):
+    x = rng(40).standard_normal((n, ih, iw, c))
+    W = rng(41).standard_normal((kh, kw, c, o)) / np.sqrt(kh * kw * c)
+    b = rng(42).standard_normal(o)
+    preact = np.empty_like(ref.conv2d_forward(x, W, b, stride, padding))
+    y = ref.conv2d_forward(x, W, b, stride, padding, act, preact=preact)
+    R = rng(43).standard_normal(y.shape)
+    dx, dW, db = ref.conv2d_backward(R, x, W, y, act, stride, padding, preact=preact)
+
+    def f():
+        return np.sum(R * ref.conv2d_forward(x, W, b, stride, padding, act))
+    assert_grad(dx, f, x, "dx")
+    assert_grad(dW, f, W, "dW")
+    assert_grad(db, f, b, "db")
+
+
+POOL_SHAPES = [(2, 6, 6, 3, 2, None, 0), (1, 7, 5, 2, 3, 2, 1), (2, 5, 6, 1, (2, 3), 1, (1, 1))]
+
+
+@pytest.mark.parametrize("n, ih, iw, c, pool, stride, padding", POOL_SHAPES)
+def test_pool2d_backward(n, ih, iw, c, pool, stride, padding):
+    # distinct values far apart: no tie within reach of the step H
+    x = rng(44).permutation(n * ih * iw * c).reshape(n, ih, iw, c) * 0.01
+    y, argmax = ref.maxpool2d_forward(x, pool, stride, padding)
+    R = rng(45).standard_normal(y.shape)
+    dx = ref.maxpool2d_backward(R, argmax, x.shape)
+    assert_grad(dx, lambda: np.sum(R * ref.maxpool2d_forward(x, pool, stride, padding)[0]), x, "max")
+    dx = ref.avgpool2d_backward(R, x.shape, pool, stride, padding)
+    assert_grad(dx, lambda: np.sum(R * ref.avgpool2d_forward(x, pool, stride, padding)), x, "avg")
+
+
+def test_maxpool2d_ties_and_padding():
+    """Ties go to the first maximum in the window's row-major order; padded cells
+    never win, even over -inf; a NaN wins."""
+    x = np.array([[1.0, 3.0, 3.0], [3.0, 0.0, -np.inf], [2.0, np.nan, -np.inf]]).reshape(1, 3, 3, 1)
+    y, argmax = ref.maxpool2d_forward(x, 2, 1, 0)
+    np.testing.assert_array_equal(y[0, :, :, 0], [[3.0, 3.0], [np.nan, np.nan]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[1, 1], [7, 7]])
+    y, argmax = ref.maxpool2d_forward(np.full((1, 2, 2, 1), -np.inf), 2, 2, 1)
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[0, 1], [2, 3]])

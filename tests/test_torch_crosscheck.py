@@ -309,3 +309,65 @@ def test_adamw_matches_torch(amsgrad):
                       weight_decay=wd, decoupled=True, amsgrad=amsgrad, v_max=s[2])
 
     close(run_ours(step, 3), want)
+
+
+# ---------------------------------------------------------------- convolution
+def nchw(a, grad=False):
+    """A channels-last array as a channels-first tensor."""
+    return tensor(np.ascontiguousarray(a.transpose(0, 3, 1, 2)), grad)
+
+
+def nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+# (N, IH, IW, C, O, KH, KW, stride, padding): strides 1 and 2, paddings 0..2, odd and
+# even kernels, one image, one channel, 17 channels (no multiple of a vector width)
+TORCH_CONV = [(2, 7, 7, 3, 4, 3, 3, 1, 1), (2, 8, 9, 5, 6, 2, 2, 2, 0),
+              (1, 6, 5, 1, 3, 3, 3, 2, 2), (3, 9, 8, 17, 8, 3, 2, (2, 1), (1, 0)),
+              (2, 5, 6, 2, 3, 4, 4, 1, 2)]
+
+
+@pytest.mark.parametrize("n, ih, iw, c, o, kh, kw, stride, padding", TORCH_CONV)
+def test_conv2d_matches_torch(n, ih, iw, c, o, kh, kw, stride, padding):
+    x = rng(60).standard_normal((n, ih, iw, c))
+    W = rng(61).standard_normal((kh, kw, c, o))
+    b = rng(62).standard_normal(o)
+    y = ref.conv2d_forward(x, W, b, stride, padding, "tanh")
+    xt, Wt = nchw(x, True), tensor(np.ascontiguousarray(W.transpose(3, 2, 0, 1)), True)
+    bt = tensor(b, True)
+    yt = torch.tanh(F.conv2d(xt, Wt, bt, stride=stride, padding=padding))
+    close(y, nhwc(yt), "y")
+    dy = rng(63).standard_normal(y.shape)
+    yt.backward(nchw(dy))
+    dx, dW, db = ref.conv2d_backward(dy, x, W, y, "tanh", stride, padding)
+    close(dx, nhwc(xt.grad), "dx")
+    close(dW, Wt.grad.numpy().transpose(2, 3, 1, 0), "dW")
+    close(db, bt.grad, "db")
+
+
+# (N, IH, IW, C, pool, stride, padding)
+TORCH_POOL = [(2, 8, 8, 3, 2, None, 0), (2, 7, 9, 5, 3, 2, 1), (1, 6, 6, 1, (2, 3), 1, (1, 1)),
+              (3, 9, 10, 17, 3, 3, 0), (2, 6, 7, 4, 4, 2, 2)]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("n, ih, iw, c, pool, stride, padding", TORCH_POOL)
+def test_pooling_matches_torch(n, ih, iw, c, pool, stride, padding, ties):
+    shape = (n, ih, iw, c)
+    x = (rng(64).integers(-2, 3, shape).astype(np.float64) if ties
+         else rng(64).standard_normal(shape))
+    y, argmax = ref.maxpool2d_forward(x, pool, stride, padding)
+    xt = nchw(x, True)
+    yt, it = F.max_pool2d(xt, pool, stride, padding, return_indices=True)
+    close(y, nhwc(yt), "max")
+    np.testing.assert_array_equal(argmax, it.numpy().transpose(0, 2, 3, 1))
+    dy = rng(65).standard_normal(y.shape)
+    yt.backward(nchw(dy))
+    close(ref.maxpool2d_backward(dy, argmax, x.shape), nhwc(xt.grad), "max dx")
+    y = ref.avgpool2d_forward(x, pool, stride, padding)
+    xt = nchw(x, True)
+    yt = F.avg_pool2d(xt, pool, stride, padding)  # count_include_pad=True
+    close(y, nhwc(yt), "avg")
+    yt.backward(nchw(dy))
+    close(ref.avgpool2d_backward(dy, x.shape, pool, stride, padding), nhwc(xt.grad), "avg dx")

@@ -145,7 +145,9 @@ def kernel_owners(backend):
     for kernel in KERNELS:
         for cls in type(backend).__mro__:
             if "_" + kernel in vars(cls):
-                owners[kernel] = cls.name
+                # a mixin without a name of its own (_gemm_conv.GemmConv) runs the
+                # backend's kernels
+                owners[kernel] = vars(cls).get("name", backend.name)
                 break
     return owners
 

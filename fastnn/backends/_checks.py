@@ -206,3 +206,41 @@ def choice(value, name, options):
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(options)}, got {value!r}")
     return value
+
+
+# ---------------------------------------------------------------- convolution
+def pair(value, name, low=0):
+    """An int or a pair of ints (rows, columns), each >= low, as a tuple of two ints."""
+    values = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(values) != 2 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                               for v in values):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if any(v < low for v in values):
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return int(values[0]), int(values[1])
+
+
+def shape_tuple(shape, name, ndim):
+    """A shape of `ndim` non-negative ints, as a tuple of ints."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {type(shape).__name__}")
+    if len(shape) != ndim or any(isinstance(d, bool) or not isinstance(d, numbers.Integral)
+                                 for d in shape):
+        raise TypeError(f"{name} must be a tuple of {ndim} ints, got {shape!r}")
+    if any(d < 0 for d in shape):
+        raise ValueError(f"{name} must hold ints >= 0, got {tuple(shape)!r}")
+    return tuple(int(d) for d in shape)
+
+
+def index_array(a, name, shape):
+    """An int32 or int64 index array of the given shape, C-contiguous and aligned
+    (a copy only if it was not); its range is checked separately."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        raise TypeError(f"{name} must have dtype int32 or int64, got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C")

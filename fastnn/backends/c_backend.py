@@ -10,6 +10,7 @@ method rounds them to the dtype (spec.round_to)."""
 import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
+from ._gemm_conv import GemmConv
 from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
 
 ffi, lib = _ckernels.ffi, _ckernels.lib
@@ -33,6 +34,9 @@ class _FunctionTable:
         "sigmoid_binary_cross_entropy", "elementwise_loss", "batchnorm_forward",
         "batchnorm_backward", "dropout", "weight_penalty", "sgd_step", "adagrad_step",
         "rmsprop_step", "adadelta_step", "adam_step",
+        # convolution
+        "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
+        "avgpool_backward",
     )
 
     def __init__(self, suffix, ctype):
@@ -57,7 +61,7 @@ def _ptr(ctype, a):
     return NULL if a is None else ffi.from_buffer(ctype, a)
 
 
-class CBackend(NumpyBackend):
+class CBackend(GemmConv, NumpyBackend):
     name = "c"
 
     def _set_num_threads(self, n):
@@ -217,3 +221,51 @@ class CBackend(NumpyBackend):
         fb, ct = ffi.from_buffer, k.ctype
         k.adam_step(fb(ct, param), fb(ct, grad), fb(ct, m), fb(ct, v), _ptr(ct, v_max),
                     param.size, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+
+    # -------------------------------------------------------------- convolution
+    # conv2d_forward/backward: im2col in C, the dense kernels (BLAS GEMM and the C
+    # epilogue), col2im in C (_gemm_conv.py); pooling in C (csrc/conv_impl.h).
+    @staticmethod
+    def _window(x_shape, window, stride, padding, out_hw=None):
+        """The struct fastnn_window of images x_shape (n, ih, iw, c) (outputs out_hw,
+        else derived)."""
+        n, ih, iw, c = x_shape
+        (kh, kw), (sh, sw), (ph, pw) = window, stride, padding
+        oh, ow = out_hw or ((ih + 2 * ph - kh) // sh + 1, (iw + 2 * pw - kw) // sw + 1)
+        return ffi.new("struct fastnn_window *", dict(
+            n=n, ih=ih, iw=iw, c=c, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow))
+
+    def _im2col(self, x, kh, kw, stride, padding, cols):
+        k = C_FUNCTIONS[x.dtype]
+        k.im2col(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, cols),
+                 self._window(x.shape, (kh, kw), stride, padding))
+
+    def _col2im(self, dcols, kh, kw, stride, padding, dx):
+        k = C_FUNCTIONS[dx.dtype]
+        k.col2im(ffi.from_buffer(k.ctype, dcols), ffi.from_buffer(k.ctype, dx),
+                 self._window(dx.shape, (kh, kw), stride, padding))
+
+    def _maxpool2d_forward(self, x, pool, stride, padding, out, argmax):
+        k = C_FUNCTIONS[x.dtype]
+        k.maxpool_forward(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, out),
+                          ffi.from_buffer("int64_t[]", argmax),
+                          self._window(x.shape, pool, stride, padding))
+
+    def _maxpool2d_backward(self, dy, argmax, dx):
+        k = C_FUNCTIONS[dy.dtype]
+        wide = argmax.dtype == np.int64  # else int32 (checked)
+        k.maxpool_backward(ffi.from_buffer(k.ctype, dy),
+                           ffi.from_buffer("int64_t[]", argmax) if wide else NULL,
+                           NULL if wide else ffi.from_buffer("int32_t[]", argmax),
+                           ffi.from_buffer(k.ctype, dx),
+                           self._window(dx.shape, (1, 1), (1, 1), (0, 0), dy.shape[1:3]))
+
+    def _avgpool2d_forward(self, x, pool, stride, padding, out):
+        k = C_FUNCTIONS[x.dtype]
+        _check(k.avgpool_forward(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, out),
+                                 self._window(x.shape, pool, stride, padding)))
+
+    def _avgpool2d_backward(self, dy, pool, stride, padding, dx):
+        k = C_FUNCTIONS[dy.dtype]
+        k.avgpool_backward(ffi.from_buffer(k.ctype, dy), ffi.from_buffer(k.ctype, dx),
+                           self._window(dx.shape, pool, stride, padding))

@@ -20,7 +20,9 @@ import os
 import numba
 import numpy as np
 
+from . import _numba_conv
 from . import _numba_kernels as K
+from ._gemm_conv import GemmConv
 from .reference import ACTIVATIONS, NEEDS_INPUT, NumpyBackend, dropout_threshold
 
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
@@ -83,7 +85,7 @@ def _parallel(size, dense=False):
     return not _forked_child and size >= (DENSE_PARALLEL_MIN if dense else PARALLEL_MIN)
 
 
-class NumbaBackend(NumpyBackend):
+class NumbaBackend(GemmConv, NumpyBackend):
     name = "numba"
 
     def _set_num_threads(self, n):
@@ -298,6 +300,54 @@ class NumbaBackend(NumpyBackend):
             K.adam_parallel(*args, _flat_blocks())
         else:
             K.adam_block(*args)
+
+    # -------------------------------------------------------------- convolution
+    # conv2d_forward/backward: im2col, the dense kernels, col2im (_gemm_conv.py);
+    # the loops in _numba_conv.py, parallel over the images of large batches.
+    def _im2col(self, x, kh, kw, stride, padding, cols):
+        oh = (x.shape[1] + 2 * padding[0] - kh) // stride[0] + 1
+        ow = (x.shape[2] + 2 * padding[1] - kw) // stride[1] + 1
+        args = (x, kh, kw, *stride, *padding, oh, ow, cols)
+        if _parallel(cols.size):
+            _numba_conv.im2col_parallel(*args)
+        else:
+            _numba_conv.im2col_images(*args, 0, x.shape[0])
+
+    def _col2im(self, dcols, kh, kw, stride, padding, dx):
+        oh = (dx.shape[1] + 2 * padding[0] - kh) // stride[0] + 1
+        ow = (dx.shape[2] + 2 * padding[1] - kw) // stride[1] + 1
+        args = (dcols, kh, kw, *stride, *padding, oh, ow, dx)
+        if _parallel(dcols.size):
+            _numba_conv.col2im_parallel(*args)
+        else:
+            _numba_conv.col2im_images(*args, 0, dx.shape[0])
+
+    def _maxpool2d_forward(self, x, pool, stride, padding, out, argmax):
+        args = (x, *pool, *stride, *padding, out, argmax)
+        if _parallel(x.size):
+            _numba_conv.maxpool_parallel(*args)
+        else:
+            _numba_conv.maxpool_images(*args, 0, x.shape[0])
+
+    def _maxpool2d_backward(self, dy, argmax, dx):
+        if _parallel(dx.size):
+            _numba_conv.maxpool_backward_parallel(dy, argmax, dx)
+        else:
+            _numba_conv.maxpool_backward_images(dy, argmax, dx, 0, dx.shape[0])
+
+    def _avgpool2d_forward(self, x, pool, stride, padding, out):
+        args = (x, *pool, *stride, *padding, out)
+        if _parallel(x.size):
+            _numba_conv.avgpool_parallel(*args)
+        else:
+            _numba_conv.avgpool_images(*args, np.empty(x.shape[3]), 0, x.shape[0])
+
+    def _avgpool2d_backward(self, dy, pool, stride, padding, dx):
+        args = (dy, *pool, *stride, *padding, dy.dtype.type(pool[0] * pool[1]), dx)
+        if _parallel(dx.size):
+            _numba_conv.avgpool_backward_parallel(*args)
+        else:
+            _numba_conv.avgpool_backward_images(*args, 0, dx.shape[0])
 
 
 def _as_column_rows(a):

@@ -32,6 +32,7 @@ import numbers
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import special
 
 from . import _checks as chk
@@ -473,6 +474,89 @@ class NumpyBackend:
             W = rng.uniform(-bound, bound, shape)
             b = rng.uniform(-bound, bound, fan_out).astype(dtype)
         return W.astype(dtype), b
+
+    # -------------------------------------------------------------- convolution
+    # Channels-last images x (N, IH, IW, C). A window view of the padded image,
+    # windows (N, OH, OW, C, KH, KW), holds at [n, i, j] the cells that output
+    # (i, j) reads: rows i * stride[0] + (0 .. KH-1) of the padded image.
+    @staticmethod
+    def _windows(x, window, stride, padding, fill=0.0):
+        (ph, pw), (sh, sw) = padding, stride
+        padded = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=fill)
+        return sliding_window_view(padded, window, axis=(1, 2))[:, ::sh, ::sw]
+
+    @staticmethod
+    def _add_windows(dwindows, stride, padding, dx):
+        """dx = the sum, over every window, of its cells' gradients dwindows
+        (N, OH, OW, KH, KW, C) added where the window read them (the adjoint of
+        _windows): each kernel tap (a, b) adds the cells it read at every output."""
+        n, oh, ow, kh, kw, c = dwindows.shape
+        (ph, pw), (sh, sw) = padding, stride
+        padded = np.zeros((n, dx.shape[1] + 2 * ph, dx.shape[2] + 2 * pw, c), dwindows.dtype)
+        for a in range(kh):
+            for b in range(kw):
+                padded[:, a:a + sh * oh:sh, b:b + sw * ow:sw] += dwindows[:, :, :, a, b]
+        dx[...] = padded[:, ph:ph + dx.shape[1], pw:pw + dx.shape[2]]
+
+    def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
+        kh, kw, c, o = W.shape
+        windows = self._windows(x, (kh, kw), stride, padding)
+        # out[n, i, j, :] = sum over (a, b, c) of windows[n, i, j, c, a, b] * W[a, b, c, :]
+        out[...] = np.tensordot(windows, W, axes=([4, 5, 3], [0, 1, 2]))
+        if b is not None:
+            out += b
+        if preact is not None:
+            preact[...] = out
+        rows = out.reshape(-1, o)  # the activation acts per pixel over the channels
+        self._activation_forward(rows, activation, rows)
+
+    def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
+        kh, kw, c, o = W.shape
+        if activation == "identity":
+            dz = dy
+        else:
+            self._activation_backward(dy.reshape(-1, o), y.reshape(-1, o), activation,
+                                      None if preact is None else preact.reshape(-1, o),
+                                      dz.reshape(-1, o))
+        db[...] = dz.sum(axis=(0, 1, 2), dtype=np.float64)
+        windows = self._windows(x, (kh, kw), stride, padding)
+        # dW[a, b, c, :] = sum over (n, i, j) of windows[n, i, j, c, a, b] * dz[n, i, j, :]
+        dW[...] = np.tensordot(windows, dz, axes=([0, 1, 2], [0, 1, 2])).transpose(1, 2, 0, 3)
+        if dx is not None:
+            # each window's cells get dz @ W^T: dwindows[n, i, j, a, b, c]
+            self._add_windows(np.tensordot(dz, W, axes=([3], [3])), stride, padding, dx)
+
+    def _maxpool2d_forward(self, x, pool, stride, padding, out, argmax):
+        n, ih, iw, c = x.shape
+        _, oh, ow, _ = out.shape
+        # padded cells hold -inf and are masked out, so that they never win
+        area = pool[0] * pool[1]
+        cells = self._windows(x, pool, stride, padding, -np.inf).reshape(n, oh, ow, c, area)
+        real = self._windows(np.ones((1, ih, iw, 1), bool), pool, stride, padding, False)
+        real = real.reshape(1, oh, ow, 1, area)
+        best = cells.max(axis=-1, keepdims=True)  # NaN when the window holds one
+        # the first real cell (row-major in the window) equal to the maximum, or NaN
+        k = np.argmax(real & ((cells == best) | np.isnan(cells)), axis=-1)
+        out[...] = np.take_along_axis(cells, k[..., None], axis=-1)[..., 0]
+        rows = np.arange(oh)[:, None, None] * stride[0] - padding[0] + k // pool[1]
+        cols = np.arange(ow)[None, :, None] * stride[1] - padding[1] + k % pool[1]
+        argmax[...] = rows * iw + cols
+
+    def _maxpool2d_backward(self, dy, argmax, dx):
+        n, ih, iw, c = dx.shape
+        dx[...] = 0
+        samples = np.arange(n)[:, None, None, None]
+        channels = np.arange(c)
+        np.add.at(dx.reshape(n, ih * iw, c), (samples, argmax, channels), dy)
+
+    def _avgpool2d_forward(self, x, pool, stride, padding, out):
+        windows = self._windows(x, pool, stride, padding)  # zeros in the padding
+        out[...] = windows.sum(axis=(4, 5), dtype=np.float64) / (pool[0] * pool[1])
+
+    def _avgpool2d_backward(self, dy, pool, stride, padding, dx):
+        share = (dy / dy.dtype.type(pool[0] * pool[1]))[:, :, :, None, None, :]
+        self._add_windows(np.broadcast_to(share, dy.shape[:3] + tuple(pool) + dy.shape[3:]),
+                          stride, padding, dx)
 
 
 spec.install(NumpyBackend)

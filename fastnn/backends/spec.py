@@ -29,13 +29,21 @@ Roles of an argument:
 ``Option``  a name from a fixed set (aliases resolved);
 ``Cache``   a NamedTuple of arrays returned by a forward kernel;
 ``Check``   a rule between arguments (``value=True``: it reads array values);
-``Work``    a workspace array the public method allocates for the implementation.
+``Work``    a workspace array the public method allocates for the implementation;
+``Pair``    an int or a pair of ints (stride, padding), passed on as a tuple of two;
+``Index``   an integer (int32 or int64) index array only read (copied when not
+            C-contiguous and aligned); its range is a value ``Check``;
+``ShapeOf`` a tuple of ints: the shape of an array the kernel writes, binding symbols;
+``Dim``     a symbol defined by an expression (an output size computed from the
+            input's sizes, a kernel size, a stride and a padding).
 
 The first float array declared (``In`` or ``State``) is the anchor: its dtype is
 the call's dtype, which every other float array must share. Shapes are written
 with symbols ("N I": 2-D, the first occurrence of a symbol binds it, later ones
 must equal it), "=x" (the shape of argument x), "..." (any shape) or "N ..."
-(any shape whose first axis is N). An argument with ``when`` (an expression in
+(any shape whose first axis is N). In the condition and the message of a
+``Check`` and in a ``Dim``'s expression, a symbol already bound stands for its
+value (``Check("IH + 2 * padding[0] < KH", ...)``). An argument with ``when`` (an expression in
 the other arguments) is used only when it holds: required then (``required`` is
 the error), and ignored (passed to the implementation as None) otherwise.
 
@@ -132,9 +140,11 @@ class Array(Arg):
     array = True
 
     def __init__(self, name, shape="...", *, optional=False, like=None, like_name=None,
-                 ndim=None, ndims=None, finite=False, example=None, example_shape=None, **kw):
+                 ndim=None, ndims=None, finite=False, example=None, example_shape=None,
+                 dtype="_dt", **kw):
         super().__init__(name, example=example, **kw)
         self.shape = shape
+        self.dtype = dtype  # source of the dtype (an Out's: _I64 for indices)
         self.optional = optional  # None allowed: not given
         self.like, self.like_name = like, like_name
         self.ndim = ndim  # an expression: required ndim (None: any)
@@ -244,6 +254,51 @@ class Work(Arg):
         self.shape = shape
 
 
+class Pair(Arg):
+    """An int or a pair of ints, each >= low (high: an expression bounding each
+    component, e.g. half a pool size), passed to the implementation as a tuple of
+    two ints. default: an argument whose (normalised) value None stands for."""
+
+    role = "pair"
+
+    def __init__(self, name, low=0, default=None, **kw):
+        super().__init__(name, **kw)
+        self.low, self.default = low, default
+
+
+class Index(Arg):
+    """An integer index array (int32 or int64) only read; shape as for In."""
+
+    role = "index"
+    array = True
+
+    def __init__(self, name, shape, high, **kw):
+        super().__init__(name, **kw)
+        self.shape, self.high = shape, high  # high: an expression, indices lie in [0, high)
+        self.example_shape, self.optional = None, False
+
+
+class ShapeOf(Arg):
+    """A tuple of non-negative ints, the shape of an array the kernel writes; its
+    dims (symbols, as an array's shape) are bound, or checked when bound."""
+
+    role = "shape"
+
+    def __init__(self, name, dims, **kw):
+        super().__init__(name, **kw)
+        self.dims = dims
+
+
+class Dim(Arg):
+    """Binds symbol `name` to the value of `expr` (symbols and arguments)."""
+
+    role = "dim"
+
+    def __init__(self, name, expr):
+        super().__init__("")
+        self.symbol, self.expr = name, expr
+
+
 class Custom(Arg):
     """Argument checked by a function of the namespace: name = fn(name) (the public
     path only; kernels with Custom arguments have no separate fast path)."""
@@ -267,8 +322,9 @@ class Kernel:
     generated fast path (else it is the public method); doc: the docstring."""
 
     def __init__(self, name, signature, args, impl, returns, doc, in_place_ok=None,
-                 variants=None, fast=True):
+                 variants=None, fast=True, sizes=None):
         self.name, self.signature, self.args = name, signature, args
+        self.sizes = sizes or {}  # the example call's sizes of this kernel's own symbols
         self.impl, self.returns, self.doc = impl, returns, doc
         self.in_place_ok, self.variants, self.has_fast = in_place_ok, variants or {}, fast
         self.params = list(_parameters(signature))
@@ -295,7 +351,7 @@ class Kernel:
                 + [a for a in arrays if isinstance(a, State)])
 
     def read(self):
-        return [a for a in self.array_args() if isinstance(a, (In, Labels, Weights))]
+        return [a for a in self.array_args() if isinstance(a, (In, Labels, Weights, Index))]
 
     def defaults(self):
         return {p.name: p.default for p in self.params if p.default is not inspect.Parameter.empty}
@@ -305,14 +361,14 @@ class Kernel:
         """Keyword arguments of a valid call in `dtype` (a variant's overrides
         applied). sizes: the symbols' values; kinds: array name -> example kind."""
         dtype = np.dtype(dtype)
-        sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, **(sizes or {})}
+        sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, **self.sizes, **(sizes or {})}
         over = dict(self.variants.get(variant, {})) if variant else {}
         shapes = over.pop("_shapes", {})
         kinds = {**(kinds or {}), **{k: v for k, v in over.items() if isinstance(v, str)
                                      and self._arg(k) is not None and self._arg(k).array}}
         kw = self.defaults()
         for a in self.args:
-            if isinstance(a, (Real, Int, Flag, Option, Custom)) and a.example is not None:
+            if isinstance(a, (Real, Int, Flag, Option, Custom, Pair)) and a.example is not None:
                 kw[a.name] = a.example
         kw.update({k: v for k, v in over.items() if k not in kinds})
         if "dtype" in kw:
@@ -339,8 +395,10 @@ class Kernel:
             if isinstance(a, Weights):
                 return np.linspace(0.5, 2, sizes[a.n]).astype(dtype)
             shape = shape_of(a)
+            if isinstance(a, Index):
+                return rng.integers(0, _evaluate(a.high, sizes, kw), shape)
             if isinstance(a, Out):
-                return np.empty(shape, dtype)
+                return np.empty(shape, np.int64 if a.dtype == "_I64" else dtype)
             values = {
                 "normal": lambda: rng.standard_normal(shape),
                 "positive": lambda: np.abs(rng.standard_normal(shape)) + 1,
@@ -351,7 +409,13 @@ class Kernel:
             return values.astype(dtype)
 
         for a in self.args:
-            if isinstance(a, Cache):
+            if isinstance(a, Dim):
+                sizes[a.symbol] = _evaluate(a.expr, sizes, kw)
+            elif isinstance(a, ShapeOf):
+                kw[a.name] = tuple(sizes[d] for d in a.dims.split())
+            elif isinstance(a, Pair) and kw.get(a.name) is None and a.default:
+                kw[a.name] = kw[a.default]
+            elif isinstance(a, Cache):
                 fields = {}
                 for f in a.fields:
                     made[f.display] = fields[f.name] = build(f)
@@ -385,6 +449,8 @@ class Kernel:
                     inputs.append(a.name)
             elif isinstance(a, (In, Weights)):
                 inputs.append(a.name)
+            elif isinstance(a, Index):
+                continue
             elif isinstance(a, State):
                 states.append(a.name)
             else:
@@ -395,6 +461,28 @@ class Kernel:
 
     def call(self, backend, kw):
         return getattr(backend, self.name)(**kw)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _evaluate(expr, sizes, kw):
+    """The value of a Dim's or Index's expression in an example call: symbols from
+    sizes, arguments from kw (pairs as tuples)."""
+    names = {**{k: _pair(v) if isinstance(v, (int, tuple, list)) and not isinstance(v, bool)
+                else v for k, v in kw.items()}, **sizes}
+    return eval(expr, {}, names)  # noqa: S307 (our own declaration text)
+
+
+def _symbols(expr, bound):
+    """expr with every bound symbol replaced by the variable holding it."""
+    return re.sub(r"\b[A-Za-z_]\w*\b", lambda m: _sym(m[0]) if m[0] in bound else m[0], expr)
+
+
+def _symbols_in_fields(message, bound):
+    """An f-string body with the bound symbols inside its {fields} replaced."""
+    return re.sub(r"\{[^}]*\}", lambda m: _symbols(m[0], bound), message)
 
 
 def _parameters(signature):
@@ -439,6 +527,39 @@ def _step(name, signature, states, scalars, impl, doc, checks=()):
          *[s for s in scalars if s.name != "momentum"],
          *checks],
         impl, "None", doc)
+
+
+# ------------------------------------------------- convolution: shared rules
+# The example sizes: a 5 x 6 image, a 3 x 2 kernel, (for the backward of max
+# pooling, whose output size is not derived) the outputs of its example's pool.
+CONV_SIZES = {"IH": 5, "IW": 6, "KH": 3, "KW": 2, "OH": 2, "OW": 4}
+
+
+def _window_rules(kh, kw, what, image="x"):
+    """stride, padding, their rules against the window (kh, kw) and the output
+    size symbols OH, OW."""
+    return [
+        Pair("stride", low=1, example=(2, 1)),
+        Pair("padding", low=0, example=1),
+        Check(f"padding[0] >= {kh} or padding[1] >= {kw}", "ValueError",
+              f"padding {{padding}} must be smaller than {what} ({{{kh}}}, {{{kw}}})"),
+        Check(f"IH + 2 * padding[0] < {kh} or IW + 2 * padding[1] < {kw}", "ValueError",
+              f"{what} ({{{kh}}}, {{{kw}}}) is larger than the padded image of {image} "
+              f"({{IH + 2 * padding[0]}}, {{IW + 2 * padding[1]}})"),
+        Dim("OH", f"(IH + 2 * padding[0] - {kh}) // stride[0] + 1"),
+        Dim("OW", f"(IW + 2 * padding[1] - {kw}) // stride[1] + 1"),
+    ]
+
+
+def _pool_rules(image="x"):
+    """pool, stride (default: pool), padding (at most half the pool, as PyTorch)."""
+    rules = _window_rules("pool[0]", "pool[1]", "pool", image)
+    return [Pair("pool", low=1, example=(3, 2)),
+            Pair("stride", low=1, default="pool"),
+            rules[1],
+            Check("2 * padding[0] > pool[0] or 2 * padding[1] > pool[1]", "ValueError",
+                  "padding {padding} must be at most half the pool {pool}"),
+            *rules[3:]]
 
 
 DECLARATIONS = {k.name: k for k in [
@@ -698,6 +819,98 @@ DECLARATIONS = {k.name: k for k in [
         with f = 2 for logistic and 6 otherwise, drawn W first then b.
         b is zero except for sklearn. rng: numpy Generator, RandomState, int or None.""",
         fast=False),
+    # ------------------------------------------------------------ convolution
+    # Images channels-last: x (N, IH, IW, C); filters W (KH, KW, C, O); output
+    # (N, OH, OW, O) with OH = (IH + 2 padding[0] - KH) // stride[0] + 1.
+    *[Kernel(
+        "conv2d_forward", "x, W, b, stride=1, padding=0, activation='identity', out=None, "
+                          "preact=None",
+        [Option("activation", **ACT, example="relu"),
+         In("x", "N IH IW C"),
+         In("W", "KH KW C O"),
+         In("b", "O", optional=True),
+         *_window_rules("KH", "KW", "W's kernel"),
+         Out("out", "N OH OW O"),
+         Out("preact", "N OH OW O", optional=True)],
+        "x, W, b, stride, padding, activation, out, preact", "out",
+        """y = activation(conv(x, W) + b), as torch.nn.functional.conv2d on the
+        channels-last layout (a cross-correlation, zero padding).
+
+        x: (N, IH, IW, C); W: (KH, KW, C, O); b: (O,) or None; stride, padding: an
+        int or a pair (rows, columns); out: (N, OH, OW, O) for y with
+        OH = (IH + 2 padding[0] - KH) // stride[0] + 1 (OW alike); preact: optional
+        buffer like out that receives conv(x, W) + b (the gelu backward needs it).
+        Returns y.""", sizes=CONV_SIZES),
+      Kernel(
+        "conv2d_backward", "dy, x, W, y, activation='identity', stride=1, padding=0, preact=None, "
+                           "need_dx=True, dx=None, dW=None, db=None, dz=None",
+        [Option("activation", **ACT, example="tanh"),
+         In("x", "N IH IW C"),
+         In("W", "KH KW C O"),
+         *_window_rules("KH", "KW", "W's kernel"),
+         In("dy", "N OH OW O"),
+         In("y", "N OH OW O"),
+         In("preact", "N OH OW O", when=NEEDS_X,
+            required="f'the {activation} backward needs preact from conv2d_forward'"),
+         Out("dx", "N IH IW C", when="need_dx"),
+         Out("dW", "KH KW C O"),
+         Out("db", "O"),
+         Out("dz", "N OH OW O", when="activation != 'identity'")],
+        "dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz", "dx, dW, db",
+        """Gradients of y = activation(conv(x, W) + b) (conv2d_forward).
+
+        dy, y: (N, OH, OW, O); x: (N, IH, IW, C); W: (KH, KW, C, O); preact: needed
+        for gelu only; dz: optional workspace like dy for dy * activation'.
+        Returns (dx or None, dW, db) with dx like x, dW like W, db (O,).""",
+        variants={"gelu": {"activation": "gelu"}}, sizes=CONV_SIZES),
+      Kernel(
+        "maxpool2d_forward", "x, pool=2, stride=None, padding=0, out=None, argmax=None",
+        [In("x", "N IH IW C"),
+         *_pool_rules(),
+         Out("out", "N OH OW C"),
+         Out("argmax", "N OH OW C", dtype="_I64")],
+        "x, pool, stride, padding, out, argmax", "out, argmax",
+        """Max pooling over windows of pool (rows, columns) cells every stride cells
+        (default: pool) of x padded by padding cells that never win, as
+        torch.nn.functional.max_pool2d on the channels-last layout.
+
+        x: (N, IH, IW, C); pool, stride, padding: an int or a pair, padding at most
+        half the pool. Returns (y, argmax), both (N, OH, OW, C): argmax (int64) holds
+        the flat index row * IW + column in the image of the maximum, the first in
+        the window's row-major order on ties (NaN wins).""", sizes=CONV_SIZES),
+      Kernel(
+        "maxpool2d_backward", "dy, argmax, x_shape, dx=None",
+        [In("dy", "N OH OW C"),
+         ShapeOf("x_shape", "N IH IW C"),
+         Index("argmax", "=dy", high="IH * IW"),
+         Check("argmax.size and (argmax.min() < 0 or argmax.max() >= IH * IW)", "ValueError",
+               "argmax holds indices outside [0, {IH * IW}), the image of x_shape {x_shape}",
+               value=True),
+         Out("dx", "N IH IW C")],
+        "dy, argmax, dx", "dx",
+        """Gradient of maxpool2d_forward: dx (x_shape) is 0 but at each argmax index,
+        which receives the sum of the dy of the windows it won.
+        dy, argmax: (N, OH, OW, C) (argmax int32 or int64).""", sizes=CONV_SIZES),
+      Kernel(
+        "avgpool2d_forward", "x, pool=2, stride=None, padding=0, out=None",
+        [In("x", "N IH IW C"),
+         *_pool_rules(),
+         Out("out", "N OH OW C")],
+        "x, pool, stride, padding, out", "out",
+        """Average pooling, as torch.nn.functional.avg_pool2d on the channels-last
+        layout: the mean of each window with the zero padding counted in the
+        divisor (pool[0] * pool[1]). Arguments as maxpool2d_forward; returns y.""",
+        sizes=CONV_SIZES),
+      Kernel(
+        "avgpool2d_backward", "dy, x_shape, pool=2, stride=None, padding=0, dx=None",
+        [ShapeOf("x_shape", "N IH IW C"),
+         *_pool_rules("x_shape"),
+         In("dy", "N OH OW C"),
+         Out("dx", "N IH IW C")],
+        "dy, pool, stride, padding, dx", "dx",
+        """Gradient of avgpool2d_forward: each cell of dx (x_shape) receives
+        dy / (pool[0] * pool[1]) from every window that holds it.""", sizes=CONV_SIZES),
+      ]
 ]}
 
 # The kernels a backend may accelerate: method `name` validates, `_name` computes.
@@ -716,6 +929,7 @@ def namespace():
         from . import reference as ref
         _NAMESPACE = {
             "np": np, "_chk": chk, "_nd": np.ndarray, "_F32": F32, "_F64": F64, "_I64": I64,
+            "_I32": np.dtype(np.int32),
             "_empty": np.empty, "_may": np.may_share_memory, "round_to": round_to,
             "activation_name": ref.activation_name, "_ACTIVATIONS": frozenset(ref.ACTIVATIONS),
             "_NEEDS_INPUT": ref.NEEDS_INPUT, "_BatchNormCache": ref.BatchNormCache,
@@ -853,10 +1067,35 @@ def public_source(k):
         elif isinstance(a, Flag):
             g.emit(f"{a.var} = bool({a.var})")
         elif isinstance(a, Check):
-            g.emit(f"if {a.cond}:")
-            g.emit(f"    raise {a.error}(f{a.message!r})")
+            g.emit(f"if {_symbols(a.cond, bound)}:")
+            g.emit(f"    raise {a.error}(f{_symbols_in_fields(a.message, bound)!r})")
         elif isinstance(a, Work):
             g.emit(f"{a.var} = _empty({_shape_expr(a, bound)}, _dt)")
+        elif isinstance(a, Pair):
+            check = f"{a.var} = _chk.pair({a.var}, {a.name!r}, low={a.low!r})"
+            if a.default:
+                g.emit(f"if {a.var} is None:")
+                g.emit(f"    {a.var} = {a.default}")
+                g.emit("else:")
+                g.emit("    " + check)
+            else:
+                g.emit(check)
+        elif isinstance(a, Dim):
+            g.emit(f"{_sym(a.symbol)} = {_symbols(a.expr, bound)}")
+            bound.add(a.symbol)
+        elif isinstance(a, ShapeOf):
+            dims = a.dims.split()
+            g.emit(f"{a.var} = _chk.shape_tuple({a.var}, {a.name!r}, {len(dims)})")
+            for i, d in enumerate(dims):
+                if d in bound:
+                    g.emit(f"if {a.var}[{i}] != {_sym(d)}:")
+                    g.emit(f"    raise ValueError(f'{a.name}[{i}] must be {{{_sym(d)}}}, "
+                           f"got {{{a.var}[{i}]}}')")
+                else:
+                    g.emit(f"{_sym(d)} = {a.var}[{i}]")
+                    bound.add(d)
+        elif isinstance(a, Index):
+            g.emit(f"{a.var} = _chk.index_array({a.var}, {a.name!r}, {_shape_expr(a, bound)})")
         elif isinstance(a, Cache):
             g.emit(f"if not isinstance({a.var}, {a.cls}):")
             g.emit(f"    raise TypeError({a.message!r})")
@@ -873,10 +1112,11 @@ def public_source(k):
             g.emit(f"    _chk.finite_targets({a.var}, {a.name!r})")
         elif isinstance(a, Out):
             def body(a=a):
-                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, _dt)")
+                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, "
+                       f"{a.dtype})")
             if a.when is not None:
-                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, _dt) "
-                       f"if {a.when} else None")
+                g.emit(f"{a.var} = _chk.out_array({a.var}, {a.name!r}, {_shape_expr(a, bound)}, "
+                       f"{a.dtype}) if {a.when} else None")
             else:
                 _guarded(g, a, body)
         elif isinstance(a, (In, State)):
@@ -978,7 +1218,34 @@ def fast_source(k):
             g.emit(f"if type({a.var}) is not bool: {a.var} = bool({a.var})")
         elif isinstance(a, Check):
             if not a.value:
-                g.emit(f"if {a.cond}: raise _Miss")
+                g.emit(f"if {_symbols(a.cond, bound)}: raise _Miss")
+        elif isinstance(a, Pair):
+            v = a.var
+            if a.default:
+                g.emit(f"if {v} is None: {v} = {a.default}")
+                g.emit(f"elif type({v}) is int: {v} = ({v}, {v})")
+            else:
+                g.emit(f"if type({v}) is int: {v} = ({v}, {v})")
+            g.emit(f"elif not (type({v}) is tuple and len({v}) == 2 and type({v}[0]) is int "
+                   f"and type({v}[1]) is int): raise _Miss")
+            g.emit(f"if {v}[0] < {a.low} or {v}[1] < {a.low}: raise _Miss")
+        elif isinstance(a, Dim):
+            g.emit(f"{_sym(a.symbol)} = {_symbols(a.expr, bound)}")
+            bound.add(a.symbol)
+        elif isinstance(a, ShapeOf):
+            dims = a.dims.split()
+            g.emit(f"if not (type({a.var}) is tuple and len({a.var}) == {len(dims)}): raise _Miss")
+            for i, d in enumerate(dims):
+                g.emit(f"if type({a.var}[{i}]) is not int or {a.var}[{i}] < 0: raise _Miss")
+                if d in bound:
+                    g.emit(f"if {a.var}[{i}] != {_sym(d)}: raise _Miss")
+                else:
+                    g.emit(f"{_sym(d)} = {a.var}[{i}]")
+                    bound.add(d)
+        elif isinstance(a, Index):
+            v = a.var
+            g.emit(f"if not (type({v}) is _nd and ({v}.dtype is _I64 or {v}.dtype is _I32) "
+                   f"and {v}.flags.carray and {v}.shape == {_shape_expr(a, bound)}): raise _Miss")
         elif isinstance(a, Work):
             allocate.append(f"{a.var} = _empty({_shape_expr(a, bound)}, _dt)")
         elif isinstance(a, Cache):
@@ -996,18 +1263,19 @@ def fast_source(k):
             g.emit(f"elif not ({a.var}.dtype is _dt and {a.var}.shape == ({n}, {c})): raise _Miss")
         elif isinstance(a, Out):
             shape = _shape_expr(a, bound)
-            check = (f"if {a.var} is not None and not (type({a.var}) is _nd and {a.var}.dtype is _dt "
+            check = (f"if {a.var} is not None and not (type({a.var}) is _nd "
+                     f"and {a.var}.dtype is {a.dtype} "
                      f"and {a.var}.flags.carray and {a.var}.shape == {shape}): raise _Miss")
             if a.when is not None:
                 g.emit(f"if {a.when}:")
                 g.emit("    " + check)
                 g.emit("else:")
                 g.emit(f"    {a.var} = None")
-                allocate.append(f"if {a.var} is None and {a.when}: {a.var} = _empty({shape}, _dt)")
+                allocate.append(f"if {a.var} is None and {a.when}: {a.var} = _empty({shape}, {a.dtype})")
             else:
                 g.emit(check)
                 if not a.optional:
-                    allocate.append(f"if {a.var} is None: {a.var} = _empty({shape}, _dt)")
+                    allocate.append(f"if {a.var} is None: {a.var} = _empty({shape}, {a.dtype})")
         elif isinstance(a, (In, State)):
             if a.when is not None:
                 g.emit(f"if {a.when}:")
@@ -1057,12 +1325,14 @@ def fast_source(k):
     # a hit checks their ranges alone. Not for kernels taking a cache (a tuple:
     # it cannot be referenced weakly).
     memo = not any(isinstance(a, Cache) for a in k.args)
-    rules = " ".join(str(getattr(a, "when", None) or "") + " " + str(getattr(a, "cond", "") or "")
-                     + " " + str(getattr(a, "shape", "") or "") for a in k.args)
+    rules = " ".join(" ".join(str(getattr(a, attr, None) or "")
+                              for attr in ("when", "cond", "shape", "expr", "high", "default"))
+                     for a in k.args)
     free = [a for a in k.args if isinstance(a, (Real, Int)) and a.var in names
             and not re.search(rf"\b{a.var}\b", rules)]
     free_names = {a.var for a in free}
-    arrays = {a.var for a in k.args if isinstance(a, (In, State, Out, Weights, Labels)) and a.src == a.var}
+    arrays = {a.var for a in k.args if isinstance(a, (In, State, Out, Weights, Labels, Index))
+              and a.src == a.var}
     state = ["_dt"] + sorted(_sym(d) for d in bound)
     g = _Gen()
     g.depth = 2

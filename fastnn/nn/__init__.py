@@ -22,7 +22,19 @@ from .callbacks import (
     ReduceLROnPlateau,
     TerminateOnNaN,
 )
-from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer, register_layer
+from .layers import (
+    Activation,
+    AveragePooling2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    Layer,
+    MaxPool2D,
+    register_layer,
+)
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
@@ -66,4 +78,6 @@ __all__ = [
     "Optimizer", "PoissonLoss", "RMSprop", "ReduceOnPlateau", "Residual", "Schedule", "Sequential",
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
     "get_optimizer", "get_schedule", "load", "register_layer",
+    # convolution
+    "AveragePooling2D", "Conv2D", "GlobalAveragePooling2D", "MaxPool2D",
 ]

@@ -538,3 +538,214 @@ def layer_from_config(config):
     layer.name = check_name(config.get("name"))
     layer.trainable = config.get("trainable", True)
     return layer
+
+
+# ------------------------------------------------------------------ convolution
+# Channels-last images: per-sample shape (H, W, C), batches (N, H, W, C).
+def _image_shape(layer, input_shape):
+    if len(input_shape) != 3:
+        raise ValueError(f"{layer.kind} needs images (H, W, C) per sample, got input shape "
+                         f"{tuple(input_shape)}")
+    return input_shape
+
+
+def _padding_arg(padding, window, name="padding"):
+    """'valid' (none), 'same' (window // 2 on each side: the output keeps
+    ceil(size / stride) cells, for odd windows only: the kernels pad both sides
+    alike), an int or a pair of ints."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0)
+        if padding == "same":
+            if window[0] % 2 == 0 or window[1] % 2 == 0:
+                raise ValueError(f"{name}='same' needs an odd window, got {window}: pad an even "
+                                 "window with an int or a pair")
+            return (window[0] // 2, window[1] // 2)
+        raise ValueError(f"{name} must be 'valid', 'same', an int or a pair, got {padding!r}")
+    return chk.pair(padding, name, low=0)
+
+
+def _window_output(layer, input_shape, window, stride, padding, what):
+    """(OH, OW) of windows over images of input_shape (ValueError when the window
+    does not fit the padded image)."""
+    h, w, _ = _image_shape(layer, input_shape)
+    if h + 2 * padding[0] < window[0] or w + 2 * padding[1] < window[1]:
+        raise ValueError(f"{layer.kind}'s {what} {window} is larger than the padded image "
+                         f"({h + 2 * padding[0]}, {w + 2 * padding[1]})")
+    return ((h + 2 * padding[0] - window[0]) // stride[0] + 1,
+            (w + 2 * padding[1] - window[1]) // stride[1] + 1)
+
+
+def _as_config(value):
+    """A pair for a JSON description: a list (a string stays a string)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+class Conv2D(Layer):
+    """y = activation(conv(x, W) + b) over channels-last images, through the fused
+    conv2d_forward / conv2d_backward kernels (as torch.nn.Conv2d, cross-correlation
+    with zero padding). W (kh, kw, C_in, filters), b (filters,).
+
+    filters: output channels; kernel_size, strides: an int or a pair; padding:
+    'valid', 'same' (odd kernels: output ceil(size / stride)), an int or a pair;
+    activation, init, l2, l1: as Dense (the initialisers see the layer as a dense
+    layer over the windows: fan-in kh * kw * C_in, fan-out filters)."""
+
+    kind = "Conv2D"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, init=None,
+                 l2=0.0, l1=0.0, name=None):
+        self.name = check_name(name)
+        self.filters = chk.integer(filters, "filters", low=1)
+        self.kernel_size = chk.pair(kernel_size, "kernel_size", low=1)
+        self.strides = chk.pair(strides, "strides", low=1)
+        self.padding = padding if isinstance(padding, str) else chk.pair(padding, "padding", low=0)
+        self.pads = _padding_arg(padding, self.kernel_size)
+        if self.pads[0] >= self.kernel_size[0] or self.pads[1] >= self.kernel_size[1]:
+            raise ValueError(f"padding {self.pads} must be smaller than the kernel {self.kernel_size}")
+        self.activation = activation_name("identity" if activation is None else activation)
+        if init is not None and not callable(init):
+            if not isinstance(init, str):
+                raise TypeError(f"init must be an initialiser name or a callable, got {type(init).__name__}")
+            init = chk.choice(INIT_ALIASES.get(init, init), "init", INITIALISERS)
+        self.init = init
+        self.l2 = chk.real(l2, "l2", low=0)
+        self.l1 = chk.real(l1, "l1", low=0)
+        self.run_activation = self.activation  # identity when the loss applies it (see Dense)
+
+    def output_shape_for(self, input_shape):
+        oh, ow = _window_output(self, input_shape, self.kernel_size, self.strides, self.pads, "kernel")
+        return (oh, ow, self.filters)
+
+    def param_specs(self):
+        kh, kw = self.kernel_size
+        return [("W", (kh, kw, self.input_shape[-1], self.filters), "weight"),
+                ("b", (self.filters,), "bias")]
+
+    def init_params(self, backend, rng):
+        kh, kw = self.kernel_size
+        fan_in = kh * kw * self.input_shape[-1]
+        if callable(self.init):
+            W, b = self.init(fan_in, self.filters, rng, self.dtype)
+        else:
+            W, b = backend.init_weights(self.init or default_init(self.activation), fan_in, self.filters,
+                                        rng=rng, dtype=self.dtype, activation=self.activation)
+        self.params["W"][...] = np.reshape(W, self.params["W"].shape)
+        self.params["b"][...] = b
+
+    def forward(self, backend, x, ws, mode):
+        y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
+        preact = buffer(ws, "preact", y.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
+        backend.fast.conv2d_forward(x, self.params["W"], self.params["b"], self.strides, self.pads,
+                                    self.run_activation, out=y, preact=preact)
+        ws["x"] = x
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        act = self.run_activation
+        dz = None if act == "identity" else buffer(ws, "dz", dy.shape, self.dtype)
+        dx = buffer(ws, "dx", ws["x"].shape, self.dtype) if need_dx else None
+        backend.fast.conv2d_backward(dy, ws["x"], self.params["W"], ws["y"], act, self.strides,
+                                     self.pads, preact=ws.get("preact"), need_dx=need_dx, dx=dx,
+                                     dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        return dx
+
+    def config(self):
+        return {"kind": self.kind, "filters": self.filters, "kernel_size": _as_config(self.kernel_size),
+                "strides": _as_config(self.strides), "padding": _as_config(self.padding),
+                "activation": self.activation, "init": self.init if isinstance(self.init, str) else None,
+                "l2": self.l2, "l1": self.l1}
+
+
+class MaxPool2D(Layer):
+    """The maximum of each pool_size window every `strides` cells (default:
+    pool_size) per channel, through maxpool2d_forward / maxpool2d_backward (as
+    torch.nn.MaxPool2d). padding: 'valid', 'same' (odd pools), an int or a pair,
+    at most half the pool; padded cells never win."""
+
+    kind = "MaxPool2D"
+    pool_kernel = "maxpool2d"
+
+    def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
+        self.name = check_name(name)
+        self.pool_size = chk.pair(pool_size, "pool_size", low=1)
+        self.strides = self.pool_size if strides is None else chk.pair(strides, "strides", low=1)
+        self.padding = padding if isinstance(padding, str) else chk.pair(padding, "padding", low=0)
+        self.pads = _padding_arg(padding, self.pool_size)
+        if 2 * self.pads[0] > self.pool_size[0] or 2 * self.pads[1] > self.pool_size[1]:
+            raise ValueError(f"padding {self.pads} must be at most half the pool {self.pool_size}")
+
+    def output_shape_for(self, input_shape):
+        oh, ow = _window_output(self, input_shape, self.pool_size, self.strides, self.pads, "pool")
+        return (oh, ow, input_shape[-1])
+
+    def forward(self, backend, x, ws, mode):
+        y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
+        argmax = ws.get("argmax")
+        if argmax is None:
+            argmax = ws["argmax"] = np.empty(y.shape, np.int64)
+        backend.fast.maxpool2d_forward(x, self.pool_size, self.strides, self.pads, out=y, argmax=argmax)
+        ws.setdefault("x_shape", x.shape)  # one object per batch shape (backend.fast's memo)
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
+        return backend.fast.maxpool2d_backward(dy, ws["argmax"], ws["x_shape"], dx=dx)
+
+    def config(self):
+        return {"kind": self.kind, "pool_size": _as_config(self.pool_size),
+                "strides": _as_config(self.strides), "padding": _as_config(self.padding)}
+
+
+class AveragePooling2D(MaxPool2D):
+    """The mean of each window (zero padding counted in the divisor, as
+    torch.nn.AvgPool2d), through avgpool2d_forward / avgpool2d_backward; options
+    as MaxPool2D."""
+
+    kind = "AveragePooling2D"
+
+    def forward(self, backend, x, ws, mode):
+        y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
+        backend.fast.avgpool2d_forward(x, self.pool_size, self.strides, self.pads, out=y)
+        ws.setdefault("x_shape", x.shape)
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
+        return backend.fast.avgpool2d_backward(dy, ws["x_shape"], self.pool_size, self.strides, self.pads,
+                                               dx=dx)
+
+
+class GlobalAveragePooling2D(Layer):
+    """(N, H, W, C) -> (N, C): the mean over each image, per channel (the average
+    pooling kernels with the whole image as the window)."""
+
+    kind = "GlobalAveragePooling2D"
+
+    def __init__(self, name=None):
+        self.name = check_name(name)
+
+    def output_shape_for(self, input_shape):
+        return (_image_shape(self, input_shape)[-1],)
+
+    def forward(self, backend, x, ws, mode):
+        n, h, w, c = x.shape
+        y = buffer(ws, "y", (n, 1, 1, c), self.dtype)
+        ws.setdefault("window", (h, w))  # one object per batch shape (backend.fast's memo)
+        backend.fast.avgpool2d_forward(x, ws["window"], ws["window"], (0, 0), out=y)
+        ws.setdefault("x_shape", x.shape)
+        return y.reshape(n, c)
+
+    def backward(self, backend, dy, ws, need_dx):
+        dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
+        n, c = dy.shape
+        return backend.fast.avgpool2d_backward(dy.reshape(n, 1, 1, c), ws["x_shape"], ws["window"],
+                                               ws["window"], (0, 0), dx=dx)
+
+    def config(self):
+        return {"kind": self.kind}
+
+
+for _layer in (Conv2D, MaxPool2D, AveragePooling2D, GlobalAveragePooling2D):
+    register_layer(_layer)
+del _layer

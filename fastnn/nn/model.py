@@ -83,7 +83,7 @@ class Sequential:
 
     layers: fastnn.nn layers. loss: a loss name or Loss (needed to train; also
     settable with compile). optimizer: a name or an Optimizer ('adam' by default).
-    l2: L2 penalty on every Dense weight matrix, added to each layer's own l2.
+    l2: L2 penalty on every weight tensor (Dense's, Conv2D's W), added to each layer's own l2.
     penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
     size without weights; scikit-learn's alpha convention). metrics: the values
     fit and evaluate report beside the loss (see compile). seed: weights,
@@ -597,15 +597,22 @@ class Sequential:
 
     def _penalty_terms(self):
         """[(param view, grad view, l2, l1)]: one term over the whole weights block
-        when every Dense layer has the same penalties, else one per layer."""
-        dense = [layer for layer in self._walk() if isinstance(layer, Dense)]
-        rates = {(layer.l2 + self.l2, layer.l1) for layer in dense}
-        if len(rates) == 1:
-            l2, l1 = rates.pop()
+        when every weight tensor (parameters of role "weight": Dense's and Conv2D's
+        W, sub-layers' included) has the same penalties (the model's l2 plus the
+        l2 and l1 of the layer owning it), else one per weight tensor."""
+        weights = [(slot, owner) for slot, (owner, _) in zip(self._slots, self._owners)
+                   if slot.role == "weight"]
+
+        def rates(layer):
+            return getattr(layer, "l2", 0.0) + self.l2, getattr(layer, "l1", 0.0)
+        distinct = {rates(owner) for _, owner in weights}
+        if len(distinct) == 1:
+            l2, l1 = distinct.pop()
             block = slice(0, self.n_weights)
             terms = [(self._params[block], self._grads[block], l2, l1)]
         else:
-            terms = [(layer.params["W"], layer.grads["W"], layer.l2 + self.l2, layer.l1) for layer in dense]
+            terms = [(self._params[s.offset:s.offset + s.size], self._grads[s.offset:s.offset + s.size],
+                      *rates(owner)) for s, owner in weights]
         return [term for term in terms if term[2] or term[3]]
 
     def _penalty_scale(self, batch_weight):
