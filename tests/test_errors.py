@@ -636,8 +636,8 @@ def test_read_only_inputs_work(spec_id, dtype, backend_name):
             bad = copied(kw)
             bad[name] = readonly(bad[name])
             for got, want in zip(flatten(method(**bad)), flatten(expected), strict=True):
-                if want is None:
-                    assert got is None
+                if want is None or isinstance(want, str):  # str: an option in a cache
+                    assert got == want
                 else:
                     np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{spec_id}: {name}")
 
