@@ -98,47 +98,6 @@ def test_a_loss_on_the_last_state_reaches_the_first_input(kind):
     assert np.abs(dx[:, 0]).min() > 0
 
 
-# ------------------------------------------------------------------ errors
-@pytest.mark.parametrize("backend_name", fastnn.available_backends())
-def test_bad_calls_name_the_argument(backend_name):
-    B = fastnn.get_backend(backend_name)
-    kw = arguments("lstm", 2, 3, 4, 5)
-    bad = [
-        (dict(x=kw["x"][0]), ValueError, "x must be 3-D"),
-        (dict(W_h=kw["W_h"][:, :-1]), ValueError, r"W_h must have shape \(5, 20\)"),
-        (dict(W_x=kw["W_x"][:, :-4]), ValueError, "W_x must have shape"),
-        (dict(W_x=kw["W_x"][:-1]), ValueError, "W_x must have shape"),
-        (dict(h0=kw["h0"][:, :-1]), ValueError, "h0 must have shape"),
-        (dict(c0=kw["c0"][:-1]), ValueError, "c0 must have shape"),
-        (dict(b=kw["b"][:-1]), ValueError, "b must have shape"),
-        (dict(b=kw["b"].astype(np.float32)), TypeError, "b has dtype float32"),
-    ]
-    for change, error, message in bad:
-        for method in (B.lstm_forward, B.fast.lstm_forward):
-            with pytest.raises(error, match=message):
-                method(**{**kw, **change})
-    with pytest.raises(ValueError, match="activation must be one of"):
-        B.rnn_forward(**arguments("rnn", 2, 3, 4, 5), activation="logistic")
-    hs, cache = B.lstm_forward(**kw)
-    _, gru_cache = B.gru_forward(**arguments("gru", 2, 3, 4, 5))
-    for method in (B.lstm_backward, B.fast.lstm_backward):
-        with pytest.raises(TypeError, match="cache must be the LstmCache returned by lstm_forward"):
-            method(hs, gru_cache)
-        with pytest.raises(TypeError, match="cache must be the LstmCache"):
-            method(hs, tuple(cache))
-        with pytest.raises(TypeError, match="cache.x has dtype float64"):
-            method(hs.astype(np.float32), cache)
-        with pytest.raises(ValueError, match="dhs must be 3-D"):
-            method(hs[0], cache)
-        with pytest.raises(ValueError, match="cache.x must have shape"):
-            method(hs[:, 1:], cache)
-        with pytest.raises(ValueError, match="cache.gates must have shape"):
-            method(hs, cache._replace(gates=cache.gates[:, :, 1:]))
-    _, rnn_cache = B.rnn_forward(**arguments("rnn", 2, 3, 4, 5))
-    with pytest.raises(ValueError, match="activation must be one of"):
-        B.rnn_backward(hs, rnn_cache._replace(activation="gelu"))
-
-
 # ------------------------------------------------------------------ PyTorch
 SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (3, 1, 4, 2), (1, 9, 1, 1), (5, 12, 8, 16)]
 
