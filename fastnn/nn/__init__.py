@@ -12,7 +12,7 @@ model's own), so a model trains the same way on numpy, numba and c.
 """
 
 from .callbacks import Callback, EarlyStopping, History
-from .layers import Activation, BatchNorm, Dense, Dropout, Flatten, Layer
+from .layers import GRU, LSTM, Activation, BatchNorm, Dense, Dropout, Embedding, Flatten, Layer, SimpleRNN
 from .losses import (
     AbsoluteError,
     BinaryCrossEntropy,
@@ -55,3 +55,4 @@ __all__ = [
     "SoftmaxCrossEntropy", "SquaredError", "SquaredLoss", "StepDecay", "TrainingDivergedError", "get_loss",
     "get_optimizer", "get_schedule", "load",
 ]
+__all__ += ["GRU", "LSTM", "Embedding", "SimpleRNN"]  # recurrence
