@@ -1,26 +1,87 @@
 """Jitted recurrent kernels (rnn, lstm, gru) behind the numba backend.
 
 Each forward and each backward is one jitted function holding the whole time
-loop, so no Python runs between steps. GEMMs are BLAS through np.dot with an
-out argument on contiguous 2-D arrays (no allocation): the input projection of
-every step at once before the loop, (N*T, F) @ (F, G*H); per step one
-(N, H) @ (H, G*H); in the backward per step dW_h's (H, N) @ (N, G*H) (added to
-the sum) and dh's (N, G*H) @ (G*H, H), and after the loop dx and dW_x over all
-steps at once. Around each step's GEMM, one pass over (N, H) does every gate.
+loop, so no Python runs between steps. GEMMs call BLAS's sgemm/dgemm directly
+(SciPy's, through scipy.linalg.cython_blas, the BLAS Numba's own np.dot calls),
+which takes row strides, so a step's slice [:, t] of a batch-first (N, T, ...)
+sequence is an operand as it is (leading dimension T * width), and accumulates
+(beta = 1), so dW_h sums over steps in place: no copy, no allocation per step.
+The input projection of every step is one GEMM (N*T, F) @ (F, G*H) before the
+loop; each step one (N, H) @ (H, G*H) GEMM and one pass over (N, H) for every
+gate; the backward per step dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T, and
+after the loop dx and dW_x over every step at once.
 
-Sequences are batch-first (N, T, ...), so a step's slice [:, t] is strided: the
-state a GEMM reads (h_{t-1}) and the gradient it reads are kept in contiguous
-(N, H) / (N, G*H) workspaces, written in the same pass as the sequences.
-
-Roundings follow the reference: every operation in the array dtype, in the
-reference's order, with tanh and sigmoid evaluated in float64 and rounded once
-(reference.FLOAT64_INSIDE); bias gradients summed in float64.
+Roundings follow the reference: elementwise operations in the array dtype, in
+the reference's order, with tanh and sigmoid evaluated in float64 and rounded
+once (reference.FLOAT64_INSIDE); bias gradients summed in float64. (BLAS's
+beta = 1 rounds a product and the sum it is added to once, where the reference
+rounds twice.)
 """
 
+import ctypes
+
 import numpy as np
+from scipy.linalg import cython_blas
 
 from ._numba_kernels import jit
 from ._numba_math import fexp, jit_inline, tanh64
+
+
+def _capsule_address(capsule):
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype = ctypes.c_char_p
+    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+
+
+def blas_gemm(name):
+    """The address of BLAS's Fortran ?gemm (name: "sgemm" or "dgemm"), every
+    argument by pointer: (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
+    c, ldc) with 32-bit integers."""
+    return _capsule_address(cython_blas.__pyx_capi__[name])
+
+
+_GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+# dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
+# into Numba's on-disk cache as an address of the process that compiled it)
+GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
+        np.dtype(np.float64): _GEMM_TYPE(blas_gemm("dgemm"))}
+
+
+class Blas:
+    """What a kernel passes ?gemm by pointer: ints (6,) int32, scalars (2,) of the
+    dtype, the flags b"NT"; allocated once per kernel call."""
+
+    def __init__(self, dtype):
+        self.fn = GEMM[np.dtype(dtype)]
+        self.ints = np.zeros(6, np.int32)
+        self.scalars = np.zeros(2, dtype)
+        self.flags = np.frombuffer(b"NT", np.uint8).copy()
+
+    def args(self):
+        return self.fn, self.ints, self.scalars, self.flags
+
+
+@jit_inline
+def gemm(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C (m, n; row stride ldc) = op(A) @ op(B) + beta C, op(A) (m, k)
+    being A (row stride lda) or, with ta, the transpose of A (k, m); likewise B.
+    a, b, c: arrays whose first element is the matrix's. Column-major BLAS sees
+    C.T = op(B).T @ op(A).T: the operands swap, the flags stay."""
+    fn, ints, scalars, flags = blas
+    ints[0] = n
+    ints[1] = m
+    ints[2] = k
+    ints[3] = ldb
+    ints[4] = lda
+    ints[5] = ldc
+    scalars[0] = 1
+    scalars[1] = beta
+    fn(flags[tb:].ctypes, flags[ta:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+       scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes,
+       scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
 
 
 @jit_inline
@@ -29,31 +90,50 @@ def sigmoid64(v):
     return (1.0 if v >= 0.0 else e) / (1.0 + e)
 
 
-@jit
-def _copy(src, dst):
-    for i in range(src.shape[0]):
-        for j in range(src.shape[1]):
-            dst[i, j] = src[i, j]
-
-
-@jit
-def _project(x, W_x, xw):
+@jit_inline
+def _project(blas, x, W_x, xw):
     """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step."""
     n, steps, f = x.shape
-    np.dot(x.reshape(n * steps, f), W_x, xw.reshape(n * steps, W_x.shape[1]))
+    width = W_x.shape[1]
+    gemm(blas, 0, 0, n * steps, width, f, x, f, W_x, width, 0.0, xw, width)
 
 
-@jit
-def _input_side(x, W_x, dz, dx, dW_x, db):
+@jit_inline
+def _recurrent_gemm(blas, t, h0, hs, W_h, z):
+    """z (N, G*H) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0)."""
+    n, steps, hidden = hs.shape
+    width = W_h.shape[1]
+    if t:
+        gemm(blas, 0, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, width, 0.0, z, width)
+    else:
+        gemm(blas, 0, 0, n, width, hidden, h0, hidden, W_h, width, 0.0, z, width)
+
+
+@jit_inline
+def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
+    """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; dz_t (N, G*H) with
+    row stride ld_dz."""
+    n, steps, hidden = hs.shape
+    width = W_h.shape[1]
+    if t:
+        gemm(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, ld_dz, 1.0, dW_h, width)
+    else:
+        gemm(blas, 1, 0, hidden, width, n, h0, hidden, dzt, ld_dz, 1.0, dW_h, width)
+    gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
+
+
+@jit_inline
+def _input_side(blas, x, W_x, dz, dx, dW_x, db):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
     column sums of dz (N, T, G*H), in float64."""
     n, steps, f = x.shape
     width = dz.shape[2]
-    dz2 = dz.reshape(n * steps, width)
-    np.dot(dz2, W_x.T, dx.reshape(n * steps, f))
-    np.dot(x.reshape(n * steps, f).T, dz2, dW_x)
+    rows = n * steps
+    gemm(blas, 0, 1, rows, f, width, dz, width, W_x, width, 0.0, dx, f)
+    gemm(blas, 1, 0, f, width, rows, x, f, dz, width, 0.0, dW_x, width)
+    dz2 = dz.reshape(rows, width)
     acc = np.zeros(width)
-    for r in range(n * steps):
+    for r in range(rows):
         for j in range(width):
             acc[j] += dz2[r, j]
     for j in range(width):
@@ -62,32 +142,27 @@ def _input_side(x, W_x, dz, dx, dW_x, db):
 
 # ---------------------------------------------------------------------- rnn
 @jit
-def rnn_forward(x, h0, W_x, W_h, b, relu, hs, xw, h, z):
-    """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H),
-    h and z (N, H) workspaces."""
+def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
+    """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
+    z (N, H) workspaces."""
     n, steps, hidden = hs.shape
     zero = hs.dtype.type(0)
-    _project(x, W_x, xw)
-    _copy(h0, h)
+    _project(blas, x, W_x, xw)
     for t in range(steps):
-        np.dot(h, W_h, z)
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
             for j in range(hidden):
                 v = (xw[i, t, j] + b[j]) + z[i, j]
                 if relu:
-                    y = zero if v < zero else v  # NaN stays NaN, as np.maximum
+                    hs[i, t, j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
                 else:
-                    y = hs.dtype.type(tanh64(np.float64(v)))
-                h[i, j] = y
-                hs[i, t, j] = y
+                    hs[i, t, j] = tanh64(np.float64(v))
 
 
 @jit
-def rnn_backward(dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh, hp, dzt,
-                 tmp):
-    """Gradients through time; dz (N, T, H) d loss / d pre-activations; dh (the
-    gradient of h_t from step t + 1), hp (h_{t-1}), dzt (N, H) and tmp (H, H)
-    workspaces."""
+def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
+    """Gradients through time; dz (N, T, H) d loss / d pre-activations, dh (N, H)
+    the gradient h_t receives from step t + 1 (ends as dh0)."""
     n, steps, hidden = hs.shape
     dt = hs.dtype.type
     one, zero = dt(1), dt(0)
@@ -99,31 +174,24 @@ def rnn_backward(dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh
                 g = dhs[i, t, j] + dh[i, j]
                 y = hs[i, t, j]
                 if relu:
-                    d = g if y > zero else zero
+                    dz[i, t, j] = g if y > zero else zero
                 else:
-                    d = g * (one - y * y)
-                dzt[i, j] = d
-                dz[i, t, j] = d
-                hp[i, j] = hs[i, t - 1, j] if t else h0[i, j]
-        np.dot(hp.T, dzt, tmp)
-        dW_h += tmp
-        np.dot(dzt, W_h.T, dh)
-    _copy(dh, dh0)
-    _input_side(x, W_x, dz, dx, dW_x, db)
+                    dz[i, t, j] = g * (one - y * y)
+        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
+    dh0[:] = dh
+    _input_side(blas, x, W_x, dz, dx, dW_x, db)
 
 
 # --------------------------------------------------------------------- lstm
 @jit
-def lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, h, c, z):
+def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
     """hs, cs (N, T, H); gates (N, T, 4H): i, f, g, o after their nonlinearities;
-    xw (N, T, 4H), h, c (N, H) and z (N, 4H) workspaces."""
+    xw (N, T, 4H) and z (N, 4H) workspaces."""
     n, steps, hidden = hs.shape
     dt = hs.dtype.type
-    _project(x, W_x, xw)
-    _copy(h0, h)
-    _copy(c0, c)
+    _project(blas, x, W_x, xw)
     for t in range(steps):
-        np.dot(h, W_h, z)
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
             for j in range(hidden):
                 ig = dt(sigmoid64(np.float64((xw[i, t, j] + b[j]) + z[i, j])))
@@ -133,23 +201,21 @@ def lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, h, c, z):
                 gg = dt(tanh64(np.float64((xw[i, t, k] + b[k]) + z[i, k])))
                 k += hidden
                 og = dt(sigmoid64(np.float64((xw[i, t, k] + b[k]) + z[i, k])))
-                cn = fg * c[i, j] + ig * gg
-                hn = og * dt(tanh64(np.float64(cn)))
+                c_prev = cs[i, t - 1, j] if t else c0[i, j]
+                c = fg * c_prev + ig * gg
                 gates[i, t, j] = ig
                 gates[i, t, hidden + j] = fg
                 gates[i, t, 2 * hidden + j] = gg
                 gates[i, t, 3 * hidden + j] = og
-                c[i, j] = cn
-                h[i, j] = hn
-                cs[i, t, j] = cn
-                hs[i, t, j] = hn
+                cs[i, t, j] = c
+                hs[i, t, j] = og * dt(tanh64(np.float64(c)))
 
 
 @jit
-def lstm_backward(dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db, dz,
-                  dh, dc, hp, dzt, tmp):
-    """Gradients through time; dz (N, T, 4H); dh, dc, hp (N, H), dzt (N, 4H) and
-    tmp (H, 4H) workspaces."""
+def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
+                  dz, dh, dc):
+    """Gradients through time; dz (N, T, 4H); dh, dc (N, H) the gradients h_t and
+    c_t receive from step t + 1 (end as dh0, dc0)."""
     n, steps, hidden = hs.shape
     dt = hs.dtype.type
     one, zero = dt(1), dt(0)
@@ -167,40 +233,28 @@ def lstm_backward(dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, d
                 tc = dt(tanh64(np.float64(cs[i, t, j])))
                 g = dhs[i, t, j] + dh[i, j]
                 dcv = dc[i, j] + g * og * (one - tc * tc)
-                d_i = dcv * gg * ig * (one - ig)
-                d_f = dcv * c_prev * fg * (one - fg)
-                d_g = dcv * ig * (one - gg * gg)
-                d_o = g * tc * og * (one - og)
                 dc[i, j] = dcv * fg
-                dzt[i, j] = d_i
-                dzt[i, hidden + j] = d_f
-                dzt[i, 2 * hidden + j] = d_g
-                dzt[i, 3 * hidden + j] = d_o
-                dz[i, t, j] = d_i
-                dz[i, t, hidden + j] = d_f
-                dz[i, t, 2 * hidden + j] = d_g
-                dz[i, t, 3 * hidden + j] = d_o
-                hp[i, j] = hs[i, t - 1, j] if t else h0[i, j]
-        np.dot(hp.T, dzt, tmp)
-        dW_h += tmp
-        np.dot(dzt, W_h.T, dh)
-    _copy(dh, dh0)
-    _copy(dc, dc0)
-    _input_side(x, W_x, dz, dx, dW_x, db)
+                dz[i, t, j] = dcv * gg * ig * (one - ig)
+                dz[i, t, hidden + j] = dcv * c_prev * fg * (one - fg)
+                dz[i, t, 2 * hidden + j] = dcv * ig * (one - gg * gg)
+                dz[i, t, 3 * hidden + j] = g * tc * og * (one - og)
+        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
+    dh0[:] = dh
+    dc0[:] = dc
+    _input_side(blas, x, W_x, dz, dx, dW_x, db)
 
 
 # ---------------------------------------------------------------------- gru
 @jit
-def gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, h, z):
+def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
     """hs (N, T, H); gates (N, T, 3H): r, z, n; hn (N, T, H) h_{t-1} W_hn + b_hn;
-    xw (N, T, 3H), h (N, H) and z (N, 3H) workspaces."""
+    xw (N, T, 3H) and z (N, 3H) workspaces."""
     n, steps, hidden = hs.shape
     dt = hs.dtype.type
     one = dt(1)
-    _project(x, W_x, xw)
-    _copy(h0, h)
+    _project(blas, x, W_x, xw)
     for t in range(steps):
-        np.dot(h, W_h, z)
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
             for j in range(hidden):
                 k = hidden + j
@@ -209,21 +263,21 @@ def gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, h, z):
                 u = dt(sigmoid64(np.float64((xw[i, t, k] + b_x[k]) + (z[i, k] + b_h[k]))))
                 a_n = z[i, m] + b_h[m]
                 new = dt(tanh64(np.float64((xw[i, t, m] + b_x[m]) + r * a_n)))
-                hv = (one - u) * new + u * h[i, j]
+                h_prev = hs[i, t - 1, j] if t else h0[i, j]
                 gates[i, t, j] = r
                 gates[i, t, k] = u
                 gates[i, t, m] = new
                 hn[i, t, j] = a_n
-                h[i, j] = hv
-                hs[i, t, j] = hv
+                hs[i, t, j] = (one - u) * new + u * h_prev
 
 
 @jit
-def gru_backward(dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
-                 dh, dhz, hp, dhw, tmp):
-    """Gradients through time; dxw (N, T, 3H) d loss / d (x_t W_x + b_x); dh, dhz
-    (N, H) (dh * z, the direct path to h_{t-1}), hp (N, H), dhw (N, 3H)
-    d loss / d (h_{t-1} W_h + b_h) and tmp (H, 3H) workspaces."""
+def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
+                 dhw, dh):
+    """Gradients through time; dxw (N, T, 3H) d loss / d (x_t W_x + b_x); dhw
+    (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
+    h_t receives from step t + 1 (ends as dh0): first its direct part dh_t * z,
+    to which the GEMM adds dhw @ W_h.T."""
     n, steps, hidden = hs.shape
     dt = hs.dtype.type
     one, zero = dt(1), dt(0)
@@ -253,15 +307,9 @@ def gru_backward(dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x,
                 acc[j] += dr
                 acc[k] += du
                 acc[m] += dnr
-                dhz[i, j] = g * u
-                hp[i, j] = h_prev
-        np.dot(hp.T, dhw, tmp)
-        dW_h += tmp
-        np.dot(dhw, W_h.T, dh)
-        for i in range(n):
-            for j in range(hidden):
-                dh[i, j] += dhz[i, j]
-    _copy(dh, dh0)
+                dh[i, j] = g * u
+        _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
+    dh0[:] = dh
     for j in range(3 * hidden):
         db_h[j] = acc[j]
-    _input_side(x, W_x, dxw, dx, dW_x, db_x)
+    _input_side(blas, x, W_x, dxw, dx, dW_x, db_x)

@@ -316,11 +316,11 @@ class NumbaBackend(NumpyBackend):
         n, steps, hidden = *x.shape[:2], W_h.shape[0]
         if _empty_sequence(x, hidden):
             return super()._rnn_forward(x, h0, W_x, W_h, b, activation)
-        e = np.empty
-        h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
-        hs = e((n, steps, hidden), x.dtype)
-        R.rnn_forward(x, h0, W_x, W_h, b, activation == "relu", hs, e(hs.shape, x.dtype),
-                      e(h0.shape, x.dtype), e(h0.shape, x.dtype))
+        e, d = np.empty, x.dtype
+        h0 = np.zeros((n, hidden), d) if h0 is None else h0
+        hs = e((n, steps, hidden), d)
+        R.rnn_forward(R.Blas(d).args(), x, h0, W_x, W_h, b, activation == "relu", hs,
+                      e(hs.shape, d), e(h0.shape, d))
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
     def _rnn_backward(self, dhs, cache):
@@ -328,11 +328,10 @@ class NumbaBackend(NumpyBackend):
         if _empty_sequence(x, h0.shape[1]):
             return super()._rnn_backward(dhs, cache)
         e, d = np.empty, x.dtype
-        dx, dh0, dW_x, dW_h, db = e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), \
-            e(W_h.shape[1], d)
-        R.rnn_backward(dhs, x, h0, W_x, W_h, hs, activation == "relu", dx, dh0, dW_x, dW_h, db,
-                       e(hs.shape, d), e(h0.shape, d), e(h0.shape, d), e(h0.shape, d),
-                       e(W_h.shape, d))
+        dx, dh0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
+                                   e(W_h.shape[1], d))
+        R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, activation == "relu", dx, dh0,
+                       dW_x, dW_h, db, e(hs.shape, d), e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
@@ -343,8 +342,8 @@ class NumbaBackend(NumpyBackend):
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         hs, cs, gates = e((n, steps, hidden), d), e((n, steps, hidden), d), e((n, steps, 4 * hidden), d)
-        R.lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, e(gates.shape, d), e(h0.shape, d),
-                       e(h0.shape, d), e((n, 4 * hidden), d))
+        R.lstm_forward(R.Blas(d).args(), x, h0, c0, W_x, W_h, b, hs, cs, gates, e(gates.shape, d),
+                       e((n, 4 * hidden), d))
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
     def _lstm_backward(self, dhs, cache):
@@ -354,9 +353,8 @@ class NumbaBackend(NumpyBackend):
         e, d = np.empty, x.dtype
         dx, dh0, dc0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d),
                                         e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
-        R.lstm_backward(dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
-                        e(gates.shape, d), e(h0.shape, d), e(h0.shape, d), e(h0.shape, d),
-                        e((x.shape[0], W_h.shape[1]), d), e(W_h.shape, d))
+        R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0,
+                        dW_x, dW_h, db, e(gates.shape, d), e(h0.shape, d), e(h0.shape, d))
         return dx, dh0, dc0, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
@@ -366,7 +364,7 @@ class NumbaBackend(NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         hs, gates, hn = e((n, steps, hidden), d), e((n, steps, 3 * hidden), d), e((n, steps, hidden), d)
-        R.gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e(gates.shape, d), e(h0.shape, d),
+        R.gru_forward(R.Blas(d).args(), x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e(gates.shape, d),
                       e((n, 3 * hidden), d))
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
@@ -377,9 +375,9 @@ class NumbaBackend(NumpyBackend):
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db_x, db_h = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d),
                                            e(W_h.shape, d), e(W_h.shape[1], d), e(W_h.shape[1], d))
-        R.gru_backward(dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h,
-                       e(gates.shape, d), e(h0.shape, d), e(h0.shape, d), e(h0.shape, d),
-                       e((x.shape[0], W_h.shape[1]), d), e(W_h.shape, d))
+        R.gru_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
+                       db_x, db_h, e(gates.shape, d), e((x.shape[0], W_h.shape[1]), d),
+                       e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db_x, db_h
 
 
