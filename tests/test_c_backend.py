@@ -194,10 +194,8 @@ class CountingFunctions:
 def test_every_claimed_kernel_runs_c(dtype, monkeypatch):
     owners = fastnn.kernel_owners("c")
     claimed = {k for k, owner in owners.items() if owner == "c"}
-    # everything but the initialisers and the dropout mask (NumPy's, its only user),
-    # and the recurrent kernels (the reference's: no C loop over time steps yet)
-    recurrent = {f"{k}_{d}" for k in ("rnn", "lstm", "gru") for d in ("forward", "backward")}
-    assert claimed == set(owners) - {"init_weights", "dropout_mask"} - recurrent
+    # everything but the initialisers and the dropout mask (NumPy's, its only user)
+    assert claimed == set(owners) - {"init_weights", "dropout_mask"}
     c = fastnn.get_backend("c")
     calls = one_call_per_kernel(c, dtype)
     assert set(calls) == set(owners)

@@ -2,7 +2,7 @@
 
 Each forward and each backward is one jitted function holding the whole time
 loop, so no Python runs between steps. GEMMs call BLAS's sgemm/dgemm directly
-(SciPy's, through scipy.linalg.cython_blas, the BLAS Numba's own np.dot calls),
+(SciPy's, see _blas.py),
 which takes row strides, so a step's slice [:, t] of a batch-first (N, T, ...)
 sequence is an operand as it is (leading dimension T * width), and accumulates
 (beta = 1), so dW_h sums over steps in place: no copy, no allocation per step.
@@ -21,27 +21,10 @@ rounds twice.)
 import ctypes
 
 import numpy as np
-from scipy.linalg import cython_blas
 
+from ._blas import blas_gemm
 from ._numba_kernels import jit
 from ._numba_math import fexp, jit_inline, tanh64
-
-
-def _capsule_address(capsule):
-    api = ctypes.pythonapi
-    api.PyCapsule_GetName.restype = ctypes.c_char_p
-    api.PyCapsule_GetName.argtypes = [ctypes.py_object]
-    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
-    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
-
-
-def blas_gemm(name):
-    """The address of BLAS's Fortran ?gemm (name: "sgemm" or "dgemm"), every
-    argument by pointer: (transa, transb, m, n, k, alpha, a, lda, b, ldb, beta,
-    c, ldc) with 32-bit integers."""
-    return _capsule_address(cython_blas.__pyx_capi__[name])
-
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 # dtype -> ?gemm, passed to the kernels as an argument (a global would be baked

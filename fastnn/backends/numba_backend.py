@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _numba_kernels as K
 from . import _numba_rnn as R
+from ._blas import int32_sizes
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -310,11 +311,11 @@ class NumbaBackend(NumpyBackend):
 
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel is one jitted function (_numba_rnn.py);
-    # here only the outputs and workspaces are allocated, once per call. Empty
-    # sequences (a zero size) take the reference.
+    # here only the outputs and workspaces are allocated, once per call. Sizes
+    # beyond 32-bit BLAS integers, and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation):
         n, steps, hidden = *x.shape[:2], W_h.shape[0]
-        if _empty_sequence(x, hidden):
+        if not int32_sizes(x, W_h):
             return super()._rnn_forward(x, h0, W_x, W_h, b, activation)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
@@ -325,7 +326,7 @@ class NumbaBackend(NumpyBackend):
 
     def _rnn_backward(self, dhs, cache):
         x, h0, W_x, W_h, hs, activation = cache
-        if _empty_sequence(x, h0.shape[1]):
+        if not int32_sizes(x, W_h):
             return super()._rnn_backward(dhs, cache)
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
@@ -336,7 +337,7 @@ class NumbaBackend(NumpyBackend):
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
         n, steps, hidden = *x.shape[:2], W_h.shape[0]
-        if _empty_sequence(x, hidden):
+        if not int32_sizes(x, W_h):
             return super()._lstm_forward(x, h0, c0, W_x, W_h, b)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
@@ -348,7 +349,7 @@ class NumbaBackend(NumpyBackend):
 
     def _lstm_backward(self, dhs, cache):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
-        if _empty_sequence(x, h0.shape[1]):
+        if not int32_sizes(x, W_h):
             return super()._lstm_backward(dhs, cache)
         e, d = np.empty, x.dtype
         dx, dh0, dc0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d),
@@ -359,7 +360,7 @@ class NumbaBackend(NumpyBackend):
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
         n, steps, hidden = *x.shape[:2], W_h.shape[0]
-        if _empty_sequence(x, hidden):
+        if not int32_sizes(x, W_h):
             return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
@@ -370,7 +371,7 @@ class NumbaBackend(NumpyBackend):
 
     def _gru_backward(self, dhs, cache):
         x, h0, W_x, W_h, hs, gates, hn = cache
-        if _empty_sequence(x, h0.shape[1]):
+        if not int32_sizes(x, W_h):
             return super()._gru_backward(dhs, cache)
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db_x, db_h = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d),
@@ -379,11 +380,6 @@ class NumbaBackend(NumpyBackend):
                        db_x, db_h, e(gates.shape, d), e((x.shape[0], W_h.shape[1]), d),
                        e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db_x, db_h
-
-
-def _empty_sequence(x, hidden):
-    """No step, sample, feature or unit: nothing for BLAS (the reference's loops)."""
-    return x.size == 0 or hidden == 0
 
 
 def _as_column_rows(a):
