@@ -17,10 +17,15 @@ void fastnn_set_gemm(void *sgemm, void *dgemm) {
     blas_gemm_f64 = (gemm_f64_fn)dgemm;
 }
 
-/* sigmoid and tanh in double, as the reference evaluates them (rounded once to T) */
+/* sigmoid and tanh in double, as the reference evaluates them (rounded once to T),
+ * on vmath.h's branch-free exp and expm1 (as the activation kernels) */
 INLINE double sigmoid_f64(double v) {
-    double e = exp(-fabs(v)); /* in (0, 1]: no overflow */
+    double e = exp_f64(-fabs(v)); /* in (0, 1]: no overflow */
     return (v >= 0 ? 1.0 : e) / (1.0 + e);
+}
+INLINE double tanh_f64(double v) {
+    double e = expm1_neg_f64(-2.0 * fabs(v)); /* tanh|v| = -e / (2 + e), accurate near 0 */
+    return copysign(-e / (2.0 + e), v);
 }
 
 #define TEMPLATE "recurrent_impl.h"

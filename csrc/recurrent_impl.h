@@ -68,7 +68,7 @@ void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
             T *hr = hs + (i * steps + t) * hidden;
             for (int64_t j = 0; j < hidden; j++) {
                 T v = (xr[j] + b[j]) + zr[j];
-                hr[j] = relu ? (v < 0 ? (T)0 : v) : (T)tanh((double)v); /* NaN stays NaN */
+                hr[j] = relu ? (v < 0 ? (T)0 : v) : (T)tanh_f64((double)v); /* NaN stays NaN */
             }
         }
     }
@@ -113,7 +113,7 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
                 int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
                 T ig = (T)sigmoid_f64((double)((xr[j] + b[j]) + zr[j]));
                 T fg = (T)sigmoid_f64((double)((xr[k] + b[k]) + zr[k]));
-                T gg = (T)tanh((double)((xr[l] + b[l]) + zr[l]));
+                T gg = (T)tanh_f64((double)((xr[l] + b[l]) + zr[l]));
                 T og = (T)sigmoid_f64((double)((xr[m] + b[m]) + zr[m]));
                 T c = fg * c_prev[j] + ig * gg;
                 gr[j] = ig;
@@ -121,7 +121,7 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
                 gr[l] = gg;
                 gr[m] = og;
                 cs[at + j] = c;
-                hs[at + j] = og * (T)tanh((double)c);
+                hs[at + j] = og * (T)tanh_f64((double)c);
             }
         }
     }
@@ -145,7 +145,7 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
             int64_t at = (i * steps + t) * hidden;
             for (int64_t j = 0; j < hidden; j++) {
                 T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
-                T tc = (T)tanh((double)cs[at + j]);
+                T tc = (T)tanh_f64((double)cs[at + j]);
                 T g = dhs[at + j] + dh[j];
                 T dcv = dc[j] + g * og * ((T)1 - tc * tc);
                 dc[j] = dcv * fg;
@@ -178,7 +178,7 @@ void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
                 T r = (T)sigmoid_f64((double)((xr[j] + b_x[j]) + (zr[j] + b_h[j])));
                 T u = (T)sigmoid_f64((double)((xr[k] + b_x[k]) + (zr[k] + b_h[k])));
                 T a_n = zr[m] + b_h[m];
-                T nw = (T)tanh((double)((xr[m] + b_x[m]) + r * a_n));
+                T nw = (T)tanh_f64((double)((xr[m] + b_x[m]) + r * a_n));
                 gr[j] = r;
                 gr[k] = u;
                 gr[m] = nw;

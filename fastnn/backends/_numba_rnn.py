@@ -176,22 +176,25 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
+            # one row's 1-D views: the loop below vectorises
+            xr, zr, gr = xw[i, t], z[i], gates[i, t]
+            c_prev = cs[i, t - 1] if t else c0[i]
+            c_row, h_row = cs[i, t], hs[i, t]
             for j in range(hidden):
-                ig = dt(sigmoid64(np.float64((xw[i, t, j] + b[j]) + z[i, j])))
+                ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
                 k = hidden + j
-                fg = dt(sigmoid64(np.float64((xw[i, t, k] + b[k]) + z[i, k])))
+                fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
                 k += hidden
-                gg = dt(tanh64(np.float64((xw[i, t, k] + b[k]) + z[i, k])))
+                gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
                 k += hidden
-                og = dt(sigmoid64(np.float64((xw[i, t, k] + b[k]) + z[i, k])))
-                c_prev = cs[i, t - 1, j] if t else c0[i, j]
-                c = fg * c_prev + ig * gg
-                gates[i, t, j] = ig
-                gates[i, t, hidden + j] = fg
-                gates[i, t, 2 * hidden + j] = gg
-                gates[i, t, 3 * hidden + j] = og
-                cs[i, t, j] = c
-                hs[i, t, j] = og * dt(tanh64(np.float64(c)))
+                og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+                c = fg * c_prev[j] + ig * gg
+                gr[j] = ig
+                gr[hidden + j] = fg
+                gr[2 * hidden + j] = gg
+                gr[3 * hidden + j] = og
+                c_row[j] = c
+                h_row[j] = og * dt(tanh64(np.float64(c)))
 
 
 @jit
