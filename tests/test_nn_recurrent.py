@@ -11,7 +11,6 @@ from test_engine import fd_check
 import fastnn
 from fastnn import nn
 
-FAST = "numba" if "numba" in fastnn.available_backends() else None
 
 
 def sequences(n=6, t=5, f=3, seed=0):
@@ -111,7 +110,7 @@ def test_lstm_solves_the_adding_problem_where_a_dense_network_does_not():
     X, y = adding_problem(3000, 50, rng)
     X_test, y_test = adding_problem(500, 50, rng)
     lstm = nn.Sequential([nn.LSTM(24), nn.Dense(1)], loss="squared_error", optimizer=nn.Adam(lr=0.01),
-                         seed=0, backend=FAST)
+                         seed=0)
     lstm.fit(X, y, epochs=14, batch_size=32, verbose=0)
     assert float(((lstm.predict(X_test) - y_test) ** 2).mean()) < 0.01
     dense = nn.Sequential([nn.Flatten(), nn.Dense(128, "relu"), nn.Dense(128, "relu"), nn.Dense(1)],
@@ -126,6 +125,6 @@ def test_gru_classifies_digits_read_row_by_row():
     X_train, X_test, y_train, y_test = train_test_split((X / 16.0).reshape(-1, 8, 8), y, test_size=0.25,
                                                         random_state=0, stratify=y)
     model = nn.Sequential([nn.GRU(64), nn.Dense(10)], loss="sparse_categorical_crossentropy",
-                          optimizer=nn.Adam(lr=0.005), seed=0, backend=FAST)
+                          optimizer=nn.Adam(lr=0.005), seed=0)
     model.fit(X_train, y_train, epochs=12, batch_size=32, verbose=0)
     assert (model.predict_classes(X_test) == y_test).mean() >= 0.95
