@@ -12,7 +12,6 @@ import fastnn
 from fastnn import nn
 
 
-
 def sequences(n=6, t=5, f=3, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, t, f)), rng.integers(0, 3, n)

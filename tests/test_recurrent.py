@@ -19,7 +19,7 @@ def rand(shape, seed, scale=1.0):
 def arguments(kind, n, t, f, h, dtype=np.float64, state=True, seed=0):
     """Keyword arguments of a valid forward call (weights of scale 1 / sqrt(H))."""
     g = GATES[kind]
-    kw = {"x": rand((n, t, f), seed), "W_x": rand((f, g * h), seed + 1, f ** -0.5),
+    kw = {"x": rand((n, t, f), seed), "W_x": rand((f, g * h), seed + 1, max(f, 1) ** -0.5),
           "W_h": rand((h, g * h), seed + 2, h ** -0.5), "h0": rand((n, h), seed + 3) if state else None}
     if kind == "lstm":
         kw["c0"] = rand((n, h), seed + 4) if state else None
@@ -152,3 +152,20 @@ def test_matches_torch(kind, activation, n, t, f, h, state):
         e = e.numpy()
         np.testing.assert_allclose(grads[name], e, rtol=1e-9, atol=1e-12 * max(1, np.abs(e).max()),
                                    err_msg=f"{kind} d{name}")
+
+
+@pytest.mark.parametrize("backend_name", fastnn.available_backends())
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("n, t, f", [(0, 3, 2), (2, 0, 2), (2, 3, 0)])
+def test_empty_axes_give_the_reference_results(kind, n, t, f, backend_name):
+    """No sample, no step or no feature: every backend returns the reference's
+    arrays (zero gradients where nothing flows, the bias alone through the
+    gates without features)."""
+    kw = arguments(kind, n, t, f, 2, state=False)
+    results = []
+    for backend in (ref, fastnn.get_backend(backend_name)):
+        hs, cache = forward(backend, kind, kw)
+        results.append((hs, *getattr(backend, f"{kind}_backward")(np.ones_like(hs), cache)))
+    for got, expected in zip(*results):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-12)

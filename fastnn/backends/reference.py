@@ -620,7 +620,7 @@ def _input_side(x, W_x, dz):
     the input projections x_t W_x + b of every step: three GEMM-sized operations
     over all steps at once (db summed in float64, as dense's)."""
     n, steps, f = x.shape
-    dz2 = dz.reshape(n * steps, -1)
+    dz2 = dz.reshape(n * steps, dz.shape[2])
     dx = (dz2 @ W_x.T).reshape(n, steps, f)
     dW_x = x.reshape(n * steps, f).T @ dz2
     db = dz2.sum(axis=0, dtype=np.float64).astype(x.dtype)
