@@ -27,15 +27,18 @@ Roles of an argument:
 ``Weights`` optional (N,) sample weights: finite, >= 0, positive sum;
 ``Real``, ``Int``, ``Flag``  scalars with their ranges;
 ``Option``  a name from a fixed set (aliases resolved);
-``Cache``   a NamedTuple of arrays returned by a forward kernel;
+``Cache``   a NamedTuple of arrays returned by a forward kernel (its fields: In
+            arrays, and Options such as the activation a forward ran);
 ``Check``   a rule between arguments (``value=True``: it reads array values);
 ``Work``    a workspace array the public method allocates for the implementation.
 
 The first float array declared (``In`` or ``State``) is the anchor: its dtype is
 the call's dtype, which every other float array must share. Shapes are written
 with symbols ("N I": 2-D, the first occurrence of a symbol binds it, later ones
-must equal it), "=x" (the shape of argument x), "..." (any shape) or "N ..."
-(any shape whose first axis is N). An argument with ``when`` (an expression in
+must equal it; "4*H": a multiple of a symbol, the gates of a recurrent layer,
+checked once the symbol is bound, by that array or an earlier one), "=x" (the
+shape of argument x), "..." (any shape) or "N ..." (any shape whose first axis
+is N). An argument with ``when`` (an expression in
 the other arguments) is used only when it holds: required then (``required`` is
 the error), and ignored (passed to the implementation as None) otherwise.
 
