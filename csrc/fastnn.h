@@ -159,5 +159,62 @@ int avgpool_forward_f32(const float *x, float *y, const struct fastnn_window *g)
 int avgpool_forward_f64(const double *x, double *y, const struct fastnn_window *g);
 void avgpool_backward_f32(const float *dy, float *dx, const struct fastnn_window *g);
 void avgpool_backward_f64(const double *dy, double *dx, const struct fastnn_window *g);
+/* ------------------------------------------------------------------ recurrence
+ * The addresses of BLAS's Fortran sgemm and dgemm (all arguments by pointer,
+ * 32-bit integers), set once before any recurrent kernel runs. */
+void fastnn_set_gemm(void *sgemm, void *dgemm);
+
+/* Batch-first sequences: x (n, steps, f), hs (n, steps, hidden); W_x (f, G hidden),
+ * W_h (hidden, G hidden), biases (G hidden,), gates (n, steps, G hidden) in
+ * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
+ * Workspaces: xw (n, steps, G hidden), z (n, G hidden), dz and dxw (n, steps,
+ * G hidden), dhw (n, 3 hidden), acc (3 hidden). Every size below 2^31. The
+ * backward writes dh0 (and dc0); relu selects relu over tanh. */
+void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
+                     const float *b, int relu, float *hs, float *xw, float *z, int64_t n,
+                     int64_t steps, int64_t f, int64_t hidden);
+void rnn_forward_f64(const double *x, const double *h0, const double *W_x, const double *W_h,
+                     const double *b, int relu, double *hs, double *xw, double *z, int64_t n,
+                     int64_t steps, int64_t f, int64_t hidden);
+void rnn_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
+                      const float *W_h, const float *hs, int relu, float *dx, float *dh0,
+                      float *dW_x, float *dW_h, float *db, float *dz, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden);
+void rnn_backward_f64(const double *dhs, const double *x, const double *h0, const double *W_x,
+                      const double *W_h, const double *hs, int relu, double *dx, double *dh0,
+                      double *dW_x, double *dW_h, double *db, double *dz, int64_t n,
+                      int64_t steps, int64_t f, int64_t hidden);
+void lstm_forward_f32(const float *x, const float *h0, const float *c0, const float *W_x,
+                      const float *W_h, const float *b, float *hs, float *cs, float *gates,
+                      float *xw, float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+void lstm_forward_f64(const double *x, const double *h0, const double *c0, const double *W_x,
+                      const double *W_h, const double *b, double *hs, double *cs, double *gates,
+                      double *xw, double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+void lstm_backward_f32(const float *dhs, const float *x, const float *h0, const float *c0,
+                       const float *W_x, const float *W_h, const float *hs, const float *cs,
+                       const float *gates, float *dx, float *dh0, float *dc0, float *dW_x,
+                       float *dW_h, float *db, float *dz, int64_t n, int64_t steps, int64_t f,
+                       int64_t hidden);
+void lstm_backward_f64(const double *dhs, const double *x, const double *h0, const double *c0,
+                       const double *W_x, const double *W_h, const double *hs, const double *cs,
+                       const double *gates, double *dx, double *dh0, double *dc0, double *dW_x,
+                       double *dW_h, double *db, double *dz, int64_t n, int64_t steps, int64_t f,
+                       int64_t hidden);
+void gru_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
+                     const float *b_x, const float *b_h, float *hs, float *gates, float *hn,
+                     float *xw, float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+void gru_forward_f64(const double *x, const double *h0, const double *W_x, const double *W_h,
+                     const double *b_x, const double *b_h, double *hs, double *gates, double *hn,
+                     double *xw, double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+void gru_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
+                      const float *W_h, const float *hs, const float *gates, const float *hn,
+                      float *dx, float *dh0, float *dW_x, float *dW_h, float *db_x, float *db_h,
+                      float *dxw, float *dhw, double *acc, int64_t n, int64_t steps, int64_t f,
+                      int64_t hidden);
+void gru_backward_f64(const double *dhs, const double *x, const double *h0, const double *W_x,
+                      const double *W_h, const double *hs, const double *gates, const double *hn,
+                      double *dx, double *dh0, double *dW_x, double *dW_h, double *db_x,
+                      double *db_h, double *dxw, double *dhw, double *acc, int64_t n,
+                      int64_t steps, int64_t f, int64_t hidden);
 
 #endif

@@ -531,3 +531,40 @@ def run_pool_empty(backend, dtype):
     avg = backend.avgpool2d_forward(x, 2, 1, 1)
     return (y, argmax.astype(np.float64), backend.maxpool2d_backward(y, argmax, x.shape), avg,
             backend.avgpool2d_backward(avg, x.shape, 2, 1, 1))
+# ----------------------------------------------------------------- recurrence
+# (N, T, F, H): several sizes, one step, one sequence, and a larger one; with and
+# without an initial state. The backward takes each backend's own forward cache.
+RECURRENT_SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (1, 9, 4, 6), (3, 1, 5, 2), (16, 25, 12, 32)]
+
+
+def _recurrent_weights(kind, f, h, dtype):
+    g = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    kw = {"W_x": rand((f, g * h), dtype, 81, f ** -0.5), "W_h": rand((h, g * h), dtype, 82, h ** -0.5)}
+    if kind == "gru":
+        kw.update(b_x=rand((g * h,), dtype, 83, 0.5), b_h=rand((g * h,), dtype, 84, 0.5))
+    else:
+        kw["b"] = rand((g * h,), dtype, 83, 0.5)
+    return kw
+
+
+for kind in ("rnn", "lstm", "gru"):
+    for n, t, f, h in RECURRENT_SHAPES:
+        for state in (True, False):
+            for act in (("tanh", "relu") if kind == "rnn" else ("tanh",)):
+                case = f"{act + '-' if kind == 'rnn' else ''}{n}x{t}x{f}x{h}{'' if state else '-no-h0'}"
+
+                @entry(kind, case)
+                def run_recurrent(backend, dtype, kind=kind, n=n, t=t, f=f, h=h, state=state,
+                                  act=act):
+                    x = rand((n, t, f), dtype, 85)
+                    kw = _recurrent_weights(kind, f, h, dtype)
+                    kw["h0"] = rand((n, h), dtype, 86) if state else None
+                    if kind == "lstm":
+                        kw["c0"] = rand((n, h), dtype, 87) if state else None
+                    if kind == "rnn":
+                        kw["activation"] = act
+                    hs, cache = getattr(backend, f"{kind}_forward")(x, **kw)
+                    dhs = rand((n, t, h), dtype, 88)
+                    grads = getattr(backend, f"{kind}_backward")(dhs, cache)
+                    # the cache's arrays beyond the inputs (states, gates) too
+                    return (hs, *[c for c in cache[1:] if isinstance(c, np.ndarray)], *grads)

@@ -386,6 +386,41 @@ case("avgpool2d_backward", "dy-shape", ValueError, "dy", dy=lambda d: rand((N, 2
 case("avgpool2d_backward", "x_shape-str", TypeError, "x_shape", x_shape="abcd")
 case("avgpool2d_backward", "pool-larger-than-image", ValueError, "pool", pool=(6, 1), padding=0)
 case("avgpool2d_backward", "padding-over-half-the-pool", ValueError, "padding", padding=2)
+# recurrence: x (N, T, F) = (4, 3, 3), H = 2 (the declarations' example sizes)
+T, F, H = 3, 3, 2
+for _kind, _g in (("rnn", 1), ("lstm", 4), ("gru", 3)):
+    _f, _b = f"{_kind}_forward", f"{_kind}_backward"
+    case(_f, "x-2d", ValueError, "x", x=lambda d: rand((N, F), d))
+    case(_f, "x-4d", ValueError, "x", x=lambda d: rand((N, T, F, 1), d))
+    case(_f, "W_h-gate-width", ValueError, "W_h", W_h=lambda d, g=_g: rand((H, g * H + 1), d))
+    case(_f, "W_h-1d", ValueError, "W_h", W_h=lambda d, g=_g: rand(g * H, d))
+    case(_f, "W_x-gate-width", ValueError, "W_x", W_x=lambda d, g=_g: rand((F, (g + 1) * H), d))
+    case(_f, "W_x-features", ValueError, "W_x", W_x=lambda d, g=_g: rand((F + 1, g * H), d))
+    case(_f, "W_h-other-H", ValueError, "W_x", W_h=lambda d, g=_g: rand((H + 1, g * (H + 1)), d))
+    case(_f, "h0-batch", ValueError, "h0", h0=lambda d: rand((N + 1, H), d))
+    case(_f, "h0-units", ValueError, "h0", h0=lambda d: rand((N, H + 1), d))
+    case(_b, "dhs-2d", ValueError, "dhs", dhs=lambda d: rand((N, H), d))
+    case(_b, "dhs-steps", ValueError, "cache.x", dhs=lambda d: rand((N, T + 1, H), d))
+    case(_b, "dhs-units", ValueError, "cache.h0", dhs=lambda d: rand((N, T, H + 1), d))
+    case(_b, "cache-tuple", TypeError, "cache",
+         cache=lambda d, b=_b: tuple(SPECS[b].build(d)["cache"]))
+    case(_b, "cache-of-another-dtype", TypeError, "cache.x",
+         cache=lambda d, b=_b: SPECS[b].build(other(d))["cache"])
+    case(_b, "cache-W_h-gate-width", ValueError, "cache.W_h",
+         cache=lambda d, b=_b, g=_g: SPECS[b].build(d)["cache"]._replace(W_h=rand((H, g * H + 1), d)))
+case("rnn_forward", "activation-logistic", ValueError, "activation", activation="logistic")
+case("rnn_forward", "activation-none", TypeError, "activation", activation=None)
+case("rnn_backward", "cache-activation", ValueError, "activation",
+     cache=lambda d: SPECS["rnn_backward"].build(d)["cache"]._replace(activation="gelu"))
+case("lstm_forward", "c0-units", ValueError, "c0", c0=lambda d: rand((N, H + 1), d))
+case("lstm_forward", "b-gate-width", ValueError, "b", b=lambda d: rand(3 * H, d))
+case("lstm_backward", "cache-of-gru", TypeError, "cache",
+     cache=lambda d: SPECS["gru_backward"].build(d)["cache"])
+case("lstm_backward", "cache-gates-width", ValueError, "cache.gates",
+     cache=lambda d: SPECS["lstm_backward"].build(d)["cache"]._replace(gates=rand((N, T, 3 * H), d)))
+case("gru_forward", "b_h-gate-width", ValueError, "b_h", b_h=lambda d: rand(4 * H, d))
+case("gru_backward", "cache-of-rnn", TypeError, "cache",
+     cache=lambda d: SPECS["rnn_backward"].build(d)["cache"])
 
 
 # --------------------------------------------------------------------- helpers
@@ -686,8 +721,8 @@ def test_read_only_inputs_work(spec_id, dtype, backend_name):
             bad = copied(kw)
             bad[name] = readonly(bad[name])
             for got, want in zip(flatten(method(**bad)), flatten(expected), strict=True):
-                if want is None:
-                    assert got is None
+                if want is None or isinstance(want, str):  # str: an option in a cache
+                    assert got == want
                 else:
                     np.testing.assert_allclose(got, want, rtol=rtol, err_msg=f"{spec_id}: {name}")
 

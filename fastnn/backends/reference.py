@@ -557,6 +557,199 @@ class NumpyBackend:
         share = (dy / dy.dtype.type(pool[0] * pool[1]))[:, :, :, None, None, :]
         self._add_windows(np.broadcast_to(share, dy.shape[:3] + tuple(pool) + dy.shape[3:]),
                           stride, padding, dx)
+    # --------------------------------------------------------------- recurrence
+    # Batch-first sequences: x (N, T, F), hidden states hs (N, T, H); W_x (F, G*H),
+    # W_h (H, G*H) with the G gates side by side in PyTorch's order. The input
+    # projection of every step is one GEMM before the loop; each step is one
+    # (N, H) @ (H, G*H) GEMM and the gate math. The backward runs the steps in
+    # reverse, accumulates dW_h, and does dW_x, db and dx as GEMMs after the loop.
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation):
+        n, steps, f = x.shape
+        hidden = W_h.shape[0]
+        h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
+        xw = (x.reshape(n * steps, f) @ W_x + b).reshape(n, steps, hidden)  # x_t W_x + b
+        hs = np.empty((n, steps, hidden), x.dtype)
+        h = h0
+        for t in range(steps):
+            z = xw[:, t] + h @ W_h
+            hs[:, t] = _tanh(z) if activation == "tanh" else np.maximum(z, 0)
+            h = hs[:, t]
+        return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
+
+    def _rnn_backward(self, dhs, cache):
+        x, h0, W_x, W_h, hs, activation = cache
+        n, steps, f = x.shape
+        dz = np.empty_like(hs)  # (N, T, H): d loss / d (x_t W_x + h_{t-1} W_h + b)
+        dW_h = np.zeros_like(W_h)
+        dh_next = np.zeros_like(h0)  # the gradient h_t receives from step t + 1
+        for t in reversed(range(steps)):
+            dh = dhs[:, t] + dh_next
+            h = hs[:, t]
+            dz[:, t] = dh * (1 - h * h) if activation == "tanh" else np.where(h > 0, dh, 0)
+            h_prev = hs[:, t - 1] if t else h0
+            dW_h += h_prev.T @ dz[:, t]
+            dh_next = dz[:, t] @ W_h.T
+        dx, dW_x, db = _input_side(x, W_x, dz)
+        return dx, dh_next, dW_x, dW_h, db
+
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
+        n, steps, f = x.shape
+        hidden = W_h.shape[0]
+        h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
+        c0 = np.zeros((n, hidden), x.dtype) if c0 is None else c0
+        xw = (x.reshape(n * steps, f) @ W_x + b).reshape(n, steps, 4 * hidden)
+        hs = np.empty((n, steps, hidden), x.dtype)
+        cs = np.empty_like(hs)
+        gates = np.empty_like(xw)  # i, f, g, o after their nonlinearities
+        h, c = h0, c0
+        for t in range(steps):
+            z = xw[:, t] + h @ W_h
+            i, fg, o = (_sigmoid(z[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
+            g = _tanh(z[:, 2 * hidden:3 * hidden])
+            c = fg * c + i * g
+            h = o * _tanh(c)
+            gates[:, t] = np.concatenate([i, fg, g, o], axis=1)
+            hs[:, t], cs[:, t] = h, c
+        return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
+
+    def _lstm_backward(self, dhs, cache):
+        x, h0, c0, W_x, W_h, hs, cs, gates = cache
+        n, steps, f = x.shape
+        hidden = W_h.shape[0]
+        dz = np.empty_like(gates)  # (N, T, 4H): d loss / d gate pre-activations
+        dW_h = np.zeros_like(W_h)
+        dh_next, dc_next = np.zeros_like(h0), np.zeros_like(c0)
+        for t in reversed(range(steps)):
+            i, fg, g, o = (gates[:, t, k * hidden:(k + 1) * hidden] for k in range(4))
+            c_prev = cs[:, t - 1] if t else c0
+            tanh_c = _tanh(cs[:, t])
+            dh = dhs[:, t] + dh_next
+            dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+            dz[:, t] = np.concatenate([dc * g * i * (1 - i), dc * c_prev * fg * (1 - fg),
+                                       dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=1)
+            dc_next = dc * fg
+            h_prev = hs[:, t - 1] if t else h0
+            dW_h += h_prev.T @ dz[:, t]
+            dh_next = dz[:, t] @ W_h.T
+        dx, dW_x, db = _input_side(x, W_x, dz)
+        return dx, dh_next, dc_next, dW_x, dW_h, db
+
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
+        n, steps, f = x.shape
+        hidden = W_h.shape[0]
+        h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
+        xw = (x.reshape(n * steps, f) @ W_x + b_x).reshape(n, steps, 3 * hidden)
+        hs = np.empty((n, steps, hidden), x.dtype)
+        gates = np.empty_like(xw)  # r, z, n after their nonlinearities
+        hn = np.empty_like(hs)  # h_{t-1} W_hn + b_hn, which r scales
+        h = h0
+        r_, z_, n_ = (slice(k * hidden, (k + 1) * hidden) for k in range(3))
+        for t in range(steps):
+            a = h @ W_h + b_h
+            r = _sigmoid(xw[:, t, r_] + a[:, r_])
+            z = _sigmoid(xw[:, t, z_] + a[:, z_])
+            new = _tanh(xw[:, t, n_] + r * a[:, n_])
+            h = (1 - z) * new + z * h
+            gates[:, t] = np.concatenate([r, z, new], axis=1)
+            hs[:, t], hn[:, t] = h, a[:, n_]
+        return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
+
+    def _gru_backward(self, dhs, cache):
+        x, h0, W_x, W_h, hs, gates, hn = cache
+        n, steps, f = x.shape
+        hidden = W_h.shape[0]
+        dxw = np.empty_like(gates)  # (N, T, 3H): d loss / d (x_t W_x + b_x)
+        dhw = np.empty_like(gates)  # (N, T, 3H): d loss / d (h_{t-1} W_h + b_h)
+        dW_h = np.zeros_like(W_h)
+        dh_next = np.zeros_like(h0)
+        for t in reversed(range(steps)):
+            r, z, new = (gates[:, t, k * hidden:(k + 1) * hidden] for k in range(3))
+            h_prev = hs[:, t - 1] if t else h0
+            dh = dhs[:, t] + dh_next
+            dn = dh * (1 - z) * (1 - new * new)  # through n's tanh
+            dr = dn * hn[:, t] * r * (1 - r)
+            dzg = dh * (h_prev - new) * z * (1 - z)
+            dxw[:, t] = np.concatenate([dr, dzg, dn], axis=1)
+            dhw[:, t] = np.concatenate([dr, dzg, dn * r], axis=1)
+            dW_h += h_prev.T @ dhw[:, t]
+            dh_next = dhw[:, t] @ W_h.T + dh * z
+        dx, dW_x, db_x = _input_side(x, W_x, dxw)
+        db_h = dhw.sum(axis=(0, 1), dtype=np.float64).astype(x.dtype)
+        return dx, dh_next, dW_x, dW_h, db_x, db_h
+
+
+# ------------------------------------------------------------------- recurrence
+RNN_ACTIVATIONS = ("tanh", "relu")
+
+
+def rnn_activation_name(name):
+    """The activation of a simple recurrent layer: tanh or relu (as torch.nn.RNN)."""
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a string, got {type(name).__name__}")
+    return chk.choice(name, "activation", RNN_ACTIVATIONS)
+
+
+def _tanh(z):
+    """tanh in float64, rounded once to z's dtype (see FLOAT64_INSIDE)."""
+    return np.tanh(z.astype(np.float64)).astype(z.dtype)
+
+
+def _sigmoid(z):
+    return special.expit(z.astype(np.float64)).astype(z.dtype)
+
+
+def _input_side(x, W_x, dz):
+    """dx (N, T, F), dW_x (F, G*H), db (G*H,) from dz (N, T, G*H), the gradient of
+    the input projections x_t W_x + b of every step: three GEMM-sized operations
+    over all steps at once (db summed in float64, as dense's)."""
+    n, steps, f = x.shape
+    dz2 = dz.reshape(n * steps, dz.shape[2])
+    dx = (dz2 @ W_x.T).reshape(n, steps, f)
+    dW_x = x.reshape(n * steps, f).T @ dz2
+    db = dz2.sum(axis=0, dtype=np.float64).astype(x.dtype)
+    return dx, dW_x, db
+
+
+class RnnCache(NamedTuple):
+    """What rnn_backward needs from rnn_forward (arrays referenced, not copied: do
+    not modify them before the backward). x (N, T, F); h0 (N, H), zeros when
+    the forward had none; W_x (F, H); W_h (H, H); hs (N, T, H); activation."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    hs: np.ndarray
+    activation: str
+
+
+class LstmCache(NamedTuple):
+    """What lstm_backward needs: x (N, T, F); h0, c0 (N, H); W_x (F, 4H);
+    W_h (H, 4H); hs, cs (N, T, H) hidden and cell states; gates (N, T, 4H):
+    i, f, g, o after their nonlinearities."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    c0: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    hs: np.ndarray
+    cs: np.ndarray
+    gates: np.ndarray
+
+
+class GruCache(NamedTuple):
+    """What gru_backward needs: x (N, T, F); h0 (N, H); W_x (F, 3H); W_h (H, 3H);
+    hs (N, T, H); gates (N, T, 3H): r, z, n after their nonlinearities;
+    hn (N, T, H): h_{t-1} W_hn + b_hn, the term r scales."""
+
+    x: np.ndarray
+    h0: np.ndarray
+    W_x: np.ndarray
+    W_h: np.ndarray
+    hs: np.ndarray
+    gates: np.ndarray
+    hn: np.ndarray
 
 
 spec.install(NumpyBackend)

@@ -27,7 +27,8 @@ Roles of an argument:
 ``Weights`` optional (N,) sample weights: finite, >= 0, positive sum;
 ``Real``, ``Int``, ``Flag``  scalars with their ranges;
 ``Option``  a name from a fixed set (aliases resolved);
-``Cache``   a NamedTuple of arrays returned by a forward kernel;
+``Cache``   a NamedTuple of arrays returned by a forward kernel (its fields: In
+            arrays, and Options such as the activation a forward ran);
 ``Check``   a rule between arguments (``value=True``: it reads array values);
 ``Work``    a workspace array the public method allocates for the implementation;
 ``Pair``    an int or a pair of ints (stride, padding), passed on as a tuple of two;
@@ -40,10 +41,12 @@ Roles of an argument:
 The first float array declared (``In`` or ``State``) is the anchor: its dtype is
 the call's dtype, which every other float array must share. Shapes are written
 with symbols ("N I": 2-D, the first occurrence of a symbol binds it, later ones
-must equal it), "=x" (the shape of argument x), "..." (any shape) or "N ..."
-(any shape whose first axis is N). In the condition and the message of a
-``Check`` and in a ``Dim``'s expression, a symbol already bound stands for its
-value (``Check("IH + 2 * padding[0] < KH", ...)``). An argument with ``when`` (an expression in
+must equal it; "4*H": a multiple of a symbol, the gates of a recurrent layer,
+checked once the symbol is bound, by that array or an earlier one), "=x" (the
+shape of argument x), "..." (any shape) or "N ..." (any shape whose first axis
+is N). In the condition and the message of a ``Check`` and in a ``Dim``'s
+expression, a symbol already bound stands for its value (``Check("IH + 2 *
+padding[0] < KH", ...)``). An argument with ``when`` (an expression in
 the other arguments) is used only when it holds: required then (``required`` is
 the error), and ignored (passed to the implementation as None) otherwise.
 
@@ -227,7 +230,7 @@ class Cache(Arg):
     def __init__(self, name, cls, fields, message, **kw):
         super().__init__(name, **kw)
         self.cls, self.fields, self.message = cls, fields, message
-        for f in fields:
+        for f in fields:  # arrays, and Options (the kernel's names stored in the cache)
             f.display = f"{name}.{f.name}"
             f.var = f"{name}_{f.name}"
             f.src = f"{name}.{f.name}"
@@ -361,7 +364,8 @@ class Kernel:
         """Keyword arguments of a valid call in `dtype` (a variant's overrides
         applied). sizes: the symbols' values; kinds: array name -> example kind."""
         dtype = np.dtype(dtype)
-        sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, **self.sizes, **(sizes or {})}
+        sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, "T": 3, "F": 3, "H": 2, **self.sizes,
+                 **(sizes or {})}
         over = dict(self.variants.get(variant, {})) if variant else {}
         shapes = over.pop("_shapes", {})
         kinds = {**(kinds or {}), **{k: v for k, v in over.items() if isinstance(v, str)
@@ -382,8 +386,8 @@ class Kernel:
                 spec = "=" + a.like
             if spec.startswith("="):
                 return made[spec[1:]].shape
-            spec = spec.replace("...", "K").replace("*", "K")
-            return tuple(int(s) if s.isdigit() else sizes[s] for s in spec.split())
+            dims = ["K" if s in ("...", "*") else s for s in spec.split()]
+            return tuple(int(s) if s.isdigit() else _dim_value(s, sizes) for s in dims)
 
         def build(a):
             kind = kinds.get(a.name, a.example or "normal")
@@ -418,9 +422,15 @@ class Kernel:
             elif isinstance(a, Cache):
                 fields = {}
                 for f in a.fields:
-                    made[f.display] = fields[f.name] = build(f)
-                from .reference import BatchNormCache  # the one cache type declared
-                kw[a.name] = BatchNormCache(**fields, training=kw.pop("training", True))
+                    if f.array:
+                        made[f.display] = fields[f.name] = build(f)
+                    else:  # a named option stored in the cache
+                        fields[f.name] = over.get(f.name, f.example)
+                cls = namespace()[a.cls]
+                for name in cls._fields:  # flags of the forward call (batch norm's training)
+                    if name not in fields:
+                        fields[name] = kw.pop(name, cls._field_defaults.get(name))
+                kw[a.name] = cls(**fields)
             elif a.array:
                 if a.name in kw and kw[a.name] is None and a.name in over:
                     continue  # a variant that leaves the array out
@@ -913,6 +923,82 @@ DECLARATIONS = {k.name: k for k in [
       ]
 ]}
 
+# ----------------------------------------------------------------- recurrence
+# Batch-first sequences x (N, T, F), hidden states (N, T, H); W_x (F, G*H) and
+# W_h (H, G*H) with the G gates side by side in PyTorch's order (a torch layer's
+# weight_ih.T and weight_hh.T); h0, c0 (N, H) or None for zeros.
+RNN_ACT = dict(resolve="rnn_activation_name", choices="_RNN_ACTIVATIONS")
+
+
+def _recurrent(name, gates, signature, states, biases, cache_fields, backward_doc, doc,
+               options=(), variants=None):
+    """The forward and backward declarations of a recurrent kernel with `gates`
+    gates: the states (h0, c0) and the biases in signature order, the cache
+    fields after x, the states, W_x and W_h (the backward's dhs binds N, T, H)."""
+    width = f"{gates}*H"
+    weights = [In("W_h", f"H {width}"), In("W_x", f"F {width}")]
+    cls = f"_{name.capitalize()}Cache"
+    fields = ([In("x", "N T F")] + [In(s, "N H") for s in states]
+              + [In("W_x", f"F {width}"), In("W_h", f"H {width}")] + cache_fields)
+    forward = Kernel(
+        f"{name}_forward", signature,
+        [*options, In("x", "N T F"), *weights,
+         *[In(s, "N H", optional=True) for s in states],
+         *[In(b, width) for b in biases]],
+        signature.replace("='tanh'", ""), "_r", doc,
+        variants={"zero-state": {s: None for s in states}, **(variants or {})})
+    backward = Kernel(
+        f"{name}_backward", "dhs, cache",
+        [In("dhs", "N T H"),
+         Cache("cache", cls, fields,
+               f"cache must be the {cls[1:]} returned by {name}_forward")],
+        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + ")", "_r",
+        backward_doc)
+    return [forward, backward]
+
+
+RECURRENT = [
+    *_recurrent(
+        "rnn", 1, "x, h0, W_x, W_h, b, activation='tanh'", ["h0"], ["b"],
+        [In("hs", "N T H"), Option("activation", **RNN_ACT, example="tanh")],
+        """Gradients of rnn_forward through time. dhs (N, T, H): d loss / d h_t for
+        every step (zeros where the loss does not read h_t); cache: rnn_forward's.
+        Returns (dx (N, T, F), dh0 (N, H), dW_x, dW_h, db); dh0 is the gradient of
+        the initial state (also when the forward took None, zeros).""",
+        """A simple recurrent layer (torch.nn.RNN): h_t = act(x_t W_x + h_{t-1} W_h + b).
+
+        x (N, T, F); h0 (N, H) or None (zeros); W_x (F, H); W_h (H, H); b (H,),
+        the sum of PyTorch's two biases; activation tanh or relu.
+        Returns (hs, cache): hs (N, T, H) every hidden state; cache for rnn_backward.""",
+        options=[Option("activation", **RNN_ACT, example="tanh")],
+        variants={"relu": {"activation": "relu"}}),
+    *_recurrent(
+        "lstm", 4, "x, h0, c0, W_x, W_h, b", ["h0", "c0"], ["b"],
+        [In("hs", "N T H"), In("cs", "N T H"), In("gates", "N T 4*H", example="unit")],
+        """Gradients of lstm_forward through time. dhs (N, T, H): d loss / d h_t;
+        cache: lstm_forward's. Returns (dx, dh0, dc0, dW_x, dW_h, db).""",
+        """An LSTM layer (torch.nn.LSTM), gates i, f, g, o in that order:
+        i, f, o = sigmoid, g = tanh of x_t W_x + h_{t-1} W_h + b (their blocks);
+        c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
+
+        x (N, T, F); h0, c0 (N, H) or None (zeros); W_x (F, 4H); W_h (H, 4H);
+        b (4H,), the sum of PyTorch's two biases.
+        Returns (hs, cache): hs (N, T, H); cache for lstm_backward."""),
+    *_recurrent(
+        "gru", 3, "x, h0, W_x, W_h, b_x, b_h", ["h0"], ["b_x", "b_h"],
+        [In("hs", "N T H"), In("gates", "N T 3*H", example="unit"), In("hn", "N T H")],
+        """Gradients of gru_forward through time. dhs (N, T, H): d loss / d h_t;
+        cache: gru_forward's. Returns (dx, dh0, dW_x, dW_h, db_x, db_h).""",
+        """A GRU layer (torch.nn.GRU), gates r, z, n in that order:
+        r, z = sigmoid(x_t W_x + b_x + h_{t-1} W_h + b_h) (their blocks);
+        n = tanh(x_t W_xn + b_xn + r (h_{t-1} W_hn + b_hn)); h_t = (1 - z) n + z h_{t-1}.
+
+        x (N, T, F); h0 (N, H) or None (zeros); W_x (F, 3H); W_h (H, 3H);
+        b_x, b_h (3H,): PyTorch's bias_ih and bias_hh.
+        Returns (hs, cache): hs (N, T, H); cache for gru_backward."""),
+]
+DECLARATIONS.update({k.name: k for k in RECURRENT})
+
 # The kernels a backend may accelerate: method `name` validates, `_name` computes.
 KERNELS = tuple(DECLARATIONS)
 
@@ -939,6 +1025,11 @@ def namespace():
             "_SAME": object(),
         }
         _NAMESPACE.update({f"_X{i}": object() for i in range(16)})  # "absent" owners
+        # recurrence
+        _NAMESPACE.update({"rnn_activation_name": ref.rnn_activation_name,
+                           "_RNN_ACTIVATIONS": frozenset(ref.RNN_ACTIVATIONS),
+                           "_RnnCache": ref.RnnCache, "_LstmCache": ref.LstmCache,
+                           "_GruCache": ref.GruCache})
     return _NAMESPACE
 
 
@@ -965,8 +1056,24 @@ class _Gen:
         self.depth -= 1
 
 
+# a dimension written "4*H": a multiple of a symbol (the gates of a recurrent layer)
+_GATES = re.compile(r"(\d+)\*(\w+)$")
+
+
 def _sym(s):
-    return f"_s_{s}"
+    m = _GATES.match(s)
+    return f"({m[1]} * _s_{m[2]})" if m else f"_s_{s}"
+
+
+def _known(d, bound):
+    """Whether dimension d (a symbol or a multiple of one) is known from `bound`."""
+    m = _GATES.match(d)
+    return (m[2] if m else d) in bound
+
+
+def _dim_value(d, sizes):
+    m = _GATES.match(d)
+    return int(m[1]) * sizes[m[2]] if m else sizes[d]
 
 
 def _shape_expr(a, bound):
@@ -974,7 +1081,7 @@ def _shape_expr(a, bound):
     if a.shape.startswith("="):
         return f"{a.shape[1:].replace('.', '_')}.shape"
     dims = _dims(a.shape)
-    if not dims or any(d not in bound for d in dims):
+    if not dims or any(not _known(d, bound) for d in dims):
         raise ValueError(f"the shape of {a.name} is not determined before it")
     return "(" + "".join(_sym(d) + ", " for d in dims) + ")"
 
@@ -1001,10 +1108,10 @@ def _public_array(g, k, a, anchor, bound):
     if a.shape.startswith("="):
         opts.append(f"shape={_shape_expr(a, bound)}")
     elif dims and "..." not in a.shape:
-        if all(d not in bound for d in dims):
+        if all(not _known(d, bound) for d in dims):
             opts.append(f"ndim={len(dims)}")
         else:
-            opts.append("shape=(" + "".join((_sym(d) if d in bound else "None") + ", "
+            opts.append("shape=(" + "".join((_sym(d) if _known(d, bound) else "None") + ", "
                                             for d in dims) + ")")
     g.emit(f"{v} = _chk.float_array({src}, {disp!r}{''.join(', ' + o for o in opts)})")
     if a.ndims:
@@ -1015,10 +1122,13 @@ def _public_array(g, k, a, anchor, bound):
         g.emit(f"_dt = {v}.dtype")
     if a.finite:
         g.emit(f"_chk.finite_targets({v}, {disp!r})")
+    unknown = [d for d in dims if not _known(d, bound)]
     for i, d in enumerate(dims):
-        if d not in bound and d not in ("*", "..."):
+        if d not in bound and d not in ("*", "...") and not _GATES.match(d):
             g.emit(f"{_sym(d)} = {v}.shape[{i}]")
             bound.add(d)
+    if any(_GATES.match(d) for d in unknown):  # a multiple of a symbol this array bound
+        g.emit(f"_chk.check_shape({v}, {disp!r}, {_shape_expr(a, bound)})")
 
 
 def _guarded(g, a, body):
@@ -1100,7 +1210,10 @@ def public_source(k):
             g.emit(f"if not isinstance({a.var}, {a.cls}):")
             g.emit(f"    raise TypeError({a.message!r})")
             for f in a.fields:
-                _public_array(g, k, f, anchor, bound)
+                if isinstance(f, Option):
+                    g.emit(f"{f.var} = {f.resolve}({f.src})")
+                else:
+                    _public_array(g, k, f, anchor, bound)
         elif isinstance(a, Weights):
             g.emit(f"{a.var} = _chk.sample_weight_array({a.var}, {_sym(a.n)}, _dt)")
         elif isinstance(a, Labels):
@@ -1164,21 +1277,25 @@ def _fast_float(a, anchor, bound, g):
             bound.add("N")
     elif _dims(a.shape):
         dims = _dims(a.shape)
-        if all(d in bound for d in dims):
+        if all(_known(d, bound) for d in dims):
             g.emit(f"if {v}.shape != {_shape_expr(a, bound)}: raise _Miss")
         else:
             names = []
             checks = []
+            later = []  # multiples of a symbol bound by this array
             for i, d in enumerate(dims):
-                if d in bound:
+                if _known(d, bound):
                     names.append(f"_t{i}")
                     checks.append(f"_t{i} != {_sym(d)}")
+                elif _GATES.match(d):
+                    names.append(f"_t{i}")
+                    later.append(f"_t{i} != {_sym(d)}")
                 else:
                     names.append(_sym(d))
             g.emit(f"{''.join(n + ', ' for n in names)}= {v}.shape")
-            if checks:
-                g.emit(f"if {' or '.join(checks)}: raise _Miss")
-            bound.update(dims)
+            if checks + later:
+                g.emit(f"if {' or '.join(checks + later)}: raise _Miss")
+            bound.update(d for d in dims if not _GATES.match(d))
 
 
 def _fast_scalar(a):
@@ -1251,7 +1368,11 @@ def fast_source(k):
         elif isinstance(a, Cache):
             g.emit(f"if type({a.var}) is not {a.cls}: raise _Miss")
             for f in a.fields:
-                _fast_float(f, anchor, bound, g)
+                if isinstance(f, Option):
+                    g.emit(f"{f.var} = {f.src}")
+                    g.emit(f"if not (type({f.var}) is str and {f.var} in {f.choices}): raise _Miss")
+                else:
+                    _fast_float(f, anchor, bound, g)
         elif isinstance(a, Weights):
             g.emit(f"if {a.var} is not None and not (type({a.var}) is _nd and {a.var}.dtype is _dt "
                    f"and {a.var}.flags.carray and {a.var}.shape == ({_sym(a.n)},)): raise _Miss")

@@ -23,16 +23,20 @@ from .callbacks import (
     TerminateOnNaN,
 )
 from .layers import (
+    GRU,
+    LSTM,
     Activation,
     AveragePooling2D,
     BatchNorm,
     Conv2D,
     Dense,
     Dropout,
+    Embedding,
     Flatten,
     GlobalAveragePooling2D,
     Layer,
     MaxPool2D,
+    SimpleRNN,
     register_layer,
 )
 from .losses import (
@@ -81,3 +85,4 @@ __all__ = [
     # convolution
     "AveragePooling2D", "Conv2D", "GlobalAveragePooling2D", "MaxPool2D",
 ]
+__all__ += ["GRU", "LSTM", "Embedding", "SimpleRNN"]  # recurrence

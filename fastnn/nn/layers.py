@@ -26,7 +26,13 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..backends import _checks as chk
-from ..backends.reference import INIT_ALIASES, INITIALISERS, NEEDS_INPUT, activation_name
+from ..backends.reference import (
+    INIT_ALIASES,
+    INITIALISERS,
+    NEEDS_INPUT,
+    activation_name,
+    rnn_activation_name,
+)
 
 # Activations whose layers default to He initialisation (ReLU-like: zero or small
 # slope on one side, identity on the other).
@@ -109,6 +115,9 @@ class Layer:
 
     kind = "Layer"
     name = None
+    # the dtype of the model's input when this layer comes first (None: the
+    # model's float dtype); such a layer checks that input with check_input(X, name)
+    input_dtype = None
     frozen = False
 
     @property
@@ -747,5 +756,182 @@ class GlobalAveragePooling2D(Layer):
 
 
 for _layer in (Conv2D, MaxPool2D, AveragePooling2D, GlobalAveragePooling2D):
+    register_layer(_layer)
+del _layer
+
+
+# ------------------------------------------------------------------ recurrence
+def orthogonal(rng, n, dtype):
+    """An (n, n) orthogonal matrix (QR of a Gaussian one, signs fixed so that it is
+    uniformly distributed): the usual initialisation of recurrent weights."""
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return (q * np.where(np.diag(r) < 0, -1.0, 1.0)).astype(dtype)
+
+
+class _Recurrent(Layer):
+    """Base of SimpleRNN, LSTM and GRU: input (T, F) per sample, output (T, units)
+    with return_sequences, else the last state (units,). Parameters W_x (F, G*units)
+    and W_h (units, G*units) ("weight": Glorot uniform and orthogonal per gate),
+    biases (G*units,) ("bias"); the kernels are `{kernel}_forward/backward` (see
+    fastnn.backends.spec), with h0 (and c0) zero at the start of every batch."""
+
+    gates = 1
+    kernel = ""  # the kernels' prefix: rnn, lstm or gru
+    biases = ("b",)
+
+    def __init__(self, units, return_sequences=False, name=None):
+        self.name = check_name(name)
+        self.units = chk.integer(units, "units", low=1)
+        if not isinstance(return_sequences, (bool, np.bool_)):
+            raise TypeError(f"return_sequences must be True or False, got {return_sequences!r}")
+        self.return_sequences = bool(return_sequences)
+
+    def output_shape_for(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"{self.kind} needs sequences (T, features) per sample")
+        return (input_shape[0], self.units) if self.return_sequences else (self.units,)
+
+    def param_specs(self):
+        f, h, g = self.input_shape[-1], self.units, self.gates
+        return ([("W_x", (f, g * h), "weight"), ("W_h", (h, g * h), "weight")]
+                + [(b, (g * h,), "bias") for b in self.biases])
+
+    def init_params(self, backend, rng):
+        f, h = self.input_shape[-1], self.units
+        W_x, _ = backend.init_weights("glorot_uniform", f, self.gates * h, rng=rng, dtype=self.dtype)
+        self.params["W_x"][...] = W_x
+        for k in range(self.gates):
+            self.params["W_h"][:, k * h:(k + 1) * h] = orthogonal(rng, h, self.dtype)
+        for b in self.biases:
+            self.params[b][...] = 0
+
+    def _options(self):
+        return {}
+
+    def forward(self, backend, x, ws, mode):
+        # x (N, T, F) -> hs (N, T, H); the last state (N, H) copied out when it alone is the output
+        kernel = getattr(backend.fast, self.kernel + "_forward")
+        states = (None,) * (2 if self.kernel == "lstm" else 1)
+        biases = [self.params[b] for b in self.biases]
+        hs, ws["cache"] = kernel(x, *states, self.params["W_x"], self.params["W_h"], *biases,
+                                 **self._options())
+        if self.return_sequences:
+            return hs
+        y = buffer(ws, "y", (x.shape[0], self.units), self.dtype)
+        y[...] = hs[:, -1]
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        cache = ws["cache"]
+        if self.return_sequences:
+            dhs = dy
+        else:  # the loss reads the last state only: zero gradient at the other steps
+            dhs = ws.get("dhs")
+            if dhs is None:
+                dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
+            dhs[:, -1] = dy
+        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache)
+        names = ("W_x", "W_h") + self.biases  # the last results; before them dx, dh0 (, dc0)
+        for name, g in zip(names, grads[-len(names):]):
+            self.grads[name][...] = g
+        return grads[0]
+
+    def config(self):
+        return {"kind": self.kind, "units": self.units, "return_sequences": self.return_sequences,
+                **self._options()}
+
+
+class SimpleRNN(_Recurrent):
+    """h_t = activation(x_t W_x + h_{t-1} W_h + b), activation tanh or relu (as
+    torch.nn.RNN, whose two biases b is the sum of)."""
+
+    kind = "SimpleRNN"
+    kernel = "rnn"
+
+    def __init__(self, units, activation="tanh", return_sequences=False, name=None):
+        super().__init__(units, return_sequences, name)
+        self.activation = rnn_activation_name(activation)
+
+    def _options(self):
+        return {"activation": self.activation}
+
+
+class LSTM(_Recurrent):
+    """Long short-term memory (torch.nn.LSTM's gates i, f, g, o); the forget gate's
+    bias starts at 1 (so that the cell remembers from the start)."""
+
+    kind = "LSTM"
+    kernel = "lstm"
+    gates = 4
+
+    def init_params(self, backend, rng):
+        super().init_params(backend, rng)
+        self.params["b"][self.units:2 * self.units] = 1
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit (torch.nn.GRU's gates r, z, n and its two biases b_x, b_h)."""
+
+    kind = "GRU"
+    kernel = "gru"
+    gates = 3
+    biases = ("b_x", "b_h")
+
+
+class Embedding(Layer):
+    """Integer tokens (T,) per sample -> their vectors (T, output_dim): row t of
+    the output is W[token t], W (input_dim, output_dim) ("weight", N(0, 1) as
+    torch.nn.Embedding). The gradient of W is a scatter-add of the output's
+    gradient over the tokens. Tokens must lie in [0, input_dim) (checked by the
+    model with the rest of its input); the layer must come first.
+    (In NumPy here, not a catalogue kernel.)"""
+
+    kind = "Embedding"
+    input_dtype = np.dtype(np.int64)
+
+    def __init__(self, input_dim, output_dim, name=None):
+        self.name = check_name(name)
+        self.input_dim = chk.integer(input_dim, "input_dim", low=1)
+        self.output_dim = chk.integer(output_dim, "output_dim", low=1)
+
+    def output_shape_for(self, input_shape):
+        if len(input_shape) != 1:
+            raise ValueError("Embedding needs one sequence of tokens (T,) per sample")
+        return input_shape + (self.output_dim,)
+
+    def param_specs(self):
+        return [("W", (self.input_dim, self.output_dim), "weight")]
+
+    def init_params(self, backend, rng):
+        self.params["W"][...] = rng.standard_normal((self.input_dim, self.output_dim))
+
+    def check_input(self, X, name):
+        """X as a C-contiguous int64 array of tokens in [0, input_dim)."""
+        if X.dtype.kind not in "iu":
+            raise TypeError(f"{name} must hold integer tokens for an Embedding, got dtype {X.dtype}")
+        if X.size and (X.min() < 0 or X.max() >= self.input_dim):
+            bad = X[(X < 0) | (X >= self.input_dim)][0]
+            raise ValueError(f"{name} holds token {bad}, outside [0, {self.input_dim}) for an "
+                             f"Embedding of input_dim {self.input_dim}")
+        return np.ascontiguousarray(X, dtype=np.int64)
+
+    def forward(self, backend, x, ws, mode):
+        # x (N, T) tokens -> y (N, T, D)
+        y = buffer(ws, "y", x.shape + (self.output_dim,), self.dtype)
+        np.take(self.params["W"], x, axis=0, out=y, mode="clip")  # tokens checked: clip is no-op
+        ws["x"] = x
+        return y
+
+    def backward(self, backend, dy, ws, need_dx):
+        dW = self.grads["W"]
+        dW[...] = 0
+        np.add.at(dW, ws["x"].reshape(-1), dy.reshape(-1, self.output_dim))
+        return None
+
+    def config(self):
+        return {"kind": self.kind, "input_dim": self.input_dim, "output_dim": self.output_dim}
+
+
+for _layer in (SimpleRNN, LSTM, GRU, Embedding):
     register_layer(_layer)
 del _layer

@@ -416,6 +416,12 @@ class Sequential:
                                  f"{self.input_shape[0]}")
             raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
                              f"{self.input_shape}")
+        first = self.layers[0] if self.layers else None
+        if first is not None and first.input_dtype is not None:  # integer tokens, say
+            X = first.check_input(X, name)
+            if not self.built:
+                self.build(X.shape[1:])
+            return X
         with np.errstate(over="ignore"):
             X = np.ascontiguousarray(X, dtype=self.dtype)
         if not all_finite(X):

@@ -1,0 +1,235 @@
+/* Recurrent kernels for one float type T (template, see instantiate.h).
+ *
+ * Sequences are batch-first: x (n, steps, f), hidden states (n, steps, hidden),
+ * gates (n, steps, G*hidden) with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru:
+ * r, z, n). Each step's GEMM reads the previous state hs[:, t - 1] in place (row
+ * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1).
+ * Elementwise operations follow reference.py's order, in T, with sigmoid and
+ * tanh evaluated in double and rounded once; bias gradients summed in double. */
+
+/* Row-major C (m, n; row stride ldc) = op(A) op(B) + beta C, op(A) (m, k) being A
+ * (row stride lda) or, with ta, the transpose of A (k, m); likewise B. Column-major
+ * BLAS computes C^T = op(B)^T op(A)^T: the operands swap. */
+static void FN(gemm)(int ta, int tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
+                     const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+    int im = (int)n, in = (int)m, ik = (int)k, ia = (int)ldb, ib = (int)lda, ic = (int)ldc;
+    T one = 1;
+    FN(blas_gemm)(tb ? "T" : "N", ta ? "T" : "N", &im, &in, &ik, &one, b, &ia, a, &ib, &beta, c, &ic);
+}
+
+/* xw (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection */
+static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f, int64_t width) {
+    FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, xw, width);
+}
+
+/* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0) */
+static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h, T *z, int64_t n,
+                               int64_t steps, int64_t hidden, int64_t width) {
+    if (t)
+        FN(gemm)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0, z,
+                 width);
+    else
+        FN(gemm)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
+}
+
+/* dW_h += h_{t-1}^T @ dz_t; dh = dz_t @ W_h^T + beta dh (dz_t (n, width), row stride ld) */
+static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *dzt,
+                               int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
+                               int64_t hidden, int64_t width) {
+    if (t)
+        FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1, dW_h,
+                 width);
+    else
+        FN(gemm)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
+    FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
+}
+
+/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step; db = column sums of dz */
+static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
+                           int64_t rows, int64_t f, int64_t width) {
+    FN(gemm)(0, 1, rows, f, width, dz, width, W_x, width, 0, dx, f);
+    FN(gemm)(1, 0, f, width, rows, x, f, dz, width, 0, dW_x, width);
+    for (int64_t j = 0; j < width; j++) {
+        double s = 0;
+        for (int64_t r = 0; r < rows; r++)
+            s += (double)dz[r * width + j];
+        db[j] = (T)s;
+    }
+}
+
+/* ------------------------------------------------------------------- rnn */
+void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
+                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    FN(project)(x, W_x, xw, n * steps, f, hidden);
+    for (int64_t t = 0; t < steps; t++) {
+        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
+        for (int64_t i = 0; i < n; i++) {
+            const T *xr = xw + (i * steps + t) * hidden, *zr = z + i * hidden;
+            T *hr = hs + (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                T v = (xr[j] + b[j]) + zr[j];
+                hr[j] = relu ? (v < 0 ? (T)0 : v) : (T)tanh_f64((double)v); /* NaN stays NaN */
+            }
+        }
+    }
+}
+
+void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
+                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    /* dh0 holds the gradient h_t receives from step t + 1 throughout */
+    for (int64_t i = 0; i < n * hidden; i++)
+        dh0[i] = 0;
+    for (int64_t i = 0; i < hidden * hidden; i++)
+        dW_h[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        for (int64_t i = 0; i < n; i++) {
+            int64_t at = (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                T g = dhs[at + j] + dh0[i * hidden + j], y = hs[at + j];
+                dz[at + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
+            }
+        }
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, dW_h, dh0, 0, n, steps,
+                           hidden, hidden);
+    }
+    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
+}
+
+/* ------------------------------------------------------------------ lstm */
+void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
+                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    int64_t w = 4 * hidden;
+    FN(project)(x, W_x, xw, n * steps, f, w);
+    for (int64_t t = 0; t < steps; t++) {
+        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+        for (int64_t i = 0; i < n; i++) {
+            const T *xr = xw + (i * steps + t) * w, *zr = z + i * w;
+            const T *c_prev = t ? cs + (i * steps + t - 1) * hidden : c0 + i * hidden;
+            T *gr = gates + (i * steps + t) * w;
+            int64_t at = (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
+                T ig = (T)sigmoid_f64((double)((xr[j] + b[j]) + zr[j]));
+                T fg = (T)sigmoid_f64((double)((xr[k] + b[k]) + zr[k]));
+                T gg = (T)tanh_f64((double)((xr[l] + b[l]) + zr[l]));
+                T og = (T)sigmoid_f64((double)((xr[m] + b[m]) + zr[m]));
+                T c = fg * c_prev[j] + ig * gg;
+                gr[j] = ig;
+                gr[k] = fg;
+                gr[l] = gg;
+                gr[m] = og;
+                cs[at + j] = c;
+                hs[at + j] = og * (T)tanh_f64((double)c);
+            }
+        }
+    }
+}
+
+void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
+                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
+                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
+                       int64_t f, int64_t hidden) {
+    int64_t w = 4 * hidden;
+    /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
+    for (int64_t i = 0; i < n * hidden; i++)
+        dh0[i] = dc0[i] = 0;
+    for (int64_t i = 0; i < hidden * w; i++)
+        dW_h[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        for (int64_t i = 0; i < n; i++) {
+            const T *gr = gates + (i * steps + t) * w;
+            const T *c_prev = t ? cs + (i * steps + t - 1) * hidden : c0 + i * hidden;
+            T *dzr = dz + (i * steps + t) * w, *dh = dh0 + i * hidden, *dc = dc0 + i * hidden;
+            int64_t at = (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
+                T tc = (T)tanh_f64((double)cs[at + j]);
+                T g = dhs[at + j] + dh[j];
+                T dcv = dc[j] + g * og * ((T)1 - tc * tc);
+                dc[j] = dcv * fg;
+                dzr[j] = dcv * gg * ig * ((T)1 - ig);
+                dzr[hidden + j] = dcv * c_prev[j] * fg * ((T)1 - fg);
+                dzr[2 * hidden + j] = dcv * ig * ((T)1 - gg * gg);
+                dzr[3 * hidden + j] = g * tc * og * ((T)1 - og);
+            }
+        }
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, dW_h, dh0, 0, n, steps, hidden, w);
+    }
+    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, w);
+}
+
+/* ------------------------------------------------------------------- gru */
+void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
+                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
+                     int64_t f, int64_t hidden) {
+    int64_t w = 3 * hidden;
+    FN(project)(x, W_x, xw, n * steps, f, w);
+    for (int64_t t = 0; t < steps; t++) {
+        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+        for (int64_t i = 0; i < n; i++) {
+            const T *xr = xw + (i * steps + t) * w, *zr = z + i * w;
+            const T *h_prev = t ? hs + (i * steps + t - 1) * hidden : h0 + i * hidden;
+            T *gr = gates + (i * steps + t) * w;
+            int64_t at = (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                int64_t k = hidden + j, m = 2 * hidden + j;
+                T r = (T)sigmoid_f64((double)((xr[j] + b_x[j]) + (zr[j] + b_h[j])));
+                T u = (T)sigmoid_f64((double)((xr[k] + b_x[k]) + (zr[k] + b_h[k])));
+                T a_n = zr[m] + b_h[m];
+                T nw = (T)tanh_f64((double)((xr[m] + b_x[m]) + r * a_n));
+                gr[j] = r;
+                gr[k] = u;
+                gr[m] = nw;
+                hn[at + j] = a_n;
+                hs[at + j] = ((T)1 - u) * nw + u * h_prev[j];
+            }
+        }
+    }
+}
+
+/* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
+void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
+                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    int64_t w = 3 * hidden;
+    for (int64_t j = 0; j < w; j++)
+        acc[j] = 0;
+    for (int64_t i = 0; i < n * hidden; i++)
+        dh0[i] = 0;
+    for (int64_t i = 0; i < hidden * w; i++)
+        dW_h[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        for (int64_t i = 0; i < n; i++) {
+            const T *gr = gates + (i * steps + t) * w;
+            const T *h_prev = t ? hs + (i * steps + t - 1) * hidden : h0 + i * hidden;
+            T *dxr = dxw + (i * steps + t) * w, *dhr = dhw + i * w, *dh = dh0 + i * hidden;
+            int64_t at = (i * steps + t) * hidden;
+            for (int64_t j = 0; j < hidden; j++) {
+                int64_t k = hidden + j, m = 2 * hidden + j;
+                T r = gr[j], u = gr[k], nw = gr[m];
+                T g = dhs[at + j] + dh[j];
+                T dn = g * ((T)1 - u) * ((T)1 - nw * nw);
+                T dr = dn * hn[at + j] * r * ((T)1 - r);
+                T du = g * (h_prev[j] - nw) * u * ((T)1 - u);
+                T dnr = dn * r;
+                dxr[j] = dr;
+                dxr[k] = du;
+                dxr[m] = dn;
+                dhr[j] = dr;
+                dhr[k] = du;
+                dhr[m] = dnr;
+                acc[j] += (double)dr;
+                acc[k] += (double)du;
+                acc[m] += (double)dnr;
+                dh[j] = g * u; /* the direct path to h_{t-1}; the GEMM adds dhw W_h^T */
+            }
+        }
+        FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
+    }
+    for (int64_t j = 0; j < w; j++)
+        db_h[j] = (T)acc[j];
+    FN(input_side)(x, W_x, dxw, dx, dW_x, db_x, n * steps, f, w);
+}

@@ -1,0 +1,301 @@
+"""Jitted recurrent kernels (rnn, lstm, gru) behind the numba backend.
+
+Each forward and each backward is one jitted function holding the whole time
+loop, so no Python runs between steps. GEMMs call BLAS's sgemm/dgemm directly
+(SciPy's, see _blas.py),
+which takes row strides, so a step's slice [:, t] of a batch-first (N, T, ...)
+sequence is an operand as it is (leading dimension T * width), and accumulates
+(beta = 1), so dW_h sums over steps in place: no copy, no allocation per step.
+The input projection of every step is one GEMM (N*T, F) @ (F, G*H) before the
+loop; each step one (N, H) @ (H, G*H) GEMM and one pass over (N, H) for every
+gate; the backward per step dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T, and
+after the loop dx and dW_x over every step at once.
+
+Roundings follow the reference: elementwise operations in the array dtype, in
+the reference's order, with tanh and sigmoid evaluated in float64 and rounded
+once (reference.FLOAT64_INSIDE); bias gradients summed in float64. (BLAS's
+beta = 1 rounds a product and the sum it is added to once, where the reference
+rounds twice.)
+"""
+
+import ctypes
+
+import numpy as np
+
+from ._blas import blas_gemm
+from ._numba_kernels import jit
+from ._numba_math import fexp, jit_inline, tanh64
+
+_GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
+# dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
+# into Numba's on-disk cache as an address of the process that compiled it)
+GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
+        np.dtype(np.float64): _GEMM_TYPE(blas_gemm("dgemm"))}
+
+
+class Blas:
+    """What a kernel passes ?gemm by pointer: ints (6,) int32, scalars (2,) of the
+    dtype, the flags b"NT"; allocated once per kernel call."""
+
+    def __init__(self, dtype):
+        self.fn = GEMM[np.dtype(dtype)]
+        self.ints = np.zeros(6, np.int32)
+        self.scalars = np.zeros(2, dtype)
+        self.flags = np.frombuffer(b"NT", np.uint8).copy()
+
+    def args(self):
+        return self.fn, self.ints, self.scalars, self.flags
+
+
+@jit_inline
+def gemm(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """Row-major C (m, n; row stride ldc) = op(A) @ op(B) + beta C, op(A) (m, k)
+    being A (row stride lda) or, with ta, the transpose of A (k, m); likewise B.
+    a, b, c: arrays whose first element is the matrix's. Column-major BLAS sees
+    C.T = op(B).T @ op(A).T: the operands swap, the flags stay."""
+    fn, ints, scalars, flags = blas
+    ints[0] = n
+    ints[1] = m
+    ints[2] = k
+    ints[3] = ldb
+    ints[4] = lda
+    ints[5] = ldc
+    scalars[0] = 1
+    scalars[1] = beta
+    fn(flags[tb:].ctypes, flags[ta:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
+       scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes,
+       scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
+
+
+@jit_inline
+def sigmoid64(v):
+    e = fexp(-abs(v))  # in (0, 1]: no overflow for any v
+    return (1.0 if v >= 0.0 else e) / (1.0 + e)
+
+
+@jit_inline
+def _project(blas, x, W_x, xw):
+    """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step."""
+    n, steps, f = x.shape
+    width = W_x.shape[1]
+    gemm(blas, 0, 0, n * steps, width, f, x, f, W_x, width, 0.0, xw, width)
+
+
+@jit_inline
+def _recurrent_gemm(blas, t, h0, hs, W_h, z):
+    """z (N, G*H) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0)."""
+    n, steps, hidden = hs.shape
+    width = W_h.shape[1]
+    if t:
+        gemm(blas, 0, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, width, 0.0, z, width)
+    else:
+        gemm(blas, 0, 0, n, width, hidden, h0, hidden, W_h, width, 0.0, z, width)
+
+
+@jit_inline
+def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
+    """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; dz_t (N, G*H) with
+    row stride ld_dz."""
+    n, steps, hidden = hs.shape
+    width = W_h.shape[1]
+    if t:
+        gemm(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, ld_dz, 1.0, dW_h, width)
+    else:
+        gemm(blas, 1, 0, hidden, width, n, h0, hidden, dzt, ld_dz, 1.0, dW_h, width)
+    gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
+
+
+@jit_inline
+def _input_side(blas, x, W_x, dz, dx, dW_x, db):
+    """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
+    column sums of dz (N, T, G*H), in float64."""
+    n, steps, f = x.shape
+    width = dz.shape[2]
+    rows = n * steps
+    gemm(blas, 0, 1, rows, f, width, dz, width, W_x, width, 0.0, dx, f)
+    gemm(blas, 1, 0, f, width, rows, x, f, dz, width, 0.0, dW_x, width)
+    dz2 = dz.reshape(rows, width)
+    acc = np.zeros(width)
+    for r in range(rows):
+        for j in range(width):
+            acc[j] += dz2[r, j]
+    for j in range(width):
+        db[j] = acc[j]
+
+
+# ---------------------------------------------------------------------- rnn
+@jit
+def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
+    """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
+    z (N, H) workspaces."""
+    n, steps, hidden = hs.shape
+    zero = hs.dtype.type(0)
+    _project(blas, x, W_x, xw)
+    for t in range(steps):
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
+        for i in range(n):
+            for j in range(hidden):
+                v = (xw[i, t, j] + b[j]) + z[i, j]
+                if relu:
+                    hs[i, t, j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+                else:
+                    hs[i, t, j] = tanh64(np.float64(v))
+
+
+@jit
+def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
+    """Gradients through time; dz (N, T, H) d loss / d pre-activations, dh (N, H)
+    the gradient h_t receives from step t + 1 (ends as dh0)."""
+    n, steps, hidden = hs.shape
+    dt = hs.dtype.type
+    one, zero = dt(1), dt(0)
+    dh[:] = zero
+    dW_h[:] = zero
+    for t in range(steps - 1, -1, -1):
+        for i in range(n):
+            for j in range(hidden):
+                g = dhs[i, t, j] + dh[i, j]
+                y = hs[i, t, j]
+                if relu:
+                    dz[i, t, j] = g if y > zero else zero
+                else:
+                    dz[i, t, j] = g * (one - y * y)
+        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
+    dh0[:] = dh
+    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+
+
+# --------------------------------------------------------------------- lstm
+@jit
+def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
+    """hs, cs (N, T, H); gates (N, T, 4H): i, f, g, o after their nonlinearities;
+    xw (N, T, 4H) and z (N, 4H) workspaces."""
+    n, steps, hidden = hs.shape
+    dt = hs.dtype.type
+    _project(blas, x, W_x, xw)
+    for t in range(steps):
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
+        for i in range(n):
+            # one row's 1-D views: the loop below vectorises
+            xr, zr, gr = xw[i, t], z[i], gates[i, t]
+            c_prev = cs[i, t - 1] if t else c0[i]
+            c_row, h_row = cs[i, t], hs[i, t]
+            for j in range(hidden):
+                ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
+                k = hidden + j
+                fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+                k += hidden
+                gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
+                k += hidden
+                og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+                c = fg * c_prev[j] + ig * gg
+                gr[j] = ig
+                gr[hidden + j] = fg
+                gr[2 * hidden + j] = gg
+                gr[3 * hidden + j] = og
+                c_row[j] = c
+                h_row[j] = og * dt(tanh64(np.float64(c)))
+
+
+@jit
+def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
+                  dz, dh, dc):
+    """Gradients through time; dz (N, T, 4H); dh, dc (N, H) the gradients h_t and
+    c_t receive from step t + 1 (end as dh0, dc0)."""
+    n, steps, hidden = hs.shape
+    dt = hs.dtype.type
+    one, zero = dt(1), dt(0)
+    dh[:] = zero
+    dc[:] = zero
+    dW_h[:] = zero
+    for t in range(steps - 1, -1, -1):
+        for i in range(n):
+            for j in range(hidden):
+                ig = gates[i, t, j]
+                fg = gates[i, t, hidden + j]
+                gg = gates[i, t, 2 * hidden + j]
+                og = gates[i, t, 3 * hidden + j]
+                c_prev = cs[i, t - 1, j] if t else c0[i, j]
+                tc = dt(tanh64(np.float64(cs[i, t, j])))
+                g = dhs[i, t, j] + dh[i, j]
+                dcv = dc[i, j] + g * og * (one - tc * tc)
+                dc[i, j] = dcv * fg
+                dz[i, t, j] = dcv * gg * ig * (one - ig)
+                dz[i, t, hidden + j] = dcv * c_prev * fg * (one - fg)
+                dz[i, t, 2 * hidden + j] = dcv * ig * (one - gg * gg)
+                dz[i, t, 3 * hidden + j] = g * tc * og * (one - og)
+        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
+    dh0[:] = dh
+    dc0[:] = dc
+    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+
+
+# ---------------------------------------------------------------------- gru
+@jit
+def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
+    """hs (N, T, H); gates (N, T, 3H): r, z, n; hn (N, T, H) h_{t-1} W_hn + b_hn;
+    xw (N, T, 3H) and z (N, 3H) workspaces."""
+    n, steps, hidden = hs.shape
+    dt = hs.dtype.type
+    one = dt(1)
+    _project(blas, x, W_x, xw)
+    for t in range(steps):
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
+        for i in range(n):
+            for j in range(hidden):
+                k = hidden + j
+                m = 2 * hidden + j
+                r = dt(sigmoid64(np.float64((xw[i, t, j] + b_x[j]) + (z[i, j] + b_h[j]))))
+                u = dt(sigmoid64(np.float64((xw[i, t, k] + b_x[k]) + (z[i, k] + b_h[k]))))
+                a_n = z[i, m] + b_h[m]
+                new = dt(tanh64(np.float64((xw[i, t, m] + b_x[m]) + r * a_n)))
+                h_prev = hs[i, t - 1, j] if t else h0[i, j]
+                gates[i, t, j] = r
+                gates[i, t, k] = u
+                gates[i, t, m] = new
+                hn[i, t, j] = a_n
+                hs[i, t, j] = (one - u) * new + u * h_prev
+
+
+@jit
+def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
+                 dhw, dh):
+    """Gradients through time; dxw (N, T, 3H) d loss / d (x_t W_x + b_x); dhw
+    (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
+    h_t receives from step t + 1 (ends as dh0): first its direct part dh_t * z,
+    to which the GEMM adds dhw @ W_h.T."""
+    n, steps, hidden = hs.shape
+    dt = hs.dtype.type
+    one, zero = dt(1), dt(0)
+    dh[:] = zero
+    dW_h[:] = zero
+    acc = np.zeros(3 * hidden)  # db_h in float64
+    for t in range(steps - 1, -1, -1):
+        for i in range(n):
+            for j in range(hidden):
+                k = hidden + j
+                m = 2 * hidden + j
+                r = gates[i, t, j]
+                u = gates[i, t, k]
+                new = gates[i, t, m]
+                h_prev = hs[i, t - 1, j] if t else h0[i, j]
+                g = dhs[i, t, j] + dh[i, j]
+                dn = g * (one - u) * (one - new * new)
+                dr = dn * hn[i, t, j] * r * (one - r)
+                du = g * (h_prev - new) * u * (one - u)
+                dnr = dn * r
+                dxw[i, t, j] = dr
+                dxw[i, t, k] = du
+                dxw[i, t, m] = dn
+                dhw[i, j] = dr
+                dhw[i, k] = du
+                dhw[i, m] = dnr
+                acc[j] += dr
+                acc[k] += du
+                acc[m] += dnr
+                dh[i, j] = g * u
+        _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
+    dh0[:] = dh
+    for j in range(3 * hidden):
+        db_h[j] = acc[j]
+    _input_side(blas, x, W_x, dxw, dx, dW_x, db_x)

@@ -1,0 +1,171 @@
+"""The recurrent kernels (rnn, lstm, gru) of the reference: gradients through
+time against central finite differences, and outputs and every gradient against
+torch.nn.RNN / LSTM / GRU (batch_first, weights converted by transposition)
+where PyTorch is installed. Every backend against the reference: catalogue.py."""
+
+import numpy as np
+import pytest
+
+import fastnn
+
+ref = fastnn.get_backend("numpy")
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def rand(shape, seed, scale=1.0):
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def arguments(kind, n, t, f, h, dtype=np.float64, state=True, seed=0):
+    """Keyword arguments of a valid forward call (weights of scale 1 / sqrt(H))."""
+    g = GATES[kind]
+    kw = {"x": rand((n, t, f), seed), "W_x": rand((f, g * h), seed + 1, max(f, 1) ** -0.5),
+          "W_h": rand((h, g * h), seed + 2, h ** -0.5), "h0": rand((n, h), seed + 3) if state else None}
+    if kind == "lstm":
+        kw["c0"] = rand((n, h), seed + 4) if state else None
+    if kind == "gru":
+        kw["b_x"], kw["b_h"] = rand(g * h, seed + 5, 0.5), rand(g * h, seed + 6, 0.5)
+    else:
+        kw["b"] = rand(g * h, seed + 5, 0.5)
+    return {k: None if v is None else v.astype(dtype) for k, v in kw.items()}
+
+
+def forward(backend, kind, kw, activation="tanh"):
+    extra = {"activation": activation} if kind == "rnn" else {}
+    return getattr(backend, f"{kind}_forward")(**kw, **extra)
+
+
+def gradient_names(kind):
+    """The names of the backward's results, in order (states: the initial ones)."""
+    return {"rnn": ["x", "h0", "W_x", "W_h", "b"],
+            "lstm": ["x", "h0", "c0", "W_x", "W_h", "b"],
+            "gru": ["x", "h0", "W_x", "W_h", "b_x", "b_h"]}[kind]
+
+
+# ------------------------------------------------------- finite differences
+CASES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)]
+
+
+@pytest.mark.parametrize("kind, activation", CASES)
+@pytest.mark.parametrize("n, t, f, h", [(2, 4, 3, 3), (1, 1, 2, 2), (3, 6, 1, 2)])
+def test_gradients_through_time_match_finite_differences(kind, activation, n, t, f, h):
+    """sum(R * hs) for a random R: every gradient of the backward against central
+    differences of the forward, one element at a time."""
+    kw = arguments(kind, n, t, f, h)
+    R = rand((n, t, h), 9)
+    if kind == "rnn" and activation == "relu":
+        kw["b"] += 1.0  # away from the kink, where a finite difference is meaningless
+    hs, cache = forward(ref, kind, kw, activation)
+    grads = getattr(ref, f"{kind}_backward")(R, cache)
+    assert len(grads) == len(gradient_names(kind))
+    for name, grad in zip(gradient_names(kind), grads):
+        a = kw[name]
+        assert grad.shape == a.shape and grad.dtype == a.dtype, name
+        numeric = np.zeros_like(a)
+        for i in range(a.size):
+            old = a.flat[i]
+            a.flat[i] = old + 1e-6
+            up = (R * forward(ref, kind, kw, activation)[0]).sum()
+            a.flat[i] = old - 1e-6
+            down = (R * forward(ref, kind, kw, activation)[0]).sum()
+            a.flat[i] = old
+            numeric.flat[i] = (up - down) / 2e-6
+        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8, err_msg=f"{kind} d{name}")
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_no_initial_state_is_zeros(kind):
+    kw = arguments(kind, 3, 4, 2, 3)
+    zero = {k: (np.zeros_like(v) if k in ("h0", "c0") else v) for k, v in kw.items()}
+    none = {k: (None if k in ("h0", "c0") else v) for k, v in kw.items()}
+    hs0, cache0 = forward(ref, kind, zero)
+    hs1, cache1 = forward(ref, kind, none)
+    np.testing.assert_array_equal(hs1, hs0)
+    dhs = rand(hs0.shape, 3)
+    for a, b in zip(getattr(ref, f"{kind}_backward")(dhs, cache1),
+                    getattr(ref, f"{kind}_backward")(dhs, cache0)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_a_loss_on_the_last_state_reaches_the_first_input(kind):
+    """dhs zero but at the last step: the gradient still reaches x_0 (through time)."""
+    kw = arguments(kind, 2, 5, 3, 4)
+    hs, cache = forward(ref, kind, kw)
+    dhs = np.zeros_like(hs)
+    dhs[:, -1] = 1.0
+    dx = getattr(ref, f"{kind}_backward")(dhs, cache)[0]
+    assert np.abs(dx[:, 0]).min() > 0
+
+
+# ------------------------------------------------------------------ PyTorch
+SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (3, 1, 4, 2), (1, 9, 1, 1), (5, 12, 8, 16)]
+
+
+def _torch_layer(torch, kind, kw, f, h, activation):
+    cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[kind]
+    extra = {"nonlinearity": activation} if kind == "rnn" else {}
+    layer = cls(f, h, batch_first=True, dtype=torch.float64, **extra)
+    with torch.no_grad():
+        layer.weight_ih_l0.copy_(torch.tensor(kw["W_x"].T))
+        layer.weight_hh_l0.copy_(torch.tensor(kw["W_h"].T))
+        if kind == "gru":
+            layer.bias_ih_l0.copy_(torch.tensor(kw["b_x"]))
+            layer.bias_hh_l0.copy_(torch.tensor(kw["b_h"]))
+        else:  # fastnn's b is the sum of the two: split it any way
+            layer.bias_ih_l0.copy_(torch.tensor(0.25 * kw["b"]))
+            layer.bias_hh_l0.copy_(torch.tensor(0.75 * kw["b"]))
+    return layer
+
+
+@pytest.mark.parametrize("kind, activation", CASES)
+@pytest.mark.parametrize("n, t, f, h", SHAPES)
+@pytest.mark.parametrize("state", [True, False], ids=["h0", "no-h0"])
+def test_matches_torch(kind, activation, n, t, f, h, state):
+    torch = pytest.importorskip("torch")
+    kw = arguments(kind, n, t, f, h, state=state, seed=n + t)
+    layer = _torch_layer(torch, kind, kw, f, h, activation)
+    x = torch.tensor(kw["x"], requires_grad=True)
+    states = []
+    if state:
+        states = [torch.tensor(kw["h0"][None], requires_grad=True)]
+        if kind == "lstm":
+            states.append(torch.tensor(kw["c0"][None], requires_grad=True))
+    hs_torch, _ = layer(x, (tuple(states) if kind == "lstm" else states[0]) if state else None)
+    dhs = rand((n, t, h), 17)
+    hs_torch.backward(torch.tensor(dhs))
+
+    hs, cache = forward(ref, kind, kw, activation)
+    np.testing.assert_allclose(hs, hs_torch.detach().numpy(), rtol=1e-10, atol=1e-13)
+    grads = dict(zip(gradient_names(kind), getattr(ref, f"{kind}_backward")(dhs, cache)))
+    expected = {"x": x.grad, "W_x": layer.weight_ih_l0.grad.T, "W_h": layer.weight_hh_l0.grad.T}
+    if kind == "gru":
+        expected.update(b_x=layer.bias_ih_l0.grad, b_h=layer.bias_hh_l0.grad)
+    else:
+        expected["b"] = layer.bias_ih_l0.grad
+        np.testing.assert_allclose(layer.bias_hh_l0.grad, layer.bias_ih_l0.grad, rtol=1e-12)
+    if state:
+        expected["h0"] = states[0].grad[0]
+        if kind == "lstm":
+            expected["c0"] = states[1].grad[0]
+    for name, e in expected.items():
+        e = e.numpy()
+        np.testing.assert_allclose(grads[name], e, rtol=1e-9, atol=1e-12 * max(1, np.abs(e).max()),
+                                   err_msg=f"{kind} d{name}")
+
+
+@pytest.mark.parametrize("backend_name", fastnn.available_backends())
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("n, t, f", [(0, 3, 2), (2, 0, 2), (2, 3, 0)])
+def test_empty_axes_give_the_reference_results(kind, n, t, f, backend_name):
+    """No sample, no step or no feature: every backend returns the reference's
+    arrays (zero gradients where nothing flows, the bias alone through the
+    gates without features)."""
+    kw = arguments(kind, n, t, f, 2, state=False)
+    results = []
+    for backend in (ref, fastnn.get_backend(backend_name)):
+        hs, cache = forward(backend, kind, kw)
+        results.append((hs, *getattr(backend, f"{kind}_backward")(np.ones_like(hs), cache)))
+    for got, expected in zip(*results):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
