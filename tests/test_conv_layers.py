@@ -10,6 +10,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import fastnn
 from fastnn import nn
+from fastnn.testing import assert_gradients
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -21,21 +22,6 @@ def one_thread():
     fastnn.set_num_threads(2)
 
 
-def fd_check(model, X, y, h=1e-6, rtol=1e-5, atol=1e-7):
-    """The analytic gradient of the training objective against central differences."""
-    p0 = model.get_flat_params().copy()
-    _, grad = model.loss_and_gradient(X, y)
-    numeric = np.empty_like(p0)
-    for i in range(p0.size):
-        values = []
-        for step in (h, -h):
-            p = p0.copy()
-            p[i] += step
-            model.set_flat_params(p)
-            values.append(model.loss_and_gradient(X, y)[0])
-        numeric[i] = (values[0] - values[1]) / (2 * h)
-    model.set_flat_params(p0)
-    assert_allclose(grad, numeric, rtol=rtol, atol=atol)
 
 
 def images(n=5, h=6, w=5, c=2, seed=0):
@@ -68,7 +54,7 @@ def test_conv_layers_match_finite_differences(stack, backend):
                           backend=backend, input_shape=(6, 5, 2))
     params = rng.uniform(-0.5, 0.5, model.n_params)
     model.set_flat_params(params)
-    fd_check(model, X, y)
+    assert_gradients(model, X, y, eps=1e-6, rtol=1e-5, atol=1e-7)
 
 
 def test_batchnorm_and_dropout_act_per_channel_on_images():

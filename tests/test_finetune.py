@@ -65,6 +65,32 @@ def test_frozen_parameters_stay_bit_identical_through_fit(backend, optimizer):
     assert grads["dense_1/W"].any()
 
 
+
+@pytest.mark.parametrize("backend", fastnn.available_backends())
+@pytest.mark.parametrize("kind", ["conv", "lstm", "gru-embedding"])
+def test_frozen_convolution_and_recurrent_layers_stay_bit_identical(backend, kind):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 24)
+    if kind == "conv":
+        X = rng.normal(size=(24, 6, 6, 2))
+        layers = [nn.Conv2D(4, 3, padding="same", activation="relu"), nn.MaxPool2D(), nn.Flatten(),
+                  nn.Dense(3)]
+    elif kind == "lstm":
+        X = rng.normal(size=(24, 5, 3))
+        layers = [nn.LSTM(6, return_sequences=True), nn.GRU(4), nn.Dense(3)]
+    else:
+        X = rng.integers(0, 7, (24, 5))
+        layers = [nn.Embedding(7, 3), nn.GRU(4), nn.Dense(3)]
+    model = nn.Sequential(layers, loss=CE, optimizer=nn.Adam(1e-2), l2=0.01, seed=0, backend=backend)
+    model.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    model.layers[0].trainable = False
+    before = {name: p.copy() for name, p in model.layers[0].params.items()}
+    others = model.layers[-1].params["W"].copy()
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    for name, p in model.layers[0].params.items():
+        assert_array_equal(p, before[name])
+    assert not np.array_equal(model.layers[-1].params["W"], others)
+
 def test_frozen_first_layer_has_no_backward():
     X, y = data()
     model = nn.Sequential([nn.Dense(8, "relu"), nn.Dense(8, "relu"), nn.Dense(3)], loss=CE, seed=0)
