@@ -93,11 +93,17 @@ def transplant(source, model):
 
 
 def _fit(model, X, y, task, fit_kwargs, validation):
-    """Train `task.epochs` epochs after `task.epochs_done`; returns the History.
-    The shuffling seed follows from the model seed and the epochs done, so a
-    model continued after a reload shuffles as it would have."""
-    kwargs = {"verbose": 0, "seed": (model.seed, task.epochs_done), **fit_kwargs, **validation}
-    return model.fit(X, y, epochs=task.epochs, **kwargs)
+    """Train `task.epochs` epochs after `task.epochs_done`, one fit call per epoch,
+    with the shuffling seed (model seed, epoch index): a configuration trained in
+    rounds (Hyperband's rungs, PBT's intervals, a resumed search) sees the same
+    batches as one trained straight through. Returns {key: [value per epoch]}."""
+    history = {}
+    kwargs = {"verbose": 0, **fit_kwargs, **validation}
+    for epoch in range(task.epochs_done, task.epochs_done + task.epochs):
+        logs = model.fit(X, y, epochs=1, seed=(model.seed, epoch), **kwargs)
+        for key, values in logs.items():
+            history.setdefault(key, []).extend(values)
+    return history
 
 
 def run_task(task, data):

@@ -66,7 +66,9 @@ class _Range(Spec):
         return values
 
     def contains(self, value):
-        return isinstance(value, (int, float, np.number)) and self.min_value <= value <= self.max_value
+        if not isinstance(value, (int, float, np.number)) or not self.min_value <= value <= self.max_value:
+            return False
+        return self.step is None or math.isclose(self._snap(value), value, rel_tol=1e-9)
 
     def _snap(self, v):
         """The nearest allowed value to v (in the range, on the step grid)."""

@@ -74,8 +74,9 @@ class Tuner:
         e.g. batch_size, overrides it)."""
         data = self._data(X, y, validation_data, validation_split, cv)
         epochs = _check_count(epochs, "epochs")
-        for key in ("verbose", "callbacks"):
-            fit_kwargs.setdefault(key, 0 if key == "verbose" else None)
+        for key in ("callbacks", "seed", "epochs"):
+            if fit_kwargs.get(key) is not None:
+                raise ValueError(f"search calls fit once per epoch with its own seed: {key} cannot be passed")
         executor = get_executor(self.executor, self.n_jobs)
         executor.start(data)
         try:
@@ -243,14 +244,25 @@ class GridSearch(Tuner):
         return self._points[trial.number]
 
 
+def ask(build_model, hp):
+    """Run build_model to learn which values it asks for (define-by-run), not to
+    train: an error is ignored here, the trial raises it again when it runs and
+    is recorded FAILED."""
+    try:
+        build(build_model, hp)
+    except Exception:  # noqa: BLE001, S110 - reported by the trial
+        pass
+    return hp
+
+
 def grid_points(build_model, limit=100_000):
     """Every point of build_model's grid: an odometer over the hyperparameters a
     run asks for, the last one turning fastest; a run that takes another branch
     asks for other names, which start at their first value."""
     points, position = [], {}
     while True:
-        hp = HyperParameters(draw=lambda spec, position=position: spec.grid()[position.get(spec.name, 0)])
-        build(build_model, hp)
+        hp = ask(build_model, HyperParameters(draw=lambda spec, position=position:
+                                              spec.grid()[position.get(spec.name, 0)]))
         points.append(dict(hp.values))
         if len(points) > limit:
             raise ValueError(f"the grid has more than {limit} points")
@@ -327,8 +339,7 @@ class BayesianOptimization(Tuner):
         if trial.hyperparameters:  # a rerun
             return trial.hyperparameters
         asked = self._get_study().ask()
-        hp = HyperParameters(draw=lambda spec: _suggest(asked, spec))
-        build(self.build_model, hp)
+        hp = ask(self.build_model, HyperParameters(draw=lambda spec: _suggest(asked, spec)))
         self._asked[trial.number] = asked
         trial.space = dict(hp.space)
         return dict(hp.values)
