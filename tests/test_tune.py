@@ -21,7 +21,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from fastnn import nn, tune
-from fastnn.tune.hp import HyperParameters, random_draw
+from fastnn.tune.hp import HyperParameters, random_draw, spec_from_config
 from fastnn.tune.tuners import grid_points
 
 X_ALL, Y_ALL = load_digits(return_X_y=True)
@@ -86,6 +86,14 @@ def test_hp_checks():
     with pytest.raises(ValueError, match="not in"):  # True is not the choice 1
         HyperParameters(given={"b": True}).Choice("b", [0, 1, 2])
     assert HyperParameters(given={"x": 7}).Fixed("x", 7) == 7
+    # every kind of definition survives its record
+    hp = HyperParameters()
+    for ask in (lambda: hp.Int("a", 1, 100, sampling="log"), lambda: hp.Int("b", 1, 9, step=2),
+                lambda: hp.Float("c", 1e-3, 1.0, sampling="log"), lambda: hp.Float("d", 0, 1, step=0.25),
+                lambda: hp.Choice("e", ["x", "y"]), lambda: hp.Boolean("f"), lambda: hp.Fixed("g", 3)):
+        ask()
+    for spec in hp.space.values():
+        assert spec_from_config(json.loads(json.dumps(spec.config()))) == spec
 
 
 def test_grid_of_a_conditional_space():

@@ -109,6 +109,8 @@ class Int(_Range):
 
     def __init__(self, name, min_value, max_value, step=1, sampling="linear", default=None):
         for arg, v in (("min_value", min_value), ("max_value", max_value), ("step", step)):
+            if v is None and arg == "step":
+                continue  # every integer (how a log-sampled Int with step 1 is stored)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise TypeError(f"hyperparameter {name!r}: {arg} must be an integer, got {v!r}")
         if sampling == "log" and step == 1:
@@ -204,6 +206,9 @@ class Fixed(Spec):
 
     def __init__(self, name, value):
         self.name, self.value, self.default = name, value, value
+
+    def config(self):
+        return {"kind": self.kind, "name": self.name, "value": self.value}
 
     def grid(self):
         return [self.value]

@@ -153,23 +153,27 @@ def score_of(metrics, objective, epoch=None):
     return value
 
 
-def _write_atomic(path, write):
-    """write(f) into a temporary file beside `path`, then rename it to `path`."""
+def _write_atomic(path, write, durable=True):
+    """write(f) into a temporary file beside `path`, then rename it to `path`: a
+    killed process leaves the old file or the new one. durable: also flush it to
+    the disk first (to survive a crash of the machine; not needed for records
+    that are rewritten anyway, such as a RUNNING trial's)."""
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _write_json(path, obj):
+def _write_json(path, obj, durable=True):
     text = json.dumps(obj, indent=1, allow_nan=False).encode()
-    _write_atomic(path, lambda f: f.write(text))
+    _write_atomic(path, lambda f: f.write(text), durable)
 
 
 def _read_json(path):
@@ -239,13 +243,13 @@ class Project:
 
     def write(self, trial, model=None):
         """Write `trial`'s record, and first `model` (a Sequential) as its model
-        file after trial.epochs epochs; the file the record named before is removed
-        unless `keep` lists it."""
+        file after trial.epochs epochs. Returns the name of the model file the
+        record named before, if it changed (the caller removes it)."""
         old = trial.model_file
         if model is not None:
             trial.model_file = f"trial_{trial.number:04d}_e{trial.epochs}.npz"
             _write_atomic(os.path.join(self.path, trial.model_file), model.save)
-        _write_json(self.trial_path(trial.number), trial.to_json())
+        _write_json(self.trial_path(trial.number), trial.to_json(), durable=trial.status != RUNNING)
         return old if old != trial.model_file else None
 
     def remove_model(self, name):
