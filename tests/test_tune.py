@@ -372,29 +372,71 @@ def test_processes_give_the_same_trials(tmp_path):
         assert trial_table(pooled) == trial_table(local)
 
 
-def test_dask_cluster_gives_the_same_trials(tmp_path):
+@pytest.fixture(scope="module")
+def dask_client():
+    """A Client of a local cluster of two single-threaded worker processes."""
     distributed = pytest.importorskip("distributed")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address=None)
     try:
         with distributed.Client(cluster) as client:
-            for cls, kw in ((tune.RandomSearch, {"max_trials": 4}), (tune.GridSearch, {"max_trials": 4})):
-                local = cls(build_model, **options(tmp_path, cls.kind + "local"), **kw)
-                local.search(X, Y, epochs=1, validation_data=VAL)
-                remote = cls(build_model, executor=client, **options(tmp_path, cls.kind + "dask"), **kw)
-                remote.search(X, Y, epochs=1, validation_data=VAL)
-                assert trial_table(remote) == trial_table(local)
-            # PBT: the members' weights travel to and from the workers as arrays
-            pbt = [tune.PopulationBasedTraining(sgd_model, population_size=4, perturbation_interval=1,
-                                                hyperparam_mutations=["lr"], executor=ex,
-                                                **options(tmp_path, f"pbt{i}"))
-                   for i, ex in enumerate((None, client))]
-            for tuner in pbt:
-                tuner.search(X, Y, epochs=3, validation_data=VAL)
-            assert trial_table(pbt[1]) == trial_table(pbt[0])
-            assert [t.schedule for t in pbt[1].trials] == [t.schedule for t in pbt[0].trials]
+            yield client
     finally:
         cluster.close()
+
+
+def test_dask_cluster_gives_the_same_trials(tmp_path, dask_client):
+    for cls, kw in ((tune.RandomSearch, {"max_trials": 4}), (tune.GridSearch, {"max_trials": 4})):
+        local = cls(build_model, **options(tmp_path, cls.kind + "local"), **kw)
+        local.search(X, Y, epochs=1, validation_data=VAL)
+        remote = cls(build_model, executor=dask_client, **options(tmp_path, cls.kind + "dask"), **kw)
+        remote.search(X, Y, epochs=1, validation_data=VAL)
+        assert trial_table(remote) == trial_table(local)
+    # PBT: the members' weights travel to and from the workers as arrays
+    pbt = [tune.PopulationBasedTraining(sgd_model, population_size=4, perturbation_interval=1,
+                                        hyperparam_mutations=["lr"], executor=ex,
+                                        **options(tmp_path, f"pbt{i}"))
+           for i, ex in enumerate((None, dask_client))]
+    for tuner in pbt:
+        tuner.search(X, Y, epochs=3, validation_data=VAL)
+    assert trial_table(pbt[1]) == trial_table(pbt[0])
+    assert [t.schedule for t in pbt[1].trials] == [t.schedule for t in pbt[0].trials]
+
+
+def logged_model(path, hp):
+    """build_model for the worker-kill test: writes the calling process's id to `path`."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return build_model(hp)
+
+
+def test_a_dask_worker_killed_mid_trial_leaves_the_search_going(tmp_path, dask_client):
+    import functools
+    import threading
+
+    client, calls, killed = dask_client, tmp_path / "calls.txt", []
+    pids = client.run(os.getpid)
+    tuner = tune.RandomSearch(functools.partial(logged_model, str(calls)), max_trials=6, executor=client,
+                              **options(tmp_path, "k"))
+
+    def kill_a_busy_worker():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            # a worker that has built a model (is past its start-up) and runs a trial
+            started = set(calls.read_text().split()) if calls.exists() else set()
+            busy = [w for w, keys in client.processing().items() if keys and str(pids.get(w)) in started]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_a_busy_worker)
+    killer.start()
+    tuner.search(X, Y, epochs=8, validation_data=VAL)
+    killer.join()
+    assert killed, "no worker was killed during the search"
+    assert len(tuner.trials) == 6 and all(t.status == tune.COMPLETED for t in tuner.trials)
+    assert len(calls.read_text().split()) > 6  # the killed worker's trial was built again elsewhere
 
 
 # ----------------------------------------------------------------- packaging
