@@ -12,7 +12,8 @@
 An executor runs `fitting.run_task(task, data)`: `submit(task)` returns a
 handle, `wait(handles)` the handles that finished (at least one), and
 `outcome(handle)` the Outcome; a task lost with its worker (a killed process)
-gives an Outcome with the error, so the search records a FAILED trial and goes on.
+gives an Outcome with the error, so the search records a FAILED trial and goes on
+(Dask itself first runs a task lost with its worker again on another worker).
 """
 
 import concurrent.futures as cf
@@ -76,7 +77,7 @@ class Processes:
             raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
         self.slots = n_jobs
         self.threads = max(1, cores // n_jobs)
-        self._tasks = {}  # future -> task
+        self._tasks = {}  # future -> (task, the pool it was given to)
 
     def start(self, data):
         self._data = data
@@ -85,7 +86,7 @@ class Processes:
 
     def submit(self, task):
         future = self.pool.submit(_run_in_worker, task)
-        self._tasks[future] = task
+        self._tasks[future] = (task, self.pool)
         return future
 
     def wait(self, handles):
@@ -93,11 +94,12 @@ class Processes:
         return [h for h in handles if h in done]
 
     def outcome(self, handle):
-        task = self._tasks.pop(handle)
+        task, pool = self._tasks.pop(handle)
         try:
             return handle.result()
         except Exception as exc:  # noqa: BLE001 - a broken pool: the trial failed, not the search
-            if isinstance(exc, cf.process.BrokenProcessPool):  # a worker died: start a new pool
+            # a worker died: every trial of its pool is lost; the first to tell starts a new pool
+            if isinstance(exc, cf.process.BrokenProcessPool) and pool is self.pool:
                 self.pool.shutdown(wait=False)
                 self.start(self._data)
             return _lost(task, exc)
