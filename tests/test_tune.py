@@ -357,6 +357,73 @@ def test_a_search_killed_with_sigkill_resumes(tmp_path):
     assert sorted(set(built)) == sorted(t.hyperparameters["lr"] for t in tuner.trials)
 
 
+ROUNDS_SEARCH = """
+import sys
+import numpy as np
+from sklearn.datasets import load_digits
+from fastnn import nn, tune
+
+X, y = load_digits(return_X_y=True)
+X = (X / 16.0).astype(np.float32)
+
+def build_model(hp):
+    return nn.Sequential([nn.Dense(hp.Int("units", 8, 32, step=8), "relu"), nn.Dense(10)],
+                         loss="sparse_categorical_crossentropy",
+                         optimizer=nn.SGD(hp.Float("lr", 1e-4, 1.0, sampling="log"), momentum=0.9), seed=0)
+
+def make(kind, directory, name):
+    if kind == "pbt":
+        return tune.PopulationBasedTraining(build_model, population_size=4, perturbation_interval=1,
+                                            hyperparam_mutations=["lr"], quantile_fraction=0.5, seed=3,
+                                            directory=directory, project_name=name)
+    return tune.Hyperband(build_model, max_epochs=9, factor=3, seed=3, directory=directory, project_name=name)
+
+if __name__ == "__main__":
+    make(sys.argv[1], sys.argv[2], sys.argv[3]).search(X[:900], y[:900], epochs=6,
+                                                       validation_data=(X[900:1300], y[900:1300]))
+"""
+
+
+@pytest.mark.parametrize("kind", ["pbt", "hyperband"])
+def test_rounds_killed_with_sigkill_resume_to_the_same_result(kind, tmp_path):
+    """PBT and Hyperband write their state between rounds; killed mid-way and run
+    again, they end with the records of an uninterrupted search."""
+    script = tmp_path / "rounds.py"
+    script.write_text(ROUNDS_SEARCH)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = [sys.executable, str(script), kind, str(tmp_path)]
+    subprocess.run(run + ["whole"], env=env, check=True, timeout=300)
+    project = tmp_path / "killed"
+
+    def epochs_trained():
+        total = 0
+        for f in project.glob("trial_*.json"):
+            try:
+                total += json.loads(f.read_text())["epochs"]
+            except ValueError:
+                pass
+        return total
+
+    proc = subprocess.Popen(run + ["killed"], env=env)
+    deadline = time.monotonic() + 120
+    half = {"pbt": 4 * 6, "hyperband": 3 * 9 + 5 * 3 + 9 + 3 * 9}[kind] // 2  # of every epoch trained
+    while epochs_trained() < half and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the search ended before it was killed"
+    subprocess.run(run + ["killed"], env=env, check=True, timeout=300)
+
+    def records(name):
+        out = []
+        for f in sorted((tmp_path / name).glob("trial_*.json")):
+            r = json.loads(f.read_text())
+            out.append({k: r[k] for k in ("number", "hyperparameters", "status", "score", "metrics", "epochs",
+                                          "schedule")})
+        return out
+
+    assert records("killed") == records("whole")
+
+
 # ------------------------------------------------------------------ executors
 def trial_table(tuner):
     return [(t.number, t.hyperparameters, t.status, t.score) for t in tuner.trials]
