@@ -298,6 +298,15 @@ def test_corrupt_and_foreign_files_are_clear_errors(tmp_path):
         tune.RandomSearch(build_model, **options(tmp_path, "other"))
 
 
+def test_a_record_keeps_non_finite_metrics(tmp_path):
+    # a validation loss can overflow while training goes on: recorded as it is
+    project = tune.trials.Project(tmp_path, "p", {"tuner": "random"}, overwrite=False)
+    project.write(tune.Trial(0, {"lr": 0.1}, status=tune.COMPLETED, score=0.5,
+                             metrics={"val_loss": [float("inf"), 2.0], "val_accuracy": [0.1, 0.5]}))
+    trial = project.load_trials()[0]
+    assert trial.metrics["val_loss"] == [float("inf"), 2.0] and trial.score == 0.5
+
+
 KILLED_SEARCH = """
 import sys, time
 import numpy as np

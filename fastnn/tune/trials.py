@@ -172,7 +172,9 @@ def _write_atomic(path, write, durable=True):
 
 
 def _write_json(path, obj, durable=True):
-    text = json.dumps(obj, indent=1, allow_nan=False).encode()
+    # NaN and infinity as Python's json writes and reads them (a validation loss
+    # can overflow while training goes on)
+    text = json.dumps(obj, indent=1).encode()
     _write_atomic(path, lambda f: f.write(text), durable)
 
 
