@@ -71,7 +71,10 @@ class Tuner:
         validation_data=(X_val, y_val), validation_split or cv=K (K-fold: the score
         and metrics are the folds' mean, the kept model the first fold's);
         fit_kwargs go to Sequential.fit (a hyperparameter named like one of them,
-        e.g. batch_size, overrides it)."""
+        e.g. batch_size, overrides it). Each epoch is one fit call shuffled by
+        (model seed, epoch index), so that a configuration trained in rounds
+        trains as if straight through; fit's callbacks are therefore not taken.
+        The data goes to each worker once."""
         data = self._data(X, y, validation_data, validation_split, cv)
         epochs = _check_count(epochs, "epochs")
         for key in ("callbacks", "seed", "epochs"):
