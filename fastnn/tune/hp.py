@@ -1,0 +1,314 @@
+"""Hyperparameters, define-by-run: `build_model(hp)` asks `hp.Int(...)`,
+`hp.Float(...)`, `hp.Choice(...)`, `hp.Boolean(...)`, `hp.Fixed(...)` for each
+value it needs, and only the values it asks for are drawn (a conditional space:
+a branch not taken draws nothing).
+
+Each call returns a value and records its definition (a spec) in `hp.space`
+and the value in `hp.values`, in the order asked. Where the value comes from
+is the tuner's business: values given in advance (a grid point, an Optuna
+proposal, a PBT member's mutated values), or `draw(spec)`, a function the tuner
+passes (random draws), or the spec's default.
+"""
+
+import math
+import zlib
+
+import numpy as np
+
+SAMPLINGS = ("linear", "log")
+
+
+def _check_sampling(sampling, low):
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be 'linear' or 'log', got {sampling!r}")
+    if sampling == "log" and low <= 0:
+        raise ValueError(f"log sampling needs min_value > 0, got {low}")
+
+
+class Spec:
+    """The definition of one hyperparameter."""
+
+    kind = "spec"
+
+    def config(self):
+        return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.config() == other.config()
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class _Range(Spec):
+    """Int and Float: min_value..max_value (both included), on a step grid when
+    step is given (with log sampling, step is a factor: min, min*step, ...)."""
+
+    def __init__(self, name, min_value, max_value, step, sampling, default):
+        if not min_value <= max_value:
+            raise ValueError(f"hyperparameter {name!r}: min_value {min_value} > max_value {max_value}")
+        _check_sampling(sampling, min_value)
+        if step is not None and (step <= 0 or (sampling == "log" and step <= 1)):
+            raise ValueError(f"hyperparameter {name!r}: step must be > 0 (> 1 with log sampling), got {step}")
+        self.name, self.min_value, self.max_value = name, min_value, max_value
+        self.step, self.sampling = step, sampling
+        self.default = min_value if default is None else default
+        if not self.contains(self.default):
+            raise ValueError(f"hyperparameter {name!r}: default {default!r} is not in its range")
+
+    def grid(self):
+        if self.step is None:
+            raise ValueError(f"a grid over Float {self.name!r} needs a step")
+        values, v = [], self.min_value
+        while v <= self.max_value * (1 + 1e-12):
+            values.append(self._cast(v))
+            v = v * self.step if self.sampling == "log" else self.min_value + len(values) * self.step
+        return values
+
+    def contains(self, value):
+        if not isinstance(value, (int, float, np.number)) or not self.min_value <= value <= self.max_value:
+            return False
+        return self.step is None or math.isclose(self._snap(value), value, rel_tol=1e-9)
+
+    def _snap(self, v):
+        """The nearest allowed value to v (in the range, on the step grid)."""
+        v = min(max(v, self.min_value), self.max_value)
+        if self.step is not None:
+            if self.sampling == "log":
+                k = round(math.log(v / self.min_value) / math.log(self.step))
+                v = self.min_value * self.step**k
+            else:
+                v = self.min_value + round((v - self.min_value) / self.step) * self.step
+            v = min(v, self.max_value)
+        return self._cast(v)
+
+    def random(self, rng):
+        if self.sampling == "log":
+            v = math.exp(rng.uniform(math.log(self.min_value), math.log(self.max_value)))
+        else:
+            v = rng.uniform(self.min_value, self.max_value)
+        return self._snap(v)
+
+    def perturb(self, value, factor, rng):
+        return self._snap(value * factor)
+
+    def optuna_distribution(self):
+        import optuna
+
+        if self.step is not None and self.sampling == "log":  # Optuna has no geometric step
+            return optuna.distributions.CategoricalDistribution(self.grid())
+        if isinstance(self, Int):
+            return optuna.distributions.IntDistribution(self.min_value, self.max_value,
+                                                        log=self.sampling == "log", step=self.step or 1)
+        return optuna.distributions.FloatDistribution(self.min_value, self.max_value,
+                                                      log=self.sampling == "log", step=self.step)
+
+
+class Int(_Range):
+    kind = "int"
+
+    def __init__(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+        for arg, v in (("min_value", min_value), ("max_value", max_value), ("step", step)):
+            if v is None and arg == "step":
+                continue  # every integer (how a log-sampled Int with step 1 is stored)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"hyperparameter {name!r}: {arg} must be an integer, got {v!r}")
+        if sampling == "log" and step == 1:
+            step = None  # every integer: drawn log-uniformly, rounded
+        super().__init__(name, int(min_value), int(max_value), step, sampling, default)
+
+    def _cast(self, v):
+        return int(round(v))
+
+    def grid(self):
+        if self.step is None:
+            return list(range(self.min_value, self.max_value + 1))
+        return super().grid()
+
+    def contains(self, value):
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        return integer and super().contains(value)
+
+    def perturb(self, value, factor, rng):
+        new = self._snap(value * factor)
+        if new == value:  # a factor too small to move an integer: one step in its direction
+            grid = self.grid()
+            i = grid.index(value) if value in grid else 0
+            new = grid[min(max(i + (1 if factor > 1 else -1), 0), len(grid) - 1)]
+        return new
+
+
+class Float(_Range):
+    kind = "float"
+
+    def __init__(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+        super().__init__(name, float(min_value), float(max_value), step, sampling, default)
+
+    def _cast(self, v):
+        return float(v)
+
+
+class Choice(Spec):
+    """One of `values` (numbers, strings or booleans, all of one type); perturbing
+    moves to the neighbouring value in the list."""
+
+    kind = "choice"
+
+    def __init__(self, name, values, default=None):
+        values = list(values)
+        if not values:
+            raise ValueError(f"hyperparameter {name!r}: values is empty")
+        if len({type(v) for v in values}) > 1 and not all(isinstance(v, (int, float)) for v in values):
+            raise TypeError(f"hyperparameter {name!r}: values must all be of one type, got {values!r}")
+        for v in values:
+            if not isinstance(v, (int, float, str, bool)):
+                raise TypeError(f"hyperparameter {name!r}: values must be numbers, strings or booleans")
+        self.name, self.values = name, values
+        self.default = values[0] if default is None else default
+        if self.default not in values:
+            raise ValueError(f"hyperparameter {name!r}: default {default!r} is not one of its values")
+
+    def grid(self):
+        return list(self.values)
+
+    def contains(self, value):
+        # True == 1 in Python: a boolean matches only a boolean
+        return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in self.values)
+
+    def random(self, rng):
+        return self.values[int(rng.integers(len(self.values)))]
+
+    def perturb(self, value, factor, rng):
+        i = self.values.index(value)
+        return self.values[min(max(i + (1 if factor > 1 else -1), 0), len(self.values) - 1)]
+
+    def optuna_distribution(self):
+        import optuna
+
+        return optuna.distributions.CategoricalDistribution(self.values)
+
+
+class Boolean(Choice):
+    kind = "boolean"
+
+    def __init__(self, name, default=False):
+        super().__init__(name, [False, True], default=bool(default))
+
+    def config(self):
+        return {"kind": self.kind, "name": self.name, "default": self.default}
+
+    def perturb(self, value, factor, rng):
+        return not value
+
+
+class Fixed(Spec):
+    kind = "fixed"
+
+    def __init__(self, name, value):
+        self.name, self.value, self.default = name, value, value
+
+    def config(self):
+        return {"kind": self.kind, "name": self.name, "value": self.value}
+
+    def grid(self):
+        return [self.value]
+
+    def contains(self, value):
+        return value == self.value
+
+    def random(self, rng):
+        return self.value
+
+    def perturb(self, value, factor, rng):
+        return self.value
+
+
+KINDS = {cls.kind: cls for cls in (Int, Float, Choice, Boolean, Fixed)}
+
+
+def spec_from_config(config):
+    """The spec a `Spec.config()` dict describes (as stored in trial records)."""
+    if not isinstance(config, dict) or config.get("kind") not in KINDS:
+        raise ValueError(f"not a hyperparameter definition: {config!r}")
+    options = {k: v for k, v in config.items() if k != "kind"}
+    return KINDS[config["kind"]](**options)
+
+
+class HyperParameters:
+    """What `build_model(hp)` receives. `values`: {name: value} of the values
+    asked for, in order; `space`: {name: Spec}.
+
+    given: values decided in advance ({name: value}); draw: a function
+    spec -> value for names not given (None: the spec's default)."""
+
+    def __init__(self, given=None, draw=None):
+        self.values = {}
+        self.space = {}
+        self._given = dict(given or {})
+        self._draw = draw
+
+    def _ask(self, spec):
+        name = spec.name
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a hyperparameter name must be a non-empty string, got {name!r}")
+        if name in self.space:
+            if self.space[name] != spec:
+                raise ValueError(f"hyperparameter {name!r} is defined twice differently: "
+                                 f"{self.space[name]!r} and {spec!r}")
+            return self.values[name]
+        if name in self._given:
+            value = self._given[name]
+            if not spec.contains(value):
+                raise ValueError(f"hyperparameter {name!r}: the value {value!r} is not in {spec!r}")
+        elif self._draw is not None:
+            value = self._draw(spec)
+        else:
+            value = spec.default
+        self.space[name] = spec
+        self.values[name] = value
+        return value
+
+    def Int(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+        return self._ask(Int(name, min_value, max_value, step, sampling, default))
+
+    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+        return self._ask(Float(name, min_value, max_value, step, sampling, default))
+
+    def Choice(self, name, values, default=None):
+        return self._ask(Choice(name, values, default))
+
+    def Boolean(self, name, default=False):
+        return self._ask(Boolean(name, default))
+
+    def Fixed(self, name, value):
+        return self._ask(Fixed(name, value))
+
+    def get(self, name):
+        """The value of `name` (asked for earlier, or given)."""
+        if name in self.values:
+            return self.values[name]
+        if name in self._given:
+            return self._given[name]
+        raise KeyError(f"no hyperparameter {name!r}")
+
+    def __getitem__(self, name):
+        return self.get(name)
+
+    def __contains__(self, name):
+        return name in self.values or name in self._given
+
+    def __repr__(self):
+        return f"HyperParameters({self.values!r})"
+
+
+def random_draw(seed):
+    """draw function for HyperParameters: each value from a generator of its own,
+    seeded by (seed..., a hash of its name), so a value does not depend on which
+    other values were drawn before it (a conditional branch does not shift the
+    draws after it) and any process draws the same."""
+    base = [int(s) for s in np.atleast_1d(seed)]
+
+    def draw(spec):
+        return spec.random(np.random.default_rng(base + [zlib.crc32(spec.name.encode())]))
+
+    return draw

@@ -1,0 +1,84 @@
+"""Choosing a network's size by cross-validation: score each size in order,
+stop at the first whose error rises significantly above the best so far,
+refit the best size on all the training data."""
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from .fitting import build
+
+
+@dataclass
+class SizeSelection:
+    """sizes: those scored, in order; errors: their mean cross-validated error;
+    stderrs: its standard error over the folds; best_size; stopped_at: the size
+    whose error rose (None: every size was scored); model: the best size refitted
+    on all the training data; test_error: its error on the test set (None
+    without one)."""
+
+    sizes: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    stderrs: list = field(default_factory=list)
+    best_size: Any = None
+    stopped_at: Any = None
+    model: Any = None
+    test_error: Optional[float] = None
+
+
+def _error(model, history):
+    """Classification error (1 - accuracy) when the model reports accuracy, else the loss."""
+    if "val_accuracy" in history:
+        return 1.0 - history["val_accuracy"][-1]
+    return history["val_loss"][-1]
+
+
+def select_size(build_model, sizes, X, y, cv=5, tolerance=None, epochs=10, X_test=None, y_test=None, seed=0,
+                **fit_kwargs):
+    """build_model(size) -> a Sequential for each size of `sizes` (in the order
+    given, e.g. growing widths). Each is scored by cv-fold cross-validation; the
+    loop stops at the first size whose mean error exceeds the best so far by
+    more than `tolerance` (None: the best's standard error over the folds, the
+    one-standard-error rule). The best size is refitted on all of X, y and scored
+    on (X_test, y_test) when given. Returns a SizeSelection."""
+    from sklearn.model_selection import KFold
+
+    X, y = np.asarray(X), np.asarray(y)
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError("sizes is empty")
+    if isinstance(cv, bool) or not isinstance(cv, int) or cv < 2:
+        raise ValueError(f"cv must be an integer >= 2, got {cv!r}")
+    if tolerance is not None and not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0 or None, got {tolerance!r}")
+    fit_kwargs = {"verbose": 0, **fit_kwargs}
+    folds = list(KFold(cv, shuffle=True, random_state=seed).split(X))
+    result = SizeSelection()
+    best = None  # index into result.sizes
+    for size in sizes:
+        errors = []
+        for train, val in folds:
+            model = build(build_model, size)
+            history = model.fit(X[train], y[train], epochs=epochs, validation_data=(X[val], y[val]),
+                                **fit_kwargs)
+            errors.append(_error(model, history))
+        mean, stderr = float(np.mean(errors)), float(np.std(errors, ddof=1) / math.sqrt(cv))
+        result.sizes.append(size)
+        result.errors.append(mean)
+        result.stderrs.append(stderr)
+        if best is None or mean < result.errors[best]:
+            best = len(result.sizes) - 1
+            continue
+        allowed = result.stderrs[best] if tolerance is None else tolerance
+        if mean > result.errors[best] + allowed:
+            result.stopped_at = size
+            break
+    result.best_size = result.sizes[best]
+    result.model = build(build_model, result.best_size)
+    result.model.fit(X, y, epochs=epochs, **fit_kwargs)
+    if X_test is not None:
+        logs = result.model.evaluate(X_test, y_test)
+        result.test_error = 1.0 - logs["accuracy"] if "accuracy" in logs else logs["loss"]
+    return result
