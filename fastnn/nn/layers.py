@@ -246,7 +246,33 @@ def take_carried(layer):
             views[k][...] = v
 
 
-class Dense(Layer):
+class _Weighted(Layer):
+    """Base of the layers y = activation(x (.) W + b) (Dense, Conv2D): the
+    activation, initialiser and penalty options, and the initialisation of W as
+    a dense layer's (fan_in, fan_out) matrix."""
+
+    def _set_weight_options(self, activation, init, l2, l1):
+        self.activation = activation_name("identity" if activation is None else activation)
+        if init is not None and not callable(init):
+            if not isinstance(init, str):
+                raise TypeError(f"init must be an initialiser name or a callable, got {type(init).__name__}")
+            init = chk.choice(INIT_ALIASES.get(init, init), "init", INITIALISERS)
+        self.init = init
+        self.l2 = chk.real(l2, "l2", low=0)
+        self.l1 = chk.real(l1, "l1", low=0)
+        # The activation the kernels run: the model sets it to identity when the
+        # loss applies this activation itself (softmax before cross-entropy).
+        self.run_activation = self.activation
+
+    def _initial_weights(self, backend, rng, fan_in, fan_out):
+        """(W (fan_in, fan_out), b (fan_out,)) from the initialiser."""
+        if callable(self.init):
+            return self.init(fan_in, fan_out, rng, self.dtype)
+        return backend.init_weights(self.init or default_init(self.activation), fan_in, fan_out, rng=rng,
+                                    dtype=self.dtype, activation=self.activation)
+
+
+class Dense(_Weighted):
     """y = activation(x @ W + b), W (n_in, units), b (units,), through the fused
     dense_forward / dense_backward kernels.
 
@@ -261,18 +287,8 @@ class Dense(Layer):
     def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None, name=None):
         self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
-        self.activation = activation_name("identity" if activation is None else activation)
-        if init is not None and not callable(init):
-            if not isinstance(init, str):
-                raise TypeError(f"init must be an initialiser name or a callable, got {type(init).__name__}")
-            init = chk.choice(INIT_ALIASES.get(init, init), "init", INITIALISERS)
-        self.init = init
-        self.l2 = chk.real(l2, "l2", low=0)
-        self.l1 = chk.real(l1, "l1", low=0)
+        self._set_weight_options(activation, init, l2, l1)
         self.input_dim = None if input_dim is None else chk.integer(input_dim, "input_dim", low=1)
-        # The activation the kernels run: the model sets it to identity when the
-        # loss applies this activation itself (softmax before cross-entropy).
-        self.run_activation = self.activation
         # Set by the model when batch norm follows this layer directly and its
         # activation is the identity: batch norm subtracts the batch mean, so b has
         # no effect and its gradient is 0 up to rounding, which an adaptive
@@ -294,12 +310,7 @@ class Dense(Layer):
         return [("W", (self.n_in, self.units), "weight"), ("b", (self.units,), "bias")]
 
     def init_params(self, backend, rng):
-        if callable(self.init):
-            W, b = self.init(self.n_in, self.units, rng, self.dtype)
-        else:
-            method = self.init or default_init(self.activation)
-            W, b = backend.init_weights(method, self.n_in, self.units, rng=rng, dtype=self.dtype,
-                                        activation=self.activation)
+        W, b = self._initial_weights(backend, rng, self.n_in, self.units)
         self.params["W"][...] = W
         self.params["b"][...] = 0 if self.fixed_bias else b
 
@@ -590,7 +601,7 @@ def _as_config(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-class Conv2D(Layer):
+class Conv2D(_Weighted):
     """y = activation(conv(x, W) + b) over channels-last images, through the fused
     conv2d_forward / conv2d_backward kernels (as torch.nn.Conv2d, cross-correlation
     with zero padding). W (kh, kw, C_in, filters), b (filters,).
@@ -612,15 +623,7 @@ class Conv2D(Layer):
         self.pads = _padding_arg(padding, self.kernel_size)
         if self.pads[0] >= self.kernel_size[0] or self.pads[1] >= self.kernel_size[1]:
             raise ValueError(f"padding {self.pads} must be smaller than the kernel {self.kernel_size}")
-        self.activation = activation_name("identity" if activation is None else activation)
-        if init is not None and not callable(init):
-            if not isinstance(init, str):
-                raise TypeError(f"init must be an initialiser name or a callable, got {type(init).__name__}")
-            init = chk.choice(INIT_ALIASES.get(init, init), "init", INITIALISERS)
-        self.init = init
-        self.l2 = chk.real(l2, "l2", low=0)
-        self.l1 = chk.real(l1, "l1", low=0)
-        self.run_activation = self.activation  # identity when the loss applies it (see Dense)
+        self._set_weight_options(activation, init, l2, l1)
 
     def output_shape_for(self, input_shape):
         oh, ow = _window_output(self, input_shape, self.kernel_size, self.strides, self.pads, "kernel")
@@ -633,12 +636,7 @@ class Conv2D(Layer):
 
     def init_params(self, backend, rng):
         kh, kw = self.kernel_size
-        fan_in = kh * kw * self.input_shape[-1]
-        if callable(self.init):
-            W, b = self.init(fan_in, self.filters, rng, self.dtype)
-        else:
-            W, b = backend.init_weights(self.init or default_init(self.activation), fan_in, self.filters,
-                                        rng=rng, dtype=self.dtype, activation=self.activation)
+        W, b = self._initial_weights(backend, rng, kh * kw * self.input_shape[-1], self.filters)
         self.params["W"][...] = np.reshape(W, self.params["W"].shape)
         self.params["b"][...] = b
 
