@@ -26,7 +26,7 @@ from onnx import helper
 
 from .. import __version__
 from ..nn.model import Sequential
-from . import estimators
+from . import convolution, estimators, residual  # noqa: F401 (convolution, residual: their converters)
 from .graph import Graph, tensor_type
 from .layers import CONVERTERS, convert_layers, register_converter
 
