@@ -254,8 +254,9 @@ def test_pooling(pool, options, graph):
 
 
 @pytest.mark.parametrize("opset", [13, 17, onnx.defs.onnx_opset_version()])  # ReduceMean's axes move at 18
-def test_global_average_pooling(opset, graph):
-    check_images([nn.Conv2D(4, 2, activation="elu"), nn.GlobalAveragePooling2D(), nn.Dense(3)], graph,
+def test_image_layers_and_global_average_pooling_at_each_opset(opset, graph):
+    check_images([nn.Conv2D(4, 2, padding=1, activation="elu"), nn.MaxPool2D(3, 1, padding=1),
+                  nn.AveragePooling2D(3, 2, padding=1), nn.GlobalAveragePooling2D(), nn.Dense(3)], graph,
                  opset=opset)
 
 
