@@ -24,6 +24,7 @@ import fastnn.onnx  # noqa: E402
 from fastnn import nn  # noqa: E402
 from fastnn.backends.reference import ACTIVATIONS  # noqa: E402
 from fastnn.estimators import HIDDEN_ACTIVATIONS  # noqa: E402
+from fastnn.onnx import convolution  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
@@ -35,9 +36,16 @@ def run(onx, X):
     return session.run(None, {session.get_inputs()[0].name: X})
 
 
+def all_layers(layers):
+    """The layers and, depth first, the layers inside them (Residual blocks)."""
+    for layer in layers:
+        yield layer
+        yield from all_layers(layer.sublayers())
+
+
 def random_state(model, rng):
     """Batch-norm running statistics and parameters far from their initial values."""
-    for layer in model.layers:
+    for layer in all_layers(model.layers):
         if isinstance(layer, nn.BatchNorm):
             c = layer.input_shape[-1]
             layer.state["running_mean"][...] = rng.normal(0, 1, c)
@@ -154,6 +162,146 @@ def test_input_dtype_is_cast_as_predict_casts(model_dtype, input_dtype):
     assert onx.graph.input[0].type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(X.dtype)
     (out,) = run(onx, X)
     assert_close(out, model.predict(X), model_dtype)
+
+
+# ------------------------------------------------------------------ images, residual blocks
+# (id, dtype, whether Conv and AveragePool are composed): float32 graphs use ONNX's
+# operators, float64 ones a composition (onnxruntime has no float64 kernels for
+# them); "float32 composed" checks the composition in float32 too
+GRAPHS = [("float32", np.float32, False), ("float64", np.float64, True),
+          ("float32 composed", np.float32, True)]
+
+
+@pytest.fixture(params=GRAPHS, ids=[g[0] for g in GRAPHS])
+def graph(request, monkeypatch):
+    """The dtype of the graph; Conv and AveragePool composed in it or not."""
+    _, dtype, composed = request.param
+    missing = {"Conv", "AveragePool"} if composed else set()
+    monkeypatch.setitem(convolution.MISSING_OPERATORS, np.dtype(dtype).name, missing)
+    return dtype
+
+
+def check_images(layers, dtype, shape=(7, 8, 3), negative=False, opset=None):
+    """The model of these layers (random batch-norm state) exported and run on
+    images of `shape` (all below zero if `negative`) gives predict's outputs;
+    returns the ONNX model."""
+    rng = np.random.default_rng(0)
+    model = random_state(nn.Sequential(layers, dtype=dtype, seed=0, input_shape=shape), rng)
+    X = rng.normal(0, 1, (6,) + shape)
+    X = (-np.abs(X) - 0.5 if negative else X).astype(dtype)
+    onx = fastnn.onnx.to_onnx(model, opset=opset)
+    (out,) = run(onx, X)
+    expected = model.predict(X)
+    magnitude = np.abs(expected) + conv_terms(model.layers[0], X) if len(layers) == 1 else None
+    assert_close(out, expected, dtype, magnitude=magnitude)
+    return onx
+
+
+def conv_terms(layer, X):
+    """A single Conv2D's outputs are sums of terms that may cancel: the size of
+    those terms (|x| convolved with |W|, plus |b|), which bounds their rounding
+    (an activation after them changes it by its slope, at most 1.76 for selu);
+    zeros for the pooling layers, whose outputs do not cancel."""
+    if not isinstance(layer, nn.Conv2D):
+        return np.zeros((len(X),) + layer.output_shape, X.dtype)
+    terms = nn.Sequential([nn.Conv2D(layer.filters, layer.kernel_size, layer.strides, layer.padding)],
+                          dtype=X.dtype, input_shape=X.shape[1:])
+    for name in ("W", "b"):
+        terms.layers[0].params[name][...] = np.abs(layer.params[name])
+    return 2 * terms.predict(np.abs(X))
+
+
+def operators(onx):
+    return {node.op_type for node in onx.graph.node}
+
+
+CONV_OPTIONS = [
+    dict(kernel_size=1), dict(kernel_size=2), dict(kernel_size=3), dict(kernel_size=3, padding="same"),
+    dict(kernel_size=3, strides=2, padding="same"), dict(kernel_size=3, strides=2, padding=1),
+    dict(kernel_size=4, strides=2, padding=2), dict(kernel_size=5, padding=2),
+    dict(kernel_size=(2, 3), strides=(1, 2), padding=(1, 0)),
+    dict(kernel_size=(5, 1), strides=(2, 1), padding="same"),
+]
+
+
+@pytest.mark.parametrize("options", CONV_OPTIONS, ids=str)
+def test_conv2d(options, graph):
+    onx = check_images([nn.Conv2D(4, **options)], graph)
+    composed = convolution.MISSING_OPERATORS[np.dtype(graph).name]
+    assert ("Conv" in operators(onx)) == (not composed)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_conv2d_with_every_activation(activation, graph):
+    """The activation acts over the channels (softmax too), as fastnn's fused one."""
+    check_images([nn.Conv2D(5, 3, strides=2, padding="same", activation=activation)], graph)
+
+
+POOL_OPTIONS = [
+    dict(pool_size=2), dict(pool_size=3), dict(pool_size=2, strides=1),
+    dict(pool_size=3, strides=2, padding=1), dict(pool_size=3, strides=1, padding="same"),
+    dict(pool_size=4, strides=2, padding=2), dict(pool_size=(2, 3), strides=(1, 2), padding=(1, 1)),
+    dict(pool_size=5, strides=3, padding="same"),
+]
+
+
+@pytest.mark.parametrize("options", POOL_OPTIONS, ids=str)
+@pytest.mark.parametrize("pool", [nn.MaxPool2D, nn.AveragePooling2D], ids=lambda c: c.kind)
+def test_pooling(pool, options, graph):
+    """Images below zero: a padded cell that won a maximum, or an average that did
+    not count the padding in its divisor, would show."""
+    check_images([pool(**options)], graph, negative=True)
+
+
+@pytest.mark.parametrize("opset", [13, 17, onnx.defs.onnx_opset_version()])  # ReduceMean's axes move at 18
+def test_image_layers_and_global_average_pooling_at_each_opset(opset, graph):
+    check_images([nn.Conv2D(4, 2, padding=1, activation="elu"), nn.MaxPool2D(3, 1, padding=1),
+                  nn.AveragePooling2D(3, 2, padding=1), nn.GlobalAveragePooling2D(), nn.Dense(3)], graph,
+                 opset=opset)
+
+
+def test_batch_norm_and_dropout_per_channel(graph):
+    check_images([nn.Conv2D(4, 3, padding=1), nn.BatchNorm(), nn.Dropout(0.5), nn.Activation("relu"),
+                  nn.BatchNorm(eps=1e-3), nn.MaxPool2D(), nn.Flatten(), nn.Dense(3)], graph)
+
+
+# (name, layers, per-sample input shape); trained a few steps (mse on a function of X)
+TRAINED_CASES = [
+    ("CNN", lambda: [nn.Conv2D(6, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.MaxPool2D(),
+                     nn.Conv2D(8, 3, activation="gelu"), nn.Dropout(0.2), nn.AveragePooling2D(2, padding=1),
+                     nn.Flatten(), nn.Dense(3)], (8, 8, 2)),
+    ("CNN with global pooling", lambda: [nn.Conv2D(6, 4, strides=2, padding=1, activation="selu"),
+                                         nn.MaxPool2D(3, 1, padding=1), nn.BatchNorm(),
+                                         nn.GlobalAveragePooling2D(), nn.Dense(3)], (9, 8, 2)),
+    ("residual MLP", lambda: [nn.Dense(6, "relu"), nn.Residual([nn.Dense(8, "gelu"), nn.Dense(6)]),
+                              nn.Dense(3)], (5,)),
+    ("residual with projection", lambda: [nn.Residual([nn.Dense(8, "tanh")]), nn.Dense(3)], (5,)),
+    ("residual with forced projection", lambda: [nn.Residual([nn.Dense(5, "elu")], projection=True),
+                                                 nn.Dense(3)], (5,)),
+    ("nested residual", lambda: [nn.Residual([nn.Dense(5, "selu"), nn.Residual([
+        nn.Dense(5, "relu"), nn.Residual([nn.Dense(7)])]), nn.Dense(5)]), nn.Dense(3)], (5,)),
+    ("residual with BatchNorm and Dropout", lambda: [nn.Residual([
+        nn.Dense(8), nn.BatchNorm(), nn.Activation("relu"), nn.Dropout(0.3), nn.Dense(5)]), nn.Dense(3)],
+     (5,)),
+    ("convolutional residual", lambda: [nn.Conv2D(4, 3, padding="same"), nn.Residual([
+        nn.Conv2D(4, 3, padding="same", activation="relu"), nn.BatchNorm(), nn.Conv2D(4, 1)]),
+        nn.Residual([nn.Conv2D(6, 3, padding="same")]), nn.GlobalAveragePooling2D(), nn.Dense(3)], (6, 6, 2)),
+]
+
+
+@pytest.mark.parametrize("case", TRAINED_CASES, ids=[c[0] for c in TRAINED_CASES])
+def test_trained_models_with_images_and_residual_blocks(case, graph):
+    _, layers, shape = case
+    rng = np.random.default_rng(4)
+    X = rng.normal(0, 1, (160,) + shape).astype(graph)
+    X_train, X_test = X[:100], X[100:]
+    flat = X_train.reshape(100, -1)
+    y = np.stack([np.sin(flat[:, :4].sum(1)), flat[:, 1] * flat[:, 2], np.tanh(flat[:, 3:].mean(1))], 1)
+    model = _fitted(layers(), "mse", X_train, y, graph)
+    onx = fastnn.onnx.to_onnx(model, X_train[:1])
+    (out,) = run(onx, X_test)
+    assert_close(out, model.predict(X_test), graph, case[0])
+    assert run(onx, X_test[:1])[0].shape == (1, 3)
 
 
 # ------------------------------------------------------------------ estimators
@@ -353,6 +501,12 @@ def test_layer_without_converter_is_named(monkeypatch):
     X = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
     (out,) = run(fastnn.onnx.to_onnx(model), X)
     assert_close(out, model.predict(X), np.float32)
+
+
+def test_layer_without_converter_in_a_block_is_named():
+    model = nn.Sequential([nn.Dense(3), nn.Residual([nn.Dense(3), TimesTwo()])], input_dim=2)
+    with pytest.raises(NotImplementedError, match=r"layer 1 of residual_1 \(TimesTwo\(\)\).*'TimesTwo'"):
+        fastnn.onnx.to_onnx(model)
 
 
 def test_invalid_arguments(digits):

@@ -7,7 +7,9 @@
 `to_onnx` takes a built `fastnn.nn.Sequential` or a fitted `fastnn.MLPClassifier`
 / `MLPRegressor`; the graph computes what `predict` computes (the estimators:
 labels and probabilities, or values), with a dynamic batch dimension. Each layer
-kind has a converter (fastnn.onnx.layers); `register_converter(kind)` adds one.
+kind has a converter (fastnn.onnx.layers; the image layers' in
+fastnn.onnx.convolution, Residual's in fastnn.onnx.residual);
+`register_converter(kind)` adds one.
 Importing this module registers the estimators' converters with skl2onnx when it
 is installed. Needs the `onnx` package: pip install 'fastnn-cpu[onnx]' (which
 brings onnxruntime and skl2onnx too).
@@ -26,7 +28,7 @@ from onnx import helper
 
 from .. import __version__
 from ..nn.model import Sequential
-from . import estimators
+from . import convolution, estimators, residual  # noqa: F401 (convolution, residual: their converters)
 from .graph import Graph, tensor_type
 from .layers import CONVERTERS, convert_layers, register_converter
 

@@ -9,9 +9,9 @@ its state in `layer.state`, its per-sample shapes in `layer.input_shape` and
 tensor; it returns the name of its output, (N, *layer.output_shape). It does
 what the layer's forward pass does in inference (`Sequential.predict`). A layer
 holding other layers converts them with `convert_layer`. Tensors are
-channels-last as in fastnn: images (N, H, W, C), sequences (N, T, F); a Conv2D's
-W is (kh, kw, C_in, C_out) (ONNX's Conv is channels-first with W (C_out, C_in,
-kh, kw): transpose around it).
+channels-last as in fastnn: images (N, H, W, C), sequences (N, T, F) (the image
+layers' converters, fastnn.onnx.convolution, transpose around ONNX's
+channels-first operators); Residual's converter is in fastnn.onnx.residual.
 """
 
 import numpy as np
@@ -64,8 +64,9 @@ def convert_layer(g, layer, x, index):
     to x by its kind's converter; the names it adds start with its kind and index."""
     convert = CONVERTERS.get(layer.kind)
     if convert is None:
+        where = f"layer {index} of {g.prefix}" if g.prefix else f"layer {index}"  # in a block: its path
         raise NotImplementedError(
-            f"layer {index} ({layer!r}) cannot be exported to ONNX: no converter is registered for "
+            f"{where} ({layer!r}) cannot be exported to ONNX: no converter is registered for "
             f"{layer.kind!r} layers (known: {', '.join(sorted(CONVERTERS))}); add one with "
             f"@fastnn.onnx.register_converter({layer.kind!r})")
     outer = g.prefix
