@@ -169,6 +169,7 @@ def cnn_epoch_torch(layers):
                 loss_fn(model(X[idx]), y[idx]).backward()
                 optimizer.step()
 
+        epoch.model = model
         return epoch
 
     return make
