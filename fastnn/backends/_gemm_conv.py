@@ -31,15 +31,16 @@ class GemmConv:
 
     def _conv_workspace(self, role, shape, dtype):
         """An uninitialised array reused by calls of the same role, shape and dtype
-        (per thread; the 16 most recently used kept: the columns and their
-        gradient of 8 convolution layers of distinct shapes)."""
+        (per thread; the 24 most recently used kept: the columns, the copy of
+        the x they hold and their gradient of 8 convolution layers of distinct
+        shapes)."""
         cache = getattr(self._conv_local, "arrays", None)
         if cache is None:
             cache = self._conv_local.arrays = OrderedDict()
         key = (self.name, role, shape, np.dtype(dtype))
         a = cache.get(key)
         if a is None:
-            if len(cache) >= 16:
+            if len(cache) >= 24:
                 cache.popitem(last=False)
             a = cache[key] = np.empty(shape, dtype)
         else:
