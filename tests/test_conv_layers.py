@@ -226,3 +226,25 @@ def test_training_steps_reuse_their_buffers(backend):
     after = buffers()
     for old, new in zip(before, after):
         assert old.keys() == new.keys() and all(old[k] is new[k] for k in old)
+
+
+@pytest.mark.parametrize("backend", [b for b in fastnn.available_backends() if b != "numpy"])
+def test_backward_rebuilds_columns_of_a_changed_input(backend):
+    """The backward reuses the forward's column matrix only for the same x, bit for
+    bit: x changed in place, or another x of the same shape, gets its own."""
+    fast, ref = fastnn.get_backend(backend), fastnn.get_backend("numpy")
+    rng = np.random.default_rng(5)
+    x, x2 = rng.standard_normal((2, 2, 6, 5, 3))
+    W, b = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal(4)
+    y = fast.conv2d_forward(x, W, b, 1, 1)
+    dy = rng.standard_normal(y.shape)
+
+    def grads(backend, x):
+        return backend.conv2d_backward(dy, x, W, y, stride=1, padding=1)
+
+    assert_allclose(grads(fast, x)[1], grads(ref, x)[1], rtol=1e-12)  # reused
+    fast.conv2d_forward(x, W, b, 1, 1)
+    x[0, 1, 2, 0] += 1  # in place, after the forward
+    assert_allclose(grads(fast, x)[1], grads(ref, x)[1], rtol=1e-12)
+    fast.conv2d_forward(x, W, b, 1, 1)
+    assert_allclose(grads(fast, x2)[1], grads(ref, x2)[1], rtol=1e-12)

@@ -20,6 +20,9 @@ import os
 # with spinning threads. So the OpenMP threads of the C kernels and of Numba sleep
 # when idle, unless the environment chose a policy. This must be set before
 # either backend loads libgomp, hence here, on `import fastnn`.
+# (OMP_WAIT_POLICY_SET_HERE: whether fastnn chose it, so that a child process
+# timing another library can start without it.)
+OMP_WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from .reference import KERNELS, NumpyBackend  # noqa: E402

@@ -31,15 +31,16 @@ class GemmConv:
 
     def _conv_workspace(self, role, shape, dtype):
         """An uninitialised array reused by calls of the same role, shape and dtype
-        (per thread; the 16 most recently used kept: the columns and their
-        gradient of 8 convolution layers of distinct shapes)."""
+        (per thread; the 24 most recently used kept: the columns, the copy of
+        the x they hold and their gradient of 8 convolution layers of distinct
+        shapes)."""
         cache = getattr(self._conv_local, "arrays", None)
         if cache is None:
             cache = self._conv_local.arrays = OrderedDict()
         key = (self.name, role, shape, np.dtype(dtype))
         a = cache.get(key)
         if a is None:
-            if len(cache) >= 16:
+            if len(cache) >= 24:
                 cache.popitem(last=False)
             a = cache[key] = np.empty(shape, dtype)
         else:
@@ -50,13 +51,37 @@ class GemmConv:
     def _is_pointwise(W, stride, padding):
         return W.shape[:2] == (1, 1) and stride == (1, 1) and padding == (0, 0)
 
-    def _columns(self, x, W, stride, padding, oh, ow):
-        """The column matrix of x (N*OH*OW, KH*KW*C) (x itself for a 1 x 1 kernel)."""
+    def _columns(self, x, W, stride, padding, oh, ow, reuse=False):
+        """The column matrix of x (N*OH*OW, KH*KW*C) (x itself for a 1 x 1 kernel).
+
+        The forward keeps a copy of the x its columns were built from (x is KH*KW
+        times smaller than them); the backward (reuse=True) rebuilds the columns
+        only when the workspace now holds another x's, or x has changed since
+        (bit for bit). A training step thus builds them once: measured with one
+        thread, 64 images 28 x 28 x 1 under a 5 x 5 kernel, im2col 1.07 ms against
+        0.1 ms for the copy and the comparison."""
         kh, kw, c, _ = W.shape
         if self._is_pointwise(W, stride, padding):
             return x.reshape(-1, c)
-        cols = self._conv_workspace("cols", (x.shape[0] * oh * ow, kh * kw * c), x.dtype)
+        shape = (x.shape[0] * oh * ow, kh * kw * c)
+        cols = self._conv_workspace("cols", shape, x.dtype)
+        seen = self._conv_workspace(("cols of", shape), x.shape, x.dtype)
+        # what cols holds: {cols shape: (geometry, cols, seen)}, the arrays held
+        # so that `is` identifies them; entries of evicted workspaces dropped
+        built = self._conv_local.__dict__.setdefault("built", {})
+        geometry = (x.shape, kh, kw, stride, padding)
+        if reuse:
+            held = built.get((shape, x.dtype))
+            bits = np.dtype(f"u{x.dtype.itemsize}")
+            if (held is not None and held[0] == geometry and held[1] is cols and held[2] is seen
+                    and np.array_equal(seen.view(bits), x.view(bits))):
+                return cols
         self._im2col(x, kh, kw, stride, padding, cols)
+        np.copyto(seen, x)
+        live = {id(a) for a in self._conv_local.arrays.values()}
+        for key in [k for k, v in built.items() if id(v[1]) not in live or id(v[2]) not in live]:
+            del built[key]
+        built[shape, x.dtype] = (geometry, cols, seen)
         return cols
 
     def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
@@ -68,7 +93,7 @@ class GemmConv:
     def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
         n, oh, ow, o = dy.shape
         kh, kw, c, _ = W.shape
-        cols = self._columns(x, W, stride, padding, oh, ow)
+        cols = self._columns(x, W, stride, padding, oh, ow, reuse=True)
         pointwise = self._is_pointwise(W, stride, padding)
         dcols = None
         if dx is not None:

@@ -23,12 +23,15 @@ Every name is also importable from fastnn.benchmarks itself.
 
 from .cases import (
     BENCHMARKS,
+    CNN_KERNELS,
     NET_KERNELS,
     Benchmark,
     M,
     activation_call,
     adam_call,
     batchnorm_call,
+    cnn_epoch_call,
+    cnn_model,
     dense_call,
     dropout_call,
     get_benchmark,
@@ -43,23 +46,46 @@ from .machine import blas_info, cpu_busy_seconds, cpu_flags, cpu_model, machine,
 from .peers import (
     adam_torch,
     batchnorm_torch,
+    cnn_epoch_torch,
+    convnet_epoch_torch,
     dense_torch,
     dropout_torch,
     gelu_torch,
+    lenet_epoch_torch,
     mlp_fit_sklearn,
     nn_epoch_torch,
     sgd_torch,
     softmax_ce_torch,
     tanh_torch,
 )
-from .runner import BARE, REFERENCE, RUN_LAST, SCALE_ENV, Record, rescore, run, run_benchmark, scale_from_env
+from .runner import (
+    BARE,
+    REFERENCE,
+    RUN_LAST,
+    SCALE_ENV,
+    Record,
+    records_of,
+    rescore,
+    run,
+    run_benchmark,
+    scale_from_env,
+    time_apart,
+)
 from .timing import best_of, time_call, time_calls
 from .workloads import (
+    CNN_BATCH,
+    CNN_IMAGE,
+    CONVNET,
+    LENET,
     MLP_PARAMS,
     NET_BATCH,
     NET_UNITS,
     adam_setup,
     batchnorm_setup,
+    cnn_flops,
+    cnn_gemms,
+    cnn_gemms_of,
+    cnn_setup,
     dense_flops,
     dense_gemms,
     dense_setup,
@@ -77,19 +103,23 @@ __all__ = [
     # limits
     "MB", "best_limits", "best_streaming", "in_threads", "limit_for", "measure_limits", "usable_cores",
     # workloads
-    "MLP_PARAMS", "NET_BATCH", "NET_UNITS", "adam_setup", "batchnorm_setup", "dense_flops", "dense_gemms",
+    "CNN_BATCH", "CNN_IMAGE", "CONVNET", "LENET", "MLP_PARAMS", "NET_BATCH", "NET_UNITS", "adam_setup",
+    "batchnorm_setup", "cnn_flops", "cnn_gemms", "cnn_gemms_of",
+    "cnn_setup", "dense_flops", "dense_gemms",
     "dense_setup", "elementwise_setup", "network_flops", "network_gemms", "network_setup", "sgd_setup",
     "softmax_ce_setup",
     # peers
-    "adam_torch", "batchnorm_torch", "dense_torch", "dropout_torch", "gelu_torch", "mlp_fit_sklearn",
+    "adam_torch", "batchnorm_torch", "cnn_epoch_torch", "convnet_epoch_torch", "dense_torch",
+    "lenet_epoch_torch", "dropout_torch", "gelu_torch", "mlp_fit_sklearn",
     "nn_epoch_torch", "sgd_torch", "softmax_ce_torch", "tanh_torch",
     # cases
-    "BENCHMARKS", "NET_KERNELS", "Benchmark", "M", "activation_call", "adam_call", "batchnorm_call",
+    "BENCHMARKS", "CNN_KERNELS", "NET_KERNELS", "Benchmark", "M", "activation_call", "adam_call",
+    "batchnorm_call", "cnn_epoch_call", "cnn_model",
     "dense_call", "dropout_call", "get_benchmark", "mlp_fit_call", "nn_epoch_call", "select", "sgd_call",
     "softmax_ce_call",
     # runner
-    "BARE", "REFERENCE", "RUN_LAST", "SCALE_ENV", "Record", "rescore", "run", "run_benchmark",
-    "scale_from_env",
+    "BARE", "REFERENCE", "RUN_LAST", "SCALE_ENV", "Record", "records_of", "rescore", "run",
+    "run_benchmark", "scale_from_env", "time_apart",
     # machine
     "blas_info", "cpu_busy_seconds", "cpu_flags", "cpu_model", "machine", "other_cpu_percent", "version",
 ]

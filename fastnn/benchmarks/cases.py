@@ -13,9 +13,11 @@ from typing import Callable, Optional
 from .peers import (
     adam_torch,
     batchnorm_torch,
+    convnet_epoch_torch,
     dense_torch,
     dropout_torch,
     gelu_torch,
+    lenet_epoch_torch,
     mlp_fit_sklearn,
     nn_epoch_torch,
     sgd_torch,
@@ -23,11 +25,18 @@ from .peers import (
     tanh_torch,
 )
 from .workloads import (
+    CNN_BATCH,
+    CNN_IMAGE,
+    CONVNET,
+    LENET,
     MLP_PARAMS,
     NET_BATCH,
     NET_UNITS,
     adam_setup,
     batchnorm_setup,
+    cnn_flops,
+    cnn_gemms,
+    cnn_setup,
     dense_flops,
     dense_gemms,
     dense_setup,
@@ -68,6 +77,7 @@ class Benchmark:
     others: dict = field(default_factory=dict)
     bare: Optional[Callable] = None
     min_first: int = 1  # smallest first dimension scaling may produce
+    per_sample: bool = False  # one call is an epoch over shape[0] samples: report median / shape[0]
 
     def scaled_shape(self, scale=1.0):
         first = max(self.min_first, round(self.shape[0] * scale))
@@ -139,6 +149,39 @@ def nn_epoch_call(backend, a):
     _models[key].fit(a["X"], a["y"], epochs=1, batch_size=NET_BATCH, verbose=0)
 
 
+CNN_KERNELS = ("conv2d_forward", "conv2d_backward", "maxpool2d_forward", "maxpool2d_backward",
+               "dense_forward", "dense_backward", "softmax_cross_entropy", "adam_step")
+
+
+def cnn_model(layers, backend, dtype):
+    """The fastnn.nn model of a network of workloads.py (ReLU but the last layer)."""
+    from .. import nn
+
+    dense = [layer for layer in layers if layer[0] == "dense"]
+    built = []
+    for layer in layers:
+        if layer[0] == "conv":
+            built.append(nn.Conv2D(layer[1], layer[2], padding=layer[3], activation="relu"))
+        elif layer[0] == "pool":
+            built.append(nn.MaxPool2D(layer[1]))
+        else:
+            if layer is dense[0]:
+                built.append(nn.Flatten())
+            built.append(nn.Dense(layer[1], None if layer is dense[-1] else "relu"))
+    return nn.Sequential(built, loss="sparse_categorical_crossentropy", optimizer=nn.Adam(1e-3),
+                         seed=0, backend=backend, dtype=dtype)
+
+
+def cnn_epoch_call(layers):
+    def call(backend, a):
+        key = (id(layers), backend.name, id(a["X"]))
+        if key not in _models:
+            _models[key] = cnn_model(layers, backend, a["X"].dtype)
+        _models[key].fit(a["X"], a["y"], epochs=1, batch_size=CNN_BATCH, verbose=0)
+
+    return call
+
+
 def mlp_fit_call(backend, a):
     from ..estimators import MLPClassifier
 
@@ -186,6 +229,14 @@ BENCHMARKS = [
               flops=network_flops, kernels=NET_KERNELS, others={"sklearn": mlp_fit_sklearn},
               bare=network_gemms,
               min_first=2 * NET_BATCH),
+    Benchmark("cnn_lenet", (1024,) + CNN_IMAGE, "float32", cnn_setup, cnn_epoch_call(LENET),
+              unit="flop", flops=cnn_flops(LENET), kernels=CNN_KERNELS,
+              others={"torch": lenet_epoch_torch}, bare=cnn_gemms(LENET), min_first=2 * CNN_BATCH,
+              per_sample=True),
+    Benchmark("cnn_conv32_64", (1024,) + CNN_IMAGE, "float32", cnn_setup,
+              cnn_epoch_call(CONVNET), unit="flop", flops=cnn_flops(CONVNET), kernels=CNN_KERNELS,
+              others={"torch": convnet_epoch_torch}, bare=cnn_gemms(CONVNET),
+              min_first=2 * CNN_BATCH, per_sample=True),
 ]
 
 

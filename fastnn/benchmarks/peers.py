@@ -10,7 +10,7 @@ fastnn: PyTorch is to be timed in a process that has not imported fastnn
 own, without fastnn/__init__.py.
 """
 
-from .workloads import MLP_PARAMS, NET_BATCH, NET_UNITS, fit_quietly
+from .workloads import CNN_BATCH, CONVNET, LENET, MLP_PARAMS, NET_BATCH, NET_UNITS, fit_quietly
 
 
 def _torch():
@@ -133,6 +133,50 @@ def nn_epoch_torch(a):
             optimizer.step()
 
     return epoch
+
+
+# end to end: one training epoch of a CNN of workloads.py (channels-first in PyTorch)
+def cnn_epoch_torch(layers):
+    def make(a):
+        torch = _torch()
+        torch.manual_seed(0)
+        X = torch.from_numpy(a["X"].transpose(0, 3, 1, 2).copy())
+        y = torch.from_numpy(a["y"])
+        modules, channels, dense = [], X.shape[1], [layer for layer in layers if layer[0] == "dense"]
+        for layer in layers:
+            if layer[0] == "conv":
+                _, filters, k, pad = layer
+                modules += [torch.nn.Conv2d(channels, filters, k, padding=pad), torch.nn.ReLU()]
+                channels = filters
+            elif layer[0] == "pool":
+                modules.append(torch.nn.MaxPool2d(layer[1]))
+            else:
+                if layer is dense[0]:
+                    modules.append(torch.nn.Flatten())
+                modules.append(torch.nn.LazyLinear(layer[1]))
+                if layer is not dense[-1]:
+                    modules.append(torch.nn.ReLU())
+        model = torch.nn.Sequential(*modules).to(X.dtype)
+        model(X[:2])  # the lazy layers' shapes
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def epoch():
+            order = torch.randperm(X.shape[0])
+            for lo in range(0, X.shape[0], CNN_BATCH):
+                idx = order[lo:lo + CNN_BATCH]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(X[idx]), y[idx]).backward()
+                optimizer.step()
+
+        epoch.model = model
+        return epoch
+
+    return make
+
+
+lenet_epoch_torch = cnn_epoch_torch(LENET)
+convnet_epoch_torch = cnn_epoch_torch(CONVNET)
 
 
 def mlp_fit_sklearn(a):

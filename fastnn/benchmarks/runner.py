@@ -8,16 +8,21 @@ machine record.
 """
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 import fastnn
 
+from . import peers, workloads
 from .cases import select
 from .limits import best_limits, limit_for, measure_limits
-from .machine import cpu_busy_seconds, machine, other_cpu_percent
+from .machine import cpu_busy_seconds, machine, other_cpu_percent, version
 from .timing import time_calls
 
 REFERENCE = "numpy"
@@ -49,10 +54,61 @@ class Record:
 
 
 BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
-# Libraries timed after every fastnn backend of the run: PyTorch's OpenMP threads,
-# once started, slow the BLAS and OpenMP work that follows them in the same process
-# (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run).
+# Libraries timed after every fastnn backend of the run, in a process of their own
+# that never imports fastnn (`time_apart`): PyTorch's OpenMP threads, once
+# started, slow the BLAS and OpenMP work that follows them in the same process
+# (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run),
+# and the OMP_WAIT_POLICY=PASSIVE that importing fastnn sets slows PyTorch itself
+# 1.4-1.8x on the CNN benchmarks.
 RUN_LAST = ("torch",)
+
+# The child of time_apart: loads timing.py, workloads.py and peers.py from this
+# folder as a package of their own (not fastnn.benchmarks, whose __init__ imports
+# fastnn), builds each job's arrays and peer callable and times it. argv[1]: JSON
+# [{"setup", "make", "shape", "dtype", "min_time"}]; prints JSON [[median, best, calls]].
+_APART = """
+import importlib, json, sys, types
+package = types.ModuleType("benchmarks_apart")
+package.__path__ = [sys.argv[2]]
+sys.modules["benchmarks_apart"] = package
+timing, workloads, peers = (importlib.import_module("benchmarks_apart." + name)
+                            for name in ("timing", "workloads", "peers"))
+times = []
+for job in json.loads(sys.argv[1]):
+    fn = getattr(peers, job["make"])(getattr(workloads, job["setup"])(tuple(job["shape"]), job["dtype"]))
+    times.append(timing.time_calls([fn], min_time=job["min_time"])[0])
+assert not [m for m in sys.modules if m.split(".")[0] == "fastnn"]
+print(json.dumps(times))
+"""
+
+
+def _module_name(module, fn):
+    """The name under which `module` holds the function `fn`."""
+    for name, value in vars(module).items():
+        if value is fn:
+            return name
+    raise ValueError(f"{fn!r} is not a module-level name of {module.__name__}")
+
+
+def time_apart(jobs, min_time=0.3):
+    """[(median, best, calls)] of each job (bench, shape, library), timed in one
+    child process that never imports fastnn, with the environment fastnn found
+    at import (without the OMP_WAIT_POLICY it set)."""
+    from ..backends import OMP_WAIT_POLICY_SET_HERE
+
+    spec = [{"setup": _module_name(workloads, bench.setup),
+             "make": _module_name(peers, bench.others[lib]),
+             "shape": list(shape), "dtype": bench.dtype, "min_time": min_time}
+            for bench, shape, lib in jobs]
+    env = dict(os.environ)
+    if OMP_WAIT_POLICY_SET_HERE:
+        env.pop("OMP_WAIT_POLICY", None)
+    folder = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.run([sys.executable, "-c", _APART, json.dumps(spec), folder], env=env,
+                           capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
+    if child.returncode:
+        raise RuntimeError(f"timing in a separate process failed: {child.stderr[-1000:]}")
+    return [tuple(t) for t in json.loads(child.stdout.strip().splitlines()[-1])]
 
 
 def rescore(records, limits):
@@ -101,6 +157,11 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
         entries.append((BARE, bench.bare(bench.setup(shape, bench.dtype))))
     timings = list(zip([name for name, _ in entries],
                        time_calls([fn for _, fn in entries], min_time=min_time)))
+    return records_of(bench, shape, work, limits, timings)
+
+
+def records_of(bench, shape, work, limits, timings):
+    """The Records of one benchmark from its timings [(runner, (median, best, calls))]."""
     bare_s = next((t[0] for name, t in timings if name == BARE), None)
 
     reference_s = next((t[0] for name, t in timings if name == REFERENCE), None)
@@ -139,8 +200,17 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
         blocks.append(run_benchmark(bench, limits, backends, early, scale, min_time))
         if progress is not None:
             progress(bench, blocks[-1])
-    for bench, block in zip(benches, blocks) if late else ():
-        extra = run_benchmark(bench, limits, [], late, scale, min_time, with_bare=False)
+    jobs = [(bench, bench.scaled_shape(scale), lib) for bench in benches for lib in late
+            if lib in bench.others and version(lib) is not None]
+    apart = dict(zip([(bench.name, lib) for bench, _, lib in jobs],
+                     time_apart(jobs, min_time) if jobs else []))
+    for bench, block in zip(benches, blocks):
+        shape = bench.scaled_shape(scale)
+        timings = [(lib, apart[bench.name, lib]) for lib in late if (bench.name, lib) in apart]
+        if not timings:
+            continue
+        extra = records_of(bench, shape, bench.work(bench.setup(shape, bench.dtype), shape), limits,
+                           timings)
         if progress is not None:
             progress(bench, extra)
         reference = next((r for r in block if r.backend == REFERENCE), None)

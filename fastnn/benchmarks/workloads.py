@@ -163,3 +163,84 @@ def fit_quietly(estimator, X, y):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         estimator.fit(X, y)
+
+
+# end to end: one training epoch of a small CNN on synthetic 28 x 28 x 1 images,
+# batch 64, Adam. A network is a tuple of layers: ("conv", filters, kernel, padding)
+# (ReLU), ("pool", size) (max pooling), ("dense", units) (ReLU but the last).
+LENET = (("conv", 6, 5, 2), ("pool", 2), ("conv", 16, 5, 0), ("pool", 2),
+         ("dense", 120), ("dense", 84), ("dense", 10))
+CONVNET = (("conv", 32, 3, 1), ("pool", 2), ("conv", 64, 3, 1), ("pool", 2), ("dense", 10))
+CNN_BATCH = 64
+CNN_IMAGE = (28, 28, 1)
+
+
+def cnn_setup(shape, dtype):
+    rng = _rng()
+    return {"X": rng.standard_normal(shape).astype(dtype), "y": rng.integers(0, 10, shape[0])}
+
+
+def cnn_gemms_of(layers, batch, image=CNN_IMAGE):
+    """The GEMMs of one training step of `layers` on `batch` images: a list of
+    (rows, inner, cols, first) per convolution or dense layer, the forward
+    product (rows, inner) @ (inner, cols) over the im2col matrix (rows = batch *
+    output pixels, inner = kh * kw * C_in) or the dense input; the backward does
+    dW and, but for the first layer (first=True), dx of the same size."""
+    h, w, c = image
+    gemms, flat = [], None
+    for layer in layers:
+        if layer[0] == "conv":
+            _, filters, k, pad = layer
+            h, w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+            gemms.append((batch * h * w, k * k * c, filters, not gemms))
+            c = filters
+        elif layer[0] == "pool":
+            h, w = h // layer[1], w // layer[1]
+        else:
+            flat = h * w * c if flat is None else flat
+            gemms.append((batch, flat, layer[1], not gemms))
+            flat = layer[1]
+    return gemms
+
+
+def cnn_flops(layers):
+    """flops(shape) of one epoch's GEMMs over shape[0] images, in steps of CNN_BATCH."""
+    def flops(shape):
+        n = shape[0]
+        steps = [CNN_BATCH] * (n // CNN_BATCH) + ([n % CNN_BATCH] if n % CNN_BATCH else [])
+        return sum(2 * m * k * o * (2 if first else 3)
+                   for b in steps for m, k, o, first in cnn_gemms_of(layers, b, shape[1:]))
+    return flops
+
+
+def cnn_gemms(layers):
+    """bare(arrays): the matrix products of one training epoch of `layers`
+    alone, on column matrices built once (their contents do not change the
+    time), into preallocated arrays: the floor of an im2col implementation of
+    the same network on this BLAS."""
+    def bare(a):
+        X = a["X"]
+        rng = np.random.default_rng(1)
+        steps = {}  # batch size -> [(cols, W, out, dW, dcols or None)]
+        for lo in range(0, X.shape[0], CNN_BATCH):
+            b = min(CNN_BATCH, X.shape[0] - lo)
+            if b not in steps:
+                steps[b] = [(rng.standard_normal((m, k)).astype(X.dtype),
+                             rng.uniform(-0.1, 0.1, (k, o)).astype(X.dtype),
+                             np.empty((m, o), X.dtype), np.empty((k, o), X.dtype),
+                             None if first else np.empty((m, k), X.dtype))
+                            for m, k, o, first in cnn_gemms_of(layers, b, X.shape[1:])]
+
+        def epoch():
+            for lo in range(0, X.shape[0], CNN_BATCH):
+                gemms = steps[min(CNN_BATCH, X.shape[0] - lo)]
+                for cols, W, out, _, _ in gemms:
+                    np.matmul(cols, W, out=out)
+                for cols, W, out, dW, dcols in reversed(gemms):  # out stands in for dz
+                    np.matmul(cols.T, out, out=dW)
+                    if dcols is not None:
+                        np.matmul(out, W.T, out=dcols)
+
+        return epoch
+
+    return bare
