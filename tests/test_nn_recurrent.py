@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from test_engine import fd_check
+from test_conv_layers import fd_check
 
 import fastnn
 from fastnn import nn
@@ -48,7 +48,7 @@ def test_embedding_matches_finite_differences(backend):
     model.set_flat_params(rng.uniform(-0.6, 0.6, model.n_params))
     fd_check(model, tokens, y)
     W = model.layers[0].params["W"]
-    np.testing.assert_array_equal(model.layers[0].forward(None, tokens, {}, None), W[tokens])
+    np.testing.assert_array_equal(model.layers[0].forward(model.backend, tokens, {}, None), W[tokens])
 
 
 def test_layers_save_load_and_summary(tmp_path):
@@ -58,7 +58,7 @@ def test_layers_save_load_and_summary(tmp_path):
                            nn.LSTM(4, return_sequences=True), nn.GRU(3), nn.Dense(1)],
                           loss="squared_error", seed=0)
     model.fit(tokens, y, epochs=2, batch_size=8, verbose=0)
-    text = model.summary()
+    text = model.summary_str()
     for line in ("Embedding(input_dim=9, output_dim=4)", "(None, 6, 4)", "(None, 6, 5)", "(None, 3)"):
         assert line in text
     # parameters: 9*4 + (4*5 + 5*5 + 5) + 4*(5*4 + 4*4 + 4) + 3*(4*3 + 3*3) + 2*9 + (3 + 1)
@@ -68,7 +68,7 @@ def test_layers_save_load_and_summary(tmp_path):
     model.save(tmp_path / "sequences.npz")
     again = nn.load(tmp_path / "sequences.npz")
     np.testing.assert_array_equal(again.predict(tokens), model.predict(tokens))
-    assert again.summary() == text
+    assert again.summary_str() == text
     again.fit(tokens, y, epochs=1, batch_size=8, verbose=0)  # trains on
 
 
