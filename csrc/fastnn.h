@@ -217,4 +217,16 @@ void gru_backward_f64(const double *dhs, const double *x, const double *h0, cons
                       double *db_h, double *dxw, double *dhw, double *acc, int64_t n,
                       int64_t steps, int64_t f, int64_t hidden);
 
+/* Embedding (csrc/embedding.c): tokens, count = N*T entries, int64 or int32 (the
+ * other NULL), each in [0, vocab); W, dW (vocab, dim); out, dy (count, dim).
+ * out[i] = W[token i]; dW = the scatter-add of dy's rows on their tokens' rows. */
+void embedding_forward_f32(const int64_t *tokens64, const int32_t *tokens32, const float *W,
+                           float *out, int64_t count, int64_t dim);
+void embedding_forward_f64(const int64_t *tokens64, const int32_t *tokens32, const double *W,
+                           double *out, int64_t count, int64_t dim);
+void embedding_backward_f32(const float *dy, const int64_t *tokens64, const int32_t *tokens32,
+                            float *dW, int64_t count, int64_t vocab, int64_t dim);
+void embedding_backward_f64(const double *dy, const int64_t *tokens64, const int32_t *tokens32,
+                            double *dW, int64_t count, int64_t vocab, int64_t dim);
+
 #endif

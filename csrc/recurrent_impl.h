@@ -49,11 +49,21 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
                            int64_t rows, int64_t f, int64_t width) {
     FN(gemm)(0, 1, rows, f, width, dz, width, W_x, width, 0, dx, f);
     FN(gemm)(1, 0, f, width, rows, x, f, dz, width, 0, dW_x, width);
-    for (int64_t j = 0; j < width; j++) {
-        double s = 0;
-        for (int64_t r = 0; r < rows; r++)
-            s += (double)dz[r * width + j];
-        db[j] = (T)s;
+    /* each column summed over rows in row order, as before, but a block of
+     * columns at a time along dz's rows (contiguous reads, not one per row) */
+    enum { BLOCK = 256 };
+    double acc[BLOCK];
+    for (int64_t j0 = 0; j0 < width; j0 += BLOCK) {
+        int64_t cols = width - j0 < BLOCK ? width - j0 : BLOCK;
+        for (int64_t j = 0; j < cols; j++)
+            acc[j] = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            const T *row = dz + r * width + j0;
+            for (int64_t j = 0; j < cols; j++)
+                acc[j] += (double)row[j];
+        }
+        for (int64_t j = 0; j < cols; j++)
+            db[j0 + j] = (T)acc[j];
     }
 }
 

@@ -102,6 +102,9 @@ def add_bench_args(parser):
     parser.add_argument("--json", metavar="PATH", help="write the results and the machine record as JSON")
     parser.add_argument("--plot", metavar="PATH",
                         help="write a bar chart (PNG) of percent of machine limit (needs matplotlib)")
+    parser.add_argument("--recurrent", action="store_true",
+                        help="only the recurrent training benchmarks (SimpleRNN and LSTM, per "
+                             "sequence, beside PyTorch and their GEMMs alone)")
     # shrinks every size (tests); also settable with FASTNN_BENCH_SCALE
     parser.add_argument("--scale", type=float, help=argparse.SUPPRESS)
 
@@ -253,6 +256,8 @@ def run_bench(args):
             print(f"{b.name:<18}{shape:<14}{b.dtype:<9}{'quick ' if b.quick else '      '}{b.counts()}")
         return 0
     names, backends, others, scale = bench_settings(args)
+    if args.recurrent:
+        return run_recurrent_bench(backends, "torch" in others, scale, args.quick)
     print(f"fastnn {fastnn.__version__} bench on {benchmarks.cpu_model()}"
           + (f" (sizes scaled by {scale})" if scale != 1 else ""))
     print("measuring machine limits, running the benchmarks, measuring the limits again ...",
@@ -279,6 +284,33 @@ def run_bench(args):
     if args.plot:
         plot(records, args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def run_recurrent_bench(backends, with_torch, scale, quick):
+    """python -m fastnn bench --recurrent: per-sequence training times (median,
+    best over rounds timed in turns) and the ratios the recurrent targets read."""
+    from fastnn.benchmarks import recurrent
+
+    sizes = dict(recurrent.SEQUENCE)
+    if scale != 1:
+        sizes["steps"] = max(2, int(sizes["steps"] * scale))
+    print(f"fastnn {fastnn.__version__} bench --recurrent on {benchmarks.cpu_model()}")
+    for pool in benchmarks.blas_info():
+        print(f"  BLAS {pool}")
+    print("float32, batch {batch}, {steps} steps of {features} features, {units} units, Adam, a "
+          "linear head on the last state; per sequence: one training step / {batch}".format(**sizes))
+    result = recurrent.run_recurrent(backends=backends, rounds=3 if quick else 7,
+                                     min_time=0.1 if quick else 0.3, with_torch=with_torch,
+                                     sizes=sizes)
+    for kind, per in result.items():
+        flops = recurrent.gemm_flops(kind, **sizes) / sizes["batch"]
+        print(f"\n{recurrent.LAYERS[kind]} ({flops / 1e6:.1f} MFLOP of GEMMs per sequence)")
+        print(f"  {'runner':<12}{'median':>10}{'best':>10}{'torch/this':>12}{'this/gemms':>12}")
+        for name, (vs_torch, vs_bare) in recurrent.ratios(per).items():
+            r = per[name]
+            print(f"  {name:<12}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
+                  f"{fmt_optional(vs_torch, '.2f'):>12}{fmt_optional(vs_bare, '.2f'):>12}")
     return 0
 
 

@@ -568,3 +568,24 @@ for kind in ("rnn", "lstm", "gru"):
                     grads = getattr(backend, f"{kind}_backward")(dhs, cache)
                     # the cache's arrays beyond the inputs (states, gates) too
                     return (hs, *[c for c in cache[1:] if isinstance(c, np.ndarray)], *grads)
+
+
+# ------------------------------------------------------------------ embedding
+# (N, T, V, D): tokens repeated within and across sequences, one sequence, one
+# step, one token, and a larger table; int32 and int64 tokens. dW's rows are
+# sums over the steps holding their token, judged against the size of the terms.
+EMBEDDING_SHAPES = [(4, 7, 5, 3), (1, 6, 3, 4), (5, 1, 8, 2), (1, 1, 1, 1), (64, 50, 300, 33)]
+
+for n, t, v, d in EMBEDDING_SHAPES:
+    for int_type in (np.int32, np.int64):
+        case = f"{n}x{t}-{v}x{d}-{np.dtype(int_type).name}"
+
+        @entry("embedding", case)
+        def run_embedding(backend, dtype, n=n, t=t, v=v, d=d, int_type=int_type):
+            tokens = (np.random.default_rng(89).integers(0, v, (n, t)) % max(v - 1, 1)).astype(int_type)
+            W = rand((v, d), dtype, 90)
+            dy = rand((n, t, d), dtype, 91)
+            magnitude = np.zeros((v, d))
+            np.add.at(magnitude, tokens.reshape(-1), np.abs(dy.reshape(-1, d).astype(np.float64)))
+            return (backend.embedding_forward(tokens, W),
+                    Terms(backend.embedding_backward(dy, tokens, W.shape), magnitude))

@@ -48,7 +48,7 @@ def test_embedding_matches_finite_differences(backend):
     model.set_flat_params(rng.uniform(-0.6, 0.6, model.n_params))
     assert_gradients(model, tokens, y, eps=1e-6, rtol=1e-5, atol=1e-7)
     W = model.layers[0].params["W"]
-    np.testing.assert_array_equal(model.layers[0].forward(None, tokens, {}, None), W[tokens])
+    np.testing.assert_array_equal(model.layers[0].forward(model.backend, tokens, {}, None), W[tokens])
 
 
 def test_layers_save_load_and_summary(tmp_path):

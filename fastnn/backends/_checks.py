@@ -239,8 +239,10 @@ def index_array(a, name, shape):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
         raise TypeError(f"{name} must have dtype int32 or int64, got {a.dtype}")
-    if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    shape = tuple(shape)  # None: any size on that axis
+    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
+        want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {a.shape}")
     if a.flags.c_contiguous and a.flags.aligned:
         return a
     return np.array(a, order="C")

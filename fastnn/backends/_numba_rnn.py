@@ -299,3 +299,44 @@ def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
     for j in range(3 * hidden):
         db_h[j] = acc[j]
     _input_side(blas, x, W_x, dxw, dx, dW_x, db_x)
+
+
+# ------------------------------------------------------------------ embedding
+# tokens (N, T) int32 or int64 in [0, V) (checked); W, dW (V, D); out, dy (N, T, D)
+@jit
+def embedding_forward(tokens, W, out):
+    for n in range(tokens.shape[0]):
+        for t in range(tokens.shape[1]):
+            out[n, t] = W[tokens[n, t]]
+
+
+@jit
+def embedding_backward(dy, tokens, dW):
+    """dW = 0 but at the tokens' rows, each the sum of its steps' dy, added in the
+    row-major order of tokens (as the reference)."""
+    dW[...] = 0
+    for n in range(tokens.shape[0]):
+        for t in range(tokens.shape[1]):
+            row = dW[tokens[n, t]]
+            for j in range(dW.shape[1]):
+                row[j] += dy[n, t, j]
+
+
+# ------------------------------------------------- the GEMMs alone (benchmarks)
+@jit
+def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh):
+    """One training step's recurrent GEMMs issued as the kernels above issue them
+    and nothing else: the input projection, one h_{t-1} @ W_h per step, the
+    backward's two GEMMs per step and its input side (x (N, T, F), hs (N, T, H),
+    xw and dz (N, T, G*H) hold any finite values)."""
+    steps = hs.shape[1]
+    width = W_h.shape[1]
+    _project(blas, x, W_x, xw)
+    for t in range(steps):
+        _recurrent_gemm(blas, t, h0, hs, W_h, z)
+    dW_h[...] = 0
+    for t in range(steps - 1, -1, -1):
+        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * width, dW_h, dh, 0.0)
+    n, f = x.shape[0], x.shape[2]
+    gemm(blas, 0, 1, n * steps, f, width, dz, width, W_x, width, 0.0, dx, f)
+    gemm(blas, 1, 0, f, width, n * steps, x, f, dz, width, 0.0, dW_x, width)

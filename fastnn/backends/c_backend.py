@@ -51,7 +51,7 @@ class _FunctionTable:
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
         "gru_backward",
-    )
+    ) + ("embedding_forward", "embedding_backward")
 
     def __init__(self, suffix, ctype):
         self.ctype = ctype
@@ -363,3 +363,21 @@ class CBackend(GemmConv, NumpyBackend):
                                              e((n, 3 * hidden), d))),
                        fb("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
         return out
+
+    # ---------------------------------------------------------------- embedding
+    # csrc/embedding.c; tokens int64 or int32 (the other pointer NULL)
+    def _embedding_forward(self, tokens, W, out):
+        k = C_FUNCTIONS[W.dtype]
+        wide = tokens.dtype == np.int64
+        k.embedding_forward(ffi.from_buffer("int64_t[]", tokens) if wide else NULL,
+                            NULL if wide else ffi.from_buffer("int32_t[]", tokens),
+                            ffi.from_buffer(k.ctype, W), ffi.from_buffer(k.ctype, out),
+                            tokens.size, W.shape[1])
+
+    def _embedding_backward(self, dy, tokens, dW):
+        k = C_FUNCTIONS[dW.dtype]
+        wide = tokens.dtype == np.int64
+        k.embedding_backward(ffi.from_buffer(k.ctype, dy),
+                             ffi.from_buffer("int64_t[]", tokens) if wide else NULL,
+                             NULL if wide else ffi.from_buffer("int32_t[]", tokens),
+                             ffi.from_buffer(k.ctype, dW), tokens.size, dW.shape[0], dW.shape[1])

@@ -431,6 +431,13 @@ class NumbaBackend(GemmConv, NumpyBackend):
                        e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db_x, db_h
 
+    # ---------------------------------------------------------------- embedding
+    def _embedding_forward(self, tokens, W, out):
+        R.embedding_forward(tokens, W, out)
+
+    def _embedding_backward(self, dy, tokens, dW):
+        R.embedding_backward(dy, tokens, dW)
+
 
 def _as_column_rows(a):
     """(N, K) view of a loss argument: a vector of N samples is N rows of 1."""

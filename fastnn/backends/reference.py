@@ -677,6 +677,16 @@ class NumpyBackend:
         db_h = dhw.sum(axis=(0, 1), dtype=np.float64).astype(x.dtype)
         return dx, dh_next, dW_x, dW_h, db_x, db_h
 
+    # ---------------------------------------------------------------- embedding
+    # tokens (N, T) integers in [0, V); W, dW (V, D); out, dy (N, T, D).
+    def _embedding_forward(self, tokens, W, out):
+        np.take(W, tokens, axis=0, out=out)
+
+    def _embedding_backward(self, dy, tokens, dW):
+        dW[...] = 0
+        # unbuffered: a token repeated sums its rows, in the row-major order of tokens
+        np.add.at(dW, tokens.reshape(-1), dy.reshape(-1, dW.shape[1]))
+
 
 # ------------------------------------------------------------------- recurrence
 RNN_ACTIVATIONS = ("tanh", "relu")

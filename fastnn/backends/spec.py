@@ -999,6 +999,46 @@ RECURRENT = [
 ]
 DECLARATIONS.update({k.name: k for k in RECURRENT})
 
+# ------------------------------------------------------------------ embedding
+# tokens (N, T) int32 or int64 in [0, V); W (V, D) one vector per token.
+EMBED_SIZES = {"V": 7, "D": 3}
+
+
+def _tokens_in_range():
+    return Check("tokens.size and (tokens.min() < 0 or tokens.max() >= V)", "ValueError",
+                 "tokens holds indices outside [0, {V}), the rows of W", value=True)
+
+
+EMBEDDING = [
+    Kernel(
+        "embedding_forward", "tokens, W, out=None",
+        [In("W", "V D"),
+         Index("tokens", "N T", high="V"),
+         _tokens_in_range(),
+         Out("out", "N T D")],
+        "tokens, W, out", "out",
+        """Rows of W looked up by token (torch.nn.functional.embedding):
+        out[n, t] = W[tokens[n, t]].
+
+        tokens (N, T) int32 or int64 in [0, V); W (V, D). Returns out (N, T, D).""",
+        sizes=EMBED_SIZES),
+    Kernel(
+        "embedding_backward", "dy, tokens, W_shape, dW=None",
+        [In("dy", "N T D"),
+         ShapeOf("W_shape", "V D"),
+         Index("tokens", "N T", high="V"),
+         _tokens_in_range(),
+         Out("dW", "V D")],
+        "dy, tokens, dW", "dW",
+        """Gradient of embedding_forward: dW (W_shape (V, D)) is 0 but at the rows of
+        the tokens, each the sum of the dy[n, t] of every step holding its token
+        (added in the row-major order of tokens on every backend).
+
+        dy (N, T, D); tokens (N, T) int32 or int64 in [0, V). Returns dW.""",
+        sizes=EMBED_SIZES),
+]
+DECLARATIONS.update({k.name: k for k in EMBEDDING})
+
 # The kernels a backend may accelerate: method `name` validates, `_name` computes.
 KERNELS = tuple(DECLARATIONS)
 
@@ -1084,6 +1124,25 @@ def _shape_expr(a, bound):
     if not dims or any(not _known(d, bound) for d in dims):
         raise ValueError(f"the shape of {a.name} is not determined before it")
     return "(" + "".join(_sym(d) + ", " for d in dims) + ")"
+
+
+def _index_shape(a, bound):
+    """The shape an Index array must have as source: a tuple, None where a symbol
+    is not bound yet (the array binds it)."""
+    dims = _dims(a.shape)
+    if a.shape.startswith("=") or all(_known(d, bound) for d in dims):
+        return _shape_expr(a, bound)
+    return "(" + "".join((_sym(d) if _known(d, bound) else "None") + ", " for d in dims) + ")"
+
+
+def _bind_dims(g, a, bound):
+    """Binds the symbols of array a's shape not bound yet to its sizes."""
+    if a.shape.startswith("="):
+        return
+    for i, d in enumerate(_dims(a.shape)):
+        if d not in bound and d not in ("*", "...") and not _GATES.match(d):
+            g.emit(f"{_sym(d)} = {a.var}.shape[{i}]")
+            bound.add(d)
 
 
 def _public_array(g, k, a, anchor, bound):
@@ -1205,7 +1264,8 @@ def public_source(k):
                     g.emit(f"{_sym(d)} = {a.var}[{i}]")
                     bound.add(d)
         elif isinstance(a, Index):
-            g.emit(f"{a.var} = _chk.index_array({a.var}, {a.name!r}, {_shape_expr(a, bound)})")
+            g.emit(f"{a.var} = _chk.index_array({a.var}, {a.name!r}, {_index_shape(a, bound)})")
+            _bind_dims(g, a, bound)
         elif isinstance(a, Cache):
             g.emit(f"if not isinstance({a.var}, {a.cls}):")
             g.emit(f"    raise TypeError({a.message!r})")
@@ -1361,8 +1421,15 @@ def fast_source(k):
                     bound.add(d)
         elif isinstance(a, Index):
             v = a.var
+            dims = _dims(a.shape)
+            if a.shape.startswith("=") or all(_known(d, bound) for d in dims):
+                fits = f"{v}.shape == {_shape_expr(a, bound)}"
+            else:  # binds the symbols it is first to hold
+                fits = " and ".join([f"{v}.ndim == {len(dims)}"] + [
+                    f"{v}.shape[{i}] == {_sym(d)}" for i, d in enumerate(dims) if _known(d, bound)])
             g.emit(f"if not (type({v}) is _nd and ({v}.dtype is _I64 or {v}.dtype is _I32) "
-                   f"and {v}.flags.carray and {v}.shape == {_shape_expr(a, bound)}): raise _Miss")
+                   f"and {v}.flags.carray and {fits}): raise _Miss")
+            _bind_dims(g, a, bound)
         elif isinstance(a, Work):
             allocate.append(f"{a.var} = _empty({_shape_expr(a, bound)}, _dt)")
         elif isinstance(a, Cache):

@@ -881,8 +881,8 @@ class Embedding(Layer):
     the output is W[token t], W (input_dim, output_dim) ("weight", N(0, 1) as
     torch.nn.Embedding). The gradient of W is a scatter-add of the output's
     gradient over the tokens. Tokens must lie in [0, input_dim) (checked by the
-    model with the rest of its input); the layer must come first.
-    (In NumPy here, not a catalogue kernel.)"""
+    model with the rest of its input); the layer must come first. Kernels
+    embedding_forward and embedding_backward."""
 
     kind = "Embedding"
     input_dtype = np.dtype(np.int64)
@@ -916,14 +916,14 @@ class Embedding(Layer):
     def forward(self, backend, x, ws, mode):
         # x (N, T) tokens -> y (N, T, D)
         y = buffer(ws, "y", x.shape + (self.output_dim,), self.dtype)
-        np.take(self.params["W"], x, axis=0, out=y, mode="clip")  # tokens checked: clip is no-op
+        backend.fast.embedding_forward(x, self.params["W"], out=y)
         ws["x"] = x
         return y
 
     def backward(self, backend, dy, ws, need_dx):
-        dW = self.grads["W"]
-        dW[...] = 0
-        np.add.at(dW, ws["x"].reshape(-1), dy.reshape(-1, self.output_dim))
+        # dW (input_dim, output_dim): the scatter-add of dy (N, T, D) over the tokens
+        W = self.params["W"]
+        backend.fast.embedding_backward(dy, ws["x"], W.shape, dW=self.grads["W"])
         return None
 
     def config(self):

@@ -1,0 +1,167 @@
+"""The recurrent benchmarks: training time per sequence of a SimpleRNN and of an
+LSTM on every backend, beside PyTorch's nn.RNN / nn.LSTM and beside the GEMMs
+of the same training step alone (issue 21).
+
+The network: float32 sequences, batch 64, 50 steps of 32 features, 128 hidden
+units (SimpleRNN tanh or LSTM), a linear head on the last hidden state, squared
+error, Adam. One training step (forward, backward through time, Adam) on one
+batch is timed; per-sequence time is its time / 64.
+
+PyTorch runs in a process of its own that never imports fastnn
+(torch_recurrent.py; importing fastnn sets OMP_WAIT_POLICY, which slows
+PyTorch), started once per round so that its timings interleave with the
+backends'. "bare-gemms" is the GEMMs of the step issued as the numba and C
+kernels issue them, through the same BLAS ?gemm (SciPy's): the input projection
+of every step as one (N*T, F) x (F, G*H) GEMM, one (N, H) x (H, G*H) per step;
+backward per step dW_h += h_{t-1}^T dz_t and dh = dz_t W_h^T, then dx and dW_x
+as one GEMM each. Nothing else: the floor of any kernel issuing those GEMMs.
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SEQUENCE = {"batch": 64, "steps": 50, "features": 32, "units": 128}
+GATES = {"rnn": 1, "lstm": 4}
+LAYERS = {"rnn": "SimpleRNN", "lstm": "LSTM"}
+TORCH = "torch"
+BARE = "bare-gemms"
+
+
+def sequence_data(batch, steps, features, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, steps, features)).astype(np.float32),
+            rng.standard_normal((batch, 1)).astype(np.float32))
+
+
+def gemm_flops(kind, batch, steps, features, units):
+    """Flops of one training step's recurrent GEMMs: forward x W_x and h W_h,
+    backward dW_h, dh, dx and dW_x (2 m n k each)."""
+    width = GATES[kind] * units
+    return 2 * batch * steps * width * (3 * features + 3 * units)
+
+
+def fastnn_step(backend, kind, batch, steps, features, units):
+    """A callable doing one training step of the network on `backend`."""
+    from fastnn import nn
+
+    X, y = sequence_data(batch, steps, features)
+    layer = getattr(nn, LAYERS[kind])(units)
+    model = nn.Sequential([layer, nn.Dense(1)], loss="squared_error", optimizer="adam",
+                          backend=backend, dtype=np.float32, seed=0)
+    model.build((steps, features))
+    return lambda: model.train_step(X, y)
+
+
+def bare_gemms_step(kind, batch, steps, features, units):
+    """A callable issuing the step's GEMMs alone (see the module's docstring), or
+    None without numba."""
+    try:
+        from ..backends import _numba_rnn as R
+    except ImportError:
+        return None
+    rng = np.random.default_rng(1)
+    width, d = GATES[kind] * units, np.float32
+
+    def a(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(d)
+
+    x, h0, W_x, W_h = a(batch, steps, features), a(batch, units), a(features, width), a(units, width)
+    hs, xw, z, dz = a(batch, steps, units), a(batch, steps, width), a(batch, width), a(batch, steps, width)
+    dx, dW_x, dW_h, dh = a(batch, steps, features), a(features, width), a(units, width), a(batch, units)
+    blas = R.Blas(d).args()
+    return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
+
+
+def _calls_for(fn, min_time):
+    start = time.perf_counter()
+    fn()
+    return max(1, int(min_time / max(time.perf_counter() - start, 1e-6)))
+
+
+def _mean_time(fn, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def torch_child_env():
+    """The environment for PyTorch's process: this one's without the
+    OMP_WAIT_POLICY=PASSIVE that importing fastnn sets by default."""
+    env = dict(os.environ)
+    if env.get("OMP_WAIT_POLICY") == "PASSIVE":
+        env.pop("OMP_WAIT_POLICY")
+    return env
+
+
+def torch_step_seconds(kind, sizes, min_time, repeats):
+    """[seconds of one training step] of the network in PyTorch, timed in a
+    process that never imports fastnn; None when PyTorch is not installed."""
+    source = (Path(__file__).parent / "torch_recurrent.py").read_text()
+    options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats})
+    run = subprocess.run([sys.executable, "-c", source, options], capture_output=True, text=True,
+                         check=False, env=torch_child_env(), cwd=tempfile.gettempdir())
+    if run.returncode:
+        if "No module named 'torch'" in run.stderr:
+            return None
+        raise RuntimeError(f"the PyTorch {kind} step failed: {run.stderr[-500:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])["step_seconds"]
+
+
+def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, with_torch=True,
+                  sizes=None, progress=None):
+    """{kind: {runner: {"median_s", "best_s"} per sequence}} for each runner:
+    every backend, PyTorch (when installed and with_torch), bare-gemms (with
+    numba). Each round times every runner once (`min_time` seconds of steps
+    after a warm-up), in turns; median and best are over the rounds."""
+    import fastnn
+
+    sizes = dict(SEQUENCE, **(sizes or {}))
+    backends = fastnn.available_backends() if backends is None else list(backends)
+    results = {}
+    for kind in kinds:
+        steps = {name: fastnn_step(name, kind, **sizes) for name in backends}
+        bare = bare_gemms_step(kind, **sizes)
+        if bare is not None:
+            steps[BARE] = bare
+        calls = {}
+        for name, fn in steps.items():
+            for _ in range(3):  # warm-up (compilation, workspaces)
+                fn()
+            calls[name] = _calls_for(fn, min_time)
+        times = {name: [] for name in steps}
+        torch_ok = with_torch
+        for _ in range(rounds):
+            for name, fn in steps.items():
+                times[name].append(_mean_time(fn, calls[name]))
+            if torch_ok:
+                t = torch_step_seconds(kind, sizes, min_time, 1)
+                if t is None:
+                    torch_ok = False
+                else:
+                    times.setdefault(TORCH, []).extend(t)
+        per = {name: {"median_s": statistics.median(ts) / sizes["batch"],
+                      "best_s": min(ts) / sizes["batch"]} for name, ts in times.items()}
+        results[kind] = per
+        if progress:
+            progress(kind, per)
+    return results
+
+
+def ratios(per):
+    """{runner: (PyTorch median / runner median, runner median / bare-gemms median)}
+    (None where the other is missing)."""
+    out = {}
+    for name, r in per.items():
+        vs_torch = per[TORCH]["median_s"] / r["median_s"] if TORCH in per else None
+        vs_bare = r["median_s"] / per[BARE]["median_s"] if BARE in per else None
+        out[name] = (vs_torch, vs_bare)
+    return out
