@@ -81,5 +81,18 @@ def public_members_directive():
     return PublicMembers
 
 
+def kernel_docstring_verbatim(app, what, name, obj, options, lines):
+    """The kernels' docstrings (declared in fastnn/backends/spec.py) are plain text with
+    formulas and shapes such as ``|d|`` and ``(N, *shape)``: shown as written, in a
+    literal block (numpydoc's closing comment, if any, kept after it)."""
+    if not name.startswith("fastnn.backends.NumpyBackend.") or not any(lines):
+        return
+    end = lines.index("..") if ".." in lines else len(lines)
+    text = "\n".join(lines[:end]).strip("\n").splitlines()
+    lines[:end] = ["::", ""] + ["    " + line if line else "" for line in text] + [""]
+
+
 def setup(app):
     app.add_directive("public-members", public_members_directive())
+    # after numpydoc (priority 500), which re-indents what it reads
+    app.connect("autodoc-process-docstring", kernel_docstring_verbatim, priority=600)
