@@ -31,6 +31,8 @@ suppress_warnings = ["myst.header"]
 default_role = "py:obj"
 
 autodoc_member_order = "bysource"
+# signatures show defaults as written (np.float32), not their repr
+autodoc_preserve_defaults = True
 autodoc_default_options = {"members": True, "show-inheritance": True}
 # numpydoc lists the members itself from autodoc's entries: no second table of them
 numpydoc_show_class_members = False
