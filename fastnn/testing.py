@@ -10,6 +10,8 @@
   backend, each output compared with the reference backend's (numpy) at the
   equivalence catalogue's tolerances (`RTOL`, `assert_close`).
 
+For example::
+
     from fastnn import nn, testing
     testing.assert_gradients(nn.Dense(3, "tanh"), np.random.randn(5, 4))
     testing.assert_backends_agree(lambda kernels, x: kernels.activation_forward(x, "gelu"),
@@ -29,8 +31,8 @@ from .backends.reference import NumpyBackend
 
 REFERENCE = "numpy"  # the oracle every other backend is compared with
 
-# Relative tolerance of a backend against the reference, per dtype: what the
-# equivalence catalogue (tests/catalogue.py) holds every kernel to.
+#: Relative tolerance of a backend against the reference, per dtype: what the
+#: equivalence catalogue (tests/catalogue.py) holds every kernel to.
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
 
 # check_gradients' defaults per dtype: (finite-difference step, rtol). Central
@@ -42,11 +44,11 @@ COMPLEX_STEP = 1e-20  # the complex step: no subtraction, so no rounding to trad
 # ------------------------------------------------------------------ closeness
 def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=None, atol=0.0):
     """Raise AssertionError unless actual matches expected to the catalogue's rule:
-    |actual - expected| <= rtol * (|expected| + 1e-2 * max|expected| + tiny) per
+    ``|actual - expected| <= rtol * (|expected| + 1e-2 * max|expected| + tiny)`` per
     element (relative, with a floor tied to the array's scale so that values
     cancelling to ~0 are judged against the magnitudes they came from), the same
     dtype, shape and non-finite pattern. rtol: RTOL of `dtype` (default: the
-    dtype of expected). magnitude (shaped like expected) replaces |expected|
+    dtype of expected). magnitude (shaped like expected) replaces ``|expected|``
     where each element is a sum of terms that may cancel: the size of those
     terms, which bounds its rounding. atol: an absolute tolerance added to each
     element's. Scalars: within 10 rtol (plus atol)."""
@@ -126,7 +128,7 @@ def _float_dtype(values):
 
 
 def assert_backends_agree(fn, *args, backends=None, rtol=None, atol=0.0, **kwargs):
-    """Run fn(backend, *args, **kwargs) on every backend and compare each output
+    """Run ``fn(backend, *args, **kwargs)`` on every backend and compare each output
     with the reference backend's (numpy); return the reference's result.
 
     fn receives the backend object (its kernels are its methods: `backend.
@@ -191,10 +193,10 @@ class GradientReport(Mapping):
     (`details[name]` holds the TensorCheck), `ok` when every error is <= rtol,
     and a table when printed.
 
-    The relative error of an element is |analytic - numeric| / (|numeric| +
-    atol / rtol), so an element passes when |analytic - numeric| <= atol + rtol
-    * |numeric|; atol defaults to rtol * 1e-2 * max(1, largest |numeric| of the
-    check), which judges derivatives that are ~0 against the scale of the
+    The relative error of an element is ``|analytic - numeric| / (|numeric| +
+    atol / rtol)``, so an element passes when ``|analytic - numeric| <= atol + rtol
+    * |numeric|``; atol defaults to ``rtol * 1e-2 * max(1, largest |numeric|)`` of the
+    check, which judges derivatives that are ~0 against the scale of the
     others."""
 
     def __init__(self, subject, checks, rtol, atol, dtype, eps, backend):
@@ -414,7 +416,7 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     """Compare analytic gradients with numerical derivatives; returns a GradientReport.
 
     A layer (a fastnn.nn Layer not yet in a model): built standalone for x's
-    per-sample shape (x is a batch, (N, *input_shape)) in `dtype`, its
+    per-sample shape (x is a batch, ``(N, *input_shape)``) in `dtype`, its
     parameters initialised by its init_params from `seed`; the scalar loss is
     sum(forward(x) * R) for a fixed random R (so dloss/dy = R), in a training
     pass with a fixed dropout seed and batch-norm running statistics left as
@@ -434,7 +436,7 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     forward runs on complex arrays (parameters and x cast to complex, the
     imaginary parts kept) gets the complex-step derivative Im f(v + ih) / h,
     h = 1e-20, exact to rounding; otherwise, and always for models, central
-    differences (f(v + h) - f(v - h)) / 2h, h = eps * max(1, |v|). fastnn's
+    differences (f(v + h) - f(v - h)) / 2h, ``h = eps * max(1, |v|)``. fastnn's
     own layers run compiled, dtype-checked kernels and so use central
     differences; a layer written with NumPy operations on its inputs (as the
     README's example) usually qualifies for the complex step. Operations that

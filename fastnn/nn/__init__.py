@@ -1,6 +1,6 @@
 """fastnn.nn: layers, losses, optimizers and a Keras-like `Sequential` model over
 the fastnn kernels. Every computation is a kernel of the current backend (or the
-model's own), so a model trains the same way on numpy, numba and c.
+model's own), so a model trains the same way on numpy, numba and c::
 
     from fastnn import nn
     model = nn.Sequential([nn.Dense(128, "relu"), nn.Dropout(0.1), nn.Dense(10)],

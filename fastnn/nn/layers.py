@@ -514,7 +514,7 @@ LAYERS = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebu
 def register_layer(cls):
     """Class decorator: register a Layer subclass under its `kind`, so that
     `Sequential.save` writes it (as its `config()`) and `load` rebuilds it with
-    cls(**options), the options being config() without 'kind'. Returns cls.
+    ``cls(**options)``, the options being config() without 'kind'. Returns cls.
     Refuses a class that is not a Layer subclass (TypeError), a kind that is not
     a non-empty string of the class's own, and a kind registered for another
     class (ValueError); the same class defined again (same module and name)

@@ -172,7 +172,7 @@ class SquaredError(Loss):
 
 
 class AbsoluteError(Loss):
-    """|output - y| summed over outputs, mean over samples."""
+    """``|output - y|`` summed over outputs, mean over samples."""
 
     name = "mae"
 

@@ -27,7 +27,7 @@ from ..backends import _checks as chk
 
 
 class Metric:
-    """Base class. name: the key in logs and history ('val_' + name on validation
+    """Base class. name: the key in logs and history (``'val_' + name`` on validation
     data). classification: whether it needs a classification loss (else a
     regression loss). Subclasses define reset, update(loss, output, targets) and
     result."""

@@ -93,9 +93,13 @@ class Sequential:
     input_shape: build now for this per-sample input shape (an int n means
     (n,)); input_dim: the same for flat inputs.
 
-    >>> model = Sequential([Dense(64, "relu"), Dense(10)], loss="sparse_categorical_crossentropy")
-    >>> history = model.fit(X, y, epochs=20, batch_size=64, validation_split=0.1)
-    >>> proba = model.predict(X_test)
+    >>> import numpy as np
+    >>> from fastnn.nn import Dense, Sequential
+    >>> X, y = np.random.default_rng(0).normal(size=(200, 8)), np.arange(200) % 3
+    >>> model = Sequential([Dense(64, "relu"), Dense(3)], loss="sparse_categorical_crossentropy", seed=0)
+    >>> history = model.fit(X, y, epochs=2, batch_size=64, validation_split=0.1, verbose=0)
+    >>> model.predict(X[:2]).shape
+    (2, 3)
     """
 
     def __init__(self, layers=(), *, loss=None, optimizer="adam", l2=0.0, penalty_per_sample=False,
@@ -177,7 +181,7 @@ class Sequential:
         'top_k_accuracy' (k=5; TopKAccuracy(k=3)), 'precision', 'recall', 'f1'
         (binary for two classes, else macro; Precision(average="macro")...),
         'auc' (binary), and for regression losses 'mae', 'mse', 'rmse', 'r2'.
-        They are reported by fit (history and callbacks' logs, 'val_' + name on
+        They are reported by fit (history and callbacks' logs, ``'val_' + name`` on
         validation data) and by evaluate; see fastnn.nn.metrics."""
         if optimizer is not None:
             self.optimizer = get_optimizer(optimizer)
@@ -741,10 +745,10 @@ class Sequential:
 
         y: targets in the loss's form; for a classifier with one label per
         sample, any labels (integers, strings, bools): the first fit sets
-        classes_ (see _labels) and predict_classes gives them back.
+        ``classes_`` (see _labels) and predict_classes gives them back.
         batch_size: samples per step (None or >= n: full batch; 1: per-sample SGD).
         validation_split: fraction of the samples, taken from the end before
-        shuffling, held out for val_loss (and the val_ metrics); or validation_data =
+        shuffling, held out for val_loss (and the ``val_`` metrics); or validation_data =
         (X_val, y_val) or (X_val, y_val, sample_weight_val). seed: shuffling order
         (default: follows from the model seed and the number of fit calls).
         callbacks: fastnn.nn.callbacks.Callback objects (Keras's protocol).
@@ -885,13 +889,13 @@ class Sequential:
         return result
 
     def predict(self, X, batch_size=None):
-        """Predictions, (N, *output_shape): class probabilities for the cross-entropy
+        """Predictions, ``(N, *output_shape)``: class probabilities for the cross-entropy
         losses (softmax / sigmoid applied), the loss's inverse link for the others
         (exp for Poisson), raw outputs without a loss."""
         return self._outputs(X, batch_size, link=True)
 
     def predict_raw(self, X, batch_size=None):
-        """The last layer's outputs without the loss's link (logits), (N, *output_shape)."""
+        """The last layer's outputs without the loss's link (logits), ``(N, *output_shape)``."""
         return self._outputs(X, batch_size, link=False)
 
     def predict_proba(self, X, batch_size=None):
@@ -902,7 +906,7 @@ class Sequential:
 
     def predict_classes(self, X, batch_size=None):
         """Class labels: argmax for several outputs, output > 0 (probability > 0.5)
-        for one output, as the labels the model was fitted with (classes_; class
+        for one output, as the labels the model was fitted with (``classes_``; class
         indices before a fit); 0/1 per output for multilabel models."""
         if self.loss is None or not self.loss.classifier:
             raise TypeError("predict_classes needs a classification loss")

@@ -216,14 +216,14 @@ class Optimizer:
     in `_step`.
 
     Gradient clipping (options of every optimizer, as in Keras; at most one):
-    clipnorm rescales each tensor's gradient g to g * clipnorm / max(||g||,
-    clipnorm); global_clipnorm rescales all of them together by the norm over
+    clipnorm rescales each tensor's gradient g to ``g * clipnorm / max(||g||,
+    clipnorm)``; global_clipnorm rescales all of them together by the norm over
     every parameter; clipvalue clips each element to [-clipvalue, clipvalue].
     Applied to the gradient buffer before the step (which then adds the
     optimizer's own weight decay).
 
     Every optimizer takes weight_decay and decoupled_weight_decay (False: L2
-    gradient weight_decay * params; True: params *= 1 - lr * weight_decay before
+    gradient ``weight_decay * params``; True: ``params *= 1 - lr * weight_decay`` before
     the step)."""
 
     name = "optimizer"

@@ -50,7 +50,7 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
     ----------
     model_or_estimator : fastnn.nn.Sequential, fastnn.MLPClassifier or fastnn.MLPRegressor
         A built Sequential, or a fitted estimator.
-    sample_input : array-like of shape (n_samples, *input_shape), optional
+    sample_input : array-like of shape ``(n_samples, *input_shape)``, optional
         A few rows of input: only their dtype (float32, float64, integer or
         boolean: the graph input's type) and per-sample shape are used. Without
         it the input has the model's dtype. An unbuilt Sequential is built for
@@ -62,7 +62,7 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
     Returns
     -------
     onnx.ModelProto
-        Input 'X' of shape (N, *input_shape). Outputs: for a Sequential,
+        Input 'X' of shape ``(N, *input_shape)``. Outputs: for a Sequential,
         'output', what `predict` returns (after the loss's link: softmax or
         sigmoid probabilities, exp for Poisson); for a classifier, 'label'
         (``classes_`` as int64 or strings; (N, n_labels) 0/1 for multilabel

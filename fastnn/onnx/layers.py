@@ -36,7 +36,7 @@ def register_converter(kind: str):
         A decorator that registers ``convert(g, layer, x) -> y`` and returns it
         unchanged: `g` the graph (fastnn.onnx.graph.Graph, computing in
         ``g.dtype``), `layer` the built layer, `x` the name of its input tensor
-        (N, *layer.input_shape); it returns the name of its output.
+        ``(N, *layer.input_shape)``; it returns the name of its output.
 
     Examples
     --------

@@ -1,5 +1,5 @@
 """fastnn.tune: choosing hyperparameters for fastnn.nn models, with Keras
-Tuner's shape.
+Tuner's shape::
 
     from fastnn import nn, tune
 
