@@ -55,9 +55,10 @@ def fit_epochs(est, X, y, epochs, first_epoch, seed, validation_data, fit_kwargs
     """Train `epochs` epochs after `first_epoch`, one partial_fit call each over
     the rows shuffled by (seed..., epoch index) (so a configuration trained in
     rounds sees the same epochs as one trained straight through); returns
-    {key: [value per epoch]}: 'loss' (the estimator's training loss_) and on
-    validation data 'val_loss' (log loss, or the estimator's half squared error
-    or half Poisson deviance), 'val_score' (est.score) and for classifiers
+    {key: [value per epoch]}: 'loss' (the estimator's training loss_, if it has
+    one) and on validation data 'val_loss' (log loss, for classifiers with
+    predict_proba; the estimator's half squared error or half Poisson deviance
+    for regressors), 'val_score' (est.score's value) and for classifiers
     'val_accuracy'."""
     if fit_kwargs:
         raise ValueError(f"an estimator's search takes no fit options ({sorted(fit_kwargs)}); set them as "
@@ -67,7 +68,7 @@ def fit_epochs(est, X, y, epochs, first_epoch, seed, validation_data, fit_kwargs
     for epoch in range(first_epoch, first_epoch + epochs):
         order = np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(X.shape[0])
         est.partial_fit(X[order], y[order], **kwargs)
-        logs = {"loss": est.loss_}
+        logs = {"loss": est.loss_} if hasattr(est, "loss_") else {}
         if validation_data is not None:
             logs.update(validation_metrics(est, *validation_data))
         for key, value in logs.items():
@@ -77,10 +78,12 @@ def fit_epochs(est, X, y, epochs, first_epoch, seed, validation_data, fit_kwargs
 
 def validation_metrics(est, X_val, y_val):
     if is_classifier(est):
-        proba = est.predict_proba(X_val)
-        accuracy = accuracy_score(y_val, est.classes_[np.argmax(proba, axis=1)])
-        return {"val_loss": log_loss(y_val, proba, labels=est.classes_), "val_score": est.score(X_val, y_val),
-                "val_accuracy": accuracy}
+        # a classifier's score is its accuracy (ClassifierMixin.score)
+        accuracy = accuracy_score(y_val, est.predict(X_val))
+        logs = {"val_accuracy": accuracy, "val_score": accuracy}
+        if hasattr(est, "predict_proba"):  # (a margin classifier has no log loss)
+            logs["val_loss"] = log_loss(y_val, est.predict_proba(X_val), labels=est.classes_)
+        return logs
     pred = est.predict(X_val)
     if getattr(est, "loss", None) == "poisson":
         loss = mean_poisson_deviance(y_val, pred) / 2
