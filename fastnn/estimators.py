@@ -518,6 +518,27 @@ def _copy_attribute(name, values, views):
         b[...] = a
 
 
+def update_solver(est):
+    """Make a fitted estimator's stochastic solver follow the estimator's current
+    parameters (learning_rate_init, momentum, beta_1, beta_2, epsilon,
+    weight_decay) from its next step on, keeping its step count and moment
+    estimates. partial_fit otherwise keeps the solver of its first call, as
+    scikit-learn's does; changing a rate mid-training (population-based training)
+    is set_params then update_solver. Returns est."""
+    model = getattr(est, "model_", None)
+    if model is None or est.solver not in STOCHASTIC_SOLVERS or \
+            not model.optimizer.is_bound_to(model._params):
+        return est  # nothing trained yet: the next fit builds the solver from the parameters
+    counters, buffers = model.optimizer.get_state()
+    # the rate comes from the parameters, the schedule's other counters from the solver
+    schedule = {k: v for k, v in counters["schedule"].items() if k not in ("lr0", "lr")}
+    counters = dict(counters, schedule=schedule)
+    solver = _optimizer(est)
+    solver.set_state(model._params, counters, buffers)
+    model.compile(optimizer=solver)
+    return est
+
+
 class _StoppingRules:
     """scikit-learn's learning-rate rules for the stochastic solvers: 'invscaling'
     at the end of each epoch, 'adaptive' divides the rate by 5 when training

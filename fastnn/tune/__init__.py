@@ -15,7 +15,9 @@ Tuner's shape::
 
 Tuners: GridSearch, RandomSearch, BayesianOptimization (Optuna's TPE; needs
 the 'tune' extra), Hyperband, PopulationBasedTraining; select_size for the
-cross-validated choice of a network's size. Trials run in this process, in
+cross-validated choice of a network's size. In place of build_model, every
+tuner takes a scikit-learn estimator and space={parameter: hp} (trained one
+partial_fit epoch at a time). Trials run in this process, in
 spawned worker processes (executor='processes', n_jobs) or on a Dask cluster
 (executor=a dask.distributed.Client; the 'distributed' extra). Every finished
 trial is written to directory/project_name, and a search started again there

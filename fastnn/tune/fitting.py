@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..nn import Sequential
+from . import estimator
 from .hp import HyperParameters, random_draw
 
 # hyperparameters with these names are passed to Sequential.fit (batch_size, ...)
@@ -66,16 +67,38 @@ class Outcome:
 
 def build(build_model, hp):
     model = build_model(hp)
-    if not isinstance(model, Sequential):
+    if not isinstance(model, Sequential) and not isinstance(build_model, estimator.EstimatorSpace):
         raise TypeError(f"build_model must return a fastnn.nn.Sequential, got {type(model).__name__}")
     return model
+
+
+def save_model(model, f):
+    """Write a trial's model (a Sequential or an estimator) to the file object f."""
+    if isinstance(model, Sequential):
+        model.save(f)
+    else:
+        estimator.save_estimator(model, f)
+
+
+def model_suffix(model):
+    return ".npz" if isinstance(model, Sequential) else estimator.SUFFIX
+
+
+def load_model(path):
+    """The model save_model wrote to path."""
+    from ..nn import load
+
+    return estimator.load_estimator(path) if str(path).endswith(estimator.SUFFIX) else load(path)
 
 
 def transplant(source, model):
     """Give `model` (a configuration of the same architecture) the weights,
     running statistics and optimizer state of `source`: one copy of each flat
     buffer. The optimizer keeps its own learning rate: the counters of its
-    schedule come from source, the rates from the new configuration."""
+    schedule come from source, the rates from the new configuration. Returns
+    the model (an estimator: a copy of source under model's parameters)."""
+    if not isinstance(model, Sequential):
+        return estimator.transplant_estimator(source, model)
     model.build(source.input_shape)
     if model.n_params != source.n_params or model.get_flat_state().size != source.get_flat_state().size:
         raise ValueError("the mutated configuration has another architecture than the member it copies; "
@@ -96,7 +119,14 @@ def _fit(model, X, y, task, fit_kwargs, validation):
     """Train `task.epochs` epochs after `task.epochs_done`, one fit call per epoch,
     with the shuffling seed (model seed, epoch index): a configuration trained in
     rounds (Hyperband's rungs, PBT's intervals, a resumed search) sees the same
-    batches as one trained straight through. Returns {key: [value per epoch]}."""
+    batches as one trained straight through. Returns {key: [value per epoch]}.
+    An estimator trains through partial_fit (estimator.fit_epochs)."""
+    if not isinstance(model, Sequential):
+        validation_data = validation.get("validation_data")
+        if validation.get("validation_split"):
+            X, y, validation_data = estimator.split_validation(X, y, validation["validation_split"])
+        return estimator.fit_epochs(model, X, y, task.epochs, task.epochs_done, task.draw_seed,
+                                    validation_data, fit_kwargs)
     history = {}
     kwargs = {"verbose": 0, **fit_kwargs, **validation}
     for epoch in range(task.epochs_done, task.epochs_done + task.epochs):
@@ -120,9 +150,10 @@ def run_task(task, data):
         else:
             model = build(task.build_model, hp)
             if task.transplant:
-                transplant(task.start, model)
+                model = transplant(task.start, model)
         fit_kwargs = dict(task.fit_kwargs)
-        fit_kwargs.update({k: v for k, v in hp.values.items() if k in FIT_OPTIONS})
+        if isinstance(model, Sequential):  # an estimator takes every value as a parameter
+            fit_kwargs.update({k: v for k, v in hp.values.items() if k in FIT_OPTIONS})
         if data.folds is None:
             validation = {}
             if data.validation_data is not None:

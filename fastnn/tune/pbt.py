@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from .fitting import Task
+from .fitting import Task, load_model
 from .trials import COMPLETED, FAILED, RUNNING, Trial
 from .tuners import Tuner, _check_count
 
@@ -74,8 +74,6 @@ class PopulationBasedTraining(Tuner):
         return super().search(X, y, epochs, validation_data, validation_split, None, **fit_kwargs)
 
     def _search(self, executor, epochs, fit_kwargs):
-        from ..nn import load
-
         for number in range(self.population_size):
             if number not in self._trials:
                 self._trials[number] = Trial(number)
@@ -93,7 +91,7 @@ class PopulationBasedTraining(Tuner):
             for trial in self.trials:
                 if trial.epochs >= target or (trial.status == FAILED and str(trial.number) not in starting):
                     continue
-                start = load(self.project.model_path(trial)) if trial.epochs else None
+                start = load_model(self.project.model_path(trial)) if trial.epochs else None
                 given = trial.hyperparameters if trial.epochs else None
                 tasks.append(Task(trial.number, self.build_model, given, (self.seed, trial.number),
                                   target - trial.epochs, trial.epochs, start,
@@ -158,8 +156,6 @@ class PopulationBasedTraining(Tuner):
         """Each decided member takes its donor's model, metrics and schedule and its
         explored hyperparameters (the weights are given to the new configuration
         when it next trains). Applying twice gives the same records."""
-        from ..nn import load
-
         for number, decision in decisions.items():
             member, donor = self._trials[int(number)], self._trials[decision["from"]]
             values = decision["hyperparameters"]
@@ -168,6 +164,6 @@ class PopulationBasedTraining(Tuner):
             member.epochs, member.status, member.error = donor.epochs, RUNNING, None
             member.schedule = copy.deepcopy(donor.schedule) + [
                 {"epoch": donor.epochs, "hyperparameters": dict(values), "copied_from": donor.trial_id}]
-            old = self.project.write(member, load(self.project.model_path(donor)))
+            old = self.project.write(member, load_model(self.project.model_path(donor)))
             if old is not None:
                 self.project.remove_model(old)

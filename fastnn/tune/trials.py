@@ -129,7 +129,7 @@ class Trial:
         if score is not None and not isinstance(score, (int, float)):
             raise ValueError(f"'score' must be a number or null, got {score!r}")
         model_file = d.get("model_file")
-        if model_file is not None and not re.fullmatch(r"trial_\d+_e\d+\.npz", str(model_file)):
+        if model_file is not None and not re.fullmatch(r"trial_\d+_e\d+\.(npz|pkl)", str(model_file)):
             raise ValueError(f"'model_file' is not a model file name of this project: {model_file!r}")
         space = {k: spec_from_config(c) for k, c in d["space"].items()}
         return cls(number, d["hyperparameters"], space, d["status"], score, d["metrics"], d.get("error"),
@@ -249,8 +249,10 @@ class Project:
         record named before, if it changed (the caller removes it)."""
         old = trial.model_file
         if model is not None:
-            trial.model_file = f"trial_{trial.number:04d}_e{trial.epochs}.npz"
-            _write_atomic(os.path.join(self.path, trial.model_file), model.save)
+            from .fitting import model_suffix, save_model
+
+            trial.model_file = f"trial_{trial.number:04d}_e{trial.epochs}{model_suffix(model)}"
+            _write_atomic(os.path.join(self.path, trial.model_file), lambda f: save_model(model, f))
         _write_json(self.trial_path(trial.number), trial.to_json(), durable=trial.status != RUNNING)
         return old if old != trial.model_file else None
 

@@ -13,8 +13,9 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
+from .estimator import EstimatorSpace, is_estimator
 from .executors import get_executor
-from .fitting import Data, Task, build
+from .fitting import Data, Task, build, load_model
 from .hp import Fixed, HyperParameters
 from .report import plot_trials, summary_table
 from .trials import COMPLETED, FAILED, PRUNED, RUNNING, Project, Trial, get_objective, score_of
@@ -38,13 +39,22 @@ class Tuner:
     draws (None: one drawn and stored with the project); directory/project_name:
     where the records go; overwrite: delete the project's earlier records;
     executor: None (this process), 'processes' (with n_jobs) or a
-    dask.distributed.Client."""
+    dask.distributed.Client.
+
+    In place of build_model, a scikit-learn estimator with partial_fit (such as
+    fastnn.MLPClassifier with a stochastic solver) and space={parameter name:
+    tune.Float(name, ...), ...}: each trial trains a clone with the drawn
+    parameters, one partial_fit call per epoch; its history has 'loss' and, on
+    the validation data, 'val_loss', 'val_score' (est.score) and for
+    classifiers 'val_accuracy'. Trained estimators are saved pickled."""
 
     kind = None
 
     def __init__(self, build_model, objective="val_accuracy", max_trials=10, seed=None, directory=".",
-                 project_name="tune", overwrite=False, executor=None, n_jobs=None):
-        if not callable(build_model):
+                 project_name="tune", overwrite=False, executor=None, n_jobs=None, space=None):
+        if space is not None or is_estimator(build_model):
+            build_model = EstimatorSpace(build_model, space)
+        elif not callable(build_model):
             raise TypeError(f"build_model must be a function hp -> Sequential, got {build_model!r}")
         self.build_model = build_model
         self.objective = get_objective(objective)
@@ -197,9 +207,7 @@ class Tuner:
 
     def get_best_models(self, num_trials=1):
         """The trained models of the best completed trials, loaded from the project."""
-        from ..nn import load
-
-        return [load(self.project.model_path(t)) for t in self.get_best_trials(num_trials)]
+        return [load_model(self.project.model_path(t)) for t in self.get_best_trials(num_trials)]
 
     def results_summary(self, num_trials=10):
         """A table of the best trials (then the failed ones), as a string."""
@@ -404,8 +412,6 @@ class Hyperband(Tuner):
         return super().search(X, y, self.max_epochs, validation_data, validation_split, None, **fit_kwargs)
 
     def _search(self, executor, epochs, fit_kwargs):
-        from ..nn import load
-
         for numbers, rungs in self.brackets():
             alive = list(numbers)
             for i, (_, budget) in enumerate(rungs):
@@ -418,7 +424,7 @@ class Hyperband(Tuner):
                         self.project.write(trial)
                     if trial.status == FAILED or trial.epochs >= budget:
                         continue
-                    start = load(self.project.model_path(trial)) if trial.epochs else None
+                    start = load_model(self.project.model_path(trial)) if trial.epochs else None
                     given = trial.hyperparameters if trial.epochs else None
                     tasks.append(Task(number, self.build_model, given, (self.seed, number),
                                       budget - trial.epochs, trial.epochs, start, fit_kwargs=fit_kwargs))
