@@ -6,10 +6,11 @@ input projections of every step, x W_x + b (N, T, G*H), as one MatMul before
 the loop, then a `Scan` over the time axis whose body is one step: h_{t-1} W_h
 (N, H) @ (H, G*H), the gates sliced from it in fastnn's (PyTorch's) order, and
 the activations of fastnn.onnx.activations (the composed logistic; Tanh,
-Relu). ONNX's RNN, LSTM and GRU operators are not used: onnxruntime 1.32 has
-them in float32 only, and their gates use its Sigmoid, which is inaccurate (see
-activations.logistic); one construction serves both dtypes. The states start
-at zero for every sample, as fastnn's h0 (and c0).
+Relu). ONNX's RNN, LSTM and GRU operators are not used: onnxruntime 1.32 runs
+them in float32 only ("LSTM operator does not support double yet"), refuses
+their batch-first layout=1, and computes their gates with its own sigmoid, which
+is inaccurate (see activations.logistic); so one construction serves both
+dtypes. The states start at zero for every sample, as fastnn's h0 (and c0).
 """
 
 from onnx import helper
