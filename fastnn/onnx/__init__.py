@@ -54,7 +54,8 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
     sample_input : array-like of shape (n_samples, *input_shape), optional
         A few rows of input: only their dtype (float32, float64, integer or
         boolean: the graph input's type) and per-sample shape are used. Without
-        it the input has the model's dtype. An unbuilt Sequential is built for
+        it the input has the model's dtype, or is int64 tokens for a model
+        starting with Embedding. An unbuilt Sequential is built for
         its shape, as `predict` would.
     opset : int, optional
         The ONNX operator set, 13 up to the installed onnx's newest; default
@@ -80,7 +81,8 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
         sample_input's samples have another shape than the model's inputs, or
         opset is out of range.
     TypeError
-        Not a fastnn model, or sample_input does not hold numbers.
+        Not a fastnn model, or sample_input does not hold numbers (integers,
+        for a model starting with Embedding).
     sklearn.exceptions.NotFittedError
         The estimator is not fitted.
 
