@@ -550,6 +550,16 @@ def test_trained_sequence_models(case, dtype):
     assert_close(out, model.predict(X[60:]), dtype)
 
 
+@pytest.mark.parametrize("opset", [13, onnx.defs.onnx_opset_version()])
+def test_sequence_layers_at_each_opset(opset):
+    rng = np.random.default_rng(7)
+    model = nn.Sequential([nn.Embedding(9, 3), nn.GRU(4, return_sequences=True), nn.LSTM(3),
+                           nn.Dense(2)], dtype=np.float64, seed=0, input_shape=(5,))
+    X = rng.integers(0, 9, (4, 5))
+    (out,) = run(fastnn.onnx.to_onnx(model, opset=opset), X)
+    assert_close(out, model.predict(X), np.float64)
+
+
 def test_embedding_token_dtypes():
     """An Embedding model's input is int64 tokens (other integers are cast, as
     predict casts them); floats are refused as predict refuses them."""
