@@ -572,8 +572,11 @@ def test_embedding_token_dtypes():
     assert_close(out, model.predict(X), np.float32)
     (out,) = run(fastnn.onnx.to_onnx(model, X[:1].astype(np.int32)), X.astype(np.int32))
     assert_close(out, model.predict(X.astype(np.int32)), np.float32)
-    with pytest.raises(TypeError, match="integer tokens"):
-        fastnn.onnx.to_onnx(model, X[:1].astype(np.float32))
+    for refused in (np.float32, bool):
+        with pytest.raises(TypeError, match="integer tokens"):
+            model.predict(X.astype(refused))
+        with pytest.raises(TypeError, match="integer tokens"):
+            fastnn.onnx.to_onnx(model, X[:1].astype(refused))
 
 
 # ------------------------------------------------------------------ errors

@@ -145,7 +145,7 @@ def _sequential(model, sample, opset):
     # what the first layer takes: the model's dtype, or int64 tokens (Embedding's input_dtype)
     first_dtype = model.layers[0].input_dtype if model.layers else None
     first_dtype = model.dtype if first_dtype is None else first_dtype
-    if sample is not None and first_dtype.kind in "iu" and sample.dtype.kind not in "biu":
+    if sample is not None and first_dtype.kind in "iu" and sample.dtype.kind not in "iu":
         raise TypeError(f"sample_input must hold integer tokens for a model starting with "
                         f"{model.layers[0].kind}, got dtype {sample.dtype}")
     input_dtype = first_dtype if sample is None else sample.dtype
