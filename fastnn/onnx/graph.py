@@ -7,6 +7,8 @@ it. Names are readable and unique: `g.prefix` (the layer being converted, e.g.
 'dense_0') is put before each name.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -62,12 +64,22 @@ class Graph:
 
     def scalar(self, value):
         """A 0-d float constant of the graph's dtype, shared by every node using it."""
-        key = float(value)
+        key = (self.dtype.name, float(value))
         if key not in self._scalars:
             prefix, self.prefix = self.prefix, ""
-            self._scalars[key] = self.const(np.array(key), f"scalar_{key:g}")
+            self._scalars[key] = self.const(np.array(key[1]), f"scalar_{key[1]:g}")
             self.prefix = prefix
         return self._scalars[key]
+
+    @contextmanager
+    def computing_in(self, dtype):
+        """Within: float constants (const, scalar) are of `dtype`, for a part of the
+        graph computed in another dtype than the rest."""
+        outer, self.dtype = self.dtype, np.dtype(dtype)
+        try:
+            yield self
+        finally:
+            self.dtype = outer
 
     def op(self, op_type, *inputs, out=None, domain="", **attrs):
         """Add one node with a single output; returns the output's name (`out` if

@@ -5,14 +5,19 @@ A recurrent layer is the reference's computation in standard operators: the
 input projections of every step, x W_x + b (N, T, G*H), as one MatMul before
 the loop, then a `Scan` over the time axis whose body is one step: h_{t-1} W_h
 (N, H) @ (H, G*H), the gates sliced from it in fastnn's (PyTorch's) order, and
-the activations of fastnn.onnx.activations (the composed logistic; Tanh,
-Relu). ONNX's RNN, LSTM and GRU operators are not used: onnxruntime 1.32 runs
-them in float32 only ("LSTM operator does not support double yet"), refuses
-their batch-first layout=1, and computes their gates with its own sigmoid, which
-is inaccurate (see activations.logistic); so one construction serves both
-dtypes. The states start at zero for every sample, as fastnn's h0 (and c0).
+the activations of fastnn.onnx.activations (the composed logistic; Tanh, Relu)
+computed in float64 and rounded once to the graph's dtype, as the reference
+computes them (fastnn.backends.reference: _sigmoid, _tanh): a state feeds every
+later step, so the few ulps by which float32 activations are off (onnxruntime's
+Tanh: 2.5) grow along the sequence past the 1e-5 tolerance. ONNX's RNN, LSTM
+and GRU operators are not used: onnxruntime 1.32 runs them in float32 only
+("LSTM operator does not support double yet"), refuses their batch-first
+layout=1, and computes their gates with its own sigmoid, which is inaccurate
+(see activations.logistic); so one construction serves both dtypes. The states
+start at zero for every sample, as fastnn's h0 (and c0).
 """
 
+import numpy as np
 from onnx import helper
 
 from .activations import activation
@@ -64,12 +69,22 @@ def recurrence(g, layer, x, n_states, step):
     return outputs[-1] if sequences else outputs[0]
 
 
+def gate_activation(g, name, z):
+    """The activation `name` of z as the reference computes the recurrences':
+    in float64, rounded once to the graph's dtype."""
+    if g.dtype == np.float64:
+        return activation(g, name, z)
+    with g.computing_in(np.float64):
+        y = activation(g, name, g.cast(z, np.float64))
+    return g.cast(y, g.dtype)
+
+
 @register_converter("SimpleRNN")
 def simple_rnn(g, layer, x):
     W_h = g.const(layer.params["W_h"], "W_h")
 
     def step(h, xw_t):  # activation(x_t W_x + b + h W_h)
-        return [activation(g, layer.activation, g.op("Add", xw_t, g.op("MatMul", h, W_h)))]
+        return [gate_activation(g, layer.activation, g.op("Add", xw_t, g.op("MatMul", h, W_h)))]
     return recurrence(g, layer, x, 1, step)
 
 
@@ -79,9 +94,9 @@ def lstm(g, layer, x):
 
     def step(h, c, xw_t):
         z = g.op("Add", xw_t, g.op("MatMul", h, W_h))  # (N, 4H): gates i, f, g, o
-        i, f, o = (activation(g, "logistic", gate(z, k)) for k in (0, 1, 3))
-        c = g.op("Add", g.op("Mul", f, c), g.op("Mul", i, activation(g, "tanh", gate(z, 2))))
-        return [g.op("Mul", o, activation(g, "tanh", c)), c]
+        i, f, o = (gate_activation(g, "logistic", gate(z, k)) for k in (0, 1, 3))
+        c = g.op("Add", g.op("Mul", f, c), g.op("Mul", i, gate_activation(g, "tanh", gate(z, 2))))
+        return [g.op("Mul", o, gate_activation(g, "tanh", c)), c]
     return recurrence(g, layer, x, 2, step)
 
 
@@ -92,8 +107,8 @@ def gru(g, layer, x):
 
     def step(h, xw_t):
         a = g.op("Add", g.op("MatMul", h, W_h), b_h)  # (N, 3H): h W_h + b_h, gates r, z, n
-        r, z = (activation(g, "logistic", g.op("Add", gate(xw_t, k), gate(a, k))) for k in (0, 1))
-        new = activation(g, "tanh", g.op("Add", gate(xw_t, 2), g.op("Mul", r, gate(a, 2))))
+        r, z = (gate_activation(g, "logistic", g.op("Add", gate(xw_t, k), gate(a, k))) for k in (0, 1))
+        new = gate_activation(g, "tanh", g.op("Add", gate(xw_t, 2), g.op("Mul", r, gate(a, 2))))
         return [g.op("Add", g.op("Mul", g.op("Sub", g.scalar(1), z), new), g.op("Mul", z, h))]
     return recurrence(g, layer, x, 1, step)
 
