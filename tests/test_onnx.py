@@ -478,6 +478,122 @@ def test_skl2onnx_pipeline(digits):
     _assert_same_labels(labels, pipe.predict(X[400:500]), expected, np.float64)
 
 
+# ------------------------------------------------------------------ sequences
+RECURRENT = {"SimpleRNN tanh": lambda units, seq: nn.SimpleRNN(units, return_sequences=seq),
+             "SimpleRNN relu": lambda units, seq: nn.SimpleRNN(units, "relu", return_sequences=seq),
+             "LSTM": lambda units, seq: nn.LSTM(units, return_sequences=seq),
+             "GRU": lambda units, seq: nn.GRU(units, return_sequences=seq)}
+NATIVE_RECURRENT = {"RNN", "LSTM", "GRU", "Sigmoid"}  # not used: see fastnn.onnx.recurrent
+
+
+def scan_operators(onx):
+    """The operators of the graph and of its Scan's body."""
+    ops = operators(onx)
+    for node in onx.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                ops |= {n.op_type for n in attr.g.node}
+    return ops
+
+
+def random_biases(model, rng):
+    """Biases away from their initial zeros (so that the biases' paths are checked)."""
+    for layer in model.layers:
+        for name in ("b", "b_x", "b_h"):
+            if name in layer.params:
+                layer.params[name][...] = rng.normal(0, 0.5, layer.params[name].shape)
+    return model
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["sequences", "last"])
+@pytest.mark.parametrize("kind", RECURRENT)
+def test_recurrent_layers(kind, return_sequences, dtype):
+    rng = np.random.default_rng(4)
+    for n, steps in [(6, 5), (1, 1), (3, 1), (1, 4)]:
+        model = nn.Sequential([RECURRENT[kind](5, return_sequences)], dtype=dtype, seed=0,
+                              input_shape=(steps, 3))
+        random_biases(model, rng)
+        X = rng.normal(0, 1.5, (n, steps, 3)).astype(dtype)
+        onx = fastnn.onnx.to_onnx(model)
+        (out,) = run(onx, X)
+        assert_close(out, model.predict(X), dtype, f"{kind} N={n} T={steps}")
+        assert "Scan" in operators(onx) and not scan_operators(onx) & NATIVE_RECURRENT
+
+
+@pytest.mark.parametrize("kind", ["SimpleRNN tanh", "LSTM", "GRU"])
+def test_long_sequences_in_float32(kind):
+    """A state feeds every later step, so an activation's rounding grows along the
+    sequence: computed as the reference computes it (in float64, rounded once) the
+    float32 graph keeps to the tolerance over 20 steps (with onnxruntime's float32
+    Tanh it did not: 1.3 times the tolerance for SimpleRNN)."""
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        model = random_biases(nn.Sequential([RECURRENT[kind](8, True)], dtype=np.float32, seed=seed,
+                                            input_shape=(20, 4)), rng)
+        X = rng.normal(0, 2, (32, 20, 4)).astype(np.float32)
+        (out,) = run(fastnn.onnx.to_onnx(model), X)
+        assert_close(out, model.predict(X), np.float32, f"seed {seed}")
+
+
+SEQUENCE_MODELS = [
+    ("Embedding-LSTM-Dense", (7,), lambda: [nn.Embedding(11, 4), nn.LSTM(6), nn.Dense(3)]),
+    ("Embedding-GRU-GRU-Dense", (7,),
+     lambda: [nn.Embedding(11, 4), nn.GRU(6, return_sequences=True), nn.GRU(5), nn.Dense(3)]),
+    ("RNN-LSTM-RNN-Dense", (6, 3), lambda: [nn.SimpleRNN(6, return_sequences=True),
+                                            nn.LSTM(5, return_sequences=True),
+                                            nn.SimpleRNN(4, "relu", return_sequences=True), nn.Flatten(),
+                                            nn.Dense(3)]),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SEQUENCE_MODELS, ids=[c[0] for c in SEQUENCE_MODELS])
+def test_trained_sequence_models(case, dtype):
+    """Stacked layers, trained a few steps, on held-back sequences (tokens for Embedding)."""
+    _, shape, layers = case
+    rng = np.random.default_rng(5)
+    tokens = len(shape) == 1
+    X = rng.integers(0, 11, (90,) + shape) if tokens else rng.normal(0, 1, (90,) + shape).astype(dtype)
+    # a class from the first and last items
+    y = (X[:, 0] + X[:, -1]) % 3 if tokens else (X[:, 0, 0] > 0).astype(np.int64) + (X[:, -1, 0] > 0)
+    model = nn.Sequential(layers(), loss="sparse_categorical_crossentropy", dtype=dtype, seed=0)
+    model.fit(X[:60], y[:60], epochs=3, batch_size=16)
+    onx = fastnn.onnx.to_onnx(model, X[:1])
+    assert onx.graph.input[0].type.tensor_type.elem_type == onnx.helper.np_dtype_to_tensor_dtype(X.dtype)
+    (out,) = run(onx, X[60:])
+    assert_close(out, model.predict(X[60:]), dtype)
+
+
+@pytest.mark.parametrize("opset", [13, onnx.defs.onnx_opset_version()])
+def test_sequence_layers_at_each_opset(opset):
+    rng = np.random.default_rng(7)
+    model = nn.Sequential([nn.Embedding(9, 3), nn.GRU(4, return_sequences=True), nn.LSTM(3),
+                           nn.Dense(2)], dtype=np.float64, seed=0, input_shape=(5,))
+    X = rng.integers(0, 9, (4, 5))
+    (out,) = run(fastnn.onnx.to_onnx(model, opset=opset), X)
+    assert_close(out, model.predict(X), np.float64)
+
+
+def test_embedding_token_dtypes():
+    """An Embedding model's input is int64 tokens (other integers are cast, as
+    predict casts them); floats are refused as predict refuses them."""
+    rng = np.random.default_rng(6)
+    model = nn.Sequential([nn.Embedding(9, 3), nn.Flatten(), nn.Dense(2)], seed=0, input_shape=(4,))
+    X = rng.integers(0, 9, (10, 4))
+    onx = fastnn.onnx.to_onnx(model)
+    assert onx.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    (out,) = run(onx, X)
+    assert_close(out, model.predict(X), np.float32)
+    (out,) = run(fastnn.onnx.to_onnx(model, X[:1].astype(np.int32)), X.astype(np.int32))
+    assert_close(out, model.predict(X.astype(np.int32)), np.float32)
+    for refused in (np.float32, bool):
+        with pytest.raises(TypeError, match="integer tokens"):
+            model.predict(X.astype(refused))
+        with pytest.raises(TypeError, match="integer tokens"):
+            fastnn.onnx.to_onnx(model, X[:1].astype(refused))
+
+
 # ------------------------------------------------------------------ errors
 class TimesTwo(nn.Layer):
     """A user's layer: y = 2 x."""

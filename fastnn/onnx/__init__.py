@@ -8,7 +8,8 @@
 / `MLPRegressor`; the graph computes what `predict` computes (the estimators:
 labels and probabilities, or values), with a dynamic batch dimension. Each layer
 kind has a converter (fastnn.onnx.layers; the image layers' in
-fastnn.onnx.convolution, Residual's in fastnn.onnx.residual);
+fastnn.onnx.convolution, the sequence layers' in fastnn.onnx.recurrent,
+Residual's in fastnn.onnx.residual);
 `register_converter(kind)` adds one.
 Importing this module registers the estimators' converters with skl2onnx when it
 is installed. Needs the `onnx` package: pip install 'fastnn-cpu[onnx]' (which
@@ -28,7 +29,7 @@ from onnx import helper
 
 from .. import __version__
 from ..nn.model import Sequential
-from . import convolution, estimators, residual  # noqa: F401 (convolution, residual: their converters)
+from . import convolution, estimators, recurrent, residual  # noqa: F401 (converters of those layers)
 from .graph import Graph, tensor_type
 from .layers import CONVERTERS, convert_layers, register_converter
 
@@ -53,7 +54,8 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
     sample_input : array-like of shape ``(n_samples, *input_shape)``, optional
         A few rows of input: only their dtype (float32, float64, integer or
         boolean: the graph input's type) and per-sample shape are used. Without
-        it the input has the model's dtype. An unbuilt Sequential is built for
+        it the input has the model's dtype, or is int64 tokens for a model
+        starting with Embedding. An unbuilt Sequential is built for
         its shape, as `predict` would.
     opset : int, optional
         The ONNX operator set, 13 up to the installed onnx's newest; default
@@ -79,7 +81,8 @@ def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) 
         sample_input's samples have another shape than the model's inputs, or
         opset is out of range.
     TypeError
-        Not a fastnn model, or sample_input does not hold numbers.
+        Not a fastnn model, or sample_input does not hold numbers (integers,
+        for a model starting with Embedding).
     sklearn.exceptions.NotFittedError
         The estimator is not fitted.
 
@@ -139,10 +142,16 @@ def _sequential(model, sample, opset):
     if sample is not None and tuple(sample.shape[1:]) != model.input_shape:
         raise ValueError(f"sample_input has samples of shape {tuple(sample.shape[1:])}, but the model was "
                          f"built for {model.input_shape}")
-    input_dtype = model.dtype if sample is None else sample.dtype
+    # what the first layer takes: the model's dtype, or int64 tokens (Embedding's input_dtype)
+    first_dtype = model.layers[0].input_dtype if model.layers else None
+    first_dtype = model.dtype if first_dtype is None else first_dtype
+    if sample is not None and first_dtype.kind in "iu" and sample.dtype.kind not in "iu":
+        raise TypeError(f"sample_input must hold integer tokens for a model starting with "
+                        f"{model.layers[0].kind}, got dtype {sample.dtype}")
+    input_dtype = first_dtype if sample is None else sample.dtype
     g = Graph(model.dtype, opset)
     x = g.reserve("X")
-    y = convert_layers(g, model, x if input_dtype == model.dtype else g.cast(x, model.dtype))
+    y = convert_layers(g, model, x if input_dtype == first_dtype else g.cast(x, first_dtype))
     g.op("Identity", y, out=g.reserve("output"))
     outputs = [helper.make_tensor_value_info("output", tensor_type(model.dtype), ["N", *model.output_shape])]
     return _model(g, "X", input_dtype, model.input_shape, outputs, "fastnn.nn.Sequential")

@@ -7,6 +7,8 @@ it. Names are readable and unique: `g.prefix` (the layer being converted, e.g.
 'dense_0') is put before each name.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
@@ -28,6 +30,7 @@ class Graph:
         self.nodes, self.initializers = [], []
         self._names = set()
         self._scalars = {}
+        self._body = None  # the nodes of the subgraph being built, if one is (see subgraph)
 
     # ------------------------------------------------------------ naming
     def unique(self, hint):
@@ -61,19 +64,57 @@ class Graph:
 
     def scalar(self, value):
         """A 0-d float constant of the graph's dtype, shared by every node using it."""
-        key = float(value)
+        key = (self.dtype.name, float(value))
         if key not in self._scalars:
             prefix, self.prefix = self.prefix, ""
-            self._scalars[key] = self.const(np.array(key), f"scalar_{key:g}")
+            self._scalars[key] = self.const(np.array(key[1]), f"scalar_{key[1]:g}")
             self.prefix = prefix
         return self._scalars[key]
+
+    @contextmanager
+    def computing_in(self, dtype):
+        """Within: float constants (const, scalar) are of `dtype`, for a part of the
+        graph computed in another dtype than the rest."""
+        outer, self.dtype = self.dtype, np.dtype(dtype)
+        try:
+            yield self
+        finally:
+            self.dtype = outer
 
     def op(self, op_type, *inputs, out=None, domain="", **attrs):
         """Add one node with a single output; returns the output's name (`out` if
         given, else a new name from the operator's)."""
         out = self.unique(op_type.lower()) if out is None else out
-        self._add_node(op_type, list(inputs), out, domain, attrs)
+        self.node(op_type, list(inputs), [out], domain, **attrs)
         return out
+
+    def node(self, op_type, inputs, outputs, domain="", **attrs):
+        """Add one node with these input and output names (several outputs: Scan's);
+        into the subgraph being built if there is one."""
+        if self._body is not None:
+            self._body.append(helper.make_node(op_type, inputs, outputs, name=outputs[0], domain=domain,
+                                               **attrs))
+        else:
+            self._add_node(op_type, inputs, outputs, domain, attrs)
+
+    def subgraph(self, hint, inputs, build):
+        """A graph for an operator's attribute (Scan's body): its inputs are named
+        after `inputs`, (hint, shape) pairs, tensors of the graph's dtype; `build(*
+        input names)` adds its nodes with `op` and returns its outputs' names (of the
+        graph's dtype). The nodes may read this graph's tensors and initialisers
+        (they are in the subgraph's outer scope); names stay unique across both."""
+        names = [self.unique(name) for name, _ in inputs]
+        outer, self._body = self._body, []
+        try:
+            outputs = build(*names)
+            nodes = self._body
+        finally:
+            self._body = outer
+        elem = tensor_type(self.dtype)
+        return helper.make_graph(nodes, self.unique(hint),
+                                 [helper.make_tensor_value_info(n, elem, shape)
+                                  for n, (_, shape) in zip(names, inputs)],
+                                 [helper.make_tensor_value_info(n, elem, None) for n in outputs])
 
     def cast(self, x, dtype, out=None):
         """x as `dtype`."""
@@ -87,8 +128,8 @@ class Graph:
             tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
         self.initializers.append(tensor)
 
-    def _add_node(self, op_type, inputs, output, domain, attrs):
-        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, domain=domain, **attrs))
+    def _add_node(self, op_type, inputs, outputs, domain, attrs):
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=outputs[0], domain=domain, **attrs))
 
 
 class ContainerGraph(Graph):
@@ -112,6 +153,6 @@ class ContainerGraph(Graph):
             content = numpy_helper.from_array(np.ascontiguousarray(value), name)
         self.container.add_initializer(name, tensor_type(value.dtype), list(value.shape), content)
 
-    def _add_node(self, op_type, inputs, output, domain, attrs):
-        self.container.add_node(op_type, inputs, [output], op_domain=domain,
+    def _add_node(self, op_type, inputs, outputs, domain, attrs):
+        self.container.add_node(op_type, inputs, outputs, op_domain=domain,
                                 name=self.scope.get_unique_operator_name(op_type), **attrs)

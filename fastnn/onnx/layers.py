@@ -11,7 +11,8 @@ what the layer's forward pass does in inference (`Sequential.predict`). A layer
 holding other layers converts them with `convert_layer`. Tensors are
 channels-last as in fastnn: images (N, H, W, C), sequences (N, T, F) (the image
 layers' converters, fastnn.onnx.convolution, transpose around ONNX's
-channels-first operators); Residual's converter is in fastnn.onnx.residual.
+channels-first operators); the sequence layers' are in fastnn.onnx.recurrent,
+Residual's in fastnn.onnx.residual.
 """
 
 import numpy as np
