@@ -15,10 +15,11 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 
 def main(o):
+    import torch  # here, so that the module imports where PyTorch is absent
+
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     X = torch.from_numpy(rng.standard_normal((o["batch"], o["steps"], o["features"]), np.float32))
