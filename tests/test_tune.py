@@ -329,9 +329,13 @@ tune.RandomSearch(build_model, max_trials=8, seed=5, directory=sys.argv[1], proj
 """
 
 
-def test_a_search_killed_with_sigkill_resumes(tmp_path):
+def kill_and_resume(tmp_path, source, key):
+    """Run the search program `source` (argv: its directory, the file where it
+    logs each trial's built `key` value), SIGKILL it once 2 trials completed, run it
+    again to the end. Returns ({trial number: key value} completed before the
+    kill, the tuner reading the project, the key values built in both runs)."""
     script, calls = tmp_path / "search.py", tmp_path / "calls.txt"
-    script.write_text(KILLED_SEARCH)
+    script.write_text(source)
     project = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -344,7 +348,7 @@ def test_a_search_killed_with_sigkill_resumes(tmp_path):
                 except ValueError:
                     continue
                 if record["status"] == "COMPLETED":
-                    done[record["number"]] = record["hyperparameters"]["lr"]
+                    done[record["number"]] = record["hyperparameters"][key]
         return done
 
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(calls)], env=env)
@@ -357,8 +361,12 @@ def test_a_search_killed_with_sigkill_resumes(tmp_path):
     assert 2 <= len(finished) < 8, "the search was not killed mid-way"
     subprocess.run([sys.executable, str(script), str(tmp_path), str(calls)], env=env, check=True, timeout=120)
     tuner = tune.RandomSearch(lambda hp: None, directory=tmp_path, project_name="killed")
+    return finished, tuner, [float(line) for line in calls.read_text().split()]
+
+
+def test_a_search_killed_with_sigkill_resumes(tmp_path):
+    finished, tuner, built = kill_and_resume(tmp_path, KILLED_SEARCH, "lr")
     assert len(tuner.trials) == 8 and all(t.status == tune.COMPLETED for t in tuner.trials)
-    built = [float(line) for line in calls.read_text().split()]
     for number, lr in finished.items():  # built once: not retrained after the restart
         assert built.count(lr) == 1 and tuner.trials[number].hyperparameters["lr"] == lr
     # every trial built once, and at most the trials running at the kill twice

@@ -9,16 +9,11 @@ SIGKILL resumes without retraining its finished trials.
 """
 
 import copy
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from test_tune import kill_and_resume
 
 from fastnn import MLPClassifier, tune
 from fastnn.estimators import update_solver
@@ -187,35 +182,8 @@ tune.RandomSearch(Counted((16,), random_state=0), space=space, max_trials=8, see
 
 
 def test_an_estimator_search_killed_with_sigkill_resumes(tmp_path):
-    script, calls = tmp_path / "search.py", tmp_path / "calls.txt"
-    script.write_text(KILLED_SEARCH)
-    project = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-    def completed():
-        done = {}
-        for name in os.listdir(project) if project.exists() else ():
-            if name.startswith("trial_") and name.endswith(".json"):
-                try:
-                    record = json.loads((project / name).read_text())
-                except ValueError:
-                    continue
-                if record["status"] == "COMPLETED":
-                    done[record["number"]] = record["hyperparameters"]["learning_rate_init"]
-        return done
-
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), str(calls)], env=env)
-    deadline = time.monotonic() + 120
-    while len(completed()) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished = completed()
-    assert 2 <= len(finished) < 8, "the search was not killed mid-way"
-    subprocess.run([sys.executable, str(script), str(tmp_path), str(calls)], env=env, check=True, timeout=120)
-    tuner = tune.RandomSearch(lambda hp: None, directory=tmp_path, project_name="killed")
+    finished, tuner, started = kill_and_resume(tmp_path, KILLED_SEARCH, "learning_rate_init")
     assert len(tuner.trials) == 8 and all(t.status == tune.COMPLETED for t in tuner.trials)
-    started = [float(line) for line in calls.read_text().split()]
     for number, lr in finished.items():  # started once: not retrained after the restart
         assert started.count(lr) == 1 and tuner.trials[number].hyperparameters["learning_rate_init"] == lr
     assert 8 <= len(started) <= 8 + 1  # at most the trial running at the kill twice
