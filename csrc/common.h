@@ -8,23 +8,13 @@
 #include "fastnn.h"
 #include "vmath.h"
 
-/* Hot loops are compiled twice, for x86-64-v3 (AVX2 + FMA) and for the baseline,
- * and the loader picks one for the CPU (GCC function multiversioning, an ifunc:
- * Linux/glibc only). Functions with this attribute are not inlined into their
- * callers, so it goes on the per-range workers, not on per-element helpers. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
-    && !defined(FASTNN_NO_CLONES)
-#define HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
-/* loops of 64-bit integer multiplies (the dropout hash) also get an AVX-512 clone:
- * AVX2 has no 64-bit vector multiply and emulates it with three 32-bit ones */
-#define HOT_MUL64 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
+/* Each kernel file is compiled once per instruction set, the whole file for
+ * one target (csrc/isa.h); HOT and HOT_MUL64 marked the loops that the former
+ * per-function clones compiled for AVX2 (and AVX-512) and now mark nothing. */
 #define HOT
 #define HOT_MUL64
-#endif
 
-/* per-element and per-row helpers are forced inline into the HOT loops that call
- * them, so they are compiled for each clone's instruction set */
+/* per-element and per-row helpers are forced inline into the loops that call them */
 #define INLINE static inline __attribute__((always_inline))
 
 /* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */

@@ -17,6 +17,21 @@
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
 
+/* Instruction sets. Every kernel file is compiled once per instruction set
+ * (generic x86-64 or any other CPU, AVX2 + FMA = x86-64-v3, AVX-512 = x86-64-v4)
+ * and each kernel function calls the variant of the selected one (csrc/isa.c):
+ * at load the highest this CPU runs, capped per kernel where the higher one was
+ * measured not to pay (the build's table). fastnn_set_isa selects a lower one
+ * (tests run every path the CPU can) and returns the one selected: isa, or the
+ * highest supported when isa is above it. fastnn_kernel_isa: the instruction
+ * set whose code the function `name` (e.g. "adam_step_f32") runs now, or -1
+ * when it is not a kernel compiled per instruction set. */
+enum fastnn_isa { FASTNN_ISA_GENERIC, FASTNN_ISA_AVX2, FASTNN_ISA_AVX512 };
+int fastnn_isa_supported(void);
+int fastnn_set_isa(int isa);
+int fastnn_get_isa(void);
+int fastnn_kernel_isa(const char *name);
+
 /* activation codes, in the order of fastnn.backends.reference.ACTIVATIONS */
 enum fastnn_activation {
     FASTNN_IDENTITY, FASTNN_LOGISTIC, FASTNN_TANH, FASTNN_RELU, FASTNN_LEAKY_RELU,

@@ -6,6 +6,9 @@ the C kernels do what surrounds them. Kernels not overridden here (init_weights)
 run the reference implementation. Sums come back from C in double; the public
 method rounds them to the dtype (spec.round_to)."""
 
+import os
+import warnings
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -26,6 +29,73 @@ ffi, lib = _ckernels.ffi, _ckernels.lib
 NULL = ffi.NULL
 # the recurrent kernels' GEMMs: BLAS's Fortran ?gemm, SciPy's (see _numba_rnn.blas_gemm)
 lib.fastnn_set_gemm(ffi.cast("void *", blas_gemm("sgemm")), ffi.cast("void *", blas_gemm("dgemm")))
+
+# The instruction sets the kernels are compiled for (csrc/isa.h), in the order of
+# enum fastnn_isa. The library runs the highest this CPU has; FASTNN_C_ISA, read
+# here at load, names a lower one (to compare or test the paths).
+ISAS = ("generic", "avx2", "avx512")
+ISA_ENV = "FASTNN_C_ISA"
+
+
+def supported_isas():
+    """The instruction sets this build of the kernels runs on this CPU, lowest first."""
+    return ISAS[:lib.fastnn_isa_supported() + 1]
+
+
+def get_isa():
+    """The instruction set the C kernels run (each at most its own cap: kernel_isa)."""
+    return ISAS[lib.fastnn_get_isa()]
+
+
+def set_isa(isa):
+    """Runs the C kernels' code for instruction set `isa` (one of supported_isas());
+    returns the one selected before."""
+    if isa not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}; got {isa!r}")
+    if isa not in supported_isas():
+        raise ValueError(f"isa {isa!r} does not run here: this CPU and build run "
+                         f"{', '.join(supported_isas())}")
+    previous = get_isa()
+    lib.fastnn_set_isa(ISAS.index(isa))
+    return previous
+
+
+@contextmanager
+def use_isa(isa):
+    """Runs the C kernels for instruction set `isa` inside the block."""
+    previous = set_isa(isa)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def kernel_isa(function):
+    """The instruction set whose code the C function `function` (e.g. 'adam_step_f32')
+    runs now: the selected one, or the highest its measurement kept (the build's cap)."""
+    code = lib.fastnn_kernel_isa(function.encode())
+    if code < 0:
+        raise ValueError(f"{function!r} is not a C kernel compiled per instruction set")
+    return ISAS[code]
+
+
+def _isa_from_env():
+    """Selects the instruction set named by FASTNN_C_ISA, if set: an unknown name is
+    an error (the backend then does not load, and says why); one above what this
+    CPU runs warns and runs the highest it does."""
+    wanted = os.environ.get(ISA_ENV, "").strip().lower()
+    if not wanted:
+        return
+    if wanted not in ISAS:
+        raise ValueError(f"{ISA_ENV} must be one of {', '.join(ISAS)}; got {wanted!r}")
+    if wanted not in supported_isas():
+        warnings.warn(f"{ISA_ENV}={wanted}: this CPU does not run it; the C kernels run "
+                      f"{supported_isas()[-1]}", RuntimeWarning, stacklevel=2)
+        wanted = supported_isas()[-1]
+    set_isa(wanted)
+
+
+_isa_from_env()
 
 # activation name -> its code in csrc/fastnn.h (enum fastnn_activation)
 ACTIVATION_CODE = {name: getattr(lib, "FASTNN_" + name.upper()) for name in ACTIVATIONS}
@@ -77,6 +147,11 @@ def _ptr(ctype, a):
 
 class CBackend(GemmConv, NumpyBackend):
     name = "c"
+
+    @property
+    def isa(self):
+        """The instruction set the C kernels run (see set_isa, kernel_isa)."""
+        return get_isa()
 
     def _set_num_threads(self, n):
         lib.fastnn_set_num_threads(n)
