@@ -27,14 +27,23 @@ ISAS = [("generic", None), ("avx2", "arch=x86-64-v3"),
         ("avx512", "arch=x86-64-v4,prefer-vector-width=512")]
 # files compiled once, for the generic target: the thread runtime and the dispatch state
 SHARED_FILES = ("isa.c", "threads.c")
-# the highest instruction set of each function (prefix of its name, before _f32/_f64):
-# AVX-512 where it was measured to pay (bench/isa_paths.py), else AVX2
-AVX512_FUNCTIONS = ()
+# The functions whose AVX-512 variant runs (name before _f32/_f64); the others run
+# at most their AVX2 one. Kept where it paid, measured by bench/isa_paths.py on a
+# Zen 4 (2 threads, float32 unless said; time with AVX-512 / with AVX2):
+# logistic, tanh, gelu, elu, softplus forward + backward 0.41-0.77 (256x256 and
+# 4096x1024, float64 too; relu 0.94-0.99), sigmoid BCE 0.67-0.72, softmax
+# cross-entropy 0.99 (float64 0.94), dropout 0.38-0.45, Adam in cache (64K
+# parameters, float32 and float64) 0.94-0.96. Not kept: batch norm (1.00 in
+# cache, 0.83-1.18 from memory, within the noise of the shared machine), SGD
+# with momentum (1.00), RMSprop (0.97-0.98); the rest were not measured.
+AVX512_FUNCTIONS = ("bias_activation_forward", "activation_backward", "sigmoid_binary_cross_entropy",
+                    "softmax_cross_entropy_labels", "softmax_cross_entropy_probs", "dropout",
+                    "adam_step")
 
 
 def isa_cap(function):
     base = re.sub(r"_f(32|64)$", "", function)
-    if os.environ.get("FASTNN_ISA_UNCAPPED"):  # every function at AVX-512, to measure them
+    if os.environ.get("FASTNN_ISA_UNCAPPED"):  # every function at AVX-512, to measure them all
         return 2
     return 2 if base in AVX512_FUNCTIONS else 1
 
