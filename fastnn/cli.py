@@ -67,7 +67,17 @@ def print_info():
     for name, why in fastnn.unavailable_backends().items():
         print(f"  {name} unavailable: {why}")
     print("threads: " + ", ".join(f"{k} {n}" for k, n in thread_settings().items()))
+    if "c" in available:
+        print(c_isa_line())
     return available
+
+
+def c_isa_line():
+    """The instruction set the C kernels run and the ones they could (csrc/isa.h)."""
+    from fastnn.backends import c_backend
+
+    return (f"C kernels: {c_backend.get_isa()} code (this CPU and build run "
+            f"{', '.join(c_backend.supported_isas())}; ${c_backend.ISA_ENV} selects a lower one)")
 
 
 def print_owners(available):

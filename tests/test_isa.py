@@ -108,3 +108,11 @@ def test_set_isa_checks_its_argument_and_restores():
 def test_matches_reference_on_lower_isa(case, isa, dtype):
     with c_backend.use_isa(isa):
         check_matches_reference(case, "c", dtype)
+
+
+def test_info_reports_the_isa():
+    code = "from fastnn.cli import main; main(['info'])"
+    for isa in c_backend.supported_isas():
+        done = run_python(code, FASTNN_C_ISA=isa)
+        assert done.returncode == 0, done.stderr
+        assert f"C kernels: {isa} code" in done.stdout
