@@ -59,9 +59,10 @@ def compile_flags():
     the reference's order of operations, roundings included; the activations
     built on fastnn's own exp, expm1, log1p and erfc polynomials turn it on for
     their loops, csrc/activations_impl.h). No -march=native:
-    the extension must run on any x86-64; the hot loops are also compiled for
-    AVX2+FMA and chosen at run time (csrc/common.h). FASTNN_CFLAGS adds flags
-    (e.g. a sanitizer build)."""
+    the extension must run on any x86-64; the kernel files are also compiled for
+    AVX2+FMA and AVX-512 and chosen at run time (csrc/isa.h). FASTNN_CFLAGS adds
+    flags (e.g. a sanitizer build, or -DFASTNN_GENERIC_ONLY for the generic code
+    alone)."""
     flags = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
     if sys.platform != "win32":
         flags += ["-fopenmp"]
@@ -168,7 +169,8 @@ ffibuilder.set_source(
     '#include "fastnn.h"',
     sources=[relative_to_cwd(p) for p in generate_isa_sources()],
     include_dirs=[str(CSRC)],
-    depends=[str(p) for p in sorted(CSRC.glob("*.h"))],  # rebuild when a header changes
+    # rebuild when a header or a kernel file changes (the sources are the wrappers of build/isa)
+    depends=[str(p) for p in sorted(CSRC.glob("*.h")) + sorted(CSRC.glob("*.c"))],
     extra_compile_args=compile_flags(),
     extra_link_args=link_flags(),
 )
