@@ -116,3 +116,25 @@ def test_info_reports_the_isa():
         done = run_python(code, FASTNN_C_ISA=isa)
         assert done.returncode == 0, done.stderr
         assert f"C kernels: {isa} code" in done.stdout
+
+
+def test_every_kernel_function_is_dispatched():
+    """The build parses every function of the header, and each one a kernel file
+    defines runs through the dispatch (the thread and ISA settings, compiled once,
+    and the setters called on every variant are not kernels)."""
+    from test_build import HEADER, _build_ckernels, declared_functions
+
+    cdef = _build_ckernels.read_cdef(HEADER)
+    names = [name for name, _, _ in _build_ckernels.prototypes(cdef)]
+    assert set(names) == declared_functions(cdef)
+    shared = set().union(*(_build_ckernels.defined_in(_build_ckernels.CSRC / f, names)
+                           for f in _build_ckernels.SHARED_FILES))
+    assert "fastnn_set_num_threads" in shared and "fastnn_set_isa" in shared
+    for name in names:
+        if name in shared or name.startswith("fastnn_set_"):
+            with pytest.raises(ValueError):
+                c_backend.kernel_isa(name)
+        else:
+            cap = "avx512" if _build_ckernels.isa_cap(name) == 2 else "avx2"
+            highest = c_backend.supported_isas()[-1]
+            assert c_backend.kernel_isa(name) == min(cap, highest, key=c_backend.ISAS.index), name
