@@ -98,6 +98,7 @@ same.)
 import inspect
 import math
 import re
+import types
 import weakref
 
 import numpy as np
@@ -1678,6 +1679,13 @@ class Fast:
             fn.__doc__ = inspect.cleandoc(k.doc)
             setattr(self, k.name, fn)
 
+    def binder(self, run=False):
+        """A stand-in for this object that binds (see `bind`) each kernel called
+        through it, and with run=True also runs it; `seal()` then gives an object
+        whose kernels are the bound ones (None when a call could not be bound or
+        one kernel was called twice)."""
+        return Binder(self, run)
+
     def bind(self, name, *args, **kwargs):
         """Kernel `name` bound to these arguments (see bind_source), or None when
         they fail its fast precondition. A hot caller binds once per set of
@@ -1701,3 +1709,35 @@ class Fast:
 
     def __repr__(self):
         return f"<fast kernels of the {self.backend.name} backend>"
+
+
+class Binder:
+    """See Fast.binder. Code written against ``backend.fast`` (a loss's kernel
+    call, an optimizer's step) runs once through a Binder to bind the kernels it
+    calls; later runs through the sealed object call the bound kernels, which
+    take the free scalars passed and ignore the rest (the same objects)."""
+
+    def __init__(self, fast, run):
+        self._fast, self._run = fast, run
+        self._bound = {}
+        self.failed = False
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def bind(*args, **kwargs):
+            bound = None if name in self._bound else self._fast.bind(name, *args, **kwargs)
+            if bound is None:
+                self.failed = True
+                return getattr(self._fast, name)(*args, **kwargs) if self._run else None
+            self._bound[name] = bound
+            return bound(*args, **kwargs) if self._run else None
+        return bind
+
+    def seal(self):
+        if self.failed:
+            return None
+        sealed = types.SimpleNamespace(**self._bound)
+        return sealed
+
