@@ -1613,6 +1613,10 @@ def bind_source(k):
     g.emit("    return None")
     for line in allocate:
         g.emit(line)
+    # the implementation, or what a backend's _bind_<kernel> makes of these
+    # arguments: the same implementation with what it derives from the arrays
+    # (pointers) taken once
+    g.emit(f"_impl = _b._{k.name} if _bind_impl is None else _bind_impl({k.impl})")
     held = [n for n in names if n not in free_names]
     g.emit(f"_held = ({''.join(n + ', ' for n in held)})")
     params = ", ".join(f"{n}={n}" if n in free_names else f"{n}=None" for n in names)
@@ -1630,7 +1634,7 @@ def bind_source(k):
     g.emit(f"return {k.returns}")
     g.dedent()
     g.emit(f"return {k.name}")
-    head = (f"def _make_bind(_b, _inf=float('inf')):\n    _impl = _b._{k.name}\n"
+    head = (f"def _make_bind(_b, _inf=float('inf')):\n    _bind_impl = getattr(_b, '_bind_{k.name}', None)\n"
             f"    def bind({k.signature}):\n")
     return head + "\n".join(g.lines) + "\n    return bind\n"
 
