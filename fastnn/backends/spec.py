@@ -1699,16 +1699,17 @@ class Fast:
         k = DECLARATIONS[name]
         if not k.has_fast or any(isinstance(a, Cache) for a in k.args):
             return None
-        make = _BIND_MAKERS.get(name)
-        if make is None:
-            make = _BIND_MAKERS[name] = _compile(bind_source(k), name + ".bind")["_make_bind"]
         binders = self.__dict__.setdefault("_binders", {})
         binder = binders.get(name)
         if binder is None:
-            binder = binders[name] = make(self.backend)
-        bound = binder(*args, **kwargs)
+            made = _BIND_MAKERS.get(name)
+            if made is None:
+                made = _BIND_MAKERS[name] = (_compile(bind_source(k), name + ".bind")["_make_bind"],
+                                             tuple(a.var for a in _free_scalars(k)))
+            binder = binders[name] = (made[0](self.backend), made[1])
+        bound = binder[0](*args, **kwargs)
         if bound is not None:
-            bound.free = tuple(a.var for a in _free_scalars(k))
+            bound.free = binder[1]
         return bound
 
     def __repr__(self):
