@@ -93,6 +93,16 @@ whose writeable flag a caller clears after such a call is then written all the
 same.)
 `init_weights` and `dropout_mask` are not hot: their ``fast`` is the public method.
 ``fastnn.backends.spec.source(name, fast=True)`` shows the generated code.
+
+``backend.fast.bind(name, *args, **kwargs)`` goes one step further for a caller
+that repeats one call over fixed arrays (a training step, see fastnn/nn/plan.py):
+it checks the fast precondition once and returns the kernel bound to those
+arguments (None when the precondition fails), which later runs with no checks but
+the ranges of its free scalars (``bound.free``: the numeric scalars no rule refers
+to, passed anew at each call). A backend may bind deeper with a method
+``_bind_<kernel>`` returning the implementation with what it derives from the
+arrays (the C backend's cffi pointers) taken once. ``bind_source(k)`` is the
+generated code.
 """
 
 import inspect
