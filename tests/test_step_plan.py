@@ -187,3 +187,21 @@ def test_bind_refuses_what_the_fast_path_refuses(backend):
     with pytest.raises(ValueError, match="lr"):
         step(lr=-1.0)  # a free scalar out of range: the public method's clear error
     assert_array_equal(param, np.ones(5))
+
+
+class ScaledDense(nn.Dense):
+    """A Dense whose forward a user changed: its steps are not bound."""
+
+    def forward(self, backend, x, ws, mode):
+        y = super().forward(backend, x, ws, mode)
+        y *= 0.5
+        return y
+
+
+def test_a_layer_whose_forward_a_subclass_changes_is_not_bound(planned_steps):
+    X, y = digits(300)
+    model = nn.Sequential([ScaledDense(8, "relu"), nn.Dense(10)], loss="sparse_categorical_crossentropy",
+                          seed=0, dtype=np.float64)
+    model.fit(X, y, epochs=2, batch_size=50, verbose=0)
+    assert planned_steps["n"] == 0
+    assert not model._plannable

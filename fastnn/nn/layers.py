@@ -213,6 +213,16 @@ def backward_through(layers, backend, dy, layer_ws, need_dx, first):
     return dy if need_dx else None
 
 
+def binds_its_step(layer):
+    """Whether `layer` binds its training pass (bind_forward, bind_backward) and
+    those are of the class that defines its forward and backward: a subclass
+    that overrides forward or backward alone is stepped through them."""
+    def owner(name):
+        return next(cls for cls in type(layer).__mro__ if name in vars(cls))
+    return (owner("bind_forward") is not Layer and owner("bind_forward") is owner("forward")
+            and owner("bind_backward") is owner("backward"))
+
+
 def first_training(layers):
     """The index of the lowest layer whose parameters train (len(layers) if none)."""
     return next((i for i, layer in enumerate(layers) if layer.trains()), len(layers))

@@ -44,6 +44,7 @@ from .layers import (
     Layer,
     Pass,
     backward_through,
+    binds_its_step,
     detached,
     first_training,
     full_config,
@@ -589,8 +590,7 @@ class Sequential:
         # binds only when every layer can (no dropout: its seed changes per step)
         self._plan_key = (self.optimizer, self.loss, self._fold_l2, self._trainable_flags, self._runs,
                           tuple((l2, l1) for _, _, l2, l1 in self._penalties))
-        self._plannable = not self._has_dropout and all(
-            type(layer).bind_forward is not Layer.bind_forward for layer in self.layers)
+        self._plannable = not self._has_dropout and all(binds_its_step(layer) for layer in self.layers)
 
     # ----------------------------------------------------------------- workspace
     def _workspace(self, batch_shape):
