@@ -770,11 +770,7 @@ class Sequential:
         self._penalties = self._penalty_terms()
         mode = Pass(training=True, update_stats=False, seed=mix64(self.seed, 0))
         ws = self._workspace(x.shape)
-        # new arrays at each call: copied into the workspace, whose step is bound once
-        copy = self._plannable
-        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X", copy)
-        t = training.take_rows(t, 0, x.shape[0], None, ws[1], "t", copy)
-        w = training.take_rows(w, 0, x.shape[0], None, ws[1], "w", copy)
+        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X")
         try:
             loss = self._loss_and_grads(self.backend, x, t, w, ws, mode,
                                         x.shape[0] if w is None else float(w.sum()))
