@@ -4,6 +4,7 @@ within 1.5x of them).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/small_networks.py
     python bench/small_networks.py --clock cpu --backend c --case digits
+    python bench/small_networks.py --clock cpu --tree /path/to/another/checkout
 
 Cases (batch 200, Adam, scikit-learn's defaults otherwise):
 
@@ -30,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-# the fastnn of this checkout, not an installed one
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the fastnn of this checkout (or of the one --tree names), not an installed one
+TREE = sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv else Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TREE))
 import fastnn  # noqa: E402
 from fastnn.benchmarks.workloads import network_gemms  # noqa: E402
 
@@ -109,6 +111,7 @@ def main():
     parser.add_argument("--backend", action="append", choices=fastnn.available_backends())
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="BLAS and kernel threads (default 1)")
+    parser.add_argument("--tree", help="a checkout of fastnn to time instead of this one")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this process's CPU time (with one thread, what a quiet machine's "
                              "wall time would be: time spent waiting for a shared core is not counted)")
