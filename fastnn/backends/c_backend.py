@@ -176,32 +176,51 @@ class CBackend(GemmConv, NumpyBackend):
                                      cols, ACTIVATION_CODE[activation]))
 
     # -------------------------------------------------------------------- dense
+    # A kernel with a _bind_ method is that method's result called once; a
+    # training step bound to its arrays (backend.fast.bind) keeps the result, so
+    # the pointers are taken once, not at every step. The result ignores the
+    # arrays it is called with (the bound ones) and takes the scalars.
     def _dense_forward(self, x, W, b, activation, out, preact):
+        self._bind_dense_forward(x, W, b, activation, out, preact)()
+
+    def _bind_dense_forward(self, x, W, b, activation, out, preact):
         if out.size == 0:  # the reference's softmax rejects empty rows
-            return super()._dense_forward(x, W, b, activation, out, preact)
-        np.matmul(x, W, out=out)
+            return lambda *_: NumpyBackend._dense_forward(self, x, W, b, activation, out, preact)
+        matmul = np.matmul
         if b is None and preact is None and activation == "identity":
-            return
+            return lambda *_: matmul(x, W, out=out)
         k = C_FUNCTIONS[out.dtype]
         fb, ct = ffi.from_buffer, k.ctype
-        o = fb(ct, out)
-        k.bias_activation_forward(o, _ptr(ct, b), _ptr(ct, preact), o, out.shape[0],
-                                  out.shape[1], ACTIVATION_CODE[activation])
+        o, pb, pp = fb(ct, out), _ptr(ct, b), _ptr(ct, preact)
+        epilogue, (rows, cols), code = k.bias_activation_forward, out.shape, ACTIVATION_CODE[activation]
+
+        def dense_forward(*_):
+            matmul(x, W, out=out)
+            epilogue(o, pb, pp, o, rows, cols, code)
+        return dense_forward
 
     def _dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        self._bind_dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)()
+
+    def _bind_dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
         k = C_FUNCTIONS[dy.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         rows, cols = dy.shape
+        matmul, xT, WT = np.matmul, x.T, W.T
         if activation == "identity":
             dz = dy
-            _check(k.column_sums(fb(ct, dy), fb(ct, db), rows, cols))
+            prologue, args = k.column_sums, (fb(ct, dy), fb(ct, db), rows, cols)
         else:
             preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
-            _check(k.activation_backward(fb(ct, dy), fb(ct, y), _ptr(ct, preact), fb(ct, dz),
-                                         fb(ct, db), rows, cols, ACTIVATION_CODE[activation]))
-        np.matmul(x.T, dz, out=dW)
-        if dx is not None:
-            np.matmul(dz, W.T, out=dx)
+            prologue, args = k.activation_backward, (fb(ct, dy), fb(ct, y), _ptr(ct, preact), fb(ct, dz),
+                                                     fb(ct, db), rows, cols, ACTIVATION_CODE[activation])
+
+        def dense_backward(*_):
+            _check(prologue(*args))
+            matmul(xT, dz, out=dW)
+            if dx is not None:
+                matmul(dz, WT, out=dx)
+        return dense_backward
 
     # ------------------------------------------------------------------- losses
     def _softmax_cross_entropy(self, logits, targets, w, grad):
@@ -306,10 +325,19 @@ class CBackend(GemmConv, NumpyBackend):
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
+        self._bind_adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                             v_max)(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+
+    def _bind_adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                        v_max):
         k = C_FUNCTIONS[param.dtype]
         fb, ct = ffi.from_buffer, k.ctype
-        k.adam_step(fb(ct, param), fb(ct, grad), fb(ct, m), fb(ct, v), _ptr(ct, v_max),
-                    param.size, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+        arrays = (fb(ct, param), fb(ct, grad), fb(ct, m), fb(ct, v), _ptr(ct, v_max), param.size)
+        kernel = k.adam_step
+
+        def adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, v_max=None):
+            kernel(*arrays, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+        return adam_step
 
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: im2col in C, the dense kernels (BLAS GEMM and the C

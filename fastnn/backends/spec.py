@@ -93,11 +93,22 @@ whose writeable flag a caller clears after such a call is then written all the
 same.)
 `init_weights` and `dropout_mask` are not hot: their ``fast`` is the public method.
 ``fastnn.backends.spec.source(name, fast=True)`` shows the generated code.
+
+``backend.fast.bind(name, *args, **kwargs)`` goes one step further for a caller
+that repeats one call over fixed arrays (a training step, see fastnn/nn/plan.py):
+it checks the fast precondition once and returns the kernel bound to those
+arguments (None when the precondition fails), which later runs with no checks but
+the ranges of its free scalars (``bound.free``: the numeric scalars no rule refers
+to, passed anew at each call). A backend may bind deeper with a method
+``_bind_<kernel>`` returning the implementation with what it derives from the
+arrays (the C backend's cffi pointers) taken once. ``bind_source(k)`` is the
+generated code.
 """
 
 import inspect
 import math
 import re
+import types
 import weakref
 
 import numpy as np
@@ -1374,14 +1385,14 @@ def _fast_scalar(a):
     return f"if not ({' and '.join(conds)}): raise _Miss"
 
 
-def fast_source(k):
-    """Source of the fast method of kernel k (a closure over the backend _b)."""
+def _fast_checks(k, depth):
+    """The fast precondition of kernel k as lines of code at indentation `depth`
+    (they raise _Miss when it fails), the lines allocating the outputs not
+    passed, and the shape symbols the checks bind."""
     g = _Gen()
-    g.depth = 4  # inside: def _make, def kernel, else (memo miss), try
+    g.depth = depth
     anchor = k.anchor()
     bound = set()
-    names = [p.name for p in k.params]
-    fallback = f"return _b.{k.name}({', '.join(names)})"
     allocate = []
     for a in k.args:
         if isinstance(a, Option):
@@ -1502,7 +1513,27 @@ def fast_source(k):
     if pairs:
         g.emit("if (" + "\n                    or ".join(pairs) + "):")
         g.emit("    raise _Miss")
-    checks = g.lines
+    return g.lines, allocate, bound
+
+
+def _free_scalars(k):
+    """The numeric scalars of kernel k that no other argument's rule refers to (an
+    optimizer's rate and step count, a penalty's rates): a memo hit or a bound
+    kernel takes new values of them at each call and checks their ranges alone."""
+    names = [p.name for p in k.params]
+    rules = " ".join(" ".join(str(getattr(a, attr, None) or "")
+                              for attr in ("when", "cond", "shape", "expr", "high", "default"))
+                     for a in k.args)
+    return [a for a in k.args if isinstance(a, (Real, Int)) and a.var in names
+            and not re.search(rf"\b{a.var}\b", rules)]
+
+
+def fast_source(k):
+    """Source of the fast method of kernel k (a closure over the backend _b)."""
+    names = [p.name for p in k.params]
+    fallback = f"return _b.{k.name}({', '.join(names)})"
+    # inside: def _make, def kernel, else (memo miss), try
+    checks, allocate, bound = _fast_checks(k, 4)
     # The memo: a call whose arguments are the very objects of the last call that
     # passed (arrays compared through weak references, so that the memo keeps no
     # caller array alive; everything else by identity) skips the checks: an
@@ -1513,11 +1544,7 @@ def fast_source(k):
     # a hit checks their ranges alone. Not for kernels taking a cache (a tuple:
     # it cannot be referenced weakly).
     memo = not any(isinstance(a, Cache) for a in k.args)
-    rules = " ".join(" ".join(str(getattr(a, attr, None) or "")
-                              for attr in ("when", "cond", "shape", "expr", "high", "default"))
-                     for a in k.args)
-    free = [a for a in k.args if isinstance(a, (Real, Int)) and a.var in names
-            and not re.search(rf"\b{a.var}\b", rules)]
+    free = _free_scalars(k)
     free_names = {a.var for a in free}
     arrays = {a.var for a in k.args if isinstance(a, (In, State, Out, Weights, Labels, Index))
               and a.src == a.var}
@@ -1575,6 +1602,53 @@ def fast_source(k):
     return head + "\n".join(g.lines) + f"\n    return {k.name}\n"
 
 
+def bind_source(k):
+    """Source of kernel k's binder: bind(arguments) checks the fast precondition once
+    and returns the kernel bound to those arguments (None when the precondition
+    fails: the caller keeps the validating path). The bound kernel has the
+    kernel's signature, every parameter optional: it runs on the bound arrays and
+    options, ignoring what is passed for them (the caller's promise: the very
+    objects it bound), and on the free scalars passed (the bound values when
+    omitted), whose ranges it checks at each call (outside them the call goes to
+    the public method, which raises its clear error)."""
+    names = [p.name for p in k.params]
+    free = _free_scalars(k)
+    free_names = {a.var for a in free}
+    checks, allocate, _ = _fast_checks(k, 3)  # inside: def _make_bind, def bind, try
+    g = _Gen()
+    g.depth = 2
+    g.emit("try:")
+    g.lines += checks
+    g.emit("except (_Miss, ValueError):")
+    g.emit("    return None")
+    for line in allocate:
+        g.emit(line)
+    # the implementation, or what a backend's _bind_<kernel> makes of these
+    # arguments: the same implementation with what it derives from the arrays
+    # (pointers) taken once
+    g.emit(f"_impl = _b._{k.name} if _bind_impl is None else _bind_impl({k.impl})")
+    held = [n for n in names if n not in free_names]
+    g.emit(f"_held = ({''.join(n + ', ' for n in held)})")
+    params = ", ".join(f"{n}={n}" if n in free_names else f"{n}=None" for n in names)
+    g.emit(f"def {k.name}({params}):")
+    g.indent()
+    if held:
+        g.emit(f"{', '.join(held)}, = _held")
+    if free:
+        g.emit("try:")
+        for a in free:
+            g.emit("    " + _fast_scalar(a))
+        g.emit("except _Miss:")
+        g.emit(f"    return _b.{k.name}({', '.join(names)})")
+    g.emit(f"_r = _impl({k.impl})")
+    g.emit(f"return {k.returns}")
+    g.dedent()
+    g.emit(f"return {k.name}")
+    head = (f"def _make_bind(_b, _inf=float('inf')):\n    _bind_impl = getattr(_b, '_bind_{k.name}', None)\n"
+            f"    def bind({k.signature}):\n")
+    return head + "\n".join(g.lines) + "\n    return bind\n"
+
+
 def _compile(source, name):
     code = compile(source, f"<fastnn.backends.spec: {name}>", "exec")
     ns = {}
@@ -1599,6 +1673,7 @@ def install(cls):
 
 
 _FAST_MAKERS = {}
+_BIND_MAKERS = {}
 
 
 class Fast:
@@ -1618,5 +1693,66 @@ class Fast:
             fn.__doc__ = inspect.cleandoc(k.doc)
             setattr(self, k.name, fn)
 
+    def binder(self, run=False):
+        """A stand-in for this object that binds (see `bind`) each kernel called
+        through it, and with run=True also runs it; `seal()` then gives an object
+        whose kernels are the bound ones (None when a call could not be bound or
+        one kernel was called twice)."""
+        return Binder(self, run)
+
+    def bind(self, name, *args, **kwargs):
+        """Kernel `name` bound to these arguments (see bind_source), or None when
+        they fail its fast precondition. A hot caller binds once per set of
+        workspaces and then calls the bound kernel with no arguments, or with new
+        values of its free scalars (bound.free names them), e.g.
+        ``step = fast.bind("adam_step", p, g, m, v, 1, 1e-3); step(t=2, lr=1e-3)``."""
+        k = DECLARATIONS[name]
+        if not k.has_fast or any(isinstance(a, Cache) for a in k.args):
+            return None
+        binders = self.__dict__.setdefault("_binders", {})
+        binder = binders.get(name)
+        if binder is None:
+            made = _BIND_MAKERS.get(name)
+            if made is None:
+                made = _BIND_MAKERS[name] = (_compile(bind_source(k), name + ".bind")["_make_bind"],
+                                             tuple(a.var for a in _free_scalars(k)))
+            binder = binders[name] = (made[0](self.backend), made[1])
+        bound = binder[0](*args, **kwargs)
+        if bound is not None:
+            bound.free = binder[1]
+        return bound
+
     def __repr__(self):
         return f"<fast kernels of the {self.backend.name} backend>"
+
+
+class Binder:
+    """See Fast.binder. Code written against ``backend.fast`` (a loss's kernel
+    call, an optimizer's step) runs once through a Binder to bind the kernels it
+    calls; later runs through the sealed object call the bound kernels, which
+    take the free scalars passed and ignore the rest (the same objects)."""
+
+    def __init__(self, fast, run):
+        self._fast, self._run = fast, run
+        self._bound = {}
+        self.failed = False
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def bind(*args, **kwargs):
+            bound = None if name in self._bound else self._fast.bind(name, *args, **kwargs)
+            if bound is None:
+                self.failed = True
+                return getattr(self._fast, name)(*args, **kwargs) if self._run else None
+            self._bound[name] = bound
+            return bound(*args, **kwargs) if self._run else None
+        return bind
+
+    def seal(self):
+        if self.failed:
+            return None
+        sealed = types.SimpleNamespace(**self._bound)
+        return sealed
+

@@ -179,6 +179,17 @@ class Layer:
         for layer in self.sublayers():
             layer.set_frozen(self.frozen)
 
+    def bind_forward(self, backend, x, ws):
+        """(y, run) where run() does this layer's training forward pass from x into
+        y with its kernels bound once (backend.fast.bind), or None: the layer has
+        no such pass (the model then steps through forward/backward)."""
+        return None
+
+    def bind_backward(self, backend, dy, ws, need_dx):
+        """(dx, run) where run() does backward from dy with its kernels bound once
+        (after bind_forward on the same workspace), or None."""
+        return None
+
     def trains(self):
         """Whether a step changes any parameter of this layer (after set_frozen)."""
         subs = self.sublayers()
@@ -200,6 +211,16 @@ def backward_through(layers, backend, dy, layer_ws, need_dx, first):
     for i in range(len(layers) - 1, stop - 1, -1):
         dy = layers[i].backward(backend, dy, layer_ws[i], need_dx or i > first)
     return dy if need_dx else None
+
+
+def binds_its_step(layer):
+    """Whether `layer` binds its training pass (bind_forward, bind_backward) and
+    those are of the class that defines its forward and backward: a subclass
+    that overrides forward or backward alone is stepped through them."""
+    def owner(name):
+        return next(cls for cls in type(layer).__mro__ if name in vars(cls))
+    return (owner("bind_forward") is not Layer and owner("bind_forward") is owner("forward")
+            and owner("bind_backward") is owner("backward"))
 
 
 def first_training(layers):
@@ -322,30 +343,51 @@ class Dense(_Weighted):
     def b(self):
         return self.params["b"]
 
-    def forward(self, backend, x, ws, mode):
+    def _forward_call(self, x, ws):
+        """(y, the dense_forward arguments) of a forward pass from x."""
         # x (N, ..., n_in) -> y (N, ..., units); the kernel sees (M, n_in) -> (M, units)
         y = buffer(ws, "y", x.shape[:-1] + (self.units,), self.dtype)
         x2, y2 = rows(x, self.n_in), rows(y, self.units)
         preact = buffer(ws, "preact", y2.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
-        backend.fast.dense_forward(x2, self.params["W"], self.params["b"], self.run_activation, out=y2,
-                                   preact=preact)
         ws["x"], ws["y2"] = x2, y2
+        return y, (x2, self.params["W"], self.params["b"], self.run_activation, y2, preact)
+
+    def forward(self, backend, x, ws, mode):
+        y, args = self._forward_call(x, ws)
+        backend.fast.dense_forward(*args)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
-        if self.frozen:
-            return self._backward_frozen(backend, dy, ws, need_dx)
+    def bind_forward(self, backend, x, ws):
+        y, args = self._forward_call(x, ws)
+        run = backend.fast.bind("dense_forward", *args)
+        return None if run is None else (y, run)
+
+    def _backward_call(self, dy, ws, need_dx):
+        """(dx, the dense_backward arguments) of a backward pass from dy."""
         x, y2 = ws["x"], ws["y2"]
         dy2 = rows(dy, self.units)
         act = self.run_activation
         dz = None if act == "identity" else buffer(ws, "dz", y2.shape, self.dtype)
         dx = buffer(ws, "dx", dy.shape[:-1] + (self.n_in,), self.dtype) if need_dx else None
         dx2 = None if dx is None else rows(dx, self.n_in)
-        backend.fast.dense_backward(dy2, x, self.params["W"], y2, act, preact=ws.get("preact"),
-                                    need_dx=need_dx, dx=dx2, dW=self.grads["W"], db=self.grads["b"], dz=dz)
+        return dx, (dy2, x, self.params["W"], y2, act, ws.get("preact"), need_dx, dx2, self.grads["W"],
+                    self.grads["b"], dz)
+
+    def backward(self, backend, dy, ws, need_dx):
+        if self.frozen:
+            return self._backward_frozen(backend, dy, ws, need_dx)
+        dx, args = self._backward_call(dy, ws, need_dx)
+        backend.fast.dense_backward(*args)
         if self.fixed_bias:
             self.grads["b"][...] = 0
         return dx
+
+    def bind_backward(self, backend, dy, ws, need_dx):
+        if self.frozen or self.fixed_bias:
+            return None
+        dx, args = self._backward_call(dy, ws, need_dx)
+        run = backend.fast.bind("dense_backward", *args)
+        return None if run is None else (dx, run)
 
     def _backward_frozen(self, backend, dy, ws, need_dx):
         """dx only (no dW, db): dz = dy * act'(z), (M, units), by the activation

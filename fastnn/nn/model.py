@@ -44,6 +44,7 @@ from .layers import (
     Layer,
     Pass,
     backward_through,
+    binds_its_step,
     detached,
     first_training,
     full_config,
@@ -54,6 +55,7 @@ from .layers import (
 from .losses import get_loss, sample_weights
 from .metrics import Accuracy, get_metric
 from .optimizers import get_optimizer, optimizer_from_config
+from .plan import bind_step
 from .residual import Residual  # noqa: F401  (registers the Residual layer kind)
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
 
@@ -308,6 +310,7 @@ class Sequential:
         self._workspaces = collections.OrderedDict()
         self._penalties = self._penalty_terms()
         self._fold_l2 = False
+        self._plannable, self._plan_key = False, None  # set by _prepare_training
         self._has_dropout = any(isinstance(layer, Dropout) for layer in self._walk())
         self.built = True
         return self
@@ -583,6 +586,11 @@ class Sequential:
         self._fold_l2 = (self.optimizer.couples_l2 and len(self._penalties) == 1
                          and self._penalties[0][3] == 0 and self._penalties[0][0].size == self.n_weights
                          and self._penalties[0][0].base is self._params and not self.optimizer.clips)
+        # what a bound step (plan.StepPlan) depends on beyond its arrays; a step
+        # binds only when every layer can (no dropout: its seed changes per step)
+        self._plan_key = (self.optimizer, self.loss, self._fold_l2, self._trainable_flags, self._runs,
+                          tuple((l2, l1) for _, _, l2, l1 in self._penalties))
+        self._plannable = not self._has_dropout and all(binds_its_step(layer) for layer in self.layers)
 
     # ----------------------------------------------------------------- workspace
     def _workspace(self, batch_shape):
@@ -667,13 +675,45 @@ class Sequential:
             raise NonFiniteLoss(loss)
         return loss
 
+    def _planned_loss_and_grads(self, plan, batch_weight, fold_l2):
+        """_loss_and_grads through a StepPlan bound to the batch's arrays: the same
+        parts in the same order, each by its bound kernels."""
+        plan.forward()
+        scale = self._penalty_scale(batch_weight)
+        if fold_l2:
+            weights = self._penalties[0][0]
+            penalty = 0.5 * self._penalties[0][2] * scale * float(np.dot(weights, weights))
+        loss = plan.loss()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        plan.backward()
+        loss += penalty if fold_l2 else plan.penalty(scale)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        return loss
+
     def _train_batch(self, backend, x, t, w, ws, batch_weight):
         self._passes += 1
+        fold = self._fold_l2
+        own = ws[1]
+        plan = own.get("plan")
+        if plan is not None and plan.fits(backend, x, t, w, self.optimizer.state, self._plan_key):
+            loss = self._planned_loss_and_grads(plan, batch_weight, fold)
+            plan.step(x.shape[0], self._penalties[0][2] * self._penalty_scale(batch_weight) if fold else 0.0)
+            return loss
         # the seed is for dropout masks only (mix64 is pure Python: a few us a step)
         seed = mix64(self.seed, self._passes) if self._has_dropout else 0
         mode = Pass(training=True, update_stats=True, seed=seed)
-        fold = self._fold_l2
         loss = self._loss_and_grads(backend, x, t, w, ws, mode, batch_weight, fold)
+        self._optimizer_step(backend, x, batch_weight, fold)
+        if self._plannable:
+            # bound after a step that ran: its workspaces hold valid values
+            own["plan"] = plan = bind_step(self, backend, x, t, w, ws)
+            if plan is None:  # some part cannot be bound: step as above until recompiled
+                self._plannable = False
+        return loss
+
+    def _optimizer_step(self, backend, x, batch_weight, fold):
         if fold:
             self.optimizer.step(backend, self._params, self._grads, x.shape[0],
                                 l2=self._penalties[0][2] * self._penalty_scale(batch_weight),
@@ -681,7 +721,6 @@ class Sequential:
         else:
             self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,
                                 tensors=self._tensor_grads)
-        return loss
 
     def _recompute_running_stats(self, X):
         """Batch-norm running statistics = the statistics of all of X (prepared by
@@ -701,7 +740,11 @@ class Sequential:
         x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True)
         self._prepare_training()
         ws = self._workspace(x.shape)
-        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X")
+        # new arrays at each call: copied into the workspace, whose step is bound once
+        copy = self._plannable
+        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X", copy)
+        t = training.take_rows(t, 0, x.shape[0], None, ws[1], "t", copy)
+        w = training.take_rows(w, 0, x.shape[0], None, ws[1], "w", copy)
         try:
             return self._train_batch(self.backend, x, t, w, ws, x.shape[0] if w is None else float(w.sum()))
         except NonFiniteLoss as exc:
@@ -861,6 +904,8 @@ class Sequential:
     def _release_inputs(self):
         """Drop the workspaces' references to caller arrays (layer inputs, batch-norm
         caches), so that data passed to fit or predict can be freed."""
+        for _, own in self._workspaces.values():
+            own.pop("plan", None)  # holds the batch it was bound to
         stack = [ws for layer_ws, _ in self._workspaces.values() for ws in layer_ws]
         while stack:
             ws = stack.pop()

@@ -290,11 +290,7 @@ class Optimizer:
         range (split where the penalised block ends)."""
         if l2 and not self.couples_l2:
             raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
-        self.t += 1
-        self.samples_seen += n_samples
-        lr = self.schedule.lr_at(self.t)
-        if type(lr) is not float and isinstance(lr, (int, float)):
-            lr = float(lr)  # the fast precondition takes Python floats
+        lr = self._next_rate(n_samples)
         kernels = backend.fast
         if self.clips:
             self.clip(grads, tensors)
@@ -310,6 +306,43 @@ class Optimizer:
         for p, g, state, penalised in self._split(params, grads, l2_size if l2 else 0, runs):
             _shrink(p, g, state, shrink)
             self._step(kernels, p, g, lr, state, weight_decay + (l2 if penalised else 0.0))
+
+    def _next_rate(self, n_samples):
+        """Count a step over n_samples; the rate it uses."""
+        self.t += 1
+        self.samples_seen += n_samples
+        lr = self.schedule.lr_at(self.t)
+        if type(lr) is not float and isinstance(lr, (int, float)):
+            lr = float(lr)  # the fast precondition takes Python floats
+        return lr
+
+    def bound_step(self, backend, params, grads, l2_size=0, runs=None):
+        """`step(backend, params, grads, n_samples, l2, l2_size, runs)` with its
+        kernels bound once (backend.fast.bind): returns step(n_samples, l2) doing
+        the same update, or None where binding does not apply (clipping, a decoupled
+        decay done outside the kernel, arguments the fast precondition refuses).
+        Bind after a step (t >= 1: the scalars bound must be valid)."""
+        if self.clips or (self.decoupled_weight_decay and not self.kernel_decouples) or self.t < 1:
+            return None
+        if not l2_size and runs is None:
+            parts = [(params, grads, self.state, False)]
+        else:
+            parts = self._split(params, grads, l2_size, runs)
+        lr = float(self.schedule.lr_at(self.t))
+        bound = []
+        for p, g, state, penalised in parts:
+            binder = backend.fast.binder()
+            self._step(binder, p, g, lr, state, self.weight_decay)
+            kernels = binder.seal()
+            if kernels is None:
+                return None
+            bound.append((kernels, p, g, state, penalised))
+
+        def step(n_samples, l2=0.0):
+            lr = self._next_rate(n_samples)
+            for kernels, p, g, state, penalised in bound:
+                self._step(kernels, p, g, lr, state, self.weight_decay + (l2 if penalised else 0.0))
+        return step
 
     def _split(self, params, grads, k, runs):
         """[(param view, grad view, state views, penalised)] over `runs` (None: the

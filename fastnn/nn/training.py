@@ -39,13 +39,21 @@ def all_finite(a):
         return bool(np.isfinite(a.sum()) or np.isfinite(a).all())
 
 
-def take_rows(a, lo, hi, order, buffers, key):
+def take_rows(a, lo, hi, order, buffers, key, copy=False):
     """Rows lo:hi of `a` in `order` (None: the data's own order) as a C-contiguous
-    array: a view of dense data in its own order, else `a`'s rows gathered (CSR
-    rows densified) into buffers[key], allocated once per batch size."""
+    array: a view of dense data in its own order (with copy=True a copy in
+    buffers[key]), else `a`'s rows gathered (CSR rows densified) into
+    buffers[key], allocated once per batch size. (A step bound to its arrays, see
+    plan.py, needs the same array objects step after step: buffers or all of `a`.)"""
     if a is None:
         return None
     sparse = type(a) is not np.ndarray and sp.issparse(a)
+    if order is None and not sparse and copy:
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+        np.copyto(buf, a[lo:hi])
+        return buf
     if order is None and not sparse:
         # all of `a`: itself, not a new view per call (a kernel's memo of its last
         # arguments then recognises it step after step, see backends.spec)
@@ -92,9 +100,10 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
         hi = min(lo + batch_size, n)
         ws = model._workspace((hi - lo,) + X.shape[1:])
         buffers = ws[1]
-        xb = take_rows(X, lo, hi, order, buffers, "X")
-        tb = take_rows(t, lo, hi, order, buffers, "t")
-        wb = take_rows(w, lo, hi, order, buffers, "w")
+        copy = model._plannable and hi - lo < n  # a view of part of X: a new object each step
+        xb = take_rows(X, lo, hi, order, buffers, "X", copy)
+        tb = take_rows(t, lo, hi, order, buffers, "t", copy)
+        wb = take_rows(w, lo, hi, order, buffers, "w", copy)
         bw = (hi - lo) if wb is None else float(wb.sum())
         if bw <= 0 and model._penalties and model.penalty_per_sample:
             raise ValueError(f"the sample weights of batch {step} of epoch {epoch} sum to {bw}: its "

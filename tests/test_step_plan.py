@@ -1,0 +1,207 @@
+"""A training step bound to its arrays (fastnn/nn/plan.py, backend.fast.bind)
+trains exactly as the step that walks the layers: the same parameters and losses
+bit for bit, on every backend, and it is rebound or left aside whenever what it
+was bound to changes."""
+
+import warnings
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+
+import fastnn
+from fastnn import MLPClassifier, MLPRegressor, nn
+from fastnn.nn import model as model_module
+from fastnn.nn.plan import StepPlan
+
+BACKENDS = fastnn.available_backends()
+
+
+def digits(n=500):
+    X, y = load_digits(return_X_y=True)
+    return X[:n] / 16.0, y[:n]
+
+
+@pytest.fixture
+def planned_steps(monkeypatch):
+    """Counts the steps taken through a bound plan."""
+    count = {"n": 0}
+    original = model_module.Sequential._planned_loss_and_grads
+
+    def counting(self, *args):
+        count["n"] += 1
+        return original(self, *args)
+    monkeypatch.setattr(model_module.Sequential, "_planned_loss_and_grads", counting)
+    return count
+
+
+def without_plans(monkeypatch):
+    monkeypatch.setattr(model_module, "bind_step", lambda *args: None)
+
+
+def fit(est, X, y, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return est.fit(X, y, **kwargs)
+
+
+ESTIMATORS = [
+    (MLPClassifier, dict()),
+    (MLPClassifier, dict(solver="sgd", hidden_layer_sizes=(20, 10))),
+    (MLPClassifier, dict(alpha=0.0, dtype="float32", activation="tanh")),
+    (MLPClassifier, dict(shuffle=False, batch_size=64)),
+    (MLPClassifier, dict(solver="rmsprop", activation="gelu")),
+    (MLPRegressor, dict(solver="sgd", learning_rate="invscaling")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls, params", ESTIMATORS)
+def test_estimator_fits_alike_with_and_without_bound_steps(backend, cls, params, planned_steps, monkeypatch):
+    X, y = digits()
+    target = y.astype(float) if cls is MLPRegressor else y
+    weights = np.linspace(0.5, 1.5, len(y))
+    options = dict(hidden_layer_sizes=(32,), max_iter=3, random_state=0, backend=backend)
+    options.update(params)
+    bound = fit(cls(**options), X, target, sample_weight=weights if cls is MLPClassifier else None)
+    assert planned_steps["n"] > 0
+    planned_steps["n"] = 0
+    without_plans(monkeypatch)
+    walked = fit(cls(**options), X, target, sample_weight=weights if cls is MLPClassifier else None)
+    assert planned_steps["n"] == 0
+    assert_array_equal(bound.model_.get_flat_params(), walked.model_.get_flat_params())
+    assert bound.loss_curve_ == walked.loss_curve_
+
+
+def train_steps(model, X, y, changes):
+    """train_step over batches of 50 rows, making change i before step i."""
+    losses = []
+    for i, lo in enumerate(range(0, len(X), 50)):
+        if i in changes:
+            changes[i](model)
+        losses.append(model.train_step(X[lo:lo + 50], y[lo:lo + 50]))
+    return losses
+
+
+def new_model(backend):
+    return nn.Sequential([nn.Dense(24, "relu", l2=1e-3), nn.Dense(16, "elu"), nn.Dense(10)],
+                         loss="sparse_categorical_crossentropy", optimizer=nn.Adam(1e-2), seed=3,
+                         backend=backend, dtype=np.float64, input_dim=64)
+
+
+def freeze_first(model):
+    model.layers[0].trainable = False
+
+
+CHANGES = {
+    "none": {},
+    "new optimizer": {3: lambda m: m.compile(optimizer=nn.SGD(0.05, momentum=0.9))},
+    "new penalty": {3: lambda m: m.compile(l2=1e-2), 6: lambda m: m.compile(penalty_per_sample=True)},
+    "frozen layer": {4: freeze_first},
+    "other backend": {2: lambda m: m.set_backend("numpy"), 5: lambda m: m.set_backend(None)},
+    "new loss": {4: lambda m: m.compile(loss="log_loss")},
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_train_steps_follow_every_change_of_the_model(backend, change, planned_steps, monkeypatch):
+    X, y = digits(500)
+    with fastnn.use_backend(backend):
+        bound_losses = train_steps(model := new_model(None), X, y, dict(CHANGES[change]))
+        bound = model.get_flat_params().copy()
+        assert planned_steps["n"] > 0
+        without_plans(monkeypatch)
+        walked_losses = train_steps(model := new_model(None), X, y, dict(CHANGES[change]))
+    assert_array_equal(bound, model.get_flat_params())
+    assert bound_losses == walked_losses
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow is the point
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_divergence_in_a_bound_step_stops_as_without_it(backend, planned_steps, monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4))
+    y = X @ np.ones(4)
+    found = []
+    for bind in (True, False):
+        if not bind:
+            without_plans(monkeypatch)
+        model = nn.Sequential([nn.Dense(8, "tanh"), nn.Dense(1)], loss="mse", optimizer=nn.SGD(5.0), seed=0,
+                              backend=backend, dtype=np.float64)
+        with pytest.raises(nn.TrainingDivergedError) as info:
+            model.fit(X, y, epochs=30, batch_size=8, verbose=0)
+        found.append((info.value.epoch, info.value.step, model.get_flat_params().copy()))
+        if bind:
+            assert planned_steps["n"] > 8
+    assert found[0][:2] == found[1][:2]
+    assert np.isfinite(found[0][2]).all()
+    assert_array_equal(found[0][2], found[1][2])
+
+
+def test_fit_releases_the_bound_steps():
+    X, y = digits(300)
+    model = nn.Sequential([nn.Dense(8, "relu"), nn.Dense(10)], loss="sparse_categorical_crossentropy",
+                          seed=0, dtype=np.float64)
+    model.fit(X, y, epochs=2, batch_size=100, verbose=0)
+    assert not any(isinstance(own.get("plan"), StepPlan) for _, own in model._workspaces.values())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bound_kernel_runs_as_the_public_one(backend, dtype):
+    kernels = fastnn.get_backend(backend)
+    rng = np.random.default_rng(0)
+    x, W, b = (rng.standard_normal(s).astype(dtype) for s in ((7, 5), (5, 3), (3,)))
+    out, preact = np.empty((7, 3), dtype), np.empty((7, 3), dtype)
+    run = kernels.fast.bind("dense_forward", x, W, b, "gelu", out=out, preact=preact)
+    assert run.free == ()
+    x[...] = rng.standard_normal(x.shape)  # a bound kernel reads the arrays' values at each call
+    run()
+    assert_array_equal(out, kernels.dense_forward(x, W, b, "gelu"))
+    param, grad = rng.standard_normal(11).astype(dtype), rng.standard_normal(11).astype(dtype)
+    m, v = np.zeros_like(param), np.zeros_like(param)
+    expected = [a.copy() for a in (param, m, v)]
+    step = kernels.fast.bind("adam_step", param, grad, m, v, 1, 1e-3, weight_decay=0.1)
+    assert set(step.free) >= {"t", "lr", "weight_decay"}
+    for t in (1, 2, 3):
+        step(t=t, lr=1e-3 * t, weight_decay=0.1)
+        kernels.adam_step(*expected[:1], grad, *expected[1:], t, 1e-3 * t, weight_decay=0.1)
+    for got, want in zip((param, m, v), expected):
+        assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bind_refuses_what_the_fast_path_refuses(backend):
+    fast = fastnn.get_backend(backend).fast
+    x, W = np.ones((6, 4)), np.ones((4, 3))
+    out = np.empty((6, 3))
+    assert fast.bind("dense_forward", x[:, :2].T.copy().T, W[:2], None, out=out) is None  # not C-contiguous
+    assert fast.bind("dense_forward", x.astype(np.float32), W, None, out=out) is None  # mixed dtypes
+    assert fast.bind("dense_forward", x, W, None, out=x[:, :3]) is None  # a strided output
+    assert fast.bind("dense_forward", x, W, None, "relu", out=out) is not None
+    param = np.ones(5)
+    step = fast.bind("sgd_step", param, np.ones(5), None, 0.1)
+    with pytest.raises(ValueError, match="lr"):
+        step(lr=-1.0)  # a free scalar out of range: the public method's clear error
+    assert_array_equal(param, np.ones(5))
+
+
+class ScaledDense(nn.Dense):
+    """A Dense whose forward a user changed: its steps are not bound."""
+
+    def forward(self, backend, x, ws, mode):
+        y = super().forward(backend, x, ws, mode)
+        y *= 0.5
+        return y
+
+
+def test_a_layer_whose_forward_a_subclass_changes_is_not_bound(planned_steps):
+    X, y = digits(300)
+    model = nn.Sequential([ScaledDense(8, "relu"), nn.Dense(10)], loss="sparse_categorical_crossentropy",
+                          seed=0, dtype=np.float64)
+    model.fit(X, y, epochs=2, batch_size=50, verbose=0)
+    assert planned_steps["n"] == 0
+    assert not model._plannable
