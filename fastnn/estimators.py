@@ -17,8 +17,11 @@ scikit-learn's definitions, so a fit follows scikit-learn's up to rounding.
 Parameters beyond scikit-learn's are keyword-only and off by default.
 """
 
+from __future__ import annotations
+
 import warnings
 from numbers import Integral, Real
+from typing import Any, Dict, Literal, Optional, Sequence, Union
 
 import numpy as np
 import scipy.optimize
@@ -35,6 +38,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from . import backends
 from . import nn as _nn
+from ._types import BackendName, DTypeLike, EstimatorInit, HiddenActivation, Solver
 from .nn.training import train_epoch
 
 STOCHASTIC_SOLVERS = ("sgd", "adam", "rmsprop", "adagrad", "adamw")
@@ -653,13 +657,20 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
-                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
-                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=None, class_weight=None):
+    def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: HiddenActivation = "relu", *, solver: Solver = "adam", alpha: float = 0.0001,
+                 batch_size: Union[int, Literal["auto"]] = "auto",
+                 learning_rate: Literal["constant", "invscaling", "adaptive"] = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Union[int, np.random.RandomState, None] = None,
+                 tol: float = 1e-4, verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 backend: Optional[BackendName] = None, dtype: Optional[DTypeLike] = None,
+                 dropout: float = 0.0, batch_norm: bool = False, init: EstimatorInit = "sklearn",
+                 weight_decay: Optional[float] = None,
+                 class_weight: Union[Dict[Any, float], Literal["balanced"], None] = None) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
             batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
@@ -702,13 +713,20 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
 class MLPRegressor(_FastMLP, _SklearnMLPRegressor):
     _parameter_constraints = {**_SklearnMLPRegressor._parameter_constraints, **_extra_constraints()}
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
-                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
-                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=None):
+    def __init__(self, loss: Literal["squared_error", "poisson"] = "squared_error",
+                 hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: HiddenActivation = "relu", *, solver: Solver = "adam", alpha: float = 0.0001,
+                 batch_size: Union[int, Literal["auto"]] = "auto",
+                 learning_rate: Literal["constant", "invscaling", "adaptive"] = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Union[int, np.random.RandomState, None] = None,
+                 tol: float = 1e-4, verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 backend: Optional[BackendName] = None, dtype: Optional[DTypeLike] = None,
+                 dropout: float = 0.0, batch_norm: bool = False, init: EstimatorInit = "sklearn",
+                 weight_decay: Optional[float] = None) -> None:
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,

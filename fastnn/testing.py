@@ -18,16 +18,23 @@ For example::
                                   np.random.randn(64, 10).astype(np.float32))
 """
 
+from __future__ import annotations
+
 import math
 import warnings
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, List, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from . import backends as _backends
+from ._types import ArrayLike, Backend, DTypeLike
 from .backends import _checks as chk
 from .backends.reference import NumpyBackend
+
+if TYPE_CHECKING:  # for annotations only
+    from .nn.layers import Layer
+    from .nn.model import Sequential
 
 REFERENCE = "numpy"  # the oracle every other backend is compared with
 
@@ -42,7 +49,9 @@ COMPLEX_STEP = 1e-20  # the complex step: no subtraction, so no rounding to trad
 
 
 # ------------------------------------------------------------------ closeness
-def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=None, atol=0.0):
+def assert_close(actual: Any, expected: Any, dtype: Optional[DTypeLike] = None, what: str = "",
+                 magnitude: Optional[float] = None, rtol: Optional[float] = None,
+                 atol: float = 0.0) -> None:
     """Raise AssertionError unless actual matches expected to the catalogue's rule:
     ``|actual - expected| <= rtol * (|expected| + 1e-2 * max|expected| + tiny)`` per
     element (relative, with a floor tied to the array's scale so that values
@@ -127,7 +136,8 @@ def _float_dtype(values):
     return np.dtype(np.float64)
 
 
-def assert_backends_agree(fn, *args, backends=None, rtol=None, atol=0.0, **kwargs):
+def assert_backends_agree(fn: Callable[..., Any], *args: Any, backends: Optional[Sequence[str]] = None,
+                          rtol: Optional[float] = None, atol: float = 0.0, **kwargs: Any) -> Any:
     """Run ``fn(backend, *args, **kwargs)`` on every backend and compare each output
     with the reference backend's (numpy); return the reference's result.
 
@@ -183,7 +193,7 @@ class TensorCheck(NamedTuple):
     checked: int
     size: int
     error: float
-    index: tuple
+    index: tuple  # type: ignore[assignment]
     analytic: float
     numeric: float
 
@@ -199,7 +209,8 @@ class GradientReport(Mapping):
     check, which judges derivatives that are ~0 against the scale of the
     others."""
 
-    def __init__(self, subject, checks, rtol, atol, dtype, eps, backend):
+    def __init__(self, subject: str, checks: Sequence[TensorCheck], rtol: float, atol: float,
+                 dtype: DTypeLike, eps: float, backend: str) -> None:
         self.subject, self.rtol, self.atol = subject, rtol, atol
         self.dtype, self.eps, self.backend = np.dtype(dtype), eps, backend
         self.details = {c.name: c for c in checks}
@@ -214,11 +225,11 @@ class GradientReport(Mapping):
         return len(self.details)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return all(c.error <= self.rtol for c in self.details.values())
 
     @property
-    def failures(self):
+    def failures(self) -> List[str]:
         """Names of the tensors whose worst error exceeds rtol."""
         return [name for name, c in self.details.items() if not c.error <= self.rtol]
 
@@ -314,7 +325,7 @@ def _check_layer(layer, x, backend, dtype, eps, rtol, complex_step, max_elements
     mode = Pass(training=True, update_stats=False, seed=seed)
     # loss = sum(y * projection): dloss/dy = projection, (N, *output_shape)
     projection = rng.standard_normal((x.shape[0],) + tuple(layer.output_shape)).astype(dtype)
-    ws = {}
+    ws = {}  # type: ignore[var-annotated]
     y = np.array(layer.forward(backend, x, ws, mode))  # a copy: backward may reuse the buffer
     # grads start as NaN: a backward that leaves one unwritten is reported, not passed
     dx = layer.backward(backend, projection, ws, True)
@@ -326,7 +337,7 @@ def _check_layer(layer, x, backend, dtype, eps, rtol, complex_step, max_elements
     tensors = {**params, "input": x}
     pick = np.random.default_rng(seed + 1)
     picked = {name: _selected(t.size, max_elements, pick) for name, t in tensors.items()}
-    ws_numeric = {}
+    ws_numeric = {}  # type: ignore[var-annotated]
 
     def evaluate():
         return float(_loss_of(np.asarray(layer.forward(backend, x, ws_numeric, mode), np.float64),
@@ -411,8 +422,12 @@ def _check_model(model, x, y, sample_weight, backend, dtype, eps, max_elements, 
         work._backend = saved_backend
 
 
-def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, rtol=None, atol=None,
-                    backend=None, complex_step="auto", dtype=np.float64, max_elements=None, seed=0):
+def check_gradients(layer_or_model: Union[Layer, Sequential], x: ArrayLike, y: Optional[ArrayLike] = None, *,
+                    sample_weight: Optional[ArrayLike] = None, eps: Optional[float] = None,
+                    rtol: Optional[float] = None, atol: Optional[float] = None,
+                    backend: Union[str, Backend, None] = None,
+                    complex_step: Union[bool, Literal["auto"]] = "auto", dtype: DTypeLike = np.float64,
+                    max_elements: Optional[int] = None, seed: Optional[int] = 0) -> GradientReport:
     """Compare analytic gradients with numerical derivatives; returns a GradientReport.
 
     A layer (a fastnn.nn Layer not yet in a model): built standalone for x's
@@ -478,7 +493,7 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
                                 seed)
         finally:  # the layer keeps no views of the check's arrays: it can join a model afterwards
             if getattr(layer_or_model, "params", None) is not None:
-                layer_or_model.params = layer_or_model.grads = layer_or_model.state = None
+                layer_or_model.params = layer_or_model.grads = layer_or_model.state = None  # type: ignore[assignment]
         subject = repr(layer_or_model)
     else:
         raise TypeError(f"check_gradients takes a fastnn.nn Layer or Sequential, got "
@@ -498,7 +513,8 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     return GradientReport(subject, checks, rtol, atol, dtype, eps, kernels.name)
 
 
-def assert_gradients(layer_or_model, x, y=None, **options):
+def assert_gradients(layer_or_model: Union[Layer, Sequential], x: ArrayLike, y: Optional[ArrayLike] = None,
+                     **options: Any) -> GradientReport:
     """check_gradients, raising AssertionError with the report's table when a
     gradient is wrong; returns the report otherwise."""
     report = check_gradients(layer_or_model, x, y, **options)

@@ -9,6 +9,8 @@ one that cannot load (Numba missing, C extension not built) is simply absent fro
 `available_backends()`, and asking for it says why.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib
 import os
@@ -25,7 +27,12 @@ import os
 OMP_WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typing import TYPE_CHECKING, Dict, Iterator, List, Union  # noqa: E402
+
 from .reference import KERNELS, NumpyBackend  # noqa: E402
+
+if TYPE_CHECKING:  # for annotations only
+    from .._types import Backend
 
 # name -> "module:Class"; the default backend is the first of these that loads.
 BACKENDS = {
@@ -44,8 +51,8 @@ class BackendUnavailableError(RuntimeError):
     """A known backend that could not be loaded on this machine."""
 
 
-_instances = {}
-_errors = {}
+_instances: Dict[str, NumpyBackend] = {}
+_errors: Dict[str, str] = {}
 _current = None
 _num_threads = None
 
@@ -66,18 +73,18 @@ def _load(name):
     return backend
 
 
-def available_backends():
+def available_backends() -> List[str]:
     """Names of the backends that load on this machine, fastest first."""
     return [name for name in BACKENDS if _load(name) is not None]
 
 
-def unavailable_backends():
+def unavailable_backends() -> Dict[str, str]:
     """{name: reason} for the known backends that failed to load."""
     available_backends()
     return {name: f"{why}; to fix: {FIX_HINTS.get(name, '')}" for name, why in _errors.items()}
 
 
-def _resolve(name):
+def _resolve(name: Union[str, Backend]) -> Backend:
     if isinstance(name, NumpyBackend):
         return name
     if not isinstance(name, str):
@@ -93,7 +100,7 @@ def _resolve(name):
     return backend
 
 
-def get_backend(name=None):
+def get_backend(name: Union[str, Backend, None] = None) -> Backend:
     """The backend called `name`, or, with None, the current one: the one set by
     set_backend/use_backend, else $FASTNN_BACKEND, else the fastest available."""
     if name is not None:
@@ -109,7 +116,7 @@ def get_backend(name=None):
     return _resolve(available_backends()[0])
 
 
-def set_backend(name):
+def set_backend(name: str) -> Backend:
     """Make `name` the current backend for everything that does not name one."""
     global _current
     _current = _resolve(name)
@@ -117,7 +124,7 @@ def set_backend(name):
 
 
 @contextlib.contextmanager
-def use_backend(name):
+def use_backend(name: str) -> Iterator[Backend]:
     """Run a block with `name` as the current backend."""
     global _current
     previous = _current
@@ -128,7 +135,7 @@ def use_backend(name):
         _current = previous
 
 
-def set_num_threads(n):
+def set_num_threads(n: int) -> None:
     """Threads for BLAS (through threadpoolctl), Numba and the C kernels' OpenMP."""
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -141,7 +148,7 @@ def set_num_threads(n):
         backend._set_num_threads(n)
 
 
-def kernel_owners(backend):
+def kernel_owners(backend: Union[str, Backend]) -> Dict[str, str]:
     """{kernel: name of the backend whose code really runs it} for one backend."""
     backend = _resolve(backend)
     owners = {}

@@ -1598,7 +1598,7 @@ def install(cls):
         setattr(cls, k.name, fn)
 
 
-_FAST_MAKERS = {}
+_FAST_MAKERS: dict = {}
 
 
 class Fast:

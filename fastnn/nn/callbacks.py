@@ -18,15 +18,22 @@ that batch (the epoch then ends as usual: validation, on_epoch_end), from an
 epoch hook after that epoch.
 """
 
+from __future__ import annotations
+
 import csv
 import inspect
 import math
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Union
 
 import numpy as np
 
+from .._types import Logs
 from ..backends import _checks as chk
+
+if TYPE_CHECKING:  # for annotations only
+    from .model import Sequential
 
 
 class History(dict):
@@ -34,15 +41,17 @@ class History(dict):
     A dict; `history.history` is the same dict (Keras's spelling), `history.epoch`
     the epoch numbers, from 0 as in Keras (the numbers the callbacks saw)."""
 
+    model: Any  # declared for the checker: the model fit trained (set by fit)
+
     @property
-    def history(self):
+    def history(self) -> History:
         return self
 
     @property
-    def epoch(self):
+    def epoch(self) -> List[int]:
         return list(range(len(self.get("loss", ()))))
 
-    def append(self, logs):
+    def append(self, logs: Logs) -> None:
         for key, value in logs.items():
             self.setdefault(key, []).append(value)
 
@@ -51,63 +60,63 @@ class Callback:
     """Hooks called by `Sequential.fit` (see the module's documentation). Subclass
     and override the hooks you need; `self.model` is the model being trained."""
 
-    model = None
-    params = None
+    model: Any = None
+    params: Any = None
 
-    def set_model(self, model):
+    def set_model(self, model: Sequential) -> None:
         self.model = model
 
-    def set_params(self, params):
+    def set_params(self, params: Dict[str, Any]) -> None:
         self.params = params
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         """Before the first epoch; logs {'validation': whether fit has validation data}."""
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         """After the last epoch, also when training stopped early; logs: the last epoch's."""
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
         """epoch: counted from 0."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         """epoch: counted from 0; logs: this epoch's values (loss, val_loss, accuracy, ...)."""
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         """batch: the step's index in the epoch, from 0."""
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         """logs: {'loss': the mean of the epoch's batch losses so far}."""
 
     # Keras defines these for evaluate and predict; fastnn's evaluate and predict
     # take no callbacks, so they are never called (defined so that callbacks
     # written for Keras that call or override them work).
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_test_end(self, logs=None):
+    def on_test_end(self, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_test_batch_begin(self, batch, logs=None):
+    def on_test_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_test_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_predict_begin(self, logs=None):
+    def on_predict_begin(self, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_predict_end(self, logs=None):
+    def on_predict_end(self, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_predict_batch_begin(self, batch, logs=None):
+    def on_predict_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
         pass
 
-    def on_predict_batch_end(self, batch, logs=None):
+    def on_predict_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         pass
 
 
 # hook name -> the positional arguments fit passes (to check a callback's signature once)
-HOOK_ARGUMENTS = {
+HOOK_ARGUMENTS = {  # type: ignore[var-annotated]
     "on_train_begin": ({},), "on_train_end": ({},), "on_epoch_begin": (0, {}), "on_epoch_end": (0, {}),
     "on_train_batch_begin": (0, {}), "on_train_batch_end": (0, {}),
 }
@@ -203,7 +212,7 @@ def maximises(monitor, mode):
 class _Monitor(Callback):
     """Base of the callbacks that follow one logged value (monitor)."""
 
-    def __init__(self, monitor, mode, min_delta):
+    def __init__(self, monitor: str, mode: Literal["auto", "min", "max"], min_delta: float) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a string, got {type(monitor).__name__}")
         self.monitor = monitor
@@ -228,7 +237,7 @@ class _Monitor(Callback):
         return value < self.best - self.min_delta
 
     @property
-    def best_value(self):
+    def best_value(self) -> float:
         return self.sign * self.best
 
 
@@ -242,8 +251,13 @@ class EarlyStopping(_Monitor):
     restore_best_weights. best_epoch and stopped_epoch count from 0, as the
     hooks' epochs."""
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
-                 restore_best_weights=True, *, restore_best=None):
+    # declared for the checker: the best epoch's parameters and state, kept from on_train_begin
+    best_params: Any
+    best_state: Any
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: Literal["auto", "min", "max"] = "auto", restore_best_weights: bool = True, *,
+                 restore_best: Optional[bool] = None) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = chk.integer(patience, "patience", low=0)
         if restore_best is not None:
@@ -251,17 +265,17 @@ class EarlyStopping(_Monitor):
         self.restore_best_weights = bool(restore_best_weights)
 
     @property
-    def restore_best(self):
+    def restore_best(self) -> bool:
         return self.restore_best_weights
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self._start(logs)
         self.best_epoch = 0
         self.stopped_epoch = 0
         self.wait = 0
         self.best_params = self.best_state = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         value = self._value(logs)
         if self._improves(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -281,7 +295,7 @@ class EarlyStopping(_Monitor):
         np.copyto(self.best_params, params)
         np.copyto(self.best_state, state)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self.restore_best_weights and self.best_params is not None:
             self.model.set_flat_params(self.best_params)
             np.copyto(self.model.get_flat_state(), self.best_state)
@@ -295,7 +309,9 @@ class ModelCheckpoint(_Monitor):
     name in the same directory and then renamed over `filepath`, so a reader
     never sees a half-written file and a failed write leaves the previous one."""
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+    def __init__(self, filepath: Union[str, os.PathLike[str]], monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: Literal["auto", "min", "max"] = "auto",
+                 verbose: int = 0) -> None:
         super().__init__(monitor, mode, 0.0)
         if not isinstance(filepath, (str, os.PathLike)):
             raise TypeError(f"filepath must be a path, got {type(filepath).__name__}")
@@ -303,21 +319,21 @@ class ModelCheckpoint(_Monitor):
         self.save_best_only = bool(save_best_only)
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         if self.save_best_only:
             self._start(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         if self.save_best_only:
             value = self._value(logs)
             if not self._improves(value):
                 return
             self.best = value
         try:
-            path = self.filepath.format(epoch=epoch + 1, **logs)
+            path = self.filepath.format(epoch=epoch + 1, **logs)  # type: ignore[arg-type]
         except KeyError as exc:
             raise ValueError(f"ModelCheckpoint's filepath {self.filepath!r} names {exc}, which is not among "
-                             f"the logged values {sorted(logs)}") from None
+                             f"the logged values {sorted(logs)}") from None  # type: ignore[arg-type]
         save_atomically(self.model, path)
         if self.verbose:
             print(f"epoch {epoch + 1}: saved the model to {path}", flush=True)
@@ -342,7 +358,12 @@ class CSVLogger(Callback):
     0). append: add to an existing file (its header is kept) instead of
     overwriting it. The file is flushed after every row."""
 
-    def __init__(self, filename, separator=",", append=False):
+    # declared for the checker: the logged names and the open file, from on_train_begin on
+    keys: Any
+    _file: Any
+
+    def __init__(self, filename: Union[str, os.PathLike[str]], separator: str = ", ",
+                 append: bool = False) -> None:
         if not isinstance(filename, (str, os.PathLike)):
             raise TypeError(f"filename must be a path, got {type(filename).__name__}")
         if not isinstance(separator, str) or len(separator) != 1:
@@ -350,23 +371,23 @@ class CSVLogger(Callback):
         self.filename, self.separator, self.append = os.fspath(filename), separator, bool(append)
         self.keys = self._file = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
         self._file = open(self.filename, "a" if self.append else "w", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._file, delimiter=self.separator)
         self._header_written = has_rows
         self.keys = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         if self.keys is None:
-            self.keys = sorted(logs)
+            self.keys = sorted(logs)  # type: ignore[arg-type]
         if not self._header_written:
             self._writer.writerow(["epoch"] + self.keys)
             self._header_written = True
         self._writer.writerow([epoch] + [logs.get(k, "NA") for k in self.keys])
         self._file.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -390,13 +411,13 @@ class LearningRateScheduler(Callback):
     (epoch from 0, lr the current rate). The rate reaches the optimizer's steps:
     it replaces the rate of its (constant) schedule, which saving keeps."""
 
-    def __init__(self, schedule, verbose=0):
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"schedule must be a function (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
         optimizer = self.model.optimizer
         lr = self.schedule(epoch, optimizer.lr)
         set_learning_rate(optimizer, lr)
@@ -410,8 +431,9 @@ class ReduceLROnPlateau(_Monitor):
     counting again; never below min_lr (Keras's rule). Needs an optimizer without
     a schedule (see set_learning_rate)."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0, min_lr=0.0,
-                 mode="auto", verbose=0):
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
+                 mode: Literal["auto", "min", "max"] = "auto", verbose: int = 0) -> None:
         super().__init__(monitor, mode, min_delta)
         self.factor = chk.real(factor, "factor", 0, 1, low_open=True, high_open=True)
         self.patience = chk.integer(patience, "patience", low=0)
@@ -419,11 +441,11 @@ class ReduceLROnPlateau(_Monitor):
         self.min_lr = chk.real(min_lr, "min_lr", low=0)
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self._start(logs)
         self.wait = self.cooldown_counter = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         value = self._value(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
@@ -450,7 +472,7 @@ class TerminateOnNaN(Callback):
     epochs instead of raising; the model keeps the parameters the error
     describes."""
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             print(f"batch {batch}: invalid loss {loss}, terminating training", flush=True)

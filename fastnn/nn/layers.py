@@ -20,11 +20,26 @@ axis N. Dense, BatchNorm and the softmax act on the last axis, so on an
 copy: layer inputs are C-contiguous).
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
 import numpy as np
 
+from .._types import (
+    Array,
+    Backend,
+    Config,
+    DTypeLike,
+    IntPair,
+    Padding,
+    RandomState,
+    Shape,
+    StateSpec,
+    TensorSpec,
+    Workspace,
+)
 from ..backends import _checks as chk
 from ..backends.reference import (
     INIT_ALIASES,
@@ -114,72 +129,79 @@ class Layer:
     the model: not trainable, or inside a layer that is not."""
 
     kind = "Layer"
-    name = None
+    name: Optional[str] = None
     # the dtype of the model's input when this layer comes first (None: the
     # model's float dtype); such a layer checks that input with check_input(X, name)
-    input_dtype = None
+    input_dtype: Optional[np.dtype] = None
     frozen = False
+    # declared for the checker: set by subclasses, by build and bind, and by the model (index)
+    forward: Callable[..., Array]
+    backward: Callable[..., Optional[Array]]
+    index: int
+    params: Dict[str, Array]
+    grads: Dict[str, Array]
+    state: Dict[str, Array]
 
     @property
-    def trainable(self):
+    def trainable(self) -> None:
         return self.__dict__.get("_trainable", True)
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"trainable must be True or False, got {value!r}")
         self._trainable = bool(value)
 
-    def build(self, input_shape, dtype):
+    def build(self, input_shape: Shape, dtype: DTypeLike) -> Shape:
         """Fix the per-sample input shape (a tuple); returns the output shape."""
         self.input_shape = tuple(input_shape)
         self.output_shape = tuple(self.output_shape_for(self.input_shape))
         self.dtype = np.dtype(dtype)
         return self.output_shape
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         """The per-sample output shape for this input shape (ValueError if the
         layer cannot take it)."""
         return input_shape
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         """[(name, shape, role)] of trained parameters, role one of ROLES. Weights
         (the tensors L1/L2 penalties apply to) are laid out first in the model's
         flat buffer, then biases, scales and shifts."""
         return []
 
-    def state_specs(self):
+    def state_specs(self) -> List[StateSpec]:
         """[(name, shape, initial value)] of non-trained state."""
         return []
 
-    def bind(self, params, grads, state):
+    def bind(self, params: Dict[str, Array], grads: Dict[str, Array], state: Dict[str, Array]) -> None:
         """Receive {name: view} into the model's parameter, gradient and state buffers."""
         self.params, self.grads, self.state = params, grads, state
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         """Write initial values into the parameter views."""
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind}
 
-    def sublayers(self):
+    def sublayers(self) -> List[Layer]:
         """The layers this layer is made of (a container such as Residual); [] for
         a plain layer."""
         return []
 
-    def tensor_owners(self):
+    def tensor_owners(self) -> List[Tuple[str, Layer, str]]:
         """[(spec name, layer, that layer's own name for it)] parallel to
         param_specs(): which (sub-)layer each trained tensor belongs to."""
         return [(name, self, name) for name, _, _ in self.param_specs()]
 
-    def set_frozen(self, frozen):
+    def set_frozen(self, frozen: bool) -> None:
         """Set `frozen` (by the model, before training): not trainable, or inside
         a container that is frozen."""
         self.frozen = bool(frozen) or not self.trainable
         for layer in self.sublayers():
             layer.set_frozen(self.frozen)
 
-    def trains(self):
+    def trains(self) -> bool:
         """Whether a step changes any parameter of this layer (after set_frozen)."""
         subs = self.sublayers()
         if subs:
@@ -284,7 +306,9 @@ class Dense(_Weighted):
 
     kind = "Dense"
 
-    def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None, name=None):
+    def __init__(self, units: int, activation: Optional[str] = None,
+                 init: Union[str, Callable[..., Tuple[Array, Array]], None] = None, l2: float = 0.0,
+                 l1: float = 0.0, input_dim: Optional[int] = None, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
         self._set_weight_options(activation, init, l2, l1)
@@ -296,33 +320,33 @@ class Dense(_Weighted):
         # norm's shift replaces it).
         self.fixed_bias = False
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if not input_shape:
             raise ValueError("Dense needs inputs with at least one axis (features)")
         return input_shape[:-1] + (self.units,)
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         """The input width (fan-in): the last axis of the input shape."""
         return self.input_shape[-1]
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         return [("W", (self.n_in, self.units), "weight"), ("b", (self.units,), "bias")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         W, b = self._initial_weights(backend, rng, self.n_in, self.units)
         self.params["W"][...] = W
         self.params["b"][...] = 0 if self.fixed_bias else b
 
     @property
-    def W(self):
+    def W(self) -> Array:
         return self.params["W"]
 
     @property
-    def b(self):
+    def b(self) -> Array:
         return self.params["b"]
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, ..., n_in) -> y (N, ..., units); the kernel sees (M, n_in) -> (M, units)
         y = buffer(ws, "y", x.shape[:-1] + (self.units,), self.dtype)
         x2, y2 = rows(x, self.n_in), rows(y, self.units)
@@ -332,7 +356,7 @@ class Dense(_Weighted):
         ws["x"], ws["y2"] = x2, y2
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if self.frozen:
             return self._backward_frozen(backend, dy, ws, need_dx)
         x, y2 = ws["x"], ws["y2"]
@@ -362,7 +386,7 @@ class Dense(_Weighted):
         np.matmul(dz, self.params["W"].T, out=rows(dx, self.n_in))
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "units": self.units, "activation": self.activation,
                 "init": self.init if isinstance(self.init, str) else None,
                 "l2": self.l2, "l1": self.l1, "input_dim": self.input_dim}
@@ -373,12 +397,12 @@ class Activation(Layer):
 
     kind = "Activation"
 
-    def __init__(self, activation, name=None):
+    def __init__(self, activation: Optional[str], name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.activation = activation_name(activation)
         self.run_activation = self.activation
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         ws["x"] = x
         if self.run_activation == "identity":
             return x
@@ -389,7 +413,7 @@ class Activation(Layer):
             backend.fast.activation_forward(x, self.run_activation, out=y)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if self.run_activation == "identity":
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
@@ -401,7 +425,7 @@ class Activation(Layer):
             backend.fast.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "activation": self.activation}
 
 
@@ -416,24 +440,24 @@ class BatchNorm(Layer):
 
     kind = "BatchNorm"
 
-    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         c = self.input_shape[-1]
         return [("gamma", (c,), "scale"), ("beta", (c,), "shift")]
 
-    def state_specs(self):
+    def state_specs(self) -> List[StateSpec]:
         c = self.input_shape[-1]
         return [("running_mean", (c,), 0.0), ("running_var", (c,), 1.0)]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         self.params["gamma"][...] = 1
         self.params["beta"][...] = 0
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         c = x.shape[-1]
         y = buffer(ws, "y", x.shape, self.dtype)
         x2 = rows(x, c)
@@ -447,14 +471,14 @@ class BatchNorm(Layer):
             out=rows(y, c))
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         c = dy.shape[-1]
         dx = buffer(ws, "dx", dy.shape, self.dtype)
         backend.fast.batchnorm_backward(rows(dy, c), ws["cache"], dx=rows(dx, c), dgamma=self.grads["gamma"],
                                    dbeta=self.grads["beta"])
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "momentum": self.momentum, "eps": self.eps}
 
 
@@ -466,11 +490,11 @@ class Dropout(Layer):
 
     kind = "Dropout"
 
-    def __init__(self, rate, name=None):
+    def __init__(self, rate: float, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.rate = chk.real(rate, "rate", 0, 1, high_open=True)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         ws["active"] = active = mode.training and mode.dropout and self.rate > 0
         if not active:
             return x
@@ -479,14 +503,14 @@ class Dropout(Layer):
         backend.fast.dropout_forward(x, self.rate, seed, out=y)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if not ws["active"]:
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
         backend.fast.dropout_backward(dy, self.rate, ws["seed"], out=dx)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "rate": self.rate}
 
 
@@ -495,23 +519,23 @@ class Flatten(Layer):
 
     kind = "Flatten"
 
-    def __init__(self, name=None):
+    def __init__(self, name: Optional[str] = None) -> None:
         self.name = check_name(name)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         return (math.prod(input_shape),)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
-LAYERS = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebuild
+LAYERS: Dict[str, Type[Layer]] = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebuild
 
 
-def register_layer(cls):
+def register_layer(cls: Type[Layer]) -> Type[Layer]:
     """Class decorator: register a Layer subclass under its `kind`, so that
     `Sequential.save` writes it (as its `config()`) and `load` rebuilds it with
     ``cls(**options)``, the options being config() without 'kind'. Returns cls.
@@ -613,8 +637,10 @@ class Conv2D(_Weighted):
 
     kind = "Conv2D"
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, init=None,
-                 l2=0.0, l1=0.0, name=None):
+    def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: Padding = "valid",
+                 activation: Optional[str] = None,
+                 init: Union[str, Callable[..., Tuple[Array, Array]], None] = None, l2: float = 0.0,
+                 l1: float = 0.0, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.filters = chk.integer(filters, "filters", low=1)
         self.kernel_size = chk.pair(kernel_size, "kernel_size", low=1)
@@ -625,22 +651,22 @@ class Conv2D(_Weighted):
             raise ValueError(f"padding {self.pads} must be smaller than the kernel {self.kernel_size}")
         self._set_weight_options(activation, init, l2, l1)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         oh, ow = _window_output(self, input_shape, self.kernel_size, self.strides, self.pads, "kernel")
         return (oh, ow, self.filters)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         kh, kw = self.kernel_size
         return [("W", (kh, kw, self.input_shape[-1], self.filters), "weight"),
                 ("b", (self.filters,), "bias")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         kh, kw = self.kernel_size
         W, b = self._initial_weights(backend, rng, kh * kw * self.input_shape[-1], self.filters)
         self.params["W"][...] = np.reshape(W, self.params["W"].shape)
         self.params["b"][...] = b
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         preact = buffer(ws, "preact", y.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
         backend.fast.conv2d_forward(x, self.params["W"], self.params["b"], self.strides, self.pads,
@@ -648,7 +674,7 @@ class Conv2D(_Weighted):
         ws["x"] = x
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         act = self.run_activation
         dz = None if act == "identity" else buffer(ws, "dz", dy.shape, self.dtype)
         dx = buffer(ws, "dx", ws["x"].shape, self.dtype) if need_dx else None
@@ -657,7 +683,7 @@ class Conv2D(_Weighted):
                                      dW=self.grads["W"], db=self.grads["b"], dz=dz)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "filters": self.filters, "kernel_size": _as_config(self.kernel_size),
                 "strides": _as_config(self.strides), "padding": _as_config(self.padding),
                 "activation": self.activation, "init": self.init if isinstance(self.init, str) else None,
@@ -673,7 +699,8 @@ class MaxPool2D(Layer):
     kind = "MaxPool2D"
     pool_kernel = "maxpool2d"
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
+    def __init__(self, pool_size: IntPair = 2, strides: Optional[IntPair] = None, padding: Padding = "valid",
+                 name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.pool_size = chk.pair(pool_size, "pool_size", low=1)
         self.strides = self.pool_size if strides is None else chk.pair(strides, "strides", low=1)
@@ -682,11 +709,11 @@ class MaxPool2D(Layer):
         if 2 * self.pads[0] > self.pool_size[0] or 2 * self.pads[1] > self.pool_size[1]:
             raise ValueError(f"padding {self.pads} must be at most half the pool {self.pool_size}")
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         oh, ow = _window_output(self, input_shape, self.pool_size, self.strides, self.pads, "pool")
         return (oh, ow, input_shape[-1])
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         argmax = ws.get("argmax")
         if argmax is None:
@@ -695,11 +722,11 @@ class MaxPool2D(Layer):
         ws.setdefault("x_shape", x.shape)  # one object per batch shape (backend.fast's memo)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         return backend.fast.maxpool2d_backward(dy, ws["argmax"], ws["x_shape"], dx=dx)
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "pool_size": _as_config(self.pool_size),
                 "strides": _as_config(self.strides), "padding": _as_config(self.padding)}
 
@@ -711,13 +738,13 @@ class AveragePooling2D(MaxPool2D):
 
     kind = "AveragePooling2D"
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         backend.fast.avgpool2d_forward(x, self.pool_size, self.strides, self.pads, out=y)
         ws.setdefault("x_shape", x.shape)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         return backend.fast.avgpool2d_backward(dy, ws["x_shape"], self.pool_size, self.strides, self.pads,
                                                dx=dx)
@@ -729,13 +756,13 @@ class GlobalAveragePooling2D(Layer):
 
     kind = "GlobalAveragePooling2D"
 
-    def __init__(self, name=None):
+    def __init__(self, name: Optional[str] = None) -> None:
         self.name = check_name(name)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         return (_image_shape(self, input_shape)[-1],)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         n, h, w, c = x.shape
         y = buffer(ws, "y", (n, 1, 1, c), self.dtype)
         ws.setdefault("window", (h, w))  # one object per batch shape (backend.fast's memo)
@@ -743,13 +770,13 @@ class GlobalAveragePooling2D(Layer):
         ws.setdefault("x_shape", x.shape)
         return y.reshape(n, c)
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         n, c = dy.shape
         return backend.fast.avgpool2d_backward(dy.reshape(n, 1, 1, c), ws["x_shape"], ws["window"],
                                                ws["window"], (0, 0), dx=dx)
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind}
 
 
@@ -775,26 +802,26 @@ class _Recurrent(Layer):
 
     gates = 1
     kernel = ""  # the kernels' prefix: rnn, lstm or gru
-    biases = ("b",)
+    biases: Tuple[str, ...] = ("b",)
 
-    def __init__(self, units, return_sequences=False, name=None):
+    def __init__(self, units: int, return_sequences: bool = False, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
         if not isinstance(return_sequences, (bool, np.bool_)):
             raise TypeError(f"return_sequences must be True or False, got {return_sequences!r}")
         self.return_sequences = bool(return_sequences)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 2:
             raise ValueError(f"{self.kind} needs sequences (T, features) per sample")
         return (input_shape[0], self.units) if self.return_sequences else (self.units,)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         f, h, g = self.input_shape[-1], self.units, self.gates
         return ([("W_x", (f, g * h), "weight"), ("W_h", (h, g * h), "weight")]
                 + [(b, (g * h,), "bias") for b in self.biases])
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         f, h = self.input_shape[-1], self.units
         W_x, _ = backend.init_weights("glorot_uniform", f, self.gates * h, rng=rng, dtype=self.dtype)
         self.params["W_x"][...] = W_x
@@ -806,7 +833,7 @@ class _Recurrent(Layer):
     def _options(self):
         return {}
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, T, F) -> hs (N, T, H); the last state (N, H) copied out when it alone is the output
         kernel = getattr(backend.fast, self.kernel + "_forward")
         states = (None,) * (2 if self.kernel == "lstm" else 1)
@@ -819,12 +846,12 @@ class _Recurrent(Layer):
         y[...] = hs[:, -1]
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         cache = ws["cache"]
         if self.return_sequences:
             dhs = dy
         else:  # the loss reads the last state only: zero gradient at the other steps
-            dhs = ws.get("dhs")
+            dhs = ws.get("dhs")  # type: ignore[assignment]
             if dhs is None:
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
             dhs[:, -1] = dy
@@ -834,7 +861,7 @@ class _Recurrent(Layer):
             self.grads[name][...] = g
         return grads[0]
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "units": self.units, "return_sequences": self.return_sequences,
                 **self._options()}
 
@@ -846,7 +873,8 @@ class SimpleRNN(_Recurrent):
     kind = "SimpleRNN"
     kernel = "rnn"
 
-    def __init__(self, units, activation="tanh", return_sequences=False, name=None):
+    def __init__(self, units: int, activation: Optional[str] = "tanh", return_sequences: bool = False,
+                 name: Optional[str] = None) -> None:
         super().__init__(units, return_sequences, name)
         self.activation = rnn_activation_name(activation)
 
@@ -862,7 +890,7 @@ class LSTM(_Recurrent):
     kernel = "lstm"
     gates = 4
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         super().init_params(backend, rng)
         self.params["b"][self.units:2 * self.units] = 1
 
@@ -887,23 +915,23 @@ class Embedding(Layer):
     kind = "Embedding"
     input_dtype = np.dtype(np.int64)
 
-    def __init__(self, input_dim, output_dim, name=None):
+    def __init__(self, input_dim: Optional[int], output_dim: int, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.input_dim = chk.integer(input_dim, "input_dim", low=1)
         self.output_dim = chk.integer(output_dim, "output_dim", low=1)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
             raise ValueError("Embedding needs one sequence of tokens (T,) per sample")
         return input_shape + (self.output_dim,)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         return [("W", (self.input_dim, self.output_dim), "weight")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         self.params["W"][...] = rng.standard_normal((self.input_dim, self.output_dim))
 
-    def check_input(self, X, name):
+    def check_input(self, X: Array, name: str) -> Array:
         """X as a C-contiguous int64 array of tokens in [0, input_dim)."""
         if X.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer tokens for an Embedding, got dtype {X.dtype}")
@@ -913,23 +941,23 @@ class Embedding(Layer):
                              f"Embedding of input_dim {self.input_dim}")
         return np.ascontiguousarray(X, dtype=np.int64)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, T) tokens -> y (N, T, D)
         y = buffer(ws, "y", x.shape + (self.output_dim,), self.dtype)
         backend.fast.embedding_forward(x, self.params["W"], out=y)
         ws["x"] = x
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         # dW (input_dim, output_dim): the scatter-add of dy (N, T, D) over the tokens
         W = self.params["W"]
         backend.fast.embedding_backward(dy, ws["x"], W.shape, dW=self.grads["W"])
         return None
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "input_dim": self.input_dim, "output_dim": self.output_dim}
 
 
-for _layer in (SimpleRNN, LSTM, GRU, Embedding):
-    register_layer(_layer)
+for _layer in (SimpleRNN, LSTM, GRU, Embedding):  # type: ignore[assignment]
+    register_layer(_layer)  # type: ignore[misc]
 del _layer

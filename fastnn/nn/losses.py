@@ -8,9 +8,14 @@ A loss also validates and converts the targets once per dataset (`targets`),
 so the training loop only slices ready arrays.
 """
 
+from __future__ import annotations
+
+from typing import Optional, Union
+
 import numpy as np
 from scipy.special import expit, xlogy
 
+from .._types import Array, Backend, Config, DTypeLike
 from ..backends import _checks as chk
 
 
@@ -70,28 +75,31 @@ class Loss:
     link = "identity"  # activation that maps raw outputs to predictions
     classifier = False  # whether accuracy is a meaningful metric
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         return _columns(y, "y", n_samples, n_outputs, dtype)
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         """Number of correct predictions in a batch (classification losses)."""
         raise NotImplementedError
 
-    def apply_link(self, backend, raw, out):
+    def apply_link(self, backend: Backend, raw: Array, out: Array) -> Array:
         """Predictions from raw outputs (N, K): the link activation, into out."""
         backend.activation_forward(raw, self.link, out=out)
         return out
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         """The loss value (a float), its gradient written into grad, computed with
         `kernels` (a backend or its `fast` face)."""
         raise NotImplementedError(f"{type(self).__name__} defines no kernel(kernels, output, targets, "
                                   "sample_weight, grad)")
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
+    def __call__(self, backend: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+                 grad: Array) -> float:
         return self.kernel(backend, output, targets, sample_weight, grad)
 
-    def checked_call(self, backend, output, targets, sample_weight, grad):
+    def checked_call(self, backend: Backend, output: Array, targets: Array,
+                     sample_weight: Optional[Array], grad: Array) -> float:
         """`__call__` for arguments the model has already checked: output and grad
         C-contiguous (N, K) workspaces of one float dtype, targets from `targets`
         (sliced or gathered into C-contiguous arrays), sample_weight None or (N,)
@@ -101,7 +109,7 @@ class Loss:
             return self(backend, output, targets, sample_weight, grad)
         return self.kernel(backend.fast, output, targets, sample_weight, grad)
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name}
 
     def __repr__(self):
@@ -116,7 +124,7 @@ class SoftmaxCrossEntropy(Loss):
     link = "softmax"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         if n_outputs < 2:
             raise ValueError("softmax cross-entropy needs a last layer with at least 2 outputs; "
                              "for one output use binary_crossentropy")
@@ -131,10 +139,11 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("y holds negative class probabilities")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         return int(np.count_nonzero(output.argmax(axis=1) == labels))
 
@@ -147,16 +156,17 @@ class BinaryCrossEntropy(Loss):
     link = "logistic"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         t = _columns(y, "y", n_samples, n_outputs, dtype)
         if t.size and (t.min() < 0 or t.max() > 1):
             raise ValueError("y of a binary cross-entropy must lie in [0, 1] (0/1 labels or probabilities)")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         # per-sample fraction of outputs on the right side of 0.5
         hits = np.count_nonzero((output > 0) == (targets > 0.5))
         return hits / output.shape[1]
@@ -167,7 +177,8 @@ class SquaredError(Loss):
 
     name = "mse"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.squared_error(output, targets, sample_weight, grad=grad)[0]
 
 
@@ -176,7 +187,8 @@ class AbsoluteError(Loss):
 
     name = "mae"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.absolute_error(output, targets, sample_weight, grad=grad)[0]
 
 
@@ -185,13 +197,14 @@ class Huber(Loss):
 
     name = "huber"
 
-    def __init__(self, delta=1.0):
+    def __init__(self, delta: float = 1.0) -> None:
         self.delta = chk.real(delta, "delta", low=0, low_open=True)
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "delta": self.delta}
 
     def __repr__(self):
@@ -205,7 +218,7 @@ class Hinge(Loss):
     name = "hinge"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         y = _as_array(y, "y")
         if y.ndim == 1 and n_outputs > 1:
             labels = _integer_labels(y, "y", n_samples, n_outputs)
@@ -220,10 +233,11 @@ class Hinge(Loss):
             raise ValueError("y of the hinge loss must be -1/+1 or 0/1 per output")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.hinge(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         if output.shape[1] > 1:  # one-vs-rest: the highest score is the class
             return int(np.count_nonzero(output.argmax(axis=1) == targets.argmax(axis=1)))
         return int(np.count_nonzero((output > 0) == (targets > 0)))
@@ -254,14 +268,15 @@ class _ClippedLogLoss:
     """Mixin: the value of scikit-learn's log loss (probabilities clipped to
     [eps, 1 - eps]); the gradient is the unclipped one, as scikit-learn's."""
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
-        loss = super().kernel(kernels, output, targets, sample_weight, grad)
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
+        loss = super().kernel(kernels, output, targets, sample_weight, grad)  # type: ignore[misc]
         # Unweighted, grad is (p - target) / N, and the clip can matter only where a
         # probability is within eps of the wrong end: |p - target| >= 1 - eps (4 eps
         # for rounding); with weights, or then, the clipped value is computed.
         eps = np.finfo(output.dtype).eps
         if sample_weight is not None or np.abs(grad).max() * output.shape[0] >= 1 - 4 * eps:
-            loss = clipped_log_loss(output, targets, sample_weight, self.link)
+            loss = clipped_log_loss(output, targets, sample_weight, self.link)  # type: ignore[attr-defined]
         return loss
 
 
@@ -286,7 +301,8 @@ class SquaredLoss(SquaredError):
 
     name = "squared_loss"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return super().kernel(kernels, output, targets, sample_weight, grad) / output.shape[1]
 
 
@@ -298,13 +314,14 @@ class PoissonLoss(Loss):
     name = "poisson"
     link = "exp"
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         t = _columns(y, "y", n_samples, n_outputs, dtype)
         if t.size and t.min() < 0:
             raise ValueError("y of the Poisson loss must be >= 0")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         # NumPy only (no kernel of the catalogue): (N, K) t log(t / pred) - t + pred with pred = exp(output)
         pred = np.exp(output)
         per_elem = xlogy(targets, targets) - targets * output - targets + pred
@@ -313,7 +330,7 @@ class PoissonLoss(Loss):
         np.multiply(pred - targets, scale[:, None], out=grad, casting="unsafe")
         return float((per_elem.sum(axis=1) * scale).sum())
 
-    def apply_link(self, backend, raw, out):
+    def apply_link(self, backend: Backend, raw: Array, out: Array) -> Array:
         np.exp(raw, out=out)
         return out
 
@@ -340,7 +357,7 @@ LOSSES = {
 }
 
 
-def get_loss(loss):
+def get_loss(loss: Union[str, Loss]) -> Loss:
     """A Loss from a name (see LOSSES) or a Loss instance."""
     if isinstance(loss, Loss):
         return loss

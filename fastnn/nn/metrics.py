@@ -17,13 +17,20 @@ sums for the errors and R^2, and for AUC the scores of every batch kept for the
 epoch (N floats) and ranked once at its end.
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from typing import TYPE_CHECKING, Any, Callable, List, Union
 
 import numpy as np
 from scipy.stats import rankdata
 
+from .._types import Array, Config
 from ..backends import _checks as chk
+
+if TYPE_CHECKING:  # for annotations only
+    from .losses import Loss
 
 
 class Metric:
@@ -35,29 +42,29 @@ class Metric:
     name = "metric"
     classification = True
 
-    def fresh(self):
+    def fresh(self) -> Metric:
         """A copy with empty sums (one per training run or evaluation)."""
         metric = copy.copy(self)
         metric.reset()
         return metric
 
-    def reset(self):
+    def reset(self) -> None:
         raise NotImplementedError
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         """Add a batch: output (N, K) raw outputs, targets as Loss.targets gives them."""
         raise NotImplementedError
 
-    def result(self):
+    def result(self) -> float:
         raise NotImplementedError
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         """A ValueError when the metric does not apply to this loss and output width."""
         if self.classification != loss.classifier:
             what = "a classification" if self.classification else "a regression"
             raise ValueError(f"the {self.name} metric needs {what} loss, got {loss.name}")
 
-    def config(self):
+    def config(self) -> Union[str, Config]:
         """The metric as saved: its name, or a dict with its options."""
         return self.name
 
@@ -106,14 +113,14 @@ class Accuracy(Metric):
 
     name = "accuracy"
 
-    def reset(self):
+    def reset(self) -> None:
         self.correct = self.seen = 0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         self.correct += loss.correct(output, targets)
         self.seen += output.shape[0]
 
-    def result(self):
+    def result(self) -> float:
         return self.correct / self.seen
 
 
@@ -123,19 +130,19 @@ class TopKAccuracy(Metric):
 
     name = "top_k_accuracy"
 
-    def __init__(self, k=5):
+    def __init__(self, k: int = 5) -> None:
         self.k = chk.integer(k, "k", low=1)
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         if n_outputs < 2:
             raise ValueError("the top_k_accuracy metric needs one output per class (at least 2)")
         single_label(self, loss, n_outputs)
 
-    def reset(self):
+    def reset(self) -> None:
         self.correct = self.seen = 0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         true = targets if targets.ndim == 1 else targets.argmax(axis=1)
         true_score = output[np.arange(output.shape[0]), true]
         # the true class is in the top k when fewer than k outputs beat it
@@ -143,10 +150,10 @@ class TopKAccuracy(Metric):
         self.correct += int(np.count_nonzero(above < self.k))
         self.seen += output.shape[0]
 
-    def result(self):
+    def result(self) -> float:
         return self.correct / self.seen
 
-    def config(self):
+    def config(self) -> Union[str, Config]:
         return {"name": self.name, "k": self.k}
 
     def __repr__(self):
@@ -161,26 +168,31 @@ class _Confusion(Metric):
     classes, macro for more. A 0/0 ratio counts as 0 (scikit-learn's
     zero_division default)."""
 
-    def __init__(self, average="auto"):
+    # declared for the checker: the counts summed so far (None before the first batch), and the
+    # score per class each subclass defines
+    counts: Any
+    per_class: Callable[[Array, Array, Array], Array]
+
+    def __init__(self, average: str = "auto") -> None:
         self.average = chk.choice(average, "average", ("auto", "binary", "macro"))
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         single_label(self, loss, n_outputs)
         if self.average == "binary" and n_classes(loss, n_outputs) != 2:
             raise ValueError(f"average='binary' needs two classes; this model has {n_outputs}: "
                              "use average='macro'")
 
-    def reset(self):
+    def reset(self) -> None:
         self.counts = None
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         c = n_classes(loss, output.shape[1])
         true, pred = class_indices(loss, output, targets)
         counts = np.bincount(true * c + pred, minlength=c * c).reshape(c, c)
         self.counts = counts if self.counts is None else self.counts + counts
 
-    def result(self):
+    def result(self) -> float:
         counts = self.counts
         tp = np.diag(counts).astype(np.float64)
         predicted, actual = counts.sum(axis=0), counts.sum(axis=1)
@@ -194,7 +206,7 @@ class _Confusion(Metric):
     def _ratio(num, den):
         return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
-    def config(self):
+    def config(self) -> Union[str, Config]:
         return self.name if self.average == "auto" else {"name": self.name, "average": self.average}
 
     def __repr__(self):
@@ -204,21 +216,21 @@ class _Confusion(Metric):
 class Precision(_Confusion):
     name = "precision"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
         return self._ratio(tp, tp + fp)
 
 
 class Recall(_Confusion):
     name = "recall"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
         return self._ratio(tp, tp + fn)
 
 
 class F1(_Confusion):
     name = "f1"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
         return self._ratio(2 * tp, 2 * tp + fp + fn)
 
 
@@ -230,23 +242,25 @@ class AUC(Metric):
     one class was seen."""
 
     name = "auc"
+    scores: List[Array]
+    labels: List[Array]
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         single_label(self, loss, n_outputs)
         if n_classes(loss, n_outputs) != 2:
             raise ValueError(f"the auc metric is binary; this model has {n_outputs} classes")
 
-    def reset(self):
+    def reset(self) -> None:
         self.scores, self.labels = [], []
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         true, _ = class_indices(loss, output, targets)
         score = output[:, 0] if output.shape[1] == 1 else output[:, 1] - output[:, 0]
         self.scores.append(np.array(score, np.float64))
         self.labels.append(true.astype(bool))
 
-    def result(self):
+    def result(self) -> float:
         scores, positive = np.concatenate(self.scores), np.concatenate(self.labels)
         n_pos = int(positive.sum())
         n_neg = positive.size - n_pos
@@ -264,11 +278,11 @@ class _Moments(Metric):
 
     classification = False
 
-    def reset(self):
+    def reset(self) -> None:
         self.n = 0
         self.abs_err = self.sq_err = self.mean = self.m2 = 0.0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         pred = predictions(loss, output)
         err = pred - targets  # (N, K)
         n = output.shape[0]
@@ -289,14 +303,14 @@ class MeanAbsoluteError(_Moments):
 
     name = "mae"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(self.abs_err / self.n))
 
 
 class MeanSquaredError(_Moments):
     name = "mse"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(self.sq_err / self.n))
 
 
@@ -305,7 +319,7 @@ class RootMeanSquaredError(_Moments):
 
     name = "rmse"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(np.sqrt(self.sq_err / self.n)))
 
 
@@ -315,7 +329,7 @@ class R2(_Moments):
 
     name = "r2"
 
-    def result(self):
+    def result(self) -> float:
         ss_res, ss_tot = np.atleast_1d(self.sq_err), np.atleast_1d(self.m2)
         constant = np.where(ss_res == 0, 1.0, 0.0)
         scores = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), constant)
@@ -334,7 +348,7 @@ METRICS = {
 }
 
 
-def get_metric(metric):
+def get_metric(metric: Union[str, Config, Metric]) -> Metric:
     """A Metric from a name (see METRICS), a saved config dict or a Metric."""
     if isinstance(metric, Metric):
         return metric

@@ -23,16 +23,21 @@ are kept per batch shape, so a training step allocates no arrays after the first
 step at that batch shape.
 """
 
+from __future__ import annotations
+
 import collections
 import inspect
 import math
+import os
 import re
 import time
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import backends
+from .._types import Array, ArrayLike, Backend, Config, DTypeLike, RandomState, Shape
 from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
 from . import layout, saving, training
@@ -56,6 +61,12 @@ from .metrics import Accuracy, get_metric
 from .optimizers import get_optimizer, optimizer_from_config
 from .residual import Residual  # noqa: F401  (registers the Residual layer kind)
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
+
+if TYPE_CHECKING:  # for annotations only
+    from .callbacks import Callback
+    from .losses import Loss
+    from .metrics import Metric
+    from .optimizers import Optimizer
 
 PREDICT_BATCH = 2048  # rows per chunk in predict/evaluate: large enough for efficient GEMMs
 MAX_WORKSPACES = 6  # batch shapes whose buffers are kept (training uses two: full and last batch)
@@ -102,9 +113,24 @@ class Sequential:
     (2, 3)
     """
 
-    def __init__(self, layers=(), *, loss=None, optimizer="adam", l2=0.0, penalty_per_sample=False,
-                 metrics=None, seed=None, backend=None, dtype=np.float32, input_shape=None, input_dim=None):
-        self.layers = []
+    # declared for the checker: None until compile, build or fit sets them
+    loss: Optional[Loss]
+    optimizer: Optional[Optimizer]
+    metrics: Optional[List[Metric]]
+    history: Optional[History]
+    classes_: Optional[Array]
+    input_shape: Optional[Shape]
+    _trainable_flags: Optional[Tuple[bool, ...]]
+    _workspaces: Dict[Any, Any]
+
+    def __init__(self, layers: Sequence[Layer] = (), *, loss: Union[str, Loss, None] = None,
+                 optimizer: Union[str, Optimizer, None] = "adam", l2: Optional[float] = 0.0,
+                 penalty_per_sample: Optional[bool] = False,
+                 metrics: Optional[Sequence[Union[str, Metric]]] = None, seed: Optional[int] = None,
+                 backend: Union[str, Backend, None] = None, dtype: DTypeLike = np.float32,
+                 input_shape: Union[int, Sequence[int], None] = None,
+                 input_dim: Optional[int] = None) -> None:
+        self.layers = []  # type: ignore[var-annotated]
         self.built = False
         for layer in layers:
             self.add(layer)
@@ -134,7 +160,7 @@ class Sequential:
             self.build(input_shape)
 
     # --------------------------------------------------------------- definition
-    def add(self, layer):
+    def add(self, layer: Layer) -> Sequential:
         """Append a layer (before the model is built). A layer of another, built
         model is copied (layers hold views into their model's buffers): the copy
         has its options, name, trainable flag and current parameter and state
@@ -174,7 +200,9 @@ class Sequential:
                 raise ValueError(f"the model already has a layer named {part.name!r}")
             taken.add(part.name)
 
-    def compile(self, optimizer=None, loss=None, metrics=None, l2=None, penalty_per_sample=None):
+    def compile(self, optimizer: Union[str, Optimizer, None] = None, loss: Union[str, Loss, None] = None,
+                metrics: Optional[Sequence[Union[str, Metric]]] = None, l2: Optional[float] = None,
+                penalty_per_sample: Optional[bool] = None) -> Sequential:
         """Set (only) the given training options; returns the model.
         metrics: None for the default (accuracy for classification losses), or a
         list of metric names or fastnn.nn.metrics objects: 'accuracy',
@@ -194,7 +222,7 @@ class Sequential:
             names = [m.name for m in metrics]
             if len(set(names)) != len(names):
                 raise ValueError(f"metrics has two entries named alike: {names}")
-            self.metrics = metrics
+            self.metrics = metrics  # type: ignore[assignment]
         if self.metrics and self.loss is not None:
             for metric in self.metrics:
                 if metric.classification != self.loss.classifier:
@@ -208,7 +236,7 @@ class Sequential:
         self._link_layers()
         return self
 
-    def set_backend(self, backend):
+    def set_backend(self, backend: Union[str, Backend, None]) -> None:
         """Run on `backend` (a name or backend object; None: the current backend at
         each call). Results do not change, to the backends' tolerance."""
         if backend is not None and not isinstance(backend, NumpyBackend):
@@ -216,7 +244,7 @@ class Sequential:
         self._backend = backend
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
         return backends.get_backend(self._backend)
 
     def _new_metrics(self):
@@ -225,9 +253,9 @@ class Sequential:
         if self.metrics is None:
             metrics = [Accuracy()] if self.loss is not None and self.loss.classifier else []
         else:
-            metrics = self.metrics
+            metrics = self.metrics  # type: ignore[assignment]
         for metric in metrics:
-            metric.check(self.loss, self.output_dim)
+            metric.check(self.loss, self.output_dim)  # type: ignore[arg-type]
         return [metric.fresh() for metric in metrics]
 
     def _link_layers(self):
@@ -247,7 +275,7 @@ class Sequential:
             if getattr(last, "activation", None) == link:
                 last.run_activation = "identity"
 
-    def build(self, input_shape, rng=None):
+    def build(self, input_shape: Union[int, Sequence[int]], rng: Optional[RandomState] = None) -> Sequential:
         """Fix the per-sample input shape (an int n means (n,)), lay out the flat
         buffers and initialise the parameters: from the model's seed, or from
         `rng` (a numpy Generator or RandomState, drawn layer by layer in order)."""
@@ -297,7 +325,7 @@ class Sequential:
         names = [layer.name for layer in self._walk()]
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique within the model, got {names}")
-        self.input_shape, self.output_shape = input_shape, shape
+        self.input_shape, self.output_shape = input_shape, shape  # type: ignore[assignment]
         # which (sub-)layer owns each tensor of the layout, and its gradient's flat view
         owners = {(i, name): (owner, own) for i, layer in enumerate(self.layers)
                   for name, owner, own in layer.tensor_owners()}
@@ -325,7 +353,7 @@ class Sequential:
             layer.set_frozen(False)
         self._first_trained = first_training(self.layers)
         frozen = [owner.frozen for owner, _ in self._owners]
-        runs = []
+        runs = []  # type: ignore[var-annotated]
         for s, f in zip(self._slots, frozen):
             if f:
                 continue
@@ -339,23 +367,23 @@ class Sequential:
             g[...] = 0
 
     @property
-    def input_dim(self):
+    def input_dim(self) -> Optional[int]:
         """The input width of a model over flat inputs (None for other shapes)."""
         self._require_built()
-        return self.input_shape[0] if len(self.input_shape) == 1 else None
+        return self.input_shape[0] if len(self.input_shape) == 1 else None  # type: ignore[arg-type, index]
 
     @property
-    def output_dim(self):
+    def output_dim(self) -> int:
         self._require_built()
-        return math.prod(self.output_shape)
+        return math.prod(self.output_shape)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------- flat buffers
-    def get_flat_params(self):
+    def get_flat_params(self) -> Array:
         """The parameter buffer itself (a view: writing to it changes the model)."""
         self._require_built()
         return self._params
 
-    def set_flat_params(self, values):
+    def set_flat_params(self, values: ArrayLike) -> None:
         """Copy `values` (any float dtype, shape (n_params,)) into the parameter buffer."""
         self._require_built()
         values = np.asarray(values)
@@ -365,13 +393,13 @@ class Sequential:
             raise ValueError("values contains NaN or infinity")
         np.copyto(self._params, values, casting="same_kind")
 
-    def get_flat_state(self):
+    def get_flat_state(self) -> Array:
         """The non-trained state buffer (batch-norm running statistics), a view."""
         self._require_built()
         return self._state
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         self._require_built()
         return self._params.size
 
@@ -379,7 +407,7 @@ class Sequential:
         if not self.built:
             raise ValueError("the model is not built yet: call fit, predict or build(input_shape) first")
 
-    def astype(self, dtype):
+    def astype(self, dtype: DTypeLike) -> Sequential:
         """A copy of the model computing in `dtype` (float32 or float64): the same
         layers, parameters and state, cast; a fresh optimizer state."""
         self._require_built()
@@ -390,7 +418,7 @@ class Sequential:
                            optimizer=optimizer_from_config(self.optimizer.config()), l2=self.l2,
                            penalty_per_sample=self.penalty_per_sample, metrics=self.metrics, seed=self.seed,
                            backend=self._backend, dtype=dtype)
-        model.build(self.input_shape)
+        model.build(self.input_shape)  # type: ignore[arg-type]
         model._params[...] = self._params
         model._state[...] = self._state
         model._passes = self._passes
@@ -415,9 +443,9 @@ class Sequential:
         if 0 in X.shape[1:]:
             raise ValueError(f"{name} has 0 features (shape {X.shape})")
         if self.built and X.shape[1:] != self.input_shape:
-            if X.ndim == 2 and len(self.input_shape) == 1:
+            if X.ndim == 2 and len(self.input_shape) == 1:  # type: ignore[arg-type]
                 raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
-                                 f"{self.input_shape[0]}")
+                                 f"{self.input_shape[0]}")  # type: ignore[index]
             raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
                              f"{self.input_shape}")
         first = self.layers[0] if self.layers else None
@@ -460,7 +488,7 @@ class Sequential:
             raise ValueError("the model has no loss: pass loss=... to Sequential or compile")
         X = self._check_X(X, name)
         n = X.shape[0]
-        if len(self.output_shape) != 1:
+        if len(self.output_shape) != 1:  # type: ignore[arg-type]
             raise ValueError(f"the losses take one vector per sample, but the model's outputs have shape "
                              f"{self.output_shape}; end the model with Flatten or a Dense over flat inputs")
         if np.ndim(y) == 0 or len(y) != n:
@@ -591,9 +619,9 @@ class Sequential:
         if ws is None:
             ws = self._workspaces[batch_shape] = ([{} for _ in self.layers], {})
             if len(self._workspaces) > MAX_WORKSPACES:
-                self._workspaces.popitem(last=False)
+                self._workspaces.popitem(last=False)  # type: ignore[call-arg]
         else:
-            self._workspaces.move_to_end(batch_shape)
+            self._workspaces.move_to_end(batch_shape)  # type: ignore[attr-defined]
         return ws
 
     # ------------------------------------------------------------------ passes
@@ -677,9 +705,9 @@ class Sequential:
         if fold:
             self.optimizer.step(backend, self._params, self._grads, x.shape[0],
                                 l2=self._penalties[0][2] * self._penalty_scale(batch_weight),
-                                l2_size=self.n_weights, runs=self._runs, tensors=self._tensor_grads)
+                                l2_size=self.n_weights, runs=self._runs, tensors=self._tensor_grads)  # type: ignore[arg-type]
         else:
-            self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,
+            self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,  # type: ignore[arg-type]
                                 tensors=self._tensor_grads)
         return loss
 
@@ -695,7 +723,8 @@ class Sequential:
         self._release_inputs()
 
     # -------------------------------------------------------------- training API
-    def train_step(self, X_batch, y_batch, sample_weight=None):
+    def train_step(self, X_batch: ArrayLike, y_batch: ArrayLike,
+                   sample_weight: Optional[ArrayLike] = None) -> float:
         """One optimizer step on one batch; returns its loss (penalties included).
         Raises TrainingDivergedError, without updating, when the loss is not finite."""
         x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True)
@@ -709,7 +738,8 @@ class Sequential:
                                         f"{self.optimizer.t + 1}; the parameters were not updated",
                                         step=self.optimizer.t + 1) from None
 
-    def loss_and_gradient(self, X, y, sample_weight=None, out=None):
+    def loss_and_gradient(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                          out: Optional[Array] = None) -> Tuple[float, Array]:
         """(loss, gradient) of the training objective on all of (X, y) at the current
         parameters: loss includes the penalties; the gradient has the layout of
         get_flat_params(). Training-mode forward (dropout on, batch statistics), but
@@ -739,8 +769,12 @@ class Sequential:
         np.copyto(out, self._grads, casting="same_kind")
         return loss, out
 
-    def fit(self, X, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, seed=None, callbacks=None, verbose=1, sample_weight=None, class_weight=None):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: Optional[int] = 32,
+            validation_split: float = 0.0, validation_data: Optional[Tuple[ArrayLike, ...]] = None,
+            shuffle: bool = True, seed: Union[int, Sequence[int], None] = None,
+            callbacks: Optional[Sequence[Callback]] = None, verbose: int = 1,
+            sample_weight: Optional[ArrayLike] = None,
+            class_weight: Union[Dict[Any, float], Literal["balanced"], None] = None) -> History:
         """Train; returns the History (also kept as model.history).
 
         y: targets in the loss's form; for a classifier with one label per
@@ -788,8 +822,8 @@ class Sequential:
                 if n_train < 1 or n_train == X.shape[0]:
                     raise ValueError(f"validation_split={split} leaves {n_train} of {X.shape[0]} samples for "
                                      "training; both parts must be non-empty")
-                val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])
-                X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]
+                val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])  # type: ignore[index]
+                X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]  # type: ignore[index]
                 for part, weights in (("training", w), ("validation", val[2])):
                     if weights is not None and weights.sum() <= 0:
                         raise ValueError(f"the sample weights of the {part} part of validation_split "
@@ -828,14 +862,14 @@ class Sequential:
             callbacks.on_epoch_begin(epoch - 1, {})
             np.copyto(snapshot, self._params)
             if shuffle:
-                rng.shuffle(order)
+                rng.shuffle(order)  # type: ignore[arg-type]
             for metric in metrics:
                 metric.reset()
             try:
                 result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close,
                                               metrics, callbacks.batch_hooks)
             except TrainingDivergedError as exc:
-                callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})
+                callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})  # type: ignore[operator]
                 if not self.stop_training:
                     raise
                 break
@@ -875,7 +909,7 @@ class Sequential:
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
         backend = self.backend
         apply_link = link and self.loss is not None and self.loss.link != "identity"
-        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)
+        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)  # type: ignore[operator]
         mode = Pass(training=False)
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
@@ -888,23 +922,23 @@ class Sequential:
         self._release_inputs()
         return result
 
-    def predict(self, X, batch_size=None):
+    def predict(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
         """Predictions, ``(N, *output_shape)``: class probabilities for the cross-entropy
         losses (softmax / sigmoid applied), the loss's inverse link for the others
         (exp for Poisson), raw outputs without a loss."""
         return self._outputs(X, batch_size, link=True)
 
-    def predict_raw(self, X, batch_size=None):
+    def predict_raw(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
         """The last layer's outputs without the loss's link (logits), ``(N, *output_shape)``."""
         return self._outputs(X, batch_size, link=False)
 
-    def predict_proba(self, X, batch_size=None):
+    def predict_proba(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
         """Class probabilities (N, C) of a model trained with a cross-entropy loss."""
         if self.loss is None or self.loss.link not in ("softmax", "logistic"):
             raise TypeError("predict_proba needs a cross-entropy loss (softmax or sigmoid outputs)")
         return self.predict(X, batch_size)
 
-    def predict_classes(self, X, batch_size=None):
+    def predict_classes(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
         """Class labels: argmax for several outputs, output > 0 (probability > 0.5)
         for one output, as the labels the model was fitted with (``classes_``; class
         indices before a fit); 0/1 per output for multilabel models."""
@@ -920,11 +954,12 @@ class Sequential:
             labels = raw.argmax(axis=1)
         return labels if self.classes_ is None else self.classes_[labels]
 
-    def evaluate(self, X, y, sample_weight=None, batch_size=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                 batch_size: Optional[int] = None) -> Dict[str, float]:
         """{'loss': ..., and the model's metrics by name} on (X, y) in inference
         mode, each exact over all of (X, y); the loss includes the penalties, as
         in training. Metrics ignore sample_weight (see fastnn.nn.metrics)."""
-        return self._evaluate(*self._check_data(X, y, sample_weight), batch_size=batch_size)
+        return self._evaluate(*self._check_data(X, y, sample_weight), batch_size=batch_size)  # type: ignore[misc]
 
     def _evaluate(self, X, t, w, batch_size=None):
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
@@ -956,14 +991,14 @@ class Sequential:
         return logs
 
     # ------------------------------------------------------------------ summary
-    def summary(self):
+    def summary(self) -> None:
         """Print a table of the layers: name, kind and options, output shape,
         parameter count and whether they train, with the trainable and
         non-trainable totals (as Keras's summary). Returns None; the text is
         summary_str()."""
         print(self.summary_str())
 
-    def summary_str(self):
+    def summary_str(self) -> str:
         """The table summary() prints, as a string."""
         if self.built:
             self._refresh_trainable()
@@ -988,14 +1023,14 @@ class Sequential:
         lines.append(rule)
         if self.built:
             trainable = sum(s.size for s, (owner, _) in zip(self._slots, self._owners) if not owner.frozen)
-            lines += [f"Input shape: (None, {', '.join(map(str, self.input_shape))}), {self.dtype.name}",
+            lines += [f"Input shape: (None, {', '.join(map(str, self.input_shape))}), {self.dtype.name}",  # type: ignore[arg-type]
                       f"Total params: {self._params.size}", f"Trainable params: {trainable}",
                       f"Non-trainable params: {self._params.size - trainable}"]
         else:
             lines.append("Not built yet: parameters are counted once the input shape is known")
         return "\n".join(lines)
 
-    def gradients(self):
+    def gradients(self) -> Dict[str, Array]:
         """{'layer_name/param': gradient} from the last train_step, fit step or
         loss_and_gradient: read-only views of the gradient buffer (they change
         with the next step; copy them to keep). The gradient is what the
@@ -1015,11 +1050,11 @@ class Sequential:
         return f"Sequential([{', '.join(map(repr, self.layers))}], loss={self.loss!r})"
 
     # ------------------------------------------------------------ save and load
-    def describe(self):
+    def describe(self) -> Config:
         """The model's description as a JSON-able dict (everything but the arrays)."""
         return saving.describe(self)
 
-    def save(self, path):
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write the model to `path` (exactly that name, or an open binary file) as
         a .npz archive: the flat parameter and state buffers, the optimizer's state buffers and a JSON
         description stored as a string array. No pickle."""
@@ -1062,7 +1097,7 @@ def _kind_and_options(layer):
     return f"{layer.kind}({', '.join(parts)})"
 
 
-def load(path, backend=None):
+def load(path: Union[str, os.PathLike[str]], backend: Union[str, Backend, None] = None) -> Sequential:
     """Read a model written by Sequential.save (see fastnn.nn.saving). A file that
     is not such a model (foreign, corrupted, truncated, invalid values) raises
     ValueError."""

@@ -20,10 +20,14 @@ that write their own loop around `Sequential.train_step` call
 `optimizer.end_epoch(loss)` themselves).
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
 
+from .._types import Array, ArrayLike, Backend, Config
 from ..backends import _checks as chk
 
 
@@ -33,19 +37,19 @@ class Schedule:
 
     name = "constant"
 
-    def reset(self, lr0):
+    def reset(self, lr0: float) -> None:
         """Start from the initial rate lr0 (called when the optimizer is bound)."""
         self.lr0 = self.lr = lr0
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         """Rate for optimizer step t (1-based)."""
         return self.lr
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         """Update after epoch `epoch` (1-based). Returns True to ask training to stop."""
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name}
 
     def __repr__(self):
@@ -59,19 +63,19 @@ class InverseScaling(Schedule):
 
     name = "invscaling"
 
-    def __init__(self, power_t=0.5, per="epoch"):
+    def __init__(self, power_t: float = 0.5, per: Literal["epoch", "step"] = "epoch") -> None:
         self.power_t = chk.real(power_t, "power_t", low=0)
         self.per = chk.choice(per, "per", ("epoch", "step"))
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         return self.lr0 / t**self.power_t if self.per == "step" else self.lr
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         if self.per == "epoch":
             self.lr = self.lr0 / (samples_seen + 1) ** self.power_t
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "power_t": self.power_t, "per": self.per}
 
 
@@ -80,15 +84,15 @@ class StepDecay(Schedule):
 
     name = "step"
 
-    def __init__(self, step_size=10, gamma=0.1):
+    def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
         self.step_size = chk.integer(step_size, "step_size", low=1)
         self.gamma = chk.real(gamma, "gamma", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         self.lr = self.lr0 * self.gamma ** (epoch // self.step_size)
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
 
 
@@ -97,14 +101,14 @@ class ExponentialDecay(Schedule):
 
     name = "exponential"
 
-    def __init__(self, gamma=0.95):
+    def __init__(self, gamma: float = 0.95) -> None:
         self.gamma = chk.real(gamma, "gamma", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         self.lr = self.lr0 * self.gamma**epoch
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "gamma": self.gamma}
 
 
@@ -113,16 +117,16 @@ class CosineDecay(Schedule):
 
     name = "cosine"
 
-    def __init__(self, epochs, min_lr=0.0):
+    def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
         self.epochs = chk.integer(epochs, "epochs", low=1)
         self.min_lr = chk.real(min_lr, "min_lr", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         progress = min(epoch, self.epochs) / self.epochs
         self.lr = self.min_lr + (self.lr0 - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "epochs": self.epochs, "min_lr": self.min_lr}
 
 
@@ -138,7 +142,8 @@ class ReduceOnPlateau(Schedule):
 
     name = "plateau"
 
-    def __init__(self, factor=0.1, patience=10, tol=1e-4, min_lr=0.0, stop_at_min_lr=False):
+    def __init__(self, factor: float = 0.1, patience: int = 10, tol: float = 1e-4, min_lr: float = 0.0,
+                 stop_at_min_lr: bool = False) -> None:
         self.factor = chk.real(factor, "factor", 0, 1, low_open=True, high_open=True)
         self.patience = chk.integer(patience, "patience", low=0)
         self.tol = chk.real(tol, "tol", low=0)
@@ -146,15 +151,15 @@ class ReduceOnPlateau(Schedule):
         self.stop_at_min_lr = bool(stop_at_min_lr)
 
     @classmethod
-    def adaptive(cls, patience=2):
+    def adaptive(cls, patience: int = 2) -> ReduceOnPlateau:
         return cls(factor=0.2, patience=patience, tol=1e-4, min_lr=1e-6, stop_at_min_lr=True)
 
-    def reset(self, lr0):
+    def reset(self, lr0: float) -> None:
         super().reset(lr0)
         self.best = math.inf
         self.bad_epochs = 0
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         if loss is None:
             return False
         self.bad_epochs = self.bad_epochs + 1 if loss > self.best - self.tol else 0
@@ -168,16 +173,17 @@ class ReduceOnPlateau(Schedule):
                 self.lr = max(self.lr, self.min_lr)
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "factor": self.factor, "patience": self.patience, "tol": self.tol,
                 "min_lr": self.min_lr, "stop_at_min_lr": self.stop_at_min_lr}
 
 
-SCHEDULES = {cls.name: cls for cls in (Schedule, InverseScaling, StepDecay, ExponentialDecay,
-                                       CosineDecay, ReduceOnPlateau)}
+SCHEDULES: Dict[str, Type[Schedule]] = {
+    cls.name: cls
+    for cls in (Schedule, InverseScaling, StepDecay, ExponentialDecay, CosineDecay, ReduceOnPlateau)}
 
 
-def get_schedule(schedule):
+def get_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
     """A Schedule from None (constant), a name, or a Schedule instance."""
     if schedule is None:
         return Schedule()
@@ -227,7 +233,13 @@ class Optimizer:
     the step)."""
 
     name = "optimizer"
-    state_names = ()
+    state_names: Tuple[str, ...] = ()
+    # declared for the checker: set by subclasses, __init__, bind and _split
+    _options: Tuple[str, ...]
+    _step: Callable[..., None]
+    state: Dict[str, Array]
+    _params: Optional[Array]
+    _parts: Any
     weight_decay = 0.0
     # decoupled_weight_decay: weight_decay shrinks the parameters, params *= 1 - lr
     # * weight_decay, before each step (Loshchilov and Hutter's decoupled decay,
@@ -238,13 +250,15 @@ class Optimizer:
     kernel_decouples = False
 
     @property
-    def couples_l2(self):
+    def couples_l2(self) -> bool:
         """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel: not
         after a decoupled decay has scaled the parameters (the gradient is the
         one at the parameters before the step)."""
         return not (self.decoupled_weight_decay and self.weight_decay)
 
-    def __init__(self, lr, schedule=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
+    def __init__(self, lr: float, schedule: Union[str, Schedule, None] = None,
+                 clipnorm: Optional[float] = None, clipvalue: Optional[float] = None,
+                 global_clipnorm: Optional[float] = None) -> None:
         self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
         self.schedule = get_schedule(schedule)
         clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
@@ -261,7 +275,7 @@ class Optimizer:
         self.samples_seen = 0
         self.epochs_done = 0
 
-    def bind(self, params):
+    def bind(self, params: Array) -> None:
         """Allocate zeroed state buffers shaped like `params` (the flat buffer) and
         restart the step count and the schedule."""
         self._params = params
@@ -272,15 +286,17 @@ class Optimizer:
         self.epochs_done = 0
         self.schedule.reset(self.lr0)
 
-    def is_bound_to(self, params):
+    def is_bound_to(self, params: Array) -> bool:
         return self._params is params
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """The learning rate the next step will use."""
         return self.schedule.lr_at(self.t + 1)
 
-    def step(self, backend, params, grads, n_samples=0, l2=0.0, l2_size=0, runs=None, tensors=None):
+    def step(self, backend: Backend, params: Array, grads: Array, n_samples: int = 0, l2: float = 0.0,
+             l2_size: int = 0, runs: Optional[List[Tuple[int, int]]] = None,
+             tensors: Optional[List[Array]] = None) -> None:
         """One update of the flat buffer: one kernel call over all of it. l2 > 0
         adds the gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2
         inside the kernel (only for optimizers with couples_l2); runs: the
@@ -325,7 +341,7 @@ class Optimizer:
             self._parts = ((params, grads, k, runs), views)
         return self._parts[1]
 
-    def clip(self, grads, tensors=None):
+    def clip(self, grads: Array, tensors: Optional[List[Array]] = None) -> None:
         """Clip the gradient buffer in place (see the class docstring); tensors:
         flat views of grads, one per tensor, for clipnorm (None: one tensor)."""
         if self.clipvalue is not None:
@@ -338,23 +354,23 @@ class Optimizer:
                 norm = math.sqrt(float(np.dot(g, g)))
             if not math.isfinite(norm):  # a float32 sum of squares can overflow: sum in float64
                 norm = math.sqrt(float(np.square(g, dtype=np.float64).sum()))
-            if norm > limit:
-                g *= g.dtype.type(limit / norm)
+            if norm > limit:  # type: ignore[operator]
+                g *= g.dtype.type(limit / norm)  # type: ignore[operator]
 
-    def end_epoch(self, loss=None):
+    def end_epoch(self, loss: Optional[float] = None) -> bool:
         """Tell the schedule an epoch ended, with its training loss. Returns True
         when the schedule asks training to stop (scikit-learn's 'adaptive')."""
         self.epochs_done += 1
         return self.schedule.end_epoch(self.epochs_done, loss, self.samples_seen)
 
-    def get_state(self):
+    def get_state(self) -> Tuple[Dict[str, Any], Dict[str, Array]]:
         """(counters and schedule position as a JSON-able dict, {name: state buffer})."""
         counters = {"t": self.t, "samples_seen": self.samples_seen, "epochs_done": self.epochs_done,
                     "schedule": {k: v for k, v in vars(self.schedule).items()
                                  if k in ("lr0", "lr", "best", "bad_epochs")}}
         return counters, self.state
 
-    def set_state(self, params, counters, buffers):
+    def set_state(self, params: Array, counters: Dict[str, Any], buffers: Mapping[str, ArrayLike]) -> None:
         """Bind to params and restore what get_state returned."""
         self.bind(params)
         for name in self.state_names:
@@ -363,7 +379,7 @@ class Optimizer:
         self.epochs_done = counters["epochs_done"]
         vars(self.schedule).update(counters["schedule"])
 
-    def config(self):
+    def config(self) -> Config:
         options = {k: getattr(self, k) for k in self._options + CLIP_OPTIONS if getattr(self, k) is not None}
         return {"name": self.name, "lr": self.lr0, "schedule": self.schedule.config(), **options}
 
@@ -381,8 +397,10 @@ class SGD(Optimizer):
     name = "sgd"
     _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, lr_in_velocity=False,
-                 schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, lr_in_velocity: bool = False,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.nesterov = bool(nesterov)
@@ -404,8 +422,9 @@ class Adagrad(Optimizer):
     state_names = ("sum_sq",)
     _options = ("eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None, decoupled_weight_decay=False,
-                 **clipping):
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
@@ -420,8 +439,9 @@ class RMSprop(Optimizer):
     name = "rmsprop"
     _options = ("alpha", "eps", "weight_decay", "momentum", "centered", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False, schedule: Union[str, Schedule, None] = None,
+                 decoupled_weight_decay: bool = False, **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.alpha = chk.real(alpha, "alpha", 0, 1)
         self.eps = chk.real(eps, "eps", low=0)
@@ -445,9 +465,9 @@ class Adadelta(Optimizer):
     state_names = ("square_avg", "acc_delta")
     _options = ("rho", "eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None,
-                 decoupled_weight_decay=False,
-                 **clipping):
+    def __init__(self, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.rho = chk.real(rho, "rho", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
@@ -469,8 +489,10 @@ class Adam(Optimizer):
     kernel_decouples = True  # adam_step(decoupled=True) scales the parameters in its own pass
     _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps", "decoupled_weight_decay")
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 sklearn_eps=False, schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, sklearn_eps: bool = False,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
         self.beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
@@ -482,7 +504,7 @@ class Adam(Optimizer):
         self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
 
     @property
-    def couples_l2(self):
+    def couples_l2(self) -> bool:
         # the kernel has one weight_decay: decoupled, it cannot also carry an L2 gradient
         return not self.decoupled_weight_decay
 
@@ -499,10 +521,11 @@ class AdamW(Adam):
     decoupled_weight_decay=True and weight_decay 0.01 by default."""
 
     name = "adamw"
-    _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")
+    _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")  # type: ignore[assignment]
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
-                 sklearn_eps=False, schedule=None, **clipping):
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01, amsgrad: bool = False, sklearn_eps: bool = False,
+                 schedule: Union[str, Schedule, None] = None, **clipping: Optional[float]) -> None:
         super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule,
                          decoupled_weight_decay=True, **clipping)
 
@@ -510,7 +533,7 @@ class AdamW(Adam):
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}
 
 
-def get_optimizer(optimizer):
+def get_optimizer(optimizer: Union[str, Optimizer]) -> Optimizer:
     """An Optimizer from a name (default settings) or an Optimizer instance."""
     if isinstance(optimizer, Optimizer):
         return optimizer

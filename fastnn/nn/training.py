@@ -7,8 +7,10 @@ when the order is the data's own, else gathered into buffers kept per batch
 size; CSR input is densified batch by batch.
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +21,8 @@ class TrainingDivergedError(FloatingPointError):
     where and `loss` what it was; the model keeps finite parameters (see
     Sequential.fit)."""
 
-    def __init__(self, message, epoch=None, step=None, loss=None):
+    def __init__(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None,
+                 loss: Optional[float] = None) -> None:
         super().__init__(message)
         self.epoch, self.step, self.loss = epoch, step, loss
 

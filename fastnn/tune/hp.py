@@ -10,10 +10,15 @@ proposal, a PBT member's mutated values), or `draw(spec)`, a function the tuner
 passes (random draws), or the spec's default.
 """
 
+from __future__ import annotations
+
 import math
 import zlib
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
+
+from .._types import Config, RandomState
 
 SAMPLINGS = ("linear", "log")
 
@@ -29,8 +34,9 @@ class Spec:
     """The definition of one hyperparameter."""
 
     kind = "spec"
+    name: str  # declared for the checker: every subclass sets it
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
 
     def __eq__(self, other):
@@ -44,7 +50,10 @@ class _Range(Spec):
     """Int and Float: min_value..max_value (both included), on a step grid when
     step is given (with log sampling, step is a factor: min, min*step, ...)."""
 
-    def __init__(self, name, min_value, max_value, step, sampling, default):
+    _cast: Callable[[Any], Any]  # declared for the checker: int or float, by subclass
+
+    def __init__(self, name: str, min_value: Any, max_value: Any, step: Any,
+                 sampling: Literal["linear", "log"], default: Any) -> None:
         if not min_value <= max_value:
             raise ValueError(f"hyperparameter {name!r}: min_value {min_value} > max_value {max_value}")
         _check_sampling(sampling, min_value)
@@ -56,7 +65,7 @@ class _Range(Spec):
         if not self.contains(self.default):
             raise ValueError(f"hyperparameter {name!r}: default {default!r} is not in its range")
 
-    def grid(self):
+    def grid(self) -> List[Any]:
         if self.step is None:
             raise ValueError(f"a grid over Float {self.name!r} needs a step")
         values, v = [], self.min_value
@@ -65,7 +74,7 @@ class _Range(Spec):
             v = v * self.step if self.sampling == "log" else self.min_value + len(values) * self.step
         return values
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
         if not isinstance(value, (int, float, np.number)) or not self.min_value <= value <= self.max_value:
             return False
         return self.step is None or math.isclose(self._snap(value), value, rel_tol=1e-9)
@@ -82,17 +91,17 @@ class _Range(Spec):
             v = min(v, self.max_value)
         return self._cast(v)
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
         if self.sampling == "log":
             v = math.exp(rng.uniform(math.log(self.min_value), math.log(self.max_value)))
         else:
             v = rng.uniform(self.min_value, self.max_value)
         return self._snap(v)
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
         return self._snap(value * factor)
 
-    def optuna_distribution(self):
+    def optuna_distribution(self) -> Any:
         import optuna
 
         if self.step is not None and self.sampling == "log":  # Optuna has no geometric step
@@ -107,7 +116,8 @@ class _Range(Spec):
 class Int(_Range):
     kind = "int"
 
-    def __init__(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+    def __init__(self, name: str, min_value: int, max_value: int, step: Optional[int] = 1,
+                 sampling: Literal["linear", "log"] = "linear", default: Optional[int] = None) -> None:
         for arg, v in (("min_value", min_value), ("max_value", max_value), ("step", step)):
             if v is None and arg == "step":
                 continue  # every integer (how a log-sampled Int with step 1 is stored)
@@ -120,16 +130,16 @@ class Int(_Range):
     def _cast(self, v):
         return int(round(v))
 
-    def grid(self):
+    def grid(self) -> List[Any]:
         if self.step is None:
             return list(range(self.min_value, self.max_value + 1))
         return super().grid()
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
         integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
         return integer and super().contains(value)
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
         new = self._snap(value * factor)
         if new == value:  # a factor too small to move an integer: one step in its direction
             grid = self.grid()
@@ -141,7 +151,8 @@ class Int(_Range):
 class Float(_Range):
     kind = "float"
 
-    def __init__(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+    def __init__(self, name: str, min_value: float, max_value: float, step: Optional[float] = None,
+                 sampling: Literal["linear", "log"] = "linear", default: Optional[float] = None) -> None:
         super().__init__(name, float(min_value), float(max_value), step, sampling, default)
 
     def _cast(self, v):
@@ -154,7 +165,7 @@ class Choice(Spec):
 
     kind = "choice"
 
-    def __init__(self, name, values, default=None):
+    def __init__(self, name: str, values: Sequence[Any], default: Any = None) -> None:
         values = list(values)
         if not values:
             raise ValueError(f"hyperparameter {name!r}: values is empty")
@@ -168,21 +179,21 @@ class Choice(Spec):
         if self.default not in values:
             raise ValueError(f"hyperparameter {name!r}: default {default!r} is not one of its values")
 
-    def grid(self):
+    def grid(self) -> List[Any]:
         return list(self.values)
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
         # True == 1 in Python: a boolean matches only a boolean
         return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in self.values)
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
         return self.values[int(rng.integers(len(self.values)))]
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
         i = self.values.index(value)
         return self.values[min(max(i + (1 if factor > 1 else -1), 0), len(self.values) - 1)]
 
-    def optuna_distribution(self):
+    def optuna_distribution(self) -> Any:
         import optuna
 
         return optuna.distributions.CategoricalDistribution(self.values)
@@ -191,35 +202,35 @@ class Choice(Spec):
 class Boolean(Choice):
     kind = "boolean"
 
-    def __init__(self, name, default=False):
+    def __init__(self, name: str, default: bool = False) -> None:
         super().__init__(name, [False, True], default=bool(default))
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "name": self.name, "default": self.default}
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
         return not value
 
 
 class Fixed(Spec):
     kind = "fixed"
 
-    def __init__(self, name, value):
+    def __init__(self, name: str, value: Any) -> None:
         self.name, self.value, self.default = name, value, value
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "name": self.name, "value": self.value}
 
-    def grid(self):
+    def grid(self) -> List[Any]:
         return [self.value]
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
         return value == self.value
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
         return self.value
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
         return self.value
 
 
@@ -241,9 +252,10 @@ class HyperParameters:
     given: values decided in advance ({name: value}); draw: a function
     spec -> value for names not given (None: the spec's default)."""
 
-    def __init__(self, given=None, draw=None):
-        self.values = {}
-        self.space = {}
+    def __init__(self, given: Optional[Dict[str, Any]] = None,
+                 draw: Optional[Callable[[Spec], Any]] = None) -> None:
+        self.values = {}  # type: ignore[var-annotated]
+        self.space = {}  # type: ignore[var-annotated]
         self._given = dict(given or {})
         self._draw = draw
 
@@ -268,22 +280,24 @@ class HyperParameters:
         self.values[name] = value
         return value
 
-    def Int(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+    def Int(self, name: str, min_value: int, max_value: int, step: Optional[int] = 1,
+            sampling: Literal["linear", "log"] = "linear", default: Optional[int] = None) -> int:
         return self._ask(Int(name, min_value, max_value, step, sampling, default))
 
-    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+    def Float(self, name: str, min_value: float, max_value: float, step: Optional[float] = None,
+              sampling: Literal["linear", "log"] = "linear", default: Optional[float] = None) -> float:
         return self._ask(Float(name, min_value, max_value, step, sampling, default))
 
-    def Choice(self, name, values, default=None):
+    def Choice(self, name: str, values: Sequence[Any], default: Any = None) -> Any:
         return self._ask(Choice(name, values, default))
 
-    def Boolean(self, name, default=False):
+    def Boolean(self, name: str, default: bool = False) -> bool:
         return self._ask(Boolean(name, default))
 
-    def Fixed(self, name, value):
+    def Fixed(self, name: str, value: Any) -> Any:
         return self._ask(Fixed(name, value))
 
-    def get(self, name):
+    def get(self, name: str) -> Any:
         """The value of `name` (asked for earlier, or given)."""
         if name in self.values:
             return self.values[name]

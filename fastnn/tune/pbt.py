@@ -16,14 +16,21 @@ that start it; the decisions are written before they are applied, and applying
 them again is harmless, so a search killed at any point resumes.
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._types import ArrayLike
 from .fitting import Task, load_model
 from .trials import COMPLETED, FAILED, RUNNING, Trial
 from .tuners import Tuner, _check_count
+
+if TYPE_CHECKING:  # for annotations only
+    from .trials import Objective
 
 STATE_FILE = "pbt.json"
 
@@ -39,9 +46,11 @@ class PopulationBasedTraining(Tuner):
 
     kind = "pbt"
 
-    def __init__(self, build_model, population_size=8, perturbation_interval=2, hyperparam_mutations=(),
-                 quantile_fraction=0.25, resample_probability=0.25, perturbation_factors=(1.2, 0.8),
-                 objective="val_accuracy", **options):
+    def __init__(self, build_model: Any, population_size: int = 8, perturbation_interval: int = 2,
+                 hyperparam_mutations: Union[Sequence[str], Dict[str, Any]] = (),
+                 quantile_fraction: float = 0.25, resample_probability: float = 0.25,
+                 perturbation_factors: Tuple[float, float] = (1.2, 0.8),
+                 objective: Union[str, Objective] = "val_accuracy", **options: Any) -> None:
         self.population_size = _check_count(population_size, "population_size", low=2)
         self.perturbation_interval = _check_count(perturbation_interval, "perturbation_interval")
         if isinstance(hyperparam_mutations, str):
@@ -67,7 +76,9 @@ class PopulationBasedTraining(Tuner):
         return {**super()._settings(seed), "population_size": self.population_size,
                 "perturbation_interval": self.perturbation_interval}
 
-    def search(self, X, y, epochs=1, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: int = 1,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
         """As Tuner.search; epochs: per member in all (rounds of perturbation_interval)."""
         if cv is not None:
             raise ValueError("population-based training continues each member's model: cv is not supported")

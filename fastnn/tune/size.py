@@ -2,12 +2,15 @@
 stop at the first whose error rises significantly above the best so far,
 refit the best size on all the training data."""
 
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .._types import ArrayLike
 from .fitting import build
 
 
@@ -35,8 +38,9 @@ def _error(model, history):
     return history["val_loss"][-1]
 
 
-def select_size(build_model, sizes, X, y, cv=5, tolerance=None, epochs=10, X_test=None, y_test=None, seed=0,
-                **fit_kwargs):
+def select_size(build_model: Any, sizes: Sequence[Any], X: ArrayLike, y: Optional[ArrayLike], cv: int = 5,
+                tolerance: Optional[float] = None, epochs: int = 10, X_test: Optional[ArrayLike] = None,
+                y_test: Optional[ArrayLike] = None, seed: int = 0, **fit_kwargs: Any) -> Any:
     """build_model(size) -> a Sequential for each size of `sizes` (in the order
     given, e.g. growing widths). Each is scored by cv-fold cross-validation; the
     loop stops at the first size whose mean error exceeds the best so far by
@@ -75,7 +79,7 @@ def select_size(build_model, sizes, X, y, cv=5, tolerance=None, epochs=10, X_tes
         if mean > result.errors[best] + allowed:
             result.stopped_at = size
             break
-    result.best_size = result.sizes[best]
+    result.best_size = result.sizes[best]  # type: ignore[index]
     result.model = build(build_model, result.best_size)
     result.model.fit(X, y, epochs=epochs, **fit_kwargs)
     if X_test is not None:

@@ -14,14 +14,18 @@ longer names is removed after the record, so a record always names a complete
 model file.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import re
 import shutil
+from typing import Any, Dict, List, Literal, Optional
 
 import numpy as np
 
+from .._types import Config
 from .hp import HyperParameters, spec_from_config
 
 COMPLETED, RUNNING, FAILED, PRUNED = "COMPLETED", "RUNNING", "FAILED", "PRUNED"
@@ -40,18 +44,18 @@ class Objective:
     'val_loss', 'loss', ...) and a direction, 'max' or 'min'. The score is the
     key's value at the trial's last epoch (the epoch of the model that is kept)."""
 
-    def __init__(self, name, direction):
+    def __init__(self, name: Optional[str], direction: Literal["max", "min"]) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"the objective's name must be a history key, got {name!r}")
         if direction not in ("max", "min"):
             raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
         self.name, self.direction = name, direction
 
-    def sort_key(self, score):
+    def sort_key(self, score: float) -> float:
         """Smaller is better."""
         return -score if self.direction == "max" else score
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "direction": self.direction}
 
     def __eq__(self, other):
@@ -85,8 +89,10 @@ class Trial:
     population-based training (the values from epoch e on); model_file: the name
     of its saved model in the project directory (None when there is none)."""
 
-    def __init__(self, number, hyperparameters=None, space=None, status=RUNNING, score=None, metrics=None,
-                 error=None, epochs=0, schedule=None, model_file=None):
+    def __init__(self, number: int, hyperparameters: Optional[Dict[str, Any]] = None,
+                 space: Optional[Dict[str, Any]] = None, status: str = RUNNING, score: Optional[float] = None,
+                 metrics: Optional[Dict[str, List[float]]] = None, error: Optional[str] = None,
+                 epochs: int = 0, schedule: Any = None, model_file: Optional[str] = None) -> None:
         self.number = number
         self.hyperparameters = dict(hyperparameters or {})
         self.space = dict(space or {})
@@ -95,11 +101,11 @@ class Trial:
         self.epochs, self.schedule, self.model_file = epochs, list(schedule or []), model_file
 
     @property
-    def trial_id(self):
+    def trial_id(self) -> str:
         return f"{self.number:04d}"
 
     @property
-    def hp(self):
+    def hp(self) -> HyperParameters:
         """The hyperparameters as a HyperParameters object (build_model(trial.hp)
         builds this configuration)."""
         hp = HyperParameters(given=self.hyperparameters)
@@ -107,14 +113,14 @@ class Trial:
         hp.values = dict(self.hyperparameters)
         return hp
 
-    def to_json(self):
+    def to_json(self) -> Dict[str, Any]:
         return {"trial_id": self.trial_id, "number": self.number, "hyperparameters": self.hyperparameters,
                 "space": {k: s.config() for k, s in self.space.items()}, "status": self.status,
                 "score": self.score, "metrics": self.metrics, "error": self.error, "epochs": self.epochs,
                 "schedule": self.schedule, "model_file": self.model_file}
 
     @classmethod
-    def from_json(cls, d):
+    def from_json(cls, d: Dict[str, Any]) -> Trial:
         if not isinstance(d, dict):
             raise ValueError("the record is not a JSON object")
         number = d.get("number")

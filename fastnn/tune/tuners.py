@@ -8,17 +8,26 @@ was running is rerun with the same hyperparameters, and max_trials counts every
 trial of the project.
 """
 
+from __future__ import annotations
+
 import math
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
 
+from .._types import ArrayLike
 from .estimator import EstimatorSpace, is_estimator
 from .executors import get_executor
 from .fitting import Data, Task, build, load_model
 from .hp import Fixed, HyperParameters
 from .report import plot_trials, summary_table
 from .trials import COMPLETED, FAILED, PRUNED, RUNNING, Project, Trial, get_objective, score_of
+
+if TYPE_CHECKING:  # for annotations only
+    from .hp import Spec
+    from .trials import Objective
 
 OPTUNA_MISSING = "BayesianOptimization needs Optuna: pip install 'fastnn-cpu[tune]' (or pip install optuna)"
 
@@ -48,10 +57,13 @@ class Tuner:
     the validation data, 'val_loss', 'val_score' (est.score) and for
     classifiers 'val_accuracy'. Trained estimators are saved pickled."""
 
-    kind = None
+    kind: Optional[str] = None
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=10, seed=None, directory=".",
-                 project_name="tune", overwrite=False, executor=None, n_jobs=None, space=None):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = 10, seed: Optional[int] = None,
+                 directory: Union[str, os.PathLike[str]] = ".", project_name: str = "tune",
+                 overwrite: bool = False, executor: Any = None, n_jobs: Optional[int] = None,
+                 space: Optional[Dict[str, Spec]] = None) -> None:
         if space is not None or is_estimator(build_model):
             build_model = EstimatorSpace(build_model, space)
         elif not callable(build_model):
@@ -76,7 +88,9 @@ class Tuner:
         return {"tuner": self.kind, "objective": self.objective.config(), "seed": seed}
 
     # ----------------------------------------------------------------- search
-    def search(self, X, y, epochs=1, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: int = 1,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
         """Run trials until max_trials (or the strategy's end). epochs: per trial;
         validation_data=(X_val, y_val), validation_split or cv=K (K-fold: the score
         and metrics are the folds' mean, the kept model the first fold's);
@@ -136,7 +150,7 @@ class Tuner:
         (taken only when a slot is free, so that a strategy choosing the next
         configuration knows every result so far) and record each outcome as it
         arrives."""
-        pending, exhausted = [], False
+        pending, exhausted = [], False  # type: ignore[var-annotated]
         while True:
             while not exhausted and len(pending) < executor.slots:
                 task = next(tasks, None)
@@ -191,31 +205,31 @@ class Tuner:
 
     # ---------------------------------------------------------------- results
     @property
-    def trials(self):
+    def trials(self) -> List[Trial]:
         """Every trial of the project, in order."""
         return [self._trials[k] for k in sorted(self._trials)]
 
-    def get_best_trials(self, num_trials=1):
+    def get_best_trials(self, num_trials: int = 1) -> List[Trial]:
         done = [t for t in self.trials if t.status == COMPLETED]
         done.sort(key=lambda t: (self.objective.sort_key(t.score), t.number))
         return done[:num_trials]
 
-    def get_best_hyperparameters(self, num_trials=1):
+    def get_best_hyperparameters(self, num_trials: int = 1) -> List[HyperParameters]:
         """HyperParameters of the best completed trials, best first (build_model(hp)
         builds that configuration; hp.values is the dict)."""
         return [t.hp for t in self.get_best_trials(num_trials)]
 
-    def get_best_models(self, num_trials=1):
+    def get_best_models(self, num_trials: int = 1) -> List[Any]:
         """The trained models of the best completed trials, loaded from the project."""
         return [load_model(self.project.model_path(t)) for t in self.get_best_trials(num_trials)]
 
-    def results_summary(self, num_trials=10):
+    def results_summary(self, num_trials: int = 10) -> str:
         """A table of the best trials (then the failed ones), as a string."""
         best = self.get_best_trials(num_trials)
         others = [t for t in self.trials if t.status != COMPLETED]
         return summary_table(self, best + others)
 
-    def plot(self, path):
+    def plot(self, path: Union[str, os.PathLike[str]]) -> None:
         """Save a figure of the score against the trial number (and, for
         population-based training, the hyperparameter schedules) to `path`.
         Needs matplotlib (pip install 'fastnn-cpu[bench]')."""
@@ -238,21 +252,22 @@ class GridSearch(Tuner):
 
     kind = "grid"
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=None, **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = None, **options: Any) -> None:
         super().__init__(build_model, objective, max_trials, **options)
         self._points = None
 
     def _new_trial(self):
         if self._points is None:
             self._points = grid_points(self.build_model)
-        if len(self._trials) >= len(self._points):
+        if len(self._trials) >= len(self._points):  # type: ignore[arg-type]
             return None
         return super()._new_trial()
 
     def _given(self, trial):
         if self._points is None:
             self._points = grid_points(self.build_model)
-        return self._points[trial.number]
+        return self._points[trial.number]  # type: ignore[index]
 
 
 def ask(build_model, hp):
@@ -270,9 +285,9 @@ def grid_points(build_model, limit=100_000):
     """Every point of build_model's grid: an odometer over the hyperparameters a
     run asks for, the last one turning fastest; a run that takes another branch
     asks for other names, which start at their first value."""
-    points, position = [], {}
+    points, position = [], {}  # type: ignore[var-annotated]
     while True:
-        hp = ask(build_model, HyperParameters(draw=lambda spec, position=position:
+        hp = ask(build_model, HyperParameters(draw=lambda spec, position=position:  # type: ignore[misc]
                                               spec.grid()[position.get(spec.name, 0)]))
         points.append(dict(hp.values))
         if len(points) > limit:
@@ -318,13 +333,13 @@ class BayesianOptimization(Tuner):
 
     kind = "bayesian"
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=10, num_initial_points=5,
-                 **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = 10, num_initial_points: int = 5, **options: Any) -> None:
         self._optuna = _optuna()
         self.num_initial_points = _check_count(num_initial_points, "num_initial_points", low=0)
         super().__init__(build_model, objective, max_trials, **options)
         self._study = None
-        self._asked = {}  # trial number -> its Optuna trial
+        self._asked = {}  # type: ignore[var-annotated]  # trial number -> its Optuna trial
 
     def _get_study(self):
         if self._study is None:
@@ -344,7 +359,7 @@ class BayesianOptimization(Tuner):
         params = {k: v for k, v in trial.hyperparameters.items() if not isinstance(trial.space[k], Fixed)}
         dists = {k: trial.space[k].optuna_distribution() for k in params}
         done = optuna.trial.create_trial(params=params, distributions=dists, value=trial.score)
-        self._study.add_trial(done)
+        self._study.add_trial(done)  # type: ignore[attr-defined]
 
     def _given(self, trial):
         if trial.hyperparameters:  # a rerun
@@ -379,8 +394,9 @@ class Hyperband(Tuner):
 
     kind = "hyperband"
 
-    def __init__(self, build_model, objective="val_accuracy", max_epochs=9, factor=3, hyperband_iterations=1,
-                 max_trials=None, **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_epochs: int = 9, factor: float = 3, hyperband_iterations: int = 1,
+                 max_trials: Optional[int] = None, **options: Any) -> None:
         self.max_epochs = _check_count(max_epochs, "max_epochs")
         self.factor = _check_count(factor, "factor", low=2)
         self.hyperband_iterations = _check_count(hyperband_iterations, "hyperband_iterations")
@@ -389,7 +405,7 @@ class Hyperband(Tuner):
     def _settings(self, seed):
         return {**super()._settings(seed), "max_epochs": self.max_epochs, "factor": self.factor}
 
-    def brackets(self):
+    def brackets(self) -> List[Tuple[List[int], List[Tuple[int, int]]]]:
         """[(trial numbers, [(configurations, epochs) per rung])] in order."""
         R, eta = self.max_epochs, self.factor
         s_max = int(math.floor(math.log(R) / math.log(eta) + 1e-9))
@@ -405,7 +421,9 @@ class Hyperband(Tuner):
             out = [b for b in out if b[0]]
         return out
 
-    def search(self, X, y, epochs=None, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: Optional[int] = None,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
         """As Tuner.search; epochs: ignored (the brackets set them; max_epochs at most)."""
         if cv is not None:
             raise ValueError("Hyperband continues each configuration's model: cv is not supported")
