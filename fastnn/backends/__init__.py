@@ -48,7 +48,18 @@ FIX_HINTS = {
 
 
 class BackendUnavailableError(RuntimeError):
-    """A known backend that could not be loaded on this machine."""
+    """A known backend that could not be loaded on this machine.
+
+    Raised by `get_backend`, `set_backend`, `use_backend` and `kernel_owners` when
+    asked for such a backend; its message says why the backend failed to load and
+    how to fix it (`unavailable_backends` gives the same reasons).
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> issubclass(fastnn.BackendUnavailableError, RuntimeError)
+    True
+    """
 
 
 _instances: Dict[str, NumpyBackend] = {}
@@ -74,12 +85,38 @@ def _load(name):
 
 
 def available_backends() -> List[str]:
-    """Names of the backends that load on this machine, fastest first."""
+    """List the backends that load on this machine, fastest first.
+
+    Returns
+    -------
+    list of str
+        Backend names: ``'c'``, ``'numba'`` when they load, and always ``'numpy'``
+        (the reference), last.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> fastnn.available_backends()[-1]
+    'numpy'
+    """
     return [name for name in BACKENDS if _load(name) is not None]
 
 
 def unavailable_backends() -> Dict[str, str]:
-    """{name: reason} for the known backends that failed to load."""
+    """Say why each known backend that failed to load did so.
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: reason}``, the reason ending with how to fix it; empty when
+        every backend loads.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> set(fastnn.unavailable_backends()).isdisjoint(fastnn.available_backends())
+    True
+    """
     available_backends()
     return {name: f"{why}; to fix: {FIX_HINTS.get(name, '')}" for name, why in _errors.items()}
 
@@ -101,8 +138,41 @@ def _resolve(name: Union[str, Backend]) -> Backend:
 
 
 def get_backend(name: Union[str, Backend, None] = None) -> Backend:
-    """The backend called `name`, or, with None, the current one: the one set by
-    set_backend/use_backend, else $FASTNN_BACKEND, else the fastest available."""
+    """Return the backend called `name`, or the current one.
+
+    Parameters
+    ----------
+    name : str, backend object or None, default None
+        A backend name (``'numpy'``, ``'numba'``, ``'c'``), a backend object
+        (returned as it is), or None for the current backend: the one set by
+        `set_backend` or `use_backend`, else the one named by the environment
+        variable ``FASTNN_BACKEND``, else the fastest available.
+
+    Returns
+    -------
+    NumpyBackend
+        The backend; every backend is a `NumpyBackend` (the reference) or a
+        subclass of it, with the same kernels.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a known backend name.
+    TypeError
+        If `name` is neither a name nor a backend object.
+    BackendUnavailableError
+        If the backend is known but does not load on this machine.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastnn
+    >>> backend = fastnn.get_backend("numpy")
+    >>> backend.name
+    'numpy'
+    >>> backend.activation_forward(np.array([-1.0, 2.0]), "relu")
+    array([0., 2.])
+    """
     if name is not None:
         return _resolve(name)
     if _current is not None:
@@ -117,7 +187,33 @@ def get_backend(name: Union[str, Backend, None] = None) -> Backend:
 
 
 def set_backend(name: str) -> Backend:
-    """Make `name` the current backend for everything that does not name one."""
+    """Make `name` the current backend for everything that does not name one.
+
+    Parameters
+    ----------
+    name : str
+        A backend name (or a backend object).
+
+    Returns
+    -------
+    NumpyBackend
+        The backend now current.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    The example runs inside `use_backend` only so that it leaves the current
+    backend as it was:
+
+    >>> import fastnn
+    >>> with fastnn.use_backend(fastnn.get_backend()):
+    ...     fastnn.set_backend("numpy").name
+    'numpy'
+    """
     global _current
     _current = _resolve(name)
     return _current
@@ -125,7 +221,33 @@ def set_backend(name: str) -> Backend:
 
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[Backend]:
-    """Run a block with `name` as the current backend."""
+    """Run a block with `name` as the current backend (a context manager).
+
+    The backend current before the block is current again after it, also when
+    the block raises.
+
+    Parameters
+    ----------
+    name : str
+        A backend name (or a backend object).
+
+    Yields
+    ------
+    NumpyBackend
+        The backend current inside the block.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> with fastnn.use_backend("numpy") as backend:
+    ...     fastnn.get_backend() is backend
+    True
+    """
     global _current
     previous = _current
     _current = _resolve(name)
@@ -136,7 +258,27 @@ def use_backend(name: str) -> Iterator[Backend]:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads for BLAS (through threadpoolctl), Numba and the C kernels' OpenMP."""
+    """Set the number of threads of BLAS, Numba and the C kernels together.
+
+    BLAS through threadpoolctl, Numba's threading layer and the C kernels'
+    OpenMP get the same count, so that they do not oversubscribe the cores.
+
+    Parameters
+    ----------
+    n : int
+        The number of threads, at least 1.
+
+    Raises
+    ------
+    ValueError
+        If `n` is not a positive integer.
+
+    Examples
+    --------
+    >>> import os
+    >>> import fastnn
+    >>> fastnn.set_num_threads(os.cpu_count())
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -149,7 +291,34 @@ def set_num_threads(n: int) -> None:
 
 
 def kernel_owners(backend: Union[str, Backend]) -> Dict[str, str]:
-    """{kernel: name of the backend whose code really runs it} for one backend."""
+    """Say which backend's code runs each kernel of a backend.
+
+    A fast backend overrides the kernels it accelerates and inherits the others
+    from the reference, so its kernels may run another backend's code.
+
+    Parameters
+    ----------
+    backend : str or backend object
+        The backend (a name or an object from `get_backend`).
+
+    Returns
+    -------
+    dict of str to str
+        ``{kernel name: name of the backend whose code runs it}``, for every
+        kernel of the catalogue.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> owners = fastnn.kernel_owners("numpy")
+    >>> owners["dense_forward"]
+    'numpy'
+    """
     backend = _resolve(backend)
     owners = {}
     for kernel in KERNELS:

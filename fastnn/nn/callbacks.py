@@ -362,7 +362,7 @@ class CSVLogger(Callback):
     keys: Any
     _file: Any
 
-    def __init__(self, filename: Union[str, os.PathLike[str]], separator: str = ", ",
+    def __init__(self, filename: Union[str, os.PathLike[str]], separator: str = ",",
                  append: bool = False) -> None:
         if not isinstance(filename, (str, os.PathLike)):
             raise TypeError(f"filename must be a path, got {type(filename).__name__}")
