@@ -536,13 +536,41 @@ LAYERS: Dict[str, Type[Layer]] = {}  # kind -> Layer subclass: the registry of t
 
 
 def register_layer(cls: Type[Layer]) -> Type[Layer]:
-    """Class decorator: register a Layer subclass under its `kind`, so that
-    `Sequential.save` writes it (as its `config()`) and `load` rebuilds it with
-    ``cls(**options)``, the options being config() without 'kind'. Returns cls.
-    Refuses a class that is not a Layer subclass (TypeError), a kind that is not
-    a non-empty string of the class's own, and a kind registered for another
-    class (ValueError); the same class defined again (same module and name)
-    replaces its earlier definition."""
+    """Register a Layer subclass under its `kind` (a class decorator).
+
+    `Sequential.save` then writes such a layer (as its ``config()``) and `load`
+    rebuilds it with ``cls(**options)``, the options being ``config()`` without
+    ``'kind'``. The same class defined again (same module and name) replaces its
+    earlier definition.
+
+    The argument is a subclass of `Layer` that defines its own `kind`.
+
+    Returns
+    -------
+    type
+        The class itself.
+
+    Raises
+    ------
+    TypeError
+        If `cls` is not a subclass of Layer.
+    ValueError
+        If its kind is not a non-empty string of the class's own, or is
+        registered for another class.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> @nn.register_layer
+    ... class Double(nn.Layer):
+    ...     kind = "Double"
+    ...     def forward(self, backend, x, ws, mode):
+    ...         return 2 * x
+    ...     def backward(self, backend, dy, ws, need_dx):
+    ...         return 2 * dy
+    >>> nn.Sequential([Double(), nn.Dense(1)], loss="mse", input_shape=3).predict([[1.0, 2.0, 3.0]]).shape
+    (1, 1)
+    """
     if not (isinstance(cls, type) and issubclass(cls, Layer)) or cls is Layer:
         raise TypeError(f"register_layer takes a subclass of fastnn.nn.Layer, got {cls!r}")
     kind = cls.__dict__.get("kind")

@@ -358,7 +358,33 @@ LOSSES = {
 
 
 def get_loss(loss: Union[str, Loss]) -> Loss:
-    """A Loss from a name (see LOSSES) or a Loss instance."""
+    """Return a loss from a name or a Loss.
+
+    Parameters
+    ----------
+    loss : str or Loss
+        A name of ``fastnn.nn.losses.LOSSES`` (``'sparse_categorical_crossentropy'``,
+        ``'binary_crossentropy'``, ``'mse'``, ``'mae'``, ``'huber'``, ``'hinge'``,
+        ...) or a Loss (returned as it is).
+
+    Returns
+    -------
+    Loss
+        The loss.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown.
+    TypeError
+        If `loss` is neither a name nor a Loss.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss("sparse_categorical_crossentropy")
+    SoftmaxCrossEntropy()
+    """
     if isinstance(loss, Loss):
         return loss
     if not isinstance(loss, str):

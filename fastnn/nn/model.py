@@ -1098,9 +1098,37 @@ def _kind_and_options(layer):
 
 
 def load(path: Union[str, os.PathLike[str]], backend: Union[str, Backend, None] = None) -> Sequential:
-    """Read a model written by Sequential.save (see fastnn.nn.saving). A file that
-    is not such a model (foreign, corrupted, truncated, invalid values) raises
-    ValueError."""
+    """Read a model written by `Sequential.save` (see fastnn.nn.saving).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    backend : str, backend object or None, default None
+        The backend the model runs on (None: the current backend at each call).
+
+    Returns
+    -------
+    Sequential
+        The model, with its layers, parameters, state, optimizer state and
+        training options.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such a model (foreign, corrupted, truncated, invalid
+        values).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn
+    >>> model = nn.Sequential([nn.Dense(4, "relu"), nn.Dense(2)], loss="mse", input_shape=3, seed=0)
+    >>> model.save("model.npz")
+    >>> x = np.ones((1, 3), np.float32)
+    >>> np.array_equal(nn.load("model.npz").predict(x), model.predict(x))
+    True
+    """
     return saving.load(path, backend)
 
 

@@ -184,7 +184,34 @@ SCHEDULES: Dict[str, Type[Schedule]] = {
 
 
 def get_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
-    """A Schedule from None (constant), a name, or a Schedule instance."""
+    """Return a learning-rate schedule from a name or a Schedule.
+
+    Parameters
+    ----------
+    schedule : str, Schedule or None
+        None (a constant rate), a name (``'constant'``, ``'invscaling'``,
+        ``'step'``, ``'exponential'``, ``'adaptive'``: scikit-learn's, reducing on
+        plateaus), or a Schedule (returned as it is).
+
+    Returns
+    -------
+    Schedule
+        The schedule.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown, or is ``'cosine'`` (which needs its length: pass
+        ``CosineDecay(epochs=...)``).
+    TypeError
+        If `schedule` is of another type.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_schedule("invscaling")
+    InverseScaling(power_t=0.5, per='epoch')
+    """
     if schedule is None:
         return Schedule()
     if isinstance(schedule, Schedule):
@@ -534,7 +561,32 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, A
 
 
 def get_optimizer(optimizer: Union[str, Optimizer]) -> Optimizer:
-    """An Optimizer from a name (default settings) or an Optimizer instance."""
+    """Return an optimizer from a name (default settings) or an Optimizer.
+
+    Parameters
+    ----------
+    optimizer : str or Optimizer
+        A name (``'sgd'``, ``'adagrad'``, ``'rmsprop'``, ``'adadelta'``,
+        ``'adam'``, ``'adamw'``) or an Optimizer (returned as it is).
+
+    Returns
+    -------
+    Optimizer
+        The optimizer.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown.
+    TypeError
+        If `optimizer` is neither a name nor an Optimizer.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_optimizer("adam").lr0
+    0.001
+    """
     if isinstance(optimizer, Optimizer):
         return optimizer
     if not isinstance(optimizer, str):
