@@ -51,7 +51,7 @@ numpydoc_validation_exclude = {
     # not yet in numpydoc form (prose docstrings, issue #23): the estimators, the classes of
     # fastnn.nn (layers, model, losses, optimizers, callbacks, metrics) and of fastnn.tune
     r"^fastnn\.MLP(Classifier|Regressor)(\.|$)",
-    r"^fastnn\.nn\.(?!(load|get_loss|get_optimizer|get_schedule|register_layer)$)",
+    r"^fastnn\.nn\.(?!(load|get_loss|get_optimizer|get_schedule|register_layer)$|Sequential(\.|$))",
     r"^fastnn\.tune\.(?!select_size$)",
 }
 
