@@ -72,9 +72,10 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
 
 
 def test_exported_functions_and_classes_have_examples():
-    """numpydoc's checks of the docs build leave Examples out (a method or property
-    needs none); every function and class a public module exports has them,
-    except those docs/conf.py excludes from validation."""
+    """numpydoc's checks of the docs build leave out Examples (a method or property
+    needs none) and a docstring of its own (an override shows its base's); every
+    function and class a public module exports has both, except those
+    docs/conf.py excludes from validation."""
     numpydoc_validate = pytest.importorskip("numpydoc.validate", reason="needs numpydoc")
     from test_typing import public_objects
 
@@ -85,7 +86,7 @@ def test_exported_functions_and_classes_have_examples():
             continue
         checked += 1
         errors = numpydoc_validate.validate(f"{obj.__module__}.{obj.__qualname__}")["errors"]
-        if any(code == "EX01" for code, _ in errors):
+        if any(code in ("EX01", "GL08") for code, _ in errors):
             missing.append(name)
     assert checked >= 15  # the exclusions leave the converted API to check
-    assert not missing, f"exported without an Examples section: {missing}"
+    assert not missing, f"exported without a docstring with an Examples section: {missing}"

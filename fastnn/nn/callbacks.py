@@ -37,81 +37,245 @@ if TYPE_CHECKING:  # for annotations only
 
 
 class History(dict):
-    """Per-epoch values, {'loss': [...], 'val_loss': [...], 'accuracy': [...], ...}.
-    A dict; `history.history` is the same dict (Keras's spelling), `history.epoch`
-    the epoch numbers, from 0 as in Keras (the numbers the callbacks saw)."""
+    """The per-epoch values of a fit: ``{'loss': [...], 'val_loss': [...], ...}``.
+
+    A dict; ``history.history`` is the same dict (Keras's spelling),
+    ``history.epoch`` the epoch numbers, from 0 as in Keras (the numbers the
+    callbacks saw).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> history = nn.History()
+    >>> history.append({"loss": 0.5})
+    >>> history.append({"loss": 0.25})
+    >>> history["loss"], history.epoch
+    ([0.5, 0.25], [0, 1])
+    """
 
     model: Any  # declared for the checker: the model fit trained (set by fit)
 
     @property
     def history(self) -> History:
+        """The history itself (Keras's spelling)."""
         return self
 
     @property
     def epoch(self) -> List[int]:
+        """The epoch numbers, from 0."""
         return list(range(len(self.get("loss", ()))))
 
     def append(self, logs: Logs) -> None:
+        """Add an epoch's values.
+
+        Parameters
+        ----------
+        logs : dict
+            ``{name: value}`` of the epoch.
+        """
         for key, value in logs.items():
             self.setdefault(key, []).append(value)
 
 
 class Callback:
-    """Hooks called by `Sequential.fit` (see the module's documentation). Subclass
-    and override the hooks you need; `self.model` is the model being trained."""
+    """Hooks called by `Sequential.fit`, with Keras's protocol.
+
+    Subclass and override the hooks you need; ``self.model`` is the model being
+    trained, ``self.params`` the fit's parameters (epochs, steps per epoch,
+    verbose). Epochs and batches are counted from 0. Setting
+    ``self.model.stop_training = True`` stops the fit: from a batch hook after
+    that batch, from an epoch hook after that epoch.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn
+    >>> class Losses(nn.Callback):
+    ...     def on_train_begin(self, logs=None):
+    ...         self.losses = []
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         self.losses.append(logs["loss"])
+    >>> model = nn.Sequential([nn.Dense(1)], loss="mse", seed=0)
+    >>> record = Losses()
+    >>> _ = model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=3, callbacks=[record], verbose=0)
+    >>> len(record.losses)
+    3
+    """
 
     model: Any = None
     params: Any = None
 
     def set_model(self, model: Sequential) -> None:
+        """Receive the model being trained (called by fit).
+
+        Parameters
+        ----------
+        model : Sequential
+            The model.
+        """
         self.model = model
 
     def set_params(self, params: Dict[str, Any]) -> None:
+        """Receive the fit's parameters (called by fit).
+
+        Parameters
+        ----------
+        params : dict
+            ``{'epochs': ..., 'steps': ..., 'verbose': ...}``.
+        """
         self.params = params
 
     def on_train_begin(self, logs: Optional[Logs] = None) -> None:
-        """Before the first epoch; logs {'validation': whether fit has validation data}."""
+        """Run before the first epoch.
+
+        Parameters
+        ----------
+        logs : dict, optional
+            ``{'validation': whether fit has validation data}``.
+        """
 
     def on_train_end(self, logs: Optional[Logs] = None) -> None:
-        """After the last epoch, also when training stopped early; logs: the last epoch's."""
+        """Run after the last epoch, also when training stopped early.
+
+        Parameters
+        ----------
+        logs : dict, optional
+            The last epoch's values.
+        """
 
     def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
-        """epoch: counted from 0."""
+        """Run at the start of an epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, counted from 0.
+        logs : dict, optional
+            Empty.
+        """
 
     def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
-        """epoch: counted from 0; logs: this epoch's values (loss, val_loss, accuracy, ...)."""
+        """Run at the end of an epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, counted from 0.
+        logs : dict, optional
+            This epoch's values (loss, val_loss, accuracy, ..., lr).
+        """
 
     def on_train_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
-        """batch: the step's index in the epoch, from 0."""
+        """Run before a training step.
+
+        Parameters
+        ----------
+        batch : int
+            The step's index in the epoch, from 0.
+        logs : dict, optional
+            Empty.
+        """
 
     def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
-        """logs: {'loss': the mean of the epoch's batch losses so far}."""
+        """Run after a training step.
+
+        Parameters
+        ----------
+        batch : int
+            The step's index in the epoch, from 0.
+        logs : dict, optional
+            ``{'loss': the mean of the epoch's batch losses so far}``.
+        """
 
     # Keras defines these for evaluate and predict; fastnn's evaluate and predict
     # take no callbacks, so they are never called (defined so that callbacks
     # written for Keras that call or override them work).
     def on_test_begin(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation hook, never called (evaluate takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_test_end(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation hook, never called (evaluate takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_test_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_test_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_predict_begin(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction hook, never called (predict takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_predict_end(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction hook, never called (predict takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_predict_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
     def on_predict_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
 
@@ -242,14 +406,35 @@ class _Monitor(Callback):
 
 
 class EarlyStopping(_Monitor):
-    """Stop when `monitor` has not improved by more than min_delta for `patience`
-    epochs; with restore_best_weights (True by default, unlike Keras), put back the
-    parameters (and batch-norm statistics) of the best epoch at the end. monitor: a
-    logged value, 'val_loss' by default (needs validation_split or
-    validation_data); mode 'auto' maximises accuracies, AUC, precision, recall,
-    F1 and R^2 and minimises everything else. restore_best: the former name of
-    restore_best_weights. best_epoch and stopped_epoch count from 0, as the
-    hooks' epochs."""
+    """Stop training when `monitor` has stopped improving.
+
+    Training stops when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs. ``best_epoch`` and ``stopped_epoch`` count from 0, as the
+    hooks' epochs.
+
+    Parameters
+    ----------
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    patience : int, default 5
+        Epochs without improvement before stopping.
+    min_delta : float, default 0.0
+        The least change that counts as an improvement.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    restore_best_weights : bool, default True
+        Put back the parameters (and batch-norm statistics) of the best epoch at
+        the end (True by default, unlike Keras).
+    restore_best : bool, optional
+        The former name of restore_best_weights.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> stop = nn.EarlyStopping(monitor="val_accuracy", patience=3)
+    """
 
     # declared for the checker: the best epoch's parameters and state, kept from on_train_begin
     best_params: Any
@@ -266,6 +451,7 @@ class EarlyStopping(_Monitor):
 
     @property
     def restore_best(self) -> bool:
+        """The former name of restore_best_weights."""
         return self.restore_best_weights
 
     def on_train_begin(self, logs: Optional[Logs] = None) -> None:
@@ -302,12 +488,33 @@ class EarlyStopping(_Monitor):
 
 
 class ModelCheckpoint(_Monitor):
-    """Save the model (`model.save`) at the end of each epoch to `filepath`, which
-    may hold `{epoch}` (counted from 1, as Keras names its files) and logged values
-    (`{val_loss:.3f}`). With save_best_only, only when `monitor` improved on the
-    best so far (mode as EarlyStopping's). The file is written under a temporary
-    name in the same directory and then renamed over `filepath`, so a reader
-    never sees a half-written file and a failed write leaves the previous one."""
+    """Save the model (`Sequential.save`) at the end of each epoch.
+
+    The file is written under a temporary name in the same directory and then
+    renamed over the path, so a reader never sees a half-written file and a
+    failed write leaves the previous one.
+
+    Parameters
+    ----------
+    filepath : str or path-like
+        The file; may hold ``{epoch}`` (counted from 1, as Keras names its files)
+        and logged values (``{val_loss:.3f}``).
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    save_best_only : bool, default False
+        Save only when `monitor` improved on the best so far.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    verbose : {0, 1}, default 0
+        1 prints a line per save.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> checkpoint = nn.ModelCheckpoint("model-{epoch:02d}.npz", monitor="loss", save_best_only=True)
+    """
 
     def __init__(self, filepath: Union[str, os.PathLike[str]], monitor: str = "val_loss",
                  save_best_only: bool = False, mode: Literal["auto", "min", "max"] = "auto",
@@ -353,10 +560,25 @@ def save_atomically(model, path):
 
 
 class CSVLogger(Callback):
-    """Write each epoch's logs as a row of a CSV file: a header 'epoch' and the
-    logged names in sorted order (as Keras), then one row per epoch (epochs from
-    0). append: add to an existing file (its header is kept) instead of
-    overwriting it. The file is flushed after every row."""
+    """Write each epoch's logs as a row of a CSV file.
+
+    A header 'epoch' and the logged names in sorted order (as Keras), then one
+    row per epoch (epochs from 0). The file is flushed after every row.
+
+    Parameters
+    ----------
+    filename : str or path-like
+        The file.
+    separator : str, default ','
+        One character between the values.
+    append : bool, default False
+        Add to an existing file (its header is kept) instead of overwriting it.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> logger = nn.CSVLogger("training.csv")
+    """
 
     # declared for the checker: the logged names and the open file, from on_train_begin on
     keys: Any
@@ -407,9 +629,23 @@ def set_learning_rate(optimizer, lr):
 
 
 class LearningRateScheduler(Callback):
-    """At the start of each epoch, set the learning rate to schedule(epoch, lr)
-    (epoch from 0, lr the current rate). The rate reaches the optimizer's steps:
-    it replaces the rate of its (constant) schedule, which saving keeps."""
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``.
+
+    The rate reaches the optimizer's steps: it replaces the rate of its
+    (constant) schedule, which saving keeps.
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch, lr) -> float``, epoch from 0, lr the current rate.
+    verbose : {0, 1}, default 0
+        1 prints the rate of each epoch.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> halving = nn.LearningRateScheduler(lambda epoch, lr: lr / 2 if epoch else lr)
+    """
 
     def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
@@ -426,10 +662,39 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(_Monitor):
-    """Multiply the learning rate by `factor` when `monitor` has not improved by
-    more than min_delta for `patience` epochs, then wait `cooldown` epochs before
-    counting again; never below min_lr (Keras's rule). Needs an optimizer without
-    a schedule (see set_learning_rate)."""
+    """Multiply the learning rate by `factor` when `monitor` has stopped improving.
+
+    The rate falls when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs; then the callback waits `cooldown` epochs before counting
+    again; never below `min_lr` (Keras's rule). Needs an optimizer without a
+    schedule.
+
+    Parameters
+    ----------
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    factor : float, default 0.1
+        The factor, in (0, 1).
+    patience : int, default 10
+        Epochs without improvement before a reduction.
+    min_delta : float, default 1e-4
+        The least change that counts as an improvement.
+    cooldown : int, default 0
+        Epochs to wait after a reduction.
+    min_lr : float, default 0.0
+        The smallest rate.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    verbose : {0, 1}, default 0
+        1 prints each reduction.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> reduce = nn.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2)
+    """
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
                  min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
@@ -466,11 +731,17 @@ class TerminateOnNaN(Callback):
     """Stop training when a batch loss is NaN or infinite, instead of raising.
 
     fit itself never applies a step whose loss is not finite: it raises
-    TrainingDivergedError (the parameters kept finite, see Sequential.fit). With
-    this callback, that batch's loss reaches on_train_batch_end, the callback
-    sets model.stop_training, and fit returns the history of the completed
-    epochs instead of raising; the model keeps the parameters the error
-    describes."""
+    TrainingDivergedError (the parameters kept finite, see `Sequential.fit`).
+    With this callback, that batch's loss reaches on_train_batch_end, the
+    callback sets model.stop_training, and fit returns the history of the
+    completed epochs instead of raising; the model keeps the parameters the
+    error describes.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> callbacks = [nn.TerminateOnNaN()]
+    """
 
     def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         loss = (logs or {}).get("loss")

@@ -114,19 +114,29 @@ def buffer(ws, key, shape, dtype):
 
 
 class Layer:
-    """Base class. Subclasses define `kind`, `forward`, `backward`, `config` and,
-    when they change the shape, `output_shape_for`; when they have parameters,
-    `param_specs` and `init_params`.
+    """The base of the layers: a description plus views into the model's buffers.
 
-    Every layer has a `name` (given with `name=`, else the model gives it a
-    Keras-style one: `dense`, `dense_1`, ..., unique within the model) and a
-    `trainable` flag: `layer.trainable = False` freezes its parameters (the
-    optimizer leaves them and its state for them untouched, no penalty or weight
-    decay moves them, their gradients are not computed; batch norm then also
-    normalises with its running statistics, as in Keras). A penalty's value still
-    counts frozen weights (as Keras's regularisation losses do). A change takes
-    effect at the next fit, train_step or loss_and_gradient. `frozen` is set by
-    the model: not trainable, or inside a layer that is not."""
+    Subclasses define ``kind``, ``forward(backend, x, ws, mode)``,
+    ``backward(backend, dy, ws, need_dx)``, `config` and, when they change the
+    shape, `output_shape_for`; when they have parameters, `param_specs` and
+    `init_params`. Every layer has a ``name`` (given with ``name=``, else the model
+    gives it a Keras-style one: ``dense``, ``dense_1``, ..., unique within the
+    model) and a `trainable` flag: ``layer.trainable = False`` freezes its
+    parameters (the optimizer leaves them and its state for them untouched, no
+    penalty or weight decay moves them, their gradients are not computed; batch
+    norm then also normalises with its running statistics, as in Keras). A
+    penalty's value still counts frozen weights (as Keras's regularisation losses
+    do). A change takes effect at the next fit, train_step or loss_and_gradient.
+    ``frozen`` is set by the model: not trainable, or inside a layer that is not.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> layer = nn.Dense(4)
+    >>> layer.trainable = False
+    >>> layer.trainable
+    False
+    """
 
     kind = "Layer"
     name: Optional[str] = None
@@ -143,7 +153,8 @@ class Layer:
     state: Dict[str, Array]
 
     @property
-    def trainable(self) -> None:
+    def trainable(self) -> bool:
+        """Whether the layer's parameters train (False freezes them)."""
         return self.__dict__.get("_trainable", True)
 
     @trainable.setter
@@ -153,56 +164,145 @@ class Layer:
         self._trainable = bool(value)
 
     def build(self, input_shape: Shape, dtype: DTypeLike) -> Shape:
-        """Fix the per-sample input shape (a tuple); returns the output shape."""
+        """Fix the per-sample input shape.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            The per-sample input shape.
+        dtype : dtype
+            The model's float dtype.
+
+        Returns
+        -------
+        tuple of int
+            The per-sample output shape.
+        """
         self.input_shape = tuple(input_shape)
         self.output_shape = tuple(self.output_shape_for(self.input_shape))
         self.dtype = np.dtype(dtype)
         return self.output_shape
 
     def output_shape_for(self, input_shape: Shape) -> Shape:
-        """The per-sample output shape for this input shape (ValueError if the
-        layer cannot take it)."""
+        """Return the per-sample output shape for an input shape.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            The per-sample input shape.
+
+        Returns
+        -------
+        tuple of int
+            The per-sample output shape.
+
+        Raises
+        ------
+        ValueError
+            If the layer cannot take that input shape.
+        """
         return input_shape
 
     def param_specs(self) -> List[TensorSpec]:
-        """[(name, shape, role)] of trained parameters, role one of ROLES. Weights
-        (the tensors L1/L2 penalties apply to) are laid out first in the model's
-        flat buffer, then biases, scales and shifts."""
+        """List the trained parameters.
+
+        Weights (the tensors L1/L2 penalties apply to) are laid out first in the
+        model's flat buffer, then biases, scales and shifts.
+
+        Returns
+        -------
+        list of (str, tuple of int, str)
+            ``[(name, shape, role)]``, role one of 'weight', 'bias', 'scale', 'shift'.
+        """
         return []
 
     def state_specs(self) -> List[StateSpec]:
-        """[(name, shape, initial value)] of non-trained state."""
+        """List the non-trained state tensors.
+
+        Returns
+        -------
+        list of (str, tuple of int, float)
+            ``[(name, shape, initial value)]``.
+        """
         return []
 
     def bind(self, params: Dict[str, Array], grads: Dict[str, Array], state: Dict[str, Array]) -> None:
-        """Receive {name: view} into the model's parameter, gradient and state buffers."""
+        """Receive views into the model's parameter, gradient and state buffers.
+
+        Parameters
+        ----------
+        params : dict of str to numpy.ndarray
+            ``{name: view}`` of the parameters.
+        grads : dict of str to numpy.ndarray
+            ``{name: view}`` of their gradients.
+        state : dict of str to numpy.ndarray
+            ``{name: view}`` of the state.
+        """
         self.params, self.grads, self.state = params, grads, state
 
     def init_params(self, backend: Backend, rng: RandomState) -> None:
-        """Write initial values into the parameter views."""
+        """Write initial values into the parameter views.
+
+        Parameters
+        ----------
+        backend : backend object
+            The backend (its initialiser kernels).
+        rng : numpy.random.Generator or RandomState
+            The random draws.
+        """
 
     def config(self) -> Config:
+        """Return the layer's kind and options, as saved.
+
+        Returns
+        -------
+        dict
+            ``{'kind': ..., option: value}``; ``cls(**options)`` rebuilds the layer.
+        """
         return {"kind": self.kind}
 
     def sublayers(self) -> List[Layer]:
-        """The layers this layer is made of (a container such as Residual); [] for
-        a plain layer."""
+        """List the layers this layer is made of (a container such as Residual).
+
+        Returns
+        -------
+        list of Layer
+            Empty for a plain layer.
+        """
         return []
 
     def tensor_owners(self) -> List[Tuple[str, Layer, str]]:
-        """[(spec name, layer, that layer's own name for it)] parallel to
-        param_specs(): which (sub-)layer each trained tensor belongs to."""
+        """Say which (sub-)layer each trained tensor belongs to.
+
+        Returns
+        -------
+        list of (str, Layer, str)
+            ``[(spec name, layer, that layer's own name for it)]`` parallel to
+            `param_specs`.
+        """
         return [(name, self, name) for name, _, _ in self.param_specs()]
 
     def set_frozen(self, frozen: bool) -> None:
-        """Set `frozen` (by the model, before training): not trainable, or inside
-        a container that is frozen."""
+        """Set `frozen` (by the model, before training).
+
+        Parameters
+        ----------
+        frozen : bool
+            Whether a container of this layer is frozen; the layer is frozen then, or
+            when it is not trainable.
+        """
         self.frozen = bool(frozen) or not self.trainable
         for layer in self.sublayers():
             layer.set_frozen(self.frozen)
 
     def trains(self) -> bool:
-        """Whether a step changes any parameter of this layer (after set_frozen)."""
+        """Return whether a step changes any parameter of this layer (after set_frozen).
+
+        Returns
+        -------
+        bool
+            Whether it trains.
+        """
         subs = self.sublayers()
         if subs:
             return any(layer.trains() for layer in subs)
@@ -295,14 +395,37 @@ class _Weighted(Layer):
 
 
 class Dense(_Weighted):
-    """y = activation(x @ W + b), W (n_in, units), b (units,), through the fused
-    dense_forward / dense_backward kernels.
+    """Dense layer ``y = activation(x @ W + b)``, W (n_in, units), b (units,).
 
-    units: output width; activation: any name of the catalogue (None = identity);
-    init: initialiser name (glorot_uniform/normal, he_uniform/normal, lecun_normal,
-    sklearn) or a callable (fan_in, fan_out, rng, dtype) -> (W, b); None picks one
-    from the activation (see default_init); l2, l1: penalty on W (not b);
-    input_dim: the input width, for a first layer built before seeing data."""
+    It runs the fused dense_forward / dense_backward kernels, on the last axis of
+    its input.
+
+    Parameters
+    ----------
+    units : int
+        The output width.
+    activation : str, optional
+        Any activation of the catalogue (None: identity).
+    init : str or callable, optional
+        An initialiser name (glorot_uniform, glorot_normal, he_uniform,
+        he_normal, lecun_normal, sklearn) or a callable ``(fan_in, fan_out, rng,
+        dtype) -> (W, b)``; None picks one from the activation (He for the ReLU
+        family, LeCun for selu, Glorot otherwise).
+    l2 : float, default 0.0
+        L2 penalty on W (not b).
+    l1 : float, default 0.0
+        L1 penalty on W (not b).
+    input_dim : int, optional
+        The input width, for a first layer built before seeing data.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Dense(64, "relu", l2=1e-4)
+    Dense(units=64, activation='relu', init=None, l2=0.0001, l1=0.0, input_dim=None)
+    """
 
     kind = "Dense"
 
@@ -340,10 +463,12 @@ class Dense(_Weighted):
 
     @property
     def W(self) -> Array:
+        """The weights, (n_in, units): a view of the model's parameter buffer."""
         return self.params["W"]
 
     @property
     def b(self) -> Array:
+        """The biases, (units,): a view of the model's parameter buffer."""
         return self.params["b"]
 
     def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
@@ -393,11 +518,25 @@ class Dense(_Weighted):
 
 
 class Activation(Layer):
-    """y = activation(x), any activation of the catalogue (softmax over features)."""
+    """Activation layer ``y = activation(x)`` (softmax over the last axis).
+
+    Parameters
+    ----------
+    activation : str
+        Any activation of the catalogue.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Activation("gelu")
+    Activation(activation='gelu')
+    """
 
     kind = "Activation"
 
-    def __init__(self, activation: Optional[str], name: Optional[str] = None) -> None:
+    def __init__(self, activation: str, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.activation = activation_name(activation)
         self.run_activation = self.activation
@@ -430,13 +569,30 @@ class Activation(Layer):
 
 
 class BatchNorm(Layer):
-    """Batch normalisation of the last axis (the features, or the channels of a
-    channels-last image) over every other axis of the batch, as
+    """Batch normalisation of the last axis over every other axis of the batch.
+
+    The last axis is the features, or the channels of a channels-last image, as
     torch.nn.BatchNorm1d / BatchNorm2d: batch statistics in training, running
     statistics (updated with `momentum`) in inference. A training batch of one
     row has no batch statistics: it is normalised with the running ones, which it
     leaves unchanged. Parameters gamma, beta (C,); state running_mean,
-    running_var (C,)."""
+    running_var (C,).
+
+    Parameters
+    ----------
+    momentum : float, default 0.1
+        The weight of a batch in the running statistics.
+    eps : float, default 1e-5
+        Added to the variance.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BatchNorm(momentum=0.01)
+    BatchNorm(momentum=0.01, eps=1e-05)
+    """
 
     kind = "BatchNorm"
 
@@ -483,10 +639,25 @@ class BatchNorm(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout in training (identity in inference). The mask comes from the
-    kernels' counter-based generator; its seed is mixed from the model's seed, the
-    model's count of training passes and this layer's position, so a run is
-    reproducible and every backend draws the same mask."""
+    """Inverted dropout in training (identity in inference).
+
+    The mask comes from the kernels' counter-based generator; its seed is mixed
+    from the model's seed, the model's count of training passes and this layer's
+    position, so a run is reproducible and every backend draws the same mask.
+
+    Parameters
+    ----------
+    rate : float
+        The fraction of inputs dropped, in [0, 1).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Dropout(0.2)
+    Dropout(rate=0.2)
+    """
 
     kind = "Dropout"
 
@@ -515,7 +686,19 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), in C order (a view, no copy)."""
+    """Flatten each sample: (N, d1, d2, ...) -> (N, d1 * d2 * ...), a view.
+
+    Parameters
+    ----------
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Flatten().output_shape_for((8, 8, 4))
+    (256,)
+    """
 
     kind = "Flatten"
 
@@ -654,14 +837,43 @@ def _as_config(value):
 
 
 class Conv2D(_Weighted):
-    """y = activation(conv(x, W) + b) over channels-last images, through the fused
-    conv2d_forward / conv2d_backward kernels (as torch.nn.Conv2d, cross-correlation
-    with zero padding). W (kh, kw, C_in, filters), b (filters,).
+    """Convolution ``y = activation(conv(x, W) + b)`` over channels-last images.
 
-    filters: output channels; kernel_size, strides: an int or a pair; padding:
-    'valid', 'same' (odd kernels: output ceil(size / stride)), an int or a pair;
-    activation, init, l2, l1: as Dense (the initialisers see the layer as a dense
-    layer over the windows: fan-in kh * kw * C_in, fan-out filters)."""
+    It runs the fused conv2d_forward / conv2d_backward kernels (as
+    torch.nn.Conv2d: cross-correlation with zero padding). W (kh, kw, C_in,
+    filters), b (filters,). The initialisers see the layer as a dense layer over
+    the windows: fan-in kh * kw * C_in, fan-out filters.
+
+    Parameters
+    ----------
+    filters : int
+        The output channels.
+    kernel_size : int or (int, int)
+        The window.
+    strides : int or (int, int), default 1
+        The step between windows.
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd kernels) gives outputs of ceil(size / stride).
+    activation : str, optional
+        Any activation of the catalogue (None: identity).
+    init : str or callable, optional
+        An initialiser name (glorot_uniform, glorot_normal, he_uniform,
+        he_normal, lecun_normal, sklearn) or a callable ``(fan_in, fan_out, rng,
+        dtype) -> (W, b)``; None picks one from the activation (He for the ReLU
+        family, LeCun for selu, Glorot otherwise).
+    l2 : float, default 0.0
+        L2 penalty on W.
+    l1 : float, default 0.0
+        L1 penalty on W.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Conv2D(32, 3, padding="same").output_shape_for((28, 28, 1))
+    (28, 28, 32)
+    """
 
     kind = "Conv2D"
 
@@ -719,10 +931,27 @@ class Conv2D(_Weighted):
 
 
 class MaxPool2D(Layer):
-    """The maximum of each pool_size window every `strides` cells (default:
-    pool_size) per channel, through maxpool2d_forward / maxpool2d_backward (as
-    torch.nn.MaxPool2d). padding: 'valid', 'same' (odd pools), an int or a pair,
-    at most half the pool; padded cells never win."""
+    """Max pooling: the maximum of each window, per channel (as torch.nn.MaxPool2d).
+
+    It runs maxpool2d_forward / maxpool2d_backward; padded cells never win.
+
+    Parameters
+    ----------
+    pool_size : int or (int, int), default 2
+        The window.
+    strides : int or (int, int), optional
+        The step between windows (default: pool_size).
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd pools), or zeros on each side, at most half the pool.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.MaxPool2D(2).output_shape_for((28, 28, 32))
+    (14, 14, 32)
+    """
 
     kind = "MaxPool2D"
     pool_kernel = "maxpool2d"
@@ -760,9 +989,28 @@ class MaxPool2D(Layer):
 
 
 class AveragePooling2D(MaxPool2D):
-    """The mean of each window (zero padding counted in the divisor, as
-    torch.nn.AvgPool2d), through avgpool2d_forward / avgpool2d_backward; options
-    as MaxPool2D."""
+    """Average pooling: the mean of each window, per channel (as torch.nn.AvgPool2d).
+
+    Zero padding counts in the divisor. It runs avgpool2d_forward /
+    avgpool2d_backward; the options are MaxPool2D's.
+
+    Parameters
+    ----------
+    pool_size : int or (int, int), default 2
+        The window.
+    strides : int or (int, int), optional
+        The step between windows (default: pool_size).
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd pools), or zeros on each side, at most half the pool.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.AveragePooling2D(2).output_shape_for((8, 8, 3))
+    (4, 4, 3)
+    """
 
     kind = "AveragePooling2D"
 
@@ -779,8 +1027,21 @@ class AveragePooling2D(MaxPool2D):
 
 
 class GlobalAveragePooling2D(Layer):
-    """(N, H, W, C) -> (N, C): the mean over each image, per channel (the average
-    pooling kernels with the whole image as the window)."""
+    """Global average pooling: (N, H, W, C) -> (N, C), the mean over each image.
+
+    It runs the average pooling kernels with the whole image as the window.
+
+    Parameters
+    ----------
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.GlobalAveragePooling2D().output_shape_for((7, 7, 64))
+    (64,)
+    """
 
     kind = "GlobalAveragePooling2D"
 
@@ -895,8 +1156,27 @@ class _Recurrent(Layer):
 
 
 class SimpleRNN(_Recurrent):
-    """h_t = activation(x_t W_x + h_{t-1} W_h + b), activation tanh or relu (as
-    torch.nn.RNN, whose two biases b is the sum of)."""
+    """Simple recurrent layer ``h_t = activation(x_t W_x + h_(t-1) W_h + b)``.
+
+    As torch.nn.RNN, whose two biases b is the sum of; inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    activation : {'tanh', 'relu'}, default 'tanh'
+        The activation.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SimpleRNN(16, return_sequences=True).output_shape_for((10, 8))
+    (10, 16)
+    """
 
     kind = "SimpleRNN"
     kernel = "rnn"
@@ -911,8 +1191,26 @@ class SimpleRNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
-    """Long short-term memory (torch.nn.LSTM's gates i, f, g, o); the forget gate's
-    bias starts at 1 (so that the cell remembers from the start)."""
+    """Long short-term memory layer (torch.nn.LSTM's gates i, f, g, o).
+
+    The forget gate's bias starts at 1 (so that the cell remembers from the
+    start); inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.LSTM(32).output_shape_for((10, 8))
+    (32,)
+    """
 
     kind = "LSTM"
     kernel = "lstm"
@@ -924,7 +1222,25 @@ class LSTM(_Recurrent):
 
 
 class GRU(_Recurrent):
-    """Gated recurrent unit (torch.nn.GRU's gates r, z, n and its two biases b_x, b_h)."""
+    """Gated recurrent unit layer (torch.nn.GRU's gates r, z, n, biases b_x, b_h).
+
+    Inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.GRU(32).output_shape_for((10, 8))
+    (32,)
+    """
 
     kind = "GRU"
     kernel = "gru"
@@ -933,17 +1249,34 @@ class GRU(_Recurrent):
 
 
 class Embedding(Layer):
-    """Integer tokens (T,) per sample -> their vectors (T, output_dim): row t of
-    the output is W[token t], W (input_dim, output_dim) ("weight", N(0, 1) as
+    """Embedding layer: integer tokens (T,) per sample -> their vectors (T, output_dim).
+
+    Row t of the output is W[token t], W (input_dim, output_dim) (N(0, 1) as
     torch.nn.Embedding). The gradient of W is a scatter-add of the output's
     gradient over the tokens. Tokens must lie in [0, input_dim) (checked by the
     model with the rest of its input); the layer must come first. Kernels
-    embedding_forward and embedding_backward."""
+    embedding_forward and embedding_backward.
+
+    Parameters
+    ----------
+    input_dim : int
+        The number of distinct tokens.
+    output_dim : int
+        The vectors' width.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Embedding(1000, 16).output_shape_for((20,))
+    (20, 16)
+    """
 
     kind = "Embedding"
     input_dtype = np.dtype(np.int64)
 
-    def __init__(self, input_dim: Optional[int], output_dim: int, name: Optional[str] = None) -> None:
+    def __init__(self, input_dim: int, output_dim: int, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.input_dim = chk.integer(input_dim, "input_dim", low=1)
         self.output_dim = chk.integer(output_dim, "output_dim", low=1)
@@ -960,7 +1293,27 @@ class Embedding(Layer):
         self.params["W"][...] = rng.standard_normal((self.input_dim, self.output_dim))
 
     def check_input(self, X: Array, name: str) -> Array:
-        """X as a C-contiguous int64 array of tokens in [0, input_dim)."""
+        """Return `X` as a C-contiguous int64 array of tokens in [0, input_dim).
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            The model's input.
+        name : str
+            Its name in error messages.
+
+        Returns
+        -------
+        numpy.ndarray
+            The tokens, int64.
+
+        Raises
+        ------
+        TypeError
+            If `X` does not hold integers.
+        ValueError
+            If a token lies outside [0, input_dim).
+        """
         if X.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer tokens for an Embedding, got dtype {X.dtype}")
         if X.size and (X.min() < 0 or X.max() >= self.input_dim):

@@ -65,32 +65,110 @@ def _integer_labels(y, name, n_samples, n_classes):
 
 
 class Loss:
-    """Base class. `__call__(backend, output, targets, sample_weight, grad)` returns
-    the mean loss and writes d loss / d output into grad; it and `checked_call`
-    run `kernel(kernels, ...)`, which a subclass defines with `kernels` being the
-    backend (validating kernels) or `backend.fast` (the same kernels behind their
-    fast precondition): one definition for both paths."""
+    """The base of the losses: the mean loss over samples and its gradient.
+
+    ``loss(backend, output, targets, sample_weight, grad)`` returns the mean loss
+    and writes d loss / d output into grad; it and `checked_call` run ``kernel(kernels,
+    ...)``, which a subclass defines with ``kernels`` being the backend
+    (validating kernels) or ``backend.fast`` (the same kernels behind their fast
+    precondition): one definition for both paths.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss('mse')
+    SquaredError()
+    """
 
     name = "loss"
     link = "identity"  # activation that maps raw outputs to predictions
     classifier = False  # whether accuracy is a meaningful metric
 
     def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
+        """Return the targets in the form the kernel takes.
+
+        Parameters
+        ----------
+        y : numpy.ndarray
+            The targets as given.
+        n_samples : int
+            The number of samples.
+        n_outputs : int
+            The model's outputs per sample.
+        dtype : dtype
+            The model's float dtype.
+
+        Returns
+        -------
+        numpy.ndarray
+            The targets (integer labels or float columns).
+
+        Raises
+        ------
+        ValueError
+            If the targets do not fit the loss or the model's outputs.
+        """
         return _columns(y, "y", n_samples, n_outputs, dtype)
 
     def correct(self, output: Array, targets: Array) -> int:
-        """Number of correct predictions in a batch (classification losses)."""
+        """Count the correct predictions in a batch (classification losses).
+
+        Parameters
+        ----------
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+
+        Returns
+        -------
+        int
+            The number of correct predictions.
+        """
         raise NotImplementedError
 
     def apply_link(self, backend: Backend, raw: Array, out: Array) -> Array:
-        """Predictions from raw outputs (N, K): the link activation, into out."""
+        """Compute predictions from raw outputs: the link activation, into `out`.
+
+        Parameters
+        ----------
+        backend : backend object
+            Runs the activation kernel.
+        raw : numpy.ndarray
+            Raw outputs, (N, K).
+        out : numpy.ndarray
+            The predictions' buffer, (N, K).
+
+        Returns
+        -------
+        numpy.ndarray
+            `out`.
+        """
         backend.activation_forward(raw, self.link, out=out)
         return out
 
     def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
                grad: Array) -> float:
-        """The loss value (a float), its gradient written into grad, computed with
-        `kernels` (a backend or its `fast` face)."""
+        """Compute the loss with `kernels`, its gradient written into `grad`.
+
+        Parameters
+        ----------
+        kernels : backend object
+            A backend (validating kernels) or its ``fast`` face.
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+        sample_weight : numpy.ndarray or None
+            Per-sample weights, (N,).
+        grad : numpy.ndarray
+            Receives d loss / d output, (N, K).
+
+        Returns
+        -------
+        float
+            The mean loss.
+        """
         raise NotImplementedError(f"{type(self).__name__} defines no kernel(kernels, output, targets, "
                                   "sample_weight, grad)")
 
@@ -100,16 +178,43 @@ class Loss:
 
     def checked_call(self, backend: Backend, output: Array, targets: Array,
                      sample_weight: Optional[Array], grad: Array) -> float:
-        """`__call__` for arguments the model has already checked: output and grad
-        C-contiguous (N, K) workspaces of one float dtype, targets from `targets`
-        (sliced or gathered into C-contiguous arrays), sample_weight None or (N,)
-        of that dtype with a positive sum: the kernels' fast precondition, no
-        value scans (see fastnn.backends.spec)."""
+        """Compute the loss for arguments the model has already checked.
+
+        Output and grad are C-contiguous (N, K) workspaces of one float dtype,
+        targets from `targets` (sliced or gathered into C-contiguous arrays),
+        sample_weight None or (N,) of that dtype with a positive sum: the kernels'
+        fast precondition, no value scans (see fastnn.backends.spec).
+
+        Parameters
+        ----------
+        backend : backend object
+            The backend whose kernels run.
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+        sample_weight : numpy.ndarray or None
+            Per-sample weights, (N,).
+        grad : numpy.ndarray
+            Receives d loss / d output, (N, K).
+
+        Returns
+        -------
+        float
+            The mean loss.
+        """
         if type(self).kernel is Loss.kernel:  # a subclass that defines __call__ only
             return self(backend, output, targets, sample_weight, grad)
         return self.kernel(backend.fast, output, targets, sample_weight, grad)
 
     def config(self) -> Config:
+        """Return the loss as saved.
+
+        Returns
+        -------
+        dict
+            Its name and options.
+        """
         return {"name": self.name}
 
     def __repr__(self):
@@ -117,8 +222,16 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Cross-entropy of softmax(logits). Targets: (N,) integer labels, or (N, C)
-    one-hot / probability rows."""
+    """Cross-entropy of softmax(logits).
+
+    Targets: (N,) integer labels, or (N, C) one-hot or probability rows.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Sequential([nn.Dense(3)], loss=nn.SoftmaxCrossEntropy()).loss.link
+    'softmax'
+    """
 
     name = "softmax_cross_entropy"
     link = "softmax"
@@ -149,8 +262,17 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy of sigmoid(logits) per output: one output for binary
-    labels, K outputs for multilabel targets; targets in [0, 1]."""
+    """Binary cross-entropy of sigmoid(logits) per output.
+
+    One output for binary labels, K outputs for multilabel targets; targets in
+    [0, 1].
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BinaryCrossEntropy().link
+    'logistic'
+    """
 
     name = "binary_crossentropy"
     link = "logistic"
@@ -173,7 +295,14 @@ class BinaryCrossEntropy(Loss):
 
 
 class SquaredError(Loss):
-    """0.5 (output - y)^2 summed over outputs, mean over samples."""
+    """Squared error ``0.5 (output - y)^2`` summed over outputs, mean over samples.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SquaredError().classifier
+    False
+    """
 
     name = "mse"
 
@@ -183,7 +312,14 @@ class SquaredError(Loss):
 
 
 class AbsoluteError(Loss):
-    """``|output - y|`` summed over outputs, mean over samples."""
+    """Absolute error ``|output - y|`` summed over outputs, mean over samples.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss('mae')
+    AbsoluteError()
+    """
 
     name = "mae"
 
@@ -193,7 +329,19 @@ class AbsoluteError(Loss):
 
 
 class Huber(Loss):
-    """Huber loss with threshold delta (torch.nn.HuberLoss)."""
+    """Huber loss with threshold delta (torch.nn.HuberLoss).
+
+    Parameters
+    ----------
+    delta : float, default 1.0
+        Where the loss turns from quadratic to linear.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Huber(delta=0.5)
+    Huber(delta=0.5)
+    """
 
     name = "huber"
 
@@ -205,6 +353,13 @@ class Huber(Loss):
         return kernels.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
 
     def config(self) -> Config:
+        """Return the loss as saved.
+
+        Returns
+        -------
+        dict
+            Its name and delta.
+        """
         return {"name": self.name, "delta": self.delta}
 
     def __repr__(self):
@@ -212,8 +367,17 @@ class Huber(Loss):
 
 
 class Hinge(Loss):
-    """Hinge loss max(0, 1 - t s) per output. Targets: -1/+1 or 0/1 per output, or,
-    with K > 1 outputs, (N,) integer labels (one-vs-rest)."""
+    """Hinge loss ``max(0, 1 - t s)`` per output.
+
+    Targets: -1/+1 or 0/1 per output, or, with K > 1 outputs, (N,) integer labels
+    (one-vs-rest).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Hinge().classifier
+    True
+    """
 
     name = "hinge"
     classifier = True
@@ -281,23 +445,50 @@ class _ClippedLogLoss:
 
 
 class LogLoss(_ClippedLogLoss, SoftmaxCrossEntropy):
-    """scikit-learn's MLP log loss of softmax outputs (its multiclass loss):
-    softmax cross-entropy whose value clips the probabilities to [eps, 1 - eps]."""
+    """Log loss of softmax outputs as scikit-learn's MLP computes it (multiclass).
+
+    Softmax cross-entropy whose value clips the probabilities to [eps, 1 - eps];
+    the gradient is the unclipped one, as scikit-learn's.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.LogLoss().link
+    'softmax'
+    """
 
     name = "log_loss"
 
 
 class BinaryLogLoss(_ClippedLogLoss, BinaryCrossEntropy):
-    """scikit-learn's MLP binary log loss (its binary and multilabel loss): binary
-    cross-entropy per output whose value clips the probabilities to [eps, 1 - eps]."""
+    """Binary log loss as scikit-learn's MLP computes it (binary and multilabel).
+
+    Binary cross-entropy per output whose value clips the probabilities to [eps,
+    1 - eps]; the gradient is the unclipped one, as scikit-learn's.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BinaryLogLoss().link
+    'logistic'
+    """
 
     name = "binary_log_loss"
 
 
 class SquaredLoss(SquaredError):
-    """scikit-learn's MLP squared loss: the value is SquaredError's averaged over the
-    outputs as well, ((output - y)^2).mean() / 2, while the gradient is
-    SquaredError's (of the sum over outputs), as scikit-learn trains."""
+    """Squared loss as scikit-learn's MLP computes it.
+
+    The value is SquaredError's averaged over the outputs as well,
+    ``((output - y)^2).mean() / 2``, while the gradient is SquaredError's (of the
+    sum over outputs), as scikit-learn trains.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SquaredLoss().classifier
+    False
+    """
 
     name = "squared_loss"
 
@@ -307,9 +498,17 @@ class SquaredLoss(SquaredError):
 
 
 class PoissonLoss(Loss):
-    """Half the Poisson deviance of predictions exp(output) (the log link),
-    summed over outputs, (weighted) mean over samples: scikit-learn's MLP
-    'poisson' loss. Targets >= 0."""
+    """Half the Poisson deviance of predictions exp(output) (the log link).
+
+    Summed over outputs, (weighted) mean over samples: scikit-learn's MLP
+    'poisson' loss. Targets >= 0.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.PoissonLoss().link
+    'exp'
+    """
 
     name = "poisson"
     link = "exp"

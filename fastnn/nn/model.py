@@ -149,7 +149,7 @@ class Sequential:
     classes_: Optional[Array]
     input_shape: Optional[Shape]
     _trainable_flags: Optional[Tuple[bool, ...]]
-    _workspaces: Dict[Any, Any]
+    _workspaces: collections.OrderedDict[Any, Any]
 
     def __init__(self, layers: Sequence[Layer] = (), *, loss: Union[str, Loss, None] = None,
                  optimizer: Union[str, Optimizer, None] = "adam", l2: Optional[float] = 0.0,
@@ -764,9 +764,9 @@ class Sequential:
         if ws is None:
             ws = self._workspaces[batch_shape] = ([{} for _ in self.layers], {})
             if len(self._workspaces) > MAX_WORKSPACES:
-                self._workspaces.popitem(last=False)  # type: ignore[call-arg]
+                self._workspaces.popitem(last=False)
         else:
-            self._workspaces.move_to_end(batch_shape)  # type: ignore[attr-defined]
+            self._workspaces.move_to_end(batch_shape)
         return ws
 
     # ------------------------------------------------------------------ passes

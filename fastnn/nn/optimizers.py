@@ -33,20 +33,64 @@ from ..backends import _checks as chk
 
 # --------------------------------------------------------------------- schedules
 class Schedule:
-    """Constant learning rate; the base of every schedule."""
+    """Constant learning rate; the base of every schedule.
+
+    A schedule gives the learning rate of each optimizer step (`lr_at`); per-epoch
+    schedules change at `end_epoch`.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> schedule = nn.Schedule()
+    >>> schedule.reset(0.1)
+    >>> schedule.lr_at(1)
+    0.1
+    """
 
     name = "constant"
 
     def reset(self, lr0: float) -> None:
-        """Start from the initial rate lr0 (called when the optimizer is bound)."""
+        """Start from the initial rate (called when the optimizer is bound).
+
+        Parameters
+        ----------
+        lr0 : float
+            The initial learning rate.
+        """
         self.lr0 = self.lr = lr0
 
     def lr_at(self, t: int) -> float:
-        """Rate for optimizer step t (1-based)."""
+        """Return the rate of an optimizer step.
+
+        Parameters
+        ----------
+        t : int
+            The step, counted from 1.
+
+        Returns
+        -------
+        float
+            The learning rate.
+        """
         return self.lr
 
     def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
-        """Update after epoch `epoch` (1-based). Returns True to ask training to stop."""
+        """Update the rate after an epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch that ended, counted from 1.
+        loss : float or None
+            Its training loss.
+        samples_seen : int
+            The samples seen so far.
+
+        Returns
+        -------
+        bool
+            True to ask training to stop.
+        """
         return False
 
     def config(self) -> Config:
@@ -58,8 +102,24 @@ class Schedule:
 
 
 class InverseScaling(Schedule):
-    """lr0 / t^power_t. per="epoch" is scikit-learn's invscaling: updated at the end
-    of each epoch with t = samples seen + 1; per="step" uses the step count t."""
+    """Learning rate ``lr0 / t^power_t``.
+
+    Parameters
+    ----------
+    power_t : float, default 0.5
+        The exponent.
+    per : {'epoch', 'step'}, default 'epoch'
+        'epoch' is scikit-learn's invscaling: updated at the end of each epoch
+        with t = samples seen + 1; 'step' uses the step count t.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> schedule = nn.InverseScaling(per="step")
+    >>> schedule.reset(0.1)
+    >>> schedule.lr_at(4)
+    0.05
+    """
 
     name = "invscaling"
 
@@ -80,7 +140,20 @@ class InverseScaling(Schedule):
 
 
 class StepDecay(Schedule):
-    """lr0 * gamma^(epoch // step_size)."""
+    """Learning rate ``lr0 * gamma^(epoch // step_size)``.
+
+    Parameters
+    ----------
+    step_size : int, default 10
+        Epochs between two decays.
+    gamma : float, default 0.1
+        The factor of each decay.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, schedule=nn.StepDecay(step_size=2, gamma=0.5))
+    """
 
     name = "step"
 
@@ -97,7 +170,18 @@ class StepDecay(Schedule):
 
 
 class ExponentialDecay(Schedule):
-    """lr0 * gamma^epoch."""
+    """Learning rate ``lr0 * gamma^epoch``.
+
+    Parameters
+    ----------
+    gamma : float, default 0.95
+        The factor per epoch.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.Adam(1e-3, schedule=nn.ExponentialDecay(0.9))
+    """
 
     name = "exponential"
 
@@ -113,7 +197,20 @@ class ExponentialDecay(Schedule):
 
 
 class CosineDecay(Schedule):
-    """Cosine annealing from lr0 to min_lr over `epochs` epochs, then min_lr."""
+    """Cosine annealing from lr0 to min_lr over `epochs` epochs, then min_lr.
+
+    Parameters
+    ----------
+    epochs : int
+        The length of the annealing.
+    min_lr : float, default 0.0
+        The final rate.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, momentum=0.9, schedule=nn.CosineDecay(epochs=20))
+    """
 
     name = "cosine"
 
@@ -131,14 +228,34 @@ class CosineDecay(Schedule):
 
 
 class ReduceOnPlateau(Schedule):
-    """Multiply the rate by `factor` when the epoch loss has not improved on the best
-    so far by at least `tol` for more than `patience` epochs in a row. With
-    stop_at_min_lr, a plateau reached at a rate <= min_lr asks training to stop
-    instead; otherwise the rate never goes below min_lr.
+    """Multiply the rate by `factor` when the epoch loss stops improving.
 
-    'adaptive' is scikit-learn's rule: factor 1/5, tol 1e-4, stop at 1e-6, patience 2
-    as its documentation states (its code waits n_iter_no_change epochs: pass that
-    as patience to match it)."""
+    The rate is multiplied when the loss has not improved on the best so far by
+    at least `tol` for more than `patience` epochs in a row. With stop_at_min_lr,
+    a plateau reached at a rate <= min_lr asks training to stop instead;
+    otherwise the rate never goes below min_lr. The schedule 'adaptive' is
+    scikit-learn's rule: factor 1/5, tol 1e-4, stop at 1e-6, patience 2 as its
+    documentation states (its code waits n_iter_no_change epochs: pass that as
+    patience to match it).
+
+    Parameters
+    ----------
+    factor : float, default 0.1
+        The factor of each reduction.
+    patience : int, default 10
+        Epochs without improvement before a reduction.
+    tol : float, default 1e-4
+        The least improvement that counts.
+    min_lr : float, default 0.0
+        The smallest rate.
+    stop_at_min_lr : bool, default False
+        Whether a plateau at min_lr stops training.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, schedule=nn.ReduceOnPlateau(factor=0.5, patience=3))
+    """
 
     name = "plateau"
 
@@ -244,20 +361,37 @@ def _shrink(params, grads, state, factor):
 
 
 class Optimizer:
-    """Base class: lr (initial learning rate), schedule (None, name or Schedule).
+    """The base of the optimizers: one fused kernel call updates the whole model.
+
     Subclasses list their state buffers in `state_names` and make the kernel call
-    in `_step`.
+    in ``_step``. Gradient clipping (as in Keras; at most one option) applies to
+    the gradient buffer before the step, which then adds the optimizer's own
+    weight decay.
 
-    Gradient clipping (options of every optimizer, as in Keras; at most one):
-    clipnorm rescales each tensor's gradient g to ``g * clipnorm / max(||g||,
-    clipnorm)``; global_clipnorm rescales all of them together by the norm over
-    every parameter; clipvalue clips each element to [-clipvalue, clipvalue].
-    Applied to the gradient buffer before the step (which then adds the
-    optimizer's own weight decay).
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    clipnorm : float, optional
+        Rescale each tensor's gradient g to ``g * clipnorm / max(||g||, clipnorm)``.
+    clipvalue : float, optional
+        Clip each gradient element to [-clipvalue, clipvalue].
+    global_clipnorm : float, optional
+        Rescale all gradients together by their norm over every parameter.
 
-    Every optimizer takes weight_decay and decoupled_weight_decay (False: L2
-    gradient ``weight_decay * params``; True: ``params *= 1 - lr * weight_decay`` before
-    the step)."""
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SGD(0.1, global_clipnorm=1.0).global_clipnorm
+    1.0
+    """
 
     name = "optimizer"
     state_names: Tuple[str, ...] = ()
@@ -278,9 +412,11 @@ class Optimizer:
 
     @property
     def couples_l2(self) -> bool:
-        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel: not
-        after a decoupled decay has scaled the parameters (the gradient is the
-        one at the parameters before the step)."""
+        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel.
+
+        Not after a decoupled decay has scaled the parameters (the gradient is the
+        one at the parameters before the step).
+        """
         return not (self.decoupled_weight_decay and self.weight_decay)
 
     def __init__(self, lr: float, schedule: Union[str, Schedule, None] = None,
@@ -303,8 +439,13 @@ class Optimizer:
         self.epochs_done = 0
 
     def bind(self, params: Array) -> None:
-        """Allocate zeroed state buffers shaped like `params` (the flat buffer) and
-        restart the step count and the schedule."""
+        """Allocate zeroed state buffers shaped like `params` and restart the counts.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The flat parameter buffer.
+        """
         self._params = params
         self.state = {name: np.zeros_like(params) for name in self.state_names}
         self._parts = None  # (key, [(param view, grad view, {name: state view}, penalised)])
@@ -314,6 +455,18 @@ class Optimizer:
         self.schedule.reset(self.lr0)
 
     def is_bound_to(self, params: Array) -> bool:
+        """Return whether the optimizer's state belongs to the buffer `params`.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            A flat parameter buffer.
+
+        Returns
+        -------
+        bool
+            Whether `bind` was last called with it.
+        """
         return self._params is params
 
     @property
@@ -324,13 +477,38 @@ class Optimizer:
     def step(self, backend: Backend, params: Array, grads: Array, n_samples: int = 0, l2: float = 0.0,
              l2_size: int = 0, runs: Optional[List[Tuple[int, int]]] = None,
              tensors: Optional[List[Array]] = None) -> None:
-        """One update of the flat buffer: one kernel call over all of it. l2 > 0
-        adds the gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2
-        inside the kernel (only for optimizers with couples_l2); runs: the
-        [(start, stop)] ranges to update (frozen parameters lie outside them;
-        None: everything); tensors: the flat gradient view of each tensor, for
-        clipnorm (None: the buffer is one tensor). With l2 or runs, one call per
-        range (split where the penalised block ends)."""
+        """Update the flat parameter buffer in place: one kernel call over all of it.
+
+        With `l2` or `runs`, one call per range (split where the penalised block
+        ends).
+
+        Parameters
+        ----------
+        backend : backend object
+            The backend whose kernel runs.
+        params : numpy.ndarray
+            The flat parameter buffer.
+        grads : numpy.ndarray
+            Its gradient, same layout.
+        n_samples : int, default 0
+            The samples of the step (for per-sample schedules).
+        l2 : float, default 0.0
+            Adds the gradient ``l2 * param`` of the penalty ``l2/2 ||params[:l2_size]||^2``
+            inside the kernel (only for optimizers with couples_l2).
+        l2_size : int, default 0
+            The length of the penalised block at the start of the buffer.
+        runs : list of (int, int), optional
+            The [(start, stop)] ranges to update (frozen parameters lie outside
+            them; None: everything).
+        tensors : list of numpy.ndarray, optional
+            The flat gradient view of each tensor, for clipnorm (None: the buffer is
+            one tensor).
+
+        Raises
+        ------
+        ValueError
+            If `l2` is given to an optimizer that cannot fold it.
+        """
         if l2 and not self.couples_l2:
             raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
         self.t += 1
@@ -369,8 +547,15 @@ class Optimizer:
         return self._parts[1]
 
     def clip(self, grads: Array, tensors: Optional[List[Array]] = None) -> None:
-        """Clip the gradient buffer in place (see the class docstring); tensors:
-        flat views of grads, one per tensor, for clipnorm (None: one tensor)."""
+        """Clip the gradient buffer in place (see the class's clipping options).
+
+        Parameters
+        ----------
+        grads : numpy.ndarray
+            The flat gradient buffer.
+        tensors : list of numpy.ndarray, optional
+            Flat views of grads, one per tensor, for clipnorm (None: one tensor).
+        """
         if self.clipvalue is not None:
             np.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
             return
@@ -385,20 +570,48 @@ class Optimizer:
                 g *= g.dtype.type(limit / norm)  # type: ignore[operator]
 
     def end_epoch(self, loss: Optional[float] = None) -> bool:
-        """Tell the schedule an epoch ended, with its training loss. Returns True
-        when the schedule asks training to stop (scikit-learn's 'adaptive')."""
+        """Tell the schedule an epoch ended.
+
+        Parameters
+        ----------
+        loss : float, optional
+            The epoch's training loss.
+
+        Returns
+        -------
+        bool
+            True when the schedule asks training to stop (scikit-learn's 'adaptive').
+        """
         self.epochs_done += 1
         return self.schedule.end_epoch(self.epochs_done, loss, self.samples_seen)
 
     def get_state(self) -> Tuple[Dict[str, Any], Dict[str, Array]]:
-        """(counters and schedule position as a JSON-able dict, {name: state buffer})."""
+        """Return the optimizer's state.
+
+        Returns
+        -------
+        counters : dict
+            The step counts and the schedule's position, JSON-able.
+        buffers : dict of str to numpy.ndarray
+            The state buffers by name.
+        """
         counters = {"t": self.t, "samples_seen": self.samples_seen, "epochs_done": self.epochs_done,
                     "schedule": {k: v for k, v in vars(self.schedule).items()
                                  if k in ("lr0", "lr", "best", "bad_epochs")}}
         return counters, self.state
 
     def set_state(self, params: Array, counters: Dict[str, Any], buffers: Mapping[str, ArrayLike]) -> None:
-        """Bind to params and restore what get_state returned."""
+        """Bind to `params` and restore what `get_state` returned.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The flat parameter buffer.
+        counters : dict
+            The counters of get_state.
+        buffers : mapping of str to array_like
+            The state buffers of get_state.
+        """
         self.bind(params)
         for name in self.state_names:
             np.copyto(self.state[name], buffers[name])
@@ -417,9 +630,40 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD with momentum / Nesterov and L2 weight decay (torch.optim.SGD's rule).
-    lr_in_velocity=True gives scikit-learn's rule (the velocity holds lr * grad),
-    which differs when the rate changes over time."""
+    """Stochastic gradient descent with momentum or Nesterov (torch.optim.SGD's rule).
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    momentum : float, default 0.0
+        The momentum factor.
+    nesterov : bool, default False
+        Whether to use Nesterov momentum.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    lr_in_velocity : bool, default False
+        True gives scikit-learn's rule (the velocity holds ``lr * grad``), which
+        differs when the rate changes over time.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SGD(0.1, momentum=0.9, nesterov=True).name
+    'sgd'
+    """
 
     name = "sgd"
     _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity", "decoupled_weight_decay")
@@ -445,6 +689,35 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
+    """Adagrad (torch.optim.Adagrad's rule).
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    eps : float, default 1e-10
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adagrad(0.05).state_names
+    ('sum_sq',)
+    """
     name = "adagrad"
     state_names = ("sum_sq",)
     _options = ("eps", "weight_decay", "decoupled_weight_decay")
@@ -463,6 +736,41 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    """RMSprop (torch.optim.RMSprop's rule), optionally centered and with momentum.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    alpha : float, default 0.99
+        The decay of the squared-gradient average.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    momentum : float, default 0.0
+        The momentum factor.
+    centered : bool, default False
+        Whether to divide by the estimated variance instead of the second moment.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.RMSprop(1e-3, centered=True).state_names
+    ('square_avg', 'grad_avg')
+    """
     name = "rmsprop"
     _options = ("alpha", "eps", "weight_decay", "momentum", "centered", "decoupled_weight_decay")
 
@@ -488,6 +796,37 @@ class RMSprop(Optimizer):
 
 
 class Adadelta(Optimizer):
+    """Adadelta (torch.optim.Adadelta's rule).
+
+    Parameters
+    ----------
+    lr : float, default 1.0
+        The initial learning rate.
+    rho : float, default 0.9
+        The decay of the running averages.
+    eps : float, default 1e-6
+        Added inside the square roots.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adadelta().state_names
+    ('square_avg', 'acc_delta')
+    """
     name = "adadelta"
     state_names = ("square_avg", "acc_delta")
     _options = ("rho", "eps", "weight_decay", "decoupled_weight_decay")
@@ -507,10 +846,47 @@ class Adadelta(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (torch.optim.Adam), L2 weight decay added to the gradient (decoupled
-    with decoupled_weight_decay=True: AdamW), optional amsgrad. sklearn_eps=True
-    places eps as scikit-learn does (added to sqrt(v) after the bias correction
-    of the rate, i.e. eps / sqrt(1 - beta2^t) here)."""
+    """Adam (torch.optim.Adam's rule), optionally amsgrad.
+
+    Weight decay is an L2 gradient, or decoupled with decoupled_weight_decay=True
+    (AdamW).
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The initial learning rate.
+    beta1 : float, default 0.9
+        The decay of the first-moment estimate.
+    beta2 : float, default 0.999
+        The decay of the second-moment estimate.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    amsgrad : bool, default False
+        Whether to use the maximum of the second-moment estimates.
+    sklearn_eps : bool, default False
+        True places eps as scikit-learn does (added to sqrt(v) after the bias
+        correction of the rate, i.e. ``eps / sqrt(1 - beta2^t)`` here).
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adam(3e-3, amsgrad=True).state_names
+    ('m', 'v', 'v_max')
+    """
 
     name = "adam"
     kernel_decouples = True  # adam_step(decoupled=True) scales the parameters in its own pass
@@ -532,6 +908,7 @@ class Adam(Optimizer):
 
     @property
     def couples_l2(self) -> bool:
+        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel."""
         # the kernel has one weight_decay: decoupled, it cannot also carry an L2 gradient
         return not self.decoupled_weight_decay
 
@@ -544,8 +921,43 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (torch.optim.AdamW): Adam with
-    decoupled_weight_decay=True and weight_decay 0.01 by default."""
+    """Adam with decoupled weight decay (torch.optim.AdamW's rule).
+
+    Adam with decoupled_weight_decay=True and weight_decay 0.01 by default.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The initial learning rate.
+    beta1 : float, default 0.9
+        The decay of the first-moment estimate.
+    beta2 : float, default 0.999
+        The decay of the second-moment estimate.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.01
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    amsgrad : bool, default False
+        Whether to use the maximum of the second-moment estimates.
+    sklearn_eps : bool, default False
+        Places eps as scikit-learn does (see `Adam`).
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.AdamW().weight_decay
+    0.01
+    """
 
     name = "adamw"
     _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")  # type: ignore[assignment]

@@ -34,18 +34,42 @@ if TYPE_CHECKING:  # for annotations only
 
 
 class Residual(Layer):
-    """y = x + f(x), f the layers applied in order (any layers, including other
-    Residual blocks). f must keep the input's shape, or change only its last
-    axis, which a projection then matches on the skip path: y = x @ P + c + f(x),
-    P (n_in, n_out), a linear Dense (no activation).
+    """Residual block ``y = x + f(x)``, f the layers applied in order.
 
-    projection: None (a projection exactly when f changes the width), True
-    (always), False (never: f must keep the shape). The projection is the
-    sub-layer `shortcut`, named "<block name>_projection"; it trains, freezes
-    and saves with the block.
+    Any layers, including other Residual blocks. f must keep the input's shape,
+    or change only its last axis, which a projection then matches on the skip
+    path: ``y = x @ P + c + f(x)``, P (n_in, n_out), a linear Dense. The
+    projection is the sub-layer ``shortcut``, named "<block name>_projection"; it
+    trains, freezes and saves with the block. ``block.trainable = False`` freezes
+    every sub-layer; with the block trainable, each sub-layer follows its own
+    flag.
 
-    Freezing: `block.trainable = False` freezes every sub-layer; with the block
-    trainable, each sub-layer follows its own flag."""
+    Parameters
+    ----------
+    layers : sequence of Layer
+        The layers of f (a non-empty list).
+    projection : bool, optional
+        None: a projection exactly when f changes the width; True: always; False:
+        never (f must keep the shape).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Raises
+    ------
+    TypeError
+        If `layers` is not a non-empty list of fastnn.nn layers, or projection is
+        not None, True or False.
+    ValueError
+        If a layer appears twice.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> block = nn.Residual([nn.Dense(32, "relu"), nn.Dense(32)])
+    >>> model = nn.Sequential([nn.Dense(32), block, nn.Dense(10)], loss="mse", input_shape=16, seed=0)
+    >>> model.n_params
+    2986
+    """
 
     # declared for the checker: the projection Dense once build makes one
     shortcut: Any
