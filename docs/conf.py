@@ -51,10 +51,8 @@ numpydoc_validation_exclude = {
     r"^fastnn\.testing\.TensorCheck\.",
     r"^fastnn\.testing\.RTOL$",
     # not yet in numpydoc form (prose docstrings, issue #23): the estimators (their parameters are
-    # scikit-learn's), the metrics and the classes of fastnn.tune
+    # scikit-learn's)
     r"^fastnn\.MLP(Classifier|Regressor)(\.|$)",
-    r"^fastnn\.nn\.metrics\.",
-    r"^fastnn\.tune\.(?!select_size$)",
 }
 
 html_theme = "alabaster"

@@ -34,38 +34,90 @@ if TYPE_CHECKING:  # for annotations only
 
 
 class Metric:
-    """Base class. name: the key in logs and history (``'val_' + name`` on validation
-    data). classification: whether it needs a classification loss (else a
-    regression loss). Subclasses define reset, update(loss, output, targets) and
-    result."""
+    """The base of the metrics: sums over batches and a value from them.
+
+    ``name`` is the key in logs and history (``'val_' + name`` on validation
+    data); ``classification`` says whether it needs a classification loss (else a
+    regression loss). Subclasses define `reset`, `update` and `result`.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> metric = nn.metrics.get_metric("accuracy").fresh()
+    >>> metric.name, metric.classification
+    ('accuracy', True)
+    """
 
     name = "metric"
     classification = True
 
     def fresh(self) -> Metric:
-        """A copy with empty sums (one per training run or evaluation)."""
+        """Return a copy with empty sums (one per training run or evaluation).
+
+        Returns
+        -------
+        Metric
+            The copy.
+        """
         metric = copy.copy(self)
         metric.reset()
         return metric
 
     def reset(self) -> None:
+        """Empty the sums."""
         raise NotImplementedError
 
     def update(self, loss: Loss, output: Array, targets: Array) -> None:
-        """Add a batch: output (N, K) raw outputs, targets as Loss.targets gives them."""
+        """Add a batch to the sums.
+
+        Parameters
+        ----------
+        loss : Loss
+            The model's loss (how to read outputs and targets).
+        output : numpy.ndarray
+            The batch's raw outputs (N, K), before the loss's link.
+        targets : numpy.ndarray
+            The batch's targets, as `Loss.targets` gives them.
+        """
         raise NotImplementedError
 
     def result(self) -> float:
+        """Return the metric's value from the sums so far.
+
+        Returns
+        -------
+        float
+            The value.
+        """
         raise NotImplementedError
 
     def check(self, loss: Loss, n_outputs: int) -> None:
-        """A ValueError when the metric does not apply to this loss and output width."""
+        """Check that the metric applies to a loss and output width.
+
+        Parameters
+        ----------
+        loss : Loss
+            The model's loss.
+        n_outputs : int
+            The model's outputs per sample.
+
+        Raises
+        ------
+        ValueError
+            If it does not apply.
+        """
         if self.classification != loss.classifier:
             what = "a classification" if self.classification else "a regression"
             raise ValueError(f"the {self.name} metric needs {what} loss, got {loss.name}")
 
     def config(self) -> Union[str, Config]:
-        """The metric as saved: its name, or a dict with its options."""
+        """Return the metric as saved.
+
+        Returns
+        -------
+        str or dict
+            Its name, or a dict with its name and options.
+        """
         return self.name
 
     def __repr__(self):
@@ -108,8 +160,16 @@ def predictions(loss, output):
 
 # --------------------------------------------------------------- classification
 class Accuracy(Metric):
-    """The fraction of correct predictions (for several sigmoid outputs, of
-    correct outputs), as the loss counts them (Loss.correct)."""
+    """The fraction of correct predictions, as the loss counts them (Loss.correct).
+
+    For several sigmoid outputs, the fraction of correct outputs.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Accuracy().name
+    'accuracy'
+    """
 
     name = "accuracy"
 
@@ -125,8 +185,21 @@ class Accuracy(Metric):
 
 
 class TopKAccuracy(Metric):
-    """The fraction of samples whose true class is among the k highest outputs
-    (Keras's sparse_top_k_categorical_accuracy; k=5 by default as there)."""
+    """The fraction of samples whose true class is among the k highest outputs.
+
+    Keras's sparse_top_k_categorical_accuracy.
+
+    Parameters
+    ----------
+    k : int, default 5
+        How many of the highest outputs count.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.TopKAccuracy(k=3)
+    TopKAccuracy(k=3)
+    """
 
     name = "top_k_accuracy"
 
@@ -161,12 +234,18 @@ class TopKAccuracy(Metric):
 
 
 class _Confusion(Metric):
-    """Base of precision, recall and F1: a (C, C) confusion matrix of counts
-    (rows true, columns predicted) summed over batches. average 'binary': of
-    class 1 (the second of classes_); 'macro': the mean over the classes present
-    in the true or predicted labels (scikit-learn's); 'auto': binary for two
-    classes, macro for more. A 0/0 ratio counts as 0 (scikit-learn's
-    zero_division default)."""
+    """The base of precision, recall and F1: a confusion matrix summed over batches.
+
+    The (C, C) matrix of counts has rows true, columns predicted. A 0/0 ratio
+    counts as 0 (scikit-learn's zero_division default).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1 (the second of classes_); 'macro': the mean over the
+        classes present in the true or predicted labels (scikit-learn's); 'auto':
+        binary for two classes, macro for more.
+    """
 
     # declared for the checker: the counts summed so far (None before the first batch), and the
     # score per class each subclass defines
@@ -214,32 +293,130 @@ class _Confusion(Metric):
 
 
 class Precision(_Confusion):
+    """Precision: tp / (tp + fp), binary or macro-averaged (scikit-learn's precision_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Precision(average="macro")
+    Precision(average='macro')
+    """
     name = "precision"
 
     def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(tp, tp + fp)
 
 
 class Recall(_Confusion):
+    """Recall: tp / (tp + fn), binary or macro-averaged (scikit-learn's recall_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Recall()
+    Recall(average='auto')
+    """
     name = "recall"
 
     def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(tp, tp + fn)
 
 
 class F1(_Confusion):
+    """F1 score: 2 tp / (2 tp + fp + fn), binary or macro-averaged (scikit-learn's f1_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.F1()
+    F1(average='auto')
+    """
     name = "f1"
 
     def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(2 * tp, 2 * tp + fp + fn)
 
 
 class AUC(Metric):
-    """Area under the ROC curve of a binary classifier: the Mann-Whitney rank
-    statistic of the positive-class scores (ties counted half), which equals
-    scikit-learn's roc_auc_score. The scores (logits, monotone in the
-    probability) of every batch are kept and ranked in `result`; NaN when only
-    one class was seen."""
+    """Area under the ROC curve of a binary classifier.
+
+    The Mann-Whitney rank statistic of the positive-class scores (ties counted
+    half), which equals scikit-learn's roc_auc_score. The scores (logits,
+    monotone in the probability) of every batch are kept and ranked in `result`;
+    NaN when only one class was seen.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.AUC().name
+    'auc'
+    """
 
     name = "auc"
     scores: List[Array]
@@ -299,7 +476,14 @@ class _Moments(Metric):
 
 
 class MeanAbsoluteError(_Moments):
-    """Mean absolute error over samples and outputs (scikit-learn's uniform average)."""
+    """Mean absolute error over samples and outputs (scikit-learn's uniform average).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("mae")
+    MeanAbsoluteError()
+    """
 
     name = "mae"
 
@@ -308,6 +492,14 @@ class MeanAbsoluteError(_Moments):
 
 
 class MeanSquaredError(_Moments):
+    """Mean squared error over samples and outputs (scikit-learn's uniform average).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("mse")
+    MeanSquaredError()
+    """
     name = "mse"
 
     def result(self) -> float:
@@ -315,7 +507,14 @@ class MeanSquaredError(_Moments):
 
 
 class RootMeanSquaredError(_Moments):
-    """The mean over outputs of each output's RMSE (scikit-learn's root_mean_squared_error)."""
+    """The mean over outputs of each output's RMSE (scikit-learn's root_mean_squared_error).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("rmse")
+    RootMeanSquaredError()
+    """
 
     name = "rmse"
 
@@ -324,8 +523,16 @@ class RootMeanSquaredError(_Moments):
 
 
 class R2(_Moments):
-    """Coefficient of determination, averaged over outputs (scikit-learn's
-    r2_score: 1 for a constant target predicted exactly, else 0 for one)."""
+    """Coefficient of determination, averaged over outputs (scikit-learn's r2_score).
+
+    1 for a constant target predicted exactly, else 0 for one.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("r2")
+    R2()
+    """
 
     name = "r2"
 
@@ -349,7 +556,33 @@ METRICS = {
 
 
 def get_metric(metric: Union[str, Config, Metric]) -> Metric:
-    """A Metric from a name (see METRICS), a saved config dict or a Metric."""
+    """Return a metric from a name, a saved config or a Metric.
+
+    Parameters
+    ----------
+    metric : str, dict or Metric
+        A name of METRICS ('accuracy', 'top_k_accuracy', 'precision', 'recall',
+        'f1', 'auc', 'mae', 'mse', 'rmse', 'r2' and their long names), a dict as
+        `Metric.config` gives, or a Metric (returned as it is).
+
+    Returns
+    -------
+    Metric
+        The metric.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or the options invalid.
+    TypeError
+        If `metric` is of another type.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric({"name": "top_k_accuracy", "k": 3})
+    TopKAccuracy(k=3)
+    """
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, dict):

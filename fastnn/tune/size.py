@@ -16,11 +16,31 @@ from .fitting import build
 
 @dataclass
 class SizeSelection:
-    """sizes: those scored, in order; errors: their mean cross-validated error;
-    stderrs: its standard error over the folds; best_size; stopped_at: the size
-    whose error rose (None: every size was scored); model: the best size refitted
-    on all the training data; test_error: its error on the test set (None
-    without one)."""
+    """The result of `select_size`.
+
+    Parameters
+    ----------
+    sizes : list
+        The sizes scored, in order.
+    errors : list of float
+        Their mean cross-validated error.
+    stderrs : list of float
+        Its standard error over the folds.
+    best_size : object
+        The chosen size.
+    stopped_at : object
+        The size whose error rose (None: every size was scored).
+    model : Sequential
+        The best size refitted on all the training data.
+    test_error : float, optional
+        Its error on the test set (None without one).
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.SizeSelection(sizes=[8, 16], errors=[0.2, 0.1]).errors
+    [0.2, 0.1]
+    """
 
     sizes: list = field(default_factory=list)
     errors: list = field(default_factory=list)
