@@ -50,9 +50,8 @@ numpydoc_validation_exclude = {
     # a named tuple's fields (autodoc gives each the docstring "Alias for field number n"), a constant
     r"^fastnn\.testing\.TensorCheck\.",
     r"^fastnn\.testing\.RTOL$",
-    # not yet in numpydoc form (prose docstrings, issue #23): the estimators (their parameters are
-    # scikit-learn's)
-    r"^fastnn\.MLP(Classifier|Regressor)(\.|$)",
+    # the estimators' methods: scikit-learn's, with its docstrings
+    r"^fastnn\.MLP(Classifier|Regressor)\.",
 }
 
 html_theme = "alabaster"
