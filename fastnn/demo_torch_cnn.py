@@ -18,7 +18,7 @@ import numpy as np
 try:
     import torch
 except ImportError:  # the module imports anywhere; it runs as a program only where PyTorch is installed
-    torch = None
+    torch = None  # type: ignore[assignment]
 
 
 def model(channels, classes):

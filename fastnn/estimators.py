@@ -17,8 +17,11 @@ scikit-learn's definitions, so a fit follows scikit-learn's up to rounding.
 Parameters beyond scikit-learn's are keyword-only and off by default.
 """
 
+from __future__ import annotations
+
 import warnings
 from numbers import Integral, Real
+from typing import Any, Dict, Literal, Optional, Sequence, Union
 
 import numpy as np
 import scipy.optimize
@@ -35,6 +38,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 
 from . import backends
 from . import nn as _nn
+from ._types import BackendName, DTypeLike, EstimatorInit, HiddenActivation, Solver
 from .nn.training import train_epoch
 
 STOCHASTIC_SOLVERS = ("sgd", "adam", "rmsprop", "adagrad", "adamw")
@@ -574,17 +578,69 @@ class _StoppingRules:
 
 
 _EXTRAS_DOC = """
+    The parameters up to max_fun{loss_name} are scikit-learn's {name}'s, with the same
+    defaults and meaning; with the defaults of the others, a fit follows
+    scikit-learn's up to rounding.
+
     Parameters
-    ----------
-    Every parameter of scikit-learn's {name} (hidden_layer_sizes, activation, solver,
-    alpha, batch_size, learning_rate, learning_rate_init, power_t, max_iter, shuffle,
-    random_state, tol, verbose, warm_start, momentum, nesterovs_momentum,
-    early_stopping, validation_fraction, beta_1, beta_2, epsilon, n_iter_no_change,
-    max_fun{loss}), with the same default and meaning. With the defaults below for
-    the extra parameters, a fit follows scikit-learn's up to rounding.
-
-    Extra keyword-only parameters:
-
+    ----------{loss}
+    hidden_layer_sizes : int or sequence of int, default=(100,)
+        The width of each hidden layer.
+    activation : {{'identity', 'logistic', 'tanh', 'relu', 'leaky_relu', 'elu', 'selu', 'gelu'}}, \
+default='relu'
+        The hidden layers' activation; 'leaky_relu' (slope 0.01), 'elu', 'selu'
+        and 'gelu' (PyTorch's definitions) are fastnn's additions.
+    solver : {{'lbfgs', 'sgd', 'adam', 'rmsprop', 'adagrad', 'adamw'}}, default='adam'
+        The optimiser. 'rmsprop' (squared-gradient average with decay beta_2,
+        eps=epsilon), 'adagrad' (eps=epsilon) and 'adamw' (adam with decoupled
+        weight decay, 0.01 unless weight_decay says otherwise; with
+        weight_decay=0 it equals 'adam') are fastnn's additions: stochastic
+        solvers like sgd and adam (batch_size, shuffle, early_stopping,
+        partial_fit) that follow learning_rate ('invscaling', 'adaptive') as sgd
+        does.
+    alpha : float, default=0.0001
+        The L2 penalty on the weights (added to the loss, divided by the number
+        of samples).
+    batch_size : int or 'auto', default='auto'
+        Samples per step of the stochastic solvers; 'auto' is min(200, n_samples).
+    learning_rate : {{'constant', 'invscaling', 'adaptive'}}, default='constant'
+        The schedule of the step size of the solvers other than adam and lbfgs.
+    learning_rate_init : float, default=0.001
+        The initial step size of the stochastic solvers.
+    power_t : float, default=0.5
+        The exponent of 'invscaling'.
+    max_iter : int, default=200
+        Epochs of the stochastic solvers, iterations of lbfgs.
+    shuffle : bool, default=True
+        Whether the stochastic solvers shuffle the samples each epoch.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initial weights, the shuffling, the validation split and the
+        dropout masks.
+    tol : float, default=1e-4
+        The least improvement of the loss or validation score that counts.
+    verbose : bool, default=False
+        Print the loss of each iteration.
+    warm_start : bool, default=False
+        Start fit from the previous fit's weights.
+    momentum : float, default=0.9
+        The momentum of sgd.
+    nesterovs_momentum : bool, default=True
+        Whether sgd's momentum is Nesterov's.
+    early_stopping : bool, default=False
+        Hold out validation_fraction of the data and stop when its score stops
+        improving (stochastic solvers).
+    validation_fraction : float, default=0.1
+        The held-out fraction of early_stopping.
+    beta_1 : float, default=0.9
+        The decay of adam's first-moment estimate.
+    beta_2 : float, default=0.999
+        The decay of adam's second-moment estimate (and rmsprop's average).
+    epsilon : float, default=1e-8
+        Added to the denominators of adam, rmsprop and adagrad.
+    n_iter_no_change : int, default=10
+        Epochs without improvement by tol before stopping (stochastic solvers).
+    max_fun : int, default=15000
+        The most loss evaluations of lbfgs.
     backend : None or str, default=None
         Kernel backend: None for fastnn's current one (`fastnn.get_backend()` at
         fit and predict time), or a name from `fastnn.available_backends()`
@@ -608,15 +664,6 @@ _EXTRAS_DOC = """
         intercepts b stay at 0 (batch norm's shift replaces them); prediction uses
         the running statistics. A one-row batch uses the running statistics. After
         L-BFGS the running statistics are those of the whole training set.
-    activation also accepts 'leaky_relu' (slope 0.01), 'elu', 'selu' and 'gelu'
-        (PyTorch's definitions).
-    solver also accepts 'rmsprop' (squared-gradient average with decay beta_2,
-        eps=epsilon), 'adagrad' (eps=epsilon) and 'adamw' (adam with decoupled
-        weight decay, 0.01 unless weight_decay says otherwise; with
-        weight_decay=0 it equals 'adam'). These
-        are stochastic solvers like sgd and adam (batch_size, shuffle,
-        early_stopping, partial_fit), and follow learning_rate ('invscaling',
-        'adaptive') as sgd does. alpha still adds the L2 penalty to the loss.
     init : {{'sklearn', 'he', 'lecun', 'glorot'}}, default='sklearn'
         Initial weights: 'sklearn' is scikit-learn's (uniform with bound
         sqrt(6 / (fan_in + fan_out)), 2 instead of 6 for logistic, biases too);
@@ -630,13 +677,34 @@ _EXTRAS_DOC = """
         solver='lbfgs' takes no steps: a weight_decay other than None or 0 is a
         ValueError there (alpha is the L2 penalty).{class_weight}
 
-    Fitted attributes are scikit-learn's (coefs_, intercepts_, loss_, best_loss_,
-    loss_curve_, validation_scores_, best_validation_score_, t_, n_iter_,
-    n_layers_, n_outputs_, out_activation_, n_features_in_, feature_names_in_{classes}),
-    with coefs_ and intercepts_ being views of one flat parameter buffer. With
-    batch_norm=True, also bn_gamma_, bn_beta_, bn_running_mean_, bn_running_var_:
-    one array of shape (units,) per hidden layer.
+    Attributes
+    ----------
+    model_ : fastnn.nn.Sequential
+        The trained model: ``coefs_`` and ``intercepts_`` are views of its
+        parameter buffer.
+
+    The other fitted attributes are scikit-learn's (``coefs_``, ``intercepts_``,
+    ``loss_``, ``best_loss_``, ``loss_curve_``, ``validation_scores_``,
+    ``best_validation_score_``, ``t_``, ``n_iter_``, ``n_layers_``, ``n_outputs_``,
+    ``out_activation_``, ``n_features_in_``, ``feature_names_in_``{classes}). With
+    batch_norm=True, also ``bn_gamma_``, ``bn_beta_``, ``bn_running_mean_``,
+    ``bn_running_var_``: one array of shape (units,) per hidden layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import {name}
+    >>> X = np.random.default_rng(0).normal(size=(100, 4))
+    >>> y = {example_y}
+    >>> est = {name}(hidden_layer_sizes=(16,), max_iter=5, random_state=0).fit(X, y)
+    >>> est.predict(X[:3]).shape
+    (3,)
 """
+
+_LOSS_DOC = """
+    loss : {'squared_error', 'poisson'}, default='squared_error'
+        The loss: half the squared error, or half the Poisson deviance (of an
+        exponential output)."""
 
 _CLASS_WEIGHT_DOC = """
     class_weight : None, 'balanced' or dict, default=None
@@ -653,13 +721,20 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
         "class_weight": [None, dict, StrOptions({"balanced"})],
     }
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
-                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
-                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=None, class_weight=None):
+    def __init__(self, hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: HiddenActivation = "relu", *, solver: Solver = "adam", alpha: float = 0.0001,
+                 batch_size: Union[int, Literal["auto"]] = "auto",
+                 learning_rate: Literal["constant", "invscaling", "adaptive"] = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Union[int, np.random.RandomState, None] = None,
+                 tol: float = 1e-4, verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 backend: Optional[BackendName] = None, dtype: Optional[DTypeLike] = None,
+                 dropout: float = 0.0, batch_norm: bool = False, init: EstimatorInit = "sklearn",
+                 weight_decay: Optional[float] = None,
+                 class_weight: Union[Dict[Any, float], Literal["balanced"], None] = None) -> None:
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver, alpha=alpha,
             batch_size=batch_size, learning_rate=learning_rate, learning_rate_init=learning_rate_init,
@@ -702,13 +777,20 @@ class MLPClassifier(_FastMLP, _SklearnMLPClassifier):
 class MLPRegressor(_FastMLP, _SklearnMLPRegressor):
     _parameter_constraints = {**_SklearnMLPRegressor._parameter_constraints, **_extra_constraints()}
 
-    def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
-                 alpha=0.0001, batch_size="auto", learning_rate="constant", learning_rate_init=0.001,
-                 power_t=0.5, max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
-                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
-                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10,
-                 max_fun=15000, backend=None, dtype=None, dropout=0.0, batch_norm=False, init="sklearn",
-                 weight_decay=None):
+    def __init__(self, loss: Literal["squared_error", "poisson"] = "squared_error",
+                 hidden_layer_sizes: Union[int, Sequence[int]] = (100,),
+                 activation: HiddenActivation = "relu", *, solver: Solver = "adam", alpha: float = 0.0001,
+                 batch_size: Union[int, Literal["auto"]] = "auto",
+                 learning_rate: Literal["constant", "invscaling", "adaptive"] = "constant",
+                 learning_rate_init: float = 0.001, power_t: float = 0.5, max_iter: int = 200,
+                 shuffle: bool = True, random_state: Union[int, np.random.RandomState, None] = None,
+                 tol: float = 1e-4, verbose: bool = False, warm_start: bool = False, momentum: float = 0.9,
+                 nesterovs_momentum: bool = True, early_stopping: bool = False,
+                 validation_fraction: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-8, n_iter_no_change: int = 10, max_fun: int = 15000,
+                 backend: Optional[BackendName] = None, dtype: Optional[DTypeLike] = None,
+                 dropout: float = 0.0, batch_norm: bool = False, init: EstimatorInit = "sklearn",
+                 weight_decay: Optional[float] = None) -> None:
         super().__init__(
             loss=loss, hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -725,23 +807,26 @@ class MLPRegressor(_FastMLP, _SklearnMLPRegressor):
         self.weight_decay = weight_decay
 
 
-MLPClassifier.__doc__ = """Multi-layer perceptron classifier: scikit-learn's MLPClassifier trained on
-    fastnn's kernels. Replace `from sklearn.neural_network import MLPClassifier` with
-    `from fastnn import MLPClassifier`; nothing else changes.
+MLPClassifier.__doc__ = """Multi-layer perceptron classifier: scikit-learn's MLPClassifier, fastnn's kernels.
+
+    Replace `from sklearn.neural_network import MLPClassifier` with `from fastnn import
+    MLPClassifier`; nothing else changes.
 
     It minimises the cross-entropy of softmax outputs (multiclass) or of logistic
     outputs (binary, multilabel) plus alpha's L2 penalty, with L-BFGS or a
     stochastic solver.
-""" + _EXTRAS_DOC.format(name="MLPClassifier", loss="", class_weight=_CLASS_WEIGHT_DOC,
-                         classes=", classes_")
+""" + _EXTRAS_DOC.format(name="MLPClassifier", loss="", loss_name="", class_weight=_CLASS_WEIGHT_DOC,
+                         classes=", ``classes_``", example_y="(X[:, 0] > 0).astype(int)")
 
-MLPRegressor.__doc__ = """Multi-layer perceptron regressor: scikit-learn's MLPRegressor trained on
-    fastnn's kernels. Replace `from sklearn.neural_network import MLPRegressor` with
-    `from fastnn import MLPRegressor`; nothing else changes.
+MLPRegressor.__doc__ = """Multi-layer perceptron regressor: scikit-learn's MLPRegressor, fastnn's kernels.
+
+    Replace `from sklearn.neural_network import MLPRegressor` with `from fastnn import
+    MLPRegressor`; nothing else changes.
 
     It minimises half the squared error (identity output) or, with
     loss='poisson', half the Poisson deviance (exponential output), plus alpha's
     L2 penalty, with L-BFGS or a stochastic solver.
-""" + _EXTRAS_DOC.format(name="MLPRegressor", loss=", loss", class_weight="", classes="")
+""" + _EXTRAS_DOC.format(name="MLPRegressor", loss=_LOSS_DOC, loss_name=" and loss", class_weight="",
+                        classes="", example_y="X[:, 0] - X[:, 1]")
 
 __all__ = ["MLPClassifier", "MLPRegressor"]

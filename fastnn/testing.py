@@ -18,16 +18,23 @@ For example::
                                   np.random.randn(64, 10).astype(np.float32))
 """
 
+from __future__ import annotations
+
 import math
 import warnings
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, List, Literal, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
 from . import backends as _backends
+from ._types import ArrayLike, Backend, DTypeLike
 from .backends import _checks as chk
 from .backends.reference import NumpyBackend
+
+if TYPE_CHECKING:  # for annotations only
+    from .nn.layers import Layer
+    from .nn.model import Sequential
 
 REFERENCE = "numpy"  # the oracle every other backend is compared with
 
@@ -42,16 +49,51 @@ COMPLEX_STEP = 1e-20  # the complex step: no subtraction, so no rounding to trad
 
 
 # ------------------------------------------------------------------ closeness
-def assert_close(actual, expected, dtype=None, what="", magnitude=None, rtol=None, atol=0.0):
-    """Raise AssertionError unless actual matches expected to the catalogue's rule:
-    ``|actual - expected| <= rtol * (|expected| + 1e-2 * max|expected| + tiny)`` per
-    element (relative, with a floor tied to the array's scale so that values
-    cancelling to ~0 are judged against the magnitudes they came from), the same
-    dtype, shape and non-finite pattern. rtol: RTOL of `dtype` (default: the
-    dtype of expected). magnitude (shaped like expected) replaces ``|expected|``
-    where each element is a sum of terms that may cancel: the size of those
-    terms, which bounds its rounding. atol: an absolute tolerance added to each
-    element's. Scalars: within 10 rtol (plus atol)."""
+def assert_close(actual: Any, expected: Any, dtype: Optional[DTypeLike] = None, what: str = "",
+                 magnitude: Optional[ArrayLike] = None, rtol: Optional[float] = None,
+                 atol: float = 0.0) -> None:
+    """Raise AssertionError unless `actual` matches `expected` to the catalogue's rule.
+
+    An element passes when ``|actual - expected| <= rtol * (|expected| + 1e-2 *
+    max|expected| + tiny) + atol``: relative, with a floor tied to the array's
+    scale so that values cancelling to ~0 are judged against the magnitudes they
+    came from. Dtype, shape and the pattern of non-finite values must match too.
+    Scalars pass within ``10 rtol`` (plus `atol`).
+
+    Parameters
+    ----------
+    actual : array_like or scalar
+        The value to check.
+    expected : array_like or scalar
+        The value it should equal.
+    dtype : dtype, optional
+        The dtype whose tolerance applies (default: the dtype of `expected`).
+    what : str, default ""
+        A name for the value, put at the start of the error message.
+    magnitude : array_like, optional
+        Replaces ``|expected|`` (shaped like it) where each element is a sum of
+        terms that may cancel: the size of those terms, which bounds its rounding.
+    rtol : float, optional
+        The relative tolerance (default: `RTOL` of `dtype`: 1e-5 float32,
+        1e-10 float64).
+    atol : float, default 0.0
+        An absolute tolerance added to each element's.
+
+    Raises
+    ------
+    AssertionError
+        Naming the worst element, its values and the tolerance.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn.testing import assert_close
+    >>> assert_close(np.float32([1.0, 2.0]), np.float32([1.0, 2.0 + 1e-6]))
+    >>> assert_close(np.float32([1.0]), np.float32([1.1]), what="y")
+    Traceback (most recent call last):
+    ...
+    AssertionError: y: ...
+    """
     if dtype is None:
         dtype = getattr(expected, "dtype", np.float64)
     dtype = np.dtype(dtype)
@@ -127,24 +169,54 @@ def _float_dtype(values):
     return np.dtype(np.float64)
 
 
-def assert_backends_agree(fn, *args, backends=None, rtol=None, atol=0.0, **kwargs):
-    """Run ``fn(backend, *args, **kwargs)`` on every backend and compare each output
-    with the reference backend's (numpy); return the reference's result.
+def assert_backends_agree(fn: Callable[..., Any], *args: Any, backends: Optional[Sequence[str]] = None,
+                          rtol: Optional[float] = None, atol: float = 0.0, **kwargs: Any) -> Any:
+    """Run ``fn(backend, *args, **kwargs)`` on every backend and compare with the reference's.
 
-    fn receives the backend object (its kernels are its methods: `backend.
-    dense_forward(...)`); to test code that uses the current backend instead,
-    let fn call it inside `with fastnn.use_backend(backend.name):`. Each backend
-    gets its own copy of the array arguments, so kernels that update state in
-    place start from the same values (return those arrays to compare them
-    too). Outputs: an array or number, or (nested) tuples, lists and dicts of
-    them. Float arrays are compared by `assert_close` at RTOL of their dtype
-    (the equivalence catalogue's: ~1e-5 float32, ~1e-10 float64), or `rtol`,
-    plus `atol`;
-    integer and boolean arrays exactly; Python floats at the RTOL of the
-    arguments' precision (float32 if any argument is).
+    `fn` receives the backend object (its kernels are its methods:
+    ``backend.dense_forward(...)``); to test code that uses the current backend
+    instead, let `fn` call it inside ``with fastnn.use_backend(backend.name):``.
+    Each backend gets its own copy of the array arguments, so kernels that update
+    state in place start from the same values (return those arrays to compare
+    them too). Outputs may be an array or number, or (nested) tuples, lists and
+    dicts of them. Float arrays are compared by `assert_close` at `RTOL` of their
+    dtype (or `rtol`), plus `atol`; integer and boolean arrays exactly; Python
+    floats at the RTOL of the arguments' precision (float32 if any argument is).
 
-    backends: names or backend objects (default: `fastnn.available_backends()`).
-    Raises AssertionError naming the backend, the output and its worst element."""
+    Parameters
+    ----------
+    fn : callable
+        ``fn(backend, *args, **kwargs)``, the computation to compare.
+    *args : object
+        Positional arguments of `fn` after the backend.
+    backends : sequence of str or backend objects, optional
+        The backends to run (default: `fastnn.available_backends`).
+    rtol : float, optional
+        The relative tolerance (default: `RTOL` of each array's dtype).
+    atol : float, default 0.0
+        An absolute tolerance added to each element's.
+    **kwargs : object
+        Keyword arguments of `fn`.
+
+    Returns
+    -------
+    object
+        The reference backend's (numpy) result.
+
+    Raises
+    ------
+    AssertionError
+        Naming the backend, the output and its worst element.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn.testing import assert_backends_agree
+    >>> x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
+    >>> y = assert_backends_agree(lambda backend, x: backend.activation_forward(x, "gelu"), x)
+    >>> y.shape, y.dtype
+    ((3, 4), dtype('float32'))
+    """
     names = _backends.available_backends() if backends is None else list(backends)
     reference = _backends.get_backend(REFERENCE)
     result = fn(reference, *_copy_args(args), **_copy_args(kwargs))
@@ -173,33 +245,85 @@ def assert_backends_agree(fn, *args, backends=None, rtol=None, atol=0.0, **kwarg
 
 # ------------------------------------------------------------------ gradients
 class TensorCheck(NamedTuple):
-    """One tensor of a gradient check: its name, the numerical method, how many of
-    its elements were compared (of `size`), the worst relative error, where it
-    is (index into the tensor) and the analytic and numerical derivatives
-    there."""
+    """One tensor of a gradient check, as `GradientReport.details` holds it.
+
+    Parameters
+    ----------
+    name : str
+        The tensor's name (``'W'``, ``'input'``, ``'dense/W'``).
+    method : str
+        The numerical method: ``'complex step'`` or ``'central differences'``.
+    checked : int
+        How many of its elements were compared.
+    size : int
+        How many elements it has.
+    error : float
+        The worst relative error.
+    index : tuple of int
+        Where the worst error is (an index into the tensor).
+    analytic : float
+        The analytic derivative there.
+    numeric : float
+        The numerical derivative there.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn, testing
+    >>> report = testing.check_gradients(nn.Dense(2), np.ones((3, 4)))
+    >>> check = report.details["W"]
+    >>> check.checked == check.size == 8, check.error <= report.rtol
+    (True, True)
+    """
 
     name: str
     method: str
     checked: int
     size: int
     error: float
-    index: tuple
+    index: tuple  # type: ignore[assignment]
     analytic: float
     numeric: float
 
 
 class GradientReport(Mapping):
-    """The result of check_gradients: a mapping tensor name -> worst relative error
-    (`details[name]` holds the TensorCheck), `ok` when every error is <= rtol,
-    and a table when printed.
+    """The result of `check_gradients`: a mapping tensor name -> worst relative error.
 
-    The relative error of an element is ``|analytic - numeric| / (|numeric| +
-    atol / rtol)``, so an element passes when ``|analytic - numeric| <= atol + rtol
-    * |numeric|``; atol defaults to ``rtol * 1e-2 * max(1, largest |numeric|)`` of the
-    check, which judges derivatives that are ~0 against the scale of the
-    others."""
+    ``details[name]`` holds the `TensorCheck`, `ok` says whether every error is at
+    most `rtol`, and printing the report gives a table. The relative error of an
+    element is ``|analytic - numeric| / (|numeric| + atol / rtol)``, so an element
+    passes when ``|analytic - numeric| <= atol + rtol * |numeric|``; `atol`
+    defaults to ``rtol * 1e-2 * max(1, largest |numeric|)`` of the check, which
+    judges derivatives that are ~0 against the scale of the others.
 
-    def __init__(self, subject, checks, rtol, atol, dtype, eps, backend):
+    Parameters
+    ----------
+    subject : str
+        What was checked (the layer or model), for the table's title.
+    checks : sequence of TensorCheck
+        One per tensor.
+    rtol : float
+        The relative tolerance.
+    atol : float
+        The absolute tolerance.
+    dtype : dtype
+        The dtype the check ran in.
+    eps : float
+        The finite-difference step.
+    backend : str
+        The name of the backend the check ran on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn, testing
+    >>> report = testing.check_gradients(nn.Dense(3, "tanh"), np.random.default_rng(0).normal(size=(5, 4)))
+    >>> sorted(report), report.ok
+    (['W', 'b', 'input'], True)
+    """
+
+    def __init__(self, subject: str, checks: Sequence[TensorCheck], rtol: float, atol: float,
+                 dtype: DTypeLike, eps: float, backend: str) -> None:
         self.subject, self.rtol, self.atol = subject, rtol, atol
         self.dtype, self.eps, self.backend = np.dtype(dtype), eps, backend
         self.details = {c.name: c for c in checks}
@@ -214,12 +338,14 @@ class GradientReport(Mapping):
         return len(self.details)
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
+        """Whether every tensor's worst error is at most rtol."""
         return all(c.error <= self.rtol for c in self.details.values())
 
     @property
-    def failures(self):
-        """Names of the tensors whose worst error exceeds rtol."""
+    def failures(self) -> List[str]:
+        """Names of the tensors whose worst error exceeds rtol.
+        """
         return [name for name, c in self.details.items() if not c.error <= self.rtol]
 
     def __str__(self):
@@ -314,7 +440,7 @@ def _check_layer(layer, x, backend, dtype, eps, rtol, complex_step, max_elements
     mode = Pass(training=True, update_stats=False, seed=seed)
     # loss = sum(y * projection): dloss/dy = projection, (N, *output_shape)
     projection = rng.standard_normal((x.shape[0],) + tuple(layer.output_shape)).astype(dtype)
-    ws = {}
+    ws = {}  # type: ignore[var-annotated]
     y = np.array(layer.forward(backend, x, ws, mode))  # a copy: backward may reuse the buffer
     # grads start as NaN: a backward that leaves one unwritten is reported, not passed
     dx = layer.backward(backend, projection, ws, True)
@@ -326,7 +452,7 @@ def _check_layer(layer, x, backend, dtype, eps, rtol, complex_step, max_elements
     tensors = {**params, "input": x}
     pick = np.random.default_rng(seed + 1)
     picked = {name: _selected(t.size, max_elements, pick) for name, t in tensors.items()}
-    ws_numeric = {}
+    ws_numeric = {}  # type: ignore[var-annotated]
 
     def evaluate():
         return float(_loss_of(np.asarray(layer.forward(backend, x, ws_numeric, mode), np.float64),
@@ -411,44 +537,93 @@ def _check_model(model, x, y, sample_weight, backend, dtype, eps, max_elements, 
         work._backend = saved_backend
 
 
-def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, rtol=None, atol=None,
-                    backend=None, complex_step="auto", dtype=np.float64, max_elements=None, seed=0):
-    """Compare analytic gradients with numerical derivatives; returns a GradientReport.
+def check_gradients(layer_or_model: Union[Layer, Sequential], x: ArrayLike, y: Optional[ArrayLike] = None, *,
+                    sample_weight: Optional[ArrayLike] = None, eps: Optional[float] = None,
+                    rtol: Optional[float] = None, atol: Optional[float] = None,
+                    backend: Union[str, Backend, None] = None,
+                    complex_step: Union[bool, Literal["auto"]] = "auto", dtype: DTypeLike = np.float64,
+                    max_elements: Optional[int] = None, seed: Optional[int] = 0) -> GradientReport:
+    """Compare analytic gradients with numerical derivatives.
 
-    A layer (a fastnn.nn Layer not yet in a model): built standalone for x's
+    A layer (a fastnn.nn Layer not yet in a model) is built standalone for x's
     per-sample shape (x is a batch, ``(N, *input_shape)``) in `dtype`, its
     parameters initialised by its init_params from `seed`; the scalar loss is
-    sum(forward(x) * R) for a fixed random R (so dloss/dy = R), in a training
-    pass with a fixed dropout seed and batch-norm running statistics left as
-    they are. Its backward's parameter gradients and dx ('input') are compared
-    with the derivatives of that loss. Gradient buffers start as NaN, so a
-    backward that does not write one is reported.
+    ``sum(forward(x) * R)`` for a fixed random R (so dloss/dy = R), in a training
+    pass with a fixed dropout seed and batch-norm running statistics left as they
+    are. Its backward's parameter gradients and dx (``'input'``) are compared with
+    the derivatives of that loss. Gradient buffers start as NaN, so a backward
+    that does not write one is reported.
 
-    A Sequential: its loss_and_gradient on (x, y, sample_weight) against central
-    differences of the loss (penalties included) over every trainable parameter,
-    tensor by tensor, named as in model.gradients() ('dense/W', ...; frozen
-    tensors have no gradient and are skipped). A model in another dtype is checked through a
-    copy in `dtype` (model.astype), which needs its layers to be registered
-    kinds; the model itself is left as it was. The input is not checked (check
-    each layer for its dx).
+    A Sequential: its loss_and_gradient on (x, y, sample_weight) is compared with
+    central differences of the loss (penalties included) over every trainable
+    parameter, tensor by tensor, named as in model.gradients() (``'dense/W'``,
+    ...; frozen tensors have no gradient and are skipped). A model in another
+    dtype is checked through a copy in `dtype` (model.astype), which needs its
+    layers to be registered kinds; the model itself is left as it was. The input
+    is not checked (check each layer for its dx).
 
-    Numerical derivatives: with complex_step='auto' (default) a layer whose
-    forward runs on complex arrays (parameters and x cast to complex, the
-    imaginary parts kept) gets the complex-step derivative Im f(v + ih) / h,
-    h = 1e-20, exact to rounding; otherwise, and always for models, central
-    differences (f(v + h) - f(v - h)) / 2h, ``h = eps * max(1, |v|)``. fastnn's
-    own layers run compiled, dtype-checked kernels and so use central
-    differences; a layer written with NumPy operations on its inputs (as the
-    README's example) usually qualifies for the complex step. Operations that
-    are not complex-analytic (abs, maximum, comparisons) make it fail or give
-    wrong derivatives: pass complex_step=False for such layers. True requires
-    the complex step (ValueError if the forward cannot run it).
+    Numerical derivatives: with complex_step='auto' a layer whose forward runs on
+    complex arrays (parameters and x cast to complex, the imaginary parts kept)
+    gets the complex-step derivative ``Im f(v + ih) / h``, h = 1e-20, exact to
+    rounding; otherwise, and always for models, central differences ``(f(v + h) -
+    f(v - h)) / 2h``, ``h = eps * max(1, |v|)``. fastnn's own layers run compiled,
+    dtype-checked kernels and so use central differences; a layer written with
+    NumPy operations on its inputs (as the README's example) usually qualifies for
+    the complex step. Operations that are not complex-analytic (abs, maximum,
+    comparisons) make it fail or give wrong derivatives: pass complex_step=False
+    for such layers.
 
-    eps, rtol: default 1e-6 and 1e-5 in float64, 1e-3 and 1e-2 in float32.
-    atol: see GradientReport. backend: a name or backend object, where the
-    forward and backward run (default: a model's own, the current backend for
-    a layer). max_elements: check at most this many
-    elements per tensor, chosen at random from `seed` (default: all)."""
+    Parameters
+    ----------
+    layer_or_model : Layer or Sequential
+        What to check.
+    x : array_like
+        A batch of inputs, ``(N, *input_shape)``.
+    y : array_like, optional
+        The targets (a model only).
+    sample_weight : array_like, optional
+        Per-sample weights (a model only).
+    eps : float, optional
+        The finite-difference step (default 1e-6 in float64, 1e-3 in float32).
+    rtol : float, optional
+        The relative tolerance (default 1e-5 in float64, 1e-2 in float32).
+    atol : float, optional
+        The absolute tolerance (see `GradientReport`).
+    backend : str or backend object, optional
+        Where the forward and backward run (default: a model's own, the current
+        backend for a layer).
+    complex_step : {'auto', True, False}, default 'auto'
+        Whether to use the complex-step derivative; True requires it.
+    dtype : {np.float64, np.float32}, default np.float64
+        The dtype of the check.
+    max_elements : int, optional
+        Check at most this many elements per tensor, chosen at random from `seed`
+        (default: all).
+    seed : int, default 0
+        Seeds the layer's initialisation, R and the choice of elements.
+
+    Returns
+    -------
+    GradientReport
+        The worst relative error per tensor.
+
+    Raises
+    ------
+    TypeError
+        If `layer_or_model` is neither a Layer nor a Sequential, or `dtype` is not
+        float32 or float64.
+    ValueError
+        If an option is invalid, or complex_step=True and the forward cannot run
+        on complex arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn, testing
+    >>> report = testing.check_gradients(nn.Dense(3, "tanh"), np.random.default_rng(0).normal(size=(5, 4)))
+    >>> report.ok, report.failures
+    (True, [])
+    """
     from .nn.layers import Layer
     from .nn.model import Sequential
 
@@ -478,7 +653,7 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
                                 seed)
         finally:  # the layer keeps no views of the check's arrays: it can join a model afterwards
             if getattr(layer_or_model, "params", None) is not None:
-                layer_or_model.params = layer_or_model.grads = layer_or_model.state = None
+                layer_or_model.params = layer_or_model.grads = layer_or_model.state = None  # type: ignore[assignment]
         subject = repr(layer_or_model)
     else:
         raise TypeError(f"check_gradients takes a fastnn.nn Layer or Sequential, got "
@@ -498,9 +673,39 @@ def check_gradients(layer_or_model, x, y=None, *, sample_weight=None, eps=None, 
     return GradientReport(subject, checks, rtol, atol, dtype, eps, kernels.name)
 
 
-def assert_gradients(layer_or_model, x, y=None, **options):
-    """check_gradients, raising AssertionError with the report's table when a
-    gradient is wrong; returns the report otherwise."""
+def assert_gradients(layer_or_model: Union[Layer, Sequential], x: ArrayLike, y: Optional[ArrayLike] = None,
+                     **options: Any) -> GradientReport:
+    """Check gradients as `check_gradients`, raising when one is wrong.
+
+    Parameters
+    ----------
+    layer_or_model : Layer or Sequential
+        What to check.
+    x : array_like
+        A batch of inputs.
+    y : array_like, optional
+        The targets (a model only).
+    **options : object
+        The keyword arguments of `check_gradients`.
+
+    Returns
+    -------
+    GradientReport
+        The report, when every gradient is right.
+
+    Raises
+    ------
+    AssertionError
+        With the report's table, when a gradient is wrong.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn, testing
+    >>> x = np.random.default_rng(0).normal(size=(6, 4))
+    >>> testing.assert_gradients(nn.Dense(2, "relu"), x).ok
+    True
+    """
     report = check_gradients(layer_or_model, x, y, **options)
     if not report.ok:
         raise AssertionError(str(report))

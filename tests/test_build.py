@@ -171,6 +171,7 @@ def is_extension(name):
 def test_wheel_with_compiler_has_the_c_backend(sdist, tmp_path):
     names, site = build_wheel(sdist, tmp_path)
     assert any(is_extension(n) for n in names), sorted(names)
+    assert "fastnn/py.typed" in names  # the annotations reach type checkers (PEP 561)
     available, _ = backends_of(site)
     assert available[0] == "c"
 

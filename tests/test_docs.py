@@ -4,6 +4,8 @@ documents every class and function the public modules export, and every
 
 import doctest
 import importlib
+import re
+import runpy
 import subprocess
 import sys
 import zlib
@@ -67,3 +69,24 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
     for test in tests:
         runner.run(test, out=report.append)
     assert runner.failures == 0, "".join(report)
+
+
+def test_exported_functions_and_classes_have_examples():
+    """numpydoc's checks of the docs build leave out Examples (a method or property
+    needs none) and a docstring of its own (an override shows its base's); every
+    function and class a public module exports has both, except those
+    docs/conf.py excludes from validation."""
+    numpydoc_validate = pytest.importorskip("numpydoc.validate", reason="needs numpydoc")
+    from test_typing import public_objects
+
+    excluded = runpy.run_path(str(ROOT / "docs" / "conf.py"))["numpydoc_validation_exclude"]
+    checked, missing = 0, []
+    for name, obj in public_objects().items():
+        if any(re.search(pattern, name) for pattern in excluded):
+            continue
+        checked += 1
+        errors = numpydoc_validate.validate(f"{obj.__module__}.{obj.__qualname__}")["errors"]
+        if any(code in ("EX01", "GL08") for code, _ in errors):
+            missing.append(name)
+    assert checked >= 15  # the exclusions leave the converted API to check
+    assert not missing, f"exported without a docstring with an Examples section: {missing}"

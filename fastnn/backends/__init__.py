@@ -9,6 +9,8 @@ one that cannot load (Numba missing, C extension not built) is simply absent fro
 `available_backends()`, and asking for it says why.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib
 import os
@@ -25,7 +27,12 @@ import os
 OMP_WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from typing import TYPE_CHECKING, Dict, Iterator, List, Union  # noqa: E402
+
 from .reference import KERNELS, NumpyBackend  # noqa: E402
+
+if TYPE_CHECKING:  # for annotations only
+    from .._types import Backend
 
 # name -> "module:Class"; the default backend is the first of these that loads.
 BACKENDS = {
@@ -41,11 +48,22 @@ FIX_HINTS = {
 
 
 class BackendUnavailableError(RuntimeError):
-    """A known backend that could not be loaded on this machine."""
+    """A known backend that could not be loaded on this machine.
+
+    Raised by `get_backend`, `set_backend`, `use_backend` and `kernel_owners` when
+    asked for such a backend; its message says why the backend failed to load and
+    how to fix it (`unavailable_backends` gives the same reasons).
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> issubclass(fastnn.BackendUnavailableError, RuntimeError)
+    True
+    """
 
 
-_instances = {}
-_errors = {}
+_instances: Dict[str, NumpyBackend] = {}
+_errors: Dict[str, str] = {}
 _current = None
 _num_threads = None
 
@@ -66,18 +84,44 @@ def _load(name):
     return backend
 
 
-def available_backends():
-    """Names of the backends that load on this machine, fastest first."""
+def available_backends() -> List[str]:
+    """List the backends that load on this machine, fastest first.
+
+    Returns
+    -------
+    list of str
+        Backend names: ``'c'``, ``'numba'`` when they load, and always ``'numpy'``
+        (the reference), last.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> fastnn.available_backends()[-1]
+    'numpy'
+    """
     return [name for name in BACKENDS if _load(name) is not None]
 
 
-def unavailable_backends():
-    """{name: reason} for the known backends that failed to load."""
+def unavailable_backends() -> Dict[str, str]:
+    """Say why each known backend that failed to load did so.
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: reason}``, the reason ending with how to fix it; empty when
+        every backend loads.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> set(fastnn.unavailable_backends()).isdisjoint(fastnn.available_backends())
+    True
+    """
     available_backends()
     return {name: f"{why}; to fix: {FIX_HINTS.get(name, '')}" for name, why in _errors.items()}
 
 
-def _resolve(name):
+def _resolve(name: Union[str, Backend]) -> Backend:
     if isinstance(name, NumpyBackend):
         return name
     if not isinstance(name, str):
@@ -93,9 +137,42 @@ def _resolve(name):
     return backend
 
 
-def get_backend(name=None):
-    """The backend called `name`, or, with None, the current one: the one set by
-    set_backend/use_backend, else $FASTNN_BACKEND, else the fastest available."""
+def get_backend(name: Union[str, Backend, None] = None) -> Backend:
+    """Return the backend called `name`, or the current one.
+
+    Parameters
+    ----------
+    name : str, backend object or None, default None
+        A backend name (``'numpy'``, ``'numba'``, ``'c'``), a backend object
+        (returned as it is), or None for the current backend: the one set by
+        `set_backend` or `use_backend`, else the one named by the environment
+        variable ``FASTNN_BACKEND``, else the fastest available.
+
+    Returns
+    -------
+    NumpyBackend
+        The backend; every backend is a `NumpyBackend` (the reference) or a
+        subclass of it, with the same kernels.
+
+    Raises
+    ------
+    ValueError
+        If `name` is not a known backend name.
+    TypeError
+        If `name` is neither a name nor a backend object.
+    BackendUnavailableError
+        If the backend is known but does not load on this machine.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastnn
+    >>> backend = fastnn.get_backend("numpy")
+    >>> backend.name
+    'numpy'
+    >>> backend.activation_forward(np.array([-1.0, 2.0]), "relu")
+    array([0., 2.])
+    """
     if name is not None:
         return _resolve(name)
     if _current is not None:
@@ -109,16 +186,68 @@ def get_backend(name=None):
     return _resolve(available_backends()[0])
 
 
-def set_backend(name):
-    """Make `name` the current backend for everything that does not name one."""
+def set_backend(name: str) -> Backend:
+    """Make `name` the current backend for everything that does not name one.
+
+    Parameters
+    ----------
+    name : str
+        A backend name (or a backend object).
+
+    Returns
+    -------
+    NumpyBackend
+        The backend now current.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    The example runs inside `use_backend` only so that it leaves the current
+    backend as it was:
+
+    >>> import fastnn
+    >>> with fastnn.use_backend(fastnn.get_backend()):
+    ...     fastnn.set_backend("numpy").name
+    'numpy'
+    """
     global _current
     _current = _resolve(name)
     return _current
 
 
 @contextlib.contextmanager
-def use_backend(name):
-    """Run a block with `name` as the current backend."""
+def use_backend(name: str) -> Iterator[Backend]:
+    """Run a block with `name` as the current backend (a context manager).
+
+    The backend current before the block is current again after it, also when
+    the block raises.
+
+    Parameters
+    ----------
+    name : str
+        A backend name (or a backend object).
+
+    Yields
+    ------
+    NumpyBackend
+        The backend current inside the block.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> with fastnn.use_backend("numpy") as backend:
+    ...     fastnn.get_backend() is backend
+    True
+    """
     global _current
     previous = _current
     _current = _resolve(name)
@@ -128,8 +257,28 @@ def use_backend(name):
         _current = previous
 
 
-def set_num_threads(n):
-    """Threads for BLAS (through threadpoolctl), Numba and the C kernels' OpenMP."""
+def set_num_threads(n: int) -> None:
+    """Set the number of threads of BLAS, Numba and the C kernels together.
+
+    BLAS through threadpoolctl, Numba's threading layer and the C kernels'
+    OpenMP get the same count, so that they do not oversubscribe the cores.
+
+    Parameters
+    ----------
+    n : int
+        The number of threads, at least 1.
+
+    Raises
+    ------
+    ValueError
+        If `n` is not a positive integer.
+
+    Examples
+    --------
+    >>> import os
+    >>> import fastnn
+    >>> fastnn.set_num_threads(os.cpu_count())
+    """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -141,8 +290,35 @@ def set_num_threads(n):
         backend._set_num_threads(n)
 
 
-def kernel_owners(backend):
-    """{kernel: name of the backend whose code really runs it} for one backend."""
+def kernel_owners(backend: Union[str, Backend]) -> Dict[str, str]:
+    """Say which backend's code runs each kernel of a backend.
+
+    A fast backend overrides the kernels it accelerates and inherits the others
+    from the reference, so its kernels may run another backend's code.
+
+    Parameters
+    ----------
+    backend : str or backend object
+        The backend (a name or an object from `get_backend`).
+
+    Returns
+    -------
+    dict of str to str
+        ``{kernel name: name of the backend whose code runs it}``, for every
+        kernel of the catalogue.
+
+    Raises
+    ------
+    ValueError, TypeError, BackendUnavailableError
+        As `get_backend`.
+
+    Examples
+    --------
+    >>> import fastnn
+    >>> owners = fastnn.kernel_owners("numpy")
+    >>> owners["dense_forward"]
+    'numpy'
+    """
     backend = _resolve(backend)
     owners = {}
     for kernel in KERNELS:

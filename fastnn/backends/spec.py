@@ -1672,8 +1672,8 @@ def install(cls):
         setattr(cls, k.name, fn)
 
 
-_FAST_MAKERS = {}
-_BIND_MAKERS = {}
+_FAST_MAKERS: dict = {}
+_BIND_MAKERS: dict = {}
 
 
 class Fast:

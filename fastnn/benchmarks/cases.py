@@ -134,7 +134,7 @@ def dropout_call(backend, a):
 
 # end to end
 NET_KERNELS = ("dense_forward", "dense_backward", "softmax_cross_entropy", "adam_step")
-_models = {}  # (benchmark, backend, id of X) -> model or estimator, built on first call
+_models: dict = {}  # (benchmark, backend, id of X) -> model or estimator, built on first call
 
 
 def nn_epoch_call(backend, a):

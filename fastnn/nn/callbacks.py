@@ -18,96 +18,269 @@ that batch (the epoch then ends as usual: validation, on_epoch_end), from an
 epoch hook after that epoch.
 """
 
+from __future__ import annotations
+
 import csv
 import inspect
 import math
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Union
 
 import numpy as np
 
+from .._types import Logs
 from ..backends import _checks as chk
+
+if TYPE_CHECKING:  # for annotations only
+    from .model import Sequential
 
 
 class History(dict):
-    """Per-epoch values, {'loss': [...], 'val_loss': [...], 'accuracy': [...], ...}.
-    A dict; `history.history` is the same dict (Keras's spelling), `history.epoch`
-    the epoch numbers, from 0 as in Keras (the numbers the callbacks saw)."""
+    """The per-epoch values of a fit: ``{'loss': [...], 'val_loss': [...], ...}``.
+
+    A dict; ``history.history`` is the same dict (Keras's spelling),
+    ``history.epoch`` the epoch numbers, from 0 as in Keras (the numbers the
+    callbacks saw).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> history = nn.History()
+    >>> history.append({"loss": 0.5})
+    >>> history.append({"loss": 0.25})
+    >>> history["loss"], history.epoch
+    ([0.5, 0.25], [0, 1])
+    """
+
+    model: Any  # declared for the checker: the model fit trained (set by fit)
 
     @property
-    def history(self):
+    def history(self) -> History:
+        """The history itself (Keras's spelling)."""
         return self
 
     @property
-    def epoch(self):
+    def epoch(self) -> List[int]:
+        """The epoch numbers, from 0."""
         return list(range(len(self.get("loss", ()))))
 
-    def append(self, logs):
+    def append(self, logs: Logs) -> None:
+        """Add an epoch's values.
+
+        Parameters
+        ----------
+        logs : dict
+            ``{name: value}`` of the epoch.
+        """
         for key, value in logs.items():
             self.setdefault(key, []).append(value)
 
 
 class Callback:
-    """Hooks called by `Sequential.fit` (see the module's documentation). Subclass
-    and override the hooks you need; `self.model` is the model being trained."""
+    """Hooks called by `Sequential.fit`, with Keras's protocol.
 
-    model = None
-    params = None
+    Subclass and override the hooks you need; ``self.model`` is the model being
+    trained, ``self.params`` the fit's parameters (epochs, steps per epoch,
+    verbose). Epochs and batches are counted from 0. Setting
+    ``self.model.stop_training = True`` stops the fit: from a batch hook after
+    that batch, from an epoch hook after that epoch.
 
-    def set_model(self, model):
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn
+    >>> class Losses(nn.Callback):
+    ...     def on_train_begin(self, logs=None):
+    ...         self.losses = []
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         self.losses.append(logs["loss"])
+    >>> model = nn.Sequential([nn.Dense(1)], loss="mse", seed=0)
+    >>> record = Losses()
+    >>> _ = model.fit(np.ones((8, 2)), np.ones((8, 1)), epochs=3, callbacks=[record], verbose=0)
+    >>> len(record.losses)
+    3
+    """
+
+    model: Any = None
+    params: Any = None
+
+    def set_model(self, model: Sequential) -> None:
+        """Receive the model being trained (called by fit).
+
+        Parameters
+        ----------
+        model : Sequential
+            The model.
+        """
         self.model = model
 
-    def set_params(self, params):
+    def set_params(self, params: Dict[str, Any]) -> None:
+        """Receive the fit's parameters (called by fit).
+
+        Parameters
+        ----------
+        params : dict
+            ``{'epochs': ..., 'steps': ..., 'verbose': ...}``.
+        """
         self.params = params
 
-    def on_train_begin(self, logs=None):
-        """Before the first epoch; logs {'validation': whether fit has validation data}."""
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
+        """Run before the first epoch.
 
-    def on_train_end(self, logs=None):
-        """After the last epoch, also when training stopped early; logs: the last epoch's."""
+        Parameters
+        ----------
+        logs : dict, optional
+            ``{'validation': whether fit has validation data}``.
+        """
 
-    def on_epoch_begin(self, epoch, logs=None):
-        """epoch: counted from 0."""
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
+        """Run after the last epoch, also when training stopped early.
 
-    def on_epoch_end(self, epoch, logs=None):
-        """epoch: counted from 0; logs: this epoch's values (loss, val_loss, accuracy, ...)."""
+        Parameters
+        ----------
+        logs : dict, optional
+            The last epoch's values.
+        """
 
-    def on_train_batch_begin(self, batch, logs=None):
-        """batch: the step's index in the epoch, from 0."""
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        """Run at the start of an epoch.
 
-    def on_train_batch_end(self, batch, logs=None):
-        """logs: {'loss': the mean of the epoch's batch losses so far}."""
+        Parameters
+        ----------
+        epoch : int
+            The epoch, counted from 0.
+        logs : dict, optional
+            Empty.
+        """
+
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
+        """Run at the end of an epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, counted from 0.
+        logs : dict, optional
+            This epoch's values (loss, val_loss, accuracy, ..., lr).
+        """
+
+    def on_train_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Run before a training step.
+
+        Parameters
+        ----------
+        batch : int
+            The step's index in the epoch, from 0.
+        logs : dict, optional
+            Empty.
+        """
+
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Run after a training step.
+
+        Parameters
+        ----------
+        batch : int
+            The step's index in the epoch, from 0.
+        logs : dict, optional
+            ``{'loss': the mean of the epoch's batch losses so far}``.
+        """
 
     # Keras defines these for evaluate and predict; fastnn's evaluate and predict
     # take no callbacks, so they are never called (defined so that callbacks
     # written for Keras that call or override them work).
-    def on_test_begin(self, logs=None):
+    def on_test_begin(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation hook, never called (evaluate takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_test_end(self, logs=None):
+    def on_test_end(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation hook, never called (evaluate takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_test_batch_begin(self, batch, logs=None):
+    def on_test_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_test_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's evaluation batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_predict_begin(self, logs=None):
+    def on_predict_begin(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction hook, never called (predict takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_predict_end(self, logs=None):
+    def on_predict_end(self, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction hook, never called (predict takes no callbacks).
+
+        Parameters
+        ----------
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_predict_batch_begin(self, batch, logs=None):
+    def on_predict_batch_begin(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
-    def on_predict_batch_end(self, batch, logs=None):
+    def on_predict_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
+        """Do nothing: Keras's prediction batch hook, never called (defined for Keras's callbacks).
+
+        Parameters
+        ----------
+        batch : int
+            The batch.
+        logs : dict, optional
+            Unused.
+        """
         pass
 
 
 # hook name -> the positional arguments fit passes (to check a callback's signature once)
-HOOK_ARGUMENTS = {
+HOOK_ARGUMENTS = {  # type: ignore[var-annotated]
     "on_train_begin": ({},), "on_train_end": ({},), "on_epoch_begin": (0, {}), "on_epoch_end": (0, {}),
     "on_train_batch_begin": (0, {}), "on_train_batch_end": (0, {}),
 }
@@ -203,7 +376,7 @@ def maximises(monitor, mode):
 class _Monitor(Callback):
     """Base of the callbacks that follow one logged value (monitor)."""
 
-    def __init__(self, monitor, mode, min_delta):
+    def __init__(self, monitor: str, mode: Literal["auto", "min", "max"], min_delta: float) -> None:
         if not isinstance(monitor, str):
             raise TypeError(f"monitor must be a string, got {type(monitor).__name__}")
         self.monitor = monitor
@@ -228,22 +401,48 @@ class _Monitor(Callback):
         return value < self.best - self.min_delta
 
     @property
-    def best_value(self):
+    def best_value(self) -> float:
         return self.sign * self.best
 
 
 class EarlyStopping(_Monitor):
-    """Stop when `monitor` has not improved by more than min_delta for `patience`
-    epochs; with restore_best_weights (True by default, unlike Keras), put back the
-    parameters (and batch-norm statistics) of the best epoch at the end. monitor: a
-    logged value, 'val_loss' by default (needs validation_split or
-    validation_data); mode 'auto' maximises accuracies, AUC, precision, recall,
-    F1 and R^2 and minimises everything else. restore_best: the former name of
-    restore_best_weights. best_epoch and stopped_epoch count from 0, as the
-    hooks' epochs."""
+    """Stop training when `monitor` has stopped improving.
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
-                 restore_best_weights=True, *, restore_best=None):
+    Training stops when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs. ``best_epoch`` and ``stopped_epoch`` count from 0, as the
+    hooks' epochs.
+
+    Parameters
+    ----------
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    patience : int, default 5
+        Epochs without improvement before stopping.
+    min_delta : float, default 0.0
+        The least change that counts as an improvement.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    restore_best_weights : bool, default True
+        Put back the parameters (and batch-norm statistics) of the best epoch at
+        the end (True by default, unlike Keras).
+    restore_best : bool, optional
+        The former name of restore_best_weights.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> stop = nn.EarlyStopping(monitor="val_accuracy", patience=3)
+    """
+
+    # declared for the checker: the best epoch's parameters and state, kept from on_train_begin
+    best_params: Any
+    best_state: Any
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: Literal["auto", "min", "max"] = "auto", restore_best_weights: bool = True, *,
+                 restore_best: Optional[bool] = None) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = chk.integer(patience, "patience", low=0)
         if restore_best is not None:
@@ -251,17 +450,18 @@ class EarlyStopping(_Monitor):
         self.restore_best_weights = bool(restore_best_weights)
 
     @property
-    def restore_best(self):
+    def restore_best(self) -> bool:
+        """The former name of restore_best_weights."""
         return self.restore_best_weights
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self._start(logs)
         self.best_epoch = 0
         self.stopped_epoch = 0
         self.wait = 0
         self.best_params = self.best_state = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         value = self._value(logs)
         if self._improves(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
@@ -281,21 +481,44 @@ class EarlyStopping(_Monitor):
         np.copyto(self.best_params, params)
         np.copyto(self.best_state, state)
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self.restore_best_weights and self.best_params is not None:
             self.model.set_flat_params(self.best_params)
             np.copyto(self.model.get_flat_state(), self.best_state)
 
 
 class ModelCheckpoint(_Monitor):
-    """Save the model (`model.save`) at the end of each epoch to `filepath`, which
-    may hold `{epoch}` (counted from 1, as Keras names its files) and logged values
-    (`{val_loss:.3f}`). With save_best_only, only when `monitor` improved on the
-    best so far (mode as EarlyStopping's). The file is written under a temporary
-    name in the same directory and then renamed over `filepath`, so a reader
-    never sees a half-written file and a failed write leaves the previous one."""
+    """Save the model (`Sequential.save`) at the end of each epoch.
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
+    The file is written under a temporary name in the same directory and then
+    renamed over the path, so a reader never sees a half-written file and a
+    failed write leaves the previous one.
+
+    Parameters
+    ----------
+    filepath : str or path-like
+        The file; may hold ``{epoch}`` (counted from 1, as Keras names its files)
+        and logged values (``{val_loss:.3f}``).
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    save_best_only : bool, default False
+        Save only when `monitor` improved on the best so far.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    verbose : {0, 1}, default 0
+        1 prints a line per save.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> checkpoint = nn.ModelCheckpoint("model-{epoch:02d}.npz", monitor="loss", save_best_only=True)
+    """
+
+    def __init__(self, filepath: Union[str, os.PathLike[str]], monitor: str = "val_loss",
+                 save_best_only: bool = False, mode: Literal["auto", "min", "max"] = "auto",
+                 verbose: int = 0) -> None:
         super().__init__(monitor, mode, 0.0)
         if not isinstance(filepath, (str, os.PathLike)):
             raise TypeError(f"filepath must be a path, got {type(filepath).__name__}")
@@ -303,21 +526,21 @@ class ModelCheckpoint(_Monitor):
         self.save_best_only = bool(save_best_only)
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         if self.save_best_only:
             self._start(logs)
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         if self.save_best_only:
             value = self._value(logs)
             if not self._improves(value):
                 return
             self.best = value
         try:
-            path = self.filepath.format(epoch=epoch + 1, **logs)
+            path = self.filepath.format(epoch=epoch + 1, **logs)  # type: ignore[arg-type]
         except KeyError as exc:
             raise ValueError(f"ModelCheckpoint's filepath {self.filepath!r} names {exc}, which is not among "
-                             f"the logged values {sorted(logs)}") from None
+                             f"the logged values {sorted(logs)}") from None  # type: ignore[arg-type]
         save_atomically(self.model, path)
         if self.verbose:
             print(f"epoch {epoch + 1}: saved the model to {path}", flush=True)
@@ -337,12 +560,32 @@ def save_atomically(model, path):
 
 
 class CSVLogger(Callback):
-    """Write each epoch's logs as a row of a CSV file: a header 'epoch' and the
-    logged names in sorted order (as Keras), then one row per epoch (epochs from
-    0). append: add to an existing file (its header is kept) instead of
-    overwriting it. The file is flushed after every row."""
+    """Write each epoch's logs as a row of a CSV file.
 
-    def __init__(self, filename, separator=",", append=False):
+    A header 'epoch' and the logged names in sorted order (as Keras), then one
+    row per epoch (epochs from 0). The file is flushed after every row.
+
+    Parameters
+    ----------
+    filename : str or path-like
+        The file.
+    separator : str, default ','
+        One character between the values.
+    append : bool, default False
+        Add to an existing file (its header is kept) instead of overwriting it.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> logger = nn.CSVLogger("training.csv")
+    """
+
+    # declared for the checker: the logged names and the open file, from on_train_begin on
+    keys: Any
+    _file: Any
+
+    def __init__(self, filename: Union[str, os.PathLike[str]], separator: str = ",",
+                 append: bool = False) -> None:
         if not isinstance(filename, (str, os.PathLike)):
             raise TypeError(f"filename must be a path, got {type(filename).__name__}")
         if not isinstance(separator, str) or len(separator) != 1:
@@ -350,23 +593,23 @@ class CSVLogger(Callback):
         self.filename, self.separator, self.append = os.fspath(filename), separator, bool(append)
         self.keys = self._file = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         has_rows = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename) > 0
         self._file = open(self.filename, "a" if self.append else "w", newline="")  # noqa: SIM115
         self._writer = csv.writer(self._file, delimiter=self.separator)
         self._header_written = has_rows
         self.keys = None
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         if self.keys is None:
-            self.keys = sorted(logs)
+            self.keys = sorted(logs)  # type: ignore[arg-type]
         if not self._header_written:
             self._writer.writerow(["epoch"] + self.keys)
             self._header_written = True
         self._writer.writerow([epoch] + [logs.get(k, "NA") for k in self.keys])
         self._file.flush()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: Optional[Logs] = None) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -386,17 +629,31 @@ def set_learning_rate(optimizer, lr):
 
 
 class LearningRateScheduler(Callback):
-    """At the start of each epoch, set the learning rate to schedule(epoch, lr)
-    (epoch from 0, lr the current rate). The rate reaches the optimizer's steps:
-    it replaces the rate of its (constant) schedule, which saving keeps."""
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``.
 
-    def __init__(self, schedule, verbose=0):
+    The rate reaches the optimizer's steps: it replaces the rate of its
+    (constant) schedule, which saving keeps.
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch, lr) -> float``, epoch from 0, lr the current rate.
+    verbose : {0, 1}, default 0
+        1 prints the rate of each epoch.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> halving = nn.LearningRateScheduler(lambda epoch, lr: lr / 2 if epoch else lr)
+    """
+
+    def __init__(self, schedule: Callable[..., float], verbose: int = 0) -> None:
         if not callable(schedule):
             raise TypeError(f"schedule must be a function (epoch, lr) -> lr, got {type(schedule).__name__}")
         self.schedule = schedule
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: Optional[Logs] = None) -> None:
         optimizer = self.model.optimizer
         lr = self.schedule(epoch, optimizer.lr)
         set_learning_rate(optimizer, lr)
@@ -405,13 +662,43 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(_Monitor):
-    """Multiply the learning rate by `factor` when `monitor` has not improved by
-    more than min_delta for `patience` epochs, then wait `cooldown` epochs before
-    counting again; never below min_lr (Keras's rule). Needs an optimizer without
-    a schedule (see set_learning_rate)."""
+    """Multiply the learning rate by `factor` when `monitor` has stopped improving.
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0, min_lr=0.0,
-                 mode="auto", verbose=0):
+    The rate falls when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs; then the callback waits `cooldown` epochs before counting
+    again; never below `min_lr` (Keras's rule). Needs an optimizer without a
+    schedule.
+
+    Parameters
+    ----------
+    monitor : str, default 'val_loss'
+        A logged value ('val_loss' needs validation_split or validation_data).
+    factor : float, default 0.1
+        The factor, in (0, 1).
+    patience : int, default 10
+        Epochs without improvement before a reduction.
+    min_delta : float, default 1e-4
+        The least change that counts as an improvement.
+    cooldown : int, default 0
+        Epochs to wait after a reduction.
+    min_lr : float, default 0.0
+        The smallest rate.
+    mode : {'auto', 'min', 'max'}, default 'auto'
+        Whether the value improves by falling or rising; 'auto' maximises
+        accuracies, AUC, precision, recall, F1 and R^2 and minimises everything
+        else.
+    verbose : {0, 1}, default 0
+        1 prints each reduction.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> reduce = nn.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2)
+    """
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0,
+                 mode: Literal["auto", "min", "max"] = "auto", verbose: int = 0) -> None:
         super().__init__(monitor, mode, min_delta)
         self.factor = chk.real(factor, "factor", 0, 1, low_open=True, high_open=True)
         self.patience = chk.integer(patience, "patience", low=0)
@@ -419,11 +706,11 @@ class ReduceLROnPlateau(_Monitor):
         self.min_lr = chk.real(min_lr, "min_lr", low=0)
         self.verbose = chk.choice(verbose, "verbose", (0, 1))
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: Optional[Logs] = None) -> None:
         self._start(logs)
         self.wait = self.cooldown_counter = 0
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: Optional[Logs] = None) -> None:
         value = self._value(logs)
         if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
@@ -444,13 +731,19 @@ class TerminateOnNaN(Callback):
     """Stop training when a batch loss is NaN or infinite, instead of raising.
 
     fit itself never applies a step whose loss is not finite: it raises
-    TrainingDivergedError (the parameters kept finite, see Sequential.fit). With
-    this callback, that batch's loss reaches on_train_batch_end, the callback
-    sets model.stop_training, and fit returns the history of the completed
-    epochs instead of raising; the model keeps the parameters the error
-    describes."""
+    TrainingDivergedError (the parameters kept finite, see `Sequential.fit`).
+    With this callback, that batch's loss reaches on_train_batch_end, the
+    callback sets model.stop_training, and fit returns the history of the
+    completed epochs instead of raising; the model keeps the parameters the
+    error describes.
 
-    def on_train_batch_end(self, batch, logs=None):
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> callbacks = [nn.TerminateOnNaN()]
+    """
+
+    def on_train_batch_end(self, batch: int, logs: Optional[Logs] = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
             print(f"batch {batch}: invalid loss {loss}, terminating training", flush=True)

@@ -20,11 +20,26 @@ axis N. Dense, BatchNorm and the softmax act on the last axis, so on an
 copy: layer inputs are C-contiguous).
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Type, Union
 
 import numpy as np
 
+from .._types import (
+    Array,
+    Backend,
+    Config,
+    DTypeLike,
+    IntPair,
+    Padding,
+    RandomState,
+    Shape,
+    StateSpec,
+    TensorSpec,
+    Workspace,
+)
 from ..backends import _checks as chk
 from ..backends.reference import (
     INIT_ALIASES,
@@ -99,99 +114,242 @@ def buffer(ws, key, shape, dtype):
 
 
 class Layer:
-    """Base class. Subclasses define `kind`, `forward`, `backward`, `config` and,
-    when they change the shape, `output_shape_for`; when they have parameters,
-    `param_specs` and `init_params`.
+    """The base of the layers: a description plus views into the model's buffers.
 
-    Every layer has a `name` (given with `name=`, else the model gives it a
-    Keras-style one: `dense`, `dense_1`, ..., unique within the model) and a
-    `trainable` flag: `layer.trainable = False` freezes its parameters (the
-    optimizer leaves them and its state for them untouched, no penalty or weight
-    decay moves them, their gradients are not computed; batch norm then also
-    normalises with its running statistics, as in Keras). A penalty's value still
-    counts frozen weights (as Keras's regularisation losses do). A change takes
-    effect at the next fit, train_step or loss_and_gradient. `frozen` is set by
-    the model: not trainable, or inside a layer that is not."""
+    Subclasses define ``kind``, ``forward(backend, x, ws, mode)``,
+    ``backward(backend, dy, ws, need_dx)``, `config` and, when they change the
+    shape, `output_shape_for`; when they have parameters, `param_specs` and
+    `init_params`. Every layer has a ``name`` (given with ``name=``, else the model
+    gives it a Keras-style one: ``dense``, ``dense_1``, ..., unique within the
+    model) and a `trainable` flag: ``layer.trainable = False`` freezes its
+    parameters (the optimizer leaves them and its state for them untouched, no
+    penalty or weight decay moves them, their gradients are not computed; batch
+    norm then also normalises with its running statistics, as in Keras). A
+    penalty's value still counts frozen weights (as Keras's regularisation losses
+    do). A change takes effect at the next fit, train_step or loss_and_gradient.
+    ``frozen`` is set by the model: not trainable, or inside a layer that is not.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> layer = nn.Dense(4)
+    >>> layer.trainable = False
+    >>> layer.trainable
+    False
+    """
 
     kind = "Layer"
-    name = None
+    name: Optional[str] = None
     # the dtype of the model's input when this layer comes first (None: the
     # model's float dtype); such a layer checks that input with check_input(X, name)
-    input_dtype = None
+    input_dtype: Optional[np.dtype] = None
     frozen = False
+    # declared for the checker: set by subclasses, by build and bind, and by the model (index)
+    forward: Callable[..., Array]
+    backward: Callable[..., Optional[Array]]
+    index: int
+    params: Dict[str, Array]
+    grads: Dict[str, Array]
+    state: Dict[str, Array]
 
     @property
-    def trainable(self):
+    def trainable(self) -> bool:
+        """Whether the layer's parameters train (False freezes them)."""
         return self.__dict__.get("_trainable", True)
 
     @trainable.setter
-    def trainable(self, value):
+    def trainable(self, value: bool) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"trainable must be True or False, got {value!r}")
         self._trainable = bool(value)
 
-    def build(self, input_shape, dtype):
-        """Fix the per-sample input shape (a tuple); returns the output shape."""
+    def build(self, input_shape: Shape, dtype: DTypeLike) -> Shape:
+        """Fix the per-sample input shape.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            The per-sample input shape.
+        dtype : dtype
+            The model's float dtype.
+
+        Returns
+        -------
+        tuple of int
+            The per-sample output shape.
+        """
         self.input_shape = tuple(input_shape)
         self.output_shape = tuple(self.output_shape_for(self.input_shape))
         self.dtype = np.dtype(dtype)
         return self.output_shape
 
-    def output_shape_for(self, input_shape):
-        """The per-sample output shape for this input shape (ValueError if the
-        layer cannot take it)."""
+    def output_shape_for(self, input_shape: Shape) -> Shape:
+        """Return the per-sample output shape for an input shape.
+
+        Parameters
+        ----------
+        input_shape : tuple of int
+            The per-sample input shape.
+
+        Returns
+        -------
+        tuple of int
+            The per-sample output shape.
+
+        Raises
+        ------
+        ValueError
+            If the layer cannot take that input shape.
+        """
         return input_shape
 
-    def param_specs(self):
-        """[(name, shape, role)] of trained parameters, role one of ROLES. Weights
-        (the tensors L1/L2 penalties apply to) are laid out first in the model's
-        flat buffer, then biases, scales and shifts."""
+    def param_specs(self) -> List[TensorSpec]:
+        """List the trained parameters.
+
+        Weights (the tensors L1/L2 penalties apply to) are laid out first in the
+        model's flat buffer, then biases, scales and shifts.
+
+        Returns
+        -------
+        list of (str, tuple of int, str)
+            ``[(name, shape, role)]``, role one of 'weight', 'bias', 'scale', 'shift'.
+        """
         return []
 
-    def state_specs(self):
-        """[(name, shape, initial value)] of non-trained state."""
+    def state_specs(self) -> List[StateSpec]:
+        """List the non-trained state tensors.
+
+        Returns
+        -------
+        list of (str, tuple of int, float)
+            ``[(name, shape, initial value)]``.
+        """
         return []
 
-    def bind(self, params, grads, state):
-        """Receive {name: view} into the model's parameter, gradient and state buffers."""
+    def bind(self, params: Dict[str, Array], grads: Dict[str, Array], state: Dict[str, Array]) -> None:
+        """Receive views into the model's parameter, gradient and state buffers.
+
+        Parameters
+        ----------
+        params : dict of str to numpy.ndarray
+            ``{name: view}`` of the parameters.
+        grads : dict of str to numpy.ndarray
+            ``{name: view}`` of their gradients.
+        state : dict of str to numpy.ndarray
+            ``{name: view}`` of the state.
+        """
         self.params, self.grads, self.state = params, grads, state
 
-    def init_params(self, backend, rng):
-        """Write initial values into the parameter views."""
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
+        """Write initial values into the parameter views.
 
-    def config(self):
+        Parameters
+        ----------
+        backend : backend object
+            The backend (its initialiser kernels).
+        rng : numpy.random.Generator or RandomState
+            The random draws.
+        """
+
+    def config(self) -> Config:
+        """Return the layer's kind and options, as saved.
+
+        Returns
+        -------
+        dict
+            ``{'kind': ..., option: value}``; ``cls(**options)`` rebuilds the layer.
+        """
         return {"kind": self.kind}
 
-    def sublayers(self):
-        """The layers this layer is made of (a container such as Residual); [] for
-        a plain layer."""
+    def sublayers(self) -> List[Layer]:
+        """List the layers this layer is made of (a container such as Residual).
+
+        Returns
+        -------
+        list of Layer
+            Empty for a plain layer.
+        """
         return []
 
-    def tensor_owners(self):
-        """[(spec name, layer, that layer's own name for it)] parallel to
-        param_specs(): which (sub-)layer each trained tensor belongs to."""
+    def tensor_owners(self) -> List[Tuple[str, Layer, str]]:
+        """Say which (sub-)layer each trained tensor belongs to.
+
+        Returns
+        -------
+        list of (str, Layer, str)
+            ``[(spec name, layer, that layer's own name for it)]`` parallel to
+            `param_specs`.
+        """
         return [(name, self, name) for name, _, _ in self.param_specs()]
 
-    def set_frozen(self, frozen):
-        """Set `frozen` (by the model, before training): not trainable, or inside
-        a container that is frozen."""
+    def set_frozen(self, frozen: bool) -> None:
+        """Set `frozen` (by the model, before training).
+
+        Parameters
+        ----------
+        frozen : bool
+            Whether a container of this layer is frozen; the layer is frozen then, or
+            when it is not trainable.
+        """
         self.frozen = bool(frozen) or not self.trainable
         for layer in self.sublayers():
             layer.set_frozen(self.frozen)
 
-    def bind_forward(self, backend, x, ws):
-        """(y, run) where run() does this layer's training forward pass from x into
-        y with its kernels bound once (backend.fast.bind), or None: the layer has
-        no such pass (the model then steps through forward/backward)."""
+    def bind_forward(self, backend: Backend, x: Array,
+                     ws: Workspace) -> Optional[Tuple[Array, Callable[[], Any]]]:
+        """Bind this layer's training forward pass to its arrays, once.
+
+        A layer that returns a pair is stepped by the model through ``run()``
+        on later steps of the same batch shape, with no layer walk; the default
+        returns None and the layer is stepped through `forward` and `backward`.
+
+        Parameters
+        ----------
+        backend : Backend
+            The backend whose kernels are bound (``backend.fast.bind``).
+        x : ndarray
+            The layer's input, (N, ...), in the model's workspace.
+        ws : dict
+            The layer's workspace for this batch shape.
+
+        Returns
+        -------
+        tuple or None
+            (y, run): the output array ``run()`` writes, and the bound pass.
+        """
         return None
 
-    def bind_backward(self, backend, dy, ws, need_dx):
-        """(dx, run) where run() does backward from dy with its kernels bound once
-        (after bind_forward on the same workspace), or None."""
+    def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
+                      need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
+        """Bind this layer's backward pass to its arrays, once (after `bind_forward`).
+
+        Parameters
+        ----------
+        backend : Backend
+            The backend whose kernels are bound.
+        dy : ndarray
+            The gradient with respect to the layer's output, (N, ...).
+        ws : dict
+            The layer's workspace for this batch shape.
+        need_dx : bool
+            Whether the gradient with respect to the input is computed.
+
+        Returns
+        -------
+        tuple or None
+            (dx, run): the input gradient ``run()`` writes (None when not
+            needed), and the bound pass.
+        """
         return None
 
-    def trains(self):
-        """Whether a step changes any parameter of this layer (after set_frozen)."""
+    def trains(self) -> bool:
+        """Return whether a step changes any parameter of this layer (after set_frozen).
+
+        Returns
+        -------
+        bool
+            Whether it trains.
+        """
         subs = self.sublayers()
         if subs:
             return any(layer.trains() for layer in subs)
@@ -294,18 +452,43 @@ class _Weighted(Layer):
 
 
 class Dense(_Weighted):
-    """y = activation(x @ W + b), W (n_in, units), b (units,), through the fused
-    dense_forward / dense_backward kernels.
+    """Dense layer ``y = activation(x @ W + b)``, W (n_in, units), b (units,).
 
-    units: output width; activation: any name of the catalogue (None = identity);
-    init: initialiser name (glorot_uniform/normal, he_uniform/normal, lecun_normal,
-    sklearn) or a callable (fan_in, fan_out, rng, dtype) -> (W, b); None picks one
-    from the activation (see default_init); l2, l1: penalty on W (not b);
-    input_dim: the input width, for a first layer built before seeing data."""
+    It runs the fused dense_forward / dense_backward kernels, on the last axis of
+    its input.
+
+    Parameters
+    ----------
+    units : int
+        The output width.
+    activation : str, optional
+        Any activation of the catalogue (None: identity).
+    init : str or callable, optional
+        An initialiser name (glorot_uniform, glorot_normal, he_uniform,
+        he_normal, lecun_normal, sklearn) or a callable ``(fan_in, fan_out, rng,
+        dtype) -> (W, b)``; None picks one from the activation (He for the ReLU
+        family, LeCun for selu, Glorot otherwise).
+    l2 : float, default 0.0
+        L2 penalty on W (not b).
+    l1 : float, default 0.0
+        L1 penalty on W (not b).
+    input_dim : int, optional
+        The input width, for a first layer built before seeing data.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Dense(64, "relu", l2=1e-4)
+    Dense(units=64, activation='relu', init=None, l2=0.0001, l1=0.0, input_dim=None)
+    """
 
     kind = "Dense"
 
-    def __init__(self, units, activation=None, init=None, l2=0.0, l1=0.0, input_dim=None, name=None):
+    def __init__(self, units: int, activation: Optional[str] = None,
+                 init: Union[str, Callable[..., Tuple[Array, Array]], None] = None, l2: float = 0.0,
+                 l1: float = 0.0, input_dim: Optional[int] = None, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
         self._set_weight_options(activation, init, l2, l1)
@@ -317,30 +500,32 @@ class Dense(_Weighted):
         # norm's shift replaces it).
         self.fixed_bias = False
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if not input_shape:
             raise ValueError("Dense needs inputs with at least one axis (features)")
         return input_shape[:-1] + (self.units,)
 
     @property
-    def n_in(self):
+    def n_in(self) -> int:
         """The input width (fan-in): the last axis of the input shape."""
         return self.input_shape[-1]
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         return [("W", (self.n_in, self.units), "weight"), ("b", (self.units,), "bias")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         W, b = self._initial_weights(backend, rng, self.n_in, self.units)
         self.params["W"][...] = W
         self.params["b"][...] = 0 if self.fixed_bias else b
 
     @property
-    def W(self):
+    def W(self) -> Array:
+        """The weights, (n_in, units): a view of the model's parameter buffer."""
         return self.params["W"]
 
     @property
-    def b(self):
+    def b(self) -> Array:
+        """The biases, (units,): a view of the model's parameter buffer."""
         return self.params["b"]
 
     def _forward_call(self, x, ws):
@@ -352,7 +537,7 @@ class Dense(_Weighted):
         ws["x"], ws["y2"] = x2, y2
         return y, (x2, self.params["W"], self.params["b"], self.run_activation, y2, preact)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y, args = self._forward_call(x, ws)
         backend.fast.dense_forward(*args)
         return y
@@ -373,7 +558,7 @@ class Dense(_Weighted):
         return dx, (dy2, x, self.params["W"], y2, act, ws.get("preact"), need_dx, dx2, self.grads["W"],
                     self.grads["b"], dz)
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if self.frozen:
             return self._backward_frozen(backend, dy, ws, need_dx)
         dx, args = self._backward_call(dy, ws, need_dx)
@@ -404,23 +589,37 @@ class Dense(_Weighted):
         np.matmul(dz, self.params["W"].T, out=rows(dx, self.n_in))
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "units": self.units, "activation": self.activation,
                 "init": self.init if isinstance(self.init, str) else None,
                 "l2": self.l2, "l1": self.l1, "input_dim": self.input_dim}
 
 
 class Activation(Layer):
-    """y = activation(x), any activation of the catalogue (softmax over features)."""
+    """Activation layer ``y = activation(x)`` (softmax over the last axis).
+
+    Parameters
+    ----------
+    activation : str
+        Any activation of the catalogue.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Activation("gelu")
+    Activation(activation='gelu')
+    """
 
     kind = "Activation"
 
-    def __init__(self, activation, name=None):
+    def __init__(self, activation: str, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.activation = activation_name(activation)
         self.run_activation = self.activation
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         ws["x"] = x
         if self.run_activation == "identity":
             return x
@@ -431,7 +630,7 @@ class Activation(Layer):
             backend.fast.activation_forward(x, self.run_activation, out=y)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if self.run_activation == "identity":
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
@@ -443,39 +642,56 @@ class Activation(Layer):
             backend.fast.activation_backward(dy, ws["y"], self.run_activation, x=ws["x"], out=dx)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "activation": self.activation}
 
 
 class BatchNorm(Layer):
-    """Batch normalisation of the last axis (the features, or the channels of a
-    channels-last image) over every other axis of the batch, as
+    """Batch normalisation of the last axis over every other axis of the batch.
+
+    The last axis is the features, or the channels of a channels-last image, as
     torch.nn.BatchNorm1d / BatchNorm2d: batch statistics in training, running
     statistics (updated with `momentum`) in inference. A training batch of one
     row has no batch statistics: it is normalised with the running ones, which it
     leaves unchanged. Parameters gamma, beta (C,); state running_mean,
-    running_var (C,)."""
+    running_var (C,).
+
+    Parameters
+    ----------
+    momentum : float, default 0.1
+        The weight of a batch in the running statistics.
+    eps : float, default 1e-5
+        Added to the variance.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BatchNorm(momentum=0.01)
+    BatchNorm(momentum=0.01, eps=1e-05)
+    """
 
     kind = "BatchNorm"
 
-    def __init__(self, momentum=0.1, eps=1e-5, name=None):
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         c = self.input_shape[-1]
         return [("gamma", (c,), "scale"), ("beta", (c,), "shift")]
 
-    def state_specs(self):
+    def state_specs(self) -> List[StateSpec]:
         c = self.input_shape[-1]
         return [("running_mean", (c,), 0.0), ("running_var", (c,), 1.0)]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         self.params["gamma"][...] = 1
         self.params["beta"][...] = 0
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         c = x.shape[-1]
         y = buffer(ws, "y", x.shape, self.dtype)
         x2 = rows(x, c)
@@ -489,30 +705,45 @@ class BatchNorm(Layer):
             out=rows(y, c))
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         c = dy.shape[-1]
         dx = buffer(ws, "dx", dy.shape, self.dtype)
         backend.fast.batchnorm_backward(rows(dy, c), ws["cache"], dx=rows(dx, c), dgamma=self.grads["gamma"],
                                    dbeta=self.grads["beta"])
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "momentum": self.momentum, "eps": self.eps}
 
 
 class Dropout(Layer):
-    """Inverted dropout in training (identity in inference). The mask comes from the
-    kernels' counter-based generator; its seed is mixed from the model's seed, the
-    model's count of training passes and this layer's position, so a run is
-    reproducible and every backend draws the same mask."""
+    """Inverted dropout in training (identity in inference).
+
+    The mask comes from the kernels' counter-based generator; its seed is mixed
+    from the model's seed, the model's count of training passes and this layer's
+    position, so a run is reproducible and every backend draws the same mask.
+
+    Parameters
+    ----------
+    rate : float
+        The fraction of inputs dropped, in [0, 1).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Dropout(0.2)
+    Dropout(rate=0.2)
+    """
 
     kind = "Dropout"
 
-    def __init__(self, rate, name=None):
+    def __init__(self, rate: float, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.rate = chk.real(rate, "rate", 0, 1, high_open=True)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         ws["active"] = active = mode.training and mode.dropout and self.rate > 0
         if not active:
             return x
@@ -521,46 +752,86 @@ class Dropout(Layer):
         backend.fast.dropout_forward(x, self.rate, seed, out=y)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         if not ws["active"]:
             return dy
         dx = buffer(ws, "dx", dy.shape, self.dtype)
         backend.fast.dropout_backward(dy, self.rate, ws["seed"], out=dx)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "rate": self.rate}
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), in C order (a view, no copy)."""
+    """Flatten each sample: (N, d1, d2, ...) -> (N, d1 * d2 * ...), a view.
+
+    Parameters
+    ----------
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Flatten().output_shape_for((8, 8, 4))
+    (256,)
+    """
 
     kind = "Flatten"
 
-    def __init__(self, name=None):
+    def __init__(self, name: Optional[str] = None) -> None:
         self.name = check_name(name)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         return (math.prod(input_shape),)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         return dy.reshape((dy.shape[0],) + self.input_shape)
 
 
-LAYERS = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebuild
+LAYERS: Dict[str, Type[Layer]] = {}  # kind -> Layer subclass: the registry of the kinds `load` can rebuild
 
 
-def register_layer(cls):
-    """Class decorator: register a Layer subclass under its `kind`, so that
-    `Sequential.save` writes it (as its `config()`) and `load` rebuilds it with
-    ``cls(**options)``, the options being config() without 'kind'. Returns cls.
-    Refuses a class that is not a Layer subclass (TypeError), a kind that is not
-    a non-empty string of the class's own, and a kind registered for another
-    class (ValueError); the same class defined again (same module and name)
-    replaces its earlier definition."""
+def register_layer(cls: Type[Layer]) -> Type[Layer]:
+    """Register a Layer subclass under its `kind` (a class decorator).
+
+    `Sequential.save` then writes such a layer (as its ``config()``) and `load`
+    rebuilds it with ``cls(**options)``, the options being ``config()`` without
+    ``'kind'``. The same class defined again (same module and name) replaces its
+    earlier definition.
+
+    The argument is a subclass of `Layer` that defines its own `kind`.
+
+    Returns
+    -------
+    type
+        The class itself.
+
+    Raises
+    ------
+    TypeError
+        If `cls` is not a subclass of Layer.
+    ValueError
+        If its kind is not a non-empty string of the class's own, or is
+        registered for another class.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> @nn.register_layer
+    ... class Double(nn.Layer):
+    ...     kind = "Double"
+    ...     def forward(self, backend, x, ws, mode):
+    ...         return 2 * x
+    ...     def backward(self, backend, dy, ws, need_dx):
+    ...         return 2 * dy
+    >>> nn.Sequential([Double(), nn.Dense(1)], loss="mse", input_shape=3).predict([[1.0, 2.0, 3.0]]).shape
+    (1, 1)
+    """
     if not (isinstance(cls, type) and issubclass(cls, Layer)) or cls is Layer:
         raise TypeError(f"register_layer takes a subclass of fastnn.nn.Layer, got {cls!r}")
     kind = cls.__dict__.get("kind")
@@ -644,19 +915,50 @@ def _as_config(value):
 
 
 class Conv2D(_Weighted):
-    """y = activation(conv(x, W) + b) over channels-last images, through the fused
-    conv2d_forward / conv2d_backward kernels (as torch.nn.Conv2d, cross-correlation
-    with zero padding). W (kh, kw, C_in, filters), b (filters,).
+    """Convolution ``y = activation(conv(x, W) + b)`` over channels-last images.
 
-    filters: output channels; kernel_size, strides: an int or a pair; padding:
-    'valid', 'same' (odd kernels: output ceil(size / stride)), an int or a pair;
-    activation, init, l2, l1: as Dense (the initialisers see the layer as a dense
-    layer over the windows: fan-in kh * kw * C_in, fan-out filters)."""
+    It runs the fused conv2d_forward / conv2d_backward kernels (as
+    torch.nn.Conv2d: cross-correlation with zero padding). W (kh, kw, C_in,
+    filters), b (filters,). The initialisers see the layer as a dense layer over
+    the windows: fan-in kh * kw * C_in, fan-out filters.
+
+    Parameters
+    ----------
+    filters : int
+        The output channels.
+    kernel_size : int or (int, int)
+        The window.
+    strides : int or (int, int), default 1
+        The step between windows.
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd kernels) gives outputs of ceil(size / stride).
+    activation : str, optional
+        Any activation of the catalogue (None: identity).
+    init : str or callable, optional
+        An initialiser name (glorot_uniform, glorot_normal, he_uniform,
+        he_normal, lecun_normal, sklearn) or a callable ``(fan_in, fan_out, rng,
+        dtype) -> (W, b)``; None picks one from the activation (He for the ReLU
+        family, LeCun for selu, Glorot otherwise).
+    l2 : float, default 0.0
+        L2 penalty on W.
+    l1 : float, default 0.0
+        L1 penalty on W.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Conv2D(32, 3, padding="same").output_shape_for((28, 28, 1))
+    (28, 28, 32)
+    """
 
     kind = "Conv2D"
 
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", activation=None, init=None,
-                 l2=0.0, l1=0.0, name=None):
+    def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: Padding = "valid",
+                 activation: Optional[str] = None,
+                 init: Union[str, Callable[..., Tuple[Array, Array]], None] = None, l2: float = 0.0,
+                 l1: float = 0.0, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.filters = chk.integer(filters, "filters", low=1)
         self.kernel_size = chk.pair(kernel_size, "kernel_size", low=1)
@@ -667,22 +969,22 @@ class Conv2D(_Weighted):
             raise ValueError(f"padding {self.pads} must be smaller than the kernel {self.kernel_size}")
         self._set_weight_options(activation, init, l2, l1)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         oh, ow = _window_output(self, input_shape, self.kernel_size, self.strides, self.pads, "kernel")
         return (oh, ow, self.filters)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         kh, kw = self.kernel_size
         return [("W", (kh, kw, self.input_shape[-1], self.filters), "weight"),
                 ("b", (self.filters,), "bias")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         kh, kw = self.kernel_size
         W, b = self._initial_weights(backend, rng, kh * kw * self.input_shape[-1], self.filters)
         self.params["W"][...] = np.reshape(W, self.params["W"].shape)
         self.params["b"][...] = b
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         preact = buffer(ws, "preact", y.shape, self.dtype) if self.run_activation in NEEDS_INPUT else None
         backend.fast.conv2d_forward(x, self.params["W"], self.params["b"], self.strides, self.pads,
@@ -690,7 +992,7 @@ class Conv2D(_Weighted):
         ws["x"] = x
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         act = self.run_activation
         dz = None if act == "identity" else buffer(ws, "dz", dy.shape, self.dtype)
         dx = buffer(ws, "dx", ws["x"].shape, self.dtype) if need_dx else None
@@ -699,7 +1001,7 @@ class Conv2D(_Weighted):
                                      dW=self.grads["W"], db=self.grads["b"], dz=dz)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "filters": self.filters, "kernel_size": _as_config(self.kernel_size),
                 "strides": _as_config(self.strides), "padding": _as_config(self.padding),
                 "activation": self.activation, "init": self.init if isinstance(self.init, str) else None,
@@ -707,15 +1009,33 @@ class Conv2D(_Weighted):
 
 
 class MaxPool2D(Layer):
-    """The maximum of each pool_size window every `strides` cells (default:
-    pool_size) per channel, through maxpool2d_forward / maxpool2d_backward (as
-    torch.nn.MaxPool2d). padding: 'valid', 'same' (odd pools), an int or a pair,
-    at most half the pool; padded cells never win."""
+    """Max pooling: the maximum of each window, per channel (as torch.nn.MaxPool2d).
+
+    It runs maxpool2d_forward / maxpool2d_backward; padded cells never win.
+
+    Parameters
+    ----------
+    pool_size : int or (int, int), default 2
+        The window.
+    strides : int or (int, int), optional
+        The step between windows (default: pool_size).
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd pools), or zeros on each side, at most half the pool.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.MaxPool2D(2).output_shape_for((28, 28, 32))
+    (14, 14, 32)
+    """
 
     kind = "MaxPool2D"
     pool_kernel = "maxpool2d"
 
-    def __init__(self, pool_size=2, strides=None, padding="valid", name=None):
+    def __init__(self, pool_size: IntPair = 2, strides: Optional[IntPair] = None, padding: Padding = "valid",
+                 name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.pool_size = chk.pair(pool_size, "pool_size", low=1)
         self.strides = self.pool_size if strides is None else chk.pair(strides, "strides", low=1)
@@ -724,11 +1044,11 @@ class MaxPool2D(Layer):
         if 2 * self.pads[0] > self.pool_size[0] or 2 * self.pads[1] > self.pool_size[1]:
             raise ValueError(f"padding {self.pads} must be at most half the pool {self.pool_size}")
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         oh, ow = _window_output(self, input_shape, self.pool_size, self.strides, self.pads, "pool")
         return (oh, ow, input_shape[-1])
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         argmax = ws.get("argmax")
         if argmax is None:
@@ -737,47 +1057,79 @@ class MaxPool2D(Layer):
         ws.setdefault("x_shape", x.shape)  # one object per batch shape (backend.fast's memo)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         return backend.fast.maxpool2d_backward(dy, ws["argmax"], ws["x_shape"], dx=dx)
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "pool_size": _as_config(self.pool_size),
                 "strides": _as_config(self.strides), "padding": _as_config(self.padding)}
 
 
 class AveragePooling2D(MaxPool2D):
-    """The mean of each window (zero padding counted in the divisor, as
-    torch.nn.AvgPool2d), through avgpool2d_forward / avgpool2d_backward; options
-    as MaxPool2D."""
+    """Average pooling: the mean of each window, per channel (as torch.nn.AvgPool2d).
+
+    Zero padding counts in the divisor. It runs avgpool2d_forward /
+    avgpool2d_backward; the options are MaxPool2D's.
+
+    Parameters
+    ----------
+    pool_size : int or (int, int), default 2
+        The window.
+    strides : int or (int, int), optional
+        The step between windows (default: pool_size).
+    padding : {'valid', 'same'}, int or (int, int), default 'valid'
+        'same' (odd pools), or zeros on each side, at most half the pool.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.AveragePooling2D(2).output_shape_for((8, 8, 3))
+    (4, 4, 3)
+    """
 
     kind = "AveragePooling2D"
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y = buffer(ws, "y", x.shape[:1] + self.output_shape, self.dtype)
         backend.fast.avgpool2d_forward(x, self.pool_size, self.strides, self.pads, out=y)
         ws.setdefault("x_shape", x.shape)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         return backend.fast.avgpool2d_backward(dy, ws["x_shape"], self.pool_size, self.strides, self.pads,
                                                dx=dx)
 
 
 class GlobalAveragePooling2D(Layer):
-    """(N, H, W, C) -> (N, C): the mean over each image, per channel (the average
-    pooling kernels with the whole image as the window)."""
+    """Global average pooling: (N, H, W, C) -> (N, C), the mean over each image.
+
+    It runs the average pooling kernels with the whole image as the window.
+
+    Parameters
+    ----------
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.GlobalAveragePooling2D().output_shape_for((7, 7, 64))
+    (64,)
+    """
 
     kind = "GlobalAveragePooling2D"
 
-    def __init__(self, name=None):
+    def __init__(self, name: Optional[str] = None) -> None:
         self.name = check_name(name)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         return (_image_shape(self, input_shape)[-1],)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         n, h, w, c = x.shape
         y = buffer(ws, "y", (n, 1, 1, c), self.dtype)
         ws.setdefault("window", (h, w))  # one object per batch shape (backend.fast's memo)
@@ -785,13 +1137,13 @@ class GlobalAveragePooling2D(Layer):
         ws.setdefault("x_shape", x.shape)
         return y.reshape(n, c)
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         dx = buffer(ws, "dx", ws["x_shape"], self.dtype)
         n, c = dy.shape
         return backend.fast.avgpool2d_backward(dy.reshape(n, 1, 1, c), ws["x_shape"], ws["window"],
                                                ws["window"], (0, 0), dx=dx)
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind}
 
 
@@ -817,26 +1169,26 @@ class _Recurrent(Layer):
 
     gates = 1
     kernel = ""  # the kernels' prefix: rnn, lstm or gru
-    biases = ("b",)
+    biases: Tuple[str, ...] = ("b",)
 
-    def __init__(self, units, return_sequences=False, name=None):
+    def __init__(self, units: int, return_sequences: bool = False, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.units = chk.integer(units, "units", low=1)
         if not isinstance(return_sequences, (bool, np.bool_)):
             raise TypeError(f"return_sequences must be True or False, got {return_sequences!r}")
         self.return_sequences = bool(return_sequences)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 2:
             raise ValueError(f"{self.kind} needs sequences (T, features) per sample")
         return (input_shape[0], self.units) if self.return_sequences else (self.units,)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         f, h, g = self.input_shape[-1], self.units, self.gates
         return ([("W_x", (f, g * h), "weight"), ("W_h", (h, g * h), "weight")]
                 + [(b, (g * h,), "bias") for b in self.biases])
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         f, h = self.input_shape[-1], self.units
         W_x, _ = backend.init_weights("glorot_uniform", f, self.gates * h, rng=rng, dtype=self.dtype)
         self.params["W_x"][...] = W_x
@@ -848,7 +1200,7 @@ class _Recurrent(Layer):
     def _options(self):
         return {}
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, T, F) -> hs (N, T, H); the last state (N, H) copied out when it alone is the output
         kernel = getattr(backend.fast, self.kernel + "_forward")
         states = (None,) * (2 if self.kernel == "lstm" else 1)
@@ -861,12 +1213,12 @@ class _Recurrent(Layer):
         y[...] = hs[:, -1]
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         cache = ws["cache"]
         if self.return_sequences:
             dhs = dy
         else:  # the loss reads the last state only: zero gradient at the other steps
-            dhs = ws.get("dhs")
+            dhs = ws.get("dhs")  # type: ignore[assignment]
             if dhs is None:
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
             dhs[:, -1] = dy
@@ -876,19 +1228,39 @@ class _Recurrent(Layer):
             self.grads[name][...] = g
         return grads[0]
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "units": self.units, "return_sequences": self.return_sequences,
                 **self._options()}
 
 
 class SimpleRNN(_Recurrent):
-    """h_t = activation(x_t W_x + h_{t-1} W_h + b), activation tanh or relu (as
-    torch.nn.RNN, whose two biases b is the sum of)."""
+    """Simple recurrent layer ``h_t = activation(x_t W_x + h_(t-1) W_h + b)``.
+
+    As torch.nn.RNN, whose two biases b is the sum of; inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    activation : {'tanh', 'relu'}, default 'tanh'
+        The activation.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SimpleRNN(16, return_sequences=True).output_shape_for((10, 8))
+    (10, 16)
+    """
 
     kind = "SimpleRNN"
     kernel = "rnn"
 
-    def __init__(self, units, activation="tanh", return_sequences=False, name=None):
+    def __init__(self, units: int, activation: Optional[str] = "tanh", return_sequences: bool = False,
+                 name: Optional[str] = None) -> None:
         super().__init__(units, return_sequences, name)
         self.activation = rnn_activation_name(activation)
 
@@ -897,20 +1269,56 @@ class SimpleRNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
-    """Long short-term memory (torch.nn.LSTM's gates i, f, g, o); the forget gate's
-    bias starts at 1 (so that the cell remembers from the start)."""
+    """Long short-term memory layer (torch.nn.LSTM's gates i, f, g, o).
+
+    The forget gate's bias starts at 1 (so that the cell remembers from the
+    start); inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.LSTM(32).output_shape_for((10, 8))
+    (32,)
+    """
 
     kind = "LSTM"
     kernel = "lstm"
     gates = 4
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         super().init_params(backend, rng)
         self.params["b"][self.units:2 * self.units] = 1
 
 
 class GRU(_Recurrent):
-    """Gated recurrent unit (torch.nn.GRU's gates r, z, n and its two biases b_x, b_h)."""
+    """Gated recurrent unit layer (torch.nn.GRU's gates r, z, n, biases b_x, b_h).
+
+    Inputs (N, T, F).
+
+    Parameters
+    ----------
+    units : int
+        The state's width H.
+    return_sequences : bool, default False
+        Output every step's state (T, H) instead of the last one (H,).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.GRU(32).output_shape_for((10, 8))
+    (32,)
+    """
 
     kind = "GRU"
     kernel = "gru"
@@ -919,34 +1327,71 @@ class GRU(_Recurrent):
 
 
 class Embedding(Layer):
-    """Integer tokens (T,) per sample -> their vectors (T, output_dim): row t of
-    the output is W[token t], W (input_dim, output_dim) ("weight", N(0, 1) as
+    """Embedding layer: integer tokens (T,) per sample -> their vectors (T, output_dim).
+
+    Row t of the output is W[token t], W (input_dim, output_dim) (N(0, 1) as
     torch.nn.Embedding). The gradient of W is a scatter-add of the output's
     gradient over the tokens. Tokens must lie in [0, input_dim) (checked by the
     model with the rest of its input); the layer must come first. Kernels
-    embedding_forward and embedding_backward."""
+    embedding_forward and embedding_backward.
+
+    Parameters
+    ----------
+    input_dim : int
+        The number of distinct tokens.
+    output_dim : int
+        The vectors' width.
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Embedding(1000, 16).output_shape_for((20,))
+    (20, 16)
+    """
 
     kind = "Embedding"
     input_dtype = np.dtype(np.int64)
 
-    def __init__(self, input_dim, output_dim, name=None):
+    def __init__(self, input_dim: int, output_dim: int, name: Optional[str] = None) -> None:
         self.name = check_name(name)
         self.input_dim = chk.integer(input_dim, "input_dim", low=1)
         self.output_dim = chk.integer(output_dim, "output_dim", low=1)
 
-    def output_shape_for(self, input_shape):
+    def output_shape_for(self, input_shape: Shape) -> Shape:
         if len(input_shape) != 1:
             raise ValueError("Embedding needs one sequence of tokens (T,) per sample")
         return input_shape + (self.output_dim,)
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         return [("W", (self.input_dim, self.output_dim), "weight")]
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         self.params["W"][...] = rng.standard_normal((self.input_dim, self.output_dim))
 
-    def check_input(self, X, name):
-        """X as a C-contiguous int64 array of tokens in [0, input_dim)."""
+    def check_input(self, X: Array, name: str) -> Array:
+        """Return `X` as a C-contiguous int64 array of tokens in [0, input_dim).
+
+        Parameters
+        ----------
+        X : numpy.ndarray
+            The model's input.
+        name : str
+            Its name in error messages.
+
+        Returns
+        -------
+        numpy.ndarray
+            The tokens, int64.
+
+        Raises
+        ------
+        TypeError
+            If `X` does not hold integers.
+        ValueError
+            If a token lies outside [0, input_dim).
+        """
         if X.dtype.kind not in "iu":
             raise TypeError(f"{name} must hold integer tokens for an Embedding, got dtype {X.dtype}")
         if X.size and (X.min() < 0 or X.max() >= self.input_dim):
@@ -955,23 +1400,23 @@ class Embedding(Layer):
                              f"Embedding of input_dim {self.input_dim}")
         return np.ascontiguousarray(X, dtype=np.int64)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, T) tokens -> y (N, T, D)
         y = buffer(ws, "y", x.shape + (self.output_dim,), self.dtype)
         backend.fast.embedding_forward(x, self.params["W"], out=y)
         ws["x"] = x
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         # dW (input_dim, output_dim): the scatter-add of dy (N, T, D) over the tokens
         W = self.params["W"]
         backend.fast.embedding_backward(dy, ws["x"], W.shape, dW=self.grads["W"])
         return None
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "input_dim": self.input_dim, "output_dim": self.output_dim}
 
 
-for _layer in (SimpleRNN, LSTM, GRU, Embedding):
-    register_layer(_layer)
+for _layer in (SimpleRNN, LSTM, GRU, Embedding):  # type: ignore[assignment]
+    register_layer(_layer)  # type: ignore[misc]
 del _layer

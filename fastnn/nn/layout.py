@@ -69,7 +69,7 @@ def lay_out(specs, order=role_order):
 
 def views(buffer, slots, n_layers):
     """[{name: view of buffer}] per layer."""
-    result = [{} for _ in range(n_layers)]
+    result = [{} for _ in range(n_layers)]  # type: ignore[var-annotated]
     for s in slots:
         result[s.layer][s.name] = buffer[s.offset:s.offset + s.size].reshape(s.shape)
     return result

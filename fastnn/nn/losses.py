@@ -8,9 +8,14 @@ A loss also validates and converts the targets once per dataset (`targets`),
 so the training loop only slices ready arrays.
 """
 
+from __future__ import annotations
+
+from typing import Optional, Union
+
 import numpy as np
 from scipy.special import expit, xlogy
 
+from .._types import Array, Backend, Config, DTypeLike
 from ..backends import _checks as chk
 
 
@@ -60,48 +65,156 @@ def _integer_labels(y, name, n_samples, n_classes):
 
 
 class Loss:
-    """Base class. `__call__(backend, output, targets, sample_weight, grad)` returns
-    the mean loss and writes d loss / d output into grad; it and `checked_call`
-    run `kernel(kernels, ...)`, which a subclass defines with `kernels` being the
-    backend (validating kernels) or `backend.fast` (the same kernels behind their
-    fast precondition): one definition for both paths."""
+    """The base of the losses: the mean loss over samples and its gradient.
+
+    ``loss(backend, output, targets, sample_weight, grad)`` returns the mean loss
+    and writes d loss / d output into grad; it and `checked_call` run ``kernel(kernels,
+    ...)``, which a subclass defines with ``kernels`` being the backend
+    (validating kernels) or ``backend.fast`` (the same kernels behind their fast
+    precondition): one definition for both paths.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss('mse')
+    SquaredError()
+    """
 
     name = "loss"
     link = "identity"  # activation that maps raw outputs to predictions
     classifier = False  # whether accuracy is a meaningful metric
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
+        """Return the targets in the form the kernel takes.
+
+        Parameters
+        ----------
+        y : numpy.ndarray
+            The targets as given.
+        n_samples : int
+            The number of samples.
+        n_outputs : int
+            The model's outputs per sample.
+        dtype : dtype
+            The model's float dtype.
+
+        Returns
+        -------
+        numpy.ndarray
+            The targets (integer labels or float columns).
+
+        Raises
+        ------
+        ValueError
+            If the targets do not fit the loss or the model's outputs.
+        """
         return _columns(y, "y", n_samples, n_outputs, dtype)
 
-    def correct(self, output, targets):
-        """Number of correct predictions in a batch (classification losses)."""
+    def correct(self, output: Array, targets: Array) -> int:
+        """Count the correct predictions in a batch (classification losses).
+
+        Parameters
+        ----------
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+
+        Returns
+        -------
+        int
+            The number of correct predictions.
+        """
         raise NotImplementedError
 
-    def apply_link(self, backend, raw, out):
-        """Predictions from raw outputs (N, K): the link activation, into out."""
+    def apply_link(self, backend: Backend, raw: Array, out: Array) -> Array:
+        """Compute predictions from raw outputs: the link activation, into `out`.
+
+        Parameters
+        ----------
+        backend : backend object
+            Runs the activation kernel.
+        raw : numpy.ndarray
+            Raw outputs, (N, K).
+        out : numpy.ndarray
+            The predictions' buffer, (N, K).
+
+        Returns
+        -------
+        numpy.ndarray
+            `out`.
+        """
         backend.activation_forward(raw, self.link, out=out)
         return out
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
-        """The loss value (a float), its gradient written into grad, computed with
-        `kernels` (a backend or its `fast` face)."""
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
+        """Compute the loss with `kernels`, its gradient written into `grad`.
+
+        Parameters
+        ----------
+        kernels : backend object
+            A backend (validating kernels) or its ``fast`` face.
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+        sample_weight : numpy.ndarray or None
+            Per-sample weights, (N,).
+        grad : numpy.ndarray
+            Receives d loss / d output, (N, K).
+
+        Returns
+        -------
+        float
+            The mean loss.
+        """
         raise NotImplementedError(f"{type(self).__name__} defines no kernel(kernels, output, targets, "
                                   "sample_weight, grad)")
 
-    def __call__(self, backend, output, targets, sample_weight, grad):
+    def __call__(self, backend: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+                 grad: Array) -> float:
         return self.kernel(backend, output, targets, sample_weight, grad)
 
-    def checked_call(self, backend, output, targets, sample_weight, grad):
-        """`__call__` for arguments the model has already checked: output and grad
-        C-contiguous (N, K) workspaces of one float dtype, targets from `targets`
-        (sliced or gathered into C-contiguous arrays), sample_weight None or (N,)
-        of that dtype with a positive sum: the kernels' fast precondition, no
-        value scans (see fastnn.backends.spec)."""
+    def checked_call(self, backend: Backend, output: Array, targets: Array,
+                     sample_weight: Optional[Array], grad: Array) -> float:
+        """Compute the loss for arguments the model has already checked.
+
+        Output and grad are C-contiguous (N, K) workspaces of one float dtype,
+        targets from `targets` (sliced or gathered into C-contiguous arrays),
+        sample_weight None or (N,) of that dtype with a positive sum: the kernels'
+        fast precondition, no value scans (see fastnn.backends.spec).
+
+        Parameters
+        ----------
+        backend : backend object
+            The backend whose kernels run.
+        output : numpy.ndarray
+            Raw outputs, (N, K).
+        targets : numpy.ndarray
+            Targets from `targets`.
+        sample_weight : numpy.ndarray or None
+            Per-sample weights, (N,).
+        grad : numpy.ndarray
+            Receives d loss / d output, (N, K).
+
+        Returns
+        -------
+        float
+            The mean loss.
+        """
         if type(self).kernel is Loss.kernel:  # a subclass that defines __call__ only
             return self(backend, output, targets, sample_weight, grad)
         return self.kernel(backend.fast, output, targets, sample_weight, grad)
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the loss as saved.
+
+        Returns
+        -------
+        dict
+            Its name and options.
+        """
         return {"name": self.name}
 
     def __repr__(self):
@@ -109,14 +222,22 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Cross-entropy of softmax(logits). Targets: (N,) integer labels, or (N, C)
-    one-hot / probability rows."""
+    """Cross-entropy of softmax(logits).
+
+    Targets: (N,) integer labels, or (N, C) one-hot or probability rows.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Sequential([nn.Dense(3)], loss=nn.SoftmaxCrossEntropy()).loss.link
+    'softmax'
+    """
 
     name = "softmax_cross_entropy"
     link = "softmax"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         if n_outputs < 2:
             raise ValueError("softmax cross-entropy needs a last layer with at least 2 outputs; "
                              "for one output use binary_crossentropy")
@@ -131,67 +252,114 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError("y holds negative class probabilities")
         return np.ascontiguousarray(y, dtype=dtype)
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.softmax_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         return int(np.count_nonzero(output.argmax(axis=1) == labels))
 
 
 class BinaryCrossEntropy(Loss):
-    """Binary cross-entropy of sigmoid(logits) per output: one output for binary
-    labels, K outputs for multilabel targets; targets in [0, 1]."""
+    """Binary cross-entropy of sigmoid(logits) per output.
+
+    One output for binary labels, K outputs for multilabel targets; targets in
+    [0, 1].
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BinaryCrossEntropy().link
+    'logistic'
+    """
 
     name = "binary_crossentropy"
     link = "logistic"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         t = _columns(y, "y", n_samples, n_outputs, dtype)
         if t.size and (t.min() < 0 or t.max() > 1):
             raise ValueError("y of a binary cross-entropy must lie in [0, 1] (0/1 labels or probabilities)")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.sigmoid_binary_cross_entropy(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         # per-sample fraction of outputs on the right side of 0.5
         hits = np.count_nonzero((output > 0) == (targets > 0.5))
         return hits / output.shape[1]
 
 
 class SquaredError(Loss):
-    """0.5 (output - y)^2 summed over outputs, mean over samples."""
+    """Squared error ``0.5 (output - y)^2`` summed over outputs, mean over samples.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SquaredError().classifier
+    False
+    """
 
     name = "mse"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.squared_error(output, targets, sample_weight, grad=grad)[0]
 
 
 class AbsoluteError(Loss):
-    """``|output - y|`` summed over outputs, mean over samples."""
+    """Absolute error ``|output - y|`` summed over outputs, mean over samples.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss('mae')
+    AbsoluteError()
+    """
 
     name = "mae"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.absolute_error(output, targets, sample_weight, grad=grad)[0]
 
 
 class Huber(Loss):
-    """Huber loss with threshold delta (torch.nn.HuberLoss)."""
+    """Huber loss with threshold delta (torch.nn.HuberLoss).
+
+    Parameters
+    ----------
+    delta : float, default 1.0
+        Where the loss turns from quadratic to linear.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Huber(delta=0.5)
+    Huber(delta=0.5)
+    """
 
     name = "huber"
 
-    def __init__(self, delta=1.0):
+    def __init__(self, delta: float = 1.0) -> None:
         self.delta = chk.real(delta, "delta", low=0, low_open=True)
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.huber(output, targets, sample_weight, grad=grad, delta=self.delta)[0]
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the loss as saved.
+
+        Returns
+        -------
+        dict
+            Its name and delta.
+        """
         return {"name": self.name, "delta": self.delta}
 
     def __repr__(self):
@@ -199,13 +367,22 @@ class Huber(Loss):
 
 
 class Hinge(Loss):
-    """Hinge loss max(0, 1 - t s) per output. Targets: -1/+1 or 0/1 per output, or,
-    with K > 1 outputs, (N,) integer labels (one-vs-rest)."""
+    """Hinge loss ``max(0, 1 - t s)`` per output.
+
+    Targets: -1/+1 or 0/1 per output, or, with K > 1 outputs, (N,) integer labels
+    (one-vs-rest).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Hinge().classifier
+    True
+    """
 
     name = "hinge"
     classifier = True
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         y = _as_array(y, "y")
         if y.ndim == 1 and n_outputs > 1:
             labels = _integer_labels(y, "y", n_samples, n_outputs)
@@ -220,10 +397,11 @@ class Hinge(Loss):
             raise ValueError("y of the hinge loss must be -1/+1 or 0/1 per output")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return kernels.hinge(output, targets, sample_weight, grad=grad)[0]
 
-    def correct(self, output, targets):
+    def correct(self, output: Array, targets: Array) -> int:
         if output.shape[1] > 1:  # one-vs-rest: the highest score is the class
             return int(np.count_nonzero(output.argmax(axis=1) == targets.argmax(axis=1)))
         return int(np.count_nonzero((output > 0) == (targets > 0)))
@@ -254,57 +432,95 @@ class _ClippedLogLoss:
     """Mixin: the value of scikit-learn's log loss (probabilities clipped to
     [eps, 1 - eps]); the gradient is the unclipped one, as scikit-learn's."""
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
-        loss = super().kernel(kernels, output, targets, sample_weight, grad)
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
+        loss = super().kernel(kernels, output, targets, sample_weight, grad)  # type: ignore[misc]
         # Unweighted, grad is (p - target) / N, and the clip can matter only where a
         # probability is within eps of the wrong end: |p - target| >= 1 - eps (4 eps
         # for rounding); with weights, or then, the clipped value is computed.
         eps = np.finfo(output.dtype).eps
         if sample_weight is not None or np.abs(grad).max() * output.shape[0] >= 1 - 4 * eps:
-            loss = clipped_log_loss(output, targets, sample_weight, self.link)
+            loss = clipped_log_loss(output, targets, sample_weight, self.link)  # type: ignore[attr-defined]
         return loss
 
 
 class LogLoss(_ClippedLogLoss, SoftmaxCrossEntropy):
-    """scikit-learn's MLP log loss of softmax outputs (its multiclass loss):
-    softmax cross-entropy whose value clips the probabilities to [eps, 1 - eps]."""
+    """Log loss of softmax outputs as scikit-learn's MLP computes it (multiclass).
+
+    Softmax cross-entropy whose value clips the probabilities to [eps, 1 - eps];
+    the gradient is the unclipped one, as scikit-learn's.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.LogLoss().link
+    'softmax'
+    """
 
     name = "log_loss"
 
 
 class BinaryLogLoss(_ClippedLogLoss, BinaryCrossEntropy):
-    """scikit-learn's MLP binary log loss (its binary and multilabel loss): binary
-    cross-entropy per output whose value clips the probabilities to [eps, 1 - eps]."""
+    """Binary log loss as scikit-learn's MLP computes it (binary and multilabel).
+
+    Binary cross-entropy per output whose value clips the probabilities to [eps,
+    1 - eps]; the gradient is the unclipped one, as scikit-learn's.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.BinaryLogLoss().link
+    'logistic'
+    """
 
     name = "binary_log_loss"
 
 
 class SquaredLoss(SquaredError):
-    """scikit-learn's MLP squared loss: the value is SquaredError's averaged over the
-    outputs as well, ((output - y)^2).mean() / 2, while the gradient is
-    SquaredError's (of the sum over outputs), as scikit-learn trains."""
+    """Squared loss as scikit-learn's MLP computes it.
+
+    The value is SquaredError's averaged over the outputs as well,
+    ``((output - y)^2).mean() / 2``, while the gradient is SquaredError's (of the
+    sum over outputs), as scikit-learn trains.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SquaredLoss().classifier
+    False
+    """
 
     name = "squared_loss"
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         return super().kernel(kernels, output, targets, sample_weight, grad) / output.shape[1]
 
 
 class PoissonLoss(Loss):
-    """Half the Poisson deviance of predictions exp(output) (the log link),
-    summed over outputs, (weighted) mean over samples: scikit-learn's MLP
-    'poisson' loss. Targets >= 0."""
+    """Half the Poisson deviance of predictions exp(output) (the log link).
+
+    Summed over outputs, (weighted) mean over samples: scikit-learn's MLP
+    'poisson' loss. Targets >= 0.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.PoissonLoss().link
+    'exp'
+    """
 
     name = "poisson"
     link = "exp"
 
-    def targets(self, y, n_samples, n_outputs, dtype):
+    def targets(self, y: Array, n_samples: int, n_outputs: int, dtype: DTypeLike) -> Array:
         t = _columns(y, "y", n_samples, n_outputs, dtype)
         if t.size and t.min() < 0:
             raise ValueError("y of the Poisson loss must be >= 0")
         return t
 
-    def kernel(self, kernels, output, targets, sample_weight, grad):
+    def kernel(self, kernels: Backend, output: Array, targets: Array, sample_weight: Optional[Array],
+               grad: Array) -> float:
         # NumPy only (no kernel of the catalogue): (N, K) t log(t / pred) - t + pred with pred = exp(output)
         pred = np.exp(output)
         per_elem = xlogy(targets, targets) - targets * output - targets + pred
@@ -313,7 +529,7 @@ class PoissonLoss(Loss):
         np.multiply(pred - targets, scale[:, None], out=grad, casting="unsafe")
         return float((per_elem.sum(axis=1) * scale).sum())
 
-    def apply_link(self, backend, raw, out):
+    def apply_link(self, backend: Backend, raw: Array, out: Array) -> Array:
         np.exp(raw, out=out)
         return out
 
@@ -340,8 +556,34 @@ LOSSES = {
 }
 
 
-def get_loss(loss):
-    """A Loss from a name (see LOSSES) or a Loss instance."""
+def get_loss(loss: Union[str, Loss]) -> Loss:
+    """Return a loss from a name or a Loss.
+
+    Parameters
+    ----------
+    loss : str or Loss
+        A name of ``fastnn.nn.losses.LOSSES`` (``'sparse_categorical_crossentropy'``,
+        ``'binary_crossentropy'``, ``'mse'``, ``'mae'``, ``'huber'``, ``'hinge'``,
+        ...) or a Loss (returned as it is).
+
+    Returns
+    -------
+    Loss
+        The loss.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown.
+    TypeError
+        If `loss` is neither a name nor a Loss.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_loss("sparse_categorical_crossentropy")
+    SoftmaxCrossEntropy()
+    """
     if isinstance(loss, Loss):
         return loss
     if not isinstance(loss, str):

@@ -17,48 +17,107 @@ sums for the errors and R^2, and for AUC the scores of every batch kept for the
 epoch (N floats) and ranked once at its end.
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from typing import TYPE_CHECKING, Any, Callable, List, Union
 
 import numpy as np
 from scipy.stats import rankdata
 
+from .._types import Array, Config
 from ..backends import _checks as chk
+
+if TYPE_CHECKING:  # for annotations only
+    from .losses import Loss
 
 
 class Metric:
-    """Base class. name: the key in logs and history (``'val_' + name`` on validation
-    data). classification: whether it needs a classification loss (else a
-    regression loss). Subclasses define reset, update(loss, output, targets) and
-    result."""
+    """The base of the metrics: sums over batches and a value from them.
+
+    ``name`` is the key in logs and history (``'val_' + name`` on validation
+    data); ``classification`` says whether it needs a classification loss (else a
+    regression loss). Subclasses define `reset`, `update` and `result`.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> metric = nn.metrics.get_metric("accuracy").fresh()
+    >>> metric.name, metric.classification
+    ('accuracy', True)
+    """
 
     name = "metric"
     classification = True
 
-    def fresh(self):
-        """A copy with empty sums (one per training run or evaluation)."""
+    def fresh(self) -> Metric:
+        """Return a copy with empty sums (one per training run or evaluation).
+
+        Returns
+        -------
+        Metric
+            The copy.
+        """
         metric = copy.copy(self)
         metric.reset()
         return metric
 
-    def reset(self):
+    def reset(self) -> None:
+        """Empty the sums."""
         raise NotImplementedError
 
-    def update(self, loss, output, targets):
-        """Add a batch: output (N, K) raw outputs, targets as Loss.targets gives them."""
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
+        """Add a batch to the sums.
+
+        Parameters
+        ----------
+        loss : Loss
+            The model's loss (how to read outputs and targets).
+        output : numpy.ndarray
+            The batch's raw outputs (N, K), before the loss's link.
+        targets : numpy.ndarray
+            The batch's targets, as `Loss.targets` gives them.
+        """
         raise NotImplementedError
 
-    def result(self):
+    def result(self) -> float:
+        """Return the metric's value from the sums so far.
+
+        Returns
+        -------
+        float
+            The value.
+        """
         raise NotImplementedError
 
-    def check(self, loss, n_outputs):
-        """A ValueError when the metric does not apply to this loss and output width."""
+    def check(self, loss: Loss, n_outputs: int) -> None:
+        """Check that the metric applies to a loss and output width.
+
+        Parameters
+        ----------
+        loss : Loss
+            The model's loss.
+        n_outputs : int
+            The model's outputs per sample.
+
+        Raises
+        ------
+        ValueError
+            If it does not apply.
+        """
         if self.classification != loss.classifier:
             what = "a classification" if self.classification else "a regression"
             raise ValueError(f"the {self.name} metric needs {what} loss, got {loss.name}")
 
-    def config(self):
-        """The metric as saved: its name, or a dict with its options."""
+    def config(self) -> Union[str, Config]:
+        """Return the metric as saved.
+
+        Returns
+        -------
+        str or dict
+            Its name, or a dict with its name and options.
+        """
         return self.name
 
     def __repr__(self):
@@ -101,41 +160,62 @@ def predictions(loss, output):
 
 # --------------------------------------------------------------- classification
 class Accuracy(Metric):
-    """The fraction of correct predictions (for several sigmoid outputs, of
-    correct outputs), as the loss counts them (Loss.correct)."""
+    """The fraction of correct predictions, as the loss counts them (Loss.correct).
+
+    For several sigmoid outputs, the fraction of correct outputs.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Accuracy().name
+    'accuracy'
+    """
 
     name = "accuracy"
 
-    def reset(self):
+    def reset(self) -> None:
         self.correct = self.seen = 0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         self.correct += loss.correct(output, targets)
         self.seen += output.shape[0]
 
-    def result(self):
+    def result(self) -> float:
         return self.correct / self.seen
 
 
 class TopKAccuracy(Metric):
-    """The fraction of samples whose true class is among the k highest outputs
-    (Keras's sparse_top_k_categorical_accuracy; k=5 by default as there)."""
+    """The fraction of samples whose true class is among the k highest outputs.
+
+    Keras's sparse_top_k_categorical_accuracy.
+
+    Parameters
+    ----------
+    k : int, default 5
+        How many of the highest outputs count.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.TopKAccuracy(k=3)
+    TopKAccuracy(k=3)
+    """
 
     name = "top_k_accuracy"
 
-    def __init__(self, k=5):
+    def __init__(self, k: int = 5) -> None:
         self.k = chk.integer(k, "k", low=1)
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         if n_outputs < 2:
             raise ValueError("the top_k_accuracy metric needs one output per class (at least 2)")
         single_label(self, loss, n_outputs)
 
-    def reset(self):
+    def reset(self) -> None:
         self.correct = self.seen = 0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         true = targets if targets.ndim == 1 else targets.argmax(axis=1)
         true_score = output[np.arange(output.shape[0]), true]
         # the true class is in the top k when fewer than k outputs beat it
@@ -143,10 +223,10 @@ class TopKAccuracy(Metric):
         self.correct += int(np.count_nonzero(above < self.k))
         self.seen += output.shape[0]
 
-    def result(self):
+    def result(self) -> float:
         return self.correct / self.seen
 
-    def config(self):
+    def config(self) -> Union[str, Config]:
         return {"name": self.name, "k": self.k}
 
     def __repr__(self):
@@ -154,33 +234,44 @@ class TopKAccuracy(Metric):
 
 
 class _Confusion(Metric):
-    """Base of precision, recall and F1: a (C, C) confusion matrix of counts
-    (rows true, columns predicted) summed over batches. average 'binary': of
-    class 1 (the second of classes_); 'macro': the mean over the classes present
-    in the true or predicted labels (scikit-learn's); 'auto': binary for two
-    classes, macro for more. A 0/0 ratio counts as 0 (scikit-learn's
-    zero_division default)."""
+    """The base of precision, recall and F1: a confusion matrix summed over batches.
 
-    def __init__(self, average="auto"):
+    The (C, C) matrix of counts has rows true, columns predicted. A 0/0 ratio
+    counts as 0 (scikit-learn's zero_division default).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1 (the second of classes_); 'macro': the mean over the
+        classes present in the true or predicted labels (scikit-learn's); 'auto':
+        binary for two classes, macro for more.
+    """
+
+    # declared for the checker: the counts summed so far (None before the first batch), and the
+    # score per class each subclass defines
+    counts: Any
+    per_class: Callable[[Array, Array, Array], Array]
+
+    def __init__(self, average: str = "auto") -> None:
         self.average = chk.choice(average, "average", ("auto", "binary", "macro"))
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         single_label(self, loss, n_outputs)
         if self.average == "binary" and n_classes(loss, n_outputs) != 2:
             raise ValueError(f"average='binary' needs two classes; this model has {n_outputs}: "
                              "use average='macro'")
 
-    def reset(self):
+    def reset(self) -> None:
         self.counts = None
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         c = n_classes(loss, output.shape[1])
         true, pred = class_indices(loss, output, targets)
         counts = np.bincount(true * c + pred, minlength=c * c).reshape(c, c)
         self.counts = counts if self.counts is None else self.counts + counts
 
-    def result(self):
+    def result(self) -> float:
         counts = self.counts
         tp = np.diag(counts).astype(np.float64)
         predicted, actual = counts.sum(axis=0), counts.sum(axis=1)
@@ -194,7 +285,7 @@ class _Confusion(Metric):
     def _ratio(num, den):
         return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
-    def config(self):
+    def config(self) -> Union[str, Config]:
         return self.name if self.average == "auto" else {"name": self.name, "average": self.average}
 
     def __repr__(self):
@@ -202,51 +293,151 @@ class _Confusion(Metric):
 
 
 class Precision(_Confusion):
+    """Precision: tp / (tp + fp), binary or macro-averaged (scikit-learn's precision_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Precision(average="macro")
+    Precision(average='macro')
+    """
     name = "precision"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(tp, tp + fp)
 
 
 class Recall(_Confusion):
+    """Recall: tp / (tp + fn), binary or macro-averaged (scikit-learn's recall_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.Recall()
+    Recall(average='auto')
+    """
     name = "recall"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(tp, tp + fn)
 
 
 class F1(_Confusion):
+    """F1 score: 2 tp / (2 tp + fp + fn), binary or macro-averaged (scikit-learn's f1_score).
+
+    Parameters
+    ----------
+    average : {'auto', 'binary', 'macro'}, default 'auto'
+        'binary': of class 1; 'macro': the mean over the classes present; 'auto':
+        binary for two classes, macro for more.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.F1()
+    F1(average='auto')
+    """
     name = "f1"
 
-    def per_class(self, tp, fp, fn):
+    def per_class(self, tp: Array, fp: Array, fn: Array) -> Array:
+        """Return the metric of each class from its counts.
+
+        Parameters
+        ----------
+        tp : numpy.ndarray
+            True positives per class.
+        fp : numpy.ndarray
+            False positives per class.
+        fn : numpy.ndarray
+            False negatives per class.
+
+        Returns
+        -------
+        numpy.ndarray
+            The metric per class.
+        """
         return self._ratio(2 * tp, 2 * tp + fp + fn)
 
 
 class AUC(Metric):
-    """Area under the ROC curve of a binary classifier: the Mann-Whitney rank
-    statistic of the positive-class scores (ties counted half), which equals
-    scikit-learn's roc_auc_score. The scores (logits, monotone in the
-    probability) of every batch are kept and ranked in `result`; NaN when only
-    one class was seen."""
+    """Area under the ROC curve of a binary classifier.
+
+    The Mann-Whitney rank statistic of the positive-class scores (ties counted
+    half), which equals scikit-learn's roc_auc_score. The scores (logits,
+    monotone in the probability) of every batch are kept and ranked in `result`;
+    NaN when only one class was seen.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.AUC().name
+    'auc'
+    """
 
     name = "auc"
+    scores: List[Array]
+    labels: List[Array]
 
-    def check(self, loss, n_outputs):
+    def check(self, loss: Loss, n_outputs: int) -> None:
         super().check(loss, n_outputs)
         single_label(self, loss, n_outputs)
         if n_classes(loss, n_outputs) != 2:
             raise ValueError(f"the auc metric is binary; this model has {n_outputs} classes")
 
-    def reset(self):
+    def reset(self) -> None:
         self.scores, self.labels = [], []
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         true, _ = class_indices(loss, output, targets)
         score = output[:, 0] if output.shape[1] == 1 else output[:, 1] - output[:, 0]
         self.scores.append(np.array(score, np.float64))
         self.labels.append(true.astype(bool))
 
-    def result(self):
+    def result(self) -> float:
         scores, positive = np.concatenate(self.scores), np.concatenate(self.labels)
         n_pos = int(positive.sum())
         n_neg = positive.size - n_pos
@@ -264,11 +455,11 @@ class _Moments(Metric):
 
     classification = False
 
-    def reset(self):
+    def reset(self) -> None:
         self.n = 0
         self.abs_err = self.sq_err = self.mean = self.m2 = 0.0
 
-    def update(self, loss, output, targets):
+    def update(self, loss: Loss, output: Array, targets: Array) -> None:
         pred = predictions(loss, output)
         err = pred - targets  # (N, K)
         n = output.shape[0]
@@ -285,37 +476,67 @@ class _Moments(Metric):
 
 
 class MeanAbsoluteError(_Moments):
-    """Mean absolute error over samples and outputs (scikit-learn's uniform average)."""
+    """Mean absolute error over samples and outputs (scikit-learn's uniform average).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("mae")
+    MeanAbsoluteError()
+    """
 
     name = "mae"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(self.abs_err / self.n))
 
 
 class MeanSquaredError(_Moments):
+    """Mean squared error over samples and outputs (scikit-learn's uniform average).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("mse")
+    MeanSquaredError()
+    """
     name = "mse"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(self.sq_err / self.n))
 
 
 class RootMeanSquaredError(_Moments):
-    """The mean over outputs of each output's RMSE (scikit-learn's root_mean_squared_error)."""
+    """The mean over outputs of each output's RMSE (scikit-learn's root_mean_squared_error).
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("rmse")
+    RootMeanSquaredError()
+    """
 
     name = "rmse"
 
-    def result(self):
+    def result(self) -> float:
         return float(np.mean(np.sqrt(self.sq_err / self.n)))
 
 
 class R2(_Moments):
-    """Coefficient of determination, averaged over outputs (scikit-learn's
-    r2_score: 1 for a constant target predicted exactly, else 0 for one)."""
+    """Coefficient of determination, averaged over outputs (scikit-learn's r2_score).
+
+    1 for a constant target predicted exactly, else 0 for one.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric("r2")
+    R2()
+    """
 
     name = "r2"
 
-    def result(self):
+    def result(self) -> float:
         ss_res, ss_tot = np.atleast_1d(self.sq_err), np.atleast_1d(self.m2)
         constant = np.where(ss_res == 0, 1.0, 0.0)
         scores = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), constant)
@@ -334,8 +555,34 @@ METRICS = {
 }
 
 
-def get_metric(metric):
-    """A Metric from a name (see METRICS), a saved config dict or a Metric."""
+def get_metric(metric: Union[str, Config, Metric]) -> Metric:
+    """Return a metric from a name, a saved config or a Metric.
+
+    Parameters
+    ----------
+    metric : str, dict or Metric
+        A name of METRICS ('accuracy', 'top_k_accuracy', 'precision', 'recall',
+        'f1', 'auc', 'mae', 'mse', 'rmse', 'r2' and their long names), a dict as
+        `Metric.config` gives, or a Metric (returned as it is).
+
+    Returns
+    -------
+    Metric
+        The metric.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or the options invalid.
+    TypeError
+        If `metric` is of another type.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.metrics.get_metric({"name": "top_k_accuracy", "k": 3})
+    TopKAccuracy(k=3)
+    """
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, dict):

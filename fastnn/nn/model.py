@@ -23,16 +23,21 @@ are kept per batch shape, so a training step allocates no arrays after the first
 step at that batch shape.
 """
 
+from __future__ import annotations
+
 import collections
 import inspect
 import math
+import os
 import re
 import time
+from typing import TYPE_CHECKING, Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import backends
+from .._types import Array, ArrayLike, Backend, Config, DTypeLike, RandomState, Shape
 from ..backends import _checks as chk
 from ..backends.reference import NumpyBackend
 from . import layout, saving, training
@@ -59,6 +64,12 @@ from .plan import bind_step
 from .residual import Residual  # noqa: F401  (registers the Residual layer kind)
 from .training import NonFiniteLoss, TrainingDivergedError, all_finite
 
+if TYPE_CHECKING:  # for annotations only
+    from .callbacks import Callback
+    from .losses import Loss
+    from .metrics import Metric
+    from .optimizers import Optimizer
+
 PREDICT_BATCH = 2048  # rows per chunk in predict/evaluate: large enough for efficient GEMMs
 MAX_WORKSPACES = 6  # batch shapes whose buffers are kept (training uses two: full and last batch)
 
@@ -81,20 +92,48 @@ def _input_shape(shape, name="input_shape"):
 
 
 class Sequential:
-    """A feed-forward network: layers applied in order.
+    """A feed-forward network: layers applied in order, trained by `fit`.
 
-    layers: fastnn.nn layers. loss: a loss name or Loss (needed to train; also
-    settable with compile). optimizer: a name or an Optimizer ('adam' by default).
-    l2: L2 penalty on every weight tensor (Dense's, Conv2D's W), added to each layer's own l2.
-    penalty_per_sample: divide the penalties by the batch's sample-weight sum (its
-    size without weights; scikit-learn's alpha convention). metrics: the values
-    fit and evaluate report beside the loss (see compile). seed: weights,
-    shuffling and dropout masks follow from it (None draws one). backend: a
-    backend name or object, or None to use the current backend
-    (fastnn.set_backend / use_backend) at each call. dtype: float32 or float64.
-    input_shape: build now for this per-sample input shape (an int n means
-    (n,)); input_dim: the same for flat inputs.
+    All parameters live in one flat buffer (the layers hold views of it), so an
+    optimizer step is one kernel call over the whole model.
 
+    Parameters
+    ----------
+    layers : sequence of Layer, default ()
+        The layers, in order (more can be added with `add` before the build).
+    loss : str or Loss, optional
+        A loss name or Loss, needed to train (also settable with `compile`).
+    optimizer : str or Optimizer, default 'adam'
+        An optimizer name or Optimizer.
+    l2 : float, default 0.0
+        L2 penalty on every weight tensor (Dense's, Conv2D's W), added to each
+        layer's own l2.
+    penalty_per_sample : bool, default False
+        Divide the penalties by the batch's sample-weight sum (its size without
+        weights; scikit-learn's alpha convention).
+    metrics : sequence of str or Metric, optional
+        The values fit and evaluate report beside the loss (see `compile`).
+    seed : int, optional
+        Weights, shuffling and dropout masks follow from it (None draws one).
+    backend : str, backend object or None, default None
+        A backend name or object, or None to use the current backend
+        (`fastnn.set_backend`, `fastnn.use_backend`) at each call.
+    dtype : {np.float32, np.float64}, default np.float32
+        The dtype of the parameters and computations.
+    input_shape : int or sequence of int, optional
+        Build now for this per-sample input shape (an int n means ``(n,)``).
+    input_dim : int, optional
+        The same for flat inputs.
+
+    Raises
+    ------
+    TypeError
+        If a layer is not a fastnn.nn layer, or dtype is not float32 or float64.
+    ValueError
+        If an option is invalid, or both input_shape and input_dim are given.
+
+    Examples
+    --------
     >>> import numpy as np
     >>> from fastnn.nn import Dense, Sequential
     >>> X, y = np.random.default_rng(0).normal(size=(200, 8)), np.arange(200) % 3
@@ -104,9 +143,24 @@ class Sequential:
     (2, 3)
     """
 
-    def __init__(self, layers=(), *, loss=None, optimizer="adam", l2=0.0, penalty_per_sample=False,
-                 metrics=None, seed=None, backend=None, dtype=np.float32, input_shape=None, input_dim=None):
-        self.layers = []
+    # declared for the checker: None until compile, build or fit sets them
+    loss: Optional[Loss]
+    optimizer: Optional[Optimizer]
+    metrics: Optional[List[Metric]]
+    history: Optional[History]
+    classes_: Optional[Array]
+    input_shape: Optional[Shape]
+    _trainable_flags: Optional[Tuple[bool, ...]]
+    _workspaces: collections.OrderedDict[Any, Any]
+
+    def __init__(self, layers: Sequence[Layer] = (), *, loss: Union[str, Loss, None] = None,
+                 optimizer: Union[str, Optimizer, None] = "adam", l2: Optional[float] = 0.0,
+                 penalty_per_sample: Optional[bool] = False,
+                 metrics: Optional[Sequence[Union[str, Metric]]] = None, seed: Optional[int] = None,
+                 backend: Union[str, Backend, None] = None, dtype: DTypeLike = np.float32,
+                 input_shape: Union[int, Sequence[int], None] = None,
+                 input_dim: Optional[int] = None) -> None:
+        self.layers = []  # type: ignore[var-annotated]
         self.built = False
         for layer in layers:
             self.add(layer)
@@ -136,13 +190,33 @@ class Sequential:
             self.build(input_shape)
 
     # --------------------------------------------------------------- definition
-    def add(self, layer):
-        """Append a layer (before the model is built). A layer of another, built
-        model is copied (layers hold views into their model's buffers): the copy
-        has its options, name, trainable flag and current parameter and state
-        values, which this model's build takes instead of initialising them; the
-        other model is unchanged. So `Sequential(trained.layers[:-1] + [Dense(5)])`
-        starts from the trained lower layers."""
+    def add(self, layer: Layer) -> Sequential:
+        """Append a layer (before the model is built).
+
+        A layer of another, built model is copied (layers hold views into their
+        model's buffers): the copy has its options, name, trainable flag and current
+        parameter and state values, which this model's build takes instead of
+        initialising them; the other model is unchanged. So
+        ``Sequential(trained.layers[:-1] + [Dense(5)])`` starts from the trained lower
+        layers.
+
+        Parameters
+        ----------
+        layer : Layer
+            The layer.
+
+        Returns
+        -------
+        Sequential
+            The model.
+
+        Raises
+        ------
+        TypeError
+            If `layer` is not a fastnn.nn layer.
+        ValueError
+            If the model is built, the layer is already in it, or its name is taken.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"layers must be fastnn.nn layers, got {type(layer).__name__}")
         if self.built:
@@ -176,15 +250,40 @@ class Sequential:
                 raise ValueError(f"the model already has a layer named {part.name!r}")
             taken.add(part.name)
 
-    def compile(self, optimizer=None, loss=None, metrics=None, l2=None, penalty_per_sample=None):
-        """Set (only) the given training options; returns the model.
-        metrics: None for the default (accuracy for classification losses), or a
-        list of metric names or fastnn.nn.metrics objects: 'accuracy',
-        'top_k_accuracy' (k=5; TopKAccuracy(k=3)), 'precision', 'recall', 'f1'
-        (binary for two classes, else macro; Precision(average="macro")...),
-        'auc' (binary), and for regression losses 'mae', 'mse', 'rmse', 'r2'.
-        They are reported by fit (history and callbacks' logs, ``'val_' + name`` on
-        validation data) and by evaluate; see fastnn.nn.metrics."""
+    def compile(self, optimizer: Union[str, Optimizer, None] = None, loss: Union[str, Loss, None] = None,
+                metrics: Optional[Sequence[Union[str, Metric]]] = None, l2: Optional[float] = None,
+                penalty_per_sample: Optional[bool] = None) -> Sequential:
+        """Set (only) the given training options.
+
+        Parameters
+        ----------
+        optimizer : str or Optimizer, optional
+            An optimizer name or Optimizer.
+        loss : str or Loss, optional
+            A loss name or Loss.
+        metrics : sequence of str or Metric, optional
+            None for the default (accuracy for classification losses), or metric
+            names or fastnn.nn.metrics objects: 'accuracy', 'top_k_accuracy' (k=5;
+            ``TopKAccuracy(k=3)``), 'precision', 'recall', 'f1' (binary for two
+            classes, else macro; ``Precision(average="macro")``...), 'auc' (binary),
+            and for regression losses 'mae', 'mse', 'rmse', 'r2'. They are reported by
+            fit (history and callbacks' logs, ``'val_' + name`` on validation data) and
+            by evaluate; see fastnn.nn.metrics.
+        l2 : float, optional
+            The L2 penalty on every weight tensor.
+        penalty_per_sample : bool, optional
+            Whether the penalties are divided by the batch's sample-weight sum.
+
+        Returns
+        -------
+        Sequential
+            The model.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If an option is invalid, or a metric does not apply to the loss.
+        """
         if optimizer is not None:
             self.optimizer = get_optimizer(optimizer)
         if loss is not None:
@@ -196,7 +295,7 @@ class Sequential:
             names = [m.name for m in metrics]
             if len(set(names)) != len(names):
                 raise ValueError(f"metrics has two entries named alike: {names}")
-            self.metrics = metrics
+            self.metrics = metrics  # type: ignore[assignment]
         if self.metrics and self.loss is not None:
             for metric in self.metrics:
                 if metric.classification != self.loss.classifier:
@@ -210,15 +309,26 @@ class Sequential:
         self._link_layers()
         return self
 
-    def set_backend(self, backend):
-        """Run on `backend` (a name or backend object; None: the current backend at
-        each call). Results do not change, to the backends' tolerance."""
+    def set_backend(self, backend: Union[str, Backend, None]) -> None:
+        """Run on `backend`; results do not change, to the backends' tolerance.
+
+        Parameters
+        ----------
+        backend : str, backend object or None
+            A backend name or object; None: the current backend at each call.
+
+        Raises
+        ------
+        ValueError, BackendUnavailableError
+            If the name is unknown or the backend does not load here.
+        """
         if backend is not None and not isinstance(backend, NumpyBackend):
             backends.get_backend(backend)  # unknown or unavailable names fail here
         self._backend = backend
 
     @property
-    def backend(self):
+    def backend(self) -> Backend:
+        """The backend the model runs on now."""
         return backends.get_backend(self._backend)
 
     def _new_metrics(self):
@@ -227,9 +337,9 @@ class Sequential:
         if self.metrics is None:
             metrics = [Accuracy()] if self.loss is not None and self.loss.classifier else []
         else:
-            metrics = self.metrics
+            metrics = self.metrics  # type: ignore[assignment]
         for metric in metrics:
-            metric.check(self.loss, self.output_dim)
+            metric.check(self.loss, self.output_dim)  # type: ignore[arg-type]
         return [metric.fresh() for metric in metrics]
 
     def _link_layers(self):
@@ -249,10 +359,30 @@ class Sequential:
             if getattr(last, "activation", None) == link:
                 last.run_activation = "identity"
 
-    def build(self, input_shape, rng=None):
-        """Fix the per-sample input shape (an int n means (n,)), lay out the flat
-        buffers and initialise the parameters: from the model's seed, or from
-        `rng` (a numpy Generator or RandomState, drawn layer by layer in order)."""
+    def build(self, input_shape: Union[int, Sequence[int]], rng: Optional[RandomState] = None) -> Sequential:
+        """Fix the per-sample input shape, lay out the flat buffers, initialise.
+
+        The parameters are initialised from the model's seed, or from `rng`. Building
+        again for the same shape does nothing.
+
+        Parameters
+        ----------
+        input_shape : int or sequence of int
+            The per-sample input shape (an int n means ``(n,)``).
+        rng : numpy.random.Generator or RandomState, optional
+            Draws the initial parameters, layer by layer in order.
+
+        Returns
+        -------
+        Sequential
+            The model.
+
+        Raises
+        ------
+        ValueError
+            If the model has no layers, a layer cannot take its input shape, or the
+            model is built for another shape.
+        """
         input_shape = _input_shape(input_shape)
         if self.built:
             if input_shape != self.input_shape:
@@ -299,7 +429,7 @@ class Sequential:
         names = [layer.name for layer in self._walk()]
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique within the model, got {names}")
-        self.input_shape, self.output_shape = input_shape, shape
+        self.input_shape, self.output_shape = input_shape, shape  # type: ignore[assignment]
         # which (sub-)layer owns each tensor of the layout, and its gradient's flat view
         owners = {(i, name): (owner, own) for i, layer in enumerate(self.layers)
                   for name, owner, own in layer.tensor_owners()}
@@ -310,7 +440,9 @@ class Sequential:
         self._workspaces = collections.OrderedDict()
         self._penalties = self._penalty_terms()
         self._fold_l2 = False
-        self._plannable, self._plan_key = False, None  # set by _prepare_training
+        # set by _prepare_training
+        self._plannable: bool = False
+        self._plan_key: Optional[tuple] = None
         self._has_dropout = any(isinstance(layer, Dropout) for layer in self._walk())
         self.built = True
         return self
@@ -328,7 +460,7 @@ class Sequential:
             layer.set_frozen(False)
         self._first_trained = first_training(self.layers)
         frozen = [owner.frozen for owner, _ in self._owners]
-        runs = []
+        runs = []  # type: ignore[var-annotated]
         for s, f in zip(self._slots, frozen):
             if f:
                 continue
@@ -342,24 +474,42 @@ class Sequential:
             g[...] = 0
 
     @property
-    def input_dim(self):
+    def input_dim(self) -> Optional[int]:
         """The input width of a model over flat inputs (None for other shapes)."""
         self._require_built()
-        return self.input_shape[0] if len(self.input_shape) == 1 else None
+        return self.input_shape[0] if len(self.input_shape) == 1 else None  # type: ignore[arg-type, index]
 
     @property
-    def output_dim(self):
+    def output_dim(self) -> int:
+        """The number of outputs per sample (the product of the output shape)."""
         self._require_built()
-        return math.prod(self.output_shape)
+        return math.prod(self.output_shape)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------- flat buffers
-    def get_flat_params(self):
-        """The parameter buffer itself (a view: writing to it changes the model)."""
+    def get_flat_params(self) -> Array:
+        """Return the parameter buffer itself.
+
+        Returns
+        -------
+        numpy.ndarray
+            A view, (n_params,): writing to it changes the model.
+        """
         self._require_built()
         return self._params
 
-    def set_flat_params(self, values):
-        """Copy `values` (any float dtype, shape (n_params,)) into the parameter buffer."""
+    def set_flat_params(self, values: ArrayLike) -> None:
+        """Copy `values` into the parameter buffer.
+
+        Parameters
+        ----------
+        values : array_like
+            Any float dtype, shape (n_params,).
+
+        Raises
+        ------
+        ValueError
+            If the shape differs or `values` holds NaN or infinity.
+        """
         self._require_built()
         values = np.asarray(values)
         if values.shape != self._params.shape:
@@ -368,13 +518,20 @@ class Sequential:
             raise ValueError("values contains NaN or infinity")
         np.copyto(self._params, values, casting="same_kind")
 
-    def get_flat_state(self):
-        """The non-trained state buffer (batch-norm running statistics), a view."""
+    def get_flat_state(self) -> Array:
+        """Return the non-trained state buffer (batch-norm running statistics).
+
+        Returns
+        -------
+        numpy.ndarray
+            A view of the buffer.
+        """
         self._require_built()
         return self._state
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
+        """The number of parameters (the length of the parameter buffer)."""
         self._require_built()
         return self._params.size
 
@@ -382,9 +539,27 @@ class Sequential:
         if not self.built:
             raise ValueError("the model is not built yet: call fit, predict or build(input_shape) first")
 
-    def astype(self, dtype):
-        """A copy of the model computing in `dtype` (float32 or float64): the same
-        layers, parameters and state, cast; a fresh optimizer state."""
+    def astype(self, dtype: DTypeLike) -> Sequential:
+        """Return a copy of the model computing in `dtype`.
+
+        The copy has the same layers, parameters and state, cast, and a fresh
+        optimizer state.
+
+        Parameters
+        ----------
+        dtype : {np.float32, np.float64}
+            The dtype of the copy.
+
+        Returns
+        -------
+        Sequential
+            The copy.
+
+        Raises
+        ------
+        TypeError
+            If `dtype` is not float32 or float64.
+        """
         self._require_built()
         dtype = np.dtype(dtype)
         if dtype not in chk.FLOAT_DTYPES:
@@ -393,7 +568,7 @@ class Sequential:
                            optimizer=optimizer_from_config(self.optimizer.config()), l2=self.l2,
                            penalty_per_sample=self.penalty_per_sample, metrics=self.metrics, seed=self.seed,
                            backend=self._backend, dtype=dtype)
-        model.build(self.input_shape)
+        model.build(self.input_shape)  # type: ignore[arg-type]
         model._params[...] = self._params
         model._state[...] = self._state
         model._passes = self._passes
@@ -418,9 +593,9 @@ class Sequential:
         if 0 in X.shape[1:]:
             raise ValueError(f"{name} has 0 features (shape {X.shape})")
         if self.built and X.shape[1:] != self.input_shape:
-            if X.ndim == 2 and len(self.input_shape) == 1:
+            if X.ndim == 2 and len(self.input_shape) == 1:  # type: ignore[arg-type]
                 raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
-                                 f"{self.input_shape[0]}")
+                                 f"{self.input_shape[0]}")  # type: ignore[index]
             raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
                              f"{self.input_shape}")
         first = self.layers[0] if self.layers else None
@@ -463,7 +638,7 @@ class Sequential:
             raise ValueError("the model has no loss: pass loss=... to Sequential or compile")
         X = self._check_X(X, name)
         n = X.shape[0]
-        if len(self.output_shape) != 1:
+        if len(self.output_shape) != 1:  # type: ignore[arg-type]
             raise ValueError(f"the losses take one vector per sample, but the model's outputs have shape "
                              f"{self.output_shape}; end the model with Flatten or a Dense over flat inputs")
         if np.ndim(y) == 0 or len(y) != n:
@@ -717,9 +892,9 @@ class Sequential:
         if fold:
             self.optimizer.step(backend, self._params, self._grads, x.shape[0],
                                 l2=self._penalties[0][2] * self._penalty_scale(batch_weight),
-                                l2_size=self.n_weights, runs=self._runs, tensors=self._tensor_grads)
+                                l2_size=self.n_weights, runs=self._runs, tensors=self._tensor_grads)  # type: ignore[arg-type]
         else:
-            self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,
+            self.optimizer.step(backend, self._params, self._grads, x.shape[0], runs=self._runs,  # type: ignore[arg-type]
                                 tensors=self._tensor_grads)
 
     def _recompute_running_stats(self, X):
@@ -734,9 +909,29 @@ class Sequential:
         self._release_inputs()
 
     # -------------------------------------------------------------- training API
-    def train_step(self, X_batch, y_batch, sample_weight=None):
-        """One optimizer step on one batch; returns its loss (penalties included).
-        Raises TrainingDivergedError, without updating, when the loss is not finite."""
+    def train_step(self, X_batch: ArrayLike, y_batch: ArrayLike,
+                   sample_weight: Optional[ArrayLike] = None) -> float:
+        """Make one optimizer step on one batch.
+
+        Parameters
+        ----------
+        X_batch : array_like
+            The batch's inputs.
+        y_batch : array_like
+            Its targets.
+        sample_weight : array_like, optional
+            Per-sample weights.
+
+        Returns
+        -------
+        float
+            The batch's loss (penalties included).
+
+        Raises
+        ------
+        TrainingDivergedError
+            Without updating, when the loss is not finite.
+        """
         x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True)
         self._prepare_training()
         ws = self._workspace(x.shape)
@@ -752,13 +947,32 @@ class Sequential:
                                         f"{self.optimizer.t + 1}; the parameters were not updated",
                                         step=self.optimizer.t + 1) from None
 
-    def loss_and_gradient(self, X, y, sample_weight=None, out=None):
-        """(loss, gradient) of the training objective on all of (X, y) at the current
-        parameters: loss includes the penalties; the gradient has the layout of
-        get_flat_params(). Training-mode forward (dropout on, batch statistics), but
-        deterministic: dropout masks and batch-norm running statistics do not change
-        between calls, as an optimizer such as SciPy's L-BFGS needs. The gradient is
-        a new array unless `out` (a (n_params,) array) is given."""
+    def loss_and_gradient(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                          out: Optional[Array] = None) -> Tuple[float, Array]:
+        """Return the training objective and its gradient on all of (X, y).
+
+        The forward runs in training mode (dropout on, batch statistics) but
+        deterministically: dropout masks and batch-norm running statistics do not
+        change between calls, as an optimizer such as SciPy's L-BFGS needs.
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        y : array_like
+            The targets.
+        sample_weight : array_like, optional
+            Per-sample weights.
+        out : numpy.ndarray, optional
+            A (n_params,) array for the gradient (default: a new array).
+
+        Returns
+        -------
+        loss : float
+            The loss, penalties included.
+        gradient : numpy.ndarray
+            Its gradient, with the layout of `get_flat_params`.
+        """
         return self._objective(self._check_data(X, y, sample_weight), out)
 
     def _objective(self, data, out=None):
@@ -782,31 +996,69 @@ class Sequential:
         np.copyto(out, self._grads, casting="same_kind")
         return loss, out
 
-    def fit(self, X, y, epochs=1, batch_size=32, validation_split=0.0, validation_data=None,
-            shuffle=True, seed=None, callbacks=None, verbose=1, sample_weight=None, class_weight=None):
-        """Train; returns the History (also kept as model.history).
-
-        y: targets in the loss's form; for a classifier with one label per
-        sample, any labels (integers, strings, bools): the first fit sets
-        ``classes_`` (see _labels) and predict_classes gives them back.
-        batch_size: samples per step (None or >= n: full batch; 1: per-sample SGD).
-        validation_split: fraction of the samples, taken from the end before
-        shuffling, held out for val_loss (and the ``val_`` metrics); or validation_data =
-        (X_val, y_val) or (X_val, y_val, sample_weight_val). seed: shuffling order
-        (default: follows from the model seed and the number of fit calls).
-        callbacks: fastnn.nn.callbacks.Callback objects (Keras's protocol).
-        verbose: 0 silent, 1 a progress bar (tqdm if installed, else a line per
-        epoch), 2 a line per epoch. class_weight: {label: weight} or 'balanced',
-        multiplying the training samples' weights (not validation's).
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: Optional[int] = 32,
+            validation_split: float = 0.0, validation_data: Optional[Tuple[ArrayLike, ...]] = None,
+            shuffle: bool = True, seed: Union[int, Sequence[int], None] = None,
+            callbacks: Optional[Sequence[Callback]] = None, verbose: int = 1,
+            sample_weight: Optional[ArrayLike] = None,
+            class_weight: Union[Dict[Any, float], Literal["balanced"], None] = None) -> History:
+        """Train the model.
 
         If the loss becomes NaN or infinite, fit raises TrainingDivergedError naming
-        the epoch and step. The failing step's update is never applied; if an
-        earlier update already made a parameter non-finite, the parameters are
-        reset to those at the start of the epoch (a copy taken once per epoch,
-        after checking they are finite), and the optimizer state is reset. The
-        callbacks' on_train_batch_end sees that loss first: when one sets
-        stop_training (TerminateOnNaN), fit returns the history of the completed
-        epochs instead of raising."""
+        the epoch and step. The failing step's update is never applied; if an earlier
+        update already made a parameter non-finite, the parameters are reset to those
+        at the start of the epoch (a copy taken once per epoch, after checking they
+        are finite), and the optimizer state is reset. The callbacks'
+        on_train_batch_end sees that loss first: when one sets stop_training
+        (TerminateOnNaN), fit returns the history of the completed epochs instead of
+        raising.
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs, ``(N, *input_shape)``.
+        y : array_like
+            Targets in the loss's form; for a classifier with one label per sample,
+            any labels (integers, strings, bools): the first fit sets ``classes_`` and
+            predict_classes gives them back.
+        epochs : int, default 1
+            The number of passes over the data.
+        batch_size : int or None, default 32
+            Samples per step (None or >= N: full batch; 1: per-sample SGD).
+        validation_split : float, default 0.0
+            Fraction of the samples, taken from the end before shuffling, held out
+            for val_loss (and the ``val_`` metrics).
+        validation_data : tuple, optional
+            ``(X_val, y_val)`` or ``(X_val, y_val, sample_weight_val)``, instead of
+            validation_split.
+        shuffle : bool, default True
+            Whether each epoch visits the samples in a new random order.
+        seed : int, optional
+            The shuffling order (default: follows from the model seed and the number
+            of fit calls).
+        callbacks : sequence of Callback, optional
+            Callback objects of fastnn.nn.callbacks (Keras's protocol).
+        verbose : {0, 1, 2}, default 1
+            0 silent, 1 a progress bar (tqdm if installed, else a line per epoch), 2 a
+            line per epoch.
+        sample_weight : array_like, optional
+            Per-sample weights of the training samples.
+        class_weight : dict or 'balanced', optional
+            ``{label: weight}`` or 'balanced', multiplying the training samples'
+            weights (not validation's).
+
+        Returns
+        -------
+        History
+            The per-epoch values (also kept as ``model.history``).
+
+        Raises
+        ------
+        TrainingDivergedError
+            If the loss becomes NaN or infinite.
+        TypeError, ValueError
+            If the data or an option is invalid.
+        """
         epochs = _check_int_option(epochs, "epochs", 1)
         if batch_size is not None:
             batch_size = _check_int_option(batch_size, "batch_size", 1)
@@ -831,8 +1083,8 @@ class Sequential:
                 if n_train < 1 or n_train == X.shape[0]:
                     raise ValueError(f"validation_split={split} leaves {n_train} of {X.shape[0]} samples for "
                                      "training; both parts must be non-empty")
-                val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])
-                X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]
+                val = (X[n_train:], t[n_train:], None if w is None else w[n_train:])  # type: ignore[index]
+                X, t, w = X[:n_train], t[:n_train], None if w is None else w[:n_train]  # type: ignore[index]
                 for part, weights in (("training", w), ("validation", val[2])):
                     if weights is not None and weights.sum() <= 0:
                         raise ValueError(f"the sample weights of the {part} part of validation_split "
@@ -871,14 +1123,14 @@ class Sequential:
             callbacks.on_epoch_begin(epoch - 1, {})
             np.copyto(snapshot, self._params)
             if shuffle:
-                rng.shuffle(order)
+                rng.shuffle(order)  # type: ignore[arg-type]
             for metric in metrics:
                 metric.reset()
             try:
                 result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close,
                                               metrics, callbacks.batch_hooks)
             except TrainingDivergedError as exc:
-                callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})
+                callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})  # type: ignore[operator]
                 if not self.stop_training:
                     raise
                 break
@@ -920,7 +1172,7 @@ class Sequential:
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
         backend = self.backend
         apply_link = link and self.loss is not None and self.loss.link != "identity"
-        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)
+        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)  # type: ignore[operator]
         mode = Pass(training=False)
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
@@ -933,26 +1185,92 @@ class Sequential:
         self._release_inputs()
         return result
 
-    def predict(self, X, batch_size=None):
-        """Predictions, ``(N, *output_shape)``: class probabilities for the cross-entropy
-        losses (softmax / sigmoid applied), the loss's inverse link for the others
-        (exp for Poisson), raw outputs without a loss."""
+    def predict(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
+        """Return the predictions.
+
+        Class probabilities for the cross-entropy losses (softmax or sigmoid
+        applied), the loss's inverse link for the others (exp for Poisson), raw
+        outputs without a loss.
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        batch_size : int, optional
+            Samples per forward pass (default: a size that bounds the memory).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, *output_shape)``.
+        """
         return self._outputs(X, batch_size, link=True)
 
-    def predict_raw(self, X, batch_size=None):
-        """The last layer's outputs without the loss's link (logits), ``(N, *output_shape)``."""
+    def predict_raw(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
+        """Return the last layer's outputs without the loss's link (logits).
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        batch_size : int, optional
+            Samples per forward pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(N, *output_shape)``.
+        """
         return self._outputs(X, batch_size, link=False)
 
-    def predict_proba(self, X, batch_size=None):
-        """Class probabilities (N, C) of a model trained with a cross-entropy loss."""
+    def predict_proba(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
+        """Return class probabilities of a model trained with a cross-entropy loss.
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        batch_size : int, optional
+            Samples per forward pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, C).
+
+        Raises
+        ------
+        TypeError
+            If the loss is not a cross-entropy.
+        """
         if self.loss is None or self.loss.link not in ("softmax", "logistic"):
             raise TypeError("predict_proba needs a cross-entropy loss (softmax or sigmoid outputs)")
         return self.predict(X, batch_size)
 
-    def predict_classes(self, X, batch_size=None):
-        """Class labels: argmax for several outputs, output > 0 (probability > 0.5)
-        for one output, as the labels the model was fitted with (``classes_``; class
-        indices before a fit); 0/1 per output for multilabel models."""
+    def predict_classes(self, X: ArrayLike, batch_size: Optional[int] = None) -> Array:
+        """Return class labels.
+
+        The argmax for several outputs, output > 0 (probability > 0.5) for one
+        output, as the labels the model was fitted with (``classes_``; class indices
+        before a fit); 0/1 per output for multilabel models.
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        batch_size : int, optional
+            Samples per forward pass.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N,) labels, or (N, K) for multilabel models.
+
+        Raises
+        ------
+        TypeError
+            If the loss is not a classification loss.
+        """
         if self.loss is None or not self.loss.classifier:
             raise TypeError("predict_classes needs a classification loss")
         raw = self.predict_raw(X, batch_size)
@@ -965,11 +1283,30 @@ class Sequential:
             labels = raw.argmax(axis=1)
         return labels if self.classes_ is None else self.classes_[labels]
 
-    def evaluate(self, X, y, sample_weight=None, batch_size=None):
-        """{'loss': ..., and the model's metrics by name} on (X, y) in inference
-        mode, each exact over all of (X, y); the loss includes the penalties, as
-        in training. Metrics ignore sample_weight (see fastnn.nn.metrics)."""
-        return self._evaluate(*self._check_data(X, y, sample_weight), batch_size=batch_size)
+    def evaluate(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
+                 batch_size: Optional[int] = None) -> Dict[str, float]:
+        """Return the loss and the model's metrics on (X, y), in inference mode.
+
+        Each value is exact over all of (X, y); the loss includes the penalties, as
+        in training. Metrics ignore sample_weight (see fastnn.nn.metrics).
+
+        Parameters
+        ----------
+        X : array_like
+            The inputs.
+        y : array_like
+            The targets.
+        sample_weight : array_like, optional
+            Per-sample weights (of the loss).
+        batch_size : int, optional
+            Samples per forward pass.
+
+        Returns
+        -------
+        dict of str to float
+            ``{'loss': ..., metric name: ...}``.
+        """
+        return self._evaluate(*self._check_data(X, y, sample_weight), batch_size=batch_size)  # type: ignore[misc]
 
     def _evaluate(self, X, t, w, batch_size=None):
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
@@ -1001,15 +1338,23 @@ class Sequential:
         return logs
 
     # ------------------------------------------------------------------ summary
-    def summary(self):
-        """Print a table of the layers: name, kind and options, output shape,
-        parameter count and whether they train, with the trainable and
-        non-trainable totals (as Keras's summary). Returns None; the text is
-        summary_str()."""
+    def summary(self) -> None:
+        """Print a table of the layers, as Keras's summary.
+
+        Each layer's name, kind and options, output shape, parameter count and
+        whether it trains, with the trainable and non-trainable totals. The text is
+        `summary_str`.
+        """
         print(self.summary_str())
 
-    def summary_str(self):
-        """The table summary() prints, as a string."""
+    def summary_str(self) -> str:
+        """Return the table `summary` prints.
+
+        Returns
+        -------
+        str
+            The table.
+        """
         if self.built:
             self._refresh_trainable()
         rows = [("Layer", "Kind", "Output shape", "Params", "Trainable")]
@@ -1033,21 +1378,27 @@ class Sequential:
         lines.append(rule)
         if self.built:
             trainable = sum(s.size for s, (owner, _) in zip(self._slots, self._owners) if not owner.frozen)
-            lines += [f"Input shape: (None, {', '.join(map(str, self.input_shape))}), {self.dtype.name}",
+            lines += [f"Input shape: (None, {', '.join(map(str, self.input_shape))}), {self.dtype.name}",  # type: ignore[arg-type]
                       f"Total params: {self._params.size}", f"Trainable params: {trainable}",
                       f"Non-trainable params: {self._params.size - trainable}"]
         else:
             lines.append("Not built yet: parameters are counted once the input shape is known")
         return "\n".join(lines)
 
-    def gradients(self):
-        """{'layer_name/param': gradient} from the last train_step, fit step or
-        loss_and_gradient: read-only views of the gradient buffer (they change
-        with the next step; copy them to keep). The gradient is what the
-        optimizer received: the loss's plus the penalties' (except a single L2
-        penalty that the optimizer step adds itself, see Sequential's l2),
-        clipped when the optimizer clips; zero for frozen parameters (not
-        computed)."""
+    def gradients(self) -> Dict[str, Array]:
+        """Return the gradients of the last train_step, fit step or loss_and_gradient.
+
+        The gradient is what the optimizer received: the loss's plus the penalties'
+        (except a single L2 penalty that the optimizer step adds itself, see the l2
+        option), clipped when the optimizer clips; zero for frozen parameters (not
+        computed).
+
+        Returns
+        -------
+        dict of str to numpy.ndarray
+            ``{'layer_name/param': gradient}``: read-only views of the gradient
+            buffer (they change with the next step; copy them to keep).
+        """
         self._require_built()
         result = {}
         for slot, (owner, own) in sorted(zip(self._slots, self._owners), key=lambda p: p[0].rank):
@@ -1060,14 +1411,27 @@ class Sequential:
         return f"Sequential([{', '.join(map(repr, self.layers))}], loss={self.loss!r})"
 
     # ------------------------------------------------------------ save and load
-    def describe(self):
-        """The model's description as a JSON-able dict (everything but the arrays)."""
+    def describe(self) -> Config:
+        """Return the model's description (everything but the arrays).
+
+        Returns
+        -------
+        dict
+            JSON-able: layers, options, dtype, input shape, classes.
+        """
         return saving.describe(self)
 
-    def save(self, path):
-        """Write the model to `path` (exactly that name, or an open binary file) as
-        a .npz archive: the flat parameter and state buffers, the optimizer's state buffers and a JSON
-        description stored as a string array. No pickle."""
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Write the model to `path` as a .npz archive (no pickle).
+
+        The archive holds the flat parameter and state buffers, the optimizer's state
+        buffers and a JSON description stored as a string array; `load` reads it.
+
+        Parameters
+        ----------
+        path : str, path-like or binary file
+            Exactly that name, or an open binary file.
+        """
         saving.save(self, path)
 
     # pickling: built models travel as their description and buffers (layers hold
@@ -1107,10 +1471,38 @@ def _kind_and_options(layer):
     return f"{layer.kind}({', '.join(parts)})"
 
 
-def load(path, backend=None):
-    """Read a model written by Sequential.save (see fastnn.nn.saving). A file that
-    is not such a model (foreign, corrupted, truncated, invalid values) raises
-    ValueError."""
+def load(path: Union[str, os.PathLike[str]], backend: Union[str, Backend, None] = None) -> Sequential:
+    """Read a model written by `Sequential.save` (see fastnn.nn.saving).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    backend : str, backend object or None, default None
+        The backend the model runs on (None: the current backend at each call).
+
+    Returns
+    -------
+    Sequential
+        The model, with its layers, parameters, state, optimizer state and
+        training options.
+
+    Raises
+    ------
+    ValueError
+        If the file is not such a model (foreign, corrupted, truncated, invalid
+        values).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn
+    >>> model = nn.Sequential([nn.Dense(4, "relu"), nn.Dense(2)], loss="mse", input_shape=3, seed=0)
+    >>> model.save("model.npz")
+    >>> x = np.ones((1, 3), np.float32)
+    >>> np.array_equal(nn.load("model.npz").predict(x), model.predict(x))
+    True
+    """
     return saving.load(path, backend)
 
 

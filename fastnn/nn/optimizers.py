@@ -20,32 +20,80 @@ that write their own loop around `Sequential.train_step` call
 `optimizer.end_epoch(loss)` themselves).
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Type, Union
 
 import numpy as np
 
+from .._types import Array, ArrayLike, Backend, Config
 from ..backends import _checks as chk
 
 
 # --------------------------------------------------------------------- schedules
 class Schedule:
-    """Constant learning rate; the base of every schedule."""
+    """Constant learning rate; the base of every schedule.
+
+    A schedule gives the learning rate of each optimizer step (`lr_at`); per-epoch
+    schedules change at `end_epoch`.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> schedule = nn.Schedule()
+    >>> schedule.reset(0.1)
+    >>> schedule.lr_at(1)
+    0.1
+    """
 
     name = "constant"
 
-    def reset(self, lr0):
-        """Start from the initial rate lr0 (called when the optimizer is bound)."""
+    def reset(self, lr0: float) -> None:
+        """Start from the initial rate (called when the optimizer is bound).
+
+        Parameters
+        ----------
+        lr0 : float
+            The initial learning rate.
+        """
         self.lr0 = self.lr = lr0
 
-    def lr_at(self, t):
-        """Rate for optimizer step t (1-based)."""
+    def lr_at(self, t: int) -> float:
+        """Return the rate of an optimizer step.
+
+        Parameters
+        ----------
+        t : int
+            The step, counted from 1.
+
+        Returns
+        -------
+        float
+            The learning rate.
+        """
         return self.lr
 
-    def end_epoch(self, epoch, loss, samples_seen):
-        """Update after epoch `epoch` (1-based). Returns True to ask training to stop."""
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
+        """Update the rate after an epoch.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch that ended, counted from 1.
+        loss : float or None
+            Its training loss.
+        samples_seen : int
+            The samples seen so far.
+
+        Returns
+        -------
+        bool
+            True to ask training to stop.
+        """
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name}
 
     def __repr__(self):
@@ -54,91 +102,165 @@ class Schedule:
 
 
 class InverseScaling(Schedule):
-    """lr0 / t^power_t. per="epoch" is scikit-learn's invscaling: updated at the end
-    of each epoch with t = samples seen + 1; per="step" uses the step count t."""
+    """Learning rate ``lr0 / t^power_t``.
+
+    Parameters
+    ----------
+    power_t : float, default 0.5
+        The exponent.
+    per : {'epoch', 'step'}, default 'epoch'
+        'epoch' is scikit-learn's invscaling: updated at the end of each epoch
+        with t = samples seen + 1; 'step' uses the step count t.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> schedule = nn.InverseScaling(per="step")
+    >>> schedule.reset(0.1)
+    >>> schedule.lr_at(4)
+    0.05
+    """
 
     name = "invscaling"
 
-    def __init__(self, power_t=0.5, per="epoch"):
+    def __init__(self, power_t: float = 0.5, per: Literal["epoch", "step"] = "epoch") -> None:
         self.power_t = chk.real(power_t, "power_t", low=0)
         self.per = chk.choice(per, "per", ("epoch", "step"))
 
-    def lr_at(self, t):
+    def lr_at(self, t: int) -> float:
         return self.lr0 / t**self.power_t if self.per == "step" else self.lr
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         if self.per == "epoch":
             self.lr = self.lr0 / (samples_seen + 1) ** self.power_t
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "power_t": self.power_t, "per": self.per}
 
 
 class StepDecay(Schedule):
-    """lr0 * gamma^(epoch // step_size)."""
+    """Learning rate ``lr0 * gamma^(epoch // step_size)``.
+
+    Parameters
+    ----------
+    step_size : int, default 10
+        Epochs between two decays.
+    gamma : float, default 0.1
+        The factor of each decay.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, schedule=nn.StepDecay(step_size=2, gamma=0.5))
+    """
 
     name = "step"
 
-    def __init__(self, step_size=10, gamma=0.1):
+    def __init__(self, step_size: int = 10, gamma: float = 0.1) -> None:
         self.step_size = chk.integer(step_size, "step_size", low=1)
         self.gamma = chk.real(gamma, "gamma", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         self.lr = self.lr0 * self.gamma ** (epoch // self.step_size)
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "step_size": self.step_size, "gamma": self.gamma}
 
 
 class ExponentialDecay(Schedule):
-    """lr0 * gamma^epoch."""
+    """Learning rate ``lr0 * gamma^epoch``.
+
+    Parameters
+    ----------
+    gamma : float, default 0.95
+        The factor per epoch.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.Adam(1e-3, schedule=nn.ExponentialDecay(0.9))
+    """
 
     name = "exponential"
 
-    def __init__(self, gamma=0.95):
+    def __init__(self, gamma: float = 0.95) -> None:
         self.gamma = chk.real(gamma, "gamma", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         self.lr = self.lr0 * self.gamma**epoch
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "gamma": self.gamma}
 
 
 class CosineDecay(Schedule):
-    """Cosine annealing from lr0 to min_lr over `epochs` epochs, then min_lr."""
+    """Cosine annealing from lr0 to min_lr over `epochs` epochs, then min_lr.
+
+    Parameters
+    ----------
+    epochs : int
+        The length of the annealing.
+    min_lr : float, default 0.0
+        The final rate.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, momentum=0.9, schedule=nn.CosineDecay(epochs=20))
+    """
 
     name = "cosine"
 
-    def __init__(self, epochs, min_lr=0.0):
+    def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
         self.epochs = chk.integer(epochs, "epochs", low=1)
         self.min_lr = chk.real(min_lr, "min_lr", low=0)
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         progress = min(epoch, self.epochs) / self.epochs
         self.lr = self.min_lr + (self.lr0 - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "epochs": self.epochs, "min_lr": self.min_lr}
 
 
 class ReduceOnPlateau(Schedule):
-    """Multiply the rate by `factor` when the epoch loss has not improved on the best
-    so far by at least `tol` for more than `patience` epochs in a row. With
-    stop_at_min_lr, a plateau reached at a rate <= min_lr asks training to stop
-    instead; otherwise the rate never goes below min_lr.
+    """Multiply the rate by `factor` when the epoch loss stops improving.
 
-    'adaptive' is scikit-learn's rule: factor 1/5, tol 1e-4, stop at 1e-6, patience 2
-    as its documentation states (its code waits n_iter_no_change epochs: pass that
-    as patience to match it)."""
+    The rate is multiplied when the loss has not improved on the best so far by
+    at least `tol` for more than `patience` epochs in a row. With stop_at_min_lr,
+    a plateau reached at a rate <= min_lr asks training to stop instead;
+    otherwise the rate never goes below min_lr. The schedule 'adaptive' is
+    scikit-learn's rule: factor 1/5, tol 1e-4, stop at 1e-6, patience 2 as its
+    documentation states (its code waits n_iter_no_change epochs: pass that as
+    patience to match it).
+
+    Parameters
+    ----------
+    factor : float, default 0.1
+        The factor of each reduction.
+    patience : int, default 10
+        Epochs without improvement before a reduction.
+    tol : float, default 1e-4
+        The least improvement that counts.
+    min_lr : float, default 0.0
+        The smallest rate.
+    stop_at_min_lr : bool, default False
+        Whether a plateau at min_lr stops training.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> optimizer = nn.SGD(0.1, schedule=nn.ReduceOnPlateau(factor=0.5, patience=3))
+    """
 
     name = "plateau"
 
-    def __init__(self, factor=0.1, patience=10, tol=1e-4, min_lr=0.0, stop_at_min_lr=False):
+    def __init__(self, factor: float = 0.1, patience: int = 10, tol: float = 1e-4, min_lr: float = 0.0,
+                 stop_at_min_lr: bool = False) -> None:
         self.factor = chk.real(factor, "factor", 0, 1, low_open=True, high_open=True)
         self.patience = chk.integer(patience, "patience", low=0)
         self.tol = chk.real(tol, "tol", low=0)
@@ -146,15 +268,15 @@ class ReduceOnPlateau(Schedule):
         self.stop_at_min_lr = bool(stop_at_min_lr)
 
     @classmethod
-    def adaptive(cls, patience=2):
+    def adaptive(cls, patience: int = 2) -> ReduceOnPlateau:
         return cls(factor=0.2, patience=patience, tol=1e-4, min_lr=1e-6, stop_at_min_lr=True)
 
-    def reset(self, lr0):
+    def reset(self, lr0: float) -> None:
         super().reset(lr0)
         self.best = math.inf
         self.bad_epochs = 0
 
-    def end_epoch(self, epoch, loss, samples_seen):
+    def end_epoch(self, epoch: int, loss: Optional[float], samples_seen: int) -> bool:
         if loss is None:
             return False
         self.bad_epochs = self.bad_epochs + 1 if loss > self.best - self.tol else 0
@@ -168,17 +290,45 @@ class ReduceOnPlateau(Schedule):
                 self.lr = max(self.lr, self.min_lr)
         return False
 
-    def config(self):
+    def config(self) -> Config:
         return {"name": self.name, "factor": self.factor, "patience": self.patience, "tol": self.tol,
                 "min_lr": self.min_lr, "stop_at_min_lr": self.stop_at_min_lr}
 
 
-SCHEDULES = {cls.name: cls for cls in (Schedule, InverseScaling, StepDecay, ExponentialDecay,
-                                       CosineDecay, ReduceOnPlateau)}
+SCHEDULES: Dict[str, Type[Schedule]] = {
+    cls.name: cls
+    for cls in (Schedule, InverseScaling, StepDecay, ExponentialDecay, CosineDecay, ReduceOnPlateau)}
 
 
-def get_schedule(schedule):
-    """A Schedule from None (constant), a name, or a Schedule instance."""
+def get_schedule(schedule: Union[str, Schedule, None]) -> Schedule:
+    """Return a learning-rate schedule from a name or a Schedule.
+
+    Parameters
+    ----------
+    schedule : str, Schedule or None
+        None (a constant rate), a name (``'constant'``, ``'invscaling'``,
+        ``'step'``, ``'exponential'``, ``'adaptive'``: scikit-learn's, reducing on
+        plateaus), or a Schedule (returned as it is).
+
+    Returns
+    -------
+    Schedule
+        The schedule.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown, or is ``'cosine'`` (which needs its length: pass
+        ``CosineDecay(epochs=...)``).
+    TypeError
+        If `schedule` is of another type.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_schedule("invscaling")
+    InverseScaling(power_t=0.5, per='epoch')
+    """
     if schedule is None:
         return Schedule()
     if isinstance(schedule, Schedule):
@@ -211,23 +361,46 @@ def _shrink(params, grads, state, factor):
 
 
 class Optimizer:
-    """Base class: lr (initial learning rate), schedule (None, name or Schedule).
+    """The base of the optimizers: one fused kernel call updates the whole model.
+
     Subclasses list their state buffers in `state_names` and make the kernel call
-    in `_step`.
+    in ``_step``. Gradient clipping (as in Keras; at most one option) applies to
+    the gradient buffer before the step, which then adds the optimizer's own
+    weight decay.
 
-    Gradient clipping (options of every optimizer, as in Keras; at most one):
-    clipnorm rescales each tensor's gradient g to ``g * clipnorm / max(||g||,
-    clipnorm)``; global_clipnorm rescales all of them together by the norm over
-    every parameter; clipvalue clips each element to [-clipvalue, clipvalue].
-    Applied to the gradient buffer before the step (which then adds the
-    optimizer's own weight decay).
+    Parameters
+    ----------
+    lr : float
+        The initial learning rate.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    clipnorm : float, optional
+        Rescale each tensor's gradient g to ``g * clipnorm / max(||g||, clipnorm)``.
+    clipvalue : float, optional
+        Clip each gradient element to [-clipvalue, clipvalue].
+    global_clipnorm : float, optional
+        Rescale all gradients together by their norm over every parameter.
 
-    Every optimizer takes weight_decay and decoupled_weight_decay (False: L2
-    gradient ``weight_decay * params``; True: ``params *= 1 - lr * weight_decay`` before
-    the step)."""
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SGD(0.1, global_clipnorm=1.0).global_clipnorm
+    1.0
+    """
 
     name = "optimizer"
-    state_names = ()
+    state_names: Tuple[str, ...] = ()
+    # declared for the checker: set by subclasses, __init__, bind and _split
+    _options: Tuple[str, ...]
+    _step: Callable[..., None]
+    state: Dict[str, Array]
+    _params: Optional[Array]
+    _parts: Any
     weight_decay = 0.0
     # decoupled_weight_decay: weight_decay shrinks the parameters, params *= 1 - lr
     # * weight_decay, before each step (Loshchilov and Hutter's decoupled decay,
@@ -238,13 +411,17 @@ class Optimizer:
     kernel_decouples = False
 
     @property
-    def couples_l2(self):
-        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel: not
-        after a decoupled decay has scaled the parameters (the gradient is the
-        one at the parameters before the step)."""
+    def couples_l2(self) -> bool:
+        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel.
+
+        Not after a decoupled decay has scaled the parameters (the gradient is the
+        one at the parameters before the step).
+        """
         return not (self.decoupled_weight_decay and self.weight_decay)
 
-    def __init__(self, lr, schedule=None, clipnorm=None, clipvalue=None, global_clipnorm=None):
+    def __init__(self, lr: float, schedule: Union[str, Schedule, None] = None,
+                 clipnorm: Optional[float] = None, clipvalue: Optional[float] = None,
+                 global_clipnorm: Optional[float] = None) -> None:
         self.lr0 = chk.real(lr, "lr", low=0, low_open=True)
         self.schedule = get_schedule(schedule)
         clip = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
@@ -261,9 +438,14 @@ class Optimizer:
         self.samples_seen = 0
         self.epochs_done = 0
 
-    def bind(self, params):
-        """Allocate zeroed state buffers shaped like `params` (the flat buffer) and
-        restart the step count and the schedule."""
+    def bind(self, params: Array) -> None:
+        """Allocate zeroed state buffers shaped like `params` and restart the counts.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The flat parameter buffer.
+        """
         self._params = params
         self.state = {name: np.zeros_like(params) for name in self.state_names}
         self._parts = None  # (key, [(param view, grad view, {name: state view}, penalised)])
@@ -272,22 +454,61 @@ class Optimizer:
         self.epochs_done = 0
         self.schedule.reset(self.lr0)
 
-    def is_bound_to(self, params):
+    def is_bound_to(self, params: Array) -> bool:
+        """Return whether the optimizer's state belongs to the buffer `params`.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            A flat parameter buffer.
+
+        Returns
+        -------
+        bool
+            Whether `bind` was last called with it.
+        """
         return self._params is params
 
     @property
-    def lr(self):
+    def lr(self) -> float:
         """The learning rate the next step will use."""
         return self.schedule.lr_at(self.t + 1)
 
-    def step(self, backend, params, grads, n_samples=0, l2=0.0, l2_size=0, runs=None, tensors=None):
-        """One update of the flat buffer: one kernel call over all of it. l2 > 0
-        adds the gradient l2 * param of the penalty l2/2 ||params[:l2_size]||^2
-        inside the kernel (only for optimizers with couples_l2); runs: the
-        [(start, stop)] ranges to update (frozen parameters lie outside them;
-        None: everything); tensors: the flat gradient view of each tensor, for
-        clipnorm (None: the buffer is one tensor). With l2 or runs, one call per
-        range (split where the penalised block ends)."""
+    def step(self, backend: Backend, params: Array, grads: Array, n_samples: int = 0, l2: float = 0.0,
+             l2_size: int = 0, runs: Optional[List[Tuple[int, int]]] = None,
+             tensors: Optional[List[Array]] = None) -> None:
+        """Update the flat parameter buffer in place: one kernel call over all of it.
+
+        With `l2` or `runs`, one call per range (split where the penalised block
+        ends).
+
+        Parameters
+        ----------
+        backend : backend object
+            The backend whose kernel runs.
+        params : numpy.ndarray
+            The flat parameter buffer.
+        grads : numpy.ndarray
+            Its gradient, same layout.
+        n_samples : int, default 0
+            The samples of the step (for per-sample schedules).
+        l2 : float, default 0.0
+            Adds the gradient ``l2 * param`` of the penalty ``l2/2 ||params[:l2_size]||^2``
+            inside the kernel (only for optimizers with couples_l2).
+        l2_size : int, default 0
+            The length of the penalised block at the start of the buffer.
+        runs : list of (int, int), optional
+            The [(start, stop)] ranges to update (frozen parameters lie outside
+            them; None: everything).
+        tensors : list of numpy.ndarray, optional
+            The flat gradient view of each tensor, for clipnorm (None: the buffer is
+            one tensor).
+
+        Raises
+        ------
+        ValueError
+            If `l2` is given to an optimizer that cannot fold it.
+        """
         if l2 and not self.couples_l2:
             raise ValueError(f"{self.name} cannot fold an L2 penalty into its step")
         lr = self._next_rate(n_samples)
@@ -358,9 +579,16 @@ class Optimizer:
             self._parts = ((params, grads, k, runs), views)
         return self._parts[1]
 
-    def clip(self, grads, tensors=None):
-        """Clip the gradient buffer in place (see the class docstring); tensors:
-        flat views of grads, one per tensor, for clipnorm (None: one tensor)."""
+    def clip(self, grads: Array, tensors: Optional[List[Array]] = None) -> None:
+        """Clip the gradient buffer in place (see the class's clipping options).
+
+        Parameters
+        ----------
+        grads : numpy.ndarray
+            The flat gradient buffer.
+        tensors : list of numpy.ndarray, optional
+            Flat views of grads, one per tensor, for clipnorm (None: one tensor).
+        """
         if self.clipvalue is not None:
             np.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
             return
@@ -371,24 +599,52 @@ class Optimizer:
                 norm = math.sqrt(float(np.dot(g, g)))
             if not math.isfinite(norm):  # a float32 sum of squares can overflow: sum in float64
                 norm = math.sqrt(float(np.square(g, dtype=np.float64).sum()))
-            if norm > limit:
-                g *= g.dtype.type(limit / norm)
+            if norm > limit:  # type: ignore[operator]
+                g *= g.dtype.type(limit / norm)  # type: ignore[operator]
 
-    def end_epoch(self, loss=None):
-        """Tell the schedule an epoch ended, with its training loss. Returns True
-        when the schedule asks training to stop (scikit-learn's 'adaptive')."""
+    def end_epoch(self, loss: Optional[float] = None) -> bool:
+        """Tell the schedule an epoch ended.
+
+        Parameters
+        ----------
+        loss : float, optional
+            The epoch's training loss.
+
+        Returns
+        -------
+        bool
+            True when the schedule asks training to stop (scikit-learn's 'adaptive').
+        """
         self.epochs_done += 1
         return self.schedule.end_epoch(self.epochs_done, loss, self.samples_seen)
 
-    def get_state(self):
-        """(counters and schedule position as a JSON-able dict, {name: state buffer})."""
+    def get_state(self) -> Tuple[Dict[str, Any], Dict[str, Array]]:
+        """Return the optimizer's state.
+
+        Returns
+        -------
+        counters : dict
+            The step counts and the schedule's position, JSON-able.
+        buffers : dict of str to numpy.ndarray
+            The state buffers by name.
+        """
         counters = {"t": self.t, "samples_seen": self.samples_seen, "epochs_done": self.epochs_done,
                     "schedule": {k: v for k, v in vars(self.schedule).items()
                                  if k in ("lr0", "lr", "best", "bad_epochs")}}
         return counters, self.state
 
-    def set_state(self, params, counters, buffers):
-        """Bind to params and restore what get_state returned."""
+    def set_state(self, params: Array, counters: Dict[str, Any], buffers: Mapping[str, ArrayLike]) -> None:
+        """Bind to `params` and restore what `get_state` returned.
+
+        Parameters
+        ----------
+        params : numpy.ndarray
+            The flat parameter buffer.
+        counters : dict
+            The counters of get_state.
+        buffers : mapping of str to array_like
+            The state buffers of get_state.
+        """
         self.bind(params)
         for name in self.state_names:
             np.copyto(self.state[name], buffers[name])
@@ -396,7 +652,7 @@ class Optimizer:
         self.epochs_done = counters["epochs_done"]
         vars(self.schedule).update(counters["schedule"])
 
-    def config(self):
+    def config(self) -> Config:
         options = {k: getattr(self, k) for k in self._options + CLIP_OPTIONS if getattr(self, k) is not None}
         return {"name": self.name, "lr": self.lr0, "schedule": self.schedule.config(), **options}
 
@@ -407,15 +663,48 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """SGD with momentum / Nesterov and L2 weight decay (torch.optim.SGD's rule).
-    lr_in_velocity=True gives scikit-learn's rule (the velocity holds lr * grad),
-    which differs when the rate changes over time."""
+    """Stochastic gradient descent with momentum or Nesterov (torch.optim.SGD's rule).
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    momentum : float, default 0.0
+        The momentum factor.
+    nesterov : bool, default False
+        Whether to use Nesterov momentum.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    lr_in_velocity : bool, default False
+        True gives scikit-learn's rule (the velocity holds ``lr * grad``), which
+        differs when the rate changes over time.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.SGD(0.1, momentum=0.9, nesterov=True).name
+    'sgd'
+    """
 
     name = "sgd"
     _options = ("momentum", "nesterov", "weight_decay", "lr_in_velocity", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, lr_in_velocity=False,
-                 schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0, nesterov: bool = False,
+                 weight_decay: float = 0.0, lr_in_velocity: bool = False,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.momentum = chk.real(momentum, "momentum", 0, 1)
         self.nesterov = bool(nesterov)
@@ -433,12 +722,42 @@ class SGD(Optimizer):
 
 
 class Adagrad(Optimizer):
+    """Adagrad (torch.optim.Adagrad's rule).
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    eps : float, default 1e-10
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adagrad(0.05).state_names
+    ('sum_sq',)
+    """
     name = "adagrad"
     state_names = ("sum_sq",)
     _options = ("eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, schedule=None, decoupled_weight_decay=False,
-                 **clipping):
+    def __init__(self, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.eps = chk.real(eps, "eps", low=0)
         self.weight_decay = chk.real(weight_decay, "weight_decay", low=0)
@@ -450,11 +769,47 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
+    """RMSprop (torch.optim.RMSprop's rule), optionally centered and with momentum.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The initial learning rate.
+    alpha : float, default 0.99
+        The decay of the squared-gradient average.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    momentum : float, default 0.0
+        The momentum factor.
+    centered : bool, default False
+        Whether to divide by the estimated variance instead of the second moment.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.RMSprop(1e-3, centered=True).state_names
+    ('square_avg', 'grad_avg')
+    """
     name = "rmsprop"
     _options = ("alpha", "eps", "weight_decay", "momentum", "centered", "decoupled_weight_decay")
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False, schedule: Union[str, Schedule, None] = None,
+                 decoupled_weight_decay: bool = False, **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.alpha = chk.real(alpha, "alpha", 0, 1)
         self.eps = chk.real(eps, "eps", low=0)
@@ -474,13 +829,44 @@ class RMSprop(Optimizer):
 
 
 class Adadelta(Optimizer):
+    """Adadelta (torch.optim.Adadelta's rule).
+
+    Parameters
+    ----------
+    lr : float, default 1.0
+        The initial learning rate.
+    rho : float, default 0.9
+        The decay of the running averages.
+    eps : float, default 1e-6
+        Added inside the square roots.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adadelta().state_names
+    ('square_avg', 'acc_delta')
+    """
     name = "adadelta"
     state_names = ("square_avg", "acc_delta")
     _options = ("rho", "eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, schedule=None,
-                 decoupled_weight_decay=False,
-                 **clipping):
+    def __init__(self, lr: float = 1.0, rho: float = 0.9, eps: float = 1e-6, weight_decay: float = 0.0,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.rho = chk.real(rho, "rho", 0, 1)
         self.eps = chk.real(eps, "eps", low=0, low_open=True)
@@ -493,17 +879,56 @@ class Adadelta(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (torch.optim.Adam), L2 weight decay added to the gradient (decoupled
-    with decoupled_weight_decay=True: AdamW), optional amsgrad. sklearn_eps=True
-    places eps as scikit-learn does (added to sqrt(v) after the bias correction
-    of the rate, i.e. eps / sqrt(1 - beta2^t) here)."""
+    """Adam (torch.optim.Adam's rule), optionally amsgrad.
+
+    Weight decay is an L2 gradient, or decoupled with decoupled_weight_decay=True
+    (AdamW).
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The initial learning rate.
+    beta1 : float, default 0.9
+        The decay of the first-moment estimate.
+    beta2 : float, default 0.999
+        The decay of the second-moment estimate.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    amsgrad : bool, default False
+        Whether to use the maximum of the second-moment estimates.
+    sklearn_eps : bool, default False
+        True places eps as scikit-learn does (added to sqrt(v) after the bias
+        correction of the rate, i.e. ``eps / sqrt(1 - beta2^t)`` here).
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    decoupled_weight_decay : bool, default False
+        Whether the weight decay is decoupled (see weight_decay).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.Adam(3e-3, amsgrad=True).state_names
+    ('m', 'v', 'v_max')
+    """
 
     name = "adam"
     kernel_decouples = True  # adam_step(decoupled=True) scales the parameters in its own pass
     _options = ("beta1", "beta2", "eps", "weight_decay", "amsgrad", "sklearn_eps", "decoupled_weight_decay")
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 sklearn_eps=False, schedule=None, decoupled_weight_decay=False, **clipping):
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.0, amsgrad: bool = False, sklearn_eps: bool = False,
+                 schedule: Union[str, Schedule, None] = None, decoupled_weight_decay: bool = False,
+                 **clipping: Optional[float]) -> None:
         super().__init__(lr, schedule, **clipping)
         self.beta1 = chk.real(beta1, "beta1", 0, 1, high_open=True)
         self.beta2 = chk.real(beta2, "beta2", 0, 1, high_open=True)
@@ -515,7 +940,8 @@ class Adam(Optimizer):
         self.state_names = ("m", "v") + (("v_max",) if self.amsgrad else ())
 
     @property
-    def couples_l2(self):
+    def couples_l2(self) -> bool:
+        """Whether step(l2=...) can fold a penalty's L2 gradient into the kernel."""
         # the kernel has one weight_decay: decoupled, it cannot also carry an L2 gradient
         return not self.decoupled_weight_decay
 
@@ -528,14 +954,50 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (torch.optim.AdamW): Adam with
-    decoupled_weight_decay=True and weight_decay 0.01 by default."""
+    """Adam with decoupled weight decay (torch.optim.AdamW's rule).
+
+    Adam with decoupled_weight_decay=True and weight_decay 0.01 by default.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The initial learning rate.
+    beta1 : float, default 0.9
+        The decay of the first-moment estimate.
+    beta2 : float, default 0.999
+        The decay of the second-moment estimate.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.01
+        Weight decay: the L2 gradient ``weight_decay * params``, or with
+        decoupled_weight_decay ``params *= 1 - lr * weight_decay`` before the step.
+    amsgrad : bool, default False
+        Whether to use the maximum of the second-moment estimates.
+    sklearn_eps : bool, default False
+        Places eps as scikit-learn does (see `Adam`).
+    schedule : str, Schedule or None, default None
+        The learning-rate schedule (see `get_schedule`; None: constant).
+    **clipping : float
+        One of clipnorm, clipvalue and global_clipnorm (see `Optimizer`).
+
+    Raises
+    ------
+    ValueError
+        If an option is out of range, or more than one clipping option is given.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.AdamW().weight_decay
+    0.01
+    """
 
     name = "adamw"
-    _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")
+    _options = tuple(k for k in Adam._options if k != "decoupled_weight_decay")  # type: ignore[assignment]
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, amsgrad=False,
-                 sklearn_eps=False, schedule=None, **clipping):
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 weight_decay: float = 0.01, amsgrad: bool = False, sklearn_eps: bool = False,
+                 schedule: Union[str, Schedule, None] = None, **clipping: Optional[float]) -> None:
         super().__init__(lr, beta1, beta2, eps, weight_decay, amsgrad, sklearn_eps, schedule,
                          decoupled_weight_decay=True, **clipping)
 
@@ -543,8 +1005,33 @@ class AdamW(Adam):
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW)}
 
 
-def get_optimizer(optimizer):
-    """An Optimizer from a name (default settings) or an Optimizer instance."""
+def get_optimizer(optimizer: Union[str, Optimizer]) -> Optimizer:
+    """Return an optimizer from a name (default settings) or an Optimizer.
+
+    Parameters
+    ----------
+    optimizer : str or Optimizer
+        A name (``'sgd'``, ``'adagrad'``, ``'rmsprop'``, ``'adadelta'``,
+        ``'adam'``, ``'adamw'``) or an Optimizer (returned as it is).
+
+    Returns
+    -------
+    Optimizer
+        The optimizer.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown.
+    TypeError
+        If `optimizer` is neither a name nor an Optimizer.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> nn.get_optimizer("adam").lr0
+    0.001
+    """
     if isinstance(optimizer, Optimizer):
         return optimizer
     if not isinstance(optimizer, str):

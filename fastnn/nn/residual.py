@@ -7,8 +7,13 @@ and each sub-layer receives its views through `bind`. A sub-layer's workspace
 is a dict in the list ws["sub"] of the block's own.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
 import numpy as np
 
+from .._types import Array, Backend, Config, DTypeLike, RandomState, Shape, StateSpec, TensorSpec, Workspace
 from .layers import (
     BatchNorm,
     Dense,
@@ -24,24 +29,55 @@ from .layers import (
     register_layer,
 )
 
+if TYPE_CHECKING:  # for annotations only
+    from .layers import Pass
+
 
 class Residual(Layer):
-    """y = x + f(x), f the layers applied in order (any layers, including other
-    Residual blocks). f must keep the input's shape, or change only its last
-    axis, which a projection then matches on the skip path: y = x @ P + c + f(x),
-    P (n_in, n_out), a linear Dense (no activation).
+    """Residual block ``y = x + f(x)``, f the layers applied in order.
 
-    projection: None (a projection exactly when f changes the width), True
-    (always), False (never: f must keep the shape). The projection is the
-    sub-layer `shortcut`, named "<block name>_projection"; it trains, freezes
-    and saves with the block.
+    Any layers, including other Residual blocks. f must keep the input's shape,
+    or change only its last axis, which a projection then matches on the skip
+    path: ``y = x @ P + c + f(x)``, P (n_in, n_out), a linear Dense. The
+    projection is the sub-layer ``shortcut``, named "<block name>_projection"; it
+    trains, freezes and saves with the block. ``block.trainable = False`` freezes
+    every sub-layer; with the block trainable, each sub-layer follows its own
+    flag.
 
-    Freezing: `block.trainable = False` freezes every sub-layer; with the block
-    trainable, each sub-layer follows its own flag."""
+    Parameters
+    ----------
+    layers : sequence of Layer
+        The layers of f (a non-empty list).
+    projection : bool, optional
+        None: a projection exactly when f changes the width; True: always; False:
+        never (f must keep the shape).
+    name : str, optional
+        The layer's name (default: the model gives a Keras-style one).
+
+    Raises
+    ------
+    TypeError
+        If `layers` is not a non-empty list of fastnn.nn layers, or projection is
+        not None, True or False.
+    ValueError
+        If a layer appears twice.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> block = nn.Residual([nn.Dense(32, "relu"), nn.Dense(32)])
+    >>> model = nn.Sequential([nn.Dense(32), block, nn.Dense(10)], loss="mse", input_shape=16, seed=0)
+    >>> model.n_params
+    2986
+    """
+
+    # declared for the checker: the projection Dense once build makes one
+    shortcut: Any
 
     kind = "Residual"
 
-    def __init__(self, layers, projection=None, name=None):
+    def __init__(self, layers: Sequence[Layer], projection: Optional[bool] = None,
+                 name: Optional[str] = None) -> None:
         self.name = check_name(name)
         if isinstance(layers, (Layer, dict)) or not isinstance(layers, (list, tuple)) or not layers:
             raise TypeError("layers must be a non-empty list of fastnn.nn layers")
@@ -58,7 +94,7 @@ class Residual(Layer):
         self.projection = projection
         self.shortcut = None  # the projection Dense, made by build when needed
 
-    def sublayers(self):
+    def sublayers(self) -> List[Layer]:
         return self.layers + ([] if self.shortcut is None else [self.shortcut])
 
     def _children(self):
@@ -66,7 +102,7 @@ class Residual(Layer):
         return [(str(j), layer) for j, layer in enumerate(self.layers)] + \
             ([] if self.shortcut is None else [("projection", self.shortcut)])
 
-    def build(self, input_shape, dtype):
+    def build(self, input_shape: Shape, dtype: DTypeLike) -> Shape:
         self.input_shape = tuple(input_shape)
         self.dtype = np.dtype(dtype)
         shape = self.input_shape
@@ -95,39 +131,39 @@ class Residual(Layer):
         # linear Dense right before batch norm keeps a zero bias (Dense.fixed_bias)
         for layer, after in zip(self.layers, self.layers[1:] + [None]):
             if hasattr(layer, "run_activation"):
-                layer.run_activation = layer.activation
+                layer.run_activation = layer.activation  # type: ignore[attr-defined]
             if isinstance(layer, Dense):
                 layer.fixed_bias = layer.activation == "identity" and isinstance(after, BatchNorm)
         self._first_trained = first_training(self.layers)
         return shape
 
-    def param_specs(self):
+    def param_specs(self) -> List[TensorSpec]:
         return [(f"{prefix}/{name}", shape, role) for prefix, layer in self._children()
                 for name, shape, role in layer.param_specs()]
 
-    def state_specs(self):
+    def state_specs(self) -> List[StateSpec]:
         return [(f"{prefix}/{name}", shape, init) for prefix, layer in self._children()
                 for name, shape, init in layer.state_specs()]
 
-    def tensor_owners(self):
+    def tensor_owners(self) -> List[Tuple[str, Layer, str]]:
         return [(f"{prefix}/{name}", owner, own) for prefix, layer in self._children()
                 for name, owner, own in layer.tensor_owners()]
 
-    def bind(self, params, grads, state):
+    def bind(self, params: Dict[str, Array], grads: Dict[str, Array], state: Dict[str, Array]) -> None:
         super().bind(params, grads, state)
         for prefix, layer in self._children():
             layer.bind(*({k[len(prefix) + 1:]: v for k, v in views.items() if k.startswith(prefix + "/")}
                          for views in (params, grads, state)))
 
-    def init_params(self, backend, rng):
+    def init_params(self, backend: Backend, rng: RandomState) -> None:
         for _, layer in self._children():
             layer.init_params(backend, rng)
 
-    def set_frozen(self, frozen):
+    def set_frozen(self, frozen: bool) -> None:
         super().set_frozen(frozen)
         self._first_trained = first_training(self.layers)
 
-    def forward(self, backend, x, ws, mode):
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         subs = ws.get("sub")
         if subs is None:
             subs = ws["sub"] = [{} for _ in self.sublayers()]
@@ -139,7 +175,7 @@ class Residual(Layer):
         np.add(skip, h, out=y)
         return y
 
-    def backward(self, backend, dy, ws, need_dx):
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
         # dy (N, ..., n_out) reaches the input through f and through the skip path
         subs = ws["sub"]
         df = backward_through(self.layers, backend, dy, subs, need_dx, self._first_trained)
@@ -150,7 +186,7 @@ class Residual(Layer):
         np.add(dskip, df, out=dx)
         return dx
 
-    def config(self):
+    def config(self) -> Config:
         return {"kind": self.kind, "layers": [full_config(layer) for layer in self.layers],
                 "projection": self.projection}
 

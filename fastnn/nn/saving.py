@@ -159,7 +159,7 @@ def check_description(d):
     if version == 1:
         input_shape = [_integer(d, "input_dim", 1)]
     else:
-        input_shape = d.get("input_shape")
+        input_shape = d.get("input_shape")  # type: ignore[assignment]
         if (not isinstance(input_shape, list) or not input_shape
                 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in input_shape)):
             raise ValueError(f"input_shape must be a list of positive integers, got {input_shape!r}")

@@ -7,19 +7,42 @@ when the order is the data's own, else gathered into buffers kept per batch
 size; CSR input is densified batch by batch.
 """
 
+from __future__ import annotations
+
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import scipy.sparse as sp
 
 
 class TrainingDivergedError(FloatingPointError):
-    """The training loss became NaN or infinite. `epoch` and `step` (1-based) say
-    where and `loss` what it was; the model keeps finite parameters (see
-    Sequential.fit)."""
+    """The training loss became NaN or infinite; the model keeps finite parameters.
 
-    def __init__(self, message, epoch=None, step=None, loss=None):
+    See `Sequential.fit` for what happens to the parameters and the optimizer
+    state.
+
+    Parameters
+    ----------
+    message : str
+        What happened.
+    epoch : int, optional
+        The epoch (counted from 1).
+    step : int, optional
+        The step in the epoch (counted from 1).
+    loss : float, optional
+        The loss.
+
+    Examples
+    --------
+    >>> from fastnn import nn
+    >>> error = nn.TrainingDivergedError("the loss became nan", epoch=3, step=7, loss=float("nan"))
+    >>> error.epoch, error.step
+    (3, 7)
+    """
+
+    def __init__(self, message: str, epoch: Optional[int] = None, step: Optional[int] = None,
+                 loss: Optional[float] = None) -> None:
         super().__init__(message)
         self.epoch, self.step, self.loss = epoch, step, loss
 

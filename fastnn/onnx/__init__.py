@@ -16,18 +16,21 @@ is installed. Needs the `onnx` package: pip install 'fastnn-cpu[onnx]' (which
 brings onnxruntime and skl2onnx too).
 """
 
+from __future__ import annotations
+
 try:
     import onnx
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides onnx
     raise ImportError("fastnn.onnx needs the onnx package; install fastnn's onnx extra: "
                       "pip install 'fastnn-cpu[onnx]'") from exc
 
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from onnx import helper
 
 from .. import __version__
+from .._types import ArrayLike
 from ..nn.model import Sequential
 from . import convolution, estimators, recurrent, residual  # noqa: F401 (converters of those layers)
 from .graph import Graph, tensor_type
@@ -39,7 +42,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET = 13
 
 
-def to_onnx(model_or_estimator, sample_input=None, opset: Optional[int] = None) -> "onnx.ModelProto":
+def to_onnx(model_or_estimator: Any, sample_input: Optional[ArrayLike] = None,
+            opset: Optional[int] = None) -> onnx.ModelProto:
     """Export a fastnn model to ONNX.
 
     The graph computes what `predict` computes, for any number of rows (the

@@ -123,7 +123,7 @@ class Graph:
     def _add_initializer(self, name, value):
         if value.dtype.kind in "OSU":
             strings = [str(s).encode("utf-8") for s in value.ravel()]
-            tensor = helper.make_tensor(name, TensorProto.STRING, value.shape, strings)
+            tensor = helper.make_tensor(name, TensorProto.STRING, value.shape, strings)  # type: ignore[arg-type]
         else:
             tensor = numpy_helper.from_array(np.ascontiguousarray(value), name)
         self.initializers.append(tensor)

@@ -15,14 +15,20 @@ channels-first operators); the sequence layers' are in fastnn.onnx.recurrent,
 Residual's in fastnn.onnx.residual.
 """
 
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
 import numpy as np
 
 from .activations import LINKS, activation
 
-CONVERTERS = {}
+# a converter: (graph, layer, input name) -> output name, see register_converter
+Converter = Callable[..., Any]
+CONVERTERS: Dict[str, Converter] = {}
 
 
-def register_converter(kind: str):
+def register_converter(kind: str) -> Callable[[Converter], Converter]:
     """Register a converter for a layer kind (a decorator).
 
     Parameters

@@ -64,7 +64,7 @@ def fit_epochs(est, X, y, epochs, first_epoch, seed, validation_data, fit_kwargs
         raise ValueError(f"an estimator's search takes no fit options ({sorted(fit_kwargs)}); set them as "
                          "the estimator's parameters")
     kwargs = {"classes": np.unique(y)} if is_classifier(est) else {}
-    history = {}
+    history = {}  # type: ignore[var-annotated]
     for epoch in range(first_epoch, first_epoch + epochs):
         order = np.random.default_rng([*np.atleast_1d(seed), epoch]).permutation(X.shape[0])
         est.partial_fit(X[order], y[order], **kwargs)

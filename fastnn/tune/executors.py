@@ -115,7 +115,7 @@ def _run_on_dask_worker(task, data):
 
     worker = get_worker()
     threads = getattr(getattr(worker, "state", worker), "nthreads", None) or getattr(worker, "nthreads", 1)
-    fastnn.set_num_threads(threads)
+    fastnn.set_num_threads(threads)  # type: ignore[arg-type]
     return run_task(task, data)
 
 

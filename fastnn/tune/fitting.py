@@ -127,7 +127,7 @@ def _fit(model, X, y, task, fit_kwargs, validation):
             X, y, validation_data = estimator.split_validation(X, y, validation["validation_split"])
         return estimator.fit_epochs(model, X, y, task.epochs, task.epochs_done, task.draw_seed,
                                     validation_data, fit_kwargs)
-    history = {}
+    history = {}  # type: ignore[var-annotated]
     kwargs = {"verbose": 0, **fit_kwargs, **validation}
     for epoch in range(task.epochs_done, task.epochs_done + task.epochs):
         logs = model.fit(X, y, epochs=1, seed=(model.seed, epoch), **kwargs)

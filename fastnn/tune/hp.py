@@ -10,10 +10,15 @@ proposal, a PBT member's mutated values), or `draw(spec)`, a function the tuner
 passes (random draws), or the spec's default.
 """
 
+from __future__ import annotations
+
 import math
 import zlib
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence
 
 import numpy as np
+
+from .._types import Config, RandomState
 
 SAMPLINGS = ("linear", "log")
 
@@ -26,11 +31,26 @@ def _check_sampling(sampling, low):
 
 
 class Spec:
-    """The definition of one hyperparameter."""
+    """The definition of one hyperparameter (the base of Int, Float, Choice, Boolean, Fixed).
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Int("units", 16, 64, step=16).grid()
+    [16, 32, 48, 64]
+    """
 
     kind = "spec"
+    name: str  # declared for the checker: every subclass sets it
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the definition as saved with a trial.
+
+        Returns
+        -------
+        dict
+            Its kind, name and options.
+        """
         return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
 
     def __eq__(self, other):
@@ -44,7 +64,10 @@ class _Range(Spec):
     """Int and Float: min_value..max_value (both included), on a step grid when
     step is given (with log sampling, step is a factor: min, min*step, ...)."""
 
-    def __init__(self, name, min_value, max_value, step, sampling, default):
+    _cast: Callable[[Any], Any]  # declared for the checker: int or float, by subclass
+
+    def __init__(self, name: str, min_value: Any, max_value: Any, step: Any,
+                 sampling: Literal["linear", "log"], default: Any) -> None:
         if not min_value <= max_value:
             raise ValueError(f"hyperparameter {name!r}: min_value {min_value} > max_value {max_value}")
         _check_sampling(sampling, min_value)
@@ -56,7 +79,14 @@ class _Range(Spec):
         if not self.contains(self.default):
             raise ValueError(f"hyperparameter {name!r}: default {default!r} is not in its range")
 
-    def grid(self):
+    def grid(self) -> List[Any]:
+        """List the values of a grid search.
+
+        Returns
+        -------
+        list
+            The values, in order.
+        """
         if self.step is None:
             raise ValueError(f"a grid over Float {self.name!r} needs a step")
         values, v = [], self.min_value
@@ -65,7 +95,19 @@ class _Range(Spec):
             v = v * self.step if self.sampling == "log" else self.min_value + len(values) * self.step
         return values
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
+        """Return whether `value` is one of the hyperparameter's values.
+
+        Parameters
+        ----------
+        value : object
+            A value.
+
+        Returns
+        -------
+        bool
+            Whether it is allowed.
+        """
         if not isinstance(value, (int, float, np.number)) or not self.min_value <= value <= self.max_value:
             return False
         return self.step is None or math.isclose(self._snap(value), value, rel_tol=1e-9)
@@ -82,17 +124,52 @@ class _Range(Spec):
             v = min(v, self.max_value)
         return self._cast(v)
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
+        """Draw a value.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The value.
+        """
         if self.sampling == "log":
             v = math.exp(rng.uniform(math.log(self.min_value), math.log(self.max_value)))
         else:
             v = rng.uniform(self.min_value, self.max_value)
         return self._snap(v)
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
+        """Return a value near `value`, for population-based training.
+
+        Parameters
+        ----------
+        value : object
+            The current value.
+        factor : float
+            The multiplier of a number (one of perturbation_factors).
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The perturbed value, within the hyperparameter's values.
+        """
         return self._snap(value * factor)
 
-    def optuna_distribution(self):
+    def optuna_distribution(self) -> Any:
+        """Return the Optuna distribution of the values (for BayesianOptimization).
+
+        Returns
+        -------
+        optuna.distributions.BaseDistribution
+            The distribution.
+        """
         import optuna
 
         if self.step is not None and self.sampling == "log":  # Optuna has no geometric step
@@ -105,9 +182,42 @@ class _Range(Spec):
 
 
 class Int(_Range):
+    """An integer hyperparameter in [min_value, max_value].
+
+    Parameters
+    ----------
+    name : str
+        The hyperparameter's name (unique in a search).
+    min_value : int
+        The smallest value.
+    max_value : int
+        The largest value.
+    step : int or None, default 1
+        The grid step (with log sampling, a factor: min, min*step, ...; None:
+        every integer).
+    sampling : {'linear', 'log'}, default 'linear'
+        How values are drawn; 'log' (min_value > 0) draws uniformly in log space.
+    default : int, optional
+        The value when none is drawn (default: min_value).
+
+    Raises
+    ------
+    TypeError
+        If a bound or the step is not an integer.
+    ValueError
+        If min_value > max_value, the step or sampling is invalid, or the default
+        is out of range.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Int("layers", 1, 3).grid()
+    [1, 2, 3]
+    """
     kind = "int"
 
-    def __init__(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+    def __init__(self, name: str, min_value: int, max_value: int, step: Optional[int] = 1,
+                 sampling: Literal["linear", "log"] = "linear", default: Optional[int] = None) -> None:
         for arg, v in (("min_value", min_value), ("max_value", max_value), ("step", step)):
             if v is None and arg == "step":
                 continue  # every integer (how a log-sampled Int with step 1 is stored)
@@ -120,16 +230,51 @@ class Int(_Range):
     def _cast(self, v):
         return int(round(v))
 
-    def grid(self):
+    def grid(self) -> List[Any]:
+        """List the values of a grid search.
+
+        Returns
+        -------
+        list
+            The values, in order.
+        """
         if self.step is None:
             return list(range(self.min_value, self.max_value + 1))
         return super().grid()
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
+        """Return whether `value` is one of the hyperparameter's values.
+
+        Parameters
+        ----------
+        value : object
+            A value.
+
+        Returns
+        -------
+        bool
+            Whether it is allowed.
+        """
         integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
         return integer and super().contains(value)
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
+        """Return a value near `value`, for population-based training.
+
+        Parameters
+        ----------
+        value : object
+            The current value.
+        factor : float
+            The multiplier of a number (one of perturbation_factors).
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The perturbed value, within the hyperparameter's values.
+        """
         new = self._snap(value * factor)
         if new == value:  # a factor too small to move an integer: one step in its direction
             grid = self.grid()
@@ -139,9 +284,39 @@ class Int(_Range):
 
 
 class Float(_Range):
+    """A real hyperparameter in [min_value, max_value].
+
+    Parameters
+    ----------
+    name : str
+        The hyperparameter's name (unique in a search).
+    min_value : float
+        The smallest value.
+    max_value : float
+        The largest value.
+    step : float, optional
+        The grid step (with log sampling, a factor; None: continuous, no grid).
+    sampling : {'linear', 'log'}, default 'linear'
+        How values are drawn; 'log' (min_value > 0) draws uniformly in log space.
+    default : float, optional
+        The value when none is drawn (default: min_value).
+
+    Raises
+    ------
+    ValueError
+        If min_value > max_value, the step or sampling is invalid, or the default
+        is out of range.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Float("lr", 1e-4, 1e-2, step=10, sampling="log").grid()
+    [0.0001, 0.001, 0.01]
+    """
     kind = "float"
 
-    def __init__(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+    def __init__(self, name: str, min_value: float, max_value: float, step: Optional[float] = None,
+                 sampling: Literal["linear", "log"] = "linear", default: Optional[float] = None) -> None:
         super().__init__(name, float(min_value), float(max_value), step, sampling, default)
 
     def _cast(self, v):
@@ -149,12 +324,37 @@ class Float(_Range):
 
 
 class Choice(Spec):
-    """One of `values` (numbers, strings or booleans, all of one type); perturbing
-    moves to the neighbouring value in the list."""
+    """A hyperparameter taking one of `values`.
+
+    Values are numbers, strings or booleans, all of one type; perturbing moves to
+    the neighbouring value in the list.
+
+    Parameters
+    ----------
+    name : str
+        The hyperparameter's name (unique in a search).
+    values : sequence
+        The values.
+    default : object, optional
+        The value when none is drawn (default: the first).
+
+    Raises
+    ------
+    ValueError
+        If `values` is empty or the default is not among them.
+    TypeError
+        If the values are not all of one type.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Choice("activation", ["relu", "tanh"]).grid()
+    ['relu', 'tanh']
+    """
 
     kind = "choice"
 
-    def __init__(self, name, values, default=None):
+    def __init__(self, name: str, values: Sequence[Any], default: Any = None) -> None:
         values = list(values)
         if not values:
             raise ValueError(f"hyperparameter {name!r}: values is empty")
@@ -168,58 +368,219 @@ class Choice(Spec):
         if self.default not in values:
             raise ValueError(f"hyperparameter {name!r}: default {default!r} is not one of its values")
 
-    def grid(self):
+    def grid(self) -> List[Any]:
+        """List the values of a grid search.
+
+        Returns
+        -------
+        list
+            The values, in order.
+        """
         return list(self.values)
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
+        """Return whether `value` is one of the hyperparameter's values.
+
+        Parameters
+        ----------
+        value : object
+            A value.
+
+        Returns
+        -------
+        bool
+            Whether it is allowed.
+        """
         # True == 1 in Python: a boolean matches only a boolean
         return any(value == v and isinstance(value, bool) == isinstance(v, bool) for v in self.values)
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
+        """Draw a value.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The value.
+        """
         return self.values[int(rng.integers(len(self.values)))]
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
+        """Return a value near `value`, for population-based training.
+
+        Parameters
+        ----------
+        value : object
+            The current value.
+        factor : float
+            The multiplier of a number (one of perturbation_factors).
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The perturbed value, within the hyperparameter's values.
+        """
         i = self.values.index(value)
         return self.values[min(max(i + (1 if factor > 1 else -1), 0), len(self.values) - 1)]
 
-    def optuna_distribution(self):
+    def optuna_distribution(self) -> Any:
+        """Return the Optuna distribution of the values (for BayesianOptimization).
+
+        Returns
+        -------
+        optuna.distributions.BaseDistribution
+            The distribution.
+        """
         import optuna
 
         return optuna.distributions.CategoricalDistribution(self.values)
 
 
 class Boolean(Choice):
+    """A True or False hyperparameter.
+
+    Parameters
+    ----------
+    name : str
+        The hyperparameter's name (unique in a search).
+    default : bool, default False
+        The value when none is drawn.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Boolean("batch_norm").grid()
+    [False, True]
+    """
     kind = "boolean"
 
-    def __init__(self, name, default=False):
+    def __init__(self, name: str, default: bool = False) -> None:
         super().__init__(name, [False, True], default=bool(default))
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the definition as saved with a trial.
+
+        Returns
+        -------
+        dict
+            Its kind, name and options.
+        """
         return {"kind": self.kind, "name": self.name, "default": self.default}
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
+        """Return a value near `value`, for population-based training.
+
+        Parameters
+        ----------
+        value : object
+            The current value.
+        factor : float
+            The multiplier of a number (one of perturbation_factors).
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The perturbed value, within the hyperparameter's values.
+        """
         return not value
 
 
 class Fixed(Spec):
+    """A hyperparameter with one value (recorded with the trials, never searched).
+
+    Parameters
+    ----------
+    name : str
+        The hyperparameter's name (unique in a search).
+    value : object
+        The value.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Fixed("epochs", 10).grid()
+    [10]
+    """
     kind = "fixed"
 
-    def __init__(self, name, value):
+    def __init__(self, name: str, value: Any) -> None:
         self.name, self.value, self.default = name, value, value
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the definition as saved with a trial.
+
+        Returns
+        -------
+        dict
+            Its kind, name and options.
+        """
         return {"kind": self.kind, "name": self.name, "value": self.value}
 
-    def grid(self):
+    def grid(self) -> List[Any]:
+        """List the values of a grid search.
+
+        Returns
+        -------
+        list
+            The values, in order.
+        """
         return [self.value]
 
-    def contains(self, value):
+    def contains(self, value: Any) -> bool:
+        """Return whether `value` is one of the hyperparameter's values.
+
+        Parameters
+        ----------
+        value : object
+            A value.
+
+        Returns
+        -------
+        bool
+            Whether it is allowed.
+        """
         return value == self.value
 
-    def random(self, rng):
+    def random(self, rng: RandomState) -> Any:
+        """Draw a value.
+
+        Parameters
+        ----------
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The value.
+        """
         return self.value
 
-    def perturb(self, value, factor, rng):
+    def perturb(self, value: Any, factor: float, rng: RandomState) -> Any:
+        """Return a value near `value`, for population-based training.
+
+        Parameters
+        ----------
+        value : object
+            The current value.
+        factor : float
+            The multiplier of a number (one of perturbation_factors).
+        rng : numpy.random.Generator
+            The random draws.
+
+        Returns
+        -------
+        object
+            The perturbed value, within the hyperparameter's values.
+        """
         return self.value
 
 
@@ -235,15 +596,30 @@ def spec_from_config(config):
 
 
 class HyperParameters:
-    """What `build_model(hp)` receives. `values`: {name: value} of the values
-    asked for, in order; `space`: {name: Spec}.
+    """What ``build_model(hp)`` receives: asks for hyperparameters, returns values.
 
-    given: values decided in advance ({name: value}); draw: a function
-    spec -> value for names not given (None: the spec's default)."""
+    ``values`` holds ``{name: value}`` of the values asked for, in order; ``space``
+    ``{name: Spec}``.
 
-    def __init__(self, given=None, draw=None):
-        self.values = {}
-        self.space = {}
+    Parameters
+    ----------
+    given : dict, optional
+        Values decided in advance, ``{name: value}``.
+    draw : callable, optional
+        ``draw(spec) -> value`` for names not given (None: the spec's default).
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> hp = tune.HyperParameters(given={"units": 64})
+    >>> hp.Int("units", 16, 128, step=16), hp.Float("lr", 1e-4, 1e-2, sampling="log")
+    (64, 0.0001)
+    """
+
+    def __init__(self, given: Optional[Dict[str, Any]] = None,
+                 draw: Optional[Callable[[Spec], Any]] = None) -> None:
+        self.values = {}  # type: ignore[var-annotated]
+        self.space = {}  # type: ignore[var-annotated]
         self._given = dict(given or {})
         self._draw = draw
 
@@ -268,23 +644,129 @@ class HyperParameters:
         self.values[name] = value
         return value
 
-    def Int(self, name, min_value, max_value, step=1, sampling="linear", default=None):
+    def Int(self, name: str, min_value: int, max_value: int, step: Optional[int] = 1,
+            sampling: Literal["linear", "log"] = "linear", default: Optional[int] = None) -> int:
+        """Ask for the value of a hyperparameter defined as `Int`.
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+        min_value : int
+            The smallest value.
+        max_value : int
+            The largest value.
+        step : int or None, default 1
+            The grid step.
+        sampling : {'linear', 'log'}, default 'linear'
+            How values are drawn.
+        default : int, optional
+            The value when none is drawn.
+
+        Returns
+        -------
+        int
+            The value: given, drawn, or the default.
+        """
         return self._ask(Int(name, min_value, max_value, step, sampling, default))
 
-    def Float(self, name, min_value, max_value, step=None, sampling="linear", default=None):
+    def Float(self, name: str, min_value: float, max_value: float, step: Optional[float] = None,
+              sampling: Literal["linear", "log"] = "linear", default: Optional[float] = None) -> float:
+        """Ask for the value of a hyperparameter defined as `Float`.
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+        min_value : float
+            The smallest value.
+        max_value : float
+            The largest value.
+        step : float, optional
+            The grid step.
+        sampling : {'linear', 'log'}, default 'linear'
+            How values are drawn.
+        default : float, optional
+            The value when none is drawn.
+
+        Returns
+        -------
+        float
+            The value: given, drawn, or the default.
+        """
         return self._ask(Float(name, min_value, max_value, step, sampling, default))
 
-    def Choice(self, name, values, default=None):
+    def Choice(self, name: str, values: Sequence[Any], default: Any = None) -> Any:
+        """Ask for the value of a hyperparameter defined as `Choice`.
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+        values : sequence
+            The values.
+        default : object, optional
+            The value when none is drawn.
+
+        Returns
+        -------
+        object
+            The value: given, drawn, or the default.
+        """
         return self._ask(Choice(name, values, default))
 
-    def Boolean(self, name, default=False):
+    def Boolean(self, name: str, default: bool = False) -> bool:
+        """Ask for the value of a hyperparameter defined as `Boolean`.
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+        default : bool, default False
+            The value when none is drawn.
+
+        Returns
+        -------
+        bool
+            The value: given, drawn, or the default.
+        """
         return self._ask(Boolean(name, default))
 
-    def Fixed(self, name, value):
+    def Fixed(self, name: str, value: Any) -> Any:
+        """Ask for the value of a hyperparameter defined as `Fixed`.
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+        value : object
+            The value.
+
+        Returns
+        -------
+        object
+            The value: given, drawn, or the default.
+        """
         return self._ask(Fixed(name, value))
 
-    def get(self, name):
-        """The value of `name` (asked for earlier, or given)."""
+    def get(self, name: str) -> Any:
+        """Return the value of `name` (asked for earlier, or given).
+
+        Parameters
+        ----------
+        name : str
+            The hyperparameter's name.
+
+        Returns
+        -------
+        object
+            The value.
+
+        Raises
+        ------
+        KeyError
+            If `name` was neither asked for nor given.
+        """
         if name in self.values:
             return self.values[name]
         if name in self._given:

@@ -16,32 +16,78 @@ that start it; the decisions are written before they are applied, and applying
 them again is harmless, so a search killed at any point resumes.
 """
 
+from __future__ import annotations
+
 import copy
 import math
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .._types import ArrayLike
 from .fitting import Task, load_model
 from .trials import COMPLETED, FAILED, RUNNING, Trial
 from .tuners import Tuner, _check_count
+
+if TYPE_CHECKING:  # for annotations only
+    from .trials import Objective
 
 STATE_FILE = "pbt.json"
 
 
 class PopulationBasedTraining(Tuner):
-    """population_size members, each a trial (their first values drawn as in
-    RandomSearch); perturbation_interval: epochs per round; hyperparam_mutations:
-    the names of the hyperparameters that may change (they must keep the layer
-    sizes: learning rate, momentum, weight decay, dropout rates, batch_size), or
-    {name: None (use its definition) or [values to choose from]};
-    quantile_fraction: the fraction of members replaced each round (0: none,
-    every member trains its own configuration throughout)."""
+    """Population-based training (Jaderberg et al. 2017), see fastnn.tune.pbt.
+
+    Parameters
+    ----------
+    build_model : callable or estimator
+        As `Tuner`'s.
+    population_size : int, default 8
+        Members, each a trial (their first values drawn as in RandomSearch).
+    perturbation_interval : int, default 2
+        Epochs per round.
+    hyperparam_mutations : sequence of str or dict, default ()
+        The names of the hyperparameters that may change (they must keep the
+        layer sizes: learning rate, momentum, weight decay, dropout rates,
+        batch_size), or ``{name: None (use its definition) or [values to choose
+        from]}``.
+    quantile_fraction : float, default 0.25
+        The fraction of members replaced each round (0: none, every member
+        trains its own configuration throughout).
+    resample_probability : float, default 0.25
+        The probability that a mutable hyperparameter is redrawn instead of
+        perturbed.
+    perturbation_factors : (float, float), default (1.2, 0.8)
+        The factors a number is multiplied by.
+    objective : str or Objective, default 'val_accuracy'
+        As `Tuner`'s.
+    **options : object
+        The other parameters of `Tuner` (seed, directory, project_name,
+        overwrite, executor, n_jobs, space).
+
+    Raises
+    ------
+    TypeError, ValueError
+        If an option is invalid.
+
+    Examples
+    --------
+    >>> from fastnn import nn, tune
+    >>> def build_model(hp):
+    ...     lr = hp.Float("lr", 1e-4, 1e-1, sampling="log")
+    ...     return nn.Sequential([nn.Dense(16, "relu"), nn.Dense(2)], loss="mse", optimizer=nn.SGD(lr))
+    >>> pbt = tune.PopulationBasedTraining(build_model, population_size=4, hyperparam_mutations=["lr"],
+    ...                                    objective="val_loss", directory="runs",
+    ...                                    project_name="pbt")
+    """
 
     kind = "pbt"
 
-    def __init__(self, build_model, population_size=8, perturbation_interval=2, hyperparam_mutations=(),
-                 quantile_fraction=0.25, resample_probability=0.25, perturbation_factors=(1.2, 0.8),
-                 objective="val_accuracy", **options):
+    def __init__(self, build_model: Any, population_size: int = 8, perturbation_interval: int = 2,
+                 hyperparam_mutations: Union[Sequence[str], Dict[str, Any]] = (),
+                 quantile_fraction: float = 0.25, resample_probability: float = 0.25,
+                 perturbation_factors: Tuple[float, float] = (1.2, 0.8),
+                 objective: Union[str, Objective] = "val_accuracy", **options: Any) -> None:
         self.population_size = _check_count(population_size, "population_size", low=2)
         self.perturbation_interval = _check_count(perturbation_interval, "perturbation_interval")
         if isinstance(hyperparam_mutations, str):
@@ -67,8 +113,33 @@ class PopulationBasedTraining(Tuner):
         return {**super()._settings(seed), "population_size": self.population_size,
                 "perturbation_interval": self.perturbation_interval}
 
-    def search(self, X, y, epochs=1, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
-        """As Tuner.search; epochs: per member in all (rounds of perturbation_interval)."""
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: int = 1,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
+        """Train the population in rounds (as `Tuner.search`).
+
+        Parameters
+        ----------
+        X : array_like
+            The training inputs.
+        y : array_like
+            The training targets.
+        epochs : int, default 1
+            Epochs per member in all (rounds of perturbation_interval).
+        validation_data : tuple, optional
+            ``(X_val, y_val)`` to score on.
+        validation_split : float, default 0.0
+            Or the fraction of the training data held out.
+        cv : None
+            Not supported.
+        **fit_kwargs : object
+            Further arguments of `Sequential.fit`.
+
+        Returns
+        -------
+        Tuner
+            The tuner.
+        """
         if cv is not None:
             raise ValueError("population-based training continues each member's model: cv is not supported")
         return super().search(X, y, epochs, validation_data, validation_split, None, **fit_kwargs)

@@ -14,14 +14,18 @@ longer names is removed after the record, so a record always names a complete
 model file.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import re
 import shutil
+from typing import Any, Dict, List, Literal, Optional
 
 import numpy as np
 
+from .._types import Config
 from .hp import HyperParameters, spec_from_config
 
 COMPLETED, RUNNING, FAILED, PRUNED = "COMPLETED", "RUNNING", "FAILED", "PRUNED"
@@ -36,22 +40,62 @@ _MIN_WORDS = ("loss", "error", "mse", "mae")
 
 
 class Objective:
-    """What a trial is scored by: a key of the training history ('val_accuracy',
-    'val_loss', 'loss', ...) and a direction, 'max' or 'min'. The score is the
-    key's value at the trial's last epoch (the epoch of the model that is kept)."""
+    """What a trial is scored by: a key of the training history and a direction.
 
-    def __init__(self, name, direction):
+    The score is the key's value at the trial's last epoch (the epoch of the
+    model that is kept).
+
+    Parameters
+    ----------
+    name : str
+        A history key ('val_accuracy', 'val_loss', 'loss', ...).
+    direction : {'max', 'min'}
+        Whether larger or smaller scores are better.
+
+    Raises
+    ------
+    TypeError
+        If `name` is not a non-empty string.
+    ValueError
+        If `direction` is neither 'max' nor 'min'.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.Objective("val_loss", "min").sort_key(0.5)
+    0.5
+    """
+
+    def __init__(self, name: str, direction: Literal["max", "min"]) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError(f"the objective's name must be a history key, got {name!r}")
         if direction not in ("max", "min"):
             raise ValueError(f"direction must be 'max' or 'min', got {direction!r}")
         self.name, self.direction = name, direction
 
-    def sort_key(self, score):
-        """Smaller is better."""
+    def sort_key(self, score: float) -> float:
+        """Return a key that is smaller for better scores.
+
+        Parameters
+        ----------
+        score : float
+            A score.
+
+        Returns
+        -------
+        float
+            The key.
+        """
         return -score if self.direction == "max" else score
 
-    def config(self):
+    def config(self) -> Config:
+        """Return the objective as saved.
+
+        Returns
+        -------
+        dict
+            Its name and direction.
+        """
         return {"name": self.name, "direction": self.direction}
 
     def __eq__(self, other):
@@ -76,17 +120,45 @@ def get_objective(objective):
 
 
 class Trial:
-    """One configuration tried. trial_id: its name ('0007'); number: its index;
-    hyperparameters: {name: value}; space: {name: Spec} of those values; status:
-    COMPLETED, RUNNING, FAILED or PRUNED (stopped early by Hyperband); score: the
-    objective at the last epoch trained (None until known); metrics: {history key:
-    [value per epoch]}; error: why it FAILED; epochs: epochs trained; schedule:
-    [{'epoch': e, 'hyperparameters': {...}, 'copied_from': trial_id}, ...] for
-    population-based training (the values from epoch e on); model_file: the name
-    of its saved model in the project directory (None when there is none)."""
+    """One configuration tried, as its record in the project directory holds it.
 
-    def __init__(self, number, hyperparameters=None, space=None, status=RUNNING, score=None, metrics=None,
-                 error=None, epochs=0, schedule=None, model_file=None):
+    Parameters
+    ----------
+    number : int
+        Its index in the search.
+    hyperparameters : dict, optional
+        ``{name: value}``.
+    space : dict, optional
+        ``{name: Spec}`` of those values.
+    status : str, default RUNNING
+        COMPLETED, RUNNING, FAILED or PRUNED (stopped early by Hyperband).
+    score : float, optional
+        The objective at the last epoch trained (None until known).
+    metrics : dict, optional
+        ``{history key: [value per epoch]}``.
+    error : str, optional
+        Why it FAILED.
+    epochs : int, default 0
+        Epochs trained.
+    schedule : list of dict, optional
+        ``[{'epoch': e, 'hyperparameters': {...}, 'copied_from': trial_id}, ...]``
+        for population-based training (the values from epoch e on).
+    model_file : str, optional
+        The name of its saved model in the project directory (None when there is
+        none).
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> trial = tune.Trial(7, {"units": 32}, score=0.9, status=tune.COMPLETED)
+    >>> trial.trial_id, trial.hp.get("units")
+    ('0007', 32)
+    """
+
+    def __init__(self, number: int, hyperparameters: Optional[Dict[str, Any]] = None,
+                 space: Optional[Dict[str, Any]] = None, status: str = RUNNING, score: Optional[float] = None,
+                 metrics: Optional[Dict[str, List[float]]] = None, error: Optional[str] = None,
+                 epochs: int = 0, schedule: Any = None, model_file: Optional[str] = None) -> None:
         self.number = number
         self.hyperparameters = dict(hyperparameters or {})
         self.space = dict(space or {})
@@ -95,26 +167,45 @@ class Trial:
         self.epochs, self.schedule, self.model_file = epochs, list(schedule or []), model_file
 
     @property
-    def trial_id(self):
+    def trial_id(self) -> str:
+        """Its name, the number in four digits ('0007')."""
         return f"{self.number:04d}"
 
     @property
-    def hp(self):
-        """The hyperparameters as a HyperParameters object (build_model(trial.hp)
-        builds this configuration)."""
+    def hp(self) -> HyperParameters:
+        """The hyperparameters as a HyperParameters object: build_model(trial.hp) builds the configuration."""
         hp = HyperParameters(given=self.hyperparameters)
         hp.space = dict(self.space)
         hp.values = dict(self.hyperparameters)
         return hp
 
-    def to_json(self):
+    def to_json(self) -> Dict[str, Any]:
+        """Return the trial's record.
+
+        Returns
+        -------
+        dict
+            JSON-able.
+        """
         return {"trial_id": self.trial_id, "number": self.number, "hyperparameters": self.hyperparameters,
                 "space": {k: s.config() for k, s in self.space.items()}, "status": self.status,
                 "score": self.score, "metrics": self.metrics, "error": self.error, "epochs": self.epochs,
                 "schedule": self.schedule, "model_file": self.model_file}
 
     @classmethod
-    def from_json(cls, d):
+    def from_json(cls, d: Dict[str, Any]) -> Trial:
+        """Rebuild a trial from its record.
+
+        Parameters
+        ----------
+        d : dict
+            A record from `to_json`.
+
+        Returns
+        -------
+        Trial
+            The trial.
+        """
         if not isinstance(d, dict):
             raise ValueError("the record is not a JSON object")
         number = d.get("number")

@@ -8,17 +8,26 @@ was running is rerun with the same hyperparameters, and max_trials counts every
 trial of the project.
 """
 
+from __future__ import annotations
+
 import math
+import os
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import scipy.sparse as sp
 
+from .._types import ArrayLike
 from .estimator import EstimatorSpace, is_estimator
 from .executors import get_executor
 from .fitting import Data, Task, build, load_model
 from .hp import Fixed, HyperParameters
 from .report import plot_trials, summary_table
 from .trials import COMPLETED, FAILED, PRUNED, RUNNING, Project, Trial, get_objective, score_of
+
+if TYPE_CHECKING:  # for annotations only
+    from .hp import Spec
+    from .trials import Objective
 
 OPTUNA_MISSING = "BayesianOptimization needs Optuna: pip install 'fastnn-cpu[tune]' (or pip install optuna)"
 
@@ -32,26 +41,69 @@ def _check_count(value, name, low=1, allow_none=False):
 
 
 class Tuner:
-    """Base of the tuners. build_model(hp) -> fastnn.nn.Sequential (a compiled
-    model; its seed fixes its initial weights). objective: a history key
-    ('val_accuracy', 'val_loss', ...) or tune.Objective(name, direction);
-    max_trials: trials in the project, all statuses counted; seed: the tuner's
-    draws (None: one drawn and stored with the project); directory/project_name:
-    where the records go; overwrite: delete the project's earlier records;
-    executor: None (this process), 'processes' (with n_jobs) or a
-    dask.distributed.Client.
+    """The base of the tuners: trials, their records, the search loop.
 
-    In place of build_model, a scikit-learn estimator with partial_fit (such as
-    fastnn.MLPClassifier with a stochastic solver) and space={parameter name:
-    tune.Float(name, ...), ...}: each trial trains a clone with the drawn
-    parameters, one partial_fit call per epoch; its history has 'loss' and, on
-    the validation data, 'val_loss', 'val_score' (est.score) and for
-    classifiers 'val_accuracy'. Trained estimators are saved pickled."""
+    With an estimator in place of build_model, each trial trains a clone with the
+    drawn parameters, one partial_fit call per epoch; its history has 'loss' and,
+    on the validation data, 'val_loss', 'val_score' (est.score) and for
+    classifiers 'val_accuracy'. Trained estimators are saved pickled.
 
-    kind = None
+    Parameters
+    ----------
+    build_model : callable or estimator
+        ``build_model(hp) -> Sequential`` (a compiled model; its seed fixes its
+        initial weights), or a scikit-learn estimator with partial_fit (such as
+        fastnn.MLPClassifier with a stochastic solver) together with `space`.
+    objective : str or Objective, default 'val_accuracy'
+        A history key ('val_accuracy', 'val_loss', ...) or
+        ``tune.Objective(name, direction)``.
+    max_trials : int, optional, default 10
+        Trials in the project, all statuses counted.
+    seed : int, optional
+        The tuner's draws (None: one drawn and stored with the project).
+    directory : str or path-like, default '.'
+        Where the project's directory goes.
+    project_name : str, default 'tune'
+        The project's directory.
+    overwrite : bool, default False
+        Delete the project's earlier records.
+    executor : None, 'processes' or dask.distributed.Client, default None
+        Where trials run: this process, spawned processes (with n_jobs) or a Dask
+        cluster.
+    n_jobs : int, optional
+        The worker processes of executor='processes'.
+    space : dict, optional
+        ``{parameter name: tune.Float(name, ...), ...}`` of an estimator.
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=10, seed=None, directory=".",
-                 project_name="tune", overwrite=False, executor=None, n_jobs=None, space=None):
+    Raises
+    ------
+    TypeError
+        If build_model is neither a function nor an estimator.
+    ValueError
+        If an option is invalid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastnn import nn, tune
+    >>> def build_model(hp):
+    ...     return nn.Sequential([nn.Dense(hp.Int("units", 4, 8, step=4), "relu"), nn.Dense(2)],
+    ...                          loss="sparse_categorical_crossentropy", seed=0)
+    >>> X = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    >>> y = (X[:, 0] > 0).astype(np.int64)
+    >>> tuner = tune.GridSearch(build_model, directory="runs", project_name="example")
+    >>> _ = tuner.search(X, y, epochs=1, validation_split=0.25)
+    >>> [trial.hp.get("units") for trial in tuner.trials]
+    [4, 8]
+    """
+
+    kind: Optional[str] = None
+
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = 10, seed: Optional[int] = None,
+                 directory: Union[str, os.PathLike[str]] = ".", project_name: str = "tune",
+                 overwrite: bool = False, executor: Any = None, n_jobs: Optional[int] = None,
+                 space: Optional[Dict[str, Spec]] = None) -> None:
         if space is not None or is_estimator(build_model):
             build_model = EstimatorSpace(build_model, space)
         elif not callable(build_model):
@@ -76,15 +128,39 @@ class Tuner:
         return {"tuner": self.kind, "objective": self.objective.config(), "seed": seed}
 
     # ----------------------------------------------------------------- search
-    def search(self, X, y, epochs=1, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
-        """Run trials until max_trials (or the strategy's end). epochs: per trial;
-        validation_data=(X_val, y_val), validation_split or cv=K (K-fold: the score
-        and metrics are the folds' mean, the kept model the first fold's);
-        fit_kwargs go to Sequential.fit (a hyperparameter named like one of them,
-        e.g. batch_size, overrides it). Each epoch is one fit call shuffled by
-        (model seed, epoch index), so that a configuration trained in rounds
-        trains as if straight through; fit's callbacks are therefore not taken.
-        The data goes to each worker once."""
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: int = 1,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
+        """Run trials until max_trials (or the strategy's end).
+
+        Each epoch is one fit call shuffled by (model seed, epoch index), so that a
+        configuration trained in rounds trains as if straight through; fit's
+        callbacks are therefore not taken. The data goes to each worker once.
+
+        Parameters
+        ----------
+        X : array_like
+            The training inputs.
+        y : array_like
+            The training targets.
+        epochs : int, default 1
+            Epochs per trial.
+        validation_data : tuple, optional
+            ``(X_val, y_val)`` to score on.
+        validation_split : float, default 0.0
+            Or the fraction of the training data held out.
+        cv : int, optional
+            Or K-fold cross-validation: the score and metrics are the folds' mean,
+            the kept model the first fold's.
+        **fit_kwargs : object
+            Further arguments of `Sequential.fit` (a hyperparameter named like one of
+            them, e.g. batch_size, overrides it).
+
+        Returns
+        -------
+        Tuner
+            The tuner.
+        """
         data = self._data(X, y, validation_data, validation_split, cv)
         epochs = _check_count(epochs, "epochs")
         for key in ("callbacks", "seed", "epochs"):
@@ -136,7 +212,7 @@ class Tuner:
         (taken only when a slot is free, so that a strategy choosing the next
         configuration knows every result so far) and record each outcome as it
         arrives."""
-        pending, exhausted = [], False
+        pending, exhausted = [], False  # type: ignore[var-annotated]
         while True:
             while not exhausted and len(pending) < executor.slots:
                 task = next(tasks, None)
@@ -191,68 +267,182 @@ class Tuner:
 
     # ---------------------------------------------------------------- results
     @property
-    def trials(self):
+    def trials(self) -> List[Trial]:
         """Every trial of the project, in order."""
         return [self._trials[k] for k in sorted(self._trials)]
 
-    def get_best_trials(self, num_trials=1):
+    def get_best_trials(self, num_trials: int = 1) -> List[Trial]:
+        """Return the best completed trials, best first.
+
+        Parameters
+        ----------
+        num_trials : int, default 1
+            How many.
+
+        Returns
+        -------
+        list of Trial
+            The trials.
+        """
         done = [t for t in self.trials if t.status == COMPLETED]
         done.sort(key=lambda t: (self.objective.sort_key(t.score), t.number))
         return done[:num_trials]
 
-    def get_best_hyperparameters(self, num_trials=1):
-        """HyperParameters of the best completed trials, best first (build_model(hp)
-        builds that configuration; hp.values is the dict)."""
+    def get_best_hyperparameters(self, num_trials: int = 1) -> List[HyperParameters]:
+        """Return the hyperparameters of the best completed trials, best first.
+
+        Parameters
+        ----------
+        num_trials : int, default 1
+            How many.
+
+        Returns
+        -------
+        list of HyperParameters
+            ``build_model(hp)`` builds each configuration.
+        """
         return [t.hp for t in self.get_best_trials(num_trials)]
 
-    def get_best_models(self, num_trials=1):
-        """The trained models of the best completed trials, loaded from the project."""
+    def get_best_models(self, num_trials: int = 1) -> List[Any]:
+        """Return the trained models of the best completed trials, loaded from the project.
+
+        Parameters
+        ----------
+        num_trials : int, default 1
+            How many.
+
+        Returns
+        -------
+        list
+            The models (Sequential, or the estimators).
+        """
         return [load_model(self.project.model_path(t)) for t in self.get_best_trials(num_trials)]
 
-    def results_summary(self, num_trials=10):
-        """A table of the best trials (then the failed ones), as a string."""
+    def results_summary(self, num_trials: int = 10) -> str:
+        """Return a table of the best trials (then the failed ones).
+
+        Parameters
+        ----------
+        num_trials : int, default 10
+            How many of the best.
+
+        Returns
+        -------
+        str
+            The table.
+        """
         best = self.get_best_trials(num_trials)
         others = [t for t in self.trials if t.status != COMPLETED]
         return summary_table(self, best + others)
 
-    def plot(self, path):
-        """Save a figure of the score against the trial number (and, for
-        population-based training, the hyperparameter schedules) to `path`.
-        Needs matplotlib (pip install 'fastnn-cpu[bench]')."""
+    def plot(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Save a figure of the score against the trial number to `path`.
+
+        For population-based training, also the hyperparameter schedules. Needs
+        matplotlib (pip install 'fastnn-cpu[bench]').
+
+        Parameters
+        ----------
+        path : str or path-like
+            The image file.
+        """
         plot_trials(self, path)
 
 
 class RandomSearch(Tuner):
-    """Each trial's values drawn at random, independently, from the seed (tuner
-    seed, trial number): the same trials in any executor."""
+    """Random search: each trial's values drawn independently from the seed.
+
+    The draws follow from (tuner seed, trial number): the same trials in any
+    executor.
+
+    Parameters
+    ----------
+    build_model : callable or estimator
+        ``build_model(hp) -> Sequential`` (a compiled model; its seed fixes its
+        initial weights), or a scikit-learn estimator with partial_fit (such as
+        fastnn.MLPClassifier with a stochastic solver) together with `space`.
+    objective : str or Objective, default 'val_accuracy'
+        A history key ('val_accuracy', 'val_loss', ...) or
+        ``tune.Objective(name, direction)``.
+    max_trials : int, optional, default 10
+        Trials in the project, all statuses counted.
+    seed : int, optional
+        The tuner's draws (None: one drawn and stored with the project).
+    directory : str or path-like, default '.'
+        Where the project's directory goes.
+    project_name : str, default 'tune'
+        The project's directory.
+    overwrite : bool, default False
+        Delete the project's earlier records.
+    executor : None, 'processes' or dask.distributed.Client, default None
+        Where trials run: this process, spawned processes (with n_jobs) or a Dask
+        cluster.
+    n_jobs : int, optional
+        The worker processes of executor='processes'.
+    space : dict, optional
+        ``{parameter name: tune.Float(name, ...), ...}`` of an estimator.
+
+    Examples
+    --------
+    >>> from fastnn import nn, tune
+    >>> def build_model(hp):
+    ...     return nn.Sequential([nn.Dense(hp.Int("units", 4, 64), "relu"), nn.Dense(2)], loss="mse")
+    >>> tuner = tune.RandomSearch(build_model, objective="val_loss", max_trials=3, seed=0, directory="runs",
+    ...                           project_name="random")
+    """
 
     kind = "random"
 
 
 class GridSearch(Tuner):
-    """Every combination of the values of the grid (Int: its steps, Float: needs
-    a step, Choice/Boolean: all values), in order (the last hyperparameter asked
-    varies fastest); conditional hyperparameters only where their branch is
-    taken. The grid is found by calling build_model on the hyperparameters alone
-    (no training) before the first trial. max_trials=None: the whole grid."""
+    """Grid search: every combination of the values of the grid, in order.
+
+    Int: its steps, Float: needs a step, Choice/Boolean: all values; the last
+    hyperparameter asked varies fastest; conditional hyperparameters only where
+    their branch is taken. The grid is found by calling build_model on the
+    hyperparameters alone (no training) before the first trial.
+
+    Parameters
+    ----------
+    build_model : callable or estimator
+        ``build_model(hp) -> Sequential`` (a compiled model; its seed fixes its
+        initial weights), or a scikit-learn estimator with partial_fit (such as
+        fastnn.MLPClassifier with a stochastic solver) together with `space`.
+    objective : str or Objective, default 'val_accuracy'
+        A history key ('val_accuracy', 'val_loss', ...) or
+        ``tune.Objective(name, direction)``.
+    max_trials : int, optional
+        None: the whole grid.
+    **options : object
+        The other parameters of `Tuner` (seed, directory, project_name,
+        overwrite, executor, n_jobs, space).
+
+    Examples
+    --------
+    >>> from fastnn import nn, tune
+    >>> def build_model(hp):
+    ...     return nn.Sequential([nn.Dense(hp.Choice("units", [8, 16]), "relu"), nn.Dense(2)], loss="mse")
+    >>> tuner = tune.GridSearch(build_model, objective="val_loss", directory="runs", project_name="grid")
+    """
 
     kind = "grid"
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=None, **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = None, **options: Any) -> None:
         super().__init__(build_model, objective, max_trials, **options)
         self._points = None
 
     def _new_trial(self):
         if self._points is None:
             self._points = grid_points(self.build_model)
-        if len(self._trials) >= len(self._points):
+        if len(self._trials) >= len(self._points):  # type: ignore[arg-type]
             return None
         return super()._new_trial()
 
     def _given(self, trial):
         if self._points is None:
             self._points = grid_points(self.build_model)
-        return self._points[trial.number]
+        return self._points[trial.number]  # type: ignore[index]
 
 
 def ask(build_model, hp):
@@ -270,9 +460,9 @@ def grid_points(build_model, limit=100_000):
     """Every point of build_model's grid: an odometer over the hyperparameters a
     run asks for, the last one turning fastest; a run that takes another branch
     asks for other names, which start at their first value."""
-    points, position = [], {}
+    points, position = [], {}  # type: ignore[var-annotated]
     while True:
-        hp = ask(build_model, HyperParameters(draw=lambda spec, position=position:
+        hp = ask(build_model, HyperParameters(draw=lambda spec, position=position:  # type: ignore[misc]
                                               spec.grid()[position.get(spec.name, 0)]))
         points.append(dict(hp.values))
         if len(points) > limit:
@@ -310,21 +500,51 @@ def _suggest(optuna_trial, spec):
 
 
 class BayesianOptimization(Tuner):
-    """Optuna's TPE sampler through its ask/tell interface: each trial's values
-    are asked of the study (build_model runs on the hyperparameters alone to ask
-    them, define-by-run) and its score told when it finishes. The first
-    num_initial_points trials are random. Needs optuna (the 'tune' extra).
-    A resumed search tells the study its finished trials again."""
+    """Bayesian optimisation with Optuna's TPE sampler, through its ask/tell interface.
+
+    Each trial's values are asked of the study (build_model runs on the
+    hyperparameters alone to ask them, define-by-run) and its score told when it
+    finishes. The first num_initial_points trials are random. Needs optuna (the
+    'tune' extra). A resumed search tells the study its finished trials again.
+
+    Parameters
+    ----------
+    build_model : callable or estimator
+        ``build_model(hp) -> Sequential`` (a compiled model; its seed fixes its
+        initial weights), or a scikit-learn estimator with partial_fit (such as
+        fastnn.MLPClassifier with a stochastic solver) together with `space`.
+    objective : str or Objective, default 'val_accuracy'
+        A history key ('val_accuracy', 'val_loss', ...) or
+        ``tune.Objective(name, direction)``.
+    max_trials : int, optional, default 10
+        Trials in the project.
+    num_initial_points : int, default 5
+        Random trials before the sampler's.
+    **options : object
+        The other parameters of `Tuner` (seed, directory, project_name,
+        overwrite, executor, n_jobs, space).
+
+    Raises
+    ------
+    ImportError
+        If optuna is not installed.
+
+    Examples
+    --------
+    >>> from fastnn import tune
+    >>> tune.BayesianOptimization.kind
+    'bayesian'
+    """
 
     kind = "bayesian"
 
-    def __init__(self, build_model, objective="val_accuracy", max_trials=10, num_initial_points=5,
-                 **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_trials: Optional[int] = 10, num_initial_points: int = 5, **options: Any) -> None:
         self._optuna = _optuna()
         self.num_initial_points = _check_count(num_initial_points, "num_initial_points", low=0)
         super().__init__(build_model, objective, max_trials, **options)
         self._study = None
-        self._asked = {}  # trial number -> its Optuna trial
+        self._asked = {}  # type: ignore[var-annotated]  # trial number -> its Optuna trial
 
     def _get_study(self):
         if self._study is None:
@@ -344,7 +564,7 @@ class BayesianOptimization(Tuner):
         params = {k: v for k, v in trial.hyperparameters.items() if not isinstance(trial.space[k], Fixed)}
         dists = {k: trial.space[k].optuna_distribution() for k in params}
         done = optuna.trial.create_trial(params=params, distributions=dists, value=trial.score)
-        self._study.add_trial(done)
+        self._study.add_trial(done)  # type: ignore[attr-defined]
 
     def _given(self, trial):
         if trial.hyperparameters:  # a rerun
@@ -369,18 +589,51 @@ class BayesianOptimization(Tuner):
 
 class Hyperband(Tuner):
     """Hyperband (Li et al. 2018): brackets of successive halving over epochs.
+
     A bracket trains n random configurations for r epochs, keeps the best
     1/factor of them and trains those on (resuming their weights and optimizer
     state, not from scratch) to r*factor epochs, and so on up to max_epochs.
     Stopped configurations are PRUNED (with their score at their last rung);
-    those that reach the bracket's end COMPLETED. Configurations are drawn as
-    in RandomSearch. The number of trials follows from max_epochs, factor and
-    hyperband_iterations (max_trials caps it)."""
+    those that reach the bracket's end COMPLETED. Configurations are drawn as in
+    RandomSearch.
+
+    Parameters
+    ----------
+    build_model : callable or estimator
+        ``build_model(hp) -> Sequential`` (a compiled model; its seed fixes its
+        initial weights), or a scikit-learn estimator with partial_fit (such as
+        fastnn.MLPClassifier with a stochastic solver) together with `space`.
+    objective : str or Objective, default 'val_accuracy'
+        A history key ('val_accuracy', 'val_loss', ...) or
+        ``tune.Objective(name, direction)``.
+    max_epochs : int, default 9
+        The epochs of a configuration that reaches a bracket's end.
+    factor : int, default 3
+        The reduction factor (at least 2).
+    hyperband_iterations : int, default 1
+        How many times the brackets run.
+    max_trials : int, optional
+        Caps the number of trials, which follows from max_epochs, factor and
+        hyperband_iterations.
+    **options : object
+        The other parameters of `Tuner` (seed, directory, project_name,
+        overwrite, executor, n_jobs, space).
+
+    Examples
+    --------
+    >>> from fastnn import nn, tune
+    >>> def build_model(hp):
+    ...     return nn.Sequential([nn.Dense(hp.Int("units", 4, 64), "relu"), nn.Dense(2)], loss="mse")
+    >>> hyperband = tune.Hyperband(build_model, directory="runs", project_name="hb")
+    >>> [len(numbers) for numbers, rungs in hyperband.brackets()]
+    [9, 5, 3]
+    """
 
     kind = "hyperband"
 
-    def __init__(self, build_model, objective="val_accuracy", max_epochs=9, factor=3, hyperband_iterations=1,
-                 max_trials=None, **options):
+    def __init__(self, build_model: Any, objective: Union[str, Objective] = "val_accuracy",
+                 max_epochs: int = 9, factor: float = 3, hyperband_iterations: int = 1,
+                 max_trials: Optional[int] = None, **options: Any) -> None:
         self.max_epochs = _check_count(max_epochs, "max_epochs")
         self.factor = _check_count(factor, "factor", low=2)
         self.hyperband_iterations = _check_count(hyperband_iterations, "hyperband_iterations")
@@ -389,8 +642,14 @@ class Hyperband(Tuner):
     def _settings(self, seed):
         return {**super()._settings(seed), "max_epochs": self.max_epochs, "factor": self.factor}
 
-    def brackets(self):
-        """[(trial numbers, [(configurations, epochs) per rung])] in order."""
+    def brackets(self) -> List[Tuple[List[int], List[Tuple[int, int]]]]:
+        """List the brackets in order.
+
+        Returns
+        -------
+        list of (list of int, list of (int, int))
+            ``[(trial numbers, [(configurations, epochs) per rung])]``.
+        """
         R, eta = self.max_epochs, self.factor
         s_max = int(math.floor(math.log(R) / math.log(eta) + 1e-9))
         out, number = [], 0
@@ -405,8 +664,38 @@ class Hyperband(Tuner):
             out = [b for b in out if b[0]]
         return out
 
-    def search(self, X, y, epochs=None, validation_data=None, validation_split=0.0, cv=None, **fit_kwargs):
-        """As Tuner.search; epochs: ignored (the brackets set them; max_epochs at most)."""
+    def search(self, X: ArrayLike, y: Optional[ArrayLike], epochs: Optional[int] = None,
+               validation_data: Optional[Tuple[ArrayLike, ...]] = None, validation_split: float = 0.0,
+               cv: Optional[int] = None, **fit_kwargs: Any) -> Tuner:
+        """Run the brackets (as `Tuner.search`).
+
+        Parameters
+        ----------
+        X : array_like
+            The training inputs.
+        y : array_like
+            The training targets.
+        epochs : int, optional
+            Ignored: the brackets set them (max_epochs at most).
+        validation_data : tuple, optional
+            ``(X_val, y_val)`` to score on.
+        validation_split : float, default 0.0
+            Or the fraction of the training data held out.
+        cv : None
+            Not supported (Hyperband continues each configuration's model).
+        **fit_kwargs : object
+            Further arguments of `Sequential.fit`.
+
+        Returns
+        -------
+        Tuner
+            The tuner.
+
+        Raises
+        ------
+        ValueError
+            If `cv` is given.
+        """
         if cv is not None:
             raise ValueError("Hyperband continues each configuration's model: cv is not supported")
         return super().search(X, y, self.max_epochs, validation_data, validation_split, None, **fit_kwargs)
