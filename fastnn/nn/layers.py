@@ -542,7 +542,8 @@ class Dense(_Weighted):
         backend.fast.dense_forward(*args)
         return y
 
-    def bind_forward(self, backend, x, ws):
+    def bind_forward(self, backend: Backend, x: Array,
+                     ws: Workspace) -> Optional[Tuple[Array, Callable[[], Any]]]:
         y, args = self._forward_call(x, ws)
         run = backend.fast.bind("dense_forward", *args)
         return None if run is None else (y, run)
@@ -567,7 +568,8 @@ class Dense(_Weighted):
             self.grads["b"][...] = 0
         return dx
 
-    def bind_backward(self, backend, dy, ws, need_dx):
+    def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
+                      need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
         if self.frozen or self.fixed_bias:
             return None
         dx, args = self._backward_call(dy, ws, need_dx)

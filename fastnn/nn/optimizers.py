@@ -537,12 +537,30 @@ class Optimizer:
             lr = float(lr)  # the fast precondition takes Python floats
         return lr
 
-    def bound_step(self, backend, params, grads, l2_size=0, runs=None):
-        """`step(backend, params, grads, n_samples, l2, l2_size, runs)` with its
-        kernels bound once (backend.fast.bind): returns step(n_samples, l2) doing
-        the same update, or None where binding does not apply (clipping, a decoupled
-        decay done outside the kernel, arguments the fast precondition refuses).
-        Bind after a step (t >= 1: the scalars bound must be valid)."""
+    def bound_step(self, backend: Backend, params: Array, grads: Array, l2_size: int = 0,
+                   runs: Optional[List[Tuple[int, int]]] = None) -> Optional[Callable[..., None]]:
+        """Return `step` with its kernels bound once to these arrays (``backend.fast.bind``).
+
+        Bind after a step (t >= 1: the scalars bound must be valid).
+
+        Parameters
+        ----------
+        backend : Backend
+            The backend whose kernels are bound.
+        params, grads : ndarray
+            The flat parameter buffer and its gradient, as given to `step`.
+        l2_size : int, default=0
+            Length of the leading block an L2 rate applies to, as in `step`.
+        runs : list of (int, int), optional
+            The trainable runs of the buffer, as in `step`.
+
+        Returns
+        -------
+        callable or None
+            ``step(n_samples, l2=0.0)``, doing the same update as `step`, or None
+            where binding does not apply (clipping, a decoupled decay done
+            outside the kernel, arguments the fast precondition refuses).
+        """
         if self.clips or (self.decoupled_weight_decay and not self.kernel_decouples) or self.t < 1:
             return None
         if not l2_size and runs is None:
