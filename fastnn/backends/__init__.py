@@ -24,9 +24,13 @@ import os
 # Opt-in: FASTNN_GLOBAL_OMP_PASSIVE=1 sets OMP_WAIT_POLICY=PASSIVE for the whole
 # process on `import fastnn` (unless set), for every OpenMP runtime that loads
 # after it: what a process that runs fastnn's kernels and little else may want.
+# (OMP_WAIT_POLICY_SET_HERE: whether it did, so that a child process timing
+# another library starts with the user's environment.)
 GLOBAL_OMP_PASSIVE_ENV = "FASTNN_GLOBAL_OMP_PASSIVE"
-if os.environ.get(GLOBAL_OMP_PASSIVE_ENV) == "1":
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OMP_WAIT_POLICY_SET_HERE = (os.environ.get(GLOBAL_OMP_PASSIVE_ENV) == "1"
+                            and "OMP_WAIT_POLICY" not in os.environ)
+if OMP_WAIT_POLICY_SET_HERE:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from .reference import KERNELS, NumpyBackend  # noqa: E402
 
