@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS, BATCH, SAMPLES = (784, 512, 256, 10), 256, 10240
 ROUNDS = 3
 
-TORCH_CHILD = """
+TORCH_CHILD = f"""
 import json, sys, time
 import numpy as np
 
@@ -53,7 +53,7 @@ import torch
 if sys.argv[1] == "torch-first":
     run_fastnn()
 torch.manual_seed(0)
-units, batch, n = {units!r}, {batch}, {samples}
+units, batch, n = {UNITS!r}, {BATCH}, {SAMPLES}
 X = torch.randn(n, units[0])
 y = torch.randint(0, units[-1], (n,))
 layers = []
@@ -78,7 +78,7 @@ for _ in range(3):
     epoch()
     times.append(time.perf_counter() - start)
 print(json.dumps(min(times)))
-""".format(units=UNITS, batch=BATCH, samples=SAMPLES)
+"""
 
 # argv[1]: backend name; prints the best time of a dense training step
 STEP_CHILD = """
