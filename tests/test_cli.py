@@ -24,7 +24,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def fastnn_cli(*args, env=None):
-    full_env = {**os.environ, **(env or {})}
+    # the fastnn this process imported (its extension built in place, or installed)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    full_env = {**os.environ, "PYTHONPATH": package_root, **(env or {})}
     return subprocess.run([sys.executable, "-m", "fastnn", *args], capture_output=True, text=True,
                           env=full_env, timeout=300, cwd=HERE)
 
