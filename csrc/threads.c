@@ -23,7 +23,7 @@
 #include <unistd.h>
 #endif
 
-static int fastnn_num_threads = 0; /* 0: the default (default_threads) */
+static int fastnn_num_threads = 0; /* 0: the default (read_default_threads) */
 
 #ifdef POOL
 /* After a fork, only the forking thread exists in the child; the pool's workers
@@ -122,8 +122,9 @@ static void start_workers(int wanted) {
 }
 
 /* OMP_NUM_THREADS when set (its first number, as OpenMP reads it), else the
- * cores this process may run on. */
-static int default_threads(void) {
+ * cores this process may run on; read once, as the library loads (every
+ * kernel call asks, and this costs a system call). */
+static int read_default_threads(void) {
     const char *env = getenv("OMP_NUM_THREADS");
     if (env && atoi(env) > 0) return atoi(env);
 #ifdef CPU_COUNT
@@ -132,6 +133,12 @@ static int default_threads(void) {
 #endif
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     return online > 0 ? (int)online : 1;
+}
+
+static int default_threads = 1;
+
+__attribute__((constructor)) static void set_default_threads(void) {
+    default_threads = read_default_threads();
 }
 #endif
 
@@ -142,7 +149,7 @@ void fastnn_set_num_threads(int n) {
 int fastnn_get_num_threads(void) {
 #ifdef POOL
     if (forked_child) return 1;
-    int n = fastnn_num_threads > 0 ? fastnn_num_threads : default_threads();
+    int n = fastnn_num_threads > 0 ? fastnn_num_threads : default_threads;
     return n < MAX_PARTS ? n : MAX_PARTS;
 #else
     return 1;
