@@ -1,10 +1,10 @@
 """Does fastnn slow its neighbours, or itself, through OpenMP's wait policy?
 
-    python bench/openmp_neighbours.py torch            PyTorch MLP epoch beside fastnn
+    python bench/openmp_neighbours.py torch [SAMPLES]  PyTorch MLP epoch beside fastnn
     python bench/openmp_neighbours.py step OLD_SO      fastnn's own training step, old vs new
 
-torch: one epoch of a PyTorch MLP (784-512-256-10, ReLU, Adam, batch 256, 10240
-samples of float32) timed in child processes started in turns: PyTorch alone;
+torch: one epoch of a PyTorch MLP (784-512-256-10, ReLU, Adam, batch 256, SAMPLES
+samples of float32, 10240 by default) timed in child processes started in turns: PyTorch alone;
 after importing fastnn and running its compiled kernels; PyTorch imported
 first, then fastnn; and with FASTNN_GLOBAL_OMP_PASSIVE=1 (the process-wide
 OMP_WAIT_POLICY=PASSIVE that importing fastnn used to set). Each child prints
@@ -53,7 +53,7 @@ import torch
 if sys.argv[1] == "torch-first":
     run_fastnn()
 torch.manual_seed(0)
-units, batch, n = {UNITS!r}, {BATCH}, {SAMPLES}
+units, batch, n = {UNITS!r}, {BATCH}, int(sys.argv[2])
 X = torch.randn(n, units[0])
 y = torch.randint(0, units[-1], (n,))
 layers = []
@@ -98,13 +98,13 @@ def child_env(**changes):
     return env
 
 
-def run_child(source, arg, env):
-    out = subprocess.run([sys.executable, "-c", source, arg], env=env, capture_output=True,
+def run_child(source, arg, env, *more):
+    out = subprocess.run([sys.executable, "-c", source, arg, *more], env=env, capture_output=True,
                          text=True, cwd=tempfile.gettempdir(), check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def torch_epochs():
+def torch_epochs(samples=SAMPLES):
     variants = {
         "PyTorch alone": ("alone", child_env()),
         "import fastnn + its kernels, then PyTorch": ("fastnn-first", child_env()),
@@ -115,8 +115,8 @@ def torch_epochs():
     best = {name: [] for name in variants}
     for _ in range(ROUNDS):
         for name, (order, env) in variants.items():
-            best[name].append(run_child(TORCH_CHILD, order, env))
-    print(f"PyTorch MLP epoch {'-'.join(map(str, UNITS))}, batch {BATCH}, {SAMPLES} samples "
+            best[name].append(run_child(TORCH_CHILD, order, env, str(samples)))
+    print(f"PyTorch MLP epoch {'-'.join(map(str, UNITS))}, batch {BATCH}, {samples} samples "
           f"(best of {ROUNDS} processes x 3 epochs; all figures per process in brackets):")
     for name, times in best.items():
         print(f"  {name:45s} {min(times):.3f} s  [{', '.join(f'{t:.3f}' for t in times)}]")
@@ -191,8 +191,8 @@ def own_steps(old_so):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["torch"]:
-        torch_epochs()
+    if sys.argv[1:2] == ["torch"] and len(sys.argv) <= 3:
+        torch_epochs(*map(int, sys.argv[2:]))
     elif sys.argv[1:2] == ["step"] and len(sys.argv) == 3:
         own_steps(sys.argv[2])
     else:
