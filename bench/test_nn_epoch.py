@@ -11,10 +11,9 @@ of that GEMM-only time measured in the same session (100% would mean everything
 around the GEMMs is free), and the GEMM-only time the machine's peak GEMM rate
 (from the `limits` fixture) would need.
 
-PyTorch runs in the same process as the fastnn backends, so it inherits the
-OMP_WAIT_POLICY=PASSIVE the C backend sets at import; alone, with its default
-policy, it is faster on this kind of machine (measure it in a separate process
-for its best figure).
+PyTorch runs in the same process as the fastnn backends, after their threads
+ran; `python -m fastnn bench` times it in a process of its own, for its best
+figure.
 """
 
 import importlib.util

@@ -43,8 +43,8 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts);
 /* both in one: returns the number of ranges used */
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 
-/* Parallel thresholds, in elements touched: below them waking the OpenMP threads
- * (which sleep when idle, see c_backend.py) costs more than the second thread
+/* Parallel thresholds, in elements touched: below them waking the pool's threads
+ * (which sleep when idle, see threads.c) costs more than the second thread
  * saves. Memory-bound work (optimizers, bias, relu, batch norm) needs more
  * elements than work that calls exp. */
 #define MIN_PARALLEL_CHEAP 262144

@@ -13,7 +13,7 @@
 #define FASTNN_H
 #include <stdint.h>
 
-/* threads: OpenMP thread count of the large-size paths (n <= 0: OpenMP's default) */
+/* threads: thread count of the large-size paths (n <= 0: the default, OMP_NUM_THREADS or the usable cores) */
 void fastnn_set_num_threads(int n);
 int fastnn_get_num_threads(void);
 

@@ -1,27 +1,144 @@
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <stdlib.h>
 #include "common.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#if defined(_OPENMP) && !defined(_WIN32)
+
+/* The C kernels' threads: a small pool of their own rather than OpenMP, so that
+ * how they wait is theirs to choose and the process's OpenMP policy
+ * (OMP_WAIT_POLICY, read once by each OpenMP runtime as it loads) stays the
+ * user's. A worker spins for a short, bounded time after a range (the next
+ * parallel kernel usually follows within microseconds), then sleeps on a
+ * condition variable: a thread spinning for milliseconds, as GNU OpenMP's
+ * default does, takes the core the BLAS threads of the next GEMM need.
+ *
+ * One job at a time: parallel_run claims the pool with a trylock; a second
+ * caller (another Python thread: cffi releases the GIL) or a nested one runs
+ * its ranges serially. Parts are claimed from one 64-bit word, job sequence
+ * number << 16 | parts << 8 | next part, so a worker that wakes late can only
+ * claim a part of the job the word describes, and that job cannot end (nor its
+ * arguments change) before the part is done. */
+#if !defined(_WIN32)
+#define POOL 1
 #include <pthread.h>
-#define FORK_GUARD 1
+#include <sched.h>
+#include <unistd.h>
 #endif
 
-static int fastnn_num_threads = 0; /* 0: OpenMP's default */
+static int fastnn_num_threads = 0; /* 0: the default (read_default_threads) */
 
-/* GNU OpenMP cannot start a thread team in a process forked from one whose team
- * exists: the child's first parallel region waits forever for threads that were
- * not copied. So a forked child runs every kernel serially (its siblings, if a
- * pool of processes, share the cores anyway). Set in the child by pthread_atfork,
+#ifdef POOL
+/* After a fork, only the forking thread exists in the child; the pool's workers
+ * and, if another thread was inside parallel_run, its locks are not usable. So a
+ * forked child runs every kernel serially (its siblings, if a pool of
+ * processes, share the cores anyway). Set in the child by pthread_atfork,
  * registered when the library loads; never cleared. */
-#ifdef FORK_GUARD
 static volatile int forked_child = 0;
 
 static void mark_forked_child(void) { forked_child = 1; }
 
 __attribute__((constructor)) static void register_fork_guard(void) {
     pthread_atfork(NULL, NULL, mark_forked_child);
+}
+
+/* Spin iterations (each a pause, tens of cycles) before a worker or the caller
+ * sleeps: about 20 us, a little more than a small kernel's time between two
+ * parallel calls, far less than a scheduler time slice. */
+#define SPIN 1000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
+static pthread_mutex_t wait_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the sleeps */
+static pthread_cond_t job_posted = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t job_done = PTHREAD_COND_INITIALIZER;
+static int workers = 0; /* started; they never exit */
+
+/* the current job; written by the caller holding run_lock before it posts `word` */
+static range_fn job_fn;
+static void *job_args;
+static int64_t job_n;
+static uint64_t word = 0; /* seq << 16 | parts << 8 | next */
+static int done = 0;      /* parts finished */
+
+#define WORD_PARTS(w) ((int)(((w) >> 8) & 0xff))
+#define WORD_NEXT(w) ((int)((w) & 0xff))
+#define WORD_SEQ(w) ((w) >> 16)
+
+/* Runs parts of the posted job until none is left; returns when none is. */
+static void run_parts(void) {
+    uint64_t w = __atomic_load_n(&word, __ATOMIC_ACQUIRE);
+    for (;;) {
+        int parts = WORD_PARTS(w), p = WORD_NEXT(w);
+        if (p >= parts) return;
+        if (!__atomic_compare_exchange_n(&word, &w, w + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            continue; /* w now holds the current word */
+        int64_t n = job_n;
+        job_fn(job_args, n * p / parts, n * (p + 1) / parts, p);
+        if (__atomic_add_fetch(&done, 1, __ATOMIC_ACQ_REL) == parts) {
+            pthread_mutex_lock(&wait_lock);
+            pthread_cond_broadcast(&job_done);
+            pthread_mutex_unlock(&wait_lock);
+        }
+        w = __atomic_load_n(&word, __ATOMIC_ACQUIRE);
+    }
+}
+
+static void *worker(void *unused) {
+    (void)unused;
+    uint64_t seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen && spins < SPIN) {
+            cpu_relax();
+            spins++;
+        }
+        if (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen) {
+            pthread_mutex_lock(&wait_lock);
+            while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen)
+                pthread_cond_wait(&job_posted, &wait_lock);
+            pthread_mutex_unlock(&wait_lock);
+        }
+        seen = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE));
+        run_parts();
+    }
+    return NULL;
+}
+
+/* Starts workers until there are `wanted` (fewer if the system refuses). */
+static void start_workers(int wanted) {
+    while (workers < wanted) {
+        pthread_t thread;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attr, worker, NULL);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        workers++;
+    }
+}
+
+/* OMP_NUM_THREADS when set (its first number, as OpenMP reads it), else the
+ * cores this process may run on; read once, as the library loads (every
+ * kernel call asks, and this costs a system call). */
+static int read_default_threads(void) {
+    const char *env = getenv("OMP_NUM_THREADS");
+    if (env && atoi(env) > 0) return atoi(env);
+#ifdef CPU_COUNT
+    cpu_set_t cpus;
+    if (sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0) return CPU_COUNT(&cpus);
+#endif
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online > 0 ? (int)online : 1;
+}
+
+static int default_threads = 1;
+
+__attribute__((constructor)) static void set_default_threads(void) {
+    default_threads = read_default_threads();
 }
 #endif
 
@@ -30,11 +147,9 @@ void fastnn_set_num_threads(int n) {
 }
 
 int fastnn_get_num_threads(void) {
-#ifdef _OPENMP
-#ifdef FORK_GUARD
+#ifdef POOL
     if (forked_child) return 1;
-#endif
-    int n = fastnn_num_threads > 0 ? fastnn_num_threads : omp_get_max_threads();
+    int n = fastnn_num_threads > 0 ? fastnn_num_threads : default_threads;
     return n < MAX_PARTS ? n : MAX_PARTS;
 #else
     return 1;
@@ -47,22 +162,47 @@ int parallel_parts(int64_t n, int64_t min_parallel) {
     return threads;
 }
 
+static void run_serially(range_fn fn, void *args, int64_t n, int parts) {
+    for (int p = 0; p < parts; p++) fn(args, n * p / parts, n * (p + 1) / parts, p);
+}
+
 void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
     if (n <= 0) return;
     if (parts <= 1) {
         fn(args, 0, n, 0);
         return;
     }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(parts)
-    {
-        /* OpenMP may give fewer threads than asked: each then runs several ranges */
-        int team = omp_get_num_threads();
-        for (int p = omp_get_thread_num(); p < parts; p += team)
-            fn(args, n * p / parts, n * (p + 1) / parts, p);
+#ifdef POOL
+    if (forked_child || pthread_mutex_trylock(&run_lock) != 0) {
+        run_serially(fn, args, n, parts);
+        return;
     }
+    start_workers(parts - 1);
+    job_fn = fn;
+    job_args = args;
+    job_n = n;
+    __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
+    uint64_t seq = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_RELAXED)) + 1;
+    /* posted under wait_lock: a worker between its last look and its sleep holds
+     * it, so it cannot miss the broadcast */
+    pthread_mutex_lock(&wait_lock);
+    __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&job_posted);
+    pthread_mutex_unlock(&wait_lock);
+    run_parts(); /* the caller works too; without workers it does every part */
+    int spins = 0;
+    while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts && spins < SPIN) {
+        cpu_relax();
+        spins++;
+    }
+    if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts) {
+        pthread_mutex_lock(&wait_lock);
+        while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts) pthread_cond_wait(&job_done, &wait_lock);
+        pthread_mutex_unlock(&wait_lock);
+    }
+    pthread_mutex_unlock(&run_lock);
 #else
-    for (int p = 0; p < parts; p++) fn(args, n * p / parts, n * (p + 1) / parts, p);
+    run_serially(fn, args, n, parts);
 #endif
 }
 

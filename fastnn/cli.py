@@ -48,8 +48,18 @@ def thread_settings():
     if "c" in fastnn.available_backends():
         from fastnn import _ckernels
 
-        threads["C kernels (OpenMP)"] = _ckernels.lib.fastnn_get_num_threads()
+        threads["C kernels"] = _ckernels.lib.fastnn_get_num_threads()
     return threads
+
+
+def print_openblas():
+    """The OpenBLAS core type in use and a warning when an override pins it
+    below what the CPU runs (benchmarks.openblas_report)."""
+    lines, warnings = benchmarks.openblas_report()
+    for line in lines:
+        print(line)
+    for warning in warnings:
+        print(f"WARNING: {warning}")
 
 
 def print_info():
@@ -62,6 +72,7 @@ def print_info():
     for pool in m["blas"]:
         print(f"BLAS: {pool['internal_api']} {pool['version']} ({pool['architecture']}, "
               f"{pool['threading_layer']}), {pool['num_threads']} threads")
+    print_openblas()
     available = fastnn.available_backends()
     print(f"backends: {', '.join(available)} (default: {fastnn.get_backend().name})")
     for name, why in fastnn.unavailable_backends().items():
@@ -270,6 +281,7 @@ def run_bench(args):
         return run_recurrent_bench(backends, "torch" in others, scale, args.quick)
     print(f"fastnn {fastnn.__version__} bench on {benchmarks.cpu_model()}"
           + (f" (sizes scaled by {scale})" if scale != 1 else ""))
+    print_openblas()
     print("measuring machine limits, running the benchmarks, measuring the limits again ...",
           file=sys.stderr, flush=True)
     result = benchmarks.run(names, backends, others, args.quick, scale, progress=progress)
@@ -306,8 +318,7 @@ def run_recurrent_bench(backends, with_torch, scale, quick):
     if scale != 1:
         sizes["steps"] = max(2, int(sizes["steps"] * scale))
     print(f"fastnn {fastnn.__version__} bench --recurrent on {benchmarks.cpu_model()}")
-    for pool in benchmarks.blas_info():
-        print(f"  BLAS {pool}")
+    print_openblas()
     print("float32, batch {batch}, {steps} steps of {features} features, {units} units, Adam, a "
           "linear head on the last state; per sequence: one training step / {batch}".format(**sizes))
     result = recurrent.run_recurrent(backends=backends, rounds=3 if quick else 7,

@@ -1,7 +1,6 @@
 """The digits CNN of `python -m fastnn demo --model cnn` in PyTorch, for the
 demo's table. Run as a program in a process of its own (its source through
-``python -c``), which never imports fastnn: importing fastnn sets
-OMP_WAIT_POLICY, which slows PyTorch.
+``python -c``), which never imports fastnn, as a PyTorch user's process.
 
 argv[1]: an .npz archive with X_train, y_train, X_test, y_test (channels-last
 images), epochs, batch_size, lr, seed, repeats. Prints one JSON line:

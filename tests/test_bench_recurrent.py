@@ -61,6 +61,11 @@ def test_torch_step_runs_apart():
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
 
 
-def test_torch_child_environment_drops_the_wait_policy_fastnn_sets(monkeypatch):
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert "OMP_WAIT_POLICY" not in recurrent.torch_child_env()
+def test_torch_child_environment_is_the_users(monkeypatch):
+    from fastnn.benchmarks import runner
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # the user's: kept
+    monkeypatch.setattr("fastnn.backends.OMP_WAIT_POLICY_SET_HERE", False)
+    assert runner.child_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setattr("fastnn.backends.OMP_WAIT_POLICY_SET_HERE", True)  # the opt-in's: dropped
+    assert "OMP_WAIT_POLICY" not in runner.child_env()

@@ -15,17 +15,24 @@ import contextlib
 import importlib
 import os
 
-# OpenMP threads that spin-wait after a parallel region keep a core busy that the
-# BLAS threads of the next GEMM need, and on a busy machine a region then waits a
-# whole scheduler time slice for its own threads. Measured here: a dense layer's
-# GEMMs + epilogue, and a Numba training step, ran 1.5x to several times slower
-# with spinning threads. So the OpenMP threads of the C kernels and of Numba sleep
-# when idle, unless the environment chose a policy. This must be set before
-# either backend loads libgomp, hence here, on `import fastnn`.
-# (OMP_WAIT_POLICY_SET_HERE: whether fastnn chose it, so that a child process
-# timing another library can start without it.)
-OMP_WAIT_POLICY_SET_HERE = "OMP_WAIT_POLICY" not in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Idle threads that spin keep a core busy that the BLAS threads of the next GEMM
+# need (measured here: a dense layer's GEMMs + epilogue, and a Numba training
+# step, 1.5x to several times slower). fastnn's own threads therefore sleep when
+# idle, without touching the process's OpenMP policy, which PyTorch and other
+# OpenMP users read too (a PyTorch MLP epoch ran 1.5x slower under
+# OMP_WAIT_POLICY=PASSIVE): the C kernels run on a pool of their own
+# (csrc/threads.c), and Numba on its workqueue threading layer unless its layer
+# or the policy was chosen (numba_backend.py).
+# Opt-in: FASTNN_GLOBAL_OMP_PASSIVE=1 sets OMP_WAIT_POLICY=PASSIVE for the whole
+# process on `import fastnn` (unless set), for every OpenMP runtime that loads
+# after it: what a process that runs fastnn's kernels and little else may want.
+# (OMP_WAIT_POLICY_SET_HERE: whether it did, so that a child process timing
+# another library starts with the user's environment.)
+GLOBAL_OMP_PASSIVE_ENV = "FASTNN_GLOBAL_OMP_PASSIVE"
+OMP_WAIT_POLICY_SET_HERE = (os.environ.get(GLOBAL_OMP_PASSIVE_ENV) == "1"
+                            and "OMP_WAIT_POLICY" not in os.environ)
+if OMP_WAIT_POLICY_SET_HERE:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 from typing import TYPE_CHECKING, Dict, Iterator, List, Union  # noqa: E402
 
@@ -261,7 +268,7 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads of BLAS, Numba and the C kernels together.
 
     BLAS through threadpoolctl, Numba's threading layer and the C kernels'
-    OpenMP get the same count, so that they do not oversubscribe the cores.
+    own thread pool get the same count, so that they do not oversubscribe the cores.
 
     Parameters
     ----------

@@ -65,13 +65,14 @@ def compile_flags():
     alone)."""
     flags = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
     if sys.platform != "win32":
-        flags += ["-fopenmp"]
+        # OpenMP's simd loops only: the threads are fastnn's own (csrc/threads.c)
+        flags += ["-fopenmp-simd", "-pthread"]
     flags += os.environ.get("FASTNN_CFLAGS", "").split()
     return flags
 
 
 def link_flags():
-    flags = ["-fopenmp"] if sys.platform != "win32" else []
+    flags = ["-pthread"] if sys.platform != "win32" else []
     return flags + os.environ.get("FASTNN_LDFLAGS", "").split()
 
 

@@ -10,8 +10,11 @@ Kernels not overridden here (init_weights) run the reference implementation.
 
 Threads: with Numba's OpenMP threading layer, GNU OpenMP's default active wait
 keeps a worker spinning for milliseconds after each parallel region; BLAS calls
-that follow then share the cores with it. OMP_WAIT_POLICY=PASSIVE, set before
-libgomp loads, avoids that.
+that follow then share the cores with it. That policy belongs to the process
+(OMP_WAIT_POLICY, read once as libgomp loads, and PyTorch may share the same
+libgomp), so the backend starts Numba on its workqueue layer, whose threads
+sleep when idle, unless a layer was chosen (NUMBA_THREADING_LAYER) or the
+environment already makes OpenMP passive (_start_threads).
 """
 
 import math
@@ -34,6 +37,21 @@ from .reference import (
     RnnCache,
     dropout_threshold,
 )
+
+
+def _start_threads():
+    """Starts Numba's threading layer (once per process; a no-op when started):
+    workqueue unless NUMBA_THREADING_LAYER or numba.config chose one, or
+    OMP_WAIT_POLICY=PASSIVE makes the OpenMP layer sleep when idle too. Starting
+    it now, rather than at the first parallel kernel, fixes the choice before
+    a change of NUMBA_* variables could reload numba.config."""
+    if (numba.config.THREADING_LAYER == "default"
+            and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"):
+        numba.config.THREADING_LAYER = "workqueue"
+    numba.get_num_threads()
+
+
+_start_threads()
 
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LOSS_CODES = {"squared_error": K.SQUARED, "absolute_error": K.ABSOLUTE, "huber": K.HUBER,

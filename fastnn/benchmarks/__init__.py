@@ -42,7 +42,17 @@ from .cases import (
     softmax_ce_call,
 )
 from .limits import MB, best_limits, best_streaming, in_threads, limit_for, measure_limits, usable_cores
-from .machine import blas_info, cpu_busy_seconds, cpu_flags, cpu_model, machine, other_cpu_percent, version
+from .machine import (
+    blas_info,
+    cpu_busy_seconds,
+    cpu_flags,
+    cpu_model,
+    machine,
+    openblas_core_warning,
+    openblas_report,
+    other_cpu_percent,
+    version,
+)
 from .peers import (
     adam_torch,
     batchnorm_torch,
@@ -122,4 +132,5 @@ __all__ = [
     "run_benchmark", "scale_from_env", "time_apart",
     # machine
     "blas_info", "cpu_busy_seconds", "cpu_flags", "cpu_model", "machine", "other_cpu_percent", "version",
+    "openblas_core_warning", "openblas_report",
 ]

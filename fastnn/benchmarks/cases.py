@@ -10,6 +10,8 @@ Adding a benchmark is appending one `Benchmark` to `BENCHMARKS`.
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
+
 from .peers import (
     adam_torch,
     batchnorm_torch,
@@ -18,6 +20,7 @@ from .peers import (
     dropout_torch,
     gelu_torch,
     lenet_epoch_torch,
+    mlp_epoch_sklearn,
     mlp_fit_sklearn,
     nn_epoch_torch,
     sgd_torch,
@@ -32,6 +35,9 @@ from .workloads import (
     MLP_PARAMS,
     NET_BATCH,
     NET_UNITS,
+    SMALL_BATCH,
+    SMALL_PARAMS,
+    TABULAR_CLASSES,
     adam_setup,
     batchnorm_setup,
     cnn_flops,
@@ -40,13 +46,17 @@ from .workloads import (
     dense_flops,
     dense_gemms,
     dense_setup,
+    digits_setup,
     elementwise_setup,
     fit_quietly,
+    mlp_epoch_flops,
+    mlp_epoch_gemms,
     network_flops,
     network_gemms,
     network_setup,
     sgd_setup,
     softmax_ce_setup,
+    tabular_setup,
 )
 
 
@@ -182,6 +192,32 @@ def cnn_epoch_call(layers):
     return call
 
 
+def mlp_epoch_call(hidden):
+    """call(backend, arrays): one epoch (partial_fit) of a fastnn MLPClassifier
+    with `hidden`, built and fitted once on the first call. The cache keeps X
+    beside the model, so that X's id is not reused for other arrays."""
+    def call(backend, a):
+        from ..estimators import MLPClassifier
+
+        key = ("mlp_epoch", hidden, backend.name, id(a["X"]))
+        if key not in _models:
+            model = MLPClassifier(hidden_layer_sizes=hidden, backend=backend.name, **SMALL_PARAMS)
+            model.partial_fit(a["X"], a["y"], classes=np.unique(a["y"]))
+            _models[key] = (model, a["X"])
+        _models[key][0].partial_fit(a["X"], a["y"])
+
+    return call
+
+
+def small_mlp(name, shape, dtype, setup, hidden, classes):
+    """A Benchmark: one epoch of an MLPClassifier with `hidden` on `setup`'s data,
+    beside scikit-learn's and its GEMMs alone."""
+    return Benchmark(name, shape, dtype, setup, mlp_epoch_call(hidden), unit="flop",
+                     flops=mlp_epoch_flops(hidden, classes), kernels=NET_KERNELS,
+                     others={"sklearn": mlp_epoch_sklearn(hidden)},
+                     bare=mlp_epoch_gemms(hidden, classes), min_first=2 * SMALL_BATCH)
+
+
 def mlp_fit_call(backend, a):
     from ..estimators import MLPClassifier
 
@@ -237,6 +273,11 @@ BENCHMARKS = [
               cnn_epoch_call(CONVNET), unit="flop", flops=cnn_flops(CONVNET), kernels=CNN_KERNELS,
               others={"torch": convnet_epoch_torch}, bare=cnn_gemms(CONVNET),
               min_first=2 * CNN_BATCH, per_sample=True),
+    # the small networks of issue 24, per epoch at batch 200
+    small_mlp("digits_mlp", (1797, 64), "float64", digits_setup, (100,), 10),
+    small_mlp("tabular_mlp", (50000, 54), "float64", tabular_setup, (100,), TABULAR_CLASSES),
+    small_mlp("tabular_mlp_64_64", (50000, 54), "float32", tabular_setup, (64, 64),
+              TABULAR_CLASSES),
 ]
 
 

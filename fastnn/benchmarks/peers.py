@@ -10,7 +10,7 @@ fastnn: PyTorch is to be timed in a process that has not imported fastnn
 own, without fastnn/__init__.py.
 """
 
-from .workloads import CNN_BATCH, CONVNET, LENET, MLP_PARAMS, NET_BATCH, NET_UNITS, fit_quietly
+from .workloads import CNN_BATCH, CONVNET, LENET, MLP_PARAMS, NET_BATCH, NET_UNITS, SMALL_PARAMS, fit_quietly
 
 
 def _torch():
@@ -177,6 +177,20 @@ def cnn_epoch_torch(layers):
 
 lenet_epoch_torch = cnn_epoch_torch(LENET)
 convnet_epoch_torch = cnn_epoch_torch(CONVNET)
+
+
+def mlp_epoch_sklearn(hidden):
+    """make(arrays): one epoch (partial_fit) of scikit-learn's MLPClassifier with
+    `hidden` (cases.mlp_epoch_call's), after a first one here."""
+    def make(a):
+        import numpy as np
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(hidden_layer_sizes=hidden, **SMALL_PARAMS)
+        model.partial_fit(a["X"], a["y"], classes=np.unique(a["y"]))
+        return lambda: model.partial_fit(a["X"], a["y"])
+
+    return make
 
 
 def mlp_fit_sklearn(a):

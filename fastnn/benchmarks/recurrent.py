@@ -8,8 +8,8 @@ error, Adam. One training step (forward, backward through time, Adam) on one
 batch is timed; per-sequence time is its time / 64.
 
 PyTorch runs in a process of its own that never imports fastnn
-(torch_recurrent.py; importing fastnn sets OMP_WAIT_POLICY, which slows
-PyTorch), started once per round so that its timings interleave with the
+(torch_recurrent.py, through runner.run_apart, with the user's environment),
+started once per round so that its timings interleave with the
 backends'. "bare-gemms" is the GEMMs of the step issued as the numba and C
 kernels issue them, through the same BLAS ?gemm (SciPy's): the input projection
 of every step as one (N*T, F) x (F, G*H) GEMM, one (N, H) x (H, G*H) per step;
@@ -18,11 +18,7 @@ as one GEMM each. Nothing else: the floor of any kernel issuing those GEMMs.
 """
 
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -93,27 +89,20 @@ def _mean_time(fn, calls):
     return (time.perf_counter() - start) / calls
 
 
-def torch_child_env():
-    """The environment for PyTorch's process: this one's without the
-    OMP_WAIT_POLICY=PASSIVE that importing fastnn sets by default."""
-    env = dict(os.environ)
-    if env.get("OMP_WAIT_POLICY") == "PASSIVE":
-        env.pop("OMP_WAIT_POLICY")
-    return env
-
-
 def torch_step_seconds(kind, sizes, min_time, repeats):
     """[seconds of one training step] of the network in PyTorch, timed in a
-    process that never imports fastnn; None when PyTorch is not installed."""
+    process that never imports fastnn (runner.run_apart); None when PyTorch is
+    not installed."""
+    from .runner import run_apart
+
     source = (Path(__file__).parent / "torch_recurrent.py").read_text()
     options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats})
-    run = subprocess.run([sys.executable, "-c", source, options], capture_output=True, text=True,
-                         check=False, env=torch_child_env(), cwd=tempfile.gettempdir())
-    if run.returncode:
-        if "No module named 'torch'" in run.stderr:
+    try:
+        return run_apart(source, options)["step_seconds"]
+    except RuntimeError as exc:
+        if "No module named 'torch'" in str(exc):
             return None
-        raise RuntimeError(f"the PyTorch {kind} step failed: {run.stderr[-500:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])["step_seconds"]
+        raise RuntimeError(f"the PyTorch {kind} step failed: {exc}") from None
 
 
 def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, with_torch=True,

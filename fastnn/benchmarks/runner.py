@@ -57,9 +57,8 @@ BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
 # Libraries timed after every fastnn backend of the run, in a process of their own
 # that never imports fastnn (`time_apart`): PyTorch's OpenMP threads, once
 # started, slow the BLAS and OpenMP work that follows them in the same process
-# (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run),
-# and the OMP_WAIT_POLICY=PASSIVE that importing fastnn sets slows PyTorch itself
-# 1.4-1.8x on the CNN benchmarks.
+# (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run);
+# and a PyTorch user's process has not imported fastnn.
 RUN_LAST = ("torch",)
 
 # The child of time_apart: loads timing.py, workloads.py and peers.py from this
@@ -90,25 +89,39 @@ def _module_name(module, fn):
     raise ValueError(f"{fn!r} is not a module-level name of {module.__name__}")
 
 
-def time_apart(jobs, min_time=0.3):
-    """[(median, best, calls)] of each job (bench, shape, library), timed in one
-    child process that never imports fastnn, with the environment fastnn found
-    at import (without the OMP_WAIT_POLICY it set)."""
+def child_env():
+    """The environment a process that never imported fastnn would have: this
+    one's, without the OMP_WAIT_POLICY that importing fastnn set under
+    FASTNN_GLOBAL_OMP_PASSIVE=1 (it sets nothing otherwise)."""
     from ..backends import OMP_WAIT_POLICY_SET_HERE
 
+    env = dict(os.environ)
+    if OMP_WAIT_POLICY_SET_HERE:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
+def run_apart(source, *args):
+    """Runs the program `source` (python -c source *args) in a child process with
+    child_env(), in a temporary folder (so that it cannot import this source
+    tree), and returns the JSON value it printed on its last line of output.
+    Raises RuntimeError with the end of its error output when it fails."""
+    child = subprocess.run([sys.executable, "-c", source, *args], env=child_env(),
+                           capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
+    if child.returncode:
+        raise RuntimeError(f"timing in a separate process failed: {child.stderr[-1000:]}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def time_apart(jobs, min_time=0.3):
+    """[(median, best, calls)] of each job (bench, shape, library), timed in one
+    child process that never imports fastnn (run_apart)."""
     spec = [{"setup": _module_name(workloads, bench.setup),
              "make": _module_name(peers, bench.others[lib]),
              "shape": list(shape), "dtype": bench.dtype, "min_time": min_time}
             for bench, shape, lib in jobs]
-    env = dict(os.environ)
-    if OMP_WAIT_POLICY_SET_HERE:
-        env.pop("OMP_WAIT_POLICY", None)
     folder = os.path.dirname(os.path.abspath(__file__))
-    child = subprocess.run([sys.executable, "-c", _APART, json.dumps(spec), folder], env=env,
-                           capture_output=True, text=True, check=False, cwd=tempfile.gettempdir())
-    if child.returncode:
-        raise RuntimeError(f"timing in a separate process failed: {child.stderr[-1000:]}")
-    return [tuple(t) for t in json.loads(child.stdout.strip().splitlines()[-1])]
+    return [tuple(t) for t in run_apart(_APART, json.dumps(spec), folder)]
 
 
 def rescore(records, limits):

@@ -1,7 +1,7 @@
 """Training steps of a recurrent network in PyTorch, for the recurrent
 benchmarks (recurrent.py). Run as a program in a process of its own (its
-source through ``python -c``), which never imports fastnn: importing fastnn
-sets OMP_WAIT_POLICY, which slows PyTorch.
+source through ``python -c``, runner.run_apart), which never imports fastnn,
+as a PyTorch user's process.
 
 argv[1]: JSON {"kind": "rnn" or "lstm", "batch", "steps", "features", "units",
 "min_time": seconds per timing, "repeats"}. The network: torch.nn.RNN (tanh) or

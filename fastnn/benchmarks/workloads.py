@@ -244,3 +244,46 @@ def cnn_gemms(layers):
         return epoch
 
     return bare
+
+
+# end to end: one epoch (partial_fit) of the small MLPClassifiers most
+# scikit-learn users train (issue 24), Adam, batch 200: the digits (8 x 8 images,
+# 10 classes) and synthetic tabular data of 54 features and 7 classes.
+SMALL_BATCH = 200
+SMALL_PARAMS = dict(batch_size=SMALL_BATCH, solver="adam", shuffle=True, random_state=0)
+TABULAR_CLASSES = 7
+
+
+def digits_setup(shape, dtype):
+    """The first shape[0] of scikit-learn's digits, scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    n, n_in = shape
+    if n > X.shape[0] or n_in != X.shape[1]:
+        raise ValueError(f"the digits are {X.shape[0]} x {X.shape[1]}, shape {shape} asked")
+    return {"X": np.ascontiguousarray(X[:n] / 16, dtype=dtype), "y": y[:n]}
+
+
+def tabular_setup(shape, dtype):
+    """Standard-normal features, labels the argmax of a fixed linear map of them
+    plus noise (learnable, every class present)."""
+    rng = _rng()
+    n, n_in = shape
+    X = rng.standard_normal((n, n_in))
+    scores = X @ rng.standard_normal((n_in, TABULAR_CLASSES)) + rng.standard_normal((n, TABULAR_CLASSES))
+    return {"X": X.astype(dtype), "y": np.argmax(scores, axis=1)}
+
+
+def mlp_units(n_in, hidden, classes):
+    return (n_in,) + tuple(hidden) + (classes,)
+
+
+def mlp_epoch_flops(hidden, classes):
+    """flops(shape) of one epoch's GEMMs of an MLPClassifier with `hidden`."""
+    return lambda shape: network_flops(shape, mlp_units(shape[1], hidden, classes))
+
+
+def mlp_epoch_gemms(hidden, classes):
+    """bare(arrays): the GEMMs of one such epoch alone (network_gemms)."""
+    return lambda a: network_gemms(a, mlp_units(a["X"].shape[1], hidden, classes), SMALL_BATCH)

@@ -1,0 +1,60 @@
+"""The C kernels' own thread pool (csrc/threads.c): several Python threads may
+call parallel kernels at once (cffi releases the GIL); the pool serves one call
+at a time and the others run their ranges serially, split as the pool would
+split them, so every call gives the result a lone call gives, bit for bit."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fastnn
+
+pytestmark = pytest.mark.skipif("c" not in fastnn.available_backends(), reason="no C backend")
+
+N = 1 << 20  # elements: above the parallel thresholds of csrc/common.h
+CALLERS = 4
+ROUNDS = 5
+
+
+def kernel_results(backend, seed):
+    """Adam's step and a softmax cross-entropy (per-thread partial sums) on
+    inputs drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+    param, grad = rng.standard_normal((2, N), dtype=np.float32)
+    m, v = np.zeros(N, np.float32), np.zeros(N, np.float32)
+    backend.adam_step(param, grad, m, v, 1, 1e-3)
+    logits = rng.standard_normal((N // 256, 256))
+    loss, dlogits = backend.softmax_cross_entropy(logits, np.arange(N // 256) % 256)
+    return param, m, v, loss, dlogits
+
+
+def test_concurrent_callers_get_the_results_of_a_lone_call():
+    import fastnn.backends as registry
+    from fastnn import _ckernels
+
+    c = fastnn.get_backend("c")
+    _ckernels.lib.fastnn_set_num_threads(2)  # parallel even on one core
+    try:
+        alone = [kernel_results(c, seed) for seed in range(CALLERS)]
+        results, errors = {}, []
+
+        def caller(seed):
+            try:
+                for r in range(ROUNDS):
+                    results[seed, r] = kernel_results(c, seed)
+            except Exception as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+
+        workers = [threading.Thread(target=caller, args=(seed,)) for seed in range(CALLERS)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(timeout=300)
+        assert not errors and not any(w.is_alive() for w in workers)
+        for (seed, r), got in results.items():
+            for name, a, b in zip(("param", "m", "v", "loss", "dlogits"), got, alone[seed]):
+                np.testing.assert_array_equal(a, b, err_msg=f"caller {seed} round {r}: {name}")
+        assert len(results) == CALLERS * ROUNDS
+    finally:
+        _ckernels.lib.fastnn_set_num_threads(registry._num_threads or 0)
