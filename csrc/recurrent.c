@@ -28,5 +28,15 @@ INLINE double tanh_f64(double v) {
     return copysign(-e / (2.0 + e), v);
 }
 
+/* The gate passes (recurrent_impl.h) get an AVX-512 clone beside HOT's: the LSTM
+ * forward pass ran 1.7x faster than with AVX2 on Zen 4 (5.7 -> 3.4 ms for 64 x 50
+ * rows of 128 units, one core); the loops are sigmoid and tanh in double. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(FASTNN_NO_CLONES)
+#define HOT_GATES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOT_GATES HOT
+#endif
+
 #define TEMPLATE "recurrent_impl.h"
 #include "instantiate.h"

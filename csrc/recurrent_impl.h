@@ -68,12 +68,12 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
 }
 
 /* The gate passes, one row (one sequence, one step) per call: separate functions
- * (HOT, see common.h) with restrict pointers, so that GCC vectorises them (in the
+ * (HOT_GATES, see recurrent.c) with restrict pointers, so that GCC vectorises them (in the
  * time loops above, the possible aliasing of their many arrays kept the LSTM and
  * GRU passes scalar). Gates at j, hidden + j, ... of a row of width G * hidden. */
 
 /* hr = act((xr + b) + zr) over one row of hidden; NaN stays NaN under relu */
-HOT static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
+HOT_GATES static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
                                     int relu, T *restrict hr, int64_t hidden) {
     if (relu)
         for (int64_t j = 0; j < hidden; j++) {
@@ -87,7 +87,7 @@ HOT static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, 
 
 /* gates gr (i, f, g, o), cell c_row and state h_row of one row from its input
  * projection xr and recurrent product zr (4 hidden each) and c_prev */
-HOT static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
+HOT_GATES static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
                                      const T *restrict c_prev, T *restrict gr, T *restrict c_row,
                                      T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
@@ -108,7 +108,7 @@ HOT static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr,
 
 /* dzr (4 hidden) of one row; dh, dc (hidden) the gradients its h_t and c_t
  * receive from step t + 1, dc replaced by c_{t-1}'s */
-HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_row,
+HOT_GATES static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_row,
                                       const T *restrict c_prev, const T *restrict dh_row,
                                       T *restrict dzr, const T *restrict dh, T *restrict dc,
                                       int64_t hidden) {
@@ -126,7 +126,7 @@ HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_
 }
 
 /* gates gr (r, z, n), hn_row (h_{t-1} W_hn + b_hn) and h_row of one row */
-HOT static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
+HOT_GATES static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
                                     const T *restrict b_x, const T *restrict b_h,
                                     const T *restrict h_prev, T *restrict gr, T *restrict hn_row,
                                     T *restrict h_row, int64_t hidden) {
@@ -147,7 +147,7 @@ HOT static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
 /* dxr, dhr (3 hidden) of one row, their db_h terms added to acc (3 hidden); dh
  * (hidden) in: the gradient h_t receives from step t + 1; out: the direct path
  * to h_{t-1}, to which the step's GEMM adds dhw W_h^T */
-HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_row,
+HOT_GATES static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_row,
                                      const T *restrict h_prev, const T *restrict dh_row,
                                      T *restrict dxr, T *restrict dhr, T *restrict dh,
                                      double *restrict acc, int64_t hidden) {
