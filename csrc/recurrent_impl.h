@@ -67,20 +67,120 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
     }
 }
 
+/* The gate passes, one row (one sequence, one step) per call: separate functions
+ * (HOT, see recurrent.c) with restrict pointers, so that GCC vectorises them (in the
+ * time loops above, the possible aliasing of their many arrays kept the LSTM and
+ * GRU passes scalar). Gates at j, hidden + j, ... of a row of width G * hidden. */
+
+/* hr = act((xr + b) + zr) over one row of hidden; NaN stays NaN under relu */
+HOT static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
+                                    int relu, T *restrict hr, int64_t hidden) {
+    if (relu)
+        for (int64_t j = 0; j < hidden; j++) {
+            T v = (xr[j] + b[j]) + zr[j];
+            hr[j] = v < 0 ? (T)0 : v;
+        }
+    else
+        for (int64_t j = 0; j < hidden; j++)
+            hr[j] = (T)tanh_f64((double)((xr[j] + b[j]) + zr[j]));
+}
+
+/* gates gr (i, f, g, o), cell c_row and state h_row of one row from its input
+ * projection xr and recurrent product zr (4 hidden each) and c_prev */
+HOT static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
+                                     const T *restrict c_prev, T *restrict gr, T *restrict c_row,
+                                     T *restrict h_row, int64_t hidden) {
+    for (int64_t j = 0; j < hidden; j++) {
+        int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
+        T ig = (T)sigmoid_f64((double)((xr[j] + b[j]) + zr[j]));
+        T fg = (T)sigmoid_f64((double)((xr[k] + b[k]) + zr[k]));
+        T gg = (T)tanh_f64((double)((xr[l] + b[l]) + zr[l]));
+        T og = (T)sigmoid_f64((double)((xr[m] + b[m]) + zr[m]));
+        T c = fg * c_prev[j] + ig * gg;
+        gr[j] = ig;
+        gr[k] = fg;
+        gr[l] = gg;
+        gr[m] = og;
+        c_row[j] = c;
+        h_row[j] = og * (T)tanh_f64((double)c);
+    }
+}
+
+/* dzr (4 hidden) of one row; dh, dc (hidden) the gradients its h_t and c_t
+ * receive from step t + 1, dc replaced by c_{t-1}'s */
+HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_row,
+                                      const T *restrict c_prev, const T *restrict dh_row,
+                                      T *restrict dzr, const T *restrict dh, T *restrict dc,
+                                      int64_t hidden) {
+    for (int64_t j = 0; j < hidden; j++) {
+        T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
+        T tc = (T)tanh_f64((double)c_row[j]);
+        T g = dh_row[j] + dh[j];
+        T dcv = dc[j] + g * og * ((T)1 - tc * tc);
+        dc[j] = dcv * fg;
+        dzr[j] = dcv * gg * ig * ((T)1 - ig);
+        dzr[hidden + j] = dcv * c_prev[j] * fg * ((T)1 - fg);
+        dzr[2 * hidden + j] = dcv * ig * ((T)1 - gg * gg);
+        dzr[3 * hidden + j] = g * tc * og * ((T)1 - og);
+    }
+}
+
+/* gates gr (r, z, n), hn_row (h_{t-1} W_hn + b_hn) and h_row of one row */
+HOT static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
+                                    const T *restrict b_x, const T *restrict b_h,
+                                    const T *restrict h_prev, T *restrict gr, T *restrict hn_row,
+                                    T *restrict h_row, int64_t hidden) {
+    for (int64_t j = 0; j < hidden; j++) {
+        int64_t k = hidden + j, m = 2 * hidden + j;
+        T r = (T)sigmoid_f64((double)((xr[j] + b_x[j]) + (zr[j] + b_h[j])));
+        T u = (T)sigmoid_f64((double)((xr[k] + b_x[k]) + (zr[k] + b_h[k])));
+        T a_n = zr[m] + b_h[m];
+        T nw = (T)tanh_f64((double)((xr[m] + b_x[m]) + r * a_n));
+        gr[j] = r;
+        gr[k] = u;
+        gr[m] = nw;
+        hn_row[j] = a_n;
+        h_row[j] = ((T)1 - u) * nw + u * h_prev[j];
+    }
+}
+
+/* dxr, dhr (3 hidden) of one row, their db_h terms added to acc (3 hidden); dh
+ * (hidden) in: the gradient h_t receives from step t + 1; out: the direct path
+ * to h_{t-1}, to which the step's GEMM adds dhw W_h^T */
+HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_row,
+                                     const T *restrict h_prev, const T *restrict dh_row,
+                                     T *restrict dxr, T *restrict dhr, T *restrict dh,
+                                     double *restrict acc, int64_t hidden) {
+    for (int64_t j = 0; j < hidden; j++) {
+        int64_t k = hidden + j, m = 2 * hidden + j;
+        T r = gr[j], u = gr[k], nw = gr[m];
+        T g = dh_row[j] + dh[j];
+        T dn = g * ((T)1 - u) * ((T)1 - nw * nw);
+        T dr = dn * hn_row[j] * r * ((T)1 - r);
+        T du = g * (h_prev[j] - nw) * u * ((T)1 - u);
+        T dnr = dn * r;
+        dxr[j] = dr;
+        dxr[k] = du;
+        dxr[m] = dn;
+        dhr[j] = dr;
+        dhr[k] = du;
+        dhr[m] = dnr;
+        acc[j] += (double)dr;
+        acc[k] += (double)du;
+        acc[m] += (double)dnr;
+        dh[j] = g * u;
+    }
+}
+
 /* ------------------------------------------------------------------- rnn */
 void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
                      T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     FN(project)(x, W_x, xw, n * steps, f, hidden);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
-        for (int64_t i = 0; i < n; i++) {
-            const T *xr = xw + (i * steps + t) * hidden, *zr = z + i * hidden;
-            T *hr = hs + (i * steps + t) * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                T v = (xr[j] + b[j]) + zr[j];
-                hr[j] = relu ? (v < 0 ? (T)0 : v) : (T)tanh_f64((double)v); /* NaN stays NaN */
-            }
-        }
+        for (int64_t i = 0; i < n; i++)
+            FN(rnn_forward_row)(xw + (i * steps + t) * hidden, z + i * hidden, b, relu,
+                                hs + (i * steps + t) * hidden, hidden);
     }
 }
 
@@ -115,24 +215,10 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
         for (int64_t i = 0; i < n; i++) {
-            const T *xr = xw + (i * steps + t) * w, *zr = z + i * w;
-            const T *c_prev = t ? cs + (i * steps + t - 1) * hidden : c0 + i * hidden;
-            T *gr = gates + (i * steps + t) * w;
             int64_t at = (i * steps + t) * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
-                T ig = (T)sigmoid_f64((double)((xr[j] + b[j]) + zr[j]));
-                T fg = (T)sigmoid_f64((double)((xr[k] + b[k]) + zr[k]));
-                T gg = (T)tanh_f64((double)((xr[l] + b[l]) + zr[l]));
-                T og = (T)sigmoid_f64((double)((xr[m] + b[m]) + zr[m]));
-                T c = fg * c_prev[j] + ig * gg;
-                gr[j] = ig;
-                gr[k] = fg;
-                gr[l] = gg;
-                gr[m] = og;
-                cs[at + j] = c;
-                hs[at + j] = og * (T)tanh_f64((double)c);
-            }
+            FN(lstm_forward_row)(xw + (i * steps + t) * w, z + i * w, b,
+                                 t ? cs + at - hidden : c0 + i * hidden, gates + (i * steps + t) * w,
+                                 cs + at, hs + at, hidden);
         }
     }
 }
@@ -149,21 +235,10 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
         dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
-            const T *gr = gates + (i * steps + t) * w;
-            const T *c_prev = t ? cs + (i * steps + t - 1) * hidden : c0 + i * hidden;
-            T *dzr = dz + (i * steps + t) * w, *dh = dh0 + i * hidden, *dc = dc0 + i * hidden;
             int64_t at = (i * steps + t) * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
-                T tc = (T)tanh_f64((double)cs[at + j]);
-                T g = dhs[at + j] + dh[j];
-                T dcv = dc[j] + g * og * ((T)1 - tc * tc);
-                dc[j] = dcv * fg;
-                dzr[j] = dcv * gg * ig * ((T)1 - ig);
-                dzr[hidden + j] = dcv * c_prev[j] * fg * ((T)1 - fg);
-                dzr[2 * hidden + j] = dcv * ig * ((T)1 - gg * gg);
-                dzr[3 * hidden + j] = g * tc * og * ((T)1 - og);
-            }
+            FN(lstm_backward_row)(gates + (i * steps + t) * w, cs + at,
+                                  t ? cs + at - hidden : c0 + i * hidden, dhs + at,
+                                  dz + (i * steps + t) * w, dh0 + i * hidden, dc0 + i * hidden, hidden);
         }
         FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, dW_h, dh0, 0, n, steps, hidden, w);
     }
@@ -179,22 +254,10 @@ void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
         for (int64_t i = 0; i < n; i++) {
-            const T *xr = xw + (i * steps + t) * w, *zr = z + i * w;
-            const T *h_prev = t ? hs + (i * steps + t - 1) * hidden : h0 + i * hidden;
-            T *gr = gates + (i * steps + t) * w;
             int64_t at = (i * steps + t) * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                int64_t k = hidden + j, m = 2 * hidden + j;
-                T r = (T)sigmoid_f64((double)((xr[j] + b_x[j]) + (zr[j] + b_h[j])));
-                T u = (T)sigmoid_f64((double)((xr[k] + b_x[k]) + (zr[k] + b_h[k])));
-                T a_n = zr[m] + b_h[m];
-                T nw = (T)tanh_f64((double)((xr[m] + b_x[m]) + r * a_n));
-                gr[j] = r;
-                gr[k] = u;
-                gr[m] = nw;
-                hn[at + j] = a_n;
-                hs[at + j] = ((T)1 - u) * nw + u * h_prev[j];
-            }
+            FN(gru_forward_row)(xw + (i * steps + t) * w, z + i * w, b_x, b_h,
+                                t ? hs + at - hidden : h0 + i * hidden, gates + (i * steps + t) * w,
+                                hn + at, hs + at, hidden);
         }
     }
 }
@@ -213,29 +276,10 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
         dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
-            const T *gr = gates + (i * steps + t) * w;
-            const T *h_prev = t ? hs + (i * steps + t - 1) * hidden : h0 + i * hidden;
-            T *dxr = dxw + (i * steps + t) * w, *dhr = dhw + i * w, *dh = dh0 + i * hidden;
             int64_t at = (i * steps + t) * hidden;
-            for (int64_t j = 0; j < hidden; j++) {
-                int64_t k = hidden + j, m = 2 * hidden + j;
-                T r = gr[j], u = gr[k], nw = gr[m];
-                T g = dhs[at + j] + dh[j];
-                T dn = g * ((T)1 - u) * ((T)1 - nw * nw);
-                T dr = dn * hn[at + j] * r * ((T)1 - r);
-                T du = g * (h_prev[j] - nw) * u * ((T)1 - u);
-                T dnr = dn * r;
-                dxr[j] = dr;
-                dxr[k] = du;
-                dxr[m] = dn;
-                dhr[j] = dr;
-                dhr[k] = du;
-                dhr[m] = dnr;
-                acc[j] += (double)dr;
-                acc[k] += (double)du;
-                acc[m] += (double)dnr;
-                dh[j] = g * u; /* the direct path to h_{t-1}; the GEMM adds dhw W_h^T */
-            }
+            FN(gru_backward_row)(gates + (i * steps + t) * w, hn + at,
+                                 t ? hs + at - hidden : h0 + i * hidden, dhs + at,
+                                 dxw + (i * steps + t) * w, dhw + i * w, dh0 + i * hidden, acc, hidden);
         }
         FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
     }

@@ -127,3 +127,24 @@ def test_gru_classifies_digits_read_row_by_row():
                           optimizer=nn.Adam(lr=0.005), seed=0)
     model.fit(X_train, y_train, epochs=12, batch_size=32, verbose=0)
     assert (model.predict_classes(X_test) == y_test).mean() >= 0.95
+
+
+@pytest.mark.parametrize("backend", [b for b in fastnn.available_backends() if b != "numpy"])
+@pytest.mark.parametrize("layer", [nn.SimpleRNN, nn.LSTM, nn.GRU])
+def test_a_training_step_allocates_no_sequence_array_after_the_first(layer, backend):
+    # the layer keeps the kernels' outputs (hs, the cache's arrays, xw, dz: each
+    # at least (N, T, units)) per batch shape; a step after the first may allocate
+    # only arrays smaller than one of them (the step's small workspaces)
+    import tracemalloc
+
+    n, t, f, units = 32, 20, 3, 16
+    X, y = sequences(n, t, f)[0], np.ones((n, 1))
+    model = nn.Sequential([layer(units), nn.Dense(1)], loss="squared_error", backend=backend, seed=0)
+    model.train_step(X, y)
+    tracemalloc.start()
+    try:
+        model.train_step(X, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < n * t * units * 8  # one float64 (N, T, units) array

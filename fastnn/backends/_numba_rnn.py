@@ -123,23 +123,141 @@ def _input_side(blas, x, W_x, dz, dx, dW_x, db):
         db[j] = acc[j]
 
 
+# ------------------------------------------------------------- gate passes
+# One row (one sequence, one step) per call, on 1-D views: functions of their
+# own, which LLVM vectorises (written inside the time loops, the LSTM pass ran
+# about 7 times slower). Gates at j, hidden + j, ... of a row of width G * hidden.
+@jit
+def rnn_forward_row(xr, zr, b, relu, hr):
+    """hr = act((xr + b) + zr); NaN stays NaN under relu (as np.maximum)."""
+    zero = hr.dtype.type(0)
+    if relu:
+        for j in range(hr.size):
+            v = (xr[j] + b[j]) + zr[j]
+            hr[j] = zero if v < zero else v
+    else:
+        for j in range(hr.size):
+            hr[j] = tanh64(np.float64((xr[j] + b[j]) + zr[j]))
+
+
+@jit
+def rnn_backward_row(dh_row, dh, hr, relu, dzr):
+    """dzr = (dh_row + dh) act'(hr)."""
+    dt = hr.dtype.type
+    one, zero = dt(1), dt(0)
+    for j in range(hr.size):
+        g = dh_row[j] + dh[j]
+        y = hr[j]
+        if relu:
+            dzr[j] = g if y > zero else zero
+        else:
+            dzr[j] = g * (one - y * y)
+
+
+@jit
+def lstm_forward_row(xr, zr, b, c_prev, gr, c_row, h_row):
+    """gates gr (i, f, g, o), cell c_row and state h_row of one row."""
+    hidden = c_row.size
+    dt = c_row.dtype.type
+    for j in range(hidden):
+        ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
+        k = hidden + j
+        fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        k += hidden
+        gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
+        k += hidden
+        og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        c = fg * c_prev[j] + ig * gg
+        gr[j] = ig
+        gr[hidden + j] = fg
+        gr[2 * hidden + j] = gg
+        gr[3 * hidden + j] = og
+        c_row[j] = c
+        h_row[j] = og * dt(tanh64(np.float64(c)))
+
+
+@jit
+def lstm_backward_row(gr, c_row, c_prev, dh_row, dh, dc, dzr):
+    """dzr (4 hidden) of one row; dc in: the gradient c_t receives from step
+    t + 1, out: c_{t-1}'s."""
+    hidden = c_row.size
+    one = c_row.dtype.type(1)
+    for j in range(hidden):
+        ig = gr[j]
+        fg = gr[hidden + j]
+        gg = gr[2 * hidden + j]
+        og = gr[3 * hidden + j]
+        tc = c_row.dtype.type(tanh64(np.float64(c_row[j])))
+        g = dh_row[j] + dh[j]
+        dcv = dc[j] + g * og * (one - tc * tc)
+        dc[j] = dcv * fg
+        dzr[j] = dcv * gg * ig * (one - ig)
+        dzr[hidden + j] = dcv * c_prev[j] * fg * (one - fg)
+        dzr[2 * hidden + j] = dcv * ig * (one - gg * gg)
+        dzr[3 * hidden + j] = g * tc * og * (one - og)
+
+
+@jit
+def gru_forward_row(xr, zr, b_x, b_h, h_prev, gr, hn_row, h_row):
+    """gates gr (r, z, n), hn_row (h_{t-1} W_hn + b_hn) and h_row of one row."""
+    hidden = h_row.size
+    dt = h_row.dtype.type
+    one = dt(1)
+    for j in range(hidden):
+        k = hidden + j
+        m = 2 * hidden + j
+        r = dt(sigmoid64(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j]))))
+        u = dt(sigmoid64(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k]))))
+        a_n = zr[m] + b_h[m]
+        new = dt(tanh64(np.float64((xr[m] + b_x[m]) + r * a_n)))
+        gr[j] = r
+        gr[k] = u
+        gr[m] = new
+        hn_row[j] = a_n
+        h_row[j] = (one - u) * new + u * h_prev[j]
+
+
+@jit
+def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
+    """dxr, dhr (3 hidden) of one row, their db_h terms added to acc (float64);
+    dh in: the gradient h_t receives from step t + 1, out: the direct path to
+    h_{t-1}, to which the step's GEMM adds dhw @ W_h.T."""
+    hidden = dh.size
+    one = dh.dtype.type(1)
+    for j in range(hidden):
+        k = hidden + j
+        m = 2 * hidden + j
+        r = gr[j]
+        u = gr[k]
+        new = gr[m]
+        g = dh_row[j] + dh[j]
+        dn = g * (one - u) * (one - new * new)
+        dr = dn * hn_row[j] * r * (one - r)
+        du = g * (h_prev[j] - new) * u * (one - u)
+        dnr = dn * r
+        dxr[j] = dr
+        dxr[k] = du
+        dxr[m] = dn
+        dhr[j] = dr
+        dhr[k] = du
+        dhr[m] = dnr
+        acc[j] += dr
+        acc[k] += du
+        acc[m] += dnr
+        dh[j] = g * u
+
+
 # ---------------------------------------------------------------------- rnn
 @jit
 def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
     """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
     z (N, H) workspaces."""
     n, steps, hidden = hs.shape
-    zero = hs.dtype.type(0)
     _project(blas, x, W_x, xw)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
-            for j in range(hidden):
-                v = (xw[i, t, j] + b[j]) + z[i, j]
-                if relu:
-                    hs[i, t, j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
-                else:
-                    hs[i, t, j] = tanh64(np.float64(v))
+            rnn_forward_row(xw[i, t], z[i], b, relu, hs[i, t])
 
 
 @jit
@@ -147,19 +265,11 @@ def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, 
     """Gradients through time; dz (N, T, H) d loss / d pre-activations, dh (N, H)
     the gradient h_t receives from step t + 1 (ends as dh0)."""
     n, steps, hidden = hs.shape
-    dt = hs.dtype.type
-    one, zero = dt(1), dt(0)
-    dh[:] = zero
-    dW_h[:] = zero
+    dh[:] = 0
+    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
-            for j in range(hidden):
-                g = dhs[i, t, j] + dh[i, j]
-                y = hs[i, t, j]
-                if relu:
-                    dz[i, t, j] = g if y > zero else zero
-                else:
-                    dz[i, t, j] = g * (one - y * y)
+            rnn_backward_row(dhs[i, t], dh[i], hs[i, t], relu, dz[i, t])
         _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
     dh0[:] = dh
     _input_side(blas, x, W_x, dz, dx, dW_x, db)
@@ -171,30 +281,12 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
     """hs, cs (N, T, H); gates (N, T, 4H): i, f, g, o after their nonlinearities;
     xw (N, T, 4H) and z (N, 4H) workspaces."""
     n, steps, hidden = hs.shape
-    dt = hs.dtype.type
     _project(blas, x, W_x, xw)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
-            # one row's 1-D views: the loop below vectorises
-            xr, zr, gr = xw[i, t], z[i], gates[i, t]
             c_prev = cs[i, t - 1] if t else c0[i]
-            c_row, h_row = cs[i, t], hs[i, t]
-            for j in range(hidden):
-                ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
-                k = hidden + j
-                fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
-                k += hidden
-                gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
-                k += hidden
-                og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
-                c = fg * c_prev[j] + ig * gg
-                gr[j] = ig
-                gr[hidden + j] = fg
-                gr[2 * hidden + j] = gg
-                gr[3 * hidden + j] = og
-                c_row[j] = c
-                h_row[j] = og * dt(tanh64(np.float64(c)))
+            lstm_forward_row(xw[i, t], z[i], b, c_prev, gates[i, t], cs[i, t], hs[i, t])
 
 
 @jit
@@ -203,27 +295,13 @@ def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, d
     """Gradients through time; dz (N, T, 4H); dh, dc (N, H) the gradients h_t and
     c_t receive from step t + 1 (end as dh0, dc0)."""
     n, steps, hidden = hs.shape
-    dt = hs.dtype.type
-    one, zero = dt(1), dt(0)
-    dh[:] = zero
-    dc[:] = zero
-    dW_h[:] = zero
+    dh[:] = 0
+    dc[:] = 0
+    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
-            for j in range(hidden):
-                ig = gates[i, t, j]
-                fg = gates[i, t, hidden + j]
-                gg = gates[i, t, 2 * hidden + j]
-                og = gates[i, t, 3 * hidden + j]
-                c_prev = cs[i, t - 1, j] if t else c0[i, j]
-                tc = dt(tanh64(np.float64(cs[i, t, j])))
-                g = dhs[i, t, j] + dh[i, j]
-                dcv = dc[i, j] + g * og * (one - tc * tc)
-                dc[i, j] = dcv * fg
-                dz[i, t, j] = dcv * gg * ig * (one - ig)
-                dz[i, t, hidden + j] = dcv * c_prev * fg * (one - fg)
-                dz[i, t, 2 * hidden + j] = dcv * ig * (one - gg * gg)
-                dz[i, t, 3 * hidden + j] = g * tc * og * (one - og)
+            c_prev = cs[i, t - 1] if t else c0[i]
+            lstm_backward_row(gates[i, t], cs[i, t], c_prev, dhs[i, t], dh[i], dc[i], dz[i, t])
         _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
     dh0[:] = dh
     dc0[:] = dc
@@ -236,25 +314,12 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
     """hs (N, T, H); gates (N, T, 3H): r, z, n; hn (N, T, H) h_{t-1} W_hn + b_hn;
     xw (N, T, 3H) and z (N, 3H) workspaces."""
     n, steps, hidden = hs.shape
-    dt = hs.dtype.type
-    one = dt(1)
     _project(blas, x, W_x, xw)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
-            for j in range(hidden):
-                k = hidden + j
-                m = 2 * hidden + j
-                r = dt(sigmoid64(np.float64((xw[i, t, j] + b_x[j]) + (z[i, j] + b_h[j]))))
-                u = dt(sigmoid64(np.float64((xw[i, t, k] + b_x[k]) + (z[i, k] + b_h[k]))))
-                a_n = z[i, m] + b_h[m]
-                new = dt(tanh64(np.float64((xw[i, t, m] + b_x[m]) + r * a_n)))
-                h_prev = hs[i, t - 1, j] if t else h0[i, j]
-                gates[i, t, j] = r
-                gates[i, t, k] = u
-                gates[i, t, m] = new
-                hn[i, t, j] = a_n
-                hs[i, t, j] = (one - u) * new + u * h_prev
+            h_prev = hs[i, t - 1] if t else h0[i]
+            gru_forward_row(xw[i, t], z[i], b_x, b_h, h_prev, gates[i, t], hn[i, t], hs[i, t])
 
 
 @jit
@@ -265,35 +330,14 @@ def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
     h_t receives from step t + 1 (ends as dh0): first its direct part dh_t * z,
     to which the GEMM adds dhw @ W_h.T."""
     n, steps, hidden = hs.shape
-    dt = hs.dtype.type
-    one, zero = dt(1), dt(0)
-    dh[:] = zero
-    dW_h[:] = zero
+    dh[:] = 0
+    dW_h[:] = 0
     acc = np.zeros(3 * hidden)  # db_h in float64
     for t in range(steps - 1, -1, -1):
         for i in range(n):
-            for j in range(hidden):
-                k = hidden + j
-                m = 2 * hidden + j
-                r = gates[i, t, j]
-                u = gates[i, t, k]
-                new = gates[i, t, m]
-                h_prev = hs[i, t - 1, j] if t else h0[i, j]
-                g = dhs[i, t, j] + dh[i, j]
-                dn = g * (one - u) * (one - new * new)
-                dr = dn * hn[i, t, j] * r * (one - r)
-                du = g * (h_prev - new) * u * (one - u)
-                dnr = dn * r
-                dxw[i, t, j] = dr
-                dxw[i, t, k] = du
-                dxw[i, t, m] = dn
-                dhw[i, j] = dr
-                dhw[i, k] = du
-                dhw[i, m] = dnr
-                acc[j] += dr
-                acc[k] += du
-                acc[m] += dnr
-                dh[i, j] = g * u
+            h_prev = hs[i, t - 1] if t else h0[i]
+            gru_backward_row(gates[i, t], hn[i, t], h_prev, dhs[i, t], dh[i], dxw[i, t], dhw[i],
+                             acc)
         _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
     dh0[:] = dh
     for j in range(3 * hidden):

@@ -389,80 +389,78 @@ class CBackend(GemmConv, NumpyBackend):
 
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel in C (csrc/recurrent_impl.h), its GEMMs
-    # calls of BLAS's ?gemm; outputs and workspaces allocated here, once per call.
-    # Sizes beyond 32-bit BLAS integers, and empty sequences, take the reference.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation):
+    # calls of BLAS's ?gemm; small workspaces allocated here, once per call (the
+    # large ones come from the caller). Sizes beyond 32-bit BLAS integers, and
+    # empty sequences, take the reference.
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation)
+            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs, xw)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        hs = e((n, steps, hidden), d)
         fb, ct = ffi.from_buffer, k.ctype
         k.rnn_forward(fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
-                      fb(ct, hs), fb(ct, e(hs.shape, d)), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
+                      fb(ct, hs), fb(ct, xw), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache):
+    def _rnn_backward(self, dhs, cache, dz):
         x, h0, W_x, W_h, hs, activation = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache)
+            return super()._rnn_backward(dhs, cache, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
         k.rnn_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
-                       *(fb(ct, a) for a in out), fb(ct, e(hs.shape, d)), n, steps, f, hidden)
+                       *(fb(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
         return out
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b)
+            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
-        hs, cs, gates = e((n, steps, hidden), d), e((n, steps, hidden), d), e((n, steps, 4 * hidden), d)
         fb, ct = ffi.from_buffer, k.ctype
-        k.lstm_forward(*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, e(gates.shape, d),
+        k.lstm_forward(*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, xw,
                                              e((n, 4 * hidden), d))), n, steps, f, hidden)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache):
+    def _lstm_backward(self, dhs, cache, dz):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache)
+            return super()._lstm_backward(dhs, cache, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                e(4 * hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
-        k.lstm_backward(*(fb(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out,
-                                              e(gates.shape, d))), n, steps, f, hidden)
+        k.lstm_backward(*(fb(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
+                        n, steps, f, hidden)
         return out
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h)
+            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        hs, gates, hn = e((n, steps, hidden), d), e((n, steps, 3 * hidden), d), e((n, steps, hidden), d)
         fb, ct = ffi.from_buffer, k.ctype
-        k.gru_forward(*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e(gates.shape, d),
+        k.gru_forward(*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw,
                                             e((n, 3 * hidden), d))), n, steps, f, hidden)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache):
+    def _gru_backward(self, dhs, cache, dz):
         x, h0, W_x, W_h, hs, gates, hn = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache)
+            return super()._gru_backward(dhs, cache, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(3 * hidden, d),
                e(3 * hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
-        k.gru_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, e(gates.shape, d),
+        k.gru_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
                                              e((n, 3 * hidden), d))),
                        fb("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
         return out

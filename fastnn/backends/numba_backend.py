@@ -379,73 +379,71 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel is one jitted function (_numba_rnn.py);
-    # here only the outputs and workspaces are allocated, once per call. Sizes
-    # beyond 32-bit BLAS integers, and empty sequences, take the reference.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation):
-        n, steps, hidden = *x.shape[:2], W_h.shape[0]
+    # here only the small workspaces are allocated, once per call (the large ones
+    # come from the caller). Sizes beyond 32-bit BLAS integers, and empty
+    # sequences, take the reference.
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
+        n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation)
+            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs, xw)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        hs = e((n, steps, hidden), d)
         R.rnn_forward(R.Blas(d).args(), x, h0, W_x, W_h, b, activation == "relu", hs,
-                      e(hs.shape, d), e(h0.shape, d))
+                      xw, e(h0.shape, d))
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache):
+    def _rnn_backward(self, dhs, cache, dz):
         x, h0, W_x, W_h, hs, activation = cache
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache)
+            return super()._rnn_backward(dhs, cache, dz)
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                                    e(W_h.shape[1], d))
         R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, activation == "relu", dx, dh0,
-                       dW_x, dW_h, db, e(hs.shape, d), e(h0.shape, d))
+                       dW_x, dW_h, db, dz, e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
-        n, steps, hidden = *x.shape[:2], W_h.shape[0]
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
+        n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b)
+            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
-        hs, cs, gates = e((n, steps, hidden), d), e((n, steps, hidden), d), e((n, steps, 4 * hidden), d)
-        R.lstm_forward(R.Blas(d).args(), x, h0, c0, W_x, W_h, b, hs, cs, gates, e(gates.shape, d),
+        R.lstm_forward(R.Blas(d).args(), x, h0, c0, W_x, W_h, b, hs, cs, gates, xw,
                        e((n, 4 * hidden), d))
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache):
+    def _lstm_backward(self, dhs, cache, dz):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache)
+            return super()._lstm_backward(dhs, cache, dz)
         e, d = np.empty, x.dtype
         dx, dh0, dc0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d),
                                         e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
         R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0,
-                        dW_x, dW_h, db, e(gates.shape, d), e(h0.shape, d), e(h0.shape, d))
+                        dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
         return dx, dh0, dc0, dW_x, dW_h, db
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
-        n, steps, hidden = *x.shape[:2], W_h.shape[0]
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
+        n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h)
+            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        hs, gates, hn = e((n, steps, hidden), d), e((n, steps, 3 * hidden), d), e((n, steps, hidden), d)
-        R.gru_forward(R.Blas(d).args(), x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e(gates.shape, d),
+        R.gru_forward(R.Blas(d).args(), x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw,
                       e((n, 3 * hidden), d))
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache):
+    def _gru_backward(self, dhs, cache, dz):
         x, h0, W_x, W_h, hs, gates, hn = cache
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache)
+            return super()._gru_backward(dhs, cache, dz)
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db_x, db_h = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d),
                                            e(W_h.shape, d), e(W_h.shape[1], d), e(W_h.shape[1], d))
         R.gru_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
-                       db_x, db_h, e(gates.shape, d), e((x.shape[0], W_h.shape[1]), d),
+                       db_x, db_h, dz, e((x.shape[0], W_h.shape[1]), d),
                        e(h0.shape, d))
         return dx, dh0, dW_x, dW_h, db_x, db_h
 

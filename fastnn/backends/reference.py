@@ -563,12 +563,11 @@ class NumpyBackend:
     # projection of every step is one GEMM before the loop; each step is one
     # (N, H) @ (H, G*H) GEMM and the gate math. The backward runs the steps in
     # reverse, accumulates dW_h, and does dW_x, db and dx as GEMMs after the loop.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation):
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
-        xw = (x.reshape(n * steps, f) @ W_x + b).reshape(n, steps, hidden)  # x_t W_x + b
-        hs = np.empty((n, steps, hidden), x.dtype)
+        _project(x, W_x, b, xw)  # x_t W_x + b
         h = h0
         for t in range(steps):
             z = xw[:, t] + h @ W_h
@@ -576,10 +575,10 @@ class NumpyBackend:
             h = hs[:, t]
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache):
+    def _rnn_backward(self, dhs, cache, dz):
+        # dz (N, T, H): d loss / d (x_t W_x + h_{t-1} W_h + b)
         x, h0, W_x, W_h, hs, activation = cache
         n, steps, f = x.shape
-        dz = np.empty_like(hs)  # (N, T, H): d loss / d (x_t W_x + h_{t-1} W_h + b)
         dW_h = np.zeros_like(W_h)
         dh_next = np.zeros_like(h0)  # the gradient h_t receives from step t + 1
         for t in reversed(range(steps)):
@@ -592,15 +591,13 @@ class NumpyBackend:
         dx, dW_x, db = _input_side(x, W_x, dz)
         return dx, dh_next, dW_x, dW_h, db
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b):
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
+        # gates (N, T, 4H): i, f, g, o after their nonlinearities
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
         c0 = np.zeros((n, hidden), x.dtype) if c0 is None else c0
-        xw = (x.reshape(n * steps, f) @ W_x + b).reshape(n, steps, 4 * hidden)
-        hs = np.empty((n, steps, hidden), x.dtype)
-        cs = np.empty_like(hs)
-        gates = np.empty_like(xw)  # i, f, g, o after their nonlinearities
+        _project(x, W_x, b, xw)
         h, c = h0, c0
         for t in range(steps):
             z = xw[:, t] + h @ W_h
@@ -612,11 +609,11 @@ class NumpyBackend:
             hs[:, t], cs[:, t] = h, c
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache):
+    def _lstm_backward(self, dhs, cache, dz):
+        # dz (N, T, 4H): d loss / d gate pre-activations
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         n, steps, f = x.shape
         hidden = W_h.shape[0]
-        dz = np.empty_like(gates)  # (N, T, 4H): d loss / d gate pre-activations
         dW_h = np.zeros_like(W_h)
         dh_next, dc_next = np.zeros_like(h0), np.zeros_like(c0)
         for t in reversed(range(steps)):
@@ -634,14 +631,13 @@ class NumpyBackend:
         dx, dW_x, db = _input_side(x, W_x, dz)
         return dx, dh_next, dc_next, dW_x, dW_h, db
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h):
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
+        # gates (N, T, 3H): r, z, n after their nonlinearities; hn (N, T, H):
+        # h_{t-1} W_hn + b_hn, which r scales
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
-        xw = (x.reshape(n * steps, f) @ W_x + b_x).reshape(n, steps, 3 * hidden)
-        hs = np.empty((n, steps, hidden), x.dtype)
-        gates = np.empty_like(xw)  # r, z, n after their nonlinearities
-        hn = np.empty_like(hs)  # h_{t-1} W_hn + b_hn, which r scales
+        _project(x, W_x, b_x, xw)
         h = h0
         r_, z_, n_ = (slice(k * hidden, (k + 1) * hidden) for k in range(3))
         for t in range(steps):
@@ -654,11 +650,11 @@ class NumpyBackend:
             hs[:, t], hn[:, t] = h, a[:, n_]
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache):
+    def _gru_backward(self, dhs, cache, dxw):
+        # dxw (N, T, 3H): d loss / d (x_t W_x + b_x)
         x, h0, W_x, W_h, hs, gates, hn = cache
         n, steps, f = x.shape
         hidden = W_h.shape[0]
-        dxw = np.empty_like(gates)  # (N, T, 3H): d loss / d (x_t W_x + b_x)
         dhw = np.empty_like(gates)  # (N, T, 3H): d loss / d (h_{t-1} W_h + b_h)
         dW_h = np.zeros_like(W_h)
         dh_next = np.zeros_like(h0)
@@ -706,6 +702,15 @@ def _tanh(z):
 
 def _sigmoid(z):
     return special.expit(z.astype(np.float64)).astype(z.dtype)
+
+
+def _project(x, W_x, b, xw):
+    """xw (N, T, G*H) = x (N, T, F) @ W_x + b over every step at once (the
+    product rounded, then the sum: as x @ W_x + b)."""
+    n, steps, f = x.shape
+    xw2 = xw.reshape(n * steps, xw.shape[2])
+    np.matmul(x.reshape(n * steps, f), W_x, out=xw2)
+    xw2 += b
 
 
 def _input_side(x, W_x, dz):

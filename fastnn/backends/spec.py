@@ -951,19 +951,29 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
     cls = f"_{name.capitalize()}Cache"
     fields = ([In("x", "N T F")] + [In(s, "N H") for s in states]
               + [In("W_x", f"F {width}"), In("W_h", f"H {width}")] + cache_fields)
+    # optional outputs, so that a layer reuses them across calls: the cache's
+    # arrays (hs first), the input projection xw (N, T, G*H) of the forward and
+    # the pre-activation gradients dz (N, T, G*H) of the backward (workspaces)
+    outputs = [Out(f.name, f.shape) for f in cache_fields if f.array] + [Out("xw", f"N T {width}")]
+    out_names = ", ".join(o.name for o in outputs)
+    doc += (f"\n\n        {out_names}: optional arrays the results are written into (the cache\n"
+            f"        refers to all but xw, a workspace (N, T, {gates}H)), so that a caller reusing\n"
+            "        them allocates nothing.")
+    backward_doc += f"\n        dz: an optional workspace (N, T, {gates}H)."
     forward = Kernel(
-        f"{name}_forward", signature,
+        f"{name}_forward", signature + "".join(f", {o.name}=None" for o in outputs),
         [*options, In("x", "N T F"), *weights,
          *[In(s, "N H", optional=True) for s in states],
-         *[In(b, width) for b in biases]],
-        signature.replace("='tanh'", ""), "_r", doc,
+         *[In(b, width) for b in biases], *outputs],
+        signature.replace("='tanh'", "") + ", " + out_names, "_r", doc,
         variants={"zero-state": {s: None for s in states}, **(variants or {})})
     backward = Kernel(
-        f"{name}_backward", "dhs, cache",
+        f"{name}_backward", "dhs, cache, dz=None",
         [In("dhs", "N T H"),
          Cache("cache", cls, fields,
-               f"cache must be the {cls[1:]} returned by {name}_forward")],
-        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + ")", "_r",
+               f"cache must be the {cls[1:]} returned by {name}_forward"),
+         Out("dz", f"N T {width}")],
+        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dz", "_r",
         backward_doc)
     return [forward, backward]
 

@@ -1202,13 +1202,29 @@ class _Recurrent(Layer):
     def _options(self):
         return {}
 
+    # the kernels' outputs (N, T, k * units) other than hs, {name: k} by kernel:
+    # the cache's arrays and the forward's input projection xw
+    cache_outputs = {"rnn": {"xw": 1}, "lstm": {"cs": 1, "gates": 4, "xw": 4},
+                     "gru": {"gates": 3, "hn": 1, "xw": 3}}
+
+    def _workspace(self, ws, n, steps):
+        """{name: array} of the forward's outputs for a batch of n sequences of
+        `steps` steps (allocated once per batch shape, then reused: the cache of
+        one forward holds them until its backward) and dz, the backward's workspace."""
+        h, g = self.units, self.gates
+        shapes = {"hs": h, "dz": g * h}
+        shapes.update({k: m * h for k, m in self.cache_outputs[self.kernel].items()})
+        return {k: buffer(ws, ("seq", k), (n, steps, width), self.dtype) for k, width in shapes.items()}
+
     def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         # x (N, T, F) -> hs (N, T, H); the last state (N, H) copied out when it alone is the output
         kernel = getattr(backend.fast, self.kernel + "_forward")
         states = (None,) * (2 if self.kernel == "lstm" else 1)
         biases = [self.params[b] for b in self.biases]
+        outs = self._workspace(ws, *x.shape[:2])
+        outs.pop("dz")
         hs, ws["cache"] = kernel(x, *states, self.params["W_x"], self.params["W_h"], *biases,
-                                 **self._options())
+                                 **self._options(), **outs)
         if self.return_sequences:
             return hs
         y = buffer(ws, "y", (x.shape[0], self.units), self.dtype)
@@ -1224,7 +1240,8 @@ class _Recurrent(Layer):
             if dhs is None:
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
             dhs[:, -1] = dy
-        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache)
+        dz = self._workspace(ws, *dhs.shape[:2])["dz"]
+        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache, dz=dz)
         names = ("W_x", "W_h") + self.biases  # the last results; before them dx, dh0 (, dc0)
         for name, g in zip(names, grads[-len(names):]):
             self.grads[name][...] = g
