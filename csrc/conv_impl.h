@@ -80,12 +80,24 @@ HOT static void FN(col2im_range)(void *args, int64_t n0, int64_t n1, int part) {
 
 /* each window's maximum and its flat index y*iw + s in the image: the first
  * maximum in row-major window order, or the first NaN; the first real cell
- * starts the search, so padding never wins; range: images */
+ * starts the search, so padding never wins; range: images. The channels of one
+ * output go in blocks of POOL_BLOCK held in local arrays, their indices as
+ * int32 (the width of a float32 lane; widened once per output). Measured with
+ * one thread, 64 images under a 2 x 2 pool, against the best and its int64
+ * index updated in the output arrays per cell: 28 x 28 x 32 0.59 ms (1.28
+ * before), 14 x 14 x 64 0.22 (0.49), 28 x 28 x 6 0.73 (0.84). The loop over
+ * the cells inside the channel loop (one best per channel in a register) was
+ * 5 to 9 times slower: GCC vectorises it over channels with gathers. */
+#ifndef POOL_BLOCK
+#define POOL_BLOCK 64
+#endif
 HOT static void FN(maxpool_range)(void *args, int64_t n0, int64_t n1, int part) {
     const struct FN(window_args) *a = args;
     const struct fastnn_window *g = a->g;
     int64_t c = g->c;
     (void)part;
+    T best[POOL_BLOCK];
+    int32_t arg[POOL_BLOCK];
     for (int64_t n = n0; n < n1; n++) {
         const T *x = a->in + n * g->ih * g->iw * c;
         for (int64_t i = 0; i < g->oh; i++) {
@@ -95,23 +107,32 @@ HOT static void FN(maxpool_range)(void *args, int64_t n0, int64_t n1, int part) 
                 int64_t s0, s1;
                 inside(j, g->sw, g->pw, g->kw, g->iw, &s0, &s1);
                 int64_t o = ((n * g->oh + i) * g->ow + j) * c;
-                T *best = a->out + o;
-                int64_t *arg = a->argmax + o;
-                const T *first = x + (y0 * g->iw + s0) * c;
-                for (int64_t ch = 0; ch < c; ch++) {
-                    best[ch] = first[ch];
-                    arg[ch] = y0 * g->iw + s0;
-                }
-                for (int64_t y = y0; y < y1; y++) {
-                    for (int64_t s = s0; s < s1; s++) {
-                        const T *v = x + (y * g->iw + s) * c;
-                        int64_t at = y * g->iw + s;
+                for (int64_t c0 = 0; c0 < c; c0 += POOL_BLOCK) {
+                    int64_t nb = c - c0 < POOL_BLOCK ? c - c0 : POOL_BLOCK;
+                    const T *first = x + (y0 * g->iw + s0) * c + c0;
+                    int32_t at0 = (int32_t)(y0 * g->iw + s0);
+                    for (int64_t ch = 0; ch < nb; ch++) {
+                        best[ch] = first[ch];
+                        arg[ch] = at0;
+                    }
+                    for (int64_t y = y0; y < y1; y++) {
+                        for (int64_t s = s0; s < s1; s++) {
+                            const T *v = x + (y * g->iw + s) * c + c0;
+                            int32_t at = (int32_t)(y * g->iw + s);
 #pragma omp simd
-                        for (int64_t ch = 0; ch < c; ch++) {
-                            int wins = v[ch] > best[ch] || (v[ch] != v[ch] && best[ch] == best[ch]);
-                            best[ch] = wins ? v[ch] : best[ch];
-                            arg[ch] = wins ? at : arg[ch];
+                            for (int64_t ch = 0; ch < nb; ch++) {
+                                /* v > best, or v NaN and best not */
+                                int wins = !(v[ch] <= best[ch]) & (best[ch] == best[ch]);
+                                best[ch] = wins ? v[ch] : best[ch];
+                                arg[ch] = wins ? at : arg[ch];
+                            }
                         }
+                    }
+                    T *out = a->out + o + c0;
+                    int64_t *index = a->argmax + o + c0;
+                    for (int64_t ch = 0; ch < nb; ch++) {
+                        out[ch] = best[ch];
+                        index[ch] = arg[ch];
                     }
                 }
             }
@@ -120,19 +141,27 @@ HOT static void FN(maxpool_range)(void *args, int64_t n0, int64_t n1, int part) 
 }
 
 /* dx[n] = 0 but at each argmax index, the sum of the dy of the windows it won,
- * added in the order of the outputs; range: images */
+ * added in the order of the outputs; range: images. Output pixel by pixel, so
+ * that the channel is the loop counter, not a remainder of the flat index:
+ * 0.42 ms for 64 images 28 x 28 x 32 (0.93 with a 64-bit % per element). */
 HOT static void FN(maxpool_backward_range)(void *args, int64_t n0, int64_t n1, int part) {
     const struct FN(window_args) *a = args;
     const struct fastnn_window *g = a->g;
-    int64_t c = g->c, image = g->ih * g->iw * c, outputs = g->oh * g->ow * c;
+    int64_t c = g->c, image = g->ih * g->iw * c, pixels = g->oh * g->ow;
     (void)part;
     for (int64_t n = n0; n < n1; n++) {
         T *dx = a->out + n * image;
-        const T *dy = a->in + n * outputs;
         memset(dx, 0, (size_t)image * sizeof(T));
-        for (int64_t e = 0; e < outputs; e++) {
-            int64_t k = a->argmax64 ? a->argmax64[n * outputs + e] : a->argmax32[n * outputs + e];
-            dx[k * c + e % c] += dy[e];
+        for (int64_t p = 0; p < pixels; p++) {
+            int64_t e = (n * pixels + p) * c; /* output (n, p), channel 0 */
+            const T *dy = a->in + e;
+            if (a->argmax64) {
+                const int64_t *k = a->argmax64 + e;
+                for (int64_t ch = 0; ch < c; ch++) dx[k[ch] * c + ch] += dy[ch];
+            } else {
+                const int32_t *k = a->argmax32 + e;
+                for (int64_t ch = 0; ch < c; ch++) dx[(int64_t)k[ch] * c + ch] += dy[ch];
+            }
         }
     }
 }
