@@ -472,6 +472,7 @@ POOL_CASES = [
     (3, 9, 10, 17, 3, 3, 0),
     (1, 1, 1, 1, 1, None, 0),
     (4, 28, 28, 6, 2, 2, 0),
+    (2, 5, 5, 70, 2, 1, 1),  # channels beyond one block of the C loop (64), and a tail
 ]
 
 
@@ -506,6 +507,19 @@ for n, ih, iw, c, pool, stride, padding in POOL_CASES:
 @entry("maxpool2d_forward", "noncontiguous")
 def run_maxpool_nc(backend, dtype):
     y, argmax = backend.maxpool2d_forward(noncontiguous(rand((2, 6, 5, 3), dtype, 83)), 2, 1, 1)
+    return y, argmax.astype(np.float64)
+
+
+@entry("maxpool2d_forward", "nan")
+def run_maxpool_nan(backend, dtype):
+    # NaN wins, the first of a window's NaNs; NaN in the first cell, in a later
+    # one, two in one window; 70 channels: across the C loop's blocks of 64
+    x = rand((2, 4, 4, 70), dtype, 85)
+    x[0, 0, 0, :3] = np.nan
+    x[0, 1, 1, 2:6] = np.nan
+    x[1, 2, 3, 60:68] = np.nan
+    x[1, 3, 3, 64:70] = np.nan
+    y, argmax = backend.maxpool2d_forward(x, 2, 1, 1)
     return y, argmax.astype(np.float64)
 
 
