@@ -53,15 +53,15 @@ HOT static void FN(im2col_rows)(const struct FN(window_args) *a, int64_t r0, int
 INLINE void FN(im2col_padded)(const struct FN(window_args) *a, int64_t r0, int64_t r1, T *pad,
                               int64_t kwc) {
     const struct fastnn_window *g = a->g;
-    int64_t c = g->c, K = g->kh * kwc, pw = g->iw + 2 * g->pw, ph = g->ih + 2 * g->ph;
-    int64_t filled = -1; /* the image pad holds */
+    int64_t c = g->c, K = g->kh * kwc, wide = g->iw + 2 * g->pw, high = g->ih + 2 * g->ph;
+    int64_t filled = -1; /* the image the pad holds */
     for (int64_t r = r0; r < r1; r++) {
         int64_t n = r / g->oh, i = r % g->oh;
         if (n != filled) {
             const T *image = a->in + n * g->ih * g->iw * c;
-            for (int64_t e = 0; e < ph * pw * c; e++) pad[e] = 0;
+            for (int64_t e = 0; e < high * wide * c; e++) pad[e] = 0;
             for (int64_t y = 0; y < g->ih; y++) {
-                T *dst = pad + ((y + g->ph) * pw + g->pw) * c;
+                T *dst = pad + ((y + g->ph) * wide + g->pw) * c;
                 const T *src = image + y * g->iw * c;
                 for (int64_t e = 0; e < g->iw * c; e++) dst[e] = src[e];
             }
@@ -69,9 +69,9 @@ INLINE void FN(im2col_padded)(const struct FN(window_args) *a, int64_t r0, int64
         }
         for (int64_t j = 0; j < g->ow; j++) {
             T *row = a->out + (r * g->ow + j) * K;
-            const T *src = pad + (i * g->sh * pw + j * g->sw) * c;
+            const T *src = pad + (i * g->sh * wide + j * g->sw) * c;
             for (int64_t ka = 0; ka < g->kh; ka++)
-                for (int64_t e = 0; e < kwc; e++) row[ka * kwc + e] = src[ka * pw * c + e];
+                for (int64_t e = 0; e < kwc; e++) row[ka * kwc + e] = src[ka * wide * c + e];
         }
     }
 }
@@ -141,10 +141,8 @@ HOT static void FN(col2im_range)(void *args, int64_t n0, int64_t n1, int part) {
  * int32 (the width of a float32 lane; widened once per output). Measured with
  * one thread, 64 images under a 2 x 2 pool, against the best and its int64
  * index updated in the output arrays per cell: 28 x 28 x 32 0.59 ms (1.28
- * before), 14 x 14 x 64 0.22 (0.49), 28 x 28 x 6 0.73 (0.84). The loop over
- * the cells inside the channel loop (one best per channel in a register) was
- * 5 to 9 times slower: GCC vectorises it over channels with gathers. */
-/* images of fewer channels than an AVX2 vector holds go channel by channel
+ * before), 14 x 14 x 64 0.22 (0.49), 28 x 28 x 6 0.73 (0.84).
+ * Images of fewer channels than an AVX2 vector holds go channel by channel
  * (maxpool_thin): 64 images 28 x 28 x 6 under a 2 x 2 pool 0.47 ms against 0.73
  * in blocks (one thread); 10 x 10 x 16 is 3 times slower so */
 #ifndef POOL_THIN_BYTES
