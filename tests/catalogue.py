@@ -472,6 +472,7 @@ POOL_CASES = [
     (3, 9, 10, 17, 3, 3, 0),
     (1, 1, 1, 1, 1, None, 0),
     (4, 28, 28, 6, 2, 2, 0),
+    (2, 5, 5, 70, 2, 1, 1),  # channels beyond one block of the C loop (64), and a tail
 ]
 
 
@@ -507,6 +508,21 @@ for n, ih, iw, c, pool, stride, padding in POOL_CASES:
 def run_maxpool_nc(backend, dtype):
     y, argmax = backend.maxpool2d_forward(noncontiguous(rand((2, 6, 5, 3), dtype, 83)), 2, 1, 1)
     return y, argmax.astype(np.float64)
+
+
+for channels in (70, 3):
+    @entry("maxpool2d_forward", f"nan-{channels}")
+    def run_maxpool_nan(backend, dtype, c=channels):
+        # NaN wins, the first of a window's NaNs; NaN in the first cell, in a later
+        # one, two in one window; 70 channels: across the C loop's blocks of 64; 3:
+        # the C loop over the channels of thin images
+        x = rand((2, 4, 4, c), dtype, 85)
+        x[0, 0, 0, :3] = np.nan
+        x[0, 1, 1, 2:6] = np.nan
+        x[1, 2, 3, c - 10:c - 2] = np.nan
+        x[1, 3, 3, c - 6:] = np.nan
+        y, argmax = backend.maxpool2d_forward(x, 2, 1, 1)
+        return y, argmax.astype(np.float64)
 
 
 @entry("avgpool2d_forward", "noncontiguous")

@@ -248,3 +248,30 @@ def test_backward_rebuilds_columns_of_a_changed_input(backend):
     assert_allclose(grads(fast, x)[1], grads(ref, x)[1], rtol=1e-12)
     fast.conv2d_forward(x, W, b, 1, 1)
     assert_allclose(grads(fast, x2)[1], grads(ref, x2)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [b for b in fastnn.available_backends() if b != "numpy"])
+@pytest.mark.parametrize("tile_bytes", [1, 4000])
+def test_column_tiles_give_the_whole_batch_result(backend, tile_bytes, monkeypatch):
+    """The fast backends build the columns, and compute dx, a tile of images at a
+    time: with tiles of one image (1 byte) and of at most 2 images, the last one
+    shorter (4000 bytes; 1728 bytes of columns per image), every output equals
+    the reference's."""
+    from fastnn.backends import _gemm_conv
+
+    monkeypatch.setattr(_gemm_conv, "COLUMN_TILE_BYTES", tile_bytes)
+    assert _gemm_conv.GemmConv._tiles(5, 1728) == ([(k, k + 1) for k in range(5)] if tile_bytes == 1
+                                                   else [(0, 2), (2, 4), (4, 5)])
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 6, 5, 2))
+    W, b = rng.standard_normal((3, 2, 2, 4)), rng.standard_normal(4)  # y (5, 3, 6, 4)
+    dy = rng.standard_normal((5, 3, 6, 4))
+    results = []
+    for name in (backend, "numpy"):
+        kernels = fastnn.get_backend(name)
+        preact = np.empty(dy.shape)
+        y = kernels.conv2d_forward(x, W, b, (2, 1), (1, 1), "gelu", preact=preact)
+        results.append((y, preact) + kernels.conv2d_backward(dy, x, W, y, "gelu", (2, 1), (1, 1),
+                                                             preact=preact))
+    for got, want in zip(*results):
+        assert_allclose(got, want, rtol=1e-10, atol=1e-12)

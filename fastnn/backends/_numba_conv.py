@@ -22,6 +22,9 @@ def im2col_images(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, n0, n1):
     """cols[(n*OH + i)*OW + j, (a*KW + b)*C + c] = x[n, i*sh - ph + a, j*sw - pw + b, c]
     (0 in the padding) for images n0 <= n < n1."""
     ih, iw, c = x.shape[1], x.shape[2], x.shape[3]
+    if kw * c <= IM2COL_THIN:
+        im2col_padded(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, n0, n1)
+        return
     for n in range(n0, n1):
         for i in range(oh):
             for j in range(ow):
@@ -37,6 +40,32 @@ def im2col_images(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, n0, n1):
                         else:
                             for ch in range(c):
                                 cols[row, base + ch] = 0
+
+
+# window rows of at most this many elements (kw * C) are copied from a padded
+# copy of the image (im2col_padded): measured with one thread, 64 images 28 x 28
+# x 1, 1.28 ms against 2.33 between the bounds under a 5 x 5 kernel with
+# padding 2, 0.62 against 1.05 under 3 x 3 with padding 1
+IM2COL_THIN = 16
+
+
+@jit
+def im2col_padded(x, kh, kw, sh, sw, ph, pw, oh, ow, cols, n0, n1):
+    """im2col_images from a zero-padded copy of each image (IH + 2 ph, IW + 2 pw, C):
+    one copy of kw * C contiguous elements per window row, no bounds."""
+    ih, iw, c = x.shape[1], x.shape[2], x.shape[3]
+    pad = np.zeros((ih + 2 * ph, iw + 2 * pw, c), x.dtype)  # the border stays 0
+    flat = pad.reshape(-1)
+    kwc, width = kw * c, (iw + 2 * pw) * c
+    for n in range(n0, n1):
+        pad[ph:ph + ih, pw:pw + iw, :] = x[n]
+        for i in range(oh):
+            for j in range(ow):
+                row = (n * oh + i) * ow + j
+                for a in range(kh):
+                    start = (i * sh + a) * width + j * sw * c
+                    for e in range(kwc):
+                        cols[row, a * kwc + e] = flat[start + e]
 
 
 @jit_parallel

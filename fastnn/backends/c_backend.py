@@ -363,6 +363,8 @@ class CBackend(GemmConv, NumpyBackend):
                  self._window(dx.shape, (kh, kw), stride, padding))
 
     def _maxpool2d_forward(self, x, pool, stride, padding, out, argmax):
+        if x.shape[1] * x.shape[2] > 2**31 - 1:  # the C loop holds the indices as int32
+            return super()._maxpool2d_forward(x, pool, stride, padding, out, argmax)
         k = C_FUNCTIONS[x.dtype]
         k.maxpool_forward(ffi.from_buffer(k.ctype, x), ffi.from_buffer(k.ctype, out),
                           ffi.from_buffer("int64_t[]", argmax),
