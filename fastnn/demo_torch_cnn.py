@@ -8,16 +8,21 @@ images), epochs, batch_size, lr, seed, repeats. Prints one JSON line:
 last fit}.
 """
 
+import importlib
 import json
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
+# the module imports anywhere; it runs as a program only where PyTorch is installed
+# (imported by name, so that type checking does not depend on whether it is)
+torch: Any
 try:
-    import torch
-except ImportError:  # the module imports anywhere; it runs as a program only where PyTorch is installed
-    torch = None  # type: ignore[assignment]
+    torch = importlib.import_module("torch")
+except ImportError:
+    torch = None
 
 
 def model(channels, classes):
