@@ -43,6 +43,21 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts);
 /* both in one: returns the number of ranges used */
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
 
+/* BLAS (csrc/blas.c): row-major C (m, n; row stride ldc) = op(A) op(B) + beta C,
+ * op(A) (m, k) being A (row stride lda) or, with ta, the transpose of A (k, m);
+ * likewise B. Sizes below 2^31 (BLAS's integers). */
+void gemm_f32(int ta, int tb, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+              const float *b, int64_t ldb, float beta, float *c, int64_t ldc);
+void gemm_f64(int ta, int tb, int64_t m, int64_t n, int64_t k, const double *a, int64_t lda,
+              const double *b, int64_t ldb, double beta, double *c, int64_t ldc);
+/* For ranges that call BLAS: parallel_blas_parts is parallel_parts, or 1 when the
+ * BLAS's thread count cannot be set; parallel_blas_run runs the ranges on
+ * fastnn's threads with BLAS on one thread meanwhile (restored after), or, when
+ * another caller holds that setting, one after another with BLAS's own threads.
+ * Either way every range runs once, with its own `part`. */
+int parallel_blas_parts(int64_t n, int64_t min_parallel);
+void parallel_blas_run(range_fn fn, void *args, int64_t n, int parts);
+
 /* Parallel thresholds, in elements touched: below them waking the pool's threads
  * (which sleep when idle, see threads.c) costs more than the second thread
  * saves. Memory-bound work (optimizers, bias, relu, batch norm) needs more

@@ -178,6 +178,9 @@ void avgpool_backward_f64(const double *dy, double *dx, const struct fastnn_wind
  * The addresses of BLAS's Fortran sgemm and dgemm (all arguments by pointer,
  * 32-bit integers), set once before any recurrent kernel runs. */
 void fastnn_set_gemm(void *sgemm, void *dgemm);
+/* The BLAS's set_num_threads(int) and get_num_threads(void) (NULL, NULL when it
+ * has none): kernels that split work over fastnn's threads then run BLAS on one. */
+void fastnn_set_blas_threads(void *set, void *get);
 
 /* Batch-first sequences: x (n, steps, f), hs (n, steps, hidden); W_x (f, G hidden),
  * W_h (hidden, G hidden), biases (G hidden,), gates (n, steps, G hidden) in

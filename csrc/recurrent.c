@@ -1,21 +1,6 @@
 /* Recurrent kernels (rnn, lstm, gru): the whole time loop in C, each GEMM a call
- * of BLAS's Fortran ?gemm, whose address fastnn_set_gemm receives once at load
- * (SciPy's, from scipy.linalg.cython_blas). */
+ * of BLAS's ?gemm (csrc/blas.c). */
 #include "common.h"
-
-typedef void (*gemm_f32_fn)(const char *, const char *, const int *, const int *, const int *,
-                            const float *, const float *, const int *, const float *,
-                            const int *, const float *, float *, const int *);
-typedef void (*gemm_f64_fn)(const char *, const char *, const int *, const int *, const int *,
-                            const double *, const double *, const int *, const double *,
-                            const int *, const double *, double *, const int *);
-static gemm_f32_fn blas_gemm_f32;
-static gemm_f64_fn blas_gemm_f64;
-
-void fastnn_set_gemm(void *sgemm, void *dgemm) {
-    blas_gemm_f32 = (gemm_f32_fn)sgemm;
-    blas_gemm_f64 = (gemm_f64_fn)dgemm;
-}
 
 /* sigmoid and tanh in double, as the reference evaluates them (rounded once to T),
  * on vmath.h's branch-free exp and expm1 (as the activation kernels) */

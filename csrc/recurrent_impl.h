@@ -7,16 +7,6 @@
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
  * tanh evaluated in double and rounded once; bias gradients summed in double. */
 
-/* Row-major C (m, n; row stride ldc) = op(A) op(B) + beta C, op(A) (m, k) being A
- * (row stride lda) or, with ta, the transpose of A (k, m); likewise B. Column-major
- * BLAS computes C^T = op(B)^T op(A)^T: the operands swap. */
-static void FN(gemm)(int ta, int tb, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
-                     const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
-    int im = (int)n, in = (int)m, ik = (int)k, ia = (int)ldb, ib = (int)lda, ic = (int)ldc;
-    T one = 1;
-    FN(blas_gemm)(tb ? "T" : "N", ta ? "T" : "N", &im, &in, &ik, &one, b, &ia, a, &ib, &beta, c, &ic);
-}
-
 /* xw (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection */
 static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f, int64_t width) {
     FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, xw, width);

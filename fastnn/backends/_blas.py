@@ -1,9 +1,13 @@
-"""BLAS's gemm for compiled time loops: the address of the Fortran sgemm/dgemm
-that SciPy exports (scipy.linalg.cython_blas, the BLAS Numba's np.dot calls).
-The recurrent kernels of the numba and C backends call it between their gate
-passes, with no Python between time steps. Its integers are 32-bit."""
+"""The BLAS that compiled loops call: the address of the Fortran sgemm/dgemm
+that SciPy exports (scipy.linalg.cython_blas, the BLAS Numba's np.dot calls),
+called by the recurrent kernels of the numba and C backends with no Python
+between time steps (its integers are 32-bit), and that BLAS's thread count, set
+to one while a kernel runs GEMMs on several threads of its own."""
 
 import ctypes
+import functools
+import threading
+from contextlib import contextmanager
 
 from scipy.linalg import cython_blas
 
@@ -34,3 +38,68 @@ def int32_sizes(x, W_h):
     hidden, width = W_h.shape
     sizes = (n * steps, f, width, steps * width)
     return x.size > 0 and hidden > 0 and max(sizes) <= INT32_MAX
+
+
+def _library_of(address):
+    """The path of the shared library that holds `address` (dladdr), or None."""
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+    try:
+        dladdr = ctypes.CDLL(None).dladdr
+    except (OSError, AttributeError):  # no dladdr (Windows)
+        return None
+    dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(DlInfo)]
+    info = DlInfo()
+    if not dladdr(address, ctypes.byref(info)) or not info.dli_fname:
+        return None
+    return info.dli_fname.decode()
+
+
+@functools.cache
+def blas_thread_functions():
+    """(set_num_threads, get_num_threads) of the BLAS that blas_gemm's ?gemm
+    belongs to, as ctypes functions, or None when it has none that fastnn knows
+    (OpenBLAS: its openblas_set/get_num_threads, with the prefixes and suffixes
+    of its renamed builds, SciPy's "scipy_" among them)."""
+    path = _library_of(blas_gemm("sgemm"))
+    if path is None:
+        return None
+    try:
+        library = ctypes.CDLL(path)
+    except OSError:
+        return None
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            set_fn = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
+            get_fn = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
+            if set_fn is not None and get_fn is not None:
+                set_fn.argtypes, set_fn.restype = [ctypes.c_int], None
+                get_fn.argtypes, get_fn.restype = [], ctypes.c_int
+                return set_fn, get_fn
+    return None
+
+
+_one_thread_lock = threading.Lock()
+
+
+@contextmanager
+def blas_on_one_thread():
+    """Runs the body with the BLAS on one thread per call, for kernels that call it
+    from several threads of their own at once (the count it had is restored
+    after). Yields whether it could: False when the BLAS cannot be told or another
+    caller holds the setting (the BLAS then keeps its threads)."""
+    functions = blas_thread_functions()
+    if functions is None or not _one_thread_lock.acquire(blocking=False):
+        yield False
+        return
+    set_threads, get_threads = functions
+    try:
+        before = get_threads()
+        set_threads(1)
+        try:
+            yield True
+        finally:
+            set_threads(before)
+    finally:
+        _one_thread_lock.release()

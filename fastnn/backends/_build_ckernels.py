@@ -25,8 +25,9 @@ GENERATED = CSRC.parent / "build" / "isa"
 # variant asks for 512-bit vectors, which GCC's generic tuning would not use
 ISAS = [("generic", None), ("avx2", "arch=x86-64-v3"),
         ("avx512", "arch=x86-64-v4,prefer-vector-width=512")]
-# files compiled once, for the generic target: the thread runtime and the dispatch state
-SHARED_FILES = ("isa.c", "threads.c")
+# files compiled once, for the generic target: the thread runtime, the dispatch state
+# and the BLAS entry points
+SHARED_FILES = ("isa.c", "threads.c", "blas.c")
 # The functions whose AVX-512 variant runs (name before _f32/_f64); the others run
 # at most their AVX2 one. Kept where it paid, measured by bench/isa_paths.py on a
 # Zen 4 (2 threads, float32 unless said; time with AVX-512 / with AVX2):
@@ -111,8 +112,7 @@ def write_if_changed(path, text):
 def generate_isa_sources(out=GENERATED):
     """Writes the per-instruction-set wrappers and the dispatch file into `out`;
     returns their paths. A function is dispatched when a kernel file (not one of
-    SHARED_FILES) defines it. A `void fastnn_set_*` function sets state of its
-    file (fastnn_set_gemm): it is called on every variant."""
+    SHARED_FILES) defines it; state the variants share lives in SHARED_FILES."""
     functions = prototypes(read_cdef(CSRC / "fastnn.h"))
     names = [name for name, _, _ in functions]
     shared = set().union(*(defined_in(CSRC / file, names) for file in SHARED_FILES))
@@ -140,10 +140,6 @@ def generate_isa_sources(out=GENERATED):
     for name, decl, params in dispatched:
         call = {suffix: f"{name}_{suffix}({', '.join(params)})" for suffix, _ in ISAS}
         lines.append(decl + " {")
-        if decl.startswith("void") and name.startswith("fastnn_set_"):
-            lines += [f"    {call['generic']};", "#if FASTNN_MULTI_ISA",
-                      f"    {call['avx2']};", f"    {call['avx512']};", "#endif", "}"]
-            continue
         # a void function returns after the call, any other returns its result
         run = "{}; return;" if decl.startswith("void ") else "return {};"
         cap = isa_cap(name)
@@ -152,7 +148,7 @@ def generate_isa_sources(out=GENERATED):
                   "    if (isa == FASTNN_ISA_AVX512) { " + run.format(call["avx512"]) + " }",
                   "    if (isa == FASTNN_ISA_AVX2) { " + run.format(call["avx2"]) + " }",
                   "#endif", "    " + run.format(call["generic"]), "}"]
-    kernels = [name for name, _, _ in dispatched if not name.startswith("fastnn_set_")]
+    kernels = [name for name, _, _ in dispatched]
     lines.append("const char *const fastnn_dispatched_names[] = {"
                  + ", ".join(f'"{name}"' for name in kernels) + "};")
     lines.append("const signed char fastnn_dispatched_caps[] = {"

@@ -6,6 +6,7 @@ the C kernels do what surrounds them. Kernels not overridden here (init_weights)
 run the reference implementation. Sums come back from C in double; the public
 method rounds them to the dtype (spec.round_to)."""
 
+import ctypes
 import os
 import warnings
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
-from ._blas import blas_gemm, int32_sizes
+from ._blas import blas_gemm, blas_thread_functions, int32_sizes
 from ._gemm_conv import GemmConv
 from .reference import (
     ACTIVATIONS,
@@ -29,6 +30,11 @@ ffi, lib = _ckernels.ffi, _ckernels.lib
 NULL = ffi.NULL
 # the recurrent kernels' GEMMs: BLAS's Fortran ?gemm, SciPy's (see _numba_rnn.blas_gemm)
 lib.fastnn_set_gemm(ffi.cast("void *", blas_gemm("sgemm")), ffi.cast("void *", blas_gemm("dgemm")))
+# and its thread count, set to one while fastnn's threads run GEMMs side by side
+_blas_threads = blas_thread_functions()
+if _blas_threads is not None:
+    lib.fastnn_set_blas_threads(*(ffi.cast("void *", ctypes.cast(f, ctypes.c_void_p).value)
+                                  for f in _blas_threads))
 
 # The instruction sets the kernels are compiled for (csrc/isa.h), in the order of
 # enum fastnn_isa. The library runs the highest this CPU has; FASTNN_C_ISA, read
