@@ -237,23 +237,51 @@ def act_backward_parallel(code, dy, y, x, out, rows_per_tile, cols_per_tile):
 
 
 # ----------------------------------------------------------------------- dense
+# Rows of the dense epilogue handled per pass: about this many elements (they
+# stay in L1 from one pass to the next).
+EPILOGUE_CHUNK = 4096
+
+
 @jit
 def bias_act_rows(code, out, b, preact, lo, hi):
     """Epilogue of y = act(x @ W + b) on rows lo..hi of out (N, C), which holds
     x @ W: add b (C,) unless it is empty, copy to preact (N, C) unless it is
-    empty, apply the activation in place. Each row is read from memory once; the
-    later steps find it in L1."""
+    empty, apply the activation in place; a chunk of rows at a time, each pass
+    finding the chunk in L1. The loops index out[i, j]: a call per row (of
+    act_forward_row) costs as much as a short row's work, and a loop over an
+    array passed twice (z is out) does not vectorise (the two may overlap), so
+    relu and identity run here, bias + relu (the default) as one pass, and the
+    other elementwise activations as one call per chunk."""
     c = out.shape[1]
-    for i in range(lo, hi):
-        row = out[i]
+    zero = out.dtype.type(0)
+    step = max(1, EPILOGUE_CHUNK // max(c, 1))
+    for r0 in range(lo, hi, step):
+        r1 = min(hi, r0 + step)
+        if code == RELU and b.size and not preact.size:
+            for i in range(r0, r1):
+                for j in range(c):
+                    v = out[i, j] + b[j]
+                    out[i, j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+            continue
         if b.size:
-            for j in range(c):
-                row[j] += b[j]
+            for i in range(r0, r1):
+                for j in range(c):
+                    out[i, j] += b[j]
         if preact.size:
-            p = preact[i]
-            for j in range(c):
-                p[j] = row[j]
-        act_forward_row(code, row, row)
+            for i in range(r0, r1):
+                for j in range(c):
+                    preact[i, j] = out[i, j]
+        if code == RELU:
+            for i in range(r0, r1):
+                for j in range(c):
+                    v = out[i, j]
+                    out[i, j] = zero if v < zero else v
+        elif code == SOFTMAX:
+            for i in range(r0, r1):
+                act_forward_row(code, out[i], out[i])
+        elif code != IDENTITY:
+            chunk = out[r0:r1].reshape(-1)
+            act_forward_row(code, chunk, chunk)
 
 
 @jit_parallel
@@ -268,14 +296,25 @@ def bias_act_parallel(code, out, b, preact, rows_per_block):
 def act_grad_colsum_block(code, dy, y, preact, dz, colsum, blk, rows_per_block):
     """Prologue of the dense backward on rows block blk: dz = dy * act' (dz is
     not written for identity: dz is dy) and colsum[blk] (C,) float64 = the sum
-    of those rows of dz."""
+    of those rows of dz. The derivative of an elementwise activation is one
+    call over the block's rows (relu a loop here), not one per row (see
+    bias_act_rows)."""
     lo, hi = blk * rows_per_block, min(dy.shape[0], (blk + 1) * rows_per_block)
     if code == IDENTITY:  # two calls, not one on dy or dz: a read-only dy has another type
         add_rows(colsum[blk], dy, lo, hi)
-    else:
+        return
+    if code == RELU:
+        zero = dy.dtype.type(0)
+        for i in range(lo, hi):
+            for j in range(dy.shape[1]):
+                dz[i, j] = dy[i, j] if y[i, j] > zero else zero
+    elif code == SOFTMAX:
         for i in range(lo, hi):
             act_backward_row(code, dy[i], y[i], preact[i], dz[i])
-        add_rows(colsum[blk], dz, lo, hi)
+    else:
+        act_backward_row(code, dy[lo:hi].reshape(-1), y[lo:hi].reshape(-1),
+                         preact[lo:hi].reshape(-1), dz[lo:hi].reshape(-1))
+    add_rows(colsum[blk], dz, lo, hi)
 
 
 @jit_inline
