@@ -315,19 +315,38 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
+        self._bind_adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                             v_max)(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled)
+
+    def _bind_adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                        v_max):
+        # what a bound step (backend.fast.bind) takes once: the flat views, and the
+        # dtype constants of the last options (a few us a step on a small model)
         dt = param.dtype.type
-        step = dt(lr / (1 - beta1**t))
-        inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
-        decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
-        l2 = dt(0) if decoupled else dt(weight_decay)
         amsgrad = v_max is not None
         arrays = self._flat(param, grad, m, v, v_max if amsgrad else param)
-        args = arrays + (step, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), inv_sqrt_bias2,
-                         dt(eps), l2, decay, amsgrad)
-        if _parallel(param.size):
-            K.adam_parallel(*args, _flat_blocks())
-        else:
-            K.adam_block(*args)
+        size = param.size
+        constants = {}
+
+        def adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, v_max=None):
+            options = (lr, beta1, beta2, eps, weight_decay, decoupled)
+            fixed = constants.get(options)
+            if fixed is None:
+                decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
+                l2 = dt(0) if decoupled else dt(weight_decay)
+                if len(constants) > 8:  # a schedule's rates: keep the last few
+                    constants.clear()
+                fixed = constants[options] = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
+                                              l2, decay, amsgrad)
+            step = dt(lr / (1 - beta1**t))
+            inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
+            b1, r1, b2, r2, e, l2, decay, ams = fixed
+            if _parallel(size):
+                K.adam_parallel(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, e, l2, decay, ams,
+                                _flat_blocks())
+            else:
+                K.adam_block(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, e, l2, decay, ams)
+        return adam_step
 
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: im2col, the dense kernels, col2im (_gemm_conv.py);
