@@ -45,6 +45,7 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     gelu,
     high_half,
     jit_inline,
+    key_value,
     log1p_unit,
     ndtr64,
     order_key,
@@ -396,6 +397,8 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     p = exp(x - m) exp(m - lse) as the reference's exp(x - lse), so logits of
     1e4 (where float32 lse has an ulp of 1e-3) give the reference's p."""
     c = logits.shape[1]
+    if c < SHORT_ROW:
+        return softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi)
     dt = logits.dtype.type
     zero = dt(0)
     total = 0.0
@@ -434,6 +437,76 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
                 g[j] = (g[j] * r * tsum - t[j]) * sc
                 loss = radd(loss, np.float64(t[j] * (lse - x[j])))  # each term >= 0
             total += scale * loss
+    return total
+
+
+# Rows shorter than this take softmax_ce_short (as csrc/losses_impl.h's short
+# rows), in blocks of at most SHORT_BLOCK elements.
+SHORT_ROW = 128
+SHORT_BLOCK = 2048
+
+
+@jit
+def softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi):
+    """softmax_ce_rows for short rows (C < SHORT_ROW, 10 classes say), the same
+    formulas by passes over a block of whole rows, each one loop over the
+    block: the maxima and sums down its columns (every row at once), the exps
+    of the block as one flat array (a vector loop, where a row of 10 would run
+    them one at a time), then per row its log-sum, ratio and gradient. Row by
+    row, the bookkeeping of a short row costs more than its elements."""
+    c = logits.shape[1]
+    dt = logits.dtype.type
+    block = max(1, SHORT_BLOCK // c)
+    keys = np.full(block, order_key(logits[lo, 0]))  # the integer type of the keys
+    m, s = np.empty(block, dt), np.empty(block, dt)
+    total = 0.0
+    for i0 in range(lo, hi, block):
+        rows = min(hi - i0, block)
+        x, g = logits[i0:i0 + rows], grad[i0:i0 + rows]
+        for i in range(rows):
+            keys[i] = order_key(x[i, 0])
+        for j in range(1, c):  # the row maxima through order keys, as row_max
+            for i in range(rows):
+                kj = order_key(x[i, j])
+                keys[i] = kj if kj > keys[i] else keys[i]
+        for i in range(rows):
+            m[i] = key_value(keys[i], x[i, 0])
+            for j in range(c):
+                g[i, j] = x[i, j] - m[i]
+        flat = g.reshape(-1)
+        for j in range(flat.size):
+            flat[j] = exp_nonpositive(flat[j])
+        for i in range(rows):
+            s[i] = g[i, 0]
+        for j in range(1, c):
+            for i in range(rows):
+                s[i] += g[i, j]
+        for i in range(rows):
+            xi, gi, mi = x[i], g[i], m[i]
+            log_s = log_sum(xi, gi, mi, s[i])
+            lse = mi + log_s
+            r = fexp(mi - lse)  # p = e * r
+            scale = inv_total * w[i0 + i] if w.size else inv_total
+            sc = dt(scale)
+            if labels.size:
+                k = labels[i0 + i]
+                d = (xi[k] - mi) - log_s  # p - 1 from log p, as softmax_ce_rows
+                pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
+                q = r * sc
+                for j in range(c):
+                    gi[j] *= q
+                gi[k] = pm1 * sc
+                total += scale * (np.float64(lse) - np.float64(xi[k]))
+            else:
+                t = probs[i0 + i]
+                tsum = dt(0)
+                for j in range(c):
+                    tsum = radd(tsum, t[j])
+                loss = 0.0
+                for j in range(c):
+                    gi[j] = (gi[j] * r * tsum - t[j]) * sc
+                    loss = radd(loss, np.float64(t[j] * (lse - xi[j])))
+                total += scale * loss
     return total
 
 

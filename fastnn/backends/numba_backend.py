@@ -227,16 +227,26 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return w, 1.0 / float(w.sum(dtype=np.float64))
 
     def _softmax_cross_entropy(self, logits, targets, w, grad):
+        return self._bind_softmax_cross_entropy(logits, targets, w, grad, typed=False)()
+
+    def _bind_softmax_cross_entropy(self, logits, targets, w, grad, typed=True):
         n, c = logits.shape
         if logits.size == 0:
-            return super()._softmax_cross_entropy(logits, targets, w, grad)
-        w, inv_total = self._weights(w, n, logits.dtype)
+            return lambda *_: NumpyBackend._softmax_cross_entropy(self, logits, targets, w, grad)
         if targets.ndim == 1:
             labels, probs = targets, _EMPTY[logits.dtype][1]
         else:
             labels, probs = _NO_LABELS, targets
-        run = K.softmax_ce_parallel if _parallel(logits.size) else K.softmax_ce_serial
-        return run(logits, labels, probs, w, inv_total, grad, _rows_per_block(c))
+        weights = _EMPTY[logits.dtype][0] if w is None else w
+        args = (logits, labels, probs, weights)
+        per_block, size = _rows_per_block(c), logits.size
+        serial = _typed(K.softmax_ce_serial, *args, 1.0, grad, per_block) if typed else K.softmax_ce_serial
+
+        def softmax_cross_entropy(*_):
+            inv_total = self._weights(w, n, logits.dtype)[1]  # w's values change between calls
+            run = K.softmax_ce_parallel if _parallel(size) else serial
+            return run(*args, inv_total, grad, per_block)
+        return softmax_cross_entropy
 
     def _elementwise_loss(self, kind, pred, targets, w, grad, delta=1.0):
         if pred.size == 0:
