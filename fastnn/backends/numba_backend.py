@@ -374,23 +374,23 @@ class NumbaBackend(GemmConv, NumpyBackend):
         block = _typed(K.adam_block, *arrays, *[dt(0)] * 9, amsgrad) if typed else K.adam_block
 
         def adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, v_max=None):
-            options = (lr, beta1, beta2, eps, weight_decay, decoupled)
+            # (eps changes at every step where it is placed as scikit-learn does)
+            options = (lr, beta1, beta2, weight_decay, decoupled)
             fixed = constants.get(options)
             if fixed is None:
                 decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
                 l2 = dt(0) if decoupled else dt(weight_decay)
                 if len(constants) > 8:  # a schedule's rates: keep the last few
                     constants.clear()
-                fixed = constants[options] = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(eps),
-                                              l2, decay, amsgrad)
+                fixed = constants[options] = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), l2, decay)
             step = dt(lr / (1 - beta1**t))
             inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
-            b1, r1, b2, r2, e, l2, decay, ams = fixed
+            b1, r1, b2, r2, l2, decay = fixed
             if _parallel(size):
-                K.adam_parallel(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, e, l2, decay, ams,
+                K.adam_parallel(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, dt(eps), l2, decay, amsgrad,
                                 _flat_blocks())
             else:
-                block(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, e, l2, decay, ams)
+                block(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, dt(eps), l2, decay, amsgrad)
         return adam_step
 
     # -------------------------------------------------------------- convolution
