@@ -105,6 +105,18 @@ for act in ACTIVATIONS:
                     Terms(dW, np.abs(x.T.astype(np.float64)) @ z), Terms(db, z.sum(axis=0)))
 
 
+@entry("dense", "relu-without-preact-several-chunks")
+def run_dense_relu_no_preact(backend, dtype):
+    # bias + relu without a preact copy: one fused pass in the numba epilogue,
+    # over more rows than one chunk of it holds
+    x = rand((300, 37), dtype, 12)
+    W = rand((37, 129), dtype, 13, 1 / np.sqrt(37))
+    y = backend.dense_forward(x, W, rand((129,), dtype, 14), "relu")
+    dx, dW, db = backend.dense_backward(rand((300, 129), dtype, 15), x, W, y, "relu",
+                                        dz=np.empty((300, 129), dtype))
+    return y, dx, dW, db
+
+
 @entry("dense", "no-bias-noncontiguous-no-dx")
 def run_dense_nc(backend, dtype):
     x = noncontiguous(rand((10, 6), dtype, 9))

@@ -33,13 +33,31 @@ def test_the_epoch_fits_the_stated_network_in_the_benchmark_dtype(name):
     bench = get_benchmark(name)
     a = bench.setup((400, shape[1]), dtype)
     bench.call(fastnn.get_backend("numpy"), a)
-    ours, X = cases._models["mlp_epoch", hidden, "numpy", id(a["X"])]
+    epoch, X = cases._models["mlp_epoch", hidden, "numpy", id(a["X"])]
+    ours = epoch.estimator
     assert X is a["X"]
     bench.others["sklearn"](a)()  # scikit-learn's epoch runs on the same arrays
     units = (shape[1],) + hidden + (classes,)
     assert [w.shape for w in ours.coefs_] == list(zip(units[:-1], units[1:]))
     assert all(w.dtype == np.dtype(dtype) for w in ours.coefs_)
     assert ours.batch_size == workloads.SMALL_BATCH
+
+
+@pytest.mark.parametrize("backend", fastnn.available_backends())
+def test_the_timed_epoch_is_an_epoch_of_fit(backend):
+    # partial_fit, then two timed epochs: the parameters and step count of a fit
+    # of three epochs, bit for bit (the epoch is what a fit spends per epoch;
+    # unshuffled: the fit's sample order after its first epoch is its own)
+    a = workloads.digits_setup((400, 64), "float64")
+    options = dict(hidden_layer_sizes=(16,), backend=backend, **dict(workloads.SMALL_PARAMS, shuffle=False))
+    epoch = cases.EstimatorEpoch(fastnn.MLPClassifier(**options), a["X"], a["y"])
+    epoch()
+    epoch()
+    fitted = fastnn.MLPClassifier(max_iter=3, n_iter_no_change=10, **options)
+    with pytest.warns(Warning, match="Maximum iterations"):
+        fitted.fit(a["X"], a["y"])
+    assert epoch.model.optimizer.t == fitted.model_.optimizer.t == 3 * 2
+    np.testing.assert_array_equal(epoch.model.get_flat_params(), fitted.model_.get_flat_params())
 
 
 def test_digits_setup_refuses_more_rows_than_the_digits():

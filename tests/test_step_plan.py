@@ -141,12 +141,50 @@ def test_divergence_in_a_bound_step_stops_as_without_it(backend, planned_steps, 
     assert_array_equal(found[0][2], found[1][2])
 
 
-def test_fit_releases_the_bound_steps():
+def test_fit_releases_the_bound_steps_that_hold_its_data():
     X, y = digits(300)
     model = nn.Sequential([nn.Dense(8, "relu"), nn.Dense(10)], loss="sparse_categorical_crossentropy",
                           seed=0, dtype=np.float64)
-    model.fit(X, y, epochs=2, batch_size=100, verbose=0)
+    # the whole data as one batch: the plan is bound to X itself, and dropped
+    model.fit(X, y, epochs=2, batch_size=300, shuffle=False, verbose=0)
     assert not any(isinstance(own.get("plan"), StepPlan) for _, own in model._workspaces.values())
+    # shuffled batches of 100 gathered into the model's buffers: that plan stays
+    model.fit(X, y, epochs=2, batch_size=100, verbose=0)
+    kept = [own for _, own in model._workspaces.values() if isinstance(own.get("plan"), StepPlan)]
+    assert len(kept) == 1
+    x, t, w = kept[0]["plan"].key[1:4]
+    assert x is kept[0]["X"] and t is kept[0]["t"] and w is None
+    assert not np.shares_memory(x, X) and not np.shares_memory(t, y)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_partial_fit_keeps_its_bound_steps_and_trains_alike(backend, shuffle, monkeypatch):
+    # partial_fit epoch after epoch binds each batch shape once, and trains as
+    # without bound steps, bit for bit (shuffled: gathered rows; unshuffled:
+    # rows copied into the same buffers)
+    X, y = digits(450)
+    binds = {"n": 0}
+    bind = model_module.bind_step
+
+    def counting(*args):
+        binds["n"] += 1
+        return bind(*args)
+    monkeypatch.setattr(model_module, "bind_step", counting)
+
+    def epochs(est):
+        losses = []
+        for _ in range(4):
+            est.partial_fit(X, y, classes=np.unique(y))
+            losses.append(est.loss_)
+        return est.model_.get_flat_params(), losses
+    options = dict(hidden_layer_sizes=(24,), batch_size=100, shuffle=shuffle, random_state=0, backend=backend)
+    params, losses = epochs(MLPClassifier(**options))
+    assert binds["n"] == 2  # batches of 100 and of 50, bound once each
+    without_plans(monkeypatch)
+    walked_params, walked_losses = epochs(MLPClassifier(**options))
+    assert_array_equal(params, walked_params)
+    assert losses == walked_losses
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

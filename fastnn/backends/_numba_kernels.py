@@ -45,6 +45,7 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     gelu,
     high_half,
     jit_inline,
+    key_value,
     log1p_unit,
     ndtr64,
     order_key,
@@ -237,23 +238,51 @@ def act_backward_parallel(code, dy, y, x, out, rows_per_tile, cols_per_tile):
 
 
 # ----------------------------------------------------------------------- dense
+# Rows of the dense epilogue handled per pass: about this many elements (they
+# stay in L1 from one pass to the next).
+EPILOGUE_CHUNK = 4096
+
+
 @jit
 def bias_act_rows(code, out, b, preact, lo, hi):
     """Epilogue of y = act(x @ W + b) on rows lo..hi of out (N, C), which holds
     x @ W: add b (C,) unless it is empty, copy to preact (N, C) unless it is
-    empty, apply the activation in place. Each row is read from memory once; the
-    later steps find it in L1."""
+    empty, apply the activation in place; a chunk of rows at a time, each pass
+    finding the chunk in L1. The loops index out[i, j]: a call per row (of
+    act_forward_row) costs as much as a short row's work, and a loop over an
+    array passed twice (z is out) does not vectorise (the two may overlap), so
+    relu and identity run here, bias + relu (the default) as one pass, and the
+    other elementwise activations as one call per chunk."""
     c = out.shape[1]
-    for i in range(lo, hi):
-        row = out[i]
+    zero = out.dtype.type(0)
+    step = max(1, EPILOGUE_CHUNK // max(c, 1))
+    for r0 in range(lo, hi, step):
+        r1 = min(hi, r0 + step)
+        if code == RELU and b.size and not preact.size:
+            for i in range(r0, r1):
+                for j in range(c):
+                    v = out[i, j] + b[j]
+                    out[i, j] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+            continue
         if b.size:
-            for j in range(c):
-                row[j] += b[j]
+            for i in range(r0, r1):
+                for j in range(c):
+                    out[i, j] += b[j]
         if preact.size:
-            p = preact[i]
-            for j in range(c):
-                p[j] = row[j]
-        act_forward_row(code, row, row)
+            for i in range(r0, r1):
+                for j in range(c):
+                    preact[i, j] = out[i, j]
+        if code == RELU:
+            for i in range(r0, r1):
+                for j in range(c):
+                    v = out[i, j]
+                    out[i, j] = zero if v < zero else v
+        elif code == SOFTMAX:
+            for i in range(r0, r1):
+                act_forward_row(code, out[i], out[i])
+        elif code != IDENTITY:
+            chunk = out[r0:r1].reshape(-1)
+            act_forward_row(code, chunk, chunk)
 
 
 @jit_parallel
@@ -268,14 +297,25 @@ def bias_act_parallel(code, out, b, preact, rows_per_block):
 def act_grad_colsum_block(code, dy, y, preact, dz, colsum, blk, rows_per_block):
     """Prologue of the dense backward on rows block blk: dz = dy * act' (dz is
     not written for identity: dz is dy) and colsum[blk] (C,) float64 = the sum
-    of those rows of dz."""
+    of those rows of dz. The derivative of an elementwise activation is one
+    call over the block's rows (relu a loop here), not one per row (see
+    bias_act_rows)."""
     lo, hi = blk * rows_per_block, min(dy.shape[0], (blk + 1) * rows_per_block)
     if code == IDENTITY:  # two calls, not one on dy or dz: a read-only dy has another type
         add_rows(colsum[blk], dy, lo, hi)
-    else:
+        return
+    if code == RELU:
+        zero = dy.dtype.type(0)
+        for i in range(lo, hi):
+            for j in range(dy.shape[1]):
+                dz[i, j] = dy[i, j] if y[i, j] > zero else zero
+    elif code == SOFTMAX:
         for i in range(lo, hi):
             act_backward_row(code, dy[i], y[i], preact[i], dz[i])
-        add_rows(colsum[blk], dz, lo, hi)
+    else:
+        act_backward_row(code, dy[lo:hi].reshape(-1), y[lo:hi].reshape(-1),
+                         preact[lo:hi].reshape(-1), dz[lo:hi].reshape(-1))
+    add_rows(colsum[blk], dz, lo, hi)
 
 
 @jit_inline
@@ -357,6 +397,8 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     p = exp(x - m) exp(m - lse) as the reference's exp(x - lse), so logits of
     1e4 (where float32 lse has an ulp of 1e-3) give the reference's p."""
     c = logits.shape[1]
+    if c < SHORT_ROW:
+        return softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi)
     dt = logits.dtype.type
     zero = dt(0)
     total = 0.0
@@ -395,6 +437,76 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
                 g[j] = (g[j] * r * tsum - t[j]) * sc
                 loss = radd(loss, np.float64(t[j] * (lse - x[j])))  # each term >= 0
             total += scale * loss
+    return total
+
+
+# Rows shorter than this take softmax_ce_short (as csrc/losses_impl.h's short
+# rows), in blocks of at most SHORT_BLOCK elements.
+SHORT_ROW = 128
+SHORT_BLOCK = 2048
+
+
+@jit
+def softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi):
+    """softmax_ce_rows for short rows (C < SHORT_ROW, 10 classes say), the same
+    formulas by passes over a block of whole rows, each one loop over the
+    block: the maxima and sums down its columns (every row at once), the exps
+    of the block as one flat array (a vector loop, where a row of 10 would run
+    them one at a time), then per row its log-sum, ratio and gradient. Row by
+    row, the bookkeeping of a short row costs more than its elements."""
+    c = logits.shape[1]
+    dt = logits.dtype.type
+    block = max(1, SHORT_BLOCK // c)
+    keys = np.full(block, order_key(logits[lo, 0]))  # the integer type of the keys
+    m, s = np.empty(block, dt), np.empty(block, dt)
+    total = 0.0
+    for i0 in range(lo, hi, block):
+        rows = min(hi - i0, block)
+        x, g = logits[i0:i0 + rows], grad[i0:i0 + rows]
+        for i in range(rows):
+            keys[i] = order_key(x[i, 0])
+        for j in range(1, c):  # the row maxima through order keys, as row_max
+            for i in range(rows):
+                kj = order_key(x[i, j])
+                keys[i] = kj if kj > keys[i] else keys[i]
+        for i in range(rows):
+            m[i] = key_value(keys[i], x[i, 0])
+            for j in range(c):
+                g[i, j] = x[i, j] - m[i]
+        flat = g.reshape(-1)
+        for j in range(flat.size):
+            flat[j] = exp_nonpositive(flat[j])
+        for i in range(rows):
+            s[i] = g[i, 0]
+        for j in range(1, c):
+            for i in range(rows):
+                s[i] += g[i, j]
+        for i in range(rows):
+            xi, gi, mi = x[i], g[i], m[i]
+            log_s = log_sum(xi, gi, mi, s[i])
+            lse = mi + log_s
+            r = fexp(mi - lse)  # p = e * r
+            scale = inv_total * w[i0 + i] if w.size else inv_total
+            sc = dt(scale)
+            if labels.size:
+                k = labels[i0 + i]
+                d = (xi[k] - mi) - log_s  # p - 1 from log p, as softmax_ce_rows
+                pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
+                q = r * sc
+                for j in range(c):
+                    gi[j] *= q
+                gi[k] = pm1 * sc
+                total += scale * (np.float64(lse) - np.float64(xi[k]))
+            else:
+                t = probs[i0 + i]
+                tsum = dt(0)
+                for j in range(c):
+                    tsum = radd(tsum, t[j])
+                loss = 0.0
+                for j in range(c):
+                    gi[j] = (gi[j] * r * tsum - t[j]) * sc
+                    loss = radd(loss, np.float64(t[j] * (lse - xi[j])))
+                total += scale * loss
     return total
 
 

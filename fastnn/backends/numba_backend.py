@@ -113,6 +113,15 @@ def _parallel(size, dense=False):
     return not _forked_child and size >= (DENSE_PARALLEL_MIN if dense else PARALLEL_MIN)
 
 
+def _typed(kernel, *args):
+    """The compiled code of jitted `kernel` for arguments of the types of `args`
+    (compiled or loaded from the cache if needed): called with arguments of
+    those types, it skips the dispatcher's resolution of their types, about
+    half of a call's ~1 us. Only for a caller whose argument types cannot change
+    (a bound step: its arrays are fixed, its scalars converted by it)."""
+    return kernel.compile(tuple(numba.typeof(a) for a in args))
+
+
 class NumbaBackend(GemmConv, NumpyBackend):
     name = "numba"
 
@@ -151,39 +160,63 @@ class NumbaBackend(GemmConv, NumpyBackend):
             K.act_backward_tile(code, dy2, y2, x2, out2, 0, y2.shape[0], 0, y2.shape[1])
 
     # -------------------------------------------------------------------- dense
+    # A kernel with a _bind_ method is that method's result called once; a
+    # training step bound to its arrays (backend.fast.bind) keeps the result,
+    # which calls the jitted kernels' compiled code for the bound arrays' types
+    # directly (_typed: no dispatcher resolving the types at each call).
     def _dense_forward(self, x, W, b, activation, out, preact):
-        np.matmul(x, W, out=out)
+        self._bind_dense_forward(x, W, b, activation, out, preact, typed=False)()
+
+    def _bind_dense_forward(self, x, W, b, activation, out, preact, typed=True):
+        matmul = np.matmul
         if out.size == 0:
-            if preact is not None:
-                preact[...] = out
-            return
+            def empty_forward(*_):
+                matmul(x, W, out=out)
+                if preact is not None:
+                    preact[...] = out
+            return empty_forward
         empty1, empty2 = _EMPTY[out.dtype]
         b = empty1 if b is None else b
         preact = empty2 if preact is None else preact
         if activation == "identity" and not b.size and not preact.size:
-            return
-        code = CODES[activation]
+            return lambda *_: matmul(x, W, out=out)
         n, c = out.shape
-        if _parallel(out.size, dense=True):
-            K.bias_act_parallel(code, out, b, preact, _rows_per_block(c))
-        else:
-            K.bias_act_rows(code, out, b, preact, 0, n)
+        args = (CODES[activation], out, b, preact)
+        rows = _typed(K.bias_act_rows, *args, 0, n) if typed else K.bias_act_rows
+        size, per_block = out.size, _rows_per_block(c)
+
+        def dense_forward(*_):
+            matmul(x, W, out=out)
+            if _parallel(size, dense=True):
+                K.bias_act_parallel(*args, per_block)
+            else:
+                rows(*args, 0, n)
+        return dense_forward
 
     def _dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        self._bind_dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz, typed=False)()
+
+    def _bind_dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz, typed=True):
         if dy.size == 0:
-            return super()._dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)
-        code = CODES[activation]
+            return lambda *_: NumpyBackend._dense_backward(self, dy, x, W, y, activation, preact, dx, dW,
+                                                           db, dz)
         if activation == "identity":
             dz = dy  # nothing to write: the kernel only sums dy into db
         if preact is None:
             preact = y
-        if _parallel(dy.size, dense=True):
-            K.act_grad_colsum_parallel(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
-        else:
-            K.act_grad_colsum_serial(code, dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
-        np.matmul(x.T, dz, out=dW)
-        if dx is not None:
-            np.matmul(dz, W.T, out=dx)
+        args = (CODES[activation], dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
+        serial = _typed(K.act_grad_colsum_serial, *args) if typed else K.act_grad_colsum_serial
+        matmul, xT, WT, size = np.matmul, x.T, W.T, dy.size
+
+        def dense_backward(*_):
+            if _parallel(size, dense=True):
+                K.act_grad_colsum_parallel(*args)
+            else:
+                serial(*args)
+            matmul(xT, dz, out=dW)
+            if dx is not None:
+                matmul(dz, WT, out=dx)
+        return dense_backward
 
     # ------------------------------------------------------------------- losses
     @staticmethod
@@ -194,16 +227,26 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return w, 1.0 / float(w.sum(dtype=np.float64))
 
     def _softmax_cross_entropy(self, logits, targets, w, grad):
+        return self._bind_softmax_cross_entropy(logits, targets, w, grad, typed=False)()
+
+    def _bind_softmax_cross_entropy(self, logits, targets, w, grad, typed=True):
         n, c = logits.shape
         if logits.size == 0:
-            return super()._softmax_cross_entropy(logits, targets, w, grad)
-        w, inv_total = self._weights(w, n, logits.dtype)
+            return lambda *_: NumpyBackend._softmax_cross_entropy(self, logits, targets, w, grad)
         if targets.ndim == 1:
             labels, probs = targets, _EMPTY[logits.dtype][1]
         else:
             labels, probs = _NO_LABELS, targets
-        run = K.softmax_ce_parallel if _parallel(logits.size) else K.softmax_ce_serial
-        return run(logits, labels, probs, w, inv_total, grad, _rows_per_block(c))
+        weights = _EMPTY[logits.dtype][0] if w is None else w
+        args = (logits, labels, probs, weights)
+        per_block, size = _rows_per_block(c), logits.size
+        serial = _typed(K.softmax_ce_serial, *args, 1.0, grad, per_block) if typed else K.softmax_ce_serial
+
+        def softmax_cross_entropy(*_):
+            inv_total = self._weights(w, n, logits.dtype)[1]  # w's values change between calls
+            run = K.softmax_ce_parallel if _parallel(size) else serial
+            return run(*args, inv_total, grad, per_block)
+        return softmax_cross_entropy
 
     def _elementwise_loss(self, kind, pred, targets, w, grad, delta=1.0):
         if pred.size == 0:
@@ -315,19 +358,40 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     def _adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
                    v_max):
+        self._bind_adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                             v_max, typed=False)(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay,
+                                                 decoupled)
+
+    def _bind_adam_step(self, param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled,
+                        v_max, typed=True):
+        # what a bound step (backend.fast.bind) takes once: the flat views, and the
+        # dtype constants of the last options (a few us a step on a small model)
         dt = param.dtype.type
-        step = dt(lr / (1 - beta1**t))
-        inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
-        decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
-        l2 = dt(0) if decoupled else dt(weight_decay)
         amsgrad = v_max is not None
         arrays = self._flat(param, grad, m, v, v_max if amsgrad else param)
-        args = arrays + (step, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), inv_sqrt_bias2,
-                         dt(eps), l2, decay, amsgrad)
-        if _parallel(param.size):
-            K.adam_parallel(*args, _flat_blocks())
-        else:
-            K.adam_block(*args)
+        size = param.size
+        constants = {}
+        block = _typed(K.adam_block, *arrays, *[dt(0)] * 9, amsgrad) if typed else K.adam_block
+
+        def adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, v_max=None):
+            # (eps changes at every step where it is placed as scikit-learn does)
+            options = (lr, beta1, beta2, weight_decay, decoupled)
+            fixed = constants.get(options)
+            if fixed is None:
+                decay = dt(1 - lr * weight_decay) if decoupled and weight_decay else dt(1)
+                l2 = dt(0) if decoupled else dt(weight_decay)
+                if len(constants) > 8:  # a schedule's rates: keep the last few
+                    constants.clear()
+                fixed = constants[options] = (dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), l2, decay)
+            step = dt(lr / (1 - beta1**t))
+            inv_sqrt_bias2 = dt(1 / math.sqrt(1 - beta2**t))
+            b1, r1, b2, r2, l2, decay = fixed
+            if _parallel(size):
+                K.adam_parallel(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, dt(eps), l2, decay, amsgrad,
+                                _flat_blocks())
+            else:
+                block(*arrays, step, b1, r1, b2, r2, inv_sqrt_bias2, dt(eps), l2, decay, amsgrad)
+        return adam_step
 
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: im2col, the dense kernels, col2im (_gemm_conv.py);

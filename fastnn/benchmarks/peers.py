@@ -181,7 +181,9 @@ convnet_epoch_torch = cnn_epoch_torch(CONVNET)
 
 def mlp_epoch_sklearn(hidden):
     """make(arrays): one epoch (partial_fit) of scikit-learn's MLPClassifier with
-    `hidden` (cases.mlp_epoch_call's), after a first one here."""
+    `hidden` (cases.mlp_epoch_call's), after a first one here. Its validation of
+    the arguments comes with each call: scikit-learn has no public epoch
+    without it (fastnn's epoch is timed without, cases.EstimatorEpoch)."""
     def make(a):
         import numpy as np
         from sklearn.neural_network import MLPClassifier

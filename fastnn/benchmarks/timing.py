@@ -9,7 +9,8 @@ import statistics
 import time
 
 
-def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3):
+def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3,
+               clock=time.perf_counter):
     """[(median, best) seconds of one call, and how many calls were timed] for
     each function of `fns`, timed in turns: each round takes one sample of every
     function due, so that all of them meet the same moments of a noisy machine
@@ -18,16 +19,18 @@ def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_s
     `warmup` calls first (the first compiles Numba code). Calls shorter than
     `min_sample` are timed in batches of `inner` calls so the clock's resolution
     does not matter; the number of samples of each fills about `min_time`
-    seconds, spread evenly over the rounds."""
+    seconds, spread evenly over the rounds. `clock`: what is read around the
+    calls (time.process_time: this process's CPU time, which on a shared
+    machine leaves out the time spent waiting for a core)."""
     plans = []  # (inner, repeats) per function
     for fn in fns:
         for _ in range(warmup):
             fn()
         once = float("inf")
         for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            once = min(once, time.perf_counter() - t0)
+            once = min(once, clock() - t0)
         once = max(once, 1e-9)
         inner = max(1, int(min_sample / once))
         plans.append((inner, min(max_repeats, max(min_repeats, int(min_time / (once * inner))))))
@@ -37,10 +40,10 @@ def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_s
         for fn, (inner, repeats), taken in zip(fns, plans, samples):
             if (r + 1) * repeats // rounds == r * repeats // rounds:
                 continue  # not due this round: its samples spread over all rounds
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(inner):
                 fn()
-            taken.append((time.perf_counter() - t0) / inner)
+            taken.append((clock() - t0) / inner)
     return [(statistics.median(taken), min(taken), repeats * inner)
             for taken, (inner, repeats) in zip(samples, plans)]
 

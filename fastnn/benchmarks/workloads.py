@@ -246,9 +246,10 @@ def cnn_gemms(layers):
     return bare
 
 
-# end to end: one epoch (partial_fit) of the small MLPClassifiers most
+# end to end: one epoch (cases.EstimatorEpoch) of the small MLPClassifiers most
 # scikit-learn users train (issue 24), Adam, batch 200: the digits (8 x 8 images,
-# 10 classes) and synthetic tabular data of 54 features and 7 classes.
+# 10 classes) and synthetic tabular data of 54 features (10 continuous, 44
+# binary) and 7 classes.
 SMALL_BATCH = 200
 SMALL_PARAMS = dict(batch_size=SMALL_BATCH, solver="adam", shuffle=True, random_state=0)
 TABULAR_CLASSES = 7
@@ -266,11 +267,14 @@ def digits_setup(shape, dtype):
 
 
 def tabular_setup(shape, dtype):
-    """Standard-normal features, labels the argmax of a fixed linear map of them
-    plus noise (learnable, every class present)."""
+    """Tabular data shaped like scikit-learn's covtype: 10 standard-normal columns
+    and shape[1] - 10 binary ones (one in five set), labels the argmax of a fixed
+    linear map of them plus noise (learnable, every class present)."""
     rng = _rng()
     n, n_in = shape
-    X = rng.standard_normal((n, n_in))
+    dense = rng.standard_normal((n, min(10, n_in)))
+    binary = (rng.random((n, n_in - dense.shape[1])) < 0.2).astype(np.float64)
+    X = np.hstack([dense, binary])
     scores = X @ rng.standard_normal((n_in, TABULAR_CLASSES)) + rng.standard_normal((n, TABULAR_CLASSES))
     return {"X": X.astype(dtype), "y": np.argmax(scores, axis=1)}
 

@@ -1157,7 +1157,9 @@ class Sequential:
         """Drop the workspaces' references to caller arrays (layer inputs, batch-norm
         caches), so that data passed to fit or predict can be freed."""
         for _, own in self._workspaces.values():
-            own.pop("plan", None)  # holds the batch it was bound to
+            plan = own.get("plan")
+            if plan is not None and not plan.holds_only_buffers(own):
+                del own["plan"]  # bound to a caller's arrays
         stack = [ws for layer_ws, _ in self._workspaces.values() for ws in layer_ws]
         while stack:
             ws = stack.pop()

@@ -14,7 +14,11 @@ A plan holds the arrays it was bound to: the batch buffers (x, targets, weights)
 the workspaces, the parameter and optimizer buffers. It is used only while they
 are the very objects of the step (`fits`); anything else (another backend, a
 recompiled model, a re-bound optimizer, changed penalties or frozen layers, see
-Sequential._plan_key) makes the model step without it and bind again.
+Sequential._plan_key) makes the model step without it and bind again. At the
+end of a fit a plan is kept when its batch arrays are the model's own buffers
+(`holds_only_buffers`: shuffled or partial batches are gathered into them), so
+that partial_fit, epoch after epoch, does not bind again; one bound to a
+caller's arrays (the whole data as one batch) is dropped.
 """
 
 from .losses import Loss
@@ -35,6 +39,15 @@ class StepPlan:
         k = self.key
         return (k[0] is backend and k[1] is x and k[2] is t and k[3] is w and k[4] is state
                 and k[5] == model_key)
+
+    def holds_only_buffers(self, own):
+        """Whether the batch arrays bound (x, targets, weights) are the buffers
+        `own` (its workspace's) holds, the model's own copies of gathered rows,
+        not arrays of a caller: then the plan may outlive the fit that bound it
+        (the next fit or partial_fit at that batch shape steps through it) without
+        keeping a caller's data alive."""
+        x, t, w = self.key[1:4]
+        return x is own.get("X") and t is own.get("t") and (w is None or w is own.get("w"))
 
     def forward(self):
         for run in self._forward:
