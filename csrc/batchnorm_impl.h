@@ -199,51 +199,88 @@ HOT static void FN(bn_grad_sums_rows)(void *args, int64_t r0, int64_t r1, int pa
     }
 }
 
+/* The dx pass works on BN_ROWS rows at a time, each column's five parameters
+ * loaded once for them: one row at a time, those loads, not the arithmetic,
+ * bounded the loop in cache. The rows' results are staged in L1 (tmp, BN_ROWS
+ * x BN_CHUNK) and copied out, with streaming stores for a large dx. Measured
+ * on the backward, float32, one thread, results identical: 128 x 1024 (in
+ * cache) 0.100 -> 0.089 ms, 4096 x 1024 4.98 -> 4.7 ms. The normalising pass
+ * of the forward, done the same way, was as fast in cache and 20-30% slower
+ * from memory (four rows' prefetches at once), so it stays one row at a time. */
+#define BN_ROWS 4
+
+/* copies the staged rows (rows, w), BN_CHUNK apart, to out (rows, w), c apart */
+INLINE void FN(bn_store_rows)(const struct FN(bn_args) *a, T *out, const T *tmp, int rows,
+                               int64_t w) {
+    for (int k = 0; k < rows; k++) {
+        if (a->stream)
+            FN(stream_copy)(out + k * a->c, tmp + k * BN_CHUNK, w);
+        else
+            memcpy(out + k * a->c, tmp + k * BN_CHUNK, (size_t)w * sizeof(T));
+    }
+}
+
 /* dx over rows [r0, r1). Training: the batch mean and variance depend on x too,
  * dx = gamma invstd / n (n dy - dbeta - xhat dgamma); inference: dy gamma invstd.
- * A large dx is staged in L1 by chunks and written with streaming stores. The
- * loops run in steps of a fixed PREFETCH_STEP (one prefetch per stream each)
- * and a tail: a step whose length the compiler cannot see was measured about
- * 30% slower in cache, each one paying a vector loop's set-up. */
+ * BN_ROWS rows at a time (see above). The loops run in steps of a
+ * fixed PREFETCH_STEP (one prefetch per stream each) and a tail: a step whose
+ * length the compiler cannot see was measured about 30% slower in cache, each
+ * one paying a vector loop's set-up. */
 INLINE T FN(bn_dx_train)(T x, T dy, T mean, T invstd, T coef, T nt, T dbeta, T dgamma) {
     T xhat = (x - mean) * invstd;
     return coef * (nt * dy - dbeta - xhat * dgamma);
+}
+
+/* tmp[k * BN_CHUNK + j - c0] = dx of row k < rows (x, dy: rows c apart) for
+ * columns j in [j0, j1); rows is a constant where this is inlined */
+INLINE void FN(bn_dx_block)(const struct FN(bn_args) *a, const T *restrict x,
+                             const T *restrict dy, int64_t c0, int64_t j0, int64_t j1, int rows,
+                             T *restrict tmp) {
+    const T *restrict mean = a->mean, *restrict invstd = a->invstd, *restrict gamma = a->gamma;
+    const T *restrict dbeta = a->dbeta, *restrict dgamma = a->dgamma, *restrict coef = a->coef;
+    int64_t c = a->c;
+    T nt = a->coef_n, *restrict out = tmp - c0;
+    if (a->training) {
+        for (int64_t j = j0; j < j1; j++) {
+            T m = mean[j], s = invstd[j], cf = coef[j], db = dbeta[j], dg = dgamma[j];
+            for (int k = 0; k < rows; k++)
+                out[k * BN_CHUNK + j] = FN(bn_dx_train)(x[k * c + j], dy[k * c + j], m, s, cf, nt,
+                                                        db, dg);
+        }
+    } else {
+        for (int64_t j = j0; j < j1; j++) {
+            T g = gamma[j], s = invstd[j];
+            for (int k = 0; k < rows; k++) out[k * BN_CHUNK + j] = dy[k * c + j] * g * s;
+        }
+    }
 }
 
 HOT static void FN(bn_dx_rows)(void *args, int64_t r0, int64_t r1, int part) {
     const struct FN(bn_args) *a = args;
     enum { STEP = PREFETCH_STEP / sizeof(T) };
     int64_t c = a->c;
-    const T *restrict mean = a->mean, *restrict invstd = a->invstd, *restrict gamma = a->gamma;
-    const T *restrict dbeta = a->dbeta, *restrict dgamma = a->dgamma, *restrict coef = a->coef;
     const T *x_end = a->x + r1 * c, *dy_end = a->dy + r1 * c;
-    T nt = a->coef_n, tmp[BN_CHUNK];
+    T tmp[BN_ROWS * BN_CHUNK];
     (void)part;
-    for (int64_t r = r0; r < r1; r++) {
-        const T *restrict x = a->x + r * c, *restrict dy = a->dy + r * c;
-        T *dx = a->dx + r * c;
+    for (int64_t r = r0; r < r1; r += BN_ROWS) {
+        int rows = r1 - r < BN_ROWS ? (int)(r1 - r) : BN_ROWS;
+        const T *x = a->x + r * c, *dy = a->dy + r * c; /* (rows, c) */
         for (int64_t c0 = 0; c0 < c; c0 += BN_CHUNK) {
-            int64_t c1 = c - c0 < BN_CHUNK ? c : c0 + BN_CHUNK, j0 = c0;
-            T *restrict out = a->stream ? tmp - c0 : dx; /* out[j] for j in [c0, c1) */
-            if (a->training) {
-                for (; j0 + STEP <= c1; j0 += STEP) {
-                    prefetch_ahead(dy + j0, dy_end);
-                    prefetch_ahead(x + j0, x_end);
-                    for (int64_t j = j0; j < j0 + STEP; j++)
-                        out[j] = FN(bn_dx_train)(x[j], dy[j], mean[j], invstd[j], coef[j], nt,
-                                                 dbeta[j], dgamma[j]);
+            int64_t c1 = c - c0 < BN_CHUNK ? c : c0 + BN_CHUNK;
+            for (int64_t j0 = c0; j0 < c1; j0 += STEP) {
+                int64_t j1 = j0 + STEP <= c1 ? j0 + STEP : c1;
+                for (int k = 0; k < rows; k++) {
+                    prefetch_ahead(dy + k * c + j0, dy_end);
+                    if (a->training) prefetch_ahead(x + k * c + j0, x_end);
                 }
-                for (int64_t j = j0; j < c1; j++)
-                    out[j] = FN(bn_dx_train)(x[j], dy[j], mean[j], invstd[j], coef[j], nt,
-                                             dbeta[j], dgamma[j]);
-            } else {
-                for (; j0 + STEP <= c1; j0 += STEP) {
-                    prefetch_ahead(dy + j0, dy_end);
-                    for (int64_t j = j0; j < j0 + STEP; j++) out[j] = dy[j] * gamma[j] * invstd[j];
-                }
-                for (int64_t j = j0; j < c1; j++) out[j] = dy[j] * gamma[j] * invstd[j];
+                if (rows == BN_ROWS && j1 == j0 + STEP)
+                    FN(bn_dx_block)(a, x, dy, c0, j0, j0 + STEP, BN_ROWS, tmp);
+                else
+                    for (int k = 0; k < rows; k++)
+                        FN(bn_dx_block)(a, x + k * c, dy + k * c, c0, j0, j1, 1,
+                                        tmp + k * BN_CHUNK);
             }
-            if (a->stream) FN(stream_copy)(dx + c0, tmp, c1 - c0);
+            FN(bn_store_rows)(a, a->dx + r * c + c0, tmp, rows, c1 - c0);
         }
     }
     if (a->stream) stream_fence();

@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 from catalogue import CATALOGUE
+from test_equivalence import test_gelu_accuracy as check_gelu_accuracy
 from test_equivalence import test_matches_reference as check_matches_reference
 
 import fastnn
@@ -108,6 +109,14 @@ def test_set_isa_checks_its_argument_and_restores():
 def test_matches_reference_on_lower_isa(case, isa, dtype):
     with c_backend.use_isa(isa):
         check_matches_reference(case, "c", dtype)
+
+
+@pytest.mark.parametrize("isa", LOWER_ISAS)
+def test_gelu_accuracy_on_lower_isa(isa, dtype):
+    """gelu's float polynomial has a path with FMA instructions (AVX2, AVX-512)
+    and one without (generic): each within the same bounds."""
+    with c_backend.use_isa(isa):
+        check_gelu_accuracy("c", dtype)
 
 
 def test_info_reports_the_isa():

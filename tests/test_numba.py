@@ -126,10 +126,10 @@ def _elementwise(be, dtype):
 @pytest.mark.parametrize("group", [_activations, _dense, _losses, _batchnorm, _elementwise])
 def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
     be = fastnn.get_backend("numba")
-    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN"):
+    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN", "BN_PARALLEL_MIN"):
         monkeypatch.setattr(numba_backend, threshold, 1 << 62)  # every kernel serial
     serial = group(be, dtype)
-    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN"):
+    for threshold in ("PARALLEL_MIN", "DENSE_PARALLEL_MIN", "BN_PARALLEL_MIN"):
         monkeypatch.setattr(numba_backend, threshold, 0)  # every kernel parallel
     parallel = group(be, dtype)
     assert len(serial) == len(parallel)

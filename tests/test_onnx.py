@@ -300,7 +300,12 @@ def test_trained_models_with_images_and_residual_blocks(case, graph):
     model = _fitted(layers(), "mse", X_train, y, graph)
     onx = fastnn.onnx.to_onnx(model, X_train[:1])
     (out,) = run(onx, X_test)
-    assert_close(out, model.predict(X_test), graph, case[0])
+    expected = model.predict(X_test)
+    # an output that nearly cancels carries the rounding of terms the size of the
+    # largest outputs, summed in another order by ONNX Runtime than by BLAS: a few
+    # ulp of those (float32 CNN: 2.2e-7 at an output of 0.002, the largest 1.6,
+    # where the numpy backend's prediction is as far from the graph's)
+    assert_close(out, expected, graph, case[0], atol=4 * np.finfo(graph).eps * np.abs(expected).max())
     assert run(onx, X_test[:1])[0].shape == (1, 3)
 
 

@@ -85,7 +85,9 @@ jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
 
 # gelu rows in functions of their own, compiled with FMA contraction (the rest
 # of the activations follow the reference's roundings without it; gelu's erfc and
-# exp polynomials are not the reference's formulas, and FMAs make them faster)
+# exp polynomials are not the reference's formulas, and FMAs make them faster).
+# Numba's cache checks only this file's date: a change to the gelu of
+# _numba_math.py, inlined here, needs a change here too (or the cache cleared)
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def gelu_forward_row(z, out):
     for j in range(z.size):
