@@ -36,6 +36,23 @@ import numpy as np
 COLUMN_TILE_BYTES = 2 << 20
 
 
+# A kernel that runs a whole convolution in compiled code (the C backend's
+# conv2d_forward and conv2d_backward) splits the images between its threads, each
+# walking its share a tile of at most this many bytes of columns at a time with
+# BLAS on one thread; the tile's columns (and in the backward their gradient and
+# dz) stay in that core's cache.
+THREAD_TILE_BYTES = 512 << 10
+
+
+def thread_tiles(n, image_bytes, threads):
+    """(tile, parts) for such a kernel over n images of image_bytes of columns
+    each on `threads` threads: at most `parts` ranges of images, each walked in
+    tiles of at most `tile` images (one workspace of a tile per range)."""
+    parts = max(1, min(threads, n))
+    share = -(-n // parts)  # images of the largest range
+    return max(1, min(share, THREAD_TILE_BYTES // max(image_bytes, 1))), parts
+
+
 class GemmConv:
     """Mixin: conv2d_forward and conv2d_backward through im2col and the dense
     kernels of the backend it is mixed into."""
