@@ -122,8 +122,8 @@ class _FunctionTable:
         "batchnorm_backward", "dropout", "weight_penalty", "sgd_step", "adagrad_step",
         "rmsprop_step", "adadelta_step", "adam_step",
         # convolution
-        "conv2d_forward", "conv2d_backward", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
-        "avgpool_backward",
+        "conv2d_forward", "conv2d_backward", "im2col", "col2im", "maxpool_forward",
+        "maxpool_backward", "avgpool_forward", "avgpool_backward",
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
         "gru_backward",
