@@ -346,8 +346,8 @@ def test_tiled_cnn_gemms_compute_the_products(threads):
     them (tiled_gemms.py), compute a convolution's products: out = cols W, the
     ranges' dW partials adding up to cols^T out, dcols = out W^T."""
     pytest.importorskip("numba")
-    from fastnn.benchmarks.tiled_gemms import _conv_gemms
     from fastnn.backends._numba_rnn import GEMM
+    from fastnn.benchmarks.tiled_gemms import _conv_gemms
 
     rng = np.random.default_rng(0)
     n, pixels, k, o, tile = 7, 6, 5, 4, 2
