@@ -223,7 +223,7 @@ def test_training_steps_reuse_their_buffers(backend):
         return layers, columns
     before = buffers()
     # the 3x3 and 2x3 kernels need columns
-    assert any(key[1] in ("cols", ("tiles", True)) for key in before[1])
+    assert any(key[1] == "cols" or key[1][0] == "tiles" for key in before[1])
     for _ in range(3):
         model.train_step(X, y)
     after = buffers()

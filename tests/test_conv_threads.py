@@ -1,7 +1,8 @@
-"""The C convolution kernels split the images of a batch between fastnn's
-threads, each range walked in tiles with BLAS on one thread
-(csrc/conv_impl.h): every split gives the reference's results, the same bits
-call after call, and the BLAS's thread count is the user's after each call."""
+"""The convolution kernels of the C and numba backends split the images of a
+batch between their threads, each range walked in tiles with BLAS on one
+thread (csrc/conv_impl.h, _numba_conv.conv_*_tiles): every split gives the
+reference's results, the same bits call after call, and the BLAS's thread
+count is the user's after each call."""
 
 import numpy as np
 import pytest
@@ -11,17 +12,31 @@ from threadpoolctl import threadpool_limits
 import fastnn
 from fastnn.backends import _blas, _gemm_conv
 
-pytestmark = pytest.mark.skipif("c" not in fastnn.available_backends(), reason="no C backend")
+FAST = [b for b in ("c", "numba") if b in fastnn.available_backends()]
 
 
 @pytest.fixture
-def c_threads():
-    """Sets the C kernels' thread count (BLAS untouched); restored after."""
+def set_threads(monkeypatch):
+    """set_threads(backend, n): the number of ranges the backend's convolution
+    splits the images into (the C kernels' thread count; the numba backend's
+    count as its plan reads it, every size parallel), restored after."""
     import fastnn.backends as registry
-    from fastnn.backends.c_backend import lib
 
-    yield lib.fastnn_set_num_threads
-    lib.fastnn_set_num_threads(registry._num_threads or 0)
+    def set_threads(backend, n):
+        if backend == "c":
+            from fastnn.backends.c_backend import lib
+
+            lib.fastnn_set_num_threads(n)
+        else:
+            from fastnn.backends import numba_backend
+
+            monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: n)
+            monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 0)
+    yield set_threads
+    if "c" in FAST:
+        from fastnn.backends.c_backend import lib
+
+        lib.fastnn_set_num_threads(registry._num_threads or 0)
 
 
 def conv_step(backend, x, W, b, dy, stride, padding, activation):
@@ -39,30 +54,32 @@ def case(seed, n=7, h=9, w=8, c=3, o=5, k=(3, 2), out=(6, 9)):
             rng.standard_normal(o), rng.standard_normal((n,) + out + (o,)))
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("tile_bytes", [1, 16000, 512 << 10])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "identity"])
-def test_every_split_gives_the_reference_result(threads, tile_bytes, activation, c_threads,
-                                                monkeypatch):
+def test_every_split_gives_the_reference_result(backend, threads, tile_bytes, activation,
+                                                set_threads, monkeypatch):
     """7 images on 1 to 3 threads, in tiles of one image (1 byte), of at most 2
     (3000 bytes; 1620 bytes of columns per image; the ranges of 2 or 3 images
     then hold tiles of unequal sizes) and of the whole range; the ranges' dW
     and db partials add up to the reference's, and the same call gives the
     same bits again."""
     monkeypatch.setattr(_gemm_conv, "THREAD_TILE_BYTES", tile_bytes)
-    c_threads(threads)
+    set_threads(backend, threads)
     x, W, b, dy = case(1)
-    got = conv_step("c", x, W, b, dy, (2, 1), (2, 1), activation)
+    got = conv_step(backend, x, W, b, dy, (2, 1), (2, 1), activation)
     want = conv_step("numpy", x, W, b, dy, (2, 1), (2, 1), activation)
     for g, r in zip(got, want):
         assert_allclose(g, r, rtol=1e-10, atol=1e-12)
-    again = conv_step("c", x, W, b, dy, (2, 1), (2, 1), activation)
+    again = conv_step(backend, x, W, b, dy, (2, 1), (2, 1), activation)
     for g, r in zip(got, again):
         assert np.array_equal(g, r)
 
 
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("blas_threads", [1, 3])
-def test_the_blas_thread_count_is_the_users_after_each_call(blas_threads, c_threads):
+def test_the_blas_thread_count_is_the_users_after_each_call(backend, blas_threads, set_threads):
     """The kernels set the BLAS to one thread while their ranges run side by side
     (a case large enough to run in parallel on 2 threads) and restore the user's
     count after the forward and after the backward."""
@@ -70,10 +87,10 @@ def test_the_blas_thread_count_is_the_users_after_each_call(blas_threads, c_thre
     if functions is None:
         pytest.skip("the BLAS has no thread functions fastnn knows")
     get_threads = functions[1]
-    c_threads(2)
+    set_threads(backend, 2)
     x, W, b, dy = (a.astype(np.float32) for a in case(2, n=8, h=12, w=12, c=8, o=16, k=(3, 3),
                                                         out=(12, 12)))
-    kernels = fastnn.get_backend("c")
+    kernels = fastnn.get_backend(backend)
     with threadpool_limits(blas_threads, user_api="blas"):
         y = kernels.conv2d_forward(x, W, b, 1, 1, "relu")
         assert get_threads() == blas_threads
