@@ -1,4 +1,7 @@
-"""Convolution as one GEMM, for the fast backends (numba, c).
+"""Convolution as one GEMM, for the fast backends (numba, c): their path for
+the sizes their whole-convolution kernels leave (sizes beyond 32-bit BLAS
+integers; for numba an empty batch too), and those kernels' tile plan
+(thread_tiles).
 
 conv(x, W) over channels-last images is a dense layer over the image's
 windows: the column matrix cols (N*OH*OW, KH*KW*C) holds at row (n, i, j) the
