@@ -9,6 +9,7 @@ fastnn (runner.time_apart).
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/cnn_tiles.py
     python bench/cnn_tiles.py --images 256 --rounds 9 --tile-kb 128,512,2048
+    python bench/cnn_tiles.py --threads 1 --no-torch
 
 Each round times every variant once, in turns; the figures are minima over the
 rounds (one epoch of --images images each). --tile-kb times the C kernels and
@@ -85,7 +86,10 @@ def main():
     parser.add_argument("--tile-kb", default=str(_gemm_conv.THREAD_TILE_BYTES >> 10),
                         help="THREAD_TILE_BYTES to time, in KB, comma-separated")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--threads", type=int, help="fastnn.set_num_threads (BLAS, Numba, C)")
     args = parser.parse_args()
+    if args.threads:
+        fastnn.set_num_threads(args.threads)
     tile_sizes = [int(kb) << 10 for kb in args.tile_kb.split(",")]
     default = _gemm_conv.THREAD_TILE_BYTES
     for name, layers in NETWORKS.items():
