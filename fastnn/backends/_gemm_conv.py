@@ -42,14 +42,15 @@ COLUMN_TILE_BYTES = 2 << 20
 # A kernel that runs a whole convolution in compiled code (the C backend's
 # conv2d_forward and conv2d_backward) splits the images between its threads, each
 # walking its share a tile of at most this many bytes of columns at a time with
-# BLAS on one thread; the tile's columns (and in the backward their gradient)
-# stay in that core's cache (1 MB of L2 per Zen 4 core). Measured per sample
-# (bench/cnn_tiles.py, batch 64, float32, the C backend, on a machine loaded by
-# other work, so only roughly): LeNet on one thread 73.9 us with 128 KB tiles,
-# 68.4 with 256 KB, 76.4 with 512 KB, 88-91 with 1-2 MB; conv32-64 363-375
-# with any of them; on two threads 256 KB 72.6 (LeNet) and 375 (conv32-64)
-# against 131 and 408 with 512 KB.
-THREAD_TILE_BYTES = 256 << 10
+# BLAS on one thread. Measured per sample (bench/cnn_tiles.py, batch 64,
+# float32, the C backend, 2 threads, on a machine loaded by other work, so only
+# roughly): LeNet 83 us with 256 KB tiles, 104 with 2 MB, 113 with 8 MB (the
+# former path 139); conv32-64 775, 594, 593 (former 751). Small tiles keep the
+# columns in L2 but their GEMMs, side by side, ran far below BLAS's rate (the
+# 14 x 14 x 32 -> 64 layer's GEMMs alone: 289 us per image in tiles of 1 to 8
+# images, 176 in one tile per thread, 170 as one GEMM on BLAS's 2 threads);
+# 2 MB pays on both.
+THREAD_TILE_BYTES = 2 << 20
 
 
 def thread_tiles(n, image_bytes, threads):
