@@ -40,9 +40,9 @@ COLUMN_TILE_BYTES = 2 << 20
 
 
 # A kernel that runs a whole convolution in compiled code (the C backend's
-# conv2d_forward and conv2d_backward) splits the images between its threads, each
-# walking its share a tile of at most this many bytes of columns at a time with
-# BLAS on one thread. Measured per sample (bench/cnn_tiles.py, batch 64,
+# conv2d_forward and conv2d_backward, the numba backend's alike) splits the images
+# between its threads, each walking its share a tile of at most this many bytes
+# of columns at a time with BLAS on one thread. Measured per sample (bench/cnn_tiles.py, batch 64,
 # float32, the C backend, 2 threads, on a machine loaded by other work, so only
 # roughly): LeNet 83 us with 256 KB tiles, 104 with 2 MB, 113 with 8 MB (the
 # former path 139); conv32-64 775, 594, 593 (former 751). Small tiles keep the
