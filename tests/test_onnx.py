@@ -300,13 +300,7 @@ def test_trained_models_with_images_and_residual_blocks(case, graph):
     model = _fitted(layers(), "mse", X_train, y, graph)
     onx = fastnn.onnx.to_onnx(model, X_train[:1])
     (out,) = run(onx, X_test)
-    # a float32 graph that composes Conv rounds its own way: on the CNN trained
-    # by the C backend's tiled convolution, 2 of 180 outputs near 0 (-9.4e-4)
-    # are 1.8e-7 from predict's (from the reference's, 2.0e-7), over the
-    # 1.7e-7 of rtol 1e-5; twice that tolerance there
-    composed32 = graph == np.float32 and convolution.MISSING_OPERATORS["float32"]
-    assert_close(out, model.predict(X_test), graph, case[0],
-                 rtol=2 * RTOL[np.dtype(graph)] if composed32 else None)
+    assert_close(out, model.predict(X_test), graph, case[0])
     assert run(onx, X_test[:1])[0].shape == (1, 3)
 
 
