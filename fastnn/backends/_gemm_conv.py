@@ -42,15 +42,13 @@ COLUMN_TILE_BYTES = 2 << 20
 # A kernel that runs a whole convolution in compiled code (the C backend's
 # conv2d_forward and conv2d_backward, the numba backend's alike) splits the images
 # between its threads, each walking its share a tile of at most this many bytes
-# of columns at a time with BLAS on one thread. Measured per sample (bench/cnn_tiles.py, batch 64,
-# float32, the C backend, 2 threads, on a machine loaded by other work, so only
-# roughly): LeNet 83 us with 256 KB tiles, 104 with 2 MB, 113 with 8 MB (the
-# former path 139); conv32-64 775, 594, 593 (former 751). Small tiles keep the
-# columns in L2 but their GEMMs, side by side, ran far below BLAS's rate (the
-# 14 x 14 x 32 -> 64 layer's GEMMs alone: 289 us per image in tiles of 1 to 8
-# images, 176 in one tile per thread, 170 as one GEMM on BLAS's 2 threads);
-# 2 MB pays on both.
-THREAD_TILE_BYTES = 2 << 20
+# of columns at a time with BLAS on one thread. Measured per sample
+# (bench/cnn_tiles.py, 128 images, batch 64, float32, the C backend, 2 threads,
+# on a machine loaded by other work, so only roughly), in the quietest run:
+# LeNet 48.8 us with 256 KB tiles, 64.1 with 2 MB (the former path 73.8);
+# conv32-64 316 with either (former 227); in others 8 MB was slower on both
+# (LeNet 111 against 59, conv32-64 380 against 310).
+THREAD_TILE_BYTES = 256 << 10
 
 
 def thread_tiles(n, image_bytes, threads):
