@@ -1,5 +1,6 @@
-/* Convolution's im2col and col2im (the GEMM between them is BLAS, from Python)
- * and max and average pooling, over channels-last images. */
+/* Convolution (im2col, BLAS's GEMM and the epilogue a tile of images at a time,
+ * forward and backward), its im2col and col2im alone, and max and average
+ * pooling, over channels-last images. */
 #include <string.h>
 #include "common.h"
 

@@ -357,3 +357,149 @@ void FN(avgpool_backward)(const T *dy, T *dx, const struct fastnn_window *g) {
     parallel_run(FN(avgpool_backward_range), &a, g->n,
                  FN(window_parts)(g->n * g->ih * g->iw * g->c, g->n));
 }
+
+/* ------------------------------------------------------------ convolution
+ * conv2d_forward and conv2d_backward in one call each, over tiles of images:
+ * the images are split into one contiguous range per thread, and each thread
+ * walks its range in tiles of at most `tile` images, doing everything a tile
+ * needs while the tile's columns are in its cache, with BLAS on one thread
+ * (parallel_blas_run): two single-threaded GEMMs side by side and the passes
+ * around them, each on its own images, waste less than one GEMM split by BLAS
+ * with the passes between. A tile of images is rows = images * oh * ow rows of
+ * the column matrix cols (rows, K = kh * kw * c), K in W's order (kh, kw, c),
+ * so that W is the (K, o) operand. Workspace of range `part`: ws + part *
+ * conv_part_size(...), holding its tile's cols and, in the backward, dcols
+ * (rows, K) and its dW partial (K, o). A 1 x 1 kernel with
+ * stride 1 and no padding reads x as its own column matrix. */
+struct FN(conv_args) {
+    const struct fastnn_window *g;
+    const T *x, *W, *b, *dy, *y, *preact;
+    T *out, *preact_out, *dx, *dz, *dW, *ws;
+    double *db_parts; /* backward: one (o,) column sum of dz per range */
+    int64_t o, tile, part_size;
+    int act, pointwise;
+};
+
+/* elements of one range's workspace: cols (tile rows, K) in the forward; cols,
+ * dcols (rows, K) and a dW partial (K, o) in the backward */
+INLINE int64_t FN(conv_part_size)(const struct fastnn_window *g, int64_t o, int64_t tile,
+                                  int backward) {
+    int64_t rows = tile * g->oh * g->ow, K = g->kh * g->kw * g->c;
+    return backward ? 2 * rows * K + K * o : rows * K;
+}
+
+/* the column matrix of images [n0, n1): built into cols, or x itself (pointwise) */
+INLINE const T *FN(conv_columns)(const struct FN(conv_args) *a, int64_t n0, int64_t n1, T *cols) {
+    const struct fastnn_window *g = a->g;
+    int64_t image = g->ih * g->iw * g->c;
+    if (a->pointwise) return a->x + n0 * image;
+    struct FN(window_args) w = {.g = g, .in = a->x + n0 * image, .out = cols};
+    FN(im2col_range)(&w, 0, (n1 - n0) * g->oh, 0);
+    return cols;
+}
+
+/* y (rows, o) = activation(cols W + b) for the tiles of images [n0, n1) */
+HOT static void FN(conv_forward_range)(void *args, int64_t n0, int64_t n1, int part) {
+    const struct FN(conv_args) *a = args;
+    const struct fastnn_window *g = a->g;
+    int64_t pixels = g->oh * g->ow, K = g->kh * g->kw * g->c, o = a->o;
+    int64_t tiles = (n1 - n0 + a->tile - 1) / a->tile;
+    T *cols = a->ws + part * a->part_size;
+    for (int64_t t = 0; t < tiles; t++) { /* even tiles: images t0..t1 */
+        int64_t t0 = n0 + (n1 - n0) * t / tiles, t1 = n0 + (n1 - n0) * (t + 1) / tiles;
+        int64_t rows = (t1 - t0) * pixels, at = t0 * pixels * o;
+        const T *c = FN(conv_columns)(a, t0, t1, cols);
+        FN(gemm)(0, 0, rows, o, K, c, K, a->W, o, 0, a->out + at, o);
+        FN(bias_activation_forward)(a->out + at, a->b, a->preact_out ? a->preact_out + at : NULL,
+                                    a->out + at, rows, o, a->act);
+    }
+}
+
+/* ranges for n images: one per thread when there is enough work, at most
+ * max_parts (the workspaces the caller gave) */
+static int FN(conv_parts)(const struct fastnn_window *g, int64_t o, int64_t max_parts) {
+    int64_t work = g->n * g->oh * g->ow * g->kh * g->kw * g->c * o; /* multiply-adds */
+    int parts = parallel_blas_parts(work, MIN_PARALLEL_CHEAP);
+    if (parts > max_parts) parts = (int)max_parts;
+    return parts < g->n ? parts : (int)(g->n > 0 ? g->n : 1);
+}
+
+int FN(conv2d_forward)(const T *x, const T *W, const T *b, T *preact, T *y, T *ws,
+                       const struct fastnn_window *g, int64_t o, int64_t tile, int64_t parts,
+                       int activation) {
+    struct FN(conv_args) a = {.g = g, .x = x, .W = W, .b = b, .out = y, .preact_out = preact,
+                              .ws = ws, .o = o, .tile = tile > 0 ? tile : 1, .act = activation};
+    a.pointwise = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+    a.part_size = FN(conv_part_size)(g, o, a.tile, 0);
+    parallel_blas_run(FN(conv_forward_range), &a, g->n, FN(conv_parts)(g, o, parts));
+    return 0;
+}
+
+/* acc (o,) += the column sums of dz (rows, o), in double */
+INLINE void FN(add_columns)(double *acc, const T *dz, int64_t rows, int64_t o) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < o; j++) acc[j] += dz[r * o + j];
+}
+
+/* for the tiles of images [n0, n1): dz = dy * activation' (dy itself for the
+ * identity), its column sums into
+ * this range's db slice, this range's dW partial += cols^T dz, and dx of the
+ * tile's images = col2im(dz W^T) (their own images: no two ranges write one) */
+HOT static void FN(conv_backward_range)(void *args, int64_t n0, int64_t n1, int part) {
+    const struct FN(conv_args) *a = args;
+    const struct fastnn_window *g = a->g;
+    int64_t pixels = g->oh * g->ow, K = g->kh * g->kw * g->c, o = a->o;
+    int64_t tiles = (n1 - n0 + a->tile - 1) / a->tile, image = g->ih * g->iw * g->c;
+    int64_t most = a->tile * pixels; /* rows of the largest tile */
+    T *cols = a->ws + part * a->part_size, *dcols = cols + most * K;
+    T *dW = part == 0 ? a->dW : dcols + most * K; /* range 0 writes dW itself */
+    double *db = a->db_parts + part * o;
+    for (int64_t t = 0; t < tiles; t++) {
+        int64_t t0 = n0 + (n1 - n0) * t / tiles, t1 = n0 + (n1 - n0) * (t + 1) / tiles;
+        int64_t rows = (t1 - t0) * pixels, at = t0 * pixels * o;
+        const T *c = FN(conv_columns)(a, t0, t1, cols);
+        const T *d = a->dy + at;
+        if (a->act != FASTNN_IDENTITY) {
+            FN(activation_backward)(d, a->y + at, a->preact ? a->preact + at : NULL, a->dz + at,
+                                    NULL, rows, o, a->act);
+            d = a->dz + at;
+        }
+        FN(add_columns)(db, d, rows, o);
+        FN(gemm)(1, 0, K, o, rows, c, K, d, o, t == 0 ? 0 : 1, dW, o);
+        if (!a->dx) continue;
+        if (a->pointwise) { /* dx is the column gradient */
+            FN(gemm)(0, 1, rows, K, o, d, o, a->W, o, 0, a->dx + t0 * image, K);
+            continue;
+        }
+        FN(gemm)(0, 1, rows, K, o, d, o, a->W, o, 0, dcols, K);
+        struct FN(window_args) w = {.g = g, .in = dcols, .out = a->dx + t0 * image};
+        FN(col2im_range)(&w, 0, t1 - t0, 0);
+    }
+}
+
+int FN(conv2d_backward)(const T *dy, const T *x, const T *W, const T *y, const T *preact, T *dz,
+                        T *dx, T *dW, T *db, T *ws, const struct fastnn_window *g, int64_t o,
+                        int64_t tile, int64_t parts, int activation) {
+    int64_t K = g->kh * g->kw * g->c;
+    struct FN(conv_args) a = {.g = g, .x = x, .W = W, .dy = dy, .y = y, .preact = preact,
+                              .dz = dz, .dx = dx, .dW = dW, .ws = ws, .o = o, .tile = tile > 0 ? tile : 1,
+                              .act = activation};
+    a.pointwise = g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+    a.part_size = FN(conv_part_size)(g, o, a.tile, 1);
+    int used = FN(conv_parts)(g, o, parts);
+    a.db_parts = workspace(used, o);
+    if (!a.db_parts) return -1;
+    if (g->n == 0)
+        for (int64_t e = 0; e < K * o; e++) dW[e] = 0;
+    parallel_blas_run(FN(conv_backward_range), &a, g->n, used);
+    /* the ranges' partials added in range order (the same bits for a given
+     * thread count) */
+    for (int p = 1; p < used; p++) {
+        const T *partial = ws + p * a.part_size + 2 * a.tile * g->oh * g->ow * K;
+        for (int64_t e = 0; e < K * o; e++) dW[e] += partial[e];
+    }
+    add_parts(a.db_parts, used, o);
+    for (int64_t j = 0; j < o; j++) db[j] = (T)a.db_parts[j];
+    free(a.db_parts);
+    return 0;
+}

@@ -174,6 +174,31 @@ int avgpool_forward_f32(const float *x, float *y, const struct fastnn_window *g)
 int avgpool_forward_f64(const double *x, double *y, const struct fastnn_window *g);
 void avgpool_backward_f32(const float *dy, float *dx, const struct fastnn_window *g);
 void avgpool_backward_f64(const double *dy, double *dx, const struct fastnn_window *g);
+/* Convolution of x (n, ih, iw, c) with W (kh, kw, c, o) (window g, g->c = c),
+ * im2col, BLAS and the epilogue a tile of at most `tile` images at a time, the
+ * images split between at most `parts` threads; ws: parts workspaces of
+ * tile * oh * ow * K elements (K = kh * kw * c) in the forward, 2 tile * oh *
+ * ow * K + K * o in the backward. Forward: y (n, oh, ow, o) = activation(conv
+ * + b), b (o,) or NULL, preact = conv + b when not NULL. Backward: dz = dy *
+ * activation' (dz NULL for the identity), dW (kh, kw, c, o), db (o,) and, when
+ * dx is not NULL, dx (n, ih, iw, c) from dy and y (n, oh, ow, o) (preact for
+ * gelu, else may be NULL). BLAS sizes fit 32 bits. */
+int conv2d_forward_f32(const float *x, const float *W, const float *b, float *preact, float *y,
+                       float *ws, const struct fastnn_window *g, int64_t o, int64_t tile,
+                       int64_t parts, int activation);
+int conv2d_forward_f64(const double *x, const double *W, const double *b, double *preact,
+                       double *y, double *ws, const struct fastnn_window *g, int64_t o,
+                       int64_t tile, int64_t parts, int activation);
+int conv2d_backward_f32(const float *dy, const float *x, const float *W, const float *y,
+                        const float *preact, float *dz, float *dx, float *dW, float *db,
+                        float *ws,
+                        const struct fastnn_window *g, int64_t o, int64_t tile, int64_t parts,
+                        int activation);
+int conv2d_backward_f64(const double *dy, const double *x, const double *W, const double *y,
+                        const double *preact, double *dz, double *dx, double *dW, double *db,
+                        double *ws,
+                        const struct fastnn_window *g, int64_t o, int64_t tile, int64_t parts,
+                        int activation);
 /* ------------------------------------------------------------------ recurrence
  * The addresses of BLAS's Fortran sgemm and dgemm (all arguments by pointer,
  * 32-bit integers), set once before any recurrent kernel runs. */

@@ -338,3 +338,24 @@ def test_time_apart_times_in_a_process_without_fastnn():
     bench = get_benchmark("adam_small")
     [(median, best, calls)] = benchmarks.time_apart([(bench, (100,), "torch")], min_time=0.001)
     assert 0 < best <= median and calls >= 5
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tiled_cnn_gemms_compute_the_products(threads):
+    """The CNN benchmarks' bare GEMMs, per thread and tile as the C kernels issue
+    them (tiled_gemms.py), compute a convolution's products: out = cols W, the
+    ranges' dW partials adding up to cols^T out, dcols = out W^T."""
+    pytest.importorskip("numba")
+    from fastnn.backends._numba_rnn import GEMM
+    from fastnn.benchmarks.tiled_gemms import _conv_gemms
+
+    rng = np.random.default_rng(0)
+    n, pixels, k, o, tile = 7, 6, 5, 4, 2
+    cols, W = rng.standard_normal((n * pixels, k)), rng.standard_normal((k, o))
+    out, dW, dcols = np.empty((n * pixels, o)), np.empty((threads, k, o)), np.empty((n * pixels, k))
+    fn = GEMM[cols.dtype]
+    _conv_gemms(fn, threads, tile, pixels, cols, W, out, dW, dcols, False)
+    np.testing.assert_allclose(out, cols @ W, rtol=1e-12)
+    _conv_gemms(fn, threads, tile, pixels, cols, W, out, dW, dcols, True)
+    np.testing.assert_allclose(dW.sum(axis=0), cols.T @ out, rtol=1e-12)
+    np.testing.assert_allclose(dcols, out @ W.T, rtol=1e-12)

@@ -209,7 +209,8 @@ def test_cnn_on_digits_reaches_98_5_percent():
 @pytest.mark.parametrize("backend", [b for b in fastnn.available_backends() if b != "numpy"])
 def test_training_steps_reuse_their_buffers(backend):
     """After the first step, the layers' workspaces and the fast backends' column
-    matrices (GemmConv's per-thread cache) are the same arrays step after step."""
+    matrices (GemmConv's per-thread cache; the C kernels' per-range tiles) are
+    the same arrays step after step."""
     X, y = images(n=16, h=8, w=8, c=1, seed=3).astype(np.float32), np.arange(16) % 3
     model = cnn(backend)
     model.train_step(X, y)
@@ -217,10 +218,12 @@ def test_training_steps_reuse_their_buffers(backend):
     def buffers():
         layers = {(i, key): a for i, ws in enumerate(model._workspaces[X.shape][0])
                   for key, a in ws.items() if isinstance(a, np.ndarray) and key != "x"}
-        columns = dict(getattr(fastnn.get_backend(backend)._conv_local, "arrays", {}))
+        columns = {key: a for key, a in getattr(fastnn.get_backend(backend)._conv_local, "arrays",
+                                                 {}).items() if key[0] == backend}
         return layers, columns
     before = buffers()
-    assert any(key[1] == "cols" for key in before[1])  # the 3x3 and 2x3 kernels need columns
+    # the 3x3 and 2x3 kernels need columns
+    assert any(key[1] == "cols" or key[1][0] == "tiles" for key in before[1])
     for _ in range(3):
         model.train_step(X, y)
     after = buffers()
@@ -260,6 +263,7 @@ def test_column_tiles_give_the_whole_batch_result(backend, tile_bytes, monkeypat
     from fastnn.backends import _gemm_conv
 
     monkeypatch.setattr(_gemm_conv, "COLUMN_TILE_BYTES", tile_bytes)
+    monkeypatch.setattr(_gemm_conv, "THREAD_TILE_BYTES", tile_bytes)  # the C kernels' tiles
     assert _gemm_conv.GemmConv._tiles(5, 1728) == ([(k, k + 1) for k in range(5)] if tile_bytes == 1
                                                    else [(0, 2), (2, 4), (4, 5)])
     rng = np.random.default_rng(6)

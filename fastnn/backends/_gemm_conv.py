@@ -1,4 +1,7 @@
-"""Convolution as one GEMM, for the fast backends (numba, c).
+"""Convolution as one GEMM, for the fast backends (numba, c): their path for
+the sizes their whole-convolution kernels leave (sizes beyond 32-bit BLAS
+integers; for numba an empty batch too), and those kernels' tile plan
+(thread_tiles).
 
 conv(x, W) over channels-last images is a dense layer over the image's
 windows: the column matrix cols (N*OH*OW, KH*KW*C) holds at row (n, i, j) the
@@ -34,6 +37,27 @@ import numpy as np
 # 377 us per image with 2 MB tiles, 379 with 1 MB, 377 with 4 MB, 396 whole;
 # LeNet (5 MB and 3.8 MB of columns) 89 to 92 with any of them, 88 whole.
 COLUMN_TILE_BYTES = 2 << 20
+
+
+# A kernel that runs a whole convolution in compiled code (the C backend's
+# conv2d_forward and conv2d_backward, the numba backend's alike) splits the images
+# between its threads, each walking its share a tile of at most this many bytes
+# of columns at a time with BLAS on one thread. Measured per sample
+# (bench/cnn_tiles.py, 128 images, batch 64, float32, the C backend, 2 threads,
+# on a machine loaded by other work, so only roughly), in the quietest run:
+# LeNet 48.8 us with 256 KB tiles, 64.1 with 2 MB (the former path 73.8);
+# conv32-64 316 with either (former 227); in others 8 MB was slower on both
+# (LeNet 111 against 59, conv32-64 380 against 310).
+THREAD_TILE_BYTES = 256 << 10
+
+
+def thread_tiles(n, image_bytes, threads):
+    """(tile, parts) for such a kernel over n images of image_bytes of columns
+    each on `threads` threads: at most `parts` ranges of images, each walked in
+    tiles of at most `tile` images (one workspace of a tile per range)."""
+    parts = max(1, min(threads, n))
+    share = -(-n // parts)  # images of the largest range
+    return max(1, min(share, THREAD_TILE_BYTES // max(image_bytes, 1))), parts
 
 
 class GemmConv:

@@ -13,6 +13,10 @@ columns j*sw - pw + (0..KW-1); cells outside the image are padding.
 import numpy as np
 from numba import njit, prange
 
+from ._numba_kernels import IDENTITY, act_backward_row, add_rows, bias_act_rows
+from ._numba_math import jit_inline
+from ._numba_rnn import gemm
+
 jit = njit(cache=True, error_model="numpy")
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
 
@@ -213,3 +217,109 @@ def avgpool_backward_parallel(dy, kh, kw, sh, sw, ph, pw, area, dx):
         avgpool_backward_images(dy, kh, kw, sh, sw, ph, pw, area, dx, n, n + 1)
 
 
+
+
+# ------------------------------------------------------------------ convolution
+# conv2d_forward and conv2d_backward as one jitted call each, the C kernels' plan
+# (csrc/conv_impl.h): the images split into `parts` ranges run side by side (a
+# prange; the caller holds the BLAS on one thread), each walked in tiles of at
+# most `tile` images, every tile's im2col, GEMMs (BLAS's ?gemm, _numba_rnn.gemm)
+# and epilogue done while its columns are in that core's cache. Per range:
+# cols and dcols (most rows, K) and a dW partial (K, O) of the workspaces; the
+# partials, and db's (float64), added in range order after.
+@jit_parallel
+def conv_forward_tiles(fn, code, x, W2, b, preact, out, cols_ws, tile, parts, kh, kw, sh, sw,
+                       ph, pw, oh, ow, pointwise):
+    """out (N*OH*OW, O) = act(cols @ W2 + b), preact (like out, or empty) = cols @ W2 + b;
+    x (N, IH, IW, C); W2 (K, O); b (O,) or empty; cols_ws (parts, tile*OH*OW, K)."""
+    n, pixels = x.shape[0], oh * ow
+    k, o = W2.shape
+    for part in prange(parts):
+        blas = (fn, np.zeros(6, np.int32), np.zeros(2, out.dtype),
+                np.frombuffer(b"NT", np.uint8).copy())
+        cols = cols_ws[part]
+        n0, n1 = n * part // parts, n * (part + 1) // parts
+        tiles = (n1 - n0 + tile - 1) // tile
+        for t in range(tiles):
+            t0 = n0 + (n1 - n0) * t // tiles
+            t1 = n0 + (n1 - n0) * (t + 1) // tiles
+            r0, rows = t0 * pixels, (t1 - t0) * pixels
+            if pointwise:  # x is its own column matrix
+                gemm(blas, 0, 0, rows, o, k, x[t0], k, W2, o, 0.0, out[r0:], o)
+            else:
+                im2col_images(x[t0:t1], kh, kw, sh, sw, ph, pw, oh, ow, cols, 0, t1 - t0)
+                gemm(blas, 0, 0, rows, o, k, cols, k, W2, o, 0.0, out[r0:], o)
+            if preact.size:
+                bias_act_rows(code, out[r0:r0 + rows], b, preact[r0:r0 + rows], 0, rows)
+            else:
+                bias_act_rows(code, out[r0:r0 + rows], b, preact, 0, rows)
+
+
+@jit_inline
+def _tile_weight_grads(blas, d, r0, rows, cols, k, o, beta, dW, colsum):
+    """dW (K, O) = cols^T d[r0:r0+rows] + beta dW; colsum (O,) += its column sums."""
+    acc = np.empty(o)
+    add_rows(acc, d, r0, r0 + rows)
+    for j in range(o):
+        colsum[j] += acc[j]
+    gemm(blas, 1, 0, k, o, rows, cols, k, d[r0], o, beta, dW, o)
+
+
+@jit_inline
+def _tile_dx(blas, d, r0, rows, W2, k, o, dcols, dx_tile, kh, kw, sh, sw, ph, pw, oh, ow,
+             pointwise):
+    """dx of a tile's images = col2im(d[r0:r0+rows] W2^T) (or the product itself, pointwise)."""
+    if pointwise:
+        gemm(blas, 0, 1, rows, k, o, d[r0], o, W2, o, 0.0, dx_tile, k)
+    else:
+        gemm(blas, 0, 1, rows, k, o, d[r0], o, W2, o, 0.0, dcols, k)
+        col2im_images(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx_tile, 0, dx_tile.shape[0])
+
+
+@jit_parallel
+def conv_backward_tiles(fn, code, dy, x, W2, y, preact, dz, dx, dW, db, cols_ws, dcols_ws, dW_ws,
+                        tile, parts, kh, kw, sh, sw, ph, pw, oh, ow, pointwise):
+    """dz = dy * act' (dy, y, preact, dz (N*OH*OW, O); dz not written for the
+    identity), db (O,) its column sums, dW (K, O) = cols^T dz and, when dx
+    (N, IH, IW, C) is not empty, dx = col2im(dz W2^T). Workspaces: cols_ws,
+    dcols_ws (parts, tile*OH*OW, K), dW_ws (parts, K, O) (range 0's unused)."""
+    n, pixels = x.shape[0], oh * ow
+    k, o = W2.shape
+    colsum = np.zeros((parts, o))
+    for part in prange(parts):
+        blas = (fn, np.zeros(6, np.int32), np.zeros(2, dy.dtype),
+                np.frombuffer(b"NT", np.uint8).copy())
+        cols, dcols, dWp = cols_ws[part], dcols_ws[part], dW_ws[part]
+        if part == 0:
+            dWp = dW  # range 0 writes dW itself
+        n0, n1 = n * part // parts, n * (part + 1) // parts
+        tiles = (n1 - n0 + tile - 1) // tile
+        for t in range(tiles):
+            t0 = n0 + (n1 - n0) * t // tiles
+            t1 = n0 + (n1 - n0) * (t + 1) // tiles
+            r0, rows = t0 * pixels, (t1 - t0) * pixels
+            beta = 0.0 if t == 0 else 1.0
+            if pointwise:  # x is its own column matrix: its address at image t0
+                c = x[t0].reshape(-1)
+            else:
+                im2col_images(x[t0:t1], kh, kw, sh, sw, ph, pw, oh, ow, cols, 0, t1 - t0)
+                c = cols.reshape(-1)
+            if code == IDENTITY:
+                _tile_weight_grads(blas, dy, r0, rows, c, k, o, beta, dWp, colsum[part])
+                if dx.size:
+                    _tile_dx(blas, dy, r0, rows, W2, k, o, dcols, dx[t0:t1], kh, kw, sh, sw, ph,
+                             pw, oh, ow, pointwise)
+            else:
+                for i in range(r0, r0 + rows):
+                    act_backward_row(code, dy[i], y[i], preact[i], dz[i])
+                _tile_weight_grads(blas, dz, r0, rows, c, k, o, beta, dWp, colsum[part])
+                if dx.size:
+                    _tile_dx(blas, dz, r0, rows, W2, k, o, dcols, dx[t0:t1], kh, kw, sh, sw, ph,
+                             pw, oh, ow, pointwise)
+    for part in range(1, parts):  # in range order: the same bits for a given count
+        dW += dW_ws[part]
+    for j in range(o):
+        s = 0.0
+        for part in range(parts):
+            s += colsum[part, j]
+        db[j] = s

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
-from ._blas import blas_gemm, blas_thread_functions, int32_sizes
-from ._gemm_conv import GemmConv
+from ._blas import INT32_MAX, blas_gemm, blas_thread_functions, int32_sizes
+from ._gemm_conv import GemmConv, thread_tiles
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -122,8 +122,8 @@ class _FunctionTable:
         "batchnorm_backward", "dropout", "weight_penalty", "sgd_step", "adagrad_step",
         "rmsprop_step", "adadelta_step", "adam_step",
         # convolution
-        "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
-        "avgpool_backward",
+        "conv2d_forward", "conv2d_backward", "im2col", "col2im", "maxpool_forward",
+        "maxpool_backward", "avgpool_forward", "avgpool_backward",
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
         "gru_backward",
@@ -346,8 +346,10 @@ class CBackend(GemmConv, NumpyBackend):
         return adam_step
 
     # -------------------------------------------------------------- convolution
-    # conv2d_forward/backward: im2col in C, the dense kernels (BLAS GEMM and the C
-    # epilogue), col2im in C (_gemm_conv.py); pooling in C (csrc/conv_impl.h).
+    # conv2d_forward/backward: one C call each (csrc/conv_impl.h: im2col, BLAS's GEMM
+    # on one thread per range of images, the epilogue, col2im), or, for sizes
+    # beyond 32-bit BLAS integers, im2col, the dense kernels and col2im
+    # (_gemm_conv.py); pooling in C.
     @staticmethod
     def _window(x_shape, window, stride, padding, out_hw=None):
         """The struct fastnn_window of images x_shape (n, ih, iw, c) (outputs out_hw,
@@ -357,6 +359,44 @@ class CBackend(GemmConv, NumpyBackend):
         oh, ow = out_hw or ((ih + 2 * ph - kh) // sh + 1, (iw + 2 * pw - kw) // sw + 1)
         return ffi.new("struct fastnn_window *", dict(
             n=n, ih=ih, iw=iw, c=c, kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw, oh=oh, ow=ow))
+
+    def _conv_plan(self, x, W, stride, padding, oh, ow, backward):
+        """(window, tile, parts, workspace) of conv2d_forward/backward in C
+        (csrc/conv_impl.h), or None when a BLAS size would not fit 32 bits."""
+        kh, kw, c, o = W.shape
+        k = kh * kw * c
+        if oh * ow * max(k, o) > INT32_MAX or k * o > INT32_MAX:
+            return None
+        tile, parts = thread_tiles(x.shape[0], oh * ow * k * x.itemsize, lib.fastnn_get_num_threads())
+        rows = tile * oh * ow
+        size = 2 * rows * k + k * o if backward else rows * k
+        ws = self._conv_workspace(("tiles", backward), (parts * size,), x.dtype)
+        return self._window(x.shape, (kh, kw), stride, padding, (oh, ow)), tile, parts, ws
+
+    def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
+        plan = self._conv_plan(x, W, stride, padding, out.shape[1], out.shape[2], False)
+        if plan is None:
+            return super()._conv2d_forward(x, W, b, stride, padding, activation, out, preact)
+        window, tile, parts, ws = plan
+        k = C_FUNCTIONS[x.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        _check(k.conv2d_forward(fb(ct, x), fb(ct, W), _ptr(ct, b), _ptr(ct, preact), fb(ct, out),
+                                fb(ct, ws), window, W.shape[3], tile, parts,
+                                ACTIVATION_CODE[activation]))
+
+    def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
+        plan = self._conv_plan(x, W, stride, padding, dy.shape[1], dy.shape[2], True)
+        if plan is None:
+            return super()._conv2d_backward(dy, x, W, y, activation, stride, padding, preact, dx,
+                                            dW, db, dz)
+        window, tile, parts, ws = plan
+        k = C_FUNCTIONS[x.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
+        dz = None if activation == "identity" else dz
+        _check(k.conv2d_backward(fb(ct, dy), fb(ct, x), fb(ct, W), fb(ct, y), _ptr(ct, preact),
+                                 _ptr(ct, dz), _ptr(ct, dx), fb(ct, dW), fb(ct, db), fb(ct, ws), window,
+                                 W.shape[3], tile, parts, ACTIVATION_CODE[activation]))
 
     def _im2col(self, x, kh, kw, stride, padding, cols):
         k = C_FUNCTIONS[x.dtype]

@@ -26,8 +26,9 @@ import numpy as np
 from . import _numba_conv
 from . import _numba_kernels as K
 from . import _numba_rnn as R
-from ._blas import int32_sizes
-from ._gemm_conv import GemmConv
+from ._blas import INT32_MAX, blas_on_one_thread, int32_sizes
+from ._gemm_conv import GemmConv, thread_tiles
+from ._numba_rnn import GEMM
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -402,8 +403,64 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return adam_step
 
     # -------------------------------------------------------------- convolution
-    # conv2d_forward/backward: im2col, the dense kernels, col2im (_gemm_conv.py);
-    # the loops in _numba_conv.py, parallel over the images of large batches.
+    # conv2d_forward/backward: one jitted call each, the C kernels' plan (images
+    # split between the threads, each range in tiles, BLAS on one thread:
+    # _numba_conv.conv_*_tiles), or for an empty batch or sizes beyond 32-bit
+    # BLAS integers im2col, the dense kernels, col2im (_gemm_conv.py); the
+    # loops in _numba_conv.py, parallel over the images of large batches.
+    def _conv_tiles(self, x, W, oh, ow):
+        """(tile, parts) of conv_forward_tiles / conv_backward_tiles (the C
+        kernels' plan), or None when a BLAS size would not fit 32 bits or the
+        batch is empty (then GemmConv's path)."""
+        kh, kw, c, o = W.shape
+        k = kh * kw * c
+        if x.shape[0] == 0 or oh * ow * max(k, o) > INT32_MAX or k * o > INT32_MAX:
+            return None
+        threads = numba.get_num_threads() if _parallel(x.shape[0] * oh * ow * k * o) else 1
+        return thread_tiles(x.shape[0], oh * ow * k * x.itemsize, threads)
+
+    @staticmethod
+    def _pointwise(W, stride, padding):
+        return int(W.shape[:2] == (1, 1) and stride == (1, 1) and padding == (0, 0))
+
+    def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
+        (_, oh, ow, o), k = out.shape, W.shape[0] * W.shape[1] * W.shape[2]
+        plan = self._conv_tiles(x, W, oh, ow)
+        if plan is None:
+            return super()._conv2d_forward(x, W, b, stride, padding, activation, out, preact)
+        tile, parts = plan
+        empty1, empty2 = _EMPTY[x.dtype]
+        cols = self._conv_workspace(("tiles", "cols"), (parts, tile * oh * ow, k), x.dtype)
+        with blas_on_one_thread() as alone:
+            _numba_conv.conv_forward_tiles(
+                GEMM[x.dtype], CODES[activation], x, W.reshape(k, o), empty1 if b is None else b,
+                empty2 if preact is None else preact.reshape(-1, o), out.reshape(-1, o), cols, tile,
+                parts if alone else 1, *W.shape[:2], *stride, *padding, oh, ow,
+                self._pointwise(W, stride, padding))
+
+    def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
+        (_, oh, ow, o), k = dy.shape, W.shape[0] * W.shape[1] * W.shape[2]
+        plan = self._conv_tiles(x, W, oh, ow)
+        if plan is None:
+            return super()._conv2d_backward(dy, x, W, y, activation, stride, padding, preact, dx,
+                                            dW, db, dz)
+        tile, parts = plan
+        work = self._conv_workspace
+        cols = work(("tiles", "cols"), (parts, tile * oh * ow, k), x.dtype)
+        dcols = work(("tiles", "dcols"), (parts, tile * oh * ow, k), x.dtype)
+        partials = work(("tiles", "dW"), (parts, k, o), x.dtype)
+
+        def rows(a):
+            return a.reshape(-1, o)
+        dz = dy if dz is None else dz  # identity: not written
+        preact = y if preact is None else preact  # read for gelu only
+        with blas_on_one_thread() as alone:
+            _numba_conv.conv_backward_tiles(
+                GEMM[x.dtype], CODES[activation], rows(dy), x, W.reshape(k, o), rows(y),
+                rows(preact), rows(dz), np.empty((0,) + x.shape[1:], x.dtype) if dx is None else dx,
+                dW.reshape(k, o), db, cols, dcols, partials, tile, parts if alone else 1,
+                *W.shape[:2], *stride, *padding, oh, ow, self._pointwise(W, stride, padding))
+
     def _im2col(self, x, kh, kw, stride, padding, cols):
         oh = (x.shape[1] + 2 * padding[0] - kh) // stride[0] + 1
         ow = (x.shape[2] + 2 * padding[1] - kw) // stride[1] + 1

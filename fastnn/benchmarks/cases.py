@@ -182,6 +182,20 @@ def cnn_model(layers, backend, dtype):
                          seed=0, backend=backend, dtype=dtype)
 
 
+def cnn_bare_gemms(layers):
+    """bare(arrays) of a CNN benchmark: its GEMMs as the C kernels issue them, per
+    thread and tile of images (tiled_gemms.py, needs Numba), else as one GEMM per
+    layer through NumPy (workloads.cnn_gemms)."""
+    def bare(a):
+        try:
+            from .tiled_gemms import cnn_tiled_gemms
+        except ImportError:  # no Numba
+            return cnn_gemms(layers)(a)
+        return cnn_tiled_gemms(layers)(a)
+
+    return bare
+
+
 def cnn_epoch_call(layers):
     def call(backend, a):
         key = (id(layers), backend.name, id(a["X"]))
@@ -304,11 +318,11 @@ BENCHMARKS = [
               min_first=2 * NET_BATCH),
     Benchmark("cnn_lenet", (1024,) + CNN_IMAGE, "float32", cnn_setup, cnn_epoch_call(LENET),
               unit="flop", flops=cnn_flops(LENET), kernels=CNN_KERNELS,
-              others={"torch": lenet_epoch_torch}, bare=cnn_gemms(LENET), min_first=2 * CNN_BATCH,
+              others={"torch": lenet_epoch_torch}, bare=cnn_bare_gemms(LENET), min_first=2 * CNN_BATCH,
               per_sample=True),
     Benchmark("cnn_conv32_64", (1024,) + CNN_IMAGE, "float32", cnn_setup,
               cnn_epoch_call(CONVNET), unit="flop", flops=cnn_flops(CONVNET), kernels=CNN_KERNELS,
-              others={"torch": convnet_epoch_torch}, bare=cnn_gemms(CONVNET),
+              others={"torch": convnet_epoch_torch}, bare=cnn_bare_gemms(CONVNET),
               min_first=2 * CNN_BATCH, per_sample=True),
     # the small networks of issue 24, per epoch at batch 200
     small_mlp("digits_mlp", (1797, 64), "float64", digits_setup, (100,), 10),
