@@ -8,21 +8,18 @@ from threadpoolctl import ThreadpoolController, threadpool_limits
 from fastnn.backends import _blas
 
 
-def scipy_openblas():
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS)
-    found = [c for c in ThreadpoolController().lib_controllers
-             if c.internal_api == "openblas" and _blas._library_of(_blas.blas_gemm("sgemm")) == c.filepath]
-    return found[0] if found else None
-
-
-def test_the_blas_of_the_gemm_is_found_with_its_thread_functions():
-    controller = scipy_openblas()
-    if controller is None:
-        pytest.skip("SciPy's BLAS is not OpenBLAS here")
+def test_the_thread_functions_found_are_those_of_a_loaded_openblas():
     functions = _blas.blas_thread_functions()
-    assert functions is not None
+    if functions is None:
+        pytest.skip("the BLAS has no thread functions fastnn knows")
     set_threads, get_threads = functions
-    assert get_threads() == controller.num_threads
+    before = get_threads()
+    try:
+        set_threads(3)
+        counts = [c.num_threads for c in ThreadpoolController().lib_controllers if c.internal_api == "openblas"]
+        assert get_threads() == 3 and 3 in counts
+    finally:
+        set_threads(before)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -50,3 +47,41 @@ def test_the_count_is_restored_when_the_body_raises():
     assert get_threads() == before
     with _blas.blas_on_one_thread() as changed:  # the hold was released
         assert changed
+
+
+def blas_counts():
+    return [c.num_threads for c in _blas.blas_controller().lib_controllers]
+
+
+def test_training_a_model_with_layers_on_own_threads_keeps_blas_on_one_thread_and_restores_it():
+    import contextlib
+
+    import numpy as np
+
+    from fastnn import nn
+    from fastnn.nn import training
+
+    seen = []
+
+    class Probe(nn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(blas_counts())
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((8, 6, 6, 1)); y = rng.integers(0, 3, 8)
+    cnn = nn.Sequential([nn.Conv2D(2, 3), nn.Flatten(), nn.Dense(3)], loss="sparse_categorical_crossentropy",
+                        backend="c", seed=0)
+    dense = nn.Sequential([nn.Flatten(), nn.Dense(3)], loss="sparse_categorical_crossentropy", backend="c", seed=0)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_counts()
+        cnn.fit(X, y, epochs=1, batch_size=4, verbose=0, callbacks=[Probe()])
+        assert seen and all(counts == [1] * len(before) for counts in seen)
+        assert blas_counts() == before
+        seen.clear()
+        dense.fit(X, y, epochs=1, batch_size=4, verbose=0, callbacks=[Probe()])
+        assert seen and all(counts == before for counts in seen)
+    assert isinstance(training.blas_scope(cnn, nn.Sequential([nn.Dense(1)], backend="numpy").backend),
+                      contextlib.nullcontext)
+    residual = nn.Sequential([nn.Residual([nn.LSTM(2, return_sequences=True)]), nn.Flatten(), nn.Dense(1)],
+                             backend="numba")
+    assert not isinstance(training.blas_scope(residual, residual.backend), contextlib.nullcontext)

@@ -59,7 +59,9 @@ def _library_of(address):
 @functools.cache
 def blas_thread_functions():
     """(set_num_threads, get_num_threads) of the BLAS that blas_gemm's ?gemm
-    belongs to, as ctypes functions, or None when it has none that fastnn knows
+    calls (looked up in the library holding that address and the libraries it
+    links: cython_blas's wrapper links SciPy's BLAS), as ctypes functions, or
+    None when it has none that fastnn knows
     (OpenBLAS: its openblas_set/get_num_threads, with the prefixes and suffixes
     of its renamed builds, SciPy's "scipy_" among them)."""
     path = _library_of(blas_gemm("sgemm"))
@@ -103,3 +105,13 @@ def blas_on_one_thread():
             set_threads(before)
     finally:
         _one_thread_lock.release()
+
+
+@functools.cache
+def blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded (NumPy's and
+    SciPy's), made once: limiting through it costs microseconds, where
+    threadpool_limits looks the libraries up again at each call."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")

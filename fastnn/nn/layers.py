@@ -144,6 +144,9 @@ class Layer:
     # model's float dtype); such a layer checks that input with check_input(X, name)
     input_dtype: Optional[np.dtype] = None
     frozen = False
+    # whether the compiled backends run this layer's GEMMs on fastnn's own threads
+    # (BLAS on one thread per range of samples; see training.blas_scope)
+    gemms_on_own_threads = False
     # declared for the checker: set by subclasses, by build and bind, and by the model (index)
     forward: Callable[..., Array]
     backward: Callable[..., Optional[Array]]
@@ -955,6 +958,8 @@ class Conv2D(_Weighted):
     (28, 28, 32)
     """
 
+    gemms_on_own_threads = True
+
     kind = "Conv2D"
 
     def __init__(self, filters: int, kernel_size: IntPair, strides: IntPair = 1, padding: Padding = "valid",
@@ -1168,6 +1173,8 @@ class _Recurrent(Layer):
     and W_h (units, G*units) ("weight": Glorot uniform and orthogonal per gate),
     biases (G*units,) ("bias"); the kernels are `{kernel}_forward/backward` (see
     fastnn.backends.spec), with h0 (and c0) zero at the start of every batch."""
+
+    gemms_on_own_threads = True
 
     gates = 1
     kernel = ""  # the kernels' prefix: rnn, lstm or gru

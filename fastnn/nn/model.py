@@ -1127,8 +1127,9 @@ class Sequential:
             for metric in metrics:
                 metric.reset()
             try:
-                result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch, close,
-                                              metrics, callbacks.batch_hooks)
+                with training.blas_scope(self, backend):
+                    result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch,
+                                                  close, metrics, callbacks.batch_hooks)
             except TrainingDivergedError as exc:
                 callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})  # type: ignore[operator]
                 if not self.stop_training:

@@ -9,6 +9,7 @@ size; CSR input is densified batch by batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple, Optional
 
@@ -91,6 +92,30 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
         # mode="clip": the indices are valid, and "raise" would buffer the output
         np.take(a, order[lo:hi], axis=0, out=buf, mode="clip")
     return buf
+
+
+def layers_of(layers):
+    """The layers and, depth first, those inside them (a Residual's)."""
+    for layer in layers:
+        yield layer
+        yield from layers_of(getattr(layer, "layers", ()))
+
+
+def blas_scope(model, backend):
+    """What training `model` on `backend` runs in: every BLAS on one thread when
+    a layer runs its GEMMs on fastnn's own threads (Conv2D and the recurrent
+    layers on the compiled backends, BLAS on one thread per range of samples),
+    else nothing. The GEMMs of the other layers (a Dense head) would otherwise
+    start the BLAS's own threads, which then spin for a long time waiting for
+    the next GEMM (OpenBLAS: about 2^28 cycles) and take the cores fastnn's
+    threads need: the conv32-64 CNN epoch measured 319 us per sample with them
+    spinning and 205 without (Zen 4, 2 threads). The user's thread counts are
+    restored when the scope ends."""
+    if backend.name == "numpy" or not any(layer.gemms_on_own_threads for layer in layers_of(model.layers)):
+        return contextlib.nullcontext()
+    from ..backends._blas import blas_controller
+
+    return blas_controller().limit(limits=1)
 
 
 class EpochResult(NamedTuple):
