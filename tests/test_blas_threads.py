@@ -16,7 +16,8 @@ def test_the_thread_functions_found_are_those_of_a_loaded_openblas():
     before = get_threads()
     try:
         set_threads(3)
-        counts = [c.num_threads for c in ThreadpoolController().lib_controllers if c.internal_api == "openblas"]
+        controllers = ThreadpoolController().lib_controllers
+        counts = [c.num_threads for c in controllers if c.internal_api == "openblas"]
         assert get_threads() == 3 and 3 in counts
     finally:
         set_threads(before)
@@ -68,10 +69,12 @@ def test_training_a_model_with_layers_on_own_threads_keeps_blas_on_one_thread_an
             seen.append(blas_counts())
 
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((8, 6, 6, 1)); y = rng.integers(0, 3, 8)
+    X = rng.standard_normal((8, 6, 6, 1))
+    y = rng.integers(0, 3, 8)
     cnn = nn.Sequential([nn.Conv2D(2, 3), nn.Flatten(), nn.Dense(3)], loss="sparse_categorical_crossentropy",
                         backend="c", seed=0)
-    dense = nn.Sequential([nn.Flatten(), nn.Dense(3)], loss="sparse_categorical_crossentropy", backend="c", seed=0)
+    dense = nn.Sequential([nn.Flatten(), nn.Dense(3)], loss="sparse_categorical_crossentropy",
+                          backend="c", seed=0)
     with threadpool_limits(2, user_api="blas"):
         before = blas_counts()
         cnn.fit(X, y, epochs=1, batch_size=4, verbose=0, callbacks=[Probe()])
