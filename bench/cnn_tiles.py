@@ -3,7 +3,7 @@ and conv32-64, float32, batch 64, Adam, 28 x 28 x 1 images) on the C and numba
 backends, beside the C backend's former convolution path (im2col, GEMMs
 issued from Python with BLAS's threads, col2im: _gemm_conv.GemmConv), the
 same GEMMs alone issued as the kernels issue them (per thread and tile,
-fastnn.benchmarks.tiled_gemms) and as one NumPy GEMM per layer
+fastnn.benchmarks._tiled_gemms) and as one NumPy GEMM per layer
 (workloads.cnn_gemms), and PyTorch in a child process that never imports
 fastnn (runner.time_apart).
 
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import fastnn  # noqa: E402
 from fastnn.backends import _gemm_conv  # noqa: E402
 from fastnn.benchmarks import runner  # noqa: E402
+from fastnn.benchmarks._tiled_gemms import cnn_tiled_gemms  # noqa: E402
 from fastnn.benchmarks.cases import cnn_model, get_benchmark  # noqa: E402
-from fastnn.benchmarks.tiled_gemms import cnn_tiled_gemms  # noqa: E402
 from fastnn.benchmarks.workloads import CNN_BATCH, CONVNET, LENET, cnn_gemms, cnn_setup  # noqa: E402
 
 NETWORKS = {"cnn_lenet": LENET, "cnn_conv32_64": CONVNET}

@@ -343,11 +343,11 @@ def test_time_apart_times_in_a_process_without_fastnn():
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_tiled_cnn_gemms_compute_the_products(threads):
     """The CNN benchmarks' bare GEMMs, per thread and tile as the C kernels issue
-    them (tiled_gemms.py), compute a convolution's products: out = cols W, the
+    them (_tiled_gemms.py), compute a convolution's products: out = cols W, the
     ranges' dW partials adding up to cols^T out, dcols = out W^T."""
     pytest.importorskip("numba")
     from fastnn.backends._numba_rnn import GEMM
-    from fastnn.benchmarks.tiled_gemms import _conv_gemms
+    from fastnn.benchmarks._tiled_gemms import _conv_gemms
 
     rng = np.random.default_rng(0)
     n, pixels, k, o, tile = 7, 6, 5, 4, 2

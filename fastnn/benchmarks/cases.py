@@ -184,11 +184,11 @@ def cnn_model(layers, backend, dtype):
 
 def cnn_bare_gemms(layers):
     """bare(arrays) of a CNN benchmark: its GEMMs as the C kernels issue them, per
-    thread and tile of images (tiled_gemms.py, needs Numba), else as one GEMM per
+    thread and tile of images (_tiled_gemms.py, needs Numba), else as one GEMM per
     layer through NumPy (workloads.cnn_gemms)."""
     def bare(a):
         try:
-            from .tiled_gemms import cnn_tiled_gemms
+            from ._tiled_gemms import cnn_tiled_gemms
         except ImportError:  # no Numba
             return cnn_gemms(layers)(a)
         return cnn_tiled_gemms(layers)(a)
