@@ -13,5 +13,9 @@ INLINE double tanh_f64(double v) {
     return copysign(-e / (2.0 + e), v);
 }
 
+/* Multiply-adds of a call's per-step GEMMs (n steps hidden G hidden) from which
+ * it splits the batch over the threads (recurrent_impl.h run_rows) */
+#define RECURRENT_PARALLEL_MIN (1 << 20)
+
 #define TEMPLATE "recurrent_impl.h"
 #include "instantiate.h"

@@ -162,9 +162,15 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
     }
 }
 
-/* ------------------------------------------------------------------- rnn */
-void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
-                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+/* ------------------------------------------------- time loops over rows
+ * Each runs the time loop of n sequences (batch rows): a range of the batch's
+ * rows is a batch of its own with the same row strides (every array is
+ * batch-first), so the callers below pass pointers to the range's first row.
+ * The backward ones leave the input side (dx, dW_x, db) to their caller and sum
+ * dW_h (and the GRU's db_h terms, acc) over their rows only. */
+static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
+                                 int relu, T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f,
+                                 int64_t hidden) {
     FN(project)(x, W_x, xw, n * steps, f, hidden);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
@@ -174,9 +180,9 @@ void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
     }
 }
 
-void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
-                      const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
-                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs, int relu,
+                                  T *dh0, T *dW_h, T *dz, int64_t n, int64_t steps,
+                                  int64_t hidden) {
     /* dh0 holds the gradient h_t receives from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
@@ -193,13 +199,11 @@ void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
         FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, dW_h, dh0, 0, n, steps,
                            hidden, hidden);
     }
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
 }
 
-/* ------------------------------------------------------------------ lstm */
-void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
-                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden) {
+static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T *W_x,
+                                  const T *W_h, const T *b, T *hs, T *cs, T *gates, T *xw, T *z,
+                                  int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 4 * hidden;
     FN(project)(x, W_x, xw, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
@@ -213,10 +217,9 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
     }
 }
 
-void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
-                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
-                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
-                       int64_t f, int64_t hidden) {
+static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const T *W_h,
+                                   const T *hs, const T *cs, const T *gates, T *dh0, T *dc0,
+                                   T *dW_h, T *dz, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 4 * hidden;
     /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
@@ -232,13 +235,11 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
         }
         FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, dW_h, dh0, 0, n, steps, hidden, w);
     }
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, w);
 }
 
-/* ------------------------------------------------------------------- gru */
-void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
-                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
-                     int64_t f, int64_t hidden) {
+static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
+                                 const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n,
+                                 int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 3 * hidden;
     FN(project)(x, W_x, xw, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
@@ -253,10 +254,9 @@ void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
 }
 
 /* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
-void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
-                      const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
-                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden) {
+static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs,
+                                  const T *gates, const T *hn, T *dh0, T *dW_h, T *dxw, T *dhw,
+                                  double *acc, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 3 * hidden;
     for (int64_t j = 0; j < w; j++)
         acc[j] = 0;
@@ -273,7 +273,152 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
         }
         FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
     }
-    for (int64_t j = 0; j < w; j++)
-        db_h[j] = (T)acc[j];
-    FN(input_side)(x, W_x, dxw, dx, dW_x, db_x, n * steps, f, w);
+}
+
+/* ------------------------------------------- the batch split over threads
+ * The recurrence of each sequence is independent of the others', so a kernel
+ * splits the batch rows into one contiguous range per thread and runs each
+ * range's whole time loop on its thread with BLAS on one thread meanwhile
+ * (parallel_blas_run): per step each thread issues one (rows, hidden) x
+ * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
+ * G hidden) GEMM over its threads at every step, which at these sizes wastes
+ * much of the second core. The backward's dW_h is summed per range, range
+ * p > 0 into slice p - 1 of part_dW_h (and the GRU's acc into part_acc), added
+ * into the first in range order after (deterministic for a thread count); the
+ * input side (dx, dW_x, db over every step) is then whole GEMMs on BLAS's threads. */
+struct FN(recurrent_job) {
+    int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
+    /* the forward writes hs, cs, gates and hn; the backward only reads them */
+    const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
+    T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
+    double *acc, *part_acc;
+    int64_t steps, f, hidden;
+};
+
+/* the time loop over batch rows [begin, end): every array offset to row begin */
+static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t n = end - begin, steps = j->steps, f = j->f, hidden = j->hidden;
+    int64_t w = j->gate_count * hidden, seq = begin * steps; /* seq: row begin's step 0 */
+    (void)part;
+    const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
+    T *hs = j->hs + seq * hidden, *xw = j->xw + seq * w, *z = j->z + begin * w;
+    if (j->gate_count == 1)
+        FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, xw, z, n, steps, f, hidden);
+    else if (j->gate_count == 4)
+        FN(lstm_forward_rows)(x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, j->b, hs,
+                              j->cs + seq * hidden, j->gates + seq * w, xw, z, n, steps, f, hidden);
+    else
+        FN(gru_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->b_h, hs, j->gates + seq * w,
+                             j->hn + seq * hidden, xw, z, n, steps, f, hidden);
+}
+
+static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t n = end - begin, steps = j->steps, hidden = j->hidden;
+    int64_t w = j->gate_count * hidden, seq = begin * steps;
+    T *dW_h = part ? j->part_dW_h + (part - 1) * hidden * w : j->dW_h;
+    const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
+    T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
+    if (j->gate_count == 1)
+        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dW_h, dz, n, steps, hidden);
+    else if (j->gate_count == 4)
+        FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
+                               j->gates + seq * w, dh0, j->dc0 + begin * hidden, dW_h, dz, n,
+                               steps, hidden);
+    else
+        FN(gru_backward_rows)(dhs, h0, j->W_h, hs, j->gates + seq * w, j->hn + seq * hidden, dh0,
+                              dW_h, dz, j->dhw + begin * w, part ? j->part_acc + (part - 1) * w : j->acc,
+                              n, steps, hidden);
+}
+
+/* Runs `range` over the batch rows [0, n) of job j: split over the threads when
+ * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
+ * RECURRENT_PARALLEL_MIN, and, backward, adds the ranges' dW_h (and acc) into
+ * the first's. Out of memory for those sums, it runs serially. */
+static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
+    int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
+    int parts = n * j->steps * len < RECURRENT_PARALLEL_MIN ? 1 : parallel_blas_parts(n, 1);
+    j->part_dW_h = NULL;
+    j->part_acc = NULL;
+    if (backward && parts > 1) {
+        j->part_dW_h = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
+        if (j->gate_count == 3) j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
+        if (!j->part_dW_h || (j->gate_count == 3 && !j->part_acc)) parts = 1;
+    }
+    parallel_blas_run(range, j, n, parts);
+    for (int p = 1; backward && p < parts; p++) {
+        const T *slice = j->part_dW_h + (p - 1) * len;
+        for (int64_t k = 0; k < len; k++)
+            j->dW_h[k] += slice[k];
+        if (j->gate_count == 3)
+            for (int64_t k = 0; k < w; k++)
+                j->acc[k] += j->part_acc[(p - 1) * w + k];
+    }
+    free(j->part_dW_h);
+    free(j->part_acc);
+}
+
+/* ---------------------------------------------------------- the kernels */
+void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
+                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .x = x, .h0 = h0, .W_x = W_x,
+                                  .W_h = W_h, .b = b, .hs = hs, .xw = xw, .z = z, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
+                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .dhs = dhs, .h0 = h0, .W_h = W_h,
+                                  .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h, .dz = dz, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
+}
+
+void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
+                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 4, .x = x, .h0 = h0, .c0 = c0, .W_x = W_x,
+                                  .W_h = W_h, .b = b, .hs = hs, .cs = cs, .gates = gates,
+                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
+                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
+                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
+                       int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .h0 = h0, .c0 = c0, .W_h = W_h,
+                                  .hs = (T *)hs, .cs = (T *)cs, .gates = (T *)gates, .dh0 = dh0,
+                                  .dc0 = dc0, .dW_h = dW_h, .dz = dz, .steps = steps, .f = f,
+                                  .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, 4 * hidden);
+}
+
+void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
+                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
+                     int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 3, .x = x, .h0 = h0, .W_x = W_x, .W_h = W_h,
+                                  .b = b_x, .b_h = b_h, .hs = hs, .gates = gates, .hn = hn,
+                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+/* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
+void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
+                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 3, .dhs = dhs, .h0 = h0, .W_h = W_h,
+                                  .hs = (T *)hs, .gates = (T *)gates, .hn = (T *)hn, .dh0 = dh0,
+                                  .dW_h = dW_h, .dz = dxw, .dhw = dhw, .acc = acc, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+    for (int64_t k = 0; k < 3 * hidden; k++)
+        db_h[k] = (T)acc[k];
+    FN(input_side)(x, W_x, dxw, dx, dW_x, db_x, n * steps, f, 3 * hidden);
 }

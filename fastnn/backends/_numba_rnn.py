@@ -21,9 +21,10 @@ rounds twice.)
 import ctypes
 
 import numpy as np
+from numba import prange
 
 from ._blas import blas_gemm
-from ._numba_kernels import jit
+from ._numba_kernels import jit, jit_parallel
 from ._numba_math import fexp, jit_inline, tanh64
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
@@ -35,16 +36,25 @@ GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
 
 class Blas:
     """What a kernel passes ?gemm by pointer: ints (6,) int32, scalars (2,) of the
-    dtype, the flags b"NT"; allocated once per kernel call."""
+    dtype, the flags b"NT"; allocated once per kernel call. With `parts`, ints
+    (parts, 6) and scalars (parts, 2): one row for each range of a split kernel,
+    which calls ?gemm from several threads at once (part_blas)."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, parts=None):
         self.fn = GEMM[np.dtype(dtype)]
-        self.ints = np.zeros(6, np.int32)
-        self.scalars = np.zeros(2, dtype)
+        self.ints = np.zeros(6 if parts is None else (parts, 6), np.int32)
+        self.scalars = np.zeros(2 if parts is None else (parts, 2), dtype)
         self.flags = np.frombuffer(b"NT", np.uint8).copy()
 
     def args(self):
         return self.fn, self.ints, self.scalars, self.flags
+
+
+@jit_inline
+def part_blas(blas, p):
+    """The ?gemm arguments of range p of a split kernel (Blas(dtype, parts))."""
+    fn, ints, scalars, flags = blas
+    return fn, ints[p], scalars[p], flags
 
 
 @jit_inline
@@ -105,8 +115,8 @@ def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
     gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
 
 
-@jit_inline
-def _input_side(blas, x, W_x, dz, dx, dW_x, db):
+@jit
+def input_side(blas, x, W_x, dz, dx, dW_x, db):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
     column sums of dz (N, T, G*H), in float64."""
     n, steps, f = x.shape
@@ -248,6 +258,14 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 
 
 # ---------------------------------------------------------------------- rnn
+# Each kernel's time loop is a function over the rows it is given (`*_rows`): a
+# range of the batch's rows is a batch of its own (every array is batch-first).
+# The whole-batch kernels call it once; the `*_split` ones once per range of
+# rows `bounds` (parts + 1,), in parallel (see numba_backend._recurrent_split),
+# each with its own ?gemm scratch (part_blas) and, backward, its own dW_h: the
+# first range dW_h itself, range p > 0 slice p - 1 of dW_h_parts (parts - 1,
+# H, G*H), added into dW_h in range order after. The backward's input side
+# (dx, dW_x, db: input_side) runs after the ranges, on BLAS's threads.
 @jit
 def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
     """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
@@ -260,10 +278,17 @@ def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
             rnn_forward_row(xw[i, t], z[i], b, relu, hs[i, t])
 
 
+@jit_parallel
+def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
-    """Gradients through time; dz (N, T, H) d loss / d pre-activations, dh (N, H)
-    the gradient h_t receives from step t + 1 (ends as dh0)."""
+def rnn_backward_rows(blas, dhs, h0, W_h, hs, relu, dW_h, dz, dh):
+    """The time loop of the gradients: dz (N, T, H) d loss / d pre-activations,
+    dh (N, H) the gradient h_t receives from step t + 1 (ends as dh0's), dW_h."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dW_h[:] = 0
@@ -271,8 +296,24 @@ def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, 
         for i in range(n):
             rnn_backward_row(dhs[i, t], dh[i], hs[i, t], relu, dz[i, t])
         _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
+
+
+@jit
+def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
+    """Gradients through time; dz (N, T, H) and dh (N, H) workspaces."""
+    rnn_backward_rows(blas, dhs, h0, W_h, hs, relu, dW_h, dz, dh)
     dh0[:] = dh
-    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+    input_side(blas, x, W_x, dz, dx, dW_x, db)
+
+
+@jit_parallel
+def rnn_backward_split(blas, bounds, dhs, h0, W_h, hs, relu, dW_h, dW_h_parts, dz, dh):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        rnn_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], W_h, hs[i:j], relu,
+                          dW_h if p == 0 else dW_h_parts[p - 1], dz[i:j], dh[i:j])
+    for p in range(dW_h_parts.shape[0]):
+        dW_h += dW_h_parts[p]
 
 
 # --------------------------------------------------------------------- lstm
@@ -289,11 +330,18 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
             lstm_forward_row(xw[i, t], z[i], b, c_prev, gates[i, t], cs[i, t], hs[i, t])
 
 
+@jit_parallel
+def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
+                     gates[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
-                  dz, dh, dc):
-    """Gradients through time; dz (N, T, 4H); dh, dc (N, H) the gradients h_t and
-    c_t receive from step t + 1 (end as dh0, dc0)."""
+def lstm_backward_rows(blas, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dz, dh, dc):
+    """The time loop of the gradients: dz (N, T, 4H); dh, dc (N, H) the gradients
+    h_t and c_t receive from step t + 1 (end as dh0's, dc0's), dW_h."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dc[:] = 0
@@ -303,9 +351,28 @@ def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, d
             c_prev = cs[i, t - 1] if t else c0[i]
             lstm_backward_row(gates[i, t], cs[i, t], c_prev, dhs[i, t], dh[i], dc[i], dz[i, t])
         _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
+
+
+@jit
+def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
+                  dz, dh, dc):
+    """Gradients through time; dz (N, T, 4H), dh and dc (N, H) workspaces."""
+    lstm_backward_rows(blas, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dz, dh, dc)
     dh0[:] = dh
     dc0[:] = dc
-    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+    input_side(blas, x, W_x, dz, dx, dW_x, db)
+
+
+@jit_parallel
+def lstm_backward_split(blas, bounds, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dW_h_parts, dz, dh,
+                        dc):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        lstm_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], c0[i:j], W_h, hs[i:j], cs[i:j],
+                           gates[i:j], dW_h if p == 0 else dW_h_parts[p - 1], dz[i:j], dh[i:j],
+                           dc[i:j])
+    for p in range(dW_h_parts.shape[0]):
+        dW_h += dW_h_parts[p]
 
 
 # ---------------------------------------------------------------------- gru
@@ -322,27 +389,60 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
             gru_forward_row(xw[i, t], z[i], b_x, b_h, h_prev, gates[i, t], hn[i, t], hs[i, t])
 
 
+@jit_parallel
+def gru_forward_split(blas, bounds, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
+                    hn[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
-                 dhw, dh):
-    """Gradients through time; dxw (N, T, 3H) d loss / d (x_t W_x + b_x); dhw
-    (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
-    h_t receives from step t + 1 (ends as dh0): first its direct part dh_t * z,
-    to which the GEMM adds dhw @ W_h.T."""
+def gru_backward_rows(blas, dhs, h0, W_h, hs, gates, hn, dW_h, dxw, dhw, dh, acc):
+    """The time loop of the gradients: dxw (N, T, 3H) d loss / d (x_t W_x + b_x);
+    dhw (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
+    h_t receives from step t + 1 (ends as dh0's): first its direct part dh_t * z,
+    to which the GEMM adds dhw @ W_h.T; dW_h; acc (3H,) float64 db_h's sums."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dW_h[:] = 0
-    acc = np.zeros(3 * hidden)  # db_h in float64
+    acc[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             h_prev = hs[i, t - 1] if t else h0[i]
             gru_backward_row(gates[i, t], hn[i, t], h_prev, dhs[i, t], dh[i], dxw[i, t], dhw[i],
                              acc)
         _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
+
+
+@jit
+def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
+                 dhw, dh):
+    """Gradients through time; dxw (N, T, 3H), dhw (N, 3H) and dh (N, H) workspaces."""
+    acc = np.zeros(db_h.size)
+    gru_backward_rows(blas, dhs, h0, W_h, hs, gates, hn, dW_h, dxw, dhw, dh, acc)
     dh0[:] = dh
-    for j in range(3 * hidden):
+    for j in range(db_h.size):
         db_h[j] = acc[j]
-    _input_side(blas, x, W_x, dxw, dx, dW_x, db_x)
+    input_side(blas, x, W_x, dxw, dx, dW_x, db_x)
+
+
+@jit_parallel
+def gru_backward_split(blas, bounds, dhs, h0, W_h, hs, gates, hn, dW_h, dW_h_parts, dxw, dhw, dh,
+                       db_h):
+    """db_h written from its float64 sums, added over the ranges in order."""
+    parts = bounds.size - 1
+    acc = np.zeros((parts, db_h.size))
+    for p in prange(parts):
+        i, j = bounds[p], bounds[p + 1]
+        gru_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], W_h, hs[i:j], gates[i:j], hn[i:j],
+                          dW_h if p == 0 else dW_h_parts[p - 1], dxw[i:j], dhw[i:j], dh[i:j],
+                          acc[p])
+    for p in range(1, parts):
+        dW_h += dW_h_parts[p - 1]
+        acc[0] += acc[p]
+    for j in range(db_h.size):
+        db_h[j] = acc[0, j]
 
 
 # ------------------------------------------------------------------ embedding
