@@ -3,7 +3,8 @@
  * Sequences are batch-first: x (n, steps, f), hidden states (n, steps, hidden),
  * gates (n, steps, G*hidden) with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru:
  * r, z, n). Each step's GEMM reads the previous state hs[:, t - 1] in place (row
- * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1).
+ * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
+ * the reference's order.
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
  * tanh evaluated in double and rounded once; bias gradients summed in double. */
 
@@ -22,16 +23,32 @@ static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h
         FN(gemm)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
 }
 
-/* dW_h += h_{t-1}^T @ dz_t; dh = dz_t @ W_h^T + beta dh (dz_t (n, width), row stride ld) */
+/* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
+ * (dz_t (n, width), row stride ld) */
 static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *dzt,
                                int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
                                int64_t hidden, int64_t width) {
-    if (t)
+    if (dW_h && t)
         FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1, dW_h,
                  width);
-    else
+    else if (dW_h)
         FN(gemm)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
     FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
+}
+
+/* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
+ * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
+ * that the split of the batch over threads changes no rounding of dW_h */
+static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, int64_t n,
+                               int64_t steps, int64_t hidden, int64_t width) {
+    for (int64_t i = 0; i < hidden * width; i++)
+        dW_h[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--)
+        if (t)
+            FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden,
+                     dz + t * width, steps * width, 1, dW_h, width);
+        else
+            FN(gemm)(1, 0, hidden, width, n, h0, hidden, dz, steps * width, 1, dW_h, width);
 }
 
 /* dx = dz @ W_x^T, dW_x = x^T @ dz over every step; db = column sums of dz */
@@ -166,8 +183,9 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * Each runs the time loop of n sequences (batch rows): a range of the batch's
  * rows is a batch of its own with the same row strides (every array is
  * batch-first), so the callers below pass pointers to the range's first row.
- * The backward ones leave the input side (dx, dW_x, db) to their caller and sum
- * dW_h (and the GRU's db_h terms, acc) over their rows only. */
+ * The backward ones leave the input side (dx, dW_x, db) to their caller, and
+ * dW_h too (recurrent_dW_h), but the GRU's, which sums dW_h and its db_h terms
+ * (acc) over its rows (its dhw holds one step only). */
 static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
                                  int relu, T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f,
                                  int64_t hidden) {
@@ -181,13 +199,10 @@ static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
 }
 
 static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs, int relu,
-                                  T *dh0, T *dW_h, T *dz, int64_t n, int64_t steps,
-                                  int64_t hidden) {
+                                  T *dh0, T *dz, int64_t n, int64_t steps, int64_t hidden) {
     /* dh0 holds the gradient h_t receives from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
-    for (int64_t i = 0; i < hidden * hidden; i++)
-        dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
@@ -196,7 +211,7 @@ static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
                 dz[at + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
             }
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, dW_h, dh0, 0, n, steps,
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, NULL, dh0, 0, n, steps,
                            hidden, hidden);
     }
 }
@@ -219,13 +234,11 @@ static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T 
 
 static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const T *W_h,
                                    const T *hs, const T *cs, const T *gates, T *dh0, T *dc0,
-                                   T *dW_h, T *dz, int64_t n, int64_t steps, int64_t hidden) {
+                                   T *dz, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 4 * hidden;
     /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = dc0[i] = 0;
-    for (int64_t i = 0; i < hidden * w; i++)
-        dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
@@ -233,7 +246,7 @@ static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const
                                   t ? cs + at - hidden : c0 + i * hidden, dhs + at,
                                   dz + (i * steps + t) * w, dh0 + i * hidden, dc0 + i * hidden, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, dW_h, dh0, 0, n, steps, hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps, hidden, w);
     }
 }
 
@@ -282,10 +295,12 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
  * (parallel_blas_run): per step each thread issues one (rows, hidden) x
  * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
  * G hidden) GEMM over its threads at every step, which at these sizes wastes
- * much of the second core. The backward's dW_h is summed per range, range
- * p > 0 into slice p - 1 of part_dW_h (and the GRU's acc into part_acc), added
- * into the first in range order after (deterministic for a thread count); the
- * input side (dx, dW_x, db over every step) is then whole GEMMs on BLAS's threads. */
+ * much of the second core. After the ranges, on BLAS's threads, the backward's
+ * dW_h is one GEMM over the whole batch per step (recurrent_dW_h: the same sums
+ * in the same order for any split, the reference's), and the input side (dx,
+ * dW_x, db over every step) whole GEMMs. The GRU sums dW_h per range instead,
+ * range p > 0 into slice p - 1 of part_dW_h (and its acc into part_acc), added
+ * into the first in range order after (deterministic for a thread count). */
 struct FN(recurrent_job) {
     int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
@@ -321,11 +336,11 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
     const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
     T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
     if (j->gate_count == 1)
-        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dW_h, dz, n, steps, hidden);
+        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dz, n, steps, hidden);
     else if (j->gate_count == 4)
         FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
-                               j->gates + seq * w, dh0, j->dc0 + begin * hidden, dW_h, dz, n,
-                               steps, hidden);
+                               j->gates + seq * w, dh0, j->dc0 + begin * hidden, dz, n, steps,
+                               hidden);
     else
         FN(gru_backward_rows)(dhs, h0, j->W_h, hs, j->gates + seq * w, j->hn + seq * hidden, dh0,
                               dW_h, dz, j->dhw + begin * w, part ? j->part_acc + (part - 1) * w : j->acc,
@@ -334,26 +349,25 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
 
 /* Runs `range` over the batch rows [0, n) of job j: split over the threads when
  * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
- * RECURRENT_PARALLEL_MIN, and, backward, adds the ranges' dW_h (and acc) into
- * the first's. Out of memory for those sums, it runs serially. */
+ * RECURRENT_PARALLEL_MIN, and, for the GRU's backward, adds the ranges' dW_h
+ * and acc into the first's. Out of memory for those sums, it runs serially. */
 static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
     int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
     int parts = n * j->steps * len < RECURRENT_PARALLEL_MIN ? 1 : parallel_blas_parts(n, 1);
     j->part_dW_h = NULL;
     j->part_acc = NULL;
-    if (backward && parts > 1) {
+    if (backward && parts > 1 && j->gate_count == 3) {
         j->part_dW_h = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
-        if (j->gate_count == 3) j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
-        if (!j->part_dW_h || (j->gate_count == 3 && !j->part_acc)) parts = 1;
+        j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
+        if (!j->part_dW_h || !j->part_acc) parts = 1;
     }
     parallel_blas_run(range, j, n, parts);
-    for (int p = 1; backward && p < parts; p++) {
+    for (int p = 1; backward && j->gate_count == 3 && p < parts; p++) {
         const T *slice = j->part_dW_h + (p - 1) * len;
         for (int64_t k = 0; k < len; k++)
             j->dW_h[k] += slice[k];
-        if (j->gate_count == 3)
-            for (int64_t k = 0; k < w; k++)
-                j->acc[k] += j->part_acc[(p - 1) * w + k];
+        for (int64_t k = 0; k < w; k++)
+            j->acc[k] += j->part_acc[(p - 1) * w + k];
     }
     free(j->part_dW_h);
     free(j->part_acc);
@@ -375,6 +389,7 @@ void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
                                   .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h, .dz = dz, .steps = steps,
                                   .f = f, .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(recurrent_dW_h)(h0, hs, dz, dW_h, n, steps, hidden, hidden);
     FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
 }
 
@@ -396,6 +411,7 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
                                   .dc0 = dc0, .dW_h = dW_h, .dz = dz, .steps = steps, .f = f,
                                   .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(recurrent_dW_h)(h0, hs, dz, dW_h, n, steps, hidden, 4 * hidden);
     FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, 4 * hidden);
 }
 

@@ -13,8 +13,9 @@ TINY = {"batch": 3, "steps": 4, "features": 5, "units": 2}
 
 
 @pytest.mark.skipif("numba" not in fastnn.available_backends(), reason="needs numba")
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
-def test_bare_gemms_are_the_kernels_products(kind):
+def test_bare_gemms_are_the_kernels_products(kind, split):
     from fastnn.backends import _numba_rnn as R
 
     rng = np.random.default_rng(0)
@@ -26,7 +27,14 @@ def test_bare_gemms_are_the_kernels_products(kind):
 
     x, h0, W_x, W_h, hs, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w)
     xw, z, dx, dW_x, dW_h, dh = a(n, t, w), a(n, w), a(n, t, f), a(f, w), a(h, w), a(n, h)
-    R.bare_gemms(R.Blas(np.float32).args(), x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
+    blas = R.Blas(np.float32).args()
+    if split:  # ranges of rows [0, 1) and [1, 3), as the split kernels
+        for backward in (False, True):
+            R.bare_gemms_split(R.Blas(np.float32, 2).args(), np.array([0, 1, n]), backward, x, h0, W_x,
+                               W_h, hs, xw, z, dz, dh)
+        R.bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h)
+    else:
+        R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
     close = dict(rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(xw, x @ W_x, **close)
     np.testing.assert_allclose(z, hs[:, t - 2] @ W_h, **close)  # the last step's

@@ -106,13 +106,38 @@ def _recurrent_gemm(blas, t, h0, hs, W_h, z):
 def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
     """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; dz_t (N, G*H) with
     row stride ld_dz."""
+    _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h)
+    _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta)
+
+
+@jit_inline
+def _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h):
+    """dW_h += h_{t-1}.T @ dz_t, dz_t (N, G*H) with row stride ld_dz."""
     n, steps, hidden = hs.shape
-    width = W_h.shape[1]
+    width = dW_h.shape[1]
     if t:
         gemm(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, ld_dz, 1.0, dW_h, width)
     else:
         gemm(blas, 1, 0, hidden, width, n, h0, hidden, dzt, ld_dz, 1.0, dW_h, width)
+
+
+@jit_inline
+def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
+    """dh = dz_t @ W_h.T + beta dh, dz_t (N, G*H) with row stride ld_dz."""
+    n, hidden = dh.shape
+    width = W_h.shape[1]
     gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
+
+
+@jit
+def recurrent_dW_h(blas, h0, hs, dz, dW_h):
+    """dW_h = the sum over t = T - 1, ..., 0 of h_{t-1}.T @ dz_t (dz (N, T, G*H)), one
+    GEMM over the whole batch per step: the reference's order of sums, so that
+    the split of the batch over threads changes no rounding of dW_h."""
+    steps, width = dz.shape[1], dz.shape[2]
+    dW_h[...] = 0
+    for t in range(steps - 1, -1, -1):
+        _dW_h_gemm(blas, t, h0, hs, dz[0, t], steps * width, dW_h)
 
 
 @jit
@@ -262,10 +287,13 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # range of the batch's rows is a batch of its own (every array is batch-first).
 # The whole-batch kernels call it once; the `*_split` ones once per range of
 # rows `bounds` (parts + 1,), in parallel (see numba_backend._recurrent_split),
-# each with its own ?gemm scratch (part_blas) and, backward, its own dW_h: the
-# first range dW_h itself, range p > 0 slice p - 1 of dW_h_parts (parts - 1,
-# H, G*H), added into dW_h in range order after. The backward's input side
-# (dx, dW_x, db: input_side) runs after the ranges, on BLAS's threads.
+# each with its own ?gemm scratch (part_blas). After the ranges, on BLAS's
+# threads, the backward's dW_h is one GEMM over the whole batch per step
+# (recurrent_dW_h: the reference's order of sums for any split) and its input
+# side (dx, dW_x, db: input_side) one GEMM each. The GRU's backward, whose dhw
+# holds one step only, sums dW_h per range instead: the first range into dW_h,
+# range p > 0 into slice p - 1 of dW_h_parts (parts - 1, H, G*H), added into
+# dW_h in range order after.
 @jit
 def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
     """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
@@ -286,34 +314,31 @@ def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, xw, z):
 
 
 @jit
-def rnn_backward_rows(blas, dhs, h0, W_h, hs, relu, dW_h, dz, dh):
+def rnn_backward_rows(blas, dhs, hs, W_h, relu, dz, dh):
     """The time loop of the gradients: dz (N, T, H) d loss / d pre-activations,
-    dh (N, H) the gradient h_t receives from step t + 1 (ends as dh0's), dW_h."""
+    dh (N, H) the gradient h_t receives from step t + 1 (ends as dh0's)."""
     n, steps, hidden = hs.shape
     dh[:] = 0
-    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             rnn_backward_row(dhs[i, t], dh[i], hs[i, t], relu, dz[i, t])
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
+        _dh_gemm(blas, dz[0, t], steps * hidden, W_h, dh, 0.0)
 
 
 @jit
 def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
     """Gradients through time; dz (N, T, H) and dh (N, H) workspaces."""
-    rnn_backward_rows(blas, dhs, h0, W_h, hs, relu, dW_h, dz, dh)
+    rnn_backward_rows(blas, dhs, hs, W_h, relu, dz, dh)
     dh0[:] = dh
+    recurrent_dW_h(blas, h0, hs, dz, dW_h)
     input_side(blas, x, W_x, dz, dx, dW_x, db)
 
 
 @jit_parallel
-def rnn_backward_split(blas, bounds, dhs, h0, W_h, hs, relu, dW_h, dW_h_parts, dz, dh):
+def rnn_backward_split(blas, bounds, dhs, hs, W_h, relu, dz, dh):
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
-        rnn_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], W_h, hs[i:j], relu,
-                          dW_h if p == 0 else dW_h_parts[p - 1], dz[i:j], dh[i:j])
-    for p in range(dW_h_parts.shape[0]):
-        dW_h += dW_h_parts[p]
+        rnn_backward_rows(part_blas(blas, p), dhs[i:j], hs[i:j], W_h, relu, dz[i:j], dh[i:j])
 
 
 # --------------------------------------------------------------------- lstm
@@ -339,40 +364,36 @@ def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, 
 
 
 @jit
-def lstm_backward_rows(blas, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dz, dh, dc):
+def lstm_backward_rows(blas, dhs, c0, W_h, hs, cs, gates, dz, dh, dc):
     """The time loop of the gradients: dz (N, T, 4H); dh, dc (N, H) the gradients
-    h_t and c_t receive from step t + 1 (end as dh0's, dc0's), dW_h."""
+    h_t and c_t receive from step t + 1 (end as dh0's, dc0's)."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dc[:] = 0
-    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             c_prev = cs[i, t - 1] if t else c0[i]
             lstm_backward_row(gates[i, t], cs[i, t], c_prev, dhs[i, t], dh[i], dc[i], dz[i, t])
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
+        _dh_gemm(blas, dz[0, t], steps * 4 * hidden, W_h, dh, 0.0)
 
 
 @jit
 def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
                   dz, dh, dc):
     """Gradients through time; dz (N, T, 4H), dh and dc (N, H) workspaces."""
-    lstm_backward_rows(blas, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dz, dh, dc)
+    lstm_backward_rows(blas, dhs, c0, W_h, hs, cs, gates, dz, dh, dc)
     dh0[:] = dh
     dc0[:] = dc
+    recurrent_dW_h(blas, h0, hs, dz, dW_h)
     input_side(blas, x, W_x, dz, dx, dW_x, db)
 
 
 @jit_parallel
-def lstm_backward_split(blas, bounds, dhs, h0, c0, W_h, hs, cs, gates, dW_h, dW_h_parts, dz, dh,
-                        dc):
+def lstm_backward_split(blas, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh, dc):
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
-        lstm_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], c0[i:j], W_h, hs[i:j], cs[i:j],
-                           gates[i:j], dW_h if p == 0 else dW_h_parts[p - 1], dz[i:j], dh[i:j],
-                           dc[i:j])
-    for p in range(dW_h_parts.shape[0]):
-        dW_h += dW_h_parts[p]
+        lstm_backward_rows(part_blas(blas, p), dhs[i:j], c0[i:j], W_h, hs[i:j], cs[i:j], gates[i:j],
+                           dz[i:j], dh[i:j], dc[i:j])
 
 
 # ---------------------------------------------------------------------- gru
@@ -468,19 +489,47 @@ def embedding_backward(dy, tokens, dW):
 
 # ------------------------------------------------- the GEMMs alone (benchmarks)
 @jit
-def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh):
-    """One training step's recurrent GEMMs issued as the kernels above issue them
-    and nothing else: the input projection, one h_{t-1} @ W_h per step, the
-    backward's two GEMMs per step and its input side (x (N, T, F), hs (N, T, H),
-    xw and dz (N, T, G*H) hold any finite values)."""
+def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
+    """The recurrent GEMMs of one training step over the rows given, issued as the
+    kernels above issue them and nothing else: forward, the input projection
+    and one h_{t-1} @ W_h per step; backward, the two GEMMs per step (x (N, T, F),
+    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h after
+    (bare_after_gemms)."""
     steps = hs.shape[1]
     width = W_h.shape[1]
-    _project(blas, x, W_x, xw)
-    for t in range(steps):
-        _recurrent_gemm(blas, t, h0, hs, W_h, z)
-    dW_h[...] = 0
+    if not backward:
+        _project(blas, x, W_x, xw)
+        for t in range(steps):
+            _recurrent_gemm(blas, t, h0, hs, W_h, z)
+        return
     for t in range(steps - 1, -1, -1):
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * width, dW_h, dh, 0.0)
-    n, f = x.shape[0], x.shape[2]
+        _dh_gemm(blas, dz[0, t], steps * width, W_h, dh, 0.0)
+
+
+@jit
+def bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h):
+    """The backward's GEMMs after its time loop: dW_h one GEMM per step over the
+    whole batch, dx and dW_x over every step one GEMM each."""
+    recurrent_dW_h(blas, h0, hs, dz, dW_h)
+    n, steps, f = x.shape
+    width = W_x.shape[1]
     gemm(blas, 0, 1, n * steps, f, width, dz, width, W_x, width, 0.0, dx, f)
     gemm(blas, 1, 0, f, width, n * steps, x, f, dz, width, 0.0, dW_x, width)
+
+
+@jit
+def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh):
+    """One training step's recurrent GEMMs on the whole batch."""
+    bare_gemms_rows(blas, False, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+    bare_gemms_rows(blas, True, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+    bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h)
+
+
+@jit_parallel
+def bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
+    """bare_gemms_rows of the forward or the backward over the ranges of rows
+    `bounds` in parallel, as the *_split kernels (bare_after_gemms after them)."""
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        bare_gemms_rows(part_blas(blas, p), backward, x[i:j], h0[i:j], W_x, W_h, hs[i:j], xw[i:j],
+                        z[i:j], dz[i:j], dh[i:j])

@@ -420,7 +420,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # come from the caller). Sizes beyond 32-bit BLAS integers, and empty
     # sequences, take the reference.
     # The batch is split over the threads when the work is large (_recurrent_bounds):
-    # the *_split kernels, the backward's input side after them on BLAS's threads.
+    # the *_split kernels, then the backward's dW_h (but the GRU's) and input side
+    # on BLAS's threads.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
@@ -448,9 +449,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
             R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h,
                            db, dz, e(h0.shape, d))
         else:
-            _run_split(R.rnn_backward_split, d, bounds, dhs, h0, W_h, hs, relu, dW_h,
-                       e((bounds.size - 2, *W_h.shape), d), dz, dh0)
-            R.input_side(R.Blas(d).args(), x, W_x, dz, dx, dW_x, db)
+            _run_split(R.rnn_backward_split, d, bounds, dhs, hs, W_h, relu, dz, dh0)
+            blas = R.Blas(d).args()
+            R.recurrent_dW_h(blas, h0, hs, dz, dW_h)
+            R.input_side(blas, x, W_x, dz, dx, dW_x, db)
         return dx, dh0, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
@@ -480,9 +482,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
             R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0,
                             dc0, dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
         else:
-            _run_split(R.lstm_backward_split, d, bounds, dhs, h0, c0, W_h, hs, cs, gates, dW_h,
-                       e((bounds.size - 2, *W_h.shape), d), dz, dh0, dc0)
-            R.input_side(R.Blas(d).args(), x, W_x, dz, dx, dW_x, db)
+            _run_split(R.lstm_backward_split, d, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh0, dc0)
+            blas = R.Blas(d).args()
+            R.recurrent_dW_h(blas, h0, hs, dz, dW_h)
+            R.input_side(blas, x, W_x, dz, dx, dW_x, db)
         return dx, dh0, dc0, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
