@@ -38,30 +38,40 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
 
 /* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
  * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
- * that the split of the batch over threads changes no rounding of dW_h */
+ * that the split of the batch over threads changes no rounding of dW_h. Only
+ * columns [c0, c1) of dW_h (each column's sums are the same whatever the
+ * columns computed beside it). */
 static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, int64_t n,
-                               int64_t steps, int64_t hidden, int64_t width) {
-    for (int64_t i = 0; i < hidden * width; i++)
-        dW_h[i] = 0;
+                               int64_t steps, int64_t hidden, int64_t width, int64_t c0,
+                               int64_t c1) {
+    if (c1 <= c0) return;
+    for (int64_t i = 0; i < hidden; i++)
+        for (int64_t j = c0; j < c1; j++)
+            dW_h[i * width + j] = 0;
     for (int64_t t = steps - 1; t >= 0; t--)
         if (t)
-            FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden,
-                     dz + t * width, steps * width, 1, dW_h, width);
+            FN(gemm)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
+                     dz + t * width + c0, steps * width, 1, dW_h + c0, width);
         else
-            FN(gemm)(1, 0, hidden, width, n, h0, hidden, dz, steps * width, 1, dW_h, width);
+            FN(gemm)(1, 0, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1, dW_h + c0,
+                     width);
 }
 
-/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step; db = column sums of dz */
+/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step (rows = n steps of them); db =
+ * column sums of dz. Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
 static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
-                           int64_t rows, int64_t f, int64_t width) {
-    FN(gemm)(0, 1, rows, f, width, dz, width, W_x, width, 0, dx, f);
-    FN(gemm)(1, 0, f, width, rows, x, f, dz, width, 0, dW_x, width);
+                           int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
+                           int64_t c0, int64_t c1) {
+    if (r1 > r0)
+        FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
+    if (c1 > c0)
+        FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
     /* each column summed over rows in row order, as before, but a block of
      * columns at a time along dz's rows (contiguous reads, not one per row) */
     enum { BLOCK = 256 };
     double acc[BLOCK];
-    for (int64_t j0 = 0; j0 < width; j0 += BLOCK) {
-        int64_t cols = width - j0 < BLOCK ? width - j0 : BLOCK;
+    for (int64_t j0 = c0; j0 < c1; j0 += BLOCK) {
+        int64_t cols = c1 - j0 < BLOCK ? c1 - j0 : BLOCK;
         for (int64_t j = 0; j < cols; j++)
             acc[j] = 0;
         for (int64_t r = 0; r < rows; r++) {
@@ -295,19 +305,22 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
  * (parallel_blas_run): per step each thread issues one (rows, hidden) x
  * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
  * G hidden) GEMM over its threads at every step, which at these sizes wastes
- * much of the second core. After the ranges, on BLAS's threads, the backward's
- * dW_h is one GEMM over the whole batch per step (recurrent_dW_h: the same sums
- * in the same order for any split, the reference's), and the input side (dx,
- * dW_x, db over every step) whole GEMMs. The GRU sums dW_h per range instead,
+ * much of the second core. After the ranges the backward splits its columns of
+ * width G hidden (after_range, BLAS still on one thread): dW_h by one GEMM over
+ * the whole batch per step (recurrent_dW_h: the same sums in the same order for
+ * any split, the reference's), dW_x and db over every step, and dx by rows:
+ * so BLAS's threads never start. The GRU sums dW_h per range instead,
  * range p > 0 into slice p - 1 of part_dW_h (and its acc into part_acc), added
  * into the first in range order after (deterministic for a thread count). */
 struct FN(recurrent_job) {
     int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
+    int parts;            /* the ranges run_rows chose */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
     T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
+    T *dx, *dW_x, *db;
     double *acc, *part_acc;
-    int64_t steps, f, hidden;
+    int64_t n, steps, f, hidden;
 };
 
 /* the time loop over batch rows [begin, end): every array offset to row begin */
@@ -347,10 +360,23 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
                               n, steps, hidden);
 }
 
+/* The backward's work after its time loops, part `part` of j->parts: columns
+ * [begin, end) of dW_h (but the GRU's, summed by run_rows), dW_x and db, and a
+ * range of dx's rows (n steps of them) */
+static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t rows = j->n * j->steps, w = j->gate_count * j->hidden;
+    if (j->gate_count != 3)
+        FN(recurrent_dW_h)(j->h0, j->hs, j->dz, j->dW_h, j->n, j->steps, j->hidden, w, begin, end);
+    FN(input_side)(j->x, j->W_x, j->dz, j->dx, j->dW_x, j->db, rows, j->f, w,
+                   rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
+}
+
 /* Runs `range` over the batch rows [0, n) of job j: split over the threads when
  * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
- * RECURRENT_PARALLEL_MIN, and, for the GRU's backward, adds the ranges' dW_h
- * and acc into the first's. Out of memory for those sums, it runs serially. */
+ * RECURRENT_PARALLEL_MIN; backward, then adds the GRU's ranges' dW_h and acc into
+ * the first's and runs after_range over as many ranges of columns. Out of memory
+ * for those sums, it runs serially. */
 static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
     int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
     int parts = n * j->steps * len < RECURRENT_PARALLEL_MIN ? 1 : parallel_blas_parts(n, 1);
@@ -371,6 +397,10 @@ static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n,
     }
     free(j->part_dW_h);
     free(j->part_acc);
+    j->n = n;
+    j->parts = parts;
+    if (backward)
+        parallel_blas_run(FN(after_range), j, w, parts);
 }
 
 /* ---------------------------------------------------------- the kernels */
@@ -385,12 +415,11 @@ void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
 void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
                       const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
                       int64_t n, int64_t steps, int64_t f, int64_t hidden) {
-    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .dhs = dhs, .h0 = h0, .W_h = W_h,
-                                  .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h, .dz = dz, .steps = steps,
+    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .dhs = dhs, .x = x, .h0 = h0,
+                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h,
+                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
                                   .f = f, .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
-    FN(recurrent_dW_h)(h0, hs, dz, dW_h, n, steps, hidden, hidden);
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
 }
 
 void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
@@ -406,13 +435,12 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
                        const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
                        T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
                        int64_t f, int64_t hidden) {
-    struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .h0 = h0, .c0 = c0, .W_h = W_h,
-                                  .hs = (T *)hs, .cs = (T *)cs, .gates = (T *)gates, .dh0 = dh0,
-                                  .dc0 = dc0, .dW_h = dW_h, .dz = dz, .steps = steps, .f = f,
-                                  .hidden = hidden};
+    struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .x = x, .h0 = h0, .c0 = c0,
+                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .cs = (T *)cs,
+                                  .gates = (T *)gates, .dh0 = dh0, .dc0 = dc0, .dW_h = dW_h,
+                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
+                                  .f = f, .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
-    FN(recurrent_dW_h)(h0, hs, dz, dW_h, n, steps, hidden, 4 * hidden);
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, 4 * hidden);
 }
 
 void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
@@ -429,12 +457,12 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
                       const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
                       T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
                       int64_t f, int64_t hidden) {
-    struct FN(recurrent_job) j = {.gate_count = 3, .dhs = dhs, .h0 = h0, .W_h = W_h,
-                                  .hs = (T *)hs, .gates = (T *)gates, .hn = (T *)hn, .dh0 = dh0,
-                                  .dW_h = dW_h, .dz = dxw, .dhw = dhw, .acc = acc, .steps = steps,
-                                  .f = f, .hidden = hidden};
+    struct FN(recurrent_job) j = {.gate_count = 3, .dhs = dhs, .x = x, .h0 = h0, .W_x = W_x,
+                                  .W_h = W_h, .hs = (T *)hs, .gates = (T *)gates, .hn = (T *)hn,
+                                  .dh0 = dh0, .dW_h = dW_h, .dz = dxw, .dhw = dhw, .dx = dx,
+                                  .dW_x = dW_x, .db = db_x, .acc = acc, .steps = steps, .f = f,
+                                  .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
     for (int64_t k = 0; k < 3 * hidden; k++)
         db_h[k] = (T)acc[k];
-    FN(input_side)(x, W_x, dxw, dx, dW_x, db_x, n * steps, f, 3 * hidden);
 }

@@ -130,32 +130,74 @@ def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
 
 
 @jit
-def recurrent_dW_h(blas, h0, hs, dz, dW_h):
+def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
     """dW_h = the sum over t = T - 1, ..., 0 of h_{t-1}.T @ dz_t (dz (N, T, G*H)), one
     GEMM over the whole batch per step: the reference's order of sums, so that
-    the split of the batch over threads changes no rounding of dW_h."""
-    steps, width = dz.shape[1], dz.shape[2]
-    dW_h[...] = 0
+    the split of the batch over threads changes no rounding of dW_h. Only
+    columns [c0, c1) (each column's sums are the same whatever the columns
+    computed beside it)."""
+    n, steps, hidden = hs.shape
+    width = dW_h.shape[1]
+    if c1 <= c0:
+        return
+    dW_h[:, c0:c1] = 0
+    dz_flat, dW_flat = dz.reshape(-1), dW_h.reshape(-1)
     for t in range(steps - 1, -1, -1):
-        _dW_h_gemm(blas, t, h0, hs, dz[0, t], steps * width, dW_h)
+        dzt = dz_flat[t * width + c0:]
+        if t:
+            gemm(blas, 1, 0, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dzt, steps * width,
+                 1.0, dW_flat[c0:], width)
+        else:
+            gemm(blas, 1, 0, hidden, c1 - c0, n, h0, hidden, dzt, steps * width, 1.0, dW_flat[c0:],
+                 width)
 
 
 @jit
-def input_side(blas, x, W_x, dz, dx, dW_x, db):
+def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
-    column sums of dz (N, T, G*H), in float64."""
+    column sums of dz (N, T, G*H), in float64. Only rows [r0, r1) of dx (of N*T),
+    columns [c0, c1) of dW_x and db."""
     n, steps, f = x.shape
     width = dz.shape[2]
     rows = n * steps
-    gemm(blas, 0, 1, rows, f, width, dz, width, W_x, width, 0.0, dx, f)
-    gemm(blas, 1, 0, f, width, rows, x, f, dz, width, 0.0, dW_x, width)
+    dz_flat = dz.reshape(-1)
+    if r1 > r0:
+        gemm(blas, 0, 1, r1 - r0, f, width, dz_flat[r0 * width:], width, W_x, width, 0.0,
+             dx.reshape(-1)[r0 * f:], f)
+    if c1 > c0:
+        gemm(blas, 1, 0, f, c1 - c0, rows, x, f, dz_flat[c0:], width, 0.0, dW_x.reshape(-1)[c0:],
+             width)
     dz2 = dz.reshape(rows, width)
     acc = np.zeros(width)
     for r in range(rows):
-        for j in range(width):
+        for j in range(c0, c1):
             acc[j] += dz2[r, j]
-    for j in range(width):
+    for j in range(c0, c1):
         db[j] = acc[j]
+
+
+@jit
+def backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, with_dW_h):
+    """The backward's work after its time loop on the whole batch: dW_h (unless
+    with_dW_h is False: the GRU's) and the input side."""
+    rows, width = x.shape[0] * x.shape[1], dz.shape[2]
+    if with_dW_h:
+        recurrent_dW_h(blas, h0, hs, dz, dW_h, 0, width)
+    input_side(blas, x, W_x, dz, dx, dW_x, db, 0, rows, 0, width)
+
+
+@jit_parallel
+def backward_after_split(blas, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, with_dW_h):
+    """backward_after in parts (as many as the ranges of `bounds`): part p takes
+    columns p/parts to (p+1)/parts of dW_h, dW_x and db, and as much of dx's rows."""
+    parts = bounds.size - 1
+    rows, width = x.shape[0] * x.shape[1], dz.shape[2]
+    for p in prange(parts):
+        c0, c1 = width * p // parts, width * (p + 1) // parts
+        part = part_blas(blas, p)
+        if with_dW_h:
+            recurrent_dW_h(part, h0, hs, dz, dW_h, c0, c1)
+        input_side(part, x, W_x, dz, dx, dW_x, db, rows * p // parts, rows * (p + 1) // parts, c0, c1)
 
 
 # ------------------------------------------------------------- gate passes
@@ -287,10 +329,11 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # range of the batch's rows is a batch of its own (every array is batch-first).
 # The whole-batch kernels call it once; the `*_split` ones once per range of
 # rows `bounds` (parts + 1,), in parallel (see numba_backend._recurrent_split),
-# each with its own ?gemm scratch (part_blas). After the ranges, on BLAS's
-# threads, the backward's dW_h is one GEMM over the whole batch per step
+# each with its own ?gemm scratch (part_blas). After the ranges the backward's
+# dW_h is one GEMM over the whole batch per step
 # (recurrent_dW_h: the reference's order of sums for any split) and its input
-# side (dx, dW_x, db: input_side) one GEMM each. The GRU's backward, whose dhw
+# side (dx, dW_x, db: input_side) one GEMM each, in as many parts by columns
+# (backward_after_split), BLAS still on one thread. The GRU's backward, whose dhw
 # holds one step only, sums dW_h per range instead: the first range into dW_h,
 # range p > 0 into slice p - 1 of dW_h_parts (parts - 1, H, G*H), added into
 # dW_h in range order after.
@@ -330,8 +373,7 @@ def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, 
     """Gradients through time; dz (N, T, H) and dh (N, H) workspaces."""
     rnn_backward_rows(blas, dhs, hs, W_h, relu, dz, dh)
     dh0[:] = dh
-    recurrent_dW_h(blas, h0, hs, dz, dW_h)
-    input_side(blas, x, W_x, dz, dx, dW_x, db)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
 
 
 @jit_parallel
@@ -384,8 +426,7 @@ def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, d
     lstm_backward_rows(blas, dhs, c0, W_h, hs, cs, gates, dz, dh, dc)
     dh0[:] = dh
     dc0[:] = dc
-    recurrent_dW_h(blas, h0, hs, dz, dW_h)
-    input_side(blas, x, W_x, dz, dx, dW_x, db)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
 
 
 @jit_parallel
@@ -445,7 +486,7 @@ def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
     dh0[:] = dh
     for j in range(db_h.size):
         db_h[j] = acc[j]
-    input_side(blas, x, W_x, dxw, dx, dW_x, db_x)
+    backward_after(blas, x, h0, W_x, hs, dxw, dx, dW_x, dW_h, db_x, False)
 
 
 @jit_parallel
@@ -493,8 +534,8 @@ def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
     """The recurrent GEMMs of one training step over the rows given, issued as the
     kernels above issue them and nothing else: forward, the input projection
     and one h_{t-1} @ W_h per step; backward, the two GEMMs per step (x (N, T, F),
-    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h after
-    (bare_after_gemms)."""
+    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h and the
+    input side after (backward_after, with db's column sums, a pass over dz)."""
     steps = hs.shape[1]
     width = W_h.shape[1]
     if not backward:
@@ -507,28 +548,17 @@ def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
 
 
 @jit
-def bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h):
-    """The backward's GEMMs after its time loop: dW_h one GEMM per step over the
-    whole batch, dx and dW_x over every step one GEMM each."""
-    recurrent_dW_h(blas, h0, hs, dz, dW_h)
-    n, steps, f = x.shape
-    width = W_x.shape[1]
-    gemm(blas, 0, 1, n * steps, f, width, dz, width, W_x, width, 0.0, dx, f)
-    gemm(blas, 1, 0, f, width, n * steps, x, f, dz, width, 0.0, dW_x, width)
-
-
-@jit
-def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh):
+def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh):
     """One training step's recurrent GEMMs on the whole batch."""
     bare_gemms_rows(blas, False, x, h0, W_x, W_h, hs, xw, z, dz, dh)
     bare_gemms_rows(blas, True, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-    bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
 
 
 @jit_parallel
 def bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
     """bare_gemms_rows of the forward or the backward over the ranges of rows
-    `bounds` in parallel, as the *_split kernels (bare_after_gemms after them)."""
+    `bounds` in parallel, as the *_split kernels (backward_after_split after them)."""
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
         bare_gemms_rows(part_blas(blas, p), backward, x[i:j], h0[i:j], W_x, W_h, hs[i:j], xw[i:j],

@@ -421,7 +421,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # sequences, take the reference.
     # The batch is split over the threads when the work is large (_recurrent_bounds):
     # the *_split kernels, then the backward's dW_h (but the GRU's) and input side
-    # on BLAS's threads.
+    # split by columns (backward_after_split), BLAS on one thread throughout.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
@@ -450,9 +450,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
                            db, dz, e(h0.shape, d))
         else:
             _run_split(R.rnn_backward_split, d, bounds, dhs, hs, W_h, relu, dz, dh0)
-            blas = R.Blas(d).args()
-            R.recurrent_dW_h(blas, h0, hs, dz, dW_h)
-            R.input_side(blas, x, W_x, dz, dx, dW_x, db)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                       True)
         return dx, dh0, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
@@ -483,9 +482,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
                             dc0, dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
         else:
             _run_split(R.lstm_backward_split, d, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh0, dc0)
-            blas = R.Blas(d).args()
-            R.recurrent_dW_h(blas, h0, hs, dz, dW_h)
-            R.input_side(blas, x, W_x, dz, dx, dW_x, db)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                       True)
         return dx, dh0, dc0, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
@@ -517,7 +515,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         else:
             _run_split(R.gru_backward_split, d, bounds, dhs, h0, W_h, hs, gates, hn, dW_h,
                        e((bounds.size - 2, *W_h.shape), d), dz, dhw, dh0, db_h)
-            R.input_side(R.Blas(d).args(), x, W_x, dz, dx, dW_x, db_x)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db_x,
+                       False)
         return dx, dh0, dW_x, dW_h, db_x, db_h
 
     # ---------------------------------------------------------------- embedding

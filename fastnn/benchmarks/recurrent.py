@@ -14,10 +14,11 @@ backends'. "bare-gemms" is the GEMMs of the step issued as the numba and C
 kernels issue them, through the same BLAS ?gemm (SciPy's): the batch rows split
 into one range per thread, each thread with BLAS on one thread issuing its
 range's input projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x
-(H, G*H) per step, then backward dh = dz_t W_h^T per step; after them, on BLAS's
-threads, dW_h += h_{t-1}^T dz_t per step over the whole batch and dx and dW_x as
-one GEMM each.
-Nothing else: the floor of any kernel issuing those GEMMs. "bare-gemms-whole"
+(H, G*H) per step, then backward dh = dz_t W_h^T per step; after them, split by
+columns over the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole
+batch and dW_x as one GEMM (with db's column sums, a pass over dz), and dx by
+rows.
+Nothing else (but db's sums): the floor of any kernel issuing those GEMMs. "bare-gemms-whole"
 is the same GEMMs on the whole batch each, BLAS splitting each one itself (as
 the kernels issue them below their split threshold).
 """
@@ -82,15 +83,16 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True):
     x, h0, W_x, W_h = a(batch, steps, features), a(batch, units), a(features, width), a(units, width)
     hs, xw, z, dz = a(batch, steps, units), a(batch, steps, width), a(batch, width), a(batch, steps, width)
     dx, dW_x, dW_h, dh = a(batch, steps, features), a(features, width), a(units, width), a(batch, units)
-    blas = R.Blas(d).args()
+    db, blas = a(width), R.Blas(d).args()
     bounds = NB._recurrent_bounds(x, W_h) if split else None
     if bounds is None:
-        return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
+        return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh)
 
     def step():
         for backward in (False, True):
             NB._run_split(R.bare_gemms_split, d, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-        R.bare_after_gemms(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h)
+        NB._run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                      True)
     return step
 
 
