@@ -10,16 +10,20 @@ time loops of a range of sequences, BLAS on one thread) and on the whole batch
 best of ROUNDS rounds (15 by default) of the best of 5 calls; beside them the
 GEMMs of the split step alone (the benchmark's bare-gemms, forward and
 backward). "work" is N T H G*H, the multiply-adds of the per-step GEMMs that
-RECURRENT_PARALLEL_MIN (csrc/recurrent.c, numba_backend.py) is compared with;
-here the Numba threshold is moved for the whole variant, and the C kernels get
-one thread (fastnn's own, not BLAS's).
+RECURRENT_PARALLEL_MIN (csrc/recurrent.c: 2^21, numba_backend.py: 2^24) is
+compared with. Here the Numba kernels split at every size for the split variant
+and never for the whole one; the C kernels split from their threshold (built
+in) for the split variant, and get one thread (fastnn's own, not BLAS's) for
+the whole one.
 
 Run as a user's machine runs:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/recurrent_split.py lstm
 """
 
+import re
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +32,7 @@ from fastnn.backends import numba_backend
 from fastnn.backends.c_backend import lib
 from fastnn.benchmarks.recurrent import bare_gemms_step
 
+C_SOURCE = Path(__file__).parents[1] / "csrc" / "recurrent.c"
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 SIZES = [(4, 10, 8, 16), (8, 20, 8, 32), (16, 20, 16, 32), (8, 32, 8, 64), (16, 32, 16, 64),
          (32, 50, 32, 64), (16, 50, 32, 128), (64, 50, 32, 128)]
@@ -62,6 +67,7 @@ def best_seconds(fn, calls=5):
 
 def main(kind="lstm", rounds=15):
     threads, threshold = lib.fastnn_get_num_threads(), numba_backend.RECURRENT_PARALLEL_MIN
+    c_min = int(re.search(r"RECURRENT_PARALLEL_MIN \(1 << (\d+)\)", C_SOURCE.read_text()).group(1))
     backends = [name for name in ("c", "numba") if name in fastnn.available_backends()]
     print(f"{kind}, float32, forward + backward, us per sequence (best of {rounds} rounds); "
           f"{threads} threads")
@@ -72,7 +78,7 @@ def main(kind="lstm", rounds=15):
         for _ in range(rounds):
             for split in (True, False):
                 lib.fastnn_set_num_threads(threads if split else 1)
-                numba_backend.RECURRENT_PARALLEL_MIN = threshold if split else 1 << 62
+                numba_backend.RECURRENT_PARALLEL_MIN = 0 if split else 1 << 62
                 for name, fn in runners.items():
                     key = (name, split)
                     best[key] = min(best.get(key, float("inf")), best_seconds(fn) / n * 1e6)
@@ -84,8 +90,9 @@ def main(kind="lstm", rounds=15):
         cells = "  ".join(f"{name} split {best[(name, True)]:7.1f} whole {best[(name, False)]:7.1f}"
                           for name in backends)
         bare_cell = f"  bare-gemms (split) {best['bare']:7.1f}" if "bare" in best else ""
-        print(f"N={n:3} T={t:3} F={f:3} H={h:4} work {work:>10} {'>=' if work >= threshold else '< '} "
-              f"threshold  {cells}{bare_cell}", flush=True)
+        c_splits = "splits" if work >= 1 << c_min else "whole "
+        print(f"N={n:3} T={t:3} F={f:3} H={h:4} work {work:>10} (c {c_splits})  {cells}{bare_cell}",
+              flush=True)
 
 
 if __name__ == "__main__":

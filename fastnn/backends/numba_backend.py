@@ -109,8 +109,13 @@ if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere no fork
 
 
 # Multiply-adds of a recurrent call's per-step GEMMs (N T H G*H) from which it
-# splits the batch rows over Numba's threads (as csrc/recurrent.c's)
-RECURRENT_PARALLEL_MIN = 1 << 20
+# splits the batch rows over Numba's threads: higher than the C kernels' (csrc/
+# recurrent.c), as each of the three parallel regions of a forward and backward
+# costs more to start. Measured (bench/recurrent_split.py, Zen 4, 2 threads, a
+# busy machine): split slower than whole up to 2^23 (lstm 16x32x64: 91 against
+# 80 us a sequence), about even at 2^23.6 (rnn 16x50x128: 93 against 96),
+# faster from 2^24.6 (lstm 32x50x64: 134 against 140; 64x50x128: 235 against 258).
+RECURRENT_PARALLEL_MIN = 1 << 24
 
 
 def _recurrent_bounds(x, W_h):
