@@ -3,7 +3,8 @@
  * Sequences are batch-first: x (n, steps, f), hidden states (n, steps, hidden),
  * gates (n, steps, G*hidden) with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru:
  * r, z, n). Each step's GEMM reads the previous state hs[:, t - 1] in place (row
- * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1).
+ * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
+ * the reference's order.
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
  * tanh evaluated in double and rounded once; bias gradients summed in double. */
 
@@ -22,29 +23,55 @@ static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h
         FN(gemm)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
 }
 
-/* dW_h += h_{t-1}^T @ dz_t; dh = dz_t @ W_h^T + beta dh (dz_t (n, width), row stride ld) */
+/* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
+ * (dz_t (n, width), row stride ld) */
 static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *dzt,
                                int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
                                int64_t hidden, int64_t width) {
-    if (t)
+    if (dW_h && t)
         FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1, dW_h,
                  width);
-    else
+    else if (dW_h)
         FN(gemm)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
     FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
-/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step; db = column sums of dz */
+/* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
+ * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
+ * that the split of the batch over threads changes no rounding of dW_h. Only
+ * columns [c0, c1) of dW_h (each column's sums are the same whatever the
+ * columns computed beside it). */
+static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, int64_t n,
+                               int64_t steps, int64_t hidden, int64_t width, int64_t c0,
+                               int64_t c1) {
+    if (c1 <= c0) return;
+    for (int64_t i = 0; i < hidden; i++)
+        for (int64_t j = c0; j < c1; j++)
+            dW_h[i * width + j] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--)
+        if (t)
+            FN(gemm)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
+                     dz + t * width + c0, steps * width, 1, dW_h + c0, width);
+        else
+            FN(gemm)(1, 0, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1, dW_h + c0,
+                     width);
+}
+
+/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step (rows = n steps of them); db =
+ * column sums of dz. Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
 static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
-                           int64_t rows, int64_t f, int64_t width) {
-    FN(gemm)(0, 1, rows, f, width, dz, width, W_x, width, 0, dx, f);
-    FN(gemm)(1, 0, f, width, rows, x, f, dz, width, 0, dW_x, width);
+                           int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
+                           int64_t c0, int64_t c1) {
+    if (r1 > r0)
+        FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
+    if (c1 > c0)
+        FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
     /* each column summed over rows in row order, as before, but a block of
      * columns at a time along dz's rows (contiguous reads, not one per row) */
     enum { BLOCK = 256 };
     double acc[BLOCK];
-    for (int64_t j0 = 0; j0 < width; j0 += BLOCK) {
-        int64_t cols = width - j0 < BLOCK ? width - j0 : BLOCK;
+    for (int64_t j0 = c0; j0 < c1; j0 += BLOCK) {
+        int64_t cols = c1 - j0 < BLOCK ? c1 - j0 : BLOCK;
         for (int64_t j = 0; j < cols; j++)
             acc[j] = 0;
         for (int64_t r = 0; r < rows; r++) {
@@ -162,9 +189,16 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
     }
 }
 
-/* ------------------------------------------------------------------- rnn */
-void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
-                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+/* ------------------------------------------------- time loops over rows
+ * Each runs the time loop of n sequences (batch rows): a range of the batch's
+ * rows is a batch of its own with the same row strides (every array is
+ * batch-first), so the callers below pass pointers to the range's first row.
+ * The backward ones leave the input side (dx, dW_x, db) to their caller, and
+ * dW_h too (recurrent_dW_h), but the GRU's, which sums dW_h and its db_h terms
+ * (acc) over its rows (its dhw holds one step only). */
+static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
+                                 int relu, T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f,
+                                 int64_t hidden) {
     FN(project)(x, W_x, xw, n * steps, f, hidden);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
@@ -174,14 +208,11 @@ void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
     }
 }
 
-void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
-                      const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
-                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs, int relu,
+                                  T *dh0, T *dz, int64_t n, int64_t steps, int64_t hidden) {
     /* dh0 holds the gradient h_t receives from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
-    for (int64_t i = 0; i < hidden * hidden; i++)
-        dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
@@ -190,16 +221,14 @@ void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
                 dz[at + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
             }
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, dW_h, dh0, 0, n, steps,
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, NULL, dh0, 0, n, steps,
                            hidden, hidden);
     }
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, hidden);
 }
 
-/* ------------------------------------------------------------------ lstm */
-void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
-                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden) {
+static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T *W_x,
+                                  const T *W_h, const T *b, T *hs, T *cs, T *gates, T *xw, T *z,
+                                  int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 4 * hidden;
     FN(project)(x, W_x, xw, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
@@ -213,16 +242,13 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
     }
 }
 
-void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
-                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
-                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
-                       int64_t f, int64_t hidden) {
+static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const T *W_h,
+                                   const T *hs, const T *cs, const T *gates, T *dh0, T *dc0,
+                                   T *dz, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 4 * hidden;
     /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = dc0[i] = 0;
-    for (int64_t i = 0; i < hidden * w; i++)
-        dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
@@ -230,15 +256,13 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
                                   t ? cs + at - hidden : c0 + i * hidden, dhs + at,
                                   dz + (i * steps + t) * w, dh0 + i * hidden, dc0 + i * hidden, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, dW_h, dh0, 0, n, steps, hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps, hidden, w);
     }
-    FN(input_side)(x, W_x, dz, dx, dW_x, db, n * steps, f, w);
 }
 
-/* ------------------------------------------------------------------- gru */
-void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
-                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
-                     int64_t f, int64_t hidden) {
+static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
+                                 const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n,
+                                 int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 3 * hidden;
     FN(project)(x, W_x, xw, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
@@ -253,10 +277,9 @@ void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
 }
 
 /* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
-void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
-                      const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
-                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden) {
+static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs,
+                                  const T *gates, const T *hn, T *dh0, T *dW_h, T *dxw, T *dhw,
+                                  double *acc, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 3 * hidden;
     for (int64_t j = 0; j < w; j++)
         acc[j] = 0;
@@ -273,7 +296,173 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
         }
         FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
     }
-    for (int64_t j = 0; j < w; j++)
-        db_h[j] = (T)acc[j];
-    FN(input_side)(x, W_x, dxw, dx, dW_x, db_x, n * steps, f, w);
+}
+
+/* ------------------------------------------- the batch split over threads
+ * The recurrence of each sequence is independent of the others', so a kernel
+ * splits the batch rows into one contiguous range per thread and runs each
+ * range's whole time loop on its thread with BLAS on one thread meanwhile
+ * (parallel_blas_run): per step each thread issues one (rows, hidden) x
+ * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
+ * G hidden) GEMM over its threads at every step, which at these sizes wastes
+ * much of the second core. After the ranges the backward splits its columns of
+ * width G hidden (after_range, BLAS still on one thread): dW_h by one GEMM over
+ * the whole batch per step (recurrent_dW_h: the same sums in the same order for
+ * any split, the reference's), dW_x and db over every step, and dx by rows:
+ * so BLAS's threads never start. The GRU sums dW_h per range instead,
+ * range p > 0 into slice p - 1 of part_dW_h (and its acc into part_acc), added
+ * into the first in range order after (deterministic for a thread count). */
+struct FN(recurrent_job) {
+    int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
+    int parts;            /* the ranges run_rows chose */
+    /* the forward writes hs, cs, gates and hn; the backward only reads them */
+    const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
+    T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
+    T *dx, *dW_x, *db;
+    double *acc, *part_acc;
+    int64_t n, steps, f, hidden;
+};
+
+/* the time loop over batch rows [begin, end): every array offset to row begin */
+static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t n = end - begin, steps = j->steps, f = j->f, hidden = j->hidden;
+    int64_t w = j->gate_count * hidden, seq = begin * steps; /* seq: row begin's step 0 */
+    (void)part;
+    const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
+    T *hs = j->hs + seq * hidden, *xw = j->xw + seq * w, *z = j->z + begin * w;
+    if (j->gate_count == 1)
+        FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, xw, z, n, steps, f, hidden);
+    else if (j->gate_count == 4)
+        FN(lstm_forward_rows)(x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, j->b, hs,
+                              j->cs + seq * hidden, j->gates + seq * w, xw, z, n, steps, f, hidden);
+    else
+        FN(gru_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->b_h, hs, j->gates + seq * w,
+                             j->hn + seq * hidden, xw, z, n, steps, f, hidden);
+}
+
+static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t n = end - begin, steps = j->steps, hidden = j->hidden;
+    int64_t w = j->gate_count * hidden, seq = begin * steps;
+    T *dW_h = part ? j->part_dW_h + (part - 1) * hidden * w : j->dW_h;
+    const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
+    T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
+    if (j->gate_count == 1)
+        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dz, n, steps, hidden);
+    else if (j->gate_count == 4)
+        FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
+                               j->gates + seq * w, dh0, j->dc0 + begin * hidden, dz, n, steps,
+                               hidden);
+    else
+        FN(gru_backward_rows)(dhs, h0, j->W_h, hs, j->gates + seq * w, j->hn + seq * hidden, dh0,
+                              dW_h, dz, j->dhw + begin * w, part ? j->part_acc + (part - 1) * w : j->acc,
+                              n, steps, hidden);
+}
+
+/* The backward's work after its time loops, part `part` of j->parts: columns
+ * [begin, end) of dW_h (but the GRU's, summed by run_rows), dW_x and db, and a
+ * range of dx's rows (n steps of them) */
+static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
+    const struct FN(recurrent_job) *j = args;
+    int64_t rows = j->n * j->steps, w = j->gate_count * j->hidden;
+    if (j->gate_count != 3)
+        FN(recurrent_dW_h)(j->h0, j->hs, j->dz, j->dW_h, j->n, j->steps, j->hidden, w, begin, end);
+    FN(input_side)(j->x, j->W_x, j->dz, j->dx, j->dW_x, j->db, rows, j->f, w,
+                   rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
+}
+
+/* Runs `range` over the batch rows [0, n) of job j: split over the threads when
+ * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
+ * RECURRENT_PARALLEL_MIN; backward, then adds the GRU's ranges' dW_h and acc into
+ * the first's and runs after_range over as many ranges of columns. Out of memory
+ * for those sums, it runs serially. */
+static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
+    int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
+    int parts = n * j->steps * len < RECURRENT_PARALLEL_MIN ? 1 : parallel_blas_parts(n, 1);
+    j->part_dW_h = NULL;
+    j->part_acc = NULL;
+    if (backward && parts > 1 && j->gate_count == 3) {
+        j->part_dW_h = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
+        j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
+        if (!j->part_dW_h || !j->part_acc) parts = 1;
+    }
+    parallel_blas_run(range, j, n, parts);
+    for (int p = 1; backward && j->gate_count == 3 && p < parts; p++) {
+        const T *slice = j->part_dW_h + (p - 1) * len;
+        for (int64_t k = 0; k < len; k++)
+            j->dW_h[k] += slice[k];
+        for (int64_t k = 0; k < w; k++)
+            j->acc[k] += j->part_acc[(p - 1) * w + k];
+    }
+    free(j->part_dW_h);
+    free(j->part_acc);
+    j->n = n;
+    j->parts = parts;
+    if (backward)
+        parallel_blas_run(FN(after_range), j, w, parts);
+}
+
+/* ---------------------------------------------------------- the kernels */
+void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
+                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .x = x, .h0 = h0, .W_x = W_x,
+                                  .W_h = W_h, .b = b, .hs = hs, .xw = xw, .z = z, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
+                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .dhs = dhs, .x = x, .h0 = h0,
+                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h,
+                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+}
+
+void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
+                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 4, .x = x, .h0 = h0, .c0 = c0, .W_x = W_x,
+                                  .W_h = W_h, .b = b, .hs = hs, .cs = cs, .gates = gates,
+                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
+                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
+                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
+                       int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .x = x, .h0 = h0, .c0 = c0,
+                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .cs = (T *)cs,
+                                  .gates = (T *)gates, .dh0 = dh0, .dc0 = dc0, .dW_h = dW_h,
+                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
+                                  .f = f, .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+}
+
+void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
+                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
+                     int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 3, .x = x, .h0 = h0, .W_x = W_x, .W_h = W_h,
+                                  .b = b_x, .b_h = b_h, .hs = hs, .gates = gates, .hn = hn,
+                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+}
+
+/* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
+void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
+                      const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
+                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
+                      int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 3, .dhs = dhs, .x = x, .h0 = h0, .W_x = W_x,
+                                  .W_h = W_h, .hs = (T *)hs, .gates = (T *)gates, .hn = (T *)hn,
+                                  .dh0 = dh0, .dW_h = dW_h, .dz = dxw, .dhw = dhw, .dx = dx,
+                                  .dW_x = dW_x, .db = db_x, .acc = acc, .steps = steps, .f = f,
+                                  .hidden = hidden};
+    FN(run_rows)(FN(backward_range), &j, n, 1);
+    for (int64_t k = 0; k < 3 * hidden; k++)
+        db_h[k] = (T)acc[k];
 }

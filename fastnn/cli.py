@@ -327,10 +327,10 @@ def run_recurrent_bench(backends, with_torch, scale, quick):
     for kind, per in result.items():
         flops = recurrent.gemm_flops(kind, **sizes) / sizes["batch"]
         print(f"\n{recurrent.LAYERS[kind]} ({flops / 1e6:.1f} MFLOP of GEMMs per sequence)")
-        print(f"  {'runner':<12}{'median':>10}{'best':>10}{'torch/this':>12}{'this/gemms':>12}")
+        print(f"  {'runner':<18}{'median':>10}{'best':>10}{'torch/this':>12}{'this/gemms':>12}")
         for name, (vs_torch, vs_bare) in recurrent.ratios(per).items():
             r = per[name]
-            print(f"  {name:<12}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
+            print(f"  {name:<18}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
                   f"{fmt_optional(vs_torch, '.2f'):>12}{fmt_optional(vs_bare, '.2f'):>12}")
     return 0
 

@@ -562,7 +562,12 @@ def run_pool_empty(backend, dtype):
 # ----------------------------------------------------------------- recurrence
 # (N, T, F, H): several sizes, one step, one sequence, and a larger one; with and
 # without an initial state. The backward takes each backend's own forward cache.
-RECURRENT_SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (1, 9, 4, 6), (3, 1, 5, 2), (16, 25, 12, 32)]
+# RECURRENT_SPLIT_SHAPE has N T H H >= 2^21 multiply-adds of per-step GEMMs: the
+# C kernels split its batch over the threads (ranges of 4 and 5 on two; the
+# Numba ones from a higher threshold, see test_recurrent_split.py).
+RECURRENT_SPLIT_SHAPE = (9, 32, 5, 96)
+RECURRENT_SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (1, 9, 4, 6), (3, 1, 5, 2), (16, 25, 12, 32),
+                    RECURRENT_SPLIT_SHAPE]
 
 
 def _recurrent_weights(kind, f, h, dtype):

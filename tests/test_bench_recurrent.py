@@ -13,8 +13,9 @@ TINY = {"batch": 3, "steps": 4, "features": 5, "units": 2}
 
 
 @pytest.mark.skipif("numba" not in fastnn.available_backends(), reason="needs numba")
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
-def test_bare_gemms_are_the_kernels_products(kind):
+def test_bare_gemms_are_the_kernels_products(kind, split):
     from fastnn.backends import _numba_rnn as R
 
     rng = np.random.default_rng(0)
@@ -26,7 +27,14 @@ def test_bare_gemms_are_the_kernels_products(kind):
 
     x, h0, W_x, W_h, hs, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w)
     xw, z, dx, dW_x, dW_h, dh = a(n, t, w), a(n, w), a(n, t, f), a(f, w), a(h, w), a(n, h)
-    R.bare_gemms(R.Blas(np.float32).args(), x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
+    db = a(w)
+    if split:  # ranges of rows [0, 1) and [1, 3), as the split kernels
+        blas, bounds = R.Blas(np.float32, 2).args(), np.array([0, 1, n])
+        for backward in (False, True):
+            R.bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+        R.backward_after_split(blas, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
+    else:
+        R.bare_gemms(R.Blas(np.float32).args(), x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh)
     close = dict(rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(xw, x @ W_x, **close)
     np.testing.assert_allclose(z, hs[:, t - 2] @ W_h, **close)  # the last step's
@@ -35,6 +43,7 @@ def test_bare_gemms_are_the_kernels_products(kind):
     np.testing.assert_allclose(dh, dz[:, 0] @ W_h.T, **close)  # the first step's
     np.testing.assert_allclose(dx, dz @ W_x.T, **close)
     np.testing.assert_allclose(dW_x, np.einsum("ntf,ntw->fw", x, dz), **close)
+    np.testing.assert_allclose(db, dz.sum(axis=(0, 1)), **close)
 
 
 def test_gemm_flops():

@@ -21,9 +21,10 @@ rounds twice.)
 import ctypes
 
 import numpy as np
+from numba import prange
 
 from ._blas import blas_gemm
-from ._numba_kernels import jit
+from ._numba_kernels import jit, jit_parallel
 from ._numba_math import fexp, jit_inline, tanh64
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
@@ -35,16 +36,25 @@ GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
 
 class Blas:
     """What a kernel passes ?gemm by pointer: ints (6,) int32, scalars (2,) of the
-    dtype, the flags b"NT"; allocated once per kernel call."""
+    dtype, the flags b"NT"; allocated once per kernel call. With `parts`, ints
+    (parts, 6) and scalars (parts, 2): one row for each range of a split kernel,
+    which calls ?gemm from several threads at once (part_blas)."""
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, parts=None):
         self.fn = GEMM[np.dtype(dtype)]
-        self.ints = np.zeros(6, np.int32)
-        self.scalars = np.zeros(2, dtype)
+        self.ints = np.zeros(6 if parts is None else (parts, 6), np.int32)
+        self.scalars = np.zeros(2 if parts is None else (parts, 2), dtype)
         self.flags = np.frombuffer(b"NT", np.uint8).copy()
 
     def args(self):
         return self.fn, self.ints, self.scalars, self.flags
+
+
+@jit_inline
+def part_blas(blas, p):
+    """The ?gemm arguments of range p of a split kernel (Blas(dtype, parts))."""
+    fn, ints, scalars, flags = blas
+    return fn, ints[p], scalars[p], flags
 
 
 @jit_inline
@@ -96,31 +106,98 @@ def _recurrent_gemm(blas, t, h0, hs, W_h, z):
 def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
     """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; dz_t (N, G*H) with
     row stride ld_dz."""
+    _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h)
+    _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta)
+
+
+@jit_inline
+def _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h):
+    """dW_h += h_{t-1}.T @ dz_t, dz_t (N, G*H) with row stride ld_dz."""
     n, steps, hidden = hs.shape
-    width = W_h.shape[1]
+    width = dW_h.shape[1]
     if t:
         gemm(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, ld_dz, 1.0, dW_h, width)
     else:
         gemm(blas, 1, 0, hidden, width, n, h0, hidden, dzt, ld_dz, 1.0, dW_h, width)
-    gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
 
 
 @jit_inline
-def _input_side(blas, x, W_x, dz, dx, dW_x, db):
+def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
+    """dh = dz_t @ W_h.T + beta dh, dz_t (N, G*H) with row stride ld_dz."""
+    n, hidden = dh.shape
+    width = W_h.shape[1]
+    gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
+
+
+@jit
+def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
+    """dW_h = the sum over t = T - 1, ..., 0 of h_{t-1}.T @ dz_t (dz (N, T, G*H)), one
+    GEMM over the whole batch per step: the reference's order of sums, so that
+    the split of the batch over threads changes no rounding of dW_h. Only
+    columns [c0, c1) (each column's sums are the same whatever the columns
+    computed beside it)."""
+    n, steps, hidden = hs.shape
+    width = dW_h.shape[1]
+    if c1 <= c0:
+        return
+    dW_h[:, c0:c1] = 0
+    dz_flat, dW_flat = dz.reshape(-1), dW_h.reshape(-1)
+    for t in range(steps - 1, -1, -1):
+        dzt = dz_flat[t * width + c0:]
+        if t:
+            gemm(blas, 1, 0, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dzt, steps * width,
+                 1.0, dW_flat[c0:], width)
+        else:
+            gemm(blas, 1, 0, hidden, c1 - c0, n, h0, hidden, dzt, steps * width, 1.0, dW_flat[c0:],
+                 width)
+
+
+@jit
+def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
-    column sums of dz (N, T, G*H), in float64."""
+    column sums of dz (N, T, G*H), in float64. Only rows [r0, r1) of dx (of N*T),
+    columns [c0, c1) of dW_x and db."""
     n, steps, f = x.shape
     width = dz.shape[2]
     rows = n * steps
-    gemm(blas, 0, 1, rows, f, width, dz, width, W_x, width, 0.0, dx, f)
-    gemm(blas, 1, 0, f, width, rows, x, f, dz, width, 0.0, dW_x, width)
+    dz_flat = dz.reshape(-1)
+    if r1 > r0:
+        gemm(blas, 0, 1, r1 - r0, f, width, dz_flat[r0 * width:], width, W_x, width, 0.0,
+             dx.reshape(-1)[r0 * f:], f)
+    if c1 > c0:
+        gemm(blas, 1, 0, f, c1 - c0, rows, x, f, dz_flat[c0:], width, 0.0, dW_x.reshape(-1)[c0:],
+             width)
     dz2 = dz.reshape(rows, width)
     acc = np.zeros(width)
     for r in range(rows):
-        for j in range(width):
+        for j in range(c0, c1):
             acc[j] += dz2[r, j]
-    for j in range(width):
+    for j in range(c0, c1):
         db[j] = acc[j]
+
+
+@jit
+def backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, with_dW_h):
+    """The backward's work after its time loop on the whole batch: dW_h (unless
+    with_dW_h is False: the GRU's) and the input side."""
+    rows, width = x.shape[0] * x.shape[1], dz.shape[2]
+    if with_dW_h:
+        recurrent_dW_h(blas, h0, hs, dz, dW_h, 0, width)
+    input_side(blas, x, W_x, dz, dx, dW_x, db, 0, rows, 0, width)
+
+
+@jit_parallel
+def backward_after_split(blas, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, with_dW_h):
+    """backward_after in parts (as many as the ranges of `bounds`): part p takes
+    columns p/parts to (p+1)/parts of dW_h, dW_x and db, and as much of dx's rows."""
+    parts = bounds.size - 1
+    rows, width = x.shape[0] * x.shape[1], dz.shape[2]
+    for p in prange(parts):
+        c0, c1 = width * p // parts, width * (p + 1) // parts
+        part = part_blas(blas, p)
+        if with_dW_h:
+            recurrent_dW_h(part, h0, hs, dz, dW_h, c0, c1)
+        input_side(part, x, W_x, dz, dx, dW_x, db, rows * p // parts, rows * (p + 1) // parts, c0, c1)
 
 
 # ------------------------------------------------------------- gate passes
@@ -248,6 +325,18 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 
 
 # ---------------------------------------------------------------------- rnn
+# Each kernel's time loop is a function over the rows it is given (`*_rows`): a
+# range of the batch's rows is a batch of its own (every array is batch-first).
+# The whole-batch kernels call it once; the `*_split` ones once per range of
+# rows `bounds` (parts + 1,), in parallel (see numba_backend._recurrent_split),
+# each with its own ?gemm scratch (part_blas). After the ranges the backward's
+# dW_h is one GEMM over the whole batch per step
+# (recurrent_dW_h: the reference's order of sums for any split) and its input
+# side (dx, dW_x, db: input_side) one GEMM each, in as many parts by columns
+# (backward_after_split), BLAS still on one thread. The GRU's backward, whose dhw
+# holds one step only, sums dW_h per range instead: the first range into dW_h,
+# range p > 0 into slice p - 1 of dW_h_parts (parts - 1, H, G*H), added into
+# dW_h in range order after.
 @jit
 def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
     """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
@@ -260,19 +349,38 @@ def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
             rnn_forward_row(xw[i, t], z[i], b, relu, hs[i, t])
 
 
+@jit_parallel
+def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
-    """Gradients through time; dz (N, T, H) d loss / d pre-activations, dh (N, H)
-    the gradient h_t receives from step t + 1 (ends as dh0)."""
+def rnn_backward_rows(blas, dhs, hs, W_h, relu, dz, dh):
+    """The time loop of the gradients: dz (N, T, H) d loss / d pre-activations,
+    dh (N, H) the gradient h_t receives from step t + 1 (ends as dh0's)."""
     n, steps, hidden = hs.shape
     dh[:] = 0
-    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             rnn_backward_row(dhs[i, t], dh[i], hs[i, t], relu, dz[i, t])
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * hidden, dW_h, dh, 0.0)
+        _dh_gemm(blas, dz[0, t], steps * hidden, W_h, dh, 0.0)
+
+
+@jit
+def rnn_backward(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h, db, dz, dh):
+    """Gradients through time; dz (N, T, H) and dh (N, H) workspaces."""
+    rnn_backward_rows(blas, dhs, hs, W_h, relu, dz, dh)
     dh0[:] = dh
-    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
+
+
+@jit_parallel
+def rnn_backward_split(blas, bounds, dhs, hs, W_h, relu, dz, dh):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        rnn_backward_rows(part_blas(blas, p), dhs[i:j], hs[i:j], W_h, relu, dz[i:j], dh[i:j])
 
 
 # --------------------------------------------------------------------- lstm
@@ -289,23 +397,44 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
             lstm_forward_row(xw[i, t], z[i], b, c_prev, gates[i, t], cs[i, t], hs[i, t])
 
 
+@jit_parallel
+def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
+                     gates[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
-                  dz, dh, dc):
-    """Gradients through time; dz (N, T, 4H); dh, dc (N, H) the gradients h_t and
-    c_t receive from step t + 1 (end as dh0, dc0)."""
+def lstm_backward_rows(blas, dhs, c0, W_h, hs, cs, gates, dz, dh, dc):
+    """The time loop of the gradients: dz (N, T, 4H); dh, dc (N, H) the gradients
+    h_t and c_t receive from step t + 1 (end as dh0's, dc0's)."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dc[:] = 0
-    dW_h[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             c_prev = cs[i, t - 1] if t else c0[i]
             lstm_backward_row(gates[i, t], cs[i, t], c_prev, dhs[i, t], dh[i], dc[i], dz[i, t])
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * 4 * hidden, dW_h, dh, 0.0)
+        _dh_gemm(blas, dz[0, t], steps * 4 * hidden, W_h, dh, 0.0)
+
+
+@jit
+def lstm_backward(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0, dW_x, dW_h, db,
+                  dz, dh, dc):
+    """Gradients through time; dz (N, T, 4H), dh and dc (N, H) workspaces."""
+    lstm_backward_rows(blas, dhs, c0, W_h, hs, cs, gates, dz, dh, dc)
     dh0[:] = dh
     dc0[:] = dc
-    _input_side(blas, x, W_x, dz, dx, dW_x, db)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
+
+
+@jit_parallel
+def lstm_backward_split(blas, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh, dc):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        lstm_backward_rows(part_blas(blas, p), dhs[i:j], c0[i:j], W_h, hs[i:j], cs[i:j], gates[i:j],
+                           dz[i:j], dh[i:j], dc[i:j])
 
 
 # ---------------------------------------------------------------------- gru
@@ -322,27 +451,60 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
             gru_forward_row(xw[i, t], z[i], b_x, b_h, h_prev, gates[i, t], hn[i, t], hs[i, t])
 
 
+@jit_parallel
+def gru_forward_split(blas, bounds, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
+                    hn[i:j], xw[i:j], z[i:j])
+
+
 @jit
-def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
-                 dhw, dh):
-    """Gradients through time; dxw (N, T, 3H) d loss / d (x_t W_x + b_x); dhw
-    (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
-    h_t receives from step t + 1 (ends as dh0): first its direct part dh_t * z,
-    to which the GEMM adds dhw @ W_h.T."""
+def gru_backward_rows(blas, dhs, h0, W_h, hs, gates, hn, dW_h, dxw, dhw, dh, acc):
+    """The time loop of the gradients: dxw (N, T, 3H) d loss / d (x_t W_x + b_x);
+    dhw (N, 3H) d loss / d (h_{t-1} W_h + b_h) of one step; dh (N, H) the gradient
+    h_t receives from step t + 1 (ends as dh0's): first its direct part dh_t * z,
+    to which the GEMM adds dhw @ W_h.T; dW_h; acc (3H,) float64 db_h's sums."""
     n, steps, hidden = hs.shape
     dh[:] = 0
     dW_h[:] = 0
-    acc = np.zeros(3 * hidden)  # db_h in float64
+    acc[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
             h_prev = hs[i, t - 1] if t else h0[i]
             gru_backward_row(gates[i, t], hn[i, t], h_prev, dhs[i, t], dh[i], dxw[i, t], dhw[i],
                              acc)
         _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
+
+
+@jit
+def gru_backward(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h, db_x, db_h, dxw,
+                 dhw, dh):
+    """Gradients through time; dxw (N, T, 3H), dhw (N, 3H) and dh (N, H) workspaces."""
+    acc = np.zeros(db_h.size)
+    gru_backward_rows(blas, dhs, h0, W_h, hs, gates, hn, dW_h, dxw, dhw, dh, acc)
     dh0[:] = dh
-    for j in range(3 * hidden):
+    for j in range(db_h.size):
         db_h[j] = acc[j]
-    _input_side(blas, x, W_x, dxw, dx, dW_x, db_x)
+    backward_after(blas, x, h0, W_x, hs, dxw, dx, dW_x, dW_h, db_x, False)
+
+
+@jit_parallel
+def gru_backward_split(blas, bounds, dhs, h0, W_h, hs, gates, hn, dW_h, dW_h_parts, dxw, dhw, dh,
+                       db_h):
+    """db_h written from its float64 sums, added over the ranges in order."""
+    parts = bounds.size - 1
+    acc = np.zeros((parts, db_h.size))
+    for p in prange(parts):
+        i, j = bounds[p], bounds[p + 1]
+        gru_backward_rows(part_blas(blas, p), dhs[i:j], h0[i:j], W_h, hs[i:j], gates[i:j], hn[i:j],
+                          dW_h if p == 0 else dW_h_parts[p - 1], dxw[i:j], dhw[i:j], dh[i:j],
+                          acc[p])
+    for p in range(1, parts):
+        dW_h += dW_h_parts[p - 1]
+        acc[0] += acc[p]
+    for j in range(db_h.size):
+        db_h[j] = acc[0, j]
 
 
 # ------------------------------------------------------------------ embedding
@@ -368,19 +530,36 @@ def embedding_backward(dy, tokens, dW):
 
 # ------------------------------------------------- the GEMMs alone (benchmarks)
 @jit
-def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh):
-    """One training step's recurrent GEMMs issued as the kernels above issue them
-    and nothing else: the input projection, one h_{t-1} @ W_h per step, the
-    backward's two GEMMs per step and its input side (x (N, T, F), hs (N, T, H),
-    xw and dz (N, T, G*H) hold any finite values)."""
+def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
+    """The recurrent GEMMs of one training step over the rows given, issued as the
+    kernels above issue them and nothing else: forward, the input projection
+    and one h_{t-1} @ W_h per step; backward, the two GEMMs per step (x (N, T, F),
+    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h and the
+    input side after (backward_after, with db's column sums, a pass over dz)."""
     steps = hs.shape[1]
     width = W_h.shape[1]
-    _project(blas, x, W_x, xw)
-    for t in range(steps):
-        _recurrent_gemm(blas, t, h0, hs, W_h, z)
-    dW_h[...] = 0
+    if not backward:
+        _project(blas, x, W_x, xw)
+        for t in range(steps):
+            _recurrent_gemm(blas, t, h0, hs, W_h, z)
+        return
     for t in range(steps - 1, -1, -1):
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0, t], steps * width, dW_h, dh, 0.0)
-    n, f = x.shape[0], x.shape[2]
-    gemm(blas, 0, 1, n * steps, f, width, dz, width, W_x, width, 0.0, dx, f)
-    gemm(blas, 1, 0, f, width, n * steps, x, f, dz, width, 0.0, dW_x, width)
+        _dh_gemm(blas, dz[0, t], steps * width, W_h, dh, 0.0)
+
+
+@jit
+def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh):
+    """One training step's recurrent GEMMs on the whole batch."""
+    bare_gemms_rows(blas, False, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+    bare_gemms_rows(blas, True, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
+
+
+@jit_parallel
+def bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
+    """bare_gemms_rows of the forward or the backward over the ranges of rows
+    `bounds` in parallel, as the *_split kernels (backward_after_split after them)."""
+    for p in prange(bounds.size - 1):
+        i, j = bounds[p], bounds[p + 1]
+        bare_gemms_rows(part_blas(blas, p), backward, x[i:j], h0[i:j], W_x, W_h, hs[i:j], xw[i:j],
+                        z[i:j], dz[i:j], dh[i:j])

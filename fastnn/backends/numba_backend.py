@@ -17,6 +17,7 @@ sleep when idle, unless a layer was chosen (NUMBA_THREADING_LAYER) or the
 environment already makes OpenMP passive (_start_threads).
 """
 
+import functools
 import math
 import os
 
@@ -112,6 +113,47 @@ def _mark_forked_child():
 
 if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere no fork
     os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+# Multiply-adds of a recurrent call's per-step GEMMs (N T H G*H) from which it
+# splits the batch rows over Numba's threads: higher than the C kernels' (csrc/
+# recurrent.c), as each of the three parallel regions of a forward and backward
+# costs more to start. Measured (bench/recurrent_split.py, Zen 4, 2 threads, a
+# busy machine): split slower than whole up to 2^23 (lstm 16x32x64: 91 against
+# 80 us a sequence), about even at 2^23.6 (rnn 16x50x128: 93 against 96),
+# faster from 2^24.6 (lstm 32x50x64: 134 against 140; 64x50x128: 235 against 258).
+RECURRENT_PARALLEL_MIN = 1 << 24
+
+
+def _recurrent_bounds(x, W_h):
+    """Bounds (parts + 1,) int64 of the ranges of batch rows whose time loops a
+    recurrent kernel runs on one thread each (_numba_rnn's *_split), or None to
+    run the whole batch on one (little work, one thread, a forked child)."""
+    n, steps = x.shape[:2]
+    parts = numba.get_num_threads()
+    if _forked_child or parts < 2 or n < parts or n * steps * W_h.size < RECURRENT_PARALLEL_MIN:
+        return None
+    return np.arange(parts + 1, dtype=np.int64) * n // parts
+
+
+@functools.cache
+def _serial_twin(split):
+    """The *_split kernel compiled without parallel=True (its ranges one after
+    another), and not cached on disk (the cache would not tell it from the
+    parallel one, see _numba_kernels)."""
+    return numba.njit(error_model="numpy")(split.py_func)
+
+
+def _run_split(split, dtype, bounds, *args):
+    """Runs a *_split kernel over the ranges `bounds` with BLAS on one thread per
+    call, or, when another caller holds that setting (and Numba's threads), the
+    same ranges one after another with BLAS's threads: the same results."""
+    blas = R.Blas(dtype, bounds.size - 1).args()
+    with blas_on_one_thread() as alone:
+        if alone:
+            split(blas, bounds, *args)
+            return
+    _serial_twin(split)(blas, bounds, *args)
 
 
 def _parallel(size, dense=False):
@@ -511,14 +553,21 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # here only the small workspaces are allocated, once per call (the large ones
     # come from the caller). Sizes beyond 32-bit BLAS integers, and empty
     # sequences, take the reference.
+    # The batch is split over the threads when the work is large (_recurrent_bounds):
+    # the *_split kernels, then the backward's dW_h (but the GRU's) and input side
+    # split by columns (backward_after_split), BLAS on one thread throughout.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
             return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs, xw)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        R.rnn_forward(R.Blas(d).args(), x, h0, W_x, W_h, b, activation == "relu", hs,
-                      xw, e(h0.shape, d))
+        args = (x, h0, W_x, W_h, b, activation == "relu", hs, xw, e(h0.shape, d))
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.rnn_forward(R.Blas(d).args(), *args)
+        else:
+            _run_split(R.rnn_forward_split, d, bounds, *args)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
     def _rnn_backward(self, dhs, cache, dz):
@@ -528,8 +577,15 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                                    e(W_h.shape[1], d))
-        R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, activation == "relu", dx, dh0,
-                       dW_x, dW_h, db, dz, e(h0.shape, d))
+        relu = activation == "relu"
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h,
+                           db, dz, e(h0.shape, d))
+        else:
+            _run_split(R.rnn_backward_split, d, bounds, dhs, hs, W_h, relu, dz, dh0)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                       True)
         return dx, dh0, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
@@ -539,8 +595,12 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
-        R.lstm_forward(R.Blas(d).args(), x, h0, c0, W_x, W_h, b, hs, cs, gates, xw,
-                       e((n, 4 * hidden), d))
+        args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, e((n, 4 * hidden), d))
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.lstm_forward(R.Blas(d).args(), *args)
+        else:
+            _run_split(R.lstm_forward_split, d, bounds, *args)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
     def _lstm_backward(self, dhs, cache, dz):
@@ -550,8 +610,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         dx, dh0, dc0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d),
                                         e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
-        R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0, dc0,
-                        dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0,
+                            dc0, dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
+        else:
+            _run_split(R.lstm_backward_split, d, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh0, dc0)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                       True)
         return dx, dh0, dc0, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
@@ -560,8 +626,12 @@ class NumbaBackend(GemmConv, NumpyBackend):
             return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        R.gru_forward(R.Blas(d).args(), x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw,
-                      e((n, 3 * hidden), d))
+        args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, e((n, 3 * hidden), d))
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.gru_forward(R.Blas(d).args(), *args)
+        else:
+            _run_split(R.gru_forward_split, d, bounds, *args)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
     def _gru_backward(self, dhs, cache, dz):
@@ -571,9 +641,16 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         dx, dh0, dW_x, dW_h, db_x, db_h = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d),
                                            e(W_h.shape, d), e(W_h.shape[1], d), e(W_h.shape[1], d))
-        R.gru_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x, dW_h,
-                       db_x, db_h, dz, e((x.shape[0], W_h.shape[1]), d),
-                       e(h0.shape, d))
+        dhw = e((x.shape[0], W_h.shape[1]), d)
+        bounds = _recurrent_bounds(x, W_h)
+        if bounds is None:
+            R.gru_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x,
+                           dW_h, db_x, db_h, dz, dhw, e(h0.shape, d))
+        else:
+            _run_split(R.gru_backward_split, d, bounds, dhs, h0, W_h, hs, gates, hn, dW_h,
+                       e((bounds.size - 2, *W_h.shape), d), dz, dhw, dh0, db_h)
+            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db_x,
+                       False)
         return dx, dh0, dW_x, dW_h, db_x, db_h
 
     # ---------------------------------------------------------------- embedding

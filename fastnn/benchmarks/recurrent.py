@@ -11,10 +11,16 @@ PyTorch runs in a process of its own that never imports fastnn
 (torch_recurrent.py, through runner.run_apart, with the user's environment),
 started once per round so that its timings interleave with the
 backends'. "bare-gemms" is the GEMMs of the step issued as the numba and C
-kernels issue them, through the same BLAS ?gemm (SciPy's): the input projection
-of every step as one (N*T, F) x (F, G*H) GEMM, one (N, H) x (H, G*H) per step;
-backward per step dW_h += h_{t-1}^T dz_t and dh = dz_t W_h^T, then dx and dW_x
-as one GEMM each. Nothing else: the floor of any kernel issuing those GEMMs.
+kernels issue them, through the same BLAS ?gemm (SciPy's): the batch rows split
+into one range per thread, each thread with BLAS on one thread issuing its
+range's input projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x
+(H, G*H) per step, then backward dh = dz_t W_h^T per step; after them, split by
+columns over the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole
+batch and dW_x as one GEMM (with db's column sums, a pass over dz), and dx by
+rows.
+Nothing else (but db's sums): the floor of any kernel issuing those GEMMs. "bare-gemms-whole"
+is the same GEMMs on the whole batch each, BLAS splitting each one itself (as
+the kernels issue them below their split threshold).
 """
 
 import json
@@ -29,6 +35,7 @@ GATES = {"rnn": 1, "lstm": 4}
 LAYERS = {"rnn": "SimpleRNN", "lstm": "LSTM"}
 TORCH = "torch"
 BARE = "bare-gemms"
+BARE_WHOLE = "bare-gemms-whole"
 
 
 def sequence_data(batch, steps, features, seed=0):
@@ -56,11 +63,15 @@ def fastnn_step(backend, kind, batch, steps, features, units):
     return lambda: model.train_step(X, y)
 
 
-def bare_gemms_step(kind, batch, steps, features, units):
+def bare_gemms_step(kind, batch, steps, features, units, split=True):
     """A callable issuing the step's GEMMs alone (see the module's docstring), or
-    None without numba."""
+    None without numba. With `split` (as the kernels run at these sizes), the
+    forward's and the backward's per-step GEMMs split by batch rows over the
+    threads, BLAS on one thread each, as the kernels issue them
+    (numba_backend._recurrent_bounds); else every GEMM on the whole batch."""
     try:
         from ..backends import _numba_rnn as R
+        from ..backends import numba_backend as NB
     except ImportError:
         return None
     rng = np.random.default_rng(1)
@@ -72,8 +83,17 @@ def bare_gemms_step(kind, batch, steps, features, units):
     x, h0, W_x, W_h = a(batch, steps, features), a(batch, units), a(features, width), a(units, width)
     hs, xw, z, dz = a(batch, steps, units), a(batch, steps, width), a(batch, width), a(batch, steps, width)
     dx, dW_x, dW_h, dh = a(batch, steps, features), a(features, width), a(units, width), a(batch, units)
-    blas = R.Blas(d).args()
-    return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, dh)
+    db, blas = a(width), R.Blas(d).args()
+    bounds = NB._recurrent_bounds(x, W_h) if split else None
+    if bounds is None:
+        return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh)
+
+    def step():
+        for backward in (False, True):
+            NB._run_split(R.bare_gemms_split, d, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh)
+        NB._run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
+                      True)
+    return step
 
 
 def _calls_for(fn, min_time):
@@ -108,9 +128,10 @@ def torch_step_seconds(kind, sizes, min_time, repeats):
 def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, with_torch=True,
                   sizes=None, progress=None):
     """{kind: {runner: {"median_s", "best_s"} per sequence}} for each runner:
-    every backend, PyTorch (when installed and with_torch), bare-gemms (with
-    numba). Each round times every runner once (`min_time` seconds of steps
-    after a warm-up), in turns; median and best are over the rounds."""
+    every backend, PyTorch (when installed and with_torch), bare-gemms and
+    bare-gemms-whole (with numba). Each round times every runner once
+    (`min_time` seconds of steps after a warm-up), in turns; median and best are
+    over the rounds."""
     import fastnn
 
     sizes = dict(SEQUENCE, **(sizes or {}))
@@ -118,9 +139,10 @@ def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, 
     results = {}
     for kind in kinds:
         steps = {name: fastnn_step(name, kind, **sizes) for name in backends}
-        bare = bare_gemms_step(kind, **sizes)
-        if bare is not None:
-            steps[BARE] = bare
+        for name, split in ((BARE, True), (BARE_WHOLE, False)):
+            bare = bare_gemms_step(kind, **sizes, split=split)
+            if bare is not None:
+                steps[name] = bare
         calls = {}
         for name, fn in steps.items():
             for _ in range(3):  # warm-up (compilation, workspaces)
