@@ -941,7 +941,9 @@ class Sequential:
         t = training.take_rows(t, 0, x.shape[0], None, ws[1], "t", copy)
         w = training.take_rows(w, 0, x.shape[0], None, ws[1], "w", copy)
         try:
-            return self._train_batch(self.backend, x, t, w, ws, x.shape[0] if w is None else float(w.sum()))
+            weight = x.shape[0] if w is None else float(w.sum())
+            with training.blas_scope(self, self.backend):
+                return self._train_batch(self.backend, x, t, w, ws, weight)
         except NonFiniteLoss as exc:
             raise TrainingDivergedError(f"the loss became {exc.loss} at optimizer step "
                                         f"{self.optimizer.t + 1}; the parameters were not updated",

@@ -102,15 +102,15 @@ def layers_of(layers):
 
 
 def blas_scope(model, backend):
-    """What training `model` on `backend` runs in: every BLAS on one thread when
-    a layer runs its GEMMs on fastnn's own threads (Conv2D and the recurrent
-    layers on the compiled backends, BLAS on one thread per range of samples),
-    else nothing. The GEMMs of the other layers (a Dense head) would otherwise
-    start the BLAS's own threads, which then spin for a long time waiting for
-    the next GEMM (OpenBLAS: about 2^28 cycles) and take the cores fastnn's
-    threads need: the conv32-64 CNN epoch measured 319 us per sample with them
-    spinning and 205 without (Zen 4, 2 threads). The user's thread counts are
-    restored when the scope ends."""
+    """What training `model` on `backend` (fit, train_step) runs in: every BLAS
+    on one thread when a layer runs its GEMMs on fastnn's own threads (Conv2D and
+    the recurrent layers on the compiled backends, BLAS on one thread per range
+    of samples), else nothing. The GEMMs of the other layers (a Dense head)
+    would otherwise start the BLAS's own threads, which then spin for a long
+    time waiting for the next GEMM (OpenBLAS: about 2^28 cycles) and take the
+    cores fastnn's threads need: the conv32-64 CNN epoch (c, 2 threads, Zen 4,
+    alternated in one process) took 669 us per sample with them spinning, 372
+    in this scope. The user's thread counts are restored when the scope ends."""
     if backend.name == "numpy" or not any(layer.gemms_on_own_threads for layer in layers_of(model.layers)):
         return contextlib.nullcontext()
     from ..backends._blas import blas_controller
