@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..backends._blas import blas_on_one_thread
+from ..backends._blas import blas_controller, blas_on_one_thread
 from ..backends._gemm_conv import thread_tiles
 from ..backends._numba_rnn import GEMM, gemm
 from .workloads import CNN_BATCH, cnn_gemms_of
@@ -79,7 +79,9 @@ def cnn_tiled_gemms(layers, threads=None):
                     np.matmul(out, W.T, out=dcols)
 
         def epoch():
-            with blas_on_one_thread():
+            # every BLAS on one thread, as while a model with such layers trains
+            # (nn.training.blas_scope): the dense layers' GEMMs on the caller's
+            with blas_controller().limit(limits=1), blas_on_one_thread():
                 for lo in range(0, X.shape[0], CNN_BATCH):
                     gemms = steps[min(CNN_BATCH, X.shape[0] - lo)]
                     for step in gemms:
