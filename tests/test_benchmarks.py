@@ -346,16 +346,16 @@ def test_tiled_cnn_gemms_compute_the_products(threads):
     them (_tiled_gemms.py), compute a convolution's products: out = cols W, the
     ranges' dW partials adding up to cols^T out, dcols = out W^T."""
     pytest.importorskip("numba")
-    from fastnn.backends._numba_rnn import GEMM
+    from fastnn.backends._numba_rnn import Blas
     from fastnn.benchmarks._tiled_gemms import _conv_gemms
 
     rng = np.random.default_rng(0)
     n, pixels, k, o, tile = 7, 6, 5, 4, 2
     cols, W = rng.standard_normal((n * pixels, k)), rng.standard_normal((k, o))
     out, dW, dcols = np.empty((n * pixels, o)), np.empty((threads, k, o)), np.empty((n * pixels, k))
-    fn = GEMM[cols.dtype]
-    _conv_gemms(fn, threads, tile, pixels, cols, W, out, dW, dcols, False)
+    blas = Blas(cols.dtype, threads).args()
+    _conv_gemms(blas, threads, tile, pixels, cols, W, out, dW, dcols, False)
     np.testing.assert_allclose(out, cols @ W, rtol=1e-12)
-    _conv_gemms(fn, threads, tile, pixels, cols, W, out, dW, dcols, True)
+    _conv_gemms(blas, threads, tile, pixels, cols, W, out, dW, dcols, True)
     np.testing.assert_allclose(dW.sum(axis=0), cols.T @ out, rtol=1e-12)
     np.testing.assert_allclose(dcols, out @ W.T, rtol=1e-12)

@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from ._numba_kernels import IDENTITY, act_backward_row, add_rows, bias_act_rows
 from ._numba_math import jit_inline
-from ._numba_rnn import gemm
+from ._numba_rnn import gemm, part_blas
 
 jit = njit(cache=True, error_model="numpy")
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
@@ -226,17 +226,17 @@ def avgpool_backward_parallel(dy, kh, kw, sh, sw, ph, pw, area, dx):
 # most `tile` images, every tile's im2col, GEMMs (BLAS's ?gemm, _numba_rnn.gemm)
 # and epilogue done while its columns are in that core's cache. Per range:
 # cols and dcols (most rows, K) and a dW partial (K, O) of the workspaces; the
-# partials, and db's (float64), added in range order after.
+# partials, and db's (float64), added in range order after. blas_parts:
+# _numba_rnn.Blas(dtype, parts).args(), a row of BLAS's arguments per range.
 @jit_parallel
-def conv_forward_tiles(fn, code, x, W2, b, preact, out, cols_ws, tile, parts, kh, kw, sh, sw,
+def conv_forward_tiles(blas_parts, code, x, W2, b, preact, out, cols_ws, tile, parts, kh, kw, sh, sw,
                        ph, pw, oh, ow, pointwise):
     """out (N*OH*OW, O) = act(cols @ W2 + b), preact (like out, or empty) = cols @ W2 + b;
     x (N, IH, IW, C); W2 (K, O); b (O,) or empty; cols_ws (parts, tile*OH*OW, K)."""
     n, pixels = x.shape[0], oh * ow
     k, o = W2.shape
     for part in prange(parts):
-        blas = (fn, np.zeros(6, np.int32), np.zeros(2, out.dtype),
-                np.frombuffer(b"NT", np.uint8).copy())
+        blas = part_blas(blas_parts, part)
         cols = cols_ws[part]
         n0, n1 = n * part // parts, n * (part + 1) // parts
         tiles = (n1 - n0 + tile - 1) // tile
@@ -277,7 +277,7 @@ def _tile_dx(blas, d, r0, rows, W2, k, o, dcols, dx_tile, kh, kw, sh, sw, ph, pw
 
 
 @jit_parallel
-def conv_backward_tiles(fn, code, dy, x, W2, y, preact, dz, dx, dW, db, cols_ws, dcols_ws, dW_ws,
+def conv_backward_tiles(blas_parts, code, dy, x, W2, y, preact, dz, dx, dW, db, cols_ws, dcols_ws, dW_ws,
                         tile, parts, kh, kw, sh, sw, ph, pw, oh, ow, pointwise):
     """dz = dy * act' (dy, y, preact, dz (N*OH*OW, O); dz not written for the
     identity), db (O,) its column sums, dW (K, O) = cols^T dz and, when dx
@@ -287,8 +287,7 @@ def conv_backward_tiles(fn, code, dy, x, W2, y, preact, dz, dx, dW, db, cols_ws,
     k, o = W2.shape
     colsum = np.zeros((parts, o))
     for part in prange(parts):
-        blas = (fn, np.zeros(6, np.int32), np.zeros(2, dy.dtype),
-                np.frombuffer(b"NT", np.uint8).copy())
+        blas = part_blas(blas_parts, part)
         cols, dcols, dWp = cols_ws[part], dcols_ws[part], dW_ws[part]
         if part == 0:
             dWp = dW  # range 0 writes dW itself

@@ -29,7 +29,6 @@ from . import _numba_kernels as K
 from . import _numba_rnn as R
 from ._blas import INT32_MAX, blas_on_one_thread, int32_sizes
 from ._gemm_conv import GemmConv, thread_tiles
-from ._numba_rnn import GEMM
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -475,7 +474,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         cols = self._conv_workspace(("tiles", "cols"), (parts, tile * oh * ow, k), x.dtype)
         with blas_on_one_thread() as alone:
             _numba_conv.conv_forward_tiles(
-                GEMM[x.dtype], CODES[activation], x, W.reshape(k, o), empty1 if b is None else b,
+                R.Blas(x.dtype, parts).args(), CODES[activation], x, W.reshape(k, o),
+                empty1 if b is None else b,
                 empty2 if preact is None else preact.reshape(-1, o), out.reshape(-1, o), cols, tile,
                 parts if alone else 1, *W.shape[:2], *stride, *padding, oh, ow,
                 self._pointwise(W, stride, padding))
@@ -498,7 +498,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         preact = y if preact is None else preact  # read for gelu only
         with blas_on_one_thread() as alone:
             _numba_conv.conv_backward_tiles(
-                GEMM[x.dtype], CODES[activation], rows(dy), x, W.reshape(k, o), rows(y),
+                R.Blas(x.dtype, parts).args(), CODES[activation], rows(dy), x, W.reshape(k, o), rows(y),
                 rows(preact), rows(dz), np.empty((0,) + x.shape[1:], x.dtype) if dx is None else dx,
                 dW.reshape(k, o), db, cols, dcols, partials, tile, parts if alone else 1,
                 *W.shape[:2], *stride, *padding, oh, ow, self._pointwise(W, stride, padding))

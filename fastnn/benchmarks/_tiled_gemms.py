@@ -15,20 +15,19 @@ from numba import njit, prange
 
 from ..backends._blas import blas_controller, blas_on_one_thread
 from ..backends._gemm_conv import thread_tiles
-from ..backends._numba_rnn import GEMM, gemm
+from ..backends._numba_rnn import Blas, gemm, part_blas
 from .workloads import CNN_BATCH, cnn_gemms_of
 
 
 @njit(parallel=True, cache=True)
-def _conv_gemms(fn, parts, tile, pixels, cols, W, out, dW, dcols, backward):
+def _conv_gemms(blas_parts, parts, tile, pixels, cols, W, out, dW, dcols, backward):
     """The GEMMs of one convolution over images split into `parts` ranges (one
     per thread), each in tiles of at most `tile` images of `pixels` rows; every
     range its own dW partial (dW[part]) and BLAS's argument arrays."""
     n = out.shape[0] // pixels
     k, o = W.shape
     for part in prange(parts):
-        blas = (fn, np.zeros(6, np.int32), np.zeros(2, out.dtype),
-                np.frombuffer(b"NT", np.uint8).copy())
+        blas = part_blas(blas_parts, part)
         n0, n1 = n * part // parts, n * (part + 1) // parts
         tiles = (n1 - n0 + tile - 1) // tile
         for t in range(tiles):
@@ -51,7 +50,6 @@ def cnn_tiled_gemms(layers, threads=None):
         X = a["X"]
         count = threads or numba.get_num_threads()
         rng = np.random.default_rng(1)
-        fn = GEMM[X.dtype]
         steps = {}  # batch size -> [(conv, pixels, cols, W, out, dW, dcols, tile, parts)]
         for lo in range(0, X.shape[0], CNN_BATCH):
             b = min(CNN_BATCH, X.shape[0] - lo)
@@ -70,7 +68,8 @@ def cnn_tiled_gemms(layers, threads=None):
         def layer(step, backward):
             conv, pixels, cols, W, out, dW, dcols, tile, parts = step
             if conv:
-                _conv_gemms(fn, parts, tile, pixels, cols, W, out, dW, dcols, backward)
+                blas = Blas(X.dtype, parts).args()
+                _conv_gemms(blas, parts, tile, pixels, cols, W, out, dW, dcols, backward)
             elif not backward:
                 np.matmul(cols, W, out=out)
             else:
