@@ -292,17 +292,24 @@ VMATH_INLINE double ndtr_f64(double x, double e) {
     return x < 0 ? c : 1.0 - c;
 }
 
-/* gelu(x) = x Phi(x) in double */
+/* gelu(x) = x Phi(x) in double, and gelu'(x) = Phi(x) + x phi(x), where
+ * e^(-x^2 / 2) serves both terms */
 VMATH_INLINE double gelu_f64(double x) { return x * ndtr_f64(x, gauss_f64(x)); }
+VMATH_INLINE double gelu_grad_f64(double x) {
+    double e = gauss_f64(x);
+    return ndtr_f64(x, e) + x * (e * 0.39894228040143267794);
+}
 
-/* gelu(x) = x Phi(x) in float, to about 5e-7 relative (x < -13.2, where
- * |gelu(x)| is below the smallest normal number, gives -0; -inf gives NaN as
- * x Phi(x) does). With a = |x| and c = Phi(-a), Phi(x) is c for x < 0 and 1 - c
- * otherwise, and c = e^(-a^2 / 2) R(a), R(a) = erfcx(a / sqrt2) / 2 as in
- * ndtr_f64 above but fitted to float's precision, with as few multiplies as
- * that allows: the loop is bound by them (AVX-512, one core, in cache: 0.67 ns
- * an element with ndtr's float form, a degree-8 polynomial in t times K / (a +
- * K) and e^(-a^2/2) by exp_nonpos and a Dekker split, 0.43 ns with this one).
+/* gelu(x) = x Phi(x) in float, to about 5e-7 relative (|gelu(x)| below the
+ * smallest normal number, x < -13.1, rounds gradually into the subnormals and
+ * to -0 from x = -13.5; -inf gives NaN as x Phi(x) does), and its derivative
+ * Phi(x) + x phi(x) to about 5e-7 of |Phi(x)| + |x phi(x)|. With a = |x| and
+ * c = Phi(-a), Phi(x) is c for x < 0 and 1 - c otherwise, and c = e^(-a^2 / 2)
+ * R(a), R(a) = erfcx(a / sqrt2) / 2 as in ndtr_f64 above but fitted to float's
+ * precision, with as few multiplies as that allows: the loops are bound by them
+ * (AVX-512, one core, in cache: 0.67 ns an element with ndtr's float form, a
+ * degree-8 polynomial in t times K / (a + K) and e^(-a^2/2) by exp_nonpos and a
+ * Dekker split, 0.43 ns with this one).
  * - R(a) is one polynomial in r = 1 / (a + 2.5), degree 8 (least squares with
  *   relative weights on [0, 13.2], then rounded to float: 3.3e-7 relative in
  *   float arithmetic); in r itself rather than a t = (a - K) r, which would cost
@@ -311,30 +318,39 @@ VMATH_INLINE double gelu_f64(double x) { return x * ndtr_f64(x, gauss_f64(x)); }
  *   2 n ln2 in [-ln2, ln2], where a^2 = h + hl exactly: with FMA hardware hl =
  *   fma(a, a, -h) and s = fma(n, -2 ln2, -h) - hl (the product n 2ln2 exact
  *   inside the fma; float's 2 ln2 is 3.8e-9 off, at most 5e-7 on s for n up to
- *   126, so 2.3e-7 relative in the result); without it, the Dekker split and
+ *   131, so 2.3e-7 relative in the result); without it, the Dekker split and
  *   Cody-Waite's two-part ln2 of exp_f32. e^(s/2) is exp_nonpos's degree-5
  *   polynomial in r = s / 2 written in s.
- * - 2^n, n >= -126 while a < 13.2, is one normal factor from exponent bits
- *   (exp_nonpos); c may then round into the subnormals, gradually, as
- *   x Phi(x) is still normal down to x = -13.13. At a >= 13.2 (and for NaN and
- *   infinities, whose intermediate values are garbage) c is set to 0. */
+ * - 2^n is built from exponent bits as 2^(n + 8) (normal while n >= -134, a <
+ *   13.5) and the 2^-8 goes into the constants that multiply it (R's
+ *   coefficients, 1 / sqrt(2 pi)), so that c and x phi(x) round gradually into
+ *   the subnormals in their last product: x phi(x) is still above the smallest
+ *   normal number at a = 13.3. From a = 13.5 (and for NaN and infinities, whose
+ *   intermediate values are garbage) e^(-a^2 / 2) is set to 0. */
 #define GELU_K_F32 2.5f
-#define GELU_FLUSH_F32 13.2f
-VMATH_INLINE float gelu_f32(float x) {
-    float a = fabsf(x);
+#define GELU_FLUSH_F32 13.5f
+#define GELU_SCALE_F32 (1.0f / 256) /* 2^-8 */
+
+/* R(a) 2^-8 (see above) */
+VMATH_INLINE float gelu_ratio_f32(float a) {
     float r = 1.0f / (a + GELU_K_F32);
-    float p = -61.19324493408203f;
-    p = p * r + 123.7712173461914f;
-    p = p * r + -92.20768737792969f;
-    p = p * r + 24.90057373046875f;
-    p = p * r + -0.5774802565574646f;
-    p = p * r + 2.488905668258667f;
-    p = p * r + 0.9724875688552856f;
-    p = p * r + 0.39981552958488464f;
-    p = p * r + -1.3051010682829656e-05f;
+    float p = -61.19324493408203f * GELU_SCALE_F32;
+    p = p * r + 123.7712173461914f * GELU_SCALE_F32;
+    p = p * r + -92.20768737792969f * GELU_SCALE_F32;
+    p = p * r + 24.90057373046875f * GELU_SCALE_F32;
+    p = p * r + -0.5774802565574646f * GELU_SCALE_F32;
+    p = p * r + 2.488905668258667f * GELU_SCALE_F32;
+    p = p * r + 0.9724875688552856f * GELU_SCALE_F32;
+    p = p * r + 0.39981552958488464f * GELU_SCALE_F32;
+    return p * r + -1.3051010682829656e-05f * GELU_SCALE_F32;
+}
+
+/* e^(-a^2 / 2) 2^8 for a >= 0 (see above), 0 from a = GELU_FLUSH_F32 */
+VMATH_INLINE float gauss_up8_f32(float a) {
     float h = a * a;
-    float t = h * (-0.5f * 1.44269504088896341f) + BIASED_MAGIC_F32; /* n + bias in low bits */
-    float n = t - BIASED_MAGIC_F32;
+    /* n + 8 + bias in the low bits */
+    float t = h * (-0.5f * 1.44269504088896341f) + (BIASED_MAGIC_F32 + 8.0f);
+    float n = t - (BIASED_MAGIC_F32 + 8.0f);
 #if defined(__FMA__)
     float hl = __builtin_fmaf(a, a, -h);
     float s = __builtin_fmaf(n, -1.3862943649291992f, -h) - hl;
@@ -349,9 +365,21 @@ VMATH_INLINE float gelu_f32(float x) {
     q = q * s + EXPN_C2_F32 / 4;
     q = q * s + EXPN_C1_F32 / 2;
     q = q * s + 1.0f;
-    float c = (p * q) * from_bits_f32(bits_f32(t) << 23);
-    c = a < GELU_FLUSH_F32 ? c : 0.0f;
+    float e = q * from_bits_f32(bits_f32(t) << 23);
+    return a < GELU_FLUSH_F32 ? e : 0.0f;
+}
+
+VMATH_INLINE float gelu_f32(float x) {
+    float a = fabsf(x);
+    float c = gelu_ratio_f32(a) * gauss_up8_f32(a); /* Phi(-a) */
     return x * (x < 0 ? c : 1.0f - c);
+}
+
+/* gelu'(x) = Phi(x) + x phi(x) (see above); NaN at +-inf, as inf * 0 */
+VMATH_INLINE float gelu_grad_f32(float x) {
+    float a = fabsf(x), e = gauss_up8_f32(a);
+    float c = gelu_ratio_f32(a) * e;
+    return (x < 0 ? c : 1.0f - c) + (x * e) * (0.39894228040143267794f * GELU_SCALE_F32);
 }
 
 #endif

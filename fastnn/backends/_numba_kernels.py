@@ -14,9 +14,9 @@ load each other's cached code.
 
 Dtypes: every kernel is compiled for float32 and float64 and computes in the
 dtype of its arrays (constants come from the caller already in that dtype),
-except for float32 arrays the activations of reference.FLOAT64_INSIDE and the
-gelu backward (computed in float64), and sums, which accumulate in float64 where
-it matters for accuracy.
+except for float32 arrays the activations of reference.FLOAT64_INSIDE
+(computed in float64), and sums, which accumulate in float64 where it matters
+for accuracy.
 
 Division follows IEEE (error_model="numpy": x / 0 is inf, not an exception
 whose check would keep a loop from vectorising).
@@ -41,13 +41,12 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     exp_nonpositive,
     expm1_neg64,
     fexp,
-    gauss64,
     gelu,
+    gelu_grad,
     high_half,
     jit_inline,
     key_value,
     log1p_unit,
-    ndtr64,
     order_key,
     radd,
     row_max,
@@ -73,7 +72,6 @@ assert ACTIVATIONS[SOFTMAX] == "softmax" and ACTIVATIONS[GELU] == "gelu"
 # regression loss codes
 SQUARED, ABSOLUTE, HUBER, HINGE = range(4)
 
-INV_SQRT_2PI = 0.3989422804014327
 SELU_SCALE_ALPHA = SELU_SCALE * SELU_ALPHA  # the reference multiplies these in float64
 
 U_GAMMA, U_MIX1, U_MIX2 = np.uint64(GOLDEN_GAMMA), np.uint64(MIX1), np.uint64(MIX2)
@@ -97,9 +95,7 @@ def gelu_forward_row(z, out):
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def gelu_backward_row(dy, x, out):
     for j in range(x.size):
-        v = np.float64(x[j])  # Phi(x) + x phi(x), in float64
-        e = gauss64(v)
-        out[j] = dy[j] * (ndtr64(v, e) + v * (e * INV_SQRT_2PI))
+        out[j] = dy[j] * gelu_grad(x[j])  # Phi(x) + x phi(x), in the dtype
 
 
 # ----------------------------------------------------------------- activations

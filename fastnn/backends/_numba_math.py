@@ -21,6 +21,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 INV_SQRT2 = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
 
 # scalar helpers called from loops: inlined by Numba itself, since LLVM's
 # inliner leaves the larger ones as calls, and a call keeps the loop scalar
@@ -391,24 +392,29 @@ def ndtr64(v, e):
     return c if v < 0.0 else 1.0 - c
 
 
-# float32 arrays: the forward in float32 (twice the lanes of float64), as
-# csrc/vmath.h's gelu_f32 (its comment gives the derivation; the same
-# coefficients): c = Phi(-|v|) = e^(-a^2/2) R(a) with R a polynomial of degree 8
-# in r = 1 / (a + 2.5) (3.3e-7 relative), e^(-a^2/2) = 2^n e^(s/2) with a^2
-# split exactly by an FMA, so about 5e-7 relative in all. The backward stays in
-# float64, as its dz goes on into sums that cancel.
-GELU_K32, GELU_FLUSH32 = F32(2.5), F32(13.2)
-GELU_R32 = tuple(F32(c) for c in (
+# float32 arrays: gelu and its derivative in float32 (twice the lanes of
+# float64), as csrc/vmath.h's gelu_f32 and gelu_grad_f32 (their comment gives
+# the derivation; the same coefficients): c = Phi(-|v|) = e^(-a^2/2) R(a) with R
+# a polynomial of degree 8 in r = 1 / (a + 2.5) (3.3e-7 relative), e^(-a^2/2) =
+# 2^n e^(s/2) with a^2 split exactly by an FMA, so about 5e-7 relative in all.
+# 2^n is applied as 2^(n + 8) and the 2^-8 goes into the constants that multiply
+# it, so that results round gradually into the subnormals; e^(-a^2/2) is 0 from
+# a = 13.5 (and for NaN and infinities).
+GELU_K32, GELU_FLUSH32 = F32(2.5), F32(13.5)
+GELU_R32 = tuple(F32(c / 256) for c in (
     -61.19324493408203, 123.7712173461914, -92.20768737792969, 24.90057373046875,
     -0.5774802565574646, 2.488905668258667, 0.9724875688552856, 0.39981552958488464,
     -1.3051010682829656e-05))
 # e^(s/2) in s: exp_nonpositive's polynomial E32 in r = s / 2
 GELU_E32 = tuple(F32(c / 2.0 ** (5 - k)) for k, c in enumerate(E32))
 NEG_HALF_LOG2E32, NEG_TWO_LN2_32 = F32(-0.5 * 1.4426950408889634), F32(-2 * 0.6931471805599453)
+BIASED32_UP8 = F32(1.5 * 2**23 + 127 + 8)  # n + 8 + bias in the low bits
+INV_SQRT_2PI_DOWN8 = F32(INV_SQRT_2PI / 256)
 
 
-def _gelu32(v):
-    a = abs(v)
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _gelu_ratio32(a):
+    """R(a) 2^-8 = Phi(-a) e^(a^2/2) 2^-8 of a float32 a >= 0."""
     r = ONE32 / (a + GELU_K32)
     p = GELU_R32[0]
     p = p * r + GELU_R32[1]
@@ -418,10 +424,15 @@ def _gelu32(v):
     p = p * r + GELU_R32[5]
     p = p * r + GELU_R32[6]
     p = p * r + GELU_R32[7]
-    p = p * r + GELU_R32[8]
+    return p * r + GELU_R32[8]
+
+
+@njit(cache=True, inline="always", error_model="numpy", fastmath={"contract"})
+def _gauss_up8_32(a):
+    """e^(-a^2/2) 2^8 of a float32 a >= 0, 0 from a = GELU_FLUSH32."""
     h = a * a
-    t = h * NEG_HALF_LOG2E32 + BIASED32  # n + bias in the low bits
-    n = t - BIASED32
+    t = h * NEG_HALF_LOG2E32 + BIASED32_UP8
+    n = t - BIASED32_UP8
     s = fma(n, NEG_TWO_LN2_32, -h) - fma(a, a, -h)  # -a^2 - 2 n ln2
     q = GELU_E32[0]
     q = q * s + GELU_E32[1]
@@ -429,18 +440,41 @@ def _gelu32(v):
     q = q * s + GELU_E32[3]
     q = q * s + GELU_E32[4]
     q = q * s + ONE32
-    c = (p * q) * pow2_bits(t)
-    c = c if a < GELU_FLUSH32 else ZERO32  # NaN and infinities too
+    e = q * pow2_bits(t)
+    return e if a < GELU_FLUSH32 else ZERO32  # NaN and infinities too
+
+
+def _gelu32(v):
+    a = abs(v)
+    c = _gelu_ratio32(a) * _gauss_up8_32(a)  # Phi(-a)
     return v * (c if v < ZERO32 else ONE32 - c)
+
+
+def _gelu_grad32(v):
+    a = abs(v)
+    e = _gauss_up8_32(a)
+    c = _gelu_ratio32(a) * e
+    return (c if v < ZERO32 else ONE32 - c) + (v * e) * INV_SQRT_2PI_DOWN8
 
 
 def _gelu64(v):
     return v * ndtr64(v, gauss64(v))
 
 
+def _gelu_grad64(v):
+    e = gauss64(v)
+    return ndtr64(v, e) + v * (e * INV_SQRT_2PI)
+
+
 def gelu(v):
     """v Phi(v) for a float32 or float64 scalar, in that precision; jitted code only."""
     raise NotImplementedError("gelu is callable from jitted code only")
+
+
+def gelu_grad(v):
+    """Phi(v) + v phi(v), the derivative of gelu, for a float32 or float64
+    scalar, in that precision; jitted code only."""
+    raise NotImplementedError("gelu_grad is callable from jitted code only")
 
 
 @overload(gelu, inline="always", jit_options={"error_model": "numpy"})
@@ -449,6 +483,14 @@ def _gelu_overload(v):
         return _gelu32
     if v == types.float64:
         return _gelu64
+
+
+@overload(gelu_grad, inline="always", jit_options={"error_model": "numpy"})
+def _gelu_grad_overload(v):
+    if v == types.float32:
+        return _gelu_grad32
+    if v == types.float64:
+        return _gelu_grad64
 
 
 @jit_inline

@@ -1,0 +1,210 @@
+"""Batch norm, Adam and gelu on the compiled backends beside PyTorch and the
+machine's streaming limits, all measured in one run:
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE PYTHONPATH=. python bench/bn_adam_gelu.py [case ...]
+
+Cases (default all): bn (training forward + backward, 4096 x 1024), bn_fwd,
+bn_bwd, adam (10M parameters), gelu (forward, 4M), gelu_bwd; float32 unless
+BN_ADAM_GELU_DTYPE=float64. The fastnn kernels and the limits are timed in
+turns in this process (one call of each per round, the best of the rounds
+kept, about BN_ADAM_GELU_SECONDS = 20 s in all); PyTorch in a child process
+that never imports fastnn, before and after, the better of the two kept.
+
+The limits, over 64 MB float32 arrays split between the cores as the kernels
+split theirs: copy (np.copyto, read + write bytes), update (b += a: 2 reads, 1
+write, no write-allocate), read (a.sum()). Each kernel's figure is its time,
+the bytes it must move at least (below) in GB/s, and that time against the
+time of those bytes at the copy and update rates of the same run:
+
+    bn forward    x read, y written                  (2 arrays of N C)
+    bn backward   x, dy read, dx written             (3)
+    adam          p, g, m, v read, p, m, v written   (7 arrays of n)
+    gelu          x read, y written; backward: x, dy read, dz written
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import fastnn
+from fastnn.benchmarks.limits import in_threads, usable_cores
+
+DTYPE = np.dtype(os.environ.get("BN_ADAM_GELU_DTYPE", "float32"))
+SECONDS = float(os.environ.get("BN_ADAM_GELU_SECONDS", "20"))
+BN_SHAPE, ADAM_N, GELU_N = (4096, 1024), 10_000_000, 4_000_000
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(DTYPE)
+
+
+# ------------------------------------------------------------------ fastnn cases
+# each make(backend) returns the call to time; arrays are allocated and touched first
+def bn_arrays():
+    x, dy = rand(BN_SHAPE, 0), rand(BN_SHAPE, 1)
+    c = BN_SHAPE[1]
+    return dict(x=x, dy=dy, gamma=rand(c, 2), beta=rand(c, 3), rm=np.zeros(c, DTYPE),
+                rv=np.ones(c, DTYPE), y=np.empty_like(x), dx=np.empty_like(x),
+                dgamma=np.empty(c, DTYPE), dbeta=np.empty(c, DTYPE))
+
+
+def bn_case(forward, backward):
+    def make(b):
+        a = bn_arrays()
+        _, cache = b.batchnorm_forward(a["x"], a["gamma"], a["beta"], a["rm"], a["rv"], True,
+                                       out=a["y"])
+
+        def run():
+            c = cache
+            if forward:
+                _, c = b.batchnorm_forward(a["x"], a["gamma"], a["beta"], a["rm"], a["rv"], True,
+                                           out=a["y"])
+            if backward:
+                b.batchnorm_backward(a["dy"], c, dx=a["dx"], dgamma=a["dgamma"], dbeta=a["dbeta"])
+        return run
+    return make
+
+
+def adam_make(b):
+    p, g = rand(ADAM_N, 0), rand(ADAM_N, 1) * DTYPE.type(1e-2)
+    m, v = np.zeros(ADAM_N, DTYPE), np.zeros(ADAM_N, DTYPE)
+    return lambda: b.adam_step(p, g, m, v, 1, 1e-3)
+
+
+def gelu_make(b):
+    x, y = rand(GELU_N, 0), np.empty(GELU_N, DTYPE)
+    return lambda: b.activation_forward(x, "gelu", out=y)
+
+
+def gelu_bwd_make(b):
+    x, dy, dz = rand(GELU_N, 0), rand(GELU_N, 1), np.empty(GELU_N, DTYPE)
+    return lambda: b.activation_backward(dy, x, "gelu", x=x, out=dz)
+
+
+ITEM = DTYPE.itemsize
+BN_BYTES = BN_SHAPE[0] * BN_SHAPE[1] * ITEM
+CASES = {  # name: (make, bytes it must move)
+    "bn": (bn_case(True, True), 5 * BN_BYTES),
+    "bn_fwd": (bn_case(True, False), 2 * BN_BYTES),
+    "bn_bwd": (bn_case(False, True), 3 * BN_BYTES),
+    "adam": (adam_make, 7 * ADAM_N * ITEM),
+    "gelu": (gelu_make, 2 * GELU_N * ITEM),
+    "gelu_bwd": (gelu_bwd_make, 3 * GELU_N * ITEM),
+}
+
+# ------------------------------------------------------------------ PyTorch apart
+TORCH = r"""
+import json, sys, time
+import numpy as np
+import torch
+names, dtype, seconds = json.loads(sys.argv[1])
+dt = getattr(torch, dtype)
+def rand(shape, seed):
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape).astype(dtype))
+def bn(forward, backward):
+    x, dy = rand((4096, 1024), 0), rand((4096, 1024), 1)
+    x.requires_grad_(True)
+    m = torch.nn.BatchNorm1d(1024, dtype=dt).train()
+    inputs = (x, m.weight, m.bias)
+    if not backward:
+        return lambda: m(x.detach())
+    if not forward:
+        y = m(x)
+        return lambda: torch.autograd.grad(y, inputs, dy, retain_graph=True)
+    return lambda: torch.autograd.grad(m(x), inputs, dy)
+def adam():
+    p = torch.nn.Parameter(rand(10_000_000, 0))
+    p.grad = rand(10_000_000, 1) * 1e-2
+    return torch.optim.Adam([p], lr=1e-3, fused=True).step
+def gelu():
+    x = rand(4_000_000, 0)
+    return lambda: torch.nn.functional.gelu(x)
+def gelu_bwd():
+    x, dy = rand(4_000_000, 0), rand(4_000_000, 1)
+    return lambda: torch.ops.aten.gelu_backward(dy, x)
+make = {"bn": lambda: bn(True, True), "bn_fwd": lambda: bn(True, False),
+        "bn_bwd": lambda: bn(False, True), "adam": adam, "gelu": gelu, "gelu_bwd": gelu_bwd}
+fns = [make[n]() for n in names]
+best = [float("inf")] * len(fns)
+for f in fns:
+    f(); f()
+end = time.perf_counter() + seconds
+while time.perf_counter() < end:
+    for i, f in enumerate(fns):
+        t0 = time.perf_counter(); f(); best[i] = min(best[i], time.perf_counter() - t0)
+print(json.dumps(best))
+"""
+
+
+def torch_times(names, seconds):
+    """Best seconds of PyTorch's calls for `names`, in a child process that
+    never imported fastnn (None without PyTorch)."""
+    env = dict(os.environ)
+    if fastnn.backends.OMP_WAIT_POLICY_SET_HERE:
+        env.pop("OMP_WAIT_POLICY", None)
+    child = subprocess.run([sys.executable, "-c", TORCH, json.dumps([names, DTYPE.name, seconds])],
+                           env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if child.returncode:
+        print("PyTorch not timed:", child.stderr.strip().splitlines()[-1:])
+        return None
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ limits
+def limit_calls():
+    """(name, call, bytes) of the streaming limits, on usable_cores() threads."""
+    n = (64 << 20) // 4
+    a, b = np.ones(n, np.float32), np.zeros(n, np.float32)
+    threads = usable_cores()
+    copy, _ = in_threads(lambda s: np.copyto(b[s], a[s]), n, threads)
+    update, _ = in_threads(lambda s: np.add(b[s], a[s], out=b[s]), n, threads)
+    read, _ = in_threads(lambda s: a[s].sum(), n, threads)
+    return [("copy", copy, 2 * 4 * n), ("update", update, 3 * 4 * n), ("read", read, 4 * n)]
+
+
+def main(names):
+    names = names or list(CASES)
+    backends = [fastnn.get_backend(n) for n in ("c", "numba")]
+    calls = []  # (label, call)
+    for name in names:
+        for b in backends:
+            calls.append(((name, b.name), CASES[name][0](b)))
+    limits = limit_calls()
+    calls += [((name, "limit"), call) for name, call, _ in limits]
+    for _, call in calls:
+        call()
+        call()
+    before = torch_times(names, SECONDS / 4)
+    best = {label: float("inf") for label, _ in calls}
+    end = time.perf_counter() + SECONDS
+    rounds = 0
+    while time.perf_counter() < end:
+        for label, call in calls:
+            t0 = time.perf_counter()
+            call()
+            best[label] = min(best[label], time.perf_counter() - t0)
+        rounds += 1
+    after = torch_times(names, SECONDS / 4)
+    torch = None if before is None or after is None else [min(p, q) for p, q in zip(before, after)]
+    rate = {name: nbytes / best[(name, "limit")] / 1e9 for name, _, nbytes in limits}
+    print(f"{DTYPE.name}, {usable_cores()} cores, {rounds} rounds; best of each:")
+    print("limits: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rate.items()))
+    print(f"{'case':10} {'backend':7} {'ms':>8} {'GB/s':>7} {'x copy':>7} {'x update':>8}")
+    for i, name in enumerate(names):
+        nbytes = CASES[name][1]
+        rows = [(b.name, best[(name, b.name)]) for b in backends]
+        if torch is not None:
+            rows.append(("torch", torch[i]))
+        for who, seconds in rows:
+            print(f"{name:10} {who:7} {seconds * 1e3:8.3f} {nbytes / seconds / 1e9:7.1f} "
+                  f"{seconds * rate['copy'] * 1e9 / nbytes:7.2f} "
+                  f"{seconds * rate['update'] * 1e9 / nbytes:8.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
