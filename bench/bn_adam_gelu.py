@@ -5,7 +5,8 @@ machine's streaming limits, all measured in one run:
 
 Cases (default all): bn (training forward + backward, 4096 x 1024), bn_fwd,
 bn_bwd, adam (10M parameters), gelu (forward, 4M), gelu_bwd; float32 unless
-BN_ADAM_GELU_DTYPE=float64. The fastnn kernels and the limits are timed in
+BN_ADAM_GELU_DTYPE=float64; fastnn on BN_ADAM_GELU_THREADS threads if set
+(PyTorch on its default). The fastnn kernels and the limits are timed in
 turns in this process (one call of each per round, the best of the rounds
 kept, about BN_ADAM_GELU_SECONDS = 20 s in all); PyTorch in a child process
 that never imports fastnn, before and after, the better of the two kept.
@@ -169,6 +170,8 @@ def limit_calls():
 
 def main(names):
     names = names or list(CASES)
+    if os.environ.get("BN_ADAM_GELU_THREADS"):
+        fastnn.set_num_threads(int(os.environ["BN_ADAM_GELU_THREADS"]))
     backends = [fastnn.get_backend(n) for n in ("c", "numba")]
     calls = []  # (label, call)
     for name in names:

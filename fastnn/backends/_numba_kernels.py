@@ -733,27 +733,24 @@ def batchnorm_forward_parallel(x, gamma, beta, running_mean, running_var, traini
 @jit_inline
 def gradient_sums(dy, x, r0, r1, mean, invstd, s_dy, s_dyx):
     """s_dy = sum dy, s_dyx = sum dy xhat (xhat = (x - mean) invstd in the dtype,
-    as the reference) over rows r0..r1, per column, in float64; eight rows per
-    sweep summed in the dtype first, as shifted_sums."""
+    as the reference) over rows r0..r1, per column, in float64; four rows per
+    sweep summed in the dtype first, as shifted_sums. Eight rows per sweep (16
+    rows of x and dy at once) ran at half the speed in cache and 1.55x the time
+    from memory (4096 x 1024 float32, one thread: 2.2 against 1.43 ms)."""
     c = x.shape[1]
     s_dy[:] = 0.0
     s_dyx[:] = 0.0
-    r8 = r0 + (r1 - r0) // 8 * 8
-    for i in range(r0, r8, 8):
+    r4 = r0 + (r1 - r0) // 4 * 4
+    for i in range(r0, r4, 4):
         x0, x1, x2, x3 = x[i], x[i + 1], x[i + 2], x[i + 3]
-        x4, x5, x6, x7 = x[i + 4], x[i + 5], x[i + 6], x[i + 7]
         g0, g1, g2, g3 = dy[i], dy[i + 1], dy[i + 2], dy[i + 3]
-        g4, g5, g6, g7 = dy[i + 4], dy[i + 5], dy[i + 6], dy[i + 7]
         for j in range(c):
             mu, inv = mean[j], invstd[j]
-            s_dy[j] += np.float64(((g0[j] + g1[j]) + (g2[j] + g3[j]))
-                                  + ((g4[j] + g5[j]) + (g6[j] + g7[j])))
+            s_dy[j] += np.float64((g0[j] + g1[j]) + (g2[j] + g3[j]))
             p0, p1 = g0[j] * ((x0[j] - mu) * inv), g1[j] * ((x1[j] - mu) * inv)
             p2, p3 = g2[j] * ((x2[j] - mu) * inv), g3[j] * ((x3[j] - mu) * inv)
-            p4, p5 = g4[j] * ((x4[j] - mu) * inv), g5[j] * ((x5[j] - mu) * inv)
-            p6, p7 = g6[j] * ((x6[j] - mu) * inv), g7[j] * ((x7[j] - mu) * inv)
-            s_dyx[j] += np.float64(((p0 + p1) + (p2 + p3)) + ((p4 + p5) + (p6 + p7)))
-    for i in range(r8, r1):
+            s_dyx[j] += np.float64((p0 + p1) + (p2 + p3))
+    for i in range(r4, r1):
         xi, gi = x[i], dy[i]
         for j in range(c):
             s_dy[j] += np.float64(gi[j])
