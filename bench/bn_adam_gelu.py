@@ -9,7 +9,8 @@ BN_ADAM_GELU_DTYPE=float64; fastnn on BN_ADAM_GELU_THREADS threads if set
 (PyTorch on its default). The fastnn kernels and the limits are timed in
 turns in this process (one call of each per round, the best of the rounds
 kept, about BN_ADAM_GELU_SECONDS = 20 s in all); PyTorch in a child process
-that never imports fastnn, before and after, the better of the two kept.
+that never imports fastnn, before and after, each case timed alone (the best
+call), the better of the two runs kept.
 
 The limits, over 64 MB float32 arrays split between the cores as the kernels
 split theirs: copy (np.copyto, read + write bytes), update (b += a: 2 reads, 1
@@ -130,14 +131,15 @@ def gelu_bwd():
     return lambda: torch.ops.aten.gelu_backward(dy, x)
 make = {"bn": lambda: bn(True, True), "bn_fwd": lambda: bn(True, False),
         "bn_bwd": lambda: bn(False, True), "adam": adam, "gelu": gelu, "gelu_bwd": gelu_bwd}
-fns = [make[n]() for n in names]
-best = [float("inf")] * len(fns)
-for f in fns:
+best = []
+for n in names:  # one after another: interleaved, PyTorch's large buffers were mapped anew each call
+    f = make[n]()
     f(); f()
-end = time.perf_counter() + seconds
-while time.perf_counter() < end:
-    for i, f in enumerate(fns):
-        t0 = time.perf_counter(); f(); best[i] = min(best[i], time.perf_counter() - t0)
+    b, end = float("inf"), time.perf_counter() + seconds / len(names)
+    while time.perf_counter() < end:
+        t0 = time.perf_counter(); f(); b = min(b, time.perf_counter() - t0)
+    best.append(b)
+    del f
 print(json.dumps(best))
 """
 
