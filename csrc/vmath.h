@@ -210,7 +210,7 @@ VMATH_INLINE float sqrt_f32(float x) { return sqrtf(x); }
 VMATH_INLINE double sqrt_f64(double x) { return sqrt(x); }
 
 /* The normal CDF through erfc, branch-free (vectorisable like exp above), in
- * double; float gelu has its own (gelu_f32 below).
+ * double; float gelu has its own (gelu_f32 and gelu_grad_f32 below).
  *
  * For a >= 0, erfc(a) = e^(-a^2) erfcx(a), where erfcx is smooth and bounded
  * (1 at 0, ~1 / (a sqrt(pi)) for large a), and erfc(-a) = 2 - erfc(a). erfcx is

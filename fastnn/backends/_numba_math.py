@@ -1,11 +1,11 @@
 """The vectorisable math library of the numba backend (_numba_kernels.py's loops
 call it): e^x, e^x - 1, tanh, log(1 + e), the normal density and distribution
-and gelu for float32 and float64 scalars, written so that a loop calling them
-still vectorises (Numba's math.exp, math.erf... are scalar libm calls that keep
-a loop scalar), and the LLVM intrinsics they are built from (reassociable adds,
-exponent-bit scaling, integer order keys for row maxima). Their accuracy is
-tested in tests/test_numba.py; csrc/vmath.h holds the C backend's versions of
-the same polynomials.
+and gelu and its derivative for float32 and float64 scalars, written so that a
+loop calling them still vectorises (Numba's math.exp, math.erf... are scalar
+libm calls that keep a loop scalar), and the LLVM intrinsics they are built
+from (reassociable adds, exponent-bit scaling, integer order keys for row
+maxima). Their accuracy is tested in tests/test_numba.py; csrc/vmath.h holds
+the C backend's versions of the same polynomials.
 
 Fast-math: the exp polynomials allow FMA contraction only ("contract"); sums use
 `radd`, one add marked reassociable so that the loop vectorises; row maxima
