@@ -72,6 +72,9 @@ BLOCK_ELEMS = 1 << 14
 # backward: 0.29 ms parallel, 0.107 ms serial (the C kernels, serial there too:
 # 0.12 ms).
 BN_PARALLEL_MIN = 1 << 18
+# A gather of rows (a shuffled batch) copies bytes: below this size one thread
+# does it before a parallel region has started.
+GATHER_PARALLEL_BYTES = 1 << 20
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((0, 0), t)) for t in (np.float32, np.float64)}
 _NO_LABELS = np.empty(0, np.int64)
@@ -659,6 +662,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     def _embedding_backward(self, dy, tokens, dW):
         R.embedding_backward(dy, tokens, dW)
+
+    # --------------------------------------------------------------- row gather
+    def _take_rows(self, x, index, out):
+        parts = numba.get_num_threads()
+        if parts > 1 and out.nbytes >= GATHER_PARALLEL_BYTES and not _forked_child and index.size >= parts:
+            K.take_rows_parallel(x, index, out, parts)
+        else:
+            K.take_rows_serial(x, index, out)
 
 
 def _as_column_rows(a):
