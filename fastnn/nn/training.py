@@ -99,9 +99,11 @@ class RowGather:
     bound once per (array, batch buffer): each batch copies its slice of the
     order into the bound index buffer and runs the bound kernel (C: the rows
     copied in parallel and prefetched; NumPy's take: one thread, 99 us for a
-    (256, 784) float32 batch of 20000 rows on a Zen 4). Made per epoch, so that
-    nothing binds the caller's data beyond it. Other data (CSR, integer labels,
-    the data's own order) goes to take_rows."""
+    (256, 784) float32 batch of 20000 rows on a Zen 4). Made per fit (binding
+    costs about 10 us), so that nothing binds the caller's data beyond it.
+    Other data (CSR, integer labels, the data's own order) goes to take_rows.
+    The kernel bound does not check the indices: `order` must be a permutation
+    of the rows (the fit's own)."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -166,7 +168,7 @@ class EpochResult(NamedTuple):
 
 
 def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_divergence=None,
-                metrics=(), hooks=None):
+                metrics=(), hooks=None, gather=None):
     """One epoch over prepared data (from `Sequential._check_data`): batches of
     `batch_size` rows in `order` (None: as stored). `snapshot` holds parameters
     known to be finite, restored when an update makes them non-finite;
@@ -174,12 +176,13 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
     progress bar). metrics: Metric objects updated with each batch's outputs.
     hooks: None, or callbacks whose batch hooks run around each step (see
     callbacks.CallbackList); model.stop_training set by one ends the epoch after
-    that step."""
+    that step. gather: the RowGather of the fit (one bound to its data for
+    every epoch), else one for this epoch."""
     n = X.shape[0]
     total = weight_total = count_total = 0.0
     seen = steps = 0
     step = 0
-    gather = RowGather(backend)
+    gather = RowGather(backend) if gather is None else gather
     for step, lo in enumerate(range(0, n, batch_size), start=1):
         hi = min(lo + batch_size, n)
         ws = model._workspace((hi - lo,) + X.shape[1:])
