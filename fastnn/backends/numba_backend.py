@@ -73,7 +73,7 @@ BLOCK_ELEMS = 1 << 14
 # 0.12 ms).
 BN_PARALLEL_MIN = 1 << 18
 # A gather of rows (a shuffled batch) copies bytes: below this size one thread
-# does it before a parallel region has started.
+# (NumPy's take) does it before a parallel region has started.
 GATHER_PARALLEL_BYTES = 1 << 20
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((0, 0), t)) for t in (np.float32, np.float64)}
@@ -668,8 +668,9 @@ class NumbaBackend(GemmConv, NumpyBackend):
         parts = numba.get_num_threads()
         if parts > 1 and out.nbytes >= GATHER_PARALLEL_BYTES and not _forked_child and index.size >= parts:
             K.take_rows_parallel(x, index, out, parts)
-        else:
-            K.take_rows_serial(x, index, out)
+        else:  # NumPy's take copies rows faster than a jitted loop (Zen 4, batch 200
+            # of 54 float32: 3.1 against 4.1 us; of 784: 81 against 101 us)
+            super()._take_rows(x, index, out)
 
 
 def _as_column_rows(a):
