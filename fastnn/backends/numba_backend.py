@@ -665,7 +665,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     # --------------------------------------------------------------- row gather
     def _take_rows(self, x, index, out):
-        # (numba.get_num_threads() costs about 12 us: asked only for a large batch)
+        # (numba.get_num_threads() costs a few us: asked only for a large batch)
         parts = numba.get_num_threads() if out.nbytes >= GATHER_PARALLEL_BYTES and not _forked_child else 1
         if 1 < parts <= index.size:
             K.take_rows_parallel(x, index, out, parts)
