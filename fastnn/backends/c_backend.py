@@ -129,10 +129,15 @@ class _FunctionTable:
         "gru_backward",
     ) + ("embedding_forward", "embedding_backward")
 
+    # functions on bytes, the same for every dtype
+    UNTYPED = ("take_rows",)
+
     def __init__(self, suffix, ctype):
         self.ctype = ctype
         for name in self.NAMES:
             setattr(self, name, getattr(lib, f"{name}_{suffix}"))
+        for name in self.UNTYPED:
+            setattr(self, name, getattr(lib, name))
 
 
 # dtype -> the C functions of that dtype
@@ -542,7 +547,7 @@ class CBackend(GemmConv, NumpyBackend):
         args = (ffi.from_buffer(x), ffi.from_buffer("int64_t[]", index) if wide else NULL,
                 NULL if wide else ffi.from_buffer("int32_t[]", index), ffi.from_buffer(out),
                 index.size, x.shape[1] * x.itemsize)
-        kernel = lib.take_rows
+        kernel = C_FUNCTIONS[x.dtype].take_rows
 
         def take_rows(*_):
             kernel(*args)
