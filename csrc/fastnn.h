@@ -272,4 +272,10 @@ void embedding_backward_f32(const float *dy, const int64_t *tokens64, const int3
 void embedding_backward_f64(const double *dy, const int64_t *tokens64, const int32_t *tokens32,
                             double *dW, int64_t count, int64_t vocab, int64_t dim);
 
+/* Row gather (csrc/gather.c): out row i = x row index[i], for i < rows; a row is
+ * row_bytes bytes; index int64 or int32 (the other NULL), each a row of x
+ * (checked by the caller). */
+void take_rows(const void *x, const int64_t *index64, const int32_t *index32, void *out, int64_t rows,
+               int64_t row_bytes);
+
 #endif

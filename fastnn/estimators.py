@@ -39,7 +39,7 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 from . import backends
 from . import nn as _nn
 from ._types import BackendName, DTypeLike, EstimatorInit, HiddenActivation, Solver
-from .nn.training import train_epoch
+from .nn.training import RowGather, train_epoch
 
 STOCHASTIC_SOLVERS = ("sgd", "adam", "rmsprop", "adagrad", "adamw")
 # the activations a hidden layer takes (softplus and softmax are not offered)
@@ -389,6 +389,7 @@ class _FastMLP:
         # scikit-learn shuffles one index array in place, epoch after epoch
         sample_idx = np.arange(n_samples, dtype=int)
         snapshot = np.empty_like(model._params)
+        gather = RowGather(backend)
         try:
             self.n_iter_ = 0
             for _ in range(self.max_iter):
@@ -398,7 +399,7 @@ class _FastMLP:
                 order = sample_idx if self.shuffle else None
                 try:
                     result = train_epoch(model, backend, X, t, w, order, batch_size, snapshot,
-                                         self.n_iter_ + 1)
+                                         self.n_iter_ + 1, gather=gather)
                 except _nn.TrainingDivergedError as exc:
                     if not early_stopping:
                         raise

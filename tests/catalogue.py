@@ -622,3 +622,21 @@ for n, t, v, d in EMBEDDING_SHAPES:
             np.add.at(magnitude, tokens.reshape(-1), np.abs(dy.reshape(-1, d).astype(np.float64)))
             return (backend.embedding_forward(tokens, W),
                     Terms(backend.embedding_backward(dy, tokens, W.shape), magnitude))
+
+
+# ----------------------------------------------------------------- row gather
+# (N, D, B): one row of data, one column, rows repeated (B > N), an empty batch,
+# and a batch of 1000 x 300 (2.4 MB in float64: the parallel path of the
+# compiled backends); int32 and int64 indices; a strided x (copied first).
+GATHER_SHAPES = [(7, 3, 5), (1, 5, 3), (9, 1, 4), (4, 6, 11), (6, 2, 0), (5000, 300, 1000)]
+
+for n, d, b in GATHER_SHAPES:
+    for int_type in (np.int32, np.int64):
+        for strided in (False, True) if (n, d, b) == (7, 3, 5) else (False,):
+            case = f"{n}x{d}-{b}-{np.dtype(int_type).name}" + ("-strided" if strided else "")
+
+            @entry("take_rows", case)
+            def run_take_rows(backend, dtype, n=n, d=d, b=b, int_type=int_type, strided=strided):
+                x = rand((n, d), dtype, 92)
+                index = np.random.default_rng(93).integers(0, n, b).astype(int_type)
+                return (backend.take_rows(noncontiguous(x) if strided else x, index),)

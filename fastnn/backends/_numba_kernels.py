@@ -1058,3 +1058,21 @@ def adam_parallel(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, in
         lo, hi = split(b, nb, param.size)
         adam_block(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], v_max[lo:hi], step, beta1,
                    rest1, beta2, rest2, inv_sqrt_bias2, eps, weight_decay, decay, amsgrad)
+
+
+# ------------------------------------------------------------------ row gather
+@jit
+def take_rows_serial(x, index, out):
+    """out[i] = x[index[i]]: x (N, D), index (B,) in [0, N), out (B, D)."""
+    d = x.shape[1]
+    for i in range(index.size):
+        row = index[i]
+        for j in range(d):  # (a slice assignment would copy through a temporary)
+            out[i, j] = x[row, j]
+
+
+@jit_parallel
+def take_rows_parallel(x, index, out, nb):
+    for b in prange(nb):
+        lo, hi = split(b, nb, index.size)
+        take_rows_serial(x, index[lo:hi], out[lo:hi])

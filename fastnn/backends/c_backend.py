@@ -129,10 +129,15 @@ class _FunctionTable:
         "gru_backward",
     ) + ("embedding_forward", "embedding_backward")
 
+    # functions on bytes, the same for every dtype
+    UNTYPED = ("take_rows",)
+
     def __init__(self, suffix, ctype):
         self.ctype = ctype
         for name in self.NAMES:
             setattr(self, name, getattr(lib, f"{name}_{suffix}"))
+        for name in self.UNTYPED:
+            setattr(self, name, getattr(lib, name))
 
 
 # dtype -> the C functions of that dtype
@@ -530,3 +535,20 @@ class CBackend(GemmConv, NumpyBackend):
                              ffi.from_buffer("int64_t[]", tokens) if wide else NULL,
                              NULL if wide else ffi.from_buffer("int32_t[]", tokens),
                              ffi.from_buffer(k.ctype, dW), tokens.size, dW.shape[0], dW.shape[1])
+
+    # --------------------------------------------------------------- row gather
+    # csrc/gather.c: rows copied as bytes (any dtype); index int64 or int32 (the
+    # other pointer NULL); parallel and prefetched for large batches
+    def _take_rows(self, x, index, out):
+        self._bind_take_rows(x, index, out)()
+
+    def _bind_take_rows(self, x, index, out):
+        wide = index.dtype == np.int64
+        args = (ffi.from_buffer(x), ffi.from_buffer("int64_t[]", index) if wide else NULL,
+                NULL if wide else ffi.from_buffer("int32_t[]", index), ffi.from_buffer(out),
+                index.size, x.shape[1] * x.itemsize)
+        kernel = C_FUNCTIONS[x.dtype].take_rows
+
+        def take_rows(*_):
+            kernel(*args)
+        return take_rows

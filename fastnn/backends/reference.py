@@ -683,6 +683,11 @@ class NumpyBackend:
         # unbuffered: a token repeated sums its rows, in the row-major order of tokens
         np.add.at(dW, tokens.reshape(-1), dy.reshape(-1, dW.shape[1]))
 
+    # ---------------------------------------------------------------- row gather
+    # x (N, D); index (B,) integers in [0, N); out (B, D): out[i] = x[index[i]].
+    def _take_rows(self, x, index, out):
+        np.take(x, index, axis=0, out=out)
+
 
 # ------------------------------------------------------------------- recurrence
 RNN_ACTIVATIONS = ("tanh", "relu")

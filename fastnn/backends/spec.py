@@ -1060,6 +1060,25 @@ EMBEDDING = [
 ]
 DECLARATIONS.update({k.name: k for k in EMBEDDING})
 
+# ----------------------------------------------------------------- row gather
+# x (N, D) rows of data; index (B,) int32 or int64 in [0, N); out (B, D).
+GATHER = [
+    Kernel(
+        "take_rows", "x, index, out=None",
+        [In("x", "N D"),
+         Index("index", "B", high="N"),
+         Check("index.size and (index.min() < 0 or index.max() >= N)", "ValueError",
+               "index holds row numbers outside [0, {N}), the rows of x", value=True),
+         Out("out", "B D")],
+        "x, index, out", "out",
+        """Rows of x in the order of index (numpy.take along axis 0, a shuffled
+        batch of training data): out[i] = x[index[i]]. Rows may repeat.
+
+        x (N, D); index (B,) int32 or int64 in [0, N). Returns out (B, D).""",
+        sizes={"N": 7, "B": 5, "D": 3}),
+]
+DECLARATIONS.update({k.name: k for k in GATHER})
+
 # The kernels a backend may accelerate: method `name` validates, `_name` computes.
 KERNELS = tuple(DECLARATIONS)
 

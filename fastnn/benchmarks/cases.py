@@ -218,7 +218,7 @@ class EstimatorEpoch:
     The estimator is initialised by one partial_fit on (X, y)."""
 
     def __init__(self, estimator, X, y):
-        from ..nn.training import train_epoch
+        from ..nn.training import RowGather, train_epoch
 
         estimator.partial_fit(X, y, classes=np.unique(y))
         model = self.model = estimator.model_
@@ -232,6 +232,7 @@ class EstimatorEpoch:
         size = estimator.batch_size
         self.batch_size = min(200, X.shape[0]) if size == "auto" else min(max(1, size), X.shape[0])
         self.snapshot = np.empty_like(model._params)
+        self.gather = RowGather(model.backend)  # as the fit's, one for every epoch
         self.epochs = 1
 
     def __call__(self):
@@ -241,7 +242,7 @@ class EstimatorEpoch:
         np.copyto(self.snapshot, model._params)
         self.epochs += 1
         self.train_epoch(model, model.backend, self.X, self.t, None, self.order if est.shuffle else None,
-                         self.batch_size, self.snapshot, self.epochs)
+                         self.batch_size, self.snapshot, self.epochs, gather=self.gather)
 
 
 def mlp_epoch_call(hidden):

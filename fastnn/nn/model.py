@@ -1119,6 +1119,7 @@ class Sequential:
         bar = training.progress(epochs, verbose)
         close = None if bar is None else bar.close
         order = np.arange(n) if shuffle else None
+        gather = training.RowGather(backend)
         logs = {}
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
@@ -1131,7 +1132,7 @@ class Sequential:
             try:
                 with training.blas_scope(self, backend):
                     result = training.train_epoch(self, backend, X, t, w, order, bs, snapshot, epoch,
-                                                  close, metrics, callbacks.batch_hooks)
+                                                  close, metrics, callbacks.batch_hooks, gather)
             except TrainingDivergedError as exc:
                 callbacks.on_train_batch_end(exc.step - 1, {"loss": exc.loss})  # type: ignore[operator]
                 if not self.stop_training:

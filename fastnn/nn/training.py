@@ -94,6 +94,43 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
     return buf
 
 
+class RowGather:
+    """Shuffled batches of dense data gathered by the backend's take_rows kernel,
+    bound once per (array, batch buffer): each batch copies its slice of the
+    order into the bound index buffer and runs the bound kernel (C: the rows
+    copied in parallel and prefetched; NumPy's take: one thread, 99 us for a
+    (256, 784) float32 batch of 20000 rows on a Zen 4). Made per fit (binding
+    costs about 10 us), so that nothing binds the caller's data beyond it.
+    Other data (CSR, integer labels, the data's own order) goes to take_rows.
+    The kernel bound does not check the indices: `order` must be a permutation
+    of the rows (the fit's own)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.bound = {}  # (id of the batch buffer) -> (array, index buffer, bound kernel)
+
+    def __call__(self, a, lo, hi, order, buffers, key, copy=False):
+        if (order is None or a is None or type(a) is not np.ndarray or a.dtype.kind != "f"
+                or a.ndim == 0 or order.dtype not in (np.int64, np.int32)):
+            return take_rows(a, lo, hi, order, buffers, key, copy)
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+        entry = self.bound.get(id(buf))
+        if entry is None or entry[0] is not a or entry[1].dtype != order.dtype:
+            index = np.empty(hi - lo, order.dtype)
+            # (N, D) and (B, D) views: the kernel's rows are whole samples
+            run = self.backend.fast.bind("take_rows", a.reshape(a.shape[0], -1), index,
+                                         buf.reshape(hi - lo, -1))
+            if run is None:  # not C-contiguous, or the like
+                return take_rows(a, lo, hi, order, buffers, key, copy)
+            entry = self.bound[id(buf)] = (a, index, run, buf)  # buf kept: its id stays its own
+        index = entry[1]
+        index[...] = order[lo:hi]
+        entry[2]()
+        return buf
+
+
 def layers_of(layers):
     """The layers and, depth first, those inside them (a Residual's)."""
     for layer in layers:
@@ -131,7 +168,7 @@ class EpochResult(NamedTuple):
 
 
 def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_divergence=None,
-                metrics=(), hooks=None):
+                metrics=(), hooks=None, gather=None):
     """One epoch over prepared data (from `Sequential._check_data`): batches of
     `batch_size` rows in `order` (None: as stored). `snapshot` holds parameters
     known to be finite, restored when an update makes them non-finite;
@@ -139,19 +176,21 @@ def train_epoch(model, backend, X, t, w, order, batch_size, snapshot, epoch, on_
     progress bar). metrics: Metric objects updated with each batch's outputs.
     hooks: None, or callbacks whose batch hooks run around each step (see
     callbacks.CallbackList); model.stop_training set by one ends the epoch after
-    that step."""
+    that step. gather: the RowGather of the fit (one bound to its data for
+    every epoch), else one for this epoch."""
     n = X.shape[0]
     total = weight_total = count_total = 0.0
     seen = steps = 0
     step = 0
+    gather = RowGather(backend) if gather is None else gather
     for step, lo in enumerate(range(0, n, batch_size), start=1):
         hi = min(lo + batch_size, n)
         ws = model._workspace((hi - lo,) + X.shape[1:])
         buffers = ws[1]
         copy = model._plannable and hi - lo < n  # a view of part of X: a new object each step
-        xb = take_rows(X, lo, hi, order, buffers, "X", copy)
-        tb = take_rows(t, lo, hi, order, buffers, "t", copy)
-        wb = take_rows(w, lo, hi, order, buffers, "w", copy)
+        xb = gather(X, lo, hi, order, buffers, "X", copy)
+        tb = gather(t, lo, hi, order, buffers, "t", copy)
+        wb = gather(w, lo, hi, order, buffers, "w", copy)
         bw = (hi - lo) if wb is None else float(wb.sum())
         if bw <= 0 and model._penalties and model.penalty_per_sample:
             raise ValueError(f"the sample weights of batch {step} of epoch {epoch} sum to {bw}: its "
