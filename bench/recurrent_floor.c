@@ -13,9 +13,11 @@
  * one range per thread (BLAS on one thread), dW_h, dW_x by columns and dx by rows
  * after (fastnn's kernels); 2 hidden units split, each thread the four gates'
  * columns of its units (W_h's columns permuted so they are contiguous) and a
- * barrier per step to share h_t (or dz_t). With `tiled`, every per-step GEMM
- * in blocks of at most 10^6 multiply-adds (32 columns with a transposed B), as
- * fastnn's kernels issue them (csrc/recurrent_impl.h gemm_tiles). */
+ * barrier per step to share h_t (or dz_t). With `tiled` 1, the per-step GEMMs
+ * h_{t-1} W_h and h_{t-1}^T dz_t in blocks of at most 10^6 multiply-adds, as
+ * fastnn's kernels issue them (csrc/recurrent_impl.h gemm_tiles); with 2,
+ * dz_t W_h^T too, in blocks of 32 columns (which the kernels do not: see
+ * csrc/recurrent.c). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -58,12 +60,13 @@ static void gemm(int ta, int tb, int64_t m, int64_t n, int64_t k, const float *a
 
 static int tiled;
 
-/* gemm in blocks of columns as fastnn's gemm_tiles, when `tiled` */
+/* gemm in blocks of columns as fastnn's gemm_tiles (see `tiled`) */
 static void gemm_step(int ta, int tb, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                       const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
     int64_t tile = 16;
     while (m * k * tile * 2 <= 1000000 && !(tb && tile == 32)) tile *= 2;
-    if (!tiled || (m * k * n <= 1000000 && !tb) || m * k * 16 > 1000000) tile = n;
+    if (!tiled || (tb && tiled < 2) || (m * k * n <= 1000000 && !tb) || m * k * 16 > 1000000)
+        tile = n;
     for (int64_t j = 0; j < n; j += tile)
         gemm(ta, tb, m, n - j < tile ? n - j : tile, k, a, lda, tb ? b + j * ldb : b + j, ldb, beta,
              c + j, ldc);
@@ -82,8 +85,8 @@ static double wall_seconds(void) {
 }
 
 /* The best CPU time of the calling thread over `reps` of 20 calls of C (m, n) =
- * op(A) op(B) (gemm_step, in blocks with `tile`), in seconds per call; BLAS on
- * one thread. */
+ * op(A) op(B) (gemm_step with `tiled` = tile), in seconds per call; BLAS on one
+ * thread. */
 double floor_one_gemm(int ta, int tb, int m, int n, int k, int tile, int reps) {
     float *a = calloc((size_t)m * k, 4), *b = calloc((size_t)k * n, 4), *c = calloc((size_t)m * n, 4);
     for (int i = 0; i < m * k; i++) a[i] = (float)(i % 7) * 0.1f;

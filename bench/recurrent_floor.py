@@ -12,9 +12,10 @@ with ctypes; not part of fastnn). For SciPy's OpenBLAS (the one fastnn's kernels
 call) and NumPy's:
 1. each GEMM shape of a step on one thread: GFLOP/s of the thread's CPU time (the
    best of ROUNDS x 20 calls; CPU time, not wall, so that other processes on a
-   shared machine do not count), in one call and in the blocks of at most 10^6
-   multiply-adds that fastnn's kernels issue (csrc/recurrent_impl.h gemm_tiles;
-   the projection, dx and dW_x are one GEMM each in both);
+   shared machine do not count), in one call, in the blocks of at most 10^6
+   multiply-adds that fastnn's kernels issue (csrc/recurrent_impl.h gemm_tiles:
+   h_{t-1} W_h and dW_h's, not dz_t W_h^T) and with dz_t W_h^T in blocks of 32
+   columns too (the projection, dx and dW_x are one GEMM each in all three);
 2. per issue order, the floor: the GEMMs of one thread when two share the step
    evenly, summed from those CPU times, in us per sequence. Orders: whole batch
    (every GEMM on the BLAS's two threads: floor = half the step's GEMMs on one
@@ -113,28 +114,28 @@ def main(rounds=15):
     us = 1e6 / N
     for name, (gemm, wide, threads) in openblas_libraries().items():
         lib.floor_setup(gemm, int(wide), threads)
-        print(f"\n{name}: one thread, GFLOP/s (CPU time), one GEMM / in blocks")
+        print(f"\n{name}: one thread, GFLOP/s (CPU time), one GEMM / fastnn's blocks / all in blocks")
         seconds = {}
         for i, (shape, ta, tb, m, n, k) in enumerate(SHAPES):
             flop = 2 * m * n * k
-            one, tiles = (lib.floor_one_gemm(ta, tb, m, n, k, tiled and i < PER_STEP, rounds)
-                          for tiled in (0, 1))
-            seconds[shape] = {0: one, 1: tiles}
-            print(f"  {shape:40s} {flop / one / 1e9:6.1f} / {flop / tiles / 1e9:6.1f}")
-        print("floor, us per sequence: one thread's share of two (CPU time above), one GEMM / blocks")
+            seconds[shape] = {tiled: lib.floor_one_gemm(ta, tb, m, n, k, tiled if i < PER_STEP else 0,
+                                                        rounds) for tiled in (0, 1, 2)}
+            print(f"  {shape:40s} " + " / ".join(f"{flop / seconds[shape][t] / 1e9:6.1f}" for t in (0, 1, 2)))
+        print("floor, us per sequence: one thread's share of two (CPU time above), one GEMM / fastnn's "
+              "blocks / all in blocks")
         for order, share in SHARES.items():
-            per = {t: sum(seconds[s][t] * c for s, c in share.items()) for t in (0, 1)}
-            print(f"  {order:34s} {per[0] * us:6.1f} / {per[1] * us:6.1f}")
-        print("measured, us per sequence (wall, best of the rounds), one GEMM / blocks")
+            per = [sum(seconds[s][t] * c for s, c in share.items()) * us for t in (0, 1, 2)]
+            print(f"  {order:34s} " + " / ".join(f"{p:6.1f}" for p in per))
+        print("measured, us per sequence (wall, best of the rounds), one GEMM / fastnn's blocks / all")
         best = {}
         for _ in range(3):
             for order, code in ORDERS.items():
-                for tiled in (0, 1):
+                for tiled in (0, 1, 2):
                     s = lib.floor_step(code, tiled, max(rounds // 3, 1), 2)
                     best[order, tiled] = min(best.get((order, tiled), np.inf), s)
         for order in ORDERS:
-            print(f"  {order:34s} {best[order, 0] * us:6.1f} / {best[order, 1] * us:6.1f}"
-                  f"   ({STEP_FLOP / best[order, 1] / 1e9:5.1f} GFLOP/s)")
+            print(f"  {order:34s} " + " / ".join(f"{best[order, t] * us:6.1f}" for t in (0, 1, 2))
+                  + f"   ({STEP_FLOP / best[order, 1] / 1e9:5.1f} GFLOP/s in fastnn's blocks)")
 
 
 if __name__ == "__main__":

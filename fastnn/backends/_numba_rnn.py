@@ -84,22 +84,21 @@ SMALL_GEMM_MADDS = 1000000
 
 
 @jit_inline
-def gemm_tiles(blas, ta, tb, m, n, k, a, lda, b, b_row, b_col, ldb, beta, c, c_row, c_col, ldc):
-    """gemm over blocks of C's columns (B's columns, or rows when tb), as
+def gemm_tiles(blas, ta, m, n, k, a, lda, b, b_row, b_col, ldb, beta, c, c_row, c_col, ldc):
+    """C = op(A) @ B + beta C over blocks of C's (and B's) columns, as
     csrc/recurrent_impl.h gemm_tiles: widths the largest power of two from 16
-    whose GEMM has at most SMALL_GEMM_MADDS multiply-adds (at most 32 with tb),
-    or one GEMM when the whole fits (not with tb) or no block of 16 would. B and
-    C are 2-D arrays whose element [b_row, b_col] ([c_row, c_col]) starts the
-    matrix (row strides ldb, ldc)."""
+    whose GEMM has at most SMALL_GEMM_MADDS multiply-adds, or one GEMM when the
+    whole fits or no block of 16 would. B and C are 2-D arrays whose element
+    [b_row, b_col] ([c_row, c_col]) starts the matrix (row strides ldb, ldc).
+    (dz_t @ W_h.T stays one GEMM, see csrc/recurrent.c.)"""
     tile = 16
-    while m * k * tile * 2 <= SMALL_GEMM_MADDS and not (tb and tile == 32):
+    while m * k * tile * 2 <= SMALL_GEMM_MADDS:
         tile *= 2
-    if (m * k * n <= SMALL_GEMM_MADDS and not tb) or m * k * 16 > SMALL_GEMM_MADDS:
+    if m * k * n <= SMALL_GEMM_MADDS or m * k * 16 > SMALL_GEMM_MADDS:
         tile = n
     for j in range(0, n, tile):
-        cols = min(tile, n - j)
-        bv = b[b_row + j, b_col:] if tb else b[b_row, b_col + j:]
-        gemm(blas, ta, tb, m, cols, k, a, lda, bv, ldb, beta, c[c_row, c_col + j:], ldc)
+        gemm(blas, ta, 0, m, min(tile, n - j), k, a, lda, b[b_row, b_col + j:], ldb, beta,
+             c[c_row, c_col + j:], ldc)
 
 
 @jit_inline
@@ -122,10 +121,10 @@ def _recurrent_gemm(blas, t, h0, hs, W_h, z):
     n, steps, hidden = hs.shape
     width = W_h.shape[1]
     if t:
-        gemm_tiles(blas, 0, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, 0, 0, width, 0.0,
+        gemm_tiles(blas, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, 0, 0, width, 0.0,
                    z, 0, 0, width)
     else:
-        gemm_tiles(blas, 0, 0, n, width, hidden, h0, hidden, W_h, 0, 0, width, 0.0, z, 0, 0, width)
+        gemm_tiles(blas, 0, n, width, hidden, h0, hidden, W_h, 0, 0, width, 0.0, z, 0, 0, width)
 
 
 @jit_inline
@@ -142,10 +141,10 @@ def _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h):
     n, steps, hidden = hs.shape
     width = dW_h.shape[1]
     if t:
-        gemm_tiles(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, 0, 0, ld_dz, 1.0,
+        gemm_tiles(blas, 1, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, 0, 0, ld_dz, 1.0,
                    dW_h, 0, 0, width)
     else:
-        gemm_tiles(blas, 1, 0, hidden, width, n, h0, hidden, dzt, 0, 0, ld_dz, 1.0, dW_h, 0, 0, width)
+        gemm_tiles(blas, 1, hidden, width, n, h0, hidden, dzt, 0, 0, ld_dz, 1.0, dW_h, 0, 0, width)
 
 
 @jit_inline
@@ -153,7 +152,7 @@ def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
     """dh = dz_t @ W_h.T + beta dh, dz_t (N, G*H) with row stride ld_dz."""
     n, hidden = dh.shape
     width = W_h.shape[1]
-    gemm_tiles(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, 0, 0, width, beta, dh, 0, 0, hidden)
+    gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
 
 
 @jit
@@ -171,10 +170,10 @@ def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
     dz_rows = dz[0]  # (T, G*H): row t, column c0 starts dz_t's columns (row stride T G*H)
     for t in range(steps - 1, -1, -1):
         if t:
-            gemm_tiles(blas, 1, 0, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dz_rows, t, c0,
+            gemm_tiles(blas, 1, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dz_rows, t, c0,
                        steps * width, 1.0, dW_h, 0, c0, width)
         else:
-            gemm_tiles(blas, 1, 0, hidden, c1 - c0, n, h0, hidden, dz_rows, t, c0, steps * width, 1.0,
+            gemm_tiles(blas, 1, hidden, c1 - c0, n, h0, hidden, dz_rows, t, c0, steps * width, 1.0,
                        dW_h, 0, c0, width)
 
 
