@@ -13,6 +13,60 @@ INLINE double tanh_f64(double v) {
     return copysign(-e / (2.0 + e), v);
 }
 
+/* a b + c, fused where the instruction set has FMA (the polynomials below only:
+ * their error is their own, not a rounding the reference makes) */
+#if defined(__FMA__)
+#define GATE_MADD(a, b, c) __builtin_fma(a, b, c)
+#else
+#define GATE_MADD(a, b, c) ((a) * (b) + (c))
+#endif
+
+/* For x in [-104, 0] (or NaN): e^x = s (1 + q), s = 2^n and q = e^r - 1, x = n ln2
+ * + r with |r| <= ln2 / 2, q by its Taylor polynomial of degree 10 (relative
+ * error 2e-13: a float rounded from it is the correctly rounded one but where
+ * the exact value lies within 2e-13 of halfway between two floats). s is
+ * normal: its bits are t's shifted (exp_nonpos_f64's trick). */
+INLINE double exp_parts_f64(double x, double *s) {
+    double t = GATE_MADD(x, 1.4426950408889634074, BIASED_MAGIC_F64);
+    double n = t - BIASED_MAGIC_F64;
+    double r = GATE_MADD(n, -LN2_LO_F64, GATE_MADD(n, -LN2_HI_F64, x));
+    double q = 1.0 / 39916800.0;
+    q = GATE_MADD(q, r, 1.0 / 3628800.0);
+    q = GATE_MADD(q, r, 1.0 / 362880.0);
+    q = GATE_MADD(q, r, 1.0 / 40320.0);
+    q = GATE_MADD(q, r, 1.0 / 5040.0);
+    q = GATE_MADD(q, r, 1.0 / 720.0);
+    q = GATE_MADD(q, r, 1.0 / 120.0);
+    q = GATE_MADD(q, r, 1.0 / 24.0);
+    q = GATE_MADD(q, r, 1.0 / 6.0);
+    q = GATE_MADD(q, r, 0.5);
+    q = GATE_MADD(q, r, 1.0);
+    *s = from_bits_f64(bits_f64(t) << 52);
+    return q * r;
+}
+
+/* The gates' sigmoid and tanh in the kernels' type (FN(gate_sigmoid),
+ * FN(gate_tanh)): double as above (sigmoid_f64, tanh_f64); float in double
+ * rounded once, as the reference, but on exp_parts_f64, which is accurate
+ * enough for a float and costs half of exp_f64 (|x| clamped where the float
+ * result is 0 or 1 already). */
+INLINE float gate_sigmoid_f32(float v) {
+    double a = fabs((double)v), s;
+    a = a > 104.0 ? 104.0 : a; /* sigmoid(-104) rounds to 0 in float */
+    double q = exp_parts_f64(-a, &s);
+    double e = GATE_MADD(s, q, s); /* e^-a */
+    return (float)((v >= 0 ? 1.0 : e) / (1.0 + e));
+}
+INLINE float gate_tanh_f32(float v) {
+    double a = fabs((double)v), s;
+    a = a > 20.0 ? 20.0 : a; /* tanh(20) rounds to 1 in float */
+    double q = exp_parts_f64(-2.0 * a, &s);
+    double e = GATE_MADD(s, q, s - 1.0); /* e^-2a - 1, accurate near 0 */
+    return (float)copysign(-e / (2.0 + e), (double)v);
+}
+INLINE double gate_sigmoid_f64(double v) { return sigmoid_f64(v); }
+INLINE double gate_tanh_f64(double v) { return tanh_f64(v); }
+
 /* Multiply-adds of a call's per-step GEMMs (n steps hidden G hidden) from which
  * it splits the batch over the threads (recurrent_impl.h run_rows). Measured
  * (bench/recurrent_split.py, Zen 4, 2 threads, a busy machine): a forward and
@@ -20,6 +74,22 @@ INLINE double tanh_f64(double v) {
  * a sequence), faster from 2^21 (rnn 16x32x64: 14 against 18; lstm 16x20x32:
  * 10 against 16; lstm 64x50x128: 218 against 258). */
 #define RECURRENT_PARALLEL_MIN (1 << 21)
+
+/* The per-step GEMMs h_{t-1} W_h and dW_h's h_{t-1}^T dz_t are issued in blocks
+ * of columns of at most SMALL_GEMM_MADDS multiply-adds (recurrent_impl.h
+ * gemm_tiles): OpenBLAS's SkylakeX kernels take GEMMs up to 10^6 multiply-adds
+ * without packing their operands, where a larger one packs all of W_h at every
+ * step. Measured, one thread, Zen 4, SciPy's OpenBLAS 0.3.30
+ * (bench/recurrent_floor.py): (32 x 128) x (128 x 512) 72 GFLOP/s in one call,
+ * 115 in blocks of 128 columns; dW_h's (64 x 128)^T x (64 x 256) 88, 113 in
+ * blocks of 64. Elsewhere blocks cost little: each packs its own columns of
+ * W_h once, as the whole GEMM would. The backward's dz_t W_h^T stays one GEMM:
+ * in blocks of 32 columns (71 -> 111 GFLOP/s for (32 x 512) x (512 x 128)) its
+ * sums over the gate columns round otherwise than the whole GEMM (OpenBLAS
+ * splits a long k where its small kernel does not), beyond the catalogue's
+ * float32 tolerance (lstm 64x3x5x96: dh0 2.5e-7 from the reference, 1.2e-7
+ * allowed). */
+#define SMALL_GEMM_MADDS 1000000
 
 #define TEMPLATE "recurrent_impl.h"
 #include "instantiate.h"

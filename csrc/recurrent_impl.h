@@ -6,21 +6,35 @@
  * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
  * the reference's order.
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
- * tanh evaluated in double and rounded once; bias gradients summed in double. */
+ * tanh evaluated in double and rounded once for double, in float for float
+ * (recurrent.c gate_sigmoid, gate_tanh); bias gradients summed in double. */
 
 /* xw (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection */
 static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f, int64_t width) {
     FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, xw, width);
 }
 
+/* C (m, n) = op(A) B + beta C as one GEMM per block of C's (and B's) columns,
+ * the blocks' width the largest power of two, from 16, whose GEMM has at most
+ * SMALL_GEMM_MADDS multiply-adds (recurrent.c), or all n columns in one GEMM
+ * when that fits or no block of 16 would. */
+static void FN(gemm_tiles)(int ta, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
+                           const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+    int64_t tile = 16;
+    while (m * k * tile * 2 <= SMALL_GEMM_MADDS) tile *= 2;
+    if (m * k * n <= SMALL_GEMM_MADDS || m * k * 16 > SMALL_GEMM_MADDS) tile = n;
+    for (int64_t j = 0; j < n; j += tile)
+        FN(gemm)(ta, 0, m, n - j < tile ? n - j : tile, k, a, lda, b + j, ldb, beta, c + j, ldc);
+}
+
 /* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0) */
 static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h, T *z, int64_t n,
                                int64_t steps, int64_t hidden, int64_t width) {
     if (t)
-        FN(gemm)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0, z,
-                 width);
+        FN(gemm_tiles)(0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0,
+                       z, width);
     else
-        FN(gemm)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
+        FN(gemm_tiles)(0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
 }
 
 /* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
@@ -29,10 +43,10 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
                                int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
                                int64_t hidden, int64_t width) {
     if (dW_h && t)
-        FN(gemm)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1, dW_h,
-                 width);
+        FN(gemm_tiles)(1, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1,
+                       dW_h, width);
     else if (dW_h)
-        FN(gemm)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
+        FN(gemm_tiles)(1, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
     FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
@@ -50,11 +64,11 @@ static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, i
             dW_h[i * width + j] = 0;
     for (int64_t t = steps - 1; t >= 0; t--)
         if (t)
-            FN(gemm)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
-                     dz + t * width + c0, steps * width, 1, dW_h + c0, width);
+            FN(gemm_tiles)(1, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
+                           dz + t * width + c0, steps * width, 1, dW_h + c0, width);
         else
-            FN(gemm)(1, 0, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1, dW_h + c0,
-                     width);
+            FN(gemm_tiles)(1, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1,
+                           dW_h + c0, width);
 }
 
 /* dx = dz @ W_x^T, dW_x = x^T @ dz over every step (rows = n steps of them); db =
@@ -99,7 +113,7 @@ HOT static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, 
         }
     else
         for (int64_t j = 0; j < hidden; j++)
-            hr[j] = (T)tanh_f64((double)((xr[j] + b[j]) + zr[j]));
+            hr[j] = FN(gate_tanh)((xr[j] + b[j]) + zr[j]);
 }
 
 /* gates gr (i, f, g, o), cell c_row and state h_row of one row from its input
@@ -109,17 +123,17 @@ HOT static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr,
                                      T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
-        T ig = (T)sigmoid_f64((double)((xr[j] + b[j]) + zr[j]));
-        T fg = (T)sigmoid_f64((double)((xr[k] + b[k]) + zr[k]));
-        T gg = (T)tanh_f64((double)((xr[l] + b[l]) + zr[l]));
-        T og = (T)sigmoid_f64((double)((xr[m] + b[m]) + zr[m]));
+        T ig = FN(gate_sigmoid)((xr[j] + b[j]) + zr[j]);
+        T fg = FN(gate_sigmoid)((xr[k] + b[k]) + zr[k]);
+        T gg = FN(gate_tanh)((xr[l] + b[l]) + zr[l]);
+        T og = FN(gate_sigmoid)((xr[m] + b[m]) + zr[m]);
         T c = fg * c_prev[j] + ig * gg;
         gr[j] = ig;
         gr[k] = fg;
         gr[l] = gg;
         gr[m] = og;
         c_row[j] = c;
-        h_row[j] = og * (T)tanh_f64((double)c);
+        h_row[j] = og * FN(gate_tanh)(c);
     }
 }
 
@@ -131,7 +145,7 @@ HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_
                                       int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
-        T tc = (T)tanh_f64((double)c_row[j]);
+        T tc = FN(gate_tanh)(c_row[j]);
         T g = dh_row[j] + dh[j];
         T dcv = dc[j] + g * og * ((T)1 - tc * tc);
         dc[j] = dcv * fg;
@@ -149,10 +163,10 @@ HOT static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
                                     T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         int64_t k = hidden + j, m = 2 * hidden + j;
-        T r = (T)sigmoid_f64((double)((xr[j] + b_x[j]) + (zr[j] + b_h[j])));
-        T u = (T)sigmoid_f64((double)((xr[k] + b_x[k]) + (zr[k] + b_h[k])));
+        T r = FN(gate_sigmoid)((xr[j] + b_x[j]) + (zr[j] + b_h[j]));
+        T u = FN(gate_sigmoid)((xr[k] + b_x[k]) + (zr[k] + b_h[k]));
         T a_n = zr[m] + b_h[m];
-        T nw = (T)tanh_f64((double)((xr[m] + b_x[m]) + r * a_n));
+        T nw = FN(gate_tanh)((xr[m] + b_x[m]) + r * a_n);
         gr[j] = r;
         gr[k] = u;
         gr[m] = nw;

@@ -566,8 +566,12 @@ def run_pool_empty(backend, dtype):
 # C kernels split its batch over the threads (ranges of 4 and 5 on two; the
 # Numba ones from a higher threshold, see test_recurrent_split.py).
 RECURRENT_SPLIT_SHAPE = (9, 32, 5, 96)
+# RECURRENT_BLOCKS_SHAPE's per-step GEMMs pass 10^6 multiply-adds (the LSTM's
+# 32 x 96 x 384 on each of two threads, 64 x 96 x 384 on one; dW_h's 96 x 64 x
+# 192 per thread): the kernels issue them in blocks of columns (gemm_tiles)
+RECURRENT_BLOCKS_SHAPE = (64, 3, 5, 96)
 RECURRENT_SHAPES = [(4, 7, 3, 5), (1, 1, 2, 3), (1, 9, 4, 6), (3, 1, 5, 2), (16, 25, 12, 32),
-                    RECURRENT_SPLIT_SHAPE]
+                    RECURRENT_SPLIT_SHAPE, RECURRENT_BLOCKS_SHAPE]
 
 
 def _recurrent_weights(kind, f, h, dtype):

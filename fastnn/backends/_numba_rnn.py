@@ -77,6 +77,30 @@ def gemm(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
        scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
 
 
+# The most multiply-adds of a per-step GEMM block (gemm_tiles), as the C kernels'
+# (csrc/recurrent.c): OpenBLAS's SkylakeX small kernels take GEMMs up to 10^6
+# multiply-adds without packing W_h at every step.
+SMALL_GEMM_MADDS = 1000000
+
+
+@jit_inline
+def gemm_tiles(blas, ta, m, n, k, a, lda, b, b_row, b_col, ldb, beta, c, c_row, c_col, ldc):
+    """C = op(A) @ B + beta C over blocks of C's (and B's) columns, as
+    csrc/recurrent_impl.h gemm_tiles: widths the largest power of two from 16
+    whose GEMM has at most SMALL_GEMM_MADDS multiply-adds, or one GEMM when the
+    whole fits or no block of 16 would. B and C are 2-D arrays whose element
+    [b_row, b_col] ([c_row, c_col]) starts the matrix (row strides ldb, ldc).
+    (dz_t @ W_h.T stays one GEMM, see csrc/recurrent.c.)"""
+    tile = 16
+    while m * k * tile * 2 <= SMALL_GEMM_MADDS:
+        tile *= 2
+    if m * k * n <= SMALL_GEMM_MADDS or m * k * 16 > SMALL_GEMM_MADDS:
+        tile = n
+    for j in range(0, n, tile):
+        gemm(blas, ta, 0, m, min(tile, n - j), k, a, lda, b[b_row, b_col + j:], ldb, beta,
+             c[c_row, c_col + j:], ldc)
+
+
 @jit_inline
 def sigmoid64(v):
     e = fexp(-abs(v))  # in (0, 1]: no overflow for any v
@@ -97,9 +121,10 @@ def _recurrent_gemm(blas, t, h0, hs, W_h, z):
     n, steps, hidden = hs.shape
     width = W_h.shape[1]
     if t:
-        gemm(blas, 0, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, width, 0.0, z, width)
+        gemm_tiles(blas, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, 0, 0, width, 0.0,
+                   z, 0, 0, width)
     else:
-        gemm(blas, 0, 0, n, width, hidden, h0, hidden, W_h, width, 0.0, z, width)
+        gemm_tiles(blas, 0, n, width, hidden, h0, hidden, W_h, 0, 0, width, 0.0, z, 0, 0, width)
 
 
 @jit_inline
@@ -112,13 +137,14 @@ def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
 
 @jit_inline
 def _dW_h_gemm(blas, t, h0, hs, dzt, ld_dz, dW_h):
-    """dW_h += h_{t-1}.T @ dz_t, dz_t (N, G*H) with row stride ld_dz."""
+    """dW_h += h_{t-1}.T @ dz_t, dz_t (N, G*H) 2-D with row stride ld_dz."""
     n, steps, hidden = hs.shape
     width = dW_h.shape[1]
     if t:
-        gemm(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, ld_dz, 1.0, dW_h, width)
+        gemm_tiles(blas, 1, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, 0, 0, ld_dz, 1.0,
+                   dW_h, 0, 0, width)
     else:
-        gemm(blas, 1, 0, hidden, width, n, h0, hidden, dzt, ld_dz, 1.0, dW_h, width)
+        gemm_tiles(blas, 1, hidden, width, n, h0, hidden, dzt, 0, 0, ld_dz, 1.0, dW_h, 0, 0, width)
 
 
 @jit_inline
@@ -141,15 +167,14 @@ def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
     if c1 <= c0:
         return
     dW_h[:, c0:c1] = 0
-    dz_flat, dW_flat = dz.reshape(-1), dW_h.reshape(-1)
+    dz_rows = dz[0]  # (T, G*H): row t, column c0 starts dz_t's columns (row stride T G*H)
     for t in range(steps - 1, -1, -1):
-        dzt = dz_flat[t * width + c0:]
         if t:
-            gemm(blas, 1, 0, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dzt, steps * width,
-                 1.0, dW_flat[c0:], width)
+            gemm_tiles(blas, 1, hidden, c1 - c0, n, hs[0, t - 1], steps * hidden, dz_rows, t, c0,
+                       steps * width, 1.0, dW_h, 0, c0, width)
         else:
-            gemm(blas, 1, 0, hidden, c1 - c0, n, h0, hidden, dzt, steps * width, 1.0, dW_flat[c0:],
-                 width)
+            gemm_tiles(blas, 1, hidden, c1 - c0, n, h0, hidden, dz_rows, t, c0, steps * width, 1.0,
+                       dW_h, 0, c0, width)
 
 
 @jit

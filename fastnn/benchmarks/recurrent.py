@@ -17,7 +17,8 @@ range's input projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x
 (H, G*H) per step, then backward dh = dz_t W_h^T per step; after them, split by
 columns over the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole
 batch and dW_x as one GEMM (with db's column sums, a pass over dz), and dx by
-rows.
+rows; the per-step h_{t-1} W_h and dW_h GEMMs in blocks of columns of at most
+10^6 multiply-adds, as the kernels (_numba_rnn.gemm_tiles).
 Nothing else (but db's sums): the floor of any kernel issuing those GEMMs. "bare-gemms-whole"
 is the same GEMMs on the whole batch each, BLAS splitting each one itself (as
 the kernels issue them below their split threshold).
