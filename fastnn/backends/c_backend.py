@@ -348,8 +348,9 @@ class CBackend(GemmConv, NumpyBackend):
 
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: one C call each (csrc/conv_impl.h: im2col, BLAS's GEMM
-    # on one thread per range of images, the epilogue, col2im), or, for sizes
-    # beyond 32-bit BLAS integers, im2col, the dense kernels and col2im
+    # on one thread per range of images, the epilogue, col2im; for few channels,
+    # _gemm_conv.is_direct, the direct kernels without im2col or BLAS), or, for
+    # sizes beyond 32-bit BLAS integers, im2col, the dense kernels and col2im
     # (_gemm_conv.py); pooling in C.
     @staticmethod
     def _window(x_shape, window, stride, padding, out_hw=None):

@@ -446,7 +446,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: one jitted call each, the C kernels' plan (images
     # split between the threads, each range in tiles, BLAS on one thread:
-    # _numba_conv.conv_*_tiles), or for an empty batch or sizes beyond 32-bit
+    # _numba_conv.conv_*_tiles; for few channels, _gemm_conv.is_direct,
+    # _numba_conv.direct_* without im2col or BLAS), or for an empty batch or sizes beyond 32-bit
     # BLAS integers im2col, the dense kernels, col2im (_gemm_conv.py); the
     # loops in _numba_conv.py, parallel over the images of large batches.
     def _conv_tiles(self, x, W, oh, ow):
