@@ -199,6 +199,21 @@ int conv2d_backward_f64(const double *dy, const double *x, const double *W, cons
                         double *ws,
                         const struct fastnn_window *g, int64_t o, int64_t tile, int64_t parts,
                         int activation);
+/* The same convolution without im2col or BLAS (for layers of few channels, the
+ * caller chooses by shape): each output row from a zero-padded copy of its
+ * image, blocks of output pixels and channels in registers. Workspaces are
+ * allocated inside; -1 when out of memory. */
+int conv2d_direct_forward_f32(const float *x, const float *W, const float *b, float *preact,
+                              float *y, const struct fastnn_window *g, int64_t o, int activation);
+int conv2d_direct_forward_f64(const double *x, const double *W, const double *b, double *preact,
+                              double *y, const struct fastnn_window *g, int64_t o, int activation);
+int conv2d_direct_backward_f32(const float *dy, const float *x, const float *W, const float *y,
+                               const float *preact, float *dz, float *dx, float *dW, float *db,
+                               const struct fastnn_window *g, int64_t o, int activation);
+int conv2d_direct_backward_f64(const double *dy, const double *x, const double *W,
+                               const double *y, const double *preact, double *dz, double *dx,
+                               double *dW, double *db, const struct fastnn_window *g, int64_t o,
+                               int activation);
 /* ------------------------------------------------------------------ recurrence
  * The addresses of BLAS's Fortran sgemm and dgemm (all arguments by pointer,
  * 32-bit integers), set once before any recurrent kernel runs. */

@@ -416,7 +416,11 @@ for method in ("glorot_uniform", "glorot_normal", "he_uniform", "he_normal", "le
 # ---------------------------------------------------------------- convolution
 # (N, IH, IW, C, O, KH, KW, stride, padding, activation): strides 1 and 2,
 # paddings 0..2, odd and even kernels, one image, one channel, channel counts
-# that are not multiples of a vector width (17), a LeNet-sized layer
+# that are not multiples of a vector width (17), a LeNet-sized layer. C * O at
+# most _gemm_conv.DIRECT_MAX_CHANNELS selects the compiled backends' direct
+# convolution: one channel at stride 1 (its vector loads: the LeNet layer, and
+# 1 -> 12, two blocks of channels, rows of 13 pixels, not a multiple of a
+# block), strided reads (3 -> 4, 1 -> 3 at stride 2, 2 -> 3, 2 -> 8 at (2, 1))
 CONV_CASES = [
     (2, 7, 7, 3, 4, 3, 3, 1, 1, "relu"),
     (2, 8, 9, 5, 6, 2, 2, 2, 0, "tanh"),
@@ -426,6 +430,8 @@ CONV_CASES = [
     (1, 1, 1, 1, 1, 1, 1, 1, 0, "logistic"),
     (4, 28, 28, 1, 6, 5, 5, 1, 2, "relu"),
     (2, 14, 14, 16, 33, 3, 3, 1, 1, "elu"),
+    (3, 11, 13, 1, 12, 3, 3, 1, 1, "tanh"),
+    (2, 9, 10, 2, 8, 3, 2, (2, 1), (0, 1), "gelu"),
 ]
 
 
@@ -473,6 +479,19 @@ def run_conv_nc_backward(backend, dtype):
     dx, dW, db = backend.conv2d_backward(dy, x, W, y, need_dx=False, stride=1, padding=1)
     assert dx is None
     _, tW, tb = _conv_terms(dy, x, W, 1, 1)
+    return y, Terms(dW, tW), Terms(db, tb)
+
+
+@entry("conv2d_backward", "direct-no-dx")
+def run_conv_direct_no_dx(backend, dtype):
+    """The direct convolution's weight gradient alone (a first layer's backward)."""
+    x = rand((3, 12, 11, 1), dtype, 87)
+    W = rand((5, 5, 1, 6), dtype, 88, 0.2)
+    y = backend.conv2d_forward(x, W, rand((6,), dtype, 89), 1, 2)
+    dy = rand(y.shape, dtype, 90)
+    dx, dW, db = backend.conv2d_backward(dy, x, W, y, need_dx=False, stride=1, padding=2)
+    assert dx is None
+    _, tW, tb = _conv_terms(dy, x, W, 1, 2)
     return y, Terms(dW, tW), Terms(db, tb)
 
 

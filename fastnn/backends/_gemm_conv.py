@@ -60,6 +60,26 @@ def thread_tiles(n, image_bytes, threads):
     return max(1, min(share, THREAD_TILE_BYTES // max(image_bytes, 1))), parts
 
 
+# A convolution of at most this many input times output channels (LeNet's first
+# layer: 1 x 6) runs direct on the compiled backends (conv2d_direct_* in C,
+# _numba_conv.direct_*: no im2col, no BLAS), where im2col writes kh*kw copies
+# of the image and BLAS runs a GEMM of so few columns far below its rate.
+# Measured (C, batch 64, float32, alternated in one process on a loaded
+# machine, so roughly): 28 x 28 x 1 -> 6 under 5 x 5, padding 2, relu: forward
+# 550 us direct against 948 through im2col and BLAS (2 threads; one thread 530
+# against 923), backward without dx 519 against 530 (one thread 902 against
+# 781); 1 -> 32 under 3 x 3 (conv32-64's first layer): forward 721 against 673,
+# backward 1635 against 1685, so not chosen there.
+DIRECT_MAX_CHANNELS = 16
+
+
+def is_direct(W, stride, padding):
+    """Whether conv2d with filters W (kh, kw, C_in, C_out) runs direct (a 1 x 1
+    kernel at stride 1 without padding reads x as its column matrix: a GEMM)."""
+    kh, kw, c, o = W.shape
+    return c * o <= DIRECT_MAX_CHANNELS and not GemmConv._is_pointwise(W, stride, padding)
+
+
 class GemmConv:
     """Mixin: conv2d_forward and conv2d_backward through im2col and the dense
     kernels of the backend it is mixed into."""

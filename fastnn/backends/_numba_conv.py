@@ -13,7 +13,7 @@ columns j*sw - pw + (0..KW-1); cells outside the image are padding.
 import numpy as np
 from numba import njit, prange
 
-from ._numba_kernels import IDENTITY, act_backward_row, add_rows, bias_act_rows
+from ._numba_kernels import IDENTITY, SOFTMAX, act_backward_row, add_rows, bias_act_rows
 from ._numba_math import jit_inline
 from ._numba_rnn import gemm, part_blas
 
@@ -276,6 +276,19 @@ def _tile_dx(blas, d, r0, rows, W2, k, o, dcols, dx_tile, kh, kw, sh, sw, ph, pw
         col2im_images(dcols, kh, kw, sh, sw, ph, pw, oh, ow, dx_tile, 0, dx_tile.shape[0])
 
 
+@jit_inline
+def _act_backward_rows(code, dy, y, preact, dz, lo, hi):
+    """dz = dy * act' on rows lo..hi (N, O arrays): softmax row by row, the
+    elementwise activations over the rows as one (a call per row of O elements
+    costs more than its work: 64 images 28 x 28 -> 6 channels, relu, 1.8 ms)."""
+    if code == SOFTMAX:
+        for i in range(lo, hi):
+            act_backward_row(code, dy[i], y[i], preact[i], dz[i])
+    else:
+        act_backward_row(code, dy[lo:hi].reshape(-1), y[lo:hi].reshape(-1),
+                         preact[lo:hi].reshape(-1), dz[lo:hi].reshape(-1))
+
+
 @jit_parallel
 def conv_backward_tiles(blas_parts, code, dy, x, W2, y, preact, dz, dx, dW, db, cols_ws, dcols_ws, dW_ws,
                         tile, parts, kh, kw, sh, sw, ph, pw, oh, ow, pointwise):
@@ -309,8 +322,7 @@ def conv_backward_tiles(blas_parts, code, dy, x, W2, y, preact, dz, dx, dW, db, 
                     _tile_dx(blas, dy, r0, rows, W2, k, o, dcols, dx[t0:t1], kh, kw, sh, sw, ph,
                              pw, oh, ow, pointwise)
             else:
-                for i in range(r0, r0 + rows):
-                    act_backward_row(code, dy[i], y[i], preact[i], dz[i])
+                _act_backward_rows(code, dy, y, preact, dz, r0, r0 + rows)
                 _tile_weight_grads(blas, dz, r0, rows, c, k, o, beta, dWp, colsum[part])
                 if dx.size:
                     _tile_dx(blas, dz, r0, rows, W2, k, o, dcols, dx[t0:t1], kh, kw, sh, sw, ph,
@@ -322,3 +334,202 @@ def conv_backward_tiles(blas_parts, code, dy, x, W2, y, preact, dz, dx, dW, db, 
         for part in range(parts):
             s += colsum[part, j]
         db[j] = s
+
+
+# ------------------------------------------------------------ direct convolution
+# For layers of few channels (_gemm_conv.is_direct: LeNet's first layer, 1 -> 6),
+# no im2col and no BLAS, as the C kernels (csrc/conv_impl.h conv2d_direct_*):
+# each image copied into a zero-padded buffer pad, flat, (IH + 2 ph) rows of
+# wide = IW + 2 pw cells of C channels (and kw cells after, read by the last
+# row's discarded outputs), the output accumulated channel-major, acc (O, OH,
+# wide) (its first OW columns used), so that the innermost loop runs over
+# contiguous pixels (vectorised). One channel at stride 1 (LeNet's first
+# layer) runs each tap as one loop over a whole image: output i * wide + j
+# reads pad at (i + ka) * wide + j + kb, the columns past OW computed and
+# discarded. The images are split into `parts` ranges run side by side
+# (prange), each with its own buffers; the weight gradient's sums are a
+# float64 partial per range, added in range order. Reductions may reassociate
+# (fastmath reassoc, contract): the sums over an image's pixels then vectorise.
+jit_direct = njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+jit_direct_parallel = njit(cache=True, parallel=True, error_model="numpy",
+                           fastmath={"reassoc", "contract"})
+
+
+@jit_direct
+def _direct_geometry(x, W, sh, sw, ph, pw):
+    """(oh, ow, wide, pad size) of the direct convolution of x by W."""
+    ih, iw, c = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = W.shape[0], W.shape[1]
+    wide = iw + 2 * pw
+    return ((ih + 2 * ph - kh) // sh + 1, (iw + 2 * pw - kw) // sw + 1, wide,
+            ((ih + 2 * ph) * wide + kw) * c)
+
+
+@jit_direct
+def _direct_fill(x, m, pad, ph, pw, wide):
+    """The interior of pad = image m of x (the border stays as it is: 0)."""
+    ih, iw, c = x.shape[1], x.shape[2], x.shape[3]
+    for r in range(ih):
+        row = pad[((r + ph) * wide + pw) * c:]
+        for s in range(iw):
+            for ch in range(c):
+                row[s * c + ch] = x[m, r, s, ch]
+
+
+@jit_direct
+def _direct_image(pad, W, acc, sh, sw, ow, wide):
+    """acc (O, OH, wide) = conv(pad, W) of one image, W (KH, KW, C, O), its
+    first ow columns (all of them for one channel at stride 1)."""
+    kh, kw, c, o = W.shape
+    oh = acc.shape[1]
+    wc, step = wide * c, sw * c
+    acc[:] = 0
+    if c == 1 and sh == 1 and sw == 1:  # each tap one loop over the image
+        for q in range(o):
+            out = acc[q].reshape(-1)
+            for ka in range(kh):
+                for kb in range(kw):
+                    src = pad[ka * wide + kb:]
+                    w = W[ka, kb, 0, q]
+                    for e in range(oh * wide):
+                        out[e] += src[e] * w
+        return
+    for q in range(o):
+        for i in range(oh):
+            row = acc[q, i]
+            for ka in range(kh):
+                for kb in range(kw):
+                    for ch in range(c):
+                        w = W[ka, kb, ch, q]
+                        src = pad[(i * sh + ka) * wc + kb * c + ch:]  # indices >= 0: no wraparound
+                        for j in range(ow):
+                            row[j] += src[j * step] * w
+
+
+@jit_direct
+def _direct_forward_images(code, x, W, b, preact, out, sh, sw, ph, pw, m0, m1):
+    """direct_forward for images m0 <= m < m1."""
+    o = W.shape[3]
+    oh, ow, wide, size = _direct_geometry(x, W, sh, sw, ph, pw)
+    pixels = oh * ow
+    pad = np.zeros(size, x.dtype)
+    acc = np.empty((o, oh, wide), x.dtype)
+    for m in range(m0, m1):
+        _direct_fill(x, m, pad, ph, pw, wide)
+        _direct_image(pad, W, acc, sh, sw, ow, wide)
+        block = out[m * pixels:(m + 1) * pixels]
+        for i in range(oh):
+            for j in range(ow):
+                for q in range(o):
+                    block[i * ow + j, q] = acc[q, i, j]
+        bias_act_rows(code, out, b, preact, m * pixels, (m + 1) * pixels)
+
+
+@jit_direct_parallel
+def direct_forward(code, x, W, b, preact, out, parts, sh, sw, ph, pw):
+    """out (N*OH*OW, O) = act(conv(x, W) + b), preact (like out, or empty) =
+    conv + b; x (N, IH, IW, C); W (KH, KW, C, O); b (O,) or empty."""
+    n = x.shape[0]
+    for part in prange(parts):
+        _direct_forward_images(code, x, W, b, preact, out, sh, sw, ph, pw, n * part // parts,
+                               n * (part + 1) // parts)
+
+
+@jit_direct
+def _direct_image_backward(pad, W, dt, dW, dpad, sh, sw, ow, wide, need_dx):
+    """One image's dW (KH, KW, C, O, float64) += the products of its cells and
+    dt (O, OH, wide), its output gradient channel-major, 0 past column ow;
+    with need_dx, dpad (the padded dx, as pad) += dt W^T added on the cells
+    the taps read."""
+    kh, kw, c, o = W.shape
+    oh = dt.shape[1]
+    wc, step = wide * c, sw * c
+    whole = c == 1 and sh == 1 and sw == 1  # each tap one loop over the image
+    for q in range(o):
+        for ka in range(kh):
+            for kb in range(kw):
+                for ch in range(c):
+                    w = W[ka, kb, ch, q]
+                    s = dt.dtype.type(0)
+                    if whole:
+                        d, src = dt[q].reshape(-1), pad[ka * wide + kb:]
+                        for e in range(oh * wide):
+                            s += src[e] * d[e]
+                        if need_dx:
+                            dst = dpad[ka * wide + kb:]
+                            for e in range(oh * wide):
+                                dst[e] += d[e] * w
+                        dW[ka, kb, ch, q] += s
+                        continue
+                    for i in range(oh):
+                        at = (i * sh + ka) * wc + kb * c + ch
+                        d, src = dt[q, i], pad[at:]  # indices >= 0 only: no wraparound
+                        for j in range(ow):
+                            s += src[j * step] * d[j]
+                        if need_dx:
+                            dst = dpad[at:]
+                            for j in range(ow):
+                                dst[j * step] += d[j] * w
+                    dW[ka, kb, ch, q] += s
+
+
+@jit_direct
+def _direct_backward_images(code, dy, x, W, y, preact, dz, dx, dW, db, sh, sw, ph, pw, m0, m1):
+    """direct_backward for images m0 <= m < m1: dW (float64, like W) and db
+    (float64, (O,)) are this range's sums."""
+    ih, iw, c = x.shape[1], x.shape[2], x.shape[3]
+    o = W.shape[3]
+    oh, ow, wide, size = _direct_geometry(x, W, sh, sw, ph, pw)
+    pixels = oh * ow
+    need_dx = dx.size > 0
+    pad = np.zeros(size, x.dtype)
+    dpad = np.empty(size, x.dtype)
+    dt = np.zeros((o, oh, wide), x.dtype)  # columns past ow stay 0
+    col = np.empty(o)
+    for m in range(m0, m1):
+        r0 = m * pixels
+        if code != IDENTITY:
+            _act_backward_rows(code, dy, y, preact, dz, r0, r0 + pixels)
+            add_rows(col, dz, r0, r0 + pixels)
+            block = dz[r0:r0 + pixels]
+        else:
+            add_rows(col, dy, r0, r0 + pixels)
+            block = dy[r0:r0 + pixels]
+        for q in range(o):
+            db[q] += col[q]
+        for i in range(oh):
+            for j in range(ow):
+                for q in range(o):
+                    dt[q, i, j] = block[i * ow + j, q]
+        _direct_fill(x, m, pad, ph, pw, wide)
+        if need_dx:
+            dpad[:] = 0
+        _direct_image_backward(pad, W, dt, dW, dpad, sh, sw, ow, wide, need_dx)
+        if need_dx:
+            for r in range(ih):
+                row = dpad[((r + ph) * wide + pw) * c:]
+                for s in range(iw):
+                    for ch in range(c):
+                        dx[m, r, s, ch] = row[s * c + ch]
+
+
+@jit_direct_parallel
+def direct_backward(code, dy, x, W, y, preact, dz, dx, dW, db, parts, sh, sw, ph, pw):
+    """dz = dy * act' (dy, y, preact, dz (N*OH*OW, O); dz not written for the
+    identity), db (O,) its column sums, dW (KH, KW, C, O) the weight gradient
+    and, when dx (N, IH, IW, C) is not empty, dx."""
+    n, o = x.shape[0], W.shape[3]
+    dW_parts = np.zeros((parts,) + W.shape)
+    db_parts = np.zeros((parts, o))
+    for part in prange(parts):
+        _direct_backward_images(code, dy, x, W, y, preact, dz, dx, dW_parts[part], db_parts[part],
+                                sh, sw, ph, pw, n * part // parts, n * (part + 1) // parts)
+    total, col_total = dW_parts[0].reshape(-1), db_parts[0]
+    for part in range(1, parts):  # in range order: the same bits for a given count
+        total += dW_parts[part].reshape(-1)
+        col_total += db_parts[part]
+    flat = dW.reshape(-1)
+    for e in range(flat.size):
+        flat[e] = total[e]
+    for q in range(o):
+        db[q] = col_total[q]

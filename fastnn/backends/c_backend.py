@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
 from ._blas import INT32_MAX, blas_gemm, blas_thread_functions, int32_sizes
-from ._gemm_conv import GemmConv, thread_tiles
+from ._gemm_conv import GemmConv, is_direct, thread_tiles
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -123,7 +123,8 @@ class _FunctionTable:
         "rmsprop_step", "adadelta_step", "adam_step",
         # convolution
         "conv2d_forward", "conv2d_backward", "im2col", "col2im", "maxpool_forward",
-        "maxpool_backward", "avgpool_forward", "avgpool_backward",
+        "maxpool_backward", "avgpool_forward", "avgpool_backward", "conv2d_direct_forward",
+        "conv2d_direct_backward",
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
         "gru_backward",
@@ -352,8 +353,9 @@ class CBackend(GemmConv, NumpyBackend):
 
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: one C call each (csrc/conv_impl.h: im2col, BLAS's GEMM
-    # on one thread per range of images, the epilogue, col2im), or, for sizes
-    # beyond 32-bit BLAS integers, im2col, the dense kernels and col2im
+    # on one thread per range of images, the epilogue, col2im; for few channels,
+    # _gemm_conv.is_direct, the direct kernels without im2col or BLAS), or, for
+    # sizes beyond 32-bit BLAS integers, im2col, the dense kernels and col2im
     # (_gemm_conv.py); pooling in C.
     @staticmethod
     def _window(x_shape, window, stride, padding, out_hw=None):
@@ -379,6 +381,13 @@ class CBackend(GemmConv, NumpyBackend):
         return self._window(x.shape, (kh, kw), stride, padding, (oh, ow)), tile, parts, ws
 
     def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
+        if is_direct(W, stride, padding):
+            k = C_FUNCTIONS[x.dtype]
+            fb, ct = ffi.from_buffer, k.ctype
+            window = self._window(x.shape, W.shape[:2], stride, padding, out.shape[1:3])
+            return _check(k.conv2d_direct_forward(fb(ct, x), fb(ct, W), _ptr(ct, b), _ptr(ct, preact),
+                                                  fb(ct, out), window, W.shape[3],
+                                                  ACTIVATION_CODE[activation]))
         plan = self._conv_plan(x, W, stride, padding, out.shape[1], out.shape[2], False)
         if plan is None:
             return super()._conv2d_forward(x, W, b, stride, padding, activation, out, preact)
@@ -390,6 +399,15 @@ class CBackend(GemmConv, NumpyBackend):
                                 ACTIVATION_CODE[activation]))
 
     def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
+        if is_direct(W, stride, padding):
+            k = C_FUNCTIONS[x.dtype]
+            fb, ct = ffi.from_buffer, k.ctype
+            preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
+            dz = None if activation == "identity" else dz
+            window = self._window(x.shape, W.shape[:2], stride, padding, dy.shape[1:3])
+            return _check(k.conv2d_direct_backward(
+                fb(ct, dy), fb(ct, x), fb(ct, W), fb(ct, y), _ptr(ct, preact), _ptr(ct, dz),
+                _ptr(ct, dx), fb(ct, dW), fb(ct, db), window, W.shape[3], ACTIVATION_CODE[activation]))
         plan = self._conv_plan(x, W, stride, padding, dy.shape[1], dy.shape[2], True)
         if plan is None:
             return super()._conv2d_backward(dy, x, W, y, activation, stride, padding, preact, dx,

@@ -28,7 +28,7 @@ from . import _numba_conv
 from . import _numba_kernels as K
 from . import _numba_rnn as R
 from ._blas import INT32_MAX, blas_on_one_thread, int32_sizes
-from ._gemm_conv import GemmConv, thread_tiles
+from ._gemm_conv import GemmConv, is_direct, thread_tiles
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -449,7 +449,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # -------------------------------------------------------------- convolution
     # conv2d_forward/backward: one jitted call each, the C kernels' plan (images
     # split between the threads, each range in tiles, BLAS on one thread:
-    # _numba_conv.conv_*_tiles), or for an empty batch or sizes beyond 32-bit
+    # _numba_conv.conv_*_tiles; for few channels, _gemm_conv.is_direct,
+    # _numba_conv.direct_* without im2col or BLAS), or for an empty batch or sizes beyond 32-bit
     # BLAS integers im2col, the dense kernels, col2im (_gemm_conv.py); the
     # loops in _numba_conv.py, parallel over the images of large batches.
     def _conv_tiles(self, x, W, oh, ow):
@@ -467,7 +468,19 @@ class NumbaBackend(GemmConv, NumpyBackend):
     def _pointwise(W, stride, padding):
         return int(W.shape[:2] == (1, 1) and stride == (1, 1) and padding == (0, 0))
 
+    def _direct_parts(self, x, W, out_shape):
+        """Ranges of images of the direct convolution: one per thread for large work."""
+        work = x.shape[0] * out_shape[1] * out_shape[2] * W.size
+        return max(1, min(x.shape[0], numba.get_num_threads() if _parallel(work) else 1))
+
     def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
+        if is_direct(W, stride, padding):
+            o = W.shape[3]
+            empty1, empty2 = _EMPTY[x.dtype]
+            return _numba_conv.direct_forward(
+                CODES[activation], x, W, empty1 if b is None else b,
+                empty2 if preact is None else preact.reshape(-1, o), out.reshape(-1, o),
+                self._direct_parts(x, W, out.shape), *stride, *padding)
         (_, oh, ow, o), k = out.shape, W.shape[0] * W.shape[1] * W.shape[2]
         plan = self._conv_tiles(x, W, oh, ow)
         if plan is None:
@@ -484,6 +497,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
                 self._pointwise(W, stride, padding))
 
     def _conv2d_backward(self, dy, x, W, y, activation, stride, padding, preact, dx, dW, db, dz):
+        if is_direct(W, stride, padding):
+            o = W.shape[3]
+            dz = dy if dz is None else dz  # identity: not written
+            preact = y if preact is None else preact  # read for gelu only
+            return _numba_conv.direct_backward(
+                CODES[activation], dy.reshape(-1, o), x, W, y.reshape(-1, o), preact.reshape(-1, o),
+                dz.reshape(-1, o), np.empty((0,) + x.shape[1:], x.dtype) if dx is None else dx, dW,
+                db, self._direct_parts(x, W, dy.shape), *stride, *padding)
         (_, oh, ow, o), k = dy.shape, W.shape[0] * W.shape[1] * W.shape[2]
         plan = self._conv_tiles(x, W, oh, ow)
         if plan is None:
