@@ -158,6 +158,17 @@ def _run_split(split, dtype, bounds, *args):
     _serial_twin(split)(blas, bounds, *args)
 
 
+def _run_forward(whole, split, x, W_h, args):
+    """A recurrent forward kernel: `whole` over the batch on one thread, or its
+    *_split twin over the ranges of _recurrent_bounds (args: the kernels' own,
+    after the BLAS arguments)."""
+    bounds = _recurrent_bounds(x, W_h)
+    if bounds is None:
+        whole(R.Blas(x.dtype).args(), *args)
+    else:
+        _run_split(split, x.dtype, bounds, *args)
+
+
 def _parallel(size, dense=False):
     """Whether a kernel over `size` elements takes its parallel path (thresholds
     read at each call, so that tests can move them); never in a forked child."""
@@ -587,11 +598,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b, activation == "relu", hs, xw, e(h0.shape, d))
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.rnn_forward(R.Blas(d).args(), *args)
-        else:
-            _run_split(R.rnn_forward_split, d, bounds, *args)
+        _run_forward(R.rnn_forward, R.rnn_forward_split, x, W_h, args)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
     def _rnn_backward(self, dhs, cache, dz):
@@ -620,11 +627,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, e((n, 4 * hidden), d))
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.lstm_forward(R.Blas(d).args(), *args)
-        else:
-            _run_split(R.lstm_forward_split, d, bounds, *args)
+        _run_forward(R.lstm_forward, R.lstm_forward_split, x, W_h, args)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
     def _lstm_backward(self, dhs, cache, dz):
@@ -651,11 +654,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, e((n, 3 * hidden), d))
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.gru_forward(R.Blas(d).args(), *args)
-        else:
-            _run_split(R.gru_forward_split, d, bounds, *args)
+        _run_forward(R.gru_forward, R.gru_forward_split, x, W_h, args)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
     def _gru_backward(self, dhs, cache, dz):
