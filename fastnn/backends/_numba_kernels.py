@@ -384,6 +384,43 @@ def log_sum(x, e, m, s):
     return dt(math.log1p(below))
 
 
+@jit_inline
+def ce_row_gradient(x, g, m, s, labels, probs, i, scale):
+    """The end of softmax cross-entropy on row i, shared by softmax_ce_rows and
+    softmax_ce_short: g (C,) holds e = exp(x - m) summing to s; writes the
+    row's gradient over it, scaled by the sample's weight `scale`, and returns
+    the row's weighted loss (float64). lse is rounded to the dtype and p = e
+    exp(m - lse) as the reference's exp(x - lse), so logits of 1e4 (where
+    float32 lse has an ulp of 1e-3) give the reference's p."""
+    c = x.size
+    dt = x.dtype.type
+    log_s = log_sum(x, g, m, s)
+    lse = m + log_s
+    r = fexp(m - lse)  # p = e * r
+    sc = dt(scale)
+    if labels.size:
+        k = labels[i]
+        # p - 1 from log p = d, as the reference: e r - 1 would keep only the
+        # digits p has beyond 1 in a confident row (and carry the rounding
+        # of lse). expm1 (a call) only where it cancels: e^d - 1 elsewhere
+        d = (x[k] - m) - log_s
+        pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
+        q = r * sc
+        for j in range(c):
+            g[j] *= q
+        g[k] = pm1 * sc
+        return scale * (np.float64(lse) - np.float64(x[k]))
+    t = probs[i]
+    tsum = dt(0)
+    for j in range(c):
+        tsum = radd(tsum, t[j])
+    loss = 0.0  # float64, as every backend
+    for j in range(c):
+        g[j] = (g[j] * r * tsum - t[j]) * sc
+        loss = radd(loss, np.float64(t[j] * (lse - x[j])))  # each term >= 0
+    return scale * loss
+
+
 @jit
 def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     """Softmax cross-entropy of rows lo..hi; returns their share of the loss
@@ -391,9 +428,8 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
     into grad with their sum, then grad scaled in place (the row is in L1).
 
     logits (N, C); labels (N,) int64, or empty when probs (N, C) holds the
-    targets; w (N,) sample weights or empty. lse is rounded to the dtype and
-    p = exp(x - m) exp(m - lse) as the reference's exp(x - lse), so logits of
-    1e4 (where float32 lse has an ulp of 1e-3) give the reference's p."""
+    targets; w (N,) sample weights or empty. The rest of each row:
+    ce_row_gradient."""
     c = logits.shape[1]
     if c < SHORT_ROW:
         return softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi)
@@ -408,33 +444,8 @@ def softmax_ce_rows(logits, labels, probs, w, inv_total, grad, lo, hi):
             e = exp_nonpositive(x[j] - m)
             g[j] = e
             s = radd(s, e)
-        log_s = log_sum(x, g, m, s)
-        lse = m + log_s
-        r = fexp(m - lse)  # p = e * r
-        scale = sample_scale(w, inv_total, i)
-        sc = dt(scale)
-        if labels.size:
-            k = labels[i]
-            # p - 1 from log p = d, as the reference: e r - 1 would keep only the
-            # digits p has beyond 1 in a confident row (and carry the rounding
-            # of lse). expm1 (a call) only where it cancels: e^d - 1 elsewhere
-            d = (x[k] - m) - log_s
-            pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
-            q = r * sc
-            for j in range(c):
-                g[j] *= q
-            g[k] = pm1 * sc
-            total += scale * (np.float64(lse) - np.float64(x[k]))
-        else:
-            t = probs[i]
-            tsum = zero
-            for j in range(c):
-                tsum = radd(tsum, t[j])
-            loss = 0.0  # float64, as every backend
-            for j in range(c):
-                g[j] = (g[j] * r * tsum - t[j]) * sc
-                loss = radd(loss, np.float64(t[j] * (lse - x[j])))  # each term >= 0
-            total += scale * loss
+        total += ce_row_gradient(x, g, m, s, labels, probs, i,
+                                 sample_scale(w, inv_total, i))
     return total
 
 
@@ -480,31 +491,8 @@ def softmax_ce_short(logits, labels, probs, w, inv_total, grad, lo, hi):
             for i in range(rows):
                 s[i] += g[i, j]
         for i in range(rows):
-            xi, gi, mi = x[i], g[i], m[i]
-            log_s = log_sum(xi, gi, mi, s[i])
-            lse = mi + log_s
-            r = fexp(mi - lse)  # p = e * r
-            scale = inv_total * w[i0 + i] if w.size else inv_total
-            sc = dt(scale)
-            if labels.size:
-                k = labels[i0 + i]
-                d = (xi[k] - mi) - log_s  # p - 1 from log p, as softmax_ce_rows
-                pm1 = dt(math.expm1(d)) if d > dt(-0.5) else fexp(d) - dt(1)
-                q = r * sc
-                for j in range(c):
-                    gi[j] *= q
-                gi[k] = pm1 * sc
-                total += scale * (np.float64(lse) - np.float64(xi[k]))
-            else:
-                t = probs[i0 + i]
-                tsum = dt(0)
-                for j in range(c):
-                    tsum = radd(tsum, t[j])
-                loss = 0.0
-                for j in range(c):
-                    gi[j] = (gi[j] * r * tsum - t[j]) * sc
-                    loss = radd(loss, np.float64(t[j] * (lse - xi[j])))
-                total += scale * loss
+            total += ce_row_gradient(x[i], g[i], m[i], s[i], labels, probs, i0 + i,
+                                     sample_scale(w, inv_total, i0 + i))
     return total
 
 
