@@ -42,7 +42,7 @@ def test_kernel(benchmark, limits, results, scale, bench, runner):
     shape = bench.scaled_shape(scale)
     arrays = bench.setup(shape, bench.dtype)
     benchmark.group = f"{bench.name} {'x'.join(map(str, shape))} {bench.dtype}"
-    if runner in benchmarks.RUN_LAST:
+    if runner in benchmarks.TIMED_APART:
         # timed in a process that never imported fastnn (README: PyTorch in a process
         # of its own); the figures go to extra_info and the summary, not to the fixture
         median, best, calls = benchmarks.time_apart([(bench, shape, runner)])[0]

@@ -291,7 +291,8 @@ def run_bench(args):
         print(f"other processes used {busy:.0f}% of the CPU time during the run"
               + (" (a busy machine: the figures are noisy)" if busy > 10 else ""))
     print("median and best of repeated calls after warm-up, the backends, scikit-learn and bare "
-          "GEMMs of a benchmark timed in turns (PyTorch after them all); rate and % of limit from "
+          "GEMMs of a benchmark timed in turns (PyTorch in a process of its own, in turns with them); "
+          "rate and % of limit from "
           "the median; "
           "limits: the higher of two measurements (start and end of the run); speed-up over the "
           "numpy reference; bare %: time of the GEMMs alone as percent of this time")
@@ -299,6 +300,8 @@ def run_bench(args):
     for bench in benchmarks.select(names, args.quick):
         print_block(bench, [r for r in records if r["benchmark"] == bench.name])
     print_summary(records)
+    for error in result["errors"]:
+        print(f"\n{error['library']} left out of {error['benchmark']}: {error['error']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -203,7 +203,8 @@ def test_run_without_reference_has_no_speedup():
 def test_run_returns_machine_and_limits(monkeypatch):
     monkeypatch.setenv(benchmarks.SCALE_ENV, str(TINY))
     result = benchmarks.run(names=["adam_small"], backends=["numpy"], others=(), limits=FAKE_LIMITS)
-    assert set(result) == {"machine", "settings", "limits", "records"}
+    assert set(result) == {"machine", "settings", "limits", "records", "errors"}
+    assert result["errors"] == []
     assert result["settings"]["scale"] == TINY
     assert [r["backend"] for r in result["records"]] == ["numpy"]
     m = result["machine"]

@@ -61,7 +61,8 @@ def test_bench_quick_json(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "machine limits: GEMM" in run.stdout and "percent of machine limit" in run.stdout
     result = json.loads(out.read_text())
-    assert set(result) == {"machine", "settings", "limits", "records"}
+    assert set(result) == {"machine", "settings", "limits", "records", "errors"}
+    assert result["errors"] == []
     assert result["settings"] == {"quick": True, "scale": 0.001}
     limits = result["limits"]
     assert limits["stream_gbs"] > 0 and all(v > 0 for v in limits["gemm_gflops"].values())

@@ -73,7 +73,11 @@ from .runner import (
     REFERENCE,
     RUN_LAST,
     SCALE_ENV,
+    TIMED_APART,
+    PeerError,
+    PeerProcess,
     Record,
+    RemoteCall,
     records_of,
     rescore,
     run,
@@ -128,7 +132,8 @@ __all__ = [
     "dense_call", "dropout_call", "get_benchmark", "mlp_fit_call", "nn_epoch_call", "select", "sgd_call",
     "softmax_ce_call",
     # runner
-    "BARE", "REFERENCE", "RUN_LAST", "SCALE_ENV", "Record", "records_of", "rescore", "run",
+    "BARE", "REFERENCE", "RUN_LAST", "SCALE_ENV", "TIMED_APART", "PeerError", "PeerProcess", "Record",
+    "RemoteCall", "records_of", "rescore", "run",
     "run_benchmark", "scale_from_env", "time_apart",
     # machine
     "blas_info", "cpu_busy_seconds", "cpu_flags", "cpu_model", "machine", "other_cpu_percent", "version",

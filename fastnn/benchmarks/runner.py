@@ -8,6 +8,7 @@ machine record.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import fastnn
@@ -54,31 +56,13 @@ class Record:
 
 
 BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
-# Libraries timed after every fastnn backend of the run, in a process of their own
-# that never imports fastnn (`time_apart`): PyTorch's OpenMP threads, once
+# Libraries timed in a process of their own that never imports fastnn
+# (PeerProcess), in turns with the backends: PyTorch's OpenMP threads, once
 # started, slow the BLAS and OpenMP work that follows them in the same process
 # (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run);
 # and a PyTorch user's process has not imported fastnn.
-RUN_LAST = ("torch",)
-
-# The child of time_apart: loads timing.py, workloads.py and peers.py from this
-# folder as a package of their own (not fastnn.benchmarks, whose __init__ imports
-# fastnn), builds each job's arrays and peer callable and times it. argv[1]: JSON
-# [{"setup", "make", "shape", "dtype", "min_time"}]; prints JSON [[median, best, calls]].
-_APART = """
-import importlib, json, sys, types
-package = types.ModuleType("benchmarks_apart")
-package.__path__ = [sys.argv[2]]
-sys.modules["benchmarks_apart"] = package
-timing, workloads, peers = (importlib.import_module("benchmarks_apart." + name)
-                            for name in ("timing", "workloads", "peers"))
-times = []
-for job in json.loads(sys.argv[1]):
-    fn = getattr(peers, job["make"])(getattr(workloads, job["setup"])(tuple(job["shape"]), job["dtype"]))
-    times.append(timing.time_calls([fn], min_time=job["min_time"])[0])
-assert not [m for m in sys.modules if m.split(".")[0] == "fastnn"]
-print(json.dumps(times))
-"""
+TIMED_APART = ("torch",)
+RUN_LAST = TIMED_APART  # its former name, from when they were timed after every backend
 
 
 def _module_name(module, fn):
@@ -113,15 +97,125 @@ def run_apart(source, *args):
     return json.loads(child.stdout.strip().splitlines()[-1])
 
 
+class PeerError(RuntimeError):
+    """The process timing the other libraries failed a request, or ended."""
+
+
+class PeerProcess:
+    """A child process (peer_child.py) that builds other libraries' calls of the
+    benchmarks (peers.py) and times them on request, so that they are timed in
+    turns with fastnn's backends (time_calls) in a process that never imports
+    fastnn. Started on the first request, with child_env(), in a temporary
+    folder (so that it cannot import this source tree). A request finding it
+    ended raises PeerError; the next one starts a new child. Use it as a
+    context manager: leaving ends the child, on errors and KeyboardInterrupt
+    too."""
+
+    def __init__(self):
+        self._child = None
+        self._keys = itertools.count()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _start(self):
+        source = (Path(__file__).parent / "peer_child.py").read_text()
+        self._errors = tempfile.TemporaryFile("w+")  # its stderr, read when it fails
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", source, str(Path(__file__).parent)], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._errors, text=True, env=child_env(),
+            cwd=tempfile.gettempdir())
+
+    def running(self):
+        return self._child is not None and self._child.poll() is None
+
+    def request(self, **request):
+        """The child's answer (a dict) to one request (peer_child.py's protocol).
+        Raises ImportError when the library is not installed there, PeerError
+        when the request failed or the child ended."""
+        if self._child is None:
+            self._start()
+        line = ""
+        if self.running():
+            try:
+                self._child.stdin.write(json.dumps(request) + "\n")
+                self._child.stdin.flush()
+                line = self._child.stdout.readline()
+            except OSError:  # a closed pipe: the child ended
+                pass
+        if not line:
+            self._errors.seek(0)
+            tail = self._errors.read()[-1000:]
+            self.close()
+            raise PeerError(f"the process timing other libraries ended during {request['op']}: {tail}")
+        answer = json.loads(line)
+        if "error" in answer:
+            error = ImportError if answer["missing"] else PeerError
+            raise error(f"{request['op']} {request.get('make', '')} in the process timing other "
+                        f"libraries failed:\n{answer['error'][-1500:]}")
+        return answer
+
+    def status(self):
+        """{"fastnn": whether the child has loaded any fastnn module, "pid"}."""
+        return self.request(op="status")
+
+    def peer(self, bench, shape, lib):
+        """A RemoteCall: bench.others[lib] on bench.setup(shape, bench.dtype), built in the child."""
+        key = next(self._keys)
+        self.request(op="setup", key=key, setup=_module_name(workloads, bench.setup),
+                     make=_module_name(peers, bench.others[lib]), shape=list(shape), dtype=bench.dtype)
+        return RemoteCall(self, key)
+
+    def close(self):
+        """Ends the child: the end of its stdin, then a kill if it has not ended
+        within 10 s (a call in progress)."""
+        child, self._child = self._child, None
+        if child is None:
+            return
+        try:
+            child.stdin.close()
+        except OSError:
+            pass
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        self._errors.close()
+
+
+class RemoteCall:
+    """A call built in a PeerProcess; time_calls times it through `sample`."""
+
+    def __init__(self, process, key):
+        self.process, self.key = process, key
+
+    def sample(self, inner):
+        """Seconds of `inner` calls, timed in the child (time.perf_counter there)."""
+        return self.process.request(op="sample", key=self.key, inner=inner)["seconds"]
+
+    def __call__(self):
+        self.sample(1)
+
+    def drop(self):
+        """Frees the call's arrays in the child, if it still runs."""
+        if self.process.running():
+            try:
+                self.process.request(op="drop", key=self.key)
+            except PeerError:  # it ended meanwhile: nothing left to free
+                pass
+
+
 def time_apart(jobs, min_time=0.3):
-    """[(median, best, calls)] of each job (bench, shape, library), timed in one
-    child process that never imports fastnn (run_apart)."""
-    spec = [{"setup": _module_name(workloads, bench.setup),
-             "make": _module_name(peers, bench.others[lib]),
-             "shape": list(shape), "dtype": bench.dtype, "min_time": min_time}
-            for bench, shape, lib in jobs]
-    folder = os.path.dirname(os.path.abspath(__file__))
-    return [tuple(t) for t in run_apart(_APART, json.dumps(spec), folder)]
+    """[(median, best, calls)] of each job (bench, shape, library), each timed
+    alone in one child process that never imports fastnn (PeerProcess)."""
+    with PeerProcess() as process:
+        return [time_calls([process.peer(bench, shape, lib)], min_time=min_time)[0]
+                for bench, shape, lib in jobs]
 
 
 def rescore(records, limits):
@@ -145,11 +239,19 @@ def scale_from_env():
 
 
 def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, min_time=0.3,
-                  with_bare=True):
+                  with_bare=True, process=None, errors=None):
     """Records of one benchmark on each backend (default: all available), then
     on each library of `others` the benchmark knows and that is installed, then
-    its bare core, all timed in turns (time_calls). Speed-ups are over the
-    reference when it is among the backends."""
+    its bare core, all timed in turns (time_calls): the libraries of
+    TIMED_APART in `process` (a PeerProcess; one of their own when None), the
+    others here. Speed-ups are over the reference when it is among the
+    backends. A library whose calls fail in that process is left out; the
+    failure is appended to `errors` (a list) as {"benchmark", "library",
+    "error"}, or raised when `errors` is None."""
+    if process is None and any(lib in TIMED_APART and lib in bench.others for lib in others):
+        with PeerProcess() as process:
+            return run_benchmark(bench, limits, backends, others, scale, min_time, with_bare, process,
+                                 errors)
     backends = fastnn.available_backends() if backends is None else list(backends)
     shape = bench.scaled_shape(scale)
     work = bench.work(bench.setup(shape, bench.dtype), shape)
@@ -163,14 +265,34 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
         if make is None:
             continue
         try:
-            entries.append((lib, make(bench.setup(shape, bench.dtype))))
+            if lib not in TIMED_APART:
+                entries.append((lib, make(bench.setup(shape, bench.dtype))))
+            elif version(lib) is not None:
+                entries.append((lib, process.peer(bench, shape, lib)))
         except ImportError:
             continue
+        except PeerError as exc:
+            _failed(errors, bench, lib, exc)
     if with_bare and bench.bare is not None:
         entries.append((BARE, bench.bare(bench.setup(shape, bench.dtype))))
-    timings = list(zip([name for name, _ in entries],
-                       time_calls([fn for _, fn in entries], min_time=min_time)))
-    return records_of(bench, shape, work, limits, timings)
+    remote = {name: fn for name, fn in entries if isinstance(fn, RemoteCall)}
+    try:
+        times = time_calls([fn for _, fn in entries], min_time=min_time)
+    except PeerError as exc:  # the other process failed while timing: the rest again without it
+        _failed(errors, bench, ", ".join(remote), exc)
+        entries = [(name, fn) for name, fn in entries if name not in remote]
+        times = time_calls([fn for _, fn in entries], min_time=min_time)
+    finally:
+        for fn in remote.values():
+            fn.drop()
+    return records_of(bench, shape, work, limits, list(zip([name for name, _ in entries], times)))
+
+
+def _failed(errors, bench, lib, exc):
+    """Notes the failure of `lib`'s calls of `bench` in `errors`; raises it when errors is None."""
+    if errors is None:
+        raise exc
+    errors.append({"benchmark": bench.name, "library": lib, "error": str(exc)})
 
 
 def records_of(bench, shape, work, limits, timings):
@@ -197,7 +319,8 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
         progress=None):
     """Measure the limits (unless given; then again at the end, keeping the higher
     figures) and run the selected benchmarks; progress(bench, records) is called
-    after each. Returns {"machine", "settings", "limits", "records"} (JSON-ready)."""
+    after each. Returns {"machine", "settings", "limits", "records", "errors"}
+    (JSON-ready; errors: the libraries left out, run_benchmark)."""
     scale = scale_from_env() if scale is None else scale
     min_time = 0.1 if quick else 0.3
     limit_time = scale * (0.3 if quick else 1.0)
@@ -205,34 +328,13 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
     if measure:
         limits = measure_limits(scale, 3 if quick else 5, limit_time)
     busy, own, wall = cpu_busy_seconds(), time.process_time(), time.perf_counter()
-    benches = select(names, quick)
-    early = [lib for lib in others if lib not in RUN_LAST]
-    late = [lib for lib in others if lib in RUN_LAST]
-    blocks = []
-    for bench in benches:
-        blocks.append(run_benchmark(bench, limits, backends, early, scale, min_time))
-        if progress is not None:
-            progress(bench, blocks[-1])
-    jobs = [(bench, bench.scaled_shape(scale), lib) for bench in benches for lib in late
-            if lib in bench.others and version(lib) is not None]
-    apart = dict(zip([(bench.name, lib) for bench, _, lib in jobs],
-                     time_apart(jobs, min_time) if jobs else []))
-    for bench, block in zip(benches, blocks):
-        shape = bench.scaled_shape(scale)
-        timings = [(lib, apart[bench.name, lib]) for lib in late if (bench.name, lib) in apart]
-        if not timings:
-            continue
-        extra = records_of(bench, shape, bench.work(bench.setup(shape, bench.dtype), shape), limits,
-                           timings)
-        if progress is not None:
-            progress(bench, extra)
-        reference = next((r for r in block if r.backend == REFERENCE), None)
-        bare = next((r for r in block if r.backend == BARE), None)
-        for r in extra:
-            r.speedup = None if reference is None else reference.median_s / r.median_s
-            r.bare_percent = None if bare is None else 100 * bare.median_s / r.median_s
-        at = next((i for i, r in enumerate(block) if r.backend == BARE), len(block))
-        block[at:at] = extra
+    blocks, errors = [], []
+    with PeerProcess() as process:
+        for bench in select(names, quick):
+            blocks.append(run_benchmark(bench, limits, backends, others, scale, min_time,
+                                        process=process, errors=errors))
+            if progress is not None:
+                progress(bench, blocks[-1])
     records = [r for block in blocks for r in block]
     if measure:
         limits = best_limits(limits, measure_limits(scale, 3 if quick else 5, limit_time))
@@ -244,4 +346,5 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
         "settings": {"quick": quick, "scale": scale},
         "limits": limits,
         "records": [r.as_dict() for r in records],
+        "errors": errors,  # [{"benchmark", "library", "error"}] of libraries left out
     }

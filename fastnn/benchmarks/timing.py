@@ -21,31 +21,43 @@ def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_s
     does not matter; the number of samples of each fills about `min_time`
     seconds, spread evenly over the rounds. `clock`: what is read around the
     calls (time.process_time: this process's CPU time, which on a shared
-    machine leaves out the time spent waiting for a core)."""
+    machine leaves out the time spent waiting for a core). A function with a
+    `sample(inner)` method times itself: it returns the seconds of `inner`
+    calls (a call in another process, runner.PeerProcess, timed there)."""
+    samplers = [_sampler(fn, clock) for fn in fns]
     plans = []  # (inner, repeats) per function
-    for fn in fns:
+    for sample in samplers:
         for _ in range(warmup):
-            fn()
-        once = float("inf")
-        for _ in range(3):  # the fastest of three calls: one slow call must not set the pace
-            t0 = clock()
-            fn()
-            once = min(once, clock() - t0)
-        once = max(once, 1e-9)
+            sample(1)
+        # the fastest of three calls: one slow call must not set the pace
+        once = max(min(sample(1) for _ in range(3)), 1e-9)
         inner = max(1, int(min_sample / once))
         plans.append((inner, min(max_repeats, max(min_repeats, int(min_time / (once * inner))))))
     rounds = max((repeats for _, repeats in plans), default=0)
     samples = [[] for _ in fns]
     for r in range(rounds):
-        for fn, (inner, repeats), taken in zip(fns, plans, samples):
+        for sample, (inner, repeats), taken in zip(samplers, plans, samples):
             if (r + 1) * repeats // rounds == r * repeats // rounds:
                 continue  # not due this round: its samples spread over all rounds
-            t0 = clock()
-            for _ in range(inner):
-                fn()
-            taken.append((clock() - t0) / inner)
+            taken.append(sample(inner) / inner)
     return [(statistics.median(taken), min(taken), repeats * inner)
             for taken, (inner, repeats) in zip(samples, plans)]
+
+
+def _sampler(fn, clock):
+    """sample(inner): the `clock` seconds of `inner` calls of fn, or fn's own
+    `sample` method when it has one."""
+    own = getattr(fn, "sample", None)
+    if own is not None:
+        return own
+
+    def sample(inner):
+        t0 = clock()
+        for _ in range(inner):
+            fn()
+        return clock() - t0
+
+    return sample
 
 
 def time_call(fn, **options):
