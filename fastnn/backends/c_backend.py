@@ -236,16 +236,23 @@ class CBackend(GemmConv, NumpyBackend):
 
     # ------------------------------------------------------------------- losses
     def _softmax_cross_entropy(self, logits, targets, w, grad):
+        return self._bind_softmax_cross_entropy(logits, targets, w, grad)()
+
+    def _bind_softmax_cross_entropy(self, logits, targets, w, grad):
         if logits.size == 0:  # as the reference: a loss of 0, or its error for empty rows
-            return super()._softmax_cross_entropy(logits, targets, w, grad)
+            return lambda *_: NumpyBackend._softmax_cross_entropy(self, logits, targets, w, grad)
         k = C_FUNCTIONS[logits.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         n, c = logits.shape
         if targets.ndim == 1:  # int64 labels, checked to lie in [0, c)
-            return k.softmax_cross_entropy_labels(fb(ct, logits), fb("int64_t[]", targets),
-                                                  _ptr(ct, w), fb(ct, grad), n, c)
-        return k.softmax_cross_entropy_probs(fb(ct, logits), fb(ct, targets), _ptr(ct, w),
-                                             fb(ct, grad), n, c)
+            kernel, t = k.softmax_cross_entropy_labels, fb("int64_t[]", targets)
+        else:
+            kernel, t = k.softmax_cross_entropy_probs, fb(ct, targets)
+        args = (fb(ct, logits), t, _ptr(ct, w), fb(ct, grad), n, c)
+
+        def softmax_cross_entropy(*_):
+            return kernel(*args)
+        return softmax_cross_entropy
 
     def _sigmoid_binary_cross_entropy(self, logits, targets, w, grad):
         k = C_FUNCTIONS[logits.dtype]

@@ -867,15 +867,22 @@ class Sequential:
             raise NonFiniteLoss(loss)
         return loss
 
-    def _train_batch(self, backend, x, t, w, ws, batch_weight):
+    def _planned_batch(self, plan, rows, batch_weight):
+        """One training step of `rows` samples through `plan`, a StepPlan that fits
+        the batch's arrays; returns the loss."""
         self._passes += 1
         fold = self._fold_l2
+        loss = self._planned_loss_and_grads(plan, batch_weight, fold)
+        plan.step(rows, self._penalties[0][2] * self._penalty_scale(batch_weight) if fold else 0.0)
+        return loss
+
+    def _train_batch(self, backend, x, t, w, ws, batch_weight):
         own = ws[1]
         plan = own.get("plan")
         if plan is not None and plan.fits(backend, x, t, w, self.optimizer.state, self._plan_key):
-            loss = self._planned_loss_and_grads(plan, batch_weight, fold)
-            plan.step(x.shape[0], self._penalties[0][2] * self._penalty_scale(batch_weight) if fold else 0.0)
-            return loss
+            return self._planned_batch(plan, x.shape[0], batch_weight)
+        self._passes += 1
+        fold = self._fold_l2
         # the seed is for dropout masks only (mix64 is pure Python: a few us a step)
         seed = mix64(self.seed, self._passes) if self._has_dropout else 0
         mode = Pass(training=True, update_stats=True, seed=seed)
