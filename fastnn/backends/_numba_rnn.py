@@ -552,39 +552,3 @@ def embedding_backward(dy, tokens, dW):
             for j in range(dW.shape[1]):
                 row[j] += dy[n, t, j]
 
-
-# ------------------------------------------------- the GEMMs alone (benchmarks)
-@jit
-def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
-    """The recurrent GEMMs of one training step over the rows given, issued as the
-    kernels above issue them and nothing else: forward, the input projection
-    and one h_{t-1} @ W_h per step; backward, the two GEMMs per step (x (N, T, F),
-    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h and the
-    input side after (backward_after, with db's column sums, a pass over dz)."""
-    steps = hs.shape[1]
-    width = W_h.shape[1]
-    if not backward:
-        _project(blas, x, W_x, xw)
-        for t in range(steps):
-            _recurrent_gemm(blas, t, h0, hs, W_h, z)
-        return
-    for t in range(steps - 1, -1, -1):
-        _dh_gemm(blas, dz[0, t], steps * width, W_h, dh, 0.0)
-
-
-@jit
-def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh):
-    """One training step's recurrent GEMMs on the whole batch."""
-    bare_gemms_rows(blas, False, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-    bare_gemms_rows(blas, True, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
-
-
-@jit_parallel
-def bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
-    """bare_gemms_rows of the forward or the backward over the ranges of rows
-    `bounds` in parallel, as the *_split kernels (backward_after_split after them)."""
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        bare_gemms_rows(part_blas(blas, p), backward, x[i:j], h0[i:j], W_x, W_h, hs[i:j], xw[i:j],
-                        z[i:j], dz[i:j], dh[i:j])

@@ -127,7 +127,7 @@ class _FunctionTable:
         "conv2d_direct_backward",
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-        "gru_backward",
+        "gru_backward", "recurrent_gemms",
     ) + ("embedding_forward", "embedding_backward")
 
     # functions on bytes, the same for every dtype
