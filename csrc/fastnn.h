@@ -227,7 +227,8 @@ void fastnn_set_blas_threads(void *set, void *get);
  * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
  * Workspaces: xw (n, steps, G hidden), z (n, G hidden), dz and dxw (n, steps,
  * G hidden), dhw (n, 3 hidden), acc (3 hidden). Every size below 2^31. The
- * backward writes dh0 (and dc0); relu selects relu over tanh. */
+ * backward writes dh0 (and dc0), and dx unless it is NULL; relu selects relu over
+ * tanh. */
 void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b, int relu, float *hs, float *xw, float *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);

@@ -71,12 +71,13 @@ static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, i
                            dW_h + c0, width);
 }
 
-/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step (rows = n steps of them); db =
- * column sums of dz. Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
+/* dx = dz @ W_x^T (unless dx is NULL), dW_x = x^T @ dz over every step (rows = n
+ * steps of them); db = column sums of dz. Only rows [r0, r1) of dx, columns
+ * [c0, c1) of dW_x and db. */
 static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
                            int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
                            int64_t c0, int64_t c1) {
-    if (r1 > r0)
+    if (dx && r1 > r0)
         FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
     if (c1 > c0)
         FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);

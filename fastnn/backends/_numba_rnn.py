@@ -181,12 +181,12 @@ def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
 def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
     column sums of dz (N, T, G*H), in float64. Only rows [r0, r1) of dx (of N*T),
-    columns [c0, c1) of dW_x and db."""
+    columns [c0, c1) of dW_x and db; no dx when it is empty (not wanted)."""
     n, steps, f = x.shape
     width = dz.shape[2]
     rows = n * steps
     dz_flat = dz.reshape(-1)
-    if r1 > r0:
+    if r1 > r0 and dx.size:
         gemm(blas, 0, 1, r1 - r0, f, width, dz_flat[r0 * width:], width, W_x, width, 0.0,
              dx.reshape(-1)[r0 * f:], f)
     if c1 > c0:
