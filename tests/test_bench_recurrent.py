@@ -55,9 +55,10 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
 
 
 def test_gemm_flops():
-    # forward 2NT(F + H)GH, backward 2NT(2H + 2F)GH: the LSTM of the issue ~ 25 MFLOP a sequence
-    assert recurrent.gemm_flops("rnn", 1, 1, 3, 2) == 2 * 2 * (9 + 6)
-    assert 24e6 < recurrent.gemm_flops("lstm", 1, 50, 32, 128) < 26e6
+    # forward 2NT(F + H)GH, backward 2NT(2H + F)GH (a first layer: no dx): the LSTM of
+    # the issue ~ 23 MFLOP a sequence
+    assert recurrent.gemm_flops("rnn", 1, 1, 3, 2) == 2 * 2 * (6 + 6)
+    assert 22e6 < recurrent.gemm_flops("lstm", 1, 50, 32, 128) < 24e6
 
 
 def test_run_recurrent_times_every_runner():

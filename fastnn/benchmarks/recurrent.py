@@ -17,7 +17,8 @@ blocks of columns, the same BLAS ?gemm (SciPy's) on one thread each: the input
 projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x (H, G*H) per
 step, then backward dh = dz_t W_h^T per step; after them, split by columns over
 the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole batch and
-dW_x as one GEMM, and dx by rows. Nothing else, not even db's sums: the floor
+dW_x as one GEMM (no dx: the layer is the first, whose backward skips it).
+Nothing else, not even db's sums: the floor
 of the C kernels' step (and of the numba kernels', which issue the same
 GEMMs). "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
 splitting each one itself (as the kernels issue them below their split size).
@@ -47,9 +48,9 @@ def sequence_data(batch, steps, features, seed=0):
 
 def gemm_flops(kind, batch, steps, features, units):
     """Flops of one training step's recurrent GEMMs: forward x W_x and h W_h,
-    backward dW_h, dh, dx and dW_x (2 m n k each)."""
+    backward dW_h, dh and dW_x (2 m n k each; no dx below a first layer)."""
     width = GATES[kind] * units
-    return 2 * batch * steps * width * (3 * features + 3 * units)
+    return 2 * batch * steps * width * (2 * features + 3 * units)
 
 
 def fastnn_step(backend, kind, batch, steps, features, units):
@@ -84,11 +85,12 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True):
     arrays = (a(batch, steps, features), a(batch, units), a(features, width), a(units, width),
               a(batch, steps, units), a(batch, steps, width), a(batch, width),
               a(batch, steps, width))
-    out = (a(batch, steps, features), a(batch, units), a(features, width), a(units, width))
+    out = (a(batch, units), a(features, width), a(units, width))
     k = C_FUNCTIONS[d]
     x, h0, W_x, W_h, hs, xw, z, dz = (ffi.from_buffer(k.ctype, v) for v in arrays)
-    dx, dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
-    args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, dx, dh0, dW_x,
+    dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
+    # no dx: the layer of the benchmark is a first layer (need_dx False)
+    args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
             dW_h, NULL, batch, steps, features, units)
     return lambda: k.recurrent_gemms(*args)
 
