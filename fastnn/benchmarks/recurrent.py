@@ -108,14 +108,15 @@ def _mean_time(fn, calls):
     return (time.perf_counter() - start) / calls
 
 
-def torch_step_seconds(kind, sizes, min_time, repeats):
+def torch_step_seconds(kind, sizes, min_time, repeats, **options):
     """[seconds of one training step] of the network in PyTorch, timed in a
     process that never imports fastnn (runner.run_apart); None when PyTorch is
-    not installed."""
+    not installed. options: torch_recurrent.py's threads and cpu_time."""
     from .runner import run_apart
 
     source = (Path(__file__).parent / "torch_recurrent.py").read_text()
-    options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats})
+    options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats,
+                          **options})
     try:
         return run_apart(source, options)["step_seconds"]
     except RuntimeError as exc:
