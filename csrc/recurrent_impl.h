@@ -38,25 +38,16 @@ static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h
 }
 
 /* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
- * (dz_t (n, width), row stride ld). W_hT: W_h^T (width, hidden) or NULL. Beyond
- * SMALL_GEMM_MADDS, where OpenBLAS packs both operands of dh's GEMM whichever
- * way they lie, the product reads W_hT: the same sums in the same order (the
- * same bits), but packing W_h^T's rows costs less than transposing W_h's
- * columns at every step (one thread, Zen 4: 32 x 512 x 128 in 49 us against
- * 74). Below it (OpenBLAS's small kernels, whose order of sums depends on
- * the operands' layout) it reads W_h, as the reference's dz_t @ W_h.T. */
-static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *W_hT,
-                               const T *dzt, int64_t ld, T *dW_h, T *dh, T beta, int64_t n,
-                               int64_t steps, int64_t hidden, int64_t width) {
+ * (dz_t (n, width), row stride ld) */
+static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *dzt,
+                               int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
+                               int64_t hidden, int64_t width) {
     if (dW_h && t)
         FN(gemm_tiles)(1, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1,
                        dW_h, width);
     else if (dW_h)
         FN(gemm_tiles)(1, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
-    if (W_hT && n * hidden * width > SMALL_GEMM_MADDS)
-        FN(gemm)(0, 0, n, hidden, width, dzt, ld, W_hT, hidden, beta, dh, hidden);
-    else
-        FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
+    FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
 /* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
@@ -233,9 +224,8 @@ static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
     }
 }
 
-static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *W_hT,
-                                  const T *hs, int relu, T *dh0, T *dz, int64_t n, int64_t steps,
-                                  int64_t hidden) {
+static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs, int relu,
+                                  T *dh0, T *dz, int64_t n, int64_t steps, int64_t hidden) {
     /* dh0 holds the gradient h_t receives from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
@@ -247,8 +237,8 @@ static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
                 dz[at + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
             }
         }
-        FN(backward_gemms)(t, h0, hs, W_h, W_hT, dz + t * hidden, steps * hidden, NULL, dh0, 0, n,
-                           steps, hidden, hidden);
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, NULL, dh0, 0, n, steps,
+                           hidden, hidden);
     }
 }
 
@@ -269,9 +259,8 @@ static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T 
 }
 
 static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const T *W_h,
-                                   const T *W_hT, const T *hs, const T *cs, const T *gates,
-                                   T *dh0, T *dc0, T *dz, int64_t n, int64_t steps,
-                                   int64_t hidden) {
+                                   const T *hs, const T *cs, const T *gates, T *dh0, T *dc0,
+                                   T *dz, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 4 * hidden;
     /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
@@ -283,8 +272,7 @@ static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const
                                   t ? cs + at - hidden : c0 + i * hidden, dhs + at,
                                   dz + (i * steps + t) * w, dh0 + i * hidden, dc0 + i * hidden, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, W_hT, dz + t * w, steps * w, NULL, dh0, 0, n, steps,
-                           hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps, hidden, w);
     }
 }
 
@@ -305,10 +293,9 @@ static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
 }
 
 /* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
-static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *W_hT,
-                                  const T *hs, const T *gates, const T *hn, T *dh0, T *dW_h,
-                                  T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
-                                  int64_t hidden) {
+static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs,
+                                  const T *gates, const T *hn, T *dh0, T *dW_h, T *dxw, T *dhw,
+                                  double *acc, int64_t n, int64_t steps, int64_t hidden) {
     int64_t w = 3 * hidden;
     for (int64_t j = 0; j < w; j++)
         acc[j] = 0;
@@ -323,7 +310,7 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
                                  t ? hs + at - hidden : h0 + i * hidden, dhs + at,
                                  dxw + (i * steps + t) * w, dhw + i * w, dh0 + i * hidden, acc, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, W_hT, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
     }
 }
 
@@ -349,7 +336,6 @@ struct FN(recurrent_job) {
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
     T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
-    T *W_hT; /* the backward's W_h^T (G hidden, hidden), or NULL (backward_gemms) */
     T *dx, *dW_x, *db;
     double *acc, *part_acc;
     int64_t n, steps, f, hidden;
@@ -360,9 +346,8 @@ struct FN(recurrent_job) {
  * GEMMs of backward_gemms (dW_h's in the range only for the GRU, as
  * gru_backward_rows). The floor of the kernels' time (recurrent_gemms). */
 static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0, const T *W_x,
-                          const T *W_h, const T *W_hT, const T *hs, T *xw, T *z, T *dz, T *dh0,
-                          T *dW_h, double *acc, int64_t n, int64_t steps, int64_t f,
-                          int64_t hidden) {
+                          const T *W_h, const T *hs, T *xw, T *z, T *dz, T *dh0, T *dW_h,
+                          double *acc, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = gate_count * hidden;
     if (!backward) {
         FN(project)(x, W_x, xw, n * steps, f, w);
@@ -379,10 +364,10 @@ static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0,
         acc[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--)
         if (gate_count == 3) /* dz: the GRU's dhw (n, 3 hidden) */
-            FN(backward_gemms)(t, h0, hs, W_h, W_hT, dz, w, dW_h, dh0, 1, n, steps, hidden, w);
+            FN(backward_gemms)(t, h0, hs, W_h, dz, w, dW_h, dh0, 1, n, steps, hidden, w);
         else
-            FN(backward_gemms)(t, h0, hs, W_h, W_hT, dz + t * w, steps * w, NULL, dh0, 0, n,
-                               steps, hidden, w);
+            FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps,
+                               hidden, w);
 }
 
 /* the time loop over batch rows [begin, end): every array offset to row begin */
@@ -394,8 +379,8 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
     T *hs = j->hs + seq * hidden, *xw = j->xw + seq * w, *z = j->z + begin * w;
     if (j->gemms_only)
-        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, NULL, hs, xw, z, NULL, NULL, NULL,
-                      NULL, n, steps, f, hidden);
+        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, xw, z, NULL, NULL, NULL, NULL,
+                      n, steps, f, hidden);
     else if (j->gate_count == 1)
         FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, xw, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
@@ -414,19 +399,17 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
     const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
     T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
     if (j->gemms_only)
-        FN(gemm_rows)(1, j->gate_count, NULL, h0, NULL, j->W_h, j->W_hT, hs, NULL, NULL,
+        FN(gemm_rows)(1, j->gate_count, NULL, h0, NULL, j->W_h, hs, NULL, NULL,
                       j->gate_count == 3 ? j->dhw + begin * w : dz, dh0, dW_h,
                       part ? j->part_acc + (part - 1) * w : j->acc, n, steps, 0, hidden);
     else if (j->gate_count == 1)
-        FN(rnn_backward_rows)(dhs, h0, j->W_h, j->W_hT, hs, j->relu, dh0, dz, n, steps, hidden);
+        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dz, n, steps, hidden);
     else if (j->gate_count == 4)
-        FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, j->W_hT, hs,
-                               j->cs + seq * hidden,
+        FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
                                j->gates + seq * w, dh0, j->dc0 + begin * hidden, dz, n, steps,
                                hidden);
     else
-        FN(gru_backward_rows)(dhs, h0, j->W_h, j->W_hT, hs, j->gates + seq * w,
-                              j->hn + seq * hidden, dh0,
+        FN(gru_backward_rows)(dhs, h0, j->W_h, hs, j->gates + seq * w, j->hn + seq * hidden, dh0,
                               dW_h, dz, j->dhw + begin * w, part ? j->part_acc + (part - 1) * w : j->acc,
                               n, steps, hidden);
 }
@@ -447,20 +430,13 @@ static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
  * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
  * RECURRENT_PARALLEL_MIN; backward, then adds the GRU's ranges' dW_h and acc into
  * the first's and runs after_range over as many ranges of columns. Out of memory
- * for those sums, it runs serially; without W_h^T's, dh's GEMMs read W_h. */
+ * for those sums, it runs serially. */
 static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
     int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
     int parts = j->whole_batch || n * j->steps * len < RECURRENT_PARALLEL_MIN
                     ? 1 : parallel_blas_parts(n, 1);
     j->part_dW_h = NULL;
     j->part_acc = NULL;
-    j->W_hT = NULL;
-    if (backward && (n / parts) * len > SMALL_GEMM_MADDS) { /* else unread: backward_gemms */
-        j->W_hT = malloc((size_t)len * sizeof(T));
-        for (int64_t i = 0; j->W_hT && i < j->hidden; i++)
-            for (int64_t k = 0; k < w; k++)
-                j->W_hT[k * j->hidden + i] = j->W_h[i * w + k];
-    }
     if (backward && parts > 1 && j->gate_count == 3) {
         j->part_dW_h = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
         j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
@@ -476,7 +452,6 @@ static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n,
     }
     free(j->part_dW_h);
     free(j->part_acc);
-    free(j->W_hT);
     j->n = n;
     j->parts = parts;
     if (backward)
