@@ -13,19 +13,22 @@ after the loop dx and dW_x over every step at once.
 
 Roundings follow the reference: elementwise operations in the array dtype, in
 the reference's order, with tanh and sigmoid evaluated in float64 and rounded
-once (reference.FLOAT64_INSIDE); bias gradients summed in float64. (BLAS's
+once (reference.FLOAT64_INSIDE; for float32 on a cheaper exp, gate_sigmoid and
+gate_tanh); bias gradients summed in float64. (BLAS's
 beta = 1 rounds a product and the sum it is added to once, where the reference
 rounds twice.)
 """
 
 import ctypes
+import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._blas import blas_gemm
 from ._numba_kernels import jit, jit_parallel
-from ._numba_math import fexp, jit_inline, tanh64
+from ._numba_math import BIASED64, LN2_HI, LN2_LO, LOG2E, fexp, jit_inline, pow2_bits, tanh64
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 # dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
@@ -105,6 +108,82 @@ def gemm_tiles(blas, ta, m, n, k, a, lda, b, b_row, b_col, ldb, beta, c, c_row, 
 def sigmoid64(v):
     e = fexp(-abs(v))  # in (0, 1]: no overflow for any v
     return (1.0 if v >= 0.0 else e) / (1.0 + e)
+
+
+# The gates of float32 kernels: sigmoid and tanh in float64, rounded once to
+# float32 as the reference, but on _exp_parts, which is accurate enough for a
+# float32 result and cheaper than fexp's float64 (as the C kernels' gates,
+# csrc/recurrent.c gate_sigmoid_f32 and gate_tanh_f32). Float64 kernels keep
+# sigmoid64 and tanh64.
+_EXP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}}  # FMAs, as the C kernels
+_T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11 = (1.0 / math.factorial(k) for k in range(2, 12))
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _exp_parts(x):
+    """(s, q) with e^x = s (1 + q) for x in [-104, 0] (or NaN): s = 2^n normal, q =
+    e^r - 1 for x = n ln2 + r, |r| <= ln2 / 2, by its Taylor polynomial to r^11
+    (relative error 2e-13: a float32 rounded from s (1 + q) is the correctly
+    rounded one but within 2e-13 of halfway between two floats)."""
+    t = x * LOG2E + BIASED64
+    n = t - BIASED64
+    r = (x - n * LN2_HI) - n * LN2_LO
+    q = _T11
+    q = q * r + _T10
+    q = q * r + _T9
+    q = q * r + _T8
+    q = q * r + _T7
+    q = q * r + _T6
+    q = q * r + _T5
+    q = q * r + _T4
+    q = q * r + _T3
+    q = q * r + _T2
+    q = q * r + 1.0
+    return pow2_bits(t), q * r
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _sigmoid_for32(v):
+    a = abs(v)
+    a = 104.0 if a > 104.0 else a  # sigmoid(-104) rounds to 0 in float32
+    s, q = _exp_parts(-a)
+    e = s * q + s  # e^-a
+    return (1.0 if v >= 0.0 else e) / (1.0 + e)
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _tanh_for32(v):
+    a = abs(v)
+    a = 20.0 if a > 20.0 else a  # tanh(20) rounds to 1 in float32
+    s, q = _exp_parts(-2.0 * a)
+    e = s * q + (s - 1.0)  # e^-2a - 1, accurate near 0
+    t = -e / (2.0 + e)
+    return t if v >= 0.0 else -t
+
+
+def gate_sigmoid(v, like):
+    """sigmoid of the float64 v, to be rounded to the type of the scalar `like`
+    (float32: _sigmoid_for32, float64: sigmoid64); jitted code only."""
+    raise NotImplementedError("gate_sigmoid is callable from jitted code only")
+
+
+def gate_tanh(v, like):
+    """tanh of the float64 v, to be rounded to the type of `like`; jitted code only."""
+    raise NotImplementedError("gate_tanh is callable from jitted code only")
+
+
+@overload(gate_sigmoid, jit_options=_EXP_OPTIONS)
+def _gate_sigmoid_overload(v, like):
+    if like == types.float32:
+        return lambda v, like: _sigmoid_for32(v)
+    return lambda v, like: sigmoid64(v)
+
+
+@overload(gate_tanh, jit_options=_EXP_OPTIONS)
+def _gate_tanh_overload(v, like):
+    if like == types.float32:
+        return lambda v, like: _tanh_for32(v)
+    return lambda v, like: tanh64(v)
 
 
 @jit_inline
@@ -239,7 +318,7 @@ def rnn_forward_row(xr, zr, b, relu, hr):
             hr[j] = zero if v < zero else v
     else:
         for j in range(hr.size):
-            hr[j] = tanh64(np.float64((xr[j] + b[j]) + zr[j]))
+            hr[j] = gate_tanh(np.float64((xr[j] + b[j]) + zr[j]), zero)
 
 
 @jit
@@ -261,21 +340,22 @@ def lstm_forward_row(xr, zr, b, c_prev, gr, c_row, h_row):
     """gates gr (i, f, g, o), cell c_row and state h_row of one row."""
     hidden = c_row.size
     dt = c_row.dtype.type
+    like = dt(0)
     for j in range(hidden):
-        ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
+        ig = dt(gate_sigmoid(np.float64((xr[j] + b[j]) + zr[j]), like))
         k = hidden + j
-        fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        fg = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
         k += hidden
-        gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
+        gg = dt(gate_tanh(np.float64((xr[k] + b[k]) + zr[k]), like))
         k += hidden
-        og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        og = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
         c = fg * c_prev[j] + ig * gg
         gr[j] = ig
         gr[hidden + j] = fg
         gr[2 * hidden + j] = gg
         gr[3 * hidden + j] = og
         c_row[j] = c
-        h_row[j] = og * dt(tanh64(np.float64(c)))
+        h_row[j] = og * dt(gate_tanh(np.float64(c), like))
 
 
 @jit
@@ -284,12 +364,13 @@ def lstm_backward_row(gr, c_row, c_prev, dh_row, dh, dc, dzr):
     t + 1, out: c_{t-1}'s."""
     hidden = c_row.size
     one = c_row.dtype.type(1)
+    like = c_row.dtype.type(0)
     for j in range(hidden):
         ig = gr[j]
         fg = gr[hidden + j]
         gg = gr[2 * hidden + j]
         og = gr[3 * hidden + j]
-        tc = c_row.dtype.type(tanh64(np.float64(c_row[j])))
+        tc = c_row.dtype.type(gate_tanh(np.float64(c_row[j]), like))
         g = dh_row[j] + dh[j]
         dcv = dc[j] + g * og * (one - tc * tc)
         dc[j] = dcv * fg
@@ -308,10 +389,10 @@ def gru_forward_row(xr, zr, b_x, b_h, h_prev, gr, hn_row, h_row):
     for j in range(hidden):
         k = hidden + j
         m = 2 * hidden + j
-        r = dt(sigmoid64(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j]))))
-        u = dt(sigmoid64(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k]))))
+        r = dt(gate_sigmoid(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j])), one))
+        u = dt(gate_sigmoid(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k])), one))
         a_n = zr[m] + b_h[m]
-        new = dt(tanh64(np.float64((xr[m] + b_x[m]) + r * a_n)))
+        new = dt(gate_tanh(np.float64((xr[m] + b_x[m]) + r * a_n), one))
         gr[j] = r
         gr[k] = u
         gr[m] = new
