@@ -89,7 +89,7 @@ def main(kind="lstm", rounds=15):
         work = n * t * h * GATES[kind] * h
         cells = "  ".join(f"{name} split {best[(name, True)]:7.1f} whole {best[(name, False)]:7.1f}"
                           for name in backends)
-        bare_cell = f"  bare-gemms (split) {best['bare']:7.1f}" if "bare" in best else ""
+        bare_cell = f"  bare-gemms (as c) {best['bare']:7.1f}" if "bare" in best else ""
         c_splits = "splits" if work >= 1 << c_min else "whole "
         print(f"N={n:3} T={t:3} F={f:3} H={h:4} work {work:>10} (c {c_splits})  {cells}{bare_cell}",
               flush=True)

@@ -227,7 +227,8 @@ void fastnn_set_blas_threads(void *set, void *get);
  * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
  * Workspaces: xw (n, steps, G hidden), z (n, G hidden), dz and dxw (n, steps,
  * G hidden), dhw (n, 3 hidden), acc (3 hidden). Every size below 2^31. The
- * backward writes dh0 (and dc0); relu selects relu over tanh. */
+ * backward writes dh0 (and dc0), and dx unless it is NULL; relu selects relu over
+ * tanh. */
 void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b, int relu, float *hs, float *xw, float *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);
@@ -274,6 +275,21 @@ void gru_backward_f64(const double *dhs, const double *x, const double *h0, cons
                       double *dx, double *dh0, double *dW_x, double *dW_h, double *db_x,
                       double *db_h, double *dxw, double *dhw, double *acc, int64_t n,
                       int64_t steps, int64_t f, int64_t hidden);
+/* One training step's GEMMs of the rnn (gate_count 1), lstm (4) or gru (3) kernels
+ * alone, issued as those kernels issue them, without their elementwise passes
+ * (whole_batch: every GEMM on the whole batch, as below the kernels' split size):
+ * the benchmarks' floor (fastnn/benchmarks/recurrent.py). Any finite inputs; the
+ * outputs are GEMM products of them, not gradients. dz (n, steps, G hidden),
+ * dhw (n, 3 hidden) and acc (3 hidden) the GRU's only, NULL for the others. */
+void recurrent_gemms_f32(int gate_count, int whole_batch, const float *x, const float *h0,
+                         const float *W_x, const float *W_h, float *hs, float *xw, float *z,
+                         float *dz, float *dhw, float *dx, float *dh0, float *dW_x, float *dW_h,
+                         double *acc, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+void recurrent_gemms_f64(int gate_count, int whole_batch, const double *x, const double *h0,
+                         const double *W_x, const double *W_h, double *hs, double *xw, double *z,
+                         double *dz, double *dhw, double *dx, double *dh0, double *dW_x,
+                         double *dW_h, double *acc, int64_t n, int64_t steps, int64_t f,
+                         int64_t hidden);
 
 /* Embedding (csrc/embedding.c): tokens, count = N*T entries, int64 or int32 (the
  * other NULL), each in [0, vocab); W, dW (vocab, dim); out, dy (count, dim).

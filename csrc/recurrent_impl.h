@@ -71,15 +71,17 @@ static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, i
                            dW_h + c0, width);
 }
 
-/* dx = dz @ W_x^T, dW_x = x^T @ dz over every step (rows = n steps of them); db =
- * column sums of dz. Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
+/* dx = dz @ W_x^T (unless dx is NULL), dW_x = x^T @ dz over every step (rows = n
+ * steps of them); db = column sums of dz. Only rows [r0, r1) of dx, columns
+ * [c0, c1) of dW_x and db. */
 static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
                            int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
                            int64_t c0, int64_t c1) {
-    if (r1 > r0)
+    if (dx && r1 > r0)
         FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
     if (c1 > c0)
         FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
+    if (!db) return; /* the GEMMs alone (recurrent_gemms) */
     /* each column summed over rows in row order, as before, but a block of
      * columns at a time along dz's rows (contiguous reads, not one per row) */
     enum { BLOCK = 256 };
@@ -328,6 +330,8 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
  * into the first in range order after (deterministic for a thread count). */
 struct FN(recurrent_job) {
     int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
+    int gemms_only;       /* the GEMMs alone (recurrent_gemms), no elementwise pass */
+    int whole_batch;      /* no split of the batch, whatever its size (recurrent_gemms) */
     int parts;            /* the ranges run_rows chose */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
@@ -337,6 +341,35 @@ struct FN(recurrent_job) {
     int64_t n, steps, f, hidden;
 };
 
+/* The GEMMs of the *_rows time loops above and nothing else, in their order:
+ * forward, the projection and h_{t-1} W_h per step; backward, per step the
+ * GEMMs of backward_gemms (dW_h's in the range only for the GRU, as
+ * gru_backward_rows). The floor of the kernels' time (recurrent_gemms). */
+static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0, const T *W_x,
+                          const T *W_h, const T *hs, T *xw, T *z, T *dz, T *dh0, T *dW_h,
+                          double *acc, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    int64_t w = gate_count * hidden;
+    if (!backward) {
+        FN(project)(x, W_x, xw, n * steps, f, w);
+        for (int64_t t = 0; t < steps; t++)
+            FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+        return;
+    }
+    /* the sums the kernels start from zero (beta = 1 GEMMs, the GRU's acc) */
+    for (int64_t i = 0; i < n * hidden; i++)
+        dh0[i] = 0;
+    for (int64_t i = 0; gate_count == 3 && i < hidden * w; i++)
+        dW_h[i] = 0;
+    for (int64_t i = 0; gate_count == 3 && i < w; i++)
+        acc[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--)
+        if (gate_count == 3) /* dz: the GRU's dhw (n, 3 hidden) */
+            FN(backward_gemms)(t, h0, hs, W_h, dz, w, dW_h, dh0, 1, n, steps, hidden, w);
+        else
+            FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps,
+                               hidden, w);
+}
+
 /* the time loop over batch rows [begin, end): every array offset to row begin */
 static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) {
     const struct FN(recurrent_job) *j = args;
@@ -345,7 +378,10 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     (void)part;
     const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
     T *hs = j->hs + seq * hidden, *xw = j->xw + seq * w, *z = j->z + begin * w;
-    if (j->gate_count == 1)
+    if (j->gemms_only)
+        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, xw, z, NULL, NULL, NULL, NULL,
+                      n, steps, f, hidden);
+    else if (j->gate_count == 1)
         FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, xw, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
         FN(lstm_forward_rows)(x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, j->b, hs,
@@ -362,7 +398,11 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
     T *dW_h = part ? j->part_dW_h + (part - 1) * hidden * w : j->dW_h;
     const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
     T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
-    if (j->gate_count == 1)
+    if (j->gemms_only)
+        FN(gemm_rows)(1, j->gate_count, NULL, h0, NULL, j->W_h, hs, NULL, NULL,
+                      j->gate_count == 3 ? j->dhw + begin * w : dz, dh0, dW_h,
+                      part ? j->part_acc + (part - 1) * w : j->acc, n, steps, 0, hidden);
+    else if (j->gate_count == 1)
         FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dz, n, steps, hidden);
     else if (j->gate_count == 4)
         FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
@@ -393,7 +433,8 @@ static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
  * for those sums, it runs serially. */
 static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
     int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
-    int parts = n * j->steps * len < RECURRENT_PARALLEL_MIN ? 1 : parallel_blas_parts(n, 1);
+    int parts = j->whole_batch || n * j->steps * len < RECURRENT_PARALLEL_MIN
+                    ? 1 : parallel_blas_parts(n, 1);
     j->part_dW_h = NULL;
     j->part_acc = NULL;
     if (backward && parts > 1 && j->gate_count == 3) {
@@ -479,4 +520,26 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
     FN(run_rows)(FN(backward_range), &j, n, 1);
     for (int64_t k = 0; k < 3 * hidden; k++)
         db_h[k] = (T)acc[k];
+}
+
+/* One training step's GEMMs of the rnn (gate_count 1), lstm (4) or gru (3)
+ * kernels alone, issued as the kernels issue them (the same ranges, threads,
+ * blocks and BLAS) with none of their elementwise passes: forward
+ * (forward_range), backward (backward_range), then dW_h, dW_x and dx
+ * (after_range, without db's sums); the GRU's dW_h sums over its ranges too.
+ * With whole_batch, every GEMM on the whole batch and BLAS's threads, as the
+ * kernels below their split size. The arrays' contents are not the kernels'
+ * (no gate is computed): a floor for benchmarks, any finite inputs. dz (n,
+ * steps, G hidden), dhw (n, 3 hidden) for the GRU. */
+void FN(recurrent_gemms)(int gate_count, int whole_batch, const T *x, const T *h0, const T *W_x,
+                         const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0, T *dW_x,
+                         T *dW_h, double *acc, int64_t n, int64_t steps, int64_t f,
+                         int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = gate_count, .gemms_only = 1,
+                                  .whole_batch = whole_batch, .x = x, .h0 = h0,
+                                  .W_x = W_x, .W_h = W_h, .hs = hs, .xw = xw, .z = z, .dz = dz,
+                                  .dhw = dhw, .dx = dx, .dh0 = dh0, .dW_x = dW_x, .dW_h = dW_h,
+                                  .acc = acc, .steps = steps, .f = f, .hidden = hidden};
+    FN(run_rows)(FN(forward_range), &j, n, 0);
+    FN(run_rows)(FN(backward_range), &j, n, 1);
 }

@@ -169,3 +169,24 @@ def test_empty_axes_give_the_reference_results(kind, n, t, f, backend_name):
     for got, expected in zip(*results):
         assert got.shape == expected.shape
         np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend_name", fastnn.available_backends())
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("n, t, f, h", [(3, 4, 2, 5), (9, 32, 5, 96)])  # the second splits the batch
+def test_backward_without_dx(kind, n, t, f, h, backend_name):
+    """need_dx=False: dx is None, a dx buffer passed is left as it was, and every
+    other gradient is the one the backward computes with dx."""
+    backend = fastnn.get_backend(backend_name)
+    kw = {k: None if v is None else v.astype(np.float32)
+          for k, v in arguments(kind, n, t, f, h).items()}
+    hs, cache = forward(backend, kind, kw)
+    dhs = rand(hs.shape, 7).astype(np.float32)
+    full = getattr(backend, f"{kind}_backward")(dhs, cache)
+    untouched = np.full(kw["x"].shape, 5.0, np.float32)
+    dx = untouched.copy()
+    grads = getattr(backend, f"{kind}_backward")(dhs, cache, need_dx=False, dx=dx)
+    assert grads[0] is None and full[0].shape == kw["x"].shape
+    np.testing.assert_array_equal(dx, untouched)
+    for got, expected in zip(grads[1:], full[1:]):
+        np.testing.assert_array_equal(got, expected)

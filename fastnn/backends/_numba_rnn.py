@@ -13,19 +13,22 @@ after the loop dx and dW_x over every step at once.
 
 Roundings follow the reference: elementwise operations in the array dtype, in
 the reference's order, with tanh and sigmoid evaluated in float64 and rounded
-once (reference.FLOAT64_INSIDE); bias gradients summed in float64. (BLAS's
+once (reference.FLOAT64_INSIDE; for float32 on a cheaper exp, gate_sigmoid and
+gate_tanh); bias gradients summed in float64. (BLAS's
 beta = 1 rounds a product and the sum it is added to once, where the reference
 rounds twice.)
 """
 
 import ctypes
+import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._blas import blas_gemm
 from ._numba_kernels import jit, jit_parallel
-from ._numba_math import fexp, jit_inline, tanh64
+from ._numba_math import BIASED64, LN2_HI, LN2_LO, LOG2E, fexp, jit_inline, pow2_bits, tanh64
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 # dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
@@ -107,6 +110,82 @@ def sigmoid64(v):
     return (1.0 if v >= 0.0 else e) / (1.0 + e)
 
 
+# The gates of float32 kernels: sigmoid and tanh in float64, rounded once to
+# float32 as the reference, but on _exp_parts, which is accurate enough for a
+# float32 result and cheaper than fexp's float64 (as the C kernels' gates,
+# csrc/recurrent.c gate_sigmoid_f32 and gate_tanh_f32). Float64 kernels keep
+# sigmoid64 and tanh64.
+_EXP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}}  # FMAs, as the C kernels
+_T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11 = (1.0 / math.factorial(k) for k in range(2, 12))
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _exp_parts(x):
+    """(s, q) with e^x = s (1 + q) for x in [-104, 0] (or NaN): s = 2^n normal, q =
+    e^r - 1 for x = n ln2 + r, |r| <= ln2 / 2, by its Taylor polynomial to r^11
+    (relative error 2e-13: a float32 rounded from s (1 + q) is the correctly
+    rounded one but within 2e-13 of halfway between two floats)."""
+    t = x * LOG2E + BIASED64
+    n = t - BIASED64
+    r = (x - n * LN2_HI) - n * LN2_LO
+    q = _T11
+    q = q * r + _T10
+    q = q * r + _T9
+    q = q * r + _T8
+    q = q * r + _T7
+    q = q * r + _T6
+    q = q * r + _T5
+    q = q * r + _T4
+    q = q * r + _T3
+    q = q * r + _T2
+    q = q * r + 1.0
+    return pow2_bits(t), q * r
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _sigmoid_for32(v):
+    a = abs(v)
+    a = 104.0 if a > 104.0 else a  # sigmoid(-104) rounds to 0 in float32
+    s, q = _exp_parts(-a)
+    e = s * q + s  # e^-a
+    return (1.0 if v >= 0.0 else e) / (1.0 + e)
+
+
+@njit(cache=True, inline="always", **_EXP_OPTIONS)
+def _tanh_for32(v):
+    a = abs(v)
+    a = 20.0 if a > 20.0 else a  # tanh(20) rounds to 1 in float32
+    s, q = _exp_parts(-2.0 * a)
+    e = s * q + (s - 1.0)  # e^-2a - 1, accurate near 0
+    t = -e / (2.0 + e)
+    return t if v >= 0.0 else -t
+
+
+def gate_sigmoid(v, like):
+    """sigmoid of the float64 v, to be rounded to the type of the scalar `like`
+    (float32: _sigmoid_for32, float64: sigmoid64); jitted code only."""
+    raise NotImplementedError("gate_sigmoid is callable from jitted code only")
+
+
+def gate_tanh(v, like):
+    """tanh of the float64 v, to be rounded to the type of `like`; jitted code only."""
+    raise NotImplementedError("gate_tanh is callable from jitted code only")
+
+
+@overload(gate_sigmoid, jit_options=_EXP_OPTIONS)
+def _gate_sigmoid_overload(v, like):
+    if like == types.float32:
+        return lambda v, like: _sigmoid_for32(v)
+    return lambda v, like: sigmoid64(v)
+
+
+@overload(gate_tanh, jit_options=_EXP_OPTIONS)
+def _gate_tanh_overload(v, like):
+    if like == types.float32:
+        return lambda v, like: _tanh_for32(v)
+    return lambda v, like: tanh64(v)
+
+
 @jit_inline
 def _project(blas, x, W_x, xw):
     """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step."""
@@ -181,12 +260,12 @@ def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
 def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
     """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
     column sums of dz (N, T, G*H), in float64. Only rows [r0, r1) of dx (of N*T),
-    columns [c0, c1) of dW_x and db."""
+    columns [c0, c1) of dW_x and db; no dx when it is empty (not wanted)."""
     n, steps, f = x.shape
     width = dz.shape[2]
     rows = n * steps
     dz_flat = dz.reshape(-1)
-    if r1 > r0:
+    if r1 > r0 and dx.size:
         gemm(blas, 0, 1, r1 - r0, f, width, dz_flat[r0 * width:], width, W_x, width, 0.0,
              dx.reshape(-1)[r0 * f:], f)
     if c1 > c0:
@@ -239,7 +318,7 @@ def rnn_forward_row(xr, zr, b, relu, hr):
             hr[j] = zero if v < zero else v
     else:
         for j in range(hr.size):
-            hr[j] = tanh64(np.float64((xr[j] + b[j]) + zr[j]))
+            hr[j] = gate_tanh(np.float64((xr[j] + b[j]) + zr[j]), zero)
 
 
 @jit
@@ -261,21 +340,22 @@ def lstm_forward_row(xr, zr, b, c_prev, gr, c_row, h_row):
     """gates gr (i, f, g, o), cell c_row and state h_row of one row."""
     hidden = c_row.size
     dt = c_row.dtype.type
+    like = dt(0)
     for j in range(hidden):
-        ig = dt(sigmoid64(np.float64((xr[j] + b[j]) + zr[j])))
+        ig = dt(gate_sigmoid(np.float64((xr[j] + b[j]) + zr[j]), like))
         k = hidden + j
-        fg = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        fg = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
         k += hidden
-        gg = dt(tanh64(np.float64((xr[k] + b[k]) + zr[k])))
+        gg = dt(gate_tanh(np.float64((xr[k] + b[k]) + zr[k]), like))
         k += hidden
-        og = dt(sigmoid64(np.float64((xr[k] + b[k]) + zr[k])))
+        og = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
         c = fg * c_prev[j] + ig * gg
         gr[j] = ig
         gr[hidden + j] = fg
         gr[2 * hidden + j] = gg
         gr[3 * hidden + j] = og
         c_row[j] = c
-        h_row[j] = og * dt(tanh64(np.float64(c)))
+        h_row[j] = og * dt(gate_tanh(np.float64(c), like))
 
 
 @jit
@@ -284,12 +364,13 @@ def lstm_backward_row(gr, c_row, c_prev, dh_row, dh, dc, dzr):
     t + 1, out: c_{t-1}'s."""
     hidden = c_row.size
     one = c_row.dtype.type(1)
+    like = c_row.dtype.type(0)
     for j in range(hidden):
         ig = gr[j]
         fg = gr[hidden + j]
         gg = gr[2 * hidden + j]
         og = gr[3 * hidden + j]
-        tc = c_row.dtype.type(tanh64(np.float64(c_row[j])))
+        tc = c_row.dtype.type(gate_tanh(np.float64(c_row[j]), like))
         g = dh_row[j] + dh[j]
         dcv = dc[j] + g * og * (one - tc * tc)
         dc[j] = dcv * fg
@@ -308,10 +389,10 @@ def gru_forward_row(xr, zr, b_x, b_h, h_prev, gr, hn_row, h_row):
     for j in range(hidden):
         k = hidden + j
         m = 2 * hidden + j
-        r = dt(sigmoid64(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j]))))
-        u = dt(sigmoid64(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k]))))
+        r = dt(gate_sigmoid(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j])), one))
+        u = dt(gate_sigmoid(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k])), one))
         a_n = zr[m] + b_h[m]
-        new = dt(tanh64(np.float64((xr[m] + b_x[m]) + r * a_n)))
+        new = dt(gate_tanh(np.float64((xr[m] + b_x[m]) + r * a_n), one))
         gr[j] = r
         gr[k] = u
         gr[m] = new
@@ -552,39 +633,3 @@ def embedding_backward(dy, tokens, dW):
             for j in range(dW.shape[1]):
                 row[j] += dy[n, t, j]
 
-
-# ------------------------------------------------- the GEMMs alone (benchmarks)
-@jit
-def bare_gemms_rows(blas, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
-    """The recurrent GEMMs of one training step over the rows given, issued as the
-    kernels above issue them and nothing else: forward, the input projection
-    and one h_{t-1} @ W_h per step; backward, the two GEMMs per step (x (N, T, F),
-    hs (N, T, H), xw and dz (N, T, G*H) hold any finite values); dW_h and the
-    input side after (backward_after, with db's column sums, a pass over dz)."""
-    steps = hs.shape[1]
-    width = W_h.shape[1]
-    if not backward:
-        _project(blas, x, W_x, xw)
-        for t in range(steps):
-            _recurrent_gemm(blas, t, h0, hs, W_h, z)
-        return
-    for t in range(steps - 1, -1, -1):
-        _dh_gemm(blas, dz[0, t], steps * width, W_h, dh, 0.0)
-
-
-@jit
-def bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh):
-    """One training step's recurrent GEMMs on the whole batch."""
-    bare_gemms_rows(blas, False, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-    bare_gemms_rows(blas, True, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-    backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, True)
-
-
-@jit_parallel
-def bare_gemms_split(blas, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh):
-    """bare_gemms_rows of the forward or the backward over the ranges of rows
-    `bounds` in parallel, as the *_split kernels (backward_after_split after them)."""
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        bare_gemms_rows(part_blas(blas, p), backward, x[i:j], h0[i:j], W_x, W_h, hs[i:j], xw[i:j],
-                        z[i:j], dz[i:j], dh[i:j])

@@ -127,7 +127,7 @@ class _FunctionTable:
         "conv2d_direct_backward",
     ) + (  # recurrence
         "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-        "gru_backward",
+        "gru_backward", "recurrent_gemms",
     ) + ("embedding_forward", "embedding_backward")
 
     # functions on bytes, the same for every dtype
@@ -481,16 +481,16 @@ class CBackend(GemmConv, NumpyBackend):
                       fb(ct, hs), fb(ct, xw), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache, dz):
+    def _rnn_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, activation = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache, dz)
+            return super()._rnn_backward(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
+        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
         k.rnn_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
-                       *(fb(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
+                       *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
         return out
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
@@ -505,16 +505,16 @@ class CBackend(GemmConv, NumpyBackend):
                                              e((n, 4 * hidden), d))), n, steps, f, hidden)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache, dz):
+    def _lstm_backward(self, dhs, cache, dx, dz):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache, dz)
+            return super()._lstm_backward(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
+        out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                e(4 * hidden, d))
-        fb, ct = ffi.from_buffer, k.ctype
-        k.lstm_backward(*(fb(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
+        ct = k.ctype
+        k.lstm_backward(*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
                         n, steps, f, hidden)
         return out
 
@@ -529,18 +529,18 @@ class CBackend(GemmConv, NumpyBackend):
                                             e((n, 3 * hidden), d))), n, steps, f, hidden)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache, dz):
+    def _gru_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, gates, hn = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache, dz)
+            return super()._gru_backward(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(3 * hidden, d),
+        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(3 * hidden, d),
                e(3 * hidden, d))
-        fb, ct = ffi.from_buffer, k.ctype
-        k.gru_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
-                                             e((n, 3 * hidden), d))),
-                       fb("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
+        ct = k.ctype
+        k.gru_backward(*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
+                                               e((n, 3 * hidden), d))),
+                       ffi.from_buffer("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
         return out
 
     # ---------------------------------------------------------------- embedding

@@ -158,6 +158,12 @@ def _run_split(split, dtype, bounds, *args):
     _serial_twin(split)(blas, bounds, *args)
 
 
+def _dx_buffer(dx, x):
+    """dx, or when no dx is wanted (None) an empty (0, T, F) array in its place:
+    the jitted backward kernels skip dx's GEMM for an empty dx (x never is)."""
+    return np.empty((0, *x.shape[1:]), x.dtype) if dx is None else dx
+
+
 def _run_forward(whole, split, x, W_h, args):
     """A recurrent forward kernel: `whole` over the batch on one thread, or its
     *_split twin over the ranges of _recurrent_bounds (args: the kernels' own,
@@ -601,13 +607,13 @@ class NumbaBackend(GemmConv, NumpyBackend):
         _run_forward(R.rnn_forward, R.rnn_forward_split, x, W_h, args)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache, dz):
+    def _rnn_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, activation = cache
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache, dz)
+            return super()._rnn_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dx, dh0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
-                                   e(W_h.shape[1], d))
+        dh0, dW_x, dW_h, db = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d)
+        dx_or_none, dx = dx, _dx_buffer(dx, x)
         relu = activation == "relu"
         bounds = _recurrent_bounds(x, W_h)
         if bounds is None:
@@ -617,7 +623,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
             _run_split(R.rnn_backward_split, d, bounds, dhs, hs, W_h, relu, dz, dh0)
             _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
                        True)
-        return dx, dh0, dW_x, dW_h, db
+        return dx_or_none, dh0, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
         n, hidden = x.shape[0], W_h.shape[0]
@@ -630,13 +636,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
         _run_forward(R.lstm_forward, R.lstm_forward_split, x, W_h, args)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache, dz):
+    def _lstm_backward(self, dhs, cache, dx, dz):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache, dz)
+            return super()._lstm_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dx, dh0, dc0, dW_x, dW_h, db = (e(x.shape, d), e(h0.shape, d), e(h0.shape, d),
-                                        e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
+        dh0, dc0, dW_x, dW_h, db = (e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d),
+                                    e(W_h.shape, d), e(W_h.shape[1], d))
+        dx_or_none, dx = dx, _dx_buffer(dx, x)
         bounds = _recurrent_bounds(x, W_h)
         if bounds is None:
             R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0,
@@ -645,7 +652,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
             _run_split(R.lstm_backward_split, d, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh0, dc0)
             _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
                        True)
-        return dx, dh0, dc0, dW_x, dW_h, db
+        return dx_or_none, dh0, dc0, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
         n, hidden = x.shape[0], W_h.shape[0]
@@ -657,13 +664,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
         _run_forward(R.gru_forward, R.gru_forward_split, x, W_h, args)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache, dz):
+    def _gru_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, gates, hn = cache
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache, dz)
+            return super()._gru_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dx, dh0, dW_x, dW_h, db_x, db_h = (e(x.shape, d), e(h0.shape, d), e(W_x.shape, d),
-                                           e(W_h.shape, d), e(W_h.shape[1], d), e(W_h.shape[1], d))
+        dh0, dW_x, dW_h, db_x, db_h = (e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
+                                       e(W_h.shape[1], d), e(W_h.shape[1], d))
+        dx_or_none, dx = dx, _dx_buffer(dx, x)
         dhw = e((x.shape[0], W_h.shape[1]), d)
         bounds = _recurrent_bounds(x, W_h)
         if bounds is None:
@@ -674,7 +682,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
                        e((bounds.size - 2, *W_h.shape), d), dz, dhw, dh0, db_h)
             _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db_x,
                        False)
-        return dx, dh0, dW_x, dW_h, db_x, db_h
+        return dx_or_none, dh0, dW_x, dW_h, db_x, db_h
 
     # ---------------------------------------------------------------- embedding
     def _embedding_forward(self, tokens, W, out):

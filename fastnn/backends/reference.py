@@ -575,7 +575,7 @@ class NumpyBackend:
             h = hs[:, t]
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache, dz):
+    def _rnn_backward(self, dhs, cache, dx, dz):
         # dz (N, T, H): d loss / d (x_t W_x + h_{t-1} W_h + b)
         x, h0, W_x, W_h, hs, activation = cache
         n, steps, f = x.shape
@@ -588,7 +588,7 @@ class NumpyBackend:
             h_prev = hs[:, t - 1] if t else h0
             dW_h += h_prev.T @ dz[:, t]
             dh_next = dz[:, t] @ W_h.T
-        dx, dW_x, db = _input_side(x, W_x, dz)
+        dW_x, db = _input_side(x, W_x, dz, dx)
         return dx, dh_next, dW_x, dW_h, db
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
@@ -609,7 +609,7 @@ class NumpyBackend:
             hs[:, t], cs[:, t] = h, c
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache, dz):
+    def _lstm_backward(self, dhs, cache, dx, dz):
         # dz (N, T, 4H): d loss / d gate pre-activations
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         n, steps, f = x.shape
@@ -628,7 +628,7 @@ class NumpyBackend:
             h_prev = hs[:, t - 1] if t else h0
             dW_h += h_prev.T @ dz[:, t]
             dh_next = dz[:, t] @ W_h.T
-        dx, dW_x, db = _input_side(x, W_x, dz)
+        dW_x, db = _input_side(x, W_x, dz, dx)
         return dx, dh_next, dc_next, dW_x, dW_h, db
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
@@ -650,7 +650,7 @@ class NumpyBackend:
             hs[:, t], hn[:, t] = h, a[:, n_]
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache, dxw):
+    def _gru_backward(self, dhs, cache, dx, dxw):
         # dxw (N, T, 3H): d loss / d (x_t W_x + b_x)
         x, h0, W_x, W_h, hs, gates, hn = cache
         n, steps, f = x.shape
@@ -669,7 +669,7 @@ class NumpyBackend:
             dhw[:, t] = np.concatenate([dr, dzg, dn * r], axis=1)
             dW_h += h_prev.T @ dhw[:, t]
             dh_next = dhw[:, t] @ W_h.T + dh * z
-        dx, dW_x, db_x = _input_side(x, W_x, dxw)
+        dW_x, db_x = _input_side(x, W_x, dxw, dx)
         db_h = dhw.sum(axis=(0, 1), dtype=np.float64).astype(x.dtype)
         return dx, dh_next, dW_x, dW_h, db_x, db_h
 
@@ -718,16 +718,18 @@ def _project(x, W_x, b, xw):
     xw2 += b
 
 
-def _input_side(x, W_x, dz):
-    """dx (N, T, F), dW_x (F, G*H), db (G*H,) from dz (N, T, G*H), the gradient of
-    the input projections x_t W_x + b of every step: three GEMM-sized operations
-    over all steps at once (db summed in float64, as dense's)."""
+def _input_side(x, W_x, dz, dx):
+    """dW_x (F, G*H), db (G*H,) and, into dx (N, T, F) unless it is None, dx from
+    dz (N, T, G*H), the gradient of the input projections x_t W_x + b of every
+    step: GEMM-sized operations over all steps at once (db summed in float64,
+    as dense's)."""
     n, steps, f = x.shape
     dz2 = dz.reshape(n * steps, dz.shape[2])
-    dx = (dz2 @ W_x.T).reshape(n, steps, f)
+    if dx is not None:
+        np.matmul(dz2, W_x.T, out=dx.reshape(n * steps, f))
     dW_x = x.reshape(n * steps, f).T @ dz2
     db = dz2.sum(axis=0, dtype=np.float64).astype(x.dtype)
-    return dx, dW_x, db
+    return dW_x, db
 
 
 class RnnCache(NamedTuple):

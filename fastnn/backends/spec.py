@@ -959,7 +959,9 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
     doc += (f"\n\n        {out_names}: optional arrays the results are written into (the cache\n"
             f"        refers to all but xw, a workspace (N, T, {gates}H)), so that a caller reusing\n"
             "        them allocates nothing.")
-    backward_doc += f"\n        dz: an optional workspace (N, T, {gates}H)."
+    backward_doc += (f"\n        need_dx: False when no gradient of x is wanted (a first layer): dx is\n"
+                     f"        then None and its GEMM is not run. dz: an optional workspace\n"
+                     f"        (N, T, {gates}H).")
     forward = Kernel(
         f"{name}_forward", signature + "".join(f", {o.name}=None" for o in outputs),
         [*options, In("x", "N T F"), *weights,
@@ -968,12 +970,13 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
         signature.replace("='tanh'", "") + ", " + out_names, "_r", doc,
         variants={"zero-state": {s: None for s in states}, **(variants or {})})
     backward = Kernel(
-        f"{name}_backward", "dhs, cache, dz=None",
+        f"{name}_backward", "dhs, cache, need_dx=True, dx=None, dz=None",
         [In("dhs", "N T H"),
          Cache("cache", cls, fields,
                f"cache must be the {cls[1:]} returned by {name}_forward"),
+         Out("dx", "N T F", when="need_dx"),
          Out("dz", f"N T {width}")],
-        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dz", "_r",
+        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz", "_r",
         backward_doc)
     return [forward, backward]
 

@@ -10,18 +10,19 @@ batch is timed; per-sequence time is its time / 64.
 PyTorch runs in a process of its own that never imports fastnn
 (torch_recurrent.py, through runner.run_apart, with the user's environment),
 started once per round so that its timings interleave with the
-backends'. "bare-gemms" is the GEMMs of the step issued as the numba and C
-kernels issue them, through the same BLAS ?gemm (SciPy's): the batch rows split
-into one range per thread, each thread with BLAS on one thread issuing its
-range's input projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x
-(H, G*H) per step, then backward dh = dz_t W_h^T per step; after them, split by
-columns over the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole
-batch and dW_x as one GEMM (with db's column sums, a pass over dz), and dx by
-rows; the per-step h_{t-1} W_h and dW_h GEMMs in blocks of columns of at most
-10^6 multiply-adds, as the kernels (_numba_rnn.gemm_tiles).
-Nothing else (but db's sums): the floor of any kernel issuing those GEMMs. "bare-gemms-whole"
-is the same GEMMs on the whole batch each, BLAS splitting each one itself (as
-the kernels issue them below their split threshold).
+backends'. "bare-gemms" is the GEMMs of the step alone, issued by the C kernels'
+own time loops with their elementwise passes left out (csrc/recurrent_impl.h
+recurrent_gemms): the same ranges of batch rows on the same threads, the same
+blocks of columns, the same BLAS ?gemm (SciPy's) on one thread each: the input
+projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x (H, G*H) per
+step, then backward dh = dz_t W_h^T per step; after them, split by columns over
+the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole batch and
+dW_x as one GEMM (no dx: the layer is the first, whose backward skips it).
+Nothing else, not even db's sums: the floor
+of the C kernels' step (and of the numba kernels', which issue the same
+GEMMs). "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
+splitting each one itself (as the kernels issue them below their split size).
+Neither includes the linear head, the loss or Adam.
 """
 
 import json
@@ -47,9 +48,9 @@ def sequence_data(batch, steps, features, seed=0):
 
 def gemm_flops(kind, batch, steps, features, units):
     """Flops of one training step's recurrent GEMMs: forward x W_x and h W_h,
-    backward dW_h, dh, dx and dW_x (2 m n k each)."""
+    backward dW_h, dh and dW_x (2 m n k each; no dx below a first layer)."""
     width = GATES[kind] * units
-    return 2 * batch * steps * width * (3 * features + 3 * units)
+    return 2 * batch * steps * width * (2 * features + 3 * units)
 
 
 def fastnn_step(backend, kind, batch, steps, features, units):
@@ -66,35 +67,32 @@ def fastnn_step(backend, kind, batch, steps, features, units):
 
 def bare_gemms_step(kind, batch, steps, features, units, split=True):
     """A callable issuing the step's GEMMs alone (see the module's docstring), or
-    None without numba. With `split` (as the kernels run at these sizes), the
-    forward's and the backward's per-step GEMMs split by batch rows over the
-    threads, BLAS on one thread each, as the kernels issue them
-    (numba_backend._recurrent_bounds); else every GEMM on the whole batch."""
-    try:
-        from ..backends import _numba_rnn as R
-        from ..backends import numba_backend as NB
-    except ImportError:
-        return None
-    rng = np.random.default_rng(1)
-    width, d = GATES[kind] * units, np.float32
+    None without the C backend. With `split` the batch rows split over the
+    threads as the kernels split them at this size; else every GEMM on the
+    whole batch."""
+    import fastnn
 
-    def a(*shape):
+    if "c" not in fastnn.available_backends():
+        return None
+    from ..backends.c_backend import C_FUNCTIONS, NULL, ffi
+
+    rng = np.random.default_rng(1)
+    width, d = GATES[kind] * units, np.dtype(np.float32)
+
+    def a(*shape):  # finite values of the size of activations and gradients
         return (rng.standard_normal(shape) * 0.1).astype(d)
 
-    x, h0, W_x, W_h = a(batch, steps, features), a(batch, units), a(features, width), a(units, width)
-    hs, xw, z, dz = a(batch, steps, units), a(batch, steps, width), a(batch, width), a(batch, steps, width)
-    dx, dW_x, dW_h, dh = a(batch, steps, features), a(features, width), a(units, width), a(batch, units)
-    db, blas = a(width), R.Blas(d).args()
-    bounds = NB._recurrent_bounds(x, W_h) if split else None
-    if bounds is None:
-        return lambda: R.bare_gemms(blas, x, h0, W_x, W_h, hs, xw, z, dz, dx, dW_x, dW_h, db, dh)
-
-    def step():
-        for backward in (False, True):
-            NB._run_split(R.bare_gemms_split, d, bounds, backward, x, h0, W_x, W_h, hs, xw, z, dz, dh)
-        NB._run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
-                      True)
-    return step
+    arrays = (a(batch, steps, features), a(batch, units), a(features, width), a(units, width),
+              a(batch, steps, units), a(batch, steps, width), a(batch, width),
+              a(batch, steps, width))
+    out = (a(batch, units), a(features, width), a(units, width))
+    k = C_FUNCTIONS[d]
+    x, h0, W_x, W_h, hs, xw, z, dz = (ffi.from_buffer(k.ctype, v) for v in arrays)
+    dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
+    # no dx: the layer of the benchmark is a first layer (need_dx False)
+    args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
+            dW_h, NULL, batch, steps, features, units)
+    return lambda: k.recurrent_gemms(*args)
 
 
 def _calls_for(fn, min_time):
@@ -110,14 +108,15 @@ def _mean_time(fn, calls):
     return (time.perf_counter() - start) / calls
 
 
-def torch_step_seconds(kind, sizes, min_time, repeats):
+def torch_step_seconds(kind, sizes, min_time, repeats, **options):
     """[seconds of one training step] of the network in PyTorch, timed in a
     process that never imports fastnn (runner.run_apart); None when PyTorch is
-    not installed."""
+    not installed. options: torch_recurrent.py's threads and cpu_time."""
     from .runner import run_apart
 
     source = (Path(__file__).parent / "torch_recurrent.py").read_text()
-    options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats})
+    options = json.dumps({"kind": kind, **sizes, "min_time": min_time, "repeats": repeats,
+                          **options})
     try:
         return run_apart(source, options)["step_seconds"]
     except RuntimeError as exc:

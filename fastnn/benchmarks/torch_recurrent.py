@@ -4,7 +4,9 @@ source through ``python -c``, runner.run_apart), which never imports fastnn,
 as a PyTorch user's process.
 
 argv[1]: JSON {"kind": "rnn" or "lstm", "batch", "steps", "features", "units",
-"min_time": seconds per timing, "repeats"}. The network: torch.nn.RNN (tanh) or
+"min_time": seconds per timing, "repeats", optionally "threads": torch's thread
+count, and "cpu_time": true to time in the thread's CPU time (one thread), not
+wall time}. The network: torch.nn.RNN (tanh) or
 torch.nn.LSTM, batch first, a linear head on the last hidden state, squared
 error, Adam (lr 1e-3), float32. Prints one JSON line: {"step_seconds": [the
 mean time of one training step over each timing], "threads": torch's}.
@@ -20,6 +22,9 @@ import numpy as np
 def main(o):
     import torch  # here, so that the module imports where PyTorch is absent
 
+    if o.get("threads"):
+        torch.set_num_threads(o["threads"])
+    clock = time.thread_time if o.get("cpu_time") else time.perf_counter
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     X = torch.from_numpy(rng.standard_normal((o["batch"], o["steps"], o["features"]), np.float32))
@@ -38,15 +43,15 @@ def main(o):
 
     for _ in range(5):  # warm-up
         step()
-    start = time.perf_counter()
+    start = clock()
     step()
-    calls = max(1, int(o["min_time"] / max(time.perf_counter() - start, 1e-6)))
+    calls = max(1, int(o["min_time"] / max(clock() - start, 1e-6)))
     times = []
     for _ in range(o["repeats"]):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(calls):
             step()
-        times.append((time.perf_counter() - start) / calls)
+        times.append((clock() - start) / calls)
     print(json.dumps({"step_seconds": times, "threads": torch.get_num_threads()}))
 
 

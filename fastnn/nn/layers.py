@@ -1248,7 +1248,10 @@ class _Recurrent(Layer):
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
             dhs[:, -1] = dy
         dz = self._workspace(ws, *dhs.shape[:2])["dz"]
-        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache, dz=dz)
+        # no dx (nor its GEMM) below a first layer
+        dx = buffer(ws, "dx", cache.x.shape, self.dtype) if need_dx else None
+        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache, need_dx=need_dx, dx=dx,
+                                                                 dz=dz)
         names = ("W_x", "W_h") + self.biases  # the last results; before them dx, dh0 (, dc0)
         for name, g in zip(names, grads[-len(names):]):
             self.grads[name][...] = g
