@@ -137,6 +137,31 @@ def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
         np.testing.assert_array_equal(s, p, err_msg=f"{group.__name__} output {i}")
 
 
+@pytest.mark.parametrize("shape", [(300, 257), (40, 1100), (9, 5)])
+def test_streaming_stores_write_what_plain_stores_write(shape, dtype, monkeypatch):
+    """The kernels that write a large output with non-temporal stores
+    (_numba_memory.py) write the same bits as with plain ones: rows whose
+    length is not a whole number of lines, more than one staged piece per
+    row (1100 columns), rows shorter than a line; serial and parallel."""
+    be = fastnn.get_backend("numba")
+    x = rand(shape, dtype, 11, 2.0) + 3
+    gamma, beta, dy = rand(shape[1:], dtype, 12), rand(shape[1:], dtype, 13), rand(shape, dtype, 14)
+    runs = []
+    for stream, parallel in [(1 << 62, 1 << 62), (0, 1 << 62), (0, 0)]:
+        monkeypatch.setattr(numba_backend, "STREAM_BYTES", stream)
+        for threshold in ("PARALLEL_MIN", "BN_PARALLEL_MIN"):
+            monkeypatch.setattr(numba_backend, threshold, parallel)
+        out = []
+        for training in (True, False):
+            rm, rv = np.zeros(shape[1], dtype), np.ones(shape[1], dtype)
+            y, cache = be.batchnorm_forward(x, gamma, beta, rm, rv, training)
+            out += [y, rm, rv, *be.batchnorm_backward(dy, cache)]
+        runs.append(out)
+    for run in runs[1:]:
+        for i, (a, b) in enumerate(zip(runs[0], run)):
+            np.testing.assert_array_equal(a, b, err_msg=f"output {i}")
+
+
 def _convolution(be, dtype):
     """conv (im2col, col2im), max and average pooling, forward and backward."""
     x = rand((5, 9, 8, 3), dtype, 20)
