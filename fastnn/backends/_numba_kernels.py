@@ -798,7 +798,11 @@ def sum_gradient_blocks(partial1, partial2, gamma, invstd, n, dgamma, dbeta, coe
 
 @jit_inline
 def batchnorm_dx_rows(dy, x, r0, r1, mean, invstd, gamma, coef, dgamma, dbeta, training, dx):
-    # the reference's order of operations
+    # the reference's order of operations. Plain stores: dx staged a row at a
+    # time in L1 and written with non-temporal stores (as normalise_rows) was
+    # slower here (4096 x 1024 float32 backward, one thread, CPU time: 4.37
+    # against 3.83 ms; 2 threads 2.72 against 2.57; C 3.75 and 2.35), and more
+    # so with the next rows of x and dy prefetched
     nn = x.dtype.type(x.shape[0])
     for i in range(r0, r1):
         xi, gi, di = x[i], dy[i], dx[i]
