@@ -932,7 +932,7 @@ def penalty_parallel(param, grad, l2, l1):
 # One pass over param, grad and state per step, in place, on views from 0.
 # Scalars arrive in the dtype of param, the 1 - beta kind already rounded from
 # float64 as in the reference. Expressions keep the reference's order of operations.
-@jit
+@njit(cache=True, error_model="numpy", fastmath={"contract"})  # as adam_block
 def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity):
     zero = param.dtype.type(0)
     use_wd = weight_decay != zero
@@ -1038,15 +1038,18 @@ def adadelta_parallel(param, grad, square_avg, acc_delta, lr, rho, rest, eps, we
 
 @jit_inline
 def adam_moments(m, v, i, g, beta1, rest1, beta2, rest2):
-    """Updates m[i], v[i] with the gradient g; returns v[i]."""
+    """Updates m[i], v[i] with the gradient g; returns both (m[i] read back
+    after the store to v[i], which might alias it, was a load more a step)."""
     mi = m[i] * beta1 + rest1 * g
     vi = v[i] * beta2 + rest2 * g * g
     m[i] = mi
     v[i] = vi
-    return vi
+    return mi, vi
 
 
-@jit
+# FMA contraction, as the C kernels' compilers do by default: the same
+# results to rounding, fewer instructions a step
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
 def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2, eps,
                weight_decay, decay, amsgrad):
     """Adam. step = lr / (1 - beta1^t); inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t);
@@ -1061,22 +1064,23 @@ def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_s
         if use_wd:
             for i in range(param.size):
                 p = param[i]
-                vi = adam_moments(m, v, i, grad[i] + weight_decay * p, beta1, rest1, beta2, rest2)
-                param[i] = p - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+                mi, vi = adam_moments(m, v, i, grad[i] + weight_decay * p, beta1, rest1, beta2,
+                                      rest2)
+                param[i] = p - step * mi / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
         else:
             for i in range(param.size):
-                vi = adam_moments(m, v, i, grad[i], beta1, rest1, beta2, rest2)
-                param[i] = param[i] - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+                mi, vi = adam_moments(m, v, i, grad[i], beta1, rest1, beta2, rest2)
+                param[i] = param[i] - step * mi / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
         return
     for i in range(param.size):
         p = param[i] * decay if use_decay else param[i]
-        vi = adam_moments(m, v, i, grad[i] + weight_decay * p if use_wd else grad[i], beta1, rest1,
-                          beta2, rest2)
+        mi, vi = adam_moments(m, v, i, grad[i] + weight_decay * p if use_wd else grad[i], beta1,
+                              rest1, beta2, rest2)
         if amsgrad:
             vm = v_max[i]
             vi = vi if (vi > vm or vi != vi) else vm  # np.maximum: NaN wins
             v_max[i] = vi
-        param[i] = p - step * m[i] / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
+        param[i] = p - step * mi / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
 
 
 @jit_parallel
