@@ -1,16 +1,17 @@
-"""Memory-traffic intrinsics of the numba backend: non-temporal stores and
-prefetches, which Numba's loops cannot ask for (csrc/common.h's stream_copy and
-prefetch_lines are the C backend's).
+"""Non-temporal stores for the numba backend, which Numba's loops cannot ask
+for (csrc/common.h's stream_copy is the C backend's).
 
 A plain store first reads its cache line from memory (write-allocate); a
 non-temporal store of a whole 64-byte line does not, and does not evict what
-is in the caches. A kernel that writes a large output once, read by nobody
-before the next kernel (batch norm's y and dx), moves a third less: it computes
-a piece of a row into a small buffer that stays in L1, then streams that out
-(stream_copy). LLVM only emits the vector non-temporal store for an aligned
+is in the caches. A pass that reads one array and writes another as large
+(batch norm's normalising pass over x into y) then moves two arrays' bytes,
+not three: it computes a piece of a row into a small buffer that stays in L1,
+then streams that out (stream_copy). LLVM only emits the vector non-temporal store for an aligned
 vector, so the intrinsic writes one 64-byte line as a vector, and stream_copy
 writes the unaligned head and tail of a row with plain stores.
 """
+
+import platform
 
 from llvmlite import ir
 from numba import njit, types
@@ -18,6 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 LINE = 64  # bytes
+X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 jit_inline = njit(cache=True, error_model="numpy", inline="always")
 
@@ -52,31 +54,17 @@ def stream_line(typingctx, dst, i, src, k):
 
 @intrinsic
 def stream_fence(typingctx):
-    """Orders this thread's non-temporal stores before its later stores (sfence)."""
+    """Orders this thread's non-temporal stores before its later stores: sfence
+    on x86 (a plain fence does not order them there), a full fence elsewhere."""
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                            "llvm.x86.sse.sfence")
-        builder.call(fn, [])
+        if X86:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+            builder.call(fn, [])
+        else:
+            builder.fence("seq_cst")
         return context.get_dummy_value()
     return types.none(), codegen
-
-
-@intrinsic
-def prefetch(typingctx, a, i):
-    """Asks for the cache line of a[i] (a read, kept in all cache levels)."""
-    if not isinstance(a, types.Array):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-        ptr = builder.gep(_data(context, builder, sig.args[0], args[0]), [args[1]])
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-    return types.none(a, types.intp), codegen
 
 
 @jit_inline
