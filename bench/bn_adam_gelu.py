@@ -186,12 +186,19 @@ def torch_times(names, seconds):
 
 
 # ------------------------------------------------------------------ limits
+@numba.njit
+def add_into(b, a):
+    for i in range(b.size):
+        b[i] += a[i]
+
+
 @numba.njit(parallel=True)
 def update_jit(b, a, parts):
-    # b += a in `parts` contiguous ranges, one a thread
+    # b += a in `parts` contiguous ranges, one a thread (views from 0: an index
+    # from lo would not be known >= 0, and the loop would not vectorise)
     for k in prange(parts):
-        for i in range(k * b.size // parts, (k + 1) * b.size // parts):
-            b[i] += a[i]
+        lo, hi = k * b.size // parts, (k + 1) * b.size // parts
+        add_into(b[lo:hi], a[lo:hi])
 
 
 def limit_calls():
