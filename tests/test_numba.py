@@ -11,6 +11,7 @@ import fastnn
 numba = pytest.importorskip("numba")
 from fastnn.backends import _numba_kernels as K  # noqa: E402
 from fastnn.backends import numba_backend  # noqa: E402
+from fastnn.backends._numba_memory import stream_copy, stream_fence  # noqa: E402
 
 pytestmark = pytest.mark.skipif("numba" not in fastnn.available_backends(),
                                 reason="the numba backend did not load")
@@ -135,6 +136,49 @@ def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
     assert len(serial) == len(parallel)
     for i, (s, p) in enumerate(zip(serial, parallel)):
         np.testing.assert_array_equal(s, p, err_msg=f"{group.__name__} output {i}")
+
+
+@numba.njit(error_model="numpy")  # not cached, as _apply below
+def _stream_rows(dst, src):
+    for i in range(dst.shape[0]):
+        stream_copy(dst[i], src[i], dst.shape[1])
+    stream_fence()
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_stream_copy_copies_rows_at_any_alignment(dtype, offset):
+    """Rows shorter than a line, of a line and a part, of many lines; starting
+    on a line, or (offset elements into a buffer) anywhere on one."""
+    for cols in (1, 5, 16, 17, 31, 100, 1100):
+        src = rand((7, cols), dtype, cols)
+        dst = np.zeros(7 * cols + offset, dtype)[offset:].reshape(7, cols)
+        _stream_rows(dst, src)
+        np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (40, 1100), (9, 5)])
+def test_streaming_stores_write_what_plain_stores_write(shape, dtype, monkeypatch):
+    """The kernels that write a large output with non-temporal stores
+    (_numba_memory.py) write the same bits as with plain ones: rows whose
+    length is not a whole number of lines, more than one staged piece per
+    row (1100 columns), rows shorter than a line; serial and parallel."""
+    be = fastnn.get_backend("numba")
+    x = rand(shape, dtype, 11, 2.0) + 3
+    gamma, beta, dy = rand(shape[1:], dtype, 12), rand(shape[1:], dtype, 13), rand(shape, dtype, 14)
+    runs = []
+    for stream, parallel in [(1 << 62, 1 << 62), (0, 1 << 62), (0, 0)]:
+        monkeypatch.setattr(numba_backend, "STREAM_BYTES", stream)
+        for threshold in ("PARALLEL_MIN", "BN_PARALLEL_MIN"):
+            monkeypatch.setattr(numba_backend, threshold, parallel)
+        out = []
+        for training in (True, False):
+            rm, rv = np.zeros(shape[1], dtype), np.ones(shape[1], dtype)
+            y, cache = be.batchnorm_forward(x, gamma, beta, rm, rv, training)
+            out += [y, rm, rv, *be.batchnorm_backward(dy, cache)]
+        runs.append(out)
+    for run in runs[1:]:
+        for i, (a, b) in enumerate(zip(runs[0], run)):
+            np.testing.assert_array_equal(a, b, err_msg=f"output {i}")
 
 
 def _convolution(be, dtype):

@@ -72,6 +72,10 @@ BLOCK_ELEMS = 1 << 14
 # backward: 0.29 ms parallel, 0.107 ms serial (the C kernels, serial there too:
 # 0.12 ms).
 BN_PARALLEL_MIN = 1 << 18
+# An output of at least this many bytes is written with non-temporal stores
+# (_numba_memory.py), as the C kernels' STREAM_BYTES: it would not stay in the
+# caches for its reader anyway.
+STREAM_BYTES = 4 << 20
 # A gather of rows (a shuffled batch) copies bytes: below this size one thread
 # (NumPy's take) does it before a parallel region has started.
 GATHER_PARALLEL_BYTES = 1 << 20
@@ -352,7 +356,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         parallel = _parallel(x.size) and x.size > BN_PARALLEL_MIN
         run = K.batchnorm_forward_parallel if parallel else K.batchnorm_forward_serial
         run(x, gamma, beta, running_mean, running_var, training, momentum, eps, out, mean, invstd,
-            _bn_rows_per_block(x.shape[0]))
+            _bn_rows_per_block(x.shape[0]), out.nbytes >= STREAM_BYTES)
 
     def _batchnorm_backward(self, dy, cache, dx, dgamma, dbeta):
         x, mean, invstd, gamma, training = cache
