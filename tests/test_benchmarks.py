@@ -155,6 +155,29 @@ def test_time_calls_takes_turns():
     assert samples[0] == "b" and samples[-2:] == ["a", "b"]
 
 
+def test_time_calls_settles_before_each_sample(monkeypatch):
+    # the pause comes before every sample of the rounds (threads left spinning
+    # by the sample before have stopped), not before warm-up or calibration
+    from fastnn.benchmarks import timing
+
+    events = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("pause", s)))
+
+    def call(name):
+        def fn():
+            events.append(name)
+            real_sleep(0.003)
+        return fn
+
+    timed = timing.time_calls([call("a"), call("b")], min_time=0.001, settle=0.25)
+    assert [calls for _, _, calls in timed] == [5, 5]
+    assert events == ["a"] * 5 + ["b"] * 5 + [("pause", 0.25), "a", ("pause", 0.25), "b"] * 5
+    events.clear()
+    timing.time_calls([call("a")], min_time=0.001)
+    assert "pause" not in str(events)
+
+
 RECORD_FIELDS = {f.name for f in dataclasses.fields(benchmarks.Record)}
 
 

@@ -62,6 +62,16 @@ BARE = "bare-gemms"  # the `backend` of the record that times Benchmark.bare
 # (measured here: the dense GEMMs 15x slower after a PyTorch benchmark had run);
 # and a PyTorch user's process has not imported fastnn.
 TIMED_APART = ("torch",)
+# The runners of a benchmark are timed in turns with a pause before each sample
+# (time_calls' settle): after a threaded GEMM OpenBLAS's idle workers spin for
+# 0.1 s (measured here: a process's CPU time runs on 0.1 s into a sleep after a
+# 512^2 sgemm), PyTorch's OpenMP workers for milliseconds, and on 2 cores such a
+# thread takes a core from whichever runner is timed next (dense_relu's c median
+# 7.7 ms right after PyTorch's sample, 3.3 ms without PyTorch in the run). Each
+# sample lasts at least SAMPLE_SECONDS, so that the pauses cost a few seconds a
+# benchmark.
+SETTLE_SECONDS = 0.12
+SAMPLE_SECONDS = 0.02
 RUN_LAST = TIMED_APART  # its former name, from when they were timed after every backend
 
 
@@ -239,7 +249,7 @@ def scale_from_env():
 
 
 def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, min_time=0.3,
-                  with_bare=True, process=None, errors=None):
+                  with_bare=True, process=None, errors=None, settle=0.0):
     """Records of one benchmark on each backend (default: all available), then
     on each library of `others` the benchmark knows and that is installed, then
     its bare core, all timed in turns (time_calls): the libraries of
@@ -247,11 +257,12 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
     others here. Speed-ups are over the reference when it is among the
     backends. A library whose calls fail in that process is left out; the
     failure is appended to `errors` (a list) as {"benchmark", "library",
-    "error"}, or raised when `errors` is None."""
+    "error"}, or raised when `errors` is None. `settle`: seconds paused before
+    each sample (SETTLE_SECONDS), each sample then lasting SAMPLE_SECONDS."""
     if process is None and any(lib in TIMED_APART and lib in bench.others for lib in others):
         with PeerProcess() as process:
             return run_benchmark(bench, limits, backends, others, scale, min_time, with_bare, process,
-                                 errors)
+                                 errors, settle)
     backends = fastnn.available_backends() if backends is None else list(backends)
     shape = bench.scaled_shape(scale)
     work = bench.work(bench.setup(shape, bench.dtype), shape)
@@ -276,12 +287,13 @@ def run_benchmark(bench, limits, backends=None, others=("torch",), scale=1.0, mi
     if with_bare and bench.bare is not None:
         entries.append((BARE, bench.bare(bench.setup(shape, bench.dtype))))
     remote = {name: fn for name, fn in entries if isinstance(fn, RemoteCall)}
+    pace = {"min_sample": SAMPLE_SECONDS, "settle": settle} if settle else {}
     try:
-        times = time_calls([fn for _, fn in entries], min_time=min_time)
+        times = time_calls([fn for _, fn in entries], min_time=min_time, **pace)
     except PeerError as exc:  # the other process failed while timing: the rest again without it
         _failed(errors, bench, ", ".join(remote), exc)
         entries = [(name, fn) for name, fn in entries if name not in remote]
-        times = time_calls([fn for _, fn in entries], min_time=min_time)
+        times = time_calls([fn for _, fn in entries], min_time=min_time, **pace)
     finally:
         for fn in remote.values():
             fn.drop()
@@ -332,7 +344,8 @@ def run(names=None, backends=None, others=("torch",), quick=False, scale=None, l
     with PeerProcess() as process:
         for bench in select(names, quick):
             blocks.append(run_benchmark(bench, limits, backends, others, scale, min_time,
-                                        process=process, errors=errors))
+                                        process=process, errors=errors,
+                                        settle=0.0 if quick else SETTLE_SECONDS))
             if progress is not None:
                 progress(bench, blocks[-1])
     records = [r for block in blocks for r in block]

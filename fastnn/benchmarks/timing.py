@@ -10,7 +10,7 @@ import time
 
 
 def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_sample=2e-3,
-               clock=time.perf_counter):
+               clock=time.perf_counter, settle=0.0):
     """[(median, best) seconds of one call, and how many calls were timed] for
     each function of `fns`, timed in turns: each round takes one sample of every
     function due, so that all of them meet the same moments of a noisy machine
@@ -23,7 +23,11 @@ def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_s
     calls (time.process_time: this process's CPU time, which on a shared
     machine leaves out the time spent waiting for a core). A function with a
     `sample(inner)` method times itself: it returns the seconds of `inner`
-    calls (a call in another process, runner.PeerProcess, timed there)."""
+    calls (a call in another process, runner.PeerProcess, timed there).
+    `settle`: seconds slept before each sample in the rounds, so that threads
+    left spinning by the sample before (OpenBLAS's idle workers spin-wait for
+    about 0.1 s after a threaded GEMM, OpenMP's for milliseconds) do not take
+    a core from the next function's."""
     samplers = [_sampler(fn, clock) for fn in fns]
     plans = []  # (inner, repeats) per function
     for sample in samplers:
@@ -39,6 +43,8 @@ def time_calls(fns, min_time=0.3, min_repeats=5, max_repeats=50, warmup=2, min_s
         for sample, (inner, repeats), taken in zip(samplers, plans, samples):
             if (r + 1) * repeats // rounds == r * repeats // rounds:
                 continue  # not due this round: its samples spread over all rounds
+            if settle:
+                time.sleep(settle)
             taken.append(sample(inner) / inner)
     return [(statistics.median(taken), min(taken), repeats * inner)
             for taken, (inner, repeats) in zip(samples, plans)]
