@@ -71,7 +71,6 @@ from .peers import (
 from .runner import (
     BARE,
     REFERENCE,
-    RUN_LAST,
     SCALE_ENV,
     TIMED_APART,
     PeerError,
@@ -132,7 +131,7 @@ __all__ = [
     "dense_call", "dropout_call", "get_benchmark", "mlp_fit_call", "nn_epoch_call", "select", "sgd_call",
     "softmax_ce_call",
     # runner
-    "BARE", "REFERENCE", "RUN_LAST", "SCALE_ENV", "TIMED_APART", "PeerError", "PeerProcess", "Record",
+    "BARE", "REFERENCE", "SCALE_ENV", "TIMED_APART", "PeerError", "PeerProcess", "Record",
     "RemoteCall", "records_of", "rescore", "run",
     "run_benchmark", "scale_from_env", "time_apart",
     # machine

@@ -72,7 +72,6 @@ TIMED_APART = ("torch",)
 # benchmark.
 SETTLE_SECONDS = 0.12
 SAMPLE_SECONDS = 0.02
-RUN_LAST = TIMED_APART  # its former name, from when they were timed after every backend
 
 
 def _module_name(module, fn):
