@@ -626,6 +626,24 @@ for kind in ("rnn", "lstm", "gru"):
                     return (hs, *[c for c in cache[1:] if isinstance(c, np.ndarray)], *grads)
 
 
+# the backward of a first layer (need_dx=False): no dx, the other gradients as
+# with it; a small shape and the one the C kernels split
+for kind in ("rnn", "lstm", "gru"):
+    for n, t, f, h in [(4, 7, 3, 5), RECURRENT_SPLIT_SHAPE]:
+        @entry(kind, f"no-dx-{n}x{t}x{f}x{h}")
+        def run_recurrent_no_dx(backend, dtype, kind=kind, n=n, t=t, f=f, h=h):
+            x = rand((n, t, f), dtype, 85)
+            kw = _recurrent_weights(kind, f, h, dtype)
+            kw["h0"] = rand((n, h), dtype, 86)
+            if kind == "lstm":
+                kw["c0"] = rand((n, h), dtype, 87)
+            hs, cache = getattr(backend, f"{kind}_forward")(x, **kw)
+            dx, *grads = getattr(backend, f"{kind}_backward")(rand((n, t, h), dtype, 88), cache,
+                                                               need_dx=False)
+            assert dx is None
+            return (hs, *grads)
+
+
 # ------------------------------------------------------------------ embedding
 # (N, T, V, D): tokens repeated within and across sequences, one sequence, one
 # step, one token, and a larger table; int32 and int64 tokens. dW's rows are
