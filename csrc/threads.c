@@ -5,10 +5,12 @@
 /* The C kernels' threads: a small pool of their own rather than OpenMP, so that
  * how they wait is theirs to choose and the process's OpenMP policy
  * (OMP_WAIT_POLICY, read once by each OpenMP runtime as it loads) stays the
- * user's. A worker spins for a short, bounded time after a range (the next
- * parallel kernel usually follows within microseconds), then sleeps on a
- * condition variable: a thread spinning for milliseconds, as GNU OpenMP's
- * default does, takes the core the BLAS threads of the next GEMM need.
+ * user's. A worker spins for up to a millisecond after a range (in a training
+ * step the next parallel kernel follows within microseconds, after the serial
+ * passes of a small layer within tens of them), then sleeps on a condition
+ * variable. The GEMMs of the dense layers run on these threads too (csrc/blas.c,
+ * BLAS on one thread meanwhile), so no other pool waits for the core a worker
+ * spins on.
  *
  * One job at a time: parallel_run claims the pool with a trylock; a second
  * caller (another Python thread: cffi releases the GIL) or a nested one runs
@@ -20,7 +22,12 @@
 #define POOL 1
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
+#if defined(__linux__)
+#define KEEP_OFF_CALLER 1
+#include <sys/syscall.h>
+#endif
 #endif
 
 static int fastnn_num_threads = 0; /* 0: the default (read_default_threads) */
@@ -39,10 +46,18 @@ __attribute__((constructor)) static void register_fork_guard(void) {
     pthread_atfork(NULL, NULL, mark_forked_child);
 }
 
-/* Spin iterations (each a pause, tens of cycles) before a worker or the caller
- * sleeps: about 20 us, a little more than a small kernel's time between two
- * parallel calls, far less than a scheduler time slice. */
-#define SPIN 1000
+/* How long a worker, or the caller waiting for the workers' parts, spins
+ * before it sleeps. Waking a sleeping worker costs 80-120 us on a 2-vCPU
+ * virtual machine (see keep_sleepers_off), more than a small
+ * layer's kernel; a spin of 20 us let the workers sleep between the parallel
+ * kernels of a small network's step, whose serial ones (a 100 x 10 layer, the
+ * loss) take tens of microseconds. Measured with the 1797 x 64 digits network
+ * of `python -m fastnn bench` (batch 200, float64, 2 threads), one epoch: 1.98
+ * and 2.01 ms spinning 20 us, 1.56-1.68 spinning 0.25 ms, 1.58-1.62 spinning
+ * 1 ms, 1.58-1.74 spinning 2.5 ms (Zen 4, a pause 25 ns); 50000 x 54 tabular data 47-48, 42, 39.5-85
+ * (a noisy run), 39-40 ms; a 784-512-256-10 epoch 306-311, 297-308, 324-541
+ * (noisy), 293-314 ms. GNU OpenMP's default spins for about as long. */
+#define SPIN_NS 1000000
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -50,11 +65,53 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static inline uint64_t clock_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* One pause of a spin that ends at `deadline` (clock_ns); whether it has
+ * ended (the clock is read every 64 pauses, `count` counts them). */
+static inline int spin_ended(unsigned *count, uint64_t deadline) {
+    cpu_relax();
+    return ++*count % 64 == 0 && clock_ns() > deadline;
+}
+
 static pthread_mutex_t run_lock = PTHREAD_MUTEX_INITIALIZER;  /* one job at a time */
 static pthread_mutex_t wait_lock = PTHREAD_MUTEX_INITIALIZER; /* guards the sleeps */
 static pthread_cond_t job_posted = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t job_done = PTHREAD_COND_INITIALIZER;
 static int workers = 0; /* started; they never exit */
+
+#ifdef KEEP_OFF_CALLER
+/* A worker woken from its sleep may be placed on the caller's own core and
+ * wait there while the caller works, even though another core is idle: a
+ * virtual machine's idle vCPU, descheduled by its host, counts as busy to the
+ * guest's scheduler, which then wakes the worker beside its waker. Measured on
+ * this project's 2-vCPU machine, two parts of 500 us each after a pause of 10 ms
+ * or more: the worker ran on the caller's core in every call and the caller did
+ * both parts (1.01-1.15 ms); kept off the caller's core it started its part
+ * 80-120 us after the post (0.61-0.65 ms). So before posting a job, the caller
+ * takes its own core out of each sleeping worker's affinity (a system call only
+ * when the caller's core changed since that worker's last one). */
+static pid_t worker_tid[MAX_PARTS];
+static int worker_asleep[MAX_PARTS]; /* set by the worker before it sleeps */
+static int worker_off[MAX_PARTS];    /* the core last taken out of its affinity, -1: none */
+static cpu_set_t process_cpus;        /* the process's cores when the workers started */
+
+static void keep_sleepers_off(void) {
+    int here = sched_getcpu();
+    if (here < 0 || here >= CPU_SETSIZE || !CPU_ISSET(here, &process_cpus)) return;
+    for (int i = 0; i < workers; i++) {
+        if (!__atomic_load_n(&worker_asleep[i], __ATOMIC_ACQUIRE) || worker_off[i] == here) continue;
+        cpu_set_t others = process_cpus;
+        CPU_CLR(here, &others);
+        if (CPU_COUNT(&others) > 0 && sched_setaffinity(worker_tid[i], sizeof others, &others) == 0)
+            worker_off[i] = here;
+    }
+}
+#endif
 
 /* the current job; written by the caller holding run_lock before it posts `word` */
 static range_fn job_fn;
@@ -86,20 +143,30 @@ static void run_parts(void) {
     }
 }
 
-static void *worker(void *unused) {
-    (void)unused;
+static void *worker(void *index) {
+    int me = (int)(intptr_t)index;
+#ifdef KEEP_OFF_CALLER
+    worker_tid[me] = (pid_t)syscall(SYS_gettid);
+    pthread_setname_np(pthread_self(), "fastnn-pool"); /* for top -H, and the tests */
+#endif
+    (void)me;
     uint64_t seen = 0;
     for (;;) {
-        int spins = 0;
-        while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen && spins < SPIN) {
-            cpu_relax();
-            spins++;
-        }
+        unsigned spins = 0;
+        uint64_t deadline = clock_ns() + SPIN_NS;
+        while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen)
+            if (spin_ended(&spins, deadline)) break;
         if (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen) {
+#ifdef KEEP_OFF_CALLER
+            __atomic_store_n(&worker_asleep[me], 1, __ATOMIC_RELEASE);
+#endif
             pthread_mutex_lock(&wait_lock);
             while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen)
                 pthread_cond_wait(&job_posted, &wait_lock);
             pthread_mutex_unlock(&wait_lock);
+#ifdef KEEP_OFF_CALLER
+            __atomic_store_n(&worker_asleep[me], 0, __ATOMIC_RELEASE);
+#endif
         }
         seen = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE));
         run_parts();
@@ -109,12 +176,20 @@ static void *worker(void *unused) {
 
 /* Starts workers until there are `wanted` (fewer if the system refuses). */
 static void start_workers(int wanted) {
+#ifdef KEEP_OFF_CALLER
+    if (workers == 0 && sched_getaffinity(0, sizeof process_cpus, &process_cpus) != 0)
+        CPU_ZERO(&process_cpus);
+#endif
     while (workers < wanted) {
         pthread_t thread;
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attr, worker, NULL);
+#ifdef KEEP_OFF_CALLER
+        worker_tid[workers] = 0; /* until the worker writes it; worker_asleep is 0 */
+        worker_off[workers] = -1;
+#endif
+        int failed = pthread_create(&thread, &attr, worker, (void *)(intptr_t)workers);
         pthread_attr_destroy(&attr);
         if (failed) break;
         workers++;
@@ -182,6 +257,9 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
     job_args = args;
     job_n = n;
     __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
+#ifdef KEEP_OFF_CALLER
+    keep_sleepers_off();
+#endif
     uint64_t seq = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_RELAXED)) + 1;
     /* posted under wait_lock: a worker between its last look and its sleep holds
      * it, so it cannot miss the broadcast */
@@ -190,11 +268,10 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
     pthread_cond_broadcast(&job_posted);
     pthread_mutex_unlock(&wait_lock);
     run_parts(); /* the caller works too; without workers it does every part */
-    int spins = 0;
-    while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts && spins < SPIN) {
-        cpu_relax();
-        spins++;
-    }
+    unsigned spins = 0;
+    uint64_t deadline = clock_ns() + SPIN_NS;
+    while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts)
+        if (spin_ended(&spins, deadline)) break;
     if (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts) {
         pthread_mutex_lock(&wait_lock);
         while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts) pthread_cond_wait(&job_done, &wait_lock);

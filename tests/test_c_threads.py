@@ -3,7 +3,10 @@ call parallel kernels at once (cffi releases the GIL); the pool serves one call
 at a time and the others run their ranges serially, split as the pool would
 split them, so every call gives the result a lone call gives, bit for bit."""
 
+import os
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -56,5 +59,43 @@ def test_concurrent_callers_get_the_results_of_a_lone_call():
             for name, a, b in zip(("param", "m", "v", "loss", "dlogits"), got, alone[seed]):
                 np.testing.assert_array_equal(a, b, err_msg=f"caller {seed} round {r}: {name}")
         assert len(results) == CALLERS * ROUNDS
+    finally:
+        _ckernels.lib.fastnn_set_num_threads(registry._num_threads or 0)
+
+
+def pool_threads():
+    """The thread ids of the C kernels' pool in this process (named fastnn-pool)."""
+    tids = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                if comm.read().strip() == "fastnn-pool":
+                    tids.append(int(tid))
+        except OSError:  # a thread that ended meanwhile
+            pass
+    return tids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="thread affinity on Linux with two cores or more")
+def test_a_sleeping_worker_is_posted_its_part_off_the_callers_core():
+    """A worker that slept is woken with the caller's core out of its affinity,
+    so the scheduler cannot queue it behind the caller (csrc/threads.c,
+    keep_sleepers_off): after a pause longer than the spin, some pool thread's
+    affinity is the process's cores less one."""
+    import fastnn.backends as registry
+    from fastnn import _ckernels
+
+    c = fastnn.get_backend("c")
+    x = np.linspace(-3, 3, N)
+    _ckernels.lib.fastnn_set_num_threads(2)
+    try:
+        c.activation_forward(x, "tanh")  # starts the pool
+        time.sleep(0.05)  # longer than a worker spins: it sleeps
+        c.activation_forward(x, "tanh")
+        cores = os.sched_getaffinity(0)
+        masks = [os.sched_getaffinity(tid) for tid in pool_threads()]
+        assert masks, "no fastnn-pool thread"
+        assert any(mask < cores and len(mask) == len(cores) - 1 for mask in masks), (cores, masks)
     finally:
         _ckernels.lib.fastnn_set_num_threads(registry._num_threads or 0)
