@@ -302,3 +302,107 @@ int FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
     free(s.ws);
     return 0;
 }
+
+/* ------------------------------------------------------------ dense layer */
+/* A dense layer's GEMMs and the passes around them on fastnn's threads alone:
+ * each thread multiplies its slice of rows on one BLAS thread and runs the
+ * slice's epilogue (or prologue) right after, while it is in cache. With the
+ * GEMMs on BLAS's threads and the passes on fastnn's, two pools took turns on
+ * the same cores: after a threaded GEMM OpenBLAS's idle workers spin for 0.1 s,
+ * and fastnn's worker, woken for the pass that followed, waited for a core. */
+
+/* Multiply-adds from which a dense GEMM is split between threads (OpenBLAS
+ * threads a GEMM from 65536 x 4, its GEMM_MULTITHREAD_THRESHOLD), and the
+ * fewest rows or columns of a slice (a few of the micro-kernel's). */
+#define DENSE_MIN_PARALLEL 262144
+#define DENSE_MIN_SLICE 16
+
+INLINE int FN(dense_parts)(int64_t split, int64_t n, int64_t k, int64_t m) {
+    if ((double)n * (double)k * (double)m < DENSE_MIN_PARALLEL) return 1;
+    return parallel_blas_parts(split, 2 * DENSE_MIN_SLICE);
+}
+
+struct FN(dense_args) {
+    const T *x, *W; /* x (n, k), W (k, m) */
+    T *dx, *dW;     /* (n, k), (k, m) */
+    int64_t n, k, m;
+    struct FN(forward_args) *fwd;
+    struct FN(backward_args) *bwd;
+};
+
+/* rows [r0, r1): y = act(x W + b) */
+HOT static void FN(dense_forward_range)(void *args, int64_t r0, int64_t r1, int part) {
+    const struct FN(dense_args) *a = args;
+    FN(gemm)(0, 0, r1 - r0, a->m, a->k, a->x + r0 * a->k, a->k, a->W, a->m, 0,
+             a->fwd->y + r0 * a->m, a->m);
+    FN(forward_range)(a->fwd, r0, r1, part);
+}
+
+void FN(dense_forward)(const T *x, const T *W, const T *b, T *preact, T *y, int64_t n, int64_t k,
+                       int64_t m, int activation) {
+    if (n <= 0 || m <= 0) return;
+    if (k <= 0) { /* x W is zero (BLAS refuses k = 0 leading dimensions) */
+        for (int64_t i = 0; i < n * m; i++) y[i] = 0;
+        FN(bias_activation_forward)(y, b, preact, y, n, m, activation);
+        return;
+    }
+    struct FN(forward_args) f = {.z = y, .b = b, .preact = preact, .y = y, .cols = m,
+                                 .act = activation};
+    struct FN(dense_args) a = {.x = x, .W = W, .n = n, .k = k, .m = m, .fwd = &f};
+    parallel_blas_run(FN(dense_forward_range), &a, n, FN(dense_parts)(n, n, k, m));
+}
+
+/* rows [r0, r1): dz = dy act'(.) with its column sums added into the part's db
+ * accumulators, then dx = dz W^T */
+HOT static void FN(dense_backward_range)(void *args, int64_t r0, int64_t r1, int part) {
+    const struct FN(dense_args) *a = args;
+    const struct FN(backward_args) *bw = a->bwd;
+    if (bw->act == FASTNN_IDENTITY) { /* dz is dy */
+        if (bw->ws) FN(add_rows)(bw->ws + part * a->m, bw->dy + r0 * a->m, r1 - r0, a->m);
+    } else {
+        FN(backward_rows)(a->bwd, r0, r1, part);
+    }
+    if (a->dx)
+        FN(gemm)(0, 1, r1 - r0, a->k, a->m, bw->dz + r0 * a->m, a->m, a->W, a->m, 0,
+                 a->dx + r0 * a->k, a->k);
+}
+
+/* dW = x^T dz: rows [j0, j1) of dW when k >= m, else its columns [j0, j1) */
+HOT static void FN(dense_weight_range)(void *args, int64_t j0, int64_t j1, int part) {
+    const struct FN(dense_args) *a = args;
+    const T *dz = a->bwd->dz;
+    (void)part;
+    if (a->k >= a->m)
+        FN(gemm)(1, 0, j1 - j0, a->m, a->n, a->x + j0, a->k, dz, a->m, 0, a->dW + j0 * a->m, a->m);
+    else
+        FN(gemm)(1, 0, a->k, j1 - j0, a->n, a->x, a->k, dz + j0, a->m, 0, a->dW + j0, a->m);
+}
+
+/* dy, y, xpre, dz (n, m), x (n, k), W (k, m); dx (n, k) or NULL, dW (k, m), db
+ * (m,). dz = dy act'(xpre) (written with y; xpre read for gelu only; dz may be
+ * dy for identity), db its column sums, dW = x^T dz, dx = dz W^T. */
+int FN(dense_backward)(const T *dy, const T *x, const T *W, const T *y, const T *xpre, T *dz, T *dx,
+                       T *dW, T *db, int64_t n, int64_t k, int64_t m, int activation) {
+    if (m <= 0) return 0;
+    if (activation == FASTNN_IDENTITY) dz = (T *)dy;
+    int parts = FN(dense_parts)(n, n, k, m);
+    if (parts == 1 && n > 0) /* the prologue alone may still be worth splitting */
+        parts = parallel_parts(n, FN(parallel_rows)(activation, m));
+    struct FN(backward_args) bw = {.dy = dy, .y = y, .x = xpre, .dz = dz, .cols = m,
+                                   .act = activation, .ws = workspace(parts, m)};
+    if (bw.ws == NULL) return -1;
+    struct FN(dense_args) a = {.x = x, .W = W, .dx = k > 0 ? dx : NULL, .dW = dW, .n = n, .k = k,
+                               .m = m, .bwd = &bw};
+    parallel_blas_run(FN(dense_backward_range), &a, n, parts);
+    add_parts(bw.ws, parts, m);
+    for (int64_t j = 0; j < m; j++) db[j] = (T)bw.ws[j];
+    free(bw.ws);
+    if (k <= 0) return 0;
+    if (n <= 0) { /* no rows: dW is zero (BLAS refuses k = 0 inner sizes) */
+        for (int64_t i = 0; i < k * m; i++) dW[i] = 0;
+        return 0;
+    }
+    int64_t split = k >= m ? k : m;
+    parallel_blas_run(FN(dense_weight_range), &a, split, FN(dense_parts)(split, n, k, m));
+    return 0;
+}

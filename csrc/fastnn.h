@@ -58,6 +58,23 @@ int activation_backward_f64(const double *dy, const double *y, const double *x, 
 int column_sums_f32(const float *a, float *out, int64_t rows, int64_t cols);
 int column_sums_f64(const double *a, double *out, int64_t rows, int64_t cols);
 
+/* A dense layer on fastnn's threads, each multiplying a slice on one BLAS thread
+ * and running the slice's pass right after. x (n, k), W (k, m), y (n, m).
+ * Forward: y = act(x W + b) as bias_activation_forward after the GEMM (preact
+ * and b may be NULL). Backward: dz = dy act'(.) as activation_backward (dz is
+ * ignored for identity, xpre read for gelu only), db its column sums, dW = x^T
+ * dz, dx = dz W^T when dx is not NULL. */
+void dense_forward_f32(const float *x, const float *W, const float *b, float *preact, float *y,
+                       int64_t n, int64_t k, int64_t m, int activation);
+void dense_forward_f64(const double *x, const double *W, const double *b, double *preact,
+                       double *y, int64_t n, int64_t k, int64_t m, int activation);
+int dense_backward_f32(const float *dy, const float *x, const float *W, const float *y,
+                       const float *xpre, float *dz, float *dx, float *dW, float *db, int64_t n,
+                       int64_t k, int64_t m, int activation);
+int dense_backward_f64(const double *dy, const double *x, const double *W, const double *y,
+                       const double *xpre, double *dz, double *dx, double *dW, double *db,
+                       int64_t n, int64_t k, int64_t m, int activation);
+
 /* Losses: mean over the n samples (weighted by w (n,) when w is not NULL) of the
  * per-sample loss summed over its k outputs; grad (n, k) = d loss / d output.
  * Return the loss. Softmax cross-entropy: labels (n,) in [0, k) or targets

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fastnn.backends import get_backend
 from fastnn.backends.reference import ACTIVATIONS
 
 CATALOGUE = {}  # id -> run(backend, dtype) -> tuple of outputs
@@ -84,6 +85,45 @@ _activation_cases()
 
 
 # ---------------------------------------------------------------------- dense
+def _dense_terms(x, W, b, act, y):
+    """Terms of y = act(x W + b) and of its preact: the preact's elements are
+    sums of the terms |x| |W| and |b|, which bound their rounding (the fast
+    backends' GEMMs split and block the sums differently); an activation moves
+    that by at most twice its size (slopes up to SELU's 1.76), softmax any
+    element of a row by twice the row's largest."""
+    terms = np.abs(x.astype(np.float64)) @ np.abs(W.astype(np.float64))
+    if b is not None:
+        terms += np.abs(b.astype(np.float64))
+    spread = terms.max(axis=1, keepdims=True) if act == "softmax" else terms
+    return Terms(y, np.abs(y.astype(np.float64)) + 2 * spread), terms
+
+
+def _dense_run(backend, x, W, b, act, dy, preact=True, need_dx=True):
+    """The forward's outputs (y and preact when asked, as Terms) and the
+    backward's (dx, dW, db as Terms; dx None without need_dx). The backward runs
+    on the reference's forward outputs, so every backend's backward sees the
+    same y and preact: a preact that rounds to the other side of relu's kink
+    would change a whole term of dz."""
+    dtype, shape = x.dtype, (x.shape[0], W.shape[1])
+    pre = np.empty(shape, dtype) if preact else None
+    y = backend.dense_forward(x, W, b, act, preact=pre)
+    y_terms, terms = _dense_terms(x, W, b, act, y)
+    ref_pre = np.empty(shape, dtype) if preact else None
+    ref_y = get_backend("numpy").dense_forward(x, W, b, act, preact=ref_pre)
+    dz = None if act == "identity" else np.empty(shape, dtype)
+    dx, dW, db = backend.dense_backward(dy, x, W, ref_y, act, preact=ref_pre, need_dx=need_dx,
+                                        dz=dz)
+    # dx, dW, db: sums over n_out, n, n of terms of dz = dy * act'(preact)
+    z = np.abs(dy if dz is None else dz).astype(np.float64)
+    forward = (y_terms, Terms(pre, terms)) if preact else (y_terms,)
+    backward = (Terms(dW, np.abs(x.T.astype(np.float64)) @ z), Terms(db, z.sum(axis=0)))
+    if need_dx:
+        backward = (Terms(dx, z @ np.abs(W.T.astype(np.float64))),) + backward
+    else:
+        assert dx is None
+    return forward + backward
+
+
 for act in ACTIVATIONS:
     for n, n_in, n_out in [(1, 1, 1), (1, 5, 3), (7, 1, 9), (64, 33, 17), (256, 784, 512)]:
         if act == "softmax" and n_out == 1:
@@ -93,16 +133,7 @@ for act in ACTIVATIONS:
         def run_dense(backend, dtype, act=act, n=n, n_in=n_in, n_out=n_out):
             x = rand((n, n_in), dtype, 5)
             W = rand((n_in, n_out), dtype, 6, 1 / np.sqrt(n_in))
-            b = rand((n_out,), dtype, 7)
-            preact = np.empty((n, n_out), dtype)
-            y = backend.dense_forward(x, W, b, act, preact=preact)
-            dy = rand((n, n_out), dtype, 8)
-            dz = None if act == "identity" else np.empty((n, n_out), dtype)
-            dx, dW, db = backend.dense_backward(dy, x, W, y, act, preact=preact, dz=dz)
-            # dx, dW, db: sums over n_out, n, n of terms of dz = dy * act'(preact)
-            z = np.abs(dy if dz is None else dz).astype(np.float64)
-            return (y, preact, Terms(dx, z @ np.abs(W.T.astype(np.float64))),
-                    Terms(dW, np.abs(x.T.astype(np.float64)) @ z), Terms(db, z.sum(axis=0)))
+            return _dense_run(backend, x, W, rand((n_out,), dtype, 7), act, rand((n, n_out), dtype, 8))
 
 
 @entry("dense", "relu-without-preact-several-chunks")
@@ -111,20 +142,16 @@ def run_dense_relu_no_preact(backend, dtype):
     # over more rows than one chunk of it holds
     x = rand((300, 37), dtype, 12)
     W = rand((37, 129), dtype, 13, 1 / np.sqrt(37))
-    y = backend.dense_forward(x, W, rand((129,), dtype, 14), "relu")
-    dx, dW, db = backend.dense_backward(rand((300, 129), dtype, 15), x, W, y, "relu",
-                                        dz=np.empty((300, 129), dtype))
-    return y, dx, dW, db
+    return _dense_run(backend, x, W, rand((129,), dtype, 14), "relu", rand((300, 129), dtype, 15),
+                      preact=False)
 
 
 @entry("dense", "no-bias-noncontiguous-no-dx")
 def run_dense_nc(backend, dtype):
     x = noncontiguous(rand((10, 6), dtype, 9))
     W = rand((6, 4), dtype, 10)
-    y = backend.dense_forward(x, W, None, "tanh")
-    dx, dW, db = backend.dense_backward(rand((10, 4), dtype, 11), x, W, y, "tanh", need_dx=False)
-    assert dx is None
-    return y, dW, db
+    return _dense_run(backend, x, W, None, "tanh", rand((10, 4), dtype, 11), preact=False,
+                      need_dx=False)
 
 
 # --------------------------------------------------------------------- losses
@@ -438,7 +465,6 @@ CONV_CASES = [
 def _conv_terms(dz, x, W, stride, padding):
     """The size of the terms of dx, dW, db: the reference's gradients of |x|, |W|
     and |dz| (float64), which bound the rounding of sums that cancel."""
-    from fastnn.backends import get_backend
     a = [np.abs(v).astype(np.float64) for v in (dz, x, W)]
     y = np.zeros(dz.shape)
     return get_backend("numpy").conv2d_backward(a[0], a[1], a[2], y, stride=stride, padding=padding)

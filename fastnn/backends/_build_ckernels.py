@@ -39,8 +39,9 @@ SHARED_FILES = ("isa.c", "threads.c", "blas.c")
 # with momentum (1.00), RMSprop (0.97-0.98); the rest were not measured.
 # The recurrent kernels' gate passes (sigmoid and tanh in double): the LSTM
 # forward's pass 5.7 -> 3.4 ms for 64 x 50 rows of 128 units (one core).
-AVX512_FUNCTIONS = ("bias_activation_forward", "activation_backward", "sigmoid_binary_cross_entropy",
-                    "softmax_cross_entropy_labels", "softmax_cross_entropy_probs", "dropout",
+AVX512_FUNCTIONS = ("bias_activation_forward", "activation_backward", "dense_forward",
+                    "dense_backward", "sigmoid_binary_cross_entropy", "softmax_cross_entropy_labels",
+                    "softmax_cross_entropy_probs", "dropout",
                     "adam_step", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
                     "gru_forward", "gru_backward")
 

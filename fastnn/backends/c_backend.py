@@ -116,7 +116,8 @@ class _FunctionTable:
     several of them, and several kernels one, as elementwise_loss.)"""
 
     NAMES = (
-        "bias_activation_forward", "activation_backward", "column_sums",
+        "bias_activation_forward", "activation_backward", "column_sums", "dense_forward",
+        "dense_backward",
         "softmax_cross_entropy_labels", "softmax_cross_entropy_probs",
         "sigmoid_binary_cross_entropy", "elementwise_loss", "batchnorm_forward",
         "batchnorm_backward", "dropout", "weight_penalty", "sgd_step", "adagrad_step",
@@ -155,6 +156,12 @@ def _check(status):
 def _ptr(ctype, a):
     """Pointer to the data of a C-contiguous array (no copy), or NULL for None."""
     return NULL if a is None else ffi.from_buffer(ctype, a)
+
+
+def _dense_fits(x, W):
+    """Whether a dense layer's GEMMs fit the 32-bit integers of the BLAS the C
+    kernels call (every size and row stride)."""
+    return max(*x.shape, *W.shape) <= INT32_MAX
 
 
 class CBackend(GemmConv, NumpyBackend):
@@ -198,9 +205,22 @@ class CBackend(GemmConv, NumpyBackend):
     def _bind_dense_forward(self, x, W, b, activation, out, preact):
         if out.size == 0:  # the reference's softmax rejects empty rows
             return lambda *_: NumpyBackend._dense_forward(self, x, W, b, activation, out, preact)
+        if not _dense_fits(x, W):
+            return self._bind_numpy_dense_forward(x, W, b, activation, out, preact)
+        k = C_FUNCTIONS[out.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        args = (fb(ct, x), fb(ct, W), _ptr(ct, b), _ptr(ct, preact), fb(ct, out), *x.shape,
+                W.shape[1], ACTIVATION_CODE[activation])
+        kernel = k.dense_forward
+
+        def dense_forward(*_):
+            kernel(*args)
+        return dense_forward
+
+    def _bind_numpy_dense_forward(self, x, W, b, activation, out, preact):
+        """NumPy's GEMM (its BLAS's threads), then the C epilogue: for sizes
+        beyond the 32-bit integers of the BLAS the C kernels call."""
         matmul = np.matmul
-        if b is None and preact is None and activation == "identity":
-            return lambda *_: matmul(x, W, out=out)
         k = C_FUNCTIONS[out.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         o, pb, pp = fb(ct, out), _ptr(ct, b), _ptr(ct, preact)
@@ -215,6 +235,21 @@ class CBackend(GemmConv, NumpyBackend):
         self._bind_dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)()
 
     def _bind_dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        if not _dense_fits(x, W):
+            return self._bind_numpy_dense_backward(dy, x, W, y, activation, preact, dx, dW, db, dz)
+        k = C_FUNCTIONS[dy.dtype]
+        fb, ct = ffi.from_buffer, k.ctype
+        preact = preact if activation in NEEDS_INPUT else None  # checked only when needed
+        args = (fb(ct, dy), fb(ct, x), fb(ct, W), fb(ct, y), _ptr(ct, preact), _ptr(ct, dz),
+                _ptr(ct, dx), fb(ct, dW), fb(ct, db), *x.shape, W.shape[1], ACTIVATION_CODE[activation])
+        kernel = k.dense_backward
+
+        def dense_backward(*_):
+            _check(kernel(*args))
+        return dense_backward
+
+    def _bind_numpy_dense_backward(self, dy, x, W, y, activation, preact, dx, dW, db, dz):
+        """The C prologue, then NumPy's GEMMs (see _bind_numpy_dense_forward)."""
         k = C_FUNCTIONS[dy.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         rows, cols = dy.shape
