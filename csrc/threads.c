@@ -48,7 +48,7 @@ __attribute__((constructor)) static void register_fork_guard(void) {
 
 /* How long a worker, or the caller waiting for the workers' parts, spins
  * before it sleeps. Waking a sleeping worker costs 80-120 us on a 2-vCPU
- * virtual machine (see keep_sleepers_off), more than a small
+ * virtual machine (see keep_workers_off), more than a small
  * layer's kernel; a spin of 20 us let the workers sleep between the parallel
  * kernels of a small network's step, whose serial ones (a 100 x 10 layer, the
  * loss) take tens of microseconds. Measured with the 1797 x 64 digits network
@@ -89,25 +89,29 @@ static int workers = 0; /* started; they never exit */
  * wait there while the caller works, even though another core is idle: a
  * virtual machine's idle vCPU, descheduled by its host, counts as busy to the
  * guest's scheduler, which then wakes the worker beside its waker. Measured on
- * this project's 2-vCPU machine, two parts of 500 us each after a pause of 10 ms
- * or more: the worker ran on the caller's core in every call and the caller did
- * both parts (1.01-1.15 ms); kept off the caller's core it started its part
- * 80-120 us after the post (0.61-0.65 ms). So before posting a job, the caller
- * takes its own core out of each sleeping worker's affinity (a system call only
- * when the caller's core changed since that worker's last one). */
-static pid_t worker_tid[MAX_PARTS];
-static int worker_asleep[MAX_PARTS]; /* set by the worker before it sleeps */
-static int worker_off[MAX_PARTS];    /* the core last taken out of its affinity, -1: none */
-static cpu_set_t process_cpus;        /* the process's cores when the workers started */
+ * a 2-vCPU machine, two parts of 500 us each after a pause of 10 ms or more: the
+ * worker ran on the caller's core in every call and the caller did both parts
+ * (1.01-1.15 ms); kept off the caller's core it started its part 80-120 us after
+ * the post (0.61-0.65 ms). Likewise a caller that the scheduler moved onto a
+ * spinning worker's core shares that core with it until the worker sleeps,
+ * which it may not do for a whole training epoch: the serial kernels of a small
+ * network's step (the loss, the optimizer, the gather of the next batch) then
+ * took 3-5 times as long, the step 320 us instead of 147. So before posting a
+ * job, the caller takes its own core out of each worker's affinity: a system
+ * call when the caller's core changed since that worker's last one. */
+static pid_t worker_tid[MAX_PARTS]; /* 0 until the worker has written it */
+static int worker_off[MAX_PARTS];   /* the core last taken out of its affinity, -1: none */
+static cpu_set_t process_cpus;      /* the process's cores when the workers started */
 
-static void keep_sleepers_off(void) {
+static void keep_workers_off(void) {
     int here = sched_getcpu();
     if (here < 0 || here >= CPU_SETSIZE || !CPU_ISSET(here, &process_cpus)) return;
     for (int i = 0; i < workers; i++) {
-        if (!__atomic_load_n(&worker_asleep[i], __ATOMIC_ACQUIRE) || worker_off[i] == here) continue;
+        pid_t tid = __atomic_load_n(&worker_tid[i], __ATOMIC_ACQUIRE);
+        if (tid == 0 || worker_off[i] == here) continue;
         cpu_set_t others = process_cpus;
         CPU_CLR(here, &others);
-        if (CPU_COUNT(&others) > 0 && sched_setaffinity(worker_tid[i], sizeof others, &others) == 0)
+        if (CPU_COUNT(&others) > 0 && sched_setaffinity(tid, sizeof others, &others) == 0)
             worker_off[i] = here;
     }
 }
@@ -146,7 +150,7 @@ static void run_parts(void) {
 static void *worker(void *index) {
     int me = (int)(intptr_t)index;
 #ifdef KEEP_OFF_CALLER
-    worker_tid[me] = (pid_t)syscall(SYS_gettid);
+    __atomic_store_n(&worker_tid[me], (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
     pthread_setname_np(pthread_self(), "fastnn-pool"); /* for top -H, and the tests */
 #endif
     (void)me;
@@ -157,16 +161,10 @@ static void *worker(void *index) {
         while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen)
             if (spin_ended(&spins, deadline)) break;
         if (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen) {
-#ifdef KEEP_OFF_CALLER
-            __atomic_store_n(&worker_asleep[me], 1, __ATOMIC_RELEASE);
-#endif
             pthread_mutex_lock(&wait_lock);
             while (WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE)) == seen)
                 pthread_cond_wait(&job_posted, &wait_lock);
             pthread_mutex_unlock(&wait_lock);
-#ifdef KEEP_OFF_CALLER
-            __atomic_store_n(&worker_asleep[me], 0, __ATOMIC_RELEASE);
-#endif
         }
         seen = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_ACQUIRE));
         run_parts();
@@ -186,7 +184,7 @@ static void start_workers(int wanted) {
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 #ifdef KEEP_OFF_CALLER
-        worker_tid[workers] = 0; /* until the worker writes it; worker_asleep is 0 */
+        worker_tid[workers] = 0; /* until the worker writes it */
         worker_off[workers] = -1;
 #endif
         int failed = pthread_create(&thread, &attr, worker, (void *)(intptr_t)workers);
@@ -258,7 +256,7 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
     job_n = n;
     __atomic_store_n(&done, 0, __ATOMIC_RELAXED);
 #ifdef KEEP_OFF_CALLER
-    keep_sleepers_off();
+    keep_workers_off();
 #endif
     uint64_t seq = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_RELAXED)) + 1;
     /* posted under wait_lock: a worker between its last look and its sleep holds

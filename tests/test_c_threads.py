@@ -81,7 +81,7 @@ def pool_threads():
 def test_a_sleeping_worker_is_posted_its_part_off_the_callers_core():
     """A worker that slept is woken with the caller's core out of its affinity,
     so the scheduler cannot queue it behind the caller (csrc/threads.c,
-    keep_sleepers_off): after a pause longer than the spin, some pool thread's
+    keep_workers_off): after a pause longer than the spin, some pool thread's
     affinity is the process's cores less one."""
     import fastnn.backends as registry
     from fastnn import _ckernels
