@@ -92,13 +92,11 @@ static int workers = 0; /* started; they never exit */
  * a 2-vCPU machine, two parts of 500 us each after a pause of 10 ms or more: the
  * worker ran on the caller's core in every call and the caller did both parts
  * (1.01-1.15 ms); kept off the caller's core it started its part 80-120 us after
- * the post (0.61-0.65 ms). Likewise a caller that the scheduler moved onto a
- * spinning worker's core shares that core with it until the worker sleeps,
- * which it may not do for a whole training epoch: the serial kernels of a small
- * network's step (the loss, the optimizer, the gather of the next batch) then
- * took 3-5 times as long, the step 320 us instead of 147. So before posting a
- * job, the caller takes its own core out of each worker's affinity: a system
- * call when the caller's core changed since that worker's last one. */
+ * the post (0.61-0.65 ms). Likewise a caller that the scheduler moves onto a
+ * spinning worker's core would share that core with it until the worker
+ * sleeps, which in a training epoch it may not do. So before posting a job, the
+ * caller takes its own core out of each worker's affinity: a system call when
+ * the caller's core changed since that worker's last one. */
 static pid_t worker_tid[MAX_PARTS]; /* 0 until the worker has written it */
 static int worker_off[MAX_PARTS];   /* the core last taken out of its affinity, -1: none */
 static cpu_set_t process_cpus;      /* the process's cores when the workers started */
