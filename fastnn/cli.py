@@ -35,7 +35,7 @@ class Parser(argparse.ArgumentParser):
 
 # ------------------------------------------------------------------------- info
 def thread_settings():
-    """{what: threads} for BLAS, Numba and the C kernels' OpenMP."""
+    """{what: threads} for BLAS, Numba and the C kernels' own pool."""
     threads = {}
     for pool in benchmarks.blas_info():
         threads[f"BLAS ({pool['internal_api']} {pool['version']})"] = pool["num_threads"]

@@ -15,14 +15,16 @@ import contextlib
 import importlib
 import os
 
-# Idle threads that spin keep a core busy that the BLAS threads of the next GEMM
-# need (measured here: a dense layer's GEMMs + epilogue, and a Numba training
-# step, 1.5x to several times slower). fastnn's own threads therefore sleep when
-# idle, without touching the process's OpenMP policy, which PyTorch and other
+# Idle threads that spin keep a core busy that another pool's threads need (a
+# dense layer's GEMMs on BLAS's threads and its epilogue on an OpenMP pool
+# spinning for milliseconds: 1.5x to several times slower). fastnn's threads
+# therefore leave the process's OpenMP policy alone, which PyTorch and other
 # OpenMP users read too (a PyTorch MLP epoch ran 1.5x slower under
 # OMP_WAIT_POLICY=PASSIVE): the C kernels run on a pool of their own
-# (csrc/threads.c), and Numba on its workqueue threading layer unless its layer
-# or the policy was chosen (numba_backend.py).
+# (csrc/threads.c) that runs their GEMMs too, so its workers' 1 ms spin takes
+# no other pool's core, and Numba on its workqueue threading layer, whose
+# threads sleep when idle, unless its layer or the policy was chosen
+# (numba_backend.py).
 # Opt-in: FASTNN_GLOBAL_OMP_PASSIVE=1 sets OMP_WAIT_POLICY=PASSIVE for the whole
 # process on `import fastnn` (unless set), for every OpenMP runtime that loads
 # after it: what a process that runs fastnn's kernels and little else may want.
@@ -49,7 +51,7 @@ BACKENDS = {
 }
 FIX_HINTS = {
     "numba": "install Numba: pip install numba",
-    "c": "reinstall fastnn where a C compiler with OpenMP (gcc) is present, so that "
+    "c": "reinstall fastnn where a C compiler (gcc) is present, so that "
          "setup.py can build fastnn._ckernels: pip install --force-reinstall --no-deps .",
 }
 
