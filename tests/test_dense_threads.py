@@ -82,7 +82,7 @@ def assert_matches_reference(got, x, W, b, dy, activation):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("shape", [(256, 300, 200), (200, 64, 700)])
+@pytest.mark.parametrize("shape", [(256, 300, 200), (200, 64, 700), (512, 300, 10)])
 def test_every_split_gives_the_references_results(lib, dtype, activation, shape):
     x, W, b, dy = case(dtype, *shape)
     for threads in (1, 2, 3):
