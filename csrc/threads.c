@@ -47,16 +47,17 @@ __attribute__((constructor)) static void register_fork_guard(void) {
 }
 
 /* How long a worker, or the caller waiting for the workers' parts, spins
- * before it sleeps. Waking a sleeping worker costs 80-120 us on a 2-vCPU
+ * before it sleeps. Waking a sleeping worker costs 70-130 us on a 2-vCPU
  * virtual machine (see keep_workers_off), more than a small
- * layer's kernel; a spin of 20 us let the workers sleep between the parallel
+ * layer's kernel; a spin of 25 us let the workers sleep between the parallel
  * kernels of a small network's step, whose serial ones (a 100 x 10 layer, the
- * loss) take tens of microseconds. Measured with the 1797 x 64 digits network
- * of `python -m fastnn bench` (batch 200, float64, 2 threads), one epoch: 1.98
- * and 2.01 ms spinning 20 us, 1.56-1.68 spinning 0.25 ms, 1.58-1.62 spinning
- * 1 ms, 1.58-1.74 spinning 2.5 ms (Zen 4, a pause 25 ns); 50000 x 54 tabular data 47-48, 42, 39.5-85
- * (a noisy run), 39-40 ms; a 784-512-256-10 epoch 306-311, 297-308, 324-541
- * (noisy), 293-314 ms. GNU OpenMP's default spins for about as long. */
+ * loss) take tens of microseconds. Measured with `python -m fastnn bench`
+ * (Zen 4, a pause 25 ns, 2 threads), one epoch of the 1797 x 64 digits network
+ * (batch 200, float64): 1.98 and 2.01 ms spinning 25 us, 1.56-1.68 spinning
+ * 0.25 ms, 1.56-1.62 spinning 1 ms, 1.58-1.74 spinning 2.5 ms; of 50000 x 54
+ * tabular data 47-48, 41.8-45.2, 39.4-44.0, 38.9-41.9 ms; of a 784-512-256-10
+ * network 306-311, 297-308, 297-324, 293-314 ms (runs in the machine's slow
+ * spells left out). GNU OpenMP's default spins for about as long. */
 #define SPIN_NS 1000000
 
 static inline void cpu_relax(void) {
