@@ -127,3 +127,37 @@ def test_a_blas_without_a_thread_count_runs_the_slices_in_turn(lib):
             lib.fastnn_set_blas_threads(*(ffi.cast("void *", ctypes.cast(f, ctypes.c_void_p).value)
                                           for f in functions))
     assert_matches_reference(got, x, W, b, dy, "relu")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_input_features(dtype):
+    """k = 0 (BLAS refuses its leading dimensions): y is act(b), dW and dx are empty,
+    db the sums of dz; the reference's results."""
+    x, W, b = np.empty((300, 0), dtype), np.empty((0, 7), dtype), np.linspace(-1, 1, 7).astype(dtype)
+    dy = np.ones((300, 7), dtype)
+    for activation in ("tanh", "softmax"):
+        got = dense_step("c", x, W, b, dy, activation)
+        want = dense_step("numpy", x, W, b, dy, activation)
+        for g, r in zip(got, want):
+            assert g.shape == r.shape
+            assert_close(g, r, dtype)
+
+
+def test_sizes_beyond_the_blas_integers_take_numpys_gemm(monkeypatch):
+    """Above the 32-bit sizes of the BLAS the C kernels call, a dense layer runs
+    NumPy's GEMM and the C passes (a lowered limit stands in for 2^31 - 1)."""
+    from fastnn.backends import c_backend
+
+    x, W, b, dy = case(np.float32, n=64, k=30, m=20)
+    ref_y, ref_preact = reference_forward(x, W, b, "relu")
+    kernels = fastnn.get_backend("c")
+    monkeypatch.setattr(c_backend, "INT32_MAX", 29)
+    calls = []
+    matmul = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda *a, **k: calls.append(1) or matmul(*a, **k))
+    preact = np.empty_like(dy)
+    y = kernels.dense_forward(x, W, b, "relu", preact=preact)
+    grads = kernels.dense_backward(dy, x, W, ref_y, "relu", preact=ref_preact, dz=np.empty_like(dy))
+    monkeypatch.undo()
+    assert len(calls) == 3  # x W, x^T dz, dz W^T
+    assert_matches_reference((y, preact) + tuple(grads), x, W, b, dy, "relu")
