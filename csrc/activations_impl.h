@@ -311,14 +311,21 @@ int FN(column_sums)(const T *a, T *out, int64_t rows, int64_t cols) {
  * the same cores: after a threaded GEMM OpenBLAS's idle workers spin for 0.1 s,
  * and fastnn's worker, woken for the pass that followed, waited for a core. */
 
-/* Multiply-adds from which a dense GEMM is split between threads (OpenBLAS
- * threads a GEMM from 65536 x 4, its GEMM_MULTITHREAD_THRESHOLD), and the
- * fewest rows or columns of a slice (a few of the micro-kernel's). */
+/* Multiply-adds from which a dense GEMM is split between threads that spin
+ * (parallel_run_small; a 100 -> 7 layer at batch 200 has 140000), from which it
+ * wakes sleeping ones (OpenBLAS threads a GEMM from 65536 x 4, its
+ * GEMM_MULTITHREAD_THRESHOLD), and the fewest rows or columns of a slice (a few
+ * of the micro-kernel's). */
+#define DENSE_MIN_SPLIT 32768
 #define DENSE_MIN_PARALLEL 262144
 #define DENSE_MIN_SLICE 16
 
+INLINE double FN(dense_madds)(int64_t n, int64_t k, int64_t m) {
+    return (double)n * (double)k * (double)m;
+}
+
 INLINE int FN(dense_parts)(int64_t split, int64_t n, int64_t k, int64_t m) {
-    if ((double)n * (double)k * (double)m < DENSE_MIN_PARALLEL) return 1;
+    if (FN(dense_madds)(n, k, m) < DENSE_MIN_SPLIT) return 1;
     return parallel_blas_parts(split, 2 * DENSE_MIN_SLICE);
 }
 
@@ -349,7 +356,8 @@ void FN(dense_forward)(const T *x, const T *W, const T *b, T *preact, T *y, int6
     struct FN(forward_args) f = {.z = y, .b = b, .preact = preact, .y = y, .cols = m,
                                  .act = activation};
     struct FN(dense_args) a = {.x = x, .W = W, .n = n, .k = k, .m = m, .fwd = &f};
-    parallel_blas_run(FN(dense_forward_range), &a, n, FN(dense_parts)(n, n, k, m));
+    parallel_blas_run_small(FN(dense_forward_range), &a, n, FN(dense_parts)(n, n, k, m),
+                            FN(dense_madds)(n, k, m) >= DENSE_MIN_PARALLEL);
 }
 
 /* rows [r0, r1): dz = dy act'(.) with its column sums added into the part's db
@@ -385,15 +393,18 @@ int FN(dense_backward)(const T *dy, const T *x, const T *W, const T *y, const T 
                        T *dW, T *db, int64_t n, int64_t k, int64_t m, int activation) {
     if (m <= 0) return 0;
     if (activation == FASTNN_IDENTITY) dz = (T *)dy;
-    int parts = FN(dense_parts)(n, n, k, m);
-    if (parts == 1 && n > 0) /* the prologue alone may still be worth splitting */
+    int big = FN(dense_madds)(n, k, m) >= DENSE_MIN_PARALLEL, parts = FN(dense_parts)(n, n, k, m);
+    int wake = big;
+    if (parts == 1 && n > 0) { /* the prologue alone may still be worth splitting */
         parts = parallel_parts(n, FN(parallel_rows)(activation, m));
+        wake = 1;
+    }
     struct FN(backward_args) bw = {.dy = dy, .y = y, .x = xpre, .dz = dz, .cols = m,
                                    .act = activation, .ws = workspace(parts, m)};
     if (bw.ws == NULL) return -1;
     struct FN(dense_args) a = {.x = x, .W = W, .dx = k > 0 ? dx : NULL, .dW = dW, .n = n, .k = k,
                                .m = m, .bwd = &bw};
-    parallel_blas_run(FN(dense_backward_range), &a, n, parts);
+    parallel_blas_run_small(FN(dense_backward_range), &a, n, parts, wake);
     add_parts(bw.ws, parts, m);
     for (int64_t j = 0; j < m; j++) db[j] = (T)bw.ws[j];
     free(bw.ws);
@@ -403,6 +414,7 @@ int FN(dense_backward)(const T *dy, const T *x, const T *W, const T *y, const T 
         return 0;
     }
     int64_t split = k >= m ? k : m;
-    parallel_blas_run(FN(dense_weight_range), &a, split, FN(dense_parts)(split, n, k, m));
+    parallel_blas_run_small(FN(dense_weight_range), &a, split, FN(dense_parts)(split, n, k, m),
+                            big);
     return 0;
 }

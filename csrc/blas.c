@@ -61,6 +61,10 @@ static pthread_mutex_t blas_threads_lock = PTHREAD_MUTEX_INITIALIZER;
 #endif
 
 void parallel_blas_run(range_fn fn, void *args, int64_t n, int parts) {
+    parallel_blas_run_small(fn, args, n, parts, 1);
+}
+
+void parallel_blas_run_small(range_fn fn, void *args, int64_t n, int parts, int wake) {
     if (n <= 0) return;
     if (parts <= 1) {
         fn(args, 0, n, 0);
@@ -70,7 +74,7 @@ void parallel_blas_run(range_fn fn, void *args, int64_t n, int parts) {
     if (blas_set_threads && pthread_mutex_trylock(&blas_threads_lock) == 0) {
         int before = blas_get_threads();
         blas_set_threads(1);
-        parallel_run(fn, args, n, parts);
+        parallel_run_small(fn, args, n, parts, wake);
         blas_set_threads(before);
         pthread_mutex_unlock(&blas_threads_lock);
         return;

@@ -42,6 +42,13 @@ int parallel_parts(int64_t n, int64_t min_parallel);
 void parallel_run(range_fn fn, void *args, int64_t n, int parts);
 /* both in one: returns the number of ranges used */
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel);
+/* Small work, split from min_split but waking sleeping workers only from
+ * min_wake: parallel_run_small runs `parts` ranges with the workers that are
+ * spinning (after a parallel kernel, threads.c) and does the rest itself, and
+ * wakes the sleeping ones only with wake. The ranges, and so the results, do
+ * not depend on which thread runs them. */
+void parallel_run_small(range_fn fn, void *args, int64_t n, int parts, int wake);
+int parallel_for_small(range_fn fn, void *args, int64_t n, int64_t min_split, int64_t min_wake);
 
 /* BLAS (csrc/blas.c): row-major C (m, n; row stride ldc) = op(A) op(B) + beta C,
  * op(A) (m, k) being A (row stride lda) or, with ta, the transpose of A (k, m);
@@ -57,6 +64,8 @@ void gemm_f64(int ta, int tb, int64_t m, int64_t n, int64_t k, const double *a, 
  * Either way every range runs once, with its own `part`. */
 int parallel_blas_parts(int64_t n, int64_t min_parallel);
 void parallel_blas_run(range_fn fn, void *args, int64_t n, int parts);
+/* with sleeping workers woken only with wake (parallel_run_small) */
+void parallel_blas_run_small(range_fn fn, void *args, int64_t n, int parts, int wake);
 
 /* Parallel thresholds, in elements touched: below them waking the pool's threads
  * (which sleep when idle, see threads.c) costs more than the second thread
@@ -64,6 +73,14 @@ void parallel_blas_run(range_fn fn, void *args, int64_t n, int parts);
  * elements than work that calls exp. */
 #define MIN_PARALLEL_CHEAP 262144
 #define MIN_PARALLEL_MATH 65536
+/* The smaller thresholds of work split only with spinning workers
+ * (parallel_for_small): a part posted to a spinning worker starts within a
+ * microsecond. They serve the kernels of a small network's training step (a
+ * 200 x 54 -> 100 -> 7 network: 6207 parameters, a 100 -> 7 layer of 140000
+ * multiply-adds), which follow each other within microseconds: split the same
+ * way, each core keeps its rows of the batch in its own caches from kernel to
+ * kernel (threads.c, LOCALITY). */
+#define MIN_SPLIT_STEP 4096
 
 /* Column sums of (rows, cols) arrays (bias gradient, batch-norm statistics) are
  * split by rows, so that each thread streams through contiguous memory: range

@@ -11,8 +11,11 @@
  * a batch without, 7.0 with (20000 x 784 float32, batch 256: 79 and 75 us). */
 #define PREFETCH_ROWS 8
 #define PREFETCH_BYTES 512
-/* Bytes copied below which one thread does it all (waking the pool's threads
- * costs more than the second thread saves). */
+/* Bytes copied from which the rows are split between the pool's threads when
+ * they spin (parallel_for_small: the worker's rows of the batch are then in its
+ * caches for its part of the first layer), and from which sleeping ones are
+ * woken (waking them costs more than the second thread saves below). */
+#define GATHER_SPLIT_BYTES (1 << 14)
 #define GATHER_PARALLEL_BYTES (1 << 20)
 
 struct gather_args {
@@ -44,5 +47,6 @@ static void take_rows_range(void *p, int64_t begin, int64_t end, int part) {
 void take_rows(const void *x, const int64_t *index64, const int32_t *index32, void *out, int64_t rows,
                int64_t row_bytes) {
     struct gather_args a = {x, index64, index32, out, rows, row_bytes};
-    parallel_for(take_rows_range, &a, rows, GATHER_PARALLEL_BYTES / (row_bytes + 1) + 1);
+    parallel_for_small(take_rows_range, &a, rows, GATHER_SPLIT_BYTES / (row_bytes + 1) + 1,
+                       GATHER_PARALLEL_BYTES / (row_bytes + 1) + 1);
 }

@@ -22,6 +22,12 @@ INLINE double FN(sample_scale)(const struct FN(loss_args) *a, int64_t i) {
     return a->w ? (double)a->w[i] / a->wsum : 1.0 / (double)a->n;
 }
 
+/* Elements from which a loss's rows are split between spinning threads
+ * (parallel_for_small; a batch of 200 rows of 7 classes has 1400) */
+#define LOSS_MIN_SPLIT 1024
+
+/* rows split from LOSS_MIN_SPLIT elements when the pool's threads spin, and
+ * from min_parallel rows when they must be woken */
 static double FN(setup)(struct FN(loss_args) *a, range_fn fn, int64_t min_parallel) {
     double wsum = 0;
     if (a->w) {
@@ -29,7 +35,9 @@ static double FN(setup)(struct FN(loss_args) *a, range_fn fn, int64_t min_parall
         for (int64_t i = 0; i < a->n; i++) wsum += a->w[i];
     }
     a->wsum = wsum;
-    int parts = parallel_for(fn, a, a->n, min_parallel);
+    int64_t min_split = LOSS_MIN_SPLIT / (a->k + 1) + 1;
+    int parts = parallel_for_small(fn, a, a->n, min_split < min_parallel ? min_split : min_parallel,
+                                   min_parallel);
     double total = 0;
     for (int p = 0; p < parts; p++) total += a->partial[p];
     return total;

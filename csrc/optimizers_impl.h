@@ -51,7 +51,7 @@ void FN(sgd_step)(T *param, const T *grad, T *velocity, int64_t n, double lr, do
     a.flags = (momentum != 0 ? SGD_MOMENTUM : 0) | (nesterov ? SGD_NESTEROV : 0)
               | (weight_decay != 0 ? SGD_WD : 0) | (lr_in_velocity ? SGD_LR_IN_VELOCITY : 0);
     if (velocity == NULL) a.flags &= ~SGD_MOMENTUM; /* the wrapper requires it for momentum */
-    parallel_for(FN(sgd_range), &a, n, MIN_PARALLEL_CHEAP);
+    parallel_for_small(FN(sgd_range), &a, n, MIN_SPLIT_STEP, MIN_PARALLEL_CHEAP);
 }
 
 /* ------------------------------------------------------------- Adagrad */
@@ -80,7 +80,7 @@ void FN(adagrad_step)(T *param, const T *grad, T *sum_sq, int64_t n, double lr, 
                       double weight_decay) {
     struct FN(step_args) a = {.param = param, .s1 = sum_sq, .grad = grad, .lr = lr, .eps = eps,
                               .weight_decay = weight_decay};
-    parallel_for(FN(adagrad_range), &a, n, MIN_PARALLEL_CHEAP);
+    parallel_for_small(FN(adagrad_range), &a, n, MIN_SPLIT_STEP, MIN_PARALLEL_CHEAP);
 }
 
 /* ------------------------------------------------------------- RMSprop */
@@ -133,7 +133,7 @@ void FN(rmsprop_step)(T *param, const T *grad, T *square_avg, T *momentum_buf, T
                               .weight_decay = weight_decay, .momentum = momentum};
     a.flags = (weight_decay != 0 ? RMS_WD : 0) | (grad_avg ? RMS_CENTERED : 0)
               | (momentum != 0 && momentum_buf ? RMS_MOMENTUM : 0);
-    parallel_for(FN(rmsprop_range), &a, n, MIN_PARALLEL_CHEAP);
+    parallel_for_small(FN(rmsprop_range), &a, n, MIN_SPLIT_STEP, MIN_PARALLEL_CHEAP);
 }
 
 /* ------------------------------------------------------------ Adadelta */
@@ -160,7 +160,7 @@ void FN(adadelta_step)(T *param, const T *grad, T *square_avg, T *acc_delta, int
                        double lr, double rho, double eps, double weight_decay) {
     struct FN(step_args) a = {.param = param, .s1 = square_avg, .s2 = acc_delta, .grad = grad,
                               .lr = lr, .a = rho, .eps = eps, .weight_decay = weight_decay};
-    parallel_for(FN(adadelta_range), &a, n, MIN_PARALLEL_CHEAP);
+    parallel_for_small(FN(adadelta_range), &a, n, MIN_SPLIT_STEP, MIN_PARALLEL_CHEAP);
 }
 
 /* ---------------------------------------------------------------- Adam */
@@ -211,5 +211,5 @@ void FN(adam_step)(T *param, const T *grad, T *m, T *v, T *v_max, int64_t n, int
                               .t = t};
     a.flags = (weight_decay != 0 ? (decoupled ? ADAM_DECOUPLED : ADAM_L2) : 0)
               | (v_max ? ADAM_AMSGRAD : 0);
-    parallel_for(FN(adam_range), &a, n, MIN_PARALLEL_CHEAP);
+    parallel_for_small(FN(adam_range), &a, n, MIN_SPLIT_STEP, MIN_PARALLEL_CHEAP);
 }

@@ -12,6 +12,20 @@
  * BLAS on one thread meanwhile), so no other pool waits for the core a worker
  * spins on.
  *
+ * LOCALITY. Part 0 of every job is the caller's, the next parts the workers':
+ * kernels that split the rows of a batch the same way then find their rows in
+ * their own core's caches, where a kernel that runs on one core pulls what the
+ * other core wrote or read (on a 2-vCPU Zen 4, a line another core holds costs
+ * several times a local one). So the small kernels of a training step split too
+ * (parallel_run_small): a part posted to a spinning worker starts within a
+ * microsecond, and one that no worker has claimed when the caller is done is
+ * the caller's (nothing waits for a sleeping worker, which small kernels do not
+ * wake). Measured in a step of a 200 x 54 -> 100 -> 7 float64 network (c, 2
+ * threads): with only its large layer split, the 100 -> 7 layer's backward took
+ * 25 us against 15.5 for the same call repeated, the optimizer 18 against 8.3;
+ * with every kernel split, 10.4 and 11.7 (9.3 and 6.5 repeated); the epoch went
+ * from 36.9 to 28.9 ms, its GEMMs alone (NumPy) taking 26.1.
+ *
  * One job at a time: parallel_run claims the pool with a trylock; a second
  * caller (another Python thread: cffi releases the GIL) or a nested one runs
  * its ranges serially. Parts are claimed from one 64-bit word, job sequence
@@ -127,6 +141,17 @@ static int done = 0;      /* parts finished */
 #define WORD_NEXT(w) ((int)((w) & 0xff))
 #define WORD_SEQ(w) ((w) >> 16)
 
+/* Runs part p of the posted job's `parts`. */
+static void run_part(int p, int parts) {
+    int64_t n = job_n;
+    job_fn(job_args, n * p / parts, n * (p + 1) / parts, p);
+    if (__atomic_add_fetch(&done, 1, __ATOMIC_ACQ_REL) == parts) {
+        pthread_mutex_lock(&wait_lock);
+        pthread_cond_broadcast(&job_done);
+        pthread_mutex_unlock(&wait_lock);
+    }
+}
+
 /* Runs parts of the posted job until none is left; returns when none is. */
 static void run_parts(void) {
     uint64_t w = __atomic_load_n(&word, __ATOMIC_ACQUIRE);
@@ -135,13 +160,7 @@ static void run_parts(void) {
         if (p >= parts) return;
         if (!__atomic_compare_exchange_n(&word, &w, w + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
             continue; /* w now holds the current word */
-        int64_t n = job_n;
-        job_fn(job_args, n * p / parts, n * (p + 1) / parts, p);
-        if (__atomic_add_fetch(&done, 1, __ATOMIC_ACQ_REL) == parts) {
-            pthread_mutex_lock(&wait_lock);
-            pthread_cond_broadcast(&job_done);
-            pthread_mutex_unlock(&wait_lock);
-        }
+        run_part(p, parts);
         w = __atomic_load_n(&word, __ATOMIC_ACQUIRE);
     }
 }
@@ -239,6 +258,10 @@ static void run_serially(range_fn fn, void *args, int64_t n, int parts) {
 }
 
 void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
+    parallel_run_small(fn, args, n, parts, 1);
+}
+
+void parallel_run_small(range_fn fn, void *args, int64_t n, int parts, int wake) {
     if (n <= 0) return;
     if (parts <= 1) {
         fn(args, 0, n, 0);
@@ -259,12 +282,22 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
 #endif
     uint64_t seq = WORD_SEQ(__atomic_load_n(&word, __ATOMIC_RELAXED)) + 1;
     /* posted under wait_lock: a worker between its last look and its sleep holds
-     * it, so it cannot miss the broadcast */
-    pthread_mutex_lock(&wait_lock);
-    __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&job_posted);
-    pthread_mutex_unlock(&wait_lock);
-    run_parts(); /* the caller works too; without workers it does every part */
+     * it, so it cannot miss the broadcast. Part 0 is the caller's own (posted as
+     * taken), the others the workers' in the order they come: so from one kernel
+     * to the next the caller's slice of the rows stays in its core's caches and a
+     * spinning worker's in its own (see LOCALITY). Parts no worker has claimed
+     * when the caller is done are the caller's too (a sleeping worker is not
+     * waited for); without workers it does every part. */
+    if (wake) {
+        pthread_mutex_lock(&wait_lock);
+        __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
+        pthread_cond_broadcast(&job_posted);
+        pthread_mutex_unlock(&wait_lock);
+    } else { /* (a worker going to sleep looks at the word under wait_lock first) */
+        __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
+    }
+    run_part(0, parts);
+    run_parts();
     unsigned spins = 0;
     uint64_t deadline = clock_ns() + SPIN_NS;
     while (__atomic_load_n(&done, __ATOMIC_ACQUIRE) < parts)
@@ -283,6 +316,12 @@ void parallel_run(range_fn fn, void *args, int64_t n, int parts) {
 int parallel_for(range_fn fn, void *args, int64_t n, int64_t min_parallel) {
     int parts = parallel_parts(n, min_parallel);
     parallel_run(fn, args, n, parts);
+    return parts;
+}
+
+int parallel_for_small(range_fn fn, void *args, int64_t n, int64_t min_split, int64_t min_wake) {
+    int parts = parallel_parts(n, min_split);
+    parallel_run_small(fn, args, n, parts, n >= min_wake);
     return parts;
 }
 

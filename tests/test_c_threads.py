@@ -99,3 +99,53 @@ def test_a_sleeping_worker_is_posted_its_part_off_the_callers_core():
         assert any(mask < cores and len(mask) == len(cores) - 1 for mask in masks), (cores, masks)
     finally:
         _ckernels.lib.fastnn_set_num_threads(registry._num_threads or 0)
+
+
+def voluntary_switches(tid):
+    """How many times thread `tid` has gone to sleep (blocked) so far."""
+    with open(f"/proc/self/task/{tid}/status") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for thread {tid}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc of Linux")
+def test_small_kernels_leave_a_sleeping_worker_asleep_and_round_alike():
+    """Work split only between spinning threads (parallel_for_small: an optimizer
+    step on 8192 parameters, a loss on 300 x 7 logits) does not wake a worker
+    that sleeps: the caller runs every part itself, and the results are those
+    of the parts run beside a spinning worker, bit for bit. A large kernel
+    still wakes it."""
+    import fastnn.backends as registry
+    from fastnn import _ckernels
+
+    c = fastnn.get_backend("c")
+    rng = np.random.default_rng(7)
+    param0, grad = rng.standard_normal((2, 8192))
+    logits, labels = rng.standard_normal((300, 7)), rng.integers(0, 7, 300)
+    big = np.linspace(-3, 3, N)
+
+    def small_kernels():
+        param, m, v = param0.copy(), np.zeros(8192), np.zeros(8192)
+        c.adam_step(param, grad, m, v, 1, 1e-3)
+        return (param, m, v) + tuple(c.softmax_cross_entropy(logits, labels))
+
+    _ckernels.lib.fastnn_set_num_threads(2)
+    try:
+        c.activation_forward(big, "tanh")  # starts the pool
+        tids = pool_threads()
+        spinning = [small_kernels() for _ in range(3)]  # right after it: the worker spins
+        time.sleep(0.05)  # longer than a worker spins: it sleeps
+        before = sum(map(voluntary_switches, tids))
+        asleep = [small_kernels() for _ in range(50)]
+        time.sleep(0.05)  # a worker woken would have gone back to sleep: one more switch
+        assert sum(map(voluntary_switches, tids)) == before, "a small kernel woke the sleeping worker"
+        c.activation_forward(big, "tanh")
+        time.sleep(0.05)
+        assert sum(map(voluntary_switches, tids)) > before, "a large kernel did not wake the worker"
+        for got in spinning[1:] + asleep:
+            for a, b in zip(got, spinning[0]):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        _ckernels.lib.fastnn_set_num_threads(registry._num_threads or 0)
