@@ -75,20 +75,20 @@ INLINE double gate_tanh_f64(double v) { return tanh_f64(v); }
  * 10 against 16; lstm 64x50x128: 218 against 258). */
 #define RECURRENT_PARALLEL_MIN (1 << 21)
 
-/* The per-step GEMMs h_{t-1} W_h and dW_h's h_{t-1}^T dz_t are issued in blocks
- * of columns of at most SMALL_GEMM_MADDS multiply-adds (recurrent_impl.h
- * gemm_tiles): OpenBLAS's SkylakeX kernels take GEMMs up to 10^6 multiply-adds
- * without packing their operands, where a larger one packs all of W_h at every
- * step. Measured, one thread, Zen 4, SciPy's OpenBLAS 0.3.30
- * (bench/recurrent_floor.py): (32 x 128) x (128 x 512) 72 GFLOP/s in one call,
- * 115 in blocks of 128 columns; dW_h's (64 x 128)^T x (64 x 256) 88, 113 in
- * blocks of 64. Elsewhere blocks cost little: each packs its own columns of
- * W_h once, as the whole GEMM would. The backward's dz_t W_h^T stays one GEMM:
- * in blocks of 32 columns (71 -> 111 GFLOP/s for (32 x 512) x (512 x 128)) its
- * sums over the gate columns round otherwise than the whole GEMM (OpenBLAS
- * splits a long k where its small kernel does not), beyond the catalogue's
- * float32 tolerance (lstm 64x3x5x96: dh0 2.5e-7 from the reference, 1.2e-7
- * allowed). */
+/* The per-step GEMMs h_{t-1} W_h, dW_h's h_{t-1}^T dz_t and the backward's
+ * dz_t W_h^T are issued in blocks of columns of at most SMALL_GEMM_MADDS
+ * multiply-adds (recurrent_impl.h gemm_tiles): OpenBLAS's SkylakeX kernels take
+ * GEMMs up to 10^6 multiply-adds without packing their operands, where a larger
+ * one packs all of W_h at every step. Measured, one thread, Zen 4, SciPy's
+ * OpenBLAS 0.3.30 (bench/recurrent_floor.py and a C loop of the same calls):
+ * (32 x 128) x (128 x 512) 72 GFLOP/s in one call, 115 in blocks of 128
+ * columns; dW_h's (64 x 128)^T x (64 x 256) 88, 113 in blocks of 64; (32 x 512)
+ * x (512 x 128)^T 71, 111 in blocks of 32. Elsewhere blocks cost little: each
+ * packs its own columns of W_h once, as the whole GEMM would. The blocks of
+ * dz_t W_h^T add each sum of G hidden terms in one run where the whole GEMM
+ * splits it (OpenBLAS's k blocks): its rounding differs from the reference's,
+ * by no more than the reference's own from the float64 result (the
+ * catalogue's recurrent entries judge float32 so). */
 #define SMALL_GEMM_MADDS 1000000
 
 #define TEMPLATE "recurrent_impl.h"

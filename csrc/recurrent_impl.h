@@ -18,23 +18,24 @@ static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f
  * the blocks' width the largest power of two, from 16, whose GEMM has at most
  * SMALL_GEMM_MADDS multiply-adds (recurrent.c), or all n columns in one GEMM
  * when that fits or no block of 16 would. */
-static void FN(gemm_tiles)(int ta, int64_t m, int64_t n, int64_t k, const T *a, int64_t lda,
-                           const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
+static void FN(gemm_tiles)(int ta, int tb, int64_t m, int64_t n, int64_t k, const T *a,
+                           int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
     int64_t tile = 16;
     while (m * k * tile * 2 <= SMALL_GEMM_MADDS) tile *= 2;
     if (m * k * n <= SMALL_GEMM_MADDS || m * k * 16 > SMALL_GEMM_MADDS) tile = n;
-    for (int64_t j = 0; j < n; j += tile)
-        FN(gemm)(ta, 0, m, n - j < tile ? n - j : tile, k, a, lda, b + j, ldb, beta, c + j, ldc);
+    for (int64_t j = 0; j < n; j += tile) /* C's columns j.. are B's rows j.. when tb */
+        FN(gemm)(ta, tb, m, n - j < tile ? n - j : tile, k, a, lda, b + (tb ? j * ldb : j), ldb,
+                 beta, c + j, ldc);
 }
 
 /* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0) */
 static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h, T *z, int64_t n,
                                int64_t steps, int64_t hidden, int64_t width) {
     if (t)
-        FN(gemm_tiles)(0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0,
+        FN(gemm_tiles)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0,
                        z, width);
     else
-        FN(gemm_tiles)(0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
+        FN(gemm_tiles)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
 }
 
 /* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
@@ -43,11 +44,11 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
                                int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
                                int64_t hidden, int64_t width) {
     if (dW_h && t)
-        FN(gemm_tiles)(1, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1,
+        FN(gemm_tiles)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1,
                        dW_h, width);
     else if (dW_h)
-        FN(gemm_tiles)(1, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
-    FN(gemm)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
+        FN(gemm_tiles)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
+    FN(gemm_tiles)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
 /* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
@@ -64,10 +65,10 @@ static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, i
             dW_h[i * width + j] = 0;
     for (int64_t t = steps - 1; t >= 0; t--)
         if (t)
-            FN(gemm_tiles)(1, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
+            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
                            dz + t * width + c0, steps * width, 1, dW_h + c0, width);
         else
-            FN(gemm_tiles)(1, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1,
+            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1,
                            dW_h + c0, width);
 }
 

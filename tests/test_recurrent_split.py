@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue import CATALOGUE, RECURRENT_SPLIT_SHAPE
-from conftest import FAST_BACKENDS, assert_close
+from catalogue import CATALOGUE, RECURRENT_SPLIT_SHAPE, assert_output_matches
+from conftest import FAST_BACKENDS
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import fastnn
@@ -77,7 +77,7 @@ def test_every_thread_count_matches_the_reference(case, backend_name, dtype,
         set_kernel_threads(backend_name, k)
         actual = run(fastnn.get_backend(backend_name), dtype)
         for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_close(a, e, dtype, f"{case} output {i}, {k} threads")
+            assert_output_matches(a, e, dtype, f"{case} output {i}, {k} threads")
 
 
 def openblas_threads():
