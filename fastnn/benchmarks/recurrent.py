@@ -131,8 +131,12 @@ def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, 
     every backend, PyTorch (when installed and with_torch), bare-gemms and
     bare-gemms-whole (with numba). Each round times every runner once
     (`min_time` seconds of steps after a warm-up), in turns; median and best are
-    over the rounds."""
+    over the rounds. Each runner's turn starts after the main benchmark's pause
+    (runner.SETTLE_SECONDS): the numpy backend's and bare-gemms-whole's GEMMs
+    leave OpenBLAS's threads spinning for 0.1 s, in the next runner's time."""
     import fastnn
+
+    from .runner import SETTLE_SECONDS
 
     sizes = dict(SEQUENCE, **(sizes or {}))
     backends = fastnn.available_backends() if backends is None else list(backends)
@@ -152,6 +156,7 @@ def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, 
         torch_ok = with_torch
         for _ in range(rounds):
             for name, fn in steps.items():
+                time.sleep(SETTLE_SECONDS)  # the previous runner's BLAS threads stop spinning
                 times[name].append(_mean_time(fn, calls[name]))
             if torch_ok:
                 t = torch_step_seconds(kind, sizes, min_time, 1)
