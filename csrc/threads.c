@@ -293,7 +293,7 @@ void parallel_run_small(range_fn fn, void *args, int64_t n, int parts, int wake)
         __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&job_posted);
         pthread_mutex_unlock(&wait_lock);
-    } else { /* (a worker going to sleep looks at the word under wait_lock first) */
+    } else { /* a worker that sleeps, or is going to, may miss it: the caller runs its part */
         __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
     }
     run_part(0, parts);
