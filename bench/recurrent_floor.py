@@ -12,10 +12,10 @@ with ctypes; not part of fastnn). For SciPy's OpenBLAS (the one fastnn's kernels
 call) and NumPy's:
 1. each GEMM shape of a step on one thread: GFLOP/s of the thread's CPU time (the
    best of ROUNDS x 20 calls; CPU time, not wall, so that other processes on a
-   shared machine do not count), in one call, in the blocks of at most 10^6
-   multiply-adds that fastnn's kernels issue (csrc/recurrent_impl.h gemm_tiles:
-   h_{t-1} W_h and dW_h's, not dz_t W_h^T) and with dz_t W_h^T in blocks of 32
-   columns too (the projection, dx and dW_x are one GEMM each in all three);
+   shared machine do not count), in one call, in blocks of at most 10^6
+   multiply-adds for h_{t-1} W_h and dW_h's only, and with dz_t W_h^T in blocks
+   of 32 columns too, the order fastnn's kernels issue (csrc/recurrent_impl.h
+   gemm_tiles; the projection, dx and dW_x are one GEMM each in all three);
 2. per issue order, the floor: the GEMMs of one thread when two share the step
    evenly, summed from those CPU times, in us per sequence. Orders: whole batch
    (every GEMM on the BLAS's two threads: floor = half the step's GEMMs on one
@@ -114,19 +114,21 @@ def main(rounds=15):
     us = 1e6 / N
     for name, (gemm, wide, threads) in openblas_libraries().items():
         lib.floor_setup(gemm, int(wide), threads)
-        print(f"\n{name}: one thread, GFLOP/s (CPU time), one GEMM / fastnn's blocks / all in blocks")
+        print(f"\n{name}: one thread, GFLOP/s (CPU time), one GEMM / W_h and dW_h in blocks / all in blocks "
+              "(fastnn's)")
         seconds = {}
         for i, (shape, ta, tb, m, n, k) in enumerate(SHAPES):
             flop = 2 * m * n * k
             seconds[shape] = {tiled: lib.floor_one_gemm(ta, tb, m, n, k, tiled if i < PER_STEP else 0,
                                                         rounds) for tiled in (0, 1, 2)}
             print(f"  {shape:40s} " + " / ".join(f"{flop / seconds[shape][t] / 1e9:6.1f}" for t in (0, 1, 2)))
-        print("floor, us per sequence: one thread's share of two (CPU time above), one GEMM / fastnn's "
-              "blocks / all in blocks")
+        print("floor, us per sequence: one thread's share of two (CPU time above), one GEMM / W_h "
+              "and dW_h in blocks / all in blocks (fastnn's)")
         for order, share in SHARES.items():
             per = [sum(seconds[s][t] * c for s, c in share.items()) * us for t in (0, 1, 2)]
             print(f"  {order:34s} " + " / ".join(f"{p:6.1f}" for p in per))
-        print("measured, us per sequence (wall, best of the rounds), one GEMM / fastnn's blocks / all")
+        print("measured, us per sequence (wall, best of the rounds), one GEMM / W_h and dW_h in blocks / "
+              "all (fastnn's)")
         best = {}
         for _ in range(3):
             for order, code in ORDERS.items():
@@ -135,7 +137,7 @@ def main(rounds=15):
                     best[order, tiled] = min(best.get((order, tiled), np.inf), s)
         for order in ORDERS:
             print(f"  {order:34s} " + " / ".join(f"{best[order, t] * us:6.1f}" for t in (0, 1, 2))
-                  + f"   ({STEP_FLOP / best[order, 1] / 1e9:5.1f} GFLOP/s in fastnn's blocks)")
+                  + f"   ({STEP_FLOP / best[order, 2] / 1e9:5.1f} GFLOP/s all in blocks)")
 
 
 if __name__ == "__main__":
