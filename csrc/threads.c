@@ -288,13 +288,14 @@ void parallel_run_small(range_fn fn, void *args, int64_t n, int parts, int wake)
      * spinning worker's in its own (see LOCALITY). Parts no worker has claimed
      * when the caller is done are the caller's too (a sleeping worker is not
      * waited for); without workers it does every part. */
+    uint64_t posted = seq << 16 | (uint64_t)parts << 8 | 1;
     if (wake) {
         pthread_mutex_lock(&wait_lock);
-        __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&word, posted, __ATOMIC_RELEASE);
         pthread_cond_broadcast(&job_posted);
         pthread_mutex_unlock(&wait_lock);
     } else { /* a worker that sleeps, or is going to, may miss it: the caller runs its part */
-        __atomic_store_n(&word, seq << 16 | (uint64_t)parts << 8 | 1, __ATOMIC_RELEASE);
+        __atomic_store_n(&word, posted, __ATOMIC_RELEASE);
     }
     run_part(0, parts);
     run_parts();
