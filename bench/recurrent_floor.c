@@ -7,8 +7,9 @@
  *   projection  x (N T, F) W_x (F, W)                    once
  *   recurrence  h_{t-1} (N, H) W_h (H, W)                 per step, in order
  *   dh          dz_t (N, W) W_h^T (W, H)                  per step, in order
- *   dW_h        sum_t h_{t-1}^T (H, N) dz_t (N, W)        per step or one GEMM
- *   dx, dW_x    dz (N T, W) W_x^T, x^T dz                 once
+ *   dW_h        sum_t h_{t-1}^T (H, N) dz_t (N, W)        per step
+ *   dW_x        sum_t x_t^T (F, N) dz_t (N, W), x^T dz    per step or once
+ *   dx          dz (N T, W) W_x^T                         once
  * Orders: 0 whole batch, each GEMM on the BLAS's threads; 1 batch rows split,
  * one range per thread (BLAS on one thread), dW_h, dW_x by columns and dx by rows
  * after (fastnn's kernels); 2 hidden units split, each thread the four gates'
@@ -16,8 +17,8 @@
  * barrier per step to share h_t (or dz_t). With `tiled` 1, the per-step GEMMs
  * h_{t-1} W_h and h_{t-1}^T dz_t in blocks of at most 10^6 multiply-adds, as
  * fastnn's kernels issue them (csrc/recurrent_impl.h gemm_tiles); with 2,
- * dz_t W_h^T too, in blocks of 32 columns (which the kernels do not: see
- * csrc/recurrent.c). */
+ * dz_t W_h^T too, in blocks of 32 columns, and dW_x per step beside dW_h, as
+ * the kernels do (csrc/recurrent_impl.h recurrent_dW). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdint.h>
@@ -111,21 +112,26 @@ enum { N = 64, T = 50, F = 32, H = 128, W = 4 * H };
 static float *x, *Wx, *Wh, *hs, *xw, *z, *dz, *dh, *dWh, *dx, *dWx;
 static int order;
 
-/* columns [c0, c1) of dW_h, one GEMM per step over the whole batch */
-static void dW_h_columns(int c0, int c1) {
+/* columns [c0, c1) of dW_h, one GEMM per step over the whole batch, and of dW_x:
+ * beside them per step (tiled 2), else one GEMM over every step */
+static void dW_columns(int c0, int c1) {
     for (int i = 0; i < H; i++) memset(dWh + i * W + c0, 0, (size_t)(c1 - c0) * 4);
-    for (int t = T - 1; t >= 0; t--)
+    for (int i = 0; i < F; i++) memset(dWx + i * W + c0, 0, (size_t)(c1 - c0) * 4);
+    for (int t = T - 1; t >= 0; t--) {
         gemm_step(1, 0, H, c1 - c0, N, hs + (t ? t - 1 : 0) * H, T * H, dz + t * W + c0, T * W, 1,
                   dWh + c0, W);
+        if (tiled == 2)
+            gemm_step(1, 0, F, c1 - c0, N, x + t * F, T * F, dz + t * W + c0, T * W, 1, dWx + c0, W);
+    }
+    if (tiled < 2) gemm(1, 0, F, c1 - c0, N * T, x, F, dz + c0, W, 0, dWx + c0, W);
 }
 
 static void whole_batch(void) {
     gemm(0, 0, N * T, W, F, x, F, Wx, W, 0, xw, W);
     for (int t = 0; t < T; t++) gemm_step(0, 0, N, W, H, hs + (t ? t - 1 : 0) * H, T * H, Wh, W, 0, z, W);
     for (int t = T - 1; t >= 0; t--) gemm_step(0, 1, N, H, W, dz + t * W, T * W, Wh, W, 0, dh, H);
-    dW_h_columns(0, W);
+    dW_columns(0, W);
     gemm(0, 1, N * T, F, W, dz, W, Wx, W, 0, dx, F);
-    gemm(1, 0, F, W, N * T, x, F, dz, W, 0, dWx, W);
 }
 
 /* a sense-reversing spin barrier of the two threads */
@@ -164,9 +170,8 @@ static void share(int p, int *sense) {
         }
     }
     barrier(sense);
-    dW_h_columns(c0, c1);
+    dW_columns(c0, c1);
     gemm(0, 1, (int64_t)(r1 - r0) * T, F, W, dz + r0 * T * W, W, Wx, W, 0, dx + r0 * T * F, F);
-    gemm(1, 0, F, c1 - c0, N * T, x, F, dz + c0, W, 0, dWx + c0, W);
 }
 
 static int go, finished, worker_sense;

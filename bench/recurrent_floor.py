@@ -14,8 +14,9 @@ call) and NumPy's:
    best of ROUNDS x 20 calls; CPU time, not wall, so that other processes on a
    shared machine do not count), in one call, in blocks of at most 10^6
    multiply-adds for h_{t-1} W_h and dW_h's only, and with dz_t W_h^T in blocks
-   of 32 columns too, the order fastnn's kernels issue (csrc/recurrent_impl.h
-   gemm_tiles; the projection, dx and dW_x are one GEMM each in all three);
+   of 32 columns and dW_x per step beside dW_h too, the order fastnn's kernels
+   issue (csrc/recurrent_impl.h gemm_tiles, recurrent_dW; the projection and
+   dx are one GEMM each in all three, dW_x in the first two);
 2. per issue order, the floor: the GEMMs of one thread when two share the step
    evenly, summed from those CPU times, in us per sequence. Orders: whole batch
    (every GEMM on the BLAS's two threads: floor = half the step's GEMMs on one
@@ -75,7 +76,7 @@ def openblas_libraries():
 
 # (name, ta, tb, m, n, k): the per-step GEMMs, which the kernels issue in blocks,
 # then the once-a-step ones, which they issue whole (both columns the same)
-PER_STEP = 9
+PER_STEP = 11
 SHAPES = [
     ("recurrence (32x128)(128x512)", 0, 0, 32, W, H),
     ("recurrence (64x128)(128x256)", 0, 0, 64, W // 2, H),
@@ -86,6 +87,8 @@ SHAPES = [
     ("dh (32x512)(512x128), W_h transposed", 0, 0, 32, H, W),
     ("dW_h (64x128)^T(64x256)", 1, 0, H, W // 2, N),
     ("dW_h (64x128)^T(64x512)", 1, 0, H, W, N),
+    ("dW_x per step (64x32)^T(64x256)", 1, 0, F, W // 2, N),
+    ("dW_x per step (64x32)^T(64x512)", 1, 0, F, W, N),
     ("projection (1600x32)(32x512)", 0, 0, N * T // 2, W, F),
     ("projection (3200x32)(32x256)", 0, 0, N * T, W // 2, F),
     ("dx (1600x512)(512x32)", 0, 1, N * T // 2, F, W),
@@ -107,6 +110,18 @@ SHARES = {
                            "dx (1600x512)(512x32)": 1, "dW_x (3200x32)^T(3200x256)": 1},
 }
 ORDERS = {"whole batch, BLAS's 2 threads": 0, "batch rows split": 1, "hidden units split": 2}
+DW_X_ONCE = "dW_x (3200x32)^T(3200x256)"
+
+
+def share_of(share, tiled):
+    """An order's share (SHARES) as issued with `tiled`: with 2, dW_x per step
+    beside dW_h (on the whole batch's columns, half of them per thread)."""
+    if tiled < 2:
+        return share
+    per_step = "dW_x per step (64x32)^T(64x512)" if "dW_h (64x128)^T(64x512)" in share else \
+        "dW_x per step (64x32)^T(64x256)"
+    return {**{s: c for s, c in share.items() if s != DW_X_ONCE},
+            per_step: share["dW_h (64x128)^T(64x512)" if "512)" in per_step else "dW_h (64x128)^T(64x256)"]}
 
 
 def main(rounds=15):
@@ -125,7 +140,7 @@ def main(rounds=15):
         print("floor, us per sequence: one thread's share of two (CPU time above), one GEMM / W_h "
               "and dW_h in blocks / all in blocks (fastnn's)")
         for order, share in SHARES.items():
-            per = [sum(seconds[s][t] * c for s, c in share.items()) * us for t in (0, 1, 2)]
+            per = [sum(seconds[s][t] * c for s, c in share_of(share, t).items()) * us for t in (0, 1, 2)]
             print(f"  {order:34s} " + " / ".join(f"{p:6.1f}" for p in per))
         print("measured, us per sequence (wall, best of the rounds), one GEMM / W_h and dW_h in blocks / "
               "all (fastnn's)")

@@ -54,34 +54,47 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
 
 /* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
  * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
- * that the split of the batch over threads changes no rounding of dW_h. Only
- * columns [c0, c1) of dW_h (each column's sums are the same whatever the
- * columns computed beside it). */
-static void FN(recurrent_dW_h)(const T *h0, const T *hs, const T *dz, T *dW_h, int64_t n,
-                               int64_t steps, int64_t hidden, int64_t width, int64_t c0,
-                               int64_t c1) {
+ * that the split of the batch over threads changes no rounding of dW_h. With
+ * dW_x (not NULL), dW_x = the sum of x_t^T @ dz_t likewise, beside it while
+ * dz_t's columns are in the cache: one GEMM over all n steps rows, (f x n
+ * steps) x (n steps x width) with f small, packs all of dz and ran at 65-86
+ * GFLOP/s, per step 109 (bench/recurrent_floor.py, one thread, Zen 4; the
+ * LSTM benchmark's backward 95 -> 85 us a sequence). Only columns [c0, c1) of
+ * dW_h and dW_x (each column's sums are the same whatever the columns computed
+ * beside it). */
+static void FN(recurrent_dW)(const T *h0, const T *hs, const T *x, const T *dz, T *dW_h, T *dW_x,
+                               int64_t n, int64_t steps, int64_t f, int64_t hidden, int64_t width,
+                               int64_t c0, int64_t c1) {
     if (c1 <= c0) return;
     for (int64_t i = 0; i < hidden; i++)
         for (int64_t j = c0; j < c1; j++)
             dW_h[i * width + j] = 0;
-    for (int64_t t = steps - 1; t >= 0; t--)
+    for (int64_t i = 0; dW_x && i < f; i++)
+        for (int64_t j = c0; j < c1; j++)
+            dW_x[i * width + j] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        const T *dzt = dz + t * width + c0;
         if (t)
-            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden,
-                           dz + t * width + c0, steps * width, 1, dW_h + c0, width);
+            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden, dzt,
+                           steps * width, 1, dW_h + c0, width);
         else
-            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, h0, hidden, dz + c0, steps * width, 1,
-                           dW_h + c0, width);
+            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, h0, hidden, dzt, steps * width, 1, dW_h + c0,
+                           width);
+        if (dW_x && f)
+            FN(gemm_tiles)(1, 0, f, c1 - c0, n, x + t * f, steps * f, dzt, steps * width, 1,
+                           dW_x + c0, width);
+    }
 }
 
 /* dx = dz @ W_x^T (unless dx is NULL), dW_x = x^T @ dz over every step (rows = n
- * steps of them); db = column sums of dz. Only rows [r0, r1) of dx, columns
- * [c0, c1) of dW_x and db. */
+ * steps of them; unless dW_x is NULL: recurrent_dW's); db = column sums of dz.
+ * Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
 static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
                            int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
                            int64_t c0, int64_t c1) {
     if (dx && r1 > r0)
         FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
-    if (c1 > c0)
+    if (dW_x && c1 > c0)
         FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
     if (!db) return; /* the GEMMs alone (recurrent_gemms) */
     /* each column summed over rows in row order, as before, but a block of
@@ -212,7 +225,7 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * rows is a batch of its own with the same row strides (every array is
  * batch-first), so the callers below pass pointers to the range's first row.
  * The backward ones leave the input side (dx, dW_x, db) to their caller, and
- * dW_h too (recurrent_dW_h), but the GRU's, which sums dW_h and its db_h terms
+ * dW_h too (recurrent_dW), but the GRU's, which sums dW_h and its db_h terms
  * (acc) over its rows (its dhw holds one step only). */
 static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
                                  int relu, T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f,
@@ -324,9 +337,9 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
  * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
  * G hidden) GEMM over its threads at every step, which at these sizes wastes
  * much of the second core. After the ranges the backward splits its columns of
- * width G hidden (after_range, BLAS still on one thread): dW_h by one GEMM over
- * the whole batch per step (recurrent_dW_h: the same sums in the same order for
- * any split, the reference's), dW_x and db over every step, and dx by rows:
+ * width G hidden (after_range, BLAS still on one thread): dW_h and dW_x by
+ * one GEMM each over the whole batch per step (recurrent_dW: the same sums in
+ * the same order for any split), db over every step, and dx by rows:
  * so BLAS's threads never start. The GRU sums dW_h per range instead,
  * range p > 0 into slice p - 1 of part_dW_h (and its acc into part_acc), added
  * into the first in range order after (deterministic for a thread count). */
@@ -422,9 +435,11 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
 static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
     const struct FN(recurrent_job) *j = args;
     int64_t rows = j->n * j->steps, w = j->gate_count * j->hidden;
-    if (j->gate_count != 3)
-        FN(recurrent_dW_h)(j->h0, j->hs, j->dz, j->dW_h, j->n, j->steps, j->hidden, w, begin, end);
-    FN(input_side)(j->x, j->W_x, j->dz, j->dx, j->dW_x, j->db, rows, j->f, w,
+    int gru = j->gate_count == 3; /* the GRU's dW_h summed by run_rows */
+    if (!gru)
+        FN(recurrent_dW)(j->h0, j->hs, j->x, j->dz, j->dW_h, j->dW_x, j->n, j->steps, j->f,
+                           j->hidden, w, begin, end);
+    FN(input_side)(j->x, j->W_x, j->dz, j->dx, gru ? j->dW_x : NULL, j->db, rows, j->f, w,
                    rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
 }
 
