@@ -52,6 +52,12 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
     FN(gemm_tiles)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
+/* acc (len) += row, in double */
+static void FN(add_row)(const T *restrict row, double *restrict acc, int64_t len) {
+    for (int64_t j = 0; j < len; j++)
+        acc[j] += (double)row[j];
+}
+
 /* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
  * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
  * that the split of the batch over threads changes no rounding of dW_h. With
@@ -59,13 +65,17 @@ static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h
  * dz_t's columns are in the cache: one GEMM over all n steps rows, (f x n
  * steps) x (n steps x width) with f small, packs all of dz and ran at 65-86
  * GFLOP/s, per step 109 (bench/recurrent_floor.py, one thread, Zen 4; the
- * LSTM benchmark's backward 95 -> 85 us a sequence). Only columns [c0, c1) of
- * dW_h and dW_x (each column's sums are the same whatever the columns computed
- * beside it). */
+ * LSTM benchmark's backward 95 -> 85 us a sequence). With db_sums (not NULL),
+ * db_sums = the column sums of dz in double, over the same rows of dz_t while
+ * they are in the cache (a pass of their own read all of dz back from memory).
+ * Only columns [c0, c1) of dW_h, dW_x and db_sums (each column's sums are the
+ * same whatever the columns computed beside it). */
 static void FN(recurrent_dW)(const T *h0, const T *hs, const T *x, const T *dz, T *dW_h, T *dW_x,
-                               int64_t n, int64_t steps, int64_t f, int64_t hidden, int64_t width,
-                               int64_t c0, int64_t c1) {
+                             double *db_sums, int64_t n, int64_t steps, int64_t f, int64_t hidden,
+                             int64_t width, int64_t c0, int64_t c1) {
     if (c1 <= c0) return;
+    for (int64_t j = c0; db_sums && j < c1; j++)
+        db_sums[j] = 0;
     for (int64_t i = 0; i < hidden; i++)
         for (int64_t j = c0; j < c1; j++)
             dW_h[i * width + j] = 0;
@@ -83,6 +93,8 @@ static void FN(recurrent_dW)(const T *h0, const T *hs, const T *x, const T *dz, 
         if (dW_x && f)
             FN(gemm_tiles)(1, 0, f, c1 - c0, n, x + t * f, steps * f, dzt, steps * width, 1,
                            dW_x + c0, width);
+        for (int64_t i = 0; db_sums && i < n; i++)
+            FN(add_row)(dzt + i * steps * width, db_sums + c0, c1 - c0);
     }
 }
 
@@ -96,7 +108,7 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
         FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
     if (dW_x && c1 > c0)
         FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
-    if (!db) return; /* the GEMMs alone (recurrent_gemms) */
+    if (!db) return; /* the GEMMs alone (recurrent_gemms), or db in recurrent_dW */
     /* each column summed over rows in row order, as before, but a block of
      * columns at a time along dz's rows (contiguous reads, not one per row) */
     enum { BLOCK = 256 };
@@ -353,6 +365,7 @@ struct FN(recurrent_job) {
     T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
     T *dx, *dW_x, *db;
     double *acc, *part_acc;
+    double *db_sums; /* db's sums in recurrent_dW (run_rows), else NULL: input_side's */
     int64_t n, steps, f, hidden;
 };
 
@@ -437,10 +450,12 @@ static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
     int64_t rows = j->n * j->steps, w = j->gate_count * j->hidden;
     int gru = j->gate_count == 3; /* the GRU's dW_h summed by run_rows */
     if (!gru)
-        FN(recurrent_dW)(j->h0, j->hs, j->x, j->dz, j->dW_h, j->dW_x, j->n, j->steps, j->f,
-                           j->hidden, w, begin, end);
-    FN(input_side)(j->x, j->W_x, j->dz, j->dx, gru ? j->dW_x : NULL, j->db, rows, j->f, w,
-                   rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
+        FN(recurrent_dW)(j->h0, j->hs, j->x, j->dz, j->dW_h, j->dW_x, j->db_sums, j->n, j->steps,
+                         j->f, j->hidden, w, begin, end);
+    for (int64_t k = begin; j->db_sums && k < end; k++)
+        j->db[k] = (T)j->db_sums[k];
+    FN(input_side)(j->x, j->W_x, j->dz, j->dx, gru ? j->dW_x : NULL, j->db_sums ? NULL : j->db,
+                   rows, j->f, w, rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
 }
 
 /* Runs `range` over the batch rows [0, n) of job j: split over the threads when
@@ -471,8 +486,11 @@ static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n,
     free(j->part_acc);
     j->n = n;
     j->parts = parts;
+    /* db's sums beside dW_h's (out of memory: input_side's pass) */
+    j->db_sums = backward && j->db && j->gate_count != 3 ? malloc((size_t)w * sizeof(double)) : NULL;
     if (backward)
         parallel_blas_run(FN(after_range), j, w, parts);
+    free(j->db_sums);
 }
 
 /* ---------------------------------------------------------- the kernels */
