@@ -234,17 +234,21 @@ def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
 
 
 @jit
-def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
+def recurrent_dW(blas, h0, hs, x, dz, dW_h, dW_x, db, c0, c1):
     """dW_h = the sum over t = T - 1, ..., 0 of h_{t-1}.T @ dz_t (dz (N, T, G*H)), one
     GEMM over the whole batch per step: the reference's order of sums, so that
-    the split of the batch over threads changes no rounding of dW_h. Only
-    columns [c0, c1) (each column's sums are the same whatever the columns
+    the split of the batch over threads changes no rounding of dW_h; beside it
+    while dz_t is in the cache, dW_x = the sum of x_t.T @ dz_t likewise and db =
+    the column sums of dz in float64 (as csrc/recurrent_impl.h recurrent_dW).
+    Only columns [c0, c1) (each column's sums are the same whatever the columns
     computed beside it)."""
     n, steps, hidden = hs.shape
-    width = dW_h.shape[1]
+    f, width = x.shape[2], dW_h.shape[1]
     if c1 <= c0:
         return
     dW_h[:, c0:c1] = 0
+    dW_x[:, c0:c1] = 0
+    acc = np.zeros(c1 - c0)
     dz_rows = dz[0]  # (T, G*H): row t, column c0 starts dz_t's columns (row stride T G*H)
     for t in range(steps - 1, -1, -1):
         if t:
@@ -253,13 +257,23 @@ def recurrent_dW_h(blas, h0, hs, dz, dW_h, c0, c1):
         else:
             gemm_tiles(blas, 1, hidden, c1 - c0, n, h0, hidden, dz_rows, t, c0, steps * width, 1.0,
                        dW_h, 0, c0, width)
+        if f:
+            gemm_tiles(blas, 1, f, c1 - c0, n, x[0, t], steps * f, dz_rows, t, c0, steps * width,
+                       1.0, dW_x, 0, c0, width)
+        for i in range(n):
+            row = dz[i, t, c0:c1]
+            for j in range(c1 - c0):
+                acc[j] += row[j]
+    for j in range(c1 - c0):
+        db[c0 + j] = acc[j]
 
 
 @jit
-def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
-    """dx = dz @ W_x.T, dW_x = x.T @ dz over every step at once (GEMMs); db the
-    column sums of dz (N, T, G*H), in float64. Only rows [r0, r1) of dx (of N*T),
-    columns [c0, c1) of dW_x and db; no dx when it is empty (not wanted)."""
+def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1, with_sums):
+    """dx = dz @ W_x.T (a GEMM), and with_sums dW_x = x.T @ dz over every step at
+    once (a GEMM) and db the column sums of dz (N, T, G*H), in float64 (else
+    recurrent_dW's). Only rows [r0, r1) of dx (of N*T), columns [c0, c1) of dW_x
+    and db; no dx when it is empty (not wanted)."""
     n, steps, f = x.shape
     width = dz.shape[2]
     rows = n * steps
@@ -267,6 +281,8 @@ def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
     if r1 > r0 and dx.size:
         gemm(blas, 0, 1, r1 - r0, f, width, dz_flat[r0 * width:], width, W_x, width, 0.0,
              dx.reshape(-1)[r0 * f:], f)
+    if not with_sums:
+        return
     if c1 > c0:
         gemm(blas, 1, 0, f, c1 - c0, rows, x, f, dz_flat[c0:], width, 0.0, dW_x.reshape(-1)[c0:],
              width)
@@ -281,12 +297,13 @@ def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1):
 
 @jit
 def backward_after(blas, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, with_dW_h):
-    """The backward's work after its time loop on the whole batch: dW_h (unless
-    with_dW_h is False: the GRU's) and the input side."""
+    """The backward's work after its time loop on the whole batch: dW_h, dW_x and db
+    (recurrent_dW; with_dW_h False, the GRU's: its dW_h is summed in its time
+    loop, dW_x and db by input_side) and dx."""
     rows, width = x.shape[0] * x.shape[1], dz.shape[2]
     if with_dW_h:
-        recurrent_dW_h(blas, h0, hs, dz, dW_h, 0, width)
-    input_side(blas, x, W_x, dz, dx, dW_x, db, 0, rows, 0, width)
+        recurrent_dW(blas, h0, hs, x, dz, dW_h, dW_x, db, 0, width)
+    input_side(blas, x, W_x, dz, dx, dW_x, db, 0, rows, 0, width, not with_dW_h)
 
 
 @jit_parallel
@@ -299,8 +316,9 @@ def backward_after_split(blas, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, w
         c0, c1 = width * p // parts, width * (p + 1) // parts
         part = part_blas(blas, p)
         if with_dW_h:
-            recurrent_dW_h(part, h0, hs, dz, dW_h, c0, c1)
-        input_side(part, x, W_x, dz, dx, dW_x, db, rows * p // parts, rows * (p + 1) // parts, c0, c1)
+            recurrent_dW(part, h0, hs, x, dz, dW_h, dW_x, db, c0, c1)
+        input_side(part, x, W_x, dz, dx, dW_x, db, rows * p // parts, rows * (p + 1) // parts, c0, c1,
+                   not with_dW_h)
 
 
 # ------------------------------------------------------------- gate passes
@@ -435,10 +453,10 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # The whole-batch kernels call it once; the `*_split` ones once per range of
 # rows `bounds` (parts + 1,), in parallel (see numba_backend._recurrent_split),
 # each with its own ?gemm scratch (part_blas). After the ranges the backward's
-# dW_h is one GEMM over the whole batch per step
-# (recurrent_dW_h: the reference's order of sums for any split) and its input
-# side (dx, dW_x, db: input_side) one GEMM each, in as many parts by columns
-# (backward_after_split), BLAS still on one thread. The GRU's backward, whose dhw
+# dW_h and dW_x are one GEMM each over the whole batch per step, db summed
+# beside them (recurrent_dW: the same order of sums for any split), and dx one
+# GEMM (input_side), in as many parts by columns (backward_after_split), BLAS
+# still on one thread. The GRU's backward, whose dhw
 # holds one step only, sums dW_h per range instead: the first range into dW_h,
 # range p > 0 into slice p - 1 of dW_h_parts (parts - 1, H, G*H), added into
 # dW_h in range order after.
