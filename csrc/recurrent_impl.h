@@ -6,9 +6,8 @@
  * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
  * the reference's order.
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
- * tanh in double for double, in float within a few ulp for float (the
- * reference rounds them once from double; recurrent.c gate_sigmoid,
- * gate_tanh); bias gradients summed in double. */
+ * tanh evaluated in double and rounded once for double, in float for float
+ * (recurrent.c gate_sigmoid, gate_tanh); bias gradients summed in double. */
 
 /* xw (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection */
 static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f, int64_t width) {
