@@ -116,11 +116,8 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
         int64_t cols = c1 - j0 < BLOCK ? c1 - j0 : BLOCK;
         for (int64_t j = 0; j < cols; j++)
             acc[j] = 0;
-        for (int64_t r = 0; r < rows; r++) {
-            const T *row = dz + r * width + j0;
-            for (int64_t j = 0; j < cols; j++)
-                acc[j] += (double)row[j];
-        }
+        for (int64_t r = 0; r < rows; r++)
+            FN(add_row)(dz + r * width + j0, acc, cols);
         for (int64_t j = 0; j < cols; j++)
             db[j0 + j] = (T)acc[j];
     }
