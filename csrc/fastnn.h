@@ -242,15 +242,16 @@ void fastnn_set_blas_threads(void *set, void *get);
 /* Batch-first sequences: x (n, steps, f), hs (n, steps, hidden); W_x (f, G hidden),
  * W_h (hidden, G hidden), biases (G hidden,), gates (n, steps, G hidden) in
  * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
- * Workspaces: xw (n, steps, G hidden), z (n, G hidden), dz and dxw (n, steps,
- * G hidden), dhw (n, 3 hidden), acc (3 hidden). Every size below 2^31. The
- * backward writes dh0 (and dc0), and dx unless it is NULL; relu selects relu over
- * tanh. */
+ * The forward projects x W_x into gates (hs for rnn), which its steps then
+ * overwrite. Workspaces: z (n, G hidden), dz and dxw (n, steps, G hidden), dhw
+ * (n, 3 hidden), acc (3 hidden); xw (n, steps, G hidden) for recurrent_gemms.
+ * Every size below 2^31. The backward writes dh0 (and dc0), and dx unless it is
+ * NULL; relu selects relu over tanh. */
 void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
-                     const float *b, int relu, float *hs, float *xw, float *z, int64_t n,
+                     const float *b, int relu, float *hs, float *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);
 void rnn_forward_f64(const double *x, const double *h0, const double *W_x, const double *W_h,
-                     const double *b, int relu, double *hs, double *xw, double *z, int64_t n,
+                     const double *b, int relu, double *hs, double *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);
 void rnn_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
                       const float *W_h, const float *hs, int relu, float *dx, float *dh0,
@@ -262,10 +263,10 @@ void rnn_backward_f64(const double *dhs, const double *x, const double *h0, cons
                       int64_t steps, int64_t f, int64_t hidden);
 void lstm_forward_f32(const float *x, const float *h0, const float *c0, const float *W_x,
                       const float *W_h, const float *b, float *hs, float *cs, float *gates,
-                      float *xw, float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                      float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void lstm_forward_f64(const double *x, const double *h0, const double *c0, const double *W_x,
                       const double *W_h, const double *b, double *hs, double *cs, double *gates,
-                      double *xw, double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                      double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void lstm_backward_f32(const float *dhs, const float *x, const float *h0, const float *c0,
                        const float *W_x, const float *W_h, const float *hs, const float *cs,
                        const float *gates, float *dx, float *dh0, float *dc0, float *dW_x,
@@ -278,10 +279,10 @@ void lstm_backward_f64(const double *dhs, const double *x, const double *h0, con
                        int64_t hidden);
 void gru_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b_x, const float *b_h, float *hs, float *gates, float *hn,
-                     float *xw, float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                     float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void gru_forward_f64(const double *x, const double *h0, const double *W_x, const double *W_h,
                      const double *b_x, const double *b_h, double *hs, double *gates, double *hn,
-                     double *xw, double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                     double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void gru_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
                       const float *W_h, const float *hs, const float *gates, const float *hn,
                       float *dx, float *dh0, float *dW_x, float *dW_h, float *db_x, float *db_h,

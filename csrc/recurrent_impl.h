@@ -9,9 +9,10 @@
  * tanh evaluated in double and rounded once for double, in float for float
  * (recurrent.c gate_sigmoid, gate_tanh); bias gradients summed in double. */
 
-/* xw (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection */
-static void FN(project)(const T *x, const T *W_x, T *xw, int64_t rows, int64_t f, int64_t width) {
-    FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, xw, width);
+/* out (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection,
+ * into the array its step then overwrites (gates, or hs for the simple RNN) */
+static void FN(project)(const T *x, const T *W_x, T *out, int64_t rows, int64_t f, int64_t width) {
+    FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, out, width);
 }
 
 /* C (m, n) = op(A) B + beta C as one GEMM per block of C's (and B's) columns,
@@ -128,30 +129,31 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
  * time loops above, the possible aliasing of their many arrays kept the LSTM and
  * GRU passes scalar). Gates at j, hidden + j, ... of a row of width G * hidden. */
 
-/* hr = act((xr + b) + zr) over one row of hidden; NaN stays NaN under relu */
-HOT static void FN(rnn_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
-                                    int relu, T *restrict hr, int64_t hidden) {
+/* hr = act((hr + b) + zr) over one row of hidden, hr in: the row's input
+ * projection; NaN stays NaN under relu */
+HOT static void FN(rnn_forward_row)(T *restrict hr, const T *restrict zr, const T *restrict b,
+                                    int relu, int64_t hidden) {
     if (relu)
         for (int64_t j = 0; j < hidden; j++) {
-            T v = (xr[j] + b[j]) + zr[j];
+            T v = (hr[j] + b[j]) + zr[j];
             hr[j] = v < 0 ? (T)0 : v;
         }
     else
         for (int64_t j = 0; j < hidden; j++)
-            hr[j] = FN(gate_tanh)((xr[j] + b[j]) + zr[j]);
+            hr[j] = FN(gate_tanh)((hr[j] + b[j]) + zr[j]);
 }
 
 /* gates gr (i, f, g, o), cell c_row and state h_row of one row from its input
- * projection xr and recurrent product zr (4 hidden each) and c_prev */
-HOT static void FN(lstm_forward_row)(const T *restrict xr, const T *restrict zr, const T *restrict b,
-                                     const T *restrict c_prev, T *restrict gr, T *restrict c_row,
+ * projection (gr on entry) and recurrent product zr (4 hidden each) and c_prev */
+HOT static void FN(lstm_forward_row)(T *restrict gr, const T *restrict zr, const T *restrict b,
+                                     const T *restrict c_prev, T *restrict c_row,
                                      T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
-        T ig = FN(gate_sigmoid)((xr[j] + b[j]) + zr[j]);
-        T fg = FN(gate_sigmoid)((xr[k] + b[k]) + zr[k]);
-        T gg = FN(gate_tanh)((xr[l] + b[l]) + zr[l]);
-        T og = FN(gate_sigmoid)((xr[m] + b[m]) + zr[m]);
+        T ig = FN(gate_sigmoid)((gr[j] + b[j]) + zr[j]);
+        T fg = FN(gate_sigmoid)((gr[k] + b[k]) + zr[k]);
+        T gg = FN(gate_tanh)((gr[l] + b[l]) + zr[l]);
+        T og = FN(gate_sigmoid)((gr[m] + b[m]) + zr[m]);
         T c = fg * c_prev[j] + ig * gg;
         gr[j] = ig;
         gr[k] = fg;
@@ -181,17 +183,18 @@ HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_
     }
 }
 
-/* gates gr (r, z, n), hn_row (h_{t-1} W_hn + b_hn) and h_row of one row */
-HOT static void FN(gru_forward_row)(const T *restrict xr, const T *restrict zr,
+/* gates gr (r, z, n; the row's input projection on entry), hn_row (h_{t-1}
+ * W_hn + b_hn) and h_row of one row */
+HOT static void FN(gru_forward_row)(T *restrict gr, const T *restrict zr,
                                     const T *restrict b_x, const T *restrict b_h,
-                                    const T *restrict h_prev, T *restrict gr, T *restrict hn_row,
+                                    const T *restrict h_prev, T *restrict hn_row,
                                     T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         int64_t k = hidden + j, m = 2 * hidden + j;
-        T r = FN(gate_sigmoid)((xr[j] + b_x[j]) + (zr[j] + b_h[j]));
-        T u = FN(gate_sigmoid)((xr[k] + b_x[k]) + (zr[k] + b_h[k]));
+        T r = FN(gate_sigmoid)((gr[j] + b_x[j]) + (zr[j] + b_h[j]));
+        T u = FN(gate_sigmoid)((gr[k] + b_x[k]) + (zr[k] + b_h[k]));
         T a_n = zr[m] + b_h[m];
-        T nw = FN(gate_tanh)((xr[m] + b_x[m]) + r * a_n);
+        T nw = FN(gate_tanh)((gr[m] + b_x[m]) + r * a_n);
         gr[j] = r;
         gr[k] = u;
         gr[m] = nw;
@@ -236,14 +239,13 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * dW_h too (recurrent_dW), but the GRU's, which sums dW_h and its db_h terms
  * (acc) over its rows (its dhw holds one step only). */
 static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
-                                 int relu, T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f,
+                                 int relu, T *hs, T *z, int64_t n, int64_t steps, int64_t f,
                                  int64_t hidden) {
-    FN(project)(x, W_x, xw, n * steps, f, hidden);
+    FN(project)(x, W_x, hs, n * steps, f, hidden);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
         for (int64_t i = 0; i < n; i++)
-            FN(rnn_forward_row)(xw + (i * steps + t) * hidden, z + i * hidden, b, relu,
-                                hs + (i * steps + t) * hidden, hidden);
+            FN(rnn_forward_row)(hs + (i * steps + t) * hidden, z + i * hidden, b, relu, hidden);
     }
 }
 
@@ -266,17 +268,16 @@ static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
 }
 
 static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T *W_x,
-                                  const T *W_h, const T *b, T *hs, T *cs, T *gates, T *xw, T *z,
+                                  const T *W_h, const T *b, T *hs, T *cs, T *gates, T *z,
                                   int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 4 * hidden;
-    FN(project)(x, W_x, xw, n * steps, f, w);
+    FN(project)(x, W_x, gates, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
-            FN(lstm_forward_row)(xw + (i * steps + t) * w, z + i * w, b,
-                                 t ? cs + at - hidden : c0 + i * hidden, gates + (i * steps + t) * w,
-                                 cs + at, hs + at, hidden);
+            FN(lstm_forward_row)(gates + (i * steps + t) * w, z + i * w, b,
+                                 t ? cs + at - hidden : c0 + i * hidden, cs + at, hs + at, hidden);
         }
     }
 }
@@ -300,17 +301,16 @@ static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const
 }
 
 static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
-                                 const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n,
+                                 const T *b_h, T *hs, T *gates, T *hn, T *z, int64_t n,
                                  int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 3 * hidden;
-    FN(project)(x, W_x, xw, n * steps, f, w);
+    FN(project)(x, W_x, gates, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
         FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
-            FN(gru_forward_row)(xw + (i * steps + t) * w, z + i * w, b_x, b_h,
-                                t ? hs + at - hidden : h0 + i * hidden, gates + (i * steps + t) * w,
-                                hn + at, hs + at, hidden);
+            FN(gru_forward_row)(gates + (i * steps + t) * w, z + i * w, b_x, b_h,
+                                t ? hs + at - hidden : h0 + i * hidden, hn + at, hs + at, hidden);
         }
     }
 }
@@ -401,18 +401,18 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     int64_t w = j->gate_count * hidden, seq = begin * steps; /* seq: row begin's step 0 */
     (void)part;
     const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
-    T *hs = j->hs + seq * hidden, *xw = j->xw + seq * w, *z = j->z + begin * w;
-    if (j->gemms_only)
-        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, xw, z, NULL, NULL, NULL, NULL,
-                      n, steps, f, hidden);
+    T *hs = j->hs + seq * hidden, *z = j->z + begin * w;
+    if (j->gemms_only) /* the projection into a workspace of its own, xw */
+        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, j->xw + seq * w, z, NULL, NULL,
+                      NULL, NULL, n, steps, f, hidden);
     else if (j->gate_count == 1)
-        FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, xw, z, n, steps, f, hidden);
+        FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
         FN(lstm_forward_rows)(x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, j->b, hs,
-                              j->cs + seq * hidden, j->gates + seq * w, xw, z, n, steps, f, hidden);
+                              j->cs + seq * hidden, j->gates + seq * w, z, n, steps, f, hidden);
     else
         FN(gru_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->b_h, hs, j->gates + seq * w,
-                             j->hn + seq * hidden, xw, z, n, steps, f, hidden);
+                             j->hn + seq * hidden, z, n, steps, f, hidden);
 }
 
 static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part) {
@@ -491,9 +491,9 @@ static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n,
 
 /* ---------------------------------------------------------- the kernels */
 void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
-                     T *hs, T *xw, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+                     T *hs, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .x = x, .h0 = h0, .W_x = W_x,
-                                  .W_h = W_h, .b = b, .hs = hs, .xw = xw, .z = z, .steps = steps,
+                                  .W_h = W_h, .b = b, .hs = hs, .z = z, .steps = steps,
                                   .f = f, .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
@@ -509,11 +509,11 @@ void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
 }
 
 void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
-                      const T *b, T *hs, T *cs, T *gates, T *xw, T *z, int64_t n, int64_t steps,
+                      const T *b, T *hs, T *cs, T *gates, T *z, int64_t n, int64_t steps,
                       int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 4, .x = x, .h0 = h0, .c0 = c0, .W_x = W_x,
                                   .W_h = W_h, .b = b, .hs = hs, .cs = cs, .gates = gates,
-                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+                                  .z = z, .steps = steps, .f = f, .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
 
@@ -530,11 +530,11 @@ void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const
 }
 
 void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
-                     const T *b_h, T *hs, T *gates, T *hn, T *xw, T *z, int64_t n, int64_t steps,
+                     const T *b_h, T *hs, T *gates, T *hn, T *z, int64_t n, int64_t steps,
                      int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 3, .x = x, .h0 = h0, .W_x = W_x, .W_h = W_h,
                                   .b = b_x, .b_h = b_h, .hs = hs, .gates = gates, .hn = hn,
-                                  .xw = xw, .z = z, .steps = steps, .f = f, .hidden = hidden};
+                                  .z = z, .steps = steps, .f = f, .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
 

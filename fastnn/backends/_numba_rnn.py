@@ -188,7 +188,8 @@ def _gate_tanh_overload(v, like):
 
 @jit_inline
 def _project(blas, x, W_x, xw):
-    """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step."""
+    """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step (into the
+    forward's gates, or hs for the simple RNN, which each step then overwrites)."""
     n, steps, f = x.shape
     width = W_x.shape[1]
     gemm(blas, 0, 0, n * steps, width, f, x, f, W_x, width, 0.0, xw, width)
@@ -327,16 +328,17 @@ def backward_after_split(blas, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db, w
 # own, which LLVM vectorises (written inside the time loops, the LSTM pass ran
 # about 7 times slower). Gates at j, hidden + j, ... of a row of width G * hidden.
 @jit
-def rnn_forward_row(xr, zr, b, relu, hr):
-    """hr = act((xr + b) + zr); NaN stays NaN under relu (as np.maximum)."""
+def rnn_forward_row(hr, zr, b, relu):
+    """hr = act((hr + b) + zr), hr in: the row's input projection; NaN stays NaN
+    under relu (as np.maximum)."""
     zero = hr.dtype.type(0)
     if relu:
         for j in range(hr.size):
-            v = (xr[j] + b[j]) + zr[j]
+            v = (hr[j] + b[j]) + zr[j]
             hr[j] = zero if v < zero else v
     else:
         for j in range(hr.size):
-            hr[j] = gate_tanh(np.float64((xr[j] + b[j]) + zr[j]), zero)
+            hr[j] = gate_tanh(np.float64((hr[j] + b[j]) + zr[j]), zero)
 
 
 @jit
@@ -354,26 +356,30 @@ def rnn_backward_row(dh_row, dh, hr, relu, dzr):
 
 
 @jit
-def lstm_forward_row(xr, zr, b, c_prev, gr, c_row, h_row):
-    """gates gr (i, f, g, o), cell c_row and state h_row of one row."""
+def lstm_forward_row(gr, zr, b, c_prev, c_row, h_row, row):
+    """gates gr (i, f, g, o; in: the row's input projection), cell c_row and
+    state h_row of one row. The gates go to row (4 hidden, scratch) first and
+    then to gr: written to gr directly, each iteration's stores to the read
+    array keep LLVM from vectorising the loop (6.8x the time)."""
     hidden = c_row.size
     dt = c_row.dtype.type
     like = dt(0)
     for j in range(hidden):
-        ig = dt(gate_sigmoid(np.float64((xr[j] + b[j]) + zr[j]), like))
+        ig = dt(gate_sigmoid(np.float64((gr[j] + b[j]) + zr[j]), like))
         k = hidden + j
-        fg = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
+        fg = dt(gate_sigmoid(np.float64((gr[k] + b[k]) + zr[k]), like))
         k += hidden
-        gg = dt(gate_tanh(np.float64((xr[k] + b[k]) + zr[k]), like))
+        gg = dt(gate_tanh(np.float64((gr[k] + b[k]) + zr[k]), like))
         k += hidden
-        og = dt(gate_sigmoid(np.float64((xr[k] + b[k]) + zr[k]), like))
+        og = dt(gate_sigmoid(np.float64((gr[k] + b[k]) + zr[k]), like))
         c = fg * c_prev[j] + ig * gg
-        gr[j] = ig
-        gr[hidden + j] = fg
-        gr[2 * hidden + j] = gg
-        gr[3 * hidden + j] = og
+        row[j] = ig
+        row[hidden + j] = fg
+        row[2 * hidden + j] = gg
+        row[3 * hidden + j] = og
         c_row[j] = c
         h_row[j] = og * dt(gate_tanh(np.float64(c), like))
+    gr[:] = row
 
 
 @jit
@@ -399,23 +405,26 @@ def lstm_backward_row(gr, c_row, c_prev, dh_row, dh, dc, dzr):
 
 
 @jit
-def gru_forward_row(xr, zr, b_x, b_h, h_prev, gr, hn_row, h_row):
-    """gates gr (r, z, n), hn_row (h_{t-1} W_hn + b_hn) and h_row of one row."""
+def gru_forward_row(gr, zr, b_x, b_h, h_prev, hn_row, h_row, row):
+    """gates gr (r, z, n; in: the row's input projection), hn_row (h_{t-1} W_hn
+    + b_hn) and h_row of one row; through row (3 hidden, scratch) as
+    lstm_forward_row's."""
     hidden = h_row.size
     dt = h_row.dtype.type
     one = dt(1)
     for j in range(hidden):
         k = hidden + j
         m = 2 * hidden + j
-        r = dt(gate_sigmoid(np.float64((xr[j] + b_x[j]) + (zr[j] + b_h[j])), one))
-        u = dt(gate_sigmoid(np.float64((xr[k] + b_x[k]) + (zr[k] + b_h[k])), one))
+        r = dt(gate_sigmoid(np.float64((gr[j] + b_x[j]) + (zr[j] + b_h[j])), one))
+        u = dt(gate_sigmoid(np.float64((gr[k] + b_x[k]) + (zr[k] + b_h[k])), one))
         a_n = zr[m] + b_h[m]
-        new = dt(gate_tanh(np.float64((xr[m] + b_x[m]) + r * a_n), one))
-        gr[j] = r
-        gr[k] = u
-        gr[m] = new
+        new = dt(gate_tanh(np.float64((gr[m] + b_x[m]) + r * a_n), one))
+        row[j] = r
+        row[k] = u
+        row[m] = new
         hn_row[j] = a_n
         h_row[j] = (one - u) * new + u * h_prev[j]
+    gr[:] = row
 
 
 @jit
@@ -462,22 +471,21 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # range p > 0 into slice p - 1 of dW_h_parts (parts - 1, H, G*H), added into
 # dW_h in range order after.
 @jit
-def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, xw, z):
-    """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); xw (N, T, H) and
-    z (N, H) workspaces."""
+def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, z):
+    """hs (N, T, H) of h_t = act(x_t W_x + b + h_{t-1} W_h); z (N, H) a workspace."""
     n, steps, hidden = hs.shape
-    _project(blas, x, W_x, xw)
+    _project(blas, x, W_x, hs)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
-            rnn_forward_row(xw[i, t], z[i], b, relu, hs[i, t])
+            rnn_forward_row(hs[i, t], z[i], b, relu)
 
 
 @jit_parallel
-def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, xw, z):
+def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, z):
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
-        rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], xw[i:j], z[i:j])
+        rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], z[i:j])
 
 
 @jit
@@ -509,24 +517,25 @@ def rnn_backward_split(blas, bounds, dhs, hs, W_h, relu, dz, dh):
 
 # --------------------------------------------------------------------- lstm
 @jit
-def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
+def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
     """hs, cs (N, T, H); gates (N, T, 4H): i, f, g, o after their nonlinearities;
-    xw (N, T, 4H) and z (N, 4H) workspaces."""
+    z (N, 4H) a workspace."""
     n, steps, hidden = hs.shape
-    _project(blas, x, W_x, xw)
+    _project(blas, x, W_x, gates)
+    row = np.empty(4 * hidden, gates.dtype)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
             c_prev = cs[i, t - 1] if t else c0[i]
-            lstm_forward_row(xw[i, t], z[i], b, c_prev, gates[i, t], cs[i, t], hs[i, t])
+            lstm_forward_row(gates[i, t], z[i], b, c_prev, cs[i, t], hs[i, t], row)
 
 
 @jit_parallel
-def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, z):
+def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
         lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
-                     gates[i:j], xw[i:j], z[i:j])
+                     gates[i:j], z[i:j])
 
 
 @jit
@@ -563,24 +572,25 @@ def lstm_backward_split(blas, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh, dc):
 
 # ---------------------------------------------------------------------- gru
 @jit
-def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
+def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
     """hs (N, T, H); gates (N, T, 3H): r, z, n; hn (N, T, H) h_{t-1} W_hn + b_hn;
-    xw (N, T, 3H) and z (N, 3H) workspaces."""
+    z (N, 3H) a workspace."""
     n, steps, hidden = hs.shape
-    _project(blas, x, W_x, xw)
+    _project(blas, x, W_x, gates)
+    row = np.empty(3 * hidden, gates.dtype)
     for t in range(steps):
         _recurrent_gemm(blas, t, h0, hs, W_h, z)
         for i in range(n):
             h_prev = hs[i, t - 1] if t else h0[i]
-            gru_forward_row(xw[i, t], z[i], b_x, b_h, h_prev, gates[i, t], hn[i, t], hs[i, t])
+            gru_forward_row(gates[i, t], z[i], b_x, b_h, h_prev, hn[i, t], hs[i, t], row)
 
 
 @jit_parallel
-def gru_forward_split(blas, bounds, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, z):
+def gru_forward_split(blas, bounds, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
     for p in prange(bounds.size - 1):
         i, j = bounds[p], bounds[p + 1]
         gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
-                    hn[i:j], xw[i:j], z[i:j])
+                    hn[i:j], z[i:j])
 
 
 @jit

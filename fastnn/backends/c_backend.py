@@ -505,15 +505,15 @@ class CBackend(GemmConv, NumpyBackend):
     # calls of BLAS's ?gemm; small workspaces allocated here, once per call (the
     # large ones come from the caller). Sizes beyond 32-bit BLAS integers, and
     # empty sequences, take the reference.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs, xw)
+            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
         k.rnn_forward(fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
-                      fb(ct, hs), fb(ct, xw), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
+                      fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
     def _rnn_backward(self, dhs, cache, dx, dz):
@@ -528,15 +528,15 @@ class CBackend(GemmConv, NumpyBackend):
                        *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
         return out
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw)
+            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         fb, ct = ffi.from_buffer, k.ctype
-        k.lstm_forward(*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, xw,
+        k.lstm_forward(*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates,
                                              e((n, 4 * hidden), d))), n, steps, f, hidden)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
@@ -553,14 +553,14 @@ class CBackend(GemmConv, NumpyBackend):
                         n, steps, f, hidden)
         return out
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw)
+            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
-        k.gru_forward(*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw,
+        k.gru_forward(*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn,
                                             e((n, 3 * hidden), d))), n, steps, f, hidden)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 

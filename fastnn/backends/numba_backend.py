@@ -601,13 +601,13 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # The batch is split over the threads when the work is large (_recurrent_bounds):
     # the *_split kernels, then the backward's dW_h (but the GRU's) and input side
     # split by columns (backward_after_split), BLAS on one thread throughout.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs, xw)
+            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        args = (x, h0, W_x, W_h, b, activation == "relu", hs, xw, e(h0.shape, d))
+        args = (x, h0, W_x, W_h, b, activation == "relu", hs, e(h0.shape, d))
         _run_forward(R.rnn_forward, R.rnn_forward_split, x, W_h, args)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
@@ -629,14 +629,14 @@ class NumbaBackend(GemmConv, NumpyBackend):
                        True)
         return dx_or_none, dh0, dW_x, dW_h, db
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, xw)
+            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
-        args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, xw, e((n, 4 * hidden), d))
+        args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
         _run_forward(R.lstm_forward, R.lstm_forward_split, x, W_h, args)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
@@ -658,13 +658,13 @@ class NumbaBackend(GemmConv, NumpyBackend):
                        True)
         return dx_or_none, dh0, dc0, dW_x, dW_h, db
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw)
+            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw, e((n, 3 * hidden), d))
+        args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e((n, 3 * hidden), d))
         _run_forward(R.gru_forward, R.gru_forward_split, x, W_h, args)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 

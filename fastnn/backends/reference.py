@@ -560,17 +560,18 @@ class NumpyBackend:
     # --------------------------------------------------------------- recurrence
     # Batch-first sequences: x (N, T, F), hidden states hs (N, T, H); W_x (F, G*H),
     # W_h (H, G*H) with the G gates side by side in PyTorch's order. The input
-    # projection of every step is one GEMM before the loop; each step is one
-    # (N, H) @ (H, G*H) GEMM and the gate math. The backward runs the steps in
+    # projection of every step is one GEMM before the loop, into the array each
+    # step's gate math then overwrites (gates, or hs for the simple RNN); each
+    # step is one (N, H) @ (H, G*H) GEMM and the gate math. The backward runs the steps in
     # reverse, accumulates dW_h, and does dW_x, db and dx as GEMMs after the loop.
-    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, xw):
+    def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
-        _project(x, W_x, b, xw)  # x_t W_x + b
+        _project(x, W_x, b, hs)  # x_t W_x + b, in hs[:, t] until step t
         h = h0
         for t in range(steps):
-            z = xw[:, t] + h @ W_h
+            z = hs[:, t] + h @ W_h
             hs[:, t] = _tanh(z) if activation == "tanh" else np.maximum(z, 0)
             h = hs[:, t]
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
@@ -591,16 +592,16 @@ class NumpyBackend:
         dW_x, db = _input_side(x, W_x, dz, dx)
         return dx, dh_next, dW_x, dW_h, db
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, xw):
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         # gates (N, T, 4H): i, f, g, o after their nonlinearities
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
         c0 = np.zeros((n, hidden), x.dtype) if c0 is None else c0
-        _project(x, W_x, b, xw)
+        _project(x, W_x, b, gates)  # x_t W_x + b, in gates[:, t] until step t
         h, c = h0, c0
         for t in range(steps):
-            z = xw[:, t] + h @ W_h
+            z = gates[:, t] + h @ W_h
             i, fg, o = (_sigmoid(z[:, k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
             g = _tanh(z[:, 2 * hidden:3 * hidden])
             c = fg * c + i * g
@@ -631,20 +632,20 @@ class NumpyBackend:
         dW_x, db = _input_side(x, W_x, dz, dx)
         return dx, dh_next, dc_next, dW_x, dW_h, db
 
-    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, xw):
+    def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         # gates (N, T, 3H): r, z, n after their nonlinearities; hn (N, T, H):
         # h_{t-1} W_hn + b_hn, which r scales
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
-        _project(x, W_x, b_x, xw)
+        _project(x, W_x, b_x, gates)  # x_t W_x + b_x, in gates[:, t] until step t
         h = h0
         r_, z_, n_ = (slice(k * hidden, (k + 1) * hidden) for k in range(3))
         for t in range(steps):
             a = h @ W_h + b_h
-            r = _sigmoid(xw[:, t, r_] + a[:, r_])
-            z = _sigmoid(xw[:, t, z_] + a[:, z_])
-            new = _tanh(xw[:, t, n_] + r * a[:, n_])
+            r = _sigmoid(gates[:, t, r_] + a[:, r_])
+            z = _sigmoid(gates[:, t, z_] + a[:, z_])
+            new = _tanh(gates[:, t, n_] + r * a[:, n_])
             h = (1 - z) * new + z * h
             gates[:, t] = np.concatenate([r, z, new], axis=1)
             hs[:, t], hn[:, t] = h, a[:, n_]
@@ -709,13 +710,13 @@ def _sigmoid(z):
     return special.expit(z.astype(np.float64)).astype(z.dtype)
 
 
-def _project(x, W_x, b, xw):
-    """xw (N, T, G*H) = x (N, T, F) @ W_x + b over every step at once (the
+def _project(x, W_x, b, out):
+    """out (N, T, G*H) = x (N, T, F) @ W_x + b over every step at once (the
     product rounded, then the sum: as x @ W_x + b)."""
     n, steps, f = x.shape
-    xw2 = xw.reshape(n * steps, xw.shape[2])
-    np.matmul(x.reshape(n * steps, f), W_x, out=xw2)
-    xw2 += b
+    out2 = out.reshape(n * steps, out.shape[2])
+    np.matmul(x.reshape(n * steps, f), W_x, out=out2)
+    out2 += b
 
 
 def _input_side(x, W_x, dz, dx):

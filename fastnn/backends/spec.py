@@ -952,13 +952,14 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
     fields = ([In("x", "N T F")] + [In(s, "N H") for s in states]
               + [In("W_x", f"F {width}"), In("W_h", f"H {width}")] + cache_fields)
     # optional outputs, so that a layer reuses them across calls: the cache's
-    # arrays (hs first), the input projection xw (N, T, G*H) of the forward and
-    # the pre-activation gradients dz (N, T, G*H) of the backward (workspaces)
-    outputs = [Out(f.name, f.shape) for f in cache_fields if f.array] + [Out("xw", f"N T {width}")]
+    # arrays (hs first) and the backward's pre-activation gradients dz (N, T,
+    # G*H), a workspace. The forward's input projection x W_x (N, T, G*H) has no
+    # array of its own: it is computed into the array each step's gate pass then
+    # overwrites, gates (or hs for the simple RNN), one array fewer to stream.
+    outputs = [Out(f.name, f.shape) for f in cache_fields if f.array]
     out_names = ", ".join(o.name for o in outputs)
     doc += (f"\n\n        {out_names}: optional arrays the results are written into (the cache\n"
-            f"        refers to all but xw, a workspace (N, T, {gates}H)), so that a caller reusing\n"
-            "        them allocates nothing.")
+            "        refers to them), so that a caller reusing them allocates nothing.")
     backward_doc += (f"\n        need_dx: False when no gradient of x is wanted (a first layer): dx is\n"
                      f"        then None and its GEMM is not run. dz: an optional workspace\n"
                      f"        (N, T, {gates}H).")

@@ -1210,9 +1210,8 @@ class _Recurrent(Layer):
         return {}
 
     # the kernels' outputs (N, T, k * units) other than hs, {name: k} by kernel:
-    # the cache's arrays and the forward's input projection xw
-    cache_outputs = {"rnn": {"xw": 1}, "lstm": {"cs": 1, "gates": 4, "xw": 4},
-                     "gru": {"gates": 3, "hn": 1, "xw": 3}}
+    # the cache's arrays
+    cache_outputs = {"rnn": {}, "lstm": {"cs": 1, "gates": 4}, "gru": {"gates": 3, "hn": 1}}
 
     def _workspace(self, ws, n, steps):
         """{name: array} of the forward's outputs for a batch of n sequences of
