@@ -175,6 +175,9 @@ def bench_settings(args):
         raise UsageError(f"--scale must be in (0, 1], got {scale}")
     if args.json:
         check_output_path(args.json, "--json")
+    if args.plot and args.recurrent:
+        raise UsageError("--plot draws the main benchmarks' chart; --recurrent has none (--json "
+                         "writes its figures)")
     if args.plot:
         check_output_path(args.plot, "--plot")
         try:
@@ -278,7 +281,7 @@ def run_bench(args):
         return 0
     names, backends, others, scale = bench_settings(args)
     if args.recurrent:
-        return run_recurrent_bench(backends, "torch" in others, scale, args.quick)
+        return run_recurrent_bench(backends, "torch" in others, scale, args.quick, args.json)
     print(f"fastnn {fastnn.__version__} bench on {benchmarks.cpu_model()}"
           + (f" (sizes scaled by {scale})" if scale != 1 else ""))
     print_openblas()
@@ -312,9 +315,10 @@ def run_bench(args):
     return 0
 
 
-def run_recurrent_bench(backends, with_torch, scale, quick):
+def run_recurrent_bench(backends, with_torch, scale, quick, json_path=None):
     """python -m fastnn bench --recurrent: per-sequence training times (median,
-    best over rounds timed in turns) and the ratios the recurrent targets read."""
+    best over rounds timed in turns) and the ratios the recurrent targets read;
+    with json_path, those and the machine record written as JSON."""
     from fastnn.benchmarks import recurrent
 
     sizes = dict(recurrent.SEQUENCE)
@@ -335,6 +339,14 @@ def run_recurrent_bench(backends, with_torch, scale, quick):
             r = per[name]
             print(f"  {name:<18}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
                   f"{fmt_optional(vs_torch, '.2f'):>12}{fmt_optional(vs_bare, '.2f'):>12}")
+    if json_path:
+        ratios = {kind: {name: {"torch_over_this": vs_torch, "this_over_gemms": vs_bare}
+                         for name, (vs_torch, vs_bare) in recurrent.ratios(per).items()}
+                  for kind, per in result.items()}
+        with open(json_path, "w") as f:
+            json.dump({"machine": benchmarks.machine(), "sizes": sizes, "per_sequence": result,
+                       "ratios": ratios}, f, indent=1)
+        print(f"wrote {json_path}")
     return 0
 
 

@@ -96,6 +96,28 @@ def test_bench_backend_restricts_and_list():
         b.name for b in benchmarks.BENCHMARKS]
 
 
+def test_bench_recurrent_json(tmp_path):
+    out = tmp_path / "recurrent.json"
+    run = fastnn_cli("bench", "--recurrent", "--quick", "--backend", "numpy", "--json", str(out),
+                     env=TINY)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert set(result) == {"machine", "sizes", "per_sequence", "ratios"}
+    assert result["machine"]["backends"] == fastnn.available_backends()
+    assert result["sizes"]["steps"] == 2  # 50 steps scaled by 0.001, at least 2
+    assert set(result["per_sequence"]) == set(result["ratios"]) == {"rnn", "lstm"}
+    for kind, per in result["per_sequence"].items():
+        assert "numpy" in per and "torch" not in per
+        for name, r in per.items():
+            assert 0 < r["best_s"] <= r["median_s"]
+            vs_bare = result["ratios"][kind][name]["this_over_gemms"]
+            assert result["ratios"][kind][name]["torch_over_this"] is None
+            if "bare-gemms" in per:  # the C kernels' GEMMs alone
+                assert vs_bare == pytest.approx(r["median_s"] / per["bare-gemms"]["median_s"])
+            # the printed table rounds the same figures
+            assert f"  {name} " in run.stdout
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib not installed")
 def test_bench_plot_writes_a_png(tmp_path):
     out = tmp_path / "bench.png"
@@ -116,6 +138,7 @@ def test_bench_plot_writes_a_png(tmp_path):
     ["bench", "--scale", "x"],
     ["bench", "--json", "/nonexistent-folder/out.json"],
     ["bench", "--plot", "/nonexistent-folder/out.png"],
+    ["bench", "--recurrent", "--plot", "recurrent.png"],
     ["demo", "--samples", "5"],
     ["--samples", "x"],
     ["demo", "--hidden", "8,0"],
