@@ -187,12 +187,12 @@ def _gate_tanh_overload(v, like):
 
 
 @jit_inline
-def _project(blas, x, W_x, xw):
-    """xw (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step (into the
+def _project(blas, x, W_x, out):
+    """out (N, T, G*H) = x (N, T, F) @ W_x as one GEMM over every step (out: the
     forward's gates, or hs for the simple RNN, which each step then overwrites)."""
     n, steps, f = x.shape
     width = W_x.shape[1]
-    gemm(blas, 0, 0, n * steps, width, f, x, f, W_x, width, 0.0, xw, width)
+    gemm(blas, 0, 0, n * steps, width, f, x, f, W_x, width, 0.0, out, width)
 
 
 @jit_inline
