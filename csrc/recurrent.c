@@ -13,8 +13,9 @@ INLINE double tanh_f64(double v) {
     return copysign(-e / (2.0 + e), v);
 }
 
-/* a b + c, fused where the instruction set has FMA (the polynomials below only:
- * their error is their own, not a rounding the reference makes) */
+/* a b + c, fused where the instruction set has FMA (exp_parts_f64's reduction
+ * and polynomial only: their error is their own, not a rounding the reference
+ * makes) */
 #if defined(__FMA__)
 #define GATE_MADD(a, b, c) __builtin_fma(a, b, c)
 #else

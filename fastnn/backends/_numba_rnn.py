@@ -235,6 +235,13 @@ def _dh_gemm(blas, dzt, ld_dz, W_h, dh, beta):
     gemm(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, width, beta, dh, hidden)
 
 
+@jit_inline
+def _add_row(row, acc):
+    """acc (float64) += row, element by element (db's column sums, in row order)."""
+    for j in range(acc.size):
+        acc[j] += row[j]
+
+
 @jit
 def recurrent_dW(blas, h0, hs, x, dz, dW_h, dW_x, db, c0, c1):
     """dW_h = the sum over t = T - 1, ..., 0 of h_{t-1}.T @ dz_t (dz (N, T, G*H)), one
@@ -263,9 +270,7 @@ def recurrent_dW(blas, h0, hs, x, dz, dW_h, dW_x, db, c0, c1):
             gemm_tiles(blas, 1, f, c1 - c0, n, x[0, t], steps * f, dz_rows, t, c0, steps * width,
                        1.0, dW_x, 0, c0, width)
         for i in range(n):
-            row = dz[i, t, c0:c1]
-            for j in range(c1 - c0):
-                acc[j] += row[j]
+            _add_row(dz[i, t, c0:c1], acc)
     for j in range(c1 - c0):
         db[c0 + j] = acc[j]
 
@@ -289,12 +294,11 @@ def input_side(blas, x, W_x, dz, dx, dW_x, db, r0, r1, c0, c1, with_sums):
         gemm(blas, 1, 0, f, c1 - c0, rows, x, f, dz_flat[c0:], width, 0.0, dW_x.reshape(-1)[c0:],
              width)
     dz2 = dz.reshape(rows, width)
-    acc = np.zeros(width)
+    acc = np.zeros(c1 - c0)
     for r in range(rows):
-        for j in range(c0, c1):
-            acc[j] += dz2[r, j]
-    for j in range(c0, c1):
-        db[j] = acc[j]
+        _add_row(dz2[r, c0:c1], acc)
+    for j in range(c1 - c0):
+        db[c0 + j] = acc[j]
 
 
 @jit
