@@ -243,3 +243,70 @@ def test_a_layer_whose_forward_a_subclass_changes_is_not_bound(planned_steps):
     model.fit(X, y, epochs=2, batch_size=50, verbose=0)
     assert planned_steps["n"] == 0
     assert not model._plannable
+
+
+RECURRENT = {
+    "lstm": lambda: [nn.LSTM(6)],
+    "gru stacked": lambda: [nn.GRU(5, return_sequences=True), nn.GRU(4)],
+    "lstm into rnn relu": lambda: [nn.LSTM(5, return_sequences=True), nn.SimpleRNN(4, activation="relu")],
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layers", sorted(RECURRENT))
+def test_recurrent_models_train_alike_with_and_without_bound_steps(backend, dtype, layers, planned_steps,
+                                                                   monkeypatch):
+    # digits as 8 steps of 8 features; partial last batch, a second batch shape
+    X, y = digits(230)
+    X = X.reshape(-1, 8, 8)
+
+    def train():
+        model = nn.Sequential(RECURRENT[layers]() + [nn.Dense(10)], loss="sparse_categorical_crossentropy",
+                              optimizer=nn.Adam(1e-2), seed=1, backend=backend, dtype=dtype)
+        history = model.fit(X, y, epochs=3, batch_size=64, verbose=0)
+        steps = [model.train_step(X[:40], y[:40]) for _ in range(3)]
+        return model.get_flat_params(), history.history["loss"], steps
+    bound = train()
+    assert planned_steps["n"] > 0
+    planned_steps["n"] = 0
+    without_plans(monkeypatch)
+    walked = train()
+    assert planned_steps["n"] == 0
+    assert_array_equal(bound[0], walked[0])
+    assert bound[1:] == walked[1:]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bound_recurrent_kernels_serve_later_forwards(backend, dtype):
+    # a backward bound to one forward's cache is right for the next forwards on
+    # the same arrays (spec.Cache's bindable), with new values in them
+    kernels = fastnn.get_backend(backend)
+    rng = np.random.default_rng(0)
+    n, steps, f, h = 3, 4, 5, 6
+    x, W_x, W_h, b = (rng.standard_normal(s).astype(dtype) for s in ((n, steps, f), (f, 4 * h), (h, 4 * h),
+                                                                      (4 * h,)))
+    hs, cs, gates = (np.empty((n, steps, k * h), dtype) for k in (1, 1, 4))
+    dhs, dx, dz = (np.empty((n, steps, k), dtype) for k in (h, f, 4 * h))
+    forward = kernels.fast.bind("lstm_forward", x, None, None, W_x, W_h, b, hs=hs, cs=cs, gates=gates)
+    _, cache = forward()
+    backward = kernels.fast.bind("lstm_backward", dhs, cache, dx=dx, dz=dz)
+    assert forward is not None and backward is not None
+    for _ in range(2):
+        for a in (x, W_x, W_h, b, dhs):
+            a[...] = rng.standard_normal(a.shape)
+        forward()
+        got = [g.copy() for g in backward()]
+        want_hs, want_cache = kernels.lstm_forward(x, None, None, W_x, W_h, b)
+        assert_array_equal(hs, want_hs)
+        for g, w in zip(got, kernels.lstm_backward(dhs, want_cache)):
+            assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bind_refuses_a_cache_of_new_arrays_at_each_forward(backend):
+    kernels = fastnn.get_backend(backend)
+    x = np.random.default_rng(0).standard_normal((8, 3))
+    _, cache = kernels.batchnorm_forward(x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), True)
+    assert kernels.fast.bind("batchnorm_backward", np.ones((8, 3)), cache) is None

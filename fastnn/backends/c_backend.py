@@ -502,81 +502,138 @@ class CBackend(GemmConv, NumpyBackend):
 
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel in C (csrc/recurrent_impl.h), its GEMMs
-    # calls of BLAS's ?gemm; small workspaces allocated here, once per call (the
-    # large ones come from the caller). Sizes beyond 32-bit BLAS integers, and
-    # empty sequences, take the reference.
+    # calls of BLAS's ?gemm. Each _bind_ takes the pointers and allocates the
+    # small workspaces (zero initial states, scratch rows) and a backward's
+    # gradients once: a bound backward returns the same gradient arrays at every
+    # call, overwritten by the next (the layer copies them out at once); the
+    # unbound kernels bind anew at each call. Sizes beyond 32-bit BLAS integers,
+    # and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
+        return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs)()
+
+    def _bind_rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs)
+            reference = super()._rnn_forward
+            return lambda *_: reference(x, h0, W_x, W_h, b, activation, hs)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
-        k.rnn_forward(fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
-                      fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
-        return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
+        args = (fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
+                fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
+        kernel, result = k.rnn_forward, (hs, RnnCache(x, h0, W_x, W_h, hs, activation))
+
+        def rnn_forward(*_):
+            kernel(*args)
+            return result
+        return rnn_forward
 
     def _rnn_backward(self, dhs, cache, dx, dz):
+        return self._bind_rnn_backward(dhs, cache, dx, dz)()
+
+    def _bind_rnn_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, activation = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache, dx, dz)
+            reference = super()._rnn_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
-        k.rnn_backward(*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
-                       *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
-        return out
+        args = (*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
+                *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
+        kernel = k.rnn_backward
+
+        def rnn_backward(*_):
+            kernel(*args)
+            return out
+        return rnn_backward
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
+        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)()
+
+    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)
+            reference = super()._lstm_forward
+            return lambda *_: reference(x, h0, c0, W_x, W_h, b, hs, cs, gates)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         fb, ct = ffi.from_buffer, k.ctype
-        k.lstm_forward(*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates,
-                                             e((n, 4 * hidden), d))), n, steps, f, hidden)
-        return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
+        args = (*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))),
+                n, steps, f, hidden)
+        kernel, result = k.lstm_forward, (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates))
+
+        def lstm_forward(*_):
+            kernel(*args)
+            return result
+        return lstm_forward
 
     def _lstm_backward(self, dhs, cache, dx, dz):
+        return self._bind_lstm_backward(dhs, cache, dx, dz)()
+
+    def _bind_lstm_backward(self, dhs, cache, dx, dz):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache, dx, dz)
+            reference = super()._lstm_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                e(4 * hidden, d))
         ct = k.ctype
-        k.lstm_backward(*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
-                        n, steps, f, hidden)
-        return out
+        args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
+                n, steps, f, hidden)
+        kernel = k.lstm_backward
+
+        def lstm_backward(*_):
+            kernel(*args)
+            return out
+        return lstm_backward
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
+        return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)()
+
+    def _bind_gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
+            reference = super()._gru_forward
+            return lambda *_: reference(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
-        k.gru_forward(*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn,
-                                            e((n, 3 * hidden), d))), n, steps, f, hidden)
-        return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
+        args = (*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn,
+                                      e((n, 3 * hidden), d))), n, steps, f, hidden)
+        kernel, result = k.gru_forward, (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn))
+
+        def gru_forward(*_):
+            kernel(*args)
+            return result
+        return gru_forward
 
     def _gru_backward(self, dhs, cache, dx, dz):
+        return self._bind_gru_backward(dhs, cache, dx, dz)()
+
+    def _bind_gru_backward(self, dhs, cache, dx, dz):
         x, h0, W_x, W_h, hs, gates, hn = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache, dx, dz)
+            reference = super()._gru_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(3 * hidden, d),
                e(3 * hidden, d))
         ct = k.ctype
-        k.gru_backward(*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
-                                               e((n, 3 * hidden), d))),
-                       ffi.from_buffer("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
-        return out
+        args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
+                                        e((n, 3 * hidden), d))),
+                ffi.from_buffer("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
+        kernel = k.gru_backward
+
+        def gru_backward(*_):
+            kernel(*args)
+            return out
+        return gru_backward
 
     # ---------------------------------------------------------------- embedding
     # csrc/embedding.c; tokens int64 or int32 (the other pointer NULL)

@@ -234,13 +234,18 @@ class Option(Arg):
 
 class Cache(Arg):
     """A NamedTuple argument (cls: its name in the namespace) whose array fields are
-    checked like inputs under the names ``cache.x`` etc."""
+    checked like inputs under the names ``cache.x`` etc. bindable: its arrays are
+    the forward's own arguments and outputs (or constants, the zero states it
+    makes for None), so that every forward on the same arrays returns a cache of
+    the same arrays and values, and a backward bound to one cache (Fast.bind)
+    serves the next forwards' (not so batch norm's, whose statistics are new
+    arrays each forward)."""
 
     role = "cache"
 
-    def __init__(self, name, cls, fields, message, **kw):
+    def __init__(self, name, cls, fields, message, bindable=False, **kw):
         super().__init__(name, **kw)
-        self.cls, self.fields, self.message = cls, fields, message
+        self.cls, self.fields, self.message, self.bindable = cls, fields, message, bindable
         for f in fields:  # arrays, and Options (the kernel's names stored in the cache)
             f.display = f"{name}.{f.name}"
             f.var = f"{name}_{f.name}"
@@ -974,7 +979,7 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
         f"{name}_backward", "dhs, cache, need_dx=True, dx=None, dz=None",
         [In("dhs", "N T H"),
          Cache("cache", cls, fields,
-               f"cache must be the {cls[1:]} returned by {name}_forward"),
+               f"cache must be the {cls[1:]} returned by {name}_forward", bindable=True),
          Out("dx", "N T F", when="need_dx"),
          Out("dz", f"N T {width}")],
         "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz", "_r",
@@ -1740,7 +1745,7 @@ class Fast:
         values of its free scalars (bound.free names them), e.g.
         ``step = fast.bind("adam_step", p, g, m, v, 1, 1e-3); step(t=2, lr=1e-3)``."""
         k = DECLARATIONS[name]
-        if not k.has_fast or any(isinstance(a, Cache) for a in k.args):
+        if not k.has_fast or any(isinstance(a, Cache) and not a.bindable for a in k.args):
             return None
         binders = self.__dict__.setdefault("_binders", {})
         binder = binders.get(name)

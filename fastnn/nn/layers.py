@@ -378,10 +378,18 @@ def binds_its_step(layer):
     """Whether `layer` binds its training pass (bind_forward, bind_backward) and
     those are of the class that defines its forward and backward: a subclass
     that overrides forward or backward alone is stepped through them."""
-    def owner(name):
-        return next(cls for cls in type(layer).__mro__ if name in vars(cls))
-    return (owner("bind_forward") is not Layer and owner("bind_forward") is owner("forward")
-            and owner("bind_backward") is owner("backward"))
+    cls = type(layer)
+    binds = _BINDS_ITS_STEP.get(cls)  # (asked at every train_step)
+    if binds is None:
+        def owner(name):
+            return next(c for c in cls.__mro__ if name in vars(c))
+        binds = _BINDS_ITS_STEP[cls] = (owner("bind_forward") is not Layer
+                                        and owner("bind_forward") is owner("forward")
+                                        and owner("bind_backward") is owner("backward"))
+    return binds
+
+
+_BINDS_ITS_STEP: Dict[type, bool] = {}
 
 
 def first_training(layers):
@@ -1222,39 +1230,87 @@ class _Recurrent(Layer):
         shapes.update({k: m * h for k, m in self.cache_outputs[self.kernel].items()})
         return {k: buffer(ws, ("seq", k), (n, steps, width), self.dtype) for k, width in shapes.items()}
 
-    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
-        # x (N, T, F) -> hs (N, T, H); the last state (N, H) copied out when it alone is the output
-        kernel = getattr(backend.fast, self.kernel + "_forward")
-        states = (None,) * (2 if self.kernel == "lstm" else 1)
-        biases = [self.params[b] for b in self.biases]
+    def _forward_call(self, x, ws):
+        """(y, the forward kernel's name, arguments and keywords) of a forward from
+        x (N, T, F): y is hs (N, T, H), or with return_sequences False the
+        buffer (N, H) the last state is copied into."""
         outs = self._workspace(ws, *x.shape[:2])
         outs.pop("dz")
-        hs, ws["cache"] = kernel(x, *states, self.params["W_x"], self.params["W_h"], *biases,
-                                 **self._options(), **outs)
+        states = (None,) * (2 if self.kernel == "lstm" else 1)  # zero initial states
+        args = (x, *states, self.params["W_x"], self.params["W_h"], *(self.params[b] for b in self.biases))
+        y = outs["hs"] if self.return_sequences else buffer(ws, "y", (x.shape[0], self.units), self.dtype)
+        return y, self.kernel + "_forward", args, {**self._options(), **outs}
+
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
+        y, kernel, args, options = self._forward_call(x, ws)
+        hs, ws["cache"] = getattr(backend.fast, kernel)(*args, **options)
         if self.return_sequences:
             return hs
-        y = buffer(ws, "y", (x.shape[0], self.units), self.dtype)
         y[...] = hs[:, -1]
         return y
 
-    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
+    def bind_forward(self, backend: Backend, x: Array,
+                     ws: Workspace) -> Optional[Tuple[Array, Callable[[], Any]]]:
+        y, kernel, args, options = self._forward_call(x, ws)
+        run = backend.fast.bind(kernel, *args, **options)
+        if run is None:
+            return None
+        if self.return_sequences:
+            return y, run
+        last = options["hs"][:, -1]
+
+        def forward_last():
+            run()
+            y[...] = last
+        return y, forward_last
+
+    def _backward_call(self, dy, ws, need_dx):
+        """(dhs, the backward kernel's name, arguments and keywords, the gradients
+        its last results are copied into) of a backward from dy, the gradient
+        of the output; dhs (N, T, H) is dy, or without return_sequences a buffer
+        whose last step the caller sets to dy (zeros elsewhere: the loss reads
+        the last state only)."""
         cache = ws["cache"]
         if self.return_sequences:
             dhs = dy
-        else:  # the loss reads the last state only: zero gradient at the other steps
-            dhs = ws.get("dhs")  # type: ignore[assignment]
+        else:
+            dhs = ws.get("dhs")
             if dhs is None:
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
-            dhs[:, -1] = dy
         dz = self._workspace(ws, *dhs.shape[:2])["dz"]
         # no dx (nor its GEMM) below a first layer
         dx = buffer(ws, "dx", cache.x.shape, self.dtype) if need_dx else None
-        grads = getattr(backend.fast, self.kernel + "_backward")(dhs, cache, need_dx=need_dx, dx=dx,
-                                                                 dz=dz)
-        names = ("W_x", "W_h") + self.biases  # the last results; before them dx, dh0 (, dc0)
-        for name, g in zip(names, grads[-len(names):]):
-            self.grads[name][...] = g
-        return grads[0]
+        grads = [self.grads[name] for name in ("W_x", "W_h") + self.biases]
+        return dhs, self.kernel + "_backward", (dhs, cache), {"need_dx": need_dx, "dx": dx, "dz": dz}, grads
+
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
+        dhs, kernel, args, options, grads = self._backward_call(dy, ws, need_dx)
+        if dhs is not dy:
+            dhs[:, -1] = dy
+        results = getattr(backend.fast, kernel)(*args, **options)
+        # the last results are the parameters' gradients; before them dx, dh0 (, dc0)
+        for grad, g in zip(grads, results[-len(grads):]):
+            grad[...] = g
+        return results[0]
+
+    def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
+                      need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
+        # bound to this step's cache: the forward bound to the same arrays fills
+        # the same arrays at every step (spec.Cache's bindable)
+        dhs, kernel, args, options, grads = self._backward_call(dy, ws, need_dx)
+        run = backend.fast.bind(kernel, *args, **options)
+        if run is None:
+            return None
+        last = None if dhs is dy else dhs[:, -1]
+        n = len(grads)
+
+        def backward():
+            if last is not None:
+                last[...] = dy
+            results = run()
+            for grad, g in zip(grads, results[-n:]):
+                grad[...] = g
+        return options["dx"], backward
 
     def config(self) -> Config:
         return {"kind": self.kind, "units": self.units, "return_sequences": self.return_sequences,

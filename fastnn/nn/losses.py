@@ -43,9 +43,10 @@ def _columns(y, name, n_samples, n_outputs, dtype):
                          f"{n_outputs} output(s) and {n_samples} samples"
                          + (f" (or ({n_samples},) for one output)" if n_outputs == 1 else "")
                          + f", got {y.shape}")
-    y = np.ascontiguousarray(y, dtype=dtype)
-    _check_finite(y, name)  # a cast to float32 can overflow to inf
-    return y
+    cast = np.ascontiguousarray(y, dtype=dtype)
+    if cast is not y:
+        _check_finite(cast, name)  # a cast to float32 can overflow to inf
+    return cast
 
 
 def _integer_labels(y, name, n_samples, n_classes):

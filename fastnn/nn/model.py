@@ -576,42 +576,52 @@ class Sequential:
         return model
 
     # ------------------------------------------------------------ input checks
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", finite=True):
         """X as a C-contiguous (N, *input_shape) array of the model's dtype, or a CSR
-        matrix of that dtype for flat inputs; builds the model on first use."""
-        if sp.issparse(X):
-            return self._check_sparse(X, name)
-        if not isinstance(X, np.ndarray):
-            X = np.asarray(X)
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
-        if X.ndim < 2:
-            raise ValueError(f"{name} must be at least 2-D (n_samples, features...), got shape {X.shape}"
-                             + ("; use X.reshape(-1, 1) for one feature" if X.ndim == 1 else ""))
-        if X.shape[0] == 0:
-            raise ValueError(f"{name} is empty (0 samples)")
-        if 0 in X.shape[1:]:
-            raise ValueError(f"{name} has 0 features (shape {X.shape})")
-        if self.built and X.shape[1:] != self.input_shape:
-            if X.ndim == 2 and len(self.input_shape) == 1:  # type: ignore[arg-type]
-                raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
-                                 f"{self.input_shape[0]}")  # type: ignore[index]
-            raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
-                             f"{self.input_shape}")
+        matrix of that dtype for flat inputs; builds the model on first use.
+        finite=False: a dense X's values are left for the caller to check
+        (_check_finite_X), on a copy it makes anyway, while that is in the cache."""
         first = self.layers[0] if self.layers else None
-        if first is not None and first.input_dtype is not None:  # integer tokens, say
-            X = first.check_input(X, name)
-            if not self.built:
-                self.build(X.shape[1:])
-            return X
-        with np.errstate(over="ignore"):
-            X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not all_finite(X):
-            raise ValueError(f"{name} contains NaN or infinity"
-                             + (" (or values too large for float32)" if self.dtype == np.float32 else ""))
+        ready = (type(X) is np.ndarray and self.built and X.dtype == self.dtype and X.flags.c_contiguous
+                 and X.shape[0] and X.shape[1:] == self.input_shape
+                 and (first is None or first.input_dtype is None))
+        if not ready:  # (what a training loop passes at every step is: its values only are checked)
+            if sp.issparse(X):
+                return self._check_sparse(X, name)
+            if not isinstance(X, np.ndarray):
+                X = np.asarray(X)
+            if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+                raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
+            if X.ndim < 2:
+                raise ValueError(f"{name} must be at least 2-D (n_samples, features...), got shape {X.shape}"
+                                 + ("; use X.reshape(-1, 1) for one feature" if X.ndim == 1 else ""))
+            if X.shape[0] == 0:
+                raise ValueError(f"{name} is empty (0 samples)")
+            if 0 in X.shape[1:]:
+                raise ValueError(f"{name} has 0 features (shape {X.shape})")
+            if self.built and X.shape[1:] != self.input_shape:
+                if X.ndim == 2 and len(self.input_shape) == 1:  # type: ignore[arg-type]
+                    raise ValueError(f"{name} has {X.shape[1]} features, but the model was built for "
+                                     f"{self.input_shape[0]}")  # type: ignore[index]
+                raise ValueError(f"{name} has samples of shape {X.shape[1:]}, but the model was built for "
+                                 f"{self.input_shape}")
+            if first is not None and first.input_dtype is not None:  # integer tokens, say
+                X = first.check_input(X, name)
+                if not self.built:
+                    self.build(X.shape[1:])
+                return X
+            with np.errstate(over="ignore"):
+                X = np.ascontiguousarray(X, dtype=self.dtype)
+        if finite:
+            self._check_finite_X(X, name)
         if not self.built:
             self.build(X.shape[1:])
         return X
+
+    def _check_finite_X(self, X, name):
+        if not all_finite(X):
+            raise ValueError(f"{name} contains NaN or infinity"
+                             + (" (or values too large for float32)" if self.dtype == np.float32 else ""))
 
     def _check_sparse(self, X, name):
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
@@ -630,13 +640,14 @@ class Sequential:
             self.build(X.shape[1])
         return X
 
-    def _check_data(self, X, y, sample_weight, name="X", fitting=False):
-        """(X, targets, weights) ready for training loops: X from _check_X, the
-        targets in the loss's kernel form (class labels encoded, see _labels;
-        fitting: a first fit may set classes_), weights None or (N,) in the dtype."""
+    def _check_data(self, X, y, sample_weight, name="X", fitting=False, finite=True):
+        """(X, targets, weights) ready for training loops: X from _check_X (finite:
+        see there), the targets in the loss's kernel form (class labels encoded,
+        see _labels; fitting: a first fit may set classes_), weights None or (N,)
+        in the dtype."""
         if self.loss is None:
             raise ValueError("the model has no loss: pass loss=... to Sequential or compile")
-        X = self._check_X(X, name)
+        X = self._check_X(X, name, finite)
         n = X.shape[0]
         if len(self.output_shape) != 1:  # type: ignore[arg-type]
             raise ValueError(f"the losses take one vector per sample, but the model's outputs have shape "
@@ -939,12 +950,15 @@ class Sequential:
         TrainingDivergedError
             Without updating, when the loss is not finite.
         """
-        x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True)
+        x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True,
+                                   finite=False)
         self._prepare_training()
         ws = self._workspace(x.shape)
         # new arrays at each call: copied into the workspace, whose step is bound once
         copy = self._plannable
         x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X", copy)
+        if type(x) is np.ndarray and x.dtype.kind == "f":  # (CSR data: checked; tokens: integers)
+            self._check_finite_X(x, "X_batch")  # (the copy, while in the cache)
         t = training.take_rows(t, 0, x.shape[0], None, ws[1], "t", copy)
         w = training.take_rows(w, 0, x.shape[0], None, ws[1], "w", copy)
         try:
