@@ -88,3 +88,26 @@ def test_training_a_model_with_layers_on_own_threads_keeps_blas_on_one_thread_an
     residual = nn.Sequential([nn.Residual([nn.LSTM(2, return_sequences=True)]), nn.Flatten(), nn.Dense(1)],
                              backend="numba")
     assert not isinstance(training.blas_scope(residual, residual.backend), contextlib.nullcontext)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["ctypes", "threadpoolctl"])
+def test_every_blas_on_one_thread_inside_and_the_users_counts_after(direct, monkeypatch):
+    # the training scope (training.blas_scope): every BLAS loaded, NumPy's and
+    # SciPy's; directly through OpenBLAS's functions, or through threadpoolctl
+    if not direct:
+        monkeypatch.setattr(_blas, "_every_blas_thread_functions", lambda: None)
+    elif _blas._every_blas_thread_functions() is None:
+        pytest.skip("a BLAS other than OpenBLAS on its own threads is loaded")
+    with threadpool_limits(3, user_api="blas"):
+        before = blas_counts()
+        assert before == [3] * len(before)
+        with _blas.every_blas_on_one_thread():
+            assert blas_counts() == [1] * len(before)
+            with _blas.every_blas_on_one_thread():  # inside another: the outer one's counts stay
+                assert blas_counts() == [1] * len(before)
+            assert blas_counts() == [1] * len(before)
+        assert blas_counts() == before
+        with pytest.raises(RuntimeError):
+            with _blas.every_blas_on_one_thread():
+                raise RuntimeError("inside")
+        assert blas_counts() == before

@@ -61,12 +61,16 @@ def blas_thread_functions():
     """(set_num_threads, get_num_threads) of the BLAS that blas_gemm's ?gemm
     calls (looked up in the library holding that address and the libraries it
     links: cython_blas's wrapper links SciPy's BLAS), as ctypes functions, or
-    None when it has none that fastnn knows
-    (OpenBLAS: its openblas_set/get_num_threads, with the prefixes and suffixes
-    of its renamed builds, SciPy's "scipy_" among them)."""
+    None when it has none that fastnn knows (see openblas_thread_functions)."""
     path = _library_of(blas_gemm("sgemm"))
-    if path is None:
-        return None
+    return None if path is None else openblas_thread_functions(path)
+
+
+@functools.cache
+def openblas_thread_functions(path):
+    """(set_num_threads, get_num_threads) of the OpenBLAS at `path` as ctypes
+    functions (its openblas_set/get_num_threads, with the prefixes and suffixes
+    of its renamed builds, SciPy's "scipy_" among them), or None."""
     try:
         library = ctypes.CDLL(path)
     except OSError:
@@ -80,6 +84,56 @@ def blas_thread_functions():
                 get_fn.argtypes, get_fn.restype = [], ctypes.c_int
                 return set_fn, get_fn
     return None
+
+
+@functools.cache
+def _every_blas_thread_functions():
+    """[(set, get)] of every BLAS loaded (threadpoolctl's list: NumPy's and
+    SciPy's), or None unless each is an OpenBLAS on its own threads (pthreads)."""
+    functions = []
+    for lib in blas_controller().lib_controllers:
+        if lib.internal_api != "openblas" or lib.threading_layer != "pthreads":
+            return None
+        pair = openblas_thread_functions(lib.filepath)
+        if pair is None:
+            return None
+        functions.append(pair)
+    return functions
+
+
+_every_blas_lock = threading.Lock()
+
+
+@contextmanager
+def every_blas_on_one_thread():
+    """Runs the body with every BLAS loaded on one thread (the counts they had are
+    restored after); see training.blas_scope. For OpenBLAS on its own threads,
+    two ctypes calls per library each way (threadpoolctl's limit took about 140
+    us a training step of the recurrent benchmark, Zen 4, its Python run with
+    the caches cold after the kernels); other BLAS through threadpoolctl. A
+    scope inside another (or beside one in another Python thread) leaves the
+    counts to the outer one."""
+    functions = _every_blas_thread_functions()
+    if functions is None:
+        with blas_controller().limit(limits=1):
+            yield
+        return
+    if not _every_blas_lock.acquire(blocking=False):
+        yield
+        return
+    try:
+        before = [get() for _, get in functions]
+        for (set_threads, _), n in zip(functions, before):
+            if n != 1:
+                set_threads(1)
+        try:
+            yield
+        finally:
+            for (set_threads, _), n in zip(functions, before):
+                if n != 1:
+                    set_threads(n)
+    finally:
+        _every_blas_lock.release()
 
 
 _one_thread_lock = threading.Lock()

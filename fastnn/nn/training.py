@@ -150,9 +150,9 @@ def blas_scope(model, backend):
     in this scope. The user's thread counts are restored when the scope ends."""
     if backend.name == "numpy" or not any(layer.gemms_on_own_threads for layer in layers_of(model.layers)):
         return contextlib.nullcontext()
-    from ..backends._blas import blas_controller
+    from ..backends._blas import every_blas_on_one_thread
 
-    return blas_controller().limit(limits=1)
+    return every_blas_on_one_thread()
 
 
 class EpochResult(NamedTuple):
