@@ -1296,7 +1296,11 @@ class _Recurrent(Layer):
     def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
                       need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
         # bound to this step's cache: the forward bound to the same arrays fills
-        # the same arrays at every step (spec.Cache's bindable)
+        # the same arrays at every step (spec.Cache's bindable). Frozen (above a
+        # layer that trains): stepped through backward, whose gradients the
+        # model zeroes (_frozen_grads), as Dense's
+        if self.frozen:
+            return None
         dhs, kernel, args, options, grads = self._backward_call(dy, ws, need_dx)
         run = backend.fast.bind(kernel, *args, **options)
         if run is None:
