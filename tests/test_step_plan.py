@@ -247,6 +247,7 @@ def test_a_layer_whose_forward_a_subclass_changes_is_not_bound(planned_steps):
 
 RECURRENT = {
     "lstm": lambda: [nn.LSTM(6)],
+    "embedding into lstm": lambda: [nn.Embedding(17, 4), nn.LSTM(5)],
     "gru stacked": lambda: [nn.GRU(5, return_sequences=True), nn.GRU(4)],
     "lstm into rnn relu": lambda: [nn.LSTM(5, return_sequences=True), nn.SimpleRNN(4, activation="relu")],
     "frozen gru over lstm": lambda: [nn.LSTM(5, return_sequences=True), frozen(nn.GRU(4))],
@@ -263,9 +264,10 @@ def frozen(layer):
 @pytest.mark.parametrize("layers", sorted(RECURRENT))
 def test_recurrent_models_train_alike_with_and_without_bound_steps(backend, dtype, layers, planned_steps,
                                                                    monkeypatch):
-    # digits as 8 steps of 8 features; partial last batch, a second batch shape
+    # digits as 8 steps of 8 features (or 64 tokens, the pixels' 17 levels);
+    # partial last batch, a second batch shape
     X, y = digits(230)
-    X = X.reshape(-1, 8, 8)
+    X = (X * 16).astype(np.int64) if "embedding" in layers else X.reshape(-1, 8, 8)
 
     def train():
         model = nn.Sequential(RECURRENT[layers]() + [nn.Dense(10)], loss="sparse_categorical_crossentropy",

@@ -1488,18 +1488,35 @@ class Embedding(Layer):
                              f"Embedding of input_dim {self.input_dim}")
         return np.ascontiguousarray(X, dtype=np.int64)
 
-    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
-        # x (N, T) tokens -> y (N, T, D)
+    def _forward_call(self, x, ws):
+        # x (N, T) tokens (checked by check_input) -> y (N, T, D)
         y = buffer(ws, "y", x.shape + (self.output_dim,), self.dtype)
-        backend.fast.embedding_forward(x, self.params["W"], out=y)
         ws["x"] = x
+        return y, (x, self.params["W"])
+
+    def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
+        y, args = self._forward_call(x, ws)
+        backend.fast.embedding_forward(*args, out=y)
         return y
 
-    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
+    def bind_forward(self, backend: Backend, x: Array,
+                     ws: Workspace) -> Optional[Tuple[Array, Callable[[], Any]]]:
+        y, args = self._forward_call(x, ws)
+        run = backend.fast.bind("embedding_forward", *args, out=y)
+        return None if run is None else (y, run)
+
+    def _backward_call(self, dy, ws):
         # dW (input_dim, output_dim): the scatter-add of dy (N, T, D) over the tokens
-        W = self.params["W"]
-        backend.fast.embedding_backward(dy, ws["x"], W.shape, dW=self.grads["W"])
+        return dy, ws["x"], self.params["W"].shape
+
+    def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
+        backend.fast.embedding_backward(*self._backward_call(dy, ws), dW=self.grads["W"])
         return None
+
+    def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
+                      need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
+        run = backend.fast.bind("embedding_backward", *self._backward_call(dy, ws), dW=self.grads["W"])
+        return None if run is None else (None, run)
 
     def config(self) -> Config:
         return {"kind": self.kind, "input_dim": self.input_dim, "output_dim": self.output_dim}
