@@ -158,6 +158,16 @@ def _ptr(ctype, a):
     return NULL if a is None else ffi.from_buffer(ctype, a)
 
 
+def _bound(kernel, args, result):
+    """A bound kernel: each call runs kernel(*args), the arguments taken once, and
+    returns `result` (the arrays those arguments point to); what it is called
+    with is ignored (the bound ones, see spec.bind_source)."""
+    def run(*_):
+        kernel(*args)
+        return result
+    return run
+
+
 def _dense_fits(x, W):
     """Whether a dense layer's GEMMs fit the 32-bit integers of the BLAS the C
     kernels call (every size and row stride)."""
@@ -521,12 +531,7 @@ class CBackend(GemmConv, NumpyBackend):
         fb, ct = ffi.from_buffer, k.ctype
         args = (fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
                 fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
-        kernel, result = k.rnn_forward, (hs, RnnCache(x, h0, W_x, W_h, hs, activation))
-
-        def rnn_forward(*_):
-            kernel(*args)
-            return result
-        return rnn_forward
+        return _bound(k.rnn_forward, args, (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
 
     def _rnn_backward(self, dhs, cache, dx, dz):
         return self._bind_rnn_backward(dhs, cache, dx, dz)()
@@ -542,12 +547,7 @@ class CBackend(GemmConv, NumpyBackend):
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
                 *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
-        kernel = k.rnn_backward
-
-        def rnn_backward(*_):
-            kernel(*args)
-            return out
-        return rnn_backward
+        return _bound(k.rnn_backward, args, out)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)()
@@ -563,12 +563,7 @@ class CBackend(GemmConv, NumpyBackend):
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))),
                 n, steps, f, hidden)
-        kernel, result = k.lstm_forward, (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates))
-
-        def lstm_forward(*_):
-            kernel(*args)
-            return result
-        return lstm_forward
+        return _bound(k.lstm_forward, args, (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
     def _lstm_backward(self, dhs, cache, dx, dz):
         return self._bind_lstm_backward(dhs, cache, dx, dz)()
@@ -585,12 +580,7 @@ class CBackend(GemmConv, NumpyBackend):
         ct = k.ctype
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
                 n, steps, f, hidden)
-        kernel = k.lstm_backward
-
-        def lstm_backward(*_):
-            kernel(*args)
-            return out
-        return lstm_backward
+        return _bound(k.lstm_backward, args, out)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)()
@@ -605,12 +595,7 @@ class CBackend(GemmConv, NumpyBackend):
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn,
                                       e((n, 3 * hidden), d))), n, steps, f, hidden)
-        kernel, result = k.gru_forward, (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn))
-
-        def gru_forward(*_):
-            kernel(*args)
-            return result
-        return gru_forward
+        return _bound(k.gru_forward, args, (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
 
     def _gru_backward(self, dhs, cache, dx, dz):
         return self._bind_gru_backward(dhs, cache, dx, dz)()
@@ -628,12 +613,7 @@ class CBackend(GemmConv, NumpyBackend):
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
                                         e((n, 3 * hidden), d))),
                 ffi.from_buffer("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
-        kernel = k.gru_backward
-
-        def gru_backward(*_):
-            kernel(*args)
-            return out
-        return gru_backward
+        return _bound(k.gru_backward, args, out)
 
     # ---------------------------------------------------------------- embedding
     # csrc/embedding.c; tokens int64 or int32 (the other pointer NULL)
