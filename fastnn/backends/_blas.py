@@ -101,10 +101,33 @@ def _every_blas_thread_functions():
     return functions
 
 
+@contextmanager
+def _on_one_thread(functions, lock):
+    """The body with the BLAS libraries of `functions` ([(set, get)], or None:
+    none that can be told) on one thread, their counts restored after; yields
+    whether it could (False: none to tell, or `lock` held by another scope,
+    which keeps the counts)."""
+    if functions is None or not lock.acquire(blocking=False):
+        yield False
+        return
+    try:
+        before = [get() for _, get in functions]
+        for (set_threads, _), n in zip(functions, before):
+            if n != 1:
+                set_threads(1)
+        try:
+            yield True
+        finally:
+            for (set_threads, _), n in zip(functions, before):
+                if n != 1:
+                    set_threads(n)
+    finally:
+        lock.release()
+
+
 _every_blas_lock = threading.Lock()
 
 
-@contextmanager
 def every_blas_on_one_thread():
     """Runs the body with every BLAS loaded on one thread (the counts they had are
     restored after); see training.blas_scope. For OpenBLAS on its own threads,
@@ -115,50 +138,20 @@ def every_blas_on_one_thread():
     counts to the outer one."""
     functions = _every_blas_thread_functions()
     if functions is None:
-        with blas_controller().limit(limits=1):
-            yield
-        return
-    if not _every_blas_lock.acquire(blocking=False):
-        yield
-        return
-    try:
-        before = [get() for _, get in functions]
-        for (set_threads, _), n in zip(functions, before):
-            if n != 1:
-                set_threads(1)
-        try:
-            yield
-        finally:
-            for (set_threads, _), n in zip(functions, before):
-                if n != 1:
-                    set_threads(n)
-    finally:
-        _every_blas_lock.release()
+        return blas_controller().limit(limits=1)
+    return _on_one_thread(functions, _every_blas_lock)
 
 
 _one_thread_lock = threading.Lock()
 
 
-@contextmanager
 def blas_on_one_thread():
     """Runs the body with the BLAS on one thread per call, for kernels that call it
     from several threads of their own at once (the count it had is restored
     after). Yields whether it could: False when the BLAS cannot be told or another
     caller holds the setting (the BLAS then keeps its threads)."""
     functions = blas_thread_functions()
-    if functions is None or not _one_thread_lock.acquire(blocking=False):
-        yield False
-        return
-    set_threads, get_threads = functions
-    try:
-        before = get_threads()
-        set_threads(1)
-        try:
-            yield True
-        finally:
-            set_threads(before)
-    finally:
-        _one_thread_lock.release()
+    return _on_one_thread(None if functions is None else [functions], _one_thread_lock)
 
 
 @functools.cache
