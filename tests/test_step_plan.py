@@ -320,3 +320,26 @@ def test_bind_refuses_a_cache_of_new_arrays_at_each_forward(backend):
     x = np.random.default_rng(0).standard_normal((8, 3))
     _, cache = kernels.batchnorm_forward(x, np.ones(3), np.zeros(3), np.zeros(3), np.ones(3), True)
     assert kernels.fast.bind("batchnorm_backward", np.ones((8, 3)), cache) is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layers", ["dense", "lstm"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "too large for float32"])
+def test_train_step_refuses_non_finite_batches_and_changes_nothing(backend, layers, bad):
+    # train_step checks a batch's values on its workspace copy: the same error
+    # as before, raised before any kernel ran, the parameters untouched
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 4, 3))
+    y = rng.standard_normal(16)
+    first = [nn.LSTM(5)] if layers == "lstm" else [nn.Flatten(), nn.Dense(5, "relu")]
+    model = nn.Sequential(first + [nn.Dense(1)], loss="mse", optimizer="adam", seed=0, backend=backend,
+                          dtype=np.float32)
+    for _ in range(3):  # bound by now where the layers bind
+        model.train_step(X, y)
+    before = model.get_flat_params().copy()
+    Xbad = X.copy()
+    Xbad[3, 2, 1] = {"nan": np.nan, "inf": np.inf, "too large for float32": 1e39}[bad]
+    with pytest.raises(ValueError, match="X_batch contains NaN or infinity"):
+        model.train_step(Xbad, y)
+    assert_array_equal(model.get_flat_params(), before)
+    assert np.isfinite(model.train_step(X, y))
