@@ -15,7 +15,7 @@ import numpy as np
 
 from fastnn.backends import get_backend
 from fastnn.backends.reference import ACTIVATIONS
-from fastnn.testing import RTOL, assert_close
+from fastnn.testing import RTOL, assert_close, reference_error
 
 CATALOGUE = {}  # id -> run(backend, dtype) -> tuple of outputs
 
@@ -651,9 +651,8 @@ def _as_accurate_as_the_reference(run, backend, dtype):
         reference = get_backend("numpy")
         rtol = RTOL[np.dtype(np.float32)]
         sizes = _reference_sizes[run] = [
-            np.abs(r32) + 2 * np.abs(r32 - r64).max(initial=0.0) / rtol
-            for r32, r64 in zip((np.asarray(r, np.float64) for r in run(reference, np.float32)),
-                                run(reference, np.float64))]
+            np.abs(r32.astype(np.float64)) + 2 * reference_error(r32, r64) / rtol
+            for r32, r64 in zip(run(reference, np.float32), run(reference, np.float64))]
     return tuple(Terms(value, size) for value, size in zip(outputs, sizes))
 
 

@@ -25,6 +25,11 @@ def probs_grad_terms(grad, targets, w=None):
     return np.abs(grad + t_part) + np.abs(t_part)
 
 
+def ulps(actual, exact, dtype):
+    """|actual - exact| in units of the dtype's spacing at exact."""
+    return np.abs(actual.astype(np.float64) - exact) / np.spacing(np.abs(exact).astype(dtype))
+
+
 @pytest.fixture(params=DTYPES, ids=["float32", "float64"])
 def dtype(request):
     return request.param

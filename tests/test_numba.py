@@ -4,7 +4,7 @@ vectorised exp/tanh/expm1/log1p accurate, special values included."""
 
 import numpy as np
 import pytest
-from conftest import RTOL
+from conftest import RTOL, ulps
 
 import fastnn
 
@@ -240,11 +240,6 @@ def _apply(code, x, out):
             out[i] = K.expm1_neg64(np.float64(v))
         else:
             out[i] = K.log1p_unit(np.float64(v))
-
-
-def ulps(actual, exact, dtype):
-    """|actual - exact| in units of the dtype's spacing at exact."""
-    return np.abs(actual.astype(np.float64) - exact) / np.spacing(np.abs(exact).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

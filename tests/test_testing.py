@@ -6,7 +6,14 @@ import pytest
 
 import fastnn
 from fastnn import nn
-from fastnn.testing import RTOL, assert_backends_agree, assert_close, assert_gradients, check_gradients
+from fastnn.testing import (
+    RTOL,
+    assert_backends_agree,
+    assert_close,
+    assert_gradients,
+    check_gradients,
+    reference_error,
+)
 
 FAST_BACKENDS = [name for name in fastnn.available_backends() if name != "numpy"]
 
@@ -211,6 +218,70 @@ def test_a_backend_that_differs_is_named():
     assert_backends_agree(lambda kernels, x: x * (1 + 0.1 * RTOL[x.dtype] * (kernels.name == other)), x32)
     with pytest.raises(AssertionError, match="rtol 1e-10"):
         assert_backends_agree(lambda kernels, x: x * (1 + 1e-8 * (kernels.name == other)), batch((4, 5)))
+
+
+def _chain(length=300_000, seed=0):
+    """Factors near 1 whose running product rounds at every step and carries its
+    rounding on, as a recurrence's state: in float32 the products lie up to 1.8
+    times RTOL from the float64 ones."""
+    return np.random.default_rng(seed).uniform(0.999, 1.001, length).astype(np.float32)
+
+
+@pytest.mark.skipif(not FAST_BACKENDS, reason="needs a backend besides the reference")
+def test_float32_chains_judged_by_their_accuracy():
+    """A backend whose float32 chain is as accurate as the reference's (here more:
+    the products in float64, rounded once) passes though it differs from the
+    reference's by more than RTOL; one with five times its error, or one judged
+    with allow_reference_error=False, fails."""
+    other = FAST_BACKENDS[0]
+
+    def products(kernels, a, error=0.0):
+        exact = np.cumprod(a.astype(np.float64))
+        if kernels.name != other:
+            return np.cumprod(a)
+        rounded = np.cumprod(a)  # the float32 rounding, scaled by `error`
+        return (exact + error * (rounded - exact)).astype(a.dtype)
+
+    a = _chain()
+    with pytest.raises(AssertionError, match="elements differ"):  # beyond RTOL of the reference
+        assert_close(products(fastnn.get_backend(other), a), products(fastnn.get_backend("numpy"), a))
+    assert_backends_agree(products, a, backends=[other])
+    with pytest.raises(AssertionError, match=r"beside the reference's own error 1\.\d+e-05 against float64"):
+        assert_backends_agree(products, a, 5.0, backends=[other])
+    with pytest.raises(AssertionError, match="elements differ") as failure:
+        assert_backends_agree(products, a, backends=[other], allow_reference_error=False)
+    assert "beside" not in str(failure.value)
+
+
+@pytest.mark.skipif(not FAST_BACKENDS, reason="needs a backend besides the reference")
+def test_no_allowance_where_float64_computes_something_else():
+    """Random draws of the argument's dtype are other numbers in float64: no
+    float64 result to judge by, so a float32 difference fails as before; so does
+    one of a computation that refuses float64 arguments."""
+    other = FAST_BACKENDS[0]
+
+    def draws(kernels, x):
+        noise = np.random.default_rng(0).random(x.shape, dtype=x.dtype)
+        return noise * (1 + 1e-4 * (kernels.name == other))
+
+    def float32_only(kernels, a):
+        if a.dtype != np.float32:
+            raise TypeError("a must be float32")
+        return np.cumprod(a) * (1 + 1e-4 * (kernels.name == other))
+
+    for fn, arg in ((draws, batch((4, 5)).astype(np.float32)), (float32_only, _chain(1000))):
+        with pytest.raises(AssertionError, match="elements differ") as failure:
+            assert_backends_agree(fn, arg, backends=[other])
+        assert "beside" not in str(failure.value)
+
+
+def test_reference_error():
+    x = np.random.default_rng(0).normal(size=1000)
+    assert reference_error(x.astype(np.float32), x) == np.abs(x.astype(np.float32) - x).max()
+    assert reference_error(x.astype(np.float32), x[:-1]) is None  # not one computation
+    assert reference_error(x.astype(np.float32), -x) is None
+    assert reference_error(np.float32([1.0, np.inf]), np.float64([1.0, 2.0])) is None
+    assert reference_error(np.float32([1.0, np.inf]), np.float64([1.0, np.inf])) == 0.0
 
 
 def test_assert_close_rule():
