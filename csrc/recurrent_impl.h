@@ -6,8 +6,9 @@
  * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
  * the reference's order.
  * Elementwise operations follow reference.py's order, in T, with sigmoid and
- * tanh evaluated in double and rounded once to T, as the reference (recurrent.c
- * gate_sigmoid, gate_tanh); bias gradients summed in double. */
+ * tanh in double for double, in float within a few ulp for float (the
+ * reference rounds them once from double; recurrent.c gate_sigmoid,
+ * gate_tanh); bias gradients summed in double. */
 
 /* out (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection,
  * into the array its step then overwrites (gates, or hs for the simple RNN) */

@@ -112,9 +112,8 @@ def sigmoid64(v):
 
 # The gates of float32 kernels: sigmoid and tanh in float64, rounded once to
 # float32 as the reference, but on _exp_parts, which is accurate enough for a
-# float32 result and cheaper than fexp's float64 (as the C kernels' gates,
-# csrc/recurrent.c gate_sigmoid_f32 and gate_tanh_f32). Float64 kernels keep
-# sigmoid64 and tanh64.
+# float32 result and cheaper than fexp's float64 (the C kernels compute float32
+# gates in float: csrc/recurrent.c). Float64 kernels keep sigmoid64 and tanh64.
 _EXP_OPTIONS = {"error_model": "numpy", "fastmath": {"contract"}}  # FMAs, as the C kernels
 _T2, _T3, _T4, _T5, _T6, _T7, _T8, _T9, _T10, _T11 = (1.0 / math.factorial(k) for k in range(2, 12))
 
