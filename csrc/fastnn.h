@@ -242,11 +242,11 @@ void fastnn_set_blas_threads(void *set, void *get);
 /* Batch-first sequences: x (n, steps, f), hs (n, steps, hidden); W_x (f, G hidden),
  * W_h (hidden, G hidden), biases (G hidden,), gates (n, steps, G hidden) in
  * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
- * The forward projects x W_x into gates (hs for rnn), which its steps then
- * overwrite. Workspaces: z (n, G hidden), dz and dxw (n, steps, G hidden), dhw
- * (n, 3 hidden), acc (3 hidden); xw (n, steps, G hidden) for recurrent_gemms.
- * Every size below 2^31. The backward writes dh0 (and dc0), and dx unless it is
- * NULL; relu selects relu over tanh. */
+ * Workspaces: z (n, G hidden), dz and dxw (n, steps, G hidden: the backward uses
+ * their rows at step 0), dhw (n, 3 hidden), sums (2 G hidden doubles); xw (n,
+ * steps, 3 hidden) for the GRU's recurrent_gemms. Every size below 2^31. The
+ * backward writes dh0 (and dc0), and dx unless it is NULL; relu selects relu
+ * over tanh. */
 void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b, int relu, float *hs, float *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);
@@ -255,11 +255,11 @@ void rnn_forward_f64(const double *x, const double *h0, const double *W_x, const
                      int64_t steps, int64_t f, int64_t hidden);
 void rnn_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
                       const float *W_h, const float *hs, int relu, float *dx, float *dh0,
-                      float *dW_x, float *dW_h, float *db, float *dz, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden);
+                      float *dW_x, float *dW_h, float *db, float *dz, double *sums, int64_t n,
+                      int64_t steps, int64_t f, int64_t hidden);
 void rnn_backward_f64(const double *dhs, const double *x, const double *h0, const double *W_x,
                       const double *W_h, const double *hs, int relu, double *dx, double *dh0,
-                      double *dW_x, double *dW_h, double *db, double *dz, int64_t n,
+                      double *dW_x, double *dW_h, double *db, double *dz, double *sums, int64_t n,
                       int64_t steps, int64_t f, int64_t hidden);
 void lstm_forward_f32(const float *x, const float *h0, const float *c0, const float *W_x,
                       const float *W_h, const float *b, float *hs, float *cs, float *gates,
@@ -270,13 +270,13 @@ void lstm_forward_f64(const double *x, const double *h0, const double *c0, const
 void lstm_backward_f32(const float *dhs, const float *x, const float *h0, const float *c0,
                        const float *W_x, const float *W_h, const float *hs, const float *cs,
                        const float *gates, float *dx, float *dh0, float *dc0, float *dW_x,
-                       float *dW_h, float *db, float *dz, int64_t n, int64_t steps, int64_t f,
-                       int64_t hidden);
+                       float *dW_h, float *db, float *dz, double *sums, int64_t n, int64_t steps,
+                       int64_t f, int64_t hidden);
 void lstm_backward_f64(const double *dhs, const double *x, const double *h0, const double *c0,
                        const double *W_x, const double *W_h, const double *hs, const double *cs,
                        const double *gates, double *dx, double *dh0, double *dc0, double *dW_x,
-                       double *dW_h, double *db, double *dz, int64_t n, int64_t steps, int64_t f,
-                       int64_t hidden);
+                       double *dW_h, double *db, double *dz, double *sums, int64_t n, int64_t steps,
+                       int64_t f, int64_t hidden);
 void gru_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b_x, const float *b_h, float *hs, float *gates, float *hn,
                      float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
@@ -286,28 +286,27 @@ void gru_forward_f64(const double *x, const double *h0, const double *W_x, const
 void gru_backward_f32(const float *dhs, const float *x, const float *h0, const float *W_x,
                       const float *W_h, const float *hs, const float *gates, const float *hn,
                       float *dx, float *dh0, float *dW_x, float *dW_h, float *db_x, float *db_h,
-                      float *dxw, float *dhw, double *acc, int64_t n, int64_t steps, int64_t f,
+                      float *dxw, float *dhw, double *sums, int64_t n, int64_t steps, int64_t f,
                       int64_t hidden);
 void gru_backward_f64(const double *dhs, const double *x, const double *h0, const double *W_x,
                       const double *W_h, const double *hs, const double *gates, const double *hn,
                       double *dx, double *dh0, double *dW_x, double *dW_h, double *db_x,
-                      double *db_h, double *dxw, double *dhw, double *acc, int64_t n,
+                      double *db_h, double *dxw, double *dhw, double *sums, int64_t n,
                       int64_t steps, int64_t f, int64_t hidden);
 /* One training step's GEMMs of the rnn (gate_count 1), lstm (4) or gru (3) kernels
  * alone, issued as those kernels issue them, without their elementwise passes
  * (whole_batch: every GEMM on the whole batch, as below the kernels' split size):
  * the benchmarks' floor (fastnn/benchmarks/recurrent.py). Any finite inputs; the
- * outputs are GEMM products of them, not gradients. dz (n, steps, G hidden),
- * dhw (n, 3 hidden) and acc (3 hidden) the GRU's only, NULL for the others. */
+ * outputs are GEMM products of them, not gradients. dhw (n, 3 hidden) the GRU's
+ * only, NULL for the others; dx NULL for none. */
 void recurrent_gemms_f32(int gate_count, int whole_batch, const float *x, const float *h0,
                          const float *W_x, const float *W_h, float *hs, float *xw, float *z,
                          float *dz, float *dhw, float *dx, float *dh0, float *dW_x, float *dW_h,
-                         double *acc, int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                         int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void recurrent_gemms_f64(int gate_count, int whole_batch, const double *x, const double *h0,
                          const double *W_x, const double *W_h, double *hs, double *xw, double *z,
-                         double *dz, double *dhw, double *dx, double *dh0, double *dW_x,
-                         double *dW_h, double *acc, int64_t n, int64_t steps, int64_t f,
-                         int64_t hidden);
+                         double *dz, double *dhw, double *dx, double *dh0, double *dW_x, double *dW_h,
+                         int64_t n, int64_t steps, int64_t f, int64_t hidden);
 
 /* Embedding (csrc/embedding.c): tokens, count = N*T entries, int64 or int32 (the
  * other NULL), each in [0, vocab); W, dW (vocab, dim); out, dy (count, dim).

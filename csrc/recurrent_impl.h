@@ -3,12 +3,21 @@
  * Sequences are batch-first: x (n, steps, f), hidden states (n, steps, hidden),
  * gates (n, steps, G*hidden) with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru:
  * r, z, n). Each step's GEMM reads the previous state hs[:, t - 1] in place (row
- * stride steps * hidden); dW_h accumulates over steps in BLAS (beta = 1), in
- * the reference's order.
- * Elementwise operations follow reference.py's order, in T, with sigmoid and
- * tanh in double for double, in float within a few ulp for float (the
- * reference rounds them once from double; recurrent.c gate_sigmoid,
- * gate_tanh); bias gradients summed in double. */
+ * stride steps * hidden). The rnn and lstm forwards add each step's input
+ * projection x_t W_x and recurrent product h_{t-1} W_h in one array of a
+ * step's rows (z: two GEMMs, the second with beta = 1) that the gate pass then
+ * reads while it is in the cache; the gru's n gate needs them apart, so its
+ * projection of every step is one GEMM into gates before the loop. The
+ * backward writes each step's pre-activation gradients into rows that serve
+ * every step (dz[:, 0]: in the cache, never written back between steps) and
+ * takes from them at once, per range of the batch, that step's share of dW_h,
+ * dW_x, db and dx; the ranges' sums are added in range order after.
+ * Elementwise operations follow reference.py's, in T, with sigmoid and tanh in
+ * double for double, in float within a few ulp for float (the reference rounds
+ * them once from double; recurrent.c gate_sigmoid, gate_tanh); bias gradients
+ * summed in double. The sums are the reference's terms in another order: float32
+ * results are as accurate as the reference's against float64, not equal to its
+ * rounding (fastnn.testing.reference_error). */
 
 /* out (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection,
  * into the array its step then overwrites (gates, or hs for the simple RNN) */
@@ -30,14 +39,21 @@ static void FN(gemm_tiles)(int ta, int tb, int64_t m, int64_t n, int64_t k, cons
                  beta, c + j, ldc);
 }
 
-/* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0) */
-static void FN(recurrent_gemm)(int64_t t, const T *h0, const T *hs, const T *W_h, T *z, int64_t n,
-                               int64_t steps, int64_t hidden, int64_t width) {
+/* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0); with x (not
+ * NULL) z = x_t @ W_x + h_{t-1} @ W_h, x_t = x[:, t] */
+static void FN(recurrent_gemm)(int64_t t, const T *x, const T *W_x, const T *h0, const T *hs,
+                               const T *W_h, T *z, int64_t n, int64_t steps, int64_t f,
+                               int64_t hidden, int64_t width) {
+    T beta = 0;
+    if (x && f) {
+        FN(gemm_tiles)(0, 0, n, width, f, x + t * f, steps * f, W_x, width, 0, z, width);
+        beta = 1;
+    }
     if (t)
-        FN(gemm_tiles)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width, 0,
-                       z, width);
+        FN(gemm_tiles)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width,
+                       beta, z, width);
     else
-        FN(gemm_tiles)(0, 0, n, width, hidden, h0, hidden, W_h, width, 0, z, width);
+        FN(gemm_tiles)(0, 0, n, width, hidden, h0, hidden, W_h, width, beta, z, width);
 }
 
 /* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
@@ -59,70 +75,18 @@ static void FN(add_row)(const T *restrict row, double *restrict acc, int64_t len
         acc[j] += (double)row[j];
 }
 
-/* dW_h = sum over t = steps - 1, ..., 0 of h_{t-1}^T @ dz_t, one GEMM over the
- * whole batch per step (dz (n, steps, width)): the reference's order of sums, so
- * that the split of the batch over threads changes no rounding of dW_h. With
- * dW_x (not NULL), dW_x = the sum of x_t^T @ dz_t likewise, beside it while
- * dz_t's columns are in the cache: one GEMM over all n steps rows, (f x n
- * steps) x (n steps x width) with f small, packs all of dz and ran at 65-86
- * GFLOP/s, per step 109 (bench/recurrent_floor.py, one thread, Zen 4; the
- * LSTM benchmark's backward 95 -> 85 us a sequence). With db_sums (not NULL),
- * db_sums = the column sums of dz in double, over the same rows of dz_t while
- * they are in the cache (a pass of their own read all of dz back from memory).
- * Only columns [c0, c1) of dW_h, dW_x and db_sums (each column's sums are the
- * same whatever the columns computed beside it). */
-static void FN(recurrent_dW)(const T *h0, const T *hs, const T *x, const T *dz, T *dW_h, T *dW_x,
-                             double *db_sums, int64_t n, int64_t steps, int64_t f, int64_t hidden,
-                             int64_t width, int64_t c0, int64_t c1) {
-    if (c1 <= c0) return;
-    for (int64_t j = c0; db_sums && j < c1; j++)
-        db_sums[j] = 0;
-    for (int64_t i = 0; i < hidden; i++)
-        for (int64_t j = c0; j < c1; j++)
-            dW_h[i * width + j] = 0;
-    for (int64_t i = 0; dW_x && i < f; i++)
-        for (int64_t j = c0; j < c1; j++)
-            dW_x[i * width + j] = 0;
-    for (int64_t t = steps - 1; t >= 0; t--) {
-        const T *dzt = dz + t * width + c0;
-        if (t)
-            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, hs + (t - 1) * hidden, steps * hidden, dzt,
-                           steps * width, 1, dW_h + c0, width);
-        else
-            FN(gemm_tiles)(1, 0, hidden, c1 - c0, n, h0, hidden, dzt, steps * width, 1, dW_h + c0,
-                           width);
-        if (dW_x && f)
-            FN(gemm_tiles)(1, 0, f, c1 - c0, n, x + t * f, steps * f, dzt, steps * width, 1,
-                           dW_x + c0, width);
-        for (int64_t i = 0; db_sums && i < n; i++)
-            FN(add_row)(dzt + i * steps * width, db_sums + c0, c1 - c0);
+/* The input side of step t over n rows: dW_x += x_t^T @ dz_t, db (double) += dz_t's
+ * rows, dx_t = dz_t @ W_x^T unless dx is NULL (dz_t (n, width), row stride ld) */
+static void FN(input_step)(int64_t t, const T *x, const T *W_x, const T *dzt, int64_t ld,
+                           T *dW_x, double *db, T *dx, int64_t n, int64_t steps, int64_t f,
+                           int64_t width) {
+    if (f) {
+        FN(gemm_tiles)(1, 0, f, width, n, x + t * f, steps * f, dzt, ld, 1, dW_x, width);
+        if (dx)
+            FN(gemm)(0, 1, n, f, width, dzt, ld, W_x, width, 0, dx + t * f, steps * f);
     }
-}
-
-/* dx = dz @ W_x^T (unless dx is NULL), dW_x = x^T @ dz over every step (rows = n
- * steps of them; unless dW_x is NULL: recurrent_dW's); db = column sums of dz.
- * Only rows [r0, r1) of dx, columns [c0, c1) of dW_x and db. */
-static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x, T *db,
-                           int64_t rows, int64_t f, int64_t width, int64_t r0, int64_t r1,
-                           int64_t c0, int64_t c1) {
-    if (dx && r1 > r0)
-        FN(gemm)(0, 1, r1 - r0, f, width, dz + r0 * width, width, W_x, width, 0, dx + r0 * f, f);
-    if (dW_x && c1 > c0)
-        FN(gemm)(1, 0, f, c1 - c0, rows, x, f, dz + c0, width, 0, dW_x + c0, width);
-    if (!db) return; /* the GEMMs alone (recurrent_gemms), or db in recurrent_dW */
-    /* each column summed over rows in row order, as before, but a block of
-     * columns at a time along dz's rows (contiguous reads, not one per row) */
-    enum { BLOCK = 256 };
-    double acc[BLOCK];
-    for (int64_t j0 = c0; j0 < c1; j0 += BLOCK) {
-        int64_t cols = c1 - j0 < BLOCK ? c1 - j0 : BLOCK;
-        for (int64_t j = 0; j < cols; j++)
-            acc[j] = 0;
-        for (int64_t r = 0; r < rows; r++)
-            FN(add_row)(dz + r * width + j0, acc, cols);
-        for (int64_t j = 0; j < cols; j++)
-            db[j0 + j] = (T)acc[j];
-    }
+    for (int64_t i = 0; db && i < n; i++)
+        FN(add_row)(dzt + i * ld, db, width);
 }
 
 /* The gate passes, one row (one sequence, one step) per call: separate functions
@@ -130,31 +94,31 @@ static void FN(input_side)(const T *x, const T *W_x, const T *dz, T *dx, T *dW_x
  * time loops above, the possible aliasing of their many arrays kept the LSTM and
  * GRU passes scalar). Gates at j, hidden + j, ... of a row of width G * hidden. */
 
-/* hr = act((hr + b) + zr) over one row of hidden, hr in: the row's input
- * projection; NaN stays NaN under relu */
+/* hr = act(zr + b) over one row of hidden, zr the row's x_t W_x + h_{t-1} W_h;
+ * NaN stays NaN under relu */
 HOT static void FN(rnn_forward_row)(T *restrict hr, const T *restrict zr, const T *restrict b,
                                     int relu, int64_t hidden) {
     if (relu)
         for (int64_t j = 0; j < hidden; j++) {
-            T v = (hr[j] + b[j]) + zr[j];
+            T v = zr[j] + b[j];
             hr[j] = v < 0 ? (T)0 : v;
         }
     else
         for (int64_t j = 0; j < hidden; j++)
-            hr[j] = FN(gate_tanh)((hr[j] + b[j]) + zr[j]);
+            hr[j] = FN(gate_tanh)(zr[j] + b[j]);
 }
 
-/* gates gr (i, f, g, o), cell c_row and state h_row of one row from its input
- * projection (gr on entry) and recurrent product zr (4 hidden each) and c_prev */
+/* gates gr (i, f, g, o), cell c_row and state h_row of one row from its x_t W_x +
+ * h_{t-1} W_h (zr, 4 hidden) and c_prev */
 HOT static void FN(lstm_forward_row)(T *restrict gr, const T *restrict zr, const T *restrict b,
                                      const T *restrict c_prev, T *restrict c_row,
                                      T *restrict h_row, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         int64_t k = hidden + j, l = 2 * hidden + j, m = 3 * hidden + j;
-        T ig = FN(gate_sigmoid)((gr[j] + b[j]) + zr[j]);
-        T fg = FN(gate_sigmoid)((gr[k] + b[k]) + zr[k]);
-        T gg = FN(gate_tanh)((gr[l] + b[l]) + zr[l]);
-        T og = FN(gate_sigmoid)((gr[m] + b[m]) + zr[m]);
+        T ig = FN(gate_sigmoid)(zr[j] + b[j]);
+        T fg = FN(gate_sigmoid)(zr[k] + b[k]);
+        T gg = FN(gate_tanh)(zr[l] + b[l]);
+        T og = FN(gate_sigmoid)(zr[m] + b[m]);
         T c = fg * c_prev[j] + ig * gg;
         gr[j] = ig;
         gr[k] = fg;
@@ -236,22 +200,41 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * Each runs the time loop of n sequences (batch rows): a range of the batch's
  * rows is a batch of its own with the same row strides (every array is
  * batch-first), so the callers below pass pointers to the range's first row.
- * The backward ones leave the input side (dx, dW_x, db) to their caller, and
- * dW_h too (recurrent_dW), but the GRU's, which sums dW_h and its db_h terms
- * (acc) over its rows (its dhw holds one step only). */
+ * The backward ones take the range's own sums (struct sums): dW_h, dW_x, db (and
+ * the GRU's db_h terms, acc) of its rows, started from zero; dz's rows at step 0
+ * (row stride steps G hidden) hold each step's pre-activation gradients in turn. */
+struct FN(sums) {
+    T *dW_h, *dW_x; /* (hidden, G hidden), (f, G hidden) */
+    double *db, *acc; /* (G hidden) each; acc the GRU's only */
+};
+
+static void FN(zero_sums)(struct FN(sums) s, int64_t f, int64_t hidden, int64_t w) {
+    for (int64_t i = 0; i < hidden * w; i++)
+        s.dW_h[i] = 0;
+    for (int64_t i = 0; i < f * w; i++)
+        s.dW_x[i] = 0;
+    for (int64_t i = 0; i < w; i++)
+        s.db[i] = 0;
+    for (int64_t i = 0; s.acc && i < w; i++)
+        s.acc[i] = 0;
+}
+
 static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b,
                                  int relu, T *hs, T *z, int64_t n, int64_t steps, int64_t f,
                                  int64_t hidden) {
-    FN(project)(x, W_x, hs, n * steps, f, hidden);
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, hidden);
+        FN(recurrent_gemm)(t, x, W_x, h0, hs, W_h, z, n, steps, f, hidden, hidden);
         for (int64_t i = 0; i < n; i++)
             FN(rnn_forward_row)(hs + (i * steps + t) * hidden, z + i * hidden, b, relu, hidden);
     }
 }
 
-static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs, int relu,
-                                  T *dh0, T *dz, int64_t n, int64_t steps, int64_t hidden) {
+static void FN(rnn_backward_rows)(const T *dhs, const T *x, const T *h0, const T *W_x,
+                                  const T *W_h, const T *hs, int relu, T *dx, T *dh0, T *dz,
+                                  struct FN(sums) s, int64_t n, int64_t steps, int64_t f,
+                                  int64_t hidden) {
+    int64_t ld = steps * hidden;
+    FN(zero_sums)(s, f, hidden, hidden);
     /* dh0 holds the gradient h_t receives from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
@@ -260,11 +243,11 @@ static void FN(rnn_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
             int64_t at = (i * steps + t) * hidden;
             for (int64_t j = 0; j < hidden; j++) {
                 T g = dhs[at + j] + dh0[i * hidden + j], y = hs[at + j];
-                dz[at + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
+                dz[i * ld + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
             }
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * hidden, steps * hidden, NULL, dh0, 0, n, steps,
-                           hidden, hidden);
+        FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, hidden);
+        FN(input_step)(t, x, W_x, dz, ld, s.dW_x, s.db, dx, n, steps, f, hidden);
     }
 }
 
@@ -272,9 +255,8 @@ static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T 
                                   const T *W_h, const T *b, T *hs, T *cs, T *gates, T *z,
                                   int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = 4 * hidden;
-    FN(project)(x, W_x, gates, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+        FN(recurrent_gemm)(t, x, W_x, h0, hs, W_h, z, n, steps, f, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(lstm_forward_row)(gates + (i * steps + t) * w, z + i * w, b,
@@ -283,10 +265,13 @@ static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T 
     }
 }
 
-static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const T *W_h,
-                                   const T *hs, const T *cs, const T *gates, T *dh0, T *dc0,
-                                   T *dz, int64_t n, int64_t steps, int64_t hidden) {
-    int64_t w = 4 * hidden;
+static void FN(lstm_backward_rows)(const T *dhs, const T *x, const T *h0, const T *c0,
+                                   const T *W_x, const T *W_h, const T *hs, const T *cs,
+                                   const T *gates, T *dx, T *dh0, T *dc0, T *dz,
+                                   struct FN(sums) s, int64_t n, int64_t steps, int64_t f,
+                                   int64_t hidden) {
+    int64_t w = 4 * hidden, ld = steps * w;
+    FN(zero_sums)(s, f, hidden, w);
     /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = dc0[i] = 0;
@@ -294,10 +279,11 @@ static void FN(lstm_backward_rows)(const T *dhs, const T *h0, const T *c0, const
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(lstm_backward_row)(gates + (i * steps + t) * w, cs + at,
-                                  t ? cs + at - hidden : c0 + i * hidden, dhs + at,
-                                  dz + (i * steps + t) * w, dh0 + i * hidden, dc0 + i * hidden, hidden);
+                                  t ? cs + at - hidden : c0 + i * hidden, dhs + at, dz + i * ld,
+                                  dh0 + i * hidden, dc0 + i * hidden, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps, hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, w);
+        FN(input_step)(t, x, W_x, dz, ld, s.dW_x, s.db, dx, n, steps, f, w);
     }
 }
 
@@ -307,7 +293,7 @@ static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
     int64_t w = 3 * hidden;
     FN(project)(x, W_x, gates, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+        FN(recurrent_gemm)(t, NULL, NULL, h0, hs, W_h, z, n, steps, f, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(gru_forward_row)(gates + (i * steps + t) * w, z + i * w, b_x, b_h,
@@ -316,25 +302,25 @@ static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
     }
 }
 
-/* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
-static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const T *hs,
-                                  const T *gates, const T *hn, T *dh0, T *dW_h, T *dxw, T *dhw,
-                                  double *acc, int64_t n, int64_t steps, int64_t hidden) {
-    int64_t w = 3 * hidden;
-    for (int64_t j = 0; j < w; j++)
-        acc[j] = 0;
+/* dxw: the input side's dz (its rows at step 0 serve every step), dhw (n, 3
+ * hidden) the recurrent side's */
+static void FN(gru_backward_rows)(const T *dhs, const T *x, const T *h0, const T *W_x,
+                                  const T *W_h, const T *hs, const T *gates, const T *hn, T *dx,
+                                  T *dh0, T *dxw, T *dhw, struct FN(sums) s, int64_t n,
+                                  int64_t steps, int64_t f, int64_t hidden) {
+    int64_t w = 3 * hidden, ld = steps * w;
+    FN(zero_sums)(s, f, hidden, w);
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
-    for (int64_t i = 0; i < hidden * w; i++)
-        dW_h[i] = 0;
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(gru_backward_row)(gates + (i * steps + t) * w, hn + at,
-                                 t ? hs + at - hidden : h0 + i * hidden, dhs + at,
-                                 dxw + (i * steps + t) * w, dhw + i * w, dh0 + i * hidden, acc, hidden);
+                                 t ? hs + at - hidden : h0 + i * hidden, dhs + at, dxw + i * ld,
+                                 dhw + i * w, dh0 + i * hidden, s.acc, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dhw, w, dW_h, dh0, 1, n, steps, hidden, w);
+        FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);
+        FN(input_step)(t, x, W_x, dxw, ld, s.dW_x, s.db, dx, n, steps, f, w);
     }
 }
 
@@ -345,54 +331,65 @@ static void FN(gru_backward_rows)(const T *dhs, const T *h0, const T *W_h, const
  * (parallel_blas_run): per step each thread issues one (rows, hidden) x
  * (hidden, G hidden) GEMM, where BLAS would split one (n, hidden) x (hidden,
  * G hidden) GEMM over its threads at every step, which at these sizes wastes
- * much of the second core. After the ranges the backward splits its columns of
- * width G hidden (after_range, BLAS still on one thread): dW_h and dW_x by
- * one GEMM each over the whole batch per step (recurrent_dW: the same sums in
- * the same order for any split), db over every step, and dx by rows:
- * so BLAS's threads never start. The GRU sums dW_h per range instead,
- * range p > 0 into slice p - 1 of part_dW_h (and its acc into part_acc), added
- * into the first in range order after (deterministic for a thread count). */
+ * much of the second core. Each backward range sums its own dW_h, dW_x and db
+ * (range p > 0 into block p - 1 of part_T and part_d), added into the first's
+ * in range order after: deterministic for a thread count, and no pass after the
+ * loops reads dz again. */
 struct FN(recurrent_job) {
     int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
     int gemms_only;       /* the GEMMs alone (recurrent_gemms), no elementwise pass */
     int whole_batch;      /* no split of the batch, whatever its size (recurrent_gemms) */
-    int parts;            /* the ranges run_rows chose */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
-    T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dW_h, *dz, *dhw, *part_dW_h;
-    T *dx, *dW_x, *db;
-    double *acc, *part_acc;
-    double *db_sums; /* db's sums in recurrent_dW (run_rows), else NULL: input_side's */
-    int64_t n, steps, f, hidden;
+    T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dz, *dhw, *dx;
+    struct FN(sums) sums;  /* the first range's: the outputs' */
+    T *part_T;             /* ranges p > 0: (hidden + f) G hidden each, dW_h then dW_x */
+    double *part_d;        /* ranges p > 0: 2 G hidden each, db then acc */
+    int64_t steps, f, hidden;
 };
 
+/* The sums of range `part` (see recurrent_job) */
+static struct FN(sums) FN(range_sums)(const struct FN(recurrent_job) *j, int part) {
+    int64_t w = j->gate_count * j->hidden;
+    if (!part) return j->sums;
+    T *block = j->part_T + (part - 1) * (j->hidden + j->f) * w;
+    double *d = j->part_d + (part - 1) * 2 * w;
+    struct FN(sums) s = {block, block + j->hidden * w, d, j->sums.acc ? d + w : NULL};
+    return s;
+}
+
 /* The GEMMs of the *_rows time loops above and nothing else, in their order:
- * forward, the projection and h_{t-1} W_h per step; backward, per step the
- * GEMMs of backward_gemms (dW_h's in the range only for the GRU, as
- * gru_backward_rows). The floor of the kernels' time (recurrent_gemms). */
+ * forward, per step x_t W_x and h_{t-1} W_h (the GRU's projection of every step
+ * once before, into xw); backward, per step those of backward_gemms and
+ * input_step (dz's rows at step 0 for every step; the GRU's dhw for the
+ * recurrent side). The floor of the kernels' time (recurrent_gemms). */
 static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0, const T *W_x,
-                          const T *W_h, const T *hs, T *xw, T *z, T *dz, T *dh0, T *dW_h,
-                          double *acc, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
-    int64_t w = gate_count * hidden;
+                          const T *W_h, const T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
+                          struct FN(sums) s, int64_t n, int64_t steps, int64_t f,
+                          int64_t hidden) {
+    int64_t w = gate_count * hidden, ld = steps * w;
     if (!backward) {
-        FN(project)(x, W_x, xw, n * steps, f, w);
+        if (gate_count == 3)
+            FN(project)(x, W_x, xw, n * steps, f, w);
         for (int64_t t = 0; t < steps; t++)
-            FN(recurrent_gemm)(t, h0, hs, W_h, z, n, steps, hidden, w);
+            FN(recurrent_gemm)(t, gate_count == 3 ? NULL : x, W_x, h0, hs, W_h, z, n, steps, f,
+                               hidden, w);
         return;
     }
-    /* the sums the kernels start from zero (beta = 1 GEMMs, the GRU's acc) */
+    /* the sums the kernels start from zero (beta = 1 GEMMs) */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
-    for (int64_t i = 0; gate_count == 3 && i < hidden * w; i++)
-        dW_h[i] = 0;
-    for (int64_t i = 0; gate_count == 3 && i < w; i++)
-        acc[i] = 0;
-    for (int64_t t = steps - 1; t >= 0; t--)
-        if (gate_count == 3) /* dz: the GRU's dhw (n, 3 hidden) */
-            FN(backward_gemms)(t, h0, hs, W_h, dz, w, dW_h, dh0, 1, n, steps, hidden, w);
+    for (int64_t i = 0; i < hidden * w; i++)
+        s.dW_h[i] = 0;
+    for (int64_t i = 0; i < f * w; i++)
+        s.dW_x[i] = 0;
+    for (int64_t t = steps - 1; t >= 0; t--) {
+        if (gate_count == 3)
+            FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);
         else
-            FN(backward_gemms)(t, h0, hs, W_h, dz + t * w, steps * w, NULL, dh0, 0, n, steps,
-                               hidden, w);
+            FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, w);
+        FN(input_step)(t, x, W_x, dz, ld, s.dW_x, NULL, dx, n, steps, f, w);
+    }
 }
 
 /* the time loop over batch rows [begin, end): every array offset to row begin */
@@ -403,9 +400,9 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     (void)part;
     const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
     T *hs = j->hs + seq * hidden, *z = j->z + begin * w;
-    if (j->gemms_only) /* the projection into a workspace of its own, xw */
+    if (j->gemms_only) /* the GRU's projection into a workspace of its own, xw */
         FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, j->xw + seq * w, z, NULL, NULL,
-                      NULL, NULL, n, steps, f, hidden);
+                      NULL, NULL, j->sums, n, steps, f, hidden);
     else if (j->gate_count == 1)
         FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
@@ -418,79 +415,61 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
 
 static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part) {
     const struct FN(recurrent_job) *j = args;
-    int64_t n = end - begin, steps = j->steps, hidden = j->hidden;
+    int64_t n = end - begin, steps = j->steps, f = j->f, hidden = j->hidden;
     int64_t w = j->gate_count * hidden, seq = begin * steps;
-    T *dW_h = part ? j->part_dW_h + (part - 1) * hidden * w : j->dW_h;
-    const T *dhs = j->dhs + seq * hidden, *h0 = j->h0 + begin * hidden, *hs = j->hs + seq * hidden;
-    T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w;
+    struct FN(sums) s = FN(range_sums)(j, part);
+    const T *dhs = j->dhs + seq * hidden, *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
+    const T *hs = j->hs + seq * hidden;
+    T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w, *dx = j->dx ? j->dx + seq * f : NULL;
+    T *dhw = j->dhw ? j->dhw + begin * w : NULL;
     if (j->gemms_only)
-        FN(gemm_rows)(1, j->gate_count, NULL, h0, NULL, j->W_h, hs, NULL, NULL,
-                      j->gate_count == 3 ? j->dhw + begin * w : dz, dh0, dW_h,
-                      part ? j->part_acc + (part - 1) * w : j->acc, n, steps, 0, hidden);
+        FN(gemm_rows)(1, j->gate_count, x, h0, j->W_x, j->W_h, hs, NULL, NULL, dz, dhw, dx, dh0,
+                      s, n, steps, f, hidden);
     else if (j->gate_count == 1)
-        FN(rnn_backward_rows)(dhs, h0, j->W_h, hs, j->relu, dh0, dz, n, steps, hidden);
+        FN(rnn_backward_rows)(dhs, x, h0, j->W_x, j->W_h, hs, j->relu, dx, dh0, dz, s, n, steps, f,
+                              hidden);
     else if (j->gate_count == 4)
-        FN(lstm_backward_rows)(dhs, h0, j->c0 + begin * hidden, j->W_h, hs, j->cs + seq * hidden,
-                               j->gates + seq * w, dh0, j->dc0 + begin * hidden, dz, n, steps,
-                               hidden);
+        FN(lstm_backward_rows)(dhs, x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, hs,
+                               j->cs + seq * hidden, j->gates + seq * w, dx, dh0,
+                               j->dc0 + begin * hidden, dz, s, n, steps, f, hidden);
     else
-        FN(gru_backward_rows)(dhs, h0, j->W_h, hs, j->gates + seq * w, j->hn + seq * hidden, dh0,
-                              dW_h, dz, j->dhw + begin * w, part ? j->part_acc + (part - 1) * w : j->acc,
-                              n, steps, hidden);
-}
-
-/* The backward's work after its time loops, part `part` of j->parts: columns
- * [begin, end) of dW_h (but the GRU's, summed by run_rows), dW_x and db, and a
- * range of dx's rows (n steps of them) */
-static void FN(after_range)(void *args, int64_t begin, int64_t end, int part) {
-    const struct FN(recurrent_job) *j = args;
-    int64_t rows = j->n * j->steps, w = j->gate_count * j->hidden;
-    int gru = j->gate_count == 3; /* the GRU's dW_h summed by run_rows */
-    if (!gru)
-        FN(recurrent_dW)(j->h0, j->hs, j->x, j->dz, j->dW_h, j->dW_x, j->db_sums, j->n, j->steps,
-                         j->f, j->hidden, w, begin, end);
-    for (int64_t k = begin; j->db_sums && k < end; k++)
-        j->db[k] = (T)j->db_sums[k];
-    FN(input_side)(j->x, j->W_x, j->dz, j->dx, gru ? j->dW_x : NULL, j->db_sums ? NULL : j->db,
-                   rows, j->f, w, rows * part / j->parts, rows * (part + 1) / j->parts, begin, end);
+        FN(gru_backward_rows)(dhs, x, h0, j->W_x, j->W_h, hs, j->gates + seq * w,
+                              j->hn + seq * hidden, dx, dh0, dz, dhw, s, n, steps, f, hidden);
 }
 
 /* Runs `range` over the batch rows [0, n) of job j: split over the threads when
  * the time loops' GEMMs (n steps hidden G hidden multiply-adds) reach
- * RECURRENT_PARALLEL_MIN; backward, then adds the GRU's ranges' dW_h and acc into
- * the first's and runs after_range over as many ranges of columns. Out of memory
- * for those sums, it runs serially. */
+ * RECURRENT_PARALLEL_MIN; backward, then adds the ranges' sums into the first's
+ * in range order. Out of memory for those sums, it runs serially. */
 static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n, int backward) {
-    int64_t w = j->gate_count * j->hidden, len = j->hidden * w;
-    int parts = j->whole_batch || n * j->steps * len < RECURRENT_PARALLEL_MIN
+    int64_t w = j->gate_count * j->hidden, len = (j->hidden + j->f) * w;
+    int parts = j->whole_batch || n * j->steps * j->hidden * w < RECURRENT_PARALLEL_MIN
                     ? 1 : parallel_blas_parts(n, 1);
-    j->part_dW_h = NULL;
-    j->part_acc = NULL;
-    if (backward && parts > 1 && j->gate_count == 3) {
-        j->part_dW_h = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
-        j->part_acc = malloc((size_t)(parts - 1) * (size_t)w * sizeof(double));
-        if (!j->part_dW_h || !j->part_acc) parts = 1;
+    j->part_T = NULL;
+    j->part_d = NULL;
+    if (backward && parts > 1) {
+        j->part_T = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
+        j->part_d = malloc((size_t)(parts - 1) * 2 * (size_t)w * sizeof(double));
+        if (!j->part_T || !j->part_d) parts = 1;
     }
     parallel_blas_run(range, j, n, parts);
-    for (int p = 1; backward && j->gate_count == 3 && p < parts; p++) {
-        const T *slice = j->part_dW_h + (p - 1) * len;
-        for (int64_t k = 0; k < len; k++)
-            j->dW_h[k] += slice[k];
-        for (int64_t k = 0; k < w; k++)
-            j->acc[k] += j->part_acc[(p - 1) * w + k];
+    for (int p = 1; backward && p < parts; p++) {
+        struct FN(sums) s = FN(range_sums)(j, p);
+        for (int64_t k = 0; k < j->hidden * w; k++)
+            j->sums.dW_h[k] += s.dW_h[k];
+        for (int64_t k = 0; k < j->f * w; k++)
+            j->sums.dW_x[k] += s.dW_x[k];
+        for (int64_t k = 0; j->sums.db && k < w; k++)
+            j->sums.db[k] += s.db[k];
+        for (int64_t k = 0; s.acc && k < w; k++)
+            j->sums.acc[k] += s.acc[k];
     }
-    free(j->part_dW_h);
-    free(j->part_acc);
-    j->n = n;
-    j->parts = parts;
-    /* db's sums beside dW_h's (out of memory: input_side's pass) */
-    j->db_sums = backward && j->db && j->gate_count != 3 ? malloc((size_t)w * sizeof(double)) : NULL;
-    if (backward)
-        parallel_blas_run(FN(after_range), j, w, parts);
-    free(j->db_sums);
+    free(j->part_T);
+    free(j->part_d);
 }
 
-/* ---------------------------------------------------------- the kernels */
+/* ---------------------------------------------------------- the kernels
+ * sums (2 G hidden doubles): workspace of the backward's bias sums */
 void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b, int relu,
                      T *hs, T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .x = x, .h0 = h0, .W_x = W_x,
@@ -499,14 +478,21 @@ void FN(rnn_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
 
+/* db = the sums, rounded to T */
+static void FN(round_sums)(const double *sums, T *db, int64_t w) {
+    for (int64_t k = 0; k < w; k++)
+        db[k] = (T)sums[k];
+}
+
 void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
                       const T *hs, int relu, T *dx, T *dh0, T *dW_x, T *dW_h, T *db, T *dz,
-                      int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+                      double *sums, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 1, .relu = relu, .dhs = dhs, .x = x, .h0 = h0,
-                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .dh0 = dh0, .dW_h = dW_h,
-                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
+                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .dh0 = dh0, .dz = dz,
+                                  .dx = dx, .sums = {dW_h, dW_x, sums, NULL}, .steps = steps,
                                   .f = f, .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(round_sums)(sums, db, hidden);
 }
 
 void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
@@ -520,14 +506,15 @@ void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const 
 
 void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
                        const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
-                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, int64_t n, int64_t steps,
-                       int64_t f, int64_t hidden) {
+                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, double *sums, int64_t n,
+                       int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .x = x, .h0 = h0, .c0 = c0,
                                   .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .cs = (T *)cs,
-                                  .gates = (T *)gates, .dh0 = dh0, .dc0 = dc0, .dW_h = dW_h,
-                                  .dz = dz, .dx = dx, .dW_x = dW_x, .db = db, .steps = steps,
+                                  .gates = (T *)gates, .dh0 = dh0, .dc0 = dc0, .dz = dz,
+                                  .dx = dx, .sums = {dW_h, dW_x, sums, NULL}, .steps = steps,
                                   .f = f, .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
+    FN(round_sums)(sums, db, 4 * hidden);
 }
 
 void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const T *b_x,
@@ -539,39 +526,39 @@ void FN(gru_forward)(const T *x, const T *h0, const T *W_x, const T *W_h, const 
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
 
-/* dxw (n, steps, 3 hidden), dhw (n, 3 hidden) and acc (3 hidden, db_h's sums) workspaces */
+/* dxw (n, steps, 3 hidden) and dhw (n, 3 hidden) workspaces */
 void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const T *W_h,
                       const T *hs, const T *gates, const T *hn, T *dx, T *dh0, T *dW_x, T *dW_h,
-                      T *db_x, T *db_h, T *dxw, T *dhw, double *acc, int64_t n, int64_t steps,
+                      T *db_x, T *db_h, T *dxw, T *dhw, double *sums, int64_t n, int64_t steps,
                       int64_t f, int64_t hidden) {
+    int64_t w = 3 * hidden;
     struct FN(recurrent_job) j = {.gate_count = 3, .dhs = dhs, .x = x, .h0 = h0, .W_x = W_x,
                                   .W_h = W_h, .hs = (T *)hs, .gates = (T *)gates, .hn = (T *)hn,
-                                  .dh0 = dh0, .dW_h = dW_h, .dz = dxw, .dhw = dhw, .dx = dx,
-                                  .dW_x = dW_x, .db = db_x, .acc = acc, .steps = steps, .f = f,
+                                  .dh0 = dh0, .dz = dxw, .dhw = dhw, .dx = dx,
+                                  .sums = {dW_h, dW_x, sums, sums + w}, .steps = steps, .f = f,
                                   .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
-    for (int64_t k = 0; k < 3 * hidden; k++)
-        db_h[k] = (T)acc[k];
+    FN(round_sums)(sums, db_x, w);
+    FN(round_sums)(sums + w, db_h, w);
 }
 
 /* One training step's GEMMs of the rnn (gate_count 1), lstm (4) or gru (3)
  * kernels alone, issued as the kernels issue them (the same ranges, threads,
  * blocks and BLAS) with none of their elementwise passes: forward
- * (forward_range), backward (backward_range), then dW_h, dW_x and dx
- * (after_range, without db's sums); the GRU's dW_h sums over its ranges too.
- * With whole_batch, every GEMM on the whole batch and BLAS's threads, as the
- * kernels below their split size. The arrays' contents are not the kernels'
- * (no gate is computed): a floor for benchmarks, any finite inputs. dz (n,
- * steps, G hidden), dhw (n, 3 hidden) for the GRU. */
+ * (forward_range), then backward (backward_range: each range's dW_h and dW_x
+ * sums, added after as the kernels add them). With whole_batch, every GEMM on the whole batch and BLAS's
+ * threads, as the kernels below their split size. The arrays' contents are not
+ * the kernels' (no gate is computed): a floor for benchmarks, any finite
+ * inputs. dz (n, steps, G hidden), dhw (n, 3 hidden) for the GRU. */
 void FN(recurrent_gemms)(int gate_count, int whole_batch, const T *x, const T *h0, const T *W_x,
-                         const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0, T *dW_x,
-                         T *dW_h, double *acc, int64_t n, int64_t steps, int64_t f,
-                         int64_t hidden) {
+                         const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
+                         T *dW_x, T *dW_h, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = gate_count, .gemms_only = 1,
                                   .whole_batch = whole_batch, .x = x, .h0 = h0,
                                   .W_x = W_x, .W_h = W_h, .hs = hs, .xw = xw, .z = z, .dz = dz,
-                                  .dhw = dhw, .dx = dx, .dh0 = dh0, .dW_x = dW_x, .dW_h = dW_h,
-                                  .acc = acc, .steps = steps, .f = f, .hidden = hidden};
+                                  .dhw = dhw, .dx = dx, .dh0 = dh0,
+                                  .sums = {dW_h, dW_x, NULL, NULL}, .steps = steps, .f = f,
+                                  .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);
     FN(run_rows)(FN(backward_range), &j, n, 1);
 }

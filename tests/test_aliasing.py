@@ -43,6 +43,7 @@ class Case(NamedTuple):
     outs: tuple
     ins: tuple
     states: tuple = ()
+    scratch: tuple = ()  # outs whose contents after the call are unspecified: not compared
 
 
 def get(kw, name):
@@ -94,7 +95,8 @@ def _case(k, label, overrides):
     outs = tuple(a.name for a in used if isinstance(a, Out))
     states = tuple(a.name for a in used if isinstance(a, State))
     ins = tuple(a.display for a in used if a in k.read())
-    return Case(label, build, lambda B, kw: flatten(k.call(B, kw)), outs, ins, states)
+    scratch = tuple(a.name for a in used if isinstance(a, Out) and a.scratch)
+    return Case(label, build, lambda B, kw: flatten(k.call(B, kw)), outs, ins, states, scratch)
 
 
 def _cases():
@@ -156,7 +158,7 @@ def results(backend, case, kw):
     arrays = [a for r in extra for a in (r if isinstance(r, tuple) else (r,))
               if not isinstance(a, str)]
     return ([np.array(a, copy=True) for a in arrays]
-            + [kw[o].copy() for o in case.outs + case.states])
+            + [kw[o].copy() for o in case.outs + case.states if o not in case.scratch])
 
 
 def mismatches(backend, case, dtype, n=N, n_in=IN, n_out=OUT):

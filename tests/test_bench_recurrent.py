@@ -19,7 +19,8 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
     """The C kernels' GEMMs alone (recurrent_gemms) compute the products of the
     kernels' GEMMs from the arrays given, and nothing else (hs is left as it
     was); at these sizes (2^21 multiply-adds a time loop) the batch splits over
-    the threads unless whole_batch."""
+    the threads unless whole_batch. dz's rows at step 0 serve every step's
+    backward, as in the kernels."""
     from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
 
     rng = np.random.default_rng(0)
@@ -32,26 +33,31 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
     x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w), \
         a(n, w), a(n, t, w)
     dhw, dx, dh0, dW_x, dW_h = a(n, w), a(n, t, f), a(n, h), a(f, w), a(h, w)
-    hs_before = hs.copy()
+    hs_before, xw_before = hs.copy(), xw.copy()
     k = C_FUNCTIONS[d]
     fb = ffi.from_buffer
     gru = kind == "gru"
     k.recurrent_gemms(gates, whole_batch, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)),
                       fb(k.ctype, dhw) if gru else NULL, *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h)),
-                      fb("double[]", np.empty(w)) if gru else NULL, n, t, f, h)
+                      n, t, f, h)
     close = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(hs, hs_before)
-    np.testing.assert_allclose(xw, x @ W_x, **close)
-    np.testing.assert_allclose(z, hs[:, t - 2] @ W_h, **close)  # the last step's
+    if gru:  # the projection of every step once, then h_{t-1} W_h per step
+        np.testing.assert_allclose(xw, x @ W_x, **close)
+        np.testing.assert_allclose(z, hs[:, t - 2] @ W_h, **close)  # the last step's
+    else:  # x_t W_x + h_{t-1} W_h per step
+        np.testing.assert_array_equal(xw, xw_before)
+        np.testing.assert_allclose(z, x[:, t - 1] @ W_x + hs[:, t - 2] @ W_h, **close)
     previous = np.concatenate([h0[:, None], hs[:, :-1]], axis=1)  # h_{t-1} (N, T, H)
+    dz0 = dz[:, 0]  # every step's
     if gru:  # dhw, one step's, in every step's GEMMs
         np.testing.assert_allclose(dW_h, np.einsum("nti,nj->ij", previous, dhw), **close)
         np.testing.assert_allclose(dh0, t * dhw @ W_h.T, **close)
     else:
-        np.testing.assert_allclose(dW_h, np.einsum("nti,ntj->ij", previous, dz), **close)
-        np.testing.assert_allclose(dh0, dz[:, 0] @ W_h.T, **close)  # the first step's
-    np.testing.assert_allclose(dx, dz @ W_x.T, **close)
-    np.testing.assert_allclose(dW_x, np.einsum("ntf,ntw->fw", x, dz), **close)
+        np.testing.assert_allclose(dW_h, np.einsum("nti,nj->ij", previous, dz0), **close)
+        np.testing.assert_allclose(dh0, dz0 @ W_h.T, **close)
+    np.testing.assert_allclose(dx, np.broadcast_to((dz0 @ W_x.T)[:, None], dx.shape), **close)
+    np.testing.assert_allclose(dW_x, np.einsum("ntf,nw->fw", x, dz0), **close)
 
 
 def test_gemm_flops():

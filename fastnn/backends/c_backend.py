@@ -174,6 +174,11 @@ def _dense_fits(x, W):
     return max(*x.shape, *W.shape) <= INT32_MAX
 
 
+def _sums(width):
+    """The recurrent backwards' workspace of bias sums: 2 width doubles."""
+    return ffi.from_buffer("double[]", np.empty(2 * width))
+
+
 class CBackend(GemmConv, NumpyBackend):
     name = "c"
 
@@ -513,8 +518,8 @@ class CBackend(GemmConv, NumpyBackend):
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel in C (csrc/recurrent_impl.h), its GEMMs
     # calls of BLAS's ?gemm. Each _bind_ takes the pointers and allocates the
-    # small workspaces (zero initial states, scratch rows) and a backward's
-    # gradients once: a bound backward returns the same gradient arrays at every
+    # small workspaces (zero initial states, scratch rows, the bias sums) and a
+    # backward's gradients once: a bound backward returns the same gradient arrays at every
     # call, overwritten by the next (the layer copies them out at once); the
     # unbound kernels bind anew at each call. Sizes beyond 32-bit BLAS integers,
     # and empty sequences, take the reference.
@@ -546,7 +551,7 @@ class CBackend(GemmConv, NumpyBackend):
         out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
-                *(_ptr(ct, a) for a in out), fb(ct, dz), n, steps, f, hidden)
+                *(_ptr(ct, a) for a in out), fb(ct, dz), _sums(hidden), n, steps, f, hidden)
         return _bound(k.rnn_backward, args, out)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
@@ -579,7 +584,7 @@ class CBackend(GemmConv, NumpyBackend):
                e(4 * hidden, d))
         ct = k.ctype
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
-                n, steps, f, hidden)
+                _sums(4 * hidden), n, steps, f, hidden)
         return _bound(k.lstm_backward, args, out)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
@@ -612,7 +617,7 @@ class CBackend(GemmConv, NumpyBackend):
         ct = k.ctype
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
                                         e((n, 3 * hidden), d))),
-                ffi.from_buffer("double[]", np.empty(3 * hidden)), n, steps, f, hidden)
+                _sums(3 * hidden), n, steps, f, hidden)
         return _bound(k.gru_backward, args, out)
 
     # ---------------------------------------------------------------- embedding

@@ -172,7 +172,15 @@ class In(Array):
 
 
 class Out(Array):
+    """An output array (optional ones: a caller's buffer the result is written into).
+    scratch: a workspace the caller lends, whose contents after the call are
+    unspecified (each implementation uses as much of it as it needs)."""
+
     role = "output"
+
+    def __init__(self, name, shape="...", *, scratch=False, **kw):
+        super().__init__(name, shape, **kw)
+        self.scratch = scratch
 
 
 class State(Array):
@@ -967,7 +975,7 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
             "        refers to them), so that a caller reusing them allocates nothing.")
     backward_doc += (f"\n        need_dx: False when no gradient of x is wanted (a first layer): dx is\n"
                      f"        then None and its GEMM is not run. dz: an optional workspace\n"
-                     f"        (N, T, {gates}H).")
+                     f"        (N, T, {gates}H), its contents after the call unspecified.")
     forward = Kernel(
         f"{name}_forward", signature + "".join(f", {o.name}=None" for o in outputs),
         [*options, In("x", "N T F"), *weights,
@@ -981,7 +989,7 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
          Cache("cache", cls, fields,
                f"cache must be the {cls[1:]} returned by {name}_forward", bindable=True),
          Out("dx", "N T F", when="need_dx"),
-         Out("dz", f"N T {width}")],
+         Out("dz", f"N T {width}", scratch=True)],
         "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz", "_r",
         backward_doc)
     return [forward, backward]

@@ -91,7 +91,7 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True):
     dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
     # no dx: the layer of the benchmark is a first layer (need_dx False)
     args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
-            dW_h, NULL, batch, steps, features, units)
+            dW_h, batch, steps, features, units)
     return lambda: k.recurrent_gemms(*args)
 
 
