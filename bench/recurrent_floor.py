@@ -14,15 +14,16 @@ call) and NumPy's:
    best of ROUNDS x 20 calls; CPU time, not wall, so that other processes on a
    shared machine do not count), in one call, in blocks of at most 10^6
    multiply-adds for h_{t-1} W_h and dW_h's only, and with dz_t W_h^T in blocks
-   of 32 columns and dW_x per step beside dW_h too, the order fastnn's kernels
-   issue (csrc/recurrent_impl.h gemm_tiles, recurrent_dW; the projection and
-   dx are one GEMM each in all three, dW_x in the first two);
+   of 32 columns and dW_x per step beside dW_h too (csrc/recurrent_impl.h
+   gemm_tiles; the projection and dx are one GEMM each in all three, dW_x in the
+   first two);
 2. per issue order, the floor: the GEMMs of one thread when two share the step
    evenly, summed from those CPU times, in us per sequence. Orders: whole batch
    (every GEMM on the BLAS's two threads: floor = half the step's GEMMs on one
-   thread, which BLAS's split of each small GEMM does not reach), batch rows split (fastnn's
-   kernels: 32 rows a thread per step, dW_h, dW_x by columns and dx by rows
-   after), hidden units split (each thread the four gates of 64 units: 64 rows
+   thread, which BLAS's split of each small GEMM does not reach), batch rows split
+   (32 rows a thread per step, dW_h, dW_x by columns and dx by rows after; the C
+   kernels now take x_t W_x per step and dW_h, dW_x per step on each thread's
+   rows: fastnn/benchmarks/recurrent.py's bare-gemms), hidden units split (each thread the four gates of 64 units: 64 rows
    x 256 columns per step, a barrier per step to share h_t);
 3. the same orders measured (wall time, best of ROUNDS steps, the orders in
    turns), which a busy machine slows.

@@ -13,14 +13,14 @@ started once per round so that its timings interleave with the
 backends'. "bare-gemms" is the GEMMs of the step alone, issued by the C kernels'
 own time loops with their elementwise passes left out (csrc/recurrent_impl.h
 recurrent_gemms): the same ranges of batch rows on the same threads, the same
-blocks of columns, the same BLAS ?gemm (SciPy's) on one thread each: the input
-projection as one (rows*T, F) x (F, G*H) GEMM and one (rows, H) x (H, G*H) per
-step, then backward dh = dz_t W_h^T per step; after them, split by columns over
-the threads as well, dW_h += h_{t-1}^T dz_t per step over the whole batch and
-dW_x as one GEMM (no dx: the layer is the first, whose backward skips it).
-Nothing else, not even db's sums: the floor
-of the C kernels' step (and of the numba kernels', which issue the same
-GEMMs). "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
+blocks of columns, the same BLAS ?gemm (SciPy's) on one thread each: per step
+x_t W_x and h_{t-1} W_h, (rows, F) x (F, G*H) and (rows, H) x (H, G*H), into one
+array; backward, per step dh = dz_t W_h^T, dW_h += h_{t-1}^T dz_t and dW_x +=
+x_t^T dz_t on the thread's rows (no dx: the layer is the first, whose backward
+skips it), the threads' dW_h and dW_x added after. Nothing else, not even db's
+sums: the floor of the C kernels' step (the numba kernels issue theirs in the
+reference's order: one GEMM for the projection, dW_h over the whole batch
+after the loops). "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
 splitting each one itself (as the kernels issue them below their split size).
 Neither includes the linear head, the loss or Adam.
 """
