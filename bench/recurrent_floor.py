@@ -23,8 +23,9 @@ call) and NumPy's:
    thread, which BLAS's split of each small GEMM does not reach), batch rows split
    (32 rows a thread per step, dW_h, dW_x by columns and dx by rows after; the C
    kernels now take x_t W_x per step and dW_h, dW_x per step on each thread's
-   rows: fastnn/benchmarks/recurrent.py's bare-gemms), hidden units split (each thread the four gates of 64 units: 64 rows
-   x 256 columns per step, a barrier per step to share h_t);
+   rows: fastnn/benchmarks/recurrent.py's bare-gemms), hidden units split (each
+   thread the four gates of 64 units: 64 rows x 256 columns per step, a barrier
+   per step to share h_t);
 3. the same orders measured (wall time, best of ROUNDS steps, the orders in
    turns), which a busy machine slows.
 """
