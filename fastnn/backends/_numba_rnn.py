@@ -247,7 +247,7 @@ def recurrent_dW(blas, h0, hs, x, dz, dW_h, dW_x, db, c0, c1):
     GEMM over the whole batch per step: the reference's order of sums, so that
     the split of the batch over threads changes no rounding of dW_h; beside it
     while dz_t is in the cache, dW_x = the sum of x_t.T @ dz_t likewise and db =
-    the column sums of dz in float64 (as csrc/recurrent_impl.h recurrent_dW).
+    the column sums of dz in float64.
     Only columns [c0, c1) (each column's sums are the same whatever the columns
     computed beside it)."""
     n, steps, hidden = hs.shape
