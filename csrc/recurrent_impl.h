@@ -20,7 +20,7 @@
  * rounding (fastnn.testing.reference_error). */
 
 /* out (n * steps, width) = x (n * steps, f) @ W_x: every step's input projection,
- * into the array its step then overwrites (gates, or hs for the simple RNN) */
+ * into the array its step then overwrites (the GRU's gates) */
 static void FN(project)(const T *x, const T *W_x, T *out, int64_t rows, int64_t f, int64_t width) {
     FN(gemm)(0, 0, rows, width, f, x, f, W_x, width, 0, out, width);
 }
