@@ -205,7 +205,7 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * (row stride steps G hidden) hold each step's pre-activation gradients in turn. */
 struct FN(sums) {
     T *dW_h, *dW_x; /* (hidden, G hidden), (f, G hidden) */
-    double *db, *acc; /* (G hidden) each; acc the GRU's only */
+    double *db, *acc; /* (G hidden) each; acc the GRU's only; db NULL for the GEMMs alone */
 };
 
 static void FN(zero_sums)(struct FN(sums) s, int64_t f, int64_t hidden, int64_t w) {
@@ -213,7 +213,7 @@ static void FN(zero_sums)(struct FN(sums) s, int64_t f, int64_t hidden, int64_t 
         s.dW_h[i] = 0;
     for (int64_t i = 0; i < f * w; i++)
         s.dW_x[i] = 0;
-    for (int64_t i = 0; i < w; i++)
+    for (int64_t i = 0; s.db && i < w; i++)
         s.db[i] = 0;
     for (int64_t i = 0; s.acc && i < w; i++)
         s.acc[i] = 0;
@@ -379,10 +379,7 @@ static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0,
     /* the sums the kernels start from zero (beta = 1 GEMMs) */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
-    for (int64_t i = 0; i < hidden * w; i++)
-        s.dW_h[i] = 0;
-    for (int64_t i = 0; i < f * w; i++)
-        s.dW_x[i] = 0;
+    FN(zero_sums)(s, f, hidden, w);
     for (int64_t t = steps - 1; t >= 0; t--) {
         if (gate_count == 3)
             FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);

@@ -519,9 +519,9 @@ class CBackend(GemmConv, NumpyBackend):
     # The whole time loop of each kernel in C (csrc/recurrent_impl.h), its GEMMs
     # calls of BLAS's ?gemm. Each _bind_ takes the pointers and allocates the
     # small workspaces (zero initial states, scratch rows, the bias sums) and a
-    # backward's gradients once: a bound backward returns the same gradient arrays at every
-    # call, overwritten by the next (the layer copies them out at once); the
-    # unbound kernels bind anew at each call. Sizes beyond 32-bit BLAS integers,
+    # backward's gradients once: a bound backward returns the same gradient
+    # arrays at every call, overwritten by the next (the layer copies them out at
+    # once); the unbound kernels bind anew at each call. Sizes beyond 32-bit BLAS integers,
     # and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs)()
