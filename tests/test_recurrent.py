@@ -5,7 +5,7 @@ where PyTorch is installed. Every backend against the reference: catalogue.py.""
 
 import numpy as np
 import pytest
-from conftest import RTOL, ulps
+from conftest import FAST_BACKENDS, RTOL, ulps
 
 import fastnn
 from fastnn.testing import reference_error
@@ -194,63 +194,79 @@ def test_backward_without_dx(kind, n, t, f, h, backend_name):
         np.testing.assert_array_equal(got, expected)
 
 
-# ------------------------------------------------------- the C float32 gates
-# The C backend's float32 gates are computed in float (csrc/recurrent.c
-# gate_sigmoid_f32, gate_tanh_f32), not in double rounded once as the
-# reference's: within these ulp of the exact value (measured over every float:
-# at most 2 and 3 ulp from the correctly rounded one, with or without FMA).
+# --------------------------------------------------- the fast float32 gates
+# The C and Numba backends compute float32 gates in float32 (csrc/recurrent.c
+# gate_sigmoid_f32, gate_tanh_f32; _numba_rnn.gate_sigmoid, gate_tanh: the same
+# operations), not in float64 rounded once as the reference's: within these ulp
+# of the exact value (measured over every float: at most 2 and 3 ulp from the
+# correctly rounded one, with or without FMA).
 FLOAT_GATE_ULPS = {"sigmoid": 2.5, "tanh": 3.5}
-c_only = pytest.mark.skipif("c" not in fastnn.available_backends(), reason="the C backend is not built")
 
 
-def _c_gates(x):
-    """The C lstm forward's gates (i, f, g, o) of pre-activations x (rows, 16):
-    one step, no state, W_x four identities (x W_x is x exactly), W_h and b 0."""
+def _gates(backend, x):
+    """The lstm forward's gates (i, f, g, o) of pre-activations x (rows, 16) on
+    `backend`: one step, no state, W_x four identities (x W_x is x exactly), W_h
+    and b 0."""
     h = x.shape[1]
     W_x = np.tile(np.eye(h, dtype=np.float32), 4)
     zeros = np.zeros((h, 4 * h), np.float32)
-    _, cache = fastnn.get_backend("c").lstm_forward(x[:, None], None, None, W_x, zeros, zeros[0])
+    _, cache = backend.lstm_forward(x[:, None], None, None, W_x, zeros, zeros[0])
     return np.split(cache.gates[:, 0], 4, axis=1)
 
 
-@c_only
-def test_c_float_gates_within_a_few_ulp():
+@pytest.mark.parametrize("backend_name", FAST_BACKENDS)
+def test_fast_float_gates_within_a_few_ulp(backend_name):
     """Every 997th positive float (subnormals to the largest), their negatives, a
     dense grid of [-30, 30] and the clamps' edges: sigmoid and tanh within
     FLOAT_GATE_ULPS of the exact value; NaN stays NaN."""
     from scipy import special
 
+    backend = fastnn.get_backend(backend_name)
     spaced = np.arange(0, 0x7F800000, 997, dtype=np.uint32).view(np.float32)
     edges = np.array([0.0, 1e-45, 1e-38, 9.0, 20.0, 87.3, 88.8, 103.9, 104.0, 104.1, 3e38],
                      np.float32)
     x = np.concatenate([spaced, -spaced, np.linspace(-30, 30, 600_001, dtype=np.float32), edges,
                         -edges])
     x = np.concatenate([x, np.zeros(-x.size % 16, np.float32)]).reshape(-1, 16)
-    i, f, g, o = _c_gates(x)
+    i, f, g, o = _gates(backend, x)
     exact = {"sigmoid": special.expit(x.astype(np.float64)), "tanh": np.tanh(x.astype(np.float64))}
     for name, got in (("sigmoid", i), ("sigmoid", f), ("tanh", g), ("sigmoid", o)):
         worst = ulps(got, exact[name], np.float32).max()
         assert worst <= FLOAT_GATE_ULPS[name], (name, worst)
-    assert all(np.isnan(gate).all() for gate in _c_gates(np.full((1, 16), np.nan, np.float32)))
+    nan = np.full((1, 16), np.nan, np.float32)
+    assert all(np.isnan(gate).all() for gate in _gates(backend, nan))
 
 
-@c_only
+@pytest.mark.skipif(not {"c", "numba"} <= set(fastnn.available_backends()),
+                    reason="needs the C and Numba backends")
+def test_numba_float_gates_equal_the_c_ones():
+    """The same operations and FMAs: the Numba float32 gates are the C ones bit
+    for bit (a dense grid of [-30, 30] and every 9973rd float)."""
+    spaced = np.arange(0, 0x7F800000, 9973, dtype=np.uint32).view(np.float32)
+    x = np.concatenate([spaced, -spaced, np.linspace(-30, 30, 100_000, dtype=np.float32)])
+    x = np.concatenate([x, np.zeros(-x.size % 16, np.float32)]).reshape(-1, 16)
+    for c_gate, numba_gate in zip(_gates(fastnn.get_backend("c"), x),
+                                  _gates(fastnn.get_backend("numba"), x)):
+        np.testing.assert_array_equal(numba_gate, c_gate)
+
+
+@pytest.mark.parametrize("backend_name", FAST_BACKENDS)
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_c_float_gates_are_as_accurate_as_the_reference(kind):
+def test_fast_float_gates_are_as_accurate_as_the_reference(kind, backend_name):
     """Over 20 steps each gate's rounding feeds every later state (inputs of scale
-    2, as test_onnx.py's long sequences): the C float32 states and gradients
-    differ from the float32 reference by no more than the catalogue allows a
-    float32 recurrent entry, rtol of the element plus twice the reference's own
-    largest error from the float64 result (catalogue._as_accurate_as_the_reference).
-    Measured: the C results' largest error from float64 is 0.7-3.0 times the
-    reference's (1.00 with the gates in double)."""
-    c = fastnn.get_backend("c")
+    2, as test_onnx.py's long sequences): the float32 states and gradients of the
+    fast backends differ from the float32 reference by no more than the catalogue
+    allows a float32 recurrent entry, rtol of the element plus twice the
+    reference's own largest error from the float64 result
+    (catalogue._as_accurate_as_the_reference). Measured (C): the largest error
+    from float64 is 0.7-3.0 times the reference's (1.00 with the gates in double)."""
+    fast = fastnn.get_backend(backend_name)
     kw32 = {k: None if v is None else (v * (2 if k == "x" else 1)).astype(np.float32)
             for k, v in arguments(kind, 32, 20, 4, 8, seed=3).items()}
     dhs = rand((32, 20, 8), 9).astype(np.float32)
     results = {}
     for name, backend, dtype in (("exact", ref, np.float64), ("reference", ref, np.float32),
-                                 ("c", c, np.float32)):
+                                 ("fast", fast, np.float32)):
         kw = {k: None if v is None else v.astype(dtype) for k, v in kw32.items()}
         hs, cache = forward(backend, kind, kw)
         grads = getattr(backend, f"{kind}_backward")(dhs.astype(dtype), cache)

@@ -179,6 +179,25 @@ def _run_forward(whole, split, x, W_h, args):
         _run_split(split, x.dtype, bounds, *args)
 
 
+def _run_backward(rows, split, x, W_h, args, dW_x, dW_h):
+    """A recurrent backward kernel: `rows` over the batch on one thread, or its
+    *_split twin over the ranges of _recurrent_bounds, each range summing its own
+    dW_x, dW_h and float64 sums (args: the kernels' own, after the BLAS
+    arguments and before the sums). Returns the sums (2, G*H): db's, and the
+    GRU's db_h's."""
+    e, d = np.empty, x.dtype
+    bounds = _recurrent_bounds(x, W_h)
+    if bounds is None:
+        sums = e((2, W_h.shape[1]))
+        rows(R.Blas(d).args(), *args, dW_x, dW_h, sums)
+        return sums
+    parts = bounds.size - 1
+    sums = e((parts, 2, W_h.shape[1]))
+    _run_split(split, d, bounds, *args, dW_x, dW_h, sums, e((parts - 1, *dW_x.shape), d),
+               e((parts - 1, *dW_h.shape), d))
+    return sums[0]
+
+
 def _parallel(size, dense=False):
     """Whether a kernel over `size` elements takes its parallel path (thresholds
     read at each call, so that tests can move them); never in a forked child."""
@@ -597,10 +616,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # The whole time loop of each kernel is one jitted function (_numba_rnn.py);
     # here only the small workspaces are allocated, once per call (the large ones
     # come from the caller). Sizes beyond 32-bit BLAS integers, and empty
-    # sequences, take the reference.
-    # The batch is split over the threads when the work is large (_recurrent_bounds):
-    # the *_split kernels, then the backward's dW_h (but the GRU's) and input side
-    # split by columns (backward_after_split), BLAS on one thread throughout.
+    # sequences, take the reference. The batch is split over the threads when
+    # the work is large (_recurrent_bounds), BLAS on one thread meanwhile.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
@@ -616,18 +633,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             return super()._rnn_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dW_x, dW_h, db = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d)
-        dx_or_none, dx = dx, _dx_buffer(dx, x)
-        relu = activation == "relu"
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.rnn_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, relu, dx, dh0, dW_x, dW_h,
-                           db, dz, e(h0.shape, d))
-        else:
-            _run_split(R.rnn_backward_split, d, bounds, dhs, hs, W_h, relu, dz, dh0)
-            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
-                       True)
-        return dx_or_none, dh0, dW_x, dW_h, db
+        dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
+        args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), dh0, dz)
+        sums = _run_backward(R.rnn_backward_rows, R.rnn_backward_split, x, W_h, args, dW_x, dW_h)
+        return dx, dh0, dW_x, dW_h, sums[0].astype(d)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         n, hidden = x.shape[0], W_h.shape[0]
@@ -645,18 +654,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             return super()._lstm_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dc0, dW_x, dW_h, db = (e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d),
-                                    e(W_h.shape, d), e(W_h.shape[1], d))
-        dx_or_none, dx = dx, _dx_buffer(dx, x)
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.lstm_backward(R.Blas(d).args(), dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh0,
-                            dc0, dW_x, dW_h, db, dz, e(h0.shape, d), e(h0.shape, d))
-        else:
-            _run_split(R.lstm_backward_split, d, bounds, dhs, c0, W_h, hs, cs, gates, dz, dh0, dc0)
-            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db,
-                       True)
-        return dx_or_none, dh0, dc0, dW_x, dW_h, db
+        dh0, dc0, dW_x, dW_h = e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
+        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz)
+        sums = _run_backward(R.lstm_backward_rows, R.lstm_backward_split, x, W_h, args, dW_x, dW_h)
+        return dx, dh0, dc0, dW_x, dW_h, sums[0].astype(d)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         n, hidden = x.shape[0], W_h.shape[0]
@@ -673,20 +674,12 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             return super()._gru_backward(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dW_x, dW_h, db_x, db_h = (e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
-                                       e(W_h.shape[1], d), e(W_h.shape[1], d))
-        dx_or_none, dx = dx, _dx_buffer(dx, x)
-        dhw = e((x.shape[0], W_h.shape[1]), d)
-        bounds = _recurrent_bounds(x, W_h)
-        if bounds is None:
-            R.gru_backward(R.Blas(d).args(), dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh0, dW_x,
-                           dW_h, db_x, db_h, dz, dhw, e(h0.shape, d))
-        else:
-            _run_split(R.gru_backward_split, d, bounds, dhs, h0, W_h, hs, gates, hn, dW_h,
-                       e((bounds.size - 2, *W_h.shape), d), dz, dhw, dh0, db_h)
-            _run_split(R.backward_after_split, d, bounds, x, h0, W_x, hs, dz, dx, dW_x, dW_h, db_x,
-                       False)
-        return dx_or_none, dh0, dW_x, dW_h, db_x, db_h
+        dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
+        args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), dh0, dz,
+                e((x.shape[0], W_h.shape[1]), d))
+        sums = _run_backward(R.gru_backward_rows, R.gru_backward_split, x, W_h, args, dW_x, dW_h)
+        db_x, db_h = sums.astype(d)
+        return dx, dh0, dW_x, dW_h, db_x, db_h
 
     # ---------------------------------------------------------------- embedding
     def _embedding_forward(self, tokens, W, out):
