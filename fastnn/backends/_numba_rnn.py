@@ -413,7 +413,7 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # the forwards): a range of the batch's rows is a batch of its own (every array
 # is batch-first). The whole-batch kernels call it once; the `*_split` ones once
 # per range of rows `bounds` (parts + 1,), in parallel (see numba_backend.
-# _recurrent_split), each with its own ?gemm scratch (part_blas). A backward's
+# _recurrent_bounds), each with its own ?gemm scratch (part_blas). A backward's
 # range sums its own dW_x, dW_h and, in float64, sums (2, G*H): db, and the
 # GRU's db_h; started from zero, the first range's into the outputs, range p > 0's
 # into slice p - 1 of dW_x_parts, dW_h_parts (parts - 1, ...) and sums[p], added

@@ -967,9 +967,9 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
     # optional outputs, so that a layer reuses them across calls: the cache's
     # arrays (hs first) and the backward's pre-activation gradients dz (N, T,
     # G*H), a workspace. The forward's input projection x W_x (N, T, G*H) has no
-    # array of its own: the reference and Numba compute it into the array each
-    # step's gate pass then overwrites, gates (or hs for the simple RNN); the C
-    # kernels (but the GRU's) per step, beside h_{t-1} W_h.
+    # array of its own: the reference computes it into the array each step's
+    # gate pass then overwrites, gates (or hs for the simple RNN), as the fast
+    # backends' GRU; their rnn and lstm per step, beside h_{t-1} W_h.
     outputs = [Out(f.name, f.shape) for f in cache_fields if f.array]
     out_names = ", ".join(o.name for o in outputs)
     doc += (f"\n\n        {out_names}: optional arrays the results are written into (the cache\n"
