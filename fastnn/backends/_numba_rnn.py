@@ -25,11 +25,11 @@ import ctypes
 import math
 
 import numpy as np
-from numba import prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from ._blas import blas_gemm
-from ._numba_kernels import jit, jit_parallel
+from ._numba_kernels import jit
 from ._numba_math import (
     F32,
     LN2_HI32,
@@ -272,11 +272,11 @@ def _zero_sums(dW_x, dW_h, sums):
     sums[:] = 0
 
 
-@jit_inline
-def _add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
-    """The ranges' sums added into the first's in range order: dW_x, dW_h the first
-    range's, range p > 0's slice p - 1 of dW_x_parts, dW_h_parts; sums (parts, 2,
-    G*H) float64."""
+@jit
+def add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
+    """The ranges' sums added into the first's in range order (see the time loops
+    below): dW_x, dW_h the first range's, range p > 0's slice p - 1 of
+    dW_x_parts, dW_h_parts; sums (parts, 2, G*H) float64."""
     for p in range(1, sums.shape[0]):
         dW_x += dW_x_parts[p - 1]
         dW_h += dW_h_parts[p - 1]
@@ -411,14 +411,18 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # ------------------------------------------------------------- time loops
 # Each kernel's time loop is a function over the rows it is given (`*_rows` and
 # the forwards): a range of the batch's rows is a batch of its own (every array
-# is batch-first). The whole-batch kernels call it once; the `*_split` ones once
-# per range of rows `bounds` (parts + 1,), in parallel (see numba_backend.
-# _recurrent_bounds), each with its own ?gemm scratch (part_blas). A backward's
+# is batch-first). The whole batch calls it once; a split batch calls the
+# `*_range` twin once per range p of rows `bounds` (parts + 1,), from threads
+# of their own (numba_backend._run_ranges: the caller's and _range_threads's,
+# hence nogil), each range with its own ?gemm scratch (part_blas). A backward's
 # range sums its own dW_x, dW_h and, in float64, sums (2, G*H): db, and the
 # GRU's db_h; started from zero, the first range's into the outputs, range p > 0's
 # into slice p - 1 of dW_x_parts, dW_h_parts (parts - 1, ...) and sums[p], added
-# in range order after (_add_range_sums): deterministic for a thread count. dz
+# in range order after (add_range_sums): deterministic for a thread count. dz
 # (N, T, G*H) serves as a step's rows only, at step 0 (contents unspecified).
+jit_range = njit(cache=True, nogil=True, error_model="numpy")
+
+
 @jit
 def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, z):
     """hs (N, T, H) of h_t = act(x_t W_x + h_{t-1} W_h + b); z (N, H) a workspace."""
@@ -429,11 +433,10 @@ def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, z):
             rnn_forward_row(hs[i, t], z[i], b, relu)
 
 
-@jit_parallel
-def rnn_forward_split(blas, bounds, x, h0, W_x, W_h, b, relu, hs, z):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], z[i:j])
+@jit_range
+def rnn_forward_range(blas, bounds, p, x, h0, W_x, W_h, b, relu, hs, z):
+    i, j = bounds[p], bounds[p + 1]
+    rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], z[i:j])
 
 
 @jit
@@ -450,15 +453,13 @@ def rnn_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW
         _input_step(blas, t, x, W_x, dz, dW_x, sums[0], dx)
 
 
-@jit_parallel
-def rnn_backward_split(blas, bounds, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h, sums,
-                       dW_x_parts, dW_h_parts):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        rnn_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], relu,
-                          dx[i:j], dh[i:j], dz[i:j], dW_x if p == 0 else dW_x_parts[p - 1],
-                          dW_h if p == 0 else dW_h_parts[p - 1], sums[p])
-    _add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
+@jit_range
+def rnn_backward_range(blas, bounds, p, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h,
+                       sums, dW_x_parts, dW_h_parts):
+    i, j = bounds[p], bounds[p + 1]
+    rnn_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], relu,
+                      dx[i:j], dh[i:j], dz[i:j], dW_x if p == 0 else dW_x_parts[p - 1],
+                      dW_h if p == 0 else dW_h_parts[p - 1], sums[p])
 
 
 @jit
@@ -473,12 +474,11 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
             lstm_forward_row(gates[i, t], z[i], b, c_prev, cs[i, t], hs[i, t])
 
 
-@jit_parallel
-def lstm_forward_split(blas, bounds, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
-                     gates[i:j], z[i:j])
+@jit_range
+def lstm_forward_range(blas, bounds, p, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
+    i, j = bounds[p], bounds[p + 1]
+    lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
+                 gates[i:j], z[i:j])
 
 
 @jit
@@ -498,16 +498,14 @@ def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc
         _input_step(blas, t, x, W_x, dz, dW_x, sums[0], dx)
 
 
-@jit_parallel
-def lstm_backward_split(blas, bounds, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz,
+@jit_range
+def lstm_backward_range(blas, bounds, p, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz,
                         dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h,
-                           hs[i:j], cs[i:j], gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j],
-                           dW_x if p == 0 else dW_x_parts[p - 1],
-                           dW_h if p == 0 else dW_h_parts[p - 1], sums[p])
-    _add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
+    i, j = bounds[p], bounds[p + 1]
+    lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h, hs[i:j],
+                       cs[i:j], gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j],
+                       dW_x if p == 0 else dW_x_parts[p - 1], dW_h if p == 0 else dW_h_parts[p - 1],
+                       sums[p])
 
 
 @jit
@@ -524,12 +522,11 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
             gru_forward_row(gates[i, t], z[i], b_x, b_h, h_prev, hn[i, t], hs[i, t], row)
 
 
-@jit_parallel
-def gru_forward_split(blas, bounds, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
-                    hn[i:j], z[i:j])
+@jit_range
+def gru_forward_range(blas, bounds, p, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
+    i, j = bounds[p], bounds[p + 1]
+    gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
+                hn[i:j], z[i:j])
 
 
 @jit
@@ -552,16 +549,14 @@ def gru_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dh
         _input_step(blas, t, x, W_x, dxw, dW_x, sums[0], dx)
 
 
-@jit_parallel
-def gru_backward_split(blas, bounds, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw, dW_x,
+@jit_range
+def gru_backward_range(blas, bounds, p, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw, dW_x,
                        dW_h, sums, dW_x_parts, dW_h_parts):
-    for p in prange(bounds.size - 1):
-        i, j = bounds[p], bounds[p + 1]
-        gru_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j],
-                          gates[i:j], hn[i:j], dx[i:j], dh[i:j], dxw[i:j], dhw[i:j],
-                          dW_x if p == 0 else dW_x_parts[p - 1],
-                          dW_h if p == 0 else dW_h_parts[p - 1], sums[p])
-    _add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
+    i, j = bounds[p], bounds[p + 1]
+    gru_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], gates[i:j],
+                      hn[i:j], dx[i:j], dh[i:j], dxw[i:j], dhw[i:j],
+                      dW_x if p == 0 else dW_x_parts[p - 1], dW_h if p == 0 else dW_h_parts[p - 1],
+                      sums[p])
 
 
 # ------------------------------------------------------------------ embedding

@@ -17,7 +17,6 @@ sleep when idle, unless a layer was chosen (NUMBA_THREADING_LAYER) or the
 environment already makes OpenMP passive (_start_threads).
 """
 
-import functools
 import math
 import os
 
@@ -29,6 +28,7 @@ from . import _numba_kernels as K
 from . import _numba_rnn as R
 from ._blas import INT32_MAX, blas_on_one_thread, int32_sizes
 from ._gemm_conv import GemmConv, is_direct, thread_tiles
+from ._range_threads import RangeThreads
 from .reference import (
     ACTIVATIONS,
     NEEDS_INPUT,
@@ -133,7 +133,7 @@ RECURRENT_PARALLEL_MIN = 1 << 24
 
 def _recurrent_bounds(x, W_h):
     """Bounds (parts + 1,) int64 of the ranges of batch rows whose time loops a
-    recurrent kernel runs on one thread each (_numba_rnn's *_split), or None to
+    recurrent kernel runs on one thread each (_numba_rnn's *_range), or None to
     run the whole batch on one (little work, one thread, a forked child)."""
     n, steps = x.shape[:2]
     parts = numba.get_num_threads()
@@ -142,24 +142,26 @@ def _recurrent_bounds(x, W_h):
     return np.arange(parts + 1, dtype=np.int64) * n // parts
 
 
-@functools.cache
-def _serial_twin(split):
-    """The *_split kernel compiled without parallel=True (its ranges one after
-    another), and not cached on disk (the cache would not tell it from the
-    parallel one, see _numba_kernels)."""
-    return numba.njit(error_model="numpy")(split.py_func)
+# the recurrent kernels' threads for the ranges of a split batch, beside the caller's
+_RANGE_THREADS = RangeThreads()
 
 
-def _run_split(split, dtype, bounds, *args):
-    """Runs a *_split kernel over the ranges `bounds` with BLAS on one thread per
-    call, or, when another caller holds that setting (and Numba's threads), the
-    same ranges one after another with BLAS's threads: the same results."""
+def _run_ranges(range_kernel, dtype, bounds, *args):
+    """range_kernel(blas, bounds, p, *args) for each range p of `bounds`: on the
+    caller's thread and _RANGE_THREADS's with BLAS on one thread per call, or, when
+    another caller holds that setting, one after another on the caller's with
+    BLAS's threads: the same results."""
     blas = R.Blas(dtype, bounds.size - 1).args()
+
+    def run_range(p):
+        range_kernel(blas, bounds, p, *args)
+
     with blas_on_one_thread() as alone:
         if alone:
-            split(blas, bounds, *args)
+            _RANGE_THREADS.run(run_range, bounds.size - 1)
             return
-    _serial_twin(split)(blas, bounds, *args)
+    for p in range(bounds.size - 1):
+        run_range(p)
 
 
 def _dx_buffer(dx, x):
@@ -168,23 +170,23 @@ def _dx_buffer(dx, x):
     return np.empty((0, *x.shape[1:]), x.dtype) if dx is None else dx
 
 
-def _run_forward(whole, split, x, W_h, args):
+def _run_forward(whole, ranges, x, W_h, args):
     """A recurrent forward kernel: `whole` over the batch on one thread, or its
-    *_split twin over the ranges of _recurrent_bounds (args: the kernels' own,
+    *_range twin over the ranges of _recurrent_bounds (args: the kernels' own,
     after the BLAS arguments)."""
     bounds = _recurrent_bounds(x, W_h)
     if bounds is None:
         whole(R.Blas(x.dtype).args(), *args)
     else:
-        _run_split(split, x.dtype, bounds, *args)
+        _run_ranges(ranges, x.dtype, bounds, *args)
 
 
-def _run_backward(rows, split, x, W_h, args, dW_x, dW_h):
+def _run_backward(rows, ranges, x, W_h, args, dW_x, dW_h):
     """A recurrent backward kernel: `rows` over the batch on one thread, or its
-    *_split twin over the ranges of _recurrent_bounds, each range summing its own
-    dW_x, dW_h and float64 sums (args: the kernels' own, after the BLAS
-    arguments and before the sums). Returns the sums (2, G*H): db's, and the
-    GRU's db_h's."""
+    *_range twin over the ranges of _recurrent_bounds, each range summing its own
+    dW_x, dW_h and float64 sums, added in range order after (args: the kernels'
+    own, after the BLAS arguments and before the sums). Returns the sums (2,
+    G*H): db's, and the GRU's db_h's."""
     e, d = np.empty, x.dtype
     bounds = _recurrent_bounds(x, W_h)
     if bounds is None:
@@ -193,8 +195,9 @@ def _run_backward(rows, split, x, W_h, args, dW_x, dW_h):
         return sums
     parts = bounds.size - 1
     sums = e((parts, 2, W_h.shape[1]))
-    _run_split(split, d, bounds, *args, dW_x, dW_h, sums, e((parts - 1, *dW_x.shape), d),
-               e((parts - 1, *dW_h.shape), d))
+    dW_x_parts, dW_h_parts = e((parts - 1, *dW_x.shape), d), e((parts - 1, *dW_h.shape), d)
+    _run_ranges(ranges, d, bounds, *args, dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
+    R.add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
     return sums[0]
 
 
@@ -625,7 +628,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b, activation == "relu", hs, e(h0.shape, d))
-        _run_forward(R.rnn_forward, R.rnn_forward_split, x, W_h, args)
+        _run_forward(R.rnn_forward, R.rnn_forward_range, x, W_h, args)
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
     def _rnn_backward(self, dhs, cache, dx, dz):
@@ -635,7 +638,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
         args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), dh0, dz)
-        sums = _run_backward(R.rnn_backward_rows, R.rnn_backward_split, x, W_h, args, dW_x, dW_h)
+        sums = _run_backward(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, dW_x, dW_h)
         return dx, dh0, dW_x, dW_h, sums[0].astype(d)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
@@ -646,7 +649,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
-        _run_forward(R.lstm_forward, R.lstm_forward_split, x, W_h, args)
+        _run_forward(R.lstm_forward, R.lstm_forward_range, x, W_h, args)
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
     def _lstm_backward(self, dhs, cache, dx, dz):
@@ -656,7 +659,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         dh0, dc0, dW_x, dW_h = e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
         args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz)
-        sums = _run_backward(R.lstm_backward_rows, R.lstm_backward_split, x, W_h, args, dW_x, dW_h)
+        sums = _run_backward(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, dW_x, dW_h)
         return dx, dh0, dc0, dW_x, dW_h, sums[0].astype(d)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
@@ -666,7 +669,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e((n, 3 * hidden), d))
-        _run_forward(R.gru_forward, R.gru_forward_split, x, W_h, args)
+        _run_forward(R.gru_forward, R.gru_forward_range, x, W_h, args)
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
     def _gru_backward(self, dhs, cache, dx, dz):
@@ -677,7 +680,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
         args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), dh0, dz,
                 e((x.shape[0], W_h.shape[1]), d))
-        sums = _run_backward(R.gru_backward_rows, R.gru_backward_split, x, W_h, args, dW_x, dW_h)
+        sums = _run_backward(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, dW_x, dW_h)
         db_x, db_h = sums.astype(d)
         return dx, dh0, dW_x, dW_h, db_x, db_h
 
