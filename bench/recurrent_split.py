@@ -10,7 +10,7 @@ time loops of a range of sequences, BLAS on one thread) and on the whole batch
 best of ROUNDS rounds (15 by default) of the best of 5 calls; beside them the
 GEMMs of the split step alone (the benchmark's bare-gemms, forward and
 backward). "work" is N T H G*H, the multiply-adds of the per-step GEMMs that
-RECURRENT_PARALLEL_MIN (csrc/recurrent.c: 2^21, numba_backend.py: 2^24) is
+RECURRENT_PARALLEL_MIN (csrc/recurrent.c: 2^21, numba_backend.py: 2^22) is
 compared with. Here the Numba kernels split at every size for the split variant
 and never for the whole one; the C kernels split from their threshold (built
 in) for the split variant, and get one thread (fastnn's own, not BLAS's) for

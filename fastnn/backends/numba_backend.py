@@ -122,13 +122,15 @@ if hasattr(os, "register_at_fork"):  # POSIX only; elsewhere no fork
 
 
 # Multiply-adds of a recurrent call's per-step GEMMs (N T H G*H) from which it
-# splits the batch rows over Numba's threads: higher than the C kernels' (csrc/
-# recurrent.c), as each of the three parallel regions of a forward and backward
-# costs more to start. Measured (bench/recurrent_split.py, Zen 4, 2 threads, a
-# busy machine): split slower than whole up to 2^23 (lstm 16x32x64: 91 against
-# 80 us a sequence), about even at 2^23.6 (rnn 16x50x128: 93 against 96),
-# faster from 2^24.6 (lstm 32x50x64: 134 against 140; 64x50x128: 235 against 258).
-RECURRENT_PARALLEL_MIN = 1 << 24
+# splits the batch rows over the threads (_run_ranges): higher than the C
+# kernels' (csrc/recurrent.c), whose workers spin between calls where these
+# sleep, so each call pays for waking one (50-100 us on a 2-vCPU machine).
+# Measured (bench/recurrent_split.py, Zen 4, 2 threads, forward + backward, us a
+# sequence, split against whole): rnn 16x32x16x64 (2^21) 18.5 against 15.7,
+# 32x50x32x64 (2^22.6) 19.7 against 24.8; gru 8x32x8x64 (2^21.6) 51.8 against
+# 48.1, 16x32x16x64 (2^22.6) 38.1 against 47.6; lstm 8x32x8x64 (2^22) 51.7
+# against 54.4, 16x32x16x64 (2^23) 41.4 against 53.1.
+RECURRENT_PARALLEL_MIN = 1 << 22
 
 
 def _recurrent_bounds(x, W_h):
