@@ -18,7 +18,8 @@ woken worker is not placed beside the caller (csrc/threads.c keep_workers_off).
 
 One job at a time: a second caller (another Python thread) or a forked child
 runs the parts serially. Exceptions of a part are raised in the caller once
-every part has ended (the parts share the caller's arrays)."""
+every part has ended (the parts share the caller's arrays), as is an interrupt
+that arrives while the caller waits for them."""
 
 import ctypes
 import os
@@ -81,7 +82,10 @@ class RangeThreads:
                 self._run_part(p)
             with self._cond:
                 while self._done < parts:
-                    self._cond.wait()
+                    try:
+                        self._cond.wait()
+                    except BaseException as error:  # (KeyboardInterrupt) the parts still run
+                        self._errors.insert(0, error)
                 errors, self._fn, self._errors = self._errors, None, []
         finally:
             self._busy.release()
