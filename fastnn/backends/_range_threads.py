@@ -129,11 +129,12 @@ class RangeThreads:
         if self._getcpu is None:
             return
         cpu = self._getcpu()
-        for tid in self._workers:
-            if self._kept_off.get(tid) == cpu:
-                continue
+        moved = [tid for tid in self._workers if self._kept_off.get(tid) != cpu]
+        if not moved:
+            return
+        cores = os.sched_getaffinity(0) - {cpu}
+        for tid in moved:
             try:
-                cores = os.sched_getaffinity(0) - {cpu}
                 if cores:
                     os.sched_setaffinity(tid, cores)
             except OSError:
