@@ -77,3 +77,66 @@ def test_the_workers_keep_off_the_callers_core(threads):
     assert len(threads._workers) == 2
     for tid in threads._workers:
         assert os.sched_getaffinity(tid) == os.sched_getaffinity(0) - {threads._kept_off[tid]}
+
+
+def test_jobs_after_the_spins_ended_still_run(threads):
+    """The workers sleep once their spin ends (about 1 ms), and the caller polls
+    once its own does: jobs posted after a pause, and a worker's part that ends
+    long after the caller's, still run every part once."""
+    counts = np.zeros(2, int)
+
+    def part(p):
+        if p == 1:
+            threading.Event().wait(0.01)
+        counts[p] += 1
+
+    for calls in range(1, 4):
+        threading.Event().wait(0.01)
+        threads.run(part, 2)
+        np.testing.assert_array_equal(counts, calls)
+
+
+def test_an_interrupt_while_the_caller_waits_is_raised_after_the_parts(threads):
+    import _thread
+
+    ended, started = [], threading.Event()
+
+    def part(p):
+        if p == 0:  # (the caller's, which would run part 1 too if no worker had)
+            assert started.wait(60)
+            threading.Timer(0.05, _thread.interrupt_main).start()
+        else:
+            started.set()
+            threading.Event().wait(0.3)
+            ended.append(p)
+
+    with pytest.raises(KeyboardInterrupt):
+        threads.run(part, 2)
+    assert ended == [1]
+    counts = []
+    threads.run(counts.append, 2)  # still usable
+    assert sorted(counts) == [0, 1]
+
+
+def test_a_part_announcing_itself_from_nogil_code_runs_beside_a_worker(threads):
+    """fn(0) calls announce(sync, 0) from a nogil function, as the recurrent
+    kernels do; the worker's part starts while the caller's still runs."""
+    from numba import njit
+
+    from fastnn.backends._range_threads import ENTERED, SEQ, _load, _store, announce
+
+    @njit(nogil=True)
+    def wait_for_the_other(sync, p, flags):
+        announce(sync, p)
+        _store(flags, p, 1)
+        for _ in range(10**9):  # (bounded: seconds at most)
+            if _load(flags, 1 - p) == 1:
+                return True
+        return False
+
+    results = {}
+    for _ in range(5):
+        flags = np.zeros(2, np.int64)
+        threads.run(lambda p: results.__setitem__(p, wait_for_the_other(threads.sync, p, flags)), 2)
+        assert results == {0: True, 1: True}
+        assert threads.sync[ENTERED] == threads.sync[SEQ]

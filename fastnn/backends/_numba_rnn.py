@@ -43,6 +43,7 @@ from ._numba_math import (
     pow2_bits,
     tanh64,
 )
+from ._range_threads import announce
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
 # dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
@@ -51,16 +52,23 @@ GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
         np.dtype(np.float64): _GEMM_TYPE(blas_gemm("dgemm"))}
 
 
+ROW_BYTES = 128  # two cache lines
+
+
 class Blas:
     """What a kernel passes ?gemm by pointer: ints (6,) int32, scalars (2,) of the
     dtype, the flags b"NT"; allocated once per kernel call. With `parts`, ints
-    (parts, 6) and scalars (parts, 2): one row for each range of a split kernel,
-    which calls ?gemm from several threads at once (part_blas)."""
+    and scalars (parts, ROW_BYTES / itemsize): one row for each range of a split
+    kernel, which calls ?gemm from several threads at once (part_blas)."""
 
     def __init__(self, dtype, parts=None):
         self.fn = GEMM[np.dtype(dtype)]
-        self.ints = np.zeros(6 if parts is None else (parts, 6), np.int32)
-        self.scalars = np.zeros(2 if parts is None else (parts, 2), dtype)
+        # a split kernel's rows 128 bytes apart, so that no two share a cache line:
+        # its threads write theirs before each ?gemm (the LSTM kernels alone at
+        # the benchmark's sizes, 2 threads, Zen 4: about 1% faster than rows of 24)
+        self.ints = np.zeros(6 if parts is None else (parts, ROW_BYTES // 4), np.int32)
+        self.scalars = np.zeros(2 if parts is None else (parts, ROW_BYTES // np.dtype(dtype).itemsize),
+                                dtype)
         self.flags = np.frombuffer(b"NT", np.uint8).copy()
 
     def args(self):
@@ -434,7 +442,8 @@ def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, z):
 
 
 @jit_range
-def rnn_forward_range(blas, bounds, p, x, h0, W_x, W_h, b, relu, hs, z):
+def rnn_forward_range(blas, bounds, p, sync, x, h0, W_x, W_h, b, relu, hs, z):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], z[i:j])
 
@@ -454,8 +463,9 @@ def rnn_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW
 
 
 @jit_range
-def rnn_backward_range(blas, bounds, p, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h,
+def rnn_backward_range(blas, bounds, p, sync, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h,
                        sums, dW_x_parts, dW_h_parts):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     rnn_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], relu,
                       dx[i:j], dh[i:j], dz[i:j], dW_x if p == 0 else dW_x_parts[p - 1],
@@ -475,7 +485,8 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
 
 
 @jit_range
-def lstm_forward_range(blas, bounds, p, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
+def lstm_forward_range(blas, bounds, p, sync, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
                  gates[i:j], z[i:j])
@@ -499,8 +510,9 @@ def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc
 
 
 @jit_range
-def lstm_backward_range(blas, bounds, p, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz,
+def lstm_backward_range(blas, bounds, p, sync, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz,
                         dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h, hs[i:j],
                        cs[i:j], gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j],
@@ -523,7 +535,8 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
 
 
 @jit_range
-def gru_forward_range(blas, bounds, p, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
+def gru_forward_range(blas, bounds, p, sync, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
                 hn[i:j], z[i:j])
@@ -550,8 +563,9 @@ def gru_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dh
 
 
 @jit_range
-def gru_backward_range(blas, bounds, p, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw, dW_x,
+def gru_backward_range(blas, bounds, p, sync, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw, dW_x,
                        dW_h, sums, dW_x_parts, dW_h_parts):
+    announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     gru_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], gates[i:j],
                       hn[i:j], dx[i:j], dh[i:j], dxw[i:j], dhw[i:j],

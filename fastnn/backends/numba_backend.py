@@ -149,14 +149,14 @@ _RANGE_THREADS = RangeThreads()
 
 
 def _run_ranges(range_kernel, dtype, bounds, *args):
-    """range_kernel(blas, bounds, p, *args) for each range p of `bounds`: on the
+    """range_kernel(blas, bounds, p, sync, *args) for each range p of `bounds`: on the
     caller's thread and _RANGE_THREADS's with BLAS on one thread per call, or, when
     another caller holds that setting, one after another on the caller's with
     BLAS's threads: the same results."""
     blas = R.Blas(dtype, bounds.size - 1).args()
 
     def run_range(p):
-        range_kernel(blas, bounds, p, *args)
+        range_kernel(blas, bounds, p, _RANGE_THREADS.sync, *args)
 
     with blas_on_one_thread() as alone:
         if alone:
