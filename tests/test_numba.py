@@ -138,6 +138,32 @@ def test_serial_and_parallel_paths_are_bit_identical(group, dtype, monkeypatch):
         np.testing.assert_array_equal(s, p, err_msg=f"{group.__name__} output {i}")
 
 
+@pytest.mark.parametrize("threads", sorted({1, numba.config.NUMBA_NUM_THREADS}))
+def test_optimizer_parts_on_the_range_threads_equal_the_serial_step(threads, dtype, monkeypatch):
+    """The optimizers' parallel path runs K.*_range parts on numba_backend's range
+    threads (one thread: two parts one after another); every element as the
+    serial step's, and a step bound to its arrays (Adam's) as an unbound one."""
+    be = fastnn.get_backend("numba")
+    runs = []
+    for threshold in (1 << 62, 0):  # serial, then the parts
+        monkeypatch.setattr(numba_backend, "PARALLEL_MIN", threshold)
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            runs.append(_elementwise(be, dtype)[2:])  # (the optimizers' outputs)
+            size = 50_001
+            p, g = rand((size,), dtype, 1), rand((size,), dtype, 2)
+            m, v = np.zeros(size, dtype), np.zeros(size, dtype)
+            bound = be._bind_adam_step(p, g, m, v, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, None)
+            for t in (1, 2, 3):
+                bound(p, g, m, v, t, 1e-3, 0.9, 0.999, 1e-8, 0.0, False)
+            runs[-1] += [p, m, v]
+        finally:
+            numba.set_num_threads(before)
+    for i, (serial, parts) in enumerate(zip(*runs)):
+        np.testing.assert_array_equal(serial, parts, err_msg=f"output {i}")
+
+
 @numba.njit(error_model="numpy")  # not cached, as _apply below
 def _stream_rows(dst, src):
     for i in range(dst.shape[0]):

@@ -137,6 +137,7 @@ def test_a_part_announcing_itself_from_nogil_code_runs_beside_a_worker(threads):
     results = {}
     for _ in range(5):
         flags = np.zeros(2, np.int64)
-        threads.run(lambda p: results.__setitem__(p, wait_for_the_other(threads.sync, p, flags)), 2)
+        threads.run(lambda p, flags=flags: results.__setitem__(p, wait_for_the_other(threads.sync, p, flags)),
+                    2)
         assert results == {0: True, 1: True}
         assert threads.sync[ENTERED] == threads.sync[SEQ]

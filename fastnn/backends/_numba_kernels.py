@@ -4,7 +4,8 @@ Every kernel is a plain loop over explicit ranges. Work that is worth running
 on several threads is written once as a function over a range (`*_block`,
 `*_rows`, `*_tile`, or one block of rows); a `*_serial` function, or a direct
 call over the whole range, runs it for small inputs, and a `*_parallel` driver
-splits the range with `prange` for large ones. Reductions are summed per fixed,
+splits the range with `prange` for large ones (the optimizers: `*_range` parts,
+run by numba_backend._run_flat on threads of its own). Reductions are summed per fixed,
 shape-determined block and the blocks added in order, so the serial and the
 parallel result are bit-identical and independent of the thread count. The
 drivers are separate functions, not one function jitted twice (prange runs
@@ -53,6 +54,7 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     tanh64,
 )
 from ._numba_memory import stream_copy, stream_fence
+from ._range_threads import announce
 from .reference import (
     ACTIVATIONS,
     ELU_ALPHA,
@@ -80,6 +82,9 @@ U30, U27, U31, U11, U1 = (np.uint64(k) for k in (30, 27, 31, 11, 1))
 
 jit = njit(cache=True, error_model="numpy")
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
+# a part of a job run on numba_backend's range threads (_range_threads.py): the
+# GIL released, announce(sync, p) first
+jit_range = njit(cache=True, nogil=True, error_model="numpy")
 
 
 # gelu rows in functions of their own, compiled with FMA contraction (the rest
@@ -942,12 +947,12 @@ def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in
             param[i] -= lr * (g + momentum * v if nesterov else v)
 
 
-@jit_parallel
-def sgd_parallel(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity, nb):
-    for b in prange(nb):
-        lo, hi = split(b, nb, param.size)
-        sgd_block(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, nesterov,
-                  weight_decay, lr_in_velocity)
+@jit_range
+def sgd_range(sync, p, nb, param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity):
+    announce(sync, p)
+    lo, hi = split(p, nb, param.size)
+    sgd_block(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, nesterov, weight_decay,
+              lr_in_velocity)
 
 
 @jit
@@ -961,11 +966,11 @@ def adagrad_block(param, grad, sum_sq, lr, eps, weight_decay):
         param[i] -= lr * g / (math.sqrt(s) + eps)
 
 
-@jit_parallel
-def adagrad_parallel(param, grad, sum_sq, lr, eps, weight_decay, nb):
-    for b in prange(nb):
-        lo, hi = split(b, nb, param.size)
-        adagrad_block(param[lo:hi], grad[lo:hi], sum_sq[lo:hi], lr, eps, weight_decay)
+@jit_range
+def adagrad_range(sync, p, nb, param, grad, sum_sq, lr, eps, weight_decay):
+    announce(sync, p)
+    lo, hi = split(p, nb, param.size)
+    adagrad_block(param[lo:hi], grad[lo:hi], sum_sq[lo:hi], lr, eps, weight_decay)
 
 
 @jit
@@ -992,14 +997,13 @@ def rmsprop_block(param, grad, square_avg, lr, alpha, rest, eps, weight_decay, m
             param[i] -= lr * g / avg
 
 
-@jit_parallel
-def rmsprop_parallel(param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
-                     momentum_buf, grad_avg, use_momentum, centered, nb):
-    for b in prange(nb):
-        lo, hi = split(b, nb, param.size)
-        rmsprop_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], lr, alpha, rest, eps,
-                      weight_decay, momentum, momentum_buf[lo:hi], grad_avg[lo:hi], use_momentum,
-                      centered)
+@jit_range
+def rmsprop_range(sync, p, nb, param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
+                  momentum_buf, grad_avg, use_momentum, centered):
+    announce(sync, p)
+    lo, hi = split(p, nb, param.size)
+    rmsprop_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], lr, alpha, rest, eps, weight_decay,
+                  momentum, momentum_buf[lo:hi], grad_avg[lo:hi], use_momentum, centered)
 
 
 @jit
@@ -1016,12 +1020,12 @@ def adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weigh
         param[i] -= lr * delta
 
 
-@jit_parallel
-def adadelta_parallel(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay, nb):
-    for b in prange(nb):
-        lo, hi = split(b, nb, param.size)
-        adadelta_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], acc_delta[lo:hi], lr, rho,
-                       rest, eps, weight_decay)
+@jit_range
+def adadelta_range(sync, p, nb, param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay):
+    announce(sync, p)
+    lo, hi = split(p, nb, param.size)
+    adadelta_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], acc_delta[lo:hi], lr, rho, rest,
+                   eps, weight_decay)
 
 
 @jit_inline
@@ -1071,13 +1075,13 @@ def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_s
         param[i] = p - step * mi / (math.sqrt(vi) * inv_sqrt_bias2 + eps)
 
 
-@jit_parallel
-def adam_parallel(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2,
-                  eps, weight_decay, decay, amsgrad, nb):
-    for b in prange(nb):
-        lo, hi = split(b, nb, param.size)
-        adam_block(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], v_max[lo:hi], step, beta1,
-                   rest1, beta2, rest2, inv_sqrt_bias2, eps, weight_decay, decay, amsgrad)
+@jit_range
+def adam_range(sync, p, nb, param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2,
+               eps, weight_decay, decay, amsgrad):
+    announce(sync, p)
+    lo, hi = split(p, nb, param.size)
+    adam_block(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], v_max[lo:hi], step, beta1, rest1, beta2,
+               rest2, inv_sqrt_bias2, eps, weight_decay, decay, amsgrad)
 
 
 # ------------------------------------------------------------------ row gather
