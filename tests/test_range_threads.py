@@ -141,3 +141,32 @@ def test_a_part_announcing_itself_from_nogil_code_runs_beside_a_worker(threads):
                     2)
         assert results == {0: True, 1: True}
         assert threads.sync[ENTERED] == threads.sync[SEQ]
+
+
+def test_an_interrupt_outside_the_parts_still_waits_for_the_workers(threads, monkeypatch):
+    """An interrupt raised between two bytecodes of the caller (here: as its part 0
+    is about to start) leaves run() only once the worker's part has ended, and
+    the next job is not credited with that part."""
+    ended, started = [], threading.Event()
+    run_part = threads._run_part
+
+    def interrupted(p):
+        if p == 0:
+            assert started.wait(60)
+            raise KeyboardInterrupt
+        run_part(p)
+
+    def part(p):
+        started.set()
+        threading.Event().wait(0.2)
+        ended.append(p)
+
+    monkeypatch.setattr(threads, "_run_part", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        threads.run(part, 2)
+    assert ended == [1]
+    monkeypatch.setattr(threads, "_run_part", run_part)
+    counts = np.zeros(3, int)
+    for calls in range(1, 6):
+        threads.run(lambda p: counts.__setitem__(p, counts[p] + 1), 3)
+        np.testing.assert_array_equal(counts, calls)

@@ -29,7 +29,8 @@ only when the other is inside its own nogil part: a worker that sees a job
 waits (briefly) until the caller has announced, from inside its part 0, that it
 is there (`announce`), and reports its own parts done from inside the nogil spin
 that follows them, so that the caller, spinning for that count, finds the GIL
-free. (A caller whose spin ends polls every 0.1 ms.) Measured in the recurrent
+free. (A caller whose spin ends polls every 0.1 ms.) announce is a hint only:
+a part run serially (a nested or second caller) may announce another job's. Measured in the recurrent
 benchmark's LSTM training step (Zen 4, 2 vCPUs, medians, us after the post):
 the worker started its part 60-66 us after the post when it slept on a
 condition, 71 when it spun but then waited for the GIL, 23-27 with the hand-off
@@ -134,14 +135,17 @@ def _report_and_await(sync, finished, seen, pauses, entry_pauses):
 
 
 def _pauses_in(seconds):
-    """How many spin-wait pauses take about `seconds` here, timed once."""
+    """How many spin-wait pauses take about `seconds` here: the quickest of five
+    timings (one preempted would shorten the spins for the process's life)."""
     sync = np.zeros(SYNC_SIZE, np.int64)
-    count = 2000
+    count = 4000
     _spin_until(sync, SEQ, 1, count)  # (compiled, or loaded from the cache)
-    start = time.perf_counter()
-    _spin_until(sync, SEQ, 1, count)
-    per_pause = max(time.perf_counter() - start, 1e-9) / count
-    return max(int(seconds / per_pause), 1)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        _spin_until(sync, SEQ, 1, count)
+        best = min(best, time.perf_counter() - start)
+    return max(int(seconds * count / max(best, 1e-9)), 1)
 
 
 def _sched_getcpu():
@@ -168,6 +172,7 @@ class RangeThreads:
         self._parts = 0
         self._next = 0  # the next part to claim
         self._seq = 0  # the job's sequence number
+        self._claimed = 0  # the job's parts claimed by workers
         self._errors = []
         self.sync = np.zeros(SYNC_SIZE, np.int64)  # SEQ, ENTERED, DONE: spun on without the GIL
         self._pauses = self._entry_pauses = 0  # timed when the workers start
@@ -190,35 +195,41 @@ class RangeThreads:
             self._start_workers(parts - 1)
             self._keep_workers_off()
             with self._cond:
-                self._fn, self._parts, self._next, self._errors = fn, parts, 1, []
+                self._fn, self._parts, self._next, self._claimed, self._errors = fn, parts, 1, 0, []
                 self.sync[DONE] = 0
                 self._seq += 1
                 self.sync[SEQ] = self._seq
                 self._cond.notify_all()
-            self._run_part(0)
-            mine = 1
-            while True:  # the parts no worker has claimed
-                with self._cond:
-                    if self._next >= parts:
-                        break
-                    p = self._next
-                    self._next += 1
-                self._run_part(p)
-                mine += 1
-            self._await_workers(parts - mine)
+            try:
+                self._run_part(0)
+                while True:  # the parts no worker has claimed
+                    with self._cond:
+                        if self._next >= parts:
+                            break
+                        p = self._next
+                        self._next += 1
+                    self._run_part(p)
+            finally:  # (an interrupt included) the job ends with the workers' parts
+                self._end_job()
             errors, self._fn, self._errors = self._errors, None, []
         finally:
             self._busy.release()
         if errors:
             raise errors[0]
 
-    def _await_workers(self, count):
-        """Waits until the workers have reported `count` parts done: spinning, then
-        polling; an interrupt meanwhile is raised after them (the parts still run)."""
+    def _end_job(self):
+        """Lets no further part be claimed and waits until the workers have
+        reported the parts they claimed: spinning, then polling every 0.1 ms; an
+        interrupt meanwhile is raised after them (the parts still run)."""
+        pauses, claimed = self._pauses, None
         while True:
             try:
-                if _spin_until(self.sync, DONE, count, self._pauses):
+                if claimed is None:
+                    with self._cond:
+                        self._next, claimed = self._parts, self._claimed
+                if _spin_until(self.sync, DONE, claimed, pauses):
                     return
+                pauses = 1
                 time.sleep(1e-4)
             except BaseException as error:  # (KeyboardInterrupt)
                 self._errors.insert(0, error)
@@ -244,24 +255,28 @@ class RangeThreads:
 
     def _work(self, started, ids):
         ids.append(threading.get_native_id())
+        seen = self._seq  # the last job looked at (read before the caller may post one)
         started.set()
-        seen = self._seq  # the last job looked at
         finished = 0  # parts finished since the last report
-        while True:
-            _report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
-            finished = 0
-            with self._cond:
-                while self._seq == seen:
-                    self._cond.wait()
-                seen = self._seq
+        try:
             while True:
+                _report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
+                finished = 0
                 with self._cond:
-                    if self._seq != seen or self._next >= self._parts:
-                        break
-                    p = self._next
-                    self._next += 1
-                self._run_part(p)
-                finished += 1
+                    while self._seq == seen:
+                        self._cond.wait()
+                    seen = self._seq
+                while True:
+                    with self._cond:
+                        if self._seq != seen or self._next >= self._parts:
+                            break
+                        p = self._next
+                        self._next += 1
+                        self._claimed += 1
+                    self._run_part(p)
+                    finished += 1
+        finally:  # (a worker that fails here still reports its parts: the caller waits for them)
+            _report_and_await(self.sync, finished, -1, 0, 0)
 
     def _keep_workers_off(self):
         """Takes the caller's core out of each worker's affinity (Linux): a system
