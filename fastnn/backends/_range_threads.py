@@ -106,7 +106,10 @@ def _pause(typingctx):
 @njit(cache=True, inline="always")
 def announce(sync, p):
     """Called by a part at its start, inside its nogil code: part 0 (the caller's)
-    tells the workers that the caller no longer holds the GIL."""
+    tells the workers that the caller no longer holds the GIL. (Inlined into the
+    range kernels of _numba_rnn.py and _numba_kernels.py, whose cached code
+    Numba checks against their own files' dates only: a change here needs a
+    change there too, or the cache cleared.)"""
     if p == 0:
         _store(sync, ENTERED, _load(sync, SEQ))
 
