@@ -25,11 +25,11 @@ import ctypes
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import overload
 
 from ._blas import blas_gemm
-from ._numba_kernels import jit
+from ._numba_kernels import jit, jit_range
 from ._numba_math import (
     F32,
     LN2_HI32,
@@ -428,7 +428,7 @@ def gru_backward_row(gr, hn_row, h_prev, dh_row, dh, dxr, dhr, acc):
 # into slice p - 1 of dW_x_parts, dW_h_parts (parts - 1, ...) and sums[p], added
 # in range order after (add_range_sums): deterministic for a thread count. dz
 # (N, T, G*H) serves as a step's rows only, at step 0 (contents unspecified).
-jit_range = njit(cache=True, nogil=True, error_model="numpy")
+# The *_range kernels are jit_range's: nogil, announce(sync, p) first.
 
 
 @jit

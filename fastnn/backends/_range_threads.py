@@ -246,7 +246,8 @@ class RangeThreads:
 
     def _start_workers(self, count):
         if not self._pauses:
-            self._pauses, self._entry_pauses = _pauses_in(SPIN_SECONDS), _pauses_in(ENTRY_SECONDS)
+            self._pauses = _pauses_in(SPIN_SECONDS)
+            self._entry_pauses = max(int(self._pauses * ENTRY_SECONDS / SPIN_SECONDS), 1)
         while len(self._workers) < count:
             started = threading.Event()
             ids = []

@@ -214,13 +214,13 @@ def _run_flat(range_kernel, *args):
     """range_kernel(sync, p, parts, *args) for the parts of a flat kernel (K's
     *_range twins of the *_block kernels, over equal slices of their arrays): one
     part per thread, on the caller's thread and _RANGE_THREADS's, which hand a
-    job over in microseconds where a prange region wakes Numba's workers (the
-    recurrent benchmark's Adam step of 82.6K parameters, Zen 4, 2 threads:
-    217-289 us in a prange region, 104 serial). With one thread, two parts one
-    after another (the split exercised all the same)."""
-    threads = numba.get_num_threads()
-    parts, sync = max(2, threads), _RANGE_THREADS.sync
-    if threads < 2:
+    job to a worker still spinning in microseconds where a prange region wakes
+    Numba's workers (Adam over 2^18 float32 elements, Zen 4, 2 threads, calls
+    back to back: 55 us in parts, 77 serial; the recurrent benchmark's step of
+    82.6K parameters took 217-289 us in a prange region). With one thread, the
+    parts of _flat_blocks one after another (the split exercised all the same)."""
+    parts, sync = _flat_blocks(), _RANGE_THREADS.sync
+    if numba.get_num_threads() < 2:
         for p in range(parts):
             range_kernel(sync, p, parts, *args)
     else:
