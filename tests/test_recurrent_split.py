@@ -130,3 +130,35 @@ def test_numba_runs_the_same_ranges_when_another_caller_holds_blas(monkeypatch):
     assert len(jobs) == 2
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend_name", FAST_BACKENDS)
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_bound_kernels_follow_the_thread_count(backend_name, kind, restore_kernel_threads):
+    """A training step's bound kernels (backend.fast.bind) keep what they derive
+    from the arrays; the thread count may change between calls, and each call
+    equals the unbound kernel's at that count bit for bit."""
+    backend = fastnn.get_backend(backend_name)
+    n, t, f, h = RECURRENT_SPLIT_SHAPE
+    g = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    rng = np.random.default_rng(1)
+    x, W_x, W_h = (rng.standard_normal(s) * 0.3 for s in ((n, t, f), (f, g * h), (h, g * h)))
+    biases = [rng.standard_normal(g * h) * 0.1 for _ in range(2 if kind == "gru" else 1)]
+    states = [None] * (2 if kind == "lstm" else 1)
+    dhs, dx = rng.standard_normal((n, t, h)), np.empty((n, t, f))
+    workspaces = {"rnn": {"hs": (h,)}, "lstm": {"hs": (h,), "cs": (h,), "gates": (4 * h,)},
+                  "gru": {"hs": (h,), "gates": (3 * h,), "hn": (h,)}}[kind]
+    out = {name: np.empty((n, t, *s)) for name, s in workspaces.items()}
+    forward = backend.fast.bind(f"{kind}_forward", x, *states, W_x, W_h, *biases, **out)
+    _, cache = forward()
+    backward = backend.fast.bind(f"{kind}_backward", dhs, cache, dx=dx, dz=np.empty((n, t, g * h)))
+    assert forward is not None and backward is not None
+    for k in thread_counts(backend_name) + [1]:
+        set_kernel_threads(backend_name, k)
+        hs = forward()[0].copy()
+        got = [None if a is None else a.copy() for a in backward()]
+        want_hs, want_cache = getattr(backend, f"{kind}_forward")(x, *states, W_x, W_h, *biases)
+        want = getattr(backend, f"{kind}_backward")(dhs, want_cache)
+        np.testing.assert_array_equal(hs, want_hs, err_msg=f"{k} threads")
+        for i, (a, e) in enumerate(zip(got, want)):
+            np.testing.assert_array_equal(a, e, err_msg=f"gradient {i}, {k} threads")

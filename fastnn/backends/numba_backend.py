@@ -145,26 +145,8 @@ def _recurrent_bounds(x, W_h):
 
 
 # threads of their own beside the caller's: the recurrent kernels' ranges of a split
-# batch and the optimizers' parts (_run_ranges, _run_flat)
+# batch and the optimizers' parts (_bind_recurrent, _run_flat)
 _RANGE_THREADS = RangeThreads()
-
-
-def _run_ranges(range_kernel, dtype, bounds, *args):
-    """range_kernel(blas, bounds, p, sync, *args) for each range p of `bounds`: on the
-    caller's thread and _RANGE_THREADS's with BLAS on one thread per call, or, when
-    another caller holds that setting, one after another on the caller's with
-    BLAS's threads: the same results."""
-    blas = R.Blas(dtype, bounds.size - 1).args()
-
-    def run_range(p):
-        range_kernel(blas, bounds, p, _RANGE_THREADS.sync, *args)
-
-    with blas_on_one_thread() as alone:
-        if alone:
-            _RANGE_THREADS.run(run_range, bounds.size - 1)
-            return
-    for p in range(bounds.size - 1):
-        run_range(p)
 
 
 def _dx_buffer(dx, x):
@@ -173,35 +155,77 @@ def _dx_buffer(dx, x):
     return np.empty((0, *x.shape[1:]), x.dtype) if dx is None else dx
 
 
-def _run_forward(whole, ranges, x, W_h, args):
-    """A recurrent forward kernel: `whole` over the batch on one thread, or its
-    *_range twin over the ranges of _recurrent_bounds (args: the kernels' own,
-    after the BLAS arguments)."""
-    bounds = _recurrent_bounds(x, W_h)
-    if bounds is None:
-        whole(R.Blas(x.dtype).args(), *args)
-    else:
-        _run_ranges(ranges, x.dtype, bounds, *args)
+def _bind_recurrent(whole, ranges, x, W_h, args, typed, grads=None):
+    """A callable running a recurrent kernel: `whole` over the batch on one
+    thread, or its *_range twin over the ranges of _recurrent_bounds on the
+    caller's thread and _RANGE_THREADS's with BLAS on one thread per call (when
+    another caller holds that setting, one range after another on the caller's
+    with BLAS's threads: the same results). args: the kernel's own, after the
+    BLAS arguments. With grads (dW_x, dW_h) a backward: each range sums its own
+    dW_x, dW_h and float64 sums (2, G*H), added in range order after, and the
+    callable returns the sums: db's, and the GRU's db_h's. The workspaces, the
+    BLAS arguments and (typed) the compiled code for the arguments' types are
+    taken once, for the thread count of the call; another count takes them anew
+    (a training step's bound kernel: about 100 us of Python a call less, its
+    caches cold after the kernel, LSTM of the recurrent benchmark, Zen 4)."""
+    d, width = x.dtype, W_h.shape[1]
+
+    def make():
+        bounds = _recurrent_bounds(x, W_h)
+        parts = 1 if bounds is None else bounds.size - 1
+        sums = np.empty((parts, 2, width)) if grads else None
+        if bounds is None:
+            blas = R.Blas(d).args()
+            tail = (*grads, sums[0]) if grads else ()
+            kernel = _typed(whole, blas, *args, *tail) if typed else whole
+
+            def run_whole():
+                kernel(blas, *args, *tail)
+                return sums
+            return run_whole
+        blas, sync = R.Blas(d, parts).args(), _RANGE_THREADS.sync
+        tail = ()
+        if grads:
+            tail = (*grads, sums, *(np.empty((parts - 1, *g.shape), d) for g in grads))
+        kernel = _typed(ranges, blas, bounds, 0, sync, *args, *tail) if typed else ranges
+
+        def run_range(p):
+            kernel(blas, bounds, p, sync, *args, *tail)
+
+        def run_ranges():
+            with blas_on_one_thread() as alone:
+                if alone:
+                    _RANGE_THREADS.run(run_range, parts)
+                else:
+                    for p in range(parts):
+                        run_range(p)
+            if grads:
+                R.add_range_sums(*tail)
+            return sums
+        return run_ranges
+
+    bound_for, run = None, None
+
+    def recurrent():
+        nonlocal bound_for, run
+        now = (numba.get_num_threads(), _forked_child)
+        if now != bound_for:
+            bound_for, run = now, make()
+        sums = run()
+        return None if sums is None else sums[0]
+    return recurrent
 
 
-def _run_backward(rows, ranges, x, W_h, args, dW_x, dW_h):
-    """A recurrent backward kernel: `rows` over the batch on one thread, or its
-    *_range twin over the ranges of _recurrent_bounds, each range summing its own
-    dW_x, dW_h and float64 sums, added in range order after (args: the kernels'
-    own, after the BLAS arguments and before the sums). Returns the sums (2,
-    G*H): db's, and the GRU's db_h's."""
-    e, d = np.empty, x.dtype
-    bounds = _recurrent_bounds(x, W_h)
-    if bounds is None:
-        sums = e((2, W_h.shape[1]))
-        rows(R.Blas(d).args(), *args, dW_x, dW_h, sums)
-        return sums
-    parts = bounds.size - 1
-    sums = e((parts, 2, W_h.shape[1]))
-    dW_x_parts, dW_h_parts = e((parts - 1, *dW_x.shape), d), e((parts - 1, *dW_h.shape), d)
-    _run_ranges(ranges, d, bounds, *args, dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
-    R.add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts)
-    return sums[0]
+def _bound_result(run, result, biases=()):
+    """A bound recurrent kernel: each call runs `run` (_bind_recurrent) and returns
+    `result`; a backward's bias gradients `biases` (db, or the GRU's db_x, db_h)
+    take its float64 sums rounded to the dtype."""
+    def bound(*_):
+        sums = run()
+        for db, summed in zip(biases, () if sums is None else sums):
+            db[...] = summed
+        return result
+    return bound
 
 
 def _parallel(size, dense=False):
@@ -638,73 +662,100 @@ class NumbaBackend(GemmConv, NumpyBackend):
             _numba_conv.avgpool_backward_images(*args, 0, dx.shape[0])
 
     # --------------------------------------------------------------- recurrence
-    # The whole time loop of each kernel is one jitted function (_numba_rnn.py);
-    # here only the small workspaces are allocated, once per call (the large ones
-    # come from the caller). Sizes beyond 32-bit BLAS integers, and empty
-    # sequences, take the reference. The batch is split over the threads when
-    # the work is large (_recurrent_bounds), BLAS on one thread meanwhile.
+    # The whole time loop of each kernel is one jitted function (_numba_rnn.py),
+    # run by _bind_recurrent, which splits the batch over the threads when the
+    # work is large. Each _bind_ takes the small workspaces (zero initial states,
+    # z rows, the bias sums) and a backward's gradients once, as the C backend's:
+    # a bound backward returns the same gradient arrays at every call,
+    # overwritten by the next; the unbound kernels bind anew at each call. Sizes
+    # beyond 32-bit BLAS integers, and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
+        return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs, typed=False)()
+
+    def _bind_rnn_forward(self, x, h0, W_x, W_h, b, activation, hs, typed=True):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._rnn_forward(x, h0, W_x, W_h, b, activation, hs)
+            reference = super()._rnn_forward
+            return lambda *_: reference(x, h0, W_x, W_h, b, activation, hs)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b, activation == "relu", hs, e(h0.shape, d))
-        _run_forward(R.rnn_forward, R.rnn_forward_range, x, W_h, args)
-        return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
+        return _bound_result(_bind_recurrent(R.rnn_forward, R.rnn_forward_range, x, W_h, args, typed),
+                             (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
 
     def _rnn_backward(self, dhs, cache, dx, dz):
+        return self._bind_rnn_backward(dhs, cache, dx, dz, typed=False)()
+
+    def _bind_rnn_backward(self, dhs, cache, dx, dz, typed=True):
         x, h0, W_x, W_h, hs, activation = cache
         if not int32_sizes(x, W_h):
-            return super()._rnn_backward(dhs, cache, dx, dz)
+            reference = super()._rnn_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
-        args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), dh0, dz)
-        sums = _run_backward(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, dW_x, dW_h)
-        return dx, dh0, dW_x, dW_h, sums[0].astype(d)
+        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
+        args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), out[1], dz)
+        return _bound_result(_bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args,
+                                             typed, out[2:4]), out, out[4:])
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
+        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=False)()
+
+    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=True):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)
+            reference = super()._lstm_forward
+            return lambda *_: reference(x, h0, c0, W_x, W_h, b, hs, cs, gates)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
-        _run_forward(R.lstm_forward, R.lstm_forward_range, x, W_h, args)
-        return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
+        return _bound_result(_bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed),
+                             (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
     def _lstm_backward(self, dhs, cache, dx, dz):
+        return self._bind_lstm_backward(dhs, cache, dx, dz, typed=False)()
+
+    def _bind_lstm_backward(self, dhs, cache, dx, dz, typed=True):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         if not int32_sizes(x, W_h):
-            return super()._lstm_backward(dhs, cache, dx, dz)
+            reference = super()._lstm_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dc0, dW_x, dW_h = e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
-        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz)
-        sums = _run_backward(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, dW_x, dW_h)
-        return dx, dh0, dc0, dW_x, dW_h, sums[0].astype(d)
+        out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
+               e(W_h.shape[1], d))
+        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), out[1], out[2], dz)
+        return _bound_result(_bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args,
+                                             typed, out[3:5]), out, out[5:])
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
+        return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, typed=False)()
+
+    def _bind_gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, typed=True):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
-            return super()._gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
+            reference = super()._gru_forward
+            return lambda *_: reference(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e((n, 3 * hidden), d))
-        _run_forward(R.gru_forward, R.gru_forward_range, x, W_h, args)
-        return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
+        return _bound_result(_bind_recurrent(R.gru_forward, R.gru_forward_range, x, W_h, args, typed),
+                             (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
 
     def _gru_backward(self, dhs, cache, dx, dz):
+        return self._bind_gru_backward(dhs, cache, dx, dz, typed=False)()
+
+    def _bind_gru_backward(self, dhs, cache, dx, dz, typed=True):
         x, h0, W_x, W_h, hs, gates, hn = cache
         if not int32_sizes(x, W_h):
-            return super()._gru_backward(dhs, cache, dx, dz)
+            reference = super()._gru_backward
+            return lambda *_: reference(dhs, cache, dx, dz)
         e, d = np.empty, x.dtype
-        dh0, dW_x, dW_h = e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d)
-        args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), dh0, dz,
+        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d),
+               e(W_h.shape[1], d))
+        args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), out[1], dz,
                 e((x.shape[0], W_h.shape[1]), d))
-        sums = _run_backward(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, dW_x, dW_h)
-        db_x, db_h = sums.astype(d)
-        return dx, dh0, dW_x, dW_h, db_x, db_h
+        return _bound_result(_bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args,
+                                             typed, out[2:4]), out, out[4:])
 
     # ---------------------------------------------------------------- embedding
     def _embedding_forward(self, tokens, W, out):
