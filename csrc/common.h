@@ -160,6 +160,18 @@ INLINE void prefetch_lines(const void *p, int64_t bytes) {
 #endif
 }
 
+/* prefetch_lines into the second-level cache only: for lines wanted after work
+ * that streams more than the first level holds (a recurrent backward's next
+ * step, after the step's GEMMs) */
+INLINE void prefetch_lines_l2(const void *p, int64_t bytes) {
+#if defined(__GNUC__)
+    for (int64_t k = 0; k < bytes; k += 64) __builtin_prefetch((const char *)p + k, 0, 2);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+}
+
 /* Prefetching ahead of a stream: loops over rows wider than a page call
  * prefetch_ahead once per PREFETCH_STEP bytes of each stream they read, for the
  * lines PREFETCH_AHEAD bytes further on. The hardware prefetchers stop at each

@@ -1,5 +1,6 @@
-"""Non-temporal stores for the numba backend, which Numba's loops cannot ask
-for (csrc/common.h's stream_copy is the C backend's).
+"""Non-temporal stores and prefetches for the numba backend, which Numba's loops
+cannot ask for (csrc/common.h's stream_copy and prefetch_lines_l2 are the C
+backend's).
 
 A plain store first reads its cache line from memory (write-allocate); a
 non-temporal store of a whole 64-byte line does not, and does not evict what
@@ -83,3 +84,30 @@ def stream_copy(dst, src, n):
     for t in range(j, n):
         dst[t] = src[t]
 
+
+
+@intrinsic
+def _prefetch_l2(typingctx, a, offset):
+    """Asks for the cache line holding byte `offset` of array a's data, into the
+    second-level cache (llvm.prefetch: a hint, it never faults)."""
+    if not isinstance(a, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        byte = ir.IntType(8).as_pointer()
+        address = builder.gep(builder.bitcast(_data(context, builder, sig.args[0], args[0]), byte), [args[1]])
+        i32 = ir.IntType(32)
+        # (LLVM names the intrinsic by its pointer type, p0 or p0i8 by version: the
+        # bare name is renamed to the right one when the module is parsed)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]), "llvm.prefetch")
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.none(a, types.intp), codegen
+
+
+@jit_inline
+def prefetch_l2(a):
+    """Asks for the lines of 1-D contiguous `a` into the second-level cache."""
+    for offset in range(0, a.size * a.itemsize, LINE):
+        _prefetch_l2(a, offset)

@@ -43,6 +43,7 @@ from ._numba_math import (
     pow2_bits,
     tanh64,
 )
+from ._numba_memory import prefetch_l2
 from ._range_threads import announce
 
 _GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
@@ -513,6 +514,10 @@ def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc
     dc[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
+            if t:  # this row's lines of the next step (as csrc/recurrent_impl.h prefetch_row)
+                prefetch_l2(gates[i, t - 1])
+                prefetch_l2(cs[i, t - 2] if t > 1 else c0[i])
+                prefetch_l2(dhs[i, t - 1])
             c_prev = cs[i, t - 1] if t else c0[i]
             lstm_backward_row(gates[i, t], cs[i, t], c_prev, dhs[i, t], dh[i], dc[i], dz[i, 0])
         _backward_gemms(blas, t, h0, hs, W_h, dz[0], steps * 4 * hidden, dW_h, dh, 0.0)
@@ -565,6 +570,11 @@ def gru_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dh
     dh[:] = 0
     for t in range(steps - 1, -1, -1):
         for i in range(n):
+            if t:  # this row's lines of the next step (as csrc/recurrent_impl.h prefetch_row)
+                prefetch_l2(gates[i, t - 1])
+                prefetch_l2(hn[i, t - 1])
+                prefetch_l2(hs[i, t - 2] if t > 1 else h0[i])
+                prefetch_l2(dhs[i, t - 1])
             h_prev = hs[i, t - 1] if t else h0[i]
             gru_backward_row(gates[i, t], hn[i, t], h_prev, dhs[i, t], dh[i], dxw[i, 0], dhw[i],
                              sums[1])
