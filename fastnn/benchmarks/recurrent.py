@@ -18,9 +18,8 @@ x_t W_x and h_{t-1} W_h, (rows, F) x (F, G*H) and (rows, H) x (H, G*H), into one
 array; backward, per step dh = dz_t W_h^T, dW_h += h_{t-1}^T dz_t and dW_x +=
 x_t^T dz_t on the thread's rows (no dx: the layer is the first, whose backward
 skips it), the threads' dW_h and dW_x added after. Nothing else, not even db's
-sums: the floor of the C kernels' step (the numba kernels issue theirs in the
-reference's order: one GEMM for the projection, dW_h over the whole batch
-after the loops). "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
+sums: the floor of the C kernels' step, whose GEMMs the numba kernels issue
+alike. "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
 splitting each one itself (as the kernels issue them below their split size).
 Neither includes the linear head, the loss or Adam.
 """
