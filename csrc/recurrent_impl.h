@@ -31,9 +31,9 @@ static void FN(project)(const T *x, const T *W_x, T *out, int64_t rows, int64_t 
  * when that fits or no block of 16 would. */
 static void FN(gemm_tiles)(int ta, int tb, int64_t m, int64_t n, int64_t k, const T *a,
                            int64_t lda, const T *b, int64_t ldb, T beta, T *c, int64_t ldc) {
-    int64_t tile = 16;
-    while (m * k * tile * 2 <= SMALL_GEMM_MADDS) tile *= 2;
-    if (m * k * n <= SMALL_GEMM_MADDS || m * k * 16 > SMALL_GEMM_MADDS) tile = n;
+    int64_t tile = n; /* (m k = 0 included: no block ever exceeds the bound) */
+    if (m * k * n > SMALL_GEMM_MADDS && m * k * 16 <= SMALL_GEMM_MADDS)
+        for (tile = 16; m * k * tile * 2 <= SMALL_GEMM_MADDS;) tile *= 2;
     for (int64_t j = 0; j < n; j += tile) /* C's columns j.. are B's rows j.. when tb */
         FN(gemm)(ta, tb, m, n - j < tile ? n - j : tile, k, a, lda, b + (tb ? j * ldb : j), ldb,
                  beta, c + j, ldc);

@@ -117,11 +117,11 @@ def gemm_tiles(blas, ta, tb, m, n, k, a, lda, b, b_row, b_col, ldb, beta, c, c_r
     whole fits or no block of 16 would. B and C are 2-D arrays whose element
     [b_row, b_col] ([c_row, c_col]) starts the matrix (row strides ldb, ldc);
     C's columns j.. are B's columns j.., or with tb its rows j..."""
-    tile = 16
-    while m * k * tile * 2 <= SMALL_GEMM_MADDS:
-        tile *= 2
-    if m * k * n <= SMALL_GEMM_MADDS or m * k * 16 > SMALL_GEMM_MADDS:
-        tile = n
+    tile = n  # (m k = 0 included: no block ever exceeds the bound)
+    if m * k * n > SMALL_GEMM_MADDS and m * k * 16 <= SMALL_GEMM_MADDS:
+        tile = 16
+        while m * k * tile * 2 <= SMALL_GEMM_MADDS:
+            tile *= 2
     for j in range(0, n, tile):
         b_block = b[b_row + j, b_col:] if tb else b[b_row, b_col + j:]
         gemm(blas, ta, tb, m, min(tile, n - j), k, a, lda, b_block, ldb, beta, c[c_row, c_col + j:],
