@@ -85,7 +85,6 @@ def stream_copy(dst, src, n):
         dst[t] = src[t]
 
 
-
 @intrinsic
 def _prefetch_l2(typingctx, a, offset):
     """Asks for the cache line holding byte `offset` of array a's data, into the

@@ -285,9 +285,9 @@ def _zero_sums(dW_x, dW_h, sums):
 def add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
     """The ranges' sums added into the first's in range order (see the time loops
     below): dW_x, dW_h the first range's, range p > 0's slice p - 1 of
-    dW_x_parts, dW_h_parts; sums (parts, 2, G*H) float64. One jitted pass (three
-    NumPy additions took about 65 us of the recurrent benchmark's LSTM step,
-    their caches cold after the kernel, Zen 4)."""
+    dW_x_parts, dW_h_parts; sums (parts, 2, G*H) float64. In loops: the arrays'
+    `+=` took 65 us of the recurrent benchmark's LSTM step, the loops 16-18
+    (medians, their caches cold after the kernel, Zen 4)."""
     for p in range(1, sums.shape[0]):
         _add_rows(dW_x, dW_x_parts[p - 1])
         _add_rows(dW_h, dW_h_parts[p - 1])
