@@ -155,15 +155,16 @@ def _dx_buffer(dx, x):
     return np.empty((0, *x.shape[1:]), x.dtype) if dx is None else dx
 
 
-def _bind_recurrent(whole, ranges, x, W_h, args, typed, grads=None):
+def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, biases=()):
     """A callable running a recurrent kernel: `whole` over the batch on one
     thread, or its *_range twin over the ranges of _recurrent_bounds on the
     caller's thread and _RANGE_THREADS's with BLAS on one thread per call (when
     another caller holds that setting, one range after another on the caller's
     with BLAS's threads: the same results). args: the kernel's own, after the
-    BLAS arguments. With grads (dW_x, dW_h) a backward: each range sums its own
-    dW_x, dW_h and float64 sums (2, G*H), added in range order after, and the
-    callable returns the sums: db's, and the GRU's db_h's. The workspaces, the
+    BLAS arguments. Each call returns `result`. With grads (dW_x, dW_h) a
+    backward: each range sums its own dW_x, dW_h and float64 sums (2, G*H),
+    added in range order after, which the bias gradients `biases` (db, or the
+    GRU's db_x, db_h) take rounded to the dtype. The workspaces, the
     BLAS arguments and (typed) the compiled code for the arguments' types are
     taken once, for the thread count of the call; another count takes them anew.
     (Bound so in a training step, the recurrent benchmark's step against one
@@ -208,26 +209,16 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, grads=None):
 
     bound_for, run = None, None
 
-    def recurrent():
+    def recurrent(*_):
         nonlocal bound_for, run
         now = (numba.get_num_threads(), _forked_child)
         if now != bound_for:
             bound_for, run = now, make()
         sums = run()
-        return None if sums is None else sums[0]
-    return recurrent
-
-
-def _bound_result(run, result, biases=()):
-    """A bound recurrent kernel: each call runs `run` (_bind_recurrent) and returns
-    `result`; a backward's bias gradients `biases` (db, or the GRU's db_x, db_h)
-    take its float64 sums rounded to the dtype."""
-    def bound(*_):
-        sums = run()
-        for db, summed in zip(biases, () if sums is None else sums):
+        for db, summed in zip(biases, () if sums is None else sums[0]):
             db[...] = summed
         return result
-    return bound
+    return recurrent
 
 
 def _parallel(size, dense=False):
@@ -682,8 +673,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b, activation == "relu", hs, e(h0.shape, d))
-        return _bound_result(_bind_recurrent(R.rnn_forward, R.rnn_forward_range, x, W_h, args, typed),
-                             (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
+        return _bind_recurrent(R.rnn_forward, R.rnn_forward_range, x, W_h, args, typed,
+                               (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
 
     def _rnn_backward(self, dhs, cache, dx, dz):
         return self._bind_rnn_backward(dhs, cache, dx, dz, typed=False)()
@@ -696,8 +687,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
         args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), out[1], dz)
-        return _bound_result(_bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args,
-                                             typed, out[2:4]), out, out[4:])
+        return _bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, typed, out,
+                               out[2:4], out[4:])
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=False)()
@@ -711,8 +702,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
-        return _bound_result(_bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed),
-                             (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
+        return _bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed,
+                               (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
     def _lstm_backward(self, dhs, cache, dx, dz):
         return self._bind_lstm_backward(dhs, cache, dx, dz, typed=False)()
@@ -726,8 +717,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
                e(W_h.shape[1], d))
         args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), out[1], out[2], dz)
-        return _bound_result(_bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args,
-                                             typed, out[3:5]), out, out[5:])
+        return _bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, typed, out,
+                               out[3:5], out[5:])
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, typed=False)()
@@ -740,8 +731,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e((n, 3 * hidden), d))
-        return _bound_result(_bind_recurrent(R.gru_forward, R.gru_forward_range, x, W_h, args, typed),
-                             (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
+        return _bind_recurrent(R.gru_forward, R.gru_forward_range, x, W_h, args, typed,
+                               (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
 
     def _gru_backward(self, dhs, cache, dx, dz):
         return self._bind_gru_backward(dhs, cache, dx, dz, typed=False)()
@@ -756,8 +747,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
                e(W_h.shape[1], d))
         args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), out[1], dz,
                 e((x.shape[0], W_h.shape[1]), d))
-        return _bound_result(_bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args,
-                                             typed, out[2:4]), out, out[4:])
+        return _bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, typed, out,
+                               out[2:4], out[4:])
 
     # ---------------------------------------------------------------- embedding
     def _embedding_forward(self, tokens, W, out):
