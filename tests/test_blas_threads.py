@@ -111,3 +111,33 @@ def test_every_blas_on_one_thread_inside_and_the_users_counts_after(direct, monk
             with _blas.every_blas_on_one_thread():
                 raise RuntimeError("inside")
         assert blas_counts() == before
+
+
+def test_a_kernels_scope_inside_its_threads_training_scope_holds_at_once():
+    # inside every_blas_on_one_thread (a training step), which keeps every BLAS on
+    # one thread, a kernel's blas_on_one_thread in the same thread gives True
+    # without taking the kernels' hold or calling the BLAS; in another thread
+    # it is a scope of its own, which takes the hold
+    import threading
+
+    if _blas._every_blas_thread_functions() is None or _blas.blas_thread_functions() is None:
+        pytest.skip("a BLAS other than OpenBLAS on its own threads is loaded")
+    seen = []
+
+    def kernel_scope():
+        with _blas.blas_on_one_thread() as alone:
+            seen.append((alone, _blas._one_thread_lock.locked(), blas_counts()))
+
+    with threadpool_limits(3, user_api="blas"):
+        before = blas_counts()
+        with _blas.every_blas_on_one_thread():
+            ones = [1] * len(before)
+            kernel_scope()
+            assert seen.pop() == (True, False, ones)
+            other = threading.Thread(target=kernel_scope)
+            other.start()
+            other.join()
+            assert seen.pop() == (True, True, ones)
+        kernel_scope()  # outside it: a scope of its own again (the kernels' BLAS only)
+        assert seen.pop()[:2] == (True, True)
+        assert blas_counts() == before

@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -170,7 +171,9 @@ class RangeThreads:
 
     def __init__(self):
         self._busy = threading.Lock()  # one job at a time
-        self._cond = threading.Condition()  # guards the job's fields below
+        self._lock = threading.Lock()  # guards the job's fields below (a with in C, no Python frame)
+        self._cond = threading.Condition(self._lock)  # a worker sleeps on it once its spin ends
+        self._sleeping = 0  # workers on (or about to wait on) _cond: the post notifies only them
         self._fn = None
         self._parts = 0
         self._next = 0  # the next part to claim
@@ -179,6 +182,7 @@ class RangeThreads:
         self._errors = []
         self.sync = np.zeros(SYNC_SIZE, np.int64)  # SEQ, ENTERED, DONE: spun on without the GIL
         self._pauses = self._entry_pauses = 0  # timed when the workers start
+        self._spin_until, self._report_and_await = _spin_until, _report_and_await  # (typed then)
         self._workers = []  # native thread ids
         self._kept_off = {}  # native id -> the caller's core last taken out of its affinity
         self._getcpu = _sched_getcpu()
@@ -195,18 +199,20 @@ class RangeThreads:
                 fn(p)
             return
         try:
-            self._start_workers(parts - 1)
+            if len(self._workers) < parts - 1:
+                self._start_workers(parts - 1)
             self._keep_workers_off()
-            with self._cond:
+            with self._lock:
                 self._fn, self._parts, self._next, self._claimed, self._errors = fn, parts, 1, 0, []
                 self.sync[DONE] = 0
                 self._seq += 1
                 self.sync[SEQ] = self._seq
-                self._cond.notify_all()
+                if self._sleeping:  # (a worker counts itself before it reads _seq: none is missed)
+                    self._cond.notify_all()
             try:
                 self._run_part(0)
                 while True:  # the parts no worker has claimed
-                    with self._cond:
+                    with self._lock:
                         if self._next >= parts:
                             break
                         p = self._next
@@ -228,9 +234,9 @@ class RangeThreads:
         while True:
             try:
                 if claimed is None:
-                    with self._cond:
+                    with self._lock:
                         self._next, claimed = self._parts, self._claimed
-                if _spin_until(self.sync, DONE, claimed, pauses):
+                if self._spin_until(self.sync, DONE, claimed, pauses):
                     return
                 pauses = 1
                 time.sleep(1e-4)
@@ -241,13 +247,17 @@ class RangeThreads:
         try:
             self._fn(p)
         except BaseException as error:  # raised in the caller after every part
-            with self._cond:
+            with self._lock:
                 self._errors.append(error)
 
     def _start_workers(self, count):
         if not self._pauses:
             self._pauses = _pauses_in(SPIN_SECONDS)
             self._entry_pauses = max(int(self._pauses * ENTRY_SECONDS / SPIN_SECONDS), 1)
+            # their compiled code for these arguments' types: no dispatch by type at each call
+            sync, count64 = numba.typeof(self.sync), types.int64
+            self._spin_until = _spin_until.compile((sync, types.intp, count64, count64))
+            self._report_and_await = _report_and_await.compile((sync,) + (count64,) * 4)
         while len(self._workers) < count:
             started = threading.Event()
             ids = []
@@ -264,14 +274,16 @@ class RangeThreads:
         finished = 0  # parts finished since the last report
         try:
             while True:
-                _report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
+                self._report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
                 finished = 0
-                with self._cond:
+                with self._lock:
+                    self._sleeping += 1
                     while self._seq == seen:
                         self._cond.wait()
+                    self._sleeping -= 1
                     seen = self._seq
                 while True:
-                    with self._cond:
+                    with self._lock:
                         if self._seq != seen or self._next >= self._parts:
                             break
                         p = self._next
@@ -280,7 +292,7 @@ class RangeThreads:
                     self._run_part(p)
                     finished += 1
         finally:  # (a worker that fails here still reports its parts: the caller waits for them)
-            _report_and_await(self.sync, finished, -1, 0, 0)
+            self._report_and_await(self.sync, finished, -1, 0, 0)
 
     def _keep_workers_off(self):
         """Takes the caller's core out of each worker's affinity (Linux): a system

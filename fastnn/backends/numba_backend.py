@@ -100,10 +100,10 @@ def _bn_rows_per_block(n):
     return max(64, -(-n // 16))
 
 
-def _flat_blocks():
+def _flat_blocks(threads=None):
     """Blocks of a parallel flat kernel: one per thread (at least two, so that
-    the split is exercised even on one thread)."""
-    return max(2, numba.get_num_threads())
+    the split is exercised even on one thread); threads: Numba's count, if read."""
+    return max(2, numba.get_num_threads() if threads is None else threads)
 
 
 # A process forked from one that ran a parallel region under GNU OpenMP (Numba's
@@ -191,6 +191,7 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
         if grads:
             tail = (*grads, sums, *(np.empty((parts - 1, *g.shape), d) for g in grads))
         kernel = _typed(ranges, blas, bounds, 0, sync, *args, *tail) if typed else ranges
+        add_sums = _typed(R.add_range_sums, *tail) if typed and grads else R.add_range_sums
 
         def run_range(p):
             kernel(blas, bounds, p, sync, *args, *tail)
@@ -203,7 +204,7 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
                     for p in range(parts):
                         run_range(p)
             if grads:
-                R.add_range_sums(*tail)
+                add_sums(*tail)
             return sums
         return run_ranges
 
@@ -236,8 +237,9 @@ def _run_flat(range_kernel, *args):
     back to back: 55 us in parts, 77 serial; the recurrent benchmark's step of
     82.6K parameters took 217-289 us in a prange region). With one thread, the
     parts of _flat_blocks one after another (the split exercised all the same)."""
-    parts, sync = _flat_blocks(), _RANGE_THREADS.sync
-    if numba.get_num_threads() < 2:
+    threads, sync = numba.get_num_threads(), _RANGE_THREADS.sync
+    parts = _flat_blocks(threads)
+    if threads < 2:
         for p in range(parts):
             range_kernel(sync, p, parts, *args)
     else:
