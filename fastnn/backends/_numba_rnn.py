@@ -21,12 +21,12 @@ order: float32 results are as accurate as the reference's against float64, not
 equal to its rounding (fastnn.testing.reference_error).
 """
 
-import ctypes
 import math
 
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from ._blas import blas_gemm
 from ._numba_kernels import jit, jit_range
@@ -46,11 +46,28 @@ from ._numba_math import (
 from ._numba_memory import prefetch_l2
 from ._range_threads import announce
 
-_GEMM_TYPE = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 13))
-# dtype -> ?gemm, passed to the kernels as an argument (a global would be baked
-# into Numba's on-disk cache as an address of the process that compiled it)
-GEMM = {np.dtype(np.float32): _GEMM_TYPE(blas_gemm("sgemm")),
-        np.dtype(np.float64): _GEMM_TYPE(blas_gemm("dgemm"))}
+# dtype -> the address of ?gemm, passed to the kernels as an integer argument (a
+# global would be baked into Numba's on-disk cache as an address of the process
+# that compiled it; a ctypes function, which Numba also takes, costs two Python
+# calls to unpack at every call of a kernel, on each of its threads)
+GEMM = {np.dtype(np.float32): blas_gemm("sgemm"), np.dtype(np.float64): blas_gemm("dgemm")}
+
+
+@intrinsic
+def _call_gemm(typingctx, address, pointers):
+    """The function at `address` (?gemm: 13 pointer arguments, nothing returned)
+    called with `pointers`, a tuple of 13 addresses."""
+    if not (isinstance(address, types.Integer) and isinstance(pointers, types.UniTuple)
+            and pointers.count == 13 and isinstance(pointers.dtype, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        voidptr = ir.IntType(8).as_pointer()
+        fn = builder.inttoptr(args[0], ir.FunctionType(ir.VoidType(), [voidptr] * 13).as_pointer())
+        builder.call(fn, [builder.inttoptr(builder.extract_value(args[1], i), voidptr)
+                          for i in range(13)])
+        return context.get_dummy_value()
+    return types.none(address, pointers), codegen
 
 
 ROW_BYTES = 128  # two cache lines
@@ -98,9 +115,10 @@ def gemm(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     ints[5] = ldc
     scalars[0] = 1
     scalars[1] = beta
-    fn(flags[tb:].ctypes, flags[ta:].ctypes, ints[0:].ctypes, ints[1:].ctypes, ints[2:].ctypes,
-       scalars[0:].ctypes, b.ctypes, ints[3:].ctypes, a.ctypes, ints[4:].ctypes,
-       scalars[1:].ctypes, c.ctypes, ints[5:].ctypes)
+    # every argument by address (int64: uintp and int64 would add up to a float)
+    f, i, s = np.int64(flags.ctypes.data), np.int64(ints.ctypes.data), np.int64(scalars.ctypes.data)
+    _call_gemm(fn, (f + tb, f + ta, i, i + 4, i + 8, s, np.int64(b.ctypes.data), i + 12,
+                    np.int64(a.ctypes.data), i + 16, s + scalars.itemsize, np.int64(c.ctypes.data), i + 20))
 
 
 # The most multiply-adds of a per-step GEMM block (gemm_tiles), as the C kernels'
