@@ -115,10 +115,12 @@ def gemm(blas, ta, tb, m, n, k, a, lda, b, ldb, beta, c, ldc):
     ints[5] = ldc
     scalars[0] = 1
     scalars[1] = beta
-    # every argument by address (int64: uintp and int64 would add up to a float)
+    # every argument by address (int64: uintp and int64 would add up to a float);
+    # ints[j] at i + j * iw, scalars[j] at s + j * sw
     f, i, s = np.int64(flags.ctypes.data), np.int64(ints.ctypes.data), np.int64(scalars.ctypes.data)
-    _call_gemm(fn, (f + tb, f + ta, i, i + 4, i + 8, s, np.int64(b.ctypes.data), i + 12,
-                    np.int64(a.ctypes.data), i + 16, s + scalars.itemsize, np.int64(c.ctypes.data), i + 20))
+    iw, sw = ints.itemsize, scalars.itemsize
+    _call_gemm(fn, (f + tb, f + ta, i, i + iw, i + 2 * iw, s, np.int64(b.ctypes.data), i + 3 * iw,
+                    np.int64(a.ctypes.data), i + 4 * iw, s + sw, np.int64(c.ctypes.data), i + 5 * iw))
 
 
 # The most multiply-adds of a per-step GEMM block (gemm_tiles), as the C kernels'
