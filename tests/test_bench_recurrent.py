@@ -73,10 +73,22 @@ def test_run_recurrent_times_every_runner():
     per = result["rnn"]
     assert set(per) >= {"numpy"}
     assert all(0 < r["best_s"] <= r["median_s"] for r in per.values())
-    ratios = recurrent.ratios(per)
-    assert ratios["numpy"][0] is None  # no PyTorch
+    assert all(len(r["rounds_s"]) == 2 and min(r["rounds_s"]) == r["best_s"] for r in per.values())
+    ratios, paired = recurrent.ratios(per), recurrent.paired_ratios(per)
+    assert ratios["numpy"][0] is None and paired["numpy"][0] is None  # no PyTorch
     if recurrent.BARE in per:
-        assert ratios[recurrent.BARE][1] == 1.0
+        assert ratios[recurrent.BARE][1] == 1.0 and paired[recurrent.BARE][1] == 1.0
+
+
+def test_paired_ratios_take_each_rounds_own_ratio():
+    # a drift between rounds: the runner's median round is not bare-gemms' median
+    # one, so the ratio of medians (3) is not the rounds' own ratio (2 in each)
+    per = {"c": {"median_s": 6.0, "rounds_s": [2.0, 6.0, 20.0]},
+           recurrent.BARE: {"median_s": 2.0, "rounds_s": [1.0, 3.0, 10.0]},
+           recurrent.TORCH: {"median_s": 6.0, "rounds_s": [4.0, 6.0, 60.0]}}
+    assert recurrent.ratios(per)["c"] == (1.0, 3.0)
+    assert recurrent.paired_ratios(per)["c"] == (2.0, 2.0)
+    assert recurrent.paired_ratios({"c": per["c"]})["c"] == (None, None)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -112,8 +113,12 @@ def test_bench_recurrent_json(tmp_path):
             assert 0 < r["best_s"] <= r["median_s"]
             vs_bare = result["ratios"][kind][name]["this_over_gemms"]
             assert result["ratios"][kind][name]["torch_over_this"] is None
+            assert len(r["rounds_s"]) == 3  # --quick: three rounds
+            rounds_vs_bare = result["ratios"][kind][name]["rounds_this_over_gemms"]
             if "bare-gemms" in per:  # the C kernels' GEMMs alone
                 assert vs_bare == pytest.approx(r["median_s"] / per["bare-gemms"]["median_s"])
+                assert rounds_vs_bare == pytest.approx(statistics.median(
+                    a / b for a, b in zip(r["rounds_s"], per["bare-gemms"]["rounds_s"])))
             # the printed table rounds the same figures
             assert f"  {name} " in run.stdout
 

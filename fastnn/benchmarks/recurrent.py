@@ -126,11 +126,12 @@ def torch_step_seconds(kind, sizes, min_time, repeats, **options):
 
 def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, with_torch=True,
                   sizes=None, progress=None):
-    """{kind: {runner: {"median_s", "best_s"} per sequence}} for each runner:
-    every backend, PyTorch (when installed and with_torch), bare-gemms and
+    """{kind: {runner: {"median_s", "best_s", "rounds_s"} per sequence}} for each
+    runner: every backend, PyTorch (when installed and with_torch), bare-gemms and
     bare-gemms-whole (with numba). Each round times every runner once
     (`min_time` seconds of steps after a warm-up), in turns; median and best are
-    over the rounds. Each runner's turn starts after the main benchmark's pause
+    over the rounds, rounds_s the rounds' times in order (see paired_ratios).
+    Each runner's turn starts after the main benchmark's pause
     (runner.SETTLE_SECONDS): the numpy backend's and bare-gemms-whole's GEMMs
     leave OpenBLAS's threads spinning for 0.1 s, in the next runner's time."""
     import fastnn
@@ -164,7 +165,8 @@ def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, 
                 else:
                     times.setdefault(TORCH, []).extend(t)
         per = {name: {"median_s": statistics.median(ts) / sizes["batch"],
-                      "best_s": min(ts) / sizes["batch"]} for name, ts in times.items()}
+                      "best_s": min(ts) / sizes["batch"],
+                      "rounds_s": [t / sizes["batch"] for t in ts]} for name, ts in times.items()}
         results[kind] = per
         if progress:
             progress(kind, per)
@@ -180,3 +182,18 @@ def ratios(per):
         vs_bare = r["median_s"] / per[BARE]["median_s"] if BARE in per else None
         out[name] = (vs_torch, vs_bare)
     return out
+
+
+def paired_ratios(per):
+    """As ratios, but each the median over the rounds of that round's ratio (a
+    runner beside PyTorch and bare-gemms timed in the same round, seconds apart):
+    on a shared machine whose load drifts from round to round, the rounds' own
+    ratios vary less than the ratio of medians, which may take its two medians
+    from rounds of different load. Both are reported; they differ by how much
+    the load drifted."""
+    def paired(top, bottom):
+        if top is None or bottom is None:
+            return None
+        return statistics.median(a / b for a, b in zip(top["rounds_s"], bottom["rounds_s"]))
+    torch, bare = per.get(TORCH), per.get(BARE)
+    return {name: (paired(torch, r), paired(r, bare)) for name, r in per.items()}
