@@ -331,24 +331,22 @@ def run_recurrent_bench(backends, with_torch, scale, quick, json_path=None):
     result = recurrent.run_recurrent(backends=backends, rounds=3 if quick else 7,
                                      min_time=0.1 if quick else 0.3, with_torch=with_torch,
                                      sizes=sizes)
+    ratios = {}  # {kind: {runner: the ratios of medians and the medians of rounds}}
     for kind, per in result.items():
         flops = recurrent.gemm_flops(kind, **sizes) / sizes["batch"]
         print(f"\n{recurrent.LAYERS[kind]} ({flops / 1e6:.1f} MFLOP of GEMMs per sequence)")
         print(f"  {'':<38}{'ratios of medians':>24}{'medians of rounds':>24}")
         print(f"  {'runner':<18}{'median':>10}{'best':>10}" + f"{'torch/this':>12}{'this/gemms':>12}" * 2)
         paired = recurrent.paired_ratios(per)
+        ratios[kind] = {}
         for name, (vs_torch, vs_bare) in recurrent.ratios(per).items():
             r = per[name]
             print(f"  {name:<18}{fmt_time(r['median_s']):>10}{fmt_time(r['best_s']):>10}"
                   + "".join(f"{fmt_optional(v, '.2f'):>12}" for v in (vs_torch, vs_bare, *paired[name])))
+            ratios[kind][name] = {"torch_over_this": vs_torch, "this_over_gemms": vs_bare,
+                                  "rounds_torch_over_this": paired[name][0],
+                                  "rounds_this_over_gemms": paired[name][1]}
     if json_path:
-        ratios = {}
-        for kind, per in result.items():
-            paired = recurrent.paired_ratios(per)
-            ratios[kind] = {name: {"torch_over_this": vs_torch, "this_over_gemms": vs_bare,
-                                   "rounds_torch_over_this": paired[name][0],
-                                   "rounds_this_over_gemms": paired[name][1]}
-                            for name, (vs_torch, vs_bare) in recurrent.ratios(per).items()}
         with open(json_path, "w") as f:
             json.dump({"machine": benchmarks.machine(), "sizes": sizes, "per_sequence": result,
                        "ratios": ratios}, f, indent=1)
