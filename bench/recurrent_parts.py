@@ -3,9 +3,9 @@
 Dense(1) head) spends its time beyond its GEMMs, measured in place: each bound
 call of the step (fastnn/nn/plan.py) timed inside `model.train_step` as the
 benchmark calls it, steps back to back, the rest of the step (train_step's
-checks and copy of the batch, the BLAS scope, the calls between the parts)
-being "Python around the plan"; and between the batches of steps, the same
-GEMMs alone (the benchmark's bare-gemms).
+checks and copy of the batch, the BLAS scope, the calls between the parts,
+and the timers' own few us) being "Python around the plan"; and between the
+batches of steps, the same GEMMs alone (the benchmark's bare-gemms).
 
 The host's load drifts from second to second. So the turns are short (ROUND_STEPS
 steps of the backend, then as many of the GEMMs alone), and the rounds are

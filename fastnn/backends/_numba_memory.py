@@ -106,7 +106,21 @@ def _prefetch_l2(typingctx, a, offset):
 
 
 @jit_inline
-def prefetch_l2(a):
-    """Asks for the lines of 1-D contiguous `a` into the second-level cache."""
-    for offset in range(0, a.size * a.itemsize, LINE):
+def prefetch_l2(a, start, count):
+    """Asks for the lines of elements [start, start + count) of C-contiguous `a`
+    (a row of it, say) into the second-level cache."""
+    for offset in range(start * a.itemsize, (start + count) * a.itemsize, LINE):
         _prefetch_l2(a, offset)
+
+
+@intrinsic
+def element_pointer(typingctx, a, start):
+    """A pointer to element `start` of C-contiguous array a's data, flat (no
+    bounds check): what a row function takes (numba.carray(pointer, length))
+    where a view would pass seven fields, and count a reference to its array."""
+    if not (isinstance(a, types.Array) and a.layout == "C" and isinstance(start, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.gep(_data(context, builder, sig.args[0], args[0]), [args[1]])
+    return types.CPointer(a.dtype)(a, start), codegen
