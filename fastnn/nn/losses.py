@@ -22,13 +22,13 @@ from ..backends import _checks as chk
 def _as_array(y, name):
     if isinstance(y, (list, tuple)) or not isinstance(y, np.ndarray):
         y = np.asarray(y)
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+    if y.dtype.kind not in "biufcm":  # bool or a number (timedelta64 is one, as np.number says)
         raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
     return y
 
 
 def _check_finite(y, name):
-    if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError(f"{name} contains NaN or infinity")
 
 

@@ -148,11 +148,23 @@ def blas_scope(model, backend):
     cores fastnn's threads need: the conv32-64 CNN epoch (c, 2 threads, Zen 4,
     alternated in one process) took 669 us per sample with them spinning, 372
     in this scope. The user's thread counts are restored when the scope ends."""
-    if backend.name == "numpy" or not any(layer.gemms_on_own_threads for layer in layers_of(model.layers)):
-        return contextlib.nullcontext()
-    from ..backends._blas import every_blas_on_one_thread
+    own = getattr(model, "_gemms_on_own_threads", None)  # (set by the model's build)
+    if own is None:
+        own = any(layer.gemms_on_own_threads for layer in layers_of(model.layers))
+    if backend.name == "numpy" or not own:
+        return _NO_SCOPE
+    if _blas.every_blas_on_one_thread is None:  # (imported at the first scope, not with fastnn)
+        from ..backends._blas import every_blas_on_one_thread
 
-    return every_blas_on_one_thread()
+        _blas.every_blas_on_one_thread = every_blas_on_one_thread
+    return _blas.every_blas_on_one_thread()
+
+
+class _blas:
+    every_blas_on_one_thread = None
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 class EpochResult(NamedTuple):
