@@ -468,6 +468,22 @@ def gru_backward_row(pg, phn, ph_prev, pdh_row, pdh, pdx, pdhw, pacc, hidden):
         dh[j] = g * u
 
 
+@jit_inline
+def state_before(states, init, at_t, i, hidden, t):
+    """A pointer to the state before row i's step t, at_t that step's offset in
+    states (N, T, H): states' step t - 1, or at t = 0 init's row i (init (N, H))."""
+    return at(states, at_t - hidden) if t else at(init, i * hidden)
+
+
+@jit_inline
+def prefetch_state_before(states, init, at_t, i, hidden, t):
+    """prefetch_l2 of the row state_before gives."""
+    if t:
+        prefetch_l2(states, at_t - hidden, hidden)
+    else:
+        prefetch_l2(init, i * hidden, hidden)
+
+
 # ------------------------------------------------------------- time loops
 # Each kernel's time loop is a function over the rows it is given (`*_rows` and
 # the forwards): a range of the batch's rows is a batch of its own (every array
@@ -536,9 +552,9 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
         _step_gemm(blas, t, x, W_x, h0, hs, W_h, z, True)
         for i in range(n):
             at_t = (i * steps + t) * hidden  # row i's step t in hs and cs
-            c_prev = at(cs, at_t - hidden) if t else at(c0, i * hidden)
-            lstm_forward_row(at(gates, 4 * at_t), at(z, i * 4 * hidden), at(b, 0), c_prev,
-                             at(cs, at_t), at(hs, at_t), hidden)
+            lstm_forward_row(at(gates, 4 * at_t), at(z, i * 4 * hidden), at(b, 0),
+                             state_before(cs, c0, at_t, i, hidden, t), at(cs, at_t), at(hs, at_t),
+                             hidden)
 
 
 @jit_range
@@ -563,15 +579,11 @@ def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc
             at_t = (i * steps + t) * hidden  # row i's step t in hs, cs and dhs
             if t:  # this row's lines of the next step (as csrc/recurrent_impl.h prefetch_row)
                 prefetch_l2(gates, 4 * (at_t - hidden), 4 * hidden)
-                if t > 1:
-                    prefetch_l2(cs, at_t - 2 * hidden, hidden)
-                else:
-                    prefetch_l2(c0, i * hidden, hidden)
+                prefetch_state_before(cs, c0, at_t - hidden, i, hidden, t - 1)
                 prefetch_l2(dhs, at_t - hidden, hidden)
-            c_prev = at(cs, at_t - hidden) if t else at(c0, i * hidden)
-            lstm_backward_row(at(gates, 4 * at_t), at(cs, at_t), c_prev, at(dhs, at_t),
-                              at(dh, i * hidden), at(dc, i * hidden), at(dz, i * steps * 4 * hidden),
-                              hidden)
+            lstm_backward_row(at(gates, 4 * at_t), at(cs, at_t), state_before(cs, c0, at_t, i, hidden, t),
+                              at(dhs, at_t), at(dh, i * hidden), at(dc, i * hidden),
+                              at(dz, i * steps * 4 * hidden), hidden)
         _backward_gemms(blas, t, h0, hs, W_h, dz[0], steps * 4 * hidden, dW_h, dh, 0.0)
         _input_step(blas, t, x, W_x, dz, dW_x, sums[0], dx)
 
@@ -598,9 +610,9 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
         _step_gemm(blas, t, x, W_x, h0, hs, W_h, z, False)
         for i in range(n):
             at_t = (i * steps + t) * hidden  # row i's step t in hs and hn
-            h_prev = at(hs, at_t - hidden) if t else at(h0, i * hidden)
             gru_forward_row(at(gates, 3 * at_t), at(z, i * 3 * hidden), at(b_x, 0), at(b_h, 0),
-                            h_prev, at(hn, at_t), at(hs, at_t), at(row, 0), hidden)
+                            state_before(hs, h0, at_t, i, hidden, t), at(hn, at_t), at(hs, at_t),
+                            at(row, 0), hidden)
 
 
 @jit_range
@@ -628,14 +640,10 @@ def gru_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dh
             if t:  # this row's lines of the next step (as csrc/recurrent_impl.h prefetch_row)
                 prefetch_l2(gates, 3 * (at_t - hidden), 3 * hidden)
                 prefetch_l2(hn, at_t - hidden, hidden)
-                if t > 1:
-                    prefetch_l2(hs, at_t - 2 * hidden, hidden)
-                else:
-                    prefetch_l2(h0, i * hidden, hidden)
+                prefetch_state_before(hs, h0, at_t - hidden, i, hidden, t - 1)
                 prefetch_l2(dhs, at_t - hidden, hidden)
-            h_prev = at(hs, at_t - hidden) if t else at(h0, i * hidden)
-            gru_backward_row(at(gates, 3 * at_t), at(hn, at_t), h_prev, at(dhs, at_t),
-                             at(dh, i * hidden), at(dxw, i * steps * 3 * hidden),
+            gru_backward_row(at(gates, 3 * at_t), at(hn, at_t), state_before(hs, h0, at_t, i, hidden, t),
+                             at(dhs, at_t), at(dh, i * hidden), at(dxw, i * steps * 3 * hidden),
                              at(dhw, i * 3 * hidden), at(sums, 3 * hidden), hidden)
         _backward_gemms(blas, t, h0, hs, W_h, dhw, 3 * hidden, dW_h, dh, 1.0)
         _input_step(blas, t, x, W_x, dxw, dW_x, sums[0], dx)
