@@ -10,6 +10,7 @@ size; CSR input is densified batch by batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -153,18 +154,20 @@ def blas_scope(model, backend):
         own = any(layer.gemms_on_own_threads for layer in layers_of(model.layers))
     if backend.name == "numpy" or not own:
         return _NO_SCOPE
-    if _blas.every_blas_on_one_thread is None:  # (imported at the first scope, not with fastnn)
-        from ..backends._blas import every_blas_on_one_thread
-
-        _blas.every_blas_on_one_thread = every_blas_on_one_thread
-    return _blas.every_blas_on_one_thread()
-
-
-class _blas:
-    every_blas_on_one_thread = None
+    return _every_blas_on_one_thread()()
 
 
 _NO_SCOPE = contextlib.nullcontext()
+
+
+@functools.cache
+def _every_blas_on_one_thread():
+    """backends._blas.every_blas_on_one_thread, imported at the first scope (not
+    with fastnn), then at the cost of a cached call (an import statement in
+    blas_scope took about 12 us of a training step, caches cold after the kernels)."""
+    from ..backends._blas import every_blas_on_one_thread
+
+    return every_blas_on_one_thread
 
 
 class EpochResult(NamedTuple):
