@@ -444,8 +444,7 @@ class Sequential:
         self._plannable: bool = False
         self._plan_key: Optional[tuple] = None
         self._has_dropout = any(isinstance(layer, Dropout) for layer in self._walk())
-        # whether training runs in training.blas_scope's every-BLAS-on-one-thread
-        self._gemms_on_own_threads = any(layer.gemms_on_own_threads for layer in self._walk())
+        self._gemms_on_own_threads = training.gemms_on_own_threads(self.layers)  # (blas_scope's)
         self.built = True
         return self
 

@@ -139,6 +139,12 @@ def layers_of(layers):
         yield from layers_of(getattr(layer, "layers", ()))
 
 
+def gemms_on_own_threads(layers):
+    """Whether any of the layers (or those inside them) runs its GEMMs on
+    fastnn's own threads: then training runs in blas_scope."""
+    return any(layer.gemms_on_own_threads for layer in layers_of(layers))
+
+
 def blas_scope(model, backend):
     """What training `model` on `backend` (fit, train_step) runs in: every BLAS
     on one thread when a layer runs its GEMMs on fastnn's own threads (Conv2D and
@@ -151,7 +157,7 @@ def blas_scope(model, backend):
     in this scope. The user's thread counts are restored when the scope ends."""
     own = getattr(model, "_gemms_on_own_threads", None)  # (set by the model's build)
     if own is None:
-        own = any(layer.gemms_on_own_threads for layer in layers_of(model.layers))
+        own = gemms_on_own_threads(model.layers)
     if backend.name == "numpy" or not own:
         return _NO_SCOPE
     return _every_blas_on_one_thread()()
