@@ -303,16 +303,23 @@ def _zero_sums(dW_x, dW_h, sums):
 
 
 @jit
-def add_range_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
-    """The ranges' sums added into the first's in range order (see the time loops
-    below): dW_x, dW_h the first range's, range p > 0's slice p - 1 of
-    dW_x_parts, dW_h_parts; sums (parts, 2, G*H) float64. In loops: the arrays'
-    `+=` took 65 us of the recurrent benchmark's LSTM step, the loops 16-18
-    (medians, their caches cold after the kernel, Zen 4)."""
+def finish_sums(dW_x, dW_h, sums, dW_x_parts, dW_h_parts, biases):
+    """A backward's sums after its ranges: range p > 0's (slice p - 1 of
+    dW_x_parts, dW_h_parts, sums[p]) added into the first's (dW_x, dW_h,
+    sums[0]) in range order (see the time loops below), then the bias gradients
+    `biases` (db, or the GRU's db_x, db_h) the rows of sums[0] (float64 (2,
+    G*H)) rounded to their dtype. In loops, in one call: the arrays' `+=` took
+    65 us of the recurrent benchmark's LSTM step, the loops 16-18 (medians, their
+    caches cold after the kernel, Zen 4); the biases' `db[...] = summed` after
+    them 20 more."""
     for p in range(1, sums.shape[0]):
         _add_rows(dW_x, dW_x_parts[p - 1])
         _add_rows(dW_h, dW_h_parts[p - 1])
         _add_rows(sums[0], sums[p])
+    for k in range(len(biases)):
+        db = biases[k]
+        for j in range(db.size):
+            db[j] = sums[0, k, j]
 
 
 @jit_inline
@@ -494,7 +501,7 @@ def prefetch_state_before(states, init, at_t, i, hidden, t):
 # range sums its own dW_x, dW_h and, in float64, sums (2, G*H): db, and the
 # GRU's db_h; started from zero, the first range's into the outputs, range p > 0's
 # into slice p - 1 of dW_x_parts, dW_h_parts (parts - 1, ...) and sums[p], added
-# in range order after (add_range_sums): deterministic for a thread count. dz
+# in range order after (finish_sums): deterministic for a thread count. dz
 # (N, T, G*H) serves as a step's rows only, at step 0 (contents unspecified).
 # The *_range kernels are jit_range's: nogil, announce(sync, p) first.
 

@@ -54,6 +54,19 @@ def _start_threads():
 
 _start_threads()
 
+
+def _thread_count_function():
+    """numba.get_num_threads, as the threading layer's own function (ctypes) once
+    started: the public one first takes a process-wide lock (a semaphore), which
+    after a kernel, its caches cold, cost 25 us of the recurrent benchmark's
+    LSTM backward call (Zen 4)."""
+    from numba.np.ufunc import parallel
+    function = getattr(parallel, "_get_num_threads", None)
+    return function if callable(function) else numba.get_num_threads
+
+
+thread_count = _thread_count_function()
+
 CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 LOSS_CODES = {"squared_error": K.SQUARED, "absolute_error": K.ABSOLUTE, "huber": K.HUBER,
               "hinge": K.HINGE, "sigmoid_binary_cross_entropy": -1}
@@ -176,7 +189,11 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
     def make():
         bounds = _recurrent_bounds(x, W_h)
         parts = 1 if bounds is None else bounds.size - 1
-        sums = np.empty((parts, 2, width)) if grads else None
+        sum_args, finish = (), None
+        if grads:  # the ranges' sums and the biases (finish_sums)
+            sums = np.empty((parts, 2, width))
+            sum_args = (*grads, sums, *(np.empty((parts - 1, *g.shape), d) for g in grads), biases)
+            finish = _typed(R.finish_sums, *sum_args) if typed else R.finish_sums
         if bounds is None:
             blas = R.Blas(d).args()
             tail = (*grads, sums[0]) if grads else ()
@@ -184,14 +201,12 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
 
             def run_whole():
                 kernel(blas, *args, *tail)
-                return sums
+                if finish is not None:
+                    finish(*sum_args)
             return run_whole
         blas, sync = R.Blas(d, parts).args(), _RANGE_THREADS.sync
-        tail = ()
-        if grads:
-            tail = (*grads, sums, *(np.empty((parts - 1, *g.shape), d) for g in grads))
+        tail = sum_args[:-1]
         kernel = _typed(ranges, blas, bounds, 0, sync, *args, *tail) if typed else ranges
-        add_sums = _typed(R.add_range_sums, *tail) if typed and grads else R.add_range_sums
 
         def run_range(p):
             kernel(blas, bounds, p, sync, *args, *tail)
@@ -203,21 +218,18 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
                 else:
                     for p in range(parts):
                         run_range(p)
-            if grads:
-                add_sums(*tail)
-            return sums
+            if finish is not None:
+                finish(*sum_args)
         return run_ranges
 
     bound_for, run = None, None
 
     def recurrent(*_):
         nonlocal bound_for, run
-        now = (numba.get_num_threads(), _forked_child)
+        now = (thread_count(), _forked_child)
         if now != bound_for:
             bound_for, run = now, make()
-        sums = run()
-        for db, summed in zip(biases, () if sums is None else sums[0]):
-            db[...] = summed
+        run()
         return result
     return recurrent
 
@@ -237,7 +249,7 @@ def _run_flat(range_kernel, *args):
     back to back: 55 us in parts, 77 serial; the recurrent benchmark's step of
     82.6K parameters took 217-289 us in a prange region). With one thread, the
     parts of _flat_blocks one after another (the split exercised all the same)."""
-    threads, sync = numba.get_num_threads(), _RANGE_THREADS.sync
+    threads, sync = thread_count(), _RANGE_THREADS.sync
     parts = _flat_blocks(threads)
     if threads < 2:
         for p in range(parts):
