@@ -25,7 +25,8 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import carray, types
+from numba import carray, njit, types
+from numba.core.compiler import Compiler, Flags
 from numba.extending import intrinsic, overload
 
 from ._blas import blas_gemm
@@ -342,7 +343,31 @@ def _add_rows(a, b):
 # 0.440 with views, 0.419 with pointers (C's: 0.416-0.424); backward 0.774 and
 # 0.741 (C's: 0.714-0.727). Gates at j, hidden + j, ... of a row of width G *
 # hidden; zr a row of z, the step's x_t W_x + h_{t-1} W_h (the GRU's h_{t-1} W_h).
-@jit
+# Their pointers are noalias (jit_rows), as the C row functions' are restrict:
+# no row a function writes overlaps another of its rows.
+
+
+class _NoAliasCompiler(Compiler):
+    """Numba's compiler with its `noalias` flag set: each pointer argument of the
+    compiled function is noalias to LLVM (C's restrict). Without it, LLVM
+    vectorised each row function behind run-time checks that its rows do not
+    overlap, about 90 comparisons at every call (3,200 calls a pass for the
+    benchmark's LSTM). Measured, the benchmark's LSTM kernels on one thread,
+    the two builds alternating in one process (Zen 4), three processes: forward
+    2.5-5.5% faster, backward 0.5-2.1%; the same results."""
+
+    def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
+        flags = flags.copy()
+        flags.noalias = True
+        super().__init__(typingctx, targetctx, library, args, return_type, flags, locals)
+
+
+# (a Numba whose compiler has no such flag compiles them as `jit` does)
+jit_rows = (njit(cache=True, error_model="numpy", pipeline_class=_NoAliasCompiler)
+            if "noalias" in Flags.options else jit)
+
+
+@jit_rows
 def rnn_forward_row(ph, pz, pb, relu, hidden):
     """hr = act(zr + b); NaN stays NaN under relu (as np.maximum)."""
     hr, zr, b = carray(ph, hidden), carray(pz, hidden), carray(pb, hidden)
@@ -356,7 +381,7 @@ def rnn_forward_row(ph, pz, pb, relu, hidden):
             hr[j] = gate_tanh(zr[j] + b[j])
 
 
-@jit
+@jit_rows
 def rnn_backward_row(pdh_row, pdh, ph, relu, pdz, hidden):
     """dzr = (dh_row + dh) act'(hr)."""
     dh_row, dh, hr = carray(pdh_row, hidden), carray(pdh, hidden), carray(ph, hidden)
@@ -372,7 +397,7 @@ def rnn_backward_row(pdh_row, pdh, ph, relu, pdz, hidden):
             dzr[j] = g * (one - y * y)
 
 
-@jit
+@jit_rows
 def lstm_forward_row(pg, pz, pb, pc_prev, pc, ph, hidden):
     """gates gr (i, f, g, o), cell c_row and state h_row of one row."""
     w = 4 * hidden
@@ -393,7 +418,7 @@ def lstm_forward_row(pg, pz, pb, pc_prev, pc, ph, hidden):
         h_row[j] = og * gate_tanh(c)
 
 
-@jit
+@jit_rows
 def lstm_backward_row(pg, pc, pc_prev, pdh_row, pdh, pdc, pdz, hidden):
     """dzr (4 hidden) of one row; dc in: the gradient c_t receives from step
     t + 1, out: c_{t-1}'s."""
@@ -416,7 +441,7 @@ def lstm_backward_row(pg, pc, pc_prev, pdh_row, pdh, pdc, pdz, hidden):
         dzr[3 * hidden + j] = g * tc * og * (one - og)
 
 
-@jit
+@jit_rows
 def gru_forward_row(pg, pz, pb_x, pb_h, ph_prev, phn, ph, prow, hidden):
     """gates gr (r, z, n; in: the row's input projection), hn_row (h_{t-1} W_hn
     + b_hn) and h_row of one row. The gates go to row (3 hidden, scratch) first
@@ -442,7 +467,7 @@ def gru_forward_row(pg, pz, pb_x, pb_h, ph_prev, phn, ph, prow, hidden):
     gr[:] = row
 
 
-@jit
+@jit_rows
 def gru_backward_row(pg, phn, ph_prev, pdh_row, pdh, pdx, pdhw, pacc, hidden):
     """dxr, dhr (3 hidden) of one row, their db_h terms added to acc (float64);
     dh in: the gradient h_t receives from step t + 1, out: the direct path to
