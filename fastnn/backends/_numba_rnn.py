@@ -344,7 +344,9 @@ def _add_rows(a, b):
 # 0.741 (C's: 0.714-0.727). Gates at j, hidden + j, ... of a row of width G *
 # hidden; zr a row of z, the step's x_t W_x + h_{t-1} W_h (the GRU's h_{t-1} W_h).
 # Their pointers are noalias (jit_rows), as the C row functions' are restrict:
-# no row a function writes overlaps another of its rows.
+# no row a function writes overlaps another of its rows (the kernels' own
+# workspaces, and outputs that the kernels' checks refuse when they overlap an
+# input, backends/_checks.py).
 
 
 class _NoAliasCompiler(Compiler):

@@ -58,8 +58,8 @@ _start_threads()
 def _thread_count_function():
     """numba.get_num_threads, as the threading layer's own function (ctypes) once
     started: the public one first takes a process-wide lock (a semaphore), which
-    after a kernel, its caches cold, cost 25 us of the recurrent benchmark's
-    LSTM backward call (Zen 4)."""
+    after a kernel, its caches cold, cost 9-25 us of each bound call of the
+    recurrent benchmark's LSTM kernels (Zen 4, medians of 300 training steps)."""
     from numba.np.ufunc import parallel
     function = getattr(parallel, "_get_num_threads", None)
     return function if callable(function) else numba.get_num_threads
