@@ -30,7 +30,7 @@ def set_threads(monkeypatch):
         else:
             from fastnn.backends import numba_backend
 
-            monkeypatch.setattr(numba_backend.numba, "get_num_threads", lambda: n)
+            monkeypatch.setattr(numba_backend, "thread_count", lambda: n)
             monkeypatch.setattr(numba_backend, "PARALLEL_MIN", 0)
     yield set_threads
     if "c" in FAST:

@@ -116,7 +116,7 @@ def _bn_rows_per_block(n):
 def _flat_blocks(threads=None):
     """Blocks of a parallel flat kernel: one per thread (at least two, so that
     the split is exercised even on one thread); threads: Numba's count, if read."""
-    return max(2, numba.get_num_threads() if threads is None else threads)
+    return max(2, thread_count() if threads is None else threads)
 
 
 # A process forked from one that ran a parallel region under GNU OpenMP (Numba's
@@ -151,7 +151,7 @@ def _recurrent_bounds(x, W_h):
     recurrent kernel runs on one thread each (_numba_rnn's *_range), or None to
     run the whole batch on one (little work, one thread, a forked child)."""
     n, steps = x.shape[:2]
-    parts = numba.get_num_threads()
+    parts = thread_count()
     if _forked_child or parts < 2 or n < parts or n * steps * W_h.size < RECURRENT_PARALLEL_MIN:
         return None
     return np.arange(parts + 1, dtype=np.int64) * n // parts
@@ -557,7 +557,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         k = kh * kw * c
         if x.shape[0] == 0 or oh * ow * max(k, o) > INT32_MAX or k * o > INT32_MAX:
             return None
-        threads = numba.get_num_threads() if _parallel(x.shape[0] * oh * ow * k * o) else 1
+        threads = thread_count() if _parallel(x.shape[0] * oh * ow * k * o) else 1
         return thread_tiles(x.shape[0], oh * ow * k * x.itemsize, threads)
 
     @staticmethod
@@ -567,7 +567,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
     def _direct_parts(self, x, W, out_shape):
         """Ranges of images of the direct convolution: one per thread for large work."""
         work = x.shape[0] * out_shape[1] * out_shape[2] * W.size
-        return max(1, min(x.shape[0], numba.get_num_threads() if _parallel(work) else 1))
+        return max(1, min(x.shape[0], thread_count() if _parallel(work) else 1))
 
     def _conv2d_forward(self, x, W, b, stride, padding, activation, out, preact):
         if is_direct(W, stride, padding):
@@ -773,8 +773,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
 
     # --------------------------------------------------------------- row gather
     def _take_rows(self, x, index, out):
-        # (numba.get_num_threads() costs a few us: asked only for a large batch)
-        parts = numba.get_num_threads() if out.nbytes >= GATHER_PARALLEL_BYTES and not _forked_child else 1
+        # (the thread count asked only for a large batch)
+        parts = thread_count() if out.nbytes >= GATHER_PARALLEL_BYTES and not _forked_child else 1
         if 1 < parts <= index.size:
             K.take_rows_parallel(x, index, out, parts)
         else:  # NumPy's take copies rows faster than a jitted loop (Zen 4, batch 200
