@@ -194,6 +194,29 @@ def test_backward_without_dx(kind, n, t, f, h, backend_name):
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("backend_name", fastnn.available_backends())
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("n, t, f, h", [(3, 4, 2, 5), (9, 32, 5, 96)])  # the second splits the batch
+def test_backward_writes_its_gradients_into_given_arrays(kind, n, t, f, h, backend_name):
+    """The gradients of the initial states and parameters go into the arrays
+    passed for them (a layer's own gradient buffers), the same values as those
+    of a call that allocates them, unbound and bound."""
+    backend = fastnn.get_backend(backend_name)
+    kw = {k: None if v is None else v.astype(np.float32)
+          for k, v in arguments(kind, n, t, f, h).items()}
+    hs, cache = forward(backend, kind, kw)
+    dhs = rand(hs.shape, 7).astype(np.float32)
+    fresh = getattr(backend, f"{kind}_backward")(dhs, cache)
+    names = gradient_names(kind)[1:]  # after x
+    given = {f"d{name}": np.full(g.shape, np.nan, np.float32) for name, g in zip(names, fresh[1:])}
+    got = getattr(backend, f"{kind}_backward")(dhs, cache, **given)
+    bound = backend.fast.bind(f"{kind}_backward", dhs, cache, **{k: v.copy() for k, v in given.items()})
+    for out, g, b, expected in zip(given.values(), got[1:], bound()[1:], fresh[1:]):
+        assert g is out
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(b, expected)
+
+
 # --------------------------------------------------- the fast float32 gates
 # The C and Numba backends compute float32 gates in float32 (csrc/recurrent.c
 # gate_sigmoid_f32, gate_tanh_f32; _numba_rnn.gate_sigmoid, gate_tanh: the same

@@ -518,11 +518,10 @@ class CBackend(GemmConv, NumpyBackend):
     # --------------------------------------------------------------- recurrence
     # The whole time loop of each kernel in C (csrc/recurrent_impl.h), its GEMMs
     # calls of BLAS's ?gemm. Each _bind_ takes the pointers and allocates the
-    # small workspaces (zero initial states, scratch rows, the bias sums) and a
-    # backward's gradients once: a bound backward returns the same gradient
-    # arrays at every call, overwritten by the next (the layer copies them out at
-    # once); the unbound kernels bind anew at each call. Sizes beyond 32-bit BLAS integers,
-    # and empty sequences, take the reference.
+    # small workspaces (zero initial states, scratch rows, the bias sums) once;
+    # a backward writes its gradients into the arrays it was given (spec: the
+    # caller's, or new ones); the unbound kernels bind anew at each call. Sizes
+    # beyond 32-bit BLAS integers, and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs)()
 
@@ -538,21 +537,20 @@ class CBackend(GemmConv, NumpyBackend):
                 fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
         return _bound(k.rnn_forward, args, (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
 
-    def _rnn_backward(self, dhs, cache, dx, dz):
-        return self._bind_rnn_backward(dhs, cache, dx, dz)()
+    def _rnn_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_rnn_backward(dhs, cache, dx, dz, *grads)()
 
-    def _bind_rnn_backward(self, dhs, cache, dx, dz):
+    def _bind_rnn_backward(self, dhs, cache, dx, dz, *grads):
         x, h0, W_x, W_h, hs, activation = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
             reference = super()._rnn_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(hidden, d))
+            return lambda *_: reference(dhs, cache, dx, dz, *grads)
+        k = C_FUNCTIONS[x.dtype]
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (dhs, x, h0, W_x, W_h, hs)), activation == "relu",
-                *(_ptr(ct, a) for a in out), fb(ct, dz), _sums(hidden), n, steps, f, hidden)
-        return _bound(k.rnn_backward, args, out)
+                *(_ptr(ct, a) for a in (dx, *grads)), fb(ct, dz), _sums(hidden), n, steps, f, hidden)
+        return _bound(k.rnn_backward, args, None)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)()
@@ -570,22 +568,20 @@ class CBackend(GemmConv, NumpyBackend):
                 n, steps, f, hidden)
         return _bound(k.lstm_forward, args, (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
-    def _lstm_backward(self, dhs, cache, dx, dz):
-        return self._bind_lstm_backward(dhs, cache, dx, dz)()
+    def _lstm_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_lstm_backward(dhs, cache, dx, dz, *grads)()
 
-    def _bind_lstm_backward(self, dhs, cache, dx, dz):
+    def _bind_lstm_backward(self, dhs, cache, dx, dz, *grads):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
             reference = super()._lstm_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
-               e(4 * hidden, d))
+            return lambda *_: reference(dhs, cache, dx, dz, *grads)
+        k = C_FUNCTIONS[x.dtype]
         ct = k.ctype
-        args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, *out, dz)),
+        args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, *grads, dz)),
                 _sums(4 * hidden), n, steps, f, hidden)
-        return _bound(k.lstm_backward, args, out)
+        return _bound(k.lstm_backward, args, None)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)()
@@ -602,23 +598,21 @@ class CBackend(GemmConv, NumpyBackend):
                                       e((n, 3 * hidden), d))), n, steps, f, hidden)
         return _bound(k.gru_forward, args, (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
 
-    def _gru_backward(self, dhs, cache, dx, dz):
-        return self._bind_gru_backward(dhs, cache, dx, dz)()
+    def _gru_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_gru_backward(dhs, cache, dx, dz, *grads)()
 
-    def _bind_gru_backward(self, dhs, cache, dx, dz):
+    def _bind_gru_backward(self, dhs, cache, dx, dz, *grads):
         x, h0, W_x, W_h, hs, gates, hn = cache
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
             reference = super()._gru_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(3 * hidden, d),
-               e(3 * hidden, d))
+            return lambda *_: reference(dhs, cache, dx, dz, *grads)
+        k, d = C_FUNCTIONS[x.dtype], x.dtype
         ct = k.ctype
-        args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, *out, dz,
-                                        e((n, 3 * hidden), d))),
+        args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, dx, *grads, dz,
+                                        np.empty((n, 3 * hidden), d))),
                 _sums(3 * hidden), n, steps, f, hidden)
-        return _bound(k.gru_backward, args, out)
+        return _bound(k.gru_backward, args, None)
 
     # ---------------------------------------------------------------- embedding
     # csrc/embedding.c; tokens int64 or int32 (the other pointer NULL)

@@ -672,9 +672,9 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # The whole time loop of each kernel is one jitted function (_numba_rnn.py),
     # run by _bind_recurrent, which splits the batch over the threads when the
     # work is large. Each _bind_ takes the small workspaces (zero initial states,
-    # z rows, the bias sums) and a backward's gradients once, as the C backend's:
-    # a bound backward returns the same gradient arrays at every call,
-    # overwritten by the next; the unbound kernels bind anew at each call. Sizes
+    # z rows, the bias sums) once, as the C backend's: a backward writes its
+    # gradients into the arrays it was given; the unbound kernels bind anew at
+    # each call. Sizes
     # beyond 32-bit BLAS integers, and empty sequences, take the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs, typed=False)()
@@ -690,19 +690,17 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return _bind_recurrent(R.rnn_forward, R.rnn_forward_range, x, W_h, args, typed,
                                (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
 
-    def _rnn_backward(self, dhs, cache, dx, dz):
-        return self._bind_rnn_backward(dhs, cache, dx, dz, typed=False)()
+    def _rnn_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_rnn_backward(dhs, cache, dx, dz, *grads, typed=False)()
 
-    def _bind_rnn_backward(self, dhs, cache, dx, dz, typed=True):
+    def _bind_rnn_backward(self, dhs, cache, dx, dz, dh0, dW_x, dW_h, db, typed=True):
         x, h0, W_x, W_h, hs, activation = cache
         if not int32_sizes(x, W_h):
             reference = super()._rnn_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        e, d = np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d))
-        args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), out[1], dz)
-        return _bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, typed, out,
-                               out[2:4], out[4:])
+            return lambda *_: reference(dhs, cache, dx, dz, dh0, dW_x, dW_h, db)
+        args = (dhs, x, h0, W_x, W_h, hs, activation == "relu", _dx_buffer(dx, x), dh0, dz)
+        return _bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, typed, None,
+                               (dW_x, dW_h), (db,))
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=False)()
@@ -719,20 +717,17 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return _bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed,
                                (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
-    def _lstm_backward(self, dhs, cache, dx, dz):
-        return self._bind_lstm_backward(dhs, cache, dx, dz, typed=False)()
+    def _lstm_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_lstm_backward(dhs, cache, dx, dz, *grads, typed=False)()
 
-    def _bind_lstm_backward(self, dhs, cache, dx, dz, typed=True):
+    def _bind_lstm_backward(self, dhs, cache, dx, dz, dh0, dc0, dW_x, dW_h, db, typed=True):
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         if not int32_sizes(x, W_h):
             reference = super()._lstm_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        e, d = np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d),
-               e(W_h.shape[1], d))
-        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), out[1], out[2], dz)
-        return _bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, typed, out,
-                               out[3:5], out[5:])
+            return lambda *_: reference(dhs, cache, dx, dz, dh0, dc0, dW_x, dW_h, db)
+        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz)
+        return _bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, typed, None,
+                               (dW_x, dW_h), (db,))
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         return self._bind_gru_forward(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, typed=False)()
@@ -748,21 +743,18 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return _bind_recurrent(R.gru_forward, R.gru_forward_range, x, W_h, args, typed,
                                (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
 
-    def _gru_backward(self, dhs, cache, dx, dz):
-        return self._bind_gru_backward(dhs, cache, dx, dz, typed=False)()
+    def _gru_backward(self, dhs, cache, dx, dz, *grads):
+        self._bind_gru_backward(dhs, cache, dx, dz, *grads, typed=False)()
 
-    def _bind_gru_backward(self, dhs, cache, dx, dz, typed=True):
+    def _bind_gru_backward(self, dhs, cache, dx, dz, dh0, dW_x, dW_h, db_x, db_h, typed=True):
         x, h0, W_x, W_h, hs, gates, hn = cache
         if not int32_sizes(x, W_h):
             reference = super()._gru_backward
-            return lambda *_: reference(dhs, cache, dx, dz)
-        e, d = np.empty, x.dtype
-        out = (dx, e(h0.shape, d), e(W_x.shape, d), e(W_h.shape, d), e(W_h.shape[1], d),
-               e(W_h.shape[1], d))
-        args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), out[1], dz,
-                e((x.shape[0], W_h.shape[1]), d))
-        return _bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, typed, out,
-                               out[2:4], out[4:])
+            return lambda *_: reference(dhs, cache, dx, dz, dh0, dW_x, dW_h, db_x, db_h)
+        args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), dh0, dz,
+                np.empty((x.shape[0], W_h.shape[1]), x.dtype))
+        return _bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, typed, None,
+                               (dW_x, dW_h), (db_x, db_h))
 
     # ---------------------------------------------------------------- embedding
     def _embedding_forward(self, tokens, W, out):

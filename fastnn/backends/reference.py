@@ -576,11 +576,11 @@ class NumpyBackend:
             h = hs[:, t]
         return hs, RnnCache(x, h0, W_x, W_h, hs, activation)
 
-    def _rnn_backward(self, dhs, cache, dx, dz):
+    def _rnn_backward(self, dhs, cache, dx, dz, dh0, dW_x, dW_h, db):
         # dz (N, T, H): d loss / d (x_t W_x + h_{t-1} W_h + b)
         x, h0, W_x, W_h, hs, activation = cache
         n, steps, f = x.shape
-        dW_h = np.zeros_like(W_h)
+        dW_h[...] = 0
         dh_next = np.zeros_like(h0)  # the gradient h_t receives from step t + 1
         for t in reversed(range(steps)):
             dh = dhs[:, t] + dh_next
@@ -589,8 +589,8 @@ class NumpyBackend:
             h_prev = hs[:, t - 1] if t else h0
             dW_h += h_prev.T @ dz[:, t]
             dh_next = dz[:, t] @ W_h.T
-        dW_x, db = _input_side(x, W_x, dz, dx)
-        return dx, dh_next, dW_x, dW_h, db
+        dh0[...] = dh_next
+        _input_side(x, W_x, dz, dx, dW_x, db)
 
     def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
         # gates (N, T, 4H): i, f, g, o after their nonlinearities
@@ -610,12 +610,12 @@ class NumpyBackend:
             hs[:, t], cs[:, t] = h, c
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
-    def _lstm_backward(self, dhs, cache, dx, dz):
+    def _lstm_backward(self, dhs, cache, dx, dz, dh0, dc0, dW_x, dW_h, db):
         # dz (N, T, 4H): d loss / d gate pre-activations
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         n, steps, f = x.shape
         hidden = W_h.shape[0]
-        dW_h = np.zeros_like(W_h)
+        dW_h[...] = 0
         dh_next, dc_next = np.zeros_like(h0), np.zeros_like(c0)
         for t in reversed(range(steps)):
             i, fg, g, o = (gates[:, t, k * hidden:(k + 1) * hidden] for k in range(4))
@@ -629,8 +629,8 @@ class NumpyBackend:
             h_prev = hs[:, t - 1] if t else h0
             dW_h += h_prev.T @ dz[:, t]
             dh_next = dz[:, t] @ W_h.T
-        dW_x, db = _input_side(x, W_x, dz, dx)
-        return dx, dh_next, dc_next, dW_x, dW_h, db
+        dh0[...], dc0[...] = dh_next, dc_next
+        _input_side(x, W_x, dz, dx, dW_x, db)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):
         # gates (N, T, 3H): r, z, n after their nonlinearities; hn (N, T, H):
@@ -651,13 +651,13 @@ class NumpyBackend:
             hs[:, t], hn[:, t] = h, a[:, n_]
         return hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)
 
-    def _gru_backward(self, dhs, cache, dx, dxw):
+    def _gru_backward(self, dhs, cache, dx, dxw, dh0, dW_x, dW_h, db_x, db_h):
         # dxw (N, T, 3H): d loss / d (x_t W_x + b_x)
         x, h0, W_x, W_h, hs, gates, hn = cache
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         dhw = np.empty_like(gates)  # (N, T, 3H): d loss / d (h_{t-1} W_h + b_h)
-        dW_h = np.zeros_like(W_h)
+        dW_h[...] = 0
         dh_next = np.zeros_like(h0)
         for t in reversed(range(steps)):
             r, z, new = (gates[:, t, k * hidden:(k + 1) * hidden] for k in range(3))
@@ -670,9 +670,9 @@ class NumpyBackend:
             dhw[:, t] = np.concatenate([dr, dzg, dn * r], axis=1)
             dW_h += h_prev.T @ dhw[:, t]
             dh_next = dhw[:, t] @ W_h.T + dh * z
-        dW_x, db_x = _input_side(x, W_x, dxw, dx)
-        db_h = dhw.sum(axis=(0, 1), dtype=np.float64).astype(x.dtype)
-        return dx, dh_next, dW_x, dW_h, db_x, db_h
+        dh0[...] = dh_next
+        _input_side(x, W_x, dxw, dx, dW_x, db_x)
+        db_h[...] = dhw.sum(axis=(0, 1), dtype=np.float64)
 
     # ---------------------------------------------------------------- embedding
     # tokens (N, T) integers in [0, V); W, dW (V, D); out, dy (N, T, D).
@@ -719,18 +719,17 @@ def _project(x, W_x, b, out):
     out2 += b
 
 
-def _input_side(x, W_x, dz, dx):
-    """dW_x (F, G*H), db (G*H,) and, into dx (N, T, F) unless it is None, dx from
-    dz (N, T, G*H), the gradient of the input projections x_t W_x + b of every
-    step: GEMM-sized operations over all steps at once (db summed in float64,
-    as dense's)."""
+def _input_side(x, W_x, dz, dx, dW_x, db):
+    """Into dW_x (F, G*H), db (G*H,) and dx (N, T, F) unless it is None, the
+    gradients from dz (N, T, G*H), that of the input projections x_t W_x + b of
+    every step: GEMM-sized operations over all steps at once (db summed in
+    float64, as dense's)."""
     n, steps, f = x.shape
     dz2 = dz.reshape(n * steps, dz.shape[2])
     if dx is not None:
         np.matmul(dz2, W_x.T, out=dx.reshape(n * steps, f))
-    dW_x = x.reshape(n * steps, f).T @ dz2
-    db = dz2.sum(axis=0, dtype=np.float64).astype(x.dtype)
-    return dW_x, db
+    np.matmul(x.reshape(n * steps, f).T, dz2, out=dW_x)
+    db[...] = dz2.sum(axis=0, dtype=np.float64)
 
 
 class RnnCache(NamedTuple):

@@ -974,9 +974,15 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
     out_names = ", ".join(o.name for o in outputs)
     doc += (f"\n\n        {out_names}: optional arrays the results are written into (the cache\n"
             "        refers to them), so that a caller reusing them allocates nothing.")
+    # the backward's gradients: optional outputs too, so that a layer has them
+    # written into its own gradient buffers
+    grads = ([Out(f"d{s}", "N H") for s in states] + [Out("dW_x", f"F {width}"), Out("dW_h", f"H {width}")]
+             + [Out(f"d{b}", width) for b in biases])
+    grad_names = ", ".join(g.name for g in grads)
     backward_doc += (f"\n        need_dx: False when no gradient of x is wanted (a first layer): dx is\n"
                      f"        then None and its GEMM is not run. dz: an optional workspace\n"
-                     f"        (N, T, {gates}H), its contents after the call unspecified.")
+                     f"        (N, T, {gates}H), its contents after the call unspecified.\n"
+                     f"        {grad_names}: optional arrays the gradients are written into.")
     forward = Kernel(
         f"{name}_forward", signature + "".join(f", {o.name}=None" for o in outputs),
         [*options, In("x", "N T F"), *weights,
@@ -985,14 +991,15 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
         signature.replace("='tanh'", "") + ", " + out_names, "_r", doc,
         variants={"zero-state": {s: None for s in states}, **(variants or {})})
     backward = Kernel(
-        f"{name}_backward", "dhs, cache, need_dx=True, dx=None, dz=None",
+        f"{name}_backward", "dhs, cache, need_dx=True, dx=None, dz=None"
+        + "".join(f", {g.name}=None" for g in grads),
         [In("dhs", "N T H"),
          Cache("cache", cls, fields,
                f"cache must be the {cls[1:]} returned by {name}_forward", bindable=True),
          Out("dx", "N T F", when="need_dx"),
-         Out("dz", f"N T {width}", scratch=True)],
-        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz", "_r",
-        backward_doc)
+         Out("dz", f"N T {width}", scratch=True), *grads],
+        "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz, " + grad_names,
+        "dx, " + grad_names, backward_doc)
     return [forward, backward]
 
 

@@ -1265,11 +1265,11 @@ class _Recurrent(Layer):
         return y, forward_last
 
     def _backward_call(self, dy, ws, need_dx):
-        """(dhs, the backward kernel's name, arguments and keywords, the gradients
-        its last results are copied into) of a backward from dy, the gradient
-        of the output; dhs (N, T, H) is dy, or without return_sequences a buffer
-        whose last step the caller sets to dy (zeros elsewhere: the loss reads
-        the last state only)."""
+        """(dhs, the backward kernel's name, arguments and keywords) of a backward
+        from dy, the gradient of the output, which writes the parameters'
+        gradients into the layer's own (grads); dhs (N, T, H) is dy, or without
+        return_sequences a buffer whose last step the caller sets to dy (zeros
+        elsewhere: the loss reads the last state only)."""
         cache = ws["cache"]
         if self.return_sequences:
             dhs = dy
@@ -1280,18 +1280,14 @@ class _Recurrent(Layer):
         dz = self._workspace(ws, *dhs.shape[:2])["dz"]
         # no dx (nor its GEMM) below a first layer
         dx = buffer(ws, "dx", cache.x.shape, self.dtype) if need_dx else None
-        grads = [self.grads[name] for name in ("W_x", "W_h") + self.biases]
-        return dhs, self.kernel + "_backward", (dhs, cache), {"need_dx": need_dx, "dx": dx, "dz": dz}, grads
+        grads = {"d" + name: self.grads[name] for name in ("W_x", "W_h") + self.biases}
+        return dhs, self.kernel + "_backward", (dhs, cache), {"need_dx": need_dx, "dx": dx, "dz": dz, **grads}
 
     def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
-        dhs, kernel, args, options, grads = self._backward_call(dy, ws, need_dx)
+        dhs, kernel, args, options = self._backward_call(dy, ws, need_dx)
         if dhs is not dy:
             dhs[:, -1] = dy
-        results = getattr(backend.fast, kernel)(*args, **options)
-        # the last results are the parameters' gradients; before them dx, dh0 (, dc0)
-        for grad, g in zip(grads, results[-len(grads):]):
-            grad[...] = g
-        return results[0]
+        return getattr(backend.fast, kernel)(*args, **options)[0]
 
     def bind_backward(self, backend: Backend, dy: Array, ws: Workspace,
                       need_dx: bool) -> Optional[Tuple[Optional[Array], Callable[[], Any]]]:
@@ -1301,19 +1297,17 @@ class _Recurrent(Layer):
         # model zeroes (_frozen_grads), as Dense's
         if self.frozen:
             return None
-        dhs, kernel, args, options, grads = self._backward_call(dy, ws, need_dx)
+        dhs, kernel, args, options = self._backward_call(dy, ws, need_dx)
         run = backend.fast.bind(kernel, *args, **options)
         if run is None:
             return None
-        last = None if dhs is dy else dhs[:, -1]
-        n = len(grads)
+        if dhs is dy:
+            return options["dx"], run
+        last = dhs[:, -1]
 
         def backward():
-            if last is not None:
-                last[...] = dy
-            results = run()
-            for grad, g in zip(grads, results[-n:]):
-                grad[...] = g
+            last[...] = dy
+            run()
         return options["dx"], backward
 
     def config(self) -> Config:
