@@ -298,15 +298,20 @@ void gru_backward_f64(const double *dhs, const double *x, const double *h0, cons
  * (whole_batch: every GEMM on the whole batch, as below the kernels' split size):
  * the benchmarks' floor (fastnn/benchmarks/recurrent.py). Any finite inputs; the
  * outputs are GEMM products of them, not gradients. dhw (n, 3 hidden) the GRU's
- * only, NULL for the others; dx NULL for none. */
+ * only, NULL for the others; dx NULL for none. With dhs (n, steps, hidden; rnn
+ * and lstm), also the traffic of the arrays the forward saves for the backward:
+ * hs, and the lstm's cs (n, steps, hidden) and gates (n, steps, 4 hidden),
+ * written and read back (dhs NULL: cs and gates unused, NULL allowed). */
 void recurrent_gemms_f32(int gate_count, int whole_batch, const float *x, const float *h0,
                          const float *W_x, const float *W_h, float *hs, float *xw, float *z,
                          float *dz, float *dhw, float *dx, float *dh0, float *dW_x, float *dW_h,
-                         int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                         const float *dhs, float *cs, float *gates, int64_t n, int64_t steps,
+                         int64_t f, int64_t hidden);
 void recurrent_gemms_f64(int gate_count, int whole_batch, const double *x, const double *h0,
                          const double *W_x, const double *W_h, double *hs, double *xw, double *z,
                          double *dz, double *dhw, double *dx, double *dh0, double *dW_x, double *dW_h,
-                         int64_t n, int64_t steps, int64_t f, int64_t hidden);
+                         const double *dhs, double *cs, double *gates, int64_t n, int64_t steps,
+                         int64_t f, int64_t hidden);
 
 /* Embedding (csrc/embedding.c): tokens, count = N*T entries, int64 or int32 (the
  * other NULL), each in [0, vocab); W, dW (vocab, dim); out, dy (count, dim).

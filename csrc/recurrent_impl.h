@@ -363,6 +363,7 @@ struct FN(recurrent_job) {
     int gate_count, relu; /* G: 1 rnn, 4 lstm, 3 gru */
     int gemms_only;       /* the GEMMs alone (recurrent_gemms), no elementwise pass */
     int whole_batch;      /* no split of the batch, whatever its size (recurrent_gemms) */
+    int saved;            /* recurrent_gemms with the saved arrays' traffic (saved_rows) */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
     T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dz, *dhw, *dx;
@@ -382,22 +383,75 @@ static struct FN(sums) FN(range_sums)(const struct FN(recurrent_job) *j, int par
     return s;
 }
 
+/* The memory traffic of the arrays a forward saves for its backward, with no
+ * gate math (recurrent_gemms with saved arrays, for rnn and lstm): at step t
+ * the forward writes each row's state, and the lstm's gates and cell, from
+ * its z row (the state scaled by 0.01, so that the steps' products stay
+ * finite); the backward reads each row's saved values and dhs and writes its
+ * dz row from them, the lstm asking for the next step's lines first, as the
+ * kernels do. */
+static void FN(saved_forward_rows)(const T *z, T *hs, T *cs, T *gates, int64_t t, int64_t n,
+                                   int64_t steps, int64_t hidden, int64_t w) {
+    for (int64_t i = 0; i < n; i++) {
+        int64_t at = (i * steps + t) * hidden;
+        const T *zr = z + i * w;
+        T *h = hs + at;
+        if (gates) {
+            T *gr = gates + (i * steps + t) * w;
+            for (int64_t k = 0; k < w; k++)
+                gr[k] = zr[k];
+            for (int64_t k = 0; k < hidden; k++)
+                cs[at + k] = zr[k];
+        }
+        for (int64_t k = 0; k < hidden; k++)
+            h[k] = (T)0.01 * zr[w - hidden + k];
+    }
+}
+
+static void FN(saved_backward_rows)(const T *dhs, const T *h0, const T *hs, const T *cs,
+                                    const T *gates, T *dz, int64_t t, int64_t n, int64_t steps,
+                                    int64_t hidden, int64_t w) {
+    int64_t ld = steps * w;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t at = (i * steps + t) * hidden;
+        T *dzr = dz + i * ld;
+        if (gates) {
+            if (t) {
+                FN(prefetch_row)(gates + (i * steps + t - 1) * w, w);
+                FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : h0 + i * hidden, hidden);
+                FN(prefetch_row)(dhs + at - hidden, hidden);
+            }
+            const T *gr = gates + (i * steps + t) * w, *c_prev = t ? cs + at - hidden : h0 + i * hidden;
+            for (int64_t k = 0; k < w; k++)
+                dzr[k] = (T)0.01 * gr[k];
+            for (int64_t k = 0; k < hidden; k++)
+                dzr[k] += (T)0.01 * (dhs[at + k] + cs[at + k] - c_prev[k]);
+        } else {
+            for (int64_t k = 0; k < hidden; k++)
+                dzr[k] = (T)0.01 * (dhs[at + k] + hs[at + k]);
+        }
+    }
+}
+
 /* The GEMMs of the *_rows time loops above and nothing else, in their order:
  * forward, per step x_t W_x and h_{t-1} W_h (the GRU's projection of every step
  * once before, into xw); backward, per step those of backward_gemms and
  * input_step (dz's rows at step 0 for every step; the GRU's dhw for the
  * recurrent side). The floor of the kernels' time (recurrent_gemms). */
 static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0, const T *W_x,
-                          const T *W_h, const T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
-                          struct FN(sums) s, int64_t n, int64_t steps, int64_t f,
-                          int64_t hidden) {
+                          const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
+                          int saved, T *cs, T *gates, const T *dhs, struct FN(sums) s, int64_t n,
+                          int64_t steps, int64_t f, int64_t hidden) {
     int64_t w = gate_count * hidden, ld = steps * w;
     if (!backward) {
         if (gate_count == 3)
             FN(project)(x, W_x, xw, n * steps, f, w);
-        for (int64_t t = 0; t < steps; t++)
+        for (int64_t t = 0; t < steps; t++) {
             FN(recurrent_gemm)(t, gate_count == 3 ? NULL : x, W_x, h0, hs, W_h, z, n, steps, f,
                                hidden, w);
+            if (saved)
+                FN(saved_forward_rows)(z, hs, cs, gates, t, n, steps, hidden, w);
+        }
         return;
     }
     /* the sums the kernels start from zero (beta = 1 GEMMs) */
@@ -405,6 +459,8 @@ static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0,
         dh0[i] = 0;
     FN(zero_sums)(s, f, hidden, w);
     for (int64_t t = steps - 1; t >= 0; t--) {
+        if (saved)
+            FN(saved_backward_rows)(dhs, h0, hs, cs, gates, dz, t, n, steps, hidden, w);
         if (gate_count == 3)
             FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);
         else
@@ -423,7 +479,8 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     T *hs = j->hs + seq * hidden, *z = j->z + begin * w;
     if (j->gemms_only) /* the GRU's projection into a workspace of its own, xw */
         FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, j->xw + seq * w, z, NULL, NULL,
-                      NULL, NULL, j->sums, n, steps, f, hidden);
+                      NULL, NULL, j->saved, j->cs ? j->cs + seq * hidden : NULL,
+                      j->gates ? j->gates + seq * w : NULL, NULL, j->sums, n, steps, f, hidden);
     else if (j->gate_count == 1)
         FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
@@ -444,8 +501,9 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
     T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w, *dx = j->dx ? j->dx + seq * f : NULL;
     T *dhw = j->dhw ? j->dhw + begin * w : NULL;
     if (j->gemms_only)
-        FN(gemm_rows)(1, j->gate_count, x, h0, j->W_x, j->W_h, hs, NULL, NULL, dz, dhw, dx, dh0,
-                      s, n, steps, f, hidden);
+        FN(gemm_rows)(1, j->gate_count, x, h0, j->W_x, j->W_h, (T *)hs, NULL, NULL, dz, dhw, dx,
+                      dh0, j->saved, j->cs ? j->cs + seq * hidden : NULL,
+                      j->gates ? j->gates + seq * w : NULL, dhs, s, n, steps, f, hidden);
     else if (j->gate_count == 1)
         FN(rnn_backward_rows)(dhs, x, h0, j->W_x, j->W_h, hs, j->relu, dx, dh0, dz, s, n, steps, f,
                               hidden);
@@ -567,15 +625,23 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
  * kernels alone, issued as the kernels issue them (the same ranges, threads,
  * blocks and BLAS) with none of their elementwise passes: forward
  * (forward_range), then backward (backward_range: each range's dW_h and dW_x
- * sums, added after as the kernels add them). With whole_batch, every GEMM on the whole batch and BLAS's
- * threads, as the kernels below their split size. The arrays' contents are not
- * the kernels' (no gate is computed): a floor for benchmarks, any finite
- * inputs. dz (n, steps, G hidden), dhw (n, 3 hidden) for the GRU. */
+ * sums, added after as the kernels add them). With whole_batch, every GEMM on
+ * the whole batch and BLAS's threads, as the kernels below their split size.
+ * With dhs (not NULL; rnn and lstm), also the traffic of the arrays the forward
+ * saves for the backward (saved_forward_rows): hs written and read back, the
+ * lstm's cs (n, steps, hidden) and gates (n, steps, 4 hidden) too, and dhs
+ * (n, steps, hidden) read: the floor of the kernels' time with the bytes their
+ * algorithm moves (with dhs NULL, hs is only read and cs, gates unused). The
+ * arrays' contents are not the kernels' (no gate is computed): a floor for
+ * benchmarks, any finite inputs. dz (n, steps, G hidden), dhw (n, 3 hidden)
+ * for the GRU. */
 void FN(recurrent_gemms)(int gate_count, int whole_batch, const T *x, const T *h0, const T *W_x,
                          const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
-                         T *dW_x, T *dW_h, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+                         T *dW_x, T *dW_h, const T *dhs, T *cs, T *gates, int64_t n,
+                         int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = gate_count, .gemms_only = 1,
-                                  .whole_batch = whole_batch, .x = x, .h0 = h0,
+                                  .whole_batch = whole_batch, .saved = dhs != NULL,
+                                  .dhs = dhs, .cs = cs, .gates = gates, .x = x, .h0 = h0,
                                   .W_x = W_x, .W_h = W_h, .hs = hs, .xw = xw, .z = z, .dz = dz,
                                   .dhw = dhw, .dx = dx, .dh0 = dh0,
                                   .sums = {dW_h, dW_x, NULL, NULL}, .steps = steps, .f = f,

@@ -39,7 +39,7 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
     gru = kind == "gru"
     k.recurrent_gemms(gates, whole_batch, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)),
                       fb(k.ctype, dhw) if gru else NULL, *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h)),
-                      n, t, f, h)
+                      NULL, NULL, NULL, n, t, f, h)
     close = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(hs, hs_before)
     if gru:  # the projection of every step once, then h_{t-1} W_h per step
@@ -58,6 +58,46 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
         np.testing.assert_allclose(dh0, dz0 @ W_h.T, **close)
     np.testing.assert_allclose(dx, np.broadcast_to((dz0 @ W_x.T)[:, None], dx.shape), **close)
     np.testing.assert_allclose(dW_x, np.einsum("ntf,nw->fw", x, dz0), **close)
+
+
+@pytest.mark.skipif("c" not in fastnn.available_backends(), reason="needs the C backend")
+@pytest.mark.parametrize("kind, gates", [("rnn", 1), ("lstm", 4)])
+def test_gemms_with_saved_arrays_move_them(kind, gates):
+    """recurrent_gemms given dhs (gemms+saved) also writes the saved arrays
+    from each step's products and builds dz's rows from them and dhs, as the
+    kernels' elementwise passes would (with no gate math): the last forward step
+    and the last backward step (t = 0) show it."""
+    from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
+
+    rng = np.random.default_rng(0)
+    n, t, f, h, d = 16, 32, 5, 64, np.dtype(np.float64)  # the batch splits over the threads
+    w = gates * h
+
+    def a(*shape):
+        return rng.standard_normal(shape)
+
+    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w), \
+        a(n, w), a(n, t, w)
+    dx, dh0, dW_x, dW_h, dhs, cs, saved = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), \
+        a(n, t, h), a(n, t, w)
+    lstm = kind == "lstm"
+    k = C_FUNCTIONS[d]
+    fb = ffi.from_buffer
+    k.recurrent_gemms(gates, 0, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)), NULL,
+                      *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h, dhs)),
+                      fb(k.ctype, cs) if lstm else NULL, fb(k.ctype, saved) if lstm else NULL, n, t, f, h)
+    close = dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(z, x[:, t - 1] @ W_x + hs[:, t - 2] @ W_h, **close)  # the last step's
+    np.testing.assert_array_equal(hs[:, t - 1], 0.01 * z[:, w - h:])
+    dz0 = dz[:, 0]  # the backward's last step's (t = 0)
+    if lstm:
+        np.testing.assert_array_equal(saved[:, t - 1], z)
+        np.testing.assert_array_equal(cs[:, t - 1], z[:, :h])
+        expected = 0.01 * saved[:, 0]
+        expected[:, :h] += 0.01 * (dhs[:, 0] + cs[:, 0] - h0)
+    else:
+        expected = 0.01 * (dhs[:, 0] + hs[:, 0])
+    np.testing.assert_allclose(dz0, expected, **close)
 
 
 def test_gemm_flops():

@@ -21,7 +21,14 @@ skips it), the threads' dW_h and dW_x added after. Nothing else, not even db's
 sums: the floor of the C kernels' step, whose GEMMs the numba kernels issue
 alike. "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
 splitting each one itself (as the kernels issue them below their split size).
-Neither includes the linear head, the loss or Adam.
+"gemms+saved" is bare-gemms plus the memory traffic of the arrays the forward
+saves for the backward, with no gate math: the forward writes every row's
+state at every step (and the LSTM's cell and four gates), the backward reads
+them back with dhs and writes its dz rows from them, in the kernels' order and
+with their prefetches (recurrent_gemms given dhs). That is the floor of the
+step with the bytes its algorithm must move (LSTM: 9.8 MB written and read
+back a step at the benchmark's sizes), beside the GEMMs' floor. None of the
+three includes the linear head, the loss or Adam.
 """
 
 import json
@@ -37,6 +44,7 @@ LAYERS = {"rnn": "SimpleRNN", "lstm": "LSTM"}
 TORCH = "torch"
 BARE = "bare-gemms"
 BARE_WHOLE = "bare-gemms-whole"
+SAVED = "gemms+saved"
 
 
 def sequence_data(batch, steps, features, seed=0):
@@ -64,11 +72,11 @@ def fastnn_step(backend, kind, batch, steps, features, units):
     return lambda: model.train_step(X, y)
 
 
-def bare_gemms_step(kind, batch, steps, features, units, split=True):
+def bare_gemms_step(kind, batch, steps, features, units, split=True, saved=False):
     """A callable issuing the step's GEMMs alone (see the module's docstring), or
     None without the C backend. With `split` the batch rows split over the
     threads as the kernels split them at this size; else every GEMM on the
-    whole batch."""
+    whole batch. With `saved`, also the saved arrays' traffic (gemms+saved)."""
     import fastnn
 
     if "c" not in fastnn.available_backends():
@@ -88,9 +96,15 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True):
     k = C_FUNCTIONS[d]
     x, h0, W_x, W_h, hs, xw, z, dz = (ffi.from_buffer(k.ctype, v) for v in arrays)
     dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
+    saved_arrays = (NULL, NULL, NULL)
+    if saved:  # dhs, cs, gates (the lstm's; their cdata keep them alive)
+        kept = (a(batch, steps, units), a(batch, steps, units), a(batch, steps, width))
+        saved_arrays = tuple(ffi.from_buffer(k.ctype, v) for v in kept)
+        if kind != "lstm":
+            saved_arrays = (saved_arrays[0], NULL, NULL)
     # no dx: the layer of the benchmark is a first layer (need_dx False)
     args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
-            dW_h, batch, steps, features, units)
+            dW_h, *saved_arrays, batch, steps, features, units)
     return lambda: k.recurrent_gemms(*args)
 
 
@@ -127,8 +141,8 @@ def torch_step_seconds(kind, sizes, min_time, repeats, **options):
 def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, with_torch=True,
                   sizes=None, progress=None):
     """{kind: {runner: {"median_s", "best_s", "rounds_s"} per sequence}} for each
-    runner: every backend, PyTorch (when installed and with_torch), bare-gemms and
-    bare-gemms-whole (with numba). Each round times every runner once
+    runner: every backend, PyTorch (when installed and with_torch), and with the C
+    backend bare-gemms, gemms+saved and bare-gemms-whole. Each round times every runner once
     (`min_time` seconds of steps after a warm-up), in turns; median and best are
     over the rounds, rounds_s the rounds' times in order (see paired_ratios).
     Each runner's turn starts after the main benchmark's pause
@@ -143,8 +157,8 @@ def run_recurrent(kinds=("rnn", "lstm"), backends=None, rounds=5, min_time=0.3, 
     results = {}
     for kind in kinds:
         steps = {name: fastnn_step(name, kind, **sizes) for name in backends}
-        for name, split in ((BARE, True), (BARE_WHOLE, False)):
-            bare = bare_gemms_step(kind, **sizes, split=split)
+        for name, split, saved in ((BARE, True, False), (SAVED, True, True), (BARE_WHOLE, False, False)):
+            bare = bare_gemms_step(kind, **sizes, split=split, saved=saved)
             if bare is not None:
                 steps[name] = bare
         calls = {}
