@@ -173,22 +173,28 @@ def test_empty_axes_give_the_reference_results(kind, n, t, f, backend_name):
         np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
+def float32_backward(backend_name, kind, n, t, f, h):
+    """(backend, backward kernel, dhs, cache, its results) of a float32 case."""
+    backend = fastnn.get_backend(backend_name)
+    kw = {k: None if v is None else v.astype(np.float32)
+          for k, v in arguments(kind, n, t, f, h).items()}
+    hs, cache = forward(backend, kind, kw)
+    dhs = rand(hs.shape, 7).astype(np.float32)
+    backward = getattr(backend, f"{kind}_backward")
+    return backend, backward, dhs, cache, backward(dhs, cache)
+
+
 @pytest.mark.parametrize("backend_name", fastnn.available_backends())
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("n, t, f, h", [(3, 4, 2, 5), (9, 32, 5, 96)])  # the second splits the batch
 def test_backward_without_dx(kind, n, t, f, h, backend_name):
     """need_dx=False: dx is None, a dx buffer passed is left as it was, and every
     other gradient is the one the backward computes with dx."""
-    backend = fastnn.get_backend(backend_name)
-    kw = {k: None if v is None else v.astype(np.float32)
-          for k, v in arguments(kind, n, t, f, h).items()}
-    hs, cache = forward(backend, kind, kw)
-    dhs = rand(hs.shape, 7).astype(np.float32)
-    full = getattr(backend, f"{kind}_backward")(dhs, cache)
-    untouched = np.full(kw["x"].shape, 5.0, np.float32)
+    _, backward, dhs, cache, full = float32_backward(backend_name, kind, n, t, f, h)
+    untouched = np.full(cache.x.shape, 5.0, np.float32)
     dx = untouched.copy()
-    grads = getattr(backend, f"{kind}_backward")(dhs, cache, need_dx=False, dx=dx)
-    assert grads[0] is None and full[0].shape == kw["x"].shape
+    grads = backward(dhs, cache, need_dx=False, dx=dx)
+    assert grads[0] is None and full[0].shape == cache.x.shape
     np.testing.assert_array_equal(dx, untouched)
     for got, expected in zip(grads[1:], full[1:]):
         np.testing.assert_array_equal(got, expected)
@@ -201,15 +207,10 @@ def test_backward_writes_its_gradients_into_given_arrays(kind, n, t, f, h, backe
     """The gradients of the initial states and parameters go into the arrays
     passed for them (a layer's own gradient buffers), the same values as those
     of a call that allocates them, unbound and bound."""
-    backend = fastnn.get_backend(backend_name)
-    kw = {k: None if v is None else v.astype(np.float32)
-          for k, v in arguments(kind, n, t, f, h).items()}
-    hs, cache = forward(backend, kind, kw)
-    dhs = rand(hs.shape, 7).astype(np.float32)
-    fresh = getattr(backend, f"{kind}_backward")(dhs, cache)
+    backend, backward, dhs, cache, fresh = float32_backward(backend_name, kind, n, t, f, h)
     names = gradient_names(kind)[1:]  # after x
     given = {f"d{name}": np.full(g.shape, np.nan, np.float32) for name, g in zip(names, fresh[1:])}
-    got = getattr(backend, f"{kind}_backward")(dhs, cache, **given)
+    got = backward(dhs, cache, **given)
     bound = backend.fast.bind(f"{kind}_backward", dhs, cache, **{k: v.copy() for k, v in given.items()})
     for out, g, b, expected in zip(given.values(), got[1:], bound()[1:], fresh[1:]):
         assert g is out
