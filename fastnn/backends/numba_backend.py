@@ -674,8 +674,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
     # work is large. Each _bind_ takes the small workspaces (zero initial states,
     # z rows, the bias sums) once, as the C backend's: a backward writes its
     # gradients into the arrays it was given; the unbound kernels bind anew at
-    # each call. Sizes
-    # beyond 32-bit BLAS integers, and empty sequences, take the reference.
+    # each call. Sizes beyond 32-bit BLAS integers, and empty sequences, take
+    # the reference.
     def _rnn_forward(self, x, h0, W_x, W_h, b, activation, hs):
         return self._bind_rnn_forward(x, h0, W_x, W_h, b, activation, hs, typed=False)()
 

@@ -96,12 +96,12 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True, saved=False
     k = C_FUNCTIONS[d]
     x, h0, W_x, W_h, hs, xw, z, dz = (ffi.from_buffer(k.ctype, v) for v in arrays)
     dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
-    saved_arrays = (NULL, NULL, NULL)
-    if saved:  # dhs, cs, gates (the lstm's; their cdata keep them alive)
-        kept = (a(batch, steps, units), a(batch, steps, units), a(batch, steps, width))
-        saved_arrays = tuple(ffi.from_buffer(k.ctype, v) for v in kept)
-        if kind != "lstm":
-            saved_arrays = (saved_arrays[0], NULL, NULL)
+    # dhs, and the lstm's cs and gates (their cdata keep the arrays alive)
+    shapes = []
+    if saved:
+        shapes = [(batch, steps, units)] + ([(batch, steps, units), (batch, steps, width)]
+                                            if kind == "lstm" else [])
+    saved_arrays = (*(ffi.from_buffer(k.ctype, a(*shape)) for shape in shapes), NULL, NULL, NULL)[:3]
     # no dx: the layer of the benchmark is a first layer (need_dx False)
     args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
             dW_h, *saved_arrays, batch, steps, features, units)
