@@ -244,9 +244,11 @@ void fastnn_set_blas_threads(void *set, void *get);
  * PyTorch's order (rnn G = 1, lstm 4: i f g o, gru 3: r z n); h0, c0 (n, hidden).
  * Workspaces: z (n, G hidden), dz and dxw (n, steps, G hidden: the backward uses
  * their rows at step 0), dhw (n, 3 hidden), sums (2 G hidden doubles); xw (n,
- * steps, 3 hidden) for the GRU's recurrent_gemms. Every size below 2^31. The
- * backward writes dh0 (and dc0), and dx unless it is NULL; relu selects relu
- * over tanh. */
+ * steps, 3 hidden) for the GRU's recurrent_gemms; work ((2 n + 1) hidden) the
+ * lstm backward's. Every size below 2^31. The backward writes dh0 (and dc0),
+ * and dx unless it is NULL; relu selects relu over tanh. The lstm's last_only:
+ * hs and dhs (n, hidden), the last state and its gradient alone (its backward
+ * rebuilds the states from gates and cs, and never reads hs). */
 void rnn_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b, int relu, float *hs, float *z, int64_t n,
                      int64_t steps, int64_t f, int64_t hidden);
@@ -262,21 +264,21 @@ void rnn_backward_f64(const double *dhs, const double *x, const double *h0, cons
                       double *dW_x, double *dW_h, double *db, double *dz, double *sums, int64_t n,
                       int64_t steps, int64_t f, int64_t hidden);
 void lstm_forward_f32(const float *x, const float *h0, const float *c0, const float *W_x,
-                      const float *W_h, const float *b, float *hs, float *cs, float *gates,
+                      const float *W_h, const float *b, int last_only, float *hs, float *cs, float *gates,
                       float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void lstm_forward_f64(const double *x, const double *h0, const double *c0, const double *W_x,
-                      const double *W_h, const double *b, double *hs, double *cs, double *gates,
+                      const double *W_h, const double *b, int last_only, double *hs, double *cs, double *gates,
                       double *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
 void lstm_backward_f32(const float *dhs, const float *x, const float *h0, const float *c0,
-                       const float *W_x, const float *W_h, const float *hs, const float *cs,
-                       const float *gates, float *dx, float *dh0, float *dc0, float *dW_x,
-                       float *dW_h, float *db, float *dz, double *sums, int64_t n, int64_t steps,
-                       int64_t f, int64_t hidden);
+                       const float *W_x, const float *W_h, const float *cs, const float *gates,
+                       int last_only, float *dx, float *dh0, float *dc0, float *dW_x, float *dW_h, float *db,
+                       float *dz, float *work, double *sums, int64_t n, int64_t steps, int64_t f,
+                       int64_t hidden);
 void lstm_backward_f64(const double *dhs, const double *x, const double *h0, const double *c0,
-                       const double *W_x, const double *W_h, const double *hs, const double *cs,
-                       const double *gates, double *dx, double *dh0, double *dc0, double *dW_x,
-                       double *dW_h, double *db, double *dz, double *sums, int64_t n, int64_t steps,
-                       int64_t f, int64_t hidden);
+                       const double *W_x, const double *W_h, const double *cs, const double *gates,
+                       int last_only, double *dx, double *dh0, double *dc0, double *dW_x, double *dW_h, double *db,
+                       double *dz, double *work, double *sums, int64_t n, int64_t steps, int64_t f,
+                       int64_t hidden);
 void gru_forward_f32(const float *x, const float *h0, const float *W_x, const float *W_h,
                      const float *b_x, const float *b_h, float *hs, float *gates, float *hn,
                      float *z, int64_t n, int64_t steps, int64_t f, int64_t hidden);
@@ -302,16 +304,16 @@ void gru_backward_f64(const double *dhs, const double *x, const double *h0, cons
  * and lstm), also the traffic of the arrays the forward saves for the backward:
  * hs, and the lstm's cs (n, steps, hidden) and gates (n, steps, 4 hidden),
  * written and read back (dhs NULL: cs and gates unused, NULL allowed). */
-void recurrent_gemms_f32(int gate_count, int whole_batch, const float *x, const float *h0,
-                         const float *W_x, const float *W_h, float *hs, float *xw, float *z,
-                         float *dz, float *dhw, float *dx, float *dh0, float *dW_x, float *dW_h,
-                         const float *dhs, float *cs, float *gates, int64_t n, int64_t steps,
-                         int64_t f, int64_t hidden);
-void recurrent_gemms_f64(int gate_count, int whole_batch, const double *x, const double *h0,
-                         const double *W_x, const double *W_h, double *hs, double *xw, double *z,
-                         double *dz, double *dhw, double *dx, double *dh0, double *dW_x, double *dW_h,
-                         const double *dhs, double *cs, double *gates, int64_t n, int64_t steps,
-                         int64_t f, int64_t hidden);
+void recurrent_gemms_f32(int gate_count, int whole_batch, int last_only, const float *x,
+                         const float *h0, const float *W_x, const float *W_h, float *hs, float *xw, float *z,
+                         float *dz, float *dhw, float *dx, float *dh0, float *dW_x, float *dW_h, const float *dhs,
+                         float *cs, float *gates, float *work, int64_t n, int64_t steps, int64_t f,
+                         int64_t hidden);
+void recurrent_gemms_f64(int gate_count, int whole_batch, int last_only, const double *x,
+                         const double *h0, const double *W_x, const double *W_h, double *hs, double *xw, double *z,
+                         double *dz, double *dhw, double *dx, double *dh0, double *dW_x, double *dW_h, const double *dhs,
+                         double *cs, double *gates, double *work, int64_t n, int64_t steps, int64_t f,
+                         int64_t hidden);
 
 /* Embedding (csrc/embedding.c): tokens, count = N*T entries, int64 or int32 (the
  * other NULL), each in [0, vocab); W, dW (vocab, dim); out, dy (count, dim).

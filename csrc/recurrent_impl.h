@@ -39,9 +39,34 @@ static void FN(gemm_tiles)(int ta, int tb, int64_t m, int64_t n, int64_t k, cons
                  beta, c + j, ldc);
 }
 
-/* z (n, width) = h_{t-1} @ W_h, h_{t-1} = hs[:, t - 1] (h0 at t = 0); with x (not
- * NULL) z = x_t @ W_x + h_{t-1} @ W_h, x_t = x[:, t] */
-static void FN(recurrent_gemm)(int64_t t, const T *x, const T *W_x, const T *h0, const T *hs,
+/* The states h_{t-1} (n, hidden) a step reads: rows ld apart from h, h0 at t = 0
+ * (rows hidden apart). A sequence of states is stored (n, steps, hidden): step
+ * hidden, ld steps * hidden; the lstm's last state only (n, hidden): step 0, ld
+ * hidden, every step overwriting the one before. */
+struct FN(states) {
+    const T *h;
+    int64_t ld;
+};
+
+static struct FN(states) FN(states_before)(int64_t t, const T *h0, const T *hs, int64_t step,
+                                           int64_t ld, int64_t hidden) {
+    struct FN(states) s = {h0, hidden};
+    if (t) {
+        s.h = hs + (t - 1) * step;
+        s.ld = ld;
+    }
+    return s;
+}
+
+/* h_{t-1} of a sequence of states hs (n, steps, hidden) */
+static struct FN(states) FN(sequence_before)(int64_t t, const T *h0, const T *hs, int64_t steps,
+                                             int64_t hidden) {
+    return FN(states_before)(t, h0, hs, hidden, steps * hidden, hidden);
+}
+
+/* z (n, width) = h_{t-1} @ W_h; with x (not NULL) z = x_t @ W_x + h_{t-1} @ W_h,
+ * x_t = x[:, t] */
+static void FN(recurrent_gemm)(int64_t t, const T *x, const T *W_x, struct FN(states) h,
                                const T *W_h, T *z, int64_t n, int64_t steps, int64_t f,
                                int64_t hidden, int64_t width) {
     T beta = 0;
@@ -49,23 +74,15 @@ static void FN(recurrent_gemm)(int64_t t, const T *x, const T *W_x, const T *h0,
         FN(gemm_tiles)(0, 0, n, width, f, x + t * f, steps * f, W_x, width, 0, z, width);
         beta = 1;
     }
-    if (t)
-        FN(gemm_tiles)(0, 0, n, width, hidden, hs + (t - 1) * hidden, steps * hidden, W_h, width,
-                       beta, z, width);
-    else
-        FN(gemm_tiles)(0, 0, n, width, hidden, h0, hidden, W_h, width, beta, z, width);
+    FN(gemm_tiles)(0, 0, n, width, hidden, h.h, h.ld, W_h, width, beta, z, width);
 }
 
 /* dW_h += h_{t-1}^T @ dz_t (unless dW_h is NULL); dh = dz_t @ W_h^T + beta dh
  * (dz_t (n, width), row stride ld) */
-static void FN(backward_gemms)(int64_t t, const T *h0, const T *hs, const T *W_h, const T *dzt,
-                               int64_t ld, T *dW_h, T *dh, T beta, int64_t n, int64_t steps,
-                               int64_t hidden, int64_t width) {
-    if (dW_h && t)
-        FN(gemm_tiles)(1, 0, hidden, width, n, hs + (t - 1) * hidden, steps * hidden, dzt, ld, 1,
-                       dW_h, width);
-    else if (dW_h)
-        FN(gemm_tiles)(1, 0, hidden, width, n, h0, hidden, dzt, ld, 1, dW_h, width);
+static void FN(backward_gemms)(struct FN(states) h, const T *W_h, const T *dzt, int64_t ld,
+                               T *dW_h, T *dh, T beta, int64_t n, int64_t hidden, int64_t width) {
+    if (dW_h)
+        FN(gemm_tiles)(1, 0, hidden, width, n, h.h, h.ld, dzt, ld, 1, dW_h, width);
     FN(gemm_tiles)(0, 1, n, hidden, width, dzt, ld, W_h, width, beta, dh, hidden);
 }
 
@@ -130,22 +147,34 @@ HOT static void FN(lstm_forward_row)(T *restrict gr, const T *restrict zr, const
 }
 
 /* dzr (4 hidden) of one row; dh, dc (hidden) the gradients its h_t and c_t
- * receive from step t + 1, dc replaced by c_{t-1}'s */
-HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict c_row,
+ * receive from step t + 1, dc replaced by c_{t-1}'s; tc: tanh(c_t) in,
+ * tanh(c_{t-1}) out; hp: h_{t-1} = o_{t-1} tanh(c_{t-1}) rebuilt out, the
+ * forward's own operations on the gate o_prev and cell c_prev it saved (so no
+ * pass reads the states: the forward may keep the last only) */
+HOT static void FN(lstm_backward_row)(const T *restrict gr, const T *restrict o_prev,
                                       const T *restrict c_prev, const T *restrict dh_row,
                                       T *restrict dzr, const T *restrict dh, T *restrict dc,
-                                      int64_t hidden) {
+                                      T *restrict tc, T *restrict hp, int64_t hidden) {
     for (int64_t j = 0; j < hidden; j++) {
         T ig = gr[j], fg = gr[hidden + j], gg = gr[2 * hidden + j], og = gr[3 * hidden + j];
-        T tc = FN(gate_tanh)(c_row[j]);
+        T tcv = tc[j];
         T g = dh_row[j] + dh[j];
-        T dcv = dc[j] + g * og * ((T)1 - tc * tc);
+        T dcv = dc[j] + g * og * ((T)1 - tcv * tcv);
         dc[j] = dcv * fg;
         dzr[j] = dcv * gg * ig * ((T)1 - ig);
         dzr[hidden + j] = dcv * c_prev[j] * fg * ((T)1 - fg);
         dzr[2 * hidden + j] = dcv * ig * ((T)1 - gg * gg);
-        dzr[3 * hidden + j] = g * tc * og * ((T)1 - og);
+        dzr[3 * hidden + j] = g * tcv * og * ((T)1 - og);
+        T tp = FN(gate_tanh)(c_prev[j]);
+        tc[j] = tp;
+        hp[j] = o_prev[j] * tp;
     }
+}
+
+/* tc = tanh(c_row) over one row of hidden: the first backward step's tc */
+HOT static void FN(tanh_row)(const T *restrict c_row, T *restrict tc, int64_t hidden) {
+    for (int64_t j = 0; j < hidden; j++)
+        tc[j] = FN(gate_tanh)(c_row[j]);
 }
 
 /* gates gr (r, z, n; the row's input projection on entry), hn_row (h_{t-1}
@@ -236,7 +265,8 @@ static void FN(rnn_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
                                  int relu, T *hs, T *z, int64_t n, int64_t steps, int64_t f,
                                  int64_t hidden) {
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, x, W_x, h0, hs, W_h, z, n, steps, f, hidden, hidden);
+        FN(recurrent_gemm)(t, x, W_x, FN(sequence_before)(t, h0, hs, steps, hidden), W_h, z, n,
+                           steps, f, hidden, hidden);
         for (int64_t i = 0; i < n; i++)
             FN(rnn_forward_row)(hs + (i * steps + t) * hidden, z + i * hidden, b, relu, hidden);
     }
@@ -259,48 +289,70 @@ static void FN(rnn_backward_rows)(const T *dhs, const T *x, const T *h0, const T
                 dz[i * ld + j] = relu ? (y > 0 ? g : (T)0) : g * ((T)1 - y * y);
             }
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, hidden);
+        FN(backward_gemms)(FN(sequence_before)(t, h0, hs, steps, hidden), W_h, dz, ld, s.dW_h,
+                           dh0, 0, n, hidden, hidden);
         FN(input_step)(t, x, W_x, dz, ld, s.dW_x, s.db, dx, n, steps, f, hidden);
     }
 }
 
+/* hs: (n, steps, hidden), or with last_only (n, hidden) the last state only,
+ * which every step overwrites after its GEMM read it */
 static void FN(lstm_forward_rows)(const T *x, const T *h0, const T *c0, const T *W_x,
-                                  const T *W_h, const T *b, T *hs, T *cs, T *gates, T *z,
-                                  int64_t n, int64_t steps, int64_t f, int64_t hidden) {
-    int64_t w = 4 * hidden;
+                                  const T *W_h, const T *b, T *hs, int last_only, T *cs, T *gates,
+                                  T *z, int64_t n, int64_t steps, int64_t f, int64_t hidden) {
+    int64_t w = 4 * hidden, step = last_only ? 0 : hidden, ld = last_only ? hidden : steps * hidden;
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, x, W_x, h0, hs, W_h, z, n, steps, f, hidden, w);
+        FN(recurrent_gemm)(t, x, W_x, FN(states_before)(t, h0, hs, step, ld, hidden), W_h, z, n,
+                           steps, f, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(lstm_forward_row)(gates + (i * steps + t) * w, z + i * w, b,
-                                 t ? cs + at - hidden : c0 + i * hidden, cs + at, hs + at, hidden);
+                                 t ? cs + at - hidden : c0 + i * hidden, cs + at,
+                                 hs + i * ld + t * step, hidden);
         }
     }
+    for (int64_t i = 0; last_only && !steps && i < n * hidden; i++)
+        hs[i] = h0[i]; /* the last state of no step */
 }
 
+/* work (n, 2 hidden): each row's tc and hp (lstm_backward_row); zeros (hidden)
+ * with dhs (n, hidden) the last state's gradient alone (zeros the other steps'),
+ * NULL with dhs (n, steps, hidden) every step's */
 static void FN(lstm_backward_rows)(const T *dhs, const T *x, const T *h0, const T *c0,
-                                   const T *W_x, const T *W_h, const T *hs, const T *cs,
-                                   const T *gates, T *dx, T *dh0, T *dc0, T *dz,
+                                   const T *W_x, const T *W_h, const T *cs, const T *gates,
+                                   T *dx, T *dh0, T *dc0, T *dz, T *work, const T *zeros,
                                    struct FN(sums) s, int64_t n, int64_t steps, int64_t f,
                                    int64_t hidden) {
-    int64_t w = 4 * hidden, ld = steps * w;
+    int64_t w = 4 * hidden, ld = steps * w, lw = 2 * hidden;
     FN(zero_sums)(s, f, hidden, w);
-    /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout */
-    for (int64_t i = 0; i < n * hidden; i++)
-        dh0[i] = dc0[i] = 0;
+    /* dh0, dc0 hold the gradients h_t and c_t receive from step t + 1 throughout
+     * (from the loss, h_T's alone with zeros) */
+    for (int64_t i = 0; i < n * hidden; i++) {
+        dh0[i] = zeros ? dhs[i] : 0;
+        dc0[i] = 0;
+    }
+    for (int64_t i = 0; steps && i < n; i++)
+        FN(tanh_row)(cs + (i * steps + steps - 1) * hidden, work + i * lw, hidden);
     for (int64_t t = steps - 1; t >= 0; t--) {
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
-            if (t) { /* the next step's lines (see prefetch_row) */
-                FN(prefetch_row)(gates + (i * steps + t - 1) * w, w);
+            const T *gr = gates + (i * steps + t) * w;
+            if (t) { /* the next step's lines (see prefetch_row): this one reads o_{t-1} */
+                FN(prefetch_row)(gr - w, 3 * hidden);
+                if (t > 1)
+                    FN(prefetch_row)(gr - 2 * w + 3 * hidden, hidden);
                 FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : c0 + i * hidden, hidden);
-                FN(prefetch_row)(dhs + at - hidden, hidden);
+                if (!zeros)
+                    FN(prefetch_row)(dhs + at - hidden, hidden);
             }
-            FN(lstm_backward_row)(gates + (i * steps + t) * w, cs + at,
-                                  t ? cs + at - hidden : c0 + i * hidden, dhs + at, dz + i * ld,
-                                  dh0 + i * hidden, dc0 + i * hidden, hidden);
+            /* (at t = 0 the rebuilt state is not used: h0 is given) */
+            FN(lstm_backward_row)(gr, t ? gr - w + 3 * hidden : gr + 3 * hidden,
+                                  t ? cs + at - hidden : c0 + i * hidden, zeros ? zeros : dhs + at,
+                                  dz + i * ld, dh0 + i * hidden, dc0 + i * hidden, work + i * lw,
+                                  work + i * lw + hidden, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, w);
+        FN(backward_gemms)(FN(states_before)(t, h0, work + hidden, 0, lw, hidden), W_h, dz, ld,
+                           s.dW_h, dh0, 0, n, hidden, w);
         FN(input_step)(t, x, W_x, dz, ld, s.dW_x, s.db, dx, n, steps, f, w);
     }
 }
@@ -311,7 +363,8 @@ static void FN(gru_forward_rows)(const T *x, const T *h0, const T *W_x, const T 
     int64_t w = 3 * hidden;
     FN(project)(x, W_x, gates, n * steps, f, w);
     for (int64_t t = 0; t < steps; t++) {
-        FN(recurrent_gemm)(t, NULL, NULL, h0, hs, W_h, z, n, steps, f, hidden, w);
+        FN(recurrent_gemm)(t, NULL, NULL, FN(sequence_before)(t, h0, hs, steps, hidden), W_h, z,
+                           n, steps, f, hidden, w);
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             FN(gru_forward_row)(gates + (i * steps + t) * w, z + i * w, b_x, b_h,
@@ -343,7 +396,8 @@ static void FN(gru_backward_rows)(const T *dhs, const T *x, const T *h0, const T
                                  t ? hs + at - hidden : h0 + i * hidden, dhs + at, dxw + i * ld,
                                  dhw + i * w, dh0 + i * hidden, s.acc, hidden);
         }
-        FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);
+        FN(backward_gemms)(FN(sequence_before)(t, h0, hs, steps, hidden), W_h, dhw, w, s.dW_h,
+                           dh0, 1, n, hidden, w);
         FN(input_step)(t, x, W_x, dxw, ld, s.dW_x, s.db, dx, n, steps, f, w);
     }
 }
@@ -364,9 +418,12 @@ struct FN(recurrent_job) {
     int gemms_only;       /* the GEMMs alone (recurrent_gemms), no elementwise pass */
     int whole_batch;      /* no split of the batch, whatever its size (recurrent_gemms) */
     int saved;            /* recurrent_gemms with the saved arrays' traffic (saved_rows) */
+    int last_only;        /* the lstm's hs, dhs (n, hidden): the last state's only */
     /* the forward writes hs, cs, gates and hn; the backward only reads them */
     const T *dhs, *x, *h0, *c0, *W_x, *W_h, *b, *b_h;
     T *hs, *cs, *gates, *hn, *xw, *z, *dh0, *dc0, *dz, *dhw, *dx;
+    T *work;          /* the lstm backward's (n, 2 hidden) */
+    const T *zeros;   /* the lstm backward's with last_only: a row of zeros (hidden) */
     struct FN(sums) sums;  /* the first range's: the outputs' */
     T *part_T;             /* ranges p > 0: (hidden + f) G hidden each, dW_h then dW_x */
     double *part_d;        /* ranges p > 0: 2 G hidden each, db then acc */
@@ -385,17 +442,18 @@ static struct FN(sums) FN(range_sums)(const struct FN(recurrent_job) *j, int par
 
 /* The memory traffic of the arrays a forward saves for its backward, with no
  * gate math (recurrent_gemms with saved arrays, for rnn and lstm): at step t
- * the forward writes each row's state, and the lstm's gates and cell, from
- * its z row (the state scaled by 0.01, so that the steps' products stay
- * finite); the backward reads each row's saved values and dhs and writes its
- * dz row from them, the lstm asking for the next step's lines first, as the
- * kernels do. */
-static void FN(saved_forward_rows)(const T *z, T *hs, T *cs, T *gates, int64_t t, int64_t n,
-                                   int64_t steps, int64_t hidden, int64_t w) {
+ * the forward writes each row's state (hs at its step and row strides), and the
+ * lstm's gates and cell, from its z row (the state scaled by 0.01, so that the
+ * steps' products stay finite); the backward reads each row's saved values and
+ * its gradient (dhs, or the lstm's zeros with the last state's) and writes its
+ * dz row from them, the lstm's tc and hp rows too, asking for the next step's
+ * lines first, as the kernels do. */
+static void FN(saved_forward_rows)(const T *z, T *hs, int64_t step, int64_t ld, T *cs, T *gates,
+                                   int64_t t, int64_t n, int64_t steps, int64_t hidden, int64_t w) {
     for (int64_t i = 0; i < n; i++) {
         int64_t at = (i * steps + t) * hidden;
         const T *zr = z + i * w;
-        T *h = hs + at;
+        T *h = hs + i * ld + t * step;
         if (gates) {
             T *gr = gates + (i * steps + t) * w;
             for (int64_t k = 0; k < w; k++)
@@ -409,23 +467,33 @@ static void FN(saved_forward_rows)(const T *z, T *hs, T *cs, T *gates, int64_t t
 }
 
 static void FN(saved_backward_rows)(const T *dhs, const T *h0, const T *hs, const T *cs,
-                                    const T *gates, T *dz, int64_t t, int64_t n, int64_t steps,
-                                    int64_t hidden, int64_t w) {
-    int64_t ld = steps * w;
+                                    const T *gates, T *work, const T *zeros, T *dz, int64_t t,
+                                    int64_t n, int64_t steps, int64_t hidden, int64_t w) {
+    int64_t ld = steps * w, lw = 2 * hidden;
     for (int64_t i = 0; i < n; i++) {
         int64_t at = (i * steps + t) * hidden;
         T *dzr = dz + i * ld;
         if (gates) {
+            const T *gr = gates + (i * steps + t) * w;
             if (t) {
-                FN(prefetch_row)(gates + (i * steps + t - 1) * w, w);
+                FN(prefetch_row)(gr - w, 3 * hidden);
+                if (t > 1)
+                    FN(prefetch_row)(gr - 2 * w + 3 * hidden, hidden);
                 FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : h0 + i * hidden, hidden);
-                FN(prefetch_row)(dhs + at - hidden, hidden);
+                if (!zeros)
+                    FN(prefetch_row)(dhs + at - hidden, hidden);
             }
-            const T *gr = gates + (i * steps + t) * w, *c_prev = t ? cs + at - hidden : h0 + i * hidden;
+            const T *c_prev = t ? cs + at - hidden : h0 + i * hidden;
+            const T *o_prev = t ? gr - w + 3 * hidden : gr + 3 * hidden;
+            const T *dh_row = zeros ? zeros : dhs + at;
+            T *tc = work + i * lw, *hp = tc + hidden;
             for (int64_t k = 0; k < w; k++)
                 dzr[k] = (T)0.01 * gr[k];
-            for (int64_t k = 0; k < hidden; k++)
-                dzr[k] += (T)0.01 * (dhs[at + k] + cs[at + k] - c_prev[k]);
+            for (int64_t k = 0; k < hidden; k++) {
+                dzr[k] += (T)0.01 * (dh_row[k] + tc[k] - c_prev[k]);
+                tc[k] = (T)0.01 * c_prev[k];
+                hp[k] = (T)0.01 * o_prev[k];
+            }
         } else {
             for (int64_t k = 0; k < hidden; k++)
                 dzr[k] = (T)0.01 * (dhs[at + k] + hs[at + k]);
@@ -437,35 +505,48 @@ static void FN(saved_backward_rows)(const T *dhs, const T *h0, const T *hs, cons
  * forward, per step x_t W_x and h_{t-1} W_h (the GRU's projection of every step
  * once before, into xw); backward, per step those of backward_gemms and
  * input_step (dz's rows at step 0 for every step; the GRU's dhw for the
- * recurrent side). The floor of the kernels' time (recurrent_gemms). */
-static void FN(gemm_rows)(int backward, int gate_count, const T *x, const T *h0, const T *W_x,
-                          const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
-                          int saved, T *cs, T *gates, const T *dhs, struct FN(sums) s, int64_t n,
-                          int64_t steps, int64_t f, int64_t hidden) {
-    int64_t w = gate_count * hidden, ld = steps * w;
+ * recurrent side; the lstm's h_{t-1} from work's rows, as its kernel rebuilds
+ * them there). The floor of the kernels' time (recurrent_gemms). */
+static void FN(gemm_rows)(int backward, const struct FN(recurrent_job) *j, const T *x,
+                          const T *h0, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
+                          T *cs, T *gates, T *work, const T *dhs, struct FN(sums) s, int64_t n) {
+    int gate_count = j->gate_count;
+    int64_t steps = j->steps, f = j->f, hidden = j->hidden;
+    int64_t w = gate_count * hidden, ld = steps * w, lw = 2 * hidden;
+    int64_t step = j->last_only ? 0 : hidden, ldh = j->last_only ? hidden : steps * hidden;
     if (!backward) {
         if (gate_count == 3)
-            FN(project)(x, W_x, xw, n * steps, f, w);
+            FN(project)(x, j->W_x, xw, n * steps, f, w);
         for (int64_t t = 0; t < steps; t++) {
-            FN(recurrent_gemm)(t, gate_count == 3 ? NULL : x, W_x, h0, hs, W_h, z, n, steps, f,
-                               hidden, w);
-            if (saved)
-                FN(saved_forward_rows)(z, hs, cs, gates, t, n, steps, hidden, w);
+            FN(recurrent_gemm)(t, gate_count == 3 ? NULL : x, j->W_x,
+                               FN(states_before)(t, h0, hs, step, ldh, hidden), j->W_h, z, n,
+                               steps, f, hidden, w);
+            if (j->saved)
+                FN(saved_forward_rows)(z, hs, step, ldh, cs, gates, t, n, steps, hidden, w);
         }
         return;
     }
-    /* the sums the kernels start from zero (beta = 1 GEMMs) */
+    /* the sums the kernels start from zero (beta = 1 GEMMs); the lstm's rebuilt
+     * states finite */
     for (int64_t i = 0; i < n * hidden; i++)
         dh0[i] = 0;
+    for (int64_t i = 0; gate_count == 4 && i < n * lw; i++)
+        work[i] = 0;
     FN(zero_sums)(s, f, hidden, w);
     for (int64_t t = steps - 1; t >= 0; t--) {
-        if (saved)
-            FN(saved_backward_rows)(dhs, h0, hs, cs, gates, dz, t, n, steps, hidden, w);
+        if (j->saved)
+            FN(saved_backward_rows)(dhs, h0, hs, cs, gates, work, j->zeros, dz, t, n, steps,
+                                    hidden, w);
         if (gate_count == 3)
-            FN(backward_gemms)(t, h0, hs, W_h, dhw, w, s.dW_h, dh0, 1, n, steps, hidden, w);
+            FN(backward_gemms)(FN(sequence_before)(t, h0, hs, steps, hidden), j->W_h, dhw, w,
+                               s.dW_h, dh0, 1, n, hidden, w);
+        else if (gate_count == 4)
+            FN(backward_gemms)(FN(states_before)(t, h0, work + hidden, 0, lw, hidden), j->W_h, dz,
+                               ld, s.dW_h, dh0, 0, n, hidden, w);
         else
-            FN(backward_gemms)(t, h0, hs, W_h, dz, ld, s.dW_h, dh0, 0, n, steps, hidden, w);
-        FN(input_step)(t, x, W_x, dz, ld, s.dW_x, NULL, dx, n, steps, f, w);
+            FN(backward_gemms)(FN(sequence_before)(t, h0, hs, steps, hidden), j->W_h, dz, ld,
+                               s.dW_h, dh0, 0, n, hidden, w);
+        FN(input_step)(t, x, j->W_x, dz, ld, s.dW_x, NULL, dx, n, steps, f, w);
     }
 }
 
@@ -476,16 +557,17 @@ static void FN(forward_range)(void *args, int64_t begin, int64_t end, int part) 
     int64_t w = j->gate_count * hidden, seq = begin * steps; /* seq: row begin's step 0 */
     (void)part;
     const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
-    T *hs = j->hs + seq * hidden, *z = j->z + begin * w;
+    T *hs = j->hs + (j->last_only ? begin : seq) * hidden, *z = j->z + begin * w;
     if (j->gemms_only) /* the GRU's projection into a workspace of its own, xw */
-        FN(gemm_rows)(0, j->gate_count, x, h0, j->W_x, j->W_h, hs, j->xw + seq * w, z, NULL, NULL,
-                      NULL, NULL, j->saved, j->cs ? j->cs + seq * hidden : NULL,
-                      j->gates ? j->gates + seq * w : NULL, NULL, j->sums, n, steps, f, hidden);
+        FN(gemm_rows)(0, j, x, h0, hs, j->xw + seq * w, z, NULL, NULL, NULL, NULL,
+                      j->cs ? j->cs + seq * hidden : NULL, j->gates ? j->gates + seq * w : NULL,
+                      NULL, NULL, j->sums, n);
     else if (j->gate_count == 1)
         FN(rnn_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->relu, hs, z, n, steps, f, hidden);
     else if (j->gate_count == 4)
         FN(lstm_forward_rows)(x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, j->b, hs,
-                              j->cs + seq * hidden, j->gates + seq * w, z, n, steps, f, hidden);
+                              j->last_only, j->cs + seq * hidden, j->gates + seq * w, z, n, steps,
+                              f, hidden);
     else
         FN(gru_forward_rows)(x, h0, j->W_x, j->W_h, j->b, j->b_h, hs, j->gates + seq * w,
                              j->hn + seq * hidden, z, n, steps, f, hidden);
@@ -496,21 +578,22 @@ static void FN(backward_range)(void *args, int64_t begin, int64_t end, int part)
     int64_t n = end - begin, steps = j->steps, f = j->f, hidden = j->hidden;
     int64_t w = j->gate_count * hidden, seq = begin * steps;
     struct FN(sums) s = FN(range_sums)(j, part);
-    const T *dhs = j->dhs + seq * hidden, *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
-    const T *hs = j->hs + seq * hidden;
+    const T *dhs = j->dhs ? j->dhs + (j->last_only ? begin : seq) * hidden : NULL;
+    const T *x = j->x + seq * f, *h0 = j->h0 + begin * hidden;
+    T *hs = j->hs ? j->hs + (j->last_only ? begin : seq) * hidden : NULL;
     T *dh0 = j->dh0 + begin * hidden, *dz = j->dz + seq * w, *dx = j->dx ? j->dx + seq * f : NULL;
-    T *dhw = j->dhw ? j->dhw + begin * w : NULL;
+    T *dhw = j->dhw ? j->dhw + begin * w : NULL, *work = j->work ? j->work + begin * 2 * hidden : NULL;
     if (j->gemms_only)
-        FN(gemm_rows)(1, j->gate_count, x, h0, j->W_x, j->W_h, (T *)hs, NULL, NULL, dz, dhw, dx,
-                      dh0, j->saved, j->cs ? j->cs + seq * hidden : NULL,
-                      j->gates ? j->gates + seq * w : NULL, dhs, s, n, steps, f, hidden);
+        FN(gemm_rows)(1, j, x, h0, hs, NULL, NULL, dz, dhw, dx, dh0,
+                      j->cs ? j->cs + seq * hidden : NULL, j->gates ? j->gates + seq * w : NULL,
+                      work, dhs, s, n);
     else if (j->gate_count == 1)
         FN(rnn_backward_rows)(dhs, x, h0, j->W_x, j->W_h, hs, j->relu, dx, dh0, dz, s, n, steps, f,
                               hidden);
     else if (j->gate_count == 4)
-        FN(lstm_backward_rows)(dhs, x, h0, j->c0 + begin * hidden, j->W_x, j->W_h, hs,
+        FN(lstm_backward_rows)(dhs, x, h0, j->c0 + begin * hidden, j->W_x, j->W_h,
                                j->cs + seq * hidden, j->gates + seq * w, dx, dh0,
-                               j->dc0 + begin * hidden, dz, s, n, steps, f, hidden);
+                               j->dc0 + begin * hidden, dz, work, j->zeros, s, n, steps, f, hidden);
     else
         FN(gru_backward_rows)(dhs, x, h0, j->W_x, j->W_h, hs, j->gates + seq * w,
                               j->hn + seq * hidden, dx, dh0, dz, dhw, s, n, steps, f, hidden);
@@ -575,23 +658,36 @@ void FN(rnn_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
 }
 
 void FN(lstm_forward)(const T *x, const T *h0, const T *c0, const T *W_x, const T *W_h,
-                      const T *b, T *hs, T *cs, T *gates, T *z, int64_t n, int64_t steps,
-                      int64_t f, int64_t hidden) {
-    struct FN(recurrent_job) j = {.gate_count = 4, .x = x, .h0 = h0, .c0 = c0, .W_x = W_x,
-                                  .W_h = W_h, .b = b, .hs = hs, .cs = cs, .gates = gates,
-                                  .z = z, .steps = steps, .f = f, .hidden = hidden};
+                      const T *b, int last_only, T *hs, T *cs, T *gates, T *z, int64_t n,
+                      int64_t steps, int64_t f, int64_t hidden) {
+    struct FN(recurrent_job) j = {.gate_count = 4, .last_only = last_only, .x = x, .h0 = h0,
+                                  .c0 = c0, .W_x = W_x, .W_h = W_h, .b = b, .hs = hs, .cs = cs,
+                                  .gates = gates, .z = z, .steps = steps, .f = f,
+                                  .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);
 }
 
+/* work ((2 n + 1) hidden): the rows' tc and hp, then (last_only) the zeros */
+static const T *FN(lstm_zeros)(int last_only, T *work, int64_t n, int64_t hidden) {
+    if (!last_only)
+        return NULL;
+    T *zeros = work + 2 * n * hidden;
+    for (int64_t k = 0; k < hidden; k++)
+        zeros[k] = 0;
+    return zeros;
+}
+
 void FN(lstm_backward)(const T *dhs, const T *x, const T *h0, const T *c0, const T *W_x,
-                       const T *W_h, const T *hs, const T *cs, const T *gates, T *dx, T *dh0,
-                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, double *sums, int64_t n,
+                       const T *W_h, const T *cs, const T *gates, int last_only, T *dx, T *dh0,
+                       T *dc0, T *dW_x, T *dW_h, T *db, T *dz, T *work, double *sums, int64_t n,
                        int64_t steps, int64_t f, int64_t hidden) {
-    struct FN(recurrent_job) j = {.gate_count = 4, .dhs = dhs, .x = x, .h0 = h0, .c0 = c0,
-                                  .W_x = W_x, .W_h = W_h, .hs = (T *)hs, .cs = (T *)cs,
+    struct FN(recurrent_job) j = {.gate_count = 4, .last_only = last_only, .dhs = dhs, .x = x,
+                                  .h0 = h0, .c0 = c0, .W_x = W_x, .W_h = W_h, .cs = (T *)cs,
                                   .gates = (T *)gates, .dh0 = dh0, .dc0 = dc0, .dz = dz,
-                                  .dx = dx, .sums = {dW_h, dW_x, sums, NULL}, .steps = steps,
-                                  .f = f, .hidden = hidden};
+                                  .dx = dx, .work = work,
+                                  .zeros = FN(lstm_zeros)(last_only, work, n, hidden),
+                                  .sums = {dW_h, dW_x, sums, NULL}, .steps = steps, .f = f,
+                                  .hidden = hidden};
     FN(run_rows)(FN(backward_range), &j, n, 1);
     FN(round_sums)(sums, db, 4 * hidden);
 }
@@ -628,22 +724,24 @@ void FN(gru_backward)(const T *dhs, const T *x, const T *h0, const T *W_x, const
  * sums, added after as the kernels add them). With whole_batch, every GEMM on
  * the whole batch and BLAS's threads, as the kernels below their split size.
  * With dhs (not NULL; rnn and lstm), also the traffic of the arrays the forward
- * saves for the backward (saved_forward_rows): hs written and read back, the
- * lstm's cs (n, steps, hidden) and gates (n, steps, 4 hidden) too, and dhs
- * (n, steps, hidden) read: the floor of the kernels' time with the bytes their
- * algorithm moves (with dhs NULL, hs is only read and cs, gates unused). The
- * arrays' contents are not the kernels' (no gate is computed): a floor for
- * benchmarks, any finite inputs. dz (n, steps, G hidden), dhw (n, 3 hidden)
- * for the GRU. */
-void FN(recurrent_gemms)(int gate_count, int whole_batch, const T *x, const T *h0, const T *W_x,
-                         const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx, T *dh0,
-                         T *dW_x, T *dW_h, const T *dhs, T *cs, T *gates, int64_t n,
-                         int64_t steps, int64_t f, int64_t hidden) {
+ * saves for the backward (saved_forward_rows): hs written (the rnn's read
+ * back), the lstm's cs (n, steps, hidden) and gates (n, steps, 4 hidden) too,
+ * and dhs read (n, steps, hidden; the lstm's with last_only (n, hidden), read
+ * once): the floor of the kernels' time with the bytes their algorithm moves
+ * (with dhs NULL, hs is only read and cs, gates unused). The arrays' contents
+ * are not the kernels' (no gate is computed): a floor for benchmarks, any
+ * finite inputs. dz (n, steps, G hidden), dhw (n, 3 hidden) for the GRU; the
+ * lstm's last_only (hs (n, hidden)) and work ((2 n + 1) hidden) as its kernels'. */
+void FN(recurrent_gemms)(int gate_count, int whole_batch, int last_only, const T *x, const T *h0,
+                         const T *W_x, const T *W_h, T *hs, T *xw, T *z, T *dz, T *dhw, T *dx,
+                         T *dh0, T *dW_x, T *dW_h, const T *dhs, T *cs, T *gates, T *work,
+                         int64_t n, int64_t steps, int64_t f, int64_t hidden) {
     struct FN(recurrent_job) j = {.gate_count = gate_count, .gemms_only = 1,
                                   .whole_batch = whole_batch, .saved = dhs != NULL,
-                                  .dhs = dhs, .cs = cs, .gates = gates, .x = x, .h0 = h0,
-                                  .W_x = W_x, .W_h = W_h, .hs = hs, .xw = xw, .z = z, .dz = dz,
-                                  .dhw = dhw, .dx = dx, .dh0 = dh0,
+                                  .last_only = last_only, .dhs = dhs, .cs = cs, .gates = gates,
+                                  .x = x, .h0 = h0, .W_x = W_x, .W_h = W_h, .hs = hs, .xw = xw,
+                                  .z = z, .dz = dz, .dhw = dhw, .dx = dx, .dh0 = dh0,
+                                  .work = work, .zeros = FN(lstm_zeros)(last_only, work, n, hidden),
                                   .sums = {dW_h, dW_x, NULL, NULL}, .steps = steps, .f = f,
                                   .hidden = hidden};
     FN(run_rows)(FN(forward_range), &j, n, 0);

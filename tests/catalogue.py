@@ -715,6 +715,25 @@ for kind in ("rnn", "lstm", "gru"):
             return _as_accurate_as_the_reference(outputs, backend, dtype)
 
 
+# the LSTM keeping its last state only (return_sequences False: hs (N, 1, H)) and
+# its backward from that state's gradient alone (dhs (N, 1, H)), the first layer's
+# too; its shapes, one step and none (hs: h0) among them
+for n, t, f, h in RECURRENT_SHAPES + [(3, 0, 2, 4)]:
+    for need_dx in (True, False):
+        def last_state_outputs(backend, dtype, n=n, t=t, f=f, h=h, need_dx=need_dx):
+            x = rand((n, t, f), dtype, 85)
+            kw = _recurrent_weights("lstm", f, h, dtype)
+            hs, cache = backend.lstm_forward(x, rand((n, h), dtype, 86), rand((n, h), dtype, 87),
+                                             return_sequences=False, **kw)
+            assert hs.shape == (n, 1, h)
+            grads = backend.lstm_backward(rand((n, 1, h), dtype, 88), cache, need_dx=need_dx)
+            return (hs, cache.cs, cache.gates, *(g for g in grads if g is not None))
+
+        @entry("lstm", f"last-state-{n}x{t}x{f}x{h}{'' if need_dx else '-no-dx'}")
+        def run_lstm_last_state(backend, dtype, outputs=last_state_outputs):
+            return _as_accurate_as_the_reference(outputs, backend, dtype)
+
+
 # ------------------------------------------------------------------ embedding
 # (N, T, V, D): tokens repeated within and across sequences, one sequence, one
 # step, one token, and a larger table; int32 and int64 tokens. dW's rows are

@@ -14,13 +14,16 @@ TINY = {"batch": 3, "steps": 4, "features": 5, "units": 2}
 
 @pytest.mark.skipif("c" not in fastnn.available_backends(), reason="needs the C backend")
 @pytest.mark.parametrize("whole_batch", [0, 1])
-@pytest.mark.parametrize("kind, gates, steps", [("rnn", 1, 32), ("lstm", 4, 8), ("gru", 3, 12)])
-def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
+@pytest.mark.parametrize("kind, gates, steps, last_only",
+                         [("rnn", 1, 32, 0), ("lstm", 4, 8, 0), ("lstm", 4, 8, 1), ("gru", 3, 12, 0)])
+def test_bare_gemms_are_the_kernels_products(kind, gates, steps, last_only, whole_batch):
     """The C kernels' GEMMs alone (recurrent_gemms) compute the products of the
     kernels' GEMMs from the arrays given, and nothing else (hs is left as it
     was); at these sizes (2^21 multiply-adds a time loop) the batch splits over
     the threads unless whole_batch. dz's rows at step 0 serve every step's
-    backward, as in the kernels."""
+    backward, as in the kernels; the LSTM's backward takes h_{t-1} from its
+    work rows (zeros here: no state is rebuilt), its forward from hs (N, H)
+    with last_only."""
     from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
 
     rng = np.random.default_rng(0)
@@ -30,25 +33,29 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
     def a(*shape):
         return rng.standard_normal(shape)
 
-    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w), \
+    states = (n, h) if last_only else (n, t, h)
+    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), a(n, t, w), \
         a(n, w), a(n, t, w)
-    dhw, dx, dh0, dW_x, dW_h = a(n, w), a(n, t, f), a(n, h), a(f, w), a(h, w)
+    dhw, dx, dh0, dW_x, dW_h, work = a(n, w), a(n, t, f), a(n, h), a(f, w), a(h, w), a((2 * n + 1) * h)
     hs_before, xw_before = hs.copy(), xw.copy()
     k = C_FUNCTIONS[d]
     fb = ffi.from_buffer
-    gru = kind == "gru"
-    k.recurrent_gemms(gates, whole_batch, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)),
+    gru, lstm = kind == "gru", kind == "lstm"
+    k.recurrent_gemms(gates, whole_batch, last_only,
+                      *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)),
                       fb(k.ctype, dhw) if gru else NULL, *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h)),
-                      NULL, NULL, NULL, n, t, f, h)
+                      NULL, NULL, NULL, fb(k.ctype, work) if lstm else NULL, n, t, f, h)
     close = dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(hs, hs_before)
+    last = hs if last_only else hs[:, t - 2]  # the last step's h_{t-1}
     if gru:  # the projection of every step once, then h_{t-1} W_h per step
         np.testing.assert_allclose(xw, x @ W_x, **close)
-        np.testing.assert_allclose(z, hs[:, t - 2] @ W_h, **close)  # the last step's
+        np.testing.assert_allclose(z, last @ W_h, **close)
     else:  # x_t W_x + h_{t-1} W_h per step
         np.testing.assert_array_equal(xw, xw_before)
-        np.testing.assert_allclose(z, x[:, t - 1] @ W_x + hs[:, t - 2] @ W_h, **close)
-    previous = np.concatenate([h0[:, None], hs[:, :-1]], axis=1)  # h_{t-1} (N, T, H)
+        np.testing.assert_allclose(z, x[:, t - 1] @ W_x + last @ W_h, **close)
+    previous = np.concatenate([h0[:, None], hs[:, :-1]], axis=1) if not lstm else \
+        np.concatenate([h0[:, None], np.zeros((n, t - 1, h))], axis=1)  # h_{t-1} (N, T, H)
     dz0 = dz[:, 0]  # every step's
     if gru:  # dhw, one step's, in every step's GEMMs
         np.testing.assert_allclose(dW_h, np.einsum("nti,nj->ij", previous, dhw), **close)
@@ -61,12 +68,13 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, whole_batch):
 
 
 @pytest.mark.skipif("c" not in fastnn.available_backends(), reason="needs the C backend")
-@pytest.mark.parametrize("kind, gates", [("rnn", 1), ("lstm", 4)])
-def test_gemms_with_saved_arrays_move_them(kind, gates):
+@pytest.mark.parametrize("kind, gates, last_only", [("rnn", 1, 0), ("lstm", 4, 0), ("lstm", 4, 1)])
+def test_gemms_with_saved_arrays_move_them(kind, gates, last_only):
     """recurrent_gemms given dhs (gemms+saved) also writes the saved arrays
     from each step's products and builds dz's rows from them and dhs, as the
     kernels' elementwise passes would (with no gate math): the last forward step
-    and the last backward step (t = 0) show it."""
+    and the last backward step (t = 0) show it. The LSTM's backward reads its
+    gradient from dhs, or with last_only from a row of zeros, as its kernel."""
     from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
 
     rng = np.random.default_rng(0)
@@ -76,25 +84,32 @@ def test_gemms_with_saved_arrays_move_them(kind, gates):
     def a(*shape):
         return rng.standard_normal(shape)
 
-    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), a(n, t, w), \
+    states = (n, h) if last_only else (n, t, h)
+    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), a(n, t, w), \
         a(n, w), a(n, t, w)
-    dx, dh0, dW_x, dW_h, dhs, cs, saved = a(n, t, f), a(n, h), a(f, w), a(h, w), a(n, t, h), \
+    dx, dh0, dW_x, dW_h, dhs, cs, saved = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), \
         a(n, t, h), a(n, t, w)
+    work = a((2 * n + 1) * h)
     lstm = kind == "lstm"
     k = C_FUNCTIONS[d]
     fb = ffi.from_buffer
-    k.recurrent_gemms(gates, 0, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)), NULL,
-                      *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h, dhs)),
-                      fb(k.ctype, cs) if lstm else NULL, fb(k.ctype, saved) if lstm else NULL, n, t, f, h)
+    k.recurrent_gemms(gates, 0, last_only, *(fb(k.ctype, v) for v in (x, h0, W_x, W_h, hs, xw, z, dz)),
+                      NULL, *(fb(k.ctype, v) for v in (dx, dh0, dW_x, dW_h, dhs)),
+                      *((fb(k.ctype, cs), fb(k.ctype, saved), fb(k.ctype, work)) if lstm else (NULL,) * 3),
+                      n, t, f, h)
     close = dict(rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(z, x[:, t - 1] @ W_x + hs[:, t - 2] @ W_h, **close)  # the last step's
-    np.testing.assert_array_equal(hs[:, t - 1], 0.01 * z[:, w - h:])
+    last = hs if last_only else hs[:, t - 1]
+    if not last_only:
+        np.testing.assert_allclose(z, x[:, t - 1] @ W_x + hs[:, t - 2] @ W_h, **close)  # the last step's
+    np.testing.assert_array_equal(last, 0.01 * z[:, w - h:])
     dz0 = dz[:, 0]  # the backward's last step's (t = 0)
     if lstm:
         np.testing.assert_array_equal(saved[:, t - 1], z)
         np.testing.assert_array_equal(cs[:, t - 1], z[:, :h])
+        tc = work[:2 * n * h].reshape(n, 2, h)[:, 0]  # step 1's 0.01 c_0, at t = 0 0.01 h0
         expected = 0.01 * saved[:, 0]
-        expected[:, :h] += 0.01 * (dhs[:, 0] + cs[:, 0] - h0)
+        expected[:, :h] += 0.01 * ((0 if last_only else dhs[:, 0]) + 0.01 * cs[:, 0] - h0)
+        np.testing.assert_allclose(tc, 0.01 * h0, **close)
     else:
         expected = 0.01 * (dhs[:, 0] + hs[:, 0])
     np.testing.assert_allclose(dz0, expected, **close)

@@ -401,11 +401,13 @@ for _kind, _g in (("rnn", 1), ("lstm", 4), ("gru", 3)):
     case(_f, "h0-batch", ValueError, "h0", h0=lambda d: rand((N + 1, H), d))
     case(_f, "h0-units", ValueError, "h0", h0=lambda d: rand((N, H + 1), d))
     case(_b, "dhs-2d", ValueError, "dhs", dhs=lambda d: rand((N, H), d))
-    case(_b, "dhs-steps", ValueError, "cache.x", dhs=lambda d: rand((N, T + 1, H), d))
-    case(_b, "dhs-units", ValueError, "cache.h0", dhs=lambda d: rand((N, T, H + 1), d))
+    # (the cache is checked first: its sizes are those dhs must have)
+    case(_b, "dhs-steps", ValueError, "dhs", dhs=lambda d: rand((N, T + 1, H), d))
+    case(_b, "dhs-units", ValueError, "dhs", dhs=lambda d: rand((N, T, H + 1), d))
+    case(_b, "dhs-batch", ValueError, "dhs", dhs=lambda d: rand((N + 1, T, H), d))
     case(_b, "cache-tuple", TypeError, "cache",
          cache=lambda d, b=_b: tuple(SPECS[b].build(d)["cache"]))
-    case(_b, "cache-of-another-dtype", TypeError, "cache.x",
+    case(_b, "cache-of-another-dtype", TypeError, "dhs",
          cache=lambda d, b=_b: SPECS[b].build(other(d))["cache"])
     case(_b, "cache-W_h-gate-width", ValueError, "cache.W_h",
          cache=lambda d, b=_b, g=_g: SPECS[b].build(d)["cache"]._replace(W_h=rand((H, g * H + 1), d)))
@@ -414,6 +416,15 @@ case("rnn_forward", "activation-none", TypeError, "activation", activation=None)
 case("rnn_backward", "cache-activation", ValueError, "activation",
      cache=lambda d: SPECS["rnn_backward"].build(d)["cache"]._replace(activation="gelu"))
 case("lstm_forward", "c0-units", ValueError, "c0", c0=lambda d: rand((N, H + 1), d))
+case("lstm_forward", "hs-of-every-step-for-the-last", ValueError, "hs", return_sequences=False,
+     hs=lambda d: np.empty((N, T, H), d))
+case("lstm_backward", "dhs-of-the-last-state-for-every-step", ValueError, "dhs",
+     dhs=lambda d: rand((N, 1, H), d))
+case("lstm_backward", "dhs-of-every-step-for-the-last-state", ValueError, "dhs",
+     dhs=lambda d: rand((N, T, H), d),
+     cache=lambda d: SPECS["lstm_backward"].build(d)["cache"]._replace(hs=rand((N, 1, H), d)))
+case("lstm_backward", "cache-hs-steps", ValueError, "cache.hs", dhs=lambda d: rand((N, T - 1, H), d),
+     cache=lambda d: SPECS["lstm_backward"].build(d)["cache"]._replace(hs=rand((N, T - 1, H), d)))
 case("lstm_forward", "b-gate-width", ValueError, "b", b=lambda d: rand(3 * H, d))
 case("lstm_backward", "cache-of-gru", TypeError, "cache",
      cache=lambda d: SPECS["gru_backward"].build(d)["cache"])

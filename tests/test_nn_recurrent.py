@@ -22,6 +22,9 @@ STACKS = {
     "lstm-gru": lambda: [nn.LSTM(4, return_sequences=True), nn.GRU(3), nn.Dense(3)],
     "gru-sequence-dense": lambda: [nn.GRU(3, return_sequences=True), nn.Dense(2, "tanh"), nn.Flatten(),
                                    nn.Dense(3)],
+    # the LSTM keeping its last state only, below a layer and first
+    "gru-lstm": lambda: [nn.GRU(4, return_sequences=True), nn.LSTM(3), nn.Dense(3)],
+    "lstm-dense": lambda: [nn.LSTM(3), nn.Dense(3)],
 }
 
 
@@ -148,3 +151,30 @@ def test_a_training_step_allocates_no_sequence_array_after_the_first(layer, back
     finally:
         tracemalloc.stop()
     assert peak < n * t * units * 8  # one float64 (N, T, units) array
+
+
+@pytest.mark.parametrize("backend", fastnn.available_backends())
+@pytest.mark.parametrize("layer", [nn.SimpleRNN, nn.LSTM, nn.GRU])
+def test_the_last_state_and_its_gradient_from_any_layout(layer, backend):
+    """Without return_sequences the output is the last state (N, units), the
+    sequence's last step, and a gradient dy of any memory layout (a layer above
+    may hand a view) gives the gradients of a contiguous one (the LSTM's kernel
+    reads a contiguous dy in place as the last state's gradient)."""
+    X, _ = sequences(5, 4, 3)
+    model = nn.Sequential([layer(3)], backend=backend, seed=0, dtype=np.float64)
+    model.build(X.shape[1:])
+    sequence = nn.Sequential([layer(3, return_sequences=True)], backend=backend, seed=0,
+                             dtype=np.float64)
+    sequence.build(X.shape[1:])
+    sequence.set_flat_params(model.get_flat_params())
+    mode = nn.layers.Pass(training=True)
+    backend, recurrent = model.backend, model.layers[0]
+    ws = {}
+    y = recurrent.forward(backend, X, ws, mode).copy()
+    np.testing.assert_array_equal(y, sequence.predict(X)[:, -1])
+    dy = np.random.default_rng(1).normal(size=(3, 5)).T  # (5, 3), Fortran order
+    recurrent.backward(backend, np.ascontiguousarray(dy), ws, need_dx=True)
+    expected = model._grads.copy()
+    model._grads[...] = np.nan
+    recurrent.backward(backend, dy, ws, need_dx=True)
+    np.testing.assert_array_equal(model._grads, expected)

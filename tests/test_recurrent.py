@@ -32,8 +32,11 @@ def arguments(kind, n, t, f, h, dtype=np.float64, state=True, seed=0):
     return {k: None if v is None else v.astype(dtype) for k, v in kw.items()}
 
 
-def forward(backend, kind, kw, activation="tanh"):
-    extra = {"activation": activation} if kind == "rnn" else {}
+def forward(backend, kind, kw, variant="tanh"):
+    """The forward of `kind`; variant: the rnn's activation, or "last-state" (the
+    lstm keeping its last state only: hs (N, 1, H))."""
+    extra = ({"activation": variant} if kind == "rnn"
+             else {"return_sequences": False} if variant == "last-state" else {})
     return getattr(backend, f"{kind}_forward")(**kw, **extra)
 
 
@@ -45,16 +48,17 @@ def gradient_names(kind):
 
 
 # ------------------------------------------------------- finite differences
-CASES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("gru", None)]
+CASES = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", None), ("lstm", "last-state"), ("gru", None)]
 
 
 @pytest.mark.parametrize("kind, activation", CASES)
 @pytest.mark.parametrize("n, t, f, h", [(2, 4, 3, 3), (1, 1, 2, 2), (3, 6, 1, 2)])
 def test_gradients_through_time_match_finite_differences(kind, activation, n, t, f, h):
     """sum(R * hs) for a random R: every gradient of the backward against central
-    differences of the forward, one element at a time."""
+    differences of the forward, one element at a time (the lstm's last state
+    only: sum(R * h_T))."""
     kw = arguments(kind, n, t, f, h)
-    R = rand((n, t, h), 9)
+    R = rand((n, 1 if activation == "last-state" else t, h), 9)
     if kind == "rnn" and activation == "relu":
         kw["b"] += 1.0  # away from the kink, where a finite difference is meaningless
     hs, cache = forward(ref, kind, kw, activation)
@@ -134,7 +138,9 @@ def test_matches_torch(kind, activation, n, t, f, h, state):
         if kind == "lstm":
             states.append(torch.tensor(kw["c0"][None], requires_grad=True))
     hs_torch, _ = layer(x, (tuple(states) if kind == "lstm" else states[0]) if state else None)
-    dhs = rand((n, t, h), 17)
+    if activation == "last-state":  # a loss on h_T alone: hs and dhs (N, 1, H)
+        hs_torch = hs_torch[:, -1:]
+    dhs = rand((n, hs_torch.shape[1], h), 17)
     hs_torch.backward(torch.tensor(dhs))
 
     hs, cache = forward(ref, kind, kw, activation)
@@ -216,6 +222,34 @@ def test_backward_writes_its_gradients_into_given_arrays(kind, n, t, f, h, backe
         assert g is out
         np.testing.assert_array_equal(out, expected)
         np.testing.assert_array_equal(b, expected)
+
+
+@pytest.mark.parametrize("backend_name", fastnn.available_backends())
+@pytest.mark.parametrize("n, t, f, h", [(3, 4, 2, 5), (2, 1, 3, 4), (2, 0, 3, 4), (9, 32, 5, 96)])
+def test_lstm_last_state_only_is_the_sequence_with_a_loss_on_its_last_step(n, t, f, h, backend_name):
+    """return_sequences False: hs (N, 1, H) is the last state of the sequence's
+    forward (h0 after no step), the cache's cells and gates are the sequence's,
+    and the backward from the last state's gradient alone gives the gradients of
+    the sequence's backward with zeros at every other step, bit for bit (the same
+    operations; only the zeros are not read)."""
+    backend = fastnn.get_backend(backend_name)
+    kw = arguments("lstm", n, t, f, h)
+    hs, cache = forward(backend, "lstm", kw)
+    last, last_cache = forward(backend, "lstm", kw, "last-state")
+    assert last.shape == (n, 1, h)
+    np.testing.assert_array_equal(last, hs[:, -1:] if t else kw["h0"][:, None])
+    np.testing.assert_array_equal(last_cache.cs, cache.cs)
+    np.testing.assert_array_equal(last_cache.gates, cache.gates)
+    dh = rand((n, 1, h), 5)
+    grads = backend.lstm_backward(dh, last_cache)
+    if not t:  # no step: h_T is h0
+        expected = (np.zeros((n, 0, f)), dh[:, 0], *(np.zeros_like(g) for g in grads[2:]))
+    else:
+        dhs = np.zeros_like(hs)
+        dhs[:, -1:] = dh
+        expected = backend.lstm_backward(dhs, cache)
+    for name, got, e in zip(gradient_names("lstm"), grads, expected):
+        np.testing.assert_array_equal(got, e, err_msg=f"d{name}")
 
 
 # --------------------------------------------------- the fast float32 gates

@@ -241,32 +241,43 @@ def _project(blas, x, W_x, out):
 
 
 @jit_inline
-def _step_gemm(blas, t, x, W_x, h0, hs, W_h, z, with_x):
+def state_rows(states, t):
+    """(h_{t-1}'s first row, the stride of its rows) in states (N, S, H): a
+    sequence (S = T), or one state (S = 1: the LSTM's last state only, which
+    every step overwrites, or its backward's rebuilt h_{t-1}, work[:, 1:]);
+    any row at t = 0, whose h_{t-1} is h0."""
+    return (states[0, min(max(t - 1, 0), states.shape[1] - 1)],
+            states.strides[0] // states.itemsize)
+
+
+@jit_inline
+def _step_gemm(blas, t, x, W_x, h0, states, W_h, z, with_x):
     """z (N, G*H) = x_t @ W_x + h_{t-1} @ W_h (two GEMMs, the second with beta 1),
-    h_{t-1} = hs[:, t - 1] (h0 at t = 0); without with_x (the GRU's, whose n gate
-    needs x_t W_x apart) z = h_{t-1} @ W_h."""
-    n, steps, hidden = hs.shape
-    f, width = x.shape[2], W_h.shape[1]
+    h_{t-1} from states (state_rows; h0 at t = 0); without with_x (the GRU's,
+    whose n gate needs x_t W_x apart) z = h_{t-1} @ W_h."""
+    n, steps, f = x.shape
+    hidden, width = W_h.shape
+    prev, ld_prev = state_rows(states, t)
     beta = 0.0
     if with_x and f:
         gemm_tiles(blas, 0, 0, n, width, f, x[0, t], steps * f, W_x, 0, 0, width, 0.0, z, 0, 0, width)
         beta = 1.0
     if t:
-        gemm_tiles(blas, 0, 0, n, width, hidden, hs[0, t - 1], steps * hidden, W_h, 0, 0, width, beta,
-                   z, 0, 0, width)
+        gemm_tiles(blas, 0, 0, n, width, hidden, prev, ld_prev, W_h, 0, 0, width, beta, z, 0, 0, width)
     else:
         gemm_tiles(blas, 0, 0, n, width, hidden, h0, hidden, W_h, 0, 0, width, beta, z, 0, 0, width)
 
 
 @jit_inline
-def _backward_gemms(blas, t, h0, hs, W_h, dzt, ld_dz, dW_h, dh, beta):
-    """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; dz_t (N, G*H) 2-D
-    with row stride ld_dz."""
-    n, steps, hidden = hs.shape
+def _backward_gemms(blas, t, h0, states, W_h, dzt, ld_dz, dW_h, dh, beta):
+    """dW_h += h_{t-1}.T @ dz_t and dh = dz_t @ W_h.T + beta dh; h_{t-1} as
+    _step_gemm's; dz_t (N, G*H) 2-D with row stride ld_dz."""
+    n, hidden = dh.shape
     width = dW_h.shape[1]
+    prev, ld_prev = state_rows(states, t)
     if t:
-        gemm_tiles(blas, 1, 0, hidden, width, n, hs[0, t - 1], steps * hidden, dzt, 0, 0, ld_dz, 1.0,
-                   dW_h, 0, 0, width)
+        gemm_tiles(blas, 1, 0, hidden, width, n, prev, ld_prev, dzt, 0, 0, ld_dz, 1.0, dW_h, 0, 0,
+                   width)
     else:
         gemm_tiles(blas, 1, 0, hidden, width, n, h0, hidden, dzt, 0, 0, ld_dz, 1.0, dW_h, 0, 0, width)
     gemm_tiles(blas, 0, 1, n, hidden, width, dzt, ld_dz, W_h, 0, 0, width, beta, dh, 0, 0, hidden)
@@ -421,26 +432,39 @@ def lstm_forward_row(pg, pz, pb, pc_prev, pc, ph, hidden):
 
 
 @jit_rows
-def lstm_backward_row(pg, pc, pc_prev, pdh_row, pdh, pdc, pdz, hidden):
+def lstm_backward_row(pg, po_prev, pc_prev, pdh_row, pdh, pdc, pdz, ptc, php, hidden):
     """dzr (4 hidden) of one row; dc in: the gradient c_t receives from step
-    t + 1, out: c_{t-1}'s."""
+    t + 1, out: c_{t-1}'s; tc in: tanh(c_t), out: tanh(c_{t-1}); hp out:
+    h_{t-1} = o_{t-1} tanh(c_{t-1}) rebuilt from the gate o_prev and cell
+    c_prev the forward saved (csrc/recurrent_impl.h lstm_backward_row)."""
     gr, dzr = carray(pg, 4 * hidden), carray(pdz, 4 * hidden)
-    c_row, c_prev, dh_row = carray(pc, hidden), carray(pc_prev, hidden), carray(pdh_row, hidden)
-    dh, dc = carray(pdh, hidden), carray(pdc, hidden)
-    one = c_row.dtype.type(1)
+    o_prev, c_prev, dh_row = carray(po_prev, hidden), carray(pc_prev, hidden), carray(pdh_row, hidden)
+    dh, dc, tc, hp = carray(pdh, hidden), carray(pdc, hidden), carray(ptc, hidden), carray(php, hidden)
+    one = dc.dtype.type(1)
     for j in range(hidden):
         ig = gr[j]
         fg = gr[hidden + j]
         gg = gr[2 * hidden + j]
         og = gr[3 * hidden + j]
-        tc = gate_tanh(c_row[j])
+        tcv = tc[j]
         g = dh_row[j] + dh[j]
-        dcv = dc[j] + g * og * (one - tc * tc)
+        dcv = dc[j] + g * og * (one - tcv * tcv)
         dc[j] = dcv * fg
         dzr[j] = dcv * gg * ig * (one - ig)
         dzr[hidden + j] = dcv * c_prev[j] * fg * (one - fg)
         dzr[2 * hidden + j] = dcv * ig * (one - gg * gg)
-        dzr[3 * hidden + j] = g * tc * og * (one - og)
+        dzr[3 * hidden + j] = g * tcv * og * (one - og)
+        tp = gate_tanh(c_prev[j])
+        tc[j] = tp
+        hp[j] = o_prev[j] * tp
+
+
+@jit_rows
+def tanh_row(pc, ptc, hidden):
+    """tc = tanh(c_row): the first backward step's tc."""
+    c_row, tc = carray(pc, hidden), carray(ptc, hidden)
+    for j in range(hidden):
+        tc[j] = gate_tanh(c_row[j])
 
 
 @jit_rows
@@ -579,16 +603,20 @@ def rnn_backward_range(blas, bounds, p, sync, dhs, x, h0, W_x, W_h, hs, relu, dx
 
 @jit
 def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
-    """hs, cs (N, T, H); gates (N, T, 4H): i, f, g, o after their nonlinearities;
-    z (N, 4H) a workspace."""
-    n, steps, hidden = hs.shape
+    """cs (N, T, H); hs (N, T, H), or (N, 1, H) the last state only (written at
+    every step, after its GEMM read it); gates (N, T, 4H): i, f, g, o after
+    their nonlinearities; z (N, 4H) a workspace."""
+    n, steps, hidden = cs.shape
+    kept = hs.shape[1]
     for t in range(steps):
         _step_gemm(blas, t, x, W_x, h0, hs, W_h, z, True)
         for i in range(n):
-            at_t = (i * steps + t) * hidden  # row i's step t in hs and cs
+            at_t = (i * steps + t) * hidden  # row i's step t in cs
             lstm_forward_row(at(gates, 4 * at_t), at(z, i * 4 * hidden), at(b, 0),
-                             state_before(cs, c0, at_t, i, hidden, t), at(cs, at_t), at(hs, at_t),
-                             hidden)
+                             state_before(cs, c0, at_t, i, hidden, t), at(cs, at_t),
+                             at(hs, (i * kept + min(t, kept - 1)) * hidden), hidden)
+    if kept != steps and not steps:  # the last state of no step
+        hs[:, 0] = h0
 
 
 @jit_range
@@ -600,35 +628,50 @@ def lstm_forward_range(blas, bounds, p, sync, x, h0, c0, W_x, W_h, b, hs, cs, ga
 
 
 @jit
-def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz, dW_x, dW_h,
-                       sums):
+def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, cs, gates, dx, dh, dc, dz, work, zeros, dW_x,
+                       dW_h, sums):
     """Gradients through time; dh, dc (N, H) the gradients h_t and c_t receive from
-    step t + 1 (end as dh0's, dc0's)."""
-    n, steps, hidden = hs.shape
+    step t + 1 (end as dh0's, dc0's). dhs (N, T, H), or (N, 1, H) the last
+    state's alone (zeros (H,) then the other steps'); work (N, 2, H): each row's
+    tc and hp (lstm_backward_row), hp's rows the GEMM's h_{t-1}: no state is read."""
+    n, steps, hidden = cs.shape
+    last_only = dhs.shape[1] != steps
     _zero_sums(dW_x, dW_h, sums)
-    dh[:] = 0
+    if last_only:
+        dh[:] = dhs[:, 0]
+    else:
+        dh[:] = 0
     dc[:] = 0
+    w = 4 * hidden
+    for i in range(n if steps else 0):
+        tanh_row(at(cs, (i * steps + steps - 1) * hidden), at(work, 2 * i * hidden), hidden)
     for t in range(steps - 1, -1, -1):
         for i in range(n):
-            at_t = (i * steps + t) * hidden  # row i's step t in hs, cs and dhs
+            at_t = (i * steps + t) * hidden  # row i's step t in cs and dhs
             if t:  # this row's lines of the next step (as csrc/recurrent_impl.h prefetch_row)
-                prefetch_l2(gates, 4 * (at_t - hidden), 4 * hidden)
+                prefetch_l2(gates, 4 * (at_t - hidden), 3 * hidden)
+                if t > 1:
+                    prefetch_l2(gates, 4 * (at_t - 2 * hidden) + 3 * hidden, hidden)
                 prefetch_state_before(cs, c0, at_t - hidden, i, hidden, t - 1)
-                prefetch_l2(dhs, at_t - hidden, hidden)
-            lstm_backward_row(at(gates, 4 * at_t), at(cs, at_t), state_before(cs, c0, at_t, i, hidden, t),
-                              at(dhs, at_t), at(dh, i * hidden), at(dc, i * hidden),
-                              at(dz, i * steps * 4 * hidden), hidden)
-        _backward_gemms(blas, t, h0, hs, W_h, dz[0], steps * 4 * hidden, dW_h, dh, 0.0)
+                if not last_only:
+                    prefetch_l2(dhs, at_t - hidden, hidden)
+            # (at t = 0 the rebuilt state is not used: h0 is given)
+            lstm_backward_row(at(gates, 4 * at_t), at(gates, 4 * at_t + 3 * hidden - (w if t else 0)),
+                              state_before(cs, c0, at_t, i, hidden, t),
+                              at(zeros, 0) if last_only else at(dhs, at_t), at(dh, i * hidden),
+                              at(dc, i * hidden), at(dz, i * steps * w), at(work, 2 * i * hidden),
+                              at(work, (2 * i + 1) * hidden), hidden)
+        _backward_gemms(blas, t, h0, work[:, 1:], W_h, dz[0], steps * w, dW_h, dh, 0.0)
         _input_step(blas, t, x, W_x, dz, dW_x, sums[0], dx)
 
 
 @jit_range
-def lstm_backward_range(blas, bounds, p, sync, dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, dh, dc, dz,
-                        dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
+def lstm_backward_range(blas, bounds, p, sync, dhs, x, h0, c0, W_x, W_h, cs, gates, dx, dh, dc, dz,
+                        work, zeros, dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
     announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
-    lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h, hs[i:j],
-                       cs[i:j], gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j],
+    lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h, cs[i:j],
+                       gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j], work[i:j], zeros,
                        dW_x if p == 0 else dW_x_parts[p - 1], dW_h if p == 0 else dW_h_parts[p - 1],
                        sums[p])
 

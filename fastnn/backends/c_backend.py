@@ -552,20 +552,20 @@ class CBackend(GemmConv, NumpyBackend):
                 *(_ptr(ct, a) for a in (dx, *grads)), fb(ct, dz), _sums(hidden), n, steps, f, hidden)
         return _bound(k.rnn_backward, args, None)
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
-        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates)()
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates):
+        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates)()
 
-    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
+    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates):
         (n, steps, f), hidden = x.shape, W_h.shape[0]
         if not int32_sizes(x, W_h):
             reference = super()._lstm_forward
-            return lambda *_: reference(x, h0, c0, W_x, W_h, b, hs, cs, gates)
+            return lambda *_: reference(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates)
         k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
         fb, ct = ffi.from_buffer, k.ctype
-        args = (*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))),
-                n, steps, f, hidden)
+        args = (*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b)), not return_sequences,
+                *(fb(ct, a) for a in (hs, cs, gates, e((n, 4 * hidden), d))), n, steps, f, hidden)
         return _bound(k.lstm_forward, args, (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
 
     def _lstm_backward(self, dhs, cache, dx, dz, *grads):
@@ -579,8 +579,10 @@ class CBackend(GemmConv, NumpyBackend):
             return lambda *_: reference(dhs, cache, dx, dz, *grads)
         k = C_FUNCTIONS[x.dtype]
         ct = k.ctype
-        args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, dx, *grads, dz)),
-                _sums(4 * hidden), n, steps, f, hidden)
+        # (dhs (N, 1, H) with T != 1: the last state's gradient alone)
+        work = np.empty((2 * n + 1) * hidden, x.dtype)  # lstm_backward's tc, hp rows and zeros
+        args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, cs, gates)), dhs.shape[1] != steps,
+                *(_ptr(ct, a) for a in (dx, *grads, dz, work)), _sums(4 * hidden), n, steps, f, hidden)
         return _bound(k.lstm_backward, args, None)
 
     def _gru_forward(self, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn):

@@ -702,17 +702,19 @@ class NumbaBackend(GemmConv, NumpyBackend):
         return _bind_recurrent(R.rnn_backward_rows, R.rnn_backward_range, x, W_h, args, typed, None,
                                (dW_x, dW_h), (db,))
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
-        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=False)()
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates):
+        return self._bind_lstm_forward(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates,
+                                       typed=False)()
 
-    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates, typed=True):
+    def _bind_lstm_forward(self, x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates, typed=True):
         n, hidden = x.shape[0], W_h.shape[0]
         if not int32_sizes(x, W_h):
             reference = super()._lstm_forward
-            return lambda *_: reference(x, h0, c0, W_x, W_h, b, hs, cs, gates)
+            return lambda *_: reference(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates)
         e, d = np.empty, x.dtype
         h0 = np.zeros((n, hidden), d) if h0 is None else h0
         c0 = np.zeros((n, hidden), d) if c0 is None else c0
+        # (hs (N, 1, H) without return_sequences: the kernel keeps the last state)
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
         return _bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed,
                                (hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)))
@@ -725,7 +727,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._lstm_backward
             return lambda *_: reference(dhs, cache, dx, dz, dh0, dc0, dW_x, dW_h, db)
-        args = (dhs, x, h0, c0, W_x, W_h, hs, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz)
+        n, hidden, d = x.shape[0], W_h.shape[0], x.dtype
+        # the rows' tc and hp, and the zeros of a last-state-only dhs (N, 1, H)
+        args = (dhs, x, h0, c0, W_x, W_h, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz,
+                np.empty((n, 2, hidden), d), np.zeros(hidden, d))
         return _bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, typed, None,
                                (dW_x, dW_h), (db,))
 

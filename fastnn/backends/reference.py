@@ -592,8 +592,9 @@ class NumpyBackend:
         dh0[...] = dh_next
         _input_side(x, W_x, dz, dx, dW_x, db)
 
-    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, hs, cs, gates):
-        # gates (N, T, 4H): i, f, g, o after their nonlinearities
+    def _lstm_forward(self, x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates):
+        # gates (N, T, 4H): i, f, g, o after their nonlinearities; hs (N, T, H),
+        # or (N, 1, H) the last state only
         n, steps, f = x.shape
         hidden = W_h.shape[0]
         h0 = np.zeros((n, hidden), x.dtype) if h0 is None else h0
@@ -607,26 +608,35 @@ class NumpyBackend:
             c = fg * c + i * g
             h = o * _tanh(c)
             gates[:, t] = np.concatenate([i, fg, g, o], axis=1)
-            hs[:, t], cs[:, t] = h, c
+            cs[:, t] = c
+            if return_sequences:
+                hs[:, t] = h
+        if not return_sequences:
+            hs[:, 0] = h
         return hs, LstmCache(x, h0, c0, W_x, W_h, hs, cs, gates)
 
     def _lstm_backward(self, dhs, cache, dx, dz, dh0, dc0, dW_x, dW_h, db):
-        # dz (N, T, 4H): d loss / d gate pre-activations
+        # dz (N, T, 4H): d loss / d gate pre-activations. The states h_{t-1} are
+        # rebuilt as o_{t-1} tanh(c_{t-1}), the forward's own operations on its
+        # saved gates and cells, so that hs may hold the last state only
         x, h0, c0, W_x, W_h, hs, cs, gates = cache
         n, steps, f = x.shape
         hidden = W_h.shape[0]
+        last_only = dhs.shape[1] != steps  # (N, 1, H): the last state's gradient
         dW_h[...] = 0
         dh_next, dc_next = np.zeros_like(h0), np.zeros_like(c0)
+        if last_only:
+            dh_next = dh_next + dhs[:, 0]
         for t in reversed(range(steps)):
             i, fg, g, o = (gates[:, t, k * hidden:(k + 1) * hidden] for k in range(4))
             c_prev = cs[:, t - 1] if t else c0
             tanh_c = _tanh(cs[:, t])
-            dh = dhs[:, t] + dh_next
+            dh = dh_next if last_only else dhs[:, t] + dh_next
             dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
             dz[:, t] = np.concatenate([dc * g * i * (1 - i), dc * c_prev * fg * (1 - fg),
                                        dc * i * (1 - g * g), dh * tanh_c * o * (1 - o)], axis=1)
             dc_next = dc * fg
-            h_prev = hs[:, t - 1] if t else h0
+            h_prev = gates[:, t - 1, 3 * hidden:] * _tanh(c_prev) if t else h0
             dW_h += h_prev.T @ dz[:, t]
             dh_next = dz[:, t] @ W_h.T
         dh0[...], dc0[...] = dh_next, dc_next
@@ -747,8 +757,10 @@ class RnnCache(NamedTuple):
 
 class LstmCache(NamedTuple):
     """What lstm_backward needs: x (N, T, F); h0, c0 (N, H); W_x (F, 4H);
-    W_h (H, 4H); hs, cs (N, T, H) hidden and cell states; gates (N, T, 4H):
-    i, f, g, o after their nonlinearities."""
+    W_h (H, 4H); hs the forward's output, (N, T, H) every hidden state or
+    (N, 1, H) the last (the backward reads neither: it rebuilds the states from
+    the gates and cells); cs (N, T, H) cell states; gates (N, T, 4H): i, f, g, o
+    after their nonlinearities."""
 
     x: np.ndarray
     h0: np.ndarray

@@ -351,7 +351,9 @@ class Kernel:
     def __init__(self, name, signature, args, impl, returns, doc, in_place_ok=None,
                  variants=None, fast=True, sizes=None):
         self.name, self.signature, self.args = name, signature, args
-        self.sizes = sizes or {}  # the example call's sizes of this kernel's own symbols
+        # the example call's sizes of this kernel's own symbols, a size or the
+        # name of another symbol whose size it takes
+        self.sizes = sizes or {}
         self.impl, self.returns, self.doc = impl, returns, doc
         self.in_place_ok, self.variants, self.has_fast = in_place_ok, variants or {}, fast
         self.params = list(_parameters(signature))
@@ -390,6 +392,9 @@ class Kernel:
         dtype = np.dtype(dtype)
         sizes = {"N": 4, "I": 3, "O": 5, "C": 5, "K": 5, "T": 3, "F": 3, "H": 2, **self.sizes,
                  **(sizes or {})}
+        for k, v in sizes.items():  # a symbol's size named by another symbol ("S": "T")
+            if isinstance(v, str):
+                sizes[k] = sizes[v]
         over = dict(self.variants.get(variant, {})) if variant else {}
         shapes = over.pop("_shapes", {})
         kinds = {**(kinds or {}), **{k: v for k, v in over.items() if isinstance(v, str)
@@ -955,10 +960,11 @@ RNN_ACT = dict(resolve="rnn_activation_name", choices="_RNN_ACTIVATIONS")
 
 
 def _recurrent(name, gates, signature, states, biases, cache_fields, backward_doc, doc,
-               options=(), variants=None):
+               options=(), variants=None, seq="T", dims=(), backward_checks=()):
     """The forward and backward declarations of a recurrent kernel with `gates`
     gates: the states (h0, c0) and the biases in signature order, the cache
-    fields after x, the states, W_x and W_h (the backward's dhs binds N, T, H)."""
+    fields after x, the states, W_x and W_h (the backward's dhs binds N, H and
+    `seq`, the steps of hs: T, or a symbol `dims` binds after x)."""
     width = f"{gates}*H"
     weights = [In("W_h", f"H {width}"), In("W_x", f"F {width}")]
     cls = f"_{name.capitalize()}Cache"
@@ -985,21 +991,23 @@ def _recurrent(name, gates, signature, states, biases, cache_fields, backward_do
                      f"        {grad_names}: optional arrays the gradients are written into.")
     forward = Kernel(
         f"{name}_forward", signature + "".join(f", {o.name}=None" for o in outputs),
-        [*options, In("x", "N T F"), *weights,
+        [*options, In("x", "N T F"), *dims, *weights,
          *[In(s, "N H", optional=True) for s in states],
          *[In(b, width) for b in biases], *outputs],
-        signature.replace("='tanh'", "") + ", " + out_names, "_r", doc,
+        re.sub(r"=[^,]*", "", signature) + ", " + out_names, "_r", doc,
         variants={"zero-state": {s: None for s in states}, **(variants or {})})
     backward = Kernel(
         f"{name}_backward", "dhs, cache, need_dx=True, dx=None, dz=None"
         + "".join(f", {g.name}=None" for g in grads),
-        [In("dhs", "N T H"),
-         Cache("cache", cls, fields,
+        # the cache first: its arrays bind the sizes, which dhs must have
+        [Cache("cache", cls, fields,
                f"cache must be the {cls[1:]} returned by {name}_forward", bindable=True),
+         *backward_checks,
+         In("dhs", f"N {seq} H"),
          Out("dx", "N T F", when="need_dx"),
          Out("dz", f"N T {width}", scratch=True), *grads],
         "dhs, " + cls + "(" + ", ".join(f"cache_{f.name}" for f in fields) + "), dx, dz, " + grad_names,
-        "dx, " + grad_names, backward_doc)
+        "dx, " + grad_names, backward_doc, sizes={seq: "T"} if seq != "T" else None)
     return [forward, backward]
 
 
@@ -1019,17 +1027,29 @@ RECURRENT = [
         options=[Option("activation", **RNN_ACT, example="tanh")],
         variants={"relu": {"activation": "relu"}}),
     *_recurrent(
-        "lstm", 4, "x, h0, c0, W_x, W_h, b", ["h0", "c0"], ["b"],
-        [In("hs", "N T H"), In("cs", "N T H"), In("gates", "N T 4*H", example="unit")],
-        """Gradients of lstm_forward through time. dhs (N, T, H): d loss / d h_t;
-        cache: lstm_forward's. Returns (dx, dh0, dc0, dW_x, dW_h, db).""",
+        "lstm", 4, "x, h0, c0, W_x, W_h, b, return_sequences=True", ["h0", "c0"], ["b"],
+        [In("hs", "N S H"), In("cs", "N T H"), In("gates", "N T 4*H", example="unit")],
+        """Gradients of lstm_forward through time. dhs: d loss / d h_t, (N, T, H)
+        for every step, or (N, 1, H) for the last state only when the forward kept
+        that only (the shape of the forward's hs); cache: lstm_forward's.
+        Returns (dx, dh0, dc0, dW_x, dW_h, db).""",
         """An LSTM layer (torch.nn.LSTM), gates i, f, g, o in that order:
         i, f, o = sigmoid, g = tanh of x_t W_x + h_{t-1} W_h + b (their blocks);
         c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
 
         x (N, T, F); h0, c0 (N, H) or None (zeros); W_x (F, 4H); W_h (H, 4H);
-        b (4H,), the sum of PyTorch's two biases.
-        Returns (hs, cache): hs (N, T, H); cache for lstm_backward."""),
+        b (4H,), the sum of PyTorch's two biases. return_sequences: False keeps
+        the last state only (a loss on h_T), the backward then taking its
+        gradient alone: neither pass moves the other states (the backward
+        rebuilds h_{t-1} = o_{t-1} tanh(c_{t-1}) from the gates and cells it
+        reads anyway).
+        Returns (hs, cache): hs (N, T, H), or (N, 1, H) with return_sequences
+        False; cache for lstm_backward.""",
+        options=[Flag("return_sequences", example=True)],
+        variants={"last-state": {"return_sequences": False}}, seq="S",
+        dims=[Dim("S", "T if return_sequences else 1")],
+        backward_checks=[Check("S != T and S != 1", "ValueError",
+                               "cache.hs has {S} steps: the forward's {T}, or 1 (its last state)")]),
     *_recurrent(
         "gru", 3, "x, h0, W_x, W_h, b_x, b_h", ["h0"], ["b_x", "b_h"],
         [In("hs", "N T H"), In("gates", "N T 3*H", example="unit"), In("hn", "N T H")],

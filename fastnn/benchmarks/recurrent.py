@@ -17,18 +17,22 @@ blocks of columns, the same BLAS ?gemm (SciPy's) on one thread each: per step
 x_t W_x and h_{t-1} W_h, (rows, F) x (F, G*H) and (rows, H) x (H, G*H), into one
 array; backward, per step dh = dz_t W_h^T, dW_h += h_{t-1}^T dz_t and dW_x +=
 x_t^T dz_t on the thread's rows (no dx: the layer is the first, whose backward
-skips it), the threads' dW_h and dW_x added after. Nothing else, not even db's
-sums: the floor of the C kernels' step, whose GEMMs the numba kernels issue
-alike. "bare-gemms-whole" is the same GEMMs on the whole batch each, BLAS
-splitting each one itself (as the kernels issue them below their split size).
-"gemms+saved" is bare-gemms plus the memory traffic of the arrays the forward
-saves for the backward, with no gate math: the forward writes every row's
-state at every step (and the LSTM's cell and four gates), the backward reads
-them back with dhs and writes its dz rows from them, in the kernels' order and
-with their prefetches (recurrent_gemms given dhs). That is the floor of the
-step with the bytes its algorithm must move (LSTM: 9.8 MB written and read
-back a step at the benchmark's sizes), beside the GEMMs' floor. None of the
-three includes the linear head, the loss or Adam.
+skips it), the threads' dW_h and dW_x added after. The LSTM's as the layer
+runs it without return_sequences: h_{t-1} from the one state row it keeps
+(forward) and from the rows its backward rebuilds the states in. Nothing else,
+not even db's sums: the floor of the C kernels' step, whose GEMMs the numba
+kernels issue alike. "bare-gemms-whole" is the same GEMMs on the whole batch
+each, BLAS splitting each one itself (as the kernels issue them below their
+split size). "gemms+saved" is bare-gemms plus the memory traffic of the arrays
+the forward saves for the backward, with no gate math: the forward writes
+every row's state at every step (and the LSTM's cell and four gates), the
+backward reads them back with the gradients of the states (the SimpleRNN's
+dhs of every step; the LSTM's last state's, rebuilding the others) and writes
+its dz rows from them, in the kernels' order and with their prefetches
+(recurrent_gemms given dhs). That is the floor of the step with the bytes its
+algorithm must move (LSTM: 8.2 MB of cells and gates written and read back a
+step at the benchmark's sizes), beside the GEMMs' floor. None of the three
+includes the linear head, the loss or Adam.
 """
 
 import json
@@ -89,22 +93,25 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True, saved=False
     def a(*shape):  # finite values of the size of activations and gradients
         return (rng.standard_normal(shape) * 0.1).astype(d)
 
+    # the lstm as the benchmark's layer runs it (return_sequences False): its
+    # states hs (batch, units), the last only, and its backward's work rows
+    last_only = kind == "lstm"
+    states = (batch, units) if last_only else (batch, steps, units)
     arrays = (a(batch, steps, features), a(batch, units), a(features, width), a(units, width),
-              a(batch, steps, units), a(batch, steps, width), a(batch, width),
-              a(batch, steps, width))
+              a(*states), a(batch, steps, width), a(batch, width), a(batch, steps, width))
     out = (a(batch, units), a(features, width), a(units, width))
     k = C_FUNCTIONS[d]
     x, h0, W_x, W_h, hs, xw, z, dz = (ffi.from_buffer(k.ctype, v) for v in arrays)
     dh0, dW_x, dW_h = (ffi.from_buffer(k.ctype, v) for v in out)
+    work = ffi.from_buffer(k.ctype, a((2 * batch + 1) * units)) if last_only else NULL
     # dhs, and the lstm's cs and gates (their cdata keep the arrays alive)
     shapes = []
     if saved:
-        shapes = [(batch, steps, units)] + ([(batch, steps, units), (batch, steps, width)]
-                                            if kind == "lstm" else [])
+        shapes = [states] + ([(batch, steps, units), (batch, steps, width)] if kind == "lstm" else [])
     saved_arrays = (*(ffi.from_buffer(k.ctype, a(*shape)) for shape in shapes), NULL, NULL, NULL)[:3]
     # no dx: the layer of the benchmark is a first layer (need_dx False)
-    args = (GATES[kind], int(not split), x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0, dW_x,
-            dW_h, *saved_arrays, batch, steps, features, units)
+    args = (GATES[kind], int(not split), last_only, x, h0, W_x, W_h, hs, xw, z, dz, NULL, NULL, dh0,
+            dW_x, dW_h, *saved_arrays, work, batch, steps, features, units)
     return lambda: k.recurrent_gemms(*args)
 
 

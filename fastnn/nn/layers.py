@@ -1221,32 +1221,48 @@ class _Recurrent(Layer):
     # the cache's arrays
     cache_outputs = {"rnn": {}, "lstm": {"cs": 1, "gates": 4}, "gru": {"gates": 3, "hn": 1}}
 
+    def _last_only(self):
+        """Whether the kernels keep the last state only (hs and dhs (N, 1, H)):
+        the LSTM's can, without return_sequences."""
+        return self.kernel == "lstm" and not self.return_sequences
+
     def _workspace(self, ws, n, steps):
         """{name: array} of the forward's outputs for a batch of n sequences of
         `steps` steps (allocated once per batch shape, then reused: the cache of
         one forward holds them until its backward) and dz, the backward's workspace."""
         h, g = self.units, self.gates
-        shapes = {"hs": h, "dz": g * h}
-        shapes.update({k: m * h for k, m in self.cache_outputs[self.kernel].items()})
-        return {k: buffer(ws, ("seq", k), (n, steps, width), self.dtype) for k, width in shapes.items()}
+        shapes = {"hs": (1 if self._last_only() else steps, h), "dz": (steps, g * h)}
+        shapes.update({k: (steps, m * h) for k, m in self.cache_outputs[self.kernel].items()})
+        return {k: buffer(ws, ("seq", k), (n, *shape), self.dtype) for k, shape in shapes.items()}
 
     def _forward_call(self, x, ws):
         """(y, the forward kernel's name, arguments and keywords) of a forward from
-        x (N, T, F): y is hs (N, T, H), or with return_sequences False the
-        buffer (N, H) the last state is copied into."""
+        x (N, T, F): y is hs (N, T, H), or with return_sequences False the last
+        state (N, H): hs itself when the kernel keeps that only (hs (N, 1, H)),
+        else a buffer it is copied into."""
         outs = self._workspace(ws, *x.shape[:2])
         outs.pop("dz")
         states = (None,) * (2 if self.kernel == "lstm" else 1)  # zero initial states
         args = (x, *states, self.params["W_x"], self.params["W_h"], *(self.params[b] for b in self.biases))
-        y = outs["hs"] if self.return_sequences else buffer(ws, "y", (x.shape[0], self.units), self.dtype)
-        return y, self.kernel + "_forward", args, {**self._options(), **outs}
+        options = {**self._options(), **outs}
+        if self._last_only():
+            options["return_sequences"] = False
+            y = outs["hs"].reshape(x.shape[0], self.units)
+        elif self.return_sequences:
+            y = outs["hs"]
+        else:
+            y = buffer(ws, "y", (x.shape[0], self.units), self.dtype)
+        return y, self.kernel + "_forward", args, options
+
+    def _copies_last(self):
+        """Whether y is a buffer the last state is copied into (_forward_call)."""
+        return not self.return_sequences and not self._last_only()
 
     def forward(self, backend: Backend, x: Array, ws: Workspace, mode: Pass) -> Array:
         y, kernel, args, options = self._forward_call(x, ws)
         hs, ws["cache"] = getattr(backend.fast, kernel)(*args, **options)
-        if self.return_sequences:
-            return hs
-        y[...] = hs[:, -1]
+        if self._copies_last():
+            y[...] = hs[:, -1]
         return y
 
     def bind_forward(self, backend: Backend, x: Array,
@@ -1255,7 +1271,7 @@ class _Recurrent(Layer):
         run = backend.fast.bind(kernel, *args, **options)
         if run is None:
             return None
-        if self.return_sequences:
+        if not self._copies_last():
             return y, run
         last = options["hs"][:, -1]
 
@@ -1265,27 +1281,33 @@ class _Recurrent(Layer):
         return y, forward_last
 
     def _backward_call(self, dy, ws, need_dx):
-        """(dhs, the backward kernel's name, arguments and keywords) of a backward
-        from dy, the gradient of the output, which writes the parameters'
-        gradients into the layer's own (grads); dhs (N, T, H) is dy, or without
-        return_sequences a buffer whose last step the caller sets to dy (zeros
-        elsewhere: the loss reads the last state only)."""
+        """(dhs, whether the caller sets dhs[:, -1] to dy, the backward kernel's
+        name, arguments and keywords) of a backward from dy, the gradient of the
+        output, which writes the parameters' gradients into the layer's own
+        (grads). dhs is dy (N, T, H); without return_sequences, dy as (N, 1, H)
+        when the kernel takes the last state's gradient alone (a buffer when dy
+        is not contiguous), else a buffer (N, T, H), zeros but at the last step
+        (the loss reads the last state only)."""
         cache = ws["cache"]
+        fill = not self.return_sequences
         if self.return_sequences:
             dhs = dy
+        elif self._last_only() and dy.flags.c_contiguous:
+            dhs, fill = dy.reshape(dy.shape[0], 1, self.units), False
         else:
             dhs = ws.get("dhs")
             if dhs is None:
                 dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
-        dz = self._workspace(ws, *dhs.shape[:2])["dz"]
+        dz = self._workspace(ws, dhs.shape[0], cache.x.shape[1])["dz"]
         # no dx (nor its GEMM) below a first layer
         dx = buffer(ws, "dx", cache.x.shape, self.dtype) if need_dx else None
         grads = {"d" + name: self.grads[name] for name in ("W_x", "W_h") + self.biases}
-        return dhs, self.kernel + "_backward", (dhs, cache), {"need_dx": need_dx, "dx": dx, "dz": dz, **grads}
+        return (dhs, fill, self.kernel + "_backward", (dhs, cache),
+                {"need_dx": need_dx, "dx": dx, "dz": dz, **grads})
 
     def backward(self, backend: Backend, dy: Array, ws: Workspace, need_dx: bool) -> Optional[Array]:
-        dhs, kernel, args, options = self._backward_call(dy, ws, need_dx)
-        if dhs is not dy:
+        dhs, fill, kernel, args, options = self._backward_call(dy, ws, need_dx)
+        if fill:
             dhs[:, -1] = dy
         return getattr(backend.fast, kernel)(*args, **options)[0]
 
@@ -1297,11 +1319,11 @@ class _Recurrent(Layer):
         # model zeroes (_frozen_grads), as Dense's
         if self.frozen:
             return None
-        dhs, kernel, args, options = self._backward_call(dy, ws, need_dx)
+        dhs, fill, kernel, args, options = self._backward_call(dy, ws, need_dx)
         run = backend.fast.bind(kernel, *args, **options)
         if run is None:
             return None
-        if dhs is dy:
+        if not fill:
             return options["dx"], run
         last = dhs[:, -1]
 
