@@ -3,8 +3,10 @@
  * Sequences are batch-first: x (n, steps, f), hidden states (n, steps, hidden),
  * gates (n, steps, G*hidden) with G = 1 (rnn), 4 (lstm: i, f, g, o) or 3 (gru:
  * r, z, n). Each step's GEMM reads the previous state hs[:, t - 1] in place (row
- * stride steps * hidden). The rnn and lstm forwards add each step's input
- * projection x_t W_x and recurrent product h_{t-1} W_h in one array of a
+ * stride steps * hidden; the lstm's last state only: one row per sequence,
+ * states_before), the lstm's backward the states it rebuilds from its gates
+ * and cells (lstm_backward_row). The rnn and lstm forwards add each step's
+ * input projection x_t W_x and recurrent product h_{t-1} W_h in one array of a
  * step's rows (z: two GEMMs, the second with beta = 1) that the gate pass then
  * reads while it is in the cache; the gru's n gate needs them apart, so its
  * projection of every step is one GEMM into gates before the loop. The

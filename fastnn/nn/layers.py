@@ -1383,7 +1383,9 @@ class LSTM(_Recurrent):
     units : int
         The state's width H.
     return_sequences : bool, default False
-        Output every step's state (T, H) instead of the last one (H,).
+        Output every step's state (T, H) instead of the last one (H,). Without
+        it the layer keeps no other state for its backward, which rebuilds
+        them from the gates and cells it keeps anyway.
     name : str, optional
         The layer's name (default: the model gives a Keras-style one).
 
