@@ -240,6 +240,23 @@ HOT static void FN(gru_backward_row)(const T *restrict gr, const T *restrict hn_
  * state each) gained nothing and do not ask. */
 static void FN(prefetch_row)(const T *p, int64_t len) { prefetch_lines_l2(p, len * (int64_t)sizeof(T)); }
 
+/* The lstm backward's: row i's lines of step t - 1 (none at t = 0) as it starts
+ * step t, whose gate row is gr and cell at offset at of cs: the gates but o_{t-1}
+ * (this step reads it), o_{t-2}, c_{t-2} (c0's row at t = 1) and, unless NULL,
+ * dhs's row */
+static void FN(lstm_prefetch_next)(const T *gr, const T *cs, const T *c0, const T *dhs, int64_t at,
+                                   int64_t t, int64_t i, int64_t hidden) {
+    int64_t w = 4 * hidden;
+    if (!t)
+        return;
+    FN(prefetch_row)(gr - w, 3 * hidden);
+    if (t > 1)
+        FN(prefetch_row)(gr - 2 * w + 3 * hidden, hidden);
+    FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : c0 + i * hidden, hidden);
+    if (dhs)
+        FN(prefetch_row)(dhs + at - hidden, hidden);
+}
+
 /* ------------------------------------------------- time loops over rows
  * Each runs the time loop of n sequences (batch rows): a range of the batch's
  * rows is a batch of its own with the same row strides (every array is
@@ -339,14 +356,7 @@ static void FN(lstm_backward_rows)(const T *dhs, const T *x, const T *h0, const 
         for (int64_t i = 0; i < n; i++) {
             int64_t at = (i * steps + t) * hidden;
             const T *gr = gates + (i * steps + t) * w;
-            if (t) { /* the next step's lines (see prefetch_row): this one reads o_{t-1} */
-                FN(prefetch_row)(gr - w, 3 * hidden);
-                if (t > 1)
-                    FN(prefetch_row)(gr - 2 * w + 3 * hidden, hidden);
-                FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : c0 + i * hidden, hidden);
-                if (!zeros)
-                    FN(prefetch_row)(dhs + at - hidden, hidden);
-            }
+            FN(lstm_prefetch_next)(gr, cs, c0, zeros ? NULL : dhs, at, t, i, hidden);
             /* (at t = 0 the rebuilt state is not used: h0 is given) */
             FN(lstm_backward_row)(gr, t ? gr - w + 3 * hidden : gr + 3 * hidden,
                                   t ? cs + at - hidden : c0 + i * hidden, zeros ? zeros : dhs + at,
@@ -477,14 +487,7 @@ static void FN(saved_backward_rows)(const T *dhs, const T *h0, const T *hs, cons
         T *dzr = dz + i * ld;
         if (gates) {
             const T *gr = gates + (i * steps + t) * w;
-            if (t) {
-                FN(prefetch_row)(gr - w, 3 * hidden);
-                if (t > 1)
-                    FN(prefetch_row)(gr - 2 * w + 3 * hidden, hidden);
-                FN(prefetch_row)(t > 1 ? cs + at - 2 * hidden : h0 + i * hidden, hidden);
-                if (!zeros)
-                    FN(prefetch_row)(dhs + at - hidden, hidden);
-            }
+            FN(lstm_prefetch_next)(gr, cs, h0, zeros ? NULL : dhs, at, t, i, hidden);
             const T *c_prev = t ? cs + at - hidden : h0 + i * hidden;
             const T *o_prev = t ? gr - w + 3 * hidden : gr + 3 * hidden;
             const T *dh_row = zeros ? zeros : dhs + at;

@@ -12,6 +12,20 @@ from fastnn.benchmarks import recurrent
 TINY = {"batch": 3, "steps": 4, "features": 5, "units": 2}
 
 
+def _gemms_arrays(n, t, f, h, w, last_only):
+    """(a: random float64 arrays by shape, the states' shape, the arrays every
+    recurrent_gemms call takes: x, h0, W_x, W_h, hs, xw, z, dz); n rows, t
+    steps, f features, h units, w = G h; hs (n, h) with last_only."""
+    rng = np.random.default_rng(0)
+
+    def a(*shape):
+        return rng.standard_normal(shape)
+
+    states = (n, h) if last_only else (n, t, h)
+    return a, states, (a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), a(n, t, w), a(n, w),
+                       a(n, t, w))
+
+
 @pytest.mark.skipif("c" not in fastnn.available_backends(), reason="needs the C backend")
 @pytest.mark.parametrize("whole_batch", [0, 1])
 @pytest.mark.parametrize("kind, gates, steps, last_only",
@@ -26,16 +40,9 @@ def test_bare_gemms_are_the_kernels_products(kind, gates, steps, last_only, whol
     with last_only."""
     from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
 
-    rng = np.random.default_rng(0)
     n, t, f, h, d = 16, steps, 5, 64, np.dtype(np.float64)
     w = gates * h
-
-    def a(*shape):
-        return rng.standard_normal(shape)
-
-    states = (n, h) if last_only else (n, t, h)
-    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), a(n, t, w), \
-        a(n, w), a(n, t, w)
+    a, states, (x, h0, W_x, W_h, hs, xw, z, dz) = _gemms_arrays(n, t, f, h, w, last_only)
     dhw, dx, dh0, dW_x, dW_h, work = a(n, w), a(n, t, f), a(n, h), a(f, w), a(h, w), a((2 * n + 1) * h)
     hs_before, xw_before = hs.copy(), xw.copy()
     k = C_FUNCTIONS[d]
@@ -77,16 +84,9 @@ def test_gemms_with_saved_arrays_move_them(kind, gates, last_only):
     gradient from dhs, or with last_only from a row of zeros, as its kernel."""
     from fastnn.backends.c_backend import C_FUNCTIONS, NULL, ffi
 
-    rng = np.random.default_rng(0)
     n, t, f, h, d = 16, 32, 5, 64, np.dtype(np.float64)  # the batch splits over the threads
     w = gates * h
-
-    def a(*shape):
-        return rng.standard_normal(shape)
-
-    states = (n, h) if last_only else (n, t, h)
-    x, h0, W_x, W_h, hs, xw, z, dz = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), a(n, t, w), \
-        a(n, w), a(n, t, w)
+    a, states, (x, h0, W_x, W_h, hs, xw, z, dz) = _gemms_arrays(n, t, f, h, w, last_only)
     dx, dh0, dW_x, dW_h, dhs, cs, saved = a(n, t, f), a(n, h), a(f, w), a(h, w), a(*states), \
         a(n, t, h), a(n, t, w)
     work = a((2 * n + 1) * h)
