@@ -62,6 +62,8 @@ def _integer_labels(y, name, n_samples, n_classes):
     if not np.issubdtype(y.dtype, np.integer):
         if np.any(y != np.round(y)):
             raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
+    if y.size == 0 or (y.min() >= 0 and y.max() < n_classes):  # (two reductions, no masks)
+        return np.ascontiguousarray(y, dtype=np.int64)
     bad = (y < 0) | (y >= n_classes)
     if bad.any():
         raise ValueError(f"{name} holds label {y[bad][0].item()!r}, outside 0..{n_classes - 1}: "

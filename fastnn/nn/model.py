@@ -671,9 +671,11 @@ class Sequential:
         (binary cross-entropy). Non-finite values too: the loss refuses them
         with its own message. (The hinge's -1/+1 labels are labels like any
         other: classes_ [-1, 1], indices 0/1, the same targets.)"""
-        if y.dtype.kind not in "iuf":
+        if y.dtype.kind in "iu":  # integers: whether they lie in 0..n-1 (two reductions, no masks)
+            return y.size == 0 or bool(y.min() >= 0 and y.max() < n_classes)
+        if y.dtype.kind != "f":
             return False
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
+        if not np.isfinite(y).all():
             return True
         if ((y >= 0) & (y < n_classes) & (y == np.round(y))).all():
             return True
@@ -690,7 +692,8 @@ class Sequential:
         classes_. Later data is encoded with classes_; an unknown label is a
         ValueError. Other targets (regression, one-hot or multilabel rows) pass
         unchanged."""
-        one_softmax = self.output_dim == 1 and self.loss.link == "softmax"  # the loss refuses it
+        outputs = self.output_dim
+        one_softmax = outputs == 1 and self.loss.link == "softmax"  # the loss refuses it
         if not self._single_label() or np.ndim(y) != 1 or one_softmax:
             return y
         y = np.asarray(y)
@@ -698,7 +701,7 @@ class Sequential:
             if not all(isinstance(v, str) for v in y):
                 raise TypeError("y must hold numbers, bools or strings")
             y = y.astype(str)
-        n_classes = max(self.output_dim, 2)
+        n_classes = max(outputs, 2)
         classes = self.classes_
         if classes is None:
             if self._native_labels(y, n_classes):
