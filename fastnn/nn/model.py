@@ -435,15 +435,21 @@ class Sequential:
                   for name, owner, own in layer.tensor_owners()}
         self._owners = [owners[(s.layer, s.name)] for s in self._slots]
         self._tensor_grads = [self._grads[s.offset:s.offset + s.size] for s in self._slots]
+        # fixed once built, read at every training step
+        self._every_layer = tuple(self._walk())
+        self._weight_owners = [(slot, owner) for slot, (owner, _) in zip(self._slots, self._owners)
+                               if slot.role == "weight"]
         self._trainable_flags = None
         self._refresh_trainable()
         self._workspaces = collections.OrderedDict()
+        self._penalty_rates: Optional[tuple] = None  # (the rates of _penalties, see _penalty_terms)
         self._penalties = self._penalty_terms()
         self._fold_l2 = False
         # set by _prepare_training
         self._plannable: bool = False
         self._plan_key: Optional[tuple] = None
-        self._has_dropout = any(isinstance(layer, Dropout) for layer in self._walk())
+        self._has_dropout = any(isinstance(layer, Dropout) for layer in self._every_layer)
+        self._layers_bind_steps = all(binds_its_step(layer) for layer in self.layers)
         self._gemms_on_own_threads = training.gemms_on_own_threads(self.layers)  # (blas_scope's)
         self.built = True
         return self
@@ -453,7 +459,7 @@ class Sequential:
         lowest layer that trains (backward stops below it), the ranges of the
         buffer the optimizer updates (None: all of it, one kernel call) and the
         frozen tensors' gradient views (kept at zero)."""
-        flags = tuple(layer.trainable for layer in self._walk())
+        flags = tuple(layer.trainable for layer in self._every_layer)
         if flags == self._trainable_flags:
             return
         self._trainable_flags = flags
@@ -780,7 +786,7 @@ class Sequential:
         # binds only when every layer can (no dropout: its seed changes per step)
         self._plan_key = (self.optimizer, self.loss, self._fold_l2, self._trainable_flags, self._runs,
                           tuple((l2, l1) for _, _, l2, l1 in self._penalties))
-        self._plannable = not self._has_dropout and all(binds_its_step(layer) for layer in self.layers)
+        self._plannable = not self._has_dropout and self._layers_bind_steps
 
     # ----------------------------------------------------------------- workspace
     def _workspace(self, batch_shape):
@@ -808,12 +814,15 @@ class Sequential:
         when every weight tensor (parameters of role "weight": Dense's and Conv2D's
         W, sub-layers' included) has the same penalties (the model's l2 plus the
         l2 and l1 of the layer owning it), else one per weight tensor."""
-        weights = [(slot, owner) for slot, (owner, _) in zip(self._slots, self._owners)
-                   if slot.role == "weight"]
+        weights = self._weight_owners
 
         def rates(layer):
             return getattr(layer, "l2", 0.0) + self.l2, getattr(layer, "l1", 0.0)
-        distinct = {rates(owner) for _, owner in weights}
+        every = tuple(rates(owner) for _, owner in weights)
+        if every == self._penalty_rates:  # (as at the last call: its terms)
+            return self._penalties
+        self._penalty_rates = every
+        distinct = set(every)
         if len(distinct) == 1:
             l2, l1 = distinct.pop()
             block = slice(0, self.n_weights)
