@@ -53,6 +53,12 @@ def _columns(y, name, n_samples, n_outputs, dtype):
     return cast
 
 
+def labels_in_range(y, n_classes):
+    """Whether the labels y (numbers) all lie in [0, n_classes): two reductions, no
+    masks (a training step checks its batch's labels with it)."""
+    return y.size == 0 or bool(y.min() >= 0 and y.max() < n_classes)
+
+
 def _integer_labels(y, name, n_samples, n_classes):
     """(N,) int64 labels in [0, n_classes); integral floats are accepted."""
     if y.shape != (n_samples,):
@@ -62,7 +68,7 @@ def _integer_labels(y, name, n_samples, n_classes):
     if not np.issubdtype(y.dtype, np.integer):
         if np.any(y != np.round(y)):
             raise ValueError(f"{name} must hold integer class labels 0..{n_classes - 1}")
-    if y.size == 0 or (y.min() >= 0 and y.max() < n_classes):  # (two reductions, no masks)
+    if labels_in_range(y, n_classes):
         return np.ascontiguousarray(y, dtype=np.int64)
     bad = (y < 0) | (y >= n_classes)
     if bad.any():

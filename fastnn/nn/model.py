@@ -57,7 +57,7 @@ from .layers import (
     mix64,
     take_carried,
 )
-from .losses import get_loss, sample_weights
+from .losses import get_loss, labels_in_range, sample_weights
 from .metrics import Accuracy, get_metric
 from .optimizers import get_optimizer, optimizer_from_config
 from .plan import bind_step
@@ -677,8 +677,8 @@ class Sequential:
         (binary cross-entropy). Non-finite values too: the loss refuses them
         with its own message. (The hinge's -1/+1 labels are labels like any
         other: classes_ [-1, 1], indices 0/1, the same targets.)"""
-        if y.dtype.kind in "iu":  # integers: whether they lie in 0..n-1 (two reductions, no masks)
-            return y.size == 0 or bool(y.min() >= 0 and y.max() < n_classes)
+        if y.dtype.kind in "iu":
+            return labels_in_range(y, n_classes)
         if y.dtype.kind != "f":
             return False
         if not np.isfinite(y).all():
