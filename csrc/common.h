@@ -17,6 +17,16 @@
 /* per-element and per-row helpers are forced inline into the loops that call them */
 #define INLINE static inline __attribute__((always_inline))
 
+/* size bytes on a 64-byte boundary (a cache line, one AVX-512 vector: rows that
+ * start mid-line split the kernels' and BLAS's vector loads; fastnn/backends/
+ * _checks.py ALIGNMENT), or NULL; released with free. (posix_memalign is POSIX,
+ * which -std=c99 leaves undeclared) */
+int posix_memalign(void **memptr, size_t alignment, size_t size);
+static inline void *aligned_malloc(size_t size) {
+    void *p;
+    return posix_memalign(&p, 64, size ? size : 64) ? NULL : p;
+}
+
 /* FN(name) is name_f32 or name_f64 inside a kernel template (see instantiate.h) */
 #define PASTE2(a, b) a##_##b
 #define PASTE(a, b) PASTE2(a, b)

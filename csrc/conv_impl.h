@@ -91,7 +91,7 @@ HOT static void FN(im2col_range)(void *args, int64_t r0, int64_t r1, int part) {
     T *pad = NULL;
     (void)part;
     if (kwc <= IM2COL_THIN)
-        pad = malloc((size_t)((g->ih + 2 * g->ph) * (g->iw + 2 * g->pw) * g->c) * sizeof(T));
+        pad = aligned_malloc((size_t)((g->ih + 2 * g->ph) * (g->iw + 2 * g->pw) * g->c) * sizeof(T));
     if (!pad) { /* wide window rows (or no memory): copies between the bounds */
         FN(im2col_rows)(a, r0, r1);
         return;
@@ -797,7 +797,7 @@ int FN(conv2d_direct_forward)(const T *x, const T *W, const T *b, T *preact, T *
     int64_t K = g->kh * g->kw * g->c, opad = (o + DIRECT_OUTS - 1) / DIRECT_OUTS * DIRECT_OUTS;
     int parts = FN(window_parts)(g->n * g->oh * g->ow * K * o, g->n);
     int64_t buf_size = FN(direct_pad_size)(g);
-    T *Wp = malloc((size_t)(K * opad + opad + parts * buf_size) * sizeof(T));
+    T *Wp = aligned_malloc((size_t)(K * opad + opad + parts * buf_size) * sizeof(T));
     if (!Wp) return -1;
     T *bp = Wp + K * opad;
     for (int64_t e = K * opad; e < K * opad + opad + parts * buf_size; e++)
@@ -819,7 +819,7 @@ int FN(conv2d_direct_backward)(const T *dy, const T *x, const T *W, const T *y, 
     int parts = FN(window_parts)(g->n * g->oh * g->ow * K * o, g->n);
     int64_t pad_size = FN(direct_pad_size)(g);
     int64_t buf_size = 2 * pad_size + opad * g->oh * FN(direct_owp)(g); /* pad, dpad, dt */
-    T *Wp = malloc((size_t)(K * opad + parts * buf_size) * sizeof(T));
+    T *Wp = aligned_malloc((size_t)(K * opad + parts * buf_size) * sizeof(T));
     double *sums = workspace(parts, K * o + o);
     if (!Wp || !sums) {
         free(Wp);

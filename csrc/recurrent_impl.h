@@ -615,8 +615,8 @@ static void FN(run_rows)(range_fn range, struct FN(recurrent_job) *j, int64_t n,
     j->part_T = NULL;
     j->part_d = NULL;
     if (backward && parts > 1) {
-        j->part_T = malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
-        j->part_d = malloc((size_t)(parts - 1) * 2 * (size_t)w * sizeof(double));
+        j->part_T = aligned_malloc((size_t)(parts - 1) * (size_t)len * sizeof(T));
+        j->part_d = aligned_malloc((size_t)(parts - 1) * 2 * (size_t)w * sizeof(double));
         if (!j->part_T || !j->part_d) parts = 1;
     }
     parallel_blas_run(range, j, n, parts);

@@ -12,6 +12,7 @@ way against the array they only read. Two written arrays that share memory
 cannot both hold their results: that call is refused with a ValueError.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -268,19 +269,26 @@ def test_read_array_sharing_memory_with_a_written_one(backend, dtype, step):
 
 
 # ------------------------------------------------ written arrays sharing memory
-def _pair(shape_a, shape_b, dtype=np.float64):
-    """two arrays in one buffer, the second starting one element after the first"""
+def _pair(shape_a, shape_b, dtype=np.float64, aligned=False):
+    """two arrays in one buffer, the second starting one element after the first
+    (aligned: the buffer one of fastnn's, chk.empty, whose views' base is the
+    byte buffer it is cut from, not the aligned array itself)"""
     size_a, size_b = int(np.prod(shape_a)), int(np.prod(shape_b))
     buf = rand(size_a + size_b, dtype, 9, 0.1, 1.0)
+    if aligned:
+        buf, values = chk.empty(buf.shape, dtype), buf
+        buf[...] = values
     return buf[:size_a].reshape(shape_a), buf[1:1 + size_b].reshape(shape_b)
 
 
+@pytest.mark.parametrize("aligned", [False, True], ids=["numpy-buffer", "aligned-buffer"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_two_written_arrays_sharing_memory_are_refused(backend):
+def test_two_written_arrays_sharing_memory_are_refused(backend, aligned):
     """Two arrays a call writes cannot both hold their results: a clear error
     naming both, before any kernel runs."""
     B = fastnn.get_backend(backend)
     d = np.float64
+    pair = functools.partial(_pair, aligned=aligned)
     x, W, dy = rand((N, IN), d, 1), rand((IN, OUT), d, 2), rand((N, OUT), d, 3)
     g, beta = rand(OUT, d, 4, 0.5, 2), rand(OUT, d, 5)
 
@@ -288,21 +296,21 @@ def test_two_written_arrays_sharing_memory_are_refused(backend):
         with pytest.raises(ValueError, match=f"{names[0]} and {names[1]} must not share memory"):
             call()
 
-    out, preact = _pair((N, OUT), (N, OUT))
+    out, preact = pair((N, OUT), (N, OUT))
     refused(("out", "preact"), lambda: B.dense_forward(x, W, None, "gelu", out=out, preact=preact))
-    dW, dz = _pair((IN, OUT), (N, OUT))
+    dW, dz = pair((IN, OUT), (N, OUT))
     refused(("dW", "dz"), lambda: B.dense_backward(dy, x, W, x @ W, "relu", dW=dW, dz=dz))
-    dx, db = _pair((N, IN), (OUT,))
+    dx, db = pair((N, IN), (OUT,))
     refused(("dx", "db"), lambda: B.dense_backward(dy, x, W, x @ W, dx=dx, db=db))
-    running_mean, out = _pair((OUT,), (N, OUT))
+    running_mean, out = pair((OUT,), (N, OUT))
     refused(("out", "running_mean"), lambda: B.batchnorm_forward(
         dy, g, beta, running_mean, np.ones(OUT), True, out=out))
     _, cache = B.batchnorm_forward(dy, g, beta, np.zeros(OUT), np.ones(OUT), True)
-    dgamma, dbeta = _pair((OUT,), (OUT,))
+    dgamma, dbeta = pair((OUT,), (OUT,))
     refused(("dgamma", "dbeta"), lambda: B.batchnorm_backward(dy, cache, dgamma=dgamma, dbeta=dbeta))
-    m, v = _pair((IN, OUT), (IN, OUT))
+    m, v = pair((IN, OUT), (IN, OUT))
     refused(("m", "v"), lambda: B.adam_step(W.copy(), W, m, v, 1, 0.01))
-    param, velocity = _pair((IN, OUT), (IN, OUT))
+    param, velocity = pair((IN, OUT), (IN, OUT))
     refused(("param", "velocity"), lambda: B.sgd_step(param, W, velocity, 0.1, momentum=0.9))
 
 
@@ -314,3 +322,22 @@ def test_tables_come_from_the_declarations():
     assert set(STEPS) == {"weight_penalty", "sgd_step", "adagrad_step", "rmsprop_step",
                           "adadelta_step", "adam_step"}
     assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_input_cut_from_the_aligned_buffer_of_the_output(backend):
+    """fastnn's aligned buffers (chk.empty) are views of a byte buffer: an input cut
+    from the same one as the output, one element apart, and the output's own
+    reshaped view are still read as they were before the call."""
+    B = fastnn.get_backend(backend)
+    d = np.float64
+    W = rand((IN, IN), d, 2)
+    buf = chk.empty(N * IN + 1, d)
+    buf[...] = rand(N * IN + 1, d, 1)
+    x, out = buf[1:].reshape(N, IN), buf[:-1].reshape(N, IN)
+    expected = B.dense_forward(x.copy(), W, None, "tanh")
+    np.testing.assert_array_equal(B.dense_forward(x, W, None, "tanh", out=out), expected)
+    y = chk.empty((N, IN), d)
+    y[...] = rand((N, IN), d, 3)
+    expected = B.dense_forward(y.copy(), W, None, "tanh")
+    np.testing.assert_array_equal(B.dense_forward(y.reshape(N, IN), W, None, "tanh", out=y), expected)

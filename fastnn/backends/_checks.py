@@ -12,6 +12,31 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# The boundary every buffer fastnn allocates starts on: a cache line, one AVX-512
+# vector. NumPy aligns its arrays to 16 bytes only (large ones start 16 bytes
+# into a page), and a row that starts mid-line makes every vector load and store
+# of the kernels and of BLAS split across two lines. On an Intel Xeon with
+# AVX-512 the LSTM benchmark's GEMMs alone took 108 us a sequence on arrays 16
+# bytes past a line and 78 us on aligned ones; its training step 123-137 and
+# 101 (bench/alignment.py).
+ALIGNMENT = 64
+
+
+def empty(shape, dtype):
+    """np.empty(shape, dtype), C-contiguous, its data on an ALIGNMENT-byte boundary
+    (a view of a slightly larger byte buffer, which it keeps alive)."""
+    shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    dtype = np.dtype(dtype)
+    raw = np.empty(math.prod(shape) * dtype.itemsize + ALIGNMENT, np.uint8)
+    return np.ndarray(shape, dtype, raw, -raw.ctypes.data % ALIGNMENT)
+
+
+def zeros(shape, dtype):
+    """np.zeros(shape, dtype) on an ALIGNMENT-byte boundary (see empty)."""
+    a = empty(shape, dtype)
+    a.fill(0)
+    return a
+
 
 def float_array(a, name, ndim=None, dtype=None, shape=None, min_ndim=None):
     """Return `a` as a C-contiguous, aligned float32/float64 array (a copy only if
@@ -71,7 +96,7 @@ def out_array(out, name, shape, dtype):
     """An output buffer: allocated when None, else checked (exact shape, dtype,
     C-contiguous, writeable)."""
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return empty(shape, dtype)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray or None, got {type(out).__name__}")
     if out.dtype != dtype:
@@ -120,14 +145,17 @@ def distinct(**written):
 
 
 def _separate(arrays):
-    """True when no two of `arrays` can share memory because each is a distinct
-    array that owns its data: the common case, decided in a few attribute reads
-    (these checks run on every public call). False means: compare their bounds."""
+    """True when no two of `arrays` can share memory because each lies in a
+    distinct array that owns its data (itself, or its base: NumPy's views point
+    to the owner, as fastnn's aligned buffers do, see empty): the common case,
+    decided in a few attribute reads (these checks run on every public call).
+    False means: compare their bounds."""
     ids = set()
     for a in arrays:
-        if a.base is not None:
+        owner = a if a.base is None else a.base
+        if not isinstance(owner, np.ndarray) or owner.base is not None:
             return False
-        ids.add(id(a))
+        ids.add(id(owner))
     return len(ids) == len(arrays)
 
 

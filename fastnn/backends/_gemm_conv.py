@@ -29,6 +29,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import _checks as chk
+
 # the column matrix is built and consumed a tile of images at a time, at most
 # this many bytes, so that the GEMM reads it (and col2im its gradient) from the
 # cache. Measured as one thread's CPU time per training step (batch 64, the
@@ -99,7 +101,7 @@ class GemmConv:
         if a is None:
             if len(cache) >= 24:
                 cache.popitem(last=False)
-            a = cache[key] = np.empty(shape, dtype)
+            a = cache[key] = chk.empty(shape, dtype)
         else:
             cache.move_to_end(key)
         return a

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import _ckernels  # ImportError when the extension was not built
+from . import _checks as chk
 from ._blas import INT32_MAX, blas_gemm, blas_thread_functions, int32_sizes
 from ._gemm_conv import GemmConv, is_direct, thread_tiles
 from .reference import (
@@ -176,7 +177,7 @@ def _dense_fits(x, W):
 
 def _sums(width):
     """The recurrent backwards' workspace of bias sums: 2 width doubles."""
-    return ffi.from_buffer("double[]", np.empty(2 * width))
+    return ffi.from_buffer("double[]", chk.empty(2 * width, np.float64))
 
 
 class CBackend(GemmConv, NumpyBackend):
@@ -530,8 +531,8 @@ class CBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._rnn_forward
             return lambda *_: reference(x, h0, W_x, W_h, b, activation, hs)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
+        k, e, d = C_FUNCTIONS[x.dtype], chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
         args = (fb(ct, x), fb(ct, h0), fb(ct, W_x), fb(ct, W_h), fb(ct, b), activation == "relu",
                 fb(ct, hs), fb(ct, e(h0.shape, d)), n, steps, f, hidden)
@@ -560,9 +561,9 @@ class CBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._lstm_forward
             return lambda *_: reference(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        c0 = np.zeros((n, hidden), d) if c0 is None else c0
+        k, e, d = C_FUNCTIONS[x.dtype], chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
+        c0 = chk.zeros((n, hidden), d) if c0 is None else c0
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (x, h0, c0, W_x, W_h, b)), not return_sequences,
                 *(fb(ct, a) for a in (hs, cs, gates, e((n, 4 * hidden), d))), n, steps, f, hidden)
@@ -580,7 +581,7 @@ class CBackend(GemmConv, NumpyBackend):
         k = C_FUNCTIONS[x.dtype]
         ct = k.ctype
         # (dhs (N, 1, H) with T != 1: the last state's gradient alone)
-        work = np.empty((2 * n + 1) * hidden, x.dtype)  # lstm_backward's tc, hp rows and zeros
+        work = chk.empty((2 * n + 1) * hidden, x.dtype)  # lstm_backward's tc, hp rows and zeros
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, c0, W_x, W_h, cs, gates)), dhs.shape[1] != steps,
                 *(_ptr(ct, a) for a in (dx, *grads, dz, work)), _sums(4 * hidden), n, steps, f, hidden)
         return _bound(k.lstm_backward, args, None)
@@ -593,8 +594,8 @@ class CBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._gru_forward
             return lambda *_: reference(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
-        k, e, d = C_FUNCTIONS[x.dtype], np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
+        k, e, d = C_FUNCTIONS[x.dtype], chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
         fb, ct = ffi.from_buffer, k.ctype
         args = (*(fb(ct, a) for a in (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn,
                                       e((n, 3 * hidden), d))), n, steps, f, hidden)
@@ -612,7 +613,7 @@ class CBackend(GemmConv, NumpyBackend):
         k, d = C_FUNCTIONS[x.dtype], x.dtype
         ct = k.ctype
         args = (*(_ptr(ct, a) for a in (dhs, x, h0, W_x, W_h, hs, gates, hn, dx, *grads, dz,
-                                        np.empty((n, 3 * hidden), d))),
+                                        chk.empty((n, 3 * hidden), d))),
                 _sums(3 * hidden), n, steps, f, hidden)
         return _bound(k.gru_backward, args, None)
 

@@ -23,6 +23,7 @@ import os
 import numba
 import numpy as np
 
+from . import _checks as chk
 from . import _numba_conv
 from . import _numba_kernels as K
 from . import _numba_rnn as R
@@ -192,7 +193,7 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
         sum_args, finish = (), None
         if grads:  # the ranges' sums and the biases (finish_sums)
             sums = np.empty((parts, 2, width))
-            sum_args = (*grads, sums, *(np.empty((parts - 1, *g.shape), d) for g in grads), biases)
+            sum_args = (*grads, sums, *(chk.empty((parts - 1, *g.shape), d) for g in grads), biases)
             finish = _typed(R.finish_sums, *sum_args) if typed else R.finish_sums
         if bounds is None:
             blas = R.Blas(d).args()
@@ -684,8 +685,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._rnn_forward
             return lambda *_: reference(x, h0, W_x, W_h, b, activation, hs)
-        e, d = np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
+        e, d = chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b, activation == "relu", hs, e(h0.shape, d))
         return _bind_recurrent(R.rnn_forward, R.rnn_forward_range, x, W_h, args, typed,
                                (hs, RnnCache(x, h0, W_x, W_h, hs, activation)))
@@ -711,9 +712,9 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._lstm_forward
             return lambda *_: reference(x, h0, c0, W_x, W_h, b, return_sequences, hs, cs, gates)
-        e, d = np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
-        c0 = np.zeros((n, hidden), d) if c0 is None else c0
+        e, d = chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
+        c0 = chk.zeros((n, hidden), d) if c0 is None else c0
         # (hs (N, 1, H) without return_sequences: the kernel keeps the last state)
         args = (x, h0, c0, W_x, W_h, b, hs, cs, gates, e((n, 4 * hidden), d))
         return _bind_recurrent(R.lstm_forward, R.lstm_forward_range, x, W_h, args, typed,
@@ -730,7 +731,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         n, hidden, d = x.shape[0], W_h.shape[0], x.dtype
         # the rows' tc and hp, and the zeros of a last-state-only dhs (N, 1, H)
         args = (dhs, x, h0, c0, W_x, W_h, cs, gates, _dx_buffer(dx, x), dh0, dc0, dz,
-                np.empty((n, 2, hidden), d), np.zeros(hidden, d))
+                chk.empty((n, 2, hidden), d), chk.zeros(hidden, d))
         return _bind_recurrent(R.lstm_backward_rows, R.lstm_backward_range, x, W_h, args, typed, None,
                                (dW_x, dW_h), (db,))
 
@@ -742,8 +743,8 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if not int32_sizes(x, W_h):
             reference = super()._gru_forward
             return lambda *_: reference(x, h0, W_x, W_h, b_x, b_h, hs, gates, hn)
-        e, d = np.empty, x.dtype
-        h0 = np.zeros((n, hidden), d) if h0 is None else h0
+        e, d = chk.empty, x.dtype
+        h0 = chk.zeros((n, hidden), d) if h0 is None else h0
         args = (x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, e((n, 3 * hidden), d))
         return _bind_recurrent(R.gru_forward, R.gru_forward_range, x, W_h, args, typed,
                                (hs, GruCache(x, h0, W_x, W_h, hs, gates, hn)))
@@ -757,7 +758,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
             reference = super()._gru_backward
             return lambda *_: reference(dhs, cache, dx, dz, dh0, dW_x, dW_h, db_x, db_h)
         args = (dhs, x, h0, W_x, W_h, hs, gates, hn, _dx_buffer(dx, x), dh0, dz,
-                np.empty((x.shape[0], W_h.shape[1]), x.dtype))
+                chk.empty((x.shape[0], W_h.shape[1]), x.dtype))
         return _bind_recurrent(R.gru_backward_rows, R.gru_backward_range, x, W_h, args, typed, None,
                                (dW_x, dW_h), (db_x, db_h))
 

@@ -85,13 +85,16 @@ def bare_gemms_step(kind, batch, steps, features, units, split=True, saved=False
 
     if "c" not in fastnn.available_backends():
         return None
+    from ..backends import _checks as chk
     from ..backends.c_backend import C_FUNCTIONS, NULL, ffi
 
     rng = np.random.default_rng(1)
     width, d = GATES[kind] * units, np.dtype(np.float32)
 
-    def a(*shape):  # finite values of the size of activations and gradients
-        return (rng.standard_normal(shape) * 0.1).astype(d)
+    def a(*shape):  # finite values of the size of activations and gradients, aligned as fastnn's
+        out = chk.empty(shape, d)
+        out[...] = rng.standard_normal(shape) * 0.1
+        return out
 
     # the lstm as the benchmark's layer runs it (return_sequences False): its
     # states hs (batch, units), the last only, and its backward's work rows

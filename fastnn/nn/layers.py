@@ -109,7 +109,7 @@ def buffer(ws, key, shape, dtype):
     one batch size, so the shape never changes once allocated."""
     a = ws.get(key)
     if a is None:
-        a = ws[key] = np.empty(shape, dtype)
+        a = ws[key] = chk.empty(shape, dtype)
     return a
 
 
@@ -1297,7 +1297,7 @@ class _Recurrent(Layer):
         else:
             dhs = ws.get("dhs")
             if dhs is None:
-                dhs = ws["dhs"] = np.zeros(cache.hs.shape, self.dtype)
+                dhs = ws["dhs"] = chk.zeros(cache.hs.shape, self.dtype)
         dz = self._workspace(ws, dhs.shape[0], cache.x.shape[1])["dz"]
         # no dx (nor its GEMM) below a first layer
         dx = buffer(ws, "dx", cache.x.shape, self.dtype) if need_dx else None

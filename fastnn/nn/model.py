@@ -406,9 +406,9 @@ class Sequential:
         self._slots = layout.lay_out(param_specs)
         state_slots = layout.lay_out(state_specs, order=lambda s: 0)
         n_params = sum(s.size for s in self._slots)
-        self._params = np.zeros(n_params, self.dtype)
-        self._grads = np.zeros(n_params, self.dtype)
-        self._state = np.zeros(sum(s.size for s in state_slots), self.dtype)
+        self._params = chk.zeros(n_params, self.dtype)
+        self._grads = chk.zeros(n_params, self.dtype)
+        self._state = chk.zeros(sum(s.size for s in state_slots), self.dtype)
         n = len(self.layers)
         params, grads = layout.views(self._params, self._slots, n), layout.views(self._grads, self._slots, n)
         state = layout.views(self._state, state_slots, n)
@@ -781,7 +781,8 @@ class Sequential:
         # optimizer step, which reads the weights anyway (one pass fewer)
         self._fold_l2 = (self.optimizer.couples_l2 and len(self._penalties) == 1
                          and self._penalties[0][3] == 0 and self._penalties[0][0].size == self.n_weights
-                         and self._penalties[0][0].base is self._params and not self.optimizer.clips)
+                         and np.may_share_memory(self._penalties[0][0], self._params)
+                         and not self.optimizer.clips)
         # what a bound step (plan.StepPlan) depends on beyond its arrays; a step
         # binds only when every layer can (no dropout: its seed changes per step)
         self._plan_key = (self.optimizer, self.loss, self._fold_l2, self._trainable_flags, self._runs,
@@ -862,7 +863,7 @@ class Sequential:
             penalty = 0.5 * self._penalties[0][2] * scale * float(np.dot(weights, weights))
         grad = ws[1].get("dout")
         if grad is None:
-            grad = ws[1]["dout"] = np.empty_like(out)
+            grad = ws[1]["dout"] = chk.empty(out.shape, out.dtype)
         loss = self.loss.checked_call(backend, out, t, w, grad)  # t, w: checked by _check_data
         if not math.isfinite(loss):
             raise NonFiniteLoss(loss)
@@ -1212,7 +1213,7 @@ class Sequential:
         bs = PREDICT_BATCH if batch_size is None else _check_int_option(batch_size, "batch_size", 1)
         backend = self.backend
         apply_link = link and self.loss is not None and self.loss.link != "identity"
-        result = np.empty((X.shape[0],) + self.output_shape, self.dtype)  # type: ignore[operator]
+        result = chk.empty((X.shape[0],) + self.output_shape, self.dtype)  # type: ignore[operator]
         mode = Pass(training=False)
         for lo in range(0, X.shape[0], bs):
             hi = min(lo + bs, X.shape[0])
@@ -1360,7 +1361,7 @@ class Sequential:
             out = self._forward(backend, training.take_rows(X, lo, hi, None, ws[1], "X"), ws, mode)
             grad = ws[1].get("dout")
             if grad is None:
-                grad = ws[1]["dout"] = np.empty_like(out)
+                grad = ws[1]["dout"] = chk.empty(out.shape, out.dtype)
             wb = None if w is None else w[lo:hi]
             bw = (hi - lo) if wb is None else float(wb.sum())
             for metric in metrics:

@@ -447,7 +447,7 @@ class Optimizer:
             The flat parameter buffer.
         """
         self._params = params
-        self.state = {name: np.zeros_like(params) for name in self.state_names}
+        self.state = {name: chk.zeros(params.shape, params.dtype) for name in self.state_names}
         self._parts = None  # (key, [(param view, grad view, {name: state view}, penalised)])
         self.t = 0
         self.samples_seen = 0

@@ -17,6 +17,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import scipy.sparse as sp
 
+from ..backends import _checks as chk
+
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite; the model keeps finite parameters.
@@ -78,7 +80,7 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
     if order is None and not sparse and copy:
         buf = buffers.get(key)
         if buf is None:
-            buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+            buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
         np.copyto(buf, a[lo:hi])
         return buf
     if order is None and not sparse:
@@ -87,7 +89,7 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
         return a if lo == 0 and hi == a.shape[0] else a[lo:hi]
     buf = buffers.get(key)
     if buf is None:
-        buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+        buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
     if sparse:
         part = a[lo:hi] if order is None else a[order[lo:hi]]
         part.toarray(out=buf)
@@ -118,7 +120,7 @@ class RowGather:
             return take_rows(a, lo, hi, order, buffers, key, copy)
         buf = buffers.get(key)
         if buf is None:
-            buf = buffers[key] = np.empty((hi - lo,) + a.shape[1:], a.dtype)
+            buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
         entry = self.bound.get(id(buf))
         if entry is None or entry[0] is not a or entry[1].dtype != order.dtype:
             index = np.empty(hi - lo, order.dtype)
