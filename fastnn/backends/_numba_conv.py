@@ -14,10 +14,10 @@ import numpy as np
 from numba import njit, prange
 
 from ._numba_kernels import IDENTITY, SOFTMAX, act_backward_row, add_rows, bias_act_rows
-from ._numba_math import jit_inline
+from ._numba_math import jit_inline, kernel_jit
 from ._numba_rnn import gemm, part_blas
 
-jit = njit(cache=True, error_model="numpy")
+jit = kernel_jit()
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
 
 
@@ -350,7 +350,7 @@ def conv_backward_tiles(blas_parts, code, dy, x, W2, y, preact, dz, dx, dW, db, 
 # (prange), each with its own buffers; the weight gradient's sums are a
 # float64 partial per range, added in range order. Reductions may reassociate
 # (fastmath reassoc, contract): the sums over an image's pixels then vectorise.
-jit_direct = njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+jit_direct = kernel_jit(fastmath={"reassoc", "contract"})
 jit_direct_parallel = njit(cache=True, parallel=True, error_model="numpy",
                            fastmath={"reassoc", "contract"})
 

@@ -46,6 +46,7 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     gelu_grad,
     high_half,
     jit_inline,
+    kernel_jit,
     key_value,
     log1p_unit,
     order_key,
@@ -80,11 +81,11 @@ SELU_SCALE_ALPHA = SELU_SCALE * SELU_ALPHA  # the reference multiplies these in 
 U_GAMMA, U_MIX1, U_MIX2 = np.uint64(GOLDEN_GAMMA), np.uint64(MIX1), np.uint64(MIX2)
 U30, U27, U31, U11, U1 = (np.uint64(k) for k in (30, 27, 31, 11, 1))
 
-jit = njit(cache=True, error_model="numpy")
+jit = kernel_jit()
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
 # a part of a job run on numba_backend's range threads (_range_threads.py): the
 # GIL released, announce(sync, p) first
-jit_range = njit(cache=True, nogil=True, error_model="numpy")
+jit_range = kernel_jit(nogil=True)
 
 
 # gelu rows in functions of their own, compiled with FMA contraction (the rest
@@ -92,13 +93,13 @@ jit_range = njit(cache=True, nogil=True, error_model="numpy")
 # exp polynomials are not the reference's formulas, and FMAs make them faster).
 # Numba's cache checks only this file's date: a change to the gelu of
 # _numba_math.py, inlined here, needs a change here too (or the cache cleared)
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@kernel_jit(fastmath={"contract"})
 def gelu_forward_row(z, out):
     for j in range(z.size):
         out[j] = gelu(z[j])  # x Phi(x), in the dtype (see _gelu32)
 
 
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@kernel_jit(fastmath={"contract"})
 def gelu_backward_row(dy, x, out):
     for j in range(x.size):
         out[j] = dy[j] * gelu_grad(x[j])  # Phi(x) + x phi(x), in the dtype
@@ -925,7 +926,7 @@ def penalty_parallel(param, grad, l2, l1):
 # One pass over param, grad and state per step, in place, on views from 0.
 # Scalars arrive in the dtype of param, the 1 - beta kind already rounded from
 # float64 as in the reference. Expressions keep the reference's order of operations.
-@njit(cache=True, error_model="numpy", fastmath={"contract"})  # as adam_block
+@kernel_jit(fastmath={"contract"})  # as adam_block
 def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity):
     zero = param.dtype.type(0)
     use_wd = weight_decay != zero
@@ -1041,7 +1042,7 @@ def adam_moments(m, v, i, g, beta1, rest1, beta2, rest2):
 
 # FMA contraction, as the C kernels' compilers do by default: the same
 # results to rounding, fewer instructions a step
-@njit(cache=True, error_model="numpy", fastmath={"contract"})
+@kernel_jit(fastmath={"contract"})
 def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2, eps,
                weight_decay, decay, amsgrad):
     """Adam. step = lr / (1 - beta1^t); inv_sqrt_bias2 = 1 / sqrt(1 - beta2^t);

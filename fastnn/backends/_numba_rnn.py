@@ -26,7 +26,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
-from numba.core.compiler import Compiler, Flags
+from numba.core.compiler import Flags
 from numba.extending import intrinsic, overload
 
 from ._blas import blas_gemm
@@ -38,6 +38,7 @@ from ._numba_math import (
     LOG2E32,
     ONE32,
     ZERO32,
+    WideCompiler,
     fexp,
     fma,
     jit_inline,
@@ -360,14 +361,15 @@ def _add_rows(a, b):
 # input, backends/_checks.py).
 
 
-class _NoAliasCompiler(Compiler):
-    """Numba's compiler with its `noalias` flag set: each pointer argument of the
-    compiled function is noalias to LLVM (C's restrict). Without it, LLVM
-    vectorised each row function behind run-time checks that its rows do not
-    overlap, about 90 comparisons at every call (3,200 calls a pass for the
-    benchmark's LSTM). Measured, the benchmark's LSTM kernels on one thread,
-    the two builds alternating in one process (Zen 4), three processes: forward
-    2.5-5.5% faster, backward 0.5-2.1%; the same results."""
+class _NoAliasCompiler(WideCompiler):
+    """The kernels' compiler (WideCompiler) with Numba's `noalias` flag set: each
+    pointer argument of the compiled function is noalias to LLVM (C's
+    restrict). Without it, LLVM vectorised each row function behind run-time
+    checks that its rows do not overlap, about 90 comparisons at every call
+    (3,200 calls a pass for the benchmark's LSTM). Measured, the benchmark's
+    LSTM kernels on one thread, the two builds alternating in one process (Zen
+    4), three processes: forward 2.5-5.5% faster, backward 0.5-2.1%; the same
+    results."""
 
     def __init__(self, typingctx, targetctx, library, args, return_type, flags, locals):
         flags = flags.copy()
