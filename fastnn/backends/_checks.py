@@ -18,7 +18,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # of the kernels and of BLAS split across two lines. On an Intel Xeon with
 # AVX-512 the LSTM benchmark's GEMMs alone took 108 us a sequence on arrays 16
 # bytes past a line and 78 us on aligned ones; its training step 123-137 and
-# 101 (bench/alignment.py).
+# 101 (bench/alignment.py: 105 and 76, and 126 and 94).
 ALIGNMENT = 64
 
 
