@@ -69,10 +69,16 @@ def test_a_trained_models_buffers(backend, make):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_kernel_outputs(backend):
-    """Outputs a public kernel allocates (out=None) start on the boundary."""
+    """Outputs a public kernel allocates (out=None) start on the boundary from
+    chk.OUTPUT_ALIGN_BYTES on (below it, NumPy's allocation: the call's overhead
+    is most of its time)."""
     B = fastnn.get_backend(backend)
-    x = np.random.default_rng(0).standard_normal((9, 5))
-    W = np.random.default_rng(1).standard_normal((5, 6))
-    assert aligned(B.dense_forward(x, W, None, "relu"))
-    hs, _ = B.lstm_forward(x.reshape(3, 3, 5), None, None, W[:, :4], np.ones((1, 4)), np.zeros(4))
-    assert aligned(hs)
+    x = np.random.default_rng(0).standard_normal((64, 5))
+    W = np.random.default_rng(1).standard_normal((5, 16))
+    assert aligned(B.dense_forward(x, W, None, "relu"))  # (64, 16) float64: 8 KB
+    W_x = np.random.default_rng(2).standard_normal((5, 32))
+    hs, _ = B.lstm_forward(x.reshape(8, 8, 5), None, None, W_x, np.ones((8, 32)) / 8, np.zeros(32))
+    assert hs.nbytes >= chk.OUTPUT_ALIGN_BYTES and aligned(hs)
+    small = chk.output_empty((3, 5), np.float64)
+    assert small.shape == (3, 5) and small.base is None  # NumPy's own
+    assert aligned(chk.output_empty(chk.OUTPUT_ALIGN_BYTES // 8, np.float64))

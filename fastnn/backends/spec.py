@@ -1141,7 +1141,7 @@ def namespace():
         _NAMESPACE = {
             "np": np, "_chk": chk, "_nd": np.ndarray, "_F32": F32, "_F64": F64, "_I64": I64,
             "_I32": np.dtype(np.int32),
-            "_empty": chk.empty, "_may": np.may_share_memory, "round_to": round_to,
+            "_empty": chk.output_empty, "_may": np.may_share_memory, "round_to": round_to,
             "activation_name": ref.activation_name, "_ACTIVATIONS": frozenset(ref.ACTIVATIONS),
             "_NEEDS_INPUT": ref.NEEDS_INPUT, "_BatchNormCache": ref.BatchNormCache,
             "_shape_arg": ref.shape_arg, "_method_arg": ref.method_arg,
