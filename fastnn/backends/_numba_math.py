@@ -31,11 +31,12 @@ INV_SQRT_2PI = 0.3989422804014327
 # 256-bit vectors, which halves the lanes of the loops that the C kernels run
 # on 512 (csrc: prefer-vector-width=512, measured to pay). The kernels'
 # compiler (WideCompiler: Numba's nopython pipeline, its lowering marking each
-# function it lowers) asks for 512 where the CPU has them; it changes nothing
-# on a CPU without AVX-512, nor where LLVM prefers 512 already (Zen 4). The
-# benchmark's LSTM step on an Intel Xeon (AVX-512, bench/recurrent_parts.py,
-# quietest third, the gate passes so compiled): forward 2510 -> 2167 us a batch,
-# the C kernel's 2095-2199.
+# function it lowers) asks for 512 where the CPU has them; on a CPU without
+# AVX-512 the attribute changes nothing. The benchmark's LSTM step on an Intel
+# Xeon (AVX-512, bench/recurrent_parts.py, quietest third, the gate passes so
+# compiled): forward 2510 -> 2167 us a batch, the C kernel's 2095-2199.
+# (A Numba whose NativeLowering takes no lowering_class compiles the kernels
+# as before.)
 WIDE_VECTORS = '"prefer-vector-width"="512"'
 
 
@@ -60,6 +61,8 @@ class WideCompiler(Compiler):
     """Numba's nopython compiler whose lowering asks LLVM for 512-bit vectors."""
 
     def define_pipelines(self):
+        if not isinstance(getattr(NativeLowering, "lowering_class", None), property):
+            return super().define_pipelines()
         pm = DefaultPassBuilder.define_nopython_pipeline(self.state)
         pm.passes = [(_WideLowering if p is NativeLowering else p, text) for p, text in pm.passes]
         pm.finalize()
