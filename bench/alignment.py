@@ -32,13 +32,13 @@ from fastnn.benchmarks.machine import cpu_model  # noqa: E402
 TURN_STEPS = 5
 
 
-def skewed_empty(skew):
-    """chk.empty with the data `skew` bytes past the boundary."""
-    def empty(shape, dtype):
-        shape = (shape,) if np.ndim(shape) == 0 else tuple(shape)
+def skewed_empty(skew, aligned_empty=chk.empty):
+    """chk.empty with the data `skew` bytes past the boundary: `skew` bytes into an
+    aligned byte buffer of chk.empty's."""
+    def empty(shape, dtype, min_bytes=0):
         dtype = np.dtype(dtype)
-        raw = np.empty(int(np.prod(shape)) * dtype.itemsize + chk.ALIGNMENT + skew, np.uint8)
-        return np.ndarray(shape, dtype, raw, -raw.ctypes.data % chk.ALIGNMENT + skew)
+        raw = aligned_empty(int(np.prod(shape)) * dtype.itemsize + skew, np.uint8)
+        return np.ndarray(shape, dtype, raw, skew)
     return empty
 
 
