@@ -158,11 +158,11 @@ def test_an_interrupt_outside_the_parts_still_waits_for_the_workers(threads, mon
     ended, started = [], threading.Event()
     run_part = threads._run_part
 
-    def interrupted(p):
+    def interrupted(fn, p):
         if p == 0:
             assert started.wait(60)
             raise KeyboardInterrupt
-        run_part(p)
+        return run_part(fn, p)
 
     def part(p):
         started.set()

@@ -118,8 +118,8 @@ def test_numba_runs_the_same_ranges_when_another_caller_holds_blas(monkeypatch):
         pytest.skip("numba runs on one thread here: nothing is split")
     threads = numba_backend._RANGE_THREADS
     jobs = []
-    monkeypatch.setattr(threads, "run",
-                        lambda fn, parts, run=threads.run: jobs.append(parts) or run(fn, parts))
+    monkeypatch.setattr(threads, "run", lambda fn, parts, *worker_fn, run=threads.run:
+                        jobs.append(parts) or run(fn, parts, *worker_fn))
     case = next(c for c in SPLIT_CASES if c.startswith("rnn["))
     run = CATALOGUE[case]
     backend = fastnn.get_backend("numba")

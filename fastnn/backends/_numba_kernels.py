@@ -55,7 +55,7 @@ from ._numba_math import (  # noqa: F401 (K.fexp etc.: the math library, for the
     tanh64,
 )
 from ._numba_memory import stream_copy, stream_fence
-from ._range_threads import announce
+from ._range_threads import announce, leave
 from .reference import (
     ACTIVATIONS,
     ELU_ALPHA,
@@ -84,7 +84,7 @@ U30, U27, U31, U11, U1 = (np.uint64(k) for k in (30, 27, 31, 11, 1))
 jit = kernel_jit()
 jit_parallel = njit(cache=True, parallel=True, error_model="numpy")
 # a part of a job run on numba_backend's range threads (_range_threads.py): the
-# GIL released, announce(sync, p) first
+# GIL released, announce(sync, p) first and leave(sync, worker, seq) last
 jit_range = kernel_jit(nogil=True)
 
 
@@ -949,11 +949,13 @@ def sgd_block(param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in
 
 
 @jit_range
-def sgd_range(sync, p, nb, param, grad, velocity, lr, momentum, nesterov, weight_decay, lr_in_velocity):
-    announce(sync, p)
+def sgd_range(sync, p, worker, nb, param, grad, velocity, lr, momentum, nesterov, weight_decay,
+              lr_in_velocity):
+    seq = announce(sync, p)
     lo, hi = split(p, nb, param.size)
     sgd_block(param[lo:hi], grad[lo:hi], velocity[lo:hi], lr, momentum, nesterov, weight_decay,
               lr_in_velocity)
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -968,10 +970,11 @@ def adagrad_block(param, grad, sum_sq, lr, eps, weight_decay):
 
 
 @jit_range
-def adagrad_range(sync, p, nb, param, grad, sum_sq, lr, eps, weight_decay):
-    announce(sync, p)
+def adagrad_range(sync, p, worker, nb, param, grad, sum_sq, lr, eps, weight_decay):
+    seq = announce(sync, p)
     lo, hi = split(p, nb, param.size)
     adagrad_block(param[lo:hi], grad[lo:hi], sum_sq[lo:hi], lr, eps, weight_decay)
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -999,12 +1002,13 @@ def rmsprop_block(param, grad, square_avg, lr, alpha, rest, eps, weight_decay, m
 
 
 @jit_range
-def rmsprop_range(sync, p, nb, param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
+def rmsprop_range(sync, p, worker, nb, param, grad, square_avg, lr, alpha, rest, eps, weight_decay, momentum,
                   momentum_buf, grad_avg, use_momentum, centered):
-    announce(sync, p)
+    seq = announce(sync, p)
     lo, hi = split(p, nb, param.size)
     rmsprop_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], lr, alpha, rest, eps, weight_decay,
                   momentum, momentum_buf[lo:hi], grad_avg[lo:hi], use_momentum, centered)
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -1022,11 +1026,12 @@ def adadelta_block(param, grad, square_avg, acc_delta, lr, rho, rest, eps, weigh
 
 
 @jit_range
-def adadelta_range(sync, p, nb, param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay):
-    announce(sync, p)
+def adadelta_range(sync, p, worker, nb, param, grad, square_avg, acc_delta, lr, rho, rest, eps, weight_decay):
+    seq = announce(sync, p)
     lo, hi = split(p, nb, param.size)
     adadelta_block(param[lo:hi], grad[lo:hi], square_avg[lo:hi], acc_delta[lo:hi], lr, rho, rest,
                    eps, weight_decay)
+    return leave(sync, worker, seq)
 
 
 @jit_inline
@@ -1077,12 +1082,13 @@ def adam_block(param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_s
 
 
 @jit_range
-def adam_range(sync, p, nb, param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2, inv_sqrt_bias2,
-               eps, weight_decay, decay, amsgrad):
-    announce(sync, p)
+def adam_range(sync, p, worker, nb, param, grad, m, v, v_max, step, beta1, rest1, beta2, rest2,
+               inv_sqrt_bias2, eps, weight_decay, decay, amsgrad):
+    seq = announce(sync, p)
     lo, hi = split(p, nb, param.size)
     adam_block(param[lo:hi], grad[lo:hi], m[lo:hi], v[lo:hi], v_max[lo:hi], step, beta1, rest1, beta2,
                rest2, inv_sqrt_bias2, eps, weight_decay, decay, amsgrad)
+    return leave(sync, worker, seq)
 
 
 # ------------------------------------------------------------------ row gather

@@ -47,7 +47,7 @@ from ._numba_math import (
 )
 from ._numba_memory import element_pointer as at
 from ._numba_memory import prefetch_l2
-from ._range_threads import announce
+from ._range_threads import announce, leave
 
 # dtype -> the address of ?gemm, passed to the kernels as an integer argument (a
 # global would be baked into Numba's on-disk cache as an address of the process
@@ -556,7 +556,8 @@ def prefetch_state_before(states, init, at_t, i, hidden, t):
 # into slice p - 1 of dW_x_parts, dW_h_parts (parts - 1, ...) and sums[p], added
 # in range order after (finish_sums): deterministic for a thread count. dz
 # (N, T, G*H) serves as a step's rows only, at step 0 (contents unspecified).
-# The *_range kernels are jit_range's: nogil, announce(sync, p) first.
+# The *_range kernels are jit_range's: nogil, announce(sync, p) first and
+# leave(sync, worker, seq) last (worker: run by a worker, _range_threads.py).
 
 
 @jit
@@ -571,10 +572,11 @@ def rnn_forward(blas, x, h0, W_x, W_h, b, relu, hs, z):
 
 
 @jit_range
-def rnn_forward_range(blas, bounds, p, sync, x, h0, W_x, W_h, b, relu, hs, z):
-    announce(sync, p)
+def rnn_forward_range(blas, bounds, p, worker, sync, x, h0, W_x, W_h, b, relu, hs, z):
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     rnn_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b, relu, hs[i:j], z[i:j])
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -594,13 +596,14 @@ def rnn_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW
 
 
 @jit_range
-def rnn_backward_range(blas, bounds, p, sync, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h,
+def rnn_backward_range(blas, bounds, p, worker, sync, dhs, x, h0, W_x, W_h, hs, relu, dx, dh, dz, dW_x, dW_h,
                        sums, dW_x_parts, dW_h_parts):
-    announce(sync, p)
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     rnn_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], relu,
                       dx[i:j], dh[i:j], dz[i:j], dW_x if p == 0 else dW_x_parts[p - 1],
                       dW_h if p == 0 else dW_h_parts[p - 1], sums[p])
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -622,11 +625,12 @@ def lstm_forward(blas, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
 
 
 @jit_range
-def lstm_forward_range(blas, bounds, p, sync, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
-    announce(sync, p)
+def lstm_forward_range(blas, bounds, p, worker, sync, x, h0, c0, W_x, W_h, b, hs, cs, gates, z):
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     lstm_forward(part_blas(blas, p), x[i:j], h0[i:j], c0[i:j], W_x, W_h, b, hs[i:j], cs[i:j],
                  gates[i:j], z[i:j])
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -668,14 +672,15 @@ def lstm_backward_rows(blas, dhs, x, h0, c0, W_x, W_h, cs, gates, dx, dh, dc, dz
 
 
 @jit_range
-def lstm_backward_range(blas, bounds, p, sync, dhs, x, h0, c0, W_x, W_h, cs, gates, dx, dh, dc, dz,
+def lstm_backward_range(blas, bounds, p, worker, sync, dhs, x, h0, c0, W_x, W_h, cs, gates, dx, dh, dc, dz,
                         work, zeros, dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
-    announce(sync, p)
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     lstm_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], c0[i:j], W_x, W_h, cs[i:j],
                        gates[i:j], dx[i:j], dh[i:j], dc[i:j], dz[i:j], work[i:j], zeros,
                        dW_x if p == 0 else dW_x_parts[p - 1], dW_h if p == 0 else dW_h_parts[p - 1],
                        sums[p])
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -695,11 +700,12 @@ def gru_forward(blas, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
 
 
 @jit_range
-def gru_forward_range(blas, bounds, p, sync, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
-    announce(sync, p)
+def gru_forward_range(blas, bounds, p, worker, sync, x, h0, W_x, W_h, b_x, b_h, hs, gates, hn, z):
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     gru_forward(part_blas(blas, p), x[i:j], h0[i:j], W_x, W_h, b_x, b_h, hs[i:j], gates[i:j],
                 hn[i:j], z[i:j])
+    return leave(sync, worker, seq)
 
 
 @jit
@@ -729,14 +735,15 @@ def gru_backward_rows(blas, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dh
 
 
 @jit_range
-def gru_backward_range(blas, bounds, p, sync, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw, dW_x,
-                       dW_h, sums, dW_x_parts, dW_h_parts):
-    announce(sync, p)
+def gru_backward_range(blas, bounds, p, worker, sync, dhs, x, h0, W_x, W_h, hs, gates, hn, dx, dh, dxw, dhw,
+                       dW_x, dW_h, sums, dW_x_parts, dW_h_parts):
+    seq = announce(sync, p)
     i, j = bounds[p], bounds[p + 1]
     gru_backward_rows(part_blas(blas, p), dhs[i:j], x[i:j], h0[i:j], W_x, W_h, hs[i:j], gates[i:j],
                       hn[i:j], dx[i:j], dh[i:j], dxw[i:j], dhw[i:j],
                       dW_x if p == 0 else dW_x_parts[p - 1], dW_h if p == 0 else dW_h_parts[p - 1],
                       sums[p])
+    return leave(sync, worker, seq)
 
 
 # ------------------------------------------------------------------ embedding

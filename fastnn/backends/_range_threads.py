@@ -30,7 +30,15 @@ waits (briefly) until the caller has announced, from inside its part 0, that it
 is there (`announce`), and reports its own parts done from inside the nogil spin
 that follows them, so that the caller, spinning for that count, finds the GIL
 free. (A caller whose spin ends polls every 0.1 ms.) announce is a hint only:
-a part run serially (a nested or second caller) may announce another job's. Measured in the recurrent
+a part run serially (a nested or second caller) may announce another job's.
+
+A part given as a worker's own function (`worker_fn`, the kernels' *_range with
+worker true) reports itself and waits for the next job from inside its nogil
+code (`leave`), before it returns to Python: the caller then finds its part
+done as the kernel ends, not after the worker has taken the GIL and run its
+loop's Python, whose caches the kernel left cold (the recurrent benchmark's
+LSTM forward on the Intel Xeon: the caller went on 31-34 us after the worker's
+kernel ended, 15 of them before the worker was back in Python). Measured in the recurrent
 benchmark's LSTM training step (Zen 4, 2 vCPUs, medians, us after the post):
 the worker started its part 60-66 us after the post when it slept on a
 condition, 71 when it spun but then waited for the GIL, 23-27 with the hand-off
@@ -58,7 +66,9 @@ X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 SEQ = 0  # the job's sequence number, written by the caller as it posts the job
 ENTERED = 8  # the sequence number of the job whose part 0 the caller has entered
 DONE = 16  # the parts of the job that workers have finished
-SYNC_SIZE = 24
+PAUSES = 24  # the workers' spin (RangeThreads._pauses), for leave
+ENTRY_PAUSES = 32  # their wait for an announcement (RangeThreads._entry_pauses), for leave
+SYNC_SIZE = 40
 SPIN_SECONDS = 1e-3  # how long either side spins before it sleeps
 ENTRY_SECONDS = 2e-4  # how long a worker waits for the caller's announcement
 
@@ -107,12 +117,15 @@ def _pause(typingctx):
 @njit(cache=True, inline="always")
 def announce(sync, p):
     """Called by a part at its start, inside its nogil code: part 0 (the caller's)
-    tells the workers that the caller no longer holds the GIL. (Inlined into the
-    range kernels of _numba_rnn.py and _numba_kernels.py, whose cached code
-    Numba checks against their own files' dates only: a change here needs a
-    change there too, or the cache cleared.)"""
+    tells the workers that the caller no longer holds the GIL. Returns the job's
+    sequence number, for leave. (Inlined into the range kernels of
+    _numba_rnn.py and _numba_kernels.py, whose cached code Numba checks against
+    their own files' dates only: a change here needs a change there too, or the
+    cache cleared.)"""
+    seq = _load(sync, SEQ)
     if p == 0:
-        _store(sync, ENTERED, _load(sync, SEQ))
+        _store(sync, ENTERED, seq)
+    return seq
 
 
 @njit(cache=True, nogil=True)
@@ -136,6 +149,18 @@ def _report_and_await(sync, finished, seen, pauses, entry_pauses):
         return False
     _spin_until(sync, ENTERED, _load(sync, SEQ), entry_pauses)
     return True
+
+
+@njit(cache=True, inline="always")
+def leave(sync, worker, seq):
+    """Called by a part at its end, inside its nogil code, with announce's `seq`:
+    run by a worker (worker true: RangeThreads.run's worker_fn), it reports the
+    part done and waits, as a worker between jobs, for the next job and its
+    caller's announcement. Returns `worker`: whether it did (the worker's loop
+    then neither reports the part nor spins again)."""
+    if worker:
+        _report_and_await(sync, 1, seq, _load(sync, PAUSES), _load(sync, ENTRY_PAUSES))
+    return worker
 
 
 def _pauses_in(seconds):
@@ -193,7 +218,7 @@ class RangeThreads:
     def _mark_forked(self):
         self._forked = True  # the workers do not exist in a forked child
 
-    def run(self, fn, parts):
+    def run(self, fn, parts, worker_fn=None):
         if parts <= 1 or self._forked or not self._busy.acquire(blocking=False):
             for p in range(parts):
                 fn(p)
@@ -203,24 +228,25 @@ class RangeThreads:
                 self._start_workers(parts - 1)
             self._keep_workers_off()
             with self._lock:
-                self._fn, self._parts, self._next, self._claimed, self._errors = fn, parts, 1, 0, []
+                self._fn, self._worker_fn = fn, fn if worker_fn is None else worker_fn
+                self._parts, self._next, self._claimed, self._errors = parts, 1, 0, []
                 self.sync[DONE] = 0
                 self._seq += 1
                 self.sync[SEQ] = self._seq
                 if self._sleeping:  # (a worker counts itself before it reads _seq: none is missed)
                     self._cond.notify_all()
             try:
-                self._run_part(0)
+                self._run_part(fn, 0)
                 while True:  # the parts no worker has claimed
                     with self._lock:
                         if self._next >= parts:
                             break
                         p = self._next
                         self._next += 1
-                    self._run_part(p)
+                    self._run_part(fn, p)
             finally:  # (an interrupt included) the job ends with the workers' parts
                 self._end_job()
-            errors, self._fn, self._errors = self._errors, None, []
+            errors, self._fn, self._worker_fn, self._errors = self._errors, None, None, []
         finally:
             self._busy.release()
         if errors:
@@ -243,12 +269,15 @@ class RangeThreads:
             except BaseException as error:  # (KeyboardInterrupt)
                 self._errors.insert(0, error)
 
-    def _run_part(self, p):
+    def _run_part(self, fn, p):
+        """fn(p)'s result (a worker_fn's: whether the part reported itself), or
+        None when it raised (the error is raised in the caller after every part)."""
         try:
-            self._fn(p)
-        except BaseException as error:  # raised in the caller after every part
+            return fn(p)
+        except BaseException as error:
             with self._lock:
                 self._errors.append(error)
+            return None
 
     def _start_workers(self, count):
         if not self._pauses:
@@ -258,6 +287,7 @@ class RangeThreads:
             sync, count64 = numba.typeof(self.sync), types.int64
             self._spin_until = _spin_until.compile((sync, types.intp, count64, count64))
             self._report_and_await = _report_and_await.compile((sync,) + (count64,) * 4)
+            self.sync[PAUSES], self.sync[ENTRY_PAUSES] = self._pauses, self._entry_pauses  # (leave's)
         while len(self._workers) < count:
             started = threading.Event()
             ids = []
@@ -272,10 +302,13 @@ class RangeThreads:
         seen = self._seq  # the last job looked at (read before the caller may post one)
         started.set()
         finished = 0  # parts finished since the last report
+        left = False  # whether the last part reported itself and waited for the next job (leave)
         try:
             while True:
-                self._report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
-                finished = 0
+                if finished or not left:  # (after a leave, only parts that raised before it)
+                    spin = 0 if left else self._pauses
+                    self._report_and_await(self.sync, finished, seen, spin, 0 if left else self._entry_pauses)
+                finished, left = 0, False
                 with self._lock:
                     self._sleeping += 1
                     while self._seq == seen:
@@ -289,7 +322,10 @@ class RangeThreads:
                         p = self._next
                         self._next += 1
                         self._claimed += 1
-                    self._run_part(p)
+                        fn, reports = self._worker_fn, self._worker_fn is not self._fn
+                    if self._run_part(fn, p) is True and reports:
+                        left = True  # (reported, and this job's other parts are no longer its)
+                        break
                     finished += 1
         finally:  # (a worker that fails here still reports its parts: the caller waits for them)
             self._report_and_await(self.sync, finished, -1, 0, 0)

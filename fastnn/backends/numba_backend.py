@@ -207,15 +207,18 @@ def _bind_recurrent(whole, ranges, x, W_h, args, typed, result, grads=None, bias
             return run_whole
         blas, sync = R.Blas(d, parts).args(), _RANGE_THREADS.sync
         tail = sum_args[:-1]
-        kernel = _typed(ranges, blas, bounds, 0, sync, *args, *tail) if typed else ranges
+        kernel = _typed(ranges, blas, bounds, 0, False, sync, *args, *tail) if typed else ranges
 
         def run_range(p):
-            kernel(blas, bounds, p, sync, *args, *tail)
+            kernel(blas, bounds, p, False, sync, *args, *tail)
+
+        def run_worker_range(p):  # (reports itself: _range_threads.leave)
+            return kernel(blas, bounds, p, True, sync, *args, *tail)
 
         def run_ranges():
             with blas_on_one_thread() as alone:
                 if alone:
-                    _RANGE_THREADS.run(run_range, parts)
+                    _RANGE_THREADS.run(run_range, parts, run_worker_range)
                 else:
                     for p in range(parts):
                         run_range(p)
@@ -254,9 +257,10 @@ def _run_flat(range_kernel, *args):
     parts = _flat_blocks(threads)
     if threads < 2:
         for p in range(parts):
-            range_kernel(sync, p, parts, *args)
+            range_kernel(sync, p, False, parts, *args)
     else:
-        _RANGE_THREADS.run(lambda p: range_kernel(sync, p, parts, *args), parts)
+        _RANGE_THREADS.run(lambda p: range_kernel(sync, p, False, parts, *args), parts,
+                           lambda p: range_kernel(sync, p, True, parts, *args))
 
 
 def _typed(kernel, *args):
@@ -520,7 +524,7 @@ class NumbaBackend(GemmConv, NumpyBackend):
         size = param.size
         constants = {}
         block = _typed(K.adam_block, *arrays, *[dt(0)] * 9, amsgrad) if typed else K.adam_block
-        ranges = (_typed(K.adam_range, _RANGE_THREADS.sync, 0, 2, *arrays, *[dt(0)] * 9, amsgrad)
+        ranges = (_typed(K.adam_range, _RANGE_THREADS.sync, 0, False, 2, *arrays, *[dt(0)] * 9, amsgrad)
                   if typed and _parallel(size) else K.adam_range)
 
         def adam_step(param, grad, m, v, t, lr, beta1, beta2, eps, weight_decay, decoupled, v_max=None):
