@@ -178,3 +178,50 @@ def test_an_interrupt_outside_the_parts_still_waits_for_the_workers(threads, mon
     for calls in range(1, 6):
         threads.run(lambda p: counts.__setitem__(p, counts[p] + 1), 3)
         np.testing.assert_array_equal(counts, calls)
+
+
+def test_worker_parts_that_report_themselves_from_nogil_code(threads):
+    """worker_fn parts end with leave(sync, True, seq), as the kernels' *_range:
+    each reports itself and waits for the next job inside its nogil code. Every
+    part runs once per job, the caller returns only after the workers' parts
+    (their counts are complete at once), and jobs after the spins ended run."""
+    import time
+
+    from numba import njit
+
+    from fastnn.backends._range_threads import announce, leave
+
+    @njit(nogil=True)
+    def part(sync, p, worker, counts):
+        seq = announce(sync, p)
+        for _ in range(1000):  # (long enough for the worker to claim its part)
+            counts[p] += 1
+        return leave(sync, worker, seq)
+
+    workers = set()
+
+    def worker_part(p, counts):
+        workers.add(threading.get_ident())
+        return part(threads.sync, p, True, counts)
+
+    for parts in (2, 3):
+        counts = np.zeros(parts, np.int64)
+        for calls in range(1, 31):
+            threads.run(lambda p, c=counts: part(threads.sync, p, False, c), parts,
+                        lambda p, c=counts: worker_part(p, c))
+            np.testing.assert_array_equal(counts, 1000 * calls)
+            if calls % 10 == 0:
+                time.sleep(0.01)  # past the workers' spins: they sleep until the next job
+    assert workers and threading.get_ident() not in workers
+
+
+def test_an_error_in_a_worker_part_is_raised_and_the_next_job_runs(threads):
+    def worker_part(p):
+        raise ValueError(f"part {p}")
+
+    with pytest.raises(ValueError, match="part 1"):
+        for _ in range(50):  # (until a worker, not the caller, has run part 1)
+            threads.run(lambda p: threading.Event().wait(0.02), 2, worker_part)
+    counts = []
+    threads.run(counts.append, 2)
+    assert sorted(counts) == [0, 1]
