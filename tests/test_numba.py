@@ -350,3 +350,26 @@ def test_kernels_compiler_asks_for_512_bit_vectors():
 def cpu_features():
     import llvmlite.binding as ll
     return {name for name, on in ll.get_host_cpu_features().items() if on}
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "tanh"])
+@pytest.mark.parametrize("n, k, c", [(64, 128, 1), (5, 3, 7)])
+def test_small_dense_layers_in_one_call_equal_the_matmul_path(dtype, activation, n, k, c, monkeypatch):
+    """Dense layers whose GEMMs BLAS runs on one thread take _numba_dense's
+    kernels (one jitted call, BLAS through its address); the results equal those
+    of np.matmul and the epilogue (the path of larger layers) to rounding."""
+    from fastnn.backends import _numba_dense as D
+
+    be = fastnn.get_backend("numba")
+    x, W, b, dy = rand((n, k), dtype, 1), rand((k, c), dtype, 2), rand((c,), dtype, 3), rand((n, c), dtype, 4)
+    assert D.small(x, W) and not D.small(x.T.copy().T, W)  # (a column-major x takes np.matmul)
+    runs = []
+    for threshold in (D.SMALL_MADDS, 0):
+        monkeypatch.setattr(D, "SMALL_MADDS", threshold)
+        out, pre = np.empty((n, c), dtype), np.empty((n, c), dtype)
+        be.dense_forward(x, W, b, activation, out=out, preact=pre)
+        dx, dW, db = np.empty((n, k), dtype), np.empty((k, c), dtype), np.empty(c, dtype)
+        be.dense_backward(dy, x, W, out, activation, pre, need_dx=True, dx=dx, dW=dW, db=db)
+        runs.append((out, pre, dx, dW, db))
+    for fused, matmul in zip(*runs):
+        np.testing.assert_allclose(fused, matmul, rtol=RTOL[np.dtype(dtype)], atol=RTOL[np.dtype(dtype)])

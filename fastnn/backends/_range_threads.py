@@ -310,25 +310,31 @@ class RangeThreads:
                     self._report_and_await(self.sync, finished, seen, spin, 0 if left else self._entry_pauses)
                 finished, left = 0, False
                 with self._lock:
-                    self._sleeping += 1
-                    while self._seq == seen:
-                        self._cond.wait()
-                    self._sleeping -= 1
+                    if self._seq == seen:
+                        self._sleeping += 1
+                        while self._seq == seen:
+                            self._cond.wait()
+                        self._sleeping -= 1
                     seen = self._seq
-                while True:
-                    with self._lock:
-                        if self._seq != seen or self._next >= self._parts:
-                            break
-                        p = self._next
-                        self._next += 1
-                        self._claimed += 1
-                        fn, reports = self._worker_fn, self._worker_fn is not self._fn
+                    p = self._claim()
+                    fn, reports = self._worker_fn, self._worker_fn is not self._fn
+                while p is not None:
                     if self._run_part(fn, p) is True and reports:
                         left = True  # (reported, and this job's other parts are no longer its)
                         break
                     finished += 1
+                    with self._lock:
+                        p = self._claim() if self._seq == seen else None
         finally:  # (a worker that fails here still reports its parts: the caller waits for them)
             self._report_and_await(self.sync, finished, -1, 0, 0)
+
+    def _claim(self):
+        """The next part of the job for a worker, or None (under _lock)."""
+        if self._next >= self._parts:
+            return None
+        self._next += 1
+        self._claimed += 1
+        return self._next - 1
 
     def _keep_workers_off(self):
         """Takes the caller's core out of each worker's affinity (Linux): a system

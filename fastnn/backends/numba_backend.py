@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import _numba_conv
+from . import _numba_dense as D
 from . import _numba_kernels as K
 from . import _numba_rnn as R
 from ._blas import INT32_MAX, blas_on_one_thread, int32_sizes
@@ -328,6 +329,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
         empty1, empty2 = _EMPTY[out.dtype]
         b = empty1 if b is None else b
         preact = empty2 if preact is None else preact
+        if D.small(x, W, out):
+            args = (D.BLAS[out.dtype], CODES[activation], x, W, b, preact, out)
+            kernel = _typed(D.dense_forward, *args) if typed else D.dense_forward
+            return lambda *_: kernel(*args)
         if activation == "identity" and not b.size and not preact.size:
             return lambda *_: matmul(x, W, out=out)
         n, c = out.shape
@@ -355,6 +360,10 @@ class NumbaBackend(GemmConv, NumpyBackend):
         if preact is None:
             preact = y
         args = (CODES[activation], dy, y, preact, dz, db, _rows_per_block(dy.shape[1]))
+        if D.small(x, W, dz, dW, *(() if dx is None else (dx,))):
+            fused = (D.BLAS[dW.dtype], *args, x, W, dW, _EMPTY[dW.dtype][1] if dx is None else dx)
+            kernel = _typed(D.dense_backward, *fused) if typed else D.dense_backward
+            return lambda *_: kernel(*fused)
         serial = _typed(K.act_grad_colsum_serial, *args) if typed else K.act_grad_colsum_serial
         matmul, xT, WT, size = np.matmul, x.T, W.T, dy.size
 
