@@ -95,7 +95,7 @@ def test_every_blas_on_one_thread_inside_and_the_users_counts_after(direct, monk
     # the training scope (training.blas_scope): every BLAS loaded, NumPy's and
     # SciPy's; directly through OpenBLAS's functions, or through threadpoolctl
     if not direct:
-        monkeypatch.setattr(_blas, "_every_blas_thread_functions", lambda: None)
+        monkeypatch.setattr(_blas, "_every_blas_scope", lambda: None)
     elif _blas._every_blas_thread_functions() is None:
         pytest.skip("a BLAS other than OpenBLAS on its own threads is loaded")
     with threadpool_limits(3, user_api="blas"):

@@ -28,12 +28,12 @@ def digits(n=500):
 def planned_steps(monkeypatch):
     """Counts the steps taken through a bound plan."""
     count = {"n": 0}
-    original = model_module.Sequential._planned_loss_and_grads
+    original = StepPlan.run
 
     def counting(self, *args):
         count["n"] += 1
         return original(self, *args)
-    monkeypatch.setattr(model_module.Sequential, "_planned_loss_and_grads", counting)
+    monkeypatch.setattr(StepPlan, "run", counting)
     return count
 
 

@@ -108,10 +108,10 @@ class _OneThreadScope:
     scope, which keeps the counts). A class, not a generator: a recurrent
     kernel enters one at each call (2.4 against 4.2 us warm, Zen 4)."""
 
-    __slots__ = ("_functions", "_lock", "_before", "_marks_holder")
+    __slots__ = ("_functions", "_lock", "_before")
 
-    def __init__(self, functions, lock, marks_holder=False):
-        self._functions, self._lock, self._marks_holder = functions, lock, marks_holder
+    def __init__(self, functions, lock):
+        self._functions, self._lock = functions, lock
         self._before = None
 
     def __enter__(self):
@@ -127,16 +127,12 @@ class _OneThreadScope:
             self._lock.release()
             raise
         self._before = before
-        if self._marks_holder:
-            _held.thread = threading.get_ident()
         return True
 
     def __exit__(self, *exc_info):
         before, self._before = self._before, None
         if before is None:
             return False
-        if self._marks_holder:
-            _held.thread = None
         try:
             for (set_threads, _), n in zip(self._functions, before):
                 if n != 1:
@@ -154,6 +150,69 @@ _held = _Held()
 _every_blas_lock = threading.Lock()
 
 
+class _EveryBlasScope:
+    """every_blas_on_one_thread's scope over OpenBLAS libraries on their own
+    threads: every BLAS of `functions` ([(set, get)]) on one thread in the
+    body, the counts restored after. One object serves every entry, from any
+    thread, nested or not (a training step enters it at each call: making a
+    scope took about 6 us of the recurrent benchmark's step, caches cold after
+    the kernels). Entering gives whether it set the counts: False inside
+    another entry of this thread, whose counts stay until it ends (counted, so
+    that the matching exit leaves them), or while another thread's entry holds
+    them (that exit leaves them too: the holder is not its thread)."""
+
+    __slots__ = ("_sets", "_gets", "_before", "_nested")
+
+    def __init__(self, functions):
+        self._sets = tuple(set_threads for set_threads, _ in functions)
+        self._gets = tuple(get for _, get in functions)
+        self._before = None  # the counts the holder restores
+        self._nested = 0  # entries inside the holder's, in its thread
+
+    def __enter__(self):
+        me = threading.get_ident()
+        if _held.thread == me:
+            self._nested += 1
+            return False
+        if not _every_blas_lock.acquire(blocking=False):
+            return False
+        try:
+            before = [get() for get in self._gets]
+            for set_threads, n in zip(self._sets, before):
+                if n != 1:
+                    set_threads(1)
+        except BaseException:
+            _every_blas_lock.release()
+            raise
+        self._before = before
+        _held.thread = me
+        return True
+
+    def __exit__(self, *exc_info):
+        if _held.thread != threading.get_ident():  # entered while another thread held the counts
+            return False
+        if self._nested:
+            self._nested -= 1
+            return False
+        before, self._before = self._before, None
+        _held.thread = None
+        try:
+            for set_threads, n in zip(self._sets, before):
+                if n != 1:
+                    set_threads(n)
+        finally:
+            _every_blas_lock.release()
+        return False
+
+
+@functools.cache
+def _every_blas_scope():
+    """The _EveryBlasScope of every BLAS loaded, or None when some BLAS is not
+    an OpenBLAS on its own threads (see _every_blas_thread_functions)."""
+    functions = _every_blas_thread_functions()
+    return None if functions is None else _EveryBlasScope(functions)
+
+
 def every_blas_on_one_thread():
     """Runs the body with every BLAS loaded on one thread (the counts they had are
     restored after); see training.blas_scope. For OpenBLAS on its own threads,
@@ -162,10 +221,8 @@ def every_blas_on_one_thread():
     the caches cold after the kernels); other BLAS through threadpoolctl. A
     scope inside another (or beside one in another Python thread) leaves the
     counts to the outer one."""
-    functions = _every_blas_thread_functions()
-    if functions is None:
-        return blas_controller().limit(limits=1)
-    return _OneThreadScope(functions, _every_blas_lock, marks_holder=True)
+    scope = _every_blas_scope()
+    return blas_controller().limit(limits=1) if scope is None else scope
 
 
 _one_thread_lock = threading.Lock()

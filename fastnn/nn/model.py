@@ -57,7 +57,7 @@ from .layers import (
     mix64,
     take_carried,
 )
-from .losses import get_loss, labels_in_range, sample_weights
+from .losses import get_loss, labels_in_range, sample_weights, targets_kept_check
 from .metrics import Accuracy, get_metric
 from .optimizers import get_optimizer, optimizer_from_config
 from .plan import bind_step
@@ -89,6 +89,23 @@ def _input_shape(shape, name="input_shape"):
     if not isinstance(shape, (tuple, list)) or not shape:
         raise TypeError(f"{name} must be a positive integer or a non-empty tuple of them, got {shape!r}")
     return tuple(_check_int_option(s, name, 1) for s in shape)
+
+
+def _same_data(a, b):
+    """Whether array a is array b's data as it is: b itself or a reshape of it."""
+    return (a.dtype == b.dtype and a.size == b.size and a.flags.c_contiguous and b.flags.c_contiguous
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+class _KnownBatch:
+    """What train_step knows of the last batch that _check_data took as it was
+    (see Sequential._remember_batch)."""
+
+    __slots__ = ("x_shape", "y_shape", "y_dtype", "loss", "classes", "check", "t_shape")
+
+    def __init__(self, x_shape, y_shape, y_dtype, loss, classes, check, t_shape):
+        self.x_shape, self.y_shape, self.y_dtype = x_shape, y_shape, y_dtype
+        self.loss, self.classes, self.check, self.t_shape = loss, classes, check, t_shape
 
 
 class Sequential:
@@ -179,6 +196,7 @@ class Sequential:
         self.stop_training = False
         self.classes_ = None  # the class labels, set by the first fit of a classifier (see _labels)
         self._passes = 0  # training forward passes so far: dropout seeds follow from it
+        self._known_batch: Optional[_KnownBatch] = None  # (see _remember_batch)
         self._fits = 0
         if input_shape is not None and input_dim is not None:
             raise ValueError("pass input_shape or input_dim, not both")
@@ -449,7 +467,10 @@ class Sequential:
         self._plannable: bool = False
         self._plan_key: Optional[tuple] = None
         self._has_dropout = any(isinstance(layer, Dropout) for layer in self._every_layer)
-        self._layers_bind_steps = all(binds_its_step(layer) for layer in self.layers)
+        # a step binds only when every layer can (no dropout: its seed changes per step)
+        self._bindable = not self._has_dropout and all(binds_its_step(layer) for layer in self.layers)
+        self._prepared: Optional[tuple] = None  # (_preparation_inputs at the last _prepare_training)
+        self._known_batch = None
         self._gemms_on_own_threads = training.gemms_on_own_threads(self.layers)  # (blas_scope's)
         self.built = True
         return self
@@ -625,8 +646,9 @@ class Sequential:
             self.build(X.shape[1:])
         return X
 
-    def _check_finite_X(self, X, name):
-        if not all_finite(X):
+    def _check_finite_X(self, X, name, by_dot=False):
+        """by_dot: by training.all_finite_by_dot (inside a BLAS scope)."""
+        if not (training.all_finite_by_dot(X) if by_dot else all_finite(X)):
             raise ValueError(f"{name} contains NaN or infinity"
                              + (" (or values too large for float32)" if self.dtype == np.float32 else ""))
 
@@ -768,7 +790,24 @@ class Sequential:
             raise ValueError("class_weight leaves the training samples with weights summing to 0")
         return w
 
+    def _preparation_inputs(self):
+        """What _prepare_training reads that can change between steps: the
+        optimizer and its binding, folding and clipping options, the loss, the
+        model's l2, every layer's trainable flag and penalties; and the flags and
+        rates that the trainable runs and penalty terms kept were made for
+        (loss_and_gradient and evaluate may remake them)."""
+        optimizer = self.optimizer
+        return (optimizer, optimizer.is_bound_to(self._params), optimizer.couples_l2, optimizer.clips,
+                self.loss, self.l2,
+                tuple([(layer.trainable, getattr(layer, "l2", 0.0), getattr(layer, "l1", 0.0))
+                       for layer in self._every_layer]),
+                self._trainable_flags, self._penalty_rates)
+
     def _prepare_training(self):
+        inputs = self._preparation_inputs()
+        if inputs == self._prepared:  # as at the last call, which found nothing wrong
+            self._plannable = self._bindable
+            return
         if self._params.size == 0:
             raise ValueError("the model has no trainable parameters")
         self._refresh_trainable()
@@ -783,11 +822,11 @@ class Sequential:
                          and self._penalties[0][3] == 0 and self._penalties[0][0].size == self.n_weights
                          and np.may_share_memory(self._penalties[0][0], self._params)
                          and not self.optimizer.clips)
-        # what a bound step (plan.StepPlan) depends on beyond its arrays; a step
-        # binds only when every layer can (no dropout: its seed changes per step)
+        # what a bound step (plan.StepPlan) depends on beyond its arrays
         self._plan_key = (self.optimizer, self.loss, self._fold_l2, self._trainable_flags, self._runs,
                           tuple((l2, l1) for _, _, l2, l1 in self._penalties))
-        self._plannable = not self._has_dropout and self._layers_bind_steps
+        self._plannable = self._bindable
+        self._prepared = self._preparation_inputs()  # (read again: bind above changes is_bound_to's answer)
 
     # ----------------------------------------------------------------- workspace
     def _workspace(self, batch_shape):
@@ -875,37 +914,18 @@ class Sequential:
             raise NonFiniteLoss(loss)
         return loss
 
-    def _planned_loss_and_grads(self, plan, batch_weight, fold_l2):
-        """_loss_and_grads through a StepPlan bound to the batch's arrays: the same
-        parts in the same order, each by its bound kernels."""
-        plan.forward()
-        scale = self._penalty_scale(batch_weight)
-        if fold_l2:
-            weights = self._penalties[0][0]
-            penalty = 0.5 * self._penalties[0][2] * scale * float(np.dot(weights, weights))
-        loss = plan.loss()
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(loss)
-        plan.backward()
-        loss += penalty if fold_l2 else plan.penalty(scale)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(loss)
-        return loss
-
     def _planned_batch(self, plan, rows, batch_weight):
         """One training step of `rows` samples through `plan`, a StepPlan that fits
         the batch's arrays; returns the loss."""
         self._passes += 1
-        fold = self._fold_l2
-        loss = self._planned_loss_and_grads(plan, batch_weight, fold)
-        plan.step(rows, self._penalties[0][2] * self._penalty_scale(batch_weight) if fold else 0.0)
-        return loss
+        return plan.run(rows, self._penalty_scale(batch_weight))
 
     def _train_batch(self, backend, x, t, w, ws, batch_weight):
         own = ws[1]
         plan = own.get("plan")
         if plan is not None and plan.fits(backend, x, t, w, self.optimizer.state, self._plan_key):
-            return self._planned_batch(plan, x.shape[0], batch_weight)
+            self._passes += 1  # (_planned_batch's lines: one call fewer)
+            return plan.run(x.shape[0], self._penalty_scale(batch_weight))
         self._passes += 1
         fold = self._fold_l2
         # the seed is for dropout masks only (mix64 is pure Python: a few us a step)
@@ -964,25 +984,68 @@ class Sequential:
         TrainingDivergedError
             Without updating, when the loss is not finite.
         """
-        x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True,
-                                   finite=False)
+        backend = self.backend
+        t = None if sample_weight is not None else self._known_targets(X_batch, y_batch)
+        if t is None:
+            x, t, w = self._check_data(X_batch, y_batch, sample_weight, "X_batch", fitting=True,
+                                       finite=False)
+            self._remember_batch(X_batch, y_batch, x, t, w)
+        else:  # like the last batch: its values are checked below (X's) and by _known_targets (y's)
+            x, w = X_batch, None
         self._prepare_training()
         ws = self._workspace(x.shape)
+        own = ws[1]
+        n = x.shape[0]
         # new arrays at each call: copied into the workspace, whose step is bound once
         copy = self._plannable
-        x = training.take_rows(x, 0, x.shape[0], None, ws[1], "X", copy)
-        if type(x) is np.ndarray and x.dtype.kind == "f":  # (CSR data: checked; tokens: integers)
-            self._check_finite_X(x, "X_batch")  # (the copy, while in the cache)
-        t = training.take_rows(t, 0, x.shape[0], None, ws[1], "t", copy)
-        w = training.take_rows(w, 0, x.shape[0], None, ws[1], "w", copy)
         try:
-            weight = x.shape[0] if w is None else float(w.sum())
-            with training.blas_scope(self, self.backend):
-                return self._train_batch(self.backend, x, t, w, ws, weight)
+            weight = n if w is None else float(w.sum())
+            scope = training.blas_scope(self, backend)
+            with scope:
+                x = training.take_rows(x, 0, n, None, own, "X", copy)
+                if type(x) is np.ndarray and x.dtype.kind == "f":  # (CSR data: checked; tokens: integers)
+                    # the copy, while in the cache; by one pass (a dot) where the BLAS is on one thread
+                    self._check_finite_X(x, "X_batch", by_dot=scope is not training.NO_SCOPE)
+                t = training.take_rows(t, 0, n, None, own, "t", copy)
+                if w is not None:
+                    w = training.take_rows(w, 0, n, None, own, "w", copy)
+                return self._train_batch(backend, x, t, w, ws, weight)
         except NonFiniteLoss as exc:
             raise TrainingDivergedError(f"the loss became {exc.loss} at optimizer step "
                                         f"{self.optimizer.t + 1}; the parameters were not updated",
                                         step=self.optimizer.t + 1) from None
+
+    def _known_targets(self, X, y):
+        """train_step's targets for a batch (X, y) like the last one _check_data
+        took as it was (see _remember_batch): X an array of its shape in the
+        model's dtype, y of its shape and dtype, both C-contiguous, with the
+        same loss and classes_, y's values passing the loss's check of targets
+        taken as they are. Then they are y or its (N, 1) view, as _check_data
+        would return (X's values are left to the caller, as with finite=False),
+        else None."""
+        known = self._known_batch
+        if (known is None or type(X) is not np.ndarray or type(y) is not np.ndarray
+                or X.shape != known.x_shape or X.dtype is not self.dtype or y.shape != known.y_shape
+                or y.dtype is not known.y_dtype or known.loss is not self.loss
+                or known.classes is not self.classes_ or not X.flags.c_contiguous
+                or not y.flags.c_contiguous or not known.check(y)):
+            return None
+        return y if known.t_shape is None else y.reshape(known.t_shape)
+
+    def _remember_batch(self, X, y, x, t, w):
+        """After _check_data gave (x, t, w) for train_step's batch (X, y): when it
+        took both as they were (x is X, t is y's own data as it is or as (N, 1),
+        no weights) and the loss can tell from the values alone that it would
+        again (losses.targets_kept_check), what _known_targets needs to take
+        the next batch like them; else nothing."""
+        self._known_batch = None
+        if (w is not None or x is not X or type(X) is not np.ndarray or self.layers[0].input_dtype is not None
+                or type(y) is not np.ndarray or not _same_data(t, y)):
+            return
+        check = targets_kept_check(self.loss, y, self.output_dim, self._single_label() and y.ndim == 1)
+        if check is not None:
+            self._known_batch = _KnownBatch(X.shape, y.shape, y.dtype, self.loss, self.classes_, check,
+                                            None if t.shape == y.shape else t.shape)
 
     def loss_and_gradient(self, X: ArrayLike, y: ArrayLike, sample_weight: Optional[ArrayLike] = None,
                           out: Optional[Array] = None) -> Tuple[float, Array]:

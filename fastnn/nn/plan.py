@@ -21,19 +21,25 @@ that partial_fit, epoch after epoch, does not bind again; one bound to a
 caller's arrays (the whole data as one batch) is dropped.
 """
 
+import math
+
+import numpy as np
+
 from .losses import Loss
+from .training import NonFiniteLoss
 
 
 class StepPlan:
-    """forward(), loss(), backward(), penalty(scale) and step(n_samples, l2) of one
-    training step over fixed buffers (see the module docstring)."""
+    """One training step over fixed buffers (see the module docstring): run(),
+    the whole step; loss() and step(n_samples, l2), two of its parts."""
 
-    def __init__(self, key, forward, out, loss, backward, penalties, step):
+    def __init__(self, key, forward, loss, backward, penalties, step, folded=None):
         self.key = key  # (backend, x, t, w, optimizer state, model's plan key)
-        self._forward, self._out = forward, out
+        self._forward = forward
         self._loss, self._backward = loss, backward
         self._penalties = penalties  # [(bound weight_penalty, l2, l1)]
         self.step = step
+        self._folded = folded  # (weights view, l2) of the L2 term the optimizer step adds, or None
 
     def fits(self, backend, x, t, w, state, model_key):
         k = self.key
@@ -49,23 +55,38 @@ class StepPlan:
         x, t, w = self.key[1:4]
         return x is own.get("X") and t is own.get("t") and (w is None or w is own.get("w"))
 
-    def forward(self):
-        for run in self._forward:
-            run()
-        return self._out
-
     def loss(self):
         return self._loss()
 
-    def backward(self):
+    def run(self, rows, scale):
+        """One training step of `rows` samples, the penalties times `scale`: the
+        parts of Sequential._loss_and_grads and _optimizer_step in their order,
+        each by its bound kernels, in one call (each call between them is a few
+        us of Python with the caches cold after the kernels). Returns the loss,
+        penalties included; raises NonFiniteLoss before the update when it is
+        not finite."""
+        for run in self._forward:
+            run()
+        folded = self._folded
+        if folded is not None:
+            # right after the forward pass, which has just read the weights, so they
+            # are still in cache; the value only (the optimizer adds the gradient)
+            weights, l2 = folded
+            penalty = 0.5 * l2 * scale * float(np.dot(weights, weights))
+        loss = self._loss()
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
         for run in self._backward:
             run()
-
-    def penalty(self, scale):
-        value = 0.0
-        for run, l2, l1 in self._penalties:
-            value += run(l2=l2 * scale, l1=l1 * scale)
-        return value
+        if folded is None:
+            penalty = 0.0  # summed apart, then added: the walked step's order of additions
+            for run, l2, l1 in self._penalties:
+                penalty += run(l2=l2 * scale, l1=l1 * scale)
+        loss += penalty
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(loss)
+        self.step(rows, folded[1] * scale if folded is not None else 0.0)
+        return loss
 
 
 def bind_step(model, backend, x, t, w, ws):
@@ -119,4 +140,5 @@ def bind_step(model, backend, x, t, w, ws):
     if step is None:
         return None
     key = (backend, x, t, w, model.optimizer.state, model._plan_key)
-    return StepPlan(key, forward, out, loss_value, backward, penalties, step)
+    folded = (model._penalties[0][0], model._penalties[0][2]) if fold else None
+    return StepPlan(key, forward, loss_value, backward, penalties, step, folded)
