@@ -72,6 +72,9 @@ if TYPE_CHECKING:  # for annotations only
 
 PREDICT_BATCH = 2048  # rows per chunk in predict/evaluate: large enough for efficient GEMMs
 MAX_WORKSPACES = 6  # batch shapes whose buffers are kept (training uses two: full and last batch)
+# backends by name, as the registry loaded them (a train_step looks its model's up
+# at each call: 4 us through the registry, caches cold after the kernels)
+_NAMED_BACKENDS: Dict[str, Backend] = {}
 
 
 def _check_int_option(value, name, low):
@@ -347,7 +350,13 @@ class Sequential:
     @property
     def backend(self) -> Backend:
         """The backend the model runs on now."""
-        return backends.get_backend(self._backend)
+        name = self._backend
+        if type(name) is str:  # the registry's backend of that name, the same once loaded
+            backend = _NAMED_BACKENDS.get(name)
+            if backend is None:
+                backend = _NAMED_BACKENDS[name] = backends.get_backend(name)
+            return backend
+        return backends.get_backend(name)
 
     def _new_metrics(self):
         """Fresh accumulators of the model's metrics (the default: accuracy for a
