@@ -154,12 +154,13 @@ class _EveryBlasScope:
     """every_blas_on_one_thread's scope over OpenBLAS libraries on their own
     threads: every BLAS of `functions` ([(set, get)]) on one thread in the
     body, the counts restored after. One object serves every entry, from any
-    thread, nested or not (a training step enters it at each call: making a
-    scope took about 6 us of the recurrent benchmark's step, caches cold after
-    the kernels). Entering gives whether it set the counts: False inside
-    another entry of this thread, whose counts stay until it ends (counted, so
-    that the matching exit leaves them), or while another thread's entry holds
-    them (that exit leaves them too: the holder is not its thread)."""
+    thread, nested or not (a training step enters it at each call; one made
+    at each call cost the recurrent benchmark's step 1.6 us more, caches cold
+    after the kernels, alternating in one process). Entering gives whether it
+    set the counts: False inside another entry of this thread, whose counts
+    stay until it ends (counted, so that the matching exit leaves them), or
+    while another thread's entry holds them (that exit leaves them too: the
+    holder is not its thread)."""
 
     __slots__ = ("_sets", "_gets", "_before", "_nested")
 
