@@ -338,3 +338,24 @@ def test_the_shared_blas_scope_nested_and_beside_another_threads():
         with scope as again:  # released: entered anew
             assert again and blas_counts() == ones
         assert blas_counts() == before
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_targets_of_another_form_at_the_same_batch_shape(backend):
+    # class labels, then class probabilities, then labels again, through the
+    # same workspace: its targets' buffer follows their shape and dtype
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, 16)
+    probabilities = rng.dirichlet(np.ones(3), 16).astype(np.float32)
+
+    def model():
+        return nn.Sequential([nn.Dense(3)], loss="categorical_crossentropy", seed=0, backend=backend)
+    stepped, alone = model(), checked_fully(model())
+    for y in (labels, labels, probabilities, probabilities, labels):
+        assert stepped.train_step(X, y) == alone.train_step(X, y)
+    assert_array_equal(stepped.get_flat_params(), alone.get_flat_params())
+    for y in (labels, probabilities, labels):  # fit's gathered batches too
+        stepped.fit(X, y, batch_size=8, epochs=2, verbose=0)
+        alone.fit(X, y, batch_size=8, epochs=2, verbose=0)
+    assert_array_equal(stepped.get_flat_params(), alone.get_flat_params())

@@ -108,6 +108,16 @@ def _blas_dot(dtype):
     return {np.dtype(np.float32): blas.sdot, np.dtype(np.float64): blas.ddot}.get(dtype)
 
 
+def batch_buffer(buffers, key, rows, a):
+    """buffers[key], the buffer of `rows` rows of `a`: made when missing, or anew
+    when its shape or dtype is not theirs (the targets of one batch shape can
+    be class labels at one call and class probabilities at the next)."""
+    buf = buffers.get(key)
+    if buf is None or buf.dtype != a.dtype or buf.shape != (rows,) + a.shape[1:]:
+        buf = buffers[key] = chk.empty((rows,) + a.shape[1:], a.dtype)
+    return buf
+
+
 def take_rows(a, lo, hi, order, buffers, key, copy=False):
     """Rows lo:hi of `a` in `order` (None: the data's own order) as a C-contiguous
     array: a view of dense data in its own order (with copy=True a copy in
@@ -118,9 +128,7 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
         return None
     sparse = type(a) is not np.ndarray and sp.issparse(a)
     if order is None and not sparse and copy:
-        buf = buffers.get(key)
-        if buf is None:
-            buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
+        buf = batch_buffer(buffers, key, hi - lo, a)
         # (an assignment, not np.copyto and its dispatch: 5 us less a train_step
         # of the recurrent benchmark, which copies its batch's X and y, caches cold)
         buf[...] = a[lo:hi]
@@ -129,9 +137,7 @@ def take_rows(a, lo, hi, order, buffers, key, copy=False):
         # all of `a`: itself, not a new view per call (a kernel's memo of its last
         # arguments then recognises it step after step, see backends.spec)
         return a if lo == 0 and hi == a.shape[0] else a[lo:hi]
-    buf = buffers.get(key)
-    if buf is None:
-        buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
+    buf = batch_buffer(buffers, key, hi - lo, a)
     if sparse:
         part = a[lo:hi] if order is None else a[order[lo:hi]]
         part.toarray(out=buf)
@@ -160,9 +166,7 @@ class RowGather:
         if (order is None or a is None or type(a) is not np.ndarray or a.dtype.kind != "f"
                 or a.ndim == 0 or order.dtype not in (np.int64, np.int32)):
             return take_rows(a, lo, hi, order, buffers, key, copy)
-        buf = buffers.get(key)
-        if buf is None:
-            buf = buffers[key] = chk.empty((hi - lo,) + a.shape[1:], a.dtype)
+        buf = batch_buffer(buffers, key, hi - lo, a)
         entry = self.bound.get(id(buf))
         if entry is None or entry[0] is not a or entry[1].dtype != order.dtype:
             index = np.empty(hi - lo, order.dtype)
