@@ -115,31 +115,42 @@ class _OneThreadScope:
         self._before = None
 
     def __enter__(self):
-        functions = self._functions
-        if functions is None or not self._lock.acquire(blocking=False):
+        if self._functions is None:
             return False
-        try:
-            before = [get() for _, get in functions]
-            for (set_threads, _), n in zip(functions, before):
-                if n != 1:
-                    set_threads(1)
-        except BaseException:
-            self._lock.release()
-            raise
-        self._before = before
-        return True
+        self._before = _set_one_thread(self._functions, self._lock)
+        return self._before is not None
 
     def __exit__(self, *exc_info):
         before, self._before = self._before, None
-        if before is None:
-            return False
-        try:
-            for (set_threads, _), n in zip(self._functions, before):
-                if n != 1:
-                    set_threads(n)
-        finally:
-            self._lock.release()
+        if before is not None:
+            _restore_threads(self._functions, before, self._lock)
         return False
+
+
+def _set_one_thread(functions, lock):
+    """The thread counts of the BLAS libraries of `functions` ([(set, get)]),
+    each then set to one, with `lock` taken; None when another holds `lock`."""
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        before = [get() for _, get in functions]
+        for (set_threads, _), n in zip(functions, before):
+            if n != 1:
+                set_threads(1)
+    except BaseException:
+        lock.release()
+        raise
+    return before
+
+
+def _restore_threads(functions, before, lock):
+    """Undoes _set_one_thread: the counts `before` restored, `lock` released."""
+    try:
+        for (set_threads, _), n in zip(functions, before):
+            if n != 1:
+                set_threads(n)
+    finally:
+        lock.release()
 
 
 class _Held:
@@ -162,11 +173,10 @@ class _EveryBlasScope:
     while another thread's entry holds them (that exit leaves them too: the
     holder is not its thread)."""
 
-    __slots__ = ("_sets", "_gets", "_before", "_nested")
+    __slots__ = ("_functions", "_before", "_nested")
 
     def __init__(self, functions):
-        self._sets = tuple(set_threads for set_threads, _ in functions)
-        self._gets = tuple(get for _, get in functions)
+        self._functions = functions
         self._before = None  # the counts the holder restores
         self._nested = 0  # entries inside the holder's, in its thread
 
@@ -175,16 +185,9 @@ class _EveryBlasScope:
         if _held.thread == me:
             self._nested += 1
             return False
-        if not _every_blas_lock.acquire(blocking=False):
+        before = _set_one_thread(self._functions, _every_blas_lock)
+        if before is None:
             return False
-        try:
-            before = [get() for get in self._gets]
-            for set_threads, n in zip(self._sets, before):
-                if n != 1:
-                    set_threads(1)
-        except BaseException:
-            _every_blas_lock.release()
-            raise
         self._before = before
         _held.thread = me
         return True
@@ -197,12 +200,7 @@ class _EveryBlasScope:
             return False
         before, self._before = self._before, None
         _held.thread = None
-        try:
-            for set_threads, n in zip(self._sets, before):
-                if n != 1:
-                    set_threads(n)
-        finally:
-            _every_blas_lock.release()
+        _restore_threads(self._functions, before, _every_blas_lock)
         return False
 
 

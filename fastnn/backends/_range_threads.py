@@ -30,7 +30,13 @@ waits (briefly) until the caller has announced, from inside its part 0, that it
 is there (`announce`), and reports its own parts done from inside the nogil spin
 that follows them, so that the caller, spinning for that count, finds the GIL
 free. (A caller whose spin ends polls every 0.1 ms.) announce is a hint only:
-a part run serially (a nested or second caller) may announce another job's.
+a part run serially (a nested or second caller) may announce another job's. Measured in the recurrent
+benchmark's LSTM training step (Zen 4, 2 vCPUs, medians, us after the post):
+the worker started its part 60-66 us after the post when it slept on a
+condition, 71 when it spun but then waited for the GIL, 23-27 with the hand-off
+above (its kernel's dispatch included; 8 for a bare nogil function); the step
+took 160 us a sequence against 168 (rnn: 41.4 against 43.9), alternating in one
+process.
 
 A part given as a worker's own function (`worker_fn`, the kernels' *_range with
 worker true) reports itself and waits for the next job from inside its nogil
@@ -38,13 +44,7 @@ code (`leave`), before it returns to Python: the caller then finds its part
 done as the kernel ends, not after the worker has taken the GIL and run its
 loop's Python, whose caches the kernel left cold (the recurrent benchmark's
 LSTM forward on the Intel Xeon: the caller went on 31-34 us after the worker's
-kernel ended, 15 of them before the worker was back in Python). Measured in the recurrent
-benchmark's LSTM training step (Zen 4, 2 vCPUs, medians, us after the post):
-the worker started its part 60-66 us after the post when it slept on a
-condition, 71 when it spun but then waited for the GIL, 23-27 with the hand-off
-above (its kernel's dispatch included; 8 for a bare nogil function); the step
-took 160 us a sequence against 168 (rnn: 41.4 against 43.9), alternating in one
-process."""
+kernel ended, 15 of them before the worker was back in Python)."""
 
 import ctypes
 import os
@@ -305,9 +305,10 @@ class RangeThreads:
         left = False  # whether the last part reported itself and waited for the next job (leave)
         try:
             while True:
-                if finished or not left:  # (after a leave, only parts that raised before it)
-                    spin = 0 if left else self._pauses
-                    self._report_and_await(self.sync, finished, seen, spin, 0 if left else self._entry_pauses)
+                if not left:
+                    self._report_and_await(self.sync, finished, seen, self._pauses, self._entry_pauses)
+                elif finished:  # parts that raised before the one that left: reported, no spin
+                    self._report_and_await(self.sync, finished, seen, 0, 0)
                 finished, left = 0, False
                 with self._lock:
                     if self._seq == seen:
